@@ -1,0 +1,39 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+PY ?= python3
+UV := $(shell command -v uv 2>/dev/null || echo "$(PY) -m uv")
+BIN := .venv/bin
+PYTEST_ARGS ?=
+
+.PHONY: install run test test-fast lint format bench clean
+
+install: .venv/.installed
+
+.venv/.installed: pyproject.toml uv.lock
+	@$(UV) --version >/dev/null 2>&1 || $(PY) -m pip install --quiet uv
+	$(UV) sync --frozen --all-extras
+	@touch $@
+
+run: install
+	$(BIN)/checkout serve
+
+test: install
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks
+
+bench: install
+	$(BIN)/python benchmarks/engine_throughput.py --store memory:// --n 10000 --concurrency 32
+	$(BIN)/python benchmarks/engine_throughput.py --store sqlite:///bench.db --n 10000 --concurrency 32
+
+clean:
+	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache

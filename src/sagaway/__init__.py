@@ -1,0 +1,75 @@
+"""Sagaway: durable sagas for Python.
+
+Declare a saga as typed async steps with compensations, run it on an ``Engine`` over a saga log
+(``memory://``, ``sqlite:///file.db``, PostgreSQL, Redis) and every transition is durable before
+the step it guards runs: a process killed at any instant resumes or compensates on restart.
+"""
+
+from sagaway.clock import Clock, SystemClock
+from sagaway.context import StepContext
+from sagaway.definition import (
+    NO_RETRY,
+    OnUncertain,
+    RetryPolicy,
+    Saga,
+    Step,
+    StepKind,
+)
+from sagaway.engine import Engine
+from sagaway.errors import (
+    DefinitionError,
+    InvalidTransition,
+    LeaseLost,
+    SagaNotFound,
+    SagawayError,
+    StepFailed,
+    StepTimeout,
+    StoreError,
+    UnknownSagaError,
+)
+from sagaway.state import (
+    Change,
+    Event,
+    EventType,
+    Phase,
+    SagaRecord,
+    SagaStatus,
+    StepRecord,
+    StepStatus,
+)
+from sagaway.store import Page, SagaStore, open_store
+
+__all__ = [
+    "NO_RETRY",
+    "Change",
+    "Clock",
+    "DefinitionError",
+    "Engine",
+    "Event",
+    "EventType",
+    "InvalidTransition",
+    "LeaseLost",
+    "OnUncertain",
+    "Page",
+    "Phase",
+    "RetryPolicy",
+    "Saga",
+    "SagaNotFound",
+    "SagaRecord",
+    "SagaStatus",
+    "SagaStore",
+    "SagawayError",
+    "Step",
+    "StepContext",
+    "StepFailed",
+    "StepKind",
+    "StepRecord",
+    "StepStatus",
+    "StepTimeout",
+    "StoreError",
+    "SystemClock",
+    "UnknownSagaError",
+    "open_store",
+]
+
+__version__ = "0.1.0"

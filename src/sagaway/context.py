@@ -1,0 +1,33 @@
+"""What a step's action or compensation gets besides its input."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sagaway.state import Phase
+
+
+@dataclass(frozen=True, slots=True)
+class StepContext:
+    """Identity of the running attempt, and what earlier steps produced.
+
+    ``idempotency_key`` is ``"{saga_id}:{step}:{phase}"``: the same on every retry and after a
+    crash, so a participant that dedupes on it applies each effect at most once. In a
+    compensation, ``forward_key`` is the key the action used: look the action's effect up by it,
+    and record a tombstone under it when the action never happened.
+    """
+
+    saga_id: str
+    saga_name: str
+    step: str
+    phase: Phase
+    attempt: int
+    idempotency_key: str
+    forward_key: str
+    results: Mapping[str, Any]
+
+    @property
+    def is_compensation(self) -> bool:
+        return self.phase is Phase.COMPENSATION

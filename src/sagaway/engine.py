@@ -1,0 +1,421 @@
+"""The engine: starts saga instances, drives them under a lease, and takes over orphaned ones.
+
+One engine serves many thousands of concurrent sagas on one asyncio loop. Several engines (in one
+or many processes) may share a store: leases decide which one drives a saga, and the store fences
+every write with the lease, so a saga is never driven by two engines at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterable
+from types import TracebackType
+from typing import Any
+
+from sagaway.clock import Clock, SystemClock
+from sagaway.definition import Saga, StepKind
+from sagaway.errors import (
+    DefinitionError,
+    InvalidTransition,
+    LeaseLost,
+    SagaNotFound,
+    UnknownSagaError,
+)
+from sagaway.runner import CommitListener, SagaRun
+from sagaway.state import (
+    ACTIVE_STATUSES,
+    Change,
+    Event,
+    EventType,
+    NewSaga,
+    Phase,
+    SagaRecord,
+    SagaStatus,
+    StepRecord,
+    StepStatus,
+    apply_change,
+    record_from_new,
+)
+from sagaway.store import SagaStore, open_store
+from sagaway.store.base import Page
+
+log = logging.getLogger("sagaway.engine")
+
+
+def _new_id(now: float) -> str:
+    """Time-ordered (so indexes append) and random (so engines never collide)."""
+    return f"{int(now * 1000):012x}{uuid.uuid4().hex[:20]}"
+
+
+def past_pivot(saga: Saga, record: SagaRecord) -> bool:
+    """True once the saga can only go forward: cancelling or a deadline no longer applies."""
+    for step in saga.steps:
+        row = record.steps.get((step.name, Phase.FORWARD))
+        if row is None:
+            continue
+        if step.kind is StepKind.RETRIABLE:
+            return True
+        if step.kind is StepKind.PIVOT and row.status is StepStatus.SUCCEEDED:
+            return True
+    return False
+
+
+class Engine:
+    """Runs sagas durably on a store (an object, or a URL such as ``sqlite:///sagas.db``).
+
+    Use ``async with Engine(...) as engine`` (or ``await engine.open()``/``close()``): opening
+    runs a first recovery pass at once, then keeps renewing this engine's leases and claiming
+    sagas whose owner stopped renewing theirs.
+
+    ``owner_id`` names this engine in leases. Give a worker a stable id (its host name and slot,
+    say) and, after a crash, its replacement takes its sagas back immediately instead of waiting
+    for the leases to expire. ``execute=False`` makes an API-only engine: it records new sagas
+    as PENDING for workers to claim and runs nothing itself.
+    """
+
+    def __init__(
+        self,
+        store: SagaStore | str = "memory://",
+        *,
+        sagas: Iterable[Saga] = (),
+        owner_id: str | None = None,
+        lease_seconds: float = 5.0,
+        recovery_interval: float = 1.0,
+        max_concurrency: int = 10_000,
+        execute: bool = True,
+        clock: Clock | None = None,
+    ) -> None:
+        if lease_seconds <= 0 or recovery_interval <= 0 or max_concurrency < 1:
+            raise ValueError("lease_seconds, recovery_interval, max_concurrency must be positive")
+        self.store = open_store(store) if isinstance(store, str) else store
+        self.owner_id = owner_id or (f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+        self.lease_seconds = lease_seconds
+        self.recovery_interval = recovery_interval
+        self.max_concurrency = max_concurrency
+        self.execute = execute
+        self.clock: Clock = clock or SystemClock()
+        self._sagas: dict[tuple[str, int], Saga] = {}
+        self._runs: dict[str, SagaRun] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._listeners: list[CommitListener] = []
+        self._orphans: set[str] = set()
+        self._maintainer: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._opened = False
+        for saga in sagas:
+            self.register(saga)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def open(self) -> Engine:
+        if self._opened:
+            return self
+        await self.store.open()
+        self._opened = True
+        if self.execute:
+            # Recover at once (taking back our own sagas from a previous life), then keep going.
+            await self.recover(include_own=True)
+            self._maintainer = asyncio.create_task(self._maintain(), name="sagaway-maintain")
+        return self
+
+    async def close(self) -> None:
+        """Stop driving sagas (they stay in the log and resume later) and close the store."""
+        if not self._opened:
+            return
+        self._opened = False
+        tasks = [t for t in (self._maintainer, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.store.close()
+
+    async def __aenter__(self) -> Engine:
+        return await self.open()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- definitions --------------------------------------------------------------------------
+
+    def register(self, saga: Saga) -> Saga:
+        existing = self._sagas.get(saga.key)
+        if existing is not None and existing is not saga:
+            raise DefinitionError(
+                f"another definition of saga {saga.name!r} version {saga.version} is registered"
+            )
+        if not saga.steps:
+            raise DefinitionError(f"saga {saga.name!r} has no steps")
+        self._sagas[saga.key] = saga
+        return saga
+
+    def definition(self, name: str, version: int) -> Saga:
+        try:
+            return self._sagas[(name, version)]
+        except KeyError:
+            raise UnknownSagaError(name, version) from None
+
+    def subscribe(self, listener: Callable[[SagaRecord, Change], None]) -> None:
+        """Call ``listener(record, change)`` after every durable transition this engine makes
+        (metrics, live timelines). It runs on the loop: keep it fast and non-blocking."""
+        self._listeners.append(listener)
+
+    @property
+    def running(self) -> int:
+        """How many sagas this engine is driving right now."""
+        return len(self._runs)
+
+    # -- starting and observing ---------------------------------------------------------------
+
+    async def start(
+        self,
+        saga: Saga,
+        input: Any,
+        *,
+        idempotency_key: str | None = None,
+        deadline: float | None = None,
+    ) -> str:
+        """Record a new saga durably and start it; return its id.
+
+        With an ``idempotency_key`` already used, return that saga's id and start nothing.
+        ``deadline`` (seconds from now, default the saga's) makes it compensate if unfinished.
+        """
+        self.register(saga)
+        now = self.clock.now()
+        seconds = deadline if deadline is not None else saga.deadline
+        new = NewSaga(
+            id=_new_id(now),
+            name=saga.name,
+            version=saga.version,
+            input=saga.encode_input(input),
+            at=now,
+            idempotency_key=idempotency_key,
+            deadline_at=None if seconds is None else now + seconds,
+        )
+        if self.execute:
+            # Step 0 is recorded RUNNING in the same write that creates the saga.
+            first = saga.steps[0].name
+            new.status, new.owner = SagaStatus.RUNNING, self.owner_id
+            new.lease_expires_at = now + self.lease_seconds
+            new.steps = [
+                StepRecord(first, Phase.FORWARD, StepStatus.RUNNING, attempts=1, started_at=now)
+            ]
+            new.events = [
+                Event(at=now, type=EventType.SAGA_STARTED),
+                Event(at=now, type=EventType.STEP_STARTED, step=first, attempt=1),
+            ]
+        else:
+            new.events = [Event(at=now, type=EventType.SAGA_CREATED)]
+        saga_id, created = await self.store.create(new)
+        if created and self.execute:
+            self._spawn(saga, record_from_new(new), prewritten=True)
+        return saga_id
+
+    async def get(self, saga_id: str) -> SagaRecord:
+        """The saga with its steps and history; ``SagaNotFound`` if there is none."""
+        return await self.store.get(saga_id)
+
+    async def list_sagas(
+        self,
+        *,
+        status: SagaStatus | None = None,
+        name: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> Page:
+        return await self.store.list_sagas(status=status, name=name, limit=limit, offset=offset)
+
+    async def wait(self, saga_id: str, timeout: float | None = None) -> SagaRecord:
+        """Wait until the saga is terminal or ``timeout`` seconds pass; return it either way
+        (check ``record.status.is_terminal``)."""
+        if saga_id in self._runs:
+            future = asyncio.get_running_loop().create_future()
+            self._waiters.setdefault(saga_id, []).append(future)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(future, timeout)
+            return await self.get(saga_id)
+        # Driven by another engine: the store is the only place to look.
+        loop = asyncio.get_running_loop()
+        until = None if timeout is None else loop.time() + timeout
+        delay = 0.005
+        while True:
+            record = await self.get(saga_id)
+            left = None if until is None else until - loop.time()
+            if record.status.is_terminal or (left is not None and left <= 0):
+                return record
+            if saga_id in self._runs:  # claimed by us meanwhile
+                return await self.wait(saga_id, left)
+            await asyncio.sleep(delay if left is None else min(delay, left))
+            delay = min(delay * 2, 0.25)
+
+    # -- admin actions -------------------------------------------------------------------------
+
+    async def cancel(self, saga_id: str) -> SagaRecord:
+        """Ask an active saga to stop and compensate. Takes effect between steps; a saga past
+        its pivot can no longer be cancelled (``InvalidTransition``)."""
+        record = await self.get(saga_id)
+        saga = self.definition(record.name, record.version)
+        if record.status.is_active and past_pivot(saga, record):
+            raise InvalidTransition(f"saga {saga_id} is past its pivot step: it can only finish")
+        now = self.clock.now()
+        record = await self.store.request_cancel(
+            saga_id, Event(at=now, type=EventType.CANCEL_REQUESTED), now
+        )
+        run = self._runs.get(saga_id)
+        if run is not None:
+            run.cancel_requested = True
+        elif self.execute:
+            await self.resume(saga_id)
+        return record
+
+    async def retry(self, saga_id: str) -> None:
+        """Resume a FAILED saga: its failed compensation, or its failed step past the pivot."""
+        record = await self.get(saga_id)
+        if record.status is not SagaStatus.FAILED:
+            raise InvalidTransition(
+                f"saga {saga_id} is {record.status}: only FAILED sagas can be retried"
+            )
+        saga = self.definition(record.name, record.version)
+        now = self.clock.now()
+        taken = await self.store.acquire(
+            saga_id,
+            self.owner_id,
+            now=now,
+            lease_seconds=self.lease_seconds,
+            statuses=[SagaStatus.FAILED],
+            event=Event(at=now, type=EventType.RETRY_REQUESTED),
+        )
+        if taken is None:
+            raise InvalidTransition(f"saga {saga_id} is being retried by another engine")
+        compensating = any(phase is Phase.COMPENSATION for _, phase in taken.steps)
+        target = SagaStatus.COMPENSATING if compensating else SagaStatus.RUNNING
+        change = Change(status=target, error=taken.error)
+        await self.store.commit(saga_id, self.owner_id, change, now)
+        apply_change(taken, change, now)
+        if self.execute:
+            self._spawn(saga, taken)
+
+    async def resume(self, saga_id: str) -> bool:
+        """Take over one active saga if nobody holds a live lease on it; True if taken."""
+        if saga_id in self._runs:
+            return True
+        now = self.clock.now()
+        record = await self.store.acquire(
+            saga_id,
+            self.owner_id,
+            now=now,
+            lease_seconds=self.lease_seconds,
+            statuses=ACTIVE_STATUSES,
+            event=Event(at=now, type=EventType.SAGA_CLAIMED, detail=self.owner_id),
+        )
+        if record is None:
+            return False
+        self._spawn(self.definition(record.name, record.version), record)
+        return True
+
+    async def recover(self, *, include_own: bool = False) -> int:
+        """One recovery pass: claim sagas whose lease expired and resume them. Returns how many
+        were taken. Sagas of definitions this engine does not know are left for one that does."""
+        for saga_id in list(self._orphans):
+            self._orphans.discard(saga_id)
+            with contextlib.suppress(SagaNotFound, UnknownSagaError):
+                await self.resume(saga_id)
+        room = self.max_concurrency - len(self._runs)
+        if room <= 0 or not self._sagas:
+            return 0
+        claimed = await self.store.claim(
+            self.owner_id,
+            now=self.clock.now(),
+            lease_seconds=self.lease_seconds,
+            definitions=list(self._sagas),
+            limit=room,
+            include_own=include_own,
+        )
+        taken = 0
+        for record in claimed:
+            if record.id not in self._runs:
+                self._spawn(self._sagas[(record.name, record.version)], record)
+                taken += 1
+        return taken
+
+    def wake(self) -> None:
+        """Run the next recovery pass now (a store notification says there is work)."""
+        self._wake.set()
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _spawn(self, saga: Saga, record: SagaRecord, prewritten: bool = False) -> None:
+        run = SagaRun(
+            saga=saga,
+            record=record,
+            store=self.store,
+            owner=self.owner_id,
+            clock=self.clock,
+            listener=self._notify if self._listeners else None,
+            prewritten=prewritten,
+        )
+        self._runs[record.id] = run
+        task = asyncio.get_running_loop().create_task(self._drive(run))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _notify(self, record: SagaRecord, change: Change) -> None:
+        for listener in self._listeners:
+            try:
+                listener(record, change)
+            except Exception:  # an observer must never break the saga it observes
+                log.exception("saga listener failed")
+
+    async def _drive(self, run: SagaRun) -> None:
+        saga_id = run.record.id
+        try:
+            await run.drive()
+        except LeaseLost:
+            log.warning("saga %s: lease lost to another engine; stopped driving it", saga_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The log could not be written (or a bug): leave the saga where the log says it is
+            # and try again from the log on the next recovery pass.
+            log.exception("saga %s: stopped; will resume from the log", saga_id)
+            self._orphans.add(saga_id)
+        finally:
+            self._runs.pop(saga_id, None)
+            for future in self._waiters.pop(saga_id, ()):
+                if not future.done():
+                    future.set_result(None)
+
+    async def _maintain(self) -> None:
+        interval = min(self.recovery_interval, self.lease_seconds / 3)
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), interval)
+            self._wake.clear()
+            try:
+                await self._renew()
+                await self.recover()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("recovery pass failed; retrying in %.1f s", interval)
+
+    async def _renew(self) -> None:
+        if not self._runs:
+            return
+        cancelled = await self.store.renew_leases(
+            self.owner_id, now=self.clock.now(), lease_seconds=self.lease_seconds
+        )
+        for saga_id in cancelled:
+            run = self._runs.get(saga_id)
+            if run is not None:
+                run.cancel_requested = True

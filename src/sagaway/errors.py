@@ -1,0 +1,65 @@
+"""The library's error hierarchy.
+
+Adapters translate driver errors (sqlite3, asyncpg, redis) into these at their edge, so code built
+on sagaway never has to know which backend it runs on.
+"""
+
+from __future__ import annotations
+
+
+class SagawayError(Exception):
+    """Base class of every error raised by sagaway."""
+
+
+class DefinitionError(SagawayError):
+    """A saga definition is malformed; raised when it is declared, not when it runs."""
+
+
+class UnknownSagaError(SagawayError):
+    """A saga instance names a definition (name, version) this engine does not know."""
+
+    def __init__(self, name: str, version: int) -> None:
+        super().__init__(
+            f"saga definition {name!r} version {version} is not registered with this engine"
+        )
+        self.name = name
+        self.version = version
+
+
+class StepFailed(SagawayError):
+    """A business failure: the step must not be retried and the saga compensates.
+
+    Raise it from a step action with a human-readable reason, e.g. ``StepFailed("Insufficient
+    funds")``. Any other exception counts as transient and follows the step's retry policy.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class StepTimeout(SagawayError):
+    """A step's attempt ran longer than its timeout; its effect is uncertain."""
+
+
+class SagaNotFound(SagawayError):
+    """No saga instance with that id exists in the store."""
+
+    def __init__(self, saga_id: str) -> None:
+        super().__init__(f"saga {saga_id!r} not found")
+        self.saga_id = saga_id
+
+
+class InvalidTransition(SagawayError):
+    """An admin action or transition is not allowed from the saga's current status."""
+
+
+class StoreError(SagawayError):
+    """The saga store failed (connection lost, disk full...): the transition was not recorded."""
+
+
+class LeaseLost(StoreError):
+    """This engine no longer owns the saga's lease; another engine took it over.
+
+    The engine stops driving the saga immediately: writing anything more could race the new owner.
+    """

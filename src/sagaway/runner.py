@@ -1,0 +1,441 @@
+"""Drives one saga instance from its log record to a terminal status.
+
+The write-ahead protocol lives here. Before an action or compensation runs, a Change recording it
+RUNNING/COMPENSATING is committed; its outcome goes into the *next* commit, merged with whatever
+must be durable before the next action (the next step's RUNNING row, or the saga's final status).
+Nothing can happen between one step's outcome and the next step's start, so merging them loses
+no information and halves the number of durable writes per saga.
+
+The same code resumes a saga after a crash: rows already SUCCEEDED/COMPENSATED are skipped, a row
+found RUNNING/COMPENSATING is *uncertain* and is retried with the same idempotency key (or
+compensated, per the step's ``on_uncertain``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from sagaway.clock import Clock
+from sagaway.context import StepContext
+from sagaway.definition import Action, OnUncertain, Saga, Step, StepKind
+from sagaway.errors import StepFailed
+from sagaway.state import (
+    Change,
+    Event,
+    EventType,
+    Phase,
+    SagaRecord,
+    SagaStatus,
+    StepRecord,
+    StepStatus,
+    apply_change,
+    check_saga_transition,
+)
+from sagaway.store.base import SagaStore
+
+log = logging.getLogger("sagaway.runner")
+
+CommitListener = Callable[[SagaRecord, Change], None]
+FORWARD, COMPENSATION = Phase.FORWARD, Phase.COMPENSATION
+
+
+class _Results(Mapping[str, Any]):
+    """Earlier steps' outputs, decoded on first access (most steps read few or none)."""
+
+    def __init__(self, saga: Saga, record: SagaRecord) -> None:
+        self._saga, self._record, self._cache = saga, record, dict[str, Any]()
+
+    def _done(self) -> Iterator[str]:
+        for step in self._saga.steps:
+            row = self._record.steps.get((step.name, FORWARD))
+            if row is not None and row.status is StepStatus.SUCCEEDED:
+                yield step.name
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._cache:
+            row = self._record.steps.get((name, FORWARD))
+            if row is None or row.status is not StepStatus.SUCCEEDED:
+                raise KeyError(name)
+            self._cache[name] = self._saga.get_step(name).decode_output(row.output)
+        return self._cache[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return self._done()
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self._done())
+
+
+def _needs_undo(row: StepRecord | None) -> bool:
+    """Succeeded, or may have taken effect: RUNNING at a crash, or ended by a timeout."""
+    if row is None:
+        return False
+    return row.status in (StepStatus.SUCCEEDED, StepStatus.RUNNING) or (
+        row.status is StepStatus.FAILED and row.uncertain
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, StepFailed):
+        return exc.reason
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class SagaRun:
+    """One saga being driven by one engine, under that engine's lease."""
+
+    def __init__(
+        self,
+        *,
+        saga: Saga,
+        record: SagaRecord,
+        store: SagaStore,
+        owner: str,
+        clock: Clock,
+        listener: CommitListener | None = None,
+        prewritten: bool = False,
+    ) -> None:
+        self.saga, self.record, self.store = saga, record, store
+        self.owner, self.clock, self.listener = owner, clock, listener
+        # True when the engine wrote step 0 RUNNING together with the saga: run it, don't redo it.
+        self._prewritten = prewritten
+        self.cancel_requested = record.cancel_requested
+        self._results = _Results(saga, record)
+        self._inputs: dict[int, Any] = {}
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    async def _commit(self, change: Change) -> None:
+        if change.status is not None:
+            check_saga_transition(self.record.status, change.status)
+        now = self.clock.now()
+        await self.store.commit(self.record.id, self.owner, change, now)
+        apply_change(self.record, change, now)
+        if self.listener is not None:
+            self.listener(self.record, change)
+
+    def _event(self, type_: EventType, step: Step[Any] | None = None, **kw: Any) -> Event:
+        return Event(at=self.clock.now(), type=type_, step=step.name if step else None, **kw)
+
+    def _input(self, step: Step[Any]) -> Any:
+        key = id(step.input_adapter)
+        if key not in self._inputs:
+            self._inputs[key] = step.decode_input(self.record.input)
+        return self._inputs[key]
+
+    def _context(self, step: Step[Any], phase: Phase, attempt: int) -> StepContext:
+        forward_key = step.key(self.record.id, FORWARD)
+        return StepContext(
+            saga_id=self.record.id,
+            saga_name=self.saga.name,
+            step=step.name,
+            phase=phase,
+            attempt=attempt,
+            idempotency_key=forward_key if phase is FORWARD else step.key(self.record.id, phase),
+            forward_key=forward_key,
+            results=self._results,
+        )
+
+    async def _call(self, fn: Action, args: tuple[Any, ...], timeout: float | None) -> Any:
+        if timeout is None:
+            return await fn(*args)
+        async with asyncio.timeout(timeout):
+            return await fn(*args)
+
+    def _stop_reason(self) -> tuple[EventType, str] | None:
+        """Why the saga must stop going forward and compensate, checked between steps."""
+        if self.cancel_requested:
+            return EventType.CANCEL_REQUESTED, "cancelled"
+        deadline = self.record.deadline_at
+        if deadline is not None and self.clock.now() >= deadline:
+            return EventType.DEADLINE_EXPIRED, "deadline expired"
+        return None
+
+    def _attempt_timeout(self, step: Step[Any]) -> float | None:
+        timeout, deadline = step.timeout, self.record.deadline_at
+        if deadline is None or step.kind is StepKind.RETRIABLE:
+            return timeout
+        left = max(deadline - self.clock.now(), 0.001)
+        return left if timeout is None else min(timeout, left)
+
+    # -- driving ----------------------------------------------------------------------------
+
+    async def drive(self) -> None:
+        """Run to a terminal status. Raises LeaseLost/StoreError if the log cannot be written."""
+        pending = Change()
+        if self.record.status in (SagaStatus.PENDING, SagaStatus.RUNNING):
+            if self.record.status is SagaStatus.PENDING:
+                pending.status = SagaStatus.RUNNING
+                pending.events.append(self._event(EventType.SAGA_STARTED))
+            pending = await self._forward(pending)
+        if self.record.status is SagaStatus.COMPENSATING or pending.status is (
+            SagaStatus.COMPENSATING
+        ):
+            await self._compensate(pending)
+
+    async def _forward(self, pending: Change) -> Change:
+        """Run the remaining steps; return a Change that starts compensation, or an empty one
+        once the saga is SUCCEEDED or FAILED."""
+        for step in self.saga.steps:
+            row = self.record.steps.get((step.name, FORWARD))
+            if row is not None and row.status is StepStatus.SUCCEEDED:
+                continue
+            forward_only = step.kind is StepKind.RETRIABLE
+            stop = None if forward_only else self._stop_reason()
+            if stop is not None:
+                event_type, reason = stop
+                pending.events.append(self._event(event_type))
+                return self._start_compensation(pending, reason)
+            attempt = 0 if row is None else row.attempts
+            skip_write = False
+            if row is not None and row.status is StepStatus.RUNNING:
+                if self._prewritten:
+                    skip_write = True
+                elif step.on_uncertain is OnUncertain.COMPENSATE and not forward_only:
+                    pending.steps.append(
+                        self._finished(row, StepStatus.FAILED, "outcome uncertain")
+                    )
+                    pending.steps[-1].uncertain = True
+                    pending.events.append(
+                        self._event(EventType.STEP_FAILED, step, detail="outcome uncertain")
+                    )
+                    return self._start_compensation(pending, f"{step.name}: outcome uncertain")
+                else:
+                    pending.events.append(
+                        self._event(EventType.STEP_RESUMED, step, attempt=attempt)
+                    )
+            self._prewritten = False
+            outcome = await self._run_step(step, row, attempt, pending, skip_write)
+            if outcome is None:  # the saga ended (FAILED past the pivot)
+                return Change()
+            pending = outcome
+            if pending.status is SagaStatus.COMPENSATING:
+                return pending
+        pending.status = SagaStatus.SUCCEEDED
+        pending.events.append(self._event(EventType.SAGA_SUCCEEDED))
+        pending.release_lease = True
+        await self._commit(pending)
+        return Change()
+
+    def _finished(self, row: StepRecord, status: StepStatus, error: str | None) -> StepRecord:
+        return StepRecord(
+            name=row.name,
+            phase=row.phase,
+            status=status,
+            attempts=row.attempts,
+            output=row.output,
+            error=error,
+            started_at=row.started_at,
+            finished_at=self.clock.now(),
+        )
+
+    async def _run_step(
+        self,
+        step: Step[Any],
+        row: StepRecord | None,
+        attempt: int,
+        pending: Change,
+        skip_write: bool,
+    ) -> Change | None:
+        forward_only = step.kind is StepKind.RETRIABLE
+        started_at = row.started_at if row is not None else None
+        while True:
+            if skip_write:
+                assert row is not None
+                running, skip_write = row, False
+            else:
+                attempt += 1
+                now = self.clock.now()
+                running = StepRecord(
+                    name=step.name,
+                    phase=FORWARD,
+                    status=StepStatus.RUNNING,
+                    attempts=attempt,
+                    error=row.error if row is not None else None,
+                    started_at=started_at or now,
+                )
+                pending.steps.append(running)
+                pending.events.append(
+                    Event(at=now, type=EventType.STEP_STARTED, step=step.name, attempt=attempt)
+                )
+                await self._commit(pending)
+            started_at = running.started_at
+            ctx = self._context(step, FORWARD, attempt)
+            try:
+                value = await self._call(
+                    step.action, (ctx, self._input(step)), self._attempt_timeout(step)
+                )
+                output = step.encode_output(value)
+            except StepFailed as exc:
+                error, uncertain, retryable = exc.reason, False, False
+            except TimeoutError as exc:
+                error, uncertain, retryable = _describe(exc), True, True
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # transient by definition: the retry policy decides
+                error, uncertain, retryable = _describe(exc), False, True
+            else:
+                done = self._finished(running, StepStatus.SUCCEEDED, None)
+                done.output = output
+                return Change(
+                    steps=[done],
+                    events=[self._event(EventType.STEP_SUCCEEDED, step, attempt=attempt)],
+                )
+            row = running
+            stopping = not forward_only and self._stop_reason() is not None
+            spent = not forward_only and attempt >= step.retry.max_attempts
+            if retryable and not spent and not stopping:
+                await self._backoff(step.retry.delay(attempt), forward_only)
+                if forward_only or self._stop_reason() is None:
+                    pending = Change(
+                        events=[
+                            self._event(
+                                EventType.STEP_RETRYING, step, attempt=attempt, detail=error
+                            )
+                        ]
+                    )
+                    row = self._finished(running, StepStatus.RUNNING, error)
+                    continue
+            failed = self._finished(running, StepStatus.FAILED, error)
+            failed.uncertain = uncertain
+            change = Change(
+                steps=[failed],
+                events=[self._event(EventType.STEP_FAILED, step, attempt=attempt, detail=error)],
+            )
+            if forward_only:  # a business failure past the pivot: only an operator can help
+                change.status, change.error = SagaStatus.FAILED, f"{step.name}: {error}"
+                change.events.append(self._event(EventType.SAGA_FAILED, detail=change.error))
+                change.release_lease = True
+                await self._commit(change)
+                return None
+            return self._start_compensation(change, error)
+
+    async def _backoff(self, delay: float, forward_only: bool) -> None:
+        deadline = self.record.deadline_at
+        if deadline is not None and not forward_only:
+            delay = min(delay, max(deadline - self.clock.now(), 0.0))
+        if delay > 0:
+            await self.clock.sleep(delay)
+
+    def _start_compensation(self, change: Change, error: str) -> Change:
+        change.status, change.error = SagaStatus.COMPENSATING, error
+        change.clear_cancel = self.cancel_requested
+        return change
+
+    async def _compensate(self, pending: Change) -> None:
+        error = pending.error if pending.status is not None else self.record.error
+        for step in reversed(self.saga.steps):
+            if step.undo is None or not _needs_undo(self.record.steps.get((step.name, FORWARD))):
+                continue
+            row = self.record.steps.get((step.name, COMPENSATION))
+            if row is not None and row.status is StepStatus.COMPENSATED:
+                continue
+            outcome = await self._undo(step, row, pending)
+            if outcome is None:
+                return
+            pending = outcome
+        pending.status, pending.error = SagaStatus.COMPENSATED, error
+        pending.events.append(self._event(EventType.SAGA_COMPENSATED, detail=error))
+        pending.release_lease = True
+        await self._commit(pending)
+
+    async def _undo(
+        self, step: Step[Any], row: StepRecord | None, pending: Change
+    ) -> Change | None:
+        policy = step.compensation_retry
+        attempt = 0 if row is None else row.attempts
+        # A fresh budget after an operator's retry of a FAILED compensation; otherwise the
+        # attempts already made count, but a crash never denies the compensation one more try.
+        limit = (
+            attempt + policy.max_attempts
+            if row is not None and row.status is (StepStatus.FAILED)
+            else max(policy.max_attempts, attempt + 1)
+        )
+        started_at = row.started_at if row is not None else None
+        forward = self.record.steps[(step.name, FORWARD)]
+        assert step.undo is not None
+        while True:
+            attempt += 1
+            now = self.clock.now()
+            running = StepRecord(
+                name=step.name,
+                phase=COMPENSATION,
+                status=StepStatus.COMPENSATING,
+                attempts=attempt,
+                started_at=started_at or now,
+            )
+            started_at = running.started_at
+            pending.steps.append(running)
+            pending.events.append(
+                Event(
+                    at=now,
+                    type=EventType.COMPENSATION_STARTED,
+                    step=step.name,
+                    phase=COMPENSATION,
+                    attempt=attempt,
+                )
+            )
+            await self._commit(pending)
+            output = (
+                step.decode_output(forward.output)
+                if forward.status is StepStatus.SUCCEEDED
+                else None
+            )
+            ctx = self._context(step, COMPENSATION, attempt)
+            try:
+                await self._call(
+                    step.undo, (ctx, self._input(step), output), step.compensation_timeout
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                error = _describe(exc)
+            else:
+                return Change(
+                    steps=[self._finished(running, StepStatus.COMPENSATED, None)],
+                    events=[
+                        self._event(
+                            EventType.STEP_COMPENSATED, step, phase=COMPENSATION, attempt=attempt
+                        )
+                    ],
+                )
+            if attempt < limit:
+                pending = Change(
+                    events=[
+                        self._event(
+                            EventType.COMPENSATION_RETRYING,
+                            step,
+                            phase=COMPENSATION,
+                            attempt=attempt,
+                            detail=error,
+                        )
+                    ]
+                )
+                await self._backoff(policy.delay(attempt), forward_only=True)
+                continue
+            message = f"compensation of {step.name} failed: {error}"
+            await self._commit(
+                Change(
+                    status=SagaStatus.FAILED,
+                    error=message,
+                    steps=[self._finished(running, StepStatus.FAILED, error)],
+                    events=[
+                        self._event(
+                            EventType.COMPENSATION_FAILED,
+                            step,
+                            phase=COMPENSATION,
+                            attempt=attempt,
+                            detail=error,
+                        ),
+                        self._event(EventType.SAGA_FAILED, detail=message),
+                    ],
+                    release_lease=True,
+                )
+            )
+            return None

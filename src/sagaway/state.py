@@ -1,0 +1,231 @@
+"""Saga and step statuses, the records kept in the saga log, and the pure transition rules.
+
+Nothing here does I/O: the engine decides with these rules, the stores persist the records.
+Times are POSIX seconds (float) supplied by the engine's clock, so stores never read a clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from sagaway.errors import InvalidTransition
+
+JSON = Any
+"""A JSON-compatible value (dict, list, str, int, float, bool, None), as persisted."""
+
+
+class SagaStatus(StrEnum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPENSATING = "COMPENSATING"
+    SUCCEEDED = "SUCCEEDED"
+    COMPENSATED = "COMPENSATED"
+    FAILED = "FAILED"
+
+    @property
+    def is_terminal(self) -> bool:
+        """Terminal for the engine: nothing runs it any more (FAILED waits for an operator)."""
+        return self in _TERMINAL
+
+    @property
+    def is_active(self) -> bool:
+        """An engine should be driving it: these are what recovery claims."""
+        return self in ACTIVE_STATUSES
+
+
+_TERMINAL = frozenset({SagaStatus.SUCCEEDED, SagaStatus.COMPENSATED, SagaStatus.FAILED})
+ACTIVE_STATUSES: tuple[SagaStatus, ...] = (
+    SagaStatus.PENDING,
+    SagaStatus.RUNNING,
+    SagaStatus.COMPENSATING,
+)
+
+
+class StepStatus(StrEnum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    COMPENSATING = "COMPENSATING"
+    COMPENSATED = "COMPENSATED"
+    SKIPPED = "SKIPPED"
+
+
+class Phase(StrEnum):
+    FORWARD = "forward"
+    COMPENSATION = "compensation"
+
+
+class EventType(StrEnum):
+    """What the timeline shows; one event per durable transition (plus admin requests)."""
+
+    SAGA_CREATED = "saga_created"  # queued for a worker (engine started with execute=False)
+    SAGA_STARTED = "saga_started"
+    STEP_STARTED = "step_started"
+    STEP_SUCCEEDED = "step_succeeded"
+    STEP_RETRYING = "step_retrying"
+    STEP_FAILED = "step_failed"
+    STEP_RESUMED = "step_resumed"
+    COMPENSATION_STARTED = "compensation_started"
+    STEP_COMPENSATED = "step_compensated"
+    COMPENSATION_RETRYING = "compensation_retrying"
+    COMPENSATION_FAILED = "compensation_failed"
+    SAGA_SUCCEEDED = "saga_succeeded"
+    SAGA_COMPENSATED = "saga_compensated"
+    SAGA_FAILED = "saga_failed"
+    SAGA_CLAIMED = "saga_claimed"
+    CANCEL_REQUESTED = "cancel_requested"
+    DEADLINE_EXPIRED = "deadline_expired"
+    RETRY_REQUESTED = "retry_requested"
+
+
+_ALLOWED: dict[SagaStatus, frozenset[SagaStatus]] = {
+    SagaStatus.PENDING: frozenset(
+        {SagaStatus.RUNNING, SagaStatus.COMPENSATING, SagaStatus.COMPENSATED, SagaStatus.SUCCEEDED}
+    ),
+    # RUNNING -> COMPENSATED when the first step fails: there is nothing to undo.
+    SagaStatus.RUNNING: frozenset(
+        {
+            SagaStatus.SUCCEEDED,
+            SagaStatus.COMPENSATING,
+            SagaStatus.COMPENSATED,
+            SagaStatus.FAILED,
+        }
+    ),
+    SagaStatus.COMPENSATING: frozenset({SagaStatus.COMPENSATED, SagaStatus.FAILED}),
+    # Only an operator's retry leaves FAILED: back to compensating, or forward past a pivot.
+    SagaStatus.FAILED: frozenset({SagaStatus.COMPENSATING, SagaStatus.RUNNING}),
+    SagaStatus.SUCCEEDED: frozenset(),
+    SagaStatus.COMPENSATED: frozenset(),
+}
+
+
+def check_saga_transition(current: SagaStatus, new: SagaStatus) -> None:
+    """Raise InvalidTransition unless the saga may move from ``current`` to ``new``."""
+    if current != new and new not in _ALLOWED[current]:
+        raise InvalidTransition(f"saga cannot go from {current} to {new}")
+
+
+@dataclass(slots=True)
+class StepRecord:
+    """One row per (step, phase): the durable outcome of a step's action or compensation."""
+
+    name: str
+    phase: Phase
+    status: StepStatus
+    attempts: int = 0
+    output: JSON = None
+    error: str | None = None
+    # True when the last attempt ended without a known outcome (timeout, crash): the action may
+    # have taken effect, so a compensation must run for it even though it "failed".
+    uncertain: bool = False
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+@dataclass(slots=True)
+class Event:
+    """One entry of a saga's append-only history (the timeline). Stores assign the order."""
+
+    at: float
+    type: EventType
+    step: str | None = None
+    phase: Phase | None = None
+    attempt: int | None = None
+    detail: str | None = None
+
+
+@dataclass(slots=True)
+class SagaRecord:
+    """A saga instance as the log knows it: the instance row, its step rows, its history."""
+
+    id: str
+    name: str
+    version: int
+    status: SagaStatus
+    input: JSON
+    created_at: float
+    updated_at: float
+    idempotency_key: str | None = None
+    owner: str | None = None
+    lease_expires_at: float | None = None
+    deadline_at: float | None = None
+    cancel_requested: bool = False
+    error: str | None = None
+    steps: dict[tuple[str, Phase], StepRecord] = field(default_factory=dict)
+    history: list[Event] = field(default_factory=list)
+
+    def step(self, name: str, phase: Phase = Phase.FORWARD) -> StepRecord | None:
+        return self.steps.get((name, phase))
+
+    def output(self, step: str) -> JSON:
+        """The recorded (encoded) output of a step's action, or None."""
+        record = self.steps.get((step, Phase.FORWARD))
+        return None if record is None else record.output
+
+
+@dataclass(slots=True)
+class Change:
+    """Everything one durable transition writes, atomically: the unit of the write-ahead log."""
+
+    status: SagaStatus | None = None
+    error: str | None = None
+    steps: list[StepRecord] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    # Terminal transitions hand the lease back so no engine claims the saga again.
+    release_lease: bool = False
+    clear_cancel: bool = False
+
+
+@dataclass(slots=True)
+class NewSaga:
+    """The first record of a saga, created atomically with its idempotency key."""
+
+    id: str
+    name: str
+    version: int
+    input: JSON
+    at: float
+    status: SagaStatus = SagaStatus.PENDING
+    idempotency_key: str | None = None
+    owner: str | None = None
+    lease_expires_at: float | None = None
+    deadline_at: float | None = None
+    steps: list[StepRecord] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+
+def apply_change(record: SagaRecord, change: Change, at: float) -> None:
+    """Apply a change to an in-memory record, exactly as a store applies it to its rows."""
+    if change.status is not None:
+        record.status = change.status
+        record.error = change.error
+    for step in change.steps:
+        record.steps[(step.name, step.phase)] = step
+    record.history.extend(change.events)
+    record.updated_at = at
+    if change.release_lease:
+        record.owner = None
+        record.lease_expires_at = None
+    if change.clear_cancel:
+        record.cancel_requested = False
+
+
+def record_from_new(new: NewSaga) -> SagaRecord:
+    return SagaRecord(
+        id=new.id,
+        name=new.name,
+        version=new.version,
+        status=new.status,
+        input=new.input,
+        created_at=new.at,
+        updated_at=new.at,
+        idempotency_key=new.idempotency_key,
+        owner=new.owner,
+        lease_expires_at=new.lease_expires_at,
+        deadline_at=new.deadline_at,
+        steps={(s.name, s.phase): s for s in new.steps},
+        history=list(new.events),
+    )

@@ -1,0 +1,139 @@
+"""The saga log port. Every backend (memory, SQLite, PostgreSQL, Redis) implements this class.
+
+The contract, checked for every backend by ``sagaway.testing.SagaStoreContract``:
+
+* ``create`` is atomic with the idempotency key: a second create with the same key creates
+  nothing and returns the first saga's id.
+* ``commit`` applies a whole ``Change`` atomically and durably before it returns, and only while
+  ``owner`` still holds the saga's lease (else ``LeaseLost``): that fencing is what makes a saga
+  run by one engine at a time even when a slow engine's lease was taken over.
+* ``claim`` hands unowned or lease-expired active sagas to one owner at a time.
+* Times are supplied by the caller (the engine's clock); stores never read a clock themselves.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+
+from sagaway.errors import SagaNotFound
+from sagaway.state import Change, Event, NewSaga, SagaRecord, SagaStatus
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A page of a listing, newest first."""
+
+    items: list[SagaRecord]
+    total: int
+
+
+class SagaStore(ABC):
+    """Abstract saga log. Records returned are copies: mutating them never changes the store."""
+
+    url: str = ""
+
+    async def open(self) -> None:  # noqa: B027 - optional hook
+        """Connect and create or migrate the schema. Idempotent."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Flush pending writes and release connections. Idempotent."""
+
+    async def __aenter__(self) -> SagaStore:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @abstractmethod
+    async def create(self, new: NewSaga) -> tuple[str, bool]:
+        """Insert a saga with its first steps and events.
+
+        Returns ``(saga_id, True)``, or ``(existing_id, False)`` when ``new.idempotency_key`` was
+        already used, in which case nothing is written.
+        """
+
+    @abstractmethod
+    async def commit(self, saga_id: str, owner: str | None, change: Change, at: float) -> None:
+        """Apply ``change`` atomically and durably.
+
+        With an ``owner``, only while that owner holds the lease (else ``LeaseLost``); ``None``
+        is for admin writes on sagas nobody owns. Raises ``SagaNotFound`` for an unknown id.
+        """
+
+    @abstractmethod
+    async def load(self, saga_id: str, *, history: bool = True) -> SagaRecord | None:
+        """One saga with its step rows and, unless ``history=False``, its events in order."""
+
+    @abstractmethod
+    async def list_sagas(
+        self,
+        *,
+        status: SagaStatus | None = None,
+        name: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> Page:
+        """Sagas newest first (created_at, then id), without steps or history."""
+
+    @abstractmethod
+    async def counts(self) -> dict[SagaStatus, int]:
+        """How many sagas are in each status (for metrics and dashboards)."""
+
+    @abstractmethod
+    async def claim(
+        self,
+        owner: str,
+        *,
+        now: float,
+        lease_seconds: float,
+        definitions: Sequence[tuple[str, int]],
+        limit: int,
+        include_own: bool = False,
+    ) -> list[SagaRecord]:
+        """Take the lease on up to ``limit`` active sagas of the given (name, version)s.
+
+        Eligible: status PENDING, RUNNING or COMPENSATING, and no owner or an expired lease (or,
+        with ``include_own``, already owned by ``owner``: an engine restarting under the same id
+        takes its sagas back at once). Each claimed saga gets a SAGA_CLAIMED event. Returns them
+        fully loaded (steps, no history needed). Two concurrent claims never return the same saga.
+        """
+
+    @abstractmethod
+    async def acquire(
+        self,
+        saga_id: str,
+        owner: str,
+        *,
+        now: float,
+        lease_seconds: float,
+        statuses: Sequence[SagaStatus],
+        event: Event | None = None,
+    ) -> SagaRecord | None:
+        """Take the lease on one saga if its status is in ``statuses`` and nobody else holds a
+        live lease; record ``event`` with it. Returns the loaded saga, or None if not taken.
+        Raises ``SagaNotFound`` for an unknown id."""
+
+    @abstractmethod
+    async def renew_leases(self, owner: str, *, now: float, lease_seconds: float) -> list[str]:
+        """Extend every active lease ``owner`` holds; return the ids among them whose
+        cancellation was requested (how a cancel reaches the engine running the saga)."""
+
+    @abstractmethod
+    async def request_cancel(self, saga_id: str, event: Event, at: float) -> SagaRecord:
+        """Flag an active saga for cancellation (and record ``event``); returns the saga.
+        Raises ``SagaNotFound``, or ``InvalidTransition`` when the saga is not active."""
+
+    async def get(self, saga_id: str) -> SagaRecord:
+        record = await self.load(saga_id)
+        if record is None:
+            raise SagaNotFound(saga_id)
+        return record

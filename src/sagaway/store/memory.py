@@ -1,0 +1,159 @@
+"""A real in-memory saga log: the full contract, no durability. For tests and demos.
+
+Single event loop, no awaits inside an operation: each method is atomic by construction.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from collections.abc import Sequence
+
+from sagaway.errors import InvalidTransition, LeaseLost, SagaNotFound
+from sagaway.state import (
+    Change,
+    Event,
+    EventType,
+    NewSaga,
+    SagaRecord,
+    SagaStatus,
+    apply_change,
+    record_from_new,
+)
+from sagaway.store.base import Page, SagaStore
+
+
+def _copy(record: SagaRecord, history: bool = True) -> SagaRecord:
+    clone = copy.copy(record)
+    clone.steps = {key: copy.copy(step) for key, step in record.steps.items()}
+    clone.history = list(record.history) if history else []
+    return clone
+
+
+class MemoryStore(SagaStore):
+    def __init__(self, url: str = "memory://") -> None:
+        self.url = url
+        self._sagas: dict[str, SagaRecord] = {}
+        self._keys: dict[str, str] = {}
+
+    async def create(self, new: NewSaga) -> tuple[str, bool]:
+        if new.idempotency_key is not None:
+            existing = self._keys.get(new.idempotency_key)
+            if existing is not None:
+                return existing, False
+            self._keys[new.idempotency_key] = new.id
+        self._sagas[new.id] = record_from_new(new)
+        return new.id, True
+
+    def _owned(self, saga_id: str, owner: str | None) -> SagaRecord:
+        record = self._sagas.get(saga_id)
+        if record is None:
+            raise SagaNotFound(saga_id)
+        if owner is not None and record.owner != owner:
+            raise LeaseLost(f"saga {saga_id} is no longer leased to {owner}")
+        return record
+
+    async def commit(self, saga_id: str, owner: str | None, change: Change, at: float) -> None:
+        # The engine never mutates a StepRecord it has committed, so keeping references is safe.
+        apply_change(self._owned(saga_id, owner), change, at)
+
+    async def load(self, saga_id: str, *, history: bool = True) -> SagaRecord | None:
+        record = self._sagas.get(saga_id)
+        return None if record is None else _copy(record, history)
+
+    async def list_sagas(
+        self,
+        *,
+        status: SagaStatus | None = None,
+        name: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> Page:
+        matches = [
+            r
+            for r in self._sagas.values()
+            if (status is None or r.status == status) and (name is None or r.name == name)
+        ]
+        matches.sort(key=lambda r: (r.created_at, r.id), reverse=True)
+        items = [_copy(r, history=False) for r in matches[offset : offset + limit]]
+        for item in items:
+            item.steps = {}
+        return Page(items=items, total=len(matches))
+
+    async def counts(self) -> dict[SagaStatus, int]:
+        return dict(Counter(r.status for r in self._sagas.values()))
+
+    def _take(self, record: SagaRecord, owner: str, now: float, lease_seconds: float) -> None:
+        record.owner = owner
+        record.lease_expires_at = now + lease_seconds
+        record.updated_at = now
+
+    async def claim(
+        self,
+        owner: str,
+        *,
+        now: float,
+        lease_seconds: float,
+        definitions: Sequence[tuple[str, int]],
+        limit: int,
+        include_own: bool = False,
+    ) -> list[SagaRecord]:
+        wanted = set(definitions)
+        claimed: list[SagaRecord] = []
+        for record in self._sagas.values():
+            if len(claimed) >= limit:
+                break
+            if not record.status.is_active or (record.name, record.version) not in wanted:
+                continue
+            free = (
+                record.owner is None
+                or record.lease_expires_at is None
+                or record.lease_expires_at < now
+                or (include_own and record.owner == owner)
+            )
+            if free:
+                self._take(record, owner, now, lease_seconds)
+                record.history.append(Event(at=now, type=EventType.SAGA_CLAIMED, detail=owner))
+                claimed.append(_copy(record, history=False))
+        return claimed
+
+    async def acquire(
+        self,
+        saga_id: str,
+        owner: str,
+        *,
+        now: float,
+        lease_seconds: float,
+        statuses: Sequence[SagaStatus],
+        event: Event | None = None,
+    ) -> SagaRecord | None:
+        record = self._owned(saga_id, None)
+        live_lease = (
+            record.owner not in (None, owner)
+            and record.lease_expires_at is not None
+            and record.lease_expires_at >= now
+        )
+        if record.status not in statuses or live_lease:
+            return None
+        self._take(record, owner, now, lease_seconds)
+        if event is not None:
+            record.history.append(event)
+        return _copy(record, history=False)
+
+    async def renew_leases(self, owner: str, *, now: float, lease_seconds: float) -> list[str]:
+        cancelled = []
+        for record in self._sagas.values():
+            if record.owner == owner and record.status.is_active:
+                record.lease_expires_at = now + lease_seconds
+                if record.cancel_requested:
+                    cancelled.append(record.id)
+        return cancelled
+
+    async def request_cancel(self, saga_id: str, event: Event, at: float) -> SagaRecord:
+        record = self._owned(saga_id, None)
+        if not record.status.is_active:
+            raise InvalidTransition(f"saga {saga_id} is {record.status}: nothing to cancel")
+        record.cancel_requested = True
+        record.history.append(event)
+        record.updated_at = at
+        return _copy(record)
