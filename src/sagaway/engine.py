@@ -102,7 +102,7 @@ class Engine:
         self._sagas: dict[tuple[str, int], Saga] = {}
         self._runs: dict[str, SagaRun] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._waiters: dict[str, list[asyncio.Future[SagaRecord | None]]] = {}
         self._listeners: list[CommitListener] = []
         self._orphans: set[str] = set()
         self._maintainer: asyncio.Task[None] | None = None
@@ -237,19 +237,22 @@ class Engine:
 
     async def wait(self, saga_id: str, timeout: float | None = None) -> SagaRecord:
         """Wait until the saga is terminal or ``timeout`` seconds pass; return it either way
-        (check ``record.status.is_terminal``)."""
+        (check ``record.status.is_terminal``), with its steps but without its history (use
+        ``get`` for the timeline)."""
         if saga_id in self._runs:
-            future = asyncio.get_running_loop().create_future()
+            future: asyncio.Future[SagaRecord | None] = asyncio.get_running_loop().create_future()
             self._waiters.setdefault(saga_id, []).append(future)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(future, timeout)
-            return await self.get(saga_id)
+                final = await asyncio.wait_for(future, timeout)
+                if final is not None:  # driven here to the end: no need to read it back
+                    return final
+            return await self.store.get(saga_id, history=False)
         # Driven by another engine: the store is the only place to look.
         loop = asyncio.get_running_loop()
         until = None if timeout is None else loop.time() + timeout
         delay = 0.005
         while True:
-            record = await self.get(saga_id)
+            record = await self.store.get(saga_id, history=False)
             left = None if until is None else until - loop.time()
             if record.status.is_terminal or (left is not None and left <= 0):
                 return record
@@ -391,9 +394,12 @@ class Engine:
             self._orphans.add(saga_id)
         finally:
             self._runs.pop(saga_id, None)
-            for future in self._waiters.pop(saga_id, ()):
-                if not future.done():
-                    future.set_result(None)
+            waiters = self._waiters.pop(saga_id, None)
+            if waiters:
+                final = run.record if run.record.status.is_terminal else None
+                for future in waiters:
+                    if not future.done():
+                        future.set_result(None if final is None else final.copy(history=False))
 
     async def _maintain(self) -> None:
         interval = min(self.recovery_interval, self.lease_seconds / 3)

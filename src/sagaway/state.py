@@ -160,6 +160,27 @@ class SagaRecord:
     def step(self, name: str, phase: Phase = Phase.FORWARD) -> StepRecord | None:
         return self.steps.get((name, phase))
 
+    def copy(self, *, history: bool = True) -> SagaRecord:
+        """A copy safe to hand out: its own step map and history list. Step rows are shared,
+        which is safe because nothing mutates a StepRecord once it is committed."""
+        return SagaRecord(
+            id=self.id,
+            name=self.name,
+            version=self.version,
+            status=self.status,
+            input=self.input,
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+            idempotency_key=self.idempotency_key,
+            owner=self.owner,
+            lease_expires_at=self.lease_expires_at,
+            deadline_at=self.deadline_at,
+            cancel_requested=self.cancel_requested,
+            error=self.error,
+            steps=dict(self.steps),
+            history=list(self.history) if history else [],
+        )
+
     def output(self, step: str) -> JSON:
         """The recorded (encoded) output of a step's action, or None."""
         record = self.steps.get((step, Phase.FORWARD))

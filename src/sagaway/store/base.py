@@ -132,8 +132,9 @@ class SagaStore(ABC):
         """Flag an active saga for cancellation (and record ``event``); returns the saga.
         Raises ``SagaNotFound``, or ``InvalidTransition`` when the saga is not active."""
 
-    async def get(self, saga_id: str) -> SagaRecord:
-        record = await self.load(saga_id)
+    async def get(self, saga_id: str, *, history: bool = True) -> SagaRecord:
+        """Like ``load``, but an unknown id raises ``SagaNotFound``."""
+        record = await self.load(saga_id, history=history)
         if record is None:
             raise SagaNotFound(saga_id)
         return record

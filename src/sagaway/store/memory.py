@@ -5,7 +5,6 @@ Single event loop, no awaits inside an operation: each method is atomic by const
 
 from __future__ import annotations
 
-import copy
 from collections import Counter
 from collections.abc import Sequence
 
@@ -21,13 +20,6 @@ from sagaway.state import (
     record_from_new,
 )
 from sagaway.store.base import Page, SagaStore
-
-
-def _copy(record: SagaRecord, history: bool = True) -> SagaRecord:
-    clone = copy.copy(record)
-    clone.steps = {key: copy.copy(step) for key, step in record.steps.items()}
-    clone.history = list(record.history) if history else []
-    return clone
 
 
 class MemoryStore(SagaStore):
@@ -59,7 +51,7 @@ class MemoryStore(SagaStore):
 
     async def load(self, saga_id: str, *, history: bool = True) -> SagaRecord | None:
         record = self._sagas.get(saga_id)
-        return None if record is None else _copy(record, history)
+        return None if record is None else record.copy(history=history)
 
     async def list_sagas(
         self,
@@ -75,7 +67,7 @@ class MemoryStore(SagaStore):
             if (status is None or r.status == status) and (name is None or r.name == name)
         ]
         matches.sort(key=lambda r: (r.created_at, r.id), reverse=True)
-        items = [_copy(r, history=False) for r in matches[offset : offset + limit]]
+        items = [r.copy(history=False) for r in matches[offset : offset + limit]]
         for item in items:
             item.steps = {}
         return Page(items=items, total=len(matches))
@@ -114,7 +106,7 @@ class MemoryStore(SagaStore):
             if free:
                 self._take(record, owner, now, lease_seconds)
                 record.history.append(Event(at=now, type=EventType.SAGA_CLAIMED, detail=owner))
-                claimed.append(_copy(record, history=False))
+                claimed.append(record.copy(history=False))
         return claimed
 
     async def acquire(
@@ -138,7 +130,7 @@ class MemoryStore(SagaStore):
         self._take(record, owner, now, lease_seconds)
         if event is not None:
             record.history.append(event)
-        return _copy(record, history=False)
+        return record.copy(history=False)
 
     async def renew_leases(self, owner: str, *, now: float, lease_seconds: float) -> list[str]:
         cancelled = []
@@ -156,4 +148,4 @@ class MemoryStore(SagaStore):
         record.cancel_requested = True
         record.history.append(event)
         record.updated_at = at
-        return _copy(record)
+        return record.copy()
