@@ -267,8 +267,8 @@ class Engine:
         """Ask an active saga to stop and compensate. Takes effect between steps; a saga past
         its pivot can no longer be cancelled (``InvalidTransition``)."""
         record = await self.get(saga_id)
-        saga = self.definition(record.name, record.version)
-        if record.status.is_active and past_pivot(saga, record):
+        saga = self._sagas.get((record.name, record.version))
+        if saga is not None and record.status.is_active and past_pivot(saga, record):
             raise InvalidTransition(f"saga {saga_id} is past its pivot step: it can only finish")
         now = self.clock.now()
         record = await self.store.request_cancel(
@@ -277,18 +277,24 @@ class Engine:
         run = self._runs.get(saga_id)
         if run is not None:
             run.cancel_requested = True
-        elif self.execute:
+        elif self.execute and saga is not None:
             await self.resume(saga_id)
+        # Otherwise the engine holding the lease learns of it when it renews its leases, or
+        # whichever engine claims the saga next finds the flag in the record.
         return record
 
     async def retry(self, saga_id: str) -> None:
-        """Resume a FAILED saga: its failed compensation, or its failed step past the pivot."""
+        """Resume a FAILED saga: its failed compensation, or its failed step past the pivot.
+
+        An engine that knows the definition and executes drives it at once; otherwise (an admin
+        CLI, an API-only process) the saga is handed back, unowned, for a worker to claim."""
         record = await self.get(saga_id)
         if record.status is not SagaStatus.FAILED:
             raise InvalidTransition(
                 f"saga {saga_id} is {record.status}: only FAILED sagas can be retried"
             )
-        saga = self.definition(record.name, record.version)
+        saga = self._sagas.get((record.name, record.version))
+        here = self.execute and saga is not None
         now = self.clock.now()
         taken = await self.store.acquire(
             saga_id,
@@ -302,10 +308,11 @@ class Engine:
             raise InvalidTransition(f"saga {saga_id} is being retried by another engine")
         compensating = any(phase is Phase.COMPENSATION for _, phase in taken.steps)
         target = SagaStatus.COMPENSATING if compensating else SagaStatus.RUNNING
-        change = Change(status=target, error=taken.error)
+        change = Change(status=target, error=taken.error, release_lease=not here)
         await self.store.commit(saga_id, self.owner_id, change, now)
         apply_change(taken, change, now)
-        if self.execute:
+        if here:
+            assert saga is not None
             self._spawn(saga, taken)
 
     async def resume(self, saga_id: str) -> bool:
