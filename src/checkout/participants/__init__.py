@@ -1,0 +1,52 @@
+"""The checkout's participants: services that do one thing each and can undo it.
+
+Every operation takes the saga step's idempotency key and dedupes on it (the key is the
+primary key of the participant's ledger table), so a retried or recovered step never applies
+twice. Compensations take the forward action's key plus their own, undo exactly once, and
+leave a tombstone when the action never happened so a late action becomes a no-op.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from checkout.db import Database
+from checkout.participants.inventory import InventoryService
+from checkout.participants.orders import OrderService, new_order_id, saga_input
+from checkout.participants.payment import PaymentService
+from checkout.participants.shipping import ShippingService
+from checkout.participants.shop import ShopService, ShopTotals
+
+
+@dataclass(frozen=True, slots=True)
+class CheckoutParticipants:
+    """Everything the checkout saga and the API call, built on one shop database."""
+
+    shop: ShopService
+    orders: OrderService
+    inventory: InventoryService
+    payment: PaymentService
+    shipping: ShippingService
+
+    @classmethod
+    def from_database(cls, db: Database) -> CheckoutParticipants:
+        return cls(
+            shop=ShopService(db.sessions, db.read_sessions),
+            orders=OrderService(db.sessions, db.read_sessions),
+            inventory=InventoryService(db.sessions),
+            payment=PaymentService(db.sessions),
+            shipping=ShippingService(db.sessions),
+        )
+
+
+__all__ = [
+    "CheckoutParticipants",
+    "InventoryService",
+    "OrderService",
+    "PaymentService",
+    "ShippingService",
+    "ShopService",
+    "ShopTotals",
+    "new_order_id",
+    "saga_input",
+]

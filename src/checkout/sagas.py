@@ -1,0 +1,129 @@
+"""The checkout saga: validate -> reserve inventory -> take payment -> ship, compensated in
+reverse when a step fails.
+
+The saga is built by a factory around the participants instead of living at module level, so
+the service, the tests and the demo CLI each bind it to their own database. Steps translate the
+domain's business errors into ``StepFailed`` with the exact message (no retry, compensate); any
+other exception (a dropped connection, a timeout) is retried by the engine with the same
+idempotency key, which the participants dedupe on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from checkout.domain.models import (
+    CheckoutError,
+    OrderInput,
+    Payment,
+    PaymentStatus,
+    Reservation,
+    ReservationStatus,
+    Shipment,
+    ShipmentStatus,
+    ValidatedOrder,
+)
+from checkout.participants import CheckoutParticipants
+from sagaway import RetryPolicy, Saga, StepContext, StepFailed
+
+SAGA_NAME = "checkout"
+SAGA_VERSION = 1
+STEP_NAMES = ("validate_order", "reserve_inventory", "process_payment", "ship_order")
+
+# A participant call is one short database transaction: 5 s covers a queue of writers on
+# SQLite's busy_timeout; three attempts ride out a dropped connection.
+STEP_RETRY = RetryPolicy(max_attempts=3)
+STEP_TIMEOUT = 5.0
+
+T = TypeVar("T")
+
+
+async def _business(call: Awaitable[T]) -> T:
+    """Await a participant call, turning a business error into ``StepFailed(message)``."""
+    try:
+        return await call
+    except CheckoutError as exc:
+        raise StepFailed(exc.message) from exc
+
+
+def _validated(ctx: StepContext) -> ValidatedOrder:
+    return ValidatedOrder.model_validate(ctx.results["validate_order"])
+
+
+def build_checkout_saga(
+    participants: CheckoutParticipants,
+    *,
+    name: str = SAGA_NAME,
+    version: int = SAGA_VERSION,
+) -> Saga:
+    """The checkout saga bound to ``participants``. Bump ``version`` when the steps change
+    incompatibly: instances in flight resume with the definition that started them."""
+    p = participants
+    saga = Saga(name, version=version)
+
+    @saga.step(retry=STEP_RETRY, timeout=STEP_TIMEOUT)
+    async def validate_order(ctx: StepContext, order: OrderInput) -> ValidatedOrder:
+        # Read-only: nothing to compensate.
+        return await _business(p.shop.validate_order(order))
+
+    @saga.step(retry=STEP_RETRY, timeout=STEP_TIMEOUT)
+    async def reserve_inventory(ctx: StepContext, order: OrderInput) -> Reservation:
+        reservation = await _business(
+            p.inventory.reserve(ctx.idempotency_key, order.order_id, order.items)
+        )
+        if reservation.status is not ReservationStatus.RESERVED:
+            # A tombstone: this saga already compensated the step; the late call did nothing.
+            raise StepFailed(f"Reservation {reservation.status.value}")
+        return reservation
+
+    @reserve_inventory.compensation
+    async def release_inventory(
+        ctx: StepContext, order: OrderInput, reservation: Reservation | None
+    ) -> None:
+        # Looked up by the forward key, not by ``reservation``: that is None when the
+        # action's outcome is uncertain, and the participant knows what really happened.
+        await p.inventory.release(ctx.forward_key, ctx.idempotency_key, order_id=order.order_id)
+
+    @saga.step(retry=STEP_RETRY, timeout=STEP_TIMEOUT)
+    async def process_payment(ctx: StepContext, order: OrderInput) -> Payment:
+        validated = _validated(ctx)
+        payment = await _business(
+            p.payment.charge(
+                ctx.idempotency_key, order.order_id, order.customer_id, validated.total_cents
+            )
+        )
+        if payment.status is not PaymentStatus.CAPTURED:
+            raise StepFailed(f"Payment {payment.status.value}")
+        return payment
+
+    @process_payment.compensation
+    async def refund_payment(ctx: StepContext, order: OrderInput, payment: Payment | None) -> None:
+        await p.payment.refund(
+            ctx.forward_key,
+            ctx.idempotency_key,
+            order_id=order.order_id,
+            account_id=order.customer_id,
+        )
+
+    @saga.step(retry=STEP_RETRY, timeout=STEP_TIMEOUT)
+    async def ship_order(ctx: StepContext, order: OrderInput) -> Shipment:
+        validated = _validated(ctx)
+        shipment = await _business(
+            p.shipping.create_shipment(
+                ctx.idempotency_key, order.order_id, validated.shipping_address, order.items
+            )
+        )
+        if shipment.status is not ShipmentStatus.CREATED:
+            raise StepFailed(f"Shipment {shipment.status.value}")
+        return shipment
+
+    @ship_order.compensation
+    async def cancel_shipment(
+        ctx: StepContext, order: OrderInput, shipment: Shipment | None
+    ) -> None:
+        await p.shipping.cancel_shipment(
+            ctx.forward_key, ctx.idempotency_key, order_id=order.order_id
+        )
+
+    return saga
