@@ -1,0 +1,47 @@
+"""Test your own sagas without servers: a virtual clock, fault injection, a test engine.
+
+* ``VirtualClock``: time that moves only when the test calls ``advance``, so backoff, leases
+  and deadlines are tested instantly and deterministically.
+* ``Faults`` (and the one-shot ``flaky``, ``fails_when``, ``hangs`` decorators): make a step
+  fail transiently, fail for business reasons, hang until a timeout, or lose its response.
+* ``EffectLedger``: an idempotent in-memory participant that counts effects per idempotency
+  key, so a test can assert every action and compensation took effect exactly once.
+* ``saga_engine(*sagas)``: ``async with`` an opened Engine on a MemoryStore with a
+  VirtualClock, yielding a ``SagaHarness`` (engine, store, clock, ``run``).
+* ``SagaStoreContract``: the store contract test base class for a new backend. It is imported
+  lazily because it needs pytest, which ``sagaway.testing`` itself never requires.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from sagaway.testing.clock import VirtualClock
+from sagaway.testing.faults import EffectLedger, Faults, Hang, fails_when, flaky, hangs
+from sagaway.testing.harness import SagaHarness, saga_engine
+
+__all__ = [
+    "EffectLedger",
+    "Faults",
+    "Hang",
+    "SagaHarness",
+    "SagaStoreContract",
+    "VirtualClock",
+    "fails_when",
+    "flaky",
+    "hangs",
+    "saga_engine",
+]
+
+_LAZY = {"SagaStoreContract": "sagaway.testing.contract"}
+
+
+def __getattr__(name: str) -> Any:
+    """Import pytest-dependent names only when asked for (PEP 562)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
