@@ -1,0 +1,396 @@
+"""The SQLite saga log's statements: plain functions of a connection, run on the store's threads.
+
+Write operations run on the writer thread inside a group-commit transaction, each in its own
+savepoint; they raise the port's errors (``SagaNotFound``, ``LeaseLost``, ``InvalidTransition``)
+and the store rolls back just that savepoint. Read operations run on the reader thread, each in
+one read transaction so a saga's row, steps and events come from the same snapshot.
+
+Kept free of asyncio and threads so that every function here can be read (and tested) as the
+SQL it is. Hot paths build parameter tuples by hand and use ``executemany``: at thousands of
+sagas per second, Python overhead per row is what limits the writer.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sagaway.errors import InvalidTransition, LeaseLost, SagaNotFound
+from sagaway.state import (
+    ACTIVE_STATUSES,
+    Change,
+    Event,
+    EventType,
+    NewSaga,
+    Phase,
+    SagaRecord,
+    SagaStatus,
+    StepRecord,
+    StepStatus,
+)
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_loads = json.loads
+
+# Enum lookups by value through a dict: calling the enum class is several times slower.
+_SAGA_STATUS = {s.value: s for s in SagaStatus}
+_STEP_STATUS = {s.value: s for s in StepStatus}
+_PHASE = {p.value: p for p in Phase}
+_EVENT_TYPE = {t.value: t for t in EventType}
+
+_ACTIVE = ",".join(f"'{s.value}'" for s in ACTIVE_STATUSES)
+_COLS = (
+    "id, name, version, status, input, idempotency_key, owner, lease_expires_at, deadline_at, "
+    "cancel_requested, error, created_at, updated_at"
+)
+_STEP_COLS = "name, phase, status, attempts, output, error, uncertain, started_at, finished_at"
+
+INSERT_INSTANCE = (
+    f"INSERT INTO sagaway_instances ({_COLS}) VALUES (?,?,?,?,?,?,?,?,?,0,NULL,?,?) "
+    "ON CONFLICT (idempotency_key) DO NOTHING"
+)
+UPSERT_STEP = (
+    f"INSERT INTO sagaway_steps (saga_id, {_STEP_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?) "
+    "ON CONFLICT (saga_id, name, phase) DO UPDATE SET status = excluded.status, "
+    "attempts = excluded.attempts, output = excluded.output, error = excluded.error, "
+    "uncertain = excluded.uncertain, started_at = excluded.started_at, "
+    "finished_at = excluded.finished_at"
+)
+INSERT_EVENT = (
+    "INSERT INTO sagaway_events (saga_id, at, type, step, phase, attempt, detail) "
+    "VALUES (?,?,?,?,?,?,?)"
+)
+# One statement for every Change: status and error move together (as in apply_change); the lease
+# fence is the WHERE clause, so a lost lease writes nothing and shows as rowcount 0.
+_UPDATE = (
+    "UPDATE sagaway_instances SET status = coalesce(?1, status), "
+    "error = CASE WHEN ?1 IS NULL THEN error ELSE ?2 END, updated_at = ?3, "
+    "owner = CASE WHEN ?4 THEN NULL ELSE owner END, "
+    "lease_expires_at = CASE WHEN ?4 THEN NULL ELSE lease_expires_at END, "
+    "cancel_requested = CASE WHEN ?5 THEN 0 ELSE cancel_requested END WHERE id = ?6"
+)
+UPDATE_FENCED = _UPDATE + " AND owner = ?7"
+UPDATE_ADMIN = _UPDATE
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else _dumps(value)
+
+
+def _unjson(text: str | None) -> Any:
+    return None if text is None else _loads(text)
+
+
+def step_rows(saga_id: str, steps: Iterable[StepRecord]) -> list[tuple[Any, ...]]:
+    return [
+        (
+            saga_id,
+            s.name,
+            s.phase,
+            s.status,
+            s.attempts,
+            None if s.output is None else _dumps(s.output),
+            s.error,
+            1 if s.uncertain else 0,
+            s.started_at,
+            s.finished_at,
+        )
+        for s in steps
+    ]
+
+
+def event_rows(saga_id: str, events: Iterable[Event]) -> list[tuple[Any, ...]]:
+    return [(saga_id, e.at, e.type, e.step, e.phase, e.attempt, e.detail) for e in events]
+
+
+def _saga(row: Sequence[Any]) -> SagaRecord:
+    return SagaRecord(
+        id=row[0],
+        name=row[1],
+        version=row[2],
+        status=_SAGA_STATUS[row[3]],
+        input=_unjson(row[4]),
+        idempotency_key=row[5],
+        owner=row[6],
+        lease_expires_at=row[7],
+        deadline_at=row[8],
+        cancel_requested=bool(row[9]),
+        error=row[10],
+        created_at=row[11],
+        updated_at=row[12],
+    )
+
+
+def _step(row: Sequence[Any]) -> StepRecord:
+    return StepRecord(
+        name=row[0],
+        phase=_PHASE[row[1]],
+        status=_STEP_STATUS[row[2]],
+        attempts=row[3],
+        output=_unjson(row[4]),
+        error=row[5],
+        uncertain=bool(row[6]),
+        started_at=row[7],
+        finished_at=row[8],
+    )
+
+
+def _event(row: Sequence[Any]) -> Event:
+    return Event(
+        at=row[0],
+        type=_EVENT_TYPE[row[1]],
+        step=row[2],
+        phase=None if row[3] is None else _PHASE[row[3]],
+        attempt=row[4],
+        detail=row[5],
+    )
+
+
+# -- reads (any connection; the caller provides the transaction) --------------------------------
+
+
+def load(conn: sqlite3.Connection, saga_id: str, history: bool) -> SagaRecord | None:
+    row = conn.execute(f"SELECT {_COLS} FROM sagaway_instances WHERE id = ?", (saga_id,)).fetchone()
+    if row is None:
+        return None
+    record = _saga(row)
+    for step_row in conn.execute(
+        f"SELECT {_STEP_COLS} FROM sagaway_steps WHERE saga_id = ?", (saga_id,)
+    ):
+        step = _step(step_row)
+        record.steps[(step.name, step.phase)] = step
+    if history:
+        record.history = [
+            _event(r)
+            for r in conn.execute(
+                "SELECT at, type, step, phase, attempt, detail FROM sagaway_events "
+                "WHERE saga_id = ? ORDER BY id",
+                (saga_id,),
+            )
+        ]
+    return record
+
+
+def load_many(conn: sqlite3.Connection, ids: list[str]) -> list[SagaRecord]:
+    """Several sagas with their steps (no history), in the order of ``ids``."""
+    if not ids:
+        return []
+    param = (_dumps(ids),)
+    records = {
+        r[0]: _saga(r)
+        for r in conn.execute(
+            f"SELECT {_COLS} FROM sagaway_instances WHERE id IN (SELECT value FROM json_each(?))",
+            param,
+        )
+    }
+    for r in conn.execute(
+        f"SELECT saga_id, {_STEP_COLS} FROM sagaway_steps "
+        "WHERE saga_id IN (SELECT value FROM json_each(?))",
+        param,
+    ):
+        step = _step(r[1:])
+        records[r[0]].steps[(step.name, step.phase)] = step
+    return [records[i] for i in ids]
+
+
+def read_load(conn: sqlite3.Connection, saga_id: str, history: bool) -> SagaRecord | None:
+    conn.execute("BEGIN")
+    try:
+        return load(conn, saga_id, history)
+    finally:
+        conn.execute("COMMIT")
+
+
+def read_list(
+    conn: sqlite3.Connection, status: SagaStatus | None, name: str | None, limit: int, offset: int
+) -> tuple[list[SagaRecord], int]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    if status is not None:
+        clauses.append("status = ?")
+        params.append(status.value)
+    if name is not None:
+        clauses.append("name = ?")
+        params.append(name)
+    where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+    conn.execute("BEGIN")
+    try:
+        items = [
+            _saga(r)
+            for r in conn.execute(
+                f"SELECT {_COLS} FROM sagaway_instances{where} "
+                "ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
+                (*params, max(limit, 0), max(offset, 0)),
+            )
+        ]
+        total = conn.execute(f"SELECT count(*) FROM sagaway_instances{where}", params).fetchone()
+        return items, int(total[0])
+    finally:
+        conn.execute("COMMIT")
+
+
+def read_counts(conn: sqlite3.Connection) -> dict[SagaStatus, int]:
+    rows = conn.execute("SELECT status, count(*) FROM sagaway_instances GROUP BY status")
+    return {_SAGA_STATUS[status]: int(n) for status, n in rows}
+
+
+# -- writes (writer thread, inside the batch transaction and the operation's savepoint) --------
+
+
+def create(conn: sqlite3.Connection, new: NewSaga) -> tuple[str, bool]:
+    cursor = conn.execute(
+        INSERT_INSTANCE,
+        (
+            new.id,
+            new.name,
+            new.version,
+            new.status,
+            _dumps(new.input),
+            new.idempotency_key,
+            new.owner,
+            new.lease_expires_at,
+            new.deadline_at,
+            new.at,
+            new.at,
+        ),
+    )
+    if cursor.rowcount == 0:  # the idempotency key was used: write nothing, return that saga
+        row = conn.execute(
+            "SELECT id FROM sagaway_instances WHERE idempotency_key = ?", (new.idempotency_key,)
+        ).fetchone()
+        return str(row[0]), False
+    if new.steps:
+        conn.executemany(UPSERT_STEP, step_rows(new.id, new.steps))
+    if new.events:
+        conn.executemany(INSERT_EVENT, event_rows(new.id, new.events))
+    return new.id, True
+
+
+def commit(
+    conn: sqlite3.Connection, saga_id: str, owner: str | None, change: Change, at: float
+) -> None:
+    status = change.status
+    params: tuple[Any, ...] = (
+        status,
+        change.error,
+        at,
+        change.release_lease,
+        change.clear_cancel,
+        saga_id,
+    )
+    if owner is None:
+        cursor = conn.execute(UPDATE_ADMIN, params)
+    else:
+        cursor = conn.execute(UPDATE_FENCED, (*params, owner))
+    if cursor.rowcount == 0:
+        _exists(conn, saga_id)
+        raise LeaseLost(f"saga {saga_id} is no longer leased to {owner}")
+    if change.steps:
+        conn.executemany(UPSERT_STEP, step_rows(saga_id, change.steps))
+    if change.events:
+        conn.executemany(INSERT_EVENT, event_rows(saga_id, change.events))
+
+
+def _exists(conn: sqlite3.Connection, saga_id: str) -> tuple[Any, ...]:
+    row = conn.execute(
+        "SELECT status, owner, lease_expires_at FROM sagaway_instances WHERE id = ?", (saga_id,)
+    ).fetchone()
+    if row is None:
+        raise SagaNotFound(saga_id)
+    return tuple(row)
+
+
+def claim(
+    conn: sqlite3.Connection,
+    owner: str,
+    now: float,
+    lease_seconds: float,
+    definitions: Sequence[tuple[str, int]],
+    limit: int,
+    include_own: bool,
+) -> list[SagaRecord]:
+    if not definitions or limit <= 0:
+        return []
+    wanted = ",".join("(?,?)" for _ in definitions)
+    own = " OR owner = ?" if include_own else ""
+    params: list[Any] = [v for pair in definitions for v in pair]
+    params.append(now)
+    if include_own:
+        params.append(owner)
+    params.append(limit)
+    # Safe without row locks: the batch holds SQLite's write lock (BEGIN IMMEDIATE) from this
+    # SELECT to the UPDATE, so no other claim, here or in another process, can interleave.
+    ids = [
+        r[0]
+        for r in conn.execute(
+            f"SELECT id FROM sagaway_instances WHERE status IN ({_ACTIVE}) "
+            f"AND (name, version) IN (VALUES {wanted}) "
+            f"AND (owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at < ?{own}) "
+            "ORDER BY created_at, id LIMIT ?",
+            params,
+        )
+    ]
+    if not ids:
+        return []
+    conn.execute(
+        "UPDATE sagaway_instances SET owner = ?, lease_expires_at = ?, updated_at = ? "
+        "WHERE id IN (SELECT value FROM json_each(?))",
+        (owner, now + lease_seconds, now, _dumps(ids)),
+    )
+    claimed = EventType.SAGA_CLAIMED
+    conn.executemany(INSERT_EVENT, [(i, now, claimed, None, None, None, owner) for i in ids])
+    return load_many(conn, ids)
+
+
+def acquire(
+    conn: sqlite3.Connection,
+    saga_id: str,
+    owner: str,
+    now: float,
+    lease_seconds: float,
+    statuses: Sequence[SagaStatus],
+    event: Event | None,
+) -> SagaRecord | None:
+    status, holder, expires = _exists(conn, saga_id)
+    live_lease = holder is not None and holder != owner and expires is not None and expires >= now
+    if status not in statuses or live_lease:
+        return None
+    conn.execute(
+        "UPDATE sagaway_instances SET owner = ?, lease_expires_at = ?, updated_at = ? WHERE id = ?",
+        (owner, now + lease_seconds, now, saga_id),
+    )
+    if event is not None:
+        conn.executemany(INSERT_EVENT, event_rows(saga_id, [event]))
+    return load(conn, saga_id, history=False)
+
+
+def renew_leases(
+    conn: sqlite3.Connection, owner: str, now: float, lease_seconds: float
+) -> list[str]:
+    conn.execute(
+        "UPDATE sagaway_instances SET lease_expires_at = ? "
+        f"WHERE status IN ({_ACTIVE}) AND owner = ?",
+        (now + lease_seconds, owner),
+    )
+    rows = conn.execute(
+        f"SELECT id FROM sagaway_instances WHERE status IN ({_ACTIVE}) AND owner = ? "
+        "AND cancel_requested = 1",
+        (owner,),
+    )
+    return [r[0] for r in rows]
+
+
+def request_cancel(conn: sqlite3.Connection, saga_id: str, event: Event, at: float) -> SagaRecord:
+    status = _SAGA_STATUS[_exists(conn, saga_id)[0]]
+    if not status.is_active:
+        raise InvalidTransition(f"saga {saga_id} is {status}: nothing to cancel")
+    conn.execute(
+        "UPDATE sagaway_instances SET cancel_requested = 1, updated_at = ? WHERE id = ?",
+        (at, saga_id),
+    )
+    conn.executemany(INSERT_EVENT, event_rows(saga_id, [event]))
+    record = load(conn, saga_id, history=True)
+    assert record is not None
+    return record

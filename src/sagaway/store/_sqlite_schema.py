@@ -1,0 +1,133 @@
+"""The SQLite saga log's schema, its migrations, and how a connection is configured.
+
+The store owns its schema: ``open()`` creates it on an empty file and migrates an older one, in
+one ``BEGIN IMMEDIATE`` transaction, so two processes opening the same file at once cannot both
+migrate it. Every table is prefixed ``sagaway_`` so the log can live in an application's own
+database file (the checkout service keeps its shop tables next to it, which is what lets a step's
+own writes be group-committed with the saga log).
+
+Later versions append to ``MIGRATIONS``; a released entry is never edited.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from sagaway.errors import StoreError
+
+# Each entry migrates the schema from version ``index`` to ``index + 1``.
+MIGRATIONS: list[tuple[str, ...]] = [
+    (
+        # Times are POSIX seconds from the engine's clock; JSON columns are compact JSON text.
+        """
+        CREATE TABLE sagaway_instances (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            input TEXT,
+            idempotency_key TEXT UNIQUE,
+            owner TEXT,
+            lease_expires_at REAL,
+            deadline_at REAL,
+            cancel_requested INTEGER NOT NULL DEFAULT 0,
+            error TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        )
+        """,
+        # Claims scan active statuses for free leases; listings page newest first.
+        "CREATE INDEX sagaway_instances_claim ON sagaway_instances (status, lease_expires_at)",
+        "CREATE INDEX sagaway_instances_created ON sagaway_instances (created_at, id)",
+        "CREATE INDEX sagaway_instances_name ON sagaway_instances (name, created_at, id)",
+        # WITHOUT ROWID: the primary key is the only access path, so keep one B-tree, not two.
+        """
+        CREATE TABLE sagaway_steps (
+            saga_id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            phase TEXT NOT NULL,
+            status TEXT NOT NULL,
+            attempts INTEGER NOT NULL,
+            output TEXT,
+            error TEXT,
+            uncertain INTEGER NOT NULL DEFAULT 0,
+            started_at REAL,
+            finished_at REAL,
+            PRIMARY KEY (saga_id, name, phase)
+        ) WITHOUT ROWID
+        """,
+        # ``id`` aliases the rowid: assigned in insertion order, so it *is* the history order.
+        # (AUTOINCREMENT would only differ after deleting the newest row, which we never do, and
+        # costs an extra write to sqlite_sequence per insert.)
+        """
+        CREATE TABLE sagaway_events (
+            id INTEGER PRIMARY KEY,
+            saga_id TEXT NOT NULL,
+            at REAL NOT NULL,
+            type TEXT NOT NULL,
+            step TEXT,
+            phase TEXT,
+            attempt INTEGER,
+            detail TEXT
+        )
+        """,
+        # (saga_id) implicitly ends with the rowid, so it also returns a saga's events in order.
+        "CREATE INDEX sagaway_events_saga ON sagaway_events (saga_id)",
+    ),
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def connect(path: str, *, durable: bool, busy_timeout_ms: int, reader: bool) -> sqlite3.Connection:
+    """A connection in autocommit mode (the store issues BEGIN/COMMIT itself), WAL journal.
+
+    ``check_same_thread`` is off because each connection is made on the loop's side and then
+    used by exactly one dedicated thread.
+    """
+    try:
+        conn = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, cached_statements=256
+        )
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        if reader:
+            conn.execute("PRAGMA query_only = ON")
+        else:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"sqlite: cannot enable WAL on {path!r} (journal_mode={mode})")
+            # FULL fsyncs the WAL on every commit: a transition is on disk before the step runs.
+            conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+            conn.execute("PRAGMA temp_store = MEMORY")
+        return conn
+    except sqlite3.Error as exc:
+        raise StoreError(f"sqlite: cannot open {path!r}: {exc}") from exc
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema to ``SCHEMA_VERSION``; return the version found before migrating."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS sagaway_schema (version INTEGER PRIMARY KEY NOT NULL)"
+            )
+            row = conn.execute("SELECT max(version) FROM sagaway_schema").fetchone()
+            found = int(row[0] or 0)
+            if found > SCHEMA_VERSION:
+                raise StoreError(
+                    f"the saga log schema is version {found}, newer than this sagaway "
+                    f"(version {SCHEMA_VERSION}): upgrade sagaway"
+                )
+            for version in range(found + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[version - 1]:
+                    conn.execute(statement)
+                conn.execute("INSERT INTO sagaway_schema (version) VALUES (?)", (version,))
+            conn.execute("COMMIT")
+            return found
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    except sqlite3.Error as exc:
+        raise StoreError(f"sqlite: cannot create or migrate the saga log schema: {exc}") from exc

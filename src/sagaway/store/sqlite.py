@@ -1,0 +1,375 @@
+"""The embedded saga log: one SQLite file, durable commits, group commit.
+
+``sqlite:///relative.db`` or ``sqlite:////absolute/path.db``. Query parameters:
+``durable=false`` relaxes ``synchronous`` from FULL to NORMAL (a power loss may then lose the
+last transitions; a process crash still loses nothing), ``busy_timeout`` (milliseconds, default
+10000) bounds how long a write waits for another process holding the file's write lock.
+
+Why group commit: a durable SQLite commit costs an fsync, and one fsync per transition caps a
+store at roughly a thousand transitions a second. Here every write (create, commit, claim,
+acquire, renew_leases, request_cancel, run_in_transaction) is queued; one flusher task on the
+event loop hands everything queued so far, as one batch, to a dedicated writer thread, which runs
+``BEGIN IMMEDIATE``, applies each operation inside its own SAVEPOINT (so one operation failing
+with LeaseLost, SagaNotFound or InvalidTransition rolls back only itself), ``COMMIT``s (one
+fsync for the whole batch), then resolves every caller's future with a single
+``call_soon_threadsafe``. While the thread commits, new operations accumulate for the next
+batch, so batches grow with load and the fsync is shared by every saga in flight. No caller
+resumes before its batch is durable: the write-ahead guarantee is unchanged.
+
+Reads (load, list_sagas, counts) run on a second connection and thread: WAL readers see the last
+committed state and never wait for the writer.
+
+Several processes may share the file (a restarted worker, two engines): ``BEGIN IMMEDIATE`` takes
+the write lock up front, and ``commit`` is fenced by ``WHERE id = ? AND owner = ?``, so a write
+from an engine that lost its lease changes nothing and raises ``LeaseLost``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+from urllib.parse import parse_qs, urlsplit
+
+from sagaway.errors import SagawayError, StoreError
+from sagaway.state import Change, Event, NewSaga, SagaRecord, SagaStatus
+from sagaway.store import _sqlite_ops as ops
+from sagaway.store._sqlite_schema import connect, migrate
+from sagaway.store.base import Page, SagaStore
+
+__all__ = ["SQLiteStore", "SQLiteStoreStats"]
+
+T = TypeVar("T")
+
+# One queued write: the caller's future, the function to run on the writer's connection, its
+# arguments. A tuple, not an object: at tens of thousands of writes a second it adds up.
+_Op = tuple["asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...]]
+_Result = tuple["asyncio.Future[Any]", Any, BaseException | None]
+
+_FALSE = {"0", "false", "no", "off"}
+
+
+@dataclass(slots=True)
+class SQLiteStoreStats:
+    """Group-commit counters (benchmarks read them; ``operations / batches`` is the batch size)."""
+
+    batches: int = 0
+    operations: int = 0
+
+
+def parse_url(url: str) -> tuple[str, bool, int]:
+    """``(path, durable, busy_timeout_ms)`` from a ``sqlite:///...`` URL."""
+    parts = urlsplit(url)
+    if not parts.scheme.startswith("sqlite") or parts.netloc:
+        raise SagawayError(
+            f"bad SQLite URL {url!r}: use sqlite:///relative.db or sqlite:////abs/path.db"
+        )
+    path = parts.path[1:]
+    if not path or path == ":memory:":
+        raise SagawayError(
+            f"bad SQLite URL {url!r}: a file path is required (use memory:// for an "
+            "in-memory store)"
+        )
+    durable, busy_timeout = True, 10_000
+    for key, values in parse_qs(parts.query, keep_blank_values=True).items():
+        value = values[-1]
+        if key == "durable":
+            durable = value.lower() not in _FALSE
+        elif key == "busy_timeout":
+            busy_timeout = int(value)
+        else:
+            raise SagawayError(f"unknown SQLite URL parameter {key!r} in {url!r}")
+    return path, durable, busy_timeout
+
+
+def _translate(exc: BaseException) -> BaseException:
+    """Driver errors become StoreError at this edge; the port's own errors pass through."""
+    if isinstance(exc, sqlite3.Error):
+        error = StoreError(f"sqlite: {exc}")
+        error.__cause__ = exc
+        return error
+    return exc
+
+
+class SQLiteStore(SagaStore):
+    """The saga log in one SQLite file; see the module docstring for the group-commit design.
+
+    Bound to the event loop that calls ``open()``: use it from that loop only.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.path, self.durable, self.busy_timeout_ms = parse_url(url)
+        self.stats = SQLiteStoreStats()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: list[_Op] = []
+        self._wakeup = asyncio.Event()
+        self._inbox: queue.SimpleQueue[tuple[list[_Op], asyncio.Future[None]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._writer: threading.Thread | None = None
+        self._writer_conn: sqlite3.Connection | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self._reader: ThreadPoolExecutor | None = None
+        self._reader_conn: sqlite3.Connection | None = None
+        self._state = "new"  # new -> open -> closing -> closed
+        self._lifecycle = asyncio.Lock()
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Create or migrate the schema, start the writer thread, the reader and the flusher."""
+        async with self._lifecycle:
+            if self._state == "open":
+                return
+            if self._state != "new":
+                raise StoreError(f"SQLite store {self.url!r} is closed")
+            self._writer_conn = await asyncio.to_thread(self._open_writer)
+            self._reader = ThreadPoolExecutor(1, thread_name_prefix="sagaway-sqlite-read")
+            loop = asyncio.get_running_loop()
+            self._reader_conn = await loop.run_in_executor(
+                self._reader,
+                lambda: connect(
+                    self.path,
+                    durable=self.durable,
+                    busy_timeout_ms=self.busy_timeout_ms,
+                    reader=True,
+                ),
+            )
+            self._loop = loop
+            self._writer = threading.Thread(
+                target=self._write_loop, name="sagaway-sqlite-write", daemon=True
+            )
+            self._writer.start()
+            self._flusher = loop.create_task(self._flush_loop(), name="sagaway-sqlite-flush")
+            self._state = "open"
+
+    def _open_writer(self) -> sqlite3.Connection:
+        conn = connect(
+            self.path, durable=self.durable, busy_timeout_ms=self.busy_timeout_ms, reader=False
+        )
+        try:
+            migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    async def close(self) -> None:
+        """Commit everything already queued, then stop the threads and close the connections."""
+        async with self._lifecycle:
+            if self._state != "open":
+                self._state = "closed"
+                return
+            self._state = "closing"  # no new operations; the flusher drains what is queued
+            self._wakeup.set()
+            assert self._flusher is not None
+            assert self._writer is not None
+            await self._flusher
+            self._inbox.put(None)
+            await asyncio.to_thread(self._writer.join)
+            assert self._reader is not None
+            assert self._reader_conn is not None
+            await asyncio.get_running_loop().run_in_executor(self._reader, self._reader_conn.close)
+            self._reader.shutdown(wait=True)
+            self._state = "closed"
+
+    # -- group commit -----------------------------------------------------------------------
+
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        if self._state != "open":
+            raise StoreError(f"SQLite store {self.url!r} is not open")
+        assert self._loop is not None
+        future = self._loop.create_future()
+        self._pending.append((future, fn, args))
+        self._wakeup.set()
+        return future
+
+    async def _flush_loop(self) -> None:
+        """Hand everything queued so far to the writer; wait for it; repeat.
+
+        The writer resolves callers' futures before this task's, so the callers resume (and
+        queue their next writes) before this task takes the next batch: batches fill up.
+        """
+        assert self._loop is not None
+        while True:
+            if not self._pending:
+                if self._state != "open":
+                    return
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                continue
+            batch, self._pending = self._pending, []
+            done: asyncio.Future[None] = self._loop.create_future()
+            self._inbox.put((batch, done))
+            await done
+
+    def _write_loop(self) -> None:
+        conn, loop = self._writer_conn, self._loop
+        assert conn is not None
+        assert loop is not None
+        try:
+            while (item := self._inbox.get()) is not None:
+                batch, done = item
+                try:
+                    results = self._write_batch(conn, batch)
+                except BaseException as exc:  # never leave a caller waiting forever
+                    error = StoreError(f"sqlite: group commit failed: {exc!r}")
+                    results = [(future, None, error) for future, _, _ in batch]
+                self.stats.batches += 1
+                self.stats.operations += len(batch)
+                # RuntimeError: the loop is closed, so nobody is waiting any more.
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_resolve, results, done)
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _write_batch(conn: sqlite3.Connection, batch: list[_Op]) -> list[_Result]:
+        """One transaction: each operation in its own savepoint, one durable COMMIT."""
+        execute = conn.execute
+        results: list[_Result] = []
+        try:
+            execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            error = _translate(exc)
+            return [(future, None, error) for future, _, _ in batch]
+        try:
+            for future, fn, args in batch:
+                execute("SAVEPOINT sagaway_op")
+                try:
+                    value = fn(conn, *args)
+                except Exception as exc:
+                    execute("ROLLBACK TO sagaway_op")
+                    execute("RELEASE sagaway_op")
+                    results.append((future, None, _translate(exc)))
+                else:
+                    execute("RELEASE sagaway_op")
+                    results.append((future, value, None))
+            execute("COMMIT")
+        except sqlite3.Error as exc:
+            # The transaction itself failed (I/O error, disk full, a step's function ended it):
+            # nothing of this batch is durable, so every operation fails.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            error = _translate(exc)
+            return [(future, None, error) for future, _, _ in batch]
+        return results
+
+    # -- writes -----------------------------------------------------------------------------
+
+    async def create(self, new: NewSaga) -> tuple[str, bool]:
+        result: tuple[str, bool] = await self._submit(ops.create, new)
+        return result
+
+    async def commit(self, saga_id: str, owner: str | None, change: Change, at: float) -> None:
+        await self._submit(ops.commit, saga_id, owner, change, at)
+
+    async def claim(
+        self,
+        owner: str,
+        *,
+        now: float,
+        lease_seconds: float,
+        definitions: Sequence[tuple[str, int]],
+        limit: int,
+        include_own: bool = False,
+    ) -> list[SagaRecord]:
+        claimed: list[SagaRecord] = await self._submit(
+            ops.claim, owner, now, lease_seconds, list(definitions), limit, include_own
+        )
+        return claimed
+
+    async def acquire(
+        self,
+        saga_id: str,
+        owner: str,
+        *,
+        now: float,
+        lease_seconds: float,
+        statuses: Sequence[SagaStatus],
+        event: Event | None = None,
+    ) -> SagaRecord | None:
+        record: SagaRecord | None = await self._submit(
+            ops.acquire, saga_id, owner, now, lease_seconds, tuple(statuses), event
+        )
+        return record
+
+    async def renew_leases(self, owner: str, *, now: float, lease_seconds: float) -> list[str]:
+        ids: list[str] = await self._submit(ops.renew_leases, owner, now, lease_seconds)
+        return ids
+
+    async def request_cancel(self, saga_id: str, event: Event, at: float) -> SagaRecord:
+        record: SagaRecord = await self._submit(ops.request_cancel, saga_id, event, at)
+        return record
+
+    async def run_in_transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)`` on the writer's connection inside the next group commit; return its
+        result once that commit is durable.
+
+        This is how a step that keeps its own tables in the same database file makes its
+        writes durable together with the saga log, sharing the batch's single fsync instead of
+        paying its own. ``fn`` runs on the writer thread inside its own savepoint: if it
+        raises, only its writes are rolled back and the exception (``sqlite3.Error`` as
+        ``StoreError``) is raised here; other operations of the batch are unaffected.
+
+        ``fn`` must be quick and must not block (every write of the batch waits for it), must
+        not call ``commit()``/``rollback()`` or execute BEGIN/COMMIT/ROLLBACK (the store owns
+        the transaction), and must not keep the connection. Its result is handed back as is.
+        """
+        return cast(T, await self._submit(_run_user_fn, fn))
+
+    # -- reads ------------------------------------------------------------------------------
+
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._state != "open":
+            raise StoreError(f"SQLite store {self.url!r} is not open")
+        assert self._loop is not None
+        assert self._reader is not None
+        try:
+            return await self._loop.run_in_executor(self._reader, fn, self._reader_conn, *args)
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite: {exc}") from exc
+
+    async def load(self, saga_id: str, *, history: bool = True) -> SagaRecord | None:
+        return await self._read(ops.read_load, saga_id, history)
+
+    async def list_sagas(
+        self,
+        *,
+        status: SagaStatus | None = None,
+        name: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> Page:
+        items, total = await self._read(ops.read_list, status, name, limit, offset)
+        return Page(items=items, total=total)
+
+    async def counts(self) -> dict[SagaStatus, int]:
+        return await self._read(ops.read_counts)
+
+
+def _run_user_fn(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+    result = fn(conn)
+    if not conn.in_transaction:
+        raise StoreError("run_in_transaction: the function ended the store's transaction")
+    return result
+
+
+def _resolve(results: list[_Result], done: asyncio.Future[None]) -> None:
+    """On the loop: wake every caller of a batch (one loop callback for all of them)."""
+    for future, value, error in results:
+        if future.done():  # the caller was cancelled; its write is durable all the same
+            continue
+        if error is None:
+            future.set_result(value)
+        else:
+            future.set_exception(error)
+    if not done.done():
+        done.set_result(None)
