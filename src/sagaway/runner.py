@@ -355,8 +355,13 @@ class SagaRun:
 
     async def _compensate(self, pending: Change) -> None:
         error = pending.error if pending.status is not None else self.record.error
+        # Bug fix: the outcome that started compensation (the failed step's FAILED row) is still
+        # in ``pending``, not yet in ``self.record``, where that step looks RUNNING (uncertain):
+        # judge each step by its latest row, or a step that failed for sure gets compensated.
+        latest = {s.name: s for s in pending.steps if s.phase is FORWARD}
         for step in reversed(self.saga.steps):
-            if step.undo is None or not _needs_undo(self.record.steps.get((step.name, FORWARD))):
+            forward = latest.get(step.name) or self.record.steps.get((step.name, FORWARD))
+            if step.undo is None or not _needs_undo(forward):
                 continue
             row = self.record.steps.get((step.name, COMPENSATION))
             if row is not None and row.status is StepStatus.COMPENSATED:
