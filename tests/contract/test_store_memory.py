@@ -1,0 +1,18 @@
+"""The store contract on the in-memory store."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from sagaway.store.base import SagaStore
+from sagaway.store.memory import MemoryStore
+from sagaway.testing.contract import SagaStoreContract
+
+
+class TestMemoryStore(SagaStoreContract):
+    @pytest.fixture
+    async def store(self) -> AsyncIterator[SagaStore]:
+        async with MemoryStore() as store:
+            yield store
