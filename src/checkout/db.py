@@ -15,6 +15,8 @@ One module owns how we talk to the database so that the SQLite specifics live in
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -226,6 +228,38 @@ class ShipmentRow(_Timestamps, Base):
 # --------------------------------------------------------------------------- engine and sessions
 
 
+class SessionFactory:
+    """Makes sessions like ``async_sessionmaker``, but ``begin()`` on SQLite first takes a
+    process-wide asyncio lock.
+
+    SQLite has one writer at a time. Writers that find the file locked wait in SQLite's busy
+    handler, which *sleeps* (1, 2, 5, 10... ms) and retries: under load most of the time goes
+    to sleeping. Queuing this process's writers on an asyncio lock instead hands the write
+    lock over the moment it is free; SQLite's busy handler is then only needed against other
+    connections to the file (the saga log, another process). PostgreSQL needs no such lock.
+    """
+
+    def __init__(
+        self, maker: async_sessionmaker[AsyncSession], lock: asyncio.Lock | None = None
+    ) -> None:
+        self._maker = maker
+        self._lock = lock
+
+    def __call__(self) -> AsyncSession:
+        """A session outside the write queue (autobegin): for reads."""
+        return self._maker()
+
+    @asynccontextmanager
+    async def begin(self) -> AsyncIterator[AsyncSession]:
+        """A session in a transaction, committed on exit, rolled back on an exception."""
+        if self._lock is None:
+            async with self._maker.begin() as session:
+                yield session
+        else:
+            async with self._lock, self._maker.begin() as session:
+                yield session
+
+
 @dataclass(frozen=True)
 class Database:
     """An engine plus the two session factories the service uses.
@@ -237,8 +271,8 @@ class Database:
 
     url: str
     engine: AsyncEngine
-    sessions: async_sessionmaker[AsyncSession]
-    read_sessions: async_sessionmaker[AsyncSession]
+    sessions: SessionFactory
+    read_sessions: SessionFactory
 
     @property
     def is_sqlite(self) -> bool:
@@ -304,11 +338,12 @@ def open_database(
         kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True)
         engine = create_async_engine(async_url, **kwargs)
     reader = engine.execution_options(**{_BEGIN_OPTION: "DEFERRED"})
+    write_lock = asyncio.Lock() if engine.dialect.name == "sqlite" else None
     return Database(
         url=async_url,
         engine=engine,
-        sessions=async_sessionmaker(engine, expire_on_commit=False),
-        read_sessions=async_sessionmaker(reader, expire_on_commit=False),
+        sessions=SessionFactory(async_sessionmaker(engine, expire_on_commit=False), write_lock),
+        read_sessions=SessionFactory(async_sessionmaker(reader, expire_on_commit=False)),
     )
 
 

@@ -10,8 +10,8 @@ idempotency key, which the participants dedupe on.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from checkout.domain.models import (
     CheckoutError,
@@ -25,7 +25,7 @@ from checkout.domain.models import (
     ValidatedOrder,
 )
 from checkout.participants import CheckoutParticipants
-from sagaway import RetryPolicy, Saga, StepContext, StepFailed
+from sagaway import RetryPolicy, Saga, Step, StepContext, StepFailed
 
 SAGA_NAME = "checkout"
 SAGA_VERSION = 1
@@ -51,6 +51,11 @@ def _validated(ctx: StepContext) -> ValidatedOrder:
     return ValidatedOrder.model_validate(ctx.results["validate_order"])
 
 
+def _step(saga: Saga, action: Callable[..., Awaitable[Any]]) -> Step[Any]:
+    step: Step[Any] = saga.step(retry=STEP_RETRY, timeout=STEP_TIMEOUT)(action)
+    return step
+
+
 def build_checkout_saga(
     participants: CheckoutParticipants,
     *,
@@ -62,12 +67,10 @@ def build_checkout_saga(
     p = participants
     saga = Saga(name, version=version)
 
-    @saga.step(retry=STEP_RETRY, timeout=STEP_TIMEOUT)
     async def validate_order(ctx: StepContext, order: OrderInput) -> ValidatedOrder:
         # Read-only: nothing to compensate.
         return await _business(p.shop.validate_order(order))
 
-    @saga.step(retry=STEP_RETRY, timeout=STEP_TIMEOUT)
     async def reserve_inventory(ctx: StepContext, order: OrderInput) -> Reservation:
         reservation = await _business(
             p.inventory.reserve(ctx.idempotency_key, order.order_id, order.items)
@@ -77,7 +80,6 @@ def build_checkout_saga(
             raise StepFailed(f"Reservation {reservation.status.value}")
         return reservation
 
-    @reserve_inventory.compensation
     async def release_inventory(
         ctx: StepContext, order: OrderInput, reservation: Reservation | None
     ) -> None:
@@ -85,7 +87,6 @@ def build_checkout_saga(
         # action's outcome is uncertain, and the participant knows what really happened.
         await p.inventory.release(ctx.forward_key, ctx.idempotency_key, order_id=order.order_id)
 
-    @saga.step(retry=STEP_RETRY, timeout=STEP_TIMEOUT)
     async def process_payment(ctx: StepContext, order: OrderInput) -> Payment:
         validated = _validated(ctx)
         payment = await _business(
@@ -97,7 +98,6 @@ def build_checkout_saga(
             raise StepFailed(f"Payment {payment.status.value}")
         return payment
 
-    @process_payment.compensation
     async def refund_payment(ctx: StepContext, order: OrderInput, payment: Payment | None) -> None:
         await p.payment.refund(
             ctx.forward_key,
@@ -106,7 +106,6 @@ def build_checkout_saga(
             account_id=order.customer_id,
         )
 
-    @saga.step(retry=STEP_RETRY, timeout=STEP_TIMEOUT)
     async def ship_order(ctx: StepContext, order: OrderInput) -> Shipment:
         validated = _validated(ctx)
         shipment = await _business(
@@ -118,7 +117,6 @@ def build_checkout_saga(
             raise StepFailed(f"Shipment {shipment.status.value}")
         return shipment
 
-    @ship_order.compensation
     async def cancel_shipment(
         ctx: StepContext, order: OrderInput, shipment: Shipment | None
     ) -> None:
@@ -126,4 +124,10 @@ def build_checkout_saga(
             ctx.forward_key, ctx.idempotency_key, order_id=order.order_id
         )
 
+    # Registered by call rather than as decorators so the functions keep their types for
+    # mypy; the order of registration is the order of the steps.
+    _step(saga, validate_order)
+    _step(saga, reserve_inventory).compensation(release_inventory)
+    _step(saga, process_payment).compensation(refund_payment)
+    _step(saga, ship_order).compensation(cancel_shipment)
     return saga

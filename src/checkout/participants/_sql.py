@@ -16,16 +16,26 @@ Every participant follows one pattern, so it is written once here:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, TypeVar, cast
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol, TypeVar, cast
 
-from sqlalchemy import CursorResult, Update, select
+from sqlalchemy import CursorResult, Table, Update, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from checkout.db import Base
 from checkout.domain.models import Address, OrderLine
 
-Sessions = async_sessionmaker[AsyncSession]
+
+class Sessions(Protocol):
+    """What participants need from a session factory: :class:`checkout.db.SessionFactory`
+    (which queues SQLite writers) or a plain ``async_sessionmaker``."""
+
+    def __call__(self) -> AsyncSession: ...
+
+    def begin(self) -> AbstractAsyncContextManager[AsyncSession]: ...
+
+
 RowT = TypeVar("RowT", bound=Base)
 
 
@@ -37,7 +47,7 @@ async def insert_ignore(
 ) -> bool:
     """Insert a row unless one with the same ``key`` exists; True when this call inserted it."""
     dialect = session.get_bind().dialect.name
-    table = model.__table__
+    table = cast(Table, model.__table__)
     if dialect == "postgresql":
         stmt: Any = postgresql.insert(table).on_conflict_do_nothing(index_elements=[key])
     elif dialect == "sqlite":
@@ -62,8 +72,8 @@ async def execute_update(session: AsyncSession, stmt: Update) -> int:
 async def load_by_key(session: AsyncSession, model: type[RowT], key: str) -> RowT:
     """The row recorded under ``key``, re-read from the database (not the identity map) since
     the caller may just have changed it with a Core UPDATE."""
-    row = await session.scalar(
-        select(model)
+    row: RowT | None = await session.scalar(
+        select(model)  # type: ignore[arg-type]
         .where(model.idempotency_key == key)  # type: ignore[attr-defined]
         .execution_options(populate_existing=True)
     )

@@ -143,13 +143,13 @@ class InventoryService:
             return _reservation(await load_by_key(session, ReservationRow, forward_key))
 
     async def get(self, idempotency_key: str) -> Reservation | None:
-        async with self._sessions() as session:
+        async with self._sessions.begin() as session:
             row = await session.get(ReservationRow, idempotency_key)
             return None if row is None else _reservation(row)
 
     async def for_order(self, order_id: str) -> list[Reservation]:
         """Every reservation record of an order (normally one), for status pages."""
-        async with self._sessions() as session:
+        async with self._sessions.begin() as session:
             rows = await session.scalars(
                 select(ReservationRow)
                 .where(ReservationRow.order_id == order_id)

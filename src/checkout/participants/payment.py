@@ -129,13 +129,13 @@ class PaymentService:
             return _payment(await load_by_key(session, PaymentRow, forward_key))
 
     async def get(self, idempotency_key: str) -> Payment | None:
-        async with self._sessions() as session:
+        async with self._sessions.begin() as session:
             row = await session.get(PaymentRow, idempotency_key)
             return None if row is None else _payment(row)
 
     async def for_order(self, order_id: str) -> list[Payment]:
         """Every payment record of an order (normally one), for status pages."""
-        async with self._sessions() as session:
+        async with self._sessions.begin() as session:
             rows = await session.scalars(
                 select(PaymentRow)
                 .where(PaymentRow.order_id == order_id)

@@ -164,13 +164,13 @@ class ShippingService:
             return _shipment(await load_by_key(session, ShipmentRow, forward_key))
 
     async def get(self, idempotency_key: str) -> Shipment | None:
-        async with self._sessions() as session:
+        async with self._sessions.begin() as session:
             row = await session.get(ShipmentRow, idempotency_key)
             return None if row is None else _shipment(row)
 
     async def for_order(self, order_id: str) -> list[Shipment]:
         """Every shipment record of an order (normally one), for status pages."""
-        async with self._sessions() as session:
+        async with self._sessions.begin() as session:
             rows = await session.scalars(
                 select(ShipmentRow)
                 .where(ShipmentRow.order_id == order_id)
