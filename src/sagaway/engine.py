@@ -319,6 +319,13 @@ class Engine:
         """Take over one active saga if nobody holds a live lease on it; True if taken."""
         if saga_id in self._runs:
             return True
+        # Bug fix: check the definition *before* taking the lease. Acquiring first left a saga
+        # of an unknown (name, version) leased to this engine, which renewed that lease forever
+        # without running it, so no engine that knows the definition could ever claim it.
+        existing = await self.store.load(saga_id, history=False)
+        if existing is None:
+            raise SagaNotFound(saga_id)
+        self.definition(existing.name, existing.version)
         now = self.clock.now()
         record = await self.store.acquire(
             saga_id,
