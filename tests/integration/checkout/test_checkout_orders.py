@@ -1,0 +1,149 @@
+"""Orders and the schema itself: migrations match the models on both backends, and orders are
+priced from the catalog, deduplicated by idempotency key, listed newest first."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect
+from sqlalchemy.engine import Connection
+
+from checkout.db import VERSION_TABLE, Base, Database, apply_migrations, downgrade, migrate
+from checkout.domain import Address, OrderLine, OrderStatus, ProductNotFound, UserNotFound
+from checkout.participants import CheckoutParticipants, saga_input
+
+TABLES = {
+    "products",
+    "accounts",
+    "orders",
+    "order_items",
+    "payments",
+    "inventory_reservations",
+    "shipments",
+}
+
+
+def _diff(connection: Connection) -> list[object]:
+    context = MigrationContext.configure(
+        connection, opts={"compare_type": True, "version_table": VERSION_TABLE}
+    )
+    return list(compare_metadata(context, Base.metadata))
+
+
+def _tables(connection: Connection) -> set[str]:
+    return set(inspect(connection).get_table_names())
+
+
+async def test_migrations_match_the_models(db: Database) -> None:
+    async with db.engine.connect() as conn:
+        assert await conn.run_sync(_diff) == []
+        assert await conn.run_sync(_tables) == TABLES | {VERSION_TABLE}
+
+
+async def test_migrations_downgrade_and_reapply(db: Database) -> None:
+    await migrate(db)  # already at head: a no-op
+    await downgrade(db, "base")
+    async with db.engine.connect() as conn:
+        assert await conn.run_sync(_tables) == {VERSION_TABLE}
+    await migrate(db)
+    async with db.engine.connect() as conn:
+        assert await conn.run_sync(_diff) == []
+
+
+def test_apply_migrations_from_sync_code(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    apply_migrations(url)
+    apply_migrations(url)  # idempotent
+
+    async def check() -> None:
+        from checkout.db import open_database
+
+        database = open_database(url)
+        try:
+            shop = CheckoutParticipants.from_database(database)
+            assert await shop.shop.load_demo_data() is True
+            assert await shop.shop.load_demo_data() is False
+        finally:
+            await database.dispose()
+
+    asyncio.run(check())
+
+
+async def test_create_order_prices_from_the_catalog(shop: CheckoutParticipants) -> None:
+    items = [
+        OrderLine(product_id="product_1", quantity=2),
+        OrderLine(product_id="product_2", quantity=3),
+    ]
+    order, created = await shop.orders.create_order("user_1", items)
+    assert created
+    assert order.status is OrderStatus.PENDING
+    assert order.total_cents == 2 * 5_000 + 3 * 2_000
+    assert [(i.product_id, i.quantity, i.unit_price_cents) for i in order.items] == [
+        ("product_1", 2, 5_000),
+        ("product_2", 3, 2_000),
+    ]
+    assert order.shipping_address is not None
+    assert order.shipping_address.city == "Toronto"  # the account's default
+    assert order.created_at.tzinfo is not None
+    assert await shop.orders.get_order(order.id) == order
+    assert saga_input(order).items == items
+
+
+async def test_create_order_is_idempotent_on_its_key(shop: CheckoutParticipants) -> None:
+    items = [OrderLine(product_id="product_1", quantity=1)]
+    results = await asyncio.gather(
+        *(shop.orders.create_order("user_1", items, idempotency_key="abc") for _ in range(10))
+    )
+    assert sum(created for _, created in results) == 1
+    assert len({order.id for order, _ in results}) == 1
+    assert len(await shop.orders.list_orders()) == 1
+
+
+async def test_unknown_ids_are_recorded_unless_strict(shop: CheckoutParticipants) -> None:
+    lenient, _ = await shop.orders.create_order("ghost", [OrderLine(product_id="nope", quantity=1)])
+    assert lenient.total_cents == 0
+    assert lenient.shipping_address is None
+    with pytest.raises(UserNotFound):
+        await shop.orders.create_order(
+            "ghost", [OrderLine(product_id="product_1", quantity=1)], strict=True
+        )
+    with pytest.raises(ProductNotFound):
+        await shop.orders.create_order(
+            "user_1", [OrderLine(product_id="nope", quantity=1)], strict=True
+        )
+
+
+async def test_explicit_address_is_kept(shop: CheckoutParticipants) -> None:
+    address = Address(street="9 Rue X", city="Quebec", postal_code="G1R 4P5", country="CA")
+    order, _ = await shop.orders.create_order(
+        "user_2", [OrderLine(product_id="product_2", quantity=1)], shipping_address=address
+    )
+    assert order.shipping_address == address
+
+
+async def test_list_update_and_attach(shop: CheckoutParticipants) -> None:
+    items = [OrderLine(product_id="product_2", quantity=1)]
+    await shop.orders.create_order("user_1", items, order_id="o-1")
+    await shop.orders.create_order("user_2", items, order_id="o-2")
+    assert [o.id for o in await shop.orders.list_orders()] == ["o-2", "o-1"]
+    assert [o.id for o in await shop.orders.list_orders(limit=1, offset=1)] == ["o-1"]
+
+    attached = await asyncio.gather(*(shop.orders.attach_saga("o-1", f"s{n}") for n in range(5)))
+    assert attached.count(True) == 1
+    order = await shop.orders.get_order("o-1")
+    assert order is not None
+    assert order.status is OrderStatus.PROCESSING
+    assert order.saga_id is not None
+    assert (await shop.orders.get_by_saga(order.saga_id)) == order
+
+    failed = await shop.orders.update_status("o-2", "failed", error="Insufficient funds")
+    assert failed is not None
+    assert (failed.status, failed.error) == (OrderStatus.FAILED, "Insufficient funds")
+    assert [o.id for o in await shop.orders.list_orders(status="failed")] == ["o-2"]
+    assert await shop.orders.update_status("missing", OrderStatus.COMPLETED) is None
+    with pytest.raises(ValueError, match="bogus"):
+        await shop.orders.update_status("o-1", "bogus")
