@@ -216,6 +216,13 @@ class SagaRun:
             if stop is not None:
                 event_type, reason = stop
                 pending.events.append(self._event(event_type))
+                if row is not None and row.status is StepStatus.RUNNING:
+                    # Bug fix: a step written RUNNING (step 0 at start, or found so after a
+                    # crash) that a cancel/deadline stops before it runs again was left RUNNING
+                    # in the finished saga. Close it as FAILED, uncertain: still compensated.
+                    closed = self._finished(row, StepStatus.FAILED, reason)
+                    closed.uncertain = True
+                    pending.steps.append(closed)
                 return self._start_compensation(pending, reason)
             attempt = 0 if row is None else row.attempts
             skip_write = False

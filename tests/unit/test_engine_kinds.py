@@ -189,3 +189,37 @@ async def test_concurrent_starts_with_one_key_create_one_saga(kit: Kit, order: O
         await h.wait(ids[0])
     assert len(set(ids)) == 1
     assert kit.trace == ["do:a", "do:b", "do:c"]
+
+
+async def test_cancel_right_after_start_compensates_and_leaves_no_step_running(
+    kit: Kit, order: Order
+) -> None:
+    """Step 0 is written RUNNING with the saga; cancelled before it runs, it must not stay
+    RUNNING in a finished saga. It is closed FAILED and uncertain, so it is compensated."""
+    async with saga_engine(kit.saga) as h:
+        saga_id = await h.start(kit.saga, order)
+        await h.engine.cancel(saga_id)
+        record = await h.wait(saga_id)
+    assert record.status is SagaStatus.COMPENSATED
+    assert kit.trace == ["undo:a"], "a never ran; its compensation must be (and is) safe"
+    a = record.step("a")
+    assert a is not None
+    assert a.status is S.FAILED
+    assert a.uncertain
+    assert a.error == "cancelled"
+    assert all(row.status is not S.RUNNING for row in record.steps.values())
+
+
+async def test_deadline_passed_while_a_step_was_uncertain_closes_and_compensates_it(
+    order: Order,
+) -> None:
+    kit = Kit(deadline=5.0)
+    clock = VirtualClock()
+    async with saga_engine(kit.saga, clock=clock) as h:
+        saga_id = await h.start(kit.saga, order)
+        clock.advance(10.0)  # before the first step got to run
+        record = await h.wait(saga_id)
+    assert record.status is SagaStatus.COMPENSATED
+    assert record.error == "deadline expired"
+    assert record.step("a").status is S.FAILED  # type: ignore[union-attr]
+    assert kit.trace == ["undo:a"]
