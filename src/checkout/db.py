@@ -237,6 +237,7 @@ class SessionFactory:
     to sleeping. Queuing this process's writers on an asyncio lock instead hands the write
     lock over the moment it is free; SQLite's busy handler is then only needed against other
     connections to the file (the saga log, another process). PostgreSQL needs no such lock.
+    Never nest ``begin()`` calls of one factory: the inner one would wait for the outer.
     """
 
     def __init__(
