@@ -246,3 +246,35 @@ async def test_a_step_swallowing_its_cancellation_still_times_out_cleanly(order:
     assert seen == ["cancelled"]
     assert record.status is SagaStatus.SUCCEEDED
     assert record.output("stubborn") == "late"
+
+
+async def test_a_timeout_raised_by_the_step_itself_is_also_treated_as_uncertain(
+    kit: Kit, order: Order
+) -> None:
+    """A participant call that timed out may have landed: the runner treats any TimeoutError
+    as an uncertain outcome, retried per policy and compensated once retries are spent."""
+    kit.faults.fail("b", times=None, exc=TimeoutError)
+    async with saga_engine(kit.saga) as h:
+        record = await h.run(kit.saga, order)
+    b = record.step("b")
+    assert b is not None
+    assert b.uncertain
+    assert b.attempts == 3
+    assert kit.trace == ["do:a", "undo:b", "undo:a"]
+
+
+async def test_a_cancel_during_retry_backoff_stops_retrying_and_compensates(
+    order: Order,
+) -> None:
+    kit = Kit(retry=RetryPolicy(max_attempts=5, initial_delay=10.0, jitter=0))
+    kit.faults.fail("b", times=None)
+    clock = VirtualClock()
+    async with saga_engine(kit.saga, clock=clock) as h:
+        saga_id = await h.start(kit.saga, order)
+        await clock.wait_for_sleepers(1)
+        await h.engine.cancel(saga_id)
+        clock.advance_to_next()
+        record = await h.wait(saga_id)
+    assert record.status is SagaStatus.COMPENSATED
+    assert record.step("b").attempts == 1  # type: ignore[union-attr]
+    assert kit.trace == ["do:a", "undo:a"]
