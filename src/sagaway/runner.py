@@ -322,24 +322,25 @@ class SagaRun:
             row = running
             stopping = not forward_only and self._stop_reason() is not None
             spent = not forward_only and attempt >= step.retry.max_attempts
+            stopped_by = None
             if retryable and not spent and not stopping:
+                retrying = self._event(EventType.STEP_RETRYING, step, attempt=attempt, detail=error)
                 await self._backoff(step.retry.delay(attempt), forward_only)
-                if forward_only or self._stop_reason() is None:
-                    pending = Change(
-                        events=[
-                            self._event(
-                                EventType.STEP_RETRYING, step, attempt=attempt, detail=error
-                            )
-                        ]
-                    )
+                stop = None if forward_only else self._stop_reason()
+                if stop is None:
+                    pending = Change(events=[retrying])
                     row = self._finished(running, StepStatus.RUNNING, error)
                     continue
+                stopped_by = stop  # cancelled, or the deadline passed, while backing off
             failed = self._finished(running, StepStatus.FAILED, error)
             failed.uncertain = uncertain
             change = Change(
                 steps=[failed],
                 events=[self._event(EventType.STEP_FAILED, step, attempt=attempt, detail=error)],
             )
+            if stopped_by is not None:
+                change.events.append(self._event(stopped_by[0]))
+                return self._start_compensation(change, stopped_by[1])
             if forward_only:  # a business failure past the pivot: only an operator can help
                 change.status, change.error = SagaStatus.FAILED, f"{step.name}: {error}"
                 change.events.append(self._event(EventType.SAGA_FAILED, detail=change.error))
