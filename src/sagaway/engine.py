@@ -119,6 +119,7 @@ class Engine:
         await self.store.open()
         self._opened = True
         if self.execute:
+            self.store.on_work(self.wake)
             # Recover at once (taking back our own sagas from a previous life), then keep going.
             await self.recover(include_own=True)
             self._maintainer = asyncio.create_task(self._maintain(), name="sagaway-maintain")

@@ -14,7 +14,7 @@ The contract, checked for every backend by ``sagaway.testing.SagaStoreContract``
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -40,6 +40,12 @@ class SagaStore(ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Flush pending writes and release connections. Idempotent."""
+
+    def on_work(self, callback: Callable[[], None]) -> None:  # noqa: B027 - optional hook
+        """Ask to be called (on the event loop) when another process may have made work for
+        this engine: a saga queued as PENDING, a lease released. Stores with notifications
+        (PostgreSQL LISTEN/NOTIFY, Redis pub/sub) implement it so idle workers react at once;
+        without it an engine finds such work on its next recovery pass."""
 
     async def __aenter__(self) -> SagaStore:
         await self.open()
