@@ -1,9 +1,11 @@
 """The SQLite saga log's statements: plain functions of a connection, run on the store's threads.
 
-Write operations run on the writer thread inside a group-commit transaction, each in its own
-savepoint; they raise the port's errors (``SagaNotFound``, ``LeaseLost``, ``InvalidTransition``)
-and the store rolls back just that savepoint. Read operations run on the reader thread, each in
-one read transaction so a saga's row, steps and events come from the same snapshot.
+Write operations run on the writer thread inside a group-commit transaction. Each one raises the
+port's errors (``SagaNotFound``, ``LeaseLost``, ``InvalidTransition``) *before its first write*:
+that invariant is what lets the store run them without a savepoint each (see
+``sqlite._write_batch``), so keep it when adding an operation. Read operations run on the
+reader thread, each in one read transaction so a saga's row, steps and events come from the
+same snapshot.
 
 Kept free of asyncio and threads so that every function here can be read (and tested) as the
 SQL it is. Hot paths build parameter tuples by hand and use ``executemany``: at thousands of
@@ -49,7 +51,7 @@ _STEP_COLS = "name, phase, status, attempts, output, error, uncertain, started_a
 
 INSERT_INSTANCE = (
     f"INSERT INTO sagaway_instances ({_COLS}) VALUES (?,?,?,?,?,?,?,?,?,0,NULL,?,?) "
-    "ON CONFLICT (idempotency_key) DO NOTHING"
+    "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
 )
 UPSERT_STEP = (
     f"INSERT INTO sagaway_steps (saga_id, {_STEP_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?) "
@@ -62,17 +64,29 @@ INSERT_EVENT = (
     "INSERT INTO sagaway_events (saga_id, at, type, step, phase, attempt, detail) "
     "VALUES (?,?,?,?,?,?,?)"
 )
-# One statement for every Change: status and error move together (as in apply_change); the lease
-# fence is the WHERE clause, so a lost lease writes nothing and shows as rowcount 0.
-_UPDATE = (
-    "UPDATE sagaway_instances SET status = coalesce(?1, status), "
-    "error = CASE WHEN ?1 IS NULL THEN error ELSE ?2 END, updated_at = ?3, "
-    "owner = CASE WHEN ?4 THEN NULL ELSE owner END, "
-    "lease_expires_at = CASE WHEN ?4 THEN NULL ELSE lease_expires_at END, "
-    "cancel_requested = CASE WHEN ?5 THEN 0 ELSE cancel_requested END WHERE id = ?6"
-)
-UPDATE_FENCED = _UPDATE + " AND owner = ?7"
-UPDATE_ADMIN = _UPDATE
+
+
+def _update_sql(status: bool, release: bool, clear: bool, fenced: bool) -> str:
+    """The instance UPDATE for a Change, setting only what it changes: an unchanged status or
+    lease then touches no index at all (most commits only record a step's progress)."""
+    sets = ["status = ?, error = ?"] if status else []
+    sets.append("updated_at = ?")
+    if release:
+        sets.append("owner = NULL, lease_expires_at = NULL")
+    if clear:
+        sets.append("cancel_requested = 0")
+    # The lease fence is the WHERE clause: a lost lease writes nothing and shows as rowcount 0.
+    fence = " AND owner = ?" if fenced else ""
+    return f"UPDATE sagaway_instances SET {', '.join(sets)} WHERE id = ?{fence}"
+
+
+_UPDATES = {
+    (a, b, c, d): _update_sql(a, b, c, d)
+    for a in (False, True)
+    for b in (False, True)
+    for c in (False, True)
+    for d in (False, True)
+}
 
 
 def _json(value: Any) -> str | None:
@@ -271,19 +285,16 @@ def create(conn: sqlite3.Connection, new: NewSaga) -> tuple[str, bool]:
 def commit(
     conn: sqlite3.Connection, saga_id: str, owner: str | None, change: Change, at: float
 ) -> None:
+    # The fenced UPDATE comes first: LeaseLost/SagaNotFound are raised before anything is
+    # written, which is what lets the store skip a savepoint for this operation.
     status = change.status
+    sql = _UPDATES[
+        (status is not None, change.release_lease, change.clear_cancel, owner is not None)
+    ]
     params: tuple[Any, ...] = (
-        status,
-        change.error,
-        at,
-        change.release_lease,
-        change.clear_cancel,
-        saga_id,
+        (at, saga_id) if status is None else (status, change.error, at, saga_id)
     )
-    if owner is None:
-        cursor = conn.execute(UPDATE_ADMIN, params)
-    else:
-        cursor = conn.execute(UPDATE_FENCED, (*params, owner))
+    cursor = conn.execute(sql, params if owner is None else (*params, owner))
     if cursor.rowcount == 0:
         _exists(conn, saga_id)
         raise LeaseLost(f"saga {saga_id} is no longer leased to {owner}")

@@ -19,14 +19,16 @@ from sagaway.errors import StoreError
 MIGRATIONS: list[tuple[str, ...]] = [
     (
         # Times are POSIX seconds from the engine's clock; JSON columns are compact JSON text.
+        # WITHOUT ROWID: sagas are found by id, so the table *is* the id index (one B-tree
+        # fewer to write on every create, one lookup fewer on every commit).
         """
         CREATE TABLE sagaway_instances (
-            id TEXT PRIMARY KEY,
+            id TEXT PRIMARY KEY NOT NULL,
             name TEXT NOT NULL,
             version INTEGER NOT NULL,
             status TEXT NOT NULL,
             input TEXT,
-            idempotency_key TEXT UNIQUE,
+            idempotency_key TEXT,
             owner TEXT,
             lease_expires_at REAL,
             deadline_at REAL,
@@ -34,8 +36,11 @@ MIGRATIONS: list[tuple[str, ...]] = [
             error TEXT,
             created_at REAL NOT NULL,
             updated_at REAL NOT NULL
-        )
+        ) WITHOUT ROWID
         """,
+        # Partial: sagas started without a key (most of them) cost this index nothing.
+        "CREATE UNIQUE INDEX sagaway_instances_key ON sagaway_instances (idempotency_key) "
+        "WHERE idempotency_key IS NOT NULL",
         # Claims scan active statuses for free leases; listings page newest first.
         "CREATE INDEX sagaway_instances_claim ON sagaway_instances (status, lease_expires_at)",
         "CREATE INDEX sagaway_instances_created ON sagaway_instances (created_at, id)",
