@@ -1,0 +1,61 @@
+"""Real servers for the contract and integration suites: skip locally, fail in CI.
+
+A test (or fixture) that needs PostgreSQL, Redis or RabbitMQ calls ``require_server(name,
+check)`` first. ``check`` is any callable that raises when the server cannot be used; it runs
+once per name per test session and its verdict is cached, so a missing server costs one timeout,
+not one per test.
+
+Why the CI switch: locally a developer without Redis should still get a green run of everything
+else, so an unreachable server *skips*. In CI (``CI=true``, set by ``.ci/run``) the servers are
+part of the environment, and a skip would hide a whole backend silently, so the same condition
+*fails* the test with the reason.
+
+Importable as ``servers`` from any test module: ``tests/conftest.py`` puts ``tests/`` on
+``sys.path``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+
+import pytest
+
+__all__ = ["in_ci", "require_server", "tcp_check"]
+
+_verdicts: dict[str, str] = {}  # name -> "" when reachable, else why not
+
+
+def in_ci() -> bool:
+    """True when running under CI (``CI`` set to a true value), where servers are mandatory."""
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def tcp_check(host: str, port: int, timeout: float = 2.0) -> Callable[[], None]:
+    """A check that only opens (and closes) a TCP connection: enough to tell "not running"."""
+
+    def check() -> None:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+
+    return check
+
+
+def require_server(name: str, check: Callable[[], object]) -> None:
+    """Skip the calling test when ``name`` is unusable (``check`` raised); fail it under CI."""
+    verdict = _verdicts.get(name)
+    if verdict is None:
+        try:
+            check()
+        except Exception as exc:
+            verdict = f"{type(exc).__name__}: {exc}"
+        else:
+            verdict = ""
+        _verdicts[name] = verdict
+    if not verdict:
+        return
+    message = f"{name} is not reachable ({verdict})"
+    if in_ci():
+        pytest.fail(f"{message}; CI=true requires it (see .ci/run)", pytrace=False)
+    pytest.skip(f"{message}; start it to run these tests (CI=true turns this skip into a failure)")
