@@ -153,6 +153,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--fresh", action="store_true", help="delete a sqlite file first")
+    parser.add_argument(
+        "--loop", choices=["asyncio", "uvloop"], default="asyncio", help="event loop to run on"
+    )
     args = parser.parse_args()
     url = args.store
     if url == "sqlite://":  # a throwaway file
@@ -164,7 +167,13 @@ def main() -> None:
                 os.remove(path)
     # Long-lived records make CPython's cyclic GC rescan the heap often; services tune this too.
     gc.set_threshold(50_000, 20, 100)
-    result = asyncio.run(run(url, args.n, args.concurrency))
+    if args.loop == "uvloop":
+        import uvloop
+
+        result = uvloop.run(run(url, args.n, args.concurrency))
+    else:
+        result = asyncio.run(run(url, args.n, args.concurrency))
+    result["loop"] = args.loop
     width = max(len(k) for k in result)
     for key, value in result.items():
         print(f"{key:<{width}}  {value}")

@@ -49,7 +49,7 @@ log = logging.getLogger("sagaway.engine")
 
 def _new_id(now: float) -> str:
     """Time-ordered (so indexes append) and random (so engines never collide)."""
-    return f"{int(now * 1000):012x}{uuid.uuid4().hex[:20]}"
+    return f"{int(now * 1000):012x}{os.urandom(10).hex()}"
 
 
 def past_pivot(saga: Saga, record: SagaRecord) -> bool:
