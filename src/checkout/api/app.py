@@ -1,0 +1,54 @@
+"""The FastAPI app factory. Its lifespan enters :func:`checkout.bootstrap.bootstrap`, so the app
+holds the database, the engine and the order tracker for as long as it serves."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from checkout.api.errors import MAX_BODY_BYTES, BodyLimitMiddleware, install_error_handlers
+from checkout.api.routes import checkout, health, orders, saga_status, sagas, shop
+from checkout.api.schemas import Problem
+from checkout.bootstrap import Role, bootstrap
+from checkout.settings import Settings
+
+ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
+    "4XX": {"model": Problem, "description": "Bad request, unknown id, conflict, too large"},
+}
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    role: Role = Role.ALL,
+    owner_id: str | None = None,
+    reconcile_interval: float = 5.0,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> FastAPI:
+    """The checkout API; ``role`` is ``Role.ALL`` (API + engine) or ``Role.API`` (no worker)."""
+    if role is Role.WORKER:
+        raise ValueError("a worker serves no HTTP: use Role.ALL or Role.API")
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with bootstrap(
+            settings, role=role, owner_id=owner_id, reconcile_interval=reconcile_interval
+        ) as services:
+            app.state.services = services
+            yield
+
+    app = FastAPI(
+        title="Sagaway checkout",
+        summary="An e-commerce checkout whose every order is a durable saga.",
+        version="0.1.0",
+        lifespan=lifespan,
+        responses=ERROR_RESPONSES,
+    )
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+    for module in (orders, checkout, saga_status, sagas, shop, health):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,154 @@
+"""Errors are always ``{"detail": "..."}`` and bad input is never a 500.
+
+* Validation errors -> 422 with one readable line (``body.items.0.quantity: Input should be
+  greater than 0``); malformed JSON -> 400.
+* Bodies over :data:`MAX_BODY_BYTES` -> 413, enforced by :class:`BodyLimitMiddleware` before the
+  app reads anything: ``Content-Length`` is checked first, then the stream is counted (a chunked
+  body that lies cannot get past it).
+* ``SagaNotFound`` / unknown orders -> 404, ``InvalidTransition`` -> 409, a store outage -> 503.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from checkout.service import AmountMismatch, OrderNotFound
+from sagaway import InvalidTransition, SagaNotFound, SagawayError, StoreError
+
+log = logging.getLogger("checkout.api")
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+def problem(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+def _location(loc: tuple[Any, ...] | list[Any]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def describe_validation(exc: RequestValidationError) -> tuple[int, str]:
+    errors = list(exc.errors())
+    if any(e.get("type") == "json_invalid" for e in errors):
+        reason = next(e for e in errors if e.get("type") == "json_invalid").get("ctx", {})
+        return 400, f"Malformed JSON body: {reason.get('error', 'cannot be parsed')}"
+    parts = []
+    for e in errors[:10]:
+        message = str(e.get("msg", "invalid"))
+        message = message.removeprefix("Value error, ")
+        where = _location(e.get("loc", ()))
+        parts.append(f"{where}: {message}" if where else message)
+    return 422, "; ".join(parts) or "Invalid request"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        status, detail = describe_validation(exc)
+        return problem(status, detail)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return problem(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(OrderNotFound)
+    async def _order_not_found(_: Request, exc: OrderNotFound) -> JSONResponse:
+        return problem(404, f"Order {exc.order_id} not found")
+
+    @app.exception_handler(SagaNotFound)
+    async def _saga_not_found(_: Request, exc: SagaNotFound) -> JSONResponse:
+        return problem(404, f"Saga {exc.saga_id} not found")
+
+    @app.exception_handler(AmountMismatch)
+    async def _amount(_: Request, exc: AmountMismatch) -> JSONResponse:
+        return problem(422, str(exc))
+
+    @app.exception_handler(InvalidTransition)
+    async def _conflict(_: Request, exc: InvalidTransition) -> JSONResponse:
+        return problem(409, str(exc))
+
+    @app.exception_handler(StoreError)
+    async def _store(_: Request, exc: StoreError) -> JSONResponse:
+        log.error("saga store error: %s", exc)
+        return problem(503, "The saga log is unavailable; try again")
+
+    @app.exception_handler(SagawayError)
+    async def _sagaway(_: Request, exc: SagawayError) -> JSONResponse:
+        log.error("sagaway error: %s", exc)
+        return problem(500, str(exc))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        return problem(500, "Internal server error")
+
+
+class BodyLimitMiddleware:
+    """Answer 413 to any HTTP request whose body exceeds ``max_bytes``.
+
+    The body is read (at most ``max_bytes`` + one chunk) before the app runs and replayed to
+    it, so the app never sees a partial body and the limit holds for chunked uploads too.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    await problem(400, "Invalid Content-Length header")(scope, receive, send)
+                    return
+                if declared > self.max_bytes:
+                    await self._reject(scope, receive, send)
+                    return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                await self.app(scope, _replay([message], receive), send)
+                return
+            body = message.get("body", b"")
+            size += len(body)
+            if size > self.max_bytes:
+                await self._reject(scope, receive, send)
+                return
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        replay: Message = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        await self.app(scope, _replay([replay], receive), send)
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = problem(
+            413,
+            f"Request body too large (limit {self.max_bytes} bytes)",
+            headers={"Connection": "close"},
+        )
+        await response(scope, receive, send)
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    queue = list(messages)
+
+    async def replayed() -> Message:
+        if queue:
+            return queue.pop(0)
+        return await receive()
+
+    return replayed

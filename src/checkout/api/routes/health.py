@@ -1,0 +1,31 @@
+"""Liveness and the root redirect."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import RedirectResponse
+
+from checkout.api.deps import ServicesDep
+from checkout.api.schemas import HealthOut
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health")
+async def health(services: ServicesDep) -> HealthOut:
+    """The process is up and its engine is open."""
+    engine = services.engine
+    return HealthOut(
+        status="ok",
+        role=services.role,
+        owner_id=engine.owner_id,
+        executing=engine.execute,
+        sagas_running=engine.running,
+        demo=services.settings.demo,
+    )
+
+
+@router.get("/", include_in_schema=False)
+async def root() -> RedirectResponse:
+    """Redirect to the API docs (until the web UI exists)."""
+    return RedirectResponse("/docs", status_code=307)

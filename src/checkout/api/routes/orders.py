@@ -1,0 +1,78 @@
+"""Orders: place one (a saga per order), list them, read one."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from checkout.api.deps import DEFAULT_WAIT_SECONDS, CheckoutDep, IdempotencyKey, Limit, Offset, Wait
+from checkout.api.schemas import OrderOut, OrderPage, OrderRequest
+from checkout.api.views import order_out
+from checkout.domain.models import OrderStatus
+from checkout.service import CheckoutService, OrderView
+
+router = APIRouter(tags=["orders"])
+
+
+def respond(view: OrderView, response: Response, *, fresh: bool = True) -> OrderOut:
+    """201 when finished, else 202 with ``Location`` to poll; 200 when nothing was started."""
+    if not fresh:
+        response.status_code = 200
+    elif view.finished:
+        response.status_code = 201
+    else:
+        response.status_code = 202
+        response.headers["Location"] = f"/orders/{view.order.id}"
+    return order_out(view)
+
+
+async def place(
+    checkout: CheckoutService, body: OrderRequest, key: str | None, wait: float
+) -> OrderView:
+    view, _ = await checkout.place_order(
+        body.customer,
+        body.lines(),
+        shipping_address=body.shipping_address.to_domain() if body.shipping_address else None,
+        payment_method=body.payment_method,
+        amount_cents=body.amount_cents,
+        checkout=body.checkout,
+        idempotency_key=key,
+        wait=wait,
+    )
+    return view
+
+
+@router.post(
+    "/orders",
+    status_code=201,
+    responses={202: {"model": OrderOut, "description": "Accepted: the saga is still running"}},
+)
+async def create_order(
+    body: OrderRequest,
+    response: Response,
+    checkout: CheckoutDep,
+    idempotency_key: IdempotencyKey = None,
+    wait: Wait = DEFAULT_WAIT_SECONDS,
+) -> OrderOut:
+    """Place an order and run its checkout saga (201 when finished within `wait`, else 202)."""
+    return respond(await place(checkout, body, idempotency_key, wait), response)
+
+
+@router.get("/orders")
+async def list_orders(
+    checkout: CheckoutDep,
+    limit: Limit = 50,
+    offset: Offset = 0,
+    status: OrderStatus | None = None,
+) -> OrderPage:
+    """List orders, newest first."""
+    orders = await checkout.participants.orders.list_orders(
+        limit=limit, offset=offset, status=status
+    )
+    views = [OrderView(o, None, o.status, o.error) for o in orders]
+    return OrderPage(orders=[order_out(v) for v in views], limit=limit, offset=offset)
+
+
+@router.get("/orders/{order_id}")
+async def get_order(order_id: str, checkout: CheckoutDep) -> OrderOut:
+    """One order with its saga's steps."""
+    return order_out(await checkout.get(order_id))

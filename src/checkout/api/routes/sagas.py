@@ -1,0 +1,50 @@
+"""Sagas: list, inspect (steps and history), and the operator's retry and cancel."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from checkout.api.deps import EngineDep, Limit, Offset, ServicesDep
+from checkout.api.schemas import SagaDetail, SagaPage
+from checkout.api.views import saga_detail, saga_summary
+from checkout.tracking import order_id_of
+from sagaway import SagaStatus
+
+router = APIRouter(prefix="/sagas", tags=["sagas"])
+
+
+@router.get("")
+async def list_sagas(
+    engine: EngineDep, status: SagaStatus | None = None, limit: Limit = 50, offset: Offset = 0
+) -> SagaPage:
+    """List sagas, newest first."""
+    page = await engine.list_sagas(status=status, limit=limit, offset=offset)
+    return SagaPage(
+        sagas=[saga_summary(r) for r in page.items], total=page.total, limit=limit, offset=offset
+    )
+
+
+@router.get("/{saga_id}")
+async def get_saga(saga_id: str, engine: EngineDep) -> SagaDetail:
+    """One saga: status, steps (both phases) and its history."""
+    return saga_detail(await engine.get(saga_id))
+
+
+@router.post("/{saga_id}/retry", status_code=202)
+async def retry_saga(saga_id: str, services: ServicesDep, response: Response) -> SagaDetail:
+    """Retry a FAILED saga (409 if it is not FAILED)."""
+    await services.engine.retry(saga_id)
+    record = await services.engine.get(saga_id)
+    order_id = order_id_of(record)
+    if order_id is not None and not record.status.is_terminal:
+        await services.tracker.reopen(order_id, saga_id)
+    response.headers["Location"] = f"/sagas/{saga_id}"
+    return saga_detail(record)
+
+
+@router.post("/{saga_id}/cancel", status_code=202)
+async def cancel_saga(saga_id: str, engine: EngineDep, response: Response) -> SagaDetail:
+    """Ask an active saga to stop and compensate (409 if finished or past its pivot)."""
+    await engine.cancel(saga_id)
+    response.headers["Location"] = f"/sagas/{saga_id}"
+    return saga_detail(await engine.get(saga_id))

@@ -1,0 +1,323 @@
+"""Request and response models of the HTTP API (Pydantic v2).
+
+Requests forbid unknown fields. Money is ``Decimal`` with two places in the API and integer
+cents inside; responses write it as a JSON *number* (``1000.0``, as the seed service did), which
+is exact for any two-place amount below 10^13 since a float's shortest repr round-trips.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated, Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, model_validator
+
+from checkout.domain.models import (
+    AccountInfo,
+    Address,
+    OrderLine,
+    OrderStatus,
+    PricedLine,
+    ProductInfo,
+)
+from checkout.domain.rules import from_cents, to_cents
+from sagaway import SagaStatus
+
+
+def _money_json(value: Decimal) -> float:
+    return float(value)
+
+
+Money = Annotated[Decimal, PlainSerializer(_money_json, return_type=float, when_used="json")]
+Id = Annotated[str, Field(min_length=1, max_length=64)]
+MAX_QUANTITY = 1_000_000
+MAX_ITEMS = 100
+
+
+def money(cents: int) -> Decimal:
+    return from_cents(cents)
+
+
+def instant(at: float) -> datetime:
+    """A POSIX time from the saga log as an aware UTC datetime (ISO in JSON)."""
+    return datetime.fromtimestamp(at, UTC)
+
+
+def when(at: float | None) -> datetime | None:
+    return None if at is None else instant(at)
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class Problem(BaseModel):
+    """Every error response."""
+
+    detail: str
+
+
+# --------------------------------------------------------------------------- requests
+
+
+class AddressIn(_Request):
+    street: str | None = Field(None, max_length=200)
+    city: str | None = Field(None, max_length=100)
+    province: str | None = Field(None, max_length=100)
+    postal_code: str | None = Field(None, max_length=32)
+    country: str | None = Field(None, max_length=64)
+
+    def to_domain(self) -> Address:
+        return Address(**self.model_dump())
+
+
+class ItemIn(_Request):
+    product_id: Id
+    quantity: int = Field(gt=0, le=MAX_QUANTITY, strict=True)
+
+
+class OrderRequest(_Request):
+    """``POST /orders`` and ``POST /checkout``. Accepted forms:
+
+    * ``{"customer_id", "items": [{"product_id", "quantity"}], ...}``
+    * ``user_id`` instead of ``customer_id``;
+    * the one-item short form ``{"user_id", "product_id", "quantity"}``.
+
+    Optional: ``shipping_address`` (default: the account's), ``payment_method`` (``card``),
+    ``amount`` (must equal the catalog total), ``checkout: false`` (a draft, no saga).
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"customer_id": "user_1", "items": [{"product_id": "product_1", "quantity": 2}]},
+                {"user_id": "user_3", "product_id": "product_1", "quantity": 1},
+            ]
+        }
+    )
+
+    customer_id: Id | None = None
+    user_id: Id | None = None
+    items: list[ItemIn] | None = Field(None, max_length=MAX_ITEMS)
+    product_id: Id | None = None
+    quantity: int | None = Field(None, gt=0, le=MAX_QUANTITY, strict=True)
+    shipping_address: AddressIn | None = None
+    payment_method: str = Field("card", min_length=1, max_length=32)
+    amount: Decimal | None = Field(None, ge=0, max_digits=14, decimal_places=2)
+    checkout: bool = True
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Self:
+        if (self.customer_id is None) == (self.user_id is None):
+            raise ValueError("give exactly one of customer_id or user_id")
+        short = self.product_id is not None or self.quantity is not None
+        if short and self.items is not None:
+            raise ValueError("give either items or product_id/quantity, not both")
+        if short and (self.product_id is None or self.quantity is None):
+            raise ValueError("the short form needs both product_id and quantity")
+        if not short and not self.items:
+            raise ValueError("an order needs at least one item")
+        return self
+
+    @property
+    def customer(self) -> str:
+        customer = self.customer_id or self.user_id
+        assert customer is not None
+        return customer
+
+    def lines(self) -> list[OrderLine]:
+        if self.items is None:
+            assert self.product_id is not None
+            assert self.quantity is not None
+            return [OrderLine(product_id=self.product_id, quantity=self.quantity)]
+        return [OrderLine(product_id=i.product_id, quantity=i.quantity) for i in self.items]
+
+    @property
+    def amount_cents(self) -> int | None:
+        return None if self.amount is None else to_cents(self.amount)
+
+
+# --------------------------------------------------------------------------- responses
+
+
+class AddressOut(BaseModel):
+    street: str | None
+    city: str | None
+    province: str | None
+    postal_code: str | None
+    country: str | None
+
+    @classmethod
+    def of(cls, address: Address | None) -> AddressOut | None:
+        return None if address is None else cls(**address.model_dump())
+
+
+class ItemOut(BaseModel):
+    product_id: str
+    quantity: int
+    unit_price: Money
+    line_total: Money
+
+    @classmethod
+    def of(cls, line: PricedLine) -> ItemOut:
+        return cls(
+            product_id=line.product_id,
+            quantity=line.quantity,
+            unit_price=money(line.unit_price_cents),
+            line_total=money(line.total_cents),
+        )
+
+
+class StepSummary(BaseModel):
+    name: str
+    status: str
+    error: str | None = None
+
+
+class OrderOut(BaseModel):
+    order_id: str
+    customer_id: str
+    status: OrderStatus
+    saga_id: str | None
+    saga_status: SagaStatus | None
+    total: Money
+    error: str | None
+    items: list[ItemOut]
+    shipping_address: AddressOut | None
+    payment_method: str
+    steps: list[StepSummary]
+    created_at: datetime
+    updated_at: datetime
+
+
+class OrderPage(BaseModel):
+    orders: list[OrderOut]
+    limit: int
+    offset: int
+
+
+class StepOut(BaseModel):
+    name: str
+    phase: str
+    status: str
+    attempts: int
+    error: str | None
+    uncertain: bool = False
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class EventOut(BaseModel):
+    at: datetime
+    type: str
+    step: str | None = None
+    phase: str | None = None
+    attempt: int | None = None
+    detail: str | None = None
+
+
+class SagaSummary(BaseModel):
+    saga_id: str
+    name: str
+    version: int
+    status: SagaStatus
+    order_id: str | None
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class SagaPage(BaseModel):
+    sagas: list[SagaSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+class SagaDetail(SagaSummary):
+    owner: str | None
+    lease_expires_at: datetime | None
+    deadline_at: datetime | None
+    cancel_requested: bool
+    input: Any
+    steps: list[StepOut]
+    history: list[EventOut]
+
+
+class SeedSagaStatus(BaseModel):
+    """``GET /saga/{order_id}``, in the seed service's vocabulary."""
+
+    order_id: str
+    saga_id: str | None
+    status: str
+    inventory_status: str
+    payment_status: str
+    shipping_status: str
+
+
+class ProductOut(BaseModel):
+    product_id: str
+    name: str
+    price: Money
+    stock: int
+    reserved: int
+    shipped: int
+
+    @classmethod
+    def of(cls, product: ProductInfo) -> ProductOut:
+        return cls(
+            product_id=product.id,
+            name=product.name,
+            price=money(product.price_cents),
+            stock=product.stock,
+            reserved=product.reserved,
+            shipped=product.shipped,
+        )
+
+
+class AccountOut(BaseModel):
+    user_id: str
+    name: str
+    balance: Money
+    shipping_address: AddressOut | None
+
+    @classmethod
+    def of(cls, account: AccountInfo) -> AccountOut:
+        return cls(
+            user_id=account.id,
+            name=account.name,
+            balance=money(account.balance_cents),
+            shipping_address=AddressOut.of(account.shipping_address),
+        )
+
+
+class InventoryOut(BaseModel):
+    inventory: dict[str, int]
+
+
+class ProductsOut(BaseModel):
+    products: list[ProductOut]
+
+
+class BalancesOut(BaseModel):
+    balances: dict[str, Money]
+
+
+class AccountsOut(BaseModel):
+    accounts: list[AccountOut]
+
+
+class ResetOut(BaseModel):
+    status: str
+    inventory: dict[str, int]
+    balances: dict[str, Money]
+
+
+class HealthOut(BaseModel):
+    status: str
+    role: str
+    owner_id: str
+    executing: bool
+    sagas_running: int
+    demo: bool

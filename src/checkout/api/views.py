@@ -1,0 +1,177 @@
+"""Turn domain objects and saga records into response models (the API's vocabulary lives here).
+
+Steps never reached have no row in the saga log: they are shown ``PENDING`` while the saga is
+active and ``SKIPPED`` once it is terminal. A step's summary status is its compensation's when it
+was compensated (``COMPENSATED``), else its forward outcome.
+"""
+
+from __future__ import annotations
+
+from checkout.api.schemas import (
+    AddressOut,
+    EventOut,
+    ItemOut,
+    OrderOut,
+    SagaDetail,
+    SagaSummary,
+    SeedSagaStatus,
+    StepOut,
+    StepSummary,
+    instant,
+    money,
+    when,
+)
+from checkout.sagas import STEP_NAMES
+from checkout.service import OrderView
+from checkout.tracking import order_id_of
+from sagaway import Phase, SagaRecord, SagaStatus, StepRecord, StepStatus
+
+
+def _step_names(record: SagaRecord) -> list[str]:
+    names = list(STEP_NAMES) if record.name == "checkout" else []
+    names += [name for name, _ in record.steps if name not in names]
+    return names
+
+
+def _unreached(record: SagaRecord) -> StepStatus:
+    return StepStatus.SKIPPED if record.status.is_terminal else StepStatus.PENDING
+
+
+def step_summaries(record: SagaRecord | None) -> list[StepSummary]:
+    """One line per step: name, status, error (the failing step's error is set)."""
+    if record is None:
+        return []
+    out = []
+    for name in _step_names(record):
+        forward = record.steps.get((name, Phase.FORWARD))
+        undo = record.steps.get((name, Phase.COMPENSATION))
+        if forward is None:
+            out.append(StepSummary(name=name, status=_unreached(record)))
+            continue
+        shown = undo if undo is not None else forward
+        out.append(StepSummary(name=name, status=shown.status, error=shown.error or forward.error))
+    return out
+
+
+def order_out(view: OrderView) -> OrderOut:
+    order = view.order
+    return OrderOut(
+        order_id=order.id,
+        customer_id=order.customer_id,
+        status=view.status,
+        saga_id=view.saga.id if view.saga is not None else order.saga_id,
+        saga_status=view.saga.status if view.saga is not None else None,
+        total=money(order.total_cents),
+        error=view.error,
+        items=[ItemOut.of(line) for line in order.items],
+        shipping_address=AddressOut.of(order.shipping_address),
+        payment_method=order.payment_method,
+        steps=step_summaries(view.saga),
+        created_at=order.created_at,
+        updated_at=order.updated_at,
+    )
+
+
+def _step_out(row: StepRecord) -> StepOut:
+    return StepOut(
+        name=row.name,
+        phase=row.phase,
+        status=row.status,
+        attempts=row.attempts,
+        error=row.error,
+        uncertain=row.uncertain,
+        started_at=when(row.started_at),
+        finished_at=when(row.finished_at),
+    )
+
+
+def saga_summary(record: SagaRecord) -> SagaSummary:
+    return SagaSummary(
+        saga_id=record.id,
+        name=record.name,
+        version=record.version,
+        status=record.status,
+        order_id=order_id_of(record),
+        error=record.error,
+        created_at=instant(record.created_at),
+        updated_at=instant(record.updated_at),
+    )
+
+
+def saga_detail(record: SagaRecord) -> SagaDetail:
+    """Forward rows in step order (unreached steps PENDING/SKIPPED), then compensations in
+    the order they ran (reverse step order), then the history."""
+    names = _step_names(record)
+    steps = []
+    for name in names:
+        row = record.steps.get((name, Phase.FORWARD))
+        if row is None:
+            row = StepRecord(name, Phase.FORWARD, _unreached(record))
+        steps.append(_step_out(row))
+    for name in reversed(names):
+        row = record.steps.get((name, Phase.COMPENSATION))
+        if row is not None:
+            steps.append(_step_out(row))
+    history = [
+        EventOut(
+            at=instant(e.at),
+            type=e.type,
+            step=e.step,
+            phase=e.phase,
+            attempt=e.attempt,
+            detail=e.detail,
+        )
+        for e in record.history
+    ]
+    return SagaDetail(
+        **saga_summary(record).model_dump(),
+        owner=record.owner,
+        lease_expires_at=when(record.lease_expires_at),
+        deadline_at=when(record.deadline_at),
+        cancel_requested=record.cancel_requested,
+        input=record.input,
+        steps=steps,
+        history=history,
+    )
+
+
+# --------------------------------------------------------------------------- seed vocabulary
+
+_SEED_SAGA = {
+    SagaStatus.PENDING: "PENDING",
+    SagaStatus.RUNNING: "PENDING",
+    SagaStatus.COMPENSATING: "COMPENSATING",
+    SagaStatus.SUCCEEDED: "SUCCEEDED",
+    SagaStatus.COMPENSATED: "COMPENSATED",
+    SagaStatus.FAILED: "FAILED",
+}
+_SEED_STEP = {
+    StepStatus.PENDING: "PENDING",
+    StepStatus.RUNNING: "PENDING",
+    StepStatus.SKIPPED: "PENDING",
+    StepStatus.SUCCEEDED: "SUCCEEDED",
+    StepStatus.FAILED: "FAILED",
+    StepStatus.COMPENSATING: "COMPENSATING",
+    StepStatus.COMPENSATED: "COMPENSATED",
+}
+
+
+def seed_status(order_id: str, record: SagaRecord | None) -> SeedSagaStatus:
+    """``GET /saga/{order_id}``: PENDING / SUCCEEDED / FAILED / COMPENSATING / COMPENSATED."""
+
+    def step(name: str) -> str:
+        if record is None:
+            return "PENDING"
+        undo = record.steps.get((name, Phase.COMPENSATION))
+        forward = record.steps.get((name, Phase.FORWARD))
+        row = undo or forward
+        return "PENDING" if row is None else _SEED_STEP[row.status]
+
+    return SeedSagaStatus(
+        order_id=order_id,
+        saga_id=None if record is None else record.id,
+        status="PENDING" if record is None else _SEED_SAGA[record.status],
+        inventory_status=step("reserve_inventory"),
+        payment_status=step("process_payment"),
+        shipping_status=step("ship_order"),
+    )

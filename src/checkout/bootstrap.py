@@ -1,0 +1,125 @@
+"""The composition root: ``Settings -> shop database -> participants -> saga -> engine``.
+
+Everything that runs the service (the API's lifespan, ``checkout worker``, ``checkout demo``,
+the tests) builds it with one context manager::
+
+    async with bootstrap(settings, role=Role.ALL) as services:
+        view, _ = await services.checkout.place_order("user_1", items, wait=10)
+
+Roles, so the service scales out without code changes:
+
+* ``Role.ALL`` (``checkout serve``): the API and an executing engine in one process.
+* ``Role.API`` (``checkout serve --no-worker``): ``Engine(execute=False)``: new sagas are recorded
+  ``PENDING`` for workers to claim; reads and admin actions work as usual.
+* ``Role.WORKER`` (``checkout worker``): an executing engine and no HTTP.
+
+Start-up order matters: migrations, demo data (when ``settings.demo`` and the database is new),
+then the order tracker is subscribed to the engine *before* the engine opens (opening recovers
+sagas left by a previous life, and their outcomes must reach the orders too), then one
+reconciliation pass repairs orders a crash left behind (see :mod:`checkout.tracking`).
+
+Engine ``owner_id``: ``settings.worker_id`` when set. Otherwise a server passes a default that is
+stable across restarts and unique on its host (``{host}-serve-{port}``, the port being bound
+first), so a restarted server takes its sagas back at once instead of waiting for their leases
+to expire; a worker without ``SAGAWAY_WORKER_ID`` gets a random id and takes over expired leases.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from enum import StrEnum
+
+from checkout.db import Database, migrate, open_database
+from checkout.participants import CheckoutParticipants
+from checkout.sagas import build_checkout_saga
+from checkout.service import CheckoutService
+from checkout.settings import Settings
+from checkout.tracking import OrderTracker
+from sagaway import Engine, Saga
+
+log = logging.getLogger("checkout.bootstrap")
+
+
+class Role(StrEnum):
+    ALL = "all"  # API + engine (the default)
+    API = "api"  # API only: sagas are executed by workers
+    WORKER = "worker"  # engine only
+
+    @property
+    def executes(self) -> bool:
+        return self is not Role.API
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """What a running process holds; the API keeps it in ``app.state.services``."""
+
+    settings: Settings
+    role: Role
+    db: Database
+    participants: CheckoutParticipants
+    saga: Saga
+    engine: Engine
+    tracker: OrderTracker
+    checkout: CheckoutService
+
+
+def server_owner_id(port: int) -> str:
+    """A lease owner id stable across restarts of the server bound to ``port`` on this host."""
+    return f"{socket.gethostname()}-serve-{port}"
+
+
+@contextlib.asynccontextmanager
+async def bootstrap(
+    settings: Settings,
+    *,
+    role: Role = Role.ALL,
+    owner_id: str | None = None,
+    reconcile_interval: float = 5.0,
+) -> AsyncIterator[Services]:
+    """Build and start everything; on exit stop the engine (sagas in flight stay in the log
+    and resume on the next start) and close the database."""
+    db = open_database(settings.database_url)
+    try:
+        await migrate(db)
+        participants = CheckoutParticipants.from_database(db)
+        if settings.demo and await participants.shop.load_demo_data():
+            log.info("demo data loaded into %s", settings.database_url)
+        saga = build_checkout_saga(participants)
+        engine = Engine(
+            settings.store_url,
+            sagas=[saga],
+            owner_id=settings.worker_id or owner_id,
+            lease_seconds=settings.lease_seconds,
+            execute=role.executes,
+        )
+        tracker = OrderTracker(db, engine, reconcile_interval=reconcile_interval)
+        if role.executes:
+            engine.subscribe(tracker.on_transition)
+        await engine.open()
+        try:
+            if role.executes:
+                fixed = await tracker.reconcile(grace_seconds=0)
+                if fixed:
+                    log.warning("reconciled %d orders with their finished sagas", fixed)
+                tracker.start()
+            yield Services(
+                settings=settings,
+                role=role,
+                db=db,
+                participants=participants,
+                saga=saga,
+                engine=engine,
+                tracker=tracker,
+                checkout=CheckoutService(participants, engine, saga, tracker),
+            )
+        finally:
+            await tracker.stop()
+            await engine.close()
+            await tracker.drain()
+    finally:
+        await db.dispose()

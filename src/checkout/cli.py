@@ -1,0 +1,331 @@
+"""``checkout``: run the checkout service.
+
+* ``checkout serve [--host] [--port] [--no-worker]``: the HTTP API (uvicorn) with an engine
+  executing sagas in the same process, or with ``--no-worker`` an API that only records sagas
+  for ``checkout worker`` processes to run. Migrations are applied on start.
+* ``checkout worker``: an engine and no HTTP, until SIGTERM/SIGINT.
+* ``checkout demo``: the four classic scenarios on a fresh demo database (a temporary
+  directory unless ``--dir``), each saga's steps printed as a table; exits 1 if any scenario
+  does not end as it should.
+* ``checkout migrate``: bring the shop schema and the saga log schema up to date.
+
+Configuration comes from ``SAGAWAY_*`` variables (see :mod:`checkout.settings`); bad values
+exit with status 2 and a message, a port that cannot be bound with status 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import sys
+import tempfile
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from checkout.bootstrap import Role, Services, bootstrap, server_owner_id
+from checkout.db import apply_migrations
+from checkout.domain.models import OrderLine
+from checkout.domain.rules import format_money
+from checkout.service import OrderView
+from checkout.settings import Settings, async_database_url
+from sagaway import Phase, SagawayError, open_store
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    help="The Sagaway checkout service: every order is a durable saga.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    err.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment (plus overrides), checked before anything starts."""
+    try:
+        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"SAGAWAY_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors()
+        )
+        fail(f"invalid configuration: {problems}")
+    try:
+        async_database_url(settings.database_url)
+        open_store(settings.store_url)
+    except (ValueError, SagawayError) as exc:
+        fail(str(exc))
+    return settings
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """Bind the listening socket before anything else starts, so a second server on the same
+    port fails here instead of recovering (and stealing) the first one's sagas."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        fail(f"cannot resolve host {host!r}: {exc}")
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", code=1)
+    sock.set_inheritable(True)
+    return sock
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="Interface to listen on [default: 127.0.0.1]")
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(min=0, max=65535, help="Port (0 picks a free one) [default: 8000]"),
+    ] = None,
+    no_worker: Annotated[
+        bool,
+        typer.Option("--no-worker", help="API only: sagas are run by `checkout worker`"),
+    ] = False,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "warning",
+) -> None:
+    """Serve the HTTP API (and run sagas in the same process unless --no-worker)."""
+    import uvicorn
+
+    from checkout.api import create_app
+
+    settings = load_settings(host=host, port=port)
+    sock = bind(settings.host, settings.port)
+    actual_port = sock.getsockname()[1]
+    role = Role.API if no_worker else Role.ALL
+    application = create_app(settings, role=role, owner_id=server_owner_id(actual_port))
+    config = uvicorn.Config(
+        application, log_level=log_level, lifespan="on", timeout_graceful_shutdown=5
+    )
+    server = uvicorn.Server(config)
+    shown = f"[{settings.host}]" if ":" in settings.host else settings.host
+    mode = "API only" if no_worker else "API + engine"
+    console.print(
+        f"checkout serving on http://{shown}:{actual_port} ({mode}; docs at /docs)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    sys.stdout.flush()
+    try:
+        asyncio.run(server.serve(sockets=[sock]))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sock.close()
+    if not server.started:
+        fail("the server did not start (see the log above)", code=3)
+
+
+async def _run_worker(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with bootstrap(settings, role=Role.WORKER) as services:
+        console.print(
+            f"checkout worker {services.engine.owner_id} running sagas from "
+            f"{settings.store_url} (Ctrl-C or SIGTERM to stop)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.stdout.flush()
+        await stop.wait()
+        console.print("stopping: sagas in flight resume on the next start")
+
+
+@app.command()
+def worker() -> None:
+    """Run sagas (no HTTP) until SIGTERM or SIGINT."""
+    settings = load_settings()
+    _guard(lambda: _run_worker(settings))
+
+
+@app.command()
+def migrate() -> None:
+    """Apply the shop database migrations and create/upgrade the saga log."""
+    settings = load_settings()
+
+    async def saga_log() -> None:
+        store = open_store(settings.store_url)
+        await store.open()
+        await store.close()
+
+    try:
+        apply_migrations(settings.database_url)
+    except Exception as exc:
+        fail(f"migrating {settings.database_url} failed: {exc}", code=1)
+    _guard(saga_log)
+    console.print(f"shop database {settings.database_url}: up to date", highlight=False)
+    console.print(f"saga log {settings.store_url}: up to date", highlight=False)
+
+
+def _guard(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    try:
+        return asyncio.run(main())
+    except SagawayError as exc:
+        fail(str(exc), code=1)
+    except OSError as exc:
+        fail(str(exc), code=1)
+
+
+# --------------------------------------------------------------------------- demo
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    title: str
+    customer_id: str
+    product_id: str
+    quantity: int
+    status: str  # expected order status
+    error: str | None  # expected error
+
+
+SCENARIOS = (
+    Scenario("happy path: user_1 buys 2 x product_1", "user_1", "product_1", 2, "completed", None),
+    Scenario(
+        "inventory fails: user_1 buys 200 x product_1",
+        "user_1",
+        "product_1",
+        200,
+        "failed",
+        "Insufficient inventory",
+    ),
+    Scenario(
+        "payment fails: user_3 buys 10 x product_1 (inventory released)",
+        "user_3",
+        "product_1",
+        10,
+        "failed",
+        "Insufficient funds",
+    ),
+    Scenario(
+        "shipping fails: user_3 buys 1 x product_1 (payment refunded, inventory released)",
+        "user_3",
+        "product_1",
+        1,
+        "failed",
+        "Invalid shipping address",
+    ),
+)
+
+
+def _steps_table(title: str, view: OrderView) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in ("step", "phase", "status", "attempts", "error"):
+        table.add_column(column)
+    saga = view.saga
+    if saga is not None:
+        forward = [row for (_, phase), row in saga.steps.items() if phase is Phase.FORWARD]
+        undo = [row for (_, phase), row in saga.steps.items() if phase is Phase.COMPENSATION]
+        undo.sort(key=lambda row: row.started_at or 0.0)
+        for row in forward + undo:
+            colour = {"SUCCEEDED": "green", "FAILED": "red", "COMPENSATED": "yellow"}.get(
+                row.status, "white"
+            )
+            table.add_row(
+                row.name,
+                row.phase,
+                f"[{colour}]{row.status}[/{colour}]",
+                str(row.attempts),
+                row.error or "",
+            )
+    return table
+
+
+async def run_demo(services: Services) -> bool:
+    """Run the four scenarios; print their steps; True if each ended as expected."""
+    shop = services.participants.shop
+    before_totals = await shop.totals()
+    ok = True
+    for scenario in SCENARIOS:
+        balances, stock = await shop.balances(), await shop.inventory()
+        view, _ = await services.checkout.place_order(
+            scenario.customer_id,
+            [OrderLine(product_id=scenario.product_id, quantity=scenario.quantity)],
+            wait=30,
+        )
+        console.print(_steps_table(scenario.title, view))
+        saga_status = view.saga.status if view.saga is not None else "-"
+        outcome = f"{view.status} (saga {saga_status})" + (f": {view.error}" if view.error else "")
+        console.print(f"  order {view.order.id}: {outcome}", highlight=False)
+        after_balances, after_stock = await shop.balances(), await shop.inventory()
+        user, product = scenario.customer_id, scenario.product_id
+        console.print(
+            f"  {user} balance {format_money(balances[user])} -> "
+            f"{format_money(after_balances[user])}; {product} stock {stock[product]} -> "
+            f"{after_stock[product]}\n",
+            highlight=False,
+        )
+        if view.status != scenario.status or view.error != scenario.error:
+            err.print(
+                f"[red]unexpected outcome:[/red] {view.status} {view.error!r}, expected "
+                f"{scenario.status} {scenario.error!r}"
+            )
+            ok = False
+    after_totals = await shop.totals()
+    conserved = before_totals == after_totals
+    console.print(
+        f"money {format_money(after_totals.money_cents)} and units {after_totals.units} "
+        + ("[green]conserved[/green]" if conserved else "[red]NOT conserved[/red]")
+    )
+    return ok and conserved
+
+
+@app.command()
+def demo(
+    directory: Annotated[
+        Path | None,
+        typer.Option(
+            "--dir",
+            file_okay=False,
+            help="Keep the demo database in this directory (default: a temporary one)",
+        ),
+    ] = None,
+) -> None:
+    """Run the four classic checkout scenarios on a fresh demo database."""
+    with contextlib.ExitStack() as stack:
+        if directory is None:
+            directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sagaway-")))
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / "demo.db"
+        for leftover in directory.glob("demo.db*"):
+            leftover.unlink()
+        url = f"sqlite:///{path}"
+        settings = Settings(database_url=url, store_url=url, demo=True, worker_id="demo")
+        console.print(f"demo database: {path}", highlight=False)
+
+        async def main() -> bool:
+            async with bootstrap(settings) as services:
+                return await run_demo(services)
+
+        if not _guard(main):
+            raise typer.Exit(1)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,160 @@
+"""The checkout application service: place an order, check out a draft, read an order with its
+saga. The HTTP routes and the ``checkout demo`` CLI are thin layers over this.
+
+Unknown customers and products are **not** rejected up front: the order is recorded and its
+saga fails at ``validate_order`` with "User not found" / "Product not found" (order ``failed``,
+saga ``COMPENSATED``, HTTP 201), exactly like any other business failure, so clients see one
+failure path. Request-shape errors (unknown fields, quantity <= 0, empty items, an ``amount``
+that differs from the catalog total) are the only up-front rejections (422).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from checkout.domain.models import Address, OrderInfo, OrderLine, OrderStatus
+from checkout.domain.rules import order_total, price_lines
+from checkout.participants import CheckoutParticipants, saga_input
+from checkout.tracking import OrderTracker, order_status_for
+from sagaway import Engine, Saga, SagaRecord
+
+
+class OrderNotFound(LookupError):
+    """No order with that id."""
+
+    def __init__(self, order_id: str) -> None:
+        super().__init__(f"order {order_id!r} not found")
+        self.order_id = order_id
+
+
+class AmountMismatch(ValueError):
+    """The client's ``amount`` is not the catalog total of the order."""
+
+
+@dataclass(frozen=True, slots=True)
+class OrderView:
+    """An order together with its saga (None for a draft), status derived from the saga."""
+
+    order: OrderInfo
+    saga: SagaRecord | None
+    status: OrderStatus
+    error: str | None
+
+    @property
+    def finished(self) -> bool:
+        """True when there is nothing more to wait for (a draft, or its saga is terminal)."""
+        return self.saga is None or self.saga.status.is_terminal
+
+
+def saga_key(order_id: str) -> str:
+    """The checkout saga's idempotency key: one saga per order, whoever starts it."""
+    return f"checkout:{order_id}"
+
+
+class CheckoutService:
+    def __init__(
+        self,
+        participants: CheckoutParticipants,
+        engine: Engine,
+        saga: Saga,
+        tracker: OrderTracker,
+    ) -> None:
+        self.participants = participants
+        self.engine = engine
+        self.saga = saga
+        self.tracker = tracker
+
+    async def quote(self, items: Sequence[OrderLine]) -> int:
+        """The catalog total in cents (unknown products count 0: their saga fails anyway)."""
+        prices = await self.participants.shop.prices(sorted({i.product_id for i in items}))
+        return order_total(
+            price_lines(items, {i.product_id: prices.get(i.product_id, 0) for i in items})
+        )
+
+    async def place_order(
+        self,
+        customer_id: str,
+        items: Sequence[OrderLine],
+        *,
+        shipping_address: Address | None = None,
+        payment_method: str = "card",
+        amount_cents: int | None = None,
+        checkout: bool = True,
+        idempotency_key: str | None = None,
+        wait: float = 0.0,
+    ) -> tuple[OrderView, bool]:
+        """Record the order and (unless ``checkout`` is false) start its saga, then wait up to
+        ``wait`` seconds for it. Returns ``(view, created)``; a repeated ``idempotency_key``
+        returns the first order (``created=False``) and starts no second saga."""
+        orders = self.participants.orders
+        order: OrderInfo | None = None
+        if idempotency_key is not None:
+            order = await orders.get_by_idempotency_key(idempotency_key)
+        created = False
+        if order is None:
+            if amount_cents is not None:
+                total = await self.quote(items)
+                if total != amount_cents:
+                    raise AmountMismatch(
+                        f"amount {amount_cents / 100:.2f} does not match the order total "
+                        f"{total / 100:.2f}"
+                    )
+            order, created = await orders.create_order(
+                customer_id,
+                items,
+                shipping_address=shipping_address,
+                payment_method=payment_method,
+                idempotency_key=idempotency_key,
+            )
+        if checkout and order.saga_id is None:
+            # Also completes a repeat whose first attempt died between the two writes.
+            order = await self._start(order)
+        return await self.view(order, wait=wait), created
+
+    async def checkout_order(self, order_id: str, *, wait: float = 0.0) -> tuple[OrderView, bool]:
+        """Start the saga of a draft order; ``(view, started)``. An order already checked out
+        returns its saga and starts nothing (``started=False``)."""
+        order = await self.participants.orders.get_order(order_id)
+        if order is None:
+            raise OrderNotFound(order_id)
+        started = False
+        if order.saga_id is None:
+            order = await self._start(order)
+            started = True
+        view = await self.view(order, wait=wait)
+        return view, started
+
+    async def _start(self, order: OrderInfo) -> OrderInfo:
+        saga_id = await self.engine.start(
+            self.saga, saga_input(order), idempotency_key=saga_key(order.id)
+        )
+        await self.tracker.attach(order.id, saga_id)
+        return order.model_copy(update={"saga_id": saga_id, "status": OrderStatus.PROCESSING})
+
+    async def get(self, order_id: str) -> OrderView:
+        order = await self.participants.orders.get_order(order_id)
+        if order is None:
+            raise OrderNotFound(order_id)
+        return await self.view(order)
+
+    async def view(self, order: OrderInfo, *, wait: float = 0.0) -> OrderView:
+        """The order with its saga (waited for up to ``wait`` s); a lagging row is repaired."""
+        if order.saga_id is None:
+            return OrderView(order, None, order.status, order.error)
+        if wait > 0:
+            record = await self.engine.wait(order.saga_id, timeout=wait)
+        else:
+            record = await self.engine.store.get(order.saga_id, history=False)
+        status = order_status_for(record.status, record.error)
+        error = record.error if status in (OrderStatus.FAILED, OrderStatus.CANCELLED) else None
+        lagging = status is not order.status or error != order.error
+        if record.status.is_terminal and lagging:
+            # Usually the listener's write for the saga this process just ran: await it (read
+            # your writes); otherwise the row lags (saga run elsewhere, a crash): repair it.
+            if not await self.tracker.settled(record.id):
+                await self.tracker.mirror(order.id, record.id, status, error)
+            finished = datetime.fromtimestamp(record.updated_at, UTC)
+            order = order.model_copy(update={"updated_at": max(order.updated_at, finished)})
+        return OrderView(order, record, status, error)

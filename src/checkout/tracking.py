@@ -1,0 +1,246 @@
+"""How an order's ``status`` follows its checkout saga, durably.
+
+The saga log is the source of truth; ``orders.status`` is a mirror of it kept for listings and
+filters. Three mechanisms together make the mirror correct, even across crashes:
+
+1. **Listener (the fast path).** :meth:`OrderTracker.on_transition` is subscribed to the engine
+   before it opens. After every durable *terminal* transition of a checkout saga that this
+   process drives, it schedules one guarded ``UPDATE`` of the order (``completed`` /
+   ``failed`` / ``cancelled``, the saga's error, the saga id). The API awaits that write before
+   answering, so a client that got a 201 reads its own write.
+2. **Reconciliation (the crash path).** A process killed between the saga's terminal write and
+   the order update leaves the order ``processing`` while its saga is terminal. Every process
+   that executes sagas runs :meth:`OrderTracker.reconcile` when it starts (before serving) and
+   then every few seconds: orders still ``processing`` whose saga is terminal are brought in
+   line. Orders touched in the last second are skipped by the periodic pass, since the
+   listener is about to handle them.
+3. **Derive on read.** Whoever reads one order (``GET /orders/{id}``, the responses of
+   ``POST /orders``) loads its saga and reports the status derived from it
+   (:func:`order_status_for`), repairing the row when it lags. So even an API-only process,
+   whose sagas run in a worker, never shows a finished order as ``processing``.
+
+Every write is guarded: ``WHERE id = :order AND (saga_id IS NULL OR saga_id = :saga)`` so a
+saga never overwrites an order that belongs to another one, and only when something changes,
+so repeated mirrors (listener + reconcile + read repair) are harmless no-ops.
+
+Mapping: RUNNING/PENDING/COMPENSATING -> ``processing``; SUCCEEDED -> ``completed``;
+COMPENSATED -> ``failed`` (``cancelled`` when the saga was cancelled); FAILED (a compensation
+needs an operator) -> ``failed`` with the saga's error. An operator's retry sets the order back
+to ``processing`` and the listener mirrors the new outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from datetime import timedelta
+
+from sqlalchemy import or_, select, update
+
+from checkout.db import Database, OrderRow, utcnow
+from checkout.domain.models import OrderStatus
+from checkout.participants._sql import execute_update
+from checkout.sagas import SAGA_NAME
+from sagaway import Change, Engine, SagaRecord, SagaStatus
+
+log = logging.getLogger("checkout.tracking")
+
+CANCELLED_ERROR = "cancelled"  # the runner's saga error when an operator cancelled it
+
+
+def order_status_for(status: SagaStatus, error: str | None) -> OrderStatus:
+    """The order status that mirrors a saga in ``status`` (with the saga's ``error``)."""
+    if status is SagaStatus.SUCCEEDED:
+        return OrderStatus.COMPLETED
+    if status is SagaStatus.COMPENSATED:
+        return OrderStatus.CANCELLED if error == CANCELLED_ERROR else OrderStatus.FAILED
+    if status is SagaStatus.FAILED:
+        return OrderStatus.FAILED
+    return OrderStatus.PROCESSING
+
+
+def order_id_of(record: SagaRecord) -> str | None:
+    """The order a checkout saga works on (its input's ``order_id``), else None."""
+    if record.name != SAGA_NAME or not isinstance(record.input, dict):
+        return None
+    order_id = record.input.get("order_id")
+    return order_id if isinstance(order_id, str) else None
+
+
+class OrderTracker:
+    """Mirrors checkout sagas' outcomes into ``orders.status``; see the module docstring."""
+
+    def __init__(
+        self,
+        db: Database,
+        engine: Engine,
+        *,
+        reconcile_interval: float = 5.0,
+        grace_seconds: float = 1.0,
+        batch: int = 500,
+    ) -> None:
+        self.db = db
+        self.engine = engine
+        self.reconcile_interval = reconcile_interval
+        self.grace_seconds = grace_seconds
+        self.batch = batch
+        # Strong references to mirror writes in flight, and the recent ones by saga id (so the
+        # API can await the write for the saga it just waited for).
+        self._running: set[asyncio.Task[bool]] = set()
+        self._recent: OrderedDict[str, asyncio.Task[bool]] = OrderedDict()
+        self.remember = 10_000
+        self._loop_task: asyncio.Task[None] | None = None
+
+    # -- the listener ---------------------------------------------------------------------
+
+    def on_transition(self, record: SagaRecord, change: Change) -> None:
+        """Engine listener: schedule the order update after a saga's terminal transition."""
+        if change.status is None or not change.status.is_terminal:
+            return
+        order_id = order_id_of(record)
+        if order_id is None:
+            return
+        status = order_status_for(record.status, record.error)
+        task = asyncio.get_running_loop().create_task(
+            self._mirror_logged(order_id, record.id, status, record.error)
+        )
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        self._recent[record.id] = task
+        while len(self._recent) > self.remember:
+            self._recent.popitem(last=False)
+
+    async def _mirror_logged(
+        self, order_id: str, saga_id: str, status: OrderStatus, error: str | None
+    ) -> bool:
+        try:
+            await self.mirror(order_id, saga_id, status, error)
+            return True
+        except Exception:  # reconciliation will catch up; never break the engine's loop
+            log.exception("order %s: could not mirror saga %s", order_id, saga_id)
+            return False
+
+    async def settled(self, saga_id: str) -> bool:
+        """Wait for this process's mirror of ``saga_id``'s outcome; True if it was written
+        (False: this process did not mirror it recently, or the write failed)."""
+        task = self._recent.get(saga_id)
+        if task is None:
+            return False
+        return await asyncio.shield(task)
+
+    async def drain(self) -> None:
+        """Wait for every pending mirror (on shutdown)."""
+        if self._running:
+            await asyncio.gather(*list(self._running), return_exceptions=True)
+
+    # -- writes ---------------------------------------------------------------------------
+
+    async def mirror(
+        self, order_id: str, saga_id: str, status: OrderStatus, error: str | None
+    ) -> bool:
+        """Set the order's status from its saga; True if the row changed."""
+        if status is not OrderStatus.FAILED and status is not OrderStatus.CANCELLED:
+            error = None
+        async with self.db.sessions.begin() as session:
+            changed = await execute_update(
+                session,
+                update(OrderRow)
+                .where(
+                    OrderRow.id == order_id,
+                    or_(OrderRow.saga_id.is_(None), OrderRow.saga_id == saga_id),
+                    or_(
+                        OrderRow.status != status.value,
+                        OrderRow.error.is_distinct_from(error),
+                        OrderRow.saga_id.is_(None),
+                    ),
+                )
+                .values(status=status.value, error=error, saga_id=saga_id, updated_at=utcnow()),
+            )
+        return changed == 1
+
+    async def attach(self, order_id: str, saga_id: str) -> bool:
+        """Mark a draft order as checked out by ``saga_id`` (``processing``). False if it has a
+        saga already, which includes the case where the saga finished first and the listener
+        recorded its outcome (and id) before this call."""
+        async with self.db.sessions.begin() as session:
+            changed = await execute_update(
+                session,
+                update(OrderRow)
+                .where(OrderRow.id == order_id, OrderRow.saga_id.is_(None))
+                .values(saga_id=saga_id, status=OrderStatus.PROCESSING.value, updated_at=utcnow()),
+            )
+        return changed == 1
+
+    async def reopen(self, order_id: str, saga_id: str) -> None:
+        """An operator retried the order's saga: it is ``processing`` again."""
+        await self.mirror(order_id, saga_id, OrderStatus.PROCESSING, None)
+
+    # -- reconciliation -------------------------------------------------------------------
+
+    async def reconcile(self, *, grace_seconds: float | None = None) -> int:
+        """One pass: orders ``processing`` whose saga is terminal get its outcome. Returns how
+        many orders were fixed. ``grace_seconds`` skips orders updated that recently."""
+        grace = self.grace_seconds if grace_seconds is None else grace_seconds
+        fixed = 0
+        after: str = ""
+        while True:
+            query = (
+                select(OrderRow.id, OrderRow.saga_id)
+                .where(
+                    OrderRow.status == OrderStatus.PROCESSING.value,
+                    OrderRow.saga_id.is_not(None),
+                    OrderRow.id > after,
+                )
+                .order_by(OrderRow.id)
+                .limit(self.batch)
+            )
+            if grace > 0:
+                query = query.where(OrderRow.updated_at < utcnow() - timedelta(seconds=grace))
+            async with self.db.read_sessions() as session:
+                rows: list[tuple[str, str]] = [
+                    (oid, sid) for oid, sid in await session.execute(query) if sid
+                ]
+            if not rows:
+                return fixed
+            records = await asyncio.gather(
+                *(self.engine.store.load(sid, history=False) for _, sid in rows)
+            )
+            for (order_id, saga_id), record in zip(rows, records, strict=True):
+                if record is None or not record.status.is_terminal:
+                    continue
+                status = order_status_for(record.status, record.error)
+                if await self.mirror(order_id, saga_id, status, record.error):
+                    fixed += 1
+            if len(rows) < self.batch:
+                return fixed
+            after = rows[-1][0]
+
+    def start(self) -> None:
+        """Reconcile every ``reconcile_interval`` seconds in the background."""
+        if self._loop_task is None:
+            self._loop_task = asyncio.get_running_loop().create_task(
+                self._reconcile_loop(), name="checkout-reconcile"
+            )
+
+    async def stop(self) -> None:
+        task, self._loop_task = self._loop_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.drain()
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.reconcile_interval)
+            try:
+                fixed = await self.reconcile()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("order reconciliation failed; retrying")
+                continue
+            if fixed:
+                log.warning("reconciled %d orders left behind by their sagas", fixed)
