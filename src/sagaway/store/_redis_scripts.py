@@ -1,0 +1,300 @@
+"""The Redis saga log's Lua scripts: one script per transition, so each is atomic and costs one
+EVALSHA (one round trip).
+
+Redis runs a script to completion before any other command, so a script's reads and writes are
+one isolated, all-or-nothing step (a script stops at its first error, which is why every check
+comes before the first write). That is what the lease fence in ``commit`` and the exclusive
+hand-out in ``claim`` rely on; no WATCH/MULTI retry loops are needed.
+
+Data layout (``P`` is the store's key prefix, ``id`` a saga id, ``S`` a saga status, ``N`` a
+definition name, ``V`` its version)::
+
+    P:saga:id        hash: id name version status input created updated [key owner lease
+                     deadline error cancel]   (absent field = None; cancel is "1" when set)
+    P:steps:id       hash: "step|phase" -> JSON [status, attempts, output, error, uncertain,
+                     started_at, finished_at]
+    P:events:id      list: JSON [at, type, step, phase, attempt, detail], in commit order
+    P:keys           hash: idempotency key -> saga id
+    P:all            zset: every saga, score created_at (listing newest first: ZREVRANGE)
+    P:status:S       zset: sagas in status S, score created_at (listing, counts: ZCARD)
+    P:name:N         zset: sagas of definition N, score created_at
+    P:sn:S:N         zset: sagas of N in status S, score created_at (both filters)
+    P:free:V:N       zset: active sagas of (N, V) with no lease, score created_at (claim these)
+    P:leased:V:N     zset: active leased sagas of (N, V), score lease expiry (claim the expired)
+    P:owner:O        set: active sagas leased to owner O (renew_leases)
+    P:work           pub/sub channel: "there is work" (a saga queued PENDING, a lease handed back)
+
+Ties in a zset are ordered by member, so ``ZREVRANGE`` lists newest first by (created_at, id), as
+the port requires. Scripts never do arithmetic on times: every time and score comes from Python
+as ``repr(float)``, which Redis parses exactly (Lua's own number formatting would round).
+
+Optional string arguments are encoded as ``""`` for None and ``"=" + value`` otherwise.
+
+The scripts build key names from the prefix instead of receiving them as KEYS: they run on a
+standalone Redis (or a Sentinel-managed primary), not on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+SCRIPTS = ("CREATE", "COMMIT", "CLAIM", "ACQUIRE", "RENEW", "REQUEST_CANCEL", "LOAD", "LIST")
+
+# Shared helpers, prepended to every script (Redis scripts cannot call one another).
+_LIB = """
+local P = ARGV[1]
+local ACTIVE = {PENDING = true, RUNNING = true, COMPENSATING = true}
+
+local function opt(s)
+  if s == '' then return false end
+  return string.sub(s, 2)
+end
+
+local function def(ver, name) return ver .. ':' .. name end
+
+-- Take an active saga out of the claim indexes (before its status/owner/lease change).
+local function unqueue(id, status, name, ver, owner)
+  if ACTIVE[status] then
+    redis.call('ZREM', P .. ':free:' .. def(ver, name), id)
+    redis.call('ZREM', P .. ':leased:' .. def(ver, name), id)
+    if owner then redis.call('SREM', P .. ':owner:' .. owner, id) end
+  end
+end
+
+-- Put a saga into the claim indexes its new status/owner/lease call for.
+local function enqueue(id, status, name, ver, created, owner, lease)
+  if ACTIVE[status] then
+    if owner and lease then
+      redis.call('ZADD', P .. ':leased:' .. def(ver, name), lease, id)
+    else
+      redis.call('ZADD', P .. ':free:' .. def(ver, name), created, id)
+    end
+    if owner then redis.call('SADD', P .. ':owner:' .. owner, id) end
+  end
+end
+
+local function loaded(id)
+  return {redis.call('HGETALL', P .. ':saga:' .. id), redis.call('HGETALL', P .. ':steps:' .. id)}
+end
+
+-- ARGV[i] is a count n, followed by n items; HSET them as field/value pairs into key.
+-- Returns the index after the items.
+local function hset_block(key, i)
+  local n = tonumber(ARGV[i])
+  if n > 0 then redis.call('HSET', key, unpack(ARGV, i + 1, i + n)) end
+  return i + n + 1
+end
+
+local function push_rest(id, i)
+  if i <= #ARGV then redis.call('RPUSH', P .. ':events:' .. id, unpack(ARGV, i, #ARGV)) end
+end
+"""
+
+# ARGV: P, id, key(opt), name, version, status, created, owner(opt), lease ("" if None),
+#       n, saga hash items..., n, step hash items..., events...
+# Returns {1, id} created, {0, existing_id} for a used idempotency key, {-1, id} duplicate id.
+CREATE = (
+    _LIB
+    + """
+local id, name, ver, status, created = ARGV[2], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local key = opt(ARGV[3])
+if key then
+  local existing = redis.call('HGET', P .. ':keys', key)
+  if existing then return {0, existing} end
+end
+local h = P .. ':saga:' .. id
+if redis.call('EXISTS', h) == 1 then return {-1, id} end
+if key then redis.call('HSET', P .. ':keys', key, id) end
+local i = hset_block(h, 10)
+i = hset_block(P .. ':steps:' .. id, i)
+push_rest(id, i)
+redis.call('ZADD', P .. ':all', created, id)
+redis.call('ZADD', P .. ':status:' .. status, created, id)
+redis.call('ZADD', P .. ':name:' .. name, created, id)
+redis.call('ZADD', P .. ':sn:' .. status .. ':' .. name, created, id)
+local owner = opt(ARGV[8])
+enqueue(id, status, name, ver, created, owner, ARGV[9] ~= '' and ARGV[9])
+if status == 'PENDING' and not owner then redis.call('PUBLISH', P .. ':work', id) end
+return {1, id}
+"""
+)
+
+# ARGV: P, id, fence owner(opt), at, status(opt), error(opt), release 0/1, clear 0/1,
+#       n, step hash items..., events...
+# Returns 0 applied, -1 no such saga, -2 lease lost (nothing written in either case).
+COMMIT = (
+    _LIB
+    + """
+local id = ARGV[2]
+local h = P .. ':saga:' .. id
+local cur = redis.call('HMGET', h, 'status', 'owner', 'name', 'version', 'created', 'lease')
+if not cur[1] then return -1 end
+local fence = opt(ARGV[3])
+if fence and cur[2] ~= fence then return -2 end
+local old, owner, name, ver, created = cur[1], cur[2], cur[3], cur[4], cur[5]
+local new = opt(ARGV[5]) or old
+local release = ARGV[7] == '1'
+local moved = new ~= old or release
+if moved then unqueue(id, old, name, ver, owner) end
+if new ~= old then
+  redis.call('ZREM', P .. ':status:' .. old, id)
+  redis.call('ZREM', P .. ':sn:' .. old .. ':' .. name, id)
+  redis.call('ZADD', P .. ':status:' .. new, created, id)
+  redis.call('ZADD', P .. ':sn:' .. new .. ':' .. name, created, id)
+end
+if ARGV[5] ~= '' then
+  redis.call('HSET', h, 'status', new, 'updated', ARGV[4])
+  local err = opt(ARGV[6])
+  if err then redis.call('HSET', h, 'error', err) else redis.call('HDEL', h, 'error') end
+else
+  redis.call('HSET', h, 'updated', ARGV[4])
+end
+if release then redis.call('HDEL', h, 'owner', 'lease') end
+if ARGV[8] == '1' then redis.call('HDEL', h, 'cancel') end
+if moved then
+  if release then
+    enqueue(id, new, name, ver, created, false, false)
+  else
+    enqueue(id, new, name, ver, created, owner, cur[6])
+  end
+end
+push_rest(id, hset_block(P .. ':steps:' .. id, 9))
+if release and ACTIVE[new] then redis.call('PUBLISH', P .. ':work', id) end
+return 0
+"""
+)
+
+# ARGV: P, owner, now, expires, limit, include_own 0/1, SAGA_CLAIMED event, (name, version)...
+# Returns a list of {saga hash, steps hash} for the sagas now leased to owner.
+CLAIM = (
+    _LIB
+    + """
+local me, now, expires, limit = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local ids, seen = {}, {}
+local function take(id)
+  if #ids < limit and not seen[id] then
+    seen[id] = true
+    ids[#ids + 1] = id
+  end
+end
+if ARGV[6] == '1' then
+  local wanted = {}
+  for i = 8, #ARGV, 2 do wanted[def(ARGV[i + 1], ARGV[i])] = true end
+  for _, id in ipairs(redis.call('SMEMBERS', P .. ':owner:' .. me)) do
+    local f = redis.call('HMGET', P .. ':saga:' .. id, 'name', 'version')
+    if f[1] and wanted[def(f[2], f[1])] then take(id) end
+  end
+end
+for i = 8, #ARGV, 2 do
+  local d = def(ARGV[i + 1], ARGV[i])
+  if #ids < limit then
+    for _, id in ipairs(redis.call('ZRANGE', P .. ':free:' .. d, 0, limit - #ids - 1)) do
+      take(id)
+    end
+  end
+  if #ids < limit then
+    local expired = redis.call(
+      'ZRANGEBYSCORE', P .. ':leased:' .. d, '-inf', '(' .. now, 'LIMIT', 0, limit - #ids)
+    for _, id in ipairs(expired) do take(id) end
+  end
+end
+local out = {}
+for _, id in ipairs(ids) do
+  local h = P .. ':saga:' .. id
+  local f = redis.call('HMGET', h, 'status', 'owner', 'name', 'version', 'created')
+  unqueue(id, f[1], f[3], f[4], f[2])
+  redis.call('HSET', h, 'owner', me, 'lease', expires, 'updated', now)
+  enqueue(id, f[1], f[3], f[4], f[5], me, expires)
+  redis.call('RPUSH', P .. ':events:' .. id, ARGV[7])
+  out[#out + 1] = loaded(id)
+end
+return out
+"""
+)
+
+# ARGV: P, id, owner, now, expires, event(opt), statuses...
+# Returns {-1} no such saga, {0} not taken, {1, {saga hash, steps hash}} taken.
+ACQUIRE = (
+    _LIB
+    + """
+local id, me, now, expires = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local h = P .. ':saga:' .. id
+local f = redis.call('HMGET', h, 'status', 'owner', 'lease', 'name', 'version', 'created')
+if not f[1] then return {-1} end
+local allowed = false
+for i = 7, #ARGV do if ARGV[i] == f[1] then allowed = true end end
+local live = f[2] and f[2] ~= me and f[3] and tonumber(f[3]) >= tonumber(now)
+if not allowed or live then return {0} end
+unqueue(id, f[1], f[4], f[5], f[2])
+redis.call('HSET', h, 'owner', me, 'lease', expires, 'updated', now)
+enqueue(id, f[1], f[4], f[5], f[6], me, expires)
+local event = opt(ARGV[6])
+if event then redis.call('RPUSH', P .. ':events:' .. id, event) end
+return {1, loaded(id)}
+"""
+)
+
+# ARGV: P, owner, expires. Returns the ids (among the renewed) whose cancel was requested.
+RENEW = (
+    _LIB
+    + """
+local me, expires = ARGV[2], ARGV[3]
+local cancelled = {}
+local mine = P .. ':owner:' .. me
+for _, id in ipairs(redis.call('SMEMBERS', mine)) do
+  local h = P .. ':saga:' .. id
+  local f = redis.call('HMGET', h, 'status', 'owner', 'name', 'version', 'cancel')
+  if f[1] and ACTIVE[f[1]] and f[2] == me then
+    redis.call('HSET', h, 'lease', expires)
+    redis.call('ZREM', P .. ':free:' .. def(f[4], f[3]), id)
+    redis.call('ZADD', P .. ':leased:' .. def(f[4], f[3]), expires, id)
+    if f[5] then cancelled[#cancelled + 1] = id end
+  else
+    redis.call('SREM', mine, id)
+  end
+end
+return cancelled
+"""
+)
+
+# ARGV: P, id, at, event. Returns {-1} no such saga, {-3, status} not active,
+# {1, saga hash, steps hash, events}.
+REQUEST_CANCEL = (
+    _LIB
+    + """
+local id = ARGV[2]
+local h = P .. ':saga:' .. id
+local status = redis.call('HGET', h, 'status')
+if not status then return {-1} end
+if not ACTIVE[status] then return {-3, status} end
+redis.call('HSET', h, 'cancel', '1', 'updated', ARGV[3])
+redis.call('RPUSH', P .. ':events:' .. id, ARGV[4])
+local r = loaded(id)
+return {1, r[1], r[2], redis.call('LRANGE', P .. ':events:' .. id, 0, -1)}
+"""
+)
+
+# ARGV: P, id, history 0/1. Returns {} or {saga hash, steps hash, events} from one snapshot.
+LOAD = (
+    _LIB
+    + """
+local id = ARGV[2]
+local saga = redis.call('HGETALL', P .. ':saga:' .. id)
+if #saga == 0 then return {} end
+local events = {}
+if ARGV[3] == '1' then events = redis.call('LRANGE', P .. ':events:' .. id, 0, -1) end
+return {saga, redis.call('HGETALL', P .. ':steps:' .. id), events}
+"""
+)
+
+# ARGV: P, index key suffix, offset, limit (> 0). Returns {total, saga hash...} newest first.
+LIST = (
+    _LIB
+    + """
+local key = P .. ':' .. ARGV[2]
+local first = tonumber(ARGV[3])
+local out = {redis.call('ZCARD', key)}
+for _, id in ipairs(redis.call('ZREVRANGE', key, first, first + tonumber(ARGV[4]) - 1)) do
+  out[#out + 1] = redis.call('HGETALL', P .. ':saga:' .. id)
+end
+return out
+"""
+)

@@ -1,0 +1,545 @@
+"""The saga log in Redis: every transition is one Lua script, run atomically in one round trip.
+
+``redis://host:6379/0`` (or ``rediss://`` for TLS, ``redis://:password@host``). Query
+parameters: ``prefix`` (default ``sagaway``) namespaces every key, so several applications or
+test runs share one server; any other parameter (``socket_timeout``, ``ssl_cert_reqs``, …) is
+passed to redis-py. Needs a standalone Redis (or a Sentinel-managed primary), not Redis Cluster:
+the scripts touch index keys they do not declare. Keys and scripts: ``_redis_scripts``.
+
+**Durability: Redis acknowledges a transition once it is in the server's memory.**
+
+* Without AOF (Redis' default, and this project's development server): a Redis restart or crash
+  loses *every* saga; RDB snapshots, if configured, bring back a state minutes old, whose
+  sagas then re-run steps already done (the participants' idempotency keys absorb that, but
+  sagas started since the snapshot are gone).
+* ``appendonly yes`` + ``appendfsync everysec``: a crash of the Redis *server* (or its machine)
+  may lose about the last second of transitions; a crash of a worker loses nothing.
+* ``appendonly yes`` + ``appendfsync always``: every script's writes are fsynced before the
+  reply, the same guarantee as the SQLite and PostgreSQL stores, at a large cost in throughput.
+
+An option to wait for the fsync per transition (``WAITAOF``) needs Redis 7.2; the server this was
+developed against is 7.0, so there is none yet: configure ``appendfsync always`` instead.
+
+Why a pipeline of our own: asyncio code usually sends each command on its own pooled connection,
+which costs a syscall pair and a connection hand-off per command. Here every script call made
+while the previous batch is on the wire is queued, and one task writes the whole queue in one
+``sendall`` on one connection and reads the replies in order (auto-pipelining, the Redis
+counterpart of the SQLite store's group commit). Each call is still its own EVALSHA, atomic on
+its own; a failing one (``LeaseLost``, ``SagaNotFound``) affects no other. The scripts are
+redis-py ``Script`` objects; their SHAs are loaded at ``open`` and again on ``NOSCRIPT`` (a
+server restart), which is safe because a script that was not found did not run.
+
+``on_work``: creating a PENDING saga and handing a lease back (an admin retry) ``PUBLISH`` on
+``PREFIX:work`` from inside the script; a listener task calls the engines' callbacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from redis.asyncio import Redis
+from redis.asyncio.connection import Connection
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+
+from sagaway.errors import InvalidTransition, LeaseLost, SagaNotFound, SagawayError, StoreError
+from sagaway.state import (
+    Change,
+    Event,
+    EventType,
+    NewSaga,
+    Phase,
+    SagaRecord,
+    SagaStatus,
+    StepRecord,
+    StepStatus,
+)
+from sagaway.store import _redis_scripts as lua
+from sagaway.store.base import Page, SagaStore
+
+__all__ = ["RedisStore", "parse_url"]
+
+log = logging.getLogger("sagaway.store.redis")
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_loads = json.loads
+_SAGA_STATUS = {s.value: s for s in SagaStatus}
+_STEP_STATUS = {s.value: s for s in StepStatus}
+_PHASE = {p.value: p for p in Phase}
+_EVENT_TYPE = {t.value: t for t in EventType}
+
+# A batch whose replies take longer than this is abandoned (its connection closed) and its
+# callers get StoreError: a hung server must not hang every saga forever.
+BATCH_TIMEOUT = 30.0
+
+_Call = tuple["asyncio.Future[Any]", tuple[Any, ...]]
+
+
+def parse_url(url: str) -> tuple[str, str]:
+    """``(redis_url, prefix)``: the URL redis-py gets (our own parameters removed), the prefix."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise SagawayError(f"bad Redis URL {url!r}: use redis://host:6379/0 or rediss://")
+    prefix, rest = "sagaway", []
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key == "prefix":
+            if not value:
+                raise SagawayError(f"bad Redis URL {url!r}: prefix must not be empty")
+            prefix = value
+        else:
+            rest.append((key, value))
+    return urlunsplit(parts._replace(query=urlencode(rest))), prefix
+
+
+def _opt(value: str | None) -> str:
+    """Optional string argument for a script: "" is None, "=value" a value (even "")."""
+    return "" if value is None else "=" + value
+
+
+def _time(value: float | None) -> str:
+    return "" if value is None else repr(float(value))
+
+
+def _event(e: Event) -> str:
+    return _dumps([e.at, e.type, e.step, e.phase, e.attempt, e.detail])
+
+
+def _step_items(steps: Sequence[StepRecord]) -> list[str]:
+    items = [str(2 * len(steps))]
+    for s in steps:
+        items.append(f"{s.name}|{s.phase}")
+        items.append(
+            _dumps(
+                [s.status, s.attempts, s.output, s.error, s.uncertain, s.started_at, s.finished_at]
+            )
+        )
+    return items
+
+
+def _pairs(flat: list[str]) -> dict[str, str]:
+    it = iter(flat)
+    return dict(zip(it, it, strict=True))
+
+
+def _float(value: str | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def _saga(flat: list[str]) -> SagaRecord:
+    h = _pairs(flat)
+    return SagaRecord(
+        id=h["id"],
+        name=h["name"],
+        version=int(h["version"]),
+        status=_SAGA_STATUS[h["status"]],
+        input=_loads(h["input"]),
+        created_at=float(h["created"]),
+        updated_at=float(h["updated"]),
+        idempotency_key=h.get("key"),
+        owner=h.get("owner"),
+        lease_expires_at=_float(h.get("lease")),
+        deadline_at=_float(h.get("deadline")),
+        cancel_requested="cancel" in h,
+        error=h.get("error"),
+    )
+
+
+def _loaded(saga: list[str], steps: list[str], events: list[str] | None = None) -> SagaRecord:
+    record = _saga(saga)
+    it = iter(steps)
+    for field, value in zip(it, it, strict=True):
+        name, phase = field.rsplit("|", 1)
+        v = _loads(value)
+        key = (name, _PHASE[phase])
+        record.steps[key] = StepRecord(
+            name, key[1], _STEP_STATUS[v[0]], v[1], v[2], v[3], v[4], v[5], v[6]
+        )
+    if events:
+        for text in events:
+            v = _loads(text)
+            record.history.append(
+                Event(v[0], _EVENT_TYPE[v[1]], v[2], None if v[3] is None else _PHASE[v[3]], *v[4:])
+            )
+    return record
+
+
+def _translate(exc: BaseException) -> BaseException:
+    """Redis errors become StoreError at this edge; everything else passes through."""
+    if isinstance(exc, RedisError | OSError):
+        error = StoreError(f"redis: {exc}")
+        error.__cause__ = exc
+        return error
+    return exc
+
+
+class RedisStore(SagaStore):
+    """The saga log in Redis; see the module docstring for the layout, the pipeline and the
+    durability Redis gives. Bound to the event loop that calls ``open()``."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._redis_url, self.prefix = parse_url(url)
+        self._client: Redis | None = None
+        self._scripts: dict[str, AsyncScript] = {}
+        self._pending: list[_Call] = []
+        self._wakeup = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._callbacks: list[Callable[[], None]] = []
+        self._state = "new"  # new -> open -> closing -> closed
+        self.batches = 0  # pipeline counters, for benchmarks: calls / batches = batch size
+        self.calls = 0
+
+    @property
+    def redis(self) -> Redis:
+        """The redis-py client (for reads an application keeps next to its sagas)."""
+        if self._client is None:
+            raise StoreError(f"Redis store {self.url!r} is not open")
+        return self._client
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect, check the server, load the scripts, start the pipeline (and listener)."""
+        if self._state == "open":
+            return
+        if self._state != "new":
+            raise StoreError(f"Redis store {self.url!r} is closed")
+        client = Redis.from_url(self._redis_url, decode_responses=True)
+        try:
+            await client.ping()
+            self._scripts = {
+                name: client.register_script(getattr(lua, name)) for name in lua.SCRIPTS
+            }
+            await self._load_scripts(client)
+        except RedisError as exc:
+            await client.aclose()
+            raise StoreError(f"redis: cannot open {self.url!r}: {exc}") from exc
+        self._client = client
+        self._state = "open"
+        self._flusher = asyncio.get_running_loop().create_task(
+            self._flush_loop(), name="sagaway-redis-pipeline"
+        )
+        if self._callbacks:
+            self._start_listener()
+
+    async def _load_scripts(self, client: Redis) -> None:
+        async with client.pipeline(transaction=False) as pipe:
+            for script in self._scripts.values():
+                pipe.script_load(script.script)
+            await pipe.execute()
+
+    async def close(self) -> None:
+        """Send what is queued, stop the listener, disconnect. Idempotent."""
+        if self._state != "open":
+            self._state = "closed"
+            return
+        self._state = "closing"
+        self._wakeup.set()
+        assert self._flusher is not None
+        await self._flusher
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+        assert self._client is not None
+        with contextlib.suppress(RedisError, OSError):
+            await self._client.aclose()
+        self._state = "closed"
+
+    async def purge(self) -> int:
+        """Delete every key under this store's prefix; returns how many. For tests and
+        benchmarks that share a server: never call it on a store that holds real sagas."""
+        client = self.redis
+        pattern = "".join("\\" + c if c in "*?[]\\" else c for c in self.prefix) + ":*"
+        deleted = 0
+        try:
+            batch: list[str] = []
+            async for key in client.scan_iter(match=pattern, count=1000):
+                batch.append(key)
+                if len(batch) >= 1000:
+                    deleted += await client.unlink(*batch)
+                    batch = []
+            if batch:
+                deleted += await client.unlink(*batch)
+        except RedisError as exc:
+            raise StoreError(f"redis: {exc}") from exc
+        return deleted
+
+    # -- notifications ----------------------------------------------------------------------
+
+    def on_work(self, callback: Callable[[], None]) -> None:
+        self._callbacks.append(callback)
+        if self._state == "open" and self._listener is None:
+            self._start_listener()
+
+    def _start_listener(self) -> None:
+        self._listener = asyncio.get_running_loop().create_task(
+            self._listen(), name="sagaway-redis-listen"
+        )
+
+    def _fire(self) -> None:
+        for callback in self._callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("on_work callback failed")
+
+    async def _listen(self) -> None:
+        """Subscribe and call back on each message; resubscribe after a connection loss.
+
+        After each (re)subscription the callbacks run once: work published while we were not
+        subscribed is found by the recovery pass that triggers, so no wake-up is ever lost."""
+        channel, delay = f"{self.prefix}:work", 0.1
+        while True:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(channel)
+                self._fire()
+                delay = 0.1
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        self._fire()
+            except (RedisError, OSError) as exc:
+                log.warning("redis pub/sub lost (%s); resubscribing in %.1f s", exc, delay)
+                await asyncio.sleep(delay)  # reconnect backoff, not synchronisation
+                delay = min(delay * 2, 5.0)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    # -- the pipeline -----------------------------------------------------------------------
+
+    def execute(self, *command: Any) -> asyncio.Future[Any]:
+        """Send one Redis command in the store's next pipelined batch; await the raw reply.
+
+        For steps that keep their own records in the same Redis (a ledger, a dedupe set): they
+        then share the batches of the saga transitions instead of a round trip each. A command
+        is atomic on its own, not with any transition. Error replies raise ``StoreError``."""
+        if self._state != "open":
+            raise StoreError(f"Redis store {self.url!r} is not open")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((future, command))
+        self._wakeup.set()
+        return future
+
+    def _script(self, name: str, args: list[Any]) -> asyncio.Future[Any]:
+        return self.execute("EVALSHA", self._scripts[name].sha, 0, self.prefix, *args)
+
+    async def _flush_loop(self) -> None:
+        assert self._client is not None
+        pool = self._client.connection_pool
+        conn: Connection | None = None
+        try:
+            while True:
+                if not self._pending:
+                    if self._state != "open":
+                        return
+                    await self._wakeup.wait()
+                    self._wakeup.clear()
+                    continue
+                batch, self._pending = self._pending, []
+                if conn is None:
+                    try:
+                        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+                    except (RedisError, OSError) as exc:
+                        _fail(batch, exc)
+                        continue
+                retry = await self._send(conn, batch)
+                if retry:  # NOSCRIPT: the server lost its scripts (a restart); reload, resend
+                    try:
+                        await self._load_scripts(self._client)
+                    except (RedisError, OSError) as exc:
+                        _fail(retry, exc)
+                    else:
+                        self._pending[:0] = retry
+        finally:
+            if conn is not None:
+                await pool.release(conn)
+
+    async def _send(self, conn: Connection, batch: list[_Call]) -> list[_Call]:
+        """Write the batch, read every reply, resolve the callers. Returns the NOSCRIPT calls."""
+        self.batches += 1
+        self.calls += len(batch)
+        retry: list[_Call] = []
+        done = 0
+        try:
+            async with asyncio.timeout(BATCH_TIMEOUT):
+                await conn.send_packed_command(
+                    conn.pack_commands([command for _, command in batch]), check_health=False
+                )
+                for future, command in batch:
+                    try:
+                        reply = await conn.read_response(disconnect_on_error=False)
+                    except NoScriptError:
+                        retry.append((future, command))
+                    except ResponseError as exc:  # this command failed; the others stand
+                        if not future.done():
+                            future.set_exception(_translate(exc))
+                    else:
+                        if not future.done():
+                            future.set_result(reply)
+                    done += 1
+        except (RedisError, OSError, TimeoutError) as exc:
+            # The connection is out of step with its replies: drop it; its callers (whose
+            # writes may or may not have been applied) get StoreError and resume from the log.
+            await conn.disconnect(nowait=True)
+            _fail(batch[done:], exc)
+        return retry
+
+    async def _call(self, name: str, args: list[Any]) -> Any:
+        return await self._script(name, args)
+
+    # -- writes -----------------------------------------------------------------------------
+
+    async def create(self, new: NewSaga) -> tuple[str, bool]:
+        at = repr(float(new.at))
+        saga = [
+            *("id", new.id, "name", new.name, "version", str(new.version)),
+            *("status", new.status.value, "input", _dumps(new.input)),
+            *("created", at, "updated", at),
+        ]
+        for field, value in (
+            ("key", new.idempotency_key),
+            ("owner", new.owner),
+            ("lease", _time(new.lease_expires_at) or None),
+            ("deadline", _time(new.deadline_at) or None),
+        ):
+            if value is not None:
+                saga += (field, value)
+        args = [
+            new.id,
+            _opt(new.idempotency_key),
+            new.name,
+            str(new.version),
+            new.status.value,
+            at,
+            _opt(new.owner),
+            _time(new.lease_expires_at),
+            str(len(saga)),
+            *saga,
+            *_step_items(new.steps),
+            *map(_event, new.events),
+        ]
+        code, saga_id = await self._call("CREATE", args)
+        if code == -1:
+            raise StoreError(f"saga id {new.id!r} already exists")
+        return str(saga_id), code == 1
+
+    async def commit(self, saga_id: str, owner: str | None, change: Change, at: float) -> None:
+        status = change.status
+        code = await self._call(
+            "COMMIT",
+            [
+                saga_id,
+                _opt(owner),
+                repr(float(at)),
+                "" if status is None else "=" + status.value,
+                _opt(change.error),
+                "1" if change.release_lease else "0",
+                "1" if change.clear_cancel else "0",
+                *_step_items(change.steps),
+                *map(_event, change.events),
+            ],
+        )
+        if code == -1:
+            raise SagaNotFound(saga_id)
+        if code == -2:
+            raise LeaseLost(f"saga {saga_id} is no longer leased to {owner}")
+
+    async def claim(
+        self,
+        owner: str,
+        *,
+        now: float,
+        lease_seconds: float,
+        definitions: Sequence[tuple[str, int]],
+        limit: int,
+        include_own: bool = False,
+    ) -> list[SagaRecord]:
+        if not definitions or limit <= 0:
+            return []
+        event = _event(Event(at=now, type=EventType.SAGA_CLAIMED, detail=owner))
+        args = [owner, repr(float(now)), repr(float(now + lease_seconds)), str(limit)]
+        args += ["1" if include_own else "0", event]
+        for name, version in definitions:
+            args += (name, str(version))
+        rows = await self._call("CLAIM", args)
+        return [_loaded(saga, steps) for saga, steps in rows]
+
+    async def acquire(
+        self,
+        saga_id: str,
+        owner: str,
+        *,
+        now: float,
+        lease_seconds: float,
+        statuses: Sequence[SagaStatus],
+        event: Event | None = None,
+    ) -> SagaRecord | None:
+        args = [saga_id, owner, repr(float(now)), repr(float(now + lease_seconds))]
+        args += ["" if event is None else "=" + _event(event), *(s.value for s in statuses)]
+        reply = await self._call("ACQUIRE", args)
+        if reply[0] == -1:
+            raise SagaNotFound(saga_id)
+        if reply[0] == 0:
+            return None
+        saga, steps = reply[1]
+        return _loaded(saga, steps)
+
+    async def renew_leases(self, owner: str, *, now: float, lease_seconds: float) -> list[str]:
+        ids: list[str] = await self._call("RENEW", [owner, repr(float(now + lease_seconds))])
+        return ids
+
+    async def request_cancel(self, saga_id: str, event: Event, at: float) -> SagaRecord:
+        reply = await self._call("REQUEST_CANCEL", [saga_id, repr(float(at)), _event(event)])
+        if reply[0] == -1:
+            raise SagaNotFound(saga_id)
+        if reply[0] == -3:
+            raise InvalidTransition(f"saga {saga_id} is {reply[1]}: nothing to cancel")
+        return _loaded(reply[1], reply[2], reply[3])
+
+    # -- reads ------------------------------------------------------------------------------
+
+    async def load(self, saga_id: str, *, history: bool = True) -> SagaRecord | None:
+        reply = await self._call("LOAD", [saga_id, "1" if history else "0"])
+        return _loaded(*reply) if reply else None
+
+    async def list_sagas(
+        self,
+        *,
+        status: SagaStatus | None = None,
+        name: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> Page:
+        if status is not None and name is not None:
+            index = f"sn:{status.value}:{name}"
+        elif status is not None:
+            index = f"status:{status.value}"
+        elif name is not None:
+            index = f"name:{name}"
+        else:
+            index = "all"
+        reply = await self._call("LIST", [index, str(max(offset, 0)), str(max(limit, 1))])
+        items = [_saga(flat) for flat in reply[1:]] if limit > 0 else []
+        return Page(items=items, total=int(reply[0]))
+
+    async def counts(self) -> dict[SagaStatus, int]:
+        sizes = await asyncio.gather(
+            *(self.execute("ZCARD", f"{self.prefix}:status:{s.value}") for s in SagaStatus)
+        )
+        return {s: int(n) for s, n in zip(SagaStatus, sizes, strict=True) if n}
+
+
+def _fail(calls: list[_Call], exc: BaseException) -> None:
+    error = _translate(exc)
+    for future, _ in calls:
+        if not future.done():
+            future.set_exception(error)
