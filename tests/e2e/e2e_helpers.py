@@ -1,0 +1,32 @@
+"""Helpers shared by the e2e tests (imported as ``e2e_helpers``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+
+async def balances(client: httpx.AsyncClient) -> dict[str, Any]:
+    response = await client.get("/balances")
+    assert response.status_code == 200
+    data: dict[str, Any] = response.json()["balances"]
+    return data
+
+
+async def inventory(client: httpx.AsyncClient) -> dict[str, int]:
+    response = await client.get("/inventory")
+    assert response.status_code == 200
+    data: dict[str, int] = response.json()["inventory"]
+    return data
+
+
+async def order(client: httpx.AsyncClient, path: str = "/orders", **body: Any) -> dict[str, Any]:
+    response = await client.post(path, json=body)
+    assert response.status_code == 201, response.text
+    data: dict[str, Any] = response.json()
+    return data
+
+
+def steps(data: dict[str, Any]) -> dict[str, tuple[str, str | None]]:
+    return {s["name"]: (s["status"], s["error"]) for s in data["steps"]}
