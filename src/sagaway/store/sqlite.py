@@ -345,10 +345,14 @@ class _Replay(Exception):
     """The fast path met an error it cannot confine to one operation."""
 
 
+class _TransactionEnded(StoreError):
+    """A ``run_in_transaction`` function ended the batch's transaction."""
+
+
 def _run_user_fn(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]) -> Any:
     result = fn(conn)
     if not conn.in_transaction:
-        raise StoreError("run_in_transaction: the function ended the store's transaction")
+        raise _TransactionEnded("run_in_transaction: the function ended the store's transaction")
     return result
 
 
@@ -364,6 +368,8 @@ def _apply(conn: sqlite3.Connection, batch: list[_Op], *, safe: bool) -> list[_R
                 try:
                     value = fn(conn, *args)
                 except Exception as exc:
+                    if not conn.in_transaction:  # a user function committed or rolled back
+                        raise _TransactionEnded(str(exc)) from exc
                     execute("ROLLBACK TO sagaway_op")
                     execute("RELEASE sagaway_op")
                     append((future, None, _translate(exc)))
@@ -382,9 +388,10 @@ def _apply(conn: sqlite3.Connection, batch: list[_Op], *, safe: bool) -> list[_R
             else:
                 append((future, value, None))
         execute("COMMIT")
-    except sqlite3.Error as exc:
-        # The transaction itself failed (I/O error, disk full, a user function ended it):
-        # nothing of this batch is durable, so every operation fails.
+    except (sqlite3.Error, _TransactionEnded) as exc:
+        # The transaction itself failed (I/O error, disk full, a user function ended it): no
+        # operation can be reported as done, so every one fails (the engine then resumes its
+        # sagas from whatever the log durably holds).
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         error = _translate(exc)

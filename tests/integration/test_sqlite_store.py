@@ -1,0 +1,303 @@
+"""What only the SQLite store has to prove: files, schema versions, processes, group commit."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from sagaway import Engine, Saga, StepContext
+from sagaway.errors import InvalidTransition, LeaseLost, SagaNotFound, SagawayError, StoreError
+from sagaway.state import (
+    Change,
+    Event,
+    EventType,
+    NewSaga,
+    Phase,
+    SagaStatus,
+    StepRecord,
+    StepStatus,
+)
+from sagaway.store import open_store
+from sagaway.store._sqlite_schema import SCHEMA_VERSION
+from sagaway.store.sqlite import SQLiteStore, parse_url
+
+T0 = 1_000.0
+RUNNING = StepStatus.RUNNING
+
+
+def new(
+    saga_id: str, *, owner: str | None = None, status: SagaStatus = SagaStatus.PENDING
+) -> NewSaga:
+    return NewSaga(
+        id=saga_id,
+        name="s",
+        version=1,
+        input={"id": saga_id},
+        at=T0,
+        status=status,
+        owner=owner,
+        lease_expires_at=None if owner is None else T0 + 60,
+        events=[Event(at=T0, type=EventType.SAGA_CREATED)],
+    )
+
+
+def url_of(path: Path, query: str = "") -> str:
+    return f"sqlite:///{path}{query}"
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "shop.db"
+
+
+@pytest.fixture
+async def store(db: Path) -> AsyncIterator[SQLiteStore]:
+    async with SQLiteStore(url_of(db)) as store:
+        yield store
+
+
+# -- URLs ---------------------------------------------------------------------------------------
+
+
+def test_parse_url() -> None:
+    assert parse_url("sqlite:///sagas.db") == ("sagas.db", True, 10_000)
+    assert parse_url("sqlite:////var/lib/sagas.db") == ("/var/lib/sagas.db", True, 10_000)
+    assert parse_url("sqlite:///a.db?durable=false&busy_timeout=50") == ("a.db", False, 50)
+    assert parse_url("sqlite:///a.db?durable=true")[1] is True
+    for bad in ("sqlite://", "sqlite:///", "sqlite:///:memory:", "sqlite:///a.db?nope=1"):
+        with pytest.raises(SagawayError):
+            parse_url(bad)
+
+
+async def test_relative_path_and_open_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = open_store("sqlite:///relative.db")
+    assert isinstance(store, SQLiteStore)
+    async with store:
+        await store.create(new("a"))
+    assert (tmp_path / "relative.db").exists()
+
+
+async def test_pragmas(db: Path) -> None:
+    def pragmas(conn: sqlite3.Connection) -> tuple[str, int, int]:
+        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        sync = conn.execute("PRAGMA synchronous").fetchone()[0]
+        busy = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+        return mode, sync, busy
+
+    async with SQLiteStore(url_of(db)) as store:
+        assert await store.run_in_transaction(pragmas) == ("wal", 2, 10_000)  # 2 = FULL
+    async with SQLiteStore(url_of(db, "?durable=false&busy_timeout=250")) as store:
+        assert await store.run_in_transaction(pragmas) == ("wal", 1, 250)  # 1 = NORMAL
+
+
+# -- files and schema ---------------------------------------------------------------------------
+
+
+async def test_data_survives_close_and_reopen(db: Path) -> None:
+    async with SQLiteStore(url_of(db)) as store:
+        await store.create(new("a", owner="e1", status=SagaStatus.RUNNING))
+        step = StepRecord("pay", Phase.FORWARD, StepStatus.SUCCEEDED, 1, output={"n": [1, "é"]})
+        await store.commit("a", "e1", Change(steps=[step]), T0 + 1)
+    async with SQLiteStore(url_of(db)) as store:
+        record = await store.get("a")
+        assert record.output("pay") == {"n": [1, "é"]}
+        assert (record.owner, record.updated_at) == ("e1", T0 + 1)
+
+
+async def test_schema_is_versioned_and_shares_the_file(db: Path) -> None:
+    app = sqlite3.connect(db)
+    app.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY)")  # the application's own table
+    app.commit()
+    async with SQLiteStore(url_of(db)) as store:
+        await store.create(new("a"))
+    async with SQLiteStore(url_of(db)) as store:  # reopening migrates nothing, keeps data
+        assert (await store.get("a")).input == {"id": "a"}
+    tables = {r[0] for r in app.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert tables == {
+        "orders",
+        "sagaway_schema",
+        "sagaway_instances",
+        "sagaway_steps",
+        "sagaway_events",
+    }
+    versions = [r[0] for r in app.execute("SELECT version FROM sagaway_schema")]
+    assert versions == list(range(1, SCHEMA_VERSION + 1))
+    app.execute("INSERT INTO sagaway_schema (version) VALUES (?)", (SCHEMA_VERSION + 1,))
+    app.commit()
+    app.close()
+    with pytest.raises(StoreError, match="newer"):
+        await SQLiteStore(url_of(db)).open()
+
+
+async def test_close_flushes_queued_writes_and_is_idempotent(db: Path) -> None:
+    store = SQLiteStore(url_of(db))
+    await store.open()
+    await store.open()  # idempotent
+    # gather starts the creates (which queue their writes) before close runs.
+    *created, _ = await asyncio.gather(
+        *(store.create(new(f"s{i}")) for i in range(20)), store.close()
+    )
+    assert created == [(f"s{i}", True) for i in range(20)]
+    await store.close()
+    with pytest.raises(StoreError):
+        await store.create(new("late"))
+    with pytest.raises(StoreError):
+        await store.load("s1")
+    async with SQLiteStore(url_of(db)) as reopened:
+        assert (await reopened.list_sagas()).total == 20
+
+
+# -- two processes (two stores) on one file -----------------------------------------------------
+
+
+async def test_two_stores_on_one_file_never_claim_the_same_saga(db: Path) -> None:
+    async with SQLiteStore(url_of(db)) as one, SQLiteStore(url_of(db)) as two:
+        await asyncio.gather(*(one.create(new(f"s{i:03}")) for i in range(200)))
+        claims = await asyncio.gather(
+            *(
+                store.claim(f"{n}-{k}", now=T0, lease_seconds=30, definitions=[("s", 1)], limit=9)
+                for k in range(15)
+                for n, store in (("one", one), ("two", two))
+            )
+        )
+        ids = [record.id for claimed in claims for record in claimed]
+        assert len(ids) == len(set(ids)) == 200
+        # Each engine's writes are fenced by the lease the other cannot see in its memory.
+        victim = claims[0][0]
+        with pytest.raises(LeaseLost):
+            await two.commit(victim.id, "two-0", Change(status=SagaStatus.SUCCEEDED), T0)
+        await two.commit(victim.id, victim.owner, Change(status=SagaStatus.RUNNING), T0)
+        assert (await one.get(victim.id)).status is SagaStatus.RUNNING
+
+
+# -- group commit -------------------------------------------------------------------------------
+
+
+async def test_one_failing_operation_does_not_fail_its_batch(store: SQLiteStore) -> None:
+    await store.create(new("mine", owner="e1", status=SagaStatus.RUNNING))
+    await store.create(new("done", owner="e1", status=SagaStatus.RUNNING))
+    await store.commit("done", "e1", Change(SagaStatus.SUCCEEDED, release_lease=True), T0)
+    await store.run_in_transaction(lambda c: c.execute("CREATE TABLE app (k TEXT UNIQUE)"))
+
+    def boom(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO app VALUES ('rolled back')")
+        raise ValueError("boom")
+
+    event = Event(at=T0, type=EventType.CANCEL_REQUESTED)
+    batches = store.stats.batches
+    results = await asyncio.gather(
+        store.commit("mine", "e1", Change(events=[event]), T0 + 1),
+        store.commit("mine", "intruder", Change(status=SagaStatus.FAILED), T0 + 1),
+        store.commit("ghost", "e1", Change(), T0 + 1),
+        store.request_cancel("done", event, T0 + 1),
+        store.run_in_transaction(boom),
+        store.run_in_transaction(lambda c: c.execute("INSERT INTO app VALUES ('kept')").rowcount),
+        store.run_in_transaction(lambda c: c.execute("INSERT INTO nope VALUES (1)")),
+        store.create(new("fresh")),
+        return_exceptions=True,
+    )
+    assert store.stats.batches == batches + 1  # they really shared one transaction
+    assert results[0] is None
+    assert isinstance(results[1], LeaseLost)
+    assert isinstance(results[2], SagaNotFound)
+    assert isinstance(results[3], InvalidTransition)
+    assert isinstance(results[4], ValueError)
+    assert results[5] == 1
+    assert isinstance(results[6], StoreError)
+    assert isinstance(results[6].__cause__, sqlite3.Error)
+    assert results[7] == ("fresh", True)
+    mine = await store.get("mine")
+    assert (mine.status, len(mine.history)) == (SagaStatus.RUNNING, 2)
+    rows = await store.run_in_transaction(lambda c: c.execute("SELECT k FROM app").fetchall())
+    assert rows == [("kept",)]
+
+
+async def test_unexpected_error_mid_operation_is_confined_to_it(store: SQLiteStore) -> None:
+    """A driver error after an operation's first write: the batch is replayed with a savepoint
+    per operation, so the faulty one leaves no trace and the others commit exactly once."""
+    await store.create(new("a", owner="e1", status=SagaStatus.RUNNING))
+    await store.create(new("b", owner="e1", status=SagaStatus.RUNNING))
+    await store.run_in_transaction(lambda c: c.execute("CREATE TABLE app (k TEXT)"))
+    bad_step = StepRecord(None, Phase.FORWARD, StepStatus.RUNNING, 1)  # type: ignore[arg-type]
+    ok_step = StepRecord("x", Phase.FORWARD, StepStatus.RUNNING, 1)
+    results = await asyncio.gather(
+        store.run_in_transaction(lambda c: c.execute("INSERT INTO app VALUES ('once')").rowcount),
+        store.commit("a", "e1", Change(status=SagaStatus.FAILED, steps=[bad_step]), T0 + 5),
+        store.commit("b", "e1", Change(steps=[ok_step]), T0 + 5),
+        return_exceptions=True,
+    )
+    assert results[0] == 1
+    assert isinstance(results[1], StoreError)
+    assert results[2] is None
+    a, b = await store.get("a"), await store.get("b")
+    assert (a.status, a.updated_at, a.steps) == (SagaStatus.RUNNING, T0, {})
+    assert b.step("x") == ok_step
+    rows = await store.run_in_transaction(lambda c: c.execute("SELECT k FROM app").fetchall())
+    assert rows == [("once",)]
+
+
+async def test_run_in_transaction_is_durable_with_the_batch(store: SQLiteStore, db: Path) -> None:
+    await store.run_in_transaction(
+        lambda c: c.execute("CREATE TABLE ledger (key TEXT PRIMARY KEY, amount INTEGER)")
+    )
+    await store.create(new("s", owner="e1", status=SagaStatus.RUNNING))
+
+    def charge(conn: sqlite3.Connection) -> int:
+        conn.execute("INSERT INTO ledger VALUES ('s:pay:forward', 500)")
+        return int(conn.execute("SELECT sum(amount) FROM ledger").fetchone()[0])
+
+    batches = store.stats.batches
+    total, _ = await asyncio.gather(
+        store.run_in_transaction(charge),
+        store.commit("s", "e1", Change(steps=[StepRecord("pay", Phase.FORWARD, RUNNING, 1)]), T0),
+    )
+    assert total == 500
+    assert store.stats.batches == batches + 1
+    # Committed, not merely visible to the writer: an independent connection sees both writes.
+    other = sqlite3.connect(db)
+    assert other.execute("SELECT amount FROM ledger").fetchall() == [(500,)]
+    steps = other.execute("SELECT name FROM sagaway_steps WHERE saga_id = 's'").fetchall()
+    assert steps == [("pay",)]
+    other.close()
+    # A function that ends the store's transaction fails its whole batch, loudly.
+    with pytest.raises(StoreError, match="ended the store's transaction"):
+        await store.run_in_transaction(lambda c: c.execute("COMMIT"))
+    assert (await store.get("s")).step("pay") is not None  # the store still works
+
+
+# -- the engine on SQLite -----------------------------------------------------------------------
+
+
+async def test_engine_runs_a_saga_on_sqlite(db: Path) -> None:
+    saga = Saga("sqlite-smoke", version=1)
+    effects: list[str] = []
+
+    @saga.step()
+    async def first(ctx: StepContext, order: dict[str, int]) -> int:
+        effects.append(ctx.idempotency_key)
+        return order["n"] * 2
+
+    @saga.step()
+    async def second(ctx: StepContext, order: dict[str, int]) -> int:
+        return int(ctx.results["first"]) + 1
+
+    async with Engine(f"sqlite:///{db}", owner_id="e") as engine:
+        saga_id = await engine.start(saga, {"n": 20}, idempotency_key="k")
+        assert await engine.start(saga, {"n": 99}, idempotency_key="k") == saga_id
+        record = await engine.wait(saga_id, timeout=30)
+    assert record.status is SagaStatus.SUCCEEDED
+    async with SQLiteStore(url_of(db)) as store:
+        stored = await store.get(saga_id)
+    assert (stored.status, stored.output("second"), stored.owner) == (
+        SagaStatus.SUCCEEDED,
+        41,
+        None,
+    )
+    assert effects == [f"{saga_id}:first:forward"]
