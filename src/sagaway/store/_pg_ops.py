@@ -1,0 +1,449 @@
+"""The PostgreSQL saga log's statements: SQL text, the arrays it takes, the rows it returns.
+
+The hot path is two statements, each a data-modifying CTE taking one array per column, so a
+whole group-commit batch (every create, or every commit, queued while the previous batch was in
+flight) is *one* statement: one round trip, one WAL flush, atomic per statement. Each commit's
+lease fence is part of its UPDATE's join condition, so a fenced-out commit simply matches no row,
+and its steps and events (joined on the UPDATE's RETURNING) are not written either: per-operation
+isolation without savepoints. The final SELECT reports, per operation, whether it was applied
+and, if not, whether the saga exists at all (``SagaNotFound`` versus ``LeaseLost``).
+
+A batch may hold at most one commit per saga and one create per idempotency key (the store
+defers duplicates to the next batch): ``UPDATE ... FROM`` joins a row once, and a key inserted
+by the same statement is invisible to that statement's lookup.
+
+Other operations (claim, acquire, renewals, cancel requests, reads) are rare by comparison and
+run on their own pooled connection, as single statements where that is natural.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]  # no stubs shipped
+
+from sagaway.errors import InvalidTransition, SagaNotFound
+from sagaway.state import (
+    Change,
+    Event,
+    EventType,
+    NewSaga,
+    Phase,
+    SagaRecord,
+    SagaStatus,
+    StepRecord,
+    StepStatus,
+)
+from sagaway.store._pg_schema import ACTIVE_SQL
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_loads = json.loads
+
+_SAGA_STATUS = {s.value: s for s in SagaStatus}
+_STEP_STATUS = {s.value: s for s in StepStatus}
+_PHASE = {p.value: p for p in Phase}
+_EVENT_TYPE = {t.value: t for t in EventType}
+
+_COLS = (
+    "i.id, i.name, i.version, i.status, i.input::text, i.idempotency_key, i.owner, "
+    "i.lease_expires_at, i.deadline_at, i.cancel_requested, i.error, i.created_at, i.updated_at"
+)
+_STEPS_JSON = (
+    "(SELECT json_agg(json_build_array(s.name, s.phase, s.status, s.attempts, s.output, "
+    "s.error, s.uncertain, s.started_at, s.finished_at))::text "
+    "FROM {s}.sagaway_steps s WHERE s.saga_id = i.id)"
+)
+_HISTORY_JSON = (
+    "(SELECT json_agg(json_build_array(e.at, e.type, e.step, e.phase, e.attempt, e.detail) "
+    "ORDER BY e.seq)::text FROM {s}.sagaway_events e WHERE e.saga_id = i.id)"
+)
+_STEP_ARRAYS = (
+    "unnest($A::text[], $B::text[], $C::text[], $D::text[], $E::int[], $F::text[], $G::text[], "
+    "$H::bool[], $I::float8[], $J::float8[]) AS s(saga_id, name, phase, status, attempts, "
+    "output, error, uncertain, started_at, finished_at)"
+)
+_EVENT_ARRAYS = (
+    "unnest($A::text[], $B::int[], $C::float8[], $D::text[], $E::text[], $F::text[], $G::int[], "
+    "$H::text[]) AS e(saga_id, k, at, type, step, phase, attempt, detail)"
+)
+_STEP_UPSERT = (
+    "INSERT INTO {s}.sagaway_steps (saga_id, name, phase, status, attempts, output, error, "
+    "uncertain, started_at, finished_at) SELECT s.saga_id, s.name, s.phase, s.status, "
+    "s.attempts, s.output::jsonb, s.error, s.uncertain, s.started_at, s.finished_at FROM "
+    "{steps} WHERE s.saga_id IN (SELECT id FROM {src}) "
+    "ON CONFLICT (saga_id, name, phase) DO UPDATE SET status = excluded.status, "
+    "attempts = excluded.attempts, output = excluded.output, error = excluded.error, "
+    "uncertain = excluded.uncertain, started_at = excluded.started_at, "
+    "finished_at = excluded.finished_at"
+)
+
+
+def _params(template: str, first: int) -> str:
+    """Number the $A, $B... placeholders of an array template from ``$first`` on."""
+    for offset, letter in enumerate("ABCDEFGHIJ"):
+        template = template.replace(f"${letter}", f"${first + offset}")
+    return template
+
+
+class Statements:
+    """Every statement, with the schema name filled in once."""
+
+    def __init__(self, quoted_schema: str) -> None:
+        s = quoted_schema
+        inst = f"{s}.sagaway_instances"
+        events = f"{s}.sagaway_events"
+
+        # $1-$11 instances, $12-$21 steps, $22-$29 events, $30 the NOTIFY channel.
+        self.create_batch = f"""
+WITH op AS (
+  SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[],
+    $7::text[], $8::float8[], $9::float8[], $10::float8[], $11::int[])
+    AS o(id, name, version, status, input, key, owner, lease, deadline, at, n)
+), ins AS (
+  INSERT INTO {inst} (id, name, version, status, input, idempotency_key, owner,
+    lease_expires_at, deadline_at, created_at, updated_at, events)
+  SELECT id, name, version, status, input::jsonb, key, owner, lease, deadline, at, at, n FROM op
+  ON CONFLICT (idempotency_key) DO NOTHING
+  RETURNING id, status
+), st AS (
+  {_STEP_UPSERT.format(s=s, steps=_params(_STEP_ARRAYS, 12), src="ins")}
+), ev AS (
+  INSERT INTO {events} (saga_id, seq, at, type, step, phase, attempt, detail)
+  SELECT e.saga_id, e.k, e.at, e.type, e.step, e.phase, e.attempt, e.detail
+  FROM {_params(_EVENT_ARRAYS, 22)} WHERE e.saga_id IN (SELECT id FROM ins)
+), woke AS (
+  SELECT pg_notify($30, '') FROM ins WHERE ins.status = 'PENDING'
+)
+SELECT op.id, ins.id IS NOT NULL AS created,
+  (SELECT x.id FROM {inst} x WHERE x.idempotency_key = op.key) AS existing
+FROM op LEFT JOIN ins ON ins.id = op.id CROSS JOIN (SELECT count(*) FROM woke) w
+"""
+        # $1-$8 the changes, $9-$18 steps, $19-$26 events, $27 the NOTIFY channel. A change
+        # without a status keeps both status and error (as apply_change does). A lease released
+        # while the saga stays active (an operator's retry handed back) wakes idle workers.
+        self.commit_batch = f"""
+WITH op AS (
+  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[],
+    $6::bool[], $7::bool[], $8::int[]) AS o(id, owner, status, error, at, release, clear, n)
+), upd AS (
+  UPDATE {inst} i SET status = coalesce(op.status, i.status),
+    error = CASE WHEN op.status IS NULL THEN i.error ELSE op.error END,
+    updated_at = op.at,
+    owner = CASE WHEN op.release THEN NULL ELSE i.owner END,
+    lease_expires_at = CASE WHEN op.release THEN NULL ELSE i.lease_expires_at END,
+    cancel_requested = i.cancel_requested AND NOT op.clear,
+    events = i.events + op.n
+  FROM op WHERE i.id = op.id AND (op.owner IS NULL OR i.owner = op.owner)
+  RETURNING i.id, i.events - op.n AS base, op.release AND i.status IN ({ACTIVE_SQL}) AS freed
+), st AS (
+  {_STEP_UPSERT.format(s=s, steps=_params(_STEP_ARRAYS, 9), src="upd")}
+), ev AS (
+  INSERT INTO {events} (saga_id, seq, at, type, step, phase, attempt, detail)
+  SELECT e.saga_id, upd.base + e.k, e.at, e.type, e.step, e.phase, e.attempt, e.detail
+  FROM {_params(_EVENT_ARRAYS, 19)} JOIN upd ON upd.id = e.saga_id
+), woke AS (
+  SELECT pg_notify($27, '') FROM upd WHERE upd.freed
+)
+SELECT op.id, upd.id IS NOT NULL AS applied,
+  upd.id IS NOT NULL OR EXISTS (SELECT 1 FROM {inst} x WHERE x.id = op.id) AS found
+FROM op LEFT JOIN upd ON upd.id = op.id CROSS JOIN (SELECT count(*) FROM woke) w
+"""
+        steps_json = _STEPS_JSON.format(s=s)
+        self.load = (
+            f"SELECT {_COLS}, {steps_json}, "
+            f"CASE WHEN $2 THEN {_HISTORY_JSON.format(s=s)} END FROM {inst} i WHERE i.id = $1"
+        )
+        # SKIP LOCKED: concurrent claims (any process) pass over each other's rows instead of
+        # waiting, and a row whose lease changed meanwhile is re-checked under the lock.
+        self.claim = f"""
+WITH c AS (
+  SELECT i.id FROM {inst} i
+  WHERE i.status IN ({ACTIVE_SQL})
+    AND (i.name, i.version) IN (SELECT * FROM unnest($1::text[], $2::int[]))
+    AND (i.owner IS NULL OR i.lease_expires_at IS NULL OR i.lease_expires_at < $3
+         OR ($4 AND i.owner = $5))
+  ORDER BY i.created_at, i.id LIMIT $6
+  FOR UPDATE SKIP LOCKED
+), upd AS (
+  UPDATE {inst} i SET owner = $5, lease_expires_at = $7, updated_at = $3, events = i.events + 1
+  FROM c WHERE i.id = c.id
+  RETURNING i.*
+), ev AS (
+  INSERT INTO {events} (saga_id, seq, at, type, detail)
+  SELECT id, events - 1, $3, '{EventType.SAGA_CLAIMED.value}', $5 FROM upd
+)
+SELECT {_COLS}, {steps_json} FROM upd i ORDER BY i.created_at, i.id
+"""
+        self.lock_row = (
+            f"SELECT status, owner, lease_expires_at FROM {inst} WHERE id = $1 FOR UPDATE"
+        )
+        self.take_lease = (
+            f"UPDATE {inst} SET owner = $2, lease_expires_at = $3, updated_at = $4, "
+            "events = events + $5 WHERE id = $1 RETURNING events - $5"
+        )
+        self.flag_cancel = (
+            f"UPDATE {inst} SET cancel_requested = true, updated_at = $2, events = events + 1 "
+            "WHERE id = $1 RETURNING events - 1"
+        )
+        self.insert_event = (
+            f"INSERT INTO {events} (saga_id, seq, at, type, step, phase, attempt, detail) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        )
+        self.renew = (
+            f"UPDATE {inst} SET lease_expires_at = $2 WHERE owner = $1 "
+            f"AND status IN ({ACTIVE_SQL}) RETURNING id, cancel_requested"
+        )
+        self.counts = f"SELECT status, count(*) FROM {inst} GROUP BY status"
+        self.list_where = (
+            f"FROM {inst} i WHERE ($1::text IS NULL OR i.status = $1) "
+            "AND ($2::text IS NULL OR i.name = $2)"
+        )
+
+
+# -- arrays for the batch statements ----------------------------------------------------------
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else _dumps(value)
+
+
+def _step_arrays(pairs: Iterable[tuple[str, Iterable[StepRecord]]]) -> list[list[Any]]:
+    cols: list[list[Any]] = [[] for _ in range(10)]
+    for saga_id, steps in pairs:
+        # Last write wins for a (step, phase) repeated in one change, as in apply_change; one
+        # row per key also keeps ON CONFLICT DO UPDATE from touching a row twice.
+        unique = {(s.name, s.phase): s for s in steps}
+        for s in unique.values():
+            cols[0].append(saga_id)
+            cols[1].append(s.name)
+            cols[2].append(s.phase.value)
+            cols[3].append(s.status.value)
+            cols[4].append(s.attempts)
+            cols[5].append(_json(s.output))
+            cols[6].append(s.error)
+            cols[7].append(s.uncertain)
+            cols[8].append(s.started_at)
+            cols[9].append(s.finished_at)
+    return cols
+
+
+def _event_arrays(pairs: Iterable[tuple[str, Sequence[Event]]]) -> list[list[Any]]:
+    cols: list[list[Any]] = [[] for _ in range(8)]
+    for saga_id, events in pairs:
+        for k, e in enumerate(events):
+            cols[0].append(saga_id)
+            cols[1].append(k)
+            cols[2].append(e.at)
+            cols[3].append(e.type.value)
+            cols[4].append(e.step)
+            cols[5].append(None if e.phase is None else e.phase.value)
+            cols[6].append(e.attempt)
+            cols[7].append(e.detail)
+    return cols
+
+
+def create_args(news: Sequence[NewSaga], channel: str) -> list[Any]:
+    return [
+        [n.id for n in news],
+        [n.name for n in news],
+        [n.version for n in news],
+        [n.status.value for n in news],
+        [_dumps(n.input) for n in news],
+        [n.idempotency_key for n in news],
+        [n.owner for n in news],
+        [n.lease_expires_at for n in news],
+        [n.deadline_at for n in news],
+        [n.at for n in news],
+        [len(n.events) for n in news],
+        *_step_arrays((n.id, n.steps) for n in news),
+        *_event_arrays((n.id, n.events) for n in news),
+        channel,
+    ]
+
+
+CommitOp = tuple[str, str | None, Change, float]
+
+
+def commit_args(commits: Sequence[CommitOp], channel: str) -> list[Any]:
+    return [
+        [c[0] for c in commits],
+        [c[1] for c in commits],
+        [None if c[2].status is None else c[2].status.value for c in commits],
+        [c[2].error for c in commits],
+        [c[3] for c in commits],
+        [c[2].release_lease for c in commits],
+        [c[2].clear_cancel for c in commits],
+        [len(c[2].events) for c in commits],
+        *_step_arrays((c[0], c[2].steps) for c in commits),
+        *_event_arrays((c[0], c[2].events) for c in commits),
+        channel,
+    ]
+
+
+# -- decoding ---------------------------------------------------------------------------------
+
+
+def _float(value: Any) -> float | None:
+    # json_agg prints 1000.0 as 1000: give the engine back the float it wrote.
+    return None if value is None else float(value)
+
+
+def saga_from_row(row: Sequence[Any]) -> SagaRecord:
+    """A record from ``_COLS`` (+ steps JSON, + history JSON when present)."""
+    record = SagaRecord(
+        id=row[0],
+        name=row[1],
+        version=row[2],
+        status=_SAGA_STATUS[row[3]],
+        input=None if row[4] is None else _loads(row[4]),
+        idempotency_key=row[5],
+        owner=row[6],
+        lease_expires_at=row[7],
+        deadline_at=row[8],
+        cancel_requested=row[9],
+        error=row[10],
+        created_at=row[11],
+        updated_at=row[12],
+    )
+    if len(row) > 13 and row[13] is not None:
+        for s in _loads(row[13]):
+            step = StepRecord(
+                name=s[0],
+                phase=_PHASE[s[1]],
+                status=_STEP_STATUS[s[2]],
+                attempts=s[3],
+                output=s[4],
+                error=s[5],
+                uncertain=s[6],
+                started_at=_float(s[7]),
+                finished_at=_float(s[8]),
+            )
+            record.steps[(step.name, step.phase)] = step
+    if len(row) > 14 and row[14] is not None:
+        record.history = [
+            Event(
+                at=float(e[0]),
+                type=_EVENT_TYPE[e[1]],
+                step=e[2],
+                phase=None if e[3] is None else _PHASE[e[3]],
+                attempt=e[4],
+                detail=e[5],
+            )
+            for e in _loads(row[14])
+        ]
+    return record
+
+
+# -- the rarer operations, each on a connection of its own --------------------------------------
+
+
+async def load(
+    conn: asyncpg.Connection, sql: Statements, saga_id: str, history: bool
+) -> SagaRecord | None:
+    row = await conn.fetchrow(sql.load, saga_id, history)
+    return None if row is None else saga_from_row(row)
+
+
+async def claim(
+    conn: asyncpg.Connection,
+    sql: Statements,
+    owner: str,
+    now: float,
+    lease_seconds: float,
+    definitions: Sequence[tuple[str, int]],
+    limit: int,
+    include_own: bool,
+) -> list[SagaRecord]:
+    names = [d[0] for d in definitions]
+    versions = [d[1] for d in definitions]
+    rows = await conn.fetch(
+        sql.claim, names, versions, now, include_own, owner, limit, now + lease_seconds
+    )
+    return [saga_from_row(r) for r in rows]
+
+
+async def _append_event(
+    conn: asyncpg.Connection, sql: Statements, saga_id: str, seq: int, e: Event
+) -> None:
+    phase = None if e.phase is None else e.phase.value
+    await conn.execute(
+        sql.insert_event, saga_id, seq, e.at, e.type.value, e.step, phase, e.attempt, e.detail
+    )
+
+
+async def acquire(
+    conn: asyncpg.Connection,
+    sql: Statements,
+    saga_id: str,
+    owner: str,
+    now: float,
+    lease_seconds: float,
+    statuses: Sequence[SagaStatus],
+    event: Event | None,
+) -> SagaRecord | None:
+    async with conn.transaction():
+        row = await conn.fetchrow(sql.lock_row, saga_id)
+        if row is None:
+            raise SagaNotFound(saga_id)
+        status, holder, expires = row
+        live = holder is not None and holder != owner and expires is not None and expires >= now
+        if status not in statuses or live:
+            return None
+        n = 0 if event is None else 1
+        seq = await conn.fetchval(sql.take_lease, saga_id, owner, now + lease_seconds, now, n)
+        if event is not None:
+            await _append_event(conn, sql, saga_id, seq, event)
+        return await load(conn, sql, saga_id, history=False)
+
+
+async def request_cancel(
+    conn: asyncpg.Connection, sql: Statements, saga_id: str, event: Event, at: float
+) -> SagaRecord:
+    async with conn.transaction():
+        row = await conn.fetchrow(sql.lock_row, saga_id)
+        if row is None:
+            raise SagaNotFound(saga_id)
+        status = _SAGA_STATUS[row[0]]
+        if not status.is_active:
+            raise InvalidTransition(f"saga {saga_id} is {status}: nothing to cancel")
+        seq = await conn.fetchval(sql.flag_cancel, saga_id, at)
+        await _append_event(conn, sql, saga_id, seq, event)
+        record = await load(conn, sql, saga_id, history=True)
+    assert record is not None
+    return record
+
+
+async def renew_leases(
+    conn: asyncpg.Connection, sql: Statements, owner: str, now: float, lease_seconds: float
+) -> list[str]:
+    rows = await conn.fetch(sql.renew, owner, now + lease_seconds)
+    return sorted(r[0] for r in rows if r[1])
+
+
+async def list_sagas(
+    conn: asyncpg.Connection,
+    sql: Statements,
+    status: SagaStatus | None,
+    name: str | None,
+    limit: int,
+    offset: int,
+) -> tuple[list[SagaRecord], int]:
+    wanted = None if status is None else status.value
+    # One snapshot for the page and its total.
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        rows = await conn.fetch(
+            f"SELECT {_COLS} {sql.list_where} ORDER BY i.created_at DESC, i.id DESC "
+            "LIMIT $3 OFFSET $4",
+            wanted,
+            name,
+            max(limit, 0),
+            max(offset, 0),
+        )
+        total = await conn.fetchval(f"SELECT count(*) {sql.list_where}", wanted, name)
+    return [saga_from_row(r) for r in rows], int(total)
+
+
+async def counts(conn: asyncpg.Connection, sql: Statements) -> dict[SagaStatus, int]:
+    return {_SAGA_STATUS[status]: int(n) for status, n in await conn.fetch(sql.counts)}

@@ -1,0 +1,145 @@
+"""The PostgreSQL saga log's schema, its migrations, and how the store names things.
+
+The store owns its schema: ``open()`` creates it in an empty database (or schema) and migrates an
+older one, in one transaction that first takes a transaction-scoped advisory lock derived from
+the schema name, so two processes opening the same log at once queue up instead of both running
+``CREATE TABLE`` (the second one then finds the work done). Tables keep SQLite's ``sagaway_``
+prefix so the log can share a schema (``?schema=public``) with an application's own tables.
+
+Column choices, and why:
+
+* Times are ``double precision`` POSIX seconds: the engine's clock is a float, and the contract
+  compares times exactly; ``timestamptz`` would round to microseconds.
+* Inputs and outputs are ``jsonb`` (validated, queryable by operators).
+* ``instances.events`` counts a saga's history: each write appends its events at
+  ``events + k`` and bumps the counter in the same UPDATE that checks the lease, so history
+  order is decided under the row lock, and ``events`` is keyed ``(saga_id, seq)``: one B-tree
+  that is both the primary key and the in-order access path.
+* ``fillfactor = 80`` on instances and steps leaves room on each page for HOT updates: a commit
+  that changes neither status nor lease rewrites no index entry (nothing indexed changes).
+* The claim index is partial (active sagas only): it stays as small as the work in flight.
+
+Later versions append to ``MIGRATIONS``; a released entry is never edited.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import asyncpg  # type: ignore[import-untyped]  # no stubs shipped
+
+from sagaway.errors import SagawayError, StoreError
+from sagaway.state import ACTIVE_STATUSES
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+ACTIVE_SQL = ",".join(f"'{s.value}'" for s in ACTIVE_STATUSES)
+
+# Each entry migrates the schema from version ``index`` to ``index + 1``. ``{s}`` is the quoted
+# schema name.
+MIGRATIONS: list[tuple[str, ...]] = [
+    (
+        """
+        CREATE TABLE {s}.sagaway_instances (
+            id text PRIMARY KEY,
+            name text NOT NULL,
+            version integer NOT NULL,
+            status text NOT NULL,
+            input jsonb,
+            idempotency_key text UNIQUE,
+            owner text,
+            lease_expires_at double precision,
+            deadline_at double precision,
+            cancel_requested boolean NOT NULL DEFAULT false,
+            error text,
+            created_at double precision NOT NULL,
+            updated_at double precision NOT NULL,
+            events integer NOT NULL DEFAULT 0
+        ) WITH (fillfactor = 80)
+        """,
+        f"CREATE INDEX sagaway_instances_claim ON {{s}}.sagaway_instances (created_at, id) "
+        f"WHERE status IN ({ACTIVE_SQL})",
+        "CREATE INDEX sagaway_instances_created ON {s}.sagaway_instances (created_at, id)",
+        "CREATE INDEX sagaway_instances_name ON {s}.sagaway_instances (name, created_at, id)",
+        "CREATE INDEX sagaway_instances_status ON {s}.sagaway_instances (status, created_at, id)",
+        """
+        CREATE TABLE {s}.sagaway_steps (
+            saga_id text NOT NULL,
+            name text NOT NULL,
+            phase text NOT NULL,
+            status text NOT NULL,
+            attempts integer NOT NULL,
+            output jsonb,
+            error text,
+            uncertain boolean NOT NULL DEFAULT false,
+            started_at double precision,
+            finished_at double precision,
+            PRIMARY KEY (saga_id, name, phase)
+        ) WITH (fillfactor = 80)
+        """,
+        """
+        CREATE TABLE {s}.sagaway_events (
+            saga_id text NOT NULL,
+            seq integer NOT NULL,
+            at double precision NOT NULL,
+            type text NOT NULL,
+            step text,
+            phase text,
+            attempt integer,
+            detail text,
+            PRIMARY KEY (saga_id, seq)
+        )
+        """,
+    ),
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def check_schema_name(name: str) -> str:
+    """Validate a schema name and return it quoted. Plain identifiers only: the name is
+    interpolated into DDL and statements, so anything else is refused rather than escaped."""
+    if not _IDENTIFIER.match(name):
+        raise SagawayError(
+            f"bad PostgreSQL schema name {name!r}: use letters, digits and _ (max 63)"
+        )
+    return f'"{name}"'
+
+
+def channel_for(schema: str) -> str:
+    """The LISTEN/NOTIFY channel of one saga log (one per schema, at most 63 bytes)."""
+    channel = f"sagaway_work.{schema}"
+    if len(channel) > 63:
+        channel = "sagaway_work." + hashlib.sha256(schema.encode()).hexdigest()[:32]
+    return channel
+
+
+async def migrate(conn: asyncpg.Connection, schema: str) -> int:
+    """Bring ``schema`` to ``SCHEMA_VERSION``; return the version found before migrating."""
+    quoted = check_schema_name(schema)
+    lock_key = int.from_bytes(hashlib.sha256(f"sagaway:{schema}".encode()).digest()[:8], "big")
+    lock_key -= 1 << 63 if lock_key >= 1 << 63 else 0  # pg advisory keys are signed bigints
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key)
+        # Check before CREATE SCHEMA: an existing schema must work for a role that may use it
+        # but lacks CREATE on the database (PostgreSQL checks that privilege first).
+        if not await conn.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", schema):
+            await conn.execute(f"CREATE SCHEMA {quoted}")
+        await conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {quoted}.sagaway_schema (version integer PRIMARY KEY)"
+        )
+        found = int(
+            await conn.fetchval(f"SELECT coalesce(max(version), 0) FROM {quoted}.sagaway_schema")
+        )
+        if found > SCHEMA_VERSION:
+            raise StoreError(
+                f"the saga log schema {schema!r} is version {found}, newer than this sagaway "
+                f"(version {SCHEMA_VERSION}): upgrade sagaway"
+            )
+        for version in range(found + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[version - 1]:
+                await conn.execute(statement.replace("{s}", quoted))
+            await conn.execute(
+                f"INSERT INTO {quoted}.sagaway_schema (version) VALUES ($1)", version
+            )
+    return found
