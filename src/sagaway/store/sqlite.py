@@ -197,7 +197,9 @@ class SQLiteStore(SagaStore):
         """Hand everything queued so far to the writer; wait for it; repeat.
 
         The writer resolves callers' futures before this task's, so the callers resume (and
-        queue their next writes) before this task takes the next batch: batches fill up.
+        queue their next writes) before this task takes the next batch: batches fill up. This
+        lock-step is deliberate: dispatching a partial batch the moment the writer is free
+        measured slower (more, smaller batches: each one costs an fsync).
         """
         assert self._loop is not None
         while True:
@@ -207,6 +209,10 @@ class SQLiteStore(SagaStore):
                 await self._wakeup.wait()
                 self._wakeup.clear()
                 continue
+            # One more loop turn first: tasks that the last batch's callers just spawned (a
+            # started saga's driver, say) queue their writes too. Measured on the engine
+            # benchmark: batches of ~32 instead of ~25 at 32 concurrent sagas, 20% fewer fsyncs.
+            await asyncio.sleep(0)
             batch, self._pending = self._pending, []
             done: asyncio.Future[None] = self._loop.create_future()
             self._inbox.put((batch, done))
