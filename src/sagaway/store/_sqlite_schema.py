@@ -100,6 +100,7 @@ def connect(path: str, *, durable: bool, busy_timeout_ms: int, reader: bool) -> 
         else:
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
+                conn.close()
                 raise StoreError(f"sqlite: cannot enable WAL on {path!r} (journal_mode={mode})")
             # FULL fsyncs the WAL on every commit: a transition is on disk before the step runs.
             conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")

@@ -132,19 +132,24 @@ class SQLiteStore(SagaStore):
                 return
             if self._state != "new":
                 raise StoreError(f"SQLite store {self.url!r} is closed")
-            self._writer_conn = await asyncio.to_thread(self._open_writer)
-            self._reader = ThreadPoolExecutor(1, thread_name_prefix="sagaway-sqlite-read")
             loop = asyncio.get_running_loop()
-            self._reader_conn = await loop.run_in_executor(
-                self._reader,
-                lambda: connect(
-                    self.path,
-                    durable=self.durable,
-                    busy_timeout_ms=self.busy_timeout_ms,
-                    reader=True,
-                ),
-            )
-            self._loop = loop
+            writer_conn = await asyncio.to_thread(self._open_writer)
+            reader = ThreadPoolExecutor(1, thread_name_prefix="sagaway-sqlite-read")
+            try:
+                self._reader_conn = await loop.run_in_executor(
+                    reader,
+                    lambda: connect(
+                        self.path,
+                        durable=self.durable,
+                        busy_timeout_ms=self.busy_timeout_ms,
+                        reader=True,
+                    ),
+                )
+            except BaseException:
+                writer_conn.close()
+                reader.shutdown(wait=False)
+                raise
+            self._writer_conn, self._reader, self._loop = writer_conn, reader, loop
             self._writer = threading.Thread(
                 target=self._write_loop, name="sagaway-sqlite-write", daemon=True
             )
@@ -228,6 +233,9 @@ class SQLiteStore(SagaStore):
                 try:
                     results = self._write_batch(conn, batch)
                 except BaseException as exc:  # never leave a caller waiting forever
+                    with contextlib.suppress(sqlite3.Error):
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
                     error = StoreError(f"sqlite: group commit failed: {exc!r}")
                     results = [(future, None, error) for future, _, _ in batch]
                 self.stats.batches += 1
@@ -313,7 +321,10 @@ class SQLiteStore(SagaStore):
 
         ``fn`` must be quick and must not block (every write of the batch waits for it), must
         not call ``commit()``/``rollback()`` or execute BEGIN/COMMIT/ROLLBACK (the store owns
-        the transaction), and must not keep the connection. Its result is handed back as is.
+        the transaction: doing so fails the whole batch), and must not keep the connection.
+        Its result is handed back as is. If another operation of the batch hits an unexpected
+        driver error the batch is rolled back and replayed, calling ``fn`` again: its writes
+        still land exactly once, but keep it free of side effects outside the database.
         """
         return cast(T, await self._submit(_run_user_fn, fn))
 
