@@ -137,10 +137,13 @@ class CheckoutService:
         order = await self.participants.orders.get_order(order_id)
         if order is None:
             raise OrderNotFound(order_id)
-        return await self.view(order)
+        return await self.view(order, fresh=True)
 
-    async def view(self, order: OrderInfo, *, wait: float = 0.0) -> OrderView:
-        """The order with its saga (waited for up to ``wait`` s); a lagging row is repaired."""
+    async def view(self, order: OrderInfo, *, wait: float = 0.0, fresh: bool = False) -> OrderView:
+        """The order with its saga (waited for up to ``wait`` s); a lagging row is repaired.
+
+        ``fresh``: ``order`` was just read from the database, so a status that lags the saga
+        is repaired even when this process mirrored it (something reverted the row)."""
         if order.saga_id is None:
             return OrderView(order, None, order.status, order.error)
         if wait > 0:
@@ -153,7 +156,7 @@ class CheckoutService:
         if record.status.is_terminal and lagging:
             # Usually the listener's write for the saga this process just ran: await it (read
             # your writes); otherwise the row lags (saga run elsewhere, a crash): repair it.
-            if not await self.tracker.settled(record.id):
+            if not await self.tracker.settled(record.id) or fresh:
                 await self.tracker.mirror(order.id, record.id, status, error)
             finished = datetime.fromtimestamp(record.updated_at, UTC)
             order = order.model_copy(update={"updated_at": max(order.updated_at, finished)})

@@ -9,6 +9,8 @@ import httpx
 from e2e_helpers import balances, inventory, order
 
 from checkout.bootstrap import Services
+from checkout.participants import saga_input
+from sagaway import Engine
 
 ITEMS = [{"product_id": "product_1", "quantity": 2}]
 
@@ -124,7 +126,7 @@ async def test_shop_routes(client: httpx.AsyncClient, services: Services) -> Non
 async def test_reset_is_forbidden_outside_demo_mode(
     client: httpx.AsyncClient, services: Services
 ) -> None:
-    object.__setattr__(services.settings, "demo", False)
+    services.settings.demo = False
     response = await client.post("/reset")
     assert response.status_code == 403
     assert "demo mode" in response.json()["detail"]
@@ -163,9 +165,6 @@ async def test_cancel_an_api_only_saga_marks_the_order_cancelled(
     draft = await order(client, customer_id="user_1", items=ITEMS, checkout=False)
     info = await services.participants.orders.get_order(draft["order_id"])
     assert info is not None
-    from checkout.participants import saga_input
-    from sagaway import Engine
-
     api_only = Engine(services.engine.store, execute=False, owner_id="api")
     saga_id = await api_only.start(services.saga, saga_input(info), idempotency_key="c-1")
     await services.tracker.attach(info.id, saga_id)

@@ -1,0 +1,89 @@
+"""Order status follows the saga durably: a crash between the saga's terminal write and the
+order update is repaired by reconciliation on start and by reading the order."""
+
+from __future__ import annotations
+
+import httpx
+from e2e_helpers import order
+from fastapi import FastAPI
+from sqlalchemy import update
+
+from checkout.api import create_app
+from checkout.bootstrap import Role, Services, bootstrap
+from checkout.db import OrderRow
+from checkout.domain.models import OrderLine
+from checkout.settings import Settings
+
+ITEMS = [{"product_id": "product_1", "quantity": 1}]
+
+
+async def _lose_the_mirror(services: Services, order_id: str) -> None:
+    """What a crash right after the saga's terminal write leaves behind."""
+    async with services.db.sessions.begin() as session:
+        await session.execute(
+            update(OrderRow).where(OrderRow.id == order_id).values(status="processing", error=None)
+        )
+
+
+async def test_reading_an_order_repairs_a_lagging_row(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    data = await order(client, user_id="user_3", items=ITEMS)
+    await _lose_the_mirror(services, data["order_id"])
+
+    fetched = (await client.get(f"/orders/{data['order_id']}")).json()
+    assert (fetched["status"], fetched["error"]) == ("failed", "Invalid shipping address")
+    row = await services.participants.orders.get_order(data["order_id"])
+    assert row is not None
+    assert (row.status, row.error) == ("failed", "Invalid shipping address")
+
+
+async def test_reconcile_fixes_orders_left_processing(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    ok = await order(client, user_id="user_1", items=ITEMS)
+    bad = await order(client, user_id="user_1", product_id="product_1", quantity=500)
+    for data in (ok, bad):
+        await _lose_the_mirror(services, data["order_id"])
+
+    assert await services.tracker.reconcile(grace_seconds=0) == 2
+    orders = services.participants.orders
+    first, second = await orders.get_order(ok["order_id"]), await orders.get_order(bad["order_id"])
+    assert first is not None
+    assert second is not None
+    assert first.status == "completed"
+    assert (second.status, second.error) == ("failed", "Insufficient inventory")
+    assert await services.tracker.reconcile(grace_seconds=0) == 0  # idempotent
+
+
+async def test_startup_reconciles_before_serving(settings: Settings) -> None:
+    async with bootstrap(settings) as services:
+        view, _ = await services.checkout.place_order(
+            "user_1", [OrderLine(product_id="product_1", quantity=1)], wait=10
+        )
+        assert view.status == "completed"
+        await _lose_the_mirror(services, view.order.id)
+    async with bootstrap(settings) as services:
+        row = await services.participants.orders.get_order(view.order.id)
+        assert row is not None
+        assert row.status == "completed"
+
+
+async def test_api_only_process_records_sagas_for_a_worker(settings: Settings) -> None:
+    api: FastAPI = create_app(settings, role=Role.API)
+    async with api.router.lifespan_context(api):
+        transport = httpx.ASGITransport(app=api)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            response = await client.post(
+                "/orders", params={"wait": 0}, json={"user_id": "user_1", "items": ITEMS}
+            )
+            assert response.status_code == 202
+            assert response.json()["saga_status"] == "PENDING"
+            assert (await client.get("/health")).json()["executing"] is False
+            async with bootstrap(settings, role=Role.WORKER) as worker:
+                saga_id = response.json()["saga_id"]
+                record = await worker.engine.wait(saga_id, timeout=10)
+                assert record.status == "SUCCEEDED"
+                # The worker's listener mirrored it; the API reports it either way.
+                fetched = (await client.get(response.headers["Location"])).json()
+                assert fetched["status"] == "completed"
