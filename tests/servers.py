@@ -18,11 +18,21 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
 from collections.abc import Callable
 
 import pytest
 
-__all__ = ["in_ci", "require_server", "tcp_check"]
+__all__ = [
+    "POSTGRES_URL",
+    "drop_pg_schema",
+    "in_ci",
+    "pg_schema_url",
+    "postgres_check",
+    "require_server",
+    "tcp_check",
+    "unique_pg_schema",
+]
 
 _verdicts: dict[str, str] = {}  # name -> "" when reachable, else why not
 
@@ -59,3 +69,36 @@ def require_server(name: str, check: Callable[[], object]) -> None:
     if in_ci():
         pytest.fail(f"{message}; CI=true requires it (see .ci/run)", pytrace=False)
     pytest.skip(f"{message}; start it to run these tests (CI=true turns this skip into a failure)")
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------
+
+POSTGRES_URL = os.environ.get(
+    "SAGAWAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+"""The test server (trust auth on loopback); each test isolates itself in a schema of its own."""
+
+
+def postgres_check() -> None:
+    import psycopg
+
+    psycopg.connect(POSTGRES_URL, connect_timeout=3).close()
+
+
+def unique_pg_schema(tag: str = "test") -> str:
+    return f"sagaway_{tag}_{uuid.uuid4().hex[:12]}"
+
+
+def pg_schema_url(schema: str, url: str = POSTGRES_URL) -> str:
+    """``url`` with ``?schema=`` set: the saga store's tables go there."""
+    return f"{url}{'&' if '?' in url else '?'}schema={schema}"
+
+
+async def drop_pg_schema(schema: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(POSTGRES_URL)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()

@@ -490,5 +490,12 @@ class PostgresStore(SagaStore):
             return await ops.counts(conn, self._sql)
 
 
-# JIT compiling the batch statements would cost more than running them.
-_SERVER_SETTINGS = {"application_name": "sagaway", "jit": "off"}
+# JIT compiling the batch statements would cost more than running them; and their plans do not
+# depend on the arrays' contents, so planning them anew each time (PostgreSQL's first five
+# executions of a prepared statement, and again whenever it guesses a custom plan is cheaper)
+# is pure overhead: measured, forcing the generic plan took a batch from ~2.2 to ~1.5 ms.
+_SERVER_SETTINGS = {
+    "application_name": "sagaway",
+    "jit": "off",
+    "plan_cache_mode": "force_generic_plan",
+}
