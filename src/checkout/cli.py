@@ -130,6 +130,9 @@ def serve(
         soft_wrap=True,
     )
     sys.stdout.flush()
+    # uvicorn re-raises the signal that stopped it once it has shut down gracefully; with this
+    # handler in place that re-raise is a no-op and SIGTERM ends the process with status 0.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     try:
         asyncio.run(server.serve(sockets=[sock]))
     except KeyboardInterrupt:
@@ -329,3 +332,7 @@ def demo(
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""Real ``checkout serve`` processes over real HTTP: one order, and a SIGKILL with 100 orders in
+flight followed by a restart (every order ends terminal, money and stock conserved)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from checkout.db import open_database
+from checkout.domain.demo import demo_total_money_cents, demo_total_units
+from checkout.participants import CheckoutParticipants
+
+SERVE = [sys.executable, "-m", "checkout.cli", "serve", "--host", "127.0.0.1"]
+READY = re.compile(r"serving on http://([\d.]+):(\d+)")
+
+
+class Server:
+    """A ``checkout serve`` subprocess on a free loopback port."""
+
+    def __init__(self, db_path: Path, port: int = 0) -> None:
+        url = f"sqlite:///{db_path}"
+        env = {
+            **os.environ,
+            "SAGAWAY_DATABASE_URL": url,
+            "SAGAWAY_STORE_URL": url,
+            "SAGAWAY_DEMO": "true",
+            "SAGAWAY_WORKER_ID": "e2e-server",  # a restart takes its sagas back at once
+            "PYTHONUNBUFFERED": "1",
+            "COLUMNS": "200",
+        }
+        self.proc = subprocess.Popen(
+            [*SERVE, "--port", str(port)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.output: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+        self.port = self._wait_for_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._wait_healthy()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.output.append(line)
+            self.lines.put(line)
+
+    def _wait_for_port(self, timeout: float = 30) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.2)
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    break
+                continue
+            match = READY.search(line)
+            if match:
+                return int(match.group(2))
+        raise AssertionError(f"server did not start: {''.join(self.output)}")
+
+    def _wait_healthy(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, "".join(self.output)
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"server never became healthy: {''.join(self.output)}")
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Any]:
+    servers: list[Server] = []
+
+    def start(port: int = 0) -> Server:
+        server = Server(tmp_path / "sagaway.db", port)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+async def _totals(db_path: Path) -> tuple[int, dict[str, int]]:
+    db = open_database(f"sqlite:///{db_path}")
+    try:
+        totals = await CheckoutParticipants.from_database(db).shop.totals()
+        return totals.money_cents, totals.units
+    finally:
+        await db.dispose()
+
+
+def test_checkout_serve_places_an_order_over_http(server_factory: Any) -> None:
+    server = server_factory()
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        response = client.post(
+            "/orders",
+            json={"customer_id": "user_1", "items": [{"product_id": "product_1", "quantity": 2}]},
+            headers={"Idempotency-Key": "real-http-1"},
+        )
+        assert response.status_code == 201, response.text
+        assert response.json()["status"] == "completed"
+        assert client.get("/balances").json()["balances"]["user_1"] == 900.0
+        assert client.get("/inventory").json()["inventory"]["product_1"] == 98
+        too_big = client.post(
+            "/orders", content=b"x" * 200_000, headers={"Content-Type": "application/json"}
+        )
+        assert too_big.status_code == 413
+    assert server.stop() == 0
+
+
+# A mix of outcomes: completed, shipping fails (refund), inventory fails, payment fails.
+MIX = [
+    {"user_id": "user_1", "product_id": "product_1", "quantity": 1},
+    {"user_id": "user_2", "product_id": "product_2", "quantity": 2},
+    {"user_id": "user_3", "product_id": "product_1", "quantity": 1},
+    {"user_id": "user_2", "product_id": "product_1", "quantity": 500},
+    {"user_id": "user_1", "product_id": "product_3", "quantity": 3},
+]
+
+
+@pytest.mark.slow
+def test_sigkill_with_orders_in_flight_then_restart(server_factory: Any, tmp_path: Path) -> None:
+    server = server_factory()
+
+    async def place_all() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=100)
+        async with httpx.AsyncClient(base_url=server.url, timeout=30, limits=limits) as client:
+            return await asyncio.gather(
+                *(
+                    client.post("/orders", params={"wait": 0}, json=MIX[n % len(MIX)])
+                    for n in range(100)
+                )
+            )
+
+    responses = asyncio.run(place_all())
+    server.kill()
+    assert {r.status_code for r in responses} <= {201, 202}
+    placed = [r.json()["order_id"] for r in responses]
+    in_flight = sum(r.json()["status"] == "processing" for r in responses)
+    assert in_flight > 0, "every saga finished before the kill: nothing was tested"
+
+    restarted = server_factory(server.port)
+    deadline = time.monotonic() + 60
+    with httpx.Client(base_url=restarted.url, timeout=30) as client:
+        while True:
+            listed = client.get("/orders", params={"limit": 500}).json()["orders"]
+            statuses = {o["order_id"]: o["status"] for o in listed}
+            if all(statuses.get(o) in ("completed", "failed") for o in placed):
+                break
+            assert time.monotonic() < deadline, Counter(statuses.values())
+            time.sleep(0.1)
+        for order_id in placed[:10]:
+            order = client.get(f"/orders/{order_id}").json()
+            expected = "SUCCEEDED" if order["status"] == "completed" else "COMPENSATED"
+            assert order["saga_status"] == expected
+        assert client.get("/sagas", params={"status": "RUNNING"}).json()["total"] == 0
+        assert client.get("/sagas", params={"status": "COMPENSATING"}).json()["total"] == 0
+    assert restarted.stop() == 0
+
+    money, units = asyncio.run(_totals(tmp_path / "sagaway.db"))
+    assert money == demo_total_money_cents()
+    assert units == demo_total_units()
+    print(f"{in_flight} of 100 orders were in flight at the SIGKILL")
