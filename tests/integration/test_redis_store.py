@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from sagaway import Engine, Saga, SagaStatus, StepContext
+from sagaway.errors import StoreError
 from sagaway.state import Change, Event, EventType, NewSaga
 from sagaway.store.redis import RedisStore
 from servers import require_server
@@ -169,3 +170,42 @@ async def test_prefixes_isolate_stores_on_one_server(stores: Callable[[str], Red
     await left.purge()
     assert await left.load("same-id") is None
     assert (await right.list_sagas()).total == 2
+
+
+async def test_reconnects_after_its_connection_is_killed(
+    stores: Callable[[str], RedisStore],
+) -> None:
+    store = stores("kill")
+    await store.open()
+    await store.create(pending("before"))
+    connection_id = await store.execute("CLIENT", "ID")
+    async with RedisStore(store.url) as admin:  # another connection kills the store's
+        assert await admin.execute("CLIENT", "KILL", "ID", connection_id) == 1
+    # Calls already sent on the dead connection fail with StoreError (outcome unknown); the
+    # store reconnects by itself, so one of the next few calls succeeds.
+    for _ in range(20):
+        try:
+            record = await store.load("before")
+        except StoreError:
+            continue
+        break
+    else:
+        pytest.fail("the store did not reconnect")
+    assert record is not None
+    assert await store.execute("CLIENT", "ID") != connection_id
+    await store.create(pending("after"))
+    assert (await store.list_sagas()).total == 2
+
+
+async def test_scripts_reloaded_after_the_server_forgets_them(
+    stores: Callable[[str], RedisStore],
+) -> None:
+    """A Redis restart empties its script cache: EVALSHA answers NOSCRIPT, the store loads
+    its scripts again and resends (safe: a script that was not found did not run)."""
+    store = stores("flush")
+    await store.open()
+    await store.create(pending("s"))
+    await store.execute("SCRIPT", "FLUSH")
+    claimed = await store.claim("e", now=T0, lease_seconds=5, definitions=[DEF], limit=5)
+    assert [r.id for r in claimed] == ["s"]
+    assert (await store.get("s")).owner == "e"

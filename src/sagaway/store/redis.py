@@ -20,14 +20,13 @@ the scripts touch index keys they do not declare. Keys and scripts: ``_redis_scr
 An option to wait for the fsync per transition (``WAITAOF``) needs Redis 7.2; the server this was
 developed against is 7.0, so there is none yet: configure ``appendfsync always`` instead.
 
-Why a pipeline of our own: asyncio code usually sends each command on its own pooled connection,
-which costs a syscall pair and a connection hand-off per command. Here every script call made
-while the previous batch is on the wire is queued, and one task writes the whole queue in one
-``sendall`` on one connection and reads the replies in order (auto-pipelining, the Redis
-counterpart of the SQLite store's group commit). Each call is still its own EVALSHA, atomic on
-its own; a failing one (``LeaseLost``, ``SagaNotFound``) affects no other. The scripts are
-redis-py ``Script`` objects; their SHAs are loaded at ``open`` and again on ``NOSCRIPT`` (a
-server restart), which is safe because a script that was not found did not run.
+Why one connection of our own (``_redis_pipe``): every command issued in one event-loop turn
+(all the sagas that just resumed) is written in one go on one connection, without waiting for
+earlier replies (auto-pipelining, the Redis counterpart of the SQLite store's group commit), and
+replies are parsed in bulk. Each call is still its own EVALSHA, atomic on its own; a failing one
+(``LeaseLost``, ``SagaNotFound``) affects no other. The scripts are redis-py ``Script`` objects;
+their SHAs are loaded at ``open`` and again on ``NOSCRIPT`` (a server restart), which is safe
+because a script that was not found did not run.
 
 ``on_work``: creating a PENDING saga and handing a lease back (an admin retry) ``PUBLISH`` on
 ``PREFIX:work`` from inside the script; a listener task calls the engines' callbacks.
@@ -39,13 +38,11 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from redis.asyncio import Redis
-from redis.asyncio.connection import Connection
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
@@ -62,6 +59,7 @@ from sagaway.state import (
     StepStatus,
 )
 from sagaway.store import _redis_scripts as lua
+from sagaway.store._redis_pipe import RedisPipe
 from sagaway.store.base import Page, SagaStore
 
 __all__ = ["RedisStore", "parse_url"]
@@ -75,16 +73,9 @@ _STEP_STATUS = {s.value: s for s in StepStatus}
 _PHASE = {p.value: p for p in Phase}
 _EVENT_TYPE = {t.value: t for t in EventType}
 
-# A batch whose replies take longer than this is abandoned (its connection closed) and its
-# callers get StoreError: a hung server must not hang every saga forever.
-BATCH_TIMEOUT = 30.0
-
-# Batches in flight at once, each on its own connection. With one, Python and Redis take turns
-# (Python handles a batch's replies while Redis idles, then Redis runs the next batch while
-# Python idles); with two, one batch runs in Redis while Python handles the other's replies.
-PIPELINES = 2
-
-_Call = tuple["asyncio.Future[Any]", tuple[Any, ...]]
+# Replies owed but none received for this long: the connection is abandoned and its callers get
+# StoreError, so a hung server cannot hang every saga forever.
+REPLY_TIMEOUT = 30.0
 
 
 def parse_url(url: str) -> tuple[str, str]:
@@ -175,15 +166,6 @@ def _loaded(saga: list[str], steps: list[str], events: list[str] | None = None) 
     return record
 
 
-def _translate(exc: BaseException) -> BaseException:
-    """Redis errors become StoreError at this edge; everything else passes through."""
-    if isinstance(exc, RedisError | OSError):
-        error = StoreError(f"redis: {exc}")
-        error.__cause__ = exc
-        return error
-    return exc
-
-
 class RedisStore(SagaStore):
     """The saga log in Redis; see the module docstring for the layout, the pipeline and the
     durability Redis gives. Bound to the event loop that calls ``open()``."""
@@ -193,14 +175,12 @@ class RedisStore(SagaStore):
         self._redis_url, self.prefix = parse_url(url)
         self._client: Redis | None = None
         self._scripts: dict[str, AsyncScript] = {}
-        self._pending: list[_Call] = []
-        self._wakeup = asyncio.Event()
-        self._flushers: list[asyncio.Task[None]] = []
+        self._pipe = RedisPipe(
+            self._redis_url, name=f"sagaway-{self.prefix}", timeout=REPLY_TIMEOUT
+        )
         self._listener: asyncio.Task[None] | None = None
         self._callbacks: list[Callable[[], None]] = []
         self._state = "new"  # new -> open -> closing -> closed
-        self.batches = 0  # pipeline counters, for benchmarks: calls / batches = batch size
-        self.calls = 0
 
     @property
     def redis(self) -> Redis:
@@ -212,49 +192,40 @@ class RedisStore(SagaStore):
     # -- lifecycle --------------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Connect, check the server, load the scripts, start the pipeline (and listener)."""
+        """Connect, check the server, load the scripts (and start the pub/sub listener)."""
         if self._state == "open":
             return
         if self._state != "new":
             raise StoreError(f"Redis store {self.url!r} is closed")
         client = Redis.from_url(self._redis_url, decode_responses=True)
+        self._scripts = {name: client.register_script(getattr(lua, name)) for name in lua.SCRIPTS}
         try:
-            await client.ping()
-            self._scripts = {
-                name: client.register_script(getattr(lua, name)) for name in lua.SCRIPTS
-            }
-            await self._load_scripts(client)
-        except RedisError as exc:
+            await self._pipe.connect()
+            await self._load_scripts()
+        except BaseException:
+            await self._pipe.close()
             await client.aclose()
-            raise StoreError(f"redis: cannot open {self.url!r}: {exc}") from exc
+            raise
         self._client = client
         self._state = "open"
-        loop = asyncio.get_running_loop()
-        self._flushers = [
-            loop.create_task(self._flush_loop(), name=f"sagaway-redis-pipeline-{i}")
-            for i in range(PIPELINES)
-        ]
         if self._callbacks:
             self._start_listener()
 
-    async def _load_scripts(self, client: Redis) -> None:
-        async with client.pipeline(transaction=False) as pipe:
-            for script in self._scripts.values():
-                pipe.script_load(script.script)
-            await pipe.execute()
+    async def _load_scripts(self) -> None:
+        for script in self._scripts.values():
+            await self.execute("SCRIPT", "LOAD", str(script.script))
 
     async def close(self) -> None:
-        """Send what is queued, stop the listener, disconnect. Idempotent."""
+        """Wait for the replies owed, stop the listener, disconnect. Idempotent."""
         if self._state != "open":
             self._state = "closed"
             return
         self._state = "closing"
-        self._wakeup.set()
-        await asyncio.gather(*self._flushers)
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
+        await self._pipe.close()
         assert self._client is not None
         with contextlib.suppress(RedisError, OSError):
             await self._client.aclose()
@@ -321,87 +292,30 @@ class RedisStore(SagaStore):
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
-    # -- the pipeline -----------------------------------------------------------------------
+    # -- commands ---------------------------------------------------------------------------
 
-    def execute(self, *command: Any) -> asyncio.Future[Any]:
-        """Send one Redis command in the store's next pipelined batch; await the raw reply.
+    async def execute(self, *command: str | int | float) -> Any:
+        """Send one Redis command on the store's pipelined connection; return the raw reply
+        (bulk strings decoded as UTF-8).
 
         For steps that keep their own records in the same Redis (a ledger, a dedupe set): they
-        then share the batches of the saga transitions instead of a round trip each. A command
-        is atomic on its own, not with any transition. Error replies raise ``StoreError``."""
-        if self._state != "open":
-            raise StoreError(f"Redis store {self.url!r} is not open")
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((future, command))
-        self._wakeup.set()
-        return future
-
-    def _script(self, name: str, args: list[Any]) -> asyncio.Future[Any]:
-        return self.execute("EVALSHA", self._scripts[name].sha, 0, self.prefix, *args)
-
-    async def _flush_loop(self) -> None:
-        assert self._client is not None
-        pool = self._client.connection_pool
-        conn: Connection | None = None
+        then share the store's round trips instead of paying their own. A command is atomic on
+        its own, not with any transition. An error reply raises ``StoreError``."""
         try:
-            while True:
-                if not self._pending:
-                    if self._state != "open":
-                        return
-                    await self._wakeup.wait()
-                    self._wakeup.clear()
-                    continue
-                batch, self._pending = self._pending, []
-                if conn is None:
-                    try:
-                        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
-                    except (RedisError, OSError) as exc:
-                        _fail(batch, exc)
-                        continue
-                retry = await self._send(conn, batch)
-                if retry:  # NOSCRIPT: the server lost its scripts (a restart); reload, resend
-                    try:
-                        await self._load_scripts(self._client)
-                    except (RedisError, OSError) as exc:
-                        _fail(retry, exc)
-                    else:
-                        self._pending[:0] = retry
-        finally:
-            if conn is not None:
-                await pool.release(conn)
+            return await self._pipe.call(*(a if isinstance(a, str) else str(a) for a in command))
+        except ResponseError as exc:
+            raise StoreError(f"redis: {exc}") from exc
 
-    async def _send(self, conn: Connection, batch: list[_Call]) -> list[_Call]:
-        """Write the batch, read every reply, resolve the callers. Returns the NOSCRIPT calls."""
-        self.batches += 1
-        self.calls += len(batch)
-        retry: list[_Call] = []
-        done = 0
-        read = conn.read_response
+    async def _call(self, name: str, args: list[str]) -> Any:
+        sha = self._scripts[name].sha
         try:
-            async with asyncio.timeout(BATCH_TIMEOUT):
-                await conn.send_packed_command(_pack(batch), check_health=False)
-                for future, command in batch:
-                    try:
-                        # The batch has one deadline (above); none per reply (each costs).
-                        reply = await read(timeout=math.inf, disconnect_on_error=False)
-                    except NoScriptError:
-                        retry.append((future, command))
-                    except ResponseError as exc:  # this command failed; the others stand
-                        if not future.done():
-                            future.set_exception(_translate(exc))
-                    else:
-                        if not future.done():
-                            future.set_result(reply)
-                    done += 1
-        except Exception as exc:  # lost connection, timeout (or a bug: never hang callers)
-            # The connection is out of step with its replies: drop it; its callers (whose
-            # writes may or may not have been applied) get StoreError and resume from the log.
-            await conn.disconnect(nowait=True)
-            _fail(batch[done:], exc)
-        return retry
-
-    async def _call(self, name: str, args: list[Any]) -> Any:
-        return await self._script(name, args)
+            try:
+                return await self._pipe.call("EVALSHA", sha, "0", self.prefix, *args)
+            except NoScriptError:  # the server lost its scripts (a restart): reload, resend
+                await self._load_scripts()
+                return await self._pipe.call("EVALSHA", sha, "0", self.prefix, *args)
+        except ResponseError as exc:
+            raise StoreError(f"redis: {exc}") from exc
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -543,25 +457,3 @@ class RedisStore(SagaStore):
             *(self.execute("ZCARD", f"{self.prefix}:status:{s.value}") for s in SagaStatus)
         )
         return {s: int(n) for s, n in zip(SagaStatus, sizes, strict=True) if n}
-
-
-def _pack(calls: list[_Call]) -> bytes:
-    """RESP-encode a batch of commands (str, bytes or int arguments): several times cheaper
-    than redis-py's general-purpose encoder, and it runs for every transition."""
-    out: list[bytes] = []
-    append = out.append
-    for _, command in calls:
-        append(b"*%d\r\n" % len(command))
-        for arg in command:
-            data = arg.encode() if isinstance(arg, str) else arg
-            if isinstance(data, int):
-                data = b"%d" % data
-            append(b"$%d\r\n%b\r\n" % (len(data), data))
-    return b"".join(out)
-
-
-def _fail(calls: list[_Call], exc: BaseException) -> None:
-    error = _translate(exc)
-    for future, _ in calls:
-        if not future.done():
-            future.set_exception(error)
