@@ -1,0 +1,98 @@
+"""The ``checkout`` CLI: demo, migrate, worker, and bad input -> non-zero exit with a message."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from checkout.cli import app
+
+runner = CliRunner()
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    return {"SAGAWAY_DATABASE_URL": url, "SAGAWAY_STORE_URL": url}
+
+
+def test_demo_runs_the_four_scenarios(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["demo", "--dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    for text in (
+        "happy path",
+        "Insufficient inventory",
+        "Insufficient funds",
+        "Invalid shipping",
+        "user_1 balance 1000.00 -> 900.00; product_1 stock 100 -> 98",
+        "conserved",
+    ):
+        assert text in result.output
+    assert (tmp_path / "demo.db").exists()
+
+
+def test_migrate_creates_both_schemas(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["migrate"], env=_env(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "up to date" in result.output
+    again = runner.invoke(app, ["migrate"], env=_env(tmp_path))
+    assert again.exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["migrate"], {"SAGAWAY_DATABASE_URL": "mysql://db/x"}, "unsupported database URL"),
+        (["worker"], {"SAGAWAY_STORE_URL": "nope://x"}, "unsupported saga store URL"),
+        (["worker"], {"SAGAWAY_LEASE_SECONDS": "soon"}, "SAGAWAY_LEASE_SECONDS"),
+        (["serve", "--port", "70000"], {}, "--port"),
+        (["bogus"], {}, "No such command"),
+    ],
+)
+def test_bad_input_exits_non_zero_with_a_message(
+    args: list[str], env: dict[str, str], message: str
+) -> None:
+    result = runner.invoke(app, args, env=env)
+    assert result.exit_code != 0
+    assert message in result.output
+
+
+def test_serve_on_a_busy_port_exits_1(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = runner.invoke(app, ["serve", "--port", str(port)], env=_env(tmp_path))
+    assert result.exit_code == 1
+    assert "cannot listen" in result.output
+
+
+def test_worker_runs_until_sigterm(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "checkout.cli", "worker"],
+        env={**os.environ, **_env(tmp_path), "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 30
+        line = ""
+        while "worker" not in line and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, "worker exited early"
+        assert "running sagas" in line
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
