@@ -1,8 +1,8 @@
 """The PostgreSQL saga log's statements: SQL text, the arrays it takes, the rows it returns.
 
-The hot path is two statements, each a data-modifying CTE taking one array per column, so a
-whole group-commit batch (every create, or every commit, queued while the previous batch was in
-flight) is *one* statement: one round trip, one WAL flush, atomic per statement. Each commit's
+The hot path is one statement, a data-modifying CTE taking one array per column, so a whole
+group-commit batch (every create and every commit queued while the previous batch was in
+flight) is *one* statement: one round trip, one WAL flush, atomic. Each commit's
 lease fence is part of its UPDATE's join condition, so a fenced-out commit simply matches no row,
 and its steps and events (joined on the UPDATE's RETURNING) are not written either: per-operation
 isolation without savepoints. The final SELECT reports, per operation, whether it was applied
@@ -95,60 +95,58 @@ class Statements:
         inst = f"{s}.sagaway_instances"
         events = f"{s}.sagaway_events"
 
-        # $1-$11 instances, $12-$21 steps, $22-$29 events, $30 the NOTIFY channel.
-        self.create_batch = f"""
-WITH op AS (
+        # One statement for a whole batch, creates and commits together: $1-$11 new sagas,
+        # $12-$19 changes, $20-$29 the step rows of both, $30-$37 their events, $38 the NOTIFY
+        # channel. A change without a status keeps both status and error (as apply_change
+        # does). A new saga's events are numbered from 0; a change's from the history length
+        # its UPDATE returns. Creating a PENDING saga, or handing back the lease of an active
+        # one (an operator's retry), wakes idle workers.
+        self.write_batch = f"""
+WITH cop AS (
   SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[],
     $7::text[], $8::float8[], $9::float8[], $10::float8[], $11::int[])
     AS o(id, name, version, status, input, key, owner, lease, deadline, at, n)
 ), ins AS (
   INSERT INTO {inst} (id, name, version, status, input, idempotency_key, owner,
     lease_expires_at, deadline_at, created_at, updated_at, events)
-  SELECT id, name, version, status, input::jsonb, key, owner, lease, deadline, at, at, n FROM op
+  SELECT id, name, version, status, input::jsonb, key, owner, lease, deadline, at, at, n FROM cop
   ON CONFLICT (idempotency_key) DO NOTHING
   RETURNING id, status
-), st AS (
-  {_STEP_UPSERT.format(s=s, steps=_params(_STEP_ARRAYS, 12), src="ins")}
-), ev AS (
-  INSERT INTO {events} (saga_id, seq, at, type, step, phase, attempt, detail)
-  SELECT e.saga_id, e.k, e.at, e.type, e.step, e.phase, e.attempt, e.detail
-  FROM {_params(_EVENT_ARRAYS, 22)} WHERE e.saga_id IN (SELECT id FROM ins)
-), woke AS (
-  SELECT pg_notify($30, '') FROM ins WHERE ins.status = 'PENDING'
-)
-SELECT op.id, ins.id IS NOT NULL AS created,
-  (SELECT x.id FROM {inst} x WHERE x.idempotency_key = op.key) AS existing
-FROM op LEFT JOIN ins ON ins.id = op.id CROSS JOIN (SELECT count(*) FROM woke) w
-"""
-        # $1-$8 the changes, $9-$18 steps, $19-$26 events, $27 the NOTIFY channel. A change
-        # without a status keeps both status and error (as apply_change does). A lease released
-        # while the saga stays active (an operator's retry handed back) wakes idle workers.
-        self.commit_batch = f"""
-WITH op AS (
-  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[],
-    $6::bool[], $7::bool[], $8::int[]) AS o(id, owner, status, error, at, release, clear, n)
+), uop AS (
+  SELECT * FROM unnest($12::text[], $13::text[], $14::text[], $15::text[], $16::float8[],
+    $17::bool[], $18::bool[], $19::int[]) AS o(id, owner, status, error, at, release, clear, n)
 ), upd AS (
-  UPDATE {inst} i SET status = coalesce(op.status, i.status),
-    error = CASE WHEN op.status IS NULL THEN i.error ELSE op.error END,
-    updated_at = op.at,
-    owner = CASE WHEN op.release THEN NULL ELSE i.owner END,
-    lease_expires_at = CASE WHEN op.release THEN NULL ELSE i.lease_expires_at END,
-    cancel_requested = i.cancel_requested AND NOT op.clear,
-    events = i.events + op.n
-  FROM op WHERE i.id = op.id AND (op.owner IS NULL OR i.owner = op.owner)
-  RETURNING i.id, i.events - op.n AS base, op.release AND i.status IN ({ACTIVE_SQL}) AS freed
+  UPDATE {inst} i SET status = coalesce(uop.status, i.status),
+    error = CASE WHEN uop.status IS NULL THEN i.error ELSE uop.error END,
+    updated_at = uop.at,
+    owner = CASE WHEN uop.release THEN NULL ELSE i.owner END,
+    lease_expires_at = CASE WHEN uop.release THEN NULL ELSE i.lease_expires_at END,
+    cancel_requested = i.cancel_requested AND NOT uop.clear,
+    events = i.events + uop.n
+  FROM uop WHERE i.id = uop.id AND (uop.owner IS NULL OR i.owner = uop.owner)
+  RETURNING i.id, i.events - uop.n AS base, uop.release AND i.status IN ({ACTIVE_SQL}) AS freed
+), written AS (
+  SELECT id, 0 AS base FROM ins UNION ALL SELECT id, base FROM upd
 ), st AS (
-  {_STEP_UPSERT.format(s=s, steps=_params(_STEP_ARRAYS, 9), src="upd")}
+  {_STEP_UPSERT.format(s=s, steps=_params(_STEP_ARRAYS, 20), src="written")}
 ), ev AS (
   INSERT INTO {events} (saga_id, seq, at, type, step, phase, attempt, detail)
-  SELECT e.saga_id, upd.base + e.k, e.at, e.type, e.step, e.phase, e.attempt, e.detail
-  FROM {_params(_EVENT_ARRAYS, 19)} JOIN upd ON upd.id = e.saga_id
+  SELECT e.saga_id, w.base + e.k, e.at, e.type, e.step, e.phase, e.attempt, e.detail
+  FROM {_params(_EVENT_ARRAYS, 30)} JOIN written w ON w.id = e.saga_id
 ), woke AS (
-  SELECT pg_notify($27, '') FROM upd WHERE upd.freed
+  SELECT pg_notify($38, '') FROM (
+    SELECT 1 FROM ins WHERE ins.status = 'PENDING' UNION ALL SELECT 1 FROM upd WHERE upd.freed
+  ) x
 )
-SELECT op.id, upd.id IS NOT NULL AS applied,
-  upd.id IS NOT NULL OR EXISTS (SELECT 1 FROM {inst} x WHERE x.id = op.id) AS found
-FROM op LEFT JOIN upd ON upd.id = op.id CROSS JOIN (SELECT count(*) FROM woke) w
+SELECT r.* FROM (
+  SELECT true AS is_create, cop.id, ins.id IS NOT NULL AS done,
+    (SELECT x.id FROM {inst} x WHERE x.idempotency_key = cop.key) AS existing
+  FROM cop LEFT JOIN ins ON ins.id = cop.id
+  UNION ALL
+  SELECT false, uop.id, upd.id IS NOT NULL,
+    CASE WHEN upd.id IS NULL THEN (SELECT x.id FROM {inst} x WHERE x.id = uop.id) END
+  FROM uop LEFT JOIN upd ON upd.id = uop.id
+) r CROSS JOIN (SELECT count(*) FROM woke) w
 """
         steps_json = _STEPS_JSON.format(s=s)
         self.load = (
@@ -244,7 +242,11 @@ def _event_arrays(pairs: Iterable[tuple[str, Sequence[Event]]]) -> list[list[Any
     return cols
 
 
-def create_args(news: Sequence[NewSaga], channel: str) -> list[Any]:
+CommitOp = tuple[str, str | None, Change, float]
+
+
+def write_args(news: Sequence[NewSaga], commits: Sequence[CommitOp], channel: str) -> list[Any]:
+    """The arrays of ``write_batch``: one list per column."""
     return [
         [n.id for n in news],
         [n.name for n in news],
@@ -257,17 +259,6 @@ def create_args(news: Sequence[NewSaga], channel: str) -> list[Any]:
         [n.deadline_at for n in news],
         [n.at for n in news],
         [len(n.events) for n in news],
-        *_step_arrays((n.id, n.steps) for n in news),
-        *_event_arrays((n.id, n.events) for n in news),
-        channel,
-    ]
-
-
-CommitOp = tuple[str, str | None, Change, float]
-
-
-def commit_args(commits: Sequence[CommitOp], channel: str) -> list[Any]:
-    return [
         [c[0] for c in commits],
         [c[1] for c in commits],
         [None if c[2].status is None else c[2].status.value for c in commits],
@@ -276,8 +267,10 @@ def commit_args(commits: Sequence[CommitOp], channel: str) -> list[Any]:
         [c[2].release_lease for c in commits],
         [c[2].clear_cancel for c in commits],
         [len(c[2].events) for c in commits],
-        *_step_arrays((c[0], c[2].steps) for c in commits),
-        *_event_arrays((c[0], c[2].events) for c in commits),
+        *_step_arrays([*((n.id, n.steps) for n in news), *((c[0], c[2].steps) for c in commits)]),
+        *_event_arrays(
+            [*((n.id, n.events) for n in news), *((c[0], c[2].events) for c in commits)]
+        ),
         channel,
     ]
 

@@ -26,7 +26,8 @@ round trip, but not less CPU.
 
 Why group commit here too: one statement per transition is one WAL flush and ~100 µs of client
 CPU each. So ``create`` and ``commit`` are queued; a flusher takes everything queued while the
-previous batch was in flight and sends it as one data-modifying CTE over arrays (see
+previous batch was in flight and sends it, creates and commits together, as one
+data-modifying CTE over arrays (see
 ``_pg_ops``): one round trip, one flush, atomic. Each operation's lease fence is in the UPDATE's
 join, so a fenced-out commit writes nothing and the rest of the batch is unaffected. Up to
 ``pool_size // 2`` batches are in flight on separate pooled connections; the rest of the pool
@@ -50,7 +51,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -321,13 +322,7 @@ class PostgresStore(SagaStore):
         try:
             assert self._pool is not None
             async with self._pool.acquire() as conn:
-                # Two statements at most, each atomic on its own (autocommit): every create,
-                # then every commit. A create and a commit of one saga are never in one batch
-                # (a commit waits for its create).
-                for kind, write in (("create", self._creates), ("commit", self._commits)):
-                    group = [op for op in batch if op[1] == kind]
-                    if group:
-                        await self._isolated(conn, write, group, results)
+                await self._isolated(conn, batch, results)
         except Exception as exc:  # connection lost or refused: the rest of the batch is unknown
             failed = self._error(exc, "write failed")
             answered = {id(r[0]) for r in results}
@@ -347,32 +342,30 @@ class PostgresStore(SagaStore):
             self._slots.release()
 
     async def _isolated(
-        self,
-        conn: asyncpg.Connection,
-        write: Callable[[asyncpg.Connection, list[_Op], list[_Result]], Awaitable[None]],
-        group: list[_Op],
-        results: list[_Result],
+        self, conn: asyncpg.Connection, batch: list[_Op], results: list[_Result]
     ) -> None:
-        """Run one batch statement; if PostgreSQL refuses it (a duplicate id, a value jsonb
+        """Run the batch statement; if PostgreSQL refuses it (a duplicate id, a value jsonb
         cannot hold), run each operation alone so only the culprit fails. Nothing of a refused
         statement was written, so running its operations again is safe."""
         try:
-            await write(conn, group, results)
+            await self._write(conn, batch, results)
         except asyncpg.PostgresError as exc:
-            if len(group) == 1:
-                results.append((group[0][0], None, self._error(exc, "write failed")))
+            if len(batch) == 1:
+                results.append((batch[0][0], None, self._error(exc, "write failed")))
                 return
-            for op in group:
-                await self._isolated(conn, write, [op], results)
+            for op in batch:
+                await self._isolated(conn, [op], results)
 
-    async def _creates(
-        self, conn: asyncpg.Connection, creates: list[_Op], results: list[_Result]
+    async def _write(
+        self, conn: asyncpg.Connection, batch: list[_Op], results: list[_Result]
     ) -> None:
-        news: list[NewSaga] = [op[2] for op in creates]
-        rows = await conn.fetch(self._sql.create_batch, *ops.create_args(news, self._channel))
-        outcome = {r[0]: (r[1], r[2]) for r in rows}
+        creates = [op for op in batch if op[1] == "create"]
+        commits = [op for op in batch if op[1] == "commit"]
+        args = ops.write_args([op[2] for op in creates], [op[2] for op in commits], self._channel)
+        rows = await conn.fetch(self._sql.write_batch, *args)
+        outcome = {(r[0], r[1]): (r[2], r[3]) for r in rows}
         for op in creates:
-            created, existing = outcome[op[2].id]
+            created, existing = outcome[(True, op[2].id)]
             if created:
                 results.append((op[0], (op[2].id, True), None))
             elif existing is not None:
@@ -384,19 +377,12 @@ class PostgresStore(SagaStore):
             else:
                 raced = StoreError(f"create of {op[2].id}: idempotency key kept racing")
                 results.append((op[0], None, raced))
-
-    async def _commits(
-        self, conn: asyncpg.Connection, commits: list[_Op], results: list[_Result]
-    ) -> None:
-        changes: list[ops.CommitOp] = [op[2] for op in commits]
-        rows = await conn.fetch(self._sql.commit_batch, *ops.commit_args(changes, self._channel))
-        applied = {r[0]: (r[1], r[2]) for r in rows}
         for op in commits:
             saga_id, owner = op[2][0], op[2][1]
-            done, found = applied[saga_id]
+            done, found = outcome[(False, saga_id)]
             if done:
                 results.append((op[0], None, None))
-            elif not found:
+            elif found is None:
                 results.append((op[0], None, SagaNotFound(saga_id)))
             else:
                 lost = LeaseLost(f"saga {saga_id} is no longer leased to {owner}")
