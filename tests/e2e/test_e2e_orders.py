@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import httpx
+import pytest
 from e2e_helpers import balances, inventory, order
 
 from checkout.bootstrap import Services
@@ -179,3 +180,33 @@ async def test_cancel_an_api_only_saga_marks_the_order_cancelled(
     assert polled["status"] == "cancelled"
     assert polled["saga_status"] == "COMPENSATED"
     assert (await balances(client))["user_1"] == 1000.0
+
+
+async def test_failed_compensation_then_operator_retry(
+    client: httpx.AsyncClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def refund_unavailable(*args: object, **kwargs: object) -> None:
+        raise ConnectionError("payment provider unavailable")
+
+    monkeypatch.setattr(services.participants.payment, "refund", refund_unavailable)
+    data = await order(client, user_id="user_3", product_id="product_1", quantity=1)
+    assert data["status"] == "failed"
+    assert data["saga_status"] == "FAILED"
+    assert "compensation of process_payment failed" in data["error"]
+    assert (await balances(client))["user_3"] == 150.0  # charged, refund pending
+
+    monkeypatch.undo()
+    retried = await client.post(f"/sagas/{data['saga_id']}/retry")
+    assert retried.status_code == 202, retried.text
+    deadline = time.monotonic() + 10
+    while True:
+        polled = (await client.get(f"/orders/{data['order_id']}")).json()
+        if polled["saga_status"] == "COMPENSATED" or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.02)
+    assert (polled["status"], polled["saga_status"]) == ("failed", "COMPENSATED")
+    assert polled["error"]  # the engine keeps the saga's last error message
+    assert (await balances(client))["user_3"] == 200.0
+    assert (await inventory(client))["product_1"] == 100
+    again = await client.post(f"/sagas/{data['saga_id']}/retry")
+    assert again.status_code == 409
