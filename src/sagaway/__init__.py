@@ -18,6 +18,7 @@ from sagaway.definition import (
 from sagaway.engine import Engine
 from sagaway.errors import (
     DefinitionError,
+    EffectFailed,
     InvalidTransition,
     LeaseLost,
     SagaNotFound,
@@ -44,6 +45,7 @@ __all__ = [
     "Change",
     "Clock",
     "DefinitionError",
+    "EffectFailed",
     "Engine",
     "Event",
     "EventType",

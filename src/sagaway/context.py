@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sagaway.state import Phase
+from sagaway.state import Effect, Phase
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass costs ~1 us more per step to build
@@ -27,6 +27,22 @@ class StepContext:
     idempotency_key: str
     forward_key: str
     results: Mapping[str, Any]
+    effects: list[Effect] | None = None
+
+    def atomic(self, write: Effect) -> None:
+        """Enlist ``write(conn)`` to run inside the transaction that records this step's
+        outcome, so the write commits if and only if the step is recorded as done: exactly
+        once, with no idempotency key needed, like a DBOS transaction step.
+
+        ``conn`` is the saga store's connection: a ``sqlite3.Connection`` on SQLite (keep your
+        tables in the same file), ``None`` on the memory store. Stores that do not share a
+        database with your data (PostgreSQL through its pool, Redis) reject such a step with a
+        clear error. The write runs after the action returns, on the store's writer: keep it
+        short, and do not read its effect inside the action.
+        """
+        if self.effects is None:
+            self.effects = []
+        self.effects.append(write)
 
     @property
     def is_compensation(self) -> bool:

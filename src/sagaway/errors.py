@@ -58,6 +58,14 @@ class StoreError(SagawayError):
     """The saga store failed (connection lost, disk full...): the transition was not recorded."""
 
 
+class EffectFailed(StoreError):
+    """A write a step enlisted with ``ctx.atomic()`` raised: its transition was not recorded.
+
+    Such writes must not fail (validate in the action, write idempotently); when one does, the
+    saga stops FAILED for an operator, whose retry re-runs the step with the same key.
+    """
+
+
 class LeaseLost(StoreError):
     """This engine no longer owns the saga's lease; another engine took it over.
 

@@ -21,7 +21,7 @@ from typing import Any
 from sagaway.clock import Clock
 from sagaway.context import StepContext
 from sagaway.definition import Action, OnUncertain, Saga, Step, StepKind
-from sagaway.errors import StepFailed
+from sagaway.errors import EffectFailed, StepFailed
 from sagaway.state import (
     Change,
     Event,
@@ -87,6 +87,10 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+class _Halted(Exception):
+    """The saga stopped FAILED mid-flight (see ``SagaRun._halt``)."""
+
+
 class SagaRun:
     """One saga being driven by one engine, under that engine's lease."""
 
@@ -115,7 +119,11 @@ class SagaRun:
         if change.status is not None:
             check_saga_transition(self.record.status, change.status)
         now = self.clock.now()
-        await self.store.commit(self.record.id, self.owner, change, now)
+        try:
+            await self.store.commit(self.record.id, self.owner, change, now)
+        except EffectFailed as exc:
+            await self._halt(str(exc))
+            raise _Halted from exc
         apply_change(self.record, change, now)
         if self.listener is not None:
             self.listener(self.record, change)
@@ -173,6 +181,24 @@ class SagaRun:
             if fired:  # expired, but the step swallowed the cancellation and returned
                 task.uncancel()
 
+    async def _halt(self, error: str) -> None:
+        """Stop FAILED for an operator: the step's outcome and its writes were not recorded,
+        so its row stays RUNNING and a retry re-runs it with the same idempotency key."""
+        change = Change(
+            status=SagaStatus.FAILED,
+            error=error,
+            events=[self._event(EventType.SAGA_FAILED, detail=error)],
+            release_lease=True,
+        )
+        await self._commit(change)
+
+    def _check_effects(self) -> None:
+        if not self.store.atomic_effects:
+            raise StepFailed(
+                f"ctx.atomic() needs a saga store that shares the step's database; "
+                f"{type(self.store).__name__} does not"
+            )
+
     def _stop_reason(self) -> tuple[EventType, str] | None:
         """Why the saga must stop going forward and compensate, checked between steps."""
         if self.cancel_requested:
@@ -193,6 +219,12 @@ class SagaRun:
 
     async def drive(self) -> None:
         """Run to a terminal status. Raises LeaseLost/StoreError if the log cannot be written."""
+        try:
+            await self._drive()
+        except _Halted:
+            return
+
+    async def _drive(self) -> None:
         pending = Change()
         if self.record.status in (SagaStatus.PENDING, SagaStatus.RUNNING):
             if self.record.status is SagaStatus.PENDING:
@@ -304,6 +336,8 @@ class SagaRun:
                     step.action, (ctx, self._input(step)), self._attempt_timeout(step)
                 )
                 output = step.encode_output(value)
+                if ctx.effects is not None:
+                    self._check_effects()
             except StepFailed as exc:
                 error, uncertain, retryable = exc.reason, False, False
             except TimeoutError as exc:
@@ -318,6 +352,7 @@ class SagaRun:
                 return Change(
                     steps=[done],
                     events=[self._event(EventType.STEP_SUCCEEDED, step, attempt=attempt)],
+                    effects=() if ctx.effects is None else tuple(ctx.effects),
                 )
             row = running
             stopping = not forward_only and self._stop_reason() is not None
@@ -430,6 +465,8 @@ class SagaRun:
                 await self._call(
                     step.undo, (ctx, self._input(step), output), step.compensation_timeout
                 )
+                if ctx.effects is not None:
+                    self._check_effects()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -442,6 +479,7 @@ class SagaRun:
                             EventType.STEP_COMPENSATED, step, phase=COMPENSATION, attempt=attempt
                         )
                     ],
+                    effects=() if ctx.effects is None else tuple(ctx.effects),
                 )
             if attempt < limit:
                 pending = Change(

@@ -6,6 +6,7 @@ Times are POSIX seconds (float) supplied by the engine's clock, so stores never 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -14,6 +15,9 @@ from sagaway.errors import InvalidTransition
 
 JSON = Any
 """A JSON-compatible value (dict, list, str, int, float, bool, None), as persisted."""
+
+Effect = Callable[[Any], Any]
+"""A write run inside a transition's transaction, given the store's connection."""
 
 
 class SagaStatus(StrEnum):
@@ -198,6 +202,9 @@ class Change:
     # Terminal transitions hand the lease back so no engine claims the saga again.
     release_lease: bool = False
     clear_cancel: bool = False
+    # Writes a step enlisted with ``ctx.atomic()``: run by the store inside this transition's
+    # transaction, so they commit if and only if the step's outcome does.
+    effects: tuple[Effect, ...] = ()
 
 
 @dataclass(slots=True)

@@ -50,11 +50,15 @@ end
 
 local function def(ver, name) return ver .. ':' .. name end
 
--- Take an active saga out of the claim indexes (before its status/owner/lease change).
-local function unqueue(id, status, name, ver, owner)
+-- Take an active saga out of the claim indexes (before its status/owner/lease change); the
+-- mirror image of enqueue, so it touches only the keys the saga is in.
+local function unqueue(id, status, name, ver, owner, lease)
   if ACTIVE[status] then
-    redis.call('ZREM', P .. ':free:' .. def(ver, name), id)
-    redis.call('ZREM', P .. ':leased:' .. def(ver, name), id)
+    if owner and lease then
+      redis.call('ZREM', P .. ':leased:' .. def(ver, name), id)
+    else
+      redis.call('ZREM', P .. ':free:' .. def(ver, name), id)
+    end
     if owner then redis.call('SREM', P .. ':owner:' .. owner, id) end
   end
 end
@@ -133,7 +137,7 @@ local old, owner, name, ver, created = cur[1], cur[2], cur[3], cur[4], cur[5]
 local new = opt(ARGV[5]) or old
 local release = ARGV[7] == '1'
 local moved = new ~= old or release
-if moved then unqueue(id, old, name, ver, owner) end
+if moved then unqueue(id, old, name, ver, owner, cur[6]) end
 if new ~= old then
   redis.call('ZREM', P .. ':status:' .. old, id)
   redis.call('ZREM', P .. ':sn:' .. old .. ':' .. name, id)
@@ -199,8 +203,8 @@ end
 local out = {}
 for _, id in ipairs(ids) do
   local h = P .. ':saga:' .. id
-  local f = redis.call('HMGET', h, 'status', 'owner', 'name', 'version', 'created')
-  unqueue(id, f[1], f[3], f[4], f[2])
+  local f = redis.call('HMGET', h, 'status', 'owner', 'name', 'version', 'created', 'lease')
+  unqueue(id, f[1], f[3], f[4], f[2], f[6])
   redis.call('HSET', h, 'owner', me, 'lease', expires, 'updated', now)
   enqueue(id, f[1], f[3], f[4], f[5], me, expires)
   redis.call('RPUSH', P .. ':events:' .. id, ARGV[7])
@@ -223,7 +227,7 @@ local allowed = false
 for i = 7, #ARGV do if ARGV[i] == f[1] then allowed = true end end
 local live = f[2] and f[2] ~= me and f[3] and tonumber(f[3]) >= tonumber(now)
 if not allowed or live then return {0} end
-unqueue(id, f[1], f[4], f[5], f[2])
+unqueue(id, f[1], f[4], f[5], f[2], f[3])
 redis.call('HSET', h, 'owner', me, 'lease', expires, 'updated', now)
 enqueue(id, f[1], f[4], f[5], f[6], me, expires)
 local event = opt(ARGV[6])
@@ -241,10 +245,10 @@ local cancelled = {}
 local mine = P .. ':owner:' .. me
 for _, id in ipairs(redis.call('SMEMBERS', mine)) do
   local h = P .. ':saga:' .. id
-  local f = redis.call('HMGET', h, 'status', 'owner', 'name', 'version', 'cancel')
+  local f = redis.call('HMGET', h, 'status', 'owner', 'name', 'version', 'cancel', 'lease')
   if f[1] and ACTIVE[f[1]] and f[2] == me then
     redis.call('HSET', h, 'lease', expires)
-    redis.call('ZREM', P .. ':free:' .. def(f[4], f[3]), id)
+    if not f[6] then redis.call('ZREM', P .. ':free:' .. def(f[4], f[3]), id) end
     redis.call('ZADD', P .. ':leased:' .. def(f[4], f[3]), expires, id)
     if f[5] then cancelled[#cancelled + 1] = id end
   else

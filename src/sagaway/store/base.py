@@ -34,6 +34,8 @@ class SagaStore(ABC):
     """Abstract saga log. Records returned are copies: mutating them never changes the store."""
 
     url: str = ""
+    # True when commit() runs a Change's ``effects`` inside its own transaction (ctx.atomic).
+    atomic_effects: bool = False
 
     async def open(self) -> None:  # noqa: B027 - optional hook
         """Connect and create or migrate the schema. Idempotent."""

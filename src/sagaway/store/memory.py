@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-from sagaway.errors import InvalidTransition, LeaseLost, SagaNotFound
+from sagaway.errors import EffectFailed, InvalidTransition, LeaseLost, SagaNotFound
 from sagaway.state import (
     Change,
     Event,
@@ -23,6 +23,8 @@ from sagaway.store.base import Page, SagaStore
 
 
 class MemoryStore(SagaStore):
+    atomic_effects = True
+
     def __init__(self, url: str = "memory://") -> None:
         self.url = url
         self._sagas: dict[str, SagaRecord] = {}
@@ -46,8 +48,14 @@ class MemoryStore(SagaStore):
         return record
 
     async def commit(self, saga_id: str, owner: str | None, change: Change, at: float) -> None:
+        record = self._owned(saga_id, owner)
+        for write in change.effects:
+            try:
+                write(None)
+            except Exception as exc:
+                raise EffectFailed(f"a ctx.atomic() write failed: {exc}") from exc
         # The engine never mutates a StepRecord it has committed, so keeping references is safe.
-        apply_change(self._owned(saga_id, owner), change, at)
+        apply_change(record, change, at)
 
     async def load(self, saga_id: str, *, history: bool = True) -> SagaRecord | None:
         record = self._sagas.get(saga_id)

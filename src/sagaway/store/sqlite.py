@@ -38,7 +38,14 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 from urllib.parse import parse_qs, urlsplit
 
-from sagaway.errors import InvalidTransition, LeaseLost, SagaNotFound, SagawayError, StoreError
+from sagaway.errors import (
+    EffectFailed,
+    InvalidTransition,
+    LeaseLost,
+    SagaNotFound,
+    SagawayError,
+    StoreError,
+)
 from sagaway.state import Change, Event, NewSaga, SagaRecord, SagaStatus
 from sagaway.store import _sqlite_ops as ops
 from sagaway.store._sqlite_schema import connect, migrate
@@ -104,6 +111,8 @@ class SQLiteStore(SagaStore):
 
     Bound to the event loop that calls ``open()``: use it from that loop only.
     """
+
+    atomic_effects = True
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -269,7 +278,10 @@ class SQLiteStore(SagaStore):
         return result
 
     async def commit(self, saga_id: str, owner: str | None, change: Change, at: float) -> None:
-        await self._submit(ops.commit, saga_id, owner, change, at)
+        if change.effects:  # user writes: they get a savepoint, like run_in_transaction
+            await self._submit(_run_user_fn, _commit_with_effects(saga_id, owner, change, at))
+        else:
+            await self._submit(ops.commit, saga_id, owner, change, at)
 
     async def claim(
         self,
@@ -364,6 +376,22 @@ class _Replay(Exception):
 
 class _TransactionEnded(StoreError):
     """A ``run_in_transaction`` function ended the batch's transaction."""
+
+
+def _commit_with_effects(
+    saga_id: str, owner: str | None, change: Change, at: float
+) -> Callable[[sqlite3.Connection], None]:
+    """A transition plus the writes its step enlisted with ``ctx.atomic()``, as one unit."""
+
+    def run(conn: sqlite3.Connection) -> None:
+        ops.commit(conn, saga_id, owner, change, at)
+        for write in change.effects:
+            try:
+                write(conn)
+            except Exception as exc:  # the savepoint rolls the transition back with it
+                raise EffectFailed(f"a ctx.atomic() write failed: {exc}") from exc
+
+    return run
 
 
 def _run_user_fn(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]) -> Any:
