@@ -57,6 +57,43 @@ async def stores() -> AsyncIterator[Callable[[str], RedisStore]]:
             await cleaner.purge()
 
 
+ACTIVE = {"PENDING", "RUNNING", "COMPENSATING"}
+
+
+async def assert_indexes_match(store: RedisStore) -> None:
+    """Every index key holds exactly the sagas its definition says, read from the hashes: the
+    scripts maintain them incrementally, so a missed update would show up here."""
+    r, p = store.redis, store.prefix
+    expected: dict[str, dict[str, float]] = {}
+    owners: dict[str, set[str]] = {}
+    for key in [k async for k in r.scan_iter(match=f"{p}:saga:*")]:
+        h = await r.hgetall(key)
+        i, created = h["id"], float(h["created"])
+        for index in ("all", f"status:{h['status']}", f"name:{h['name']}"):
+            expected.setdefault(index, {})[i] = created
+        expected.setdefault(f"sn:{h['status']}:{h['name']}", {})[i] = created
+        if h["status"] in ACTIVE:
+            d = f"{h['version']}:{h['name']}"
+            if "owner" in h and "lease" in h:
+                expected.setdefault(f"leased:{d}", {})[i] = float(h["lease"])
+            else:
+                expected.setdefault(f"free:{d}", {})[i] = created
+            if "owner" in h:
+                owners.setdefault(h["owner"], set()).add(i)
+    found: dict[str, dict[str, float]] = {}
+    for kind in ("all", "status:*", "name:*", "sn:*", "free:*", "leased:*"):
+        async for key in r.scan_iter(match=f"{p}:{kind}"):
+            members = await r.zrange(key, 0, -1, withscores=True)
+            if members:
+                found[key.removeprefix(f"{p}:")] = dict(members)
+    assert found == expected
+    found_owners = {}
+    async for key in r.scan_iter(match=f"{p}:owner:*"):
+        if members := await r.smembers(key):
+            found_owners[key.removeprefix(f"{p}:owner:")] = members
+    assert found_owners == owners
+
+
 def pending(saga_id: str, name: str = DEF[0], version: int = DEF[1]) -> NewSaga:
     return NewSaga(
         id=saga_id,
@@ -101,6 +138,7 @@ async def test_two_stores_claiming_concurrently_never_overlap(
     intruder = "e1" if owners[victim] == "e0" else "e0"
     with pytest.raises(Exception, match="no longer leased"):
         await first.commit(victim, intruder, Change(status=SagaStatus.SUCCEEDED), T0 + 1)
+    await assert_indexes_match(first)
 
 
 async def test_pubsub_wakes_an_idle_worker_engine(stores: Callable[[str], RedisStore]) -> None:
@@ -128,6 +166,8 @@ async def test_pubsub_wakes_an_idle_worker_engine(stores: Callable[[str], RedisS
             assert record.status is SagaStatus.SUCCEEDED
             assert record.output("record") == n
         assert len(effects) == 3
+        assert isinstance(api.store, RedisStore)
+        await assert_indexes_match(api.store)
 
 
 async def test_admin_retry_hands_the_saga_to_a_worker(stores: Callable[[str], RedisStore]) -> None:
@@ -150,6 +190,8 @@ async def test_admin_retry_hands_the_saga_to_a_worker(stores: Callable[[str], Re
         await admin.retry("failed")  # FAILED -> RUNNING, lease handed back: PUBLISH
         record = await admin.wait("failed", timeout=30)
         assert record.status is SagaStatus.SUCCEEDED
+        assert isinstance(admin.store, RedisStore)
+        await assert_indexes_match(admin.store)
 
 
 async def test_prefixes_isolate_stores_on_one_server(stores: Callable[[str], RedisStore]) -> None:
@@ -209,3 +251,43 @@ async def test_scripts_reloaded_after_the_server_forgets_them(
     claimed = await store.claim("e", now=T0, lease_seconds=5, definitions=[DEF], limit=5)
     assert [r.id for r in claimed] == ["s"]
     assert (await store.get("s")).owner == "e"
+
+
+async def test_indexes_follow_every_kind_of_transition(
+    stores: Callable[[str], RedisStore],
+) -> None:
+    store = stores("idx")
+    await store.open()
+    for i in range(6):
+        await store.create(pending(f"p{i}"))
+    new = pending("owned")
+    new.status, new.owner, new.lease_expires_at = SagaStatus.RUNNING, "e0", T0 + 5
+    await store.create(new)
+    await store.create(pending("other-def", name="other"))
+    await assert_indexes_match(store)
+    claimed = await store.claim("e1", now=T0, lease_seconds=30, definitions=[DEF], limit=3)
+    await store.renew_leases("e1", now=T0 + 1, lease_seconds=30)
+    await store.commit(claimed[0].id, "e1", Change(SagaStatus.COMPENSATING), T0 + 2)
+    await store.commit(claimed[0].id, "e1", Change(SagaStatus.FAILED, error="x"), T0 + 3)
+    await store.commit(claimed[1].id, "e1", Change(SagaStatus.SUCCEEDED, release_lease=True), T0)
+    await store.commit(claimed[2].id, "e1", Change(release_lease=True), T0 + 2)  # handed back
+    await store.request_cancel("p5", Event(at=T0, type=EventType.CANCEL_REQUESTED), T0)
+    await assert_indexes_match(store)
+    await store.acquire(
+        claimed[0].id, "admin", now=T0 + 40, lease_seconds=30, statuses=[SagaStatus.FAILED]
+    )
+    await store.commit(claimed[0].id, "admin", Change(SagaStatus.RUNNING), T0 + 40)
+    await store.claim("e2", now=T0 + 50, lease_seconds=30, definitions=[DEF], limit=100)
+    await store.claim(
+        "e2", now=T0 + 50, lease_seconds=5, definitions=[DEF], limit=100, include_own=True
+    )
+    await assert_indexes_match(store)
+    assert await store.counts() == {
+        SagaStatus.PENDING: 5,
+        SagaStatus.RUNNING: 2,
+        SagaStatus.SUCCEEDED: 1,
+    }
+    assert {r.owner for r in (await store.list_sagas(status=SagaStatus.PENDING)).items} == {
+        "e2",
+        None,
+    }
