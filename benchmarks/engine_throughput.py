@@ -122,6 +122,10 @@ def make_ledger(store: SagaStore) -> Ledger:
         return SQLiteLedger(store)
     if url_scheme(store.url) in ("redis", "rediss"):
         return RedisLedger(store)
+    if url_scheme(store.url).split("+")[0] in ("postgresql", "postgres"):
+        from pg_ledger import PostgresLedger  # its own asyncpg pool: see its docstring
+
+        return PostgresLedger(store)
     return MemoryLedger()
 
 
@@ -130,6 +134,10 @@ def url_scheme(url: str) -> str:
 
 
 async def run(url: str, n: int, concurrency: int, fresh: bool = False) -> dict[str, Any]:
+    if fresh and url_scheme(url).startswith("postgres"):
+        from pg_ledger import drop_schema
+
+        await drop_schema(url)
     store = open_store(url)
     engine = Engine(store, owner_id="bench")
     async with engine:
@@ -153,6 +161,8 @@ async def run(url: str, n: int, concurrency: int, fresh: bool = False) -> dict[s
         began = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(concurrency)))
         elapsed = time.perf_counter() - began
+        if hasattr(ledger, "close"):
+            await ledger.close()
         if fresh and isinstance(ledger, RedisLedger):
             await store.purge()  # type: ignore[attr-defined]
     latencies.sort()
@@ -180,7 +190,8 @@ def main() -> None:
     parser.add_argument(
         "--fresh",
         action="store_true",
-        help="delete a sqlite file first (redis: the prefix's keys, before and after)",
+        help="delete a sqlite file first (redis: the prefix's keys, before and after; "
+        "postgresql: drop the ?schema= first)",
     )
     parser.add_argument(
         "--loop", choices=["asyncio", "uvloop"], default="asyncio", help="event loop to run on"
