@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from sagaway import Engine, Saga, SagaStatus, StepContext
-from sagaway.errors import StoreError
+from sagaway.errors import SagawayError, StoreError
 from sagaway.state import Change, Event, EventType, NewSaga
 from sagaway.store.redis import RedisStore
 from servers import require_server
@@ -291,3 +291,17 @@ async def test_indexes_follow_every_kind_of_transition(
         "e2",
         None,
     }
+
+
+async def test_connection_errors_are_store_errors() -> None:
+    require_server("redis", redis_check)
+    refused = RedisStore("redis://127.0.0.1:1/0?prefix=nowhere")
+    with pytest.raises(StoreError, match="cannot connect"):
+        await refused.open()
+    # This server has no password: AUTH is refused, and that is a StoreError too.
+    host = REDIS_URL.split("://", 1)[1]
+    bad_auth = RedisStore(f"redis://:not-the-password@{host}?prefix=nowhere")
+    with pytest.raises(StoreError, match="AUTH"):
+        await bad_auth.open()
+    with pytest.raises(SagawayError, match="bad Redis URL"):
+        RedisStore("http://127.0.0.1:6379")

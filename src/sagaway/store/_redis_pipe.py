@@ -134,6 +134,7 @@ class RedisPipe:
         self._connecting: asyncio.Task[None] | None = None
         self._progress = 0  # bumped on every read: the watchdog's sign of life
         self._closed = False
+        self._last_error: BaseException | None = None
         self.writes = 0  # flushes and commands sent (benchmarks: commands / writes)
         self.commands = 0
 
@@ -171,7 +172,9 @@ class RedisPipe:
                 self._connecting = asyncio.get_running_loop().create_task(self._connect())
             await asyncio.shield(self._connecting)
             if self._writer is None:
-                raise StoreError(f"redis: cannot connect to {self._host}:{self._port}")
+                raise StoreError(
+                    f"redis: cannot connect to {self._host}:{self._port}: {self._last_error}"
+                )
 
     async def _connect(self) -> None:
         try:
@@ -198,6 +201,7 @@ class RedisPipe:
                         raise reply
         except Exception as exc:
             self._connecting = None
+            self._last_error = exc
             self._fail(self._unsent, exc)
             self._out, self._unsent = [], []
             return

@@ -2,9 +2,10 @@
 
 ``redis://host:6379/0`` (or ``rediss://`` for TLS, ``redis://:password@host``). Query
 parameters: ``prefix`` (default ``sagaway``) namespaces every key, so several applications or
-test runs share one server; any other parameter (``socket_timeout``, ``ssl_cert_reqs``, …) is
-passed to redis-py. Needs a standalone Redis (or a Sentinel-managed primary), not Redis Cluster:
-the scripts touch index keys they do not declare. Keys and scripts: ``_redis_scripts``.
+test runs share one server; any other parameter is passed to redis-py (which carries pub/sub);
+the store's own connection honours ``socket_connect_timeout`` and the ``ssl_*`` ones. Needs a
+standalone Redis (or a Sentinel-managed primary), not Redis Cluster: the scripts touch index
+keys they do not declare. Keys and scripts: ``_redis_scripts``.
 
 **Durability: Redis acknowledges a transition once it is in the server's memory.**
 
@@ -12,13 +13,15 @@ the scripts touch index keys they do not declare. Keys and scripts: ``_redis_scr
   loses *every* saga; RDB snapshots, if configured, bring back a state minutes old, whose
   sagas then re-run steps already done (the participants' idempotency keys absorb that, but
   sagas started since the snapshot are gone).
-* ``appendonly yes`` + ``appendfsync everysec``: a crash of the Redis *server* (or its machine)
-  may lose about the last second of transitions; a crash of a worker loses nothing.
+* ``appendonly yes`` + ``appendfsync everysec``: a crash of the Redis process loses nothing it
+  acknowledged; a crash of its machine (power, kernel) may lose about the last second of
+  transitions. A crash of a worker loses nothing in any configuration.
 * ``appendonly yes`` + ``appendfsync always``: every script's writes are fsynced before the
   reply, the same guarantee as the SQLite and PostgreSQL stores, at a large cost in throughput.
 
 An option to wait for the fsync per transition (``WAITAOF``) needs Redis 7.2; the server this was
 developed against is 7.0, so there is none yet: configure ``appendfsync always`` instead.
+``docs/stores.md`` has the table of guarantees per store.
 
 Why one connection of our own (``_redis_pipe``): every command issued in one event-loop turn
 (all the sagas that just resumed) is written in one go on one connection, without waiting for
