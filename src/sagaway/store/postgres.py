@@ -33,6 +33,12 @@ join, so a fenced-out commit writes nothing and the rest of the batch is unaffec
 ``pool_size // 2`` batches are in flight on separate pooled connections; the rest of the pool
 serves claims and reads. No caller resumes before its statement has committed.
 
+Measured end to end (``benchmarks/engine_throughput.py --store postgresql://... --n 10000
+--concurrency 32``: three-step sagas whose steps write rows to the same database, one in ten
+compensating): 970-1,270 sagas/s, p99 50-100 ms, on this 2-CPU machine shared with other
+workloads (load average ~3). A saga's critical path is 7 sequential durable writes (4 log, 3
+ledger), so latency per batch, not bandwidth, is the limit.
+
 Claims: ``SELECT ... FOR UPDATE SKIP LOCKED`` inside the claiming UPDATE, so engines in any
 number of processes never claim the same saga and never wait on each other.
 
