@@ -33,7 +33,7 @@ class Order(BaseModel):
 
 class Ledger(Protocol):
     async def setup(self) -> None: ...
-    async def write(self, table: str, key: str, order_id: int, amount: int) -> None: ...
+    async def write(self, ctx: StepContext, table: str, order_id: int, amount: int) -> None: ...
 
 
 class MemoryLedger:
@@ -43,12 +43,13 @@ class MemoryLedger:
     async def setup(self) -> None:
         self.tables = {t: {} for t in TABLES}
 
-    async def write(self, table: str, key: str, order_id: int, amount: int) -> None:
-        self.tables[table].setdefault(key, (order_id, amount))
+    async def write(self, ctx: StepContext, table: str, order_id: int, amount: int) -> None:
+        self.tables[table].setdefault(ctx.idempotency_key, (order_id, amount))
 
 
 class SQLiteLedger:
-    """Rows written inside the store's next group commit: durable with the saga's transition."""
+    """Rows written with ``ctx.atomic()``: committed in the same transaction (and fsync) as the
+    transition that records the step's outcome."""
 
     def __init__(self, store: Any) -> None:
         self.store = store
@@ -63,9 +64,11 @@ class SQLiteLedger:
 
         await self.store.run_in_transaction(create)
 
-    async def write(self, table: str, key: str, order_id: int, amount: int) -> None:
+    async def write(self, ctx: StepContext, table: str, order_id: int, amount: int) -> None:
+        # ctx.atomic: the row commits in the same transaction that records the step's outcome.
         sql = f"INSERT OR IGNORE INTO bench_{table} VALUES (?, ?, ?)"
-        await self.store.run_in_transaction(lambda conn: conn.execute(sql, (key, order_id, amount)))
+        row = (ctx.idempotency_key, order_id, amount)
+        ctx.atomic(lambda conn: conn.execute(sql, row))
 
 
 class RedisLedger:
@@ -78,7 +81,8 @@ class RedisLedger:
     async def setup(self) -> None:
         pass
 
-    async def write(self, table: str, key: str, order_id: int, amount: int) -> None:
+    async def write(self, ctx: StepContext, table: str, order_id: int, amount: int) -> None:
+        key = ctx.idempotency_key
         hkey = f"{self.store.prefix}:bench:{table}"
         await self.store.execute("HSETNX", hkey, key, f"{order_id}:{amount}")
 
@@ -91,27 +95,27 @@ def build_saga(ledger: Ledger) -> Saga:
 
     @saga.step(retry=RetryPolicy(max_attempts=3), timeout=5.0)
     async def reserve_inventory(ctx: StepContext, order: Order) -> int:
-        await ledger.write("reservations", ctx.idempotency_key, order.order_id, 1)
+        await ledger.write(ctx, "reservations", order.order_id, 1)
         return 1
 
     @reserve_inventory.compensation
     async def release_inventory(ctx: StepContext, order: Order, reserved: int | None) -> None:
-        await ledger.write("releases", ctx.idempotency_key, order.order_id, 1)
+        await ledger.write(ctx, "releases", order.order_id, 1)
 
     @saga.step(retry=RetryPolicy(max_attempts=3), timeout=5.0)
     async def process_payment(ctx: StepContext, order: Order) -> int:
-        await ledger.write("payments", ctx.idempotency_key, order.order_id, order.amount_cents)
+        await ledger.write(ctx, "payments", order.order_id, order.amount_cents)
         return order.amount_cents
 
     @process_payment.compensation
     async def refund_payment(ctx: StepContext, order: Order, paid: int | None) -> None:
-        await ledger.write("refunds", ctx.idempotency_key, order.order_id, paid or 0)
+        await ledger.write(ctx, "refunds", order.order_id, paid or 0)
 
     @saga.step(retry=RetryPolicy(max_attempts=3), timeout=5.0)
     async def ship_order(ctx: StepContext, order: Order) -> str:
         if order.order_id % 10 == 9:
             raise StepFailed("Invalid shipping address")
-        await ledger.write("shipments", ctx.idempotency_key, order.order_id, 0)
+        await ledger.write(ctx, "shipments", order.order_id, 0)
         return f"shipment-{order.order_id}"
 
     return saga

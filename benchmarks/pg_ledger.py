@@ -17,6 +17,8 @@ from typing import Any
 
 import asyncpg
 
+from sagaway import StepContext
+
 TABLES = ("reservations", "payments", "shipments", "releases", "refunds")
 
 
@@ -54,7 +56,8 @@ class PostgresLedger:
         )
         self.flusher = asyncio.create_task(self._flush_loop())
 
-    async def write(self, table: str, key: str, order_id: int, amount: int) -> None:
+    async def write(self, ctx: StepContext, table: str, order_id: int, amount: int) -> None:
+        key = ctx.idempotency_key
         future = asyncio.get_running_loop().create_future()
         self.queue.append((table, key, order_id, amount, future))
         self.wake.set()
