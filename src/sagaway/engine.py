@@ -213,7 +213,13 @@ class Engine:
             ]
             new.events = [
                 Event(at=now, type=EventType.SAGA_STARTED),
-                Event(at=now, type=EventType.STEP_STARTED, step=first, attempt=1),
+                Event(
+                    at=now,
+                    type=EventType.STEP_STARTED,
+                    step=first,
+                    attempt=1,
+                    detail=self.owner_id,
+                ),
             ]
         else:
             new.events = [Event(at=now, type=EventType.SAGA_CREATED)]

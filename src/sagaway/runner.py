@@ -326,7 +326,14 @@ class SagaRun:
                 )
                 pending.steps.append(running)
                 pending.events.append(
-                    Event(at=now, type=EventType.STEP_STARTED, step=step.name, attempt=attempt)
+                    # The engine that runs the attempt, so the timeline shows who did what.
+                    Event(
+                        at=now,
+                        type=EventType.STEP_STARTED,
+                        step=step.name,
+                        attempt=attempt,
+                        detail=self.owner,
+                    )
                 )
                 await self._commit(pending)
             started_at = running.started_at
@@ -452,6 +459,7 @@ class SagaRun:
                     step=step.name,
                     phase=COMPENSATION,
                     attempt=attempt,
+                    detail=self.owner,
                 )
             )
             await self._commit(pending)
