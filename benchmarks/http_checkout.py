@@ -1,0 +1,284 @@
+"""HTTP throughput of the checkout service: N ``POST /orders``, C at a time, over real HTTP.
+
+Against a running server::
+
+    python benchmarks/http_checkout.py --url http://127.0.0.1:8000 --n 5000 --concurrency 32
+
+or let the benchmark start ``checkout serve`` itself on a fresh SQLite file in a temporary
+directory (shop and saga log in one file, the default layout)::
+
+    python benchmarks/http_checkout.py --serve --n 5000 --concurrency 32
+
+The mix follows the four demo scenarios: ~90% happy path (user_1/user_2 buy 1-2 x product_1 or
+product_2), ~4% out of stock (1000 x product_3), ~3% payment failure (user_3 buys 10 x
+product_1) and ~3% shipping failure (user_3 buys 1 x product_1: charged, then refunded). With
+``--serve`` the benchmark tops up product_1/product_2 stock and user_1/user_2 balances in the
+fresh database before the server starts, so the happy path lasts for any N; against the plain
+demo data (``--reset`` calls ``POST /reset`` first) stock and money run out after a few dozen
+orders and the rest fail at inventory or payment (cheaper sagas: look at the status counts).
+
+Each request waits for its saga (``wait=10``): a 201 is a finished order. Prints a table, then,
+as its last line, one JSON object (orders_per_s, p50_ms, p99_ms, n, concurrency, counts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+HAPPY_STOCK = 10_000_000  # product_1 / product_2 units with --serve
+HAPPY_BALANCE_CENTS = 10**12  # user_1 / user_2 with --serve
+
+
+def order_body(i: int) -> tuple[str, dict[str, Any]]:
+    """The i-th order of the mix: (scenario, body). Deterministic, so runs are comparable."""
+    slot = i % 100
+    if slot < 4:
+        return "no_stock", {
+            "customer_id": "user_1",
+            "items": [{"product_id": "product_3", "quantity": 1000}],
+        }
+    if slot < 7:
+        return "no_funds", {
+            "customer_id": "user_3",
+            "items": [{"product_id": "product_1", "quantity": 10}],
+        }
+    if slot < 10:
+        return "bad_address", {
+            "customer_id": "user_3",
+            "items": [{"product_id": "product_1", "quantity": 1}],
+        }
+    user = "user_1" if i % 2 else "user_2"
+    product = "product_1" if i % 3 else "product_2"
+    return "happy", {
+        "customer_id": user,
+        "items": [{"product_id": product, "quantity": 1 + i % 2}],
+        "payment_method": "card",
+    }
+
+
+@dataclass
+class Results:
+    latencies: list[float] = field(default_factory=list)
+    http: Counter[str] = field(default_factory=Counter)
+    outcomes: Counter[str] = field(default_factory=Counter)  # "scenario:order status"
+    errors: Counter[str] = field(default_factory=Counter)
+
+
+async def run(
+    url: str, n: int, concurrency: int, warmup: int, reset: bool
+) -> tuple[Results, float]:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    timeout = httpx.Timeout(60.0)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout) as client:
+        if reset:
+            response = await client.post("/reset")
+            response.raise_for_status()
+        results = Results()
+
+        async def one(i: int, record: bool) -> None:
+            scenario, body = order_body(i)
+            started = time.perf_counter()
+            try:
+                response = await client.post("/orders", params={"wait": 10}, json=body)
+            except httpx.HTTPError as exc:
+                if record:
+                    results.errors[type(exc).__name__] += 1
+                return
+            elapsed = time.perf_counter() - started
+            if not record:
+                return
+            results.latencies.append(elapsed)
+            results.http[str(response.status_code)] += 1
+            if response.status_code in (201, 202):
+                results.outcomes[f"{scenario}:{response.json().get('status')}"] += 1
+
+        async def drive(indices: Iterator[int], record: bool) -> None:
+            for i in indices:
+                await one(i, record)
+
+        if warmup:
+            shared = iter(range(n, n + warmup))
+            await asyncio.gather(*(drive(shared, False) for _ in range(concurrency)))
+        shared = iter(range(n))
+        started = time.perf_counter()
+        await asyncio.gather(*(drive(shared, True) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return results, elapsed
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+# --------------------------------------------------------------------------- --serve
+
+
+def _seed(db_path: Path) -> None:
+    """Migrate, load the demo data, then top up what the happy path consumes."""
+    env = {**os.environ, **_env(db_path)}
+    subprocess.run(
+        [sys.executable, "-m", "checkout.cli", "migrate"],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    from checkout.domain import demo
+
+    conn = sqlite3.connect(db_path)
+    try:
+        with conn:
+            for p in demo.DEMO_PRODUCTS:
+                stock = HAPPY_STOCK if p.id in ("product_1", "product_2") else p.stock
+                conn.execute(
+                    "INSERT INTO products (id, name, price_cents, stock, reserved, shipped) "
+                    "VALUES (?, ?, ?, ?, 0, 0)",
+                    (p.id, p.name, p.price_cents, stock),
+                )
+            for a in demo.DEMO_ACCOUNTS:
+                balance = HAPPY_BALANCE_CENTS if a.id in ("user_1", "user_2") else a.balance_cents
+                address = a.address
+                conn.execute(
+                    "INSERT INTO accounts (id, name, balance_cents, ship_street, ship_city, "
+                    "ship_province, ship_postal_code, ship_country) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        a.id,
+                        a.name,
+                        balance,
+                        address.street,
+                        address.city,
+                        address.province,
+                        address.postal_code,
+                        address.country,
+                    ),
+                )
+    finally:
+        conn.close()
+
+
+def _env(db_path: Path) -> dict[str, str]:
+    url = f"sqlite:///{db_path}"
+    return {
+        "SAGAWAY_DATABASE_URL": url,
+        "SAGAWAY_STORE_URL": url,
+        "SAGAWAY_DEMO": "true",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+@contextlib.contextmanager
+def serve(workdir: Path) -> Iterator[str]:
+    """A ``checkout serve`` subprocess on a fresh database; yields its URL."""
+    db_path = workdir / "sagaway.db"
+    _seed(db_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "checkout.cli", "serve", "--host", "127.0.0.1", "--port", "0"],
+        env={**os.environ, **_env(db_path)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        url = None
+        deadline = time.monotonic() + 60
+        for line in proc.stdout:
+            match = re.search(r"serving on (http://[\d.]+:\d+)", line)
+            if match:
+                url = match.group(1)
+                break
+            if time.monotonic() > deadline:
+                break
+        if url is None:
+            raise SystemExit("checkout serve did not start")
+        while httpx.get(f"{url}/health", timeout=5).status_code != 200:
+            time.sleep(0.05)
+        print(f"server pid {proc.pid} at {url} on {db_path}", file=sys.stderr)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--url", help="a running checkout server, e.g. http://127.0.0.1:8000")
+    target.add_argument(
+        "--serve", action="store_true", help="start checkout serve on a fresh temporary DB"
+    )
+    parser.add_argument("--n", type=int, default=5000, help="orders to time")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--warmup", type=int, default=200, help="orders sent before timing")
+    parser.add_argument("--reset", action="store_true", help="POST /reset first (demo mode)")
+    parser.add_argument("--hold", action="store_true", help=argparse.SUPPRESS)  # profiling aid
+    args = parser.parse_args()
+
+    with contextlib.ExitStack() as stack:
+        if args.serve:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            url = stack.enter_context(serve(workdir))
+        else:
+            url = args.url
+        if args.hold:
+            input("press Enter to start\n")
+        results, elapsed = asyncio.run(run(url, args.n, args.concurrency, args.warmup, args.reset))
+
+    done = len(results.latencies)
+    rate = done / elapsed if elapsed > 0 else 0.0
+    p50 = percentile(results.latencies, 0.50) * 1000
+    p99 = percentile(results.latencies, 0.99) * 1000
+    print(
+        f"{'orders':>10} {'concurrency':>12} {'seconds':>9} {'orders/s':>10} {'p50 ms':>8} "
+        f"{'p99 ms':>8}"
+    )
+    print(
+        f"{done:>10} {args.concurrency:>12} {elapsed:>9.2f} {rate:>10.1f} {p50:>8.1f} {p99:>8.1f}"
+    )
+    for key, count in sorted(results.outcomes.items()):
+        print(f"  {key:<28} {count}")
+    for key, count in sorted(results.errors.items()):
+        print(f"  error {key:<22} {count}")
+    print(
+        json.dumps(
+            {
+                "orders_per_s": round(rate, 1),
+                "p50_ms": round(p50, 2),
+                "p99_ms": round(p99, 2),
+                "n": done,
+                "concurrency": args.concurrency,
+                "http": dict(sorted(results.http.items())),
+                "outcomes": dict(sorted(results.outcomes.items())),
+                "errors": dict(results.errors),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
