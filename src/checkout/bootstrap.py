@@ -34,12 +34,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from checkout.db import Database, migrate, open_database
+from checkout.dbexec import ShopExecutor, open_executor
 from checkout.participants import CheckoutParticipants
 from checkout.sagas import build_checkout_saga
 from checkout.service import CheckoutService
 from checkout.settings import Settings
 from checkout.tracking import OrderTracker
-from sagaway import Engine, Saga
+from sagaway import Engine, Saga, open_store
 
 log = logging.getLogger("checkout.bootstrap")
 
@@ -84,20 +85,24 @@ async def bootstrap(
     """Build and start everything; on exit stop the engine (sagas in flight stay in the log
     and resume on the next start) and close the database."""
     db = open_database(settings.database_url)
+    store = open_store(settings.store_url)
+    executor: ShopExecutor | None = None
     try:
         await migrate(db)
-        participants = CheckoutParticipants.from_database(db)
+        # Shop writes join the saga log's group commit when both live in one SQLite file.
+        executor = await open_executor(db, store)
+        participants = CheckoutParticipants.from_executor(executor)
         if settings.demo and await participants.shop.load_demo_data():
             log.info("demo data loaded into %s", settings.database_url)
         saga = build_checkout_saga(participants)
         engine = Engine(
-            settings.store_url,
+            store,
             sagas=[saga],
             owner_id=settings.worker_id or owner_id,
             lease_seconds=settings.lease_seconds,
             execute=role.executes,
         )
-        tracker = OrderTracker(db, engine, reconcile_interval=reconcile_interval)
+        tracker = OrderTracker(participants.orders, engine, reconcile_interval=reconcile_interval)
         if role.executes:
             engine.subscribe(tracker.on_transition)
         await engine.open()
@@ -122,4 +127,6 @@ async def bootstrap(
             await engine.close()
             await tracker.drain()
     finally:
+        if executor is not None:
+            await executor.close()
         await db.dispose()

@@ -246,6 +246,11 @@ class SessionFactory:
         self._maker = maker
         self._lock = lock
 
+    @property
+    def lock(self) -> asyncio.Lock | None:
+        """The write queue (SQLite), shared with :class:`checkout.dbexec.EngineExecutor`."""
+        return self._lock
+
     def __call__(self) -> AsyncSession:
         """A session outside the write queue (autobegin): for reads."""
         return self._maker()
@@ -274,6 +279,7 @@ class Database:
     engine: AsyncEngine
     sessions: SessionFactory
     read_sessions: SessionFactory
+    read_engine: AsyncEngine  # plain BEGIN on SQLite (read-only work)
 
     @property
     def is_sqlite(self) -> bool:
@@ -345,6 +351,7 @@ def open_database(
         engine=engine,
         sessions=SessionFactory(async_sessionmaker(engine, expire_on_commit=False), write_lock),
         read_sessions=SessionFactory(async_sessionmaker(reader, expire_on_commit=False)),
+        read_engine=reader,
     )
 
 

@@ -35,13 +35,9 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from datetime import timedelta
 
-from sqlalchemy import or_, select, update
-
-from checkout.db import Database, OrderRow, utcnow
 from checkout.domain.models import OrderStatus
-from checkout.participants._sql import execute_update
+from checkout.participants.orders import OrderService
 from checkout.sagas import SAGA_NAME
 from sagaway import Change, Engine, SagaRecord, SagaStatus
 
@@ -74,14 +70,14 @@ class OrderTracker:
 
     def __init__(
         self,
-        db: Database,
+        orders: OrderService,
         engine: Engine,
         *,
         reconcile_interval: float = 5.0,
         grace_seconds: float = 1.0,
         batch: int = 500,
     ) -> None:
-        self.db = db
+        self.orders = orders
         self.engine = engine
         self.reconcile_interval = reconcile_interval
         self.grace_seconds = grace_seconds
@@ -143,35 +139,13 @@ class OrderTracker:
         """Set the order's status from its saga; True if the row changed."""
         if status is not OrderStatus.FAILED and status is not OrderStatus.CANCELLED:
             error = None
-        async with self.db.sessions.begin() as session:
-            changed = await execute_update(
-                session,
-                update(OrderRow)
-                .where(
-                    OrderRow.id == order_id,
-                    or_(OrderRow.saga_id.is_(None), OrderRow.saga_id == saga_id),
-                    or_(
-                        OrderRow.status != status.value,
-                        OrderRow.error.is_distinct_from(error),
-                        OrderRow.saga_id.is_(None),
-                    ),
-                )
-                .values(status=status.value, error=error, saga_id=saga_id, updated_at=utcnow()),
-            )
-        return changed == 1
+        return await self.orders.mirror_saga(order_id, saga_id, status, error)
 
     async def attach(self, order_id: str, saga_id: str) -> bool:
         """Mark a draft order as checked out by ``saga_id`` (``processing``). False if it has a
         saga already, which includes the case where the saga finished first and the listener
         recorded its outcome (and id) before this call."""
-        async with self.db.sessions.begin() as session:
-            changed = await execute_update(
-                session,
-                update(OrderRow)
-                .where(OrderRow.id == order_id, OrderRow.saga_id.is_(None))
-                .values(saga_id=saga_id, status=OrderStatus.PROCESSING.value, updated_at=utcnow()),
-            )
-        return changed == 1
+        return await self.orders.attach_saga(order_id, saga_id)
 
     async def reopen(self, order_id: str, saga_id: str) -> None:
         """An operator retried the order's saga: it is ``processing`` again."""
@@ -186,22 +160,7 @@ class OrderTracker:
         fixed = 0
         after: str = ""
         while True:
-            query = (
-                select(OrderRow.id, OrderRow.saga_id)
-                .where(
-                    OrderRow.status == OrderStatus.PROCESSING.value,
-                    OrderRow.saga_id.is_not(None),
-                    OrderRow.id > after,
-                )
-                .order_by(OrderRow.id)
-                .limit(self.batch)
-            )
-            if grace > 0:
-                query = query.where(OrderRow.updated_at < utcnow() - timedelta(seconds=grace))
-            async with self.db.read_sessions() as session:
-                rows: list[tuple[str, str]] = [
-                    (oid, sid) for oid, sid in await session.execute(query) if sid
-                ]
+            rows = await self.orders.processing(after, self.batch, grace)
             if not rows:
                 return fixed
             records = await asyncio.gather(

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from checkout.db import Database
+from checkout.dbexec import EngineExecutor, ShopExecutor
 from checkout.participants.inventory import InventoryService
 from checkout.participants.orders import OrderService, new_order_id, saga_input
 from checkout.participants.payment import PaymentService
@@ -29,13 +30,21 @@ class CheckoutParticipants:
     shipping: ShippingService
 
     @classmethod
-    def from_database(cls, db: Database) -> CheckoutParticipants:
+    def from_database(
+        cls, db: Database, executor: ShopExecutor | None = None
+    ) -> CheckoutParticipants:
+        """Participants running their operations with ``executor`` (default: one transaction
+        per operation on ``db``'s engine; see :func:`checkout.dbexec.open_executor`)."""
+        return cls.from_executor(executor or EngineExecutor(db))
+
+    @classmethod
+    def from_executor(cls, executor: ShopExecutor) -> CheckoutParticipants:
         return cls(
-            shop=ShopService(db.sessions, db.read_sessions),
-            orders=OrderService(db.sessions, db.read_sessions),
-            inventory=InventoryService(db.sessions),
-            payment=PaymentService(db.sessions),
-            shipping=ShippingService(db.sessions),
+            shop=ShopService(executor),
+            orders=OrderService(executor),
+            inventory=InventoryService(executor),
+            payment=PaymentService(executor),
+            shipping=ShippingService(executor),
         )
 
 

@@ -4,16 +4,21 @@ Units move between three columns of ``products`` and are never created or destro
 reserve moves ``stock -> reserved``, shipping moves ``reserved -> shipped`` (and back when a
 shipment is cancelled), release moves ``reserved -> stock``. So ``stock + reserved + shipped``
 is constant whatever mix of orders, retries and crashes ran.
+
+The operations are synchronous functions over a Core ``Connection`` (the executor owns the
+transaction, see :mod:`checkout.dbexec`); :class:`InventoryService` runs them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.engine import Connection
 
 from checkout.db import ProductRow, ReservationRow
+from checkout.dbexec import ShopExecutor
 from checkout.domain.models import (
     CheckoutError,
     InsufficientInventory,
@@ -24,16 +29,49 @@ from checkout.domain.models import (
 )
 from checkout.domain.rules import merge_lines
 from checkout.participants._sql import (
-    Sessions,
     dump_lines,
-    execute_update,
+    execute,
+    find_by_key,
     insert_ignore,
     load_by_key,
     load_lines,
+    table_of,
+)
+
+products = table_of(ProductRow)
+reservations = table_of(ReservationRow)
+
+_RESERVE = (
+    update(products)
+    .where(products.c.id == bindparam("product"), products.c.stock >= bindparam("qty"))
+    .values(
+        stock=products.c.stock - bindparam("qty"), reserved=products.c.reserved + bindparam("qty")
+    )
+)
+_UNRESERVE = (
+    update(products)
+    .where(products.c.id == bindparam("product"), products.c.reserved >= bindparam("qty"))
+    .values(
+        stock=products.c.stock + bindparam("qty"), reserved=products.c.reserved - bindparam("qty")
+    )
+)
+_PRODUCT_EXISTS = select(products.c.id).where(products.c.id == bindparam("product"))
+_MARK_RELEASED = (
+    update(reservations)
+    .where(
+        reservations.c.idempotency_key == bindparam("forward"),
+        reservations.c.status == ReservationStatus.RESERVED.value,
+    )
+    .values(status=ReservationStatus.RELEASED.value, compensation_key=bindparam("compensation"))
+)
+_FOR_ORDER = (
+    select(reservations)
+    .where(reservations.c.order_id == bindparam("order"))
+    .order_by(reservations.c.created_at)
 )
 
 
-def _reservation(row: ReservationRow) -> Reservation:
+def _reservation(row: Any) -> Reservation:
     return Reservation(
         idempotency_key=row.idempotency_key,
         order_id=row.order_id,
@@ -43,135 +81,115 @@ def _reservation(row: ReservationRow) -> Reservation:
     )
 
 
-async def shortage_error(session: AsyncSession, product_id: str) -> CheckoutError:
+def shortage_error(conn: Connection, product_id: str) -> CheckoutError:
     """Why a guarded update on ``product_id`` changed nothing: unknown product or too few."""
-    exists = await session.scalar(select(ProductRow.id).where(ProductRow.id == product_id))
+    exists = conn.execute(_PRODUCT_EXISTS, {"product": product_id}).first()
     return InsufficientInventory(product_id) if exists else ProductNotFound(product_id)
+
+
+def reserve(
+    conn: Connection, idempotency_key: str, order_id: str, items: Sequence[OrderLine]
+) -> Reservation:
+    """Reserve every line of the order, all or nothing.
+
+    Raises :class:`ProductNotFound` or :class:`InsufficientInventory` (nothing reserved,
+    nothing recorded). A repeat with the same key returns the recorded reservation; if the
+    key holds a tombstone (released before it ran), that tombstone is returned and no stock
+    moves: the caller must treat a status other than ``reserved`` as "did not happen".
+    """
+    lines = merge_lines(items)
+    if not lines:
+        raise ValueError("a reservation needs at least one item")
+    claimed = insert_ignore(
+        conn,
+        reservations,
+        {
+            "idempotency_key": idempotency_key,
+            "order_id": order_id,
+            "items": dump_lines(lines),
+            "status": ReservationStatus.RESERVED.value,
+        },
+    )
+    if not claimed:
+        return _reservation(load_by_key(conn, reservations, idempotency_key))
+    for line in lines:  # sorted by product id: a fixed lock order, no deadlocks
+        if execute(conn, _RESERVE, product=line.product_id, qty=line.quantity) != 1:
+            raise shortage_error(conn, line.product_id)
+    return Reservation(
+        idempotency_key=idempotency_key,
+        order_id=order_id,
+        items=lines,
+        status=ReservationStatus.RESERVED,
+    )
+
+
+def release(
+    conn: Connection, forward_key: str, idempotency_key: str, order_id: str | None = None
+) -> Reservation:
+    """Compensate the reservation made under ``forward_key``, exactly once.
+
+    * reserved: units go back to stock, status ``released``.
+    * already released or cancelled: nothing happens (a repeated compensation).
+    * never reserved: a ``cancelled`` tombstone is recorded under ``forward_key``, so a
+      reserve call that arrives late (a slow retry of an uncertain step) becomes a no-op.
+    ``idempotency_key`` (the compensation's own key) is recorded for the audit trail.
+    """
+    tombstoned = insert_ignore(
+        conn,
+        reservations,
+        {
+            "idempotency_key": forward_key,
+            "order_id": order_id,
+            "items": [],
+            "status": ReservationStatus.CANCELLED.value,
+            "compensation_key": idempotency_key,
+        },
+    )
+    if not tombstoned and execute(
+        conn, _MARK_RELEASED, forward=forward_key, compensation=idempotency_key
+    ):
+        row = load_by_key(conn, reservations, forward_key)
+        for line in load_lines(row.items):
+            if execute(conn, _UNRESERVE, product=line.product_id, qty=line.quantity) != 1:
+                # The units this reservation holds are gone: a bug or a manual edit, never a
+                # race. Raising rolls the release back so the saga's compensation retries
+                # and, if it keeps failing, the saga ends FAILED where an operator sees it.
+                raise RuntimeError(
+                    f"cannot release {line.quantity} x {line.product_id}: not enough reserved units"
+                )
+    return _reservation(load_by_key(conn, reservations, forward_key))
+
+
+def get_reservation(conn: Connection, idempotency_key: str) -> Reservation | None:
+    row = find_by_key(conn, reservations, idempotency_key)
+    return None if row is None else _reservation(row)
+
+
+def reservations_for_order(conn: Connection, order_id: str) -> list[Reservation]:
+    return [_reservation(row) for row in conn.execute(_FOR_ORDER, {"order": order_id})]
 
 
 class InventoryService:
     """Stock reservations, idempotent on the reserve step's key."""
 
-    def __init__(self, sessions: Sessions) -> None:
-        self._sessions = sessions
+    def __init__(self, db: ShopExecutor) -> None:
+        self._db = db
 
     async def reserve(
         self, idempotency_key: str, order_id: str, items: Sequence[OrderLine]
     ) -> Reservation:
-        """Reserve every line of the order, all or nothing.
-
-        Raises :class:`ProductNotFound` or :class:`InsufficientInventory` (nothing reserved,
-        nothing recorded). A repeat with the same key returns the recorded reservation; if the
-        key holds a tombstone (released before it ran), that tombstone is returned and no stock
-        moves: the caller must treat a status other than ``reserved`` as "did not happen".
-        """
-        lines = merge_lines(items)
-        if not lines:
-            raise ValueError("a reservation needs at least one item")
-        async with self._sessions.begin() as session:
-            claimed = await insert_ignore(
-                session,
-                ReservationRow,
-                {
-                    "idempotency_key": idempotency_key,
-                    "order_id": order_id,
-                    "items": dump_lines(lines),
-                    "status": ReservationStatus.RESERVED.value,
-                },
-            )
-            if not claimed:
-                return _reservation(await load_by_key(session, ReservationRow, idempotency_key))
-            for line in lines:  # sorted by product id: a fixed lock order, no deadlocks
-                moved = await execute_update(
-                    session,
-                    update(ProductRow)
-                    .where(ProductRow.id == line.product_id, ProductRow.stock >= line.quantity)
-                    .values(
-                        stock=ProductRow.stock - line.quantity,
-                        reserved=ProductRow.reserved + line.quantity,
-                    ),
-                )
-                if moved != 1:
-                    raise await shortage_error(session, line.product_id)
-            return Reservation(
-                idempotency_key=idempotency_key,
-                order_id=order_id,
-                items=lines,
-                status=ReservationStatus.RESERVED,
-            )
+        """See :func:`reserve`."""
+        return await self._db.write(reserve, idempotency_key, order_id, items)
 
     async def release(
         self, forward_key: str, idempotency_key: str, order_id: str | None = None
     ) -> Reservation:
-        """Compensate the reservation made under ``forward_key``, exactly once.
-
-        * reserved: units go back to stock, status ``released``.
-        * already released or cancelled: nothing happens (a repeated compensation).
-        * never reserved: a ``cancelled`` tombstone is recorded under ``forward_key``, so a
-          reserve call that arrives late (a slow retry of an uncertain step) becomes a no-op.
-        ``idempotency_key`` (the compensation's own key) is recorded for the audit trail.
-        """
-        async with self._sessions.begin() as session:
-            tombstoned = await insert_ignore(
-                session,
-                ReservationRow,
-                {
-                    "idempotency_key": forward_key,
-                    "order_id": order_id,
-                    "items": [],
-                    "status": ReservationStatus.CANCELLED.value,
-                    "compensation_key": idempotency_key,
-                },
-            )
-            if not tombstoned:
-                released = await execute_update(
-                    session,
-                    update(ReservationRow)
-                    .where(
-                        ReservationRow.idempotency_key == forward_key,
-                        ReservationRow.status == ReservationStatus.RESERVED.value,
-                    )
-                    .values(
-                        status=ReservationStatus.RELEASED.value,
-                        compensation_key=idempotency_key,
-                    ),
-                )
-                if released:
-                    row = await load_by_key(session, ReservationRow, forward_key)
-                    for line in load_lines(row.items):
-                        await self._unreserve(session, line)
-            return _reservation(await load_by_key(session, ReservationRow, forward_key))
+        """See :func:`release`."""
+        return await self._db.write(release, forward_key, idempotency_key, order_id)
 
     async def get(self, idempotency_key: str) -> Reservation | None:
-        async with self._sessions.begin() as session:
-            row = await session.get(ReservationRow, idempotency_key)
-            return None if row is None else _reservation(row)
+        return await self._db.read(get_reservation, idempotency_key)
 
     async def for_order(self, order_id: str) -> list[Reservation]:
         """Every reservation record of an order (normally one), for status pages."""
-        async with self._sessions.begin() as session:
-            rows = await session.scalars(
-                select(ReservationRow)
-                .where(ReservationRow.order_id == order_id)
-                .order_by(ReservationRow.created_at)
-            )
-            return [_reservation(row) for row in rows]
-
-    @staticmethod
-    async def _unreserve(session: AsyncSession, line: OrderLine) -> None:
-        moved = await execute_update(
-            session,
-            update(ProductRow)
-            .where(ProductRow.id == line.product_id, ProductRow.reserved >= line.quantity)
-            .values(
-                stock=ProductRow.stock + line.quantity,
-                reserved=ProductRow.reserved - line.quantity,
-            ),
-        )
-        if moved != 1:
-            # The units this reservation holds are gone: a bug or a manual edit, never a race.
-            # Raising rolls the release back so the saga's compensation retries and, if it
-            # keeps failing, the saga ends FAILED where an operator can see it.
-            raise RuntimeError(
-                f"cannot release {line.quantity} x {line.product_id}: not enough reserved units"
-            )
+        return await self._db.read(reservations_for_order, order_id)

@@ -2,18 +2,25 @@
 
 The order row is the shop's view; the saga log is the source of truth about the checkout. The
 API creates the order here, starts the saga, and mirrors the saga's outcome into ``status``.
+
+The operations are synchronous functions over a Core ``Connection`` (the executor owns the
+transaction, see :mod:`checkout.dbexec`); :class:`OrderService` runs them.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections import defaultdict
 from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Select, bindparam, insert, or_, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from checkout.db import AccountRow, OrderItemRow, OrderRow, ProductRow, as_utc
+from checkout.db import AccountRow, OrderItemRow, OrderRow, as_utc, utcnow
+from checkout.dbexec import ShopExecutor
 from checkout.domain.models import (
     Address,
     OrderInfo,
@@ -24,14 +31,57 @@ from checkout.domain.models import (
     UserNotFound,
 )
 from checkout.domain.rules import order_total, price_lines
-from checkout.participants._sql import Sessions, address_values, execute_update, row_address
+from checkout.participants._sql import address_values, execute, row_address, table_of
+from checkout.participants.shop import prices
+
+orders = table_of(OrderRow)
+order_items = table_of(OrderItemRow)
+accounts = table_of(AccountRow)
+
+_ACCOUNT = select(accounts).where(accounts.c.id == bindparam("account"))
+_ORDER = select(orders).where(orders.c.id == bindparam("order"))
+_BY_KEY = select(orders).where(orders.c.idempotency_key == bindparam("key"))
+_BY_SAGA = select(orders).where(orders.c.saga_id == bindparam("saga"))
+_ITEMS = (
+    select(order_items)
+    .where(order_items.c.order_id.in_(bindparam("orders", expanding=True)))
+    .order_by(order_items.c.order_id, order_items.c.line_no)
+)
+_INSERT_ORDER = insert(orders)
+_INSERT_ITEMS = insert(order_items)
+_ATTACH = (
+    update(orders)
+    .where(orders.c.id == bindparam("order"), orders.c.saga_id.is_(None))
+    .values(
+        saga_id=bindparam("saga"), status=OrderStatus.PROCESSING.value, updated_at=bindparam("now")
+    )
+)
+# The tracker's write: only for the order's own saga, and only when something changes.
+_MIRROR = (
+    update(orders)
+    .where(
+        orders.c.id == bindparam("order"),
+        or_(orders.c.saga_id.is_(None), orders.c.saga_id == bindparam("saga")),
+        or_(
+            orders.c.status != bindparam("new_status"),
+            orders.c.error.is_distinct_from(bindparam("new_error")),
+            orders.c.saga_id.is_(None),
+        ),
+    )
+    .values(
+        status=bindparam("new_status"),
+        error=bindparam("new_error"),
+        saga_id=bindparam("saga"),
+        updated_at=bindparam("now"),
+    )
+)
 
 
 def new_order_id() -> str:
     return f"ord_{uuid.uuid4().hex}"
 
 
-def _order(row: OrderRow) -> OrderInfo:
+def _order(row: Any, items: Sequence[Any]) -> OrderInfo:
     return OrderInfo(
         id=row.id,
         customer_id=row.customer_id,
@@ -43,7 +93,7 @@ def _order(row: OrderRow) -> OrderInfo:
                 quantity=item.quantity,
                 unit_price_cents=item.unit_price_cents,
             )
-            for item in row.items
+            for item in items
         ],
         shipping_address=row_address(row),
         payment_method=row.payment_method,
@@ -53,6 +103,20 @@ def _order(row: OrderRow) -> OrderInfo:
         created_at=as_utc(row.created_at),
         updated_at=as_utc(row.updated_at),
     )
+
+
+def _with_items(conn: Connection, rows: Sequence[Any]) -> list[OrderInfo]:
+    if not rows:
+        return []
+    items: defaultdict[str, list[Any]] = defaultdict(list)
+    for item in conn.execute(_ITEMS, {"orders": [row.id for row in rows]}):
+        items[item.order_id].append(item)
+    return [_order(row, items[row.id]) for row in rows]
+
+
+def _one(conn: Connection, stmt: Any, **params: Any) -> OrderInfo | None:
+    row = conn.execute(stmt, params).first()
+    return None if row is None else _with_items(conn, [row])[0]
 
 
 def saga_input(order: OrderInfo) -> OrderInput:
@@ -66,12 +130,163 @@ def saga_input(order: OrderInfo) -> OrderInput:
     )
 
 
+def create_order(
+    conn: Connection,
+    order_id: str,
+    customer_id: str,
+    items: Sequence[OrderLine],
+    shipping_address: Address | None,
+    payment_method: str,
+    idempotency_key: str | None,
+    strict: bool,
+) -> tuple[OrderInfo, bool]:
+    """Record a ``pending`` order priced from the catalog; ``(order, created)``. An order
+    already recorded under ``idempotency_key`` is returned as is (``created=False``)."""
+    if idempotency_key is not None:
+        existing = _one(conn, _BY_KEY, key=idempotency_key)
+        if existing is not None:
+            return existing, False
+    account = conn.execute(_ACCOUNT, {"account": customer_id}).first()
+    if account is None and strict:
+        raise UserNotFound(customer_id)
+    known = prices(conn, sorted({item.product_id for item in items}))
+    if not strict:
+        known = {item.product_id: known.get(item.product_id, 0) for item in items}
+    lines = price_lines(items, known)
+    address = shipping_address or (row_address(account) if account is not None else None)
+    now = utcnow()
+    total = order_total(lines)
+    conn.execute(
+        _INSERT_ORDER,
+        {
+            "id": order_id,
+            "customer_id": customer_id,
+            "status": OrderStatus.PENDING.value,
+            "total_cents": total,
+            "payment_method": payment_method,
+            "idempotency_key": idempotency_key,
+            "created_at": now,
+            "updated_at": now,
+            **address_values(address),
+        },
+    )
+    conn.execute(
+        _INSERT_ITEMS,
+        [
+            {
+                "order_id": order_id,
+                "line_no": n,
+                "product_id": line.product_id,
+                "quantity": line.quantity,
+                "unit_price_cents": line.unit_price_cents,
+            }
+            for n, line in enumerate(lines, start=1)
+        ],
+    )
+    order = OrderInfo(
+        id=order_id,
+        customer_id=customer_id,
+        status=OrderStatus.PENDING,
+        total_cents=total,
+        items=lines,
+        shipping_address=address,
+        payment_method=payment_method,
+        saga_id=None,
+        idempotency_key=idempotency_key,
+        error=None,
+        created_at=now,
+        updated_at=now,
+    )
+    return order, True
+
+
+def get_order(conn: Connection, order_id: str) -> OrderInfo | None:
+    return _one(conn, _ORDER, order=order_id)
+
+
+def get_by_idempotency_key(conn: Connection, idempotency_key: str) -> OrderInfo | None:
+    return _one(conn, _BY_KEY, key=idempotency_key)
+
+
+def get_by_saga(conn: Connection, saga_id: str) -> OrderInfo | None:
+    return _one(conn, _BY_SAGA, saga=saga_id)
+
+
+def list_orders(
+    conn: Connection, limit: int, offset: int, status: OrderStatus | None
+) -> list[OrderInfo]:
+    """Newest first."""
+    query = select(orders).order_by(orders.c.created_at.desc(), orders.c.id.desc())
+    if status is not None:
+        query = query.where(orders.c.status == status.value)
+    rows = conn.execute(query.limit(limit).offset(offset)).all()
+    return _with_items(conn, rows)
+
+
+def attach_saga(conn: Connection, order_id: str, saga_id: str) -> bool:
+    """Mark a draft order as checked out by ``saga_id`` (``processing``); False if it has a
+    saga already (or does not exist). The check and the write are one statement, so two
+    concurrent checkouts attach at most one saga between them."""
+    return execute(conn, _ATTACH, order=order_id, saga=saga_id, now=utcnow()) == 1
+
+
+def mirror_saga(
+    conn: Connection, order_id: str, saga_id: str, status: OrderStatus, error: str | None
+) -> bool:
+    """Set the order's status (and error, and saga id) from its saga ``saga_id``; True if the
+    row changed. Never touches an order that belongs to another saga."""
+    changed = execute(
+        conn,
+        _MIRROR,
+        order=order_id,
+        saga=saga_id,
+        new_status=status.value,
+        new_error=error,
+        now=utcnow(),
+    )
+    return changed == 1
+
+
+def update_status(
+    conn: Connection,
+    order_id: str,
+    status: OrderStatus,
+    error: str | None,
+    saga_id: str | None,
+) -> OrderInfo | None:
+    values: dict[str, object] = {"status": status.value, "error": error, "updated_at": utcnow()}
+    if saga_id is not None:
+        values["saga_id"] = saga_id
+    if not execute(conn, update(orders).where(orders.c.id == order_id).values(**values)):
+        return None
+    return get_order(conn, order_id)
+
+
+def processing_orders(
+    conn: Connection, after: str, limit: int, updated_before: datetime | None
+) -> list[tuple[str, str]]:
+    """``(order id, saga id)`` of orders still ``processing`` with a saga, by id after
+    ``after`` (for paging), optionally only those last updated before ``updated_before``."""
+    query: Select[Any] = (
+        select(orders.c.id, orders.c.saga_id)
+        .where(
+            orders.c.status == OrderStatus.PROCESSING.value,
+            orders.c.saga_id.is_not(None),
+            orders.c.id > after,
+        )
+        .order_by(orders.c.id)
+        .limit(limit)
+    )
+    if updated_before is not None:
+        query = query.where(orders.c.updated_at < updated_before)
+    return [(oid, sid) for oid, sid in conn.execute(query) if sid]
+
+
 class OrderService:
     """Create, read and update orders."""
 
-    def __init__(self, sessions: Sessions, read_sessions: Sessions | None = None) -> None:
-        self._sessions = sessions
-        self._read = read_sessions or sessions
+    def __init__(self, db: ShopExecutor) -> None:
+        self._db = db
 
     async def create_order(
         self,
@@ -97,117 +312,51 @@ class OrderService:
         """
         if not items:
             raise ValueError("an order needs at least one item")
-        if idempotency_key is not None:
-            existing = await self.get_by_idempotency_key(idempotency_key)
-            if existing is not None:
-                return existing, False
         try:
-            async with self._sessions.begin() as session:
-                row = await self._insert(
-                    session,
-                    order_id or new_order_id(),
-                    customer_id,
-                    items,
-                    shipping_address,
-                    payment_method,
-                    idempotency_key,
-                    strict,
-                )
-                await session.flush()
-                created = _order(row)
+            return await self._db.write(
+                create_order,
+                order_id or new_order_id(),
+                customer_id,
+                items,
+                shipping_address,
+                payment_method,
+                idempotency_key,
+                strict,
+            )
         except IntegrityError:
+            # Two first requests with one key at once (PostgreSQL): the loser reads the winner's.
             if idempotency_key is None:
                 raise
             existing = await self.get_by_idempotency_key(idempotency_key)
             if existing is None:
                 raise
             return existing, False
-        return created, True
-
-    @staticmethod
-    async def _insert(
-        session: AsyncSession,
-        order_id: str,
-        customer_id: str,
-        items: Sequence[OrderLine],
-        shipping_address: Address | None,
-        payment_method: str,
-        idempotency_key: str | None,
-        strict: bool,
-    ) -> OrderRow:
-        account = await session.get(AccountRow, customer_id)
-        if account is None and strict:
-            raise UserNotFound(customer_id)
-        ids = sorted({item.product_id for item in items})
-        rows = await session.execute(
-            select(ProductRow.id, ProductRow.price_cents).where(ProductRow.id.in_(ids))
-        )
-        prices = {pid: price for pid, price in rows}
-        if not strict:
-            prices = {item.product_id: prices.get(item.product_id, 0) for item in items}
-        lines = price_lines(items, prices)
-        address = shipping_address or (row_address(account) if account is not None else None)
-        row = OrderRow(
-            id=order_id,
-            customer_id=customer_id,
-            status=OrderStatus.PENDING.value,
-            total_cents=order_total(lines),
-            payment_method=payment_method,
-            idempotency_key=idempotency_key,
-            **address_values(address),
-        )
-        row.items = [
-            OrderItemRow(
-                line_no=n,
-                product_id=line.product_id,
-                quantity=line.quantity,
-                unit_price_cents=line.unit_price_cents,
-            )
-            for n, line in enumerate(lines, start=1)
-        ]
-        session.add(row)
-        return row
 
     async def get_order(self, order_id: str) -> OrderInfo | None:
-        async with self._read() as session:
-            row = await session.get(OrderRow, order_id)
-            return None if row is None else _order(row)
+        return await self._db.read(get_order, order_id)
 
     async def get_by_idempotency_key(self, idempotency_key: str) -> OrderInfo | None:
-        async with self._read() as session:
-            row = await session.scalar(
-                select(OrderRow).where(OrderRow.idempotency_key == idempotency_key)
-            )
-            return None if row is None else _order(row)
+        return await self._db.read(get_by_idempotency_key, idempotency_key)
 
     async def get_by_saga(self, saga_id: str) -> OrderInfo | None:
-        async with self._read() as session:
-            row = await session.scalar(select(OrderRow).where(OrderRow.saga_id == saga_id))
-            return None if row is None else _order(row)
+        return await self._db.read(get_by_saga, saga_id)
 
     async def list_orders(
         self, *, limit: int = 50, offset: int = 0, status: OrderStatus | str | None = None
     ) -> list[OrderInfo]:
         """Newest first."""
-        query = select(OrderRow).order_by(OrderRow.created_at.desc(), OrderRow.id.desc())
-        if status is not None:
-            query = query.where(OrderRow.status == OrderStatus(status).value)
-        async with self._read() as session:
-            rows = await session.scalars(query.limit(limit).offset(offset))
-            return [_order(row) for row in rows]
+        wanted = None if status is None else OrderStatus(status)
+        return await self._db.read(list_orders, limit, offset, wanted)
 
     async def attach_saga(self, order_id: str, saga_id: str) -> bool:
-        """Mark a pending order as checked out by ``saga_id``; False if it already has a saga
-        (or does not exist). The check and the write are one statement, so two concurrent
-        ``POST /checkout/{id}`` start at most one saga between them."""
-        async with self._sessions.begin() as session:
-            changed = await execute_update(
-                session,
-                update(OrderRow)
-                .where(OrderRow.id == order_id, OrderRow.saga_id.is_(None))
-                .values(saga_id=saga_id, status=OrderStatus.PROCESSING.value),
-            )
-        return changed == 1
+        """See :func:`attach_saga`."""
+        return await self._db.write(attach_saga, order_id, saga_id)
+
+    async def mirror_saga(
+        self, order_id: str, saga_id: str, status: OrderStatus, error: str | None
+    ) -> bool:
+        """See :func:`mirror_saga`."""
+        return await self._db.write(mirror_saga, order_id, saga_id, status, error)
 
     async def update_status(
         self,
@@ -222,18 +371,11 @@ class OrderService:
         ``error`` is cleared when not given, so a retried saga that succeeds leaves no stale
         message behind.
         """
-        values: dict[str, object] = {"status": OrderStatus(status).value, "error": error}
-        if saga_id is not None:
-            values["saga_id"] = saga_id
-        async with self._sessions.begin() as session:
-            changed = await execute_update(
-                session, update(OrderRow).where(OrderRow.id == order_id).values(**values)
-            )
-            if not changed:
-                return None
-            row = await session.scalar(
-                select(OrderRow)
-                .where(OrderRow.id == order_id)
-                .execution_options(populate_existing=True)
-            )
-            return None if row is None else _order(row)
+        return await self._db.write(update_status, order_id, OrderStatus(status), error, saga_id)
+
+    async def processing(
+        self, after: str, limit: int, grace_seconds: float
+    ) -> list[tuple[str, str]]:
+        """See :func:`processing_orders`; ``grace_seconds`` skips orders updated that recently."""
+        before = utcnow() - timedelta(seconds=grace_seconds) if grace_seconds > 0 else None
+        return await self._db.read(processing_orders, after, limit, before)

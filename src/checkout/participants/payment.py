@@ -3,18 +3,53 @@
 Money only moves between an account's balance and a captured payment, so
 ``sum(balances) + sum(captured payments)`` is constant: a refund moves the amount back and marks
 the payment refunded in the same transaction.
+
+The operations are synchronous functions over a Core ``Connection`` (the executor owns the
+transaction, see :mod:`checkout.dbexec`); :class:`PaymentService` runs them.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from typing import Any
+
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.engine import Connection
 
 from checkout.db import AccountRow, PaymentRow
+from checkout.dbexec import ShopExecutor
 from checkout.domain.models import InsufficientFunds, Payment, PaymentStatus, UserNotFound
-from checkout.participants._sql import Sessions, execute_update, insert_ignore, load_by_key
+from checkout.participants._sql import execute, find_by_key, insert_ignore, load_by_key, table_of
+
+payments = table_of(PaymentRow)
+accounts = table_of(AccountRow)
+
+_DEBIT = (
+    update(accounts)
+    .where(accounts.c.id == bindparam("account"), accounts.c.balance_cents >= bindparam("amount"))
+    .values(balance_cents=accounts.c.balance_cents - bindparam("amount"))
+)
+_CREDIT = (
+    update(accounts)
+    .where(accounts.c.id == bindparam("account"))
+    .values(balance_cents=accounts.c.balance_cents + bindparam("amount"))
+)
+_ACCOUNT_EXISTS = select(accounts.c.id).where(accounts.c.id == bindparam("account"))
+_MARK_REFUNDED = (
+    update(payments)
+    .where(
+        payments.c.idempotency_key == bindparam("forward"),
+        payments.c.status == PaymentStatus.CAPTURED.value,
+    )
+    .values(status=PaymentStatus.REFUNDED.value, compensation_key=bindparam("compensation"))
+)
+_FOR_ORDER = (
+    select(payments)
+    .where(payments.c.order_id == bindparam("order"))
+    .order_by(payments.c.created_at)
+)
 
 
-def _payment(row: PaymentRow) -> Payment:
+def _payment(row: Any) -> Payment:
     return Payment(
         idempotency_key=row.idempotency_key,
         order_id=row.order_id,
@@ -25,57 +60,101 @@ def _payment(row: PaymentRow) -> Payment:
     )
 
 
+def charge(
+    conn: Connection, idempotency_key: str, order_id: str, account_id: str, amount_cents: int
+) -> Payment:
+    """Capture ``amount_cents`` from the account.
+
+    Raises :class:`UserNotFound` or :class:`InsufficientFunds` (nothing charged, nothing
+    recorded). A repeat returns the recorded payment; a ``void`` tombstone under the key
+    (refunded before it ran) is returned as is, and no money moves.
+    """
+    if isinstance(amount_cents, bool) or not isinstance(amount_cents, int):
+        raise TypeError("amount_cents must be an int")
+    if amount_cents < 0:
+        raise ValueError("cannot charge a negative amount")
+    claimed = insert_ignore(
+        conn,
+        payments,
+        {
+            "idempotency_key": idempotency_key,
+            "order_id": order_id,
+            "account_id": account_id,
+            "amount_cents": amount_cents,
+            "status": PaymentStatus.CAPTURED.value,
+        },
+    )
+    if not claimed:
+        return _payment(load_by_key(conn, payments, idempotency_key))
+    if execute(conn, _DEBIT, account=account_id, amount=amount_cents) != 1:
+        exists = conn.execute(_ACCOUNT_EXISTS, {"account": account_id}).first()
+        raise InsufficientFunds(account_id) if exists else UserNotFound(account_id)
+    return Payment(
+        idempotency_key=idempotency_key,
+        order_id=order_id,
+        account_id=account_id,
+        amount_cents=amount_cents,
+        status=PaymentStatus.CAPTURED,
+    )
+
+
+def refund(
+    conn: Connection,
+    forward_key: str,
+    idempotency_key: str,
+    order_id: str | None = None,
+    account_id: str | None = None,
+) -> Payment:
+    """Compensate the charge made under ``forward_key``, exactly once.
+
+    * captured: the amount goes back to the account, status ``refunded``.
+    * already refunded or void: nothing happens.
+    * never charged: a ``void`` tombstone is recorded under ``forward_key`` so that a late
+      charge with that key becomes a no-op instead of taking money for a dead order.
+    """
+    tombstoned = insert_ignore(
+        conn,
+        payments,
+        {
+            "idempotency_key": forward_key,
+            "order_id": order_id,
+            "account_id": account_id,
+            "amount_cents": 0,
+            "status": PaymentStatus.VOID.value,
+            "compensation_key": idempotency_key,
+        },
+    )
+    if not tombstoned and execute(
+        conn, _MARK_REFUNDED, forward=forward_key, compensation=idempotency_key
+    ):
+        row = load_by_key(conn, payments, forward_key)
+        if execute(conn, _CREDIT, account=row.account_id, amount=row.amount_cents) != 1:
+            # The account vanished: roll back and let the saga's compensation retry, then
+            # surface as FAILED for an operator. Never lose the money.
+            raise RuntimeError(f"cannot refund: account {row.account_id!r} is gone")
+    return _payment(load_by_key(conn, payments, forward_key))
+
+
+def get_payment(conn: Connection, idempotency_key: str) -> Payment | None:
+    row = find_by_key(conn, payments, idempotency_key)
+    return None if row is None else _payment(row)
+
+
+def payments_for_order(conn: Connection, order_id: str) -> list[Payment]:
+    return [_payment(row) for row in conn.execute(_FOR_ORDER, {"order": order_id})]
+
+
 class PaymentService:
     """Account charges, idempotent on the payment step's key."""
 
-    def __init__(self, sessions: Sessions) -> None:
-        self._sessions = sessions
+    def __init__(self, db: ShopExecutor) -> None:
+        self._db = db
 
     async def charge(
         self, idempotency_key: str, order_id: str, account_id: str, amount_cents: int
     ) -> Payment:
-        """Capture ``amount_cents`` from the account.
-
-        Raises :class:`UserNotFound` or :class:`InsufficientFunds` (nothing charged, nothing
-        recorded). A repeat returns the recorded payment; a ``void`` tombstone under the key
-        (refunded before it ran) is returned as is, and no money moves.
-        """
-        if isinstance(amount_cents, bool) or not isinstance(amount_cents, int):
-            raise TypeError("amount_cents must be an int")
-        if amount_cents < 0:
-            raise ValueError("cannot charge a negative amount")
-        async with self._sessions.begin() as session:
-            claimed = await insert_ignore(
-                session,
-                PaymentRow,
-                {
-                    "idempotency_key": idempotency_key,
-                    "order_id": order_id,
-                    "account_id": account_id,
-                    "amount_cents": amount_cents,
-                    "status": PaymentStatus.CAPTURED.value,
-                },
-            )
-            if not claimed:
-                return _payment(await load_by_key(session, PaymentRow, idempotency_key))
-            debited = await execute_update(
-                session,
-                update(AccountRow)
-                .where(AccountRow.id == account_id, AccountRow.balance_cents >= amount_cents)
-                .values(balance_cents=AccountRow.balance_cents - amount_cents),
-            )
-            if debited != 1:
-                exists = await session.scalar(
-                    select(AccountRow.id).where(AccountRow.id == account_id)
-                )
-                raise InsufficientFunds(account_id) if exists else UserNotFound(account_id)
-            return Payment(
-                idempotency_key=idempotency_key,
-                order_id=order_id,
-                account_id=account_id,
-                amount_cents=amount_cents,
-                status=PaymentStatus.CAPTURED,
-            )
+        """See :func:`charge`."""
+        return await self._db.write(charge, idempotency_key, order_id, account_id, amount_cents)
 
     async def refund(
         self,
@@ -84,61 +163,12 @@ class PaymentService:
         order_id: str | None = None,
         account_id: str | None = None,
     ) -> Payment:
-        """Compensate the charge made under ``forward_key``, exactly once.
-
-        * captured: the amount goes back to the account, status ``refunded``.
-        * already refunded or void: nothing happens.
-        * never charged: a ``void`` tombstone is recorded under ``forward_key`` so that a late
-          charge with that key becomes a no-op instead of taking money for a dead order.
-        """
-        async with self._sessions.begin() as session:
-            tombstoned = await insert_ignore(
-                session,
-                PaymentRow,
-                {
-                    "idempotency_key": forward_key,
-                    "order_id": order_id,
-                    "account_id": account_id,
-                    "amount_cents": 0,
-                    "status": PaymentStatus.VOID.value,
-                    "compensation_key": idempotency_key,
-                },
-            )
-            if not tombstoned:
-                refunded = await execute_update(
-                    session,
-                    update(PaymentRow)
-                    .where(
-                        PaymentRow.idempotency_key == forward_key,
-                        PaymentRow.status == PaymentStatus.CAPTURED.value,
-                    )
-                    .values(status=PaymentStatus.REFUNDED.value, compensation_key=idempotency_key),
-                )
-                if refunded:
-                    row = await load_by_key(session, PaymentRow, forward_key)
-                    credited = await execute_update(
-                        session,
-                        update(AccountRow)
-                        .where(AccountRow.id == row.account_id)
-                        .values(balance_cents=AccountRow.balance_cents + row.amount_cents),
-                    )
-                    if credited != 1:
-                        # The account vanished: roll back and let the saga's compensation
-                        # retry, then surface as FAILED for an operator. Never lose the money.
-                        raise RuntimeError(f"cannot refund: account {row.account_id!r} is gone")
-            return _payment(await load_by_key(session, PaymentRow, forward_key))
+        """See :func:`refund`."""
+        return await self._db.write(refund, forward_key, idempotency_key, order_id, account_id)
 
     async def get(self, idempotency_key: str) -> Payment | None:
-        async with self._sessions.begin() as session:
-            row = await session.get(PaymentRow, idempotency_key)
-            return None if row is None else _payment(row)
+        return await self._db.read(get_payment, idempotency_key)
 
     async def for_order(self, order_id: str) -> list[Payment]:
         """Every payment record of an order (normally one), for status pages."""
-        async with self._sessions.begin() as session:
-            rows = await session.scalars(
-                select(PaymentRow)
-                .where(PaymentRow.order_id == order_id)
-                .order_by(PaymentRow.created_at)
-            )
-            return [_payment(row) for row in rows]
+        return await self._db.read(payments_for_order, order_id)

@@ -3,30 +3,71 @@
 Creating a shipment also moves the order's units ``reserved -> shipped`` in the same
 transaction (and cancelling moves them back), so the products table tells what is merely held
 and what has left the warehouse, while ``stock + reserved + shipped`` stays constant.
+
+The operations are synchronous functions over a Core ``Connection`` (the executor owns the
+transaction, see :mod:`checkout.dbexec`); :class:`ShippingService` picks the courier and runs
+them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.engine import Connection
 
 from checkout.db import ProductRow, ShipmentRow
+from checkout.dbexec import ShopExecutor
 from checkout.domain import demo
 from checkout.domain.models import Address, OrderLine, Shipment, ShipmentStatus
 from checkout.domain.rules import address_problems, assign_courier, merge_lines, validate_address
 from checkout.participants._sql import (
-    Sessions,
     dump_lines,
-    execute_update,
+    execute,
+    find_by_key,
     insert_ignore,
     load_by_key,
     load_lines,
+    table_of,
 )
 from checkout.participants.inventory import shortage_error
 
+products = table_of(ProductRow)
+shipments = table_of(ShipmentRow)
 
-def _shipment(row: ShipmentRow) -> Shipment:
+_SHIP = (
+    update(products)
+    .where(products.c.id == bindparam("product"), products.c.reserved >= bindparam("qty"))
+    .values(
+        reserved=products.c.reserved - bindparam("qty"),
+        shipped=products.c.shipped + bindparam("qty"),
+    )
+)
+_UNSHIP = (
+    update(products)
+    .where(products.c.id == bindparam("product"), products.c.shipped >= bindparam("qty"))
+    .values(
+        reserved=products.c.reserved + bindparam("qty"),
+        shipped=products.c.shipped - bindparam("qty"),
+    )
+)
+_MARK_CANCELLED = (
+    update(shipments)
+    .where(
+        shipments.c.idempotency_key == bindparam("forward"),
+        shipments.c.status == ShipmentStatus.CREATED.value,
+    )
+    .values(status=ShipmentStatus.CANCELLED.value, compensation_key=bindparam("compensation"))
+)
+_FOR_ORDER = (
+    select(shipments)
+    .where(shipments.c.order_id == bindparam("order"))
+    .order_by(shipments.c.created_at)
+)
+
+
+def _shipment(row: Any) -> Shipment:
     return Shipment(
         idempotency_key=row.idempotency_key,
         order_id=row.order_id,
@@ -37,19 +78,99 @@ def _shipment(row: ShipmentRow) -> Shipment:
     )
 
 
+def create_shipment(
+    conn: Connection,
+    idempotency_key: str,
+    order_id: str,
+    address: Address | None,
+    items: Sequence[OrderLine],
+    courier: str | None,
+) -> Shipment:
+    """Ship the order's (reserved) items to ``address`` with ``courier``.
+
+    Raises :class:`InvalidShippingAddress` for an undeliverable or incomplete address, and
+    :class:`InsufficientInventory` if the units were not reserved. A repeat returns the
+    recorded shipment; a ``void`` tombstone (cancelled before it ran) is returned as is.
+    """
+    lines = merge_lines(items)
+    claimed = insert_ignore(
+        conn,
+        shipments,
+        {
+            "idempotency_key": idempotency_key,
+            "order_id": order_id,
+            "items": dump_lines(lines),
+            "address": address.model_dump() if address is not None else None,
+            "courier": courier,
+            "status": ShipmentStatus.CREATED.value,
+        },
+    )
+    if not claimed:
+        return _shipment(load_by_key(conn, shipments, idempotency_key))
+    validate_address(address)  # raises InvalidShippingAddress: the claim rolls back
+    for line in lines:
+        if execute(conn, _SHIP, product=line.product_id, qty=line.quantity) != 1:
+            raise shortage_error(conn, line.product_id)
+    return Shipment(
+        idempotency_key=idempotency_key,
+        order_id=order_id,
+        courier=courier,
+        items=lines,
+        status=ShipmentStatus.CREATED,
+    )
+
+
+def cancel_shipment(
+    conn: Connection, forward_key: str, idempotency_key: str, order_id: str | None = None
+) -> Shipment:
+    """Compensate the shipment created under ``forward_key``, exactly once: units go back
+    to reserved (the inventory compensation then returns them to stock). A shipment that
+    never happened gets a ``void`` tombstone so a late create becomes a no-op."""
+    tombstoned = insert_ignore(
+        conn,
+        shipments,
+        {
+            "idempotency_key": forward_key,
+            "order_id": order_id,
+            "items": [],
+            "status": ShipmentStatus.VOID.value,
+            "compensation_key": idempotency_key,
+        },
+    )
+    if not tombstoned and execute(
+        conn, _MARK_CANCELLED, forward=forward_key, compensation=idempotency_key
+    ):
+        row = load_by_key(conn, shipments, forward_key)
+        for line in load_lines(row.items):
+            if execute(conn, _UNSHIP, product=line.product_id, qty=line.quantity) != 1:
+                raise RuntimeError(
+                    f"cannot unship {line.quantity} x {line.product_id}: not enough shipped units"
+                )
+    return _shipment(load_by_key(conn, shipments, forward_key))
+
+
+def get_shipment(conn: Connection, idempotency_key: str) -> Shipment | None:
+    row = find_by_key(conn, shipments, idempotency_key)
+    return None if row is None else _shipment(row)
+
+
+def shipments_for_order(conn: Connection, order_id: str) -> list[Shipment]:
+    return [_shipment(row) for row in conn.execute(_FOR_ORDER, {"order": order_id})]
+
+
 class ShippingService:
     """Shipments, idempotent on the ship step's key. Couriers are assigned by city, then
     province, then a national default (the demo's table unless others are given)."""
 
     def __init__(
         self,
-        sessions: Sessions,
+        db: ShopExecutor,
         *,
         couriers_by_city: Mapping[tuple[str, str], str] | None = None,
         couriers_by_province: Mapping[str, str] | None = None,
         default_courier: str = demo.DEFAULT_COURIER,
     ) -> None:
-        self._sessions = sessions
+        self._db = db
         self._by_city = demo.COURIERS_BY_CITY if couriers_by_city is None else couriers_by_city
         self._by_province = (
             demo.COURIERS_BY_PROVINCE if couriers_by_province is None else couriers_by_province
@@ -66,114 +187,22 @@ class ShippingService:
         address: Address | None,
         items: Sequence[OrderLine],
     ) -> Shipment:
-        """Ship the order's (reserved) items to ``address``.
-
-        Raises :class:`InvalidShippingAddress` for an undeliverable or incomplete address, and
-        :class:`InsufficientInventory` if the units were not reserved. A repeat returns the
-        recorded shipment; a ``void`` tombstone (cancelled before it ran) is returned as is.
-        """
-        lines = merge_lines(items)
+        """See :func:`create_shipment`; the courier is chosen here."""
         deliverable = address is not None and not address_problems(address)
         courier = self.courier_for(address) if address is not None and deliverable else None
-        async with self._sessions.begin() as session:
-            claimed = await insert_ignore(
-                session,
-                ShipmentRow,
-                {
-                    "idempotency_key": idempotency_key,
-                    "order_id": order_id,
-                    "items": dump_lines(lines),
-                    "address": address.model_dump() if address is not None else None,
-                    "courier": courier,
-                    "status": ShipmentStatus.CREATED.value,
-                },
-            )
-            if not claimed:
-                return _shipment(await load_by_key(session, ShipmentRow, idempotency_key))
-            validate_address(address)  # raises InvalidShippingAddress: the claim rolls back
-            for line in lines:
-                moved = await execute_update(
-                    session,
-                    update(ProductRow)
-                    .where(ProductRow.id == line.product_id, ProductRow.reserved >= line.quantity)
-                    .values(
-                        reserved=ProductRow.reserved - line.quantity,
-                        shipped=ProductRow.shipped + line.quantity,
-                    ),
-                )
-                if moved != 1:
-                    raise await shortage_error(session, line.product_id)
-            return Shipment(
-                idempotency_key=idempotency_key,
-                order_id=order_id,
-                courier=courier,
-                items=lines,
-                status=ShipmentStatus.CREATED,
-            )
+        return await self._db.write(
+            create_shipment, idempotency_key, order_id, address, items, courier
+        )
 
     async def cancel_shipment(
         self, forward_key: str, idempotency_key: str, order_id: str | None = None
     ) -> Shipment:
-        """Compensate the shipment created under ``forward_key``, exactly once: units go back
-        to reserved (the inventory compensation then returns them to stock). A shipment that
-        never happened gets a ``void`` tombstone so a late create becomes a no-op."""
-        async with self._sessions.begin() as session:
-            tombstoned = await insert_ignore(
-                session,
-                ShipmentRow,
-                {
-                    "idempotency_key": forward_key,
-                    "order_id": order_id,
-                    "items": [],
-                    "status": ShipmentStatus.VOID.value,
-                    "compensation_key": idempotency_key,
-                },
-            )
-            if not tombstoned:
-                cancelled = await execute_update(
-                    session,
-                    update(ShipmentRow)
-                    .where(
-                        ShipmentRow.idempotency_key == forward_key,
-                        ShipmentRow.status == ShipmentStatus.CREATED.value,
-                    )
-                    .values(
-                        status=ShipmentStatus.CANCELLED.value, compensation_key=idempotency_key
-                    ),
-                )
-                if cancelled:
-                    row = await load_by_key(session, ShipmentRow, forward_key)
-                    for line in load_lines(row.items):
-                        moved = await execute_update(
-                            session,
-                            update(ProductRow)
-                            .where(
-                                ProductRow.id == line.product_id,
-                                ProductRow.shipped >= line.quantity,
-                            )
-                            .values(
-                                reserved=ProductRow.reserved + line.quantity,
-                                shipped=ProductRow.shipped - line.quantity,
-                            ),
-                        )
-                        if moved != 1:
-                            raise RuntimeError(
-                                f"cannot unship {line.quantity} x {line.product_id}: "
-                                "not enough shipped units"
-                            )
-            return _shipment(await load_by_key(session, ShipmentRow, forward_key))
+        """See :func:`cancel_shipment`."""
+        return await self._db.write(cancel_shipment, forward_key, idempotency_key, order_id)
 
     async def get(self, idempotency_key: str) -> Shipment | None:
-        async with self._sessions.begin() as session:
-            row = await session.get(ShipmentRow, idempotency_key)
-            return None if row is None else _shipment(row)
+        return await self._db.read(get_shipment, idempotency_key)
 
     async def for_order(self, order_id: str) -> list[Shipment]:
         """Every shipment record of an order (normally one), for status pages."""
-        async with self._sessions.begin() as session:
-            rows = await session.scalars(
-                select(ShipmentRow)
-                .where(ShipmentRow.order_id == order_id)
-                .order_by(ShipmentRow.created_at)
-            )
-            return [_shipment(row) for row in rows]
+        return await self._db.read(shipments_for_order, order_id)

@@ -1,14 +1,17 @@
 """The shop's catalog and accounts: demo data, reads for the API, and order validation.
 
-Reads go through ``read_sessions`` when given (plain BEGIN on SQLite, so they run alongside the
-writers); demo loading and reset write through ``sessions``.
+The operations are synchronous functions over a Core ``Connection`` (see
+:mod:`checkout.dbexec`); :class:`ShopService` runs reads with ``read`` (on SQLite they run
+alongside the writer) and demo loading and reset with ``write``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import bindparam, delete, func, select
+from sqlalchemy.engine import Connection
 
 from checkout.db import (
     AccountRow,
@@ -19,6 +22,7 @@ from checkout.db import (
     ReservationRow,
     ShipmentRow,
 )
+from checkout.dbexec import ShopExecutor
 from checkout.domain import demo
 from checkout.domain.models import (
     AccountInfo,
@@ -29,7 +33,7 @@ from checkout.domain.models import (
     ValidatedOrder,
 )
 from checkout.domain.rules import order_total, price_lines
-from checkout.participants._sql import Sessions, address_values, insert_ignore, row_address
+from checkout.participants._sql import address_values, insert_ignore, row_address, table_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +44,7 @@ class ShopTotals:
     units: dict[str, int]  # per product: stock + reserved + shipped
 
 
-def _product(row: ProductRow) -> ProductInfo:
+def _product(row: Any) -> ProductInfo:
     return ProductInfo(
         id=row.id,
         name=row.name,
@@ -51,7 +55,7 @@ def _product(row: ProductRow) -> ProductInfo:
     )
 
 
-def _account(row: AccountRow) -> AccountInfo:
+def _account(row: Any) -> AccountInfo:
     return AccountInfo(
         id=row.id,
         name=row.name,
@@ -80,128 +84,157 @@ def _demo_account_values(account: demo.DemoAccount) -> dict[str, object]:
     }
 
 
+products = table_of(ProductRow)
+accounts = table_of(AccountRow)
+payments = table_of(PaymentRow)
+
+_PRODUCT = select(products).where(products.c.id == bindparam("product"))
+_ACCOUNT = select(accounts).where(accounts.c.id == bindparam("account"))
+_PRICES = select(products.c.id, products.c.price_cents).where(
+    products.c.id.in_(bindparam("ids", expanding=True))
+)
+
+
+def load_demo_data(conn: Connection) -> bool:
+    """Insert the demo products and accounts that are missing; leave existing rows alone.
+
+    Idempotent, and safe for two processes starting at once (insert-or-ignore). Returns
+    True when anything was inserted, i.e. on a fresh database.
+    """
+    inserted = False
+    for product in demo.DEMO_PRODUCTS:
+        inserted |= insert_ignore(conn, products, _demo_product_values(product), key="id")
+    for account in demo.DEMO_ACCOUNTS:
+        inserted |= insert_ignore(conn, accounts, _demo_account_values(account), key="id")
+    return inserted
+
+
+def reset_demo_data(conn: Connection) -> None:
+    """Restore the exact demo starting point: every order and participant record is deleted
+    and products/accounts are put back, in one transaction. (The saga log is a separate
+    store; the caller resets it too.)"""
+    for model in (ShipmentRow, PaymentRow, ReservationRow, OrderItemRow, OrderRow):
+        conn.execute(delete(table_of(model)))
+    conn.execute(delete(products))
+    conn.execute(delete(accounts))
+    load_demo_data(conn)
+
+
+def list_products(conn: Connection) -> list[ProductInfo]:
+    return [_product(row) for row in conn.execute(select(products).order_by(products.c.id))]
+
+
+def get_product(conn: Connection, product_id: str) -> ProductInfo | None:
+    row = conn.execute(_PRODUCT, {"product": product_id}).first()
+    return None if row is None else _product(row)
+
+
+def inventory(conn: Connection) -> dict[str, int]:
+    rows = conn.execute(select(products.c.id, products.c.stock).order_by(products.c.id))
+    return {pid: stock for pid, stock in rows}
+
+
+def list_accounts(conn: Connection) -> list[AccountInfo]:
+    return [_account(row) for row in conn.execute(select(accounts).order_by(accounts.c.id))]
+
+
+def get_account(conn: Connection, account_id: str) -> AccountInfo | None:
+    row = conn.execute(_ACCOUNT, {"account": account_id}).first()
+    return None if row is None else _account(row)
+
+
+def balances(conn: Connection) -> dict[str, int]:
+    rows = conn.execute(select(accounts.c.id, accounts.c.balance_cents).order_by(accounts.c.id))
+    return {aid: cents for aid, cents in rows}
+
+
+def prices(conn: Connection, product_ids: list[str]) -> dict[str, int]:
+    """Catalog price in cents of each known product among ``product_ids``."""
+    if not product_ids:
+        return {}
+    return {pid: price for pid, price in conn.execute(_PRICES, {"ids": product_ids})}
+
+
+def validate_order(conn: Connection, order: OrderInput) -> ValidatedOrder:
+    """The ``validate_order`` step: the customer exists, every product exists, the total
+    comes from catalog prices, and the shipping address defaults to the account's.
+
+    Raises :class:`UserNotFound` / :class:`ProductNotFound`. The address itself is judged
+    by the shipping step, after payment, as the seed service did (user_3's scenario).
+    """
+    account = conn.execute(_ACCOUNT, {"account": order.customer_id}).first()
+    if account is None:
+        raise UserNotFound(order.customer_id)
+    known = prices(conn, sorted({item.product_id for item in order.items}))
+    lines = price_lines(order.items, known)
+    return ValidatedOrder(
+        order_id=order.order_id,
+        customer_id=order.customer_id,
+        lines=lines,
+        total_cents=order_total(lines),
+        shipping_address=order.shipping_address or row_address(account),
+    )
+
+
+def totals(conn: Connection) -> ShopTotals:
+    """Money and units in the system, for invariant checks in tests and the demo CLI."""
+    balance = conn.execute(select(func.coalesce(func.sum(accounts.c.balance_cents), 0))).scalar()
+    captured = conn.execute(
+        select(func.coalesce(func.sum(payments.c.amount_cents), 0)).where(
+            payments.c.status == PaymentStatus.CAPTURED.value
+        )
+    ).scalar()
+    rows = conn.execute(
+        select(products.c.id, products.c.stock + products.c.reserved + products.c.shipped).order_by(
+            products.c.id
+        )
+    )
+    units = {pid: total for pid, total in rows}
+    return ShopTotals(money_cents=int(balance or 0) + int(captured or 0), units=units)
+
+
 class ShopService:
     """Catalog and account reads plus demo data management."""
 
-    def __init__(self, sessions: Sessions, read_sessions: Sessions | None = None) -> None:
-        self._sessions = sessions
-        self._read = read_sessions or sessions
+    def __init__(self, db: ShopExecutor) -> None:
+        self._db = db
 
     async def load_demo_data(self) -> bool:
-        """Insert the demo products and accounts that are missing; leave existing rows alone.
-
-        Idempotent, and safe for two processes starting at once (insert-or-ignore). Returns
-        True when anything was inserted, i.e. on a fresh database.
-        """
-        inserted = False
-        async with self._sessions.begin() as session:
-            for product in demo.DEMO_PRODUCTS:
-                values = _demo_product_values(product)
-                inserted |= await insert_ignore(session, ProductRow, values, key="id")
-            for account in demo.DEMO_ACCOUNTS:
-                values = _demo_account_values(account)
-                inserted |= await insert_ignore(session, AccountRow, values, key="id")
-        return inserted
+        """See :func:`load_demo_data`."""
+        return await self._db.write(load_demo_data)
 
     async def reset_demo_data(self) -> None:
-        """Restore the exact demo starting point: every order and participant record is
-        deleted and products/accounts are put back, in one transaction. (The saga log is a
-        separate store; the caller resets it too.)"""
-        async with self._sessions.begin() as session:
-            for model in (ShipmentRow, PaymentRow, ReservationRow, OrderItemRow, OrderRow):
-                await session.execute(delete(model))
-            await session.execute(delete(ProductRow))
-            await session.execute(delete(AccountRow))
-            for product in demo.DEMO_PRODUCTS:
-                await insert_ignore(session, ProductRow, _demo_product_values(product), key="id")
-            for account in demo.DEMO_ACCOUNTS:
-                await insert_ignore(session, AccountRow, _demo_account_values(account), key="id")
+        """See :func:`reset_demo_data`."""
+        await self._db.write(reset_demo_data)
 
     async def list_products(self) -> list[ProductInfo]:
-        async with self._read() as session:
-            rows = await session.scalars(select(ProductRow).order_by(ProductRow.id))
-            return [_product(row) for row in rows]
+        return await self._db.read(list_products)
 
     async def get_product(self, product_id: str) -> ProductInfo | None:
-        async with self._read() as session:
-            row = await session.get(ProductRow, product_id)
-            return None if row is None else _product(row)
+        return await self._db.read(get_product, product_id)
 
     async def inventory(self) -> dict[str, int]:
         """Units available to order, per product (``GET /inventory``)."""
-        async with self._read() as session:
-            rows = await session.execute(
-                select(ProductRow.id, ProductRow.stock).order_by(ProductRow.id)
-            )
-            return {pid: stock for pid, stock in rows}
+        return await self._db.read(inventory)
 
     async def list_accounts(self) -> list[AccountInfo]:
-        async with self._read() as session:
-            rows = await session.scalars(select(AccountRow).order_by(AccountRow.id))
-            return [_account(row) for row in rows]
+        return await self._db.read(list_accounts)
 
     async def get_account(self, account_id: str) -> AccountInfo | None:
-        async with self._read() as session:
-            row = await session.get(AccountRow, account_id)
-            return None if row is None else _account(row)
+        return await self._db.read(get_account, account_id)
 
     async def balances(self) -> dict[str, int]:
         """Balance in cents per account (``GET /balances`` converts to decimal at the edge)."""
-        async with self._read() as session:
-            rows = await session.execute(
-                select(AccountRow.id, AccountRow.balance_cents).order_by(AccountRow.id)
-            )
-            return {aid: cents for aid, cents in rows}
+        return await self._db.read(balances)
 
     async def prices(self, product_ids: list[str]) -> dict[str, int]:
         """Catalog price in cents of each known product among ``product_ids``."""
-        async with self._read() as session:
-            rows = await session.execute(
-                select(ProductRow.id, ProductRow.price_cents).where(ProductRow.id.in_(product_ids))
-            )
-            return {pid: price for pid, price in rows}
+        return await self._db.read(prices, product_ids)
 
     async def validate_order(self, order: OrderInput) -> ValidatedOrder:
-        """The ``validate_order`` step: the customer exists, every product exists, the total
-        comes from catalog prices, and the shipping address defaults to the account's.
-
-        Raises :class:`UserNotFound` / :class:`ProductNotFound`. The address itself is judged
-        by the shipping step, after payment, as the seed service did (user_3's scenario).
-        """
-        async with self._read() as session:
-            account = await session.get(AccountRow, order.customer_id)
-            if account is None:
-                raise UserNotFound(order.customer_id)
-            ids = sorted({item.product_id for item in order.items})
-            rows = await session.execute(
-                select(ProductRow.id, ProductRow.price_cents).where(ProductRow.id.in_(ids))
-            )
-            prices = {pid: price for pid, price in rows}
-            default_address = row_address(account)
-        lines = price_lines(order.items, prices)
-        return ValidatedOrder(
-            order_id=order.order_id,
-            customer_id=order.customer_id,
-            lines=lines,
-            total_cents=order_total(lines),
-            shipping_address=order.shipping_address or default_address,
-        )
+        """See :func:`validate_order`."""
+        return await self._db.read(validate_order, order)
 
     async def totals(self) -> ShopTotals:
         """Money and units in the system, for invariant checks in tests and the demo CLI."""
-        async with self._read() as session:
-            balances = await session.scalar(
-                select(func.coalesce(func.sum(AccountRow.balance_cents), 0))
-            )
-            captured = await session.scalar(
-                select(func.coalesce(func.sum(PaymentRow.amount_cents), 0)).where(
-                    PaymentRow.status == PaymentStatus.CAPTURED.value
-                )
-            )
-            rows = await session.execute(
-                select(
-                    ProductRow.id, ProductRow.stock + ProductRow.reserved + ProductRow.shipped
-                ).order_by(ProductRow.id)
-            )
-            units = {pid: total for pid, total in rows}
-        return ShopTotals(money_cents=int(balances or 0) + int(captured or 0), units=units)
+        return await self._db.read(totals)
