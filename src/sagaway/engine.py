@@ -65,6 +65,21 @@ def past_pivot(saga: Saga, record: SagaRecord) -> bool:
     return False
 
 
+def compensation_reason(record: SagaRecord) -> str | None:
+    """Why the saga began compensating, read back from its history."""
+    reason = None
+    for event in record.history:
+        if event.type is EventType.COMPENSATION_STARTED:
+            return reason
+        if event.type is EventType.STEP_FAILED:
+            reason = event.detail
+        elif event.type is EventType.CANCEL_REQUESTED:
+            reason = "cancelled"
+        elif event.type is EventType.DEADLINE_EXPIRED:
+            reason = "deadline expired"
+    return reason
+
+
 class Engine:
     """Runs sagas durably on a store (an object, or a URL such as ``sqlite:///sagas.db``).
 
@@ -315,7 +330,10 @@ class Engine:
             raise InvalidTransition(f"saga {saga_id} is being retried by another engine")
         compensating = any(phase is Phase.COMPENSATION for _, phase in taken.steps)
         target = SagaStatus.COMPENSATING if compensating else SagaStatus.RUNNING
-        change = Change(status=target, error=taken.error, release_lease=not here)
+        # Compensating again: the saga's error goes back to why it compensated in the first
+        # place (FAILED had replaced it with the compensation's error).
+        error = compensation_reason(record) if compensating else None
+        change = Change(status=target, error=error or taken.error, release_lease=not here)
         await self.store.commit(saga_id, self.owner_id, change, now)
         apply_change(taken, change, now)
         if here:

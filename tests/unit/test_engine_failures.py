@@ -212,6 +212,7 @@ async def test_compensation_that_cannot_finish_fails_the_saga_and_retry_complete
         await h.engine.retry(saga_id)
         record = await h.wait(saga_id)
     assert record.status is SagaStatus.COMPENSATED
+    assert record.error == "out of stock", "the retried saga keeps why it compensated"
     assert kit.trace == ["do:a", "do:b", "undo:b", "undo:a"], "faulted undo calls never got in"
     assert record.step("b", C).status is S.COMPENSATED  # type: ignore[union-attr]
     assert record.step("b", C).attempts == 4  # type: ignore[union-attr]
