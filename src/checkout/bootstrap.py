@@ -33,12 +33,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from enum import StrEnum
 
+from sqlalchemy import text
+
 from checkout.db import Database, migrate, open_database
 from checkout.dbexec import ShopExecutor, open_executor
 from checkout.participants import CheckoutParticipants
 from checkout.sagas import build_checkout_saga
 from checkout.service import CheckoutService
-from checkout.settings import Settings
+from checkout.settings import Settings, database_schema
 from checkout.tracking import OrderTracker
 from sagaway import Engine, Saga, open_store
 
@@ -69,6 +71,31 @@ class Services:
     checkout: CheckoutService
 
 
+async def open_shop_database(url: str) -> Database:
+    """Open the shop database of ``url``. A PostgreSQL ``?schema=`` puts the shop's tables in
+    that schema (through ``search_path``), created if missing: one schema-qualified URL can then
+    serve as both the shop database and the saga log."""
+    schema = database_schema(url)
+    db = open_database(url, schema=schema)
+    if schema is None:
+        return db
+    try:
+        async with db.engine.begin() as conn:
+            # One creator at a time (processes starting together); check first, so an existing
+            # schema works for a role without CREATE on the database.
+            lock = text("SELECT pg_advisory_xact_lock(hashtext(:key))")
+            await conn.execute(lock, {"key": f"checkout:schema:{schema}"})
+            exists = await conn.scalar(
+                text("SELECT 1 FROM pg_namespace WHERE nspname = :schema"), {"schema": schema}
+            )
+            if not exists:
+                await conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    except BaseException:
+        await db.dispose()
+        raise
+    return db
+
+
 def server_owner_id(port: int) -> str:
     """A lease owner id stable across restarts of the server bound to ``port`` on this host."""
     return f"{socket.gethostname()}-serve-{port}"
@@ -84,7 +111,7 @@ async def bootstrap(
 ) -> AsyncIterator[Services]:
     """Build and start everything; on exit stop the engine (sagas in flight stay in the log
     and resume on the next start) and close the database."""
-    db = open_database(settings.database_url)
+    db = await open_shop_database(settings.database_url)
     store = open_store(settings.store_url)
     executor: ShopExecutor | None = None
     try:

@@ -31,8 +31,8 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from checkout.bootstrap import Role, Services, bootstrap, server_owner_id
-from checkout.db import apply_migrations
+from checkout.bootstrap import Role, Services, bootstrap, open_shop_database, server_owner_id
+from checkout.db import migrate as migrate_shop
 from checkout.domain.models import OrderLine
 from checkout.domain.rules import format_money
 from checkout.service import OrderView
@@ -177,8 +177,15 @@ def migrate() -> None:
         await store.open()
         await store.close()
 
+    async def shop() -> None:
+        db = await open_shop_database(settings.database_url)
+        try:
+            await migrate_shop(db)
+        finally:
+            await db.dispose()
+
     try:
-        apply_migrations(settings.database_url)
+        asyncio.run(shop())
     except Exception as exc:
         fail(f"migrating {settings.database_url} failed: {exc}", code=1)
     _guard(saga_log)

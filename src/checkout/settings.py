@@ -3,9 +3,17 @@
 Users configure the service with plain URLs (``postgresql://user@host/db``, ``sqlite:///x.db``),
 the way every other tool spells them; the async driver SQLAlchemy needs is an implementation
 detail, chosen by :func:`async_database_url` so nobody has to know about ``+asyncpg``.
+
+A PostgreSQL URL may name a schema, as the saga log's does (``postgresql://host/db?schema=shop``):
+:func:`database_schema` reads it and :func:`async_database_url` leaves it out of the URL the
+driver sees (the tables go there through ``search_path``, see
+:func:`checkout.bootstrap.open_shop_database`). So one URL can serve as both
+``SAGAWAY_DATABASE_URL`` and ``SAGAWAY_STORE_URL``.
 """
 
 from __future__ import annotations
+
+import re
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
@@ -19,6 +27,7 @@ _ASYNC_DRIVERS = {
 }
 _DEFAULT_DRIVER = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
 _BACKEND_ALIASES = {"postgres": "postgresql", "pgsql": "postgresql"}
+_SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
 class Settings(BaseSettings):
@@ -57,7 +66,24 @@ def async_database_url(url: str | URL) -> str:
     driver = parsed.get_driver_name() if "+" in parsed.drivername else ""
     if driver not in _ASYNC_DRIVERS[backend]:
         driver = _DEFAULT_DRIVER[backend]
+    database_schema(parsed)  # validates ?schema=
+    parsed = parsed.difference_update_query(["schema"])
     return parsed.set(drivername=f"{backend}+{driver}").render_as_string(hide_password=False)
+
+
+def database_schema(url: str | URL) -> str | None:
+    """The ``?schema=`` of a PostgreSQL shop URL (None: the server's default ``search_path``).
+
+    Raises ``ValueError`` for a schema on SQLite or a name that is not a plain identifier."""
+    parsed = make_url(url) if isinstance(url, str) else url
+    schema = parsed.query.get("schema")
+    if schema is None:
+        return None
+    if not isinstance(schema, str) or not _SCHEMA_NAME.fullmatch(schema):
+        raise ValueError(f"bad schema {schema!r} in the database URL: letters, digits and _")
+    if parsed.get_backend_name() == "sqlite":
+        raise ValueError("?schema= in the database URL is only supported on PostgreSQL")
+    return schema
 
 
 def is_sqlite(url: str | URL) -> bool:

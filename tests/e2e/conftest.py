@@ -1,6 +1,18 @@
-"""E2E fixtures: the checkout app on a fresh SQLite file (shop and saga log in one file, as in
-production), its lifespan run by entering the app's lifespan context, and an httpx client over
-ASGI. ``services`` exposes the running composition root for invariant checks."""
+"""E2E fixtures: the checkout app on a fresh database, its lifespan run by entering the app's
+lifespan context, and an httpx client over ASGI. ``services`` exposes the running composition
+root for invariant checks.
+
+Every test using ``settings`` (so ``app``, ``client``, ``services``) runs twice, through the
+``backend`` fixture:
+
+* ``sqlite``: one fresh file holding the shop and the saga log, as in the embedded default;
+* ``postgresql``: the shop and the saga log in one fresh schema of the test server (the same
+  ``postgresql://...?schema=`` URL for both, as a user would configure it), dropped afterwards.
+  Skipped when the server is unreachable, a failure under ``CI=true`` (``servers.require_server``).
+
+A module whose tests do not depend on the database (request validation) overrides ``backend``
+with SQLite only.
+"""
 
 from __future__ import annotations
 
@@ -14,12 +26,34 @@ from fastapi import FastAPI
 from checkout.api import create_app
 from checkout.bootstrap import Services
 from checkout.settings import Settings
+from servers import (
+    drop_pg_schema,
+    pg_schema_url,
+    postgres_check,
+    require_server,
+    unique_pg_schema,
+)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    param: str = request.param
+    return param
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    url = f"sqlite:///{tmp_path / 'sagaway.db'}"
-    return Settings(database_url=url, store_url=url, demo=True, worker_id="e2e")
+async def settings(backend: str, tmp_path: Path) -> AsyncIterator[Settings]:
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'sagaway.db'}"
+        yield Settings(database_url=url, store_url=url, demo=True, worker_id="e2e")
+        return
+    require_server("postgresql", postgres_check)
+    schema = unique_pg_schema("e2e")
+    url = pg_schema_url(schema)
+    try:
+        yield Settings(database_url=url, store_url=url, demo=True, worker_id="e2e")
+    finally:
+        await drop_pg_schema(schema)
 
 
 @pytest.fixture

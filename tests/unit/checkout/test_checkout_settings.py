@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from checkout.settings import Settings, async_database_url, is_sqlite
+from checkout.settings import Settings, async_database_url, database_schema, is_sqlite
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -63,3 +63,19 @@ def test_unsupported_backends_are_refused() -> None:
 def test_is_sqlite() -> None:
     assert is_sqlite("sqlite:///x.db")
     assert not is_sqlite("postgresql://u@h/d")
+
+
+def test_schema_of_a_postgresql_url_is_left_out_of_the_driver_url() -> None:
+    url = "postgresql://u@h/d?schema=shop_1&sslmode=disable"
+    assert database_schema(url) == "shop_1"
+    assert async_database_url(url) == "postgresql+asyncpg://u@h/d?sslmode=disable"
+    assert database_schema("postgresql://u@h/d") is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["sqlite:///x.db?schema=shop", "postgresql://u@h/d?schema=a-b", "postgresql://h/d?schema=1x"],
+)
+def test_bad_schemas_are_refused(url: str) -> None:
+    with pytest.raises(ValueError, match="schema"):
+        async_database_url(url)
