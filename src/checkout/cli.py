@@ -73,6 +73,16 @@ def load_settings(**overrides: Any) -> Settings:
     return settings
 
 
+def fast_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed (``uvicorn[standard]`` brings it), else None
+    (asyncio's default)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - a dependency of uvicorn[standard]
+        return None
+    return uvloop.new_event_loop
+
+
 def bind(host: str, port: int) -> socket.socket:
     """Bind the listening socket before anything else starts, so a second server on the same
     port fails here instead of recovering (and stealing) the first one's sagas."""
@@ -134,7 +144,9 @@ def serve(
     # handler in place that re-raise is a no-op and SIGTERM ends the process with status 0.
     signal.signal(signal.SIGTERM, lambda *_: None)
     try:
-        asyncio.run(server.serve(sockets=[sock]))
+        # uvicorn picks uvloop only when it runs the loop itself; here we run it.
+        with asyncio.Runner(loop_factory=fast_loop_factory()) as runner:
+            runner.run(server.serve(sockets=[sock]))
     except KeyboardInterrupt:
         pass
     finally:

@@ -15,21 +15,29 @@ MAX_WAIT_SECONDS = 60.0
 DEFAULT_WAIT_SECONDS = 10.0
 
 
-def get_services(request: Request) -> Services:
+# ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in a worker thread, a
+# thread hop per dependency per request for what is an attribute lookup.
+
+
+def _services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
 
-def get_engine(request: Request) -> Engine:
-    return get_services(request).engine
+async def get_services(request: Request) -> Services:
+    return _services(request)
 
 
-def get_participants(request: Request) -> CheckoutParticipants:
-    return get_services(request).participants
+async def get_engine(request: Request) -> Engine:
+    return _services(request).engine
 
 
-def get_checkout(request: Request) -> CheckoutService:
-    return get_services(request).checkout
+async def get_participants(request: Request) -> CheckoutParticipants:
+    return _services(request).participants
+
+
+async def get_checkout(request: Request) -> CheckoutService:
+    return _services(request).checkout
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
