@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from checkout.db import Database, migrate, open_database
+from checkout.dbexec import EngineExecutor, ShopExecutor, open_executor
 from checkout.participants import CheckoutParticipants
+from sagaway.store.sqlite import SQLiteStore
 
 POSTGRES_URL = os.environ.get(
     "SAGAWAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -38,10 +40,12 @@ async def _postgres_or_skip() -> object:
         pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL}: {exc!r}")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "sqlite-log", "postgresql"])
 async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
-    """A migrated, empty shop database on each backend."""
-    if request.param == "sqlite":
+    """A migrated, empty shop database on each backend. ``sqlite-log``: the same SQLite file,
+    with the participants' writes going through a saga store's group commit (see
+    ``executor``)."""
+    if request.param in ("sqlite", "sqlite-log"):
         database = open_database(f"sqlite:///{tmp_path / 'shop.db'}")
         await migrate(database)
         yield database
@@ -63,8 +67,27 @@ async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Da
 
 
 @pytest.fixture
-async def shop(db: Database) -> CheckoutParticipants:
+async def executor(
+    request: pytest.FixtureRequest, db: Database, tmp_path: Path
+) -> AsyncIterator[ShopExecutor]:
+    """How the participants reach ``db``: one transaction per operation on its engine, or,
+    for ``sqlite-log``, the group commit of a SQLite saga store in the same file (as
+    ``checkout serve`` does with the default single file)."""
+    if request.node.callspec.params.get("db") != "sqlite-log":
+        yield EngineExecutor(db)
+        return
+    store = SQLiteStore(f"sqlite:///{tmp_path / 'shop.db'}")
+    running = await open_executor(db, store)
+    assert type(running).__name__ == "StoreExecutor"
+    try:
+        yield running
+    finally:
+        await running.close()  # closes the store too
+
+
+@pytest.fixture
+async def shop(db: Database, executor: ShopExecutor) -> CheckoutParticipants:
     """Participants over a database holding the demo data."""
-    participants = CheckoutParticipants.from_database(db)
+    participants = CheckoutParticipants.from_database(db, executor)
     await participants.shop.load_demo_data()
     return participants
