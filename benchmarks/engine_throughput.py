@@ -5,6 +5,15 @@ store's group commit, so the effect is durable with the batch); every 10th saga 
 and compensates. Prints a table, then one JSON line:
 
     python benchmarks/engine_throughput.py --store sqlite:///bench.db --n 10000 --concurrency 32
+
+``--workers K`` runs K processes against the one store, each with its own engine (owner id
+``bench-0``..``bench-K-1``) and its own ledger connections, each running every K-th saga with
+``--concurrency`` sagas in flight (``--split`` shares ``--concurrency`` out between them
+instead). They are set up first and started together; sagas/s is N over the time from the
+first start to the last finish, p50/p99 are over all sagas of all workers:
+
+    python benchmarks/engine_throughput.py --store postgresql://postgres@127.0.0.1/postgres \\
+        --fresh --workers 4 --n 10000 --concurrency 32
 """
 
 from __future__ import annotations
@@ -16,14 +25,19 @@ import json
 import os
 import sqlite3
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
-from typing import Any, Protocol
+from collections.abc import Coroutine
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel
 
 from sagaway import Engine, RetryPolicy, Saga, SagaStatus, StepContext, StepFailed
 from sagaway.store import SagaStore, open_store
+
+T = TypeVar("T")
 
 
 class Order(BaseModel):
@@ -137,45 +151,138 @@ def url_scheme(url: str) -> str:
     return url.split("://", 1)[0].lower()
 
 
-async def run(url: str, n: int, concurrency: int, fresh: bool = False) -> dict[str, Any]:
+async def drive(engine: Engine, saga: Saga, order_ids: range, concurrency: int) -> dict[str, Any]:
+    """Run the sagas of ``order_ids``, ``concurrency`` at a time; latencies and outcomes."""
+    latencies: list[float] = []
+    outcomes: dict[str, int] = {}
+    next_order = iter(order_ids)
+
+    async def client() -> None:
+        for order_id in next_order:
+            began = time.perf_counter()
+            saga_id = await engine.start(saga, Order(order_id=order_id, amount_cents=5000))
+            record = await engine.wait(saga_id)
+            latencies.append(time.perf_counter() - began)
+            outcomes[record.status] = outcomes.get(record.status, 0) + 1
+
+    began = time.time()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return {"latencies": latencies, "outcomes": outcomes, "began": began, "ended": time.time()}
+
+
+async def prepare(url: str, fresh: bool) -> None:
+    """Before the K worker processes start: empty the log (``--fresh``), create the schema and
+    the ledger's tables once, so the workers do not race on DDL."""
     if fresh and url_scheme(url).startswith("postgres"):
         from pg_ledger import drop_schema
 
         await drop_schema(url)
     store = open_store(url)
-    engine = Engine(store, owner_id="bench")
+    async with store:
+        ledger = make_ledger(store)
+        if fresh and isinstance(ledger, RedisLedger):
+            await store.purge()  # type: ignore[attr-defined]
+        await ledger.setup()
+        if hasattr(ledger, "close"):
+            await ledger.close()
+
+
+async def purge_redis(url: str) -> None:
+    store = open_store(url)
+    async with store:
+        await store.purge()  # type: ignore[attr-defined]
+
+
+async def run_worker(
+    url: str,
+    order_ids: range,
+    concurrency: int,
+    *,
+    owner_id: str = "bench",
+    fresh: bool = False,
+    handshake: bool = False,
+) -> dict[str, Any]:
+    """One engine on ``url`` running ``order_ids``. With ``handshake`` (a worker process), print
+    ``ready`` once set up and start when the parent writes a line to stdin."""
+    if fresh and url_scheme(url).startswith("postgres"):
+        from pg_ledger import drop_schema
+
+        await drop_schema(url)
+    store = open_store(url)
+    engine = Engine(store, owner_id=owner_id)
     async with engine:
         ledger = make_ledger(store)
         if fresh and isinstance(ledger, RedisLedger):
             await store.purge()  # type: ignore[attr-defined]
         await ledger.setup()
         saga = build_saga(ledger)
-        latencies: list[float] = []
-        outcomes: dict[str, int] = {}
-        next_order = iter(range(n))
-
-        async def client() -> None:
-            for order_id in next_order:
-                began = time.perf_counter()
-                saga_id = await engine.start(saga, Order(order_id=order_id, amount_cents=5000))
-                record = await engine.wait(saga_id)
-                latencies.append(time.perf_counter() - began)
-                outcomes[record.status] = outcomes.get(record.status, 0) + 1
-
-        began = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - began
+        if handshake:
+            print("ready", flush=True)
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        result = await drive(engine, saga, order_ids, concurrency)
         if hasattr(ledger, "close"):
             await ledger.close()
         if fresh and isinstance(ledger, RedisLedger):
             await store.purge()  # type: ignore[attr-defined]
-    latencies.sort()
+    return result
+
+
+def run_processes(args: argparse.Namespace, url: str, per_worker: int) -> list[dict[str, Any]]:
+    """K worker processes (this script, ``--role worker``), started together once all are set
+    up; each runs every K-th order with ``per_worker`` sagas at a time."""
+    asyncio.run(prepare(url, args.fresh))
+    procs = []
+    for index in range(args.workers):
+        command = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--role=worker",
+            f"--store={url}",
+            f"--n={args.n}",
+            f"--concurrency={per_worker}",
+            f"--workers={args.workers}",
+            f"--index={index}",
+            f"--loop={args.loop}",
+        ]
+        procs.append(
+            subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        )
+    for proc in procs:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        if line != "ready":
+            raise SystemExit(f"a worker failed to start (exit {proc.wait()})")
+    for proc in procs:  # go
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    results = []
+    for proc in procs:
+        out, _ = proc.communicate()
+        if proc.returncode != 0:
+            raise SystemExit(f"a worker failed (exit {proc.returncode})")
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    if args.fresh and url_scheme(url) in ("redis", "rediss"):
+        asyncio.run(purge_redis(url))
+    return results
+
+
+def summarise(
+    url: str, n: int, concurrency: int, workers: int, parts: list[dict[str, Any]]
+) -> dict[str, Any]:
+    latencies = sorted(x for part in parts for x in part["latencies"])
+    outcomes: dict[str, int] = {}
+    for part in parts:
+        for status, count in part["outcomes"].items():
+            outcomes[status] = outcomes.get(status, 0) + count
+    elapsed = max(p["ended"] for p in parts) - min(p["began"] for p in parts)
     expected_compensated = sum(1 for i in range(n) if i % 10 == 9)
     assert outcomes.get(SagaStatus.COMPENSATED, 0) == expected_compensated, outcomes
     assert outcomes.get(SagaStatus.SUCCEEDED, 0) == n - expected_compensated, outcomes
     return {
         "store": url.split("://", 1)[0],
         "n": n,
+        "workers": workers,
         "concurrency": concurrency,
         "seconds": round(elapsed, 3),
         "sagas_per_s": round(n / elapsed, 1),
@@ -186,11 +293,36 @@ async def run(url: str, n: int, concurrency: int, fresh: bool = False) -> dict[s
     }
 
 
+def run_loop(loop: str, coro: Coroutine[Any, Any, T]) -> T:
+    if loop == "uvloop":
+        import uvloop
+
+        return uvloop.run(coro)
+    return asyncio.run(coro)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--store", default="memory://", help="saga store URL")
     parser.add_argument("--n", type=int, default=10_000)
-    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=32,
+        help="sagas in flight per worker process (with --split: in total)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes, each with its own engine (owner id bench-K) on the one store; "
+        "the N sagas are shared out between them",
+    )
+    parser.add_argument(
+        "--split",
+        action="store_true",
+        help="share --concurrency out between the workers instead of giving each that many",
+    )
     parser.add_argument(
         "--fresh",
         action="store_true",
@@ -200,7 +332,27 @@ def main() -> None:
     parser.add_argument(
         "--loop", choices=["asyncio", "uvloop"], default="asyncio", help="event loop to run on"
     )
+    parser.add_argument(
+        "--role", choices=["main", "worker"], default="main", help=argparse.SUPPRESS
+    )
+    parser.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    # Long-lived records make CPython's cyclic GC rescan the heap often; services tune this too.
+    gc.set_threshold(50_000, 20, 100)
+    if args.role == "worker":
+        part = run_loop(
+            args.loop,
+            run_worker(
+                args.store,
+                range(args.index, args.n, args.workers),
+                args.concurrency,
+                owner_id=f"bench-{args.index}",
+                handshake=True,
+            ),
+        )
+        print(json.dumps(part))
+        return
+
     url = args.store
     if url == "sqlite://":  # a throwaway file
         url = f"sqlite:///{tempfile.mkdtemp()}/bench.db"
@@ -209,14 +361,17 @@ def main() -> None:
             path = url.removeprefix("sqlite:///") + suffix
             if os.path.exists(path):
                 os.remove(path)
-    # Long-lived records make CPython's cyclic GC rescan the heap often; services tune this too.
-    gc.set_threshold(50_000, 20, 100)
-    if args.loop == "uvloop":
-        import uvloop
-
-        result = uvloop.run(run(url, args.n, args.concurrency, args.fresh))
+    if args.workers < 1 or args.concurrency < args.workers * args.split:
+        parser.error("--workers must be >= 1 (and <= --concurrency with --split)")
+    per_worker = args.concurrency // args.workers if args.split else args.concurrency
+    if args.workers == 1:
+        parts = [run_loop(args.loop, run_worker(url, range(args.n), per_worker, fresh=args.fresh))]
     else:
-        result = asyncio.run(run(url, args.n, args.concurrency, args.fresh))
+        if url_scheme(url) == "memory":
+            parser.error("--workers > 1 needs a store that several processes share")
+        parts = run_processes(args, url, per_worker)
+    result = summarise(url, args.n, per_worker, args.workers, parts)
+    result["in_flight"] = per_worker * args.workers
     result["loop"] = args.loop
     width = max(len(k) for k in result)
     for key, value in result.items():
