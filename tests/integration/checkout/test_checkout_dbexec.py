@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import insert, select
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
 
 from checkout.db import Database, ProductRow, migrate, open_database
 from checkout.dbexec import EngineExecutor, StoreExecutor, open_executor, shares_file
@@ -138,3 +139,21 @@ async def test_which_executor(db: Database, tmp_path: Path) -> None:
     executor = await open_executor(db, same)
     assert isinstance(executor, StoreExecutor)
     await executor.close()
+
+
+async def test_a_database_error_fails_only_its_operation(store_exec: StoreExecutor) -> None:
+    """A constraint violation (raised by SQLAlchemy as IntegrityError) rolls back its own
+    savepoint; the connection stays usable in this batch and the next."""
+    await store_exec.write(_add_product, "dup")
+    outcomes = await asyncio.gather(
+        store_exec.write(_add_product, "before"),
+        store_exec.write(_add_product, "dup"),
+        store_exec.write(_add_product, "after"),
+        return_exceptions=True,
+    )
+    assert outcomes[0] == "before"
+    assert isinstance(outcomes[1], IntegrityError)
+    assert outcomes[2] == "after"
+    assert await store_exec.write(_add_product, "next batch") == "next batch"
+    ids = await store_exec.read(_product_ids)
+    assert {"dup", "before", "after", "next batch"} <= set(ids)
