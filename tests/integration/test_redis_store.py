@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from sagaway import Engine, Saga, SagaStatus, StepContext
-from sagaway.errors import SagawayError, StoreError
-from sagaway.state import Change, Event, EventType, NewSaga
+from sagaway.errors import LeaseLost, SagaNotFound, SagawayError, StoreError
+from sagaway.state import Change, Event, EventType, NewSaga, SagaRecord
 from sagaway.store.redis import RedisStore
 from servers import require_server
 
@@ -223,8 +223,8 @@ async def test_reconnects_after_its_connection_is_killed(
     connection_id = await store.execute("CLIENT", "ID")
     async with RedisStore(store.url) as admin:  # another connection kills the store's
         assert await admin.execute("CLIENT", "KILL", "ID", connection_id) == 1
-    # Calls already sent on the dead connection fail with StoreError (outcome unknown); the
-    # store reconnects by itself, so one of the next few calls succeeds.
+    # redis-py's pool replaces a connection the server closed while it was idle; should the
+    # close not have been seen yet, that call fails with StoreError and the next reconnects.
     for _ in range(20):
         try:
             record = await store.load("before")
@@ -239,6 +239,72 @@ async def test_reconnects_after_its_connection_is_killed(
     assert (await store.list_sagas()).total == 2
 
 
+async def test_a_batch_in_flight_on_a_killed_connection_fails_and_the_store_recovers(
+    stores: Callable[[str], RedisStore],
+) -> None:
+    """The connection dies while a batch waits for its replies: its callers get StoreError
+    (outcome unknown) instead of hanging, and the next batch runs on a new connection."""
+    store = stores("inflight")
+    await store.open()
+    await store.create(pending("s"))
+    connection_id = await store.execute("CLIENT", "ID")
+    # A command that blocks the store's connection until it is killed.
+    blocked = asyncio.ensure_future(store.execute("BLPOP", f"{store.prefix}:never", "0"))
+    async with RedisStore(store.url) as admin, asyncio.timeout(30):
+        while True:  # until the server shows the store's connection blocked in BLPOP
+            lines = (await admin.execute("CLIENT", "LIST")).splitlines()
+            if any(
+                line.startswith(f"id={connection_id} ") and " cmd=blpop " in line for line in lines
+            ):
+                break
+        assert await admin.execute("CLIENT", "KILL", "ID", connection_id) == 1
+    with pytest.raises(StoreError):
+        await blocked
+    assert (await store.get("s")).id == "s"
+    assert await store.execute("CLIENT", "ID") != connection_id
+
+
+async def test_concurrent_calls_share_one_pipeline_and_keep_their_own_errors(
+    stores: Callable[[str], RedisStore],
+) -> None:
+    store = stores("batch")
+    await store.open()
+    await store.create(pending("mine"))
+    await store.claim("e1", now=T0, lease_seconds=60, definitions=[DEF], limit=1)
+    batcher = store._batcher
+    assert batcher is not None
+    batches, commands = batcher.batches, batcher.commands
+    results = await asyncio.gather(
+        *(store.create(pending(f"n{i}")) for i in range(20)),
+        store.commit("mine", "intruder", Change(status=SagaStatus.SUCCEEDED), T0 + 1),
+        store.commit("missing", "e1", Change(status=SagaStatus.SUCCEEDED), T0 + 1),
+        store.execute("NO-SUCH-COMMAND"),
+        store.load("mine"),
+        return_exceptions=True,
+    )
+    # Issued in one event-loop turn: one pipeline, one round trip.
+    assert (batcher.batches - batches, batcher.commands - commands) == (1, 24)
+    assert results[:20] == [(f"n{i}", True) for i in range(20)]
+    assert isinstance(results[20], LeaseLost)
+    assert isinstance(results[21], SagaNotFound)
+    assert isinstance(results[22], StoreError)
+    assert "unknown command" in str(results[22])
+    loaded = results[23]
+    assert isinstance(loaded, SagaRecord)
+    assert loaded.owner == "e1"
+    assert (await store.list_sagas()).total == 21
+
+
+async def test_a_closed_store_refuses_calls(stores: Callable[[str], RedisStore]) -> None:
+    store = stores("closed")
+    await store.open()
+    # The load is queued first (gather starts its tasks in order); close waits for its reply.
+    loaded, _ = await asyncio.gather(store.load("nothing"), store.close())
+    assert loaded is None
+    with pytest.raises(StoreError):
+        await store.execute("PING")
+
+
 async def test_scripts_reloaded_after_the_server_forgets_them(
     stores: Callable[[str], RedisStore],
 ) -> None:
@@ -247,9 +313,18 @@ async def test_scripts_reloaded_after_the_server_forgets_them(
     store = stores("flush")
     await store.open()
     await store.create(pending("s"))
+    await store.create(pending("t"))
     await store.execute("SCRIPT", "FLUSH")
-    claimed = await store.claim("e", now=T0, lease_seconds=5, definitions=[DEF], limit=5)
+    # Several scripts in one batch all answer NOSCRIPT; each caller reloads and resends.
+    claimed, loaded, page = await asyncio.gather(
+        store.claim("e", now=T0, lease_seconds=5, definitions=[DEF], limit=1),
+        store.load("t"),
+        store.list_sagas(),
+    )
     assert [r.id for r in claimed] == ["s"]
+    assert loaded is not None
+    assert loaded.id == "t"
+    assert page.total == 2
     assert (await store.get("s")).owner == "e"
 
 
@@ -298,10 +373,10 @@ async def test_connection_errors_are_store_errors() -> None:
     refused = RedisStore("redis://127.0.0.1:1/0?prefix=nowhere")
     with pytest.raises(StoreError, match="cannot connect"):
         await refused.open()
-    # This server has no password: AUTH is refused, and that is a StoreError too.
+    # No such user on this server: the handshake is refused, and that is a StoreError too.
     host = REDIS_URL.split("://", 1)[1]
-    bad_auth = RedisStore(f"redis://:not-the-password@{host}?prefix=nowhere")
-    with pytest.raises(StoreError, match="AUTH"):
+    bad_auth = RedisStore(f"redis://no-such-user:not-the-password@{host}?prefix=nowhere")
+    with pytest.raises(StoreError, match=r"cannot connect.*username-password"):
         await bad_auth.open()
     with pytest.raises(SagawayError, match="bad Redis URL"):
         RedisStore("http://127.0.0.1:6379")
