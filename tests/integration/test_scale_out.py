@@ -101,14 +101,17 @@ class Process:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=10)
 
-    def stop(self) -> None:
+    def terminate(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+
+    def stop(self) -> None:
+        self.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def database_url(name: str) -> str:
@@ -136,6 +139,8 @@ def pg_database() -> Iterator[str]:
 def processes() -> Iterator[list[Process]]:
     started: list[Process] = []
     yield started
+    for process in started:  # all at once: each stops gracefully
+        process.terminate()
     for process in started:
         process.stop()
 
