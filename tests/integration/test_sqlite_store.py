@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
 from sagaway import Engine, Saga, StepContext
-from sagaway.errors import InvalidTransition, LeaseLost, SagaNotFound, SagawayError, StoreError
+from sagaway.errors import (
+    EffectFailed,
+    InvalidTransition,
+    LeaseLost,
+    SagaNotFound,
+    SagawayError,
+    StoreError,
+)
 from sagaway.state import (
     Change,
     Event,
@@ -266,10 +273,64 @@ async def test_run_in_transaction_is_durable_with_the_batch(store: SQLiteStore, 
     steps = other.execute("SELECT name FROM sagaway_steps WHERE saga_id = 's'").fetchall()
     assert steps == [("pay",)]
     other.close()
-    # A function that ends the store's transaction fails its whole batch, loudly.
-    with pytest.raises(StoreError, match="ended the store's transaction"):
-        await store.run_in_transaction(lambda c: c.execute("COMMIT"))
+    # A function that tries to end the store's transaction is refused: it fails, loudly, and
+    # alone; the batch it shared commits.
+    await store.create(new("t", owner="e1", status=SagaStatus.RUNNING))
+    for end in ("COMMIT", "rollback", "END", "BEGIN", "RELEASE sagaway_op"):
+        step = StepRecord(end, Phase.FORWARD, RUNNING, 1)
+        refused, committed = await asyncio.gather(
+            store.run_in_transaction(lambda c, sql=end: c.execute(sql)),
+            store.commit("t", "e1", Change(steps=[step]), T0),
+            return_exceptions=True,
+        )
+        assert isinstance(refused, StoreError), end
+        assert "owns the transaction" in str(refused)
+        assert committed is None
+        assert (await store.get("t")).step(end) == step
+    with pytest.raises(StoreError, match="owns the transaction"):
+        await store.run_in_transaction(lambda c: c.commit())
     assert (await store.get("s")).step("pay") is not None  # the store still works
+
+
+async def test_batched_rows_and_user_writes_commit_together(store: SQLiteStore) -> None:
+    """The fast path defers step rows and events to the batch's end and runs atomic writes
+    without a savepoint: a failing atomic write replays the batch, failing only its own
+    transition, and every other operation's rows land exactly once, in order."""
+    await store.run_in_transaction(lambda c: c.execute("CREATE TABLE app (k TEXT UNIQUE)"))
+    for name in ("a", "b", "c"):
+        await store.create(new(name, owner="e1", status=SagaStatus.RUNNING))
+
+    def put(key: str) -> Callable[[sqlite3.Connection], object]:
+        return lambda conn: conn.execute("INSERT INTO app VALUES (?)", (key,))
+
+    first = Event(at=T0 + 1, type=EventType.STEP_STARTED, step="x")
+    second = Event(at=T0 + 2, type=EventType.STEP_SUCCEEDED, step="x")
+    step = StepRecord("x", Phase.FORWARD, StepStatus.SUCCEEDED, 1)
+    batches = store.stats.batches
+    results = await asyncio.gather(
+        store.commit(
+            "a", "e1", Change(steps=[step], events=[first, second], effects=(put("a"),)), T0 + 2
+        ),
+        store.commit(
+            "b", "e1", Change(status=SagaStatus.FAILED, steps=[step], effects=(put("a"),)), T0 + 2
+        ),
+        store.commit("c", "e1", Change(events=[first], effects=(put("c"),)), T0 + 2),
+        store.create(new("d")),
+        return_exceptions=True,
+    )
+    assert store.stats.batches == batches + 1
+    assert results[0] is None
+    assert isinstance(results[1], EffectFailed)
+    assert results[2] is None
+    assert results[3] == ("d", True)
+    a, b, c, d = [await store.get(name) for name in "abcd"]
+    assert a.step("x") == step
+    assert [e.type for e in a.history[-2:]] == [EventType.STEP_STARTED, EventType.STEP_SUCCEEDED]
+    assert (b.status, b.steps, len(b.history)) == (SagaStatus.RUNNING, {}, 1)
+    assert len(c.history) == 2
+    assert len(d.history) == 1
+    rows = await store.run_in_transaction(lambda c: c.execute("SELECT k FROM app").fetchall())
+    assert sorted(rows) == [("a",), ("c",)]
 
 
 # -- the engine on SQLite -----------------------------------------------------------------------

@@ -9,7 +9,10 @@ same snapshot.
 
 Kept free of asyncio and threads so that every function here can be read (and tested) as the
 SQL it is. Hot paths build parameter tuples by hand and use ``executemany``: at thousands of
-sagas per second, Python overhead per row is what limits the writer.
+sagas per second, Python overhead per row is what limits the writer. ``create`` and ``commit``
+can also hand their step rows and events to a :class:`Pending` instead of writing them: the
+store then writes a whole batch's rows with one ``executemany`` each (measured: one call per
+operation cost ~8 us each for steps and events, most of the writer's own time).
 """
 
 from __future__ import annotations
@@ -117,6 +120,34 @@ def step_rows(saga_id: str, steps: Iterable[StepRecord]) -> list[tuple[Any, ...]
 
 def event_rows(saga_id: str, events: Iterable[Event]) -> list[tuple[Any, ...]]:
     return [(saga_id, e.at, e.type, e.step, e.phase, e.attempt, e.detail) for e in events]
+
+
+class Pending:
+    """Step rows and events of a batch's operations, written together by :meth:`flush`.
+
+    Only for rows that cannot fail once their operation's fenced UPDATE passed (an upsert on
+    the primary key, a plain insert): deferring them keeps each operation atomic because the
+    batch commits all or nothing, and if a flush fails anyway the store replays the batch with
+    a savepoint per operation and no deferral. The order of rows is kept, so a saga's events
+    keep their history order.
+    """
+
+    __slots__ = ("events", "steps")
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[Any, ...]] = []
+        self.events: list[tuple[Any, ...]] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.steps or self.events)
+
+    def flush(self, conn: sqlite3.Connection) -> None:
+        if self.steps:
+            conn.executemany(UPSERT_STEP, self.steps)
+            self.steps = []
+        if self.events:
+            conn.executemany(INSERT_EVENT, self.events)
+            self.events = []
 
 
 def _saga(row: Sequence[Any]) -> SagaRecord:
@@ -253,7 +284,9 @@ def read_counts(conn: sqlite3.Connection) -> dict[SagaStatus, int]:
 # -- writes (writer thread, inside the batch transaction and the operation's savepoint) --------
 
 
-def create(conn: sqlite3.Connection, new: NewSaga) -> tuple[str, bool]:
+def create(
+    conn: sqlite3.Connection, new: NewSaga, pending: Pending | None = None
+) -> tuple[str, bool]:
     cursor = conn.execute(
         INSERT_INSTANCE,
         (
@@ -275,15 +308,36 @@ def create(conn: sqlite3.Connection, new: NewSaga) -> tuple[str, bool]:
             "SELECT id FROM sagaway_instances WHERE idempotency_key = ?", (new.idempotency_key,)
         ).fetchone()
         return str(row[0]), False
-    if new.steps:
-        conn.executemany(UPSERT_STEP, step_rows(new.id, new.steps))
-    if new.events:
-        conn.executemany(INSERT_EVENT, event_rows(new.id, new.events))
+    _write_rows(conn, new.id, new.steps, new.events, pending)
     return new.id, True
 
 
+def _write_rows(
+    conn: sqlite3.Connection,
+    saga_id: str,
+    steps: Sequence[StepRecord],
+    events: Sequence[Event],
+    pending: Pending | None,
+) -> None:
+    if pending is not None:
+        if steps:
+            pending.steps += step_rows(saga_id, steps)
+        if events:
+            pending.events += event_rows(saga_id, events)
+        return
+    if steps:
+        conn.executemany(UPSERT_STEP, step_rows(saga_id, steps))
+    if events:
+        conn.executemany(INSERT_EVENT, event_rows(saga_id, events))
+
+
 def commit(
-    conn: sqlite3.Connection, saga_id: str, owner: str | None, change: Change, at: float
+    conn: sqlite3.Connection,
+    saga_id: str,
+    owner: str | None,
+    change: Change,
+    at: float,
+    pending: Pending | None = None,
 ) -> None:
     # The fenced UPDATE comes first: LeaseLost/SagaNotFound are raised before anything is
     # written, which is what lets the store skip a savepoint for this operation.
@@ -298,10 +352,7 @@ def commit(
     if cursor.rowcount == 0:
         _exists(conn, saga_id)
         raise LeaseLost(f"saga {saga_id} is no longer leased to {owner}")
-    if change.steps:
-        conn.executemany(UPSERT_STEP, step_rows(saga_id, change.steps))
-    if change.events:
-        conn.executemany(INSERT_EVENT, event_rows(saga_id, change.events))
+    _write_rows(conn, saga_id, change.steps, change.events, pending)
 
 
 def _exists(conn: sqlite3.Connection, saga_id: str) -> tuple[Any, ...]:

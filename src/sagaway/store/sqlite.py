@@ -11,11 +11,16 @@ acquire, renew_leases, request_cancel, run_in_transaction) is queued; one flushe
 event loop hands everything queued so far, as one batch, to a dedicated writer thread, which runs
 ``BEGIN IMMEDIATE``, applies each operation atomically on its own (one failing with LeaseLost,
 SagaNotFound or InvalidTransition, or anything else, rolls back only itself: see
-``_write_batch``), ``COMMIT``s (one fsync for the whole batch), then resolves every caller's
+``_write_batch``), writes the step rows and events of all its transitions with one
+``executemany`` each, ``COMMIT``s (one fsync for the whole batch), then resolves every caller's
 future with a single ``call_soon_threadsafe``. While the thread commits, new operations
 accumulate for the next batch, so batches grow with load and the fsync is shared by every saga
 in flight. No caller
 resumes before its batch is durable: the write-ahead guarantee is unchanged.
+
+User code (``run_in_transaction`` functions, ``ctx.atomic()`` writes) runs on the writer's
+connection with an authorizer that refuses COMMIT/ROLLBACK/BEGIN and the store's own savepoint:
+such a statement fails only the operation that ran it, never the batch's transaction.
 
 Reads (load, list_sagas, counts) run on a second connection and thread: WAL readers see the last
 committed state and never wait for the writer.
@@ -61,6 +66,14 @@ _Op = tuple["asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...]]
 _Result = tuple["asyncio.Future[Any]", Any, BaseException | None]
 
 _FALSE = {"0", "false", "no", "off"}
+# The store's own transaction and savepoint statements carry a comment so that they never share
+# the driver's statement cache with a user's plain "COMMIT" (cached ones are not re-authorized).
+_BEGIN = "BEGIN IMMEDIATE /* sagaway */"
+_COMMIT = "COMMIT /* sagaway */"
+_ROLLBACK = "ROLLBACK /* sagaway */"
+_SAVEPOINT = "SAVEPOINT sagaway_op /* sagaway */"
+_ROLLBACK_TO = "ROLLBACK TO sagaway_op /* sagaway */"
+_RELEASE = "RELEASE sagaway_op /* sagaway */"
 _CLEAN_FAILURES = (LeaseLost, SagaNotFound, InvalidTransition)
 
 
@@ -126,6 +139,7 @@ class SQLiteStore(SagaStore):
         )
         self._writer: threading.Thread | None = None
         self._writer_conn: sqlite3.Connection | None = None
+        self._guard = _Guard()
         self._flusher: asyncio.Task[None] | None = None
         self._reader: ThreadPoolExecutor | None = None
         self._reader_conn: sqlite3.Connection | None = None
@@ -175,6 +189,7 @@ class SQLiteStore(SagaStore):
         except BaseException:
             conn.close()
             raise
+        conn.set_authorizer(self._guard)
         return conn
 
     async def close(self) -> None:
@@ -233,18 +248,19 @@ class SQLiteStore(SagaStore):
             await done
 
     def _write_loop(self) -> None:
-        conn, loop = self._writer_conn, self._loop
+        conn, loop, guard = self._writer_conn, self._loop, self._guard
         assert conn is not None
         assert loop is not None
         try:
             while (item := self._inbox.get()) is not None:
                 batch, done = item
                 try:
-                    results = self._write_batch(conn, batch)
+                    results = self._write_batch(conn, batch, guard)
                 except BaseException as exc:  # never leave a caller waiting forever
+                    guard.active = False
                     with contextlib.suppress(sqlite3.Error):
                         if conn.in_transaction:
-                            conn.execute("ROLLBACK")
+                            conn.execute(_ROLLBACK)
                     error = StoreError(f"sqlite: group commit failed: {exc!r}")
                     results = [(future, None, error) for future, _, _ in batch]
                 self.stats.batches += 1
@@ -256,20 +272,25 @@ class SQLiteStore(SagaStore):
             conn.close()
 
     @staticmethod
-    def _write_batch(conn: sqlite3.Connection, batch: list[_Op]) -> list[_Result]:
+    def _write_batch(conn: sqlite3.Connection, batch: list[_Op], guard: _Guard) -> list[_Result]:
         """One transaction for the whole batch, one durable COMMIT; each operation atomic.
 
         Fast path: the store's own operations raise their contract errors before their first
-        write (see ``_sqlite_ops``), so they need no savepoint; a user function always gets
-        one. Anything unexpected (a driver error halfway through an operation) rolls the
-        batch back and replays it with a savepoint around every operation, so only the
-        operation at fault fails. Savepoints cost two statements each, a fifth of the
-        writer's time on the engine benchmark, which is why they are not the default.
+        write (see ``_sqlite_ops``), so they need no savepoint, and their step rows and events
+        are written for the whole batch at the end (``ops.Pending``); a transition carrying
+        ``ctx.atomic()`` writes runs without a savepoint too (those writes rarely fail); a
+        ``run_in_transaction`` function always gets one (a business failure raised inside is
+        its normal way to say no). Anything unexpected (a driver error halfway through an
+        operation, a failing ``ctx.atomic()`` write, a failing batched write) rolls the batch
+        back and replays it with a savepoint around every operation and nothing deferred, so
+        only the operation at fault fails. Savepoints cost two statements each and a call per
+        operation for steps and events two more: together most of the writer's own time on
+        the engine benchmark, which is why the fast path avoids them.
         """
         try:
-            return _apply(conn, batch, safe=False)
+            return _apply(conn, batch, guard, safe=False)
         except _Replay:
-            return _apply(conn, batch, safe=True)
+            return _apply(conn, batch, guard, safe=True)
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -278,8 +299,8 @@ class SQLiteStore(SagaStore):
         return result
 
     async def commit(self, saga_id: str, owner: str | None, change: Change, at: float) -> None:
-        if change.effects:  # user writes: they get a savepoint, like run_in_transaction
-            await self._submit(_run_user_fn, _commit_with_effects(saga_id, owner, change, at))
+        if change.effects:  # user writes too: see _write_batch
+            await self._submit(_commit_with_effects, saga_id, owner, change, at)
         else:
             await self._submit(ops.commit, saga_id, owner, change, at)
 
@@ -331,9 +352,11 @@ class SQLiteStore(SagaStore):
         raises, only its writes are rolled back and the exception (``sqlite3.Error`` as
         ``StoreError``) is raised here; other operations of the batch are unaffected.
 
-        ``fn`` must be quick and must not block (every write of the batch waits for it), must
-        not call ``commit()``/``rollback()`` or execute BEGIN/COMMIT/ROLLBACK (the store owns
-        the transaction: doing so fails the whole batch), and must not keep the connection.
+        ``fn`` must be quick and must not block (every write of the batch waits for it) and
+        must not keep the connection. The store owns the transaction: ``commit()``,
+        ``rollback()``, BEGIN/COMMIT/ROLLBACK/END are refused (``StoreError``, only this call
+        fails); savepoints of its own are fine. The saga log's step rows and events of other
+        transitions in the same batch are written at the batch's end: ``fn`` may not see them.
         Its result is handed back as is. If another operation of the batch hits an unexpected
         driver error the batch is rolled back and replayed, calling ``fn`` again: its writes
         still land exactly once, but keep it free of side effects outside the database.
@@ -375,70 +398,138 @@ class _Replay(Exception):
 
 
 class _TransactionEnded(StoreError):
-    """A ``run_in_transaction`` function ended the batch's transaction."""
+    """User code ended the batch's transaction despite the guard."""
+
+
+class _Guard:
+    """The writer connection's authorizer: while ``active`` (user code is running), refuse
+    statements that would end the store's transaction or touch its savepoint.
+
+    SQLite consults it only when it prepares a statement, so cached statements cost nothing.
+    """
+
+    __slots__ = ("active", "refused")
+
+    def __init__(self) -> None:
+        self.active = False
+        self.refused = False
+
+    def __call__(
+        self, action: int, arg1: str | None, arg2: str | None, db: str | None, src: str | None
+    ) -> int:
+        if self.active and (
+            action == sqlite3.SQLITE_TRANSACTION
+            or (action == sqlite3.SQLITE_SAVEPOINT and arg2 == "sagaway_op")
+        ):
+            self.refused = True
+            return sqlite3.SQLITE_DENY
+        return sqlite3.SQLITE_OK
 
 
 def _commit_with_effects(
-    saga_id: str, owner: str | None, change: Change, at: float
-) -> Callable[[sqlite3.Connection], None]:
-    """A transition plus the writes its step enlisted with ``ctx.atomic()``, as one unit."""
-
-    def run(conn: sqlite3.Connection) -> None:
-        ops.commit(conn, saga_id, owner, change, at)
-        for write in change.effects:
-            try:
-                write(conn)
-            except Exception as exc:  # the savepoint rolls the transition back with it
-                raise EffectFailed(f"a ctx.atomic() write failed: {exc}") from exc
-
-    return run
+    conn: sqlite3.Connection,
+    saga_id: str,
+    owner: str | None,
+    change: Change,
+    at: float,
+    pending: ops.Pending | None = None,
+) -> None:
+    """A transition plus the writes its step enlisted with ``ctx.atomic()``, as one unit (the
+    caller holds the guard up while it runs)."""
+    ops.commit(conn, saga_id, owner, change, at, pending)
+    for write in change.effects:
+        try:
+            write(conn)
+        except Exception as exc:  # the savepoint (or the replay) rolls the transition back
+            raise EffectFailed(f"a ctx.atomic() write failed: {exc}") from exc
 
 
 def _run_user_fn(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-    result = fn(conn)
-    if not conn.in_transaction:
-        raise _TransactionEnded("run_in_transaction: the function ended the store's transaction")
-    return result
+    return fn(conn)
 
 
-def _apply(conn: sqlite3.Connection, batch: list[_Op], *, safe: bool) -> list[_Result]:
+def _user_error(exc: Exception, guard: _Guard) -> BaseException:
+    if guard.refused:
+        guard.refused = False
+        error = StoreError(
+            "the store owns the transaction: a run_in_transaction function or ctx.atomic() "
+            f"write may not commit, roll back or begin one ({exc})"
+        )
+        error.__cause__ = exc
+        return error
+    return _translate(exc)
+
+
+def _apply(
+    conn: sqlite3.Connection, batch: list[_Op], guard: _Guard, *, safe: bool
+) -> list[_Result]:
     execute = conn.execute
     results: list[_Result] = []
     append = results.append
+    pending = None if safe else ops.Pending()
     try:
-        execute("BEGIN IMMEDIATE")
+        execute(_BEGIN)
         for future, fn, args in batch:
+            user = fn is _run_user_fn or fn is _commit_with_effects
             if safe or fn is _run_user_fn:
-                execute("SAVEPOINT sagaway_op")
+                execute(_SAVEPOINT)
+                guard.active, guard.refused = user, False
                 try:
                     value = fn(conn, *args)
                 except Exception as exc:
-                    if not conn.in_transaction:  # a user function committed or rolled back
+                    guard.active = False
+                    if not conn.in_transaction:  # cannot happen with the guard; be sure
                         raise _TransactionEnded(str(exc)) from exc
-                    execute("ROLLBACK TO sagaway_op")
-                    execute("RELEASE sagaway_op")
-                    append((future, None, _translate(exc)))
+                    execute(_ROLLBACK_TO)
+                    execute(_RELEASE)
+                    append((future, None, _user_error(exc, guard)))
                 else:
-                    execute("RELEASE sagaway_op")
+                    guard.active = False
+                    if not conn.in_transaction:
+                        raise _TransactionEnded("user code ended the store's transaction")
+                    execute(_RELEASE)
                     append((future, value, None))
                 continue
+            assert pending is not None
             try:
-                value = fn(conn, *args)
+                if fn is ops.commit or fn is ops.create:
+                    value = fn(conn, *args, pending)
+                elif user:
+                    guard.active, guard.refused = True, False
+                    value = fn(conn, *args, pending)
+                    guard.active = False
+                    if not conn.in_transaction:
+                        raise _TransactionEnded("user code ended the store's transaction")
+                else:  # it may read the log: give it the rows deferred so far
+                    pending.flush(conn)
+                    value = fn(conn, *args)
             except _CLEAN_FAILURES as exc:  # raised before the operation wrote anything
+                guard.active = False
                 append((future, None, exc))
+            except _TransactionEnded:
+                raise
             except Exception:
+                guard.active = False
                 if conn.in_transaction:
-                    execute("ROLLBACK")
+                    execute(_ROLLBACK)
                 raise _Replay from None
             else:
                 append((future, value, None))
-        execute("COMMIT")
+        if pending:
+            try:
+                pending.flush(conn)
+            except Exception:
+                if conn.in_transaction:
+                    execute(_ROLLBACK)
+                raise _Replay from None
+        execute(_COMMIT)
     except (sqlite3.Error, _TransactionEnded) as exc:
-        # The transaction itself failed (I/O error, disk full, a user function ended it): no
+        # The transaction itself failed (I/O error, disk full, user code ended it): no
         # operation can be reported as done, so every one fails (the engine then resumes its
         # sagas from whatever the log durably holds).
+        guard.active = False
         if conn.in_transaction:
-            conn.execute("ROLLBACK")
+            conn.execute(_ROLLBACK)
         error = _translate(exc)
         return [(future, None, error) for future, _, _ in batch]
     return results
