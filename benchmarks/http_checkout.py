@@ -20,10 +20,11 @@ orders and the rest fail at inventory or payment (cheaper sagas: look at the sta
 Each request waits for its saga (``wait=10``): a 201 is a finished order. Prints a table, then,
 as its last line, one JSON object (orders_per_s, p50_ms, p99_ms, n, concurrency, counts).
 
-The client is ``httpx.AsyncClient`` with a pool of C connections. httpx spends a few ms of CPU
-per request, which on a small machine takes cores away from the server under test;
-``--client raw`` sends the same requests over C keep-alive HTTP/1.1 connections on asyncio
-streams at a tenth of the cost.
+The client is aiohttp's ``ClientSession`` with a ``TCPConnector(limit=C)``: C keep-alive
+connections, and a few hundred microseconds of client CPU per request, so on a small machine the
+client leaves the cores to the server under test. ``--client httpx`` uses
+``httpx.AsyncClient`` instead (same pool size), which costs several times more CPU per request
+and so measures the server lower when client and server share two cores.
 """
 
 from __future__ import annotations
@@ -40,12 +41,12 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
+import aiohttp
 import httpx
 
 HAPPY_STOCK = 10_000_000  # product_1 / product_2 units with --serve
@@ -85,70 +86,77 @@ class Results:
     http: Counter[str] = field(default_factory=Counter)
     outcomes: Counter[str] = field(default_factory=Counter)  # "scenario:order status"
     errors: Counter[str] = field(default_factory=Counter)
+    client_cpu_s: float = 0.0
+    server_cpu_s: float | None = None  # with --serve (or --server-pid)
 
 
-class RawConnection:
-    """One keep-alive HTTP/1.1 connection on asyncio streams: a request costs tens of
-    microseconds of client CPU instead of httpx's milliseconds (``--client raw``)."""
-
-    def __init__(self, url: str) -> None:
-        parts = urlsplit(url)
-        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def post(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
-        if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        assert self.reader is not None
-        data = json.dumps(body).encode()
-        self.writer.write(
-            f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n".encode()
-            + data
-        )
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split(" ", 2)[1])
-        length = 0
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            if name.lower() == "content-length":
-                length = int(value)
-        payload = await self.reader.readexactly(length)
-        return status, json.loads(payload) if payload else None
-
-    async def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            with contextlib.suppress(Exception):
-                await self.writer.wait_closed()
+Post = Callable[[dict[str, Any]], Awaitable[tuple[int, Any]]]
 
 
-async def run(
-    url: str, n: int, concurrency: int, warmup: int, reset: bool, client_kind: str
-) -> tuple[Results, float]:
+@contextlib.asynccontextmanager
+async def aiohttp_client(url: str, concurrency: int) -> AsyncIterator[Post]:
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as session:
+
+        async def post(body: dict[str, Any]) -> tuple[int, Any]:
+            async with session.post("/orders", params={"wait": 10}, json=body) as response:
+                return response.status, await response.json(content_type=None)
+
+        yield post
+
+
+@contextlib.asynccontextmanager
+async def httpx_client(url: str, concurrency: int) -> AsyncIterator[Post]:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    timeout = httpx.Timeout(60.0)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout) as client:
-        if reset:
-            response = await client.post("/reset")
-            response.raise_for_status()
-        results = Results()
-        raw = [RawConnection(url) for _ in range(concurrency)] if client_kind == "raw" else []
+    async with httpx.AsyncClient(
+        base_url=url, limits=limits, timeout=httpx.Timeout(60.0)
+    ) as client:
 
-        async def post(slot: int, body: dict[str, Any]) -> tuple[int, Any]:
-            if raw:
-                return await raw[slot].post("/orders?wait=10", body)
+        async def post(body: dict[str, Any]) -> tuple[int, Any]:
             response = await client.post("/orders", params={"wait": 10}, json=body)
             return response.status_code, response.json()
 
-        async def one(slot: int, i: int, record: bool) -> None:
+        yield post
+
+
+CLIENTS = {"aiohttp": aiohttp_client, "httpx": httpx_client}
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU of process ``pid`` so far (Linux /proc), 0.0 when unknown: the
+    server's CPU per order is the number to compare on a shared machine, not wall time."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def run(
+    url: str,
+    n: int,
+    concurrency: int,
+    warmup: int,
+    reset: bool,
+    client_kind: str,
+    server_pid: int | None = None,
+) -> tuple[Results, float]:
+    if reset:
+        async with httpx.AsyncClient(base_url=url) as client:
+            response = await client.post("/reset")
+            response.raise_for_status()
+    async with CLIENTS[client_kind](url, concurrency) as post:
+        results = Results()
+
+        async def one(i: int, record: bool) -> None:
             scenario, body = order_body(i)
             started = time.perf_counter()
             try:
-                status, payload = await post(slot, body)
-            except (httpx.HTTPError, OSError, asyncio.IncompleteReadError) as exc:
+                status, payload = await post(body)
+            except (aiohttp.ClientError, httpx.HTTPError, OSError, TimeoutError) as exc:
                 if record:
                     results.errors[type(exc).__name__] += 1
                 return
@@ -160,21 +168,21 @@ async def run(
             if status in (201, 202) and isinstance(payload, dict):
                 results.outcomes[f"{scenario}:{payload.get('status')}"] += 1
 
-        async def drive(slot: int, indices: Iterator[int], record: bool) -> None:
+        async def drive(indices: Iterator[int], record: bool) -> None:
             for i in indices:
-                await one(slot, i, record)
+                await one(i, record)
 
-        try:
-            if warmup:
-                shared = iter(range(n, n + warmup))
-                await asyncio.gather(*(drive(c, shared, False) for c in range(concurrency)))
-            shared = iter(range(n))
-            started = time.perf_counter()
-            await asyncio.gather(*(drive(c, shared, True) for c in range(concurrency)))
-            elapsed = time.perf_counter() - started
-        finally:
-            for conn in raw:
-                await conn.close()
+        if warmup:
+            shared = iter(range(n, n + warmup))
+            await asyncio.gather(*(drive(shared, False) for _ in range(concurrency)))
+        shared = iter(range(n))
+        server_cpu, client_cpu = cpu_seconds(server_pid), time.process_time()
+        started = time.perf_counter()
+        await asyncio.gather(*(drive(shared, True) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+        results.client_cpu_s = time.process_time() - client_cpu
+        if server_pid is not None:
+            results.server_cpu_s = cpu_seconds(server_pid) - server_cpu
     return results, elapsed
 
 
@@ -243,8 +251,8 @@ def _env(db_path: Path) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def serve(workdir: Path) -> Iterator[str]:
-    """A ``checkout serve`` subprocess on a fresh database; yields its URL."""
+def serve(workdir: Path) -> Iterator[tuple[str, int]]:
+    """A ``checkout serve`` subprocess on a fresh database; yields its URL and pid."""
     db_path = workdir / "sagaway.db"
     _seed(db_path)
     proc = subprocess.Popen(
@@ -270,7 +278,7 @@ def serve(workdir: Path) -> Iterator[str]:
         while httpx.get(f"{url}/health", timeout=5).status_code != 200:
             time.sleep(0.05)
         print(f"server pid {proc.pid} at {url} on {db_path}", file=sys.stderr)
-        yield url
+        yield url, proc.pid
     finally:
         proc.terminate()
         try:
@@ -293,14 +301,17 @@ def main() -> None:
     parser.add_argument("--reset", action="store_true", help="POST /reset first (demo mode)")
     parser.add_argument(
         "--client",
-        choices=("httpx", "raw"),
-        default="httpx",
-        help="httpx.AsyncClient (default), or a minimal keep-alive HTTP/1.1 client on asyncio "
-        "streams that leaves the CPU to the server (on a 2-core machine httpx alone needs "
-        "about a core at a few hundred requests/s)",
+        choices=sorted(CLIENTS),
+        default="aiohttp",
+        help="aiohttp.ClientSession (default: cheap on CPU, leaves the cores to the server), or "
+        "httpx.AsyncClient (on a 2-core machine httpx alone needs about a core at a few "
+        "hundred requests/s)",
     )
     parser.add_argument(
         "--uvloop", action="store_true", help="run the client on uvloop (if installed)"
+    )
+    parser.add_argument(
+        "--server-pid", type=int, help="with --url: the server's pid, to report its CPU per order"
     )
     parser.add_argument("--hold", action="store_true", help=argparse.SUPPRESS)  # profiling aid
     args = parser.parse_args()
@@ -308,9 +319,9 @@ def main() -> None:
     with contextlib.ExitStack() as stack:
         if args.serve:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-            url = stack.enter_context(serve(workdir))
+            url, server_pid = stack.enter_context(serve(workdir))
         else:
-            url = args.url
+            url, server_pid = args.url, args.server_pid
         if args.hold:
             input("press Enter to start\n")
         factory = None
@@ -320,7 +331,15 @@ def main() -> None:
             factory = uvloop.new_event_loop
         with asyncio.Runner(loop_factory=factory) as runner:
             results, elapsed = runner.run(
-                run(url, args.n, args.concurrency, args.warmup, args.reset, args.client)
+                run(
+                    url,
+                    args.n,
+                    args.concurrency,
+                    args.warmup,
+                    args.reset,
+                    args.client,
+                    server_pid,
+                )
             )
 
     done = len(results.latencies)
@@ -334,6 +353,12 @@ def main() -> None:
     print(
         f"{done:>10} {args.concurrency:>12} {elapsed:>9.2f} {rate:>10.1f} {p50:>8.1f} {p99:>8.1f}"
     )
+    server_ms = None
+    if results.server_cpu_s is not None and done:
+        server_ms = round(results.server_cpu_s / done * 1000, 3)
+        print(f"server CPU {server_ms} ms/order", end="; ")
+    client_ms = round(results.client_cpu_s / done * 1000, 3) if done else None
+    print(f"client CPU {client_ms} ms/order ({args.client})")
     for key, count in sorted(results.outcomes.items()):
         print(f"  {key:<28} {count}")
     for key, count in sorted(results.errors.items()):
@@ -347,6 +372,8 @@ def main() -> None:
                 "n": done,
                 "concurrency": args.concurrency,
                 "client": args.client,
+                "server_cpu_ms_per_order": server_ms,
+                "client_cpu_ms_per_order": client_ms,
                 "http": dict(sorted(results.http.items())),
                 "outcomes": dict(sorted(results.outcomes.items())),
                 "errors": dict(results.errors),
