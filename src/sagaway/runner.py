@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterator, Mapping
+import types
+from collections.abc import Callable, Generator, Iterator, Mapping
 from typing import Any
 
 from sagaway.clock import Clock
@@ -87,6 +88,29 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+@types.coroutine
+def _resume(steps: Generator[Any, Any, Any], suspended_on: Any) -> Generator[Any, Any, Any]:
+    """``yield from steps`` for an awaitable's iterator that has already yielded
+    ``suspended_on`` (see ``SagaRun._call``): hand that to the task first, then forward what
+    the task sends or throws (a wake-up, a cancellation) exactly as ``yield from`` does."""
+    while True:
+        try:
+            sent = yield suspended_on
+        except GeneratorExit:
+            steps.close()
+            raise
+        except BaseException as exc:
+            try:
+                suspended_on = steps.throw(exc)
+            except StopIteration as done:
+                return done.value
+        else:
+            try:
+                suspended_on = steps.send(sent)
+            except StopIteration as done:
+                return done.value
+
+
 class _Halted(Exception):
     """The saga stopped FAILED mid-flight (see ``SagaRun._halt``)."""
 
@@ -115,10 +139,12 @@ class SagaRun:
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    async def _commit(self, change: Change) -> None:
+    async def _commit(self, change: Change, now: float) -> None:
+        """Write ``change`` durably, at ``now``: the time the transition was built at (one clock
+        read per transition, taken after the await that produced it, rather than one per row,
+        event and write: nothing can happen in between, as no await separates them)."""
         if change.status is not None:
             check_saga_transition(self.record.status, change.status)
-        now = self.clock.now()
         try:
             await self.store.commit(self.record.id, self.owner, change, now)
         except EffectFailed as exc:
@@ -128,8 +154,10 @@ class SagaRun:
         if self.listener is not None:
             self.listener(self.record, change)
 
-    def _event(self, type_: EventType, step: Step[Any] | None = None, **kw: Any) -> Event:
-        return Event(at=self.clock.now(), type=type_, step=step.name if step else None, **kw)
+    def _event(
+        self, type_: EventType, at: float, step: Step[Any] | None = None, **kw: Any
+    ) -> Event:
+        return Event(at=at, type=type_, step=step.name if step else None, **kw)
 
     def _input(self, step: Step[Any]) -> Any:
         key = id(step.input_adapter)
@@ -138,25 +166,34 @@ class SagaRun:
         return self._inputs[key]
 
     def _context(self, step: Step[Any], phase: Phase, attempt: int) -> StepContext:
-        forward_key = step.key(self.record.id, FORWARD)
+        saga_id = self.record.id
+        forward_key = saga_id + step.key_suffix[FORWARD]  # == step.key(saga_id, FORWARD)
+        key = forward_key if phase is FORWARD else saga_id + step.key_suffix[phase]
+        # Positional (saga_id, saga_name, step, phase, attempt, idempotency_key, forward_key,
+        # results): keyword construction of this slotted dataclass costs ~40% more, per step.
         return StepContext(
-            saga_id=self.record.id,
-            saga_name=self.saga.name,
-            step=step.name,
-            phase=phase,
-            attempt=attempt,
-            idempotency_key=forward_key if phase is FORWARD else step.key(self.record.id, phase),
-            forward_key=forward_key,
-            results=self._results,
+            saga_id, self.saga.name, step.name, phase, attempt, key, forward_key, self._results
         )
 
     async def _call(self, fn: Action, args: tuple[Any, ...], timeout: float | None) -> Any:
         """``await fn(*args)``, raising TimeoutError after ``timeout`` seconds.
 
-        What ``asyncio.timeout`` does, at a third of its cost (it is on every step's hot path):
-        one timer handle that cancels this task, turned back into TimeoutError here."""
+        What ``asyncio.timeout`` does, at a fraction of its cost (it is on every step's hot
+        path): one timer handle that cancels this task, turned back into TimeoutError here.
+        The timer is armed only once the action first suspends, at the deadline it would have
+        had if armed before the call: an action that returns without ever suspending cannot be
+        interrupted by a timer (timers only run between loop turns), so it needs none, and
+        call_later + cancel + the loop's cleanup of the cancelled handle were ~2 us per step.
+        """
         if timeout is None:
             return await fn(*args)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        steps = fn(*args).__await__()
+        try:
+            suspended_on = steps.send(None)  # run the action up to its first suspension
+        except StopIteration as done:
+            return done.value
         task = asyncio.current_task()
         assert task is not None
         cancelling = task.cancelling()
@@ -167,9 +204,9 @@ class SagaRun:
             fired = True
             task.cancel()
 
-        handle = task.get_loop().call_later(timeout, expire)
+        handle = loop.call_at(deadline, expire)
         try:
-            return await fn(*args)
+            return await _resume(steps, suspended_on)
         except asyncio.CancelledError:
             if fired:
                 fired = False
@@ -184,13 +221,14 @@ class SagaRun:
     async def _halt(self, error: str) -> None:
         """Stop FAILED for an operator: the step's outcome and its writes were not recorded,
         so its row stays RUNNING and a retry re-runs it with the same idempotency key."""
+        now = self.clock.now()
         change = Change(
             status=SagaStatus.FAILED,
             error=error,
-            events=[self._event(EventType.SAGA_FAILED, detail=error)],
+            events=[self._event(EventType.SAGA_FAILED, now, detail=error)],
             release_lease=True,
         )
-        await self._commit(change)
+        await self._commit(change, now)
 
     def _check_effects(self) -> None:
         if not self.store.atomic_effects:
@@ -199,12 +237,12 @@ class SagaRun:
                 f"{type(self.store).__name__} does not"
             )
 
-    def _stop_reason(self) -> tuple[EventType, str] | None:
+    def _stop_reason(self, now: float) -> tuple[EventType, str] | None:
         """Why the saga must stop going forward and compensate, checked between steps."""
         if self.cancel_requested:
             return EventType.CANCEL_REQUESTED, "cancelled"
         deadline = self.record.deadline_at
-        if deadline is not None and self.clock.now() >= deadline:
+        if deadline is not None and now >= deadline:
             return EventType.DEADLINE_EXPIRED, "deadline expired"
         return None
 
@@ -216,6 +254,10 @@ class SagaRun:
         return left if timeout is None else min(timeout, left)
 
     # -- driving ----------------------------------------------------------------------------
+    #
+    # ``now`` is threaded through: the clock is read once after each await (an action's end, a
+    # backoff, a commit never needs one) and that time stamps every row and event of the
+    # transition built before the next await, and the write itself.
 
     async def drive(self) -> None:
         """Run to a terminal status. Raises LeaseLost/StoreError if the log cannot be written."""
@@ -225,37 +267,38 @@ class SagaRun:
             return
 
     async def _drive(self) -> None:
+        now = self.clock.now()
         pending = Change()
         if self.record.status in (SagaStatus.PENDING, SagaStatus.RUNNING):
             if self.record.status is SagaStatus.PENDING:
                 pending.status = SagaStatus.RUNNING
-                pending.events.append(self._event(EventType.SAGA_STARTED))
-            pending = await self._forward(pending)
+                pending.events.append(self._event(EventType.SAGA_STARTED, now))
+            pending, now = await self._forward(pending, now)
         if self.record.status is SagaStatus.COMPENSATING or pending.status is (
             SagaStatus.COMPENSATING
         ):
-            await self._compensate(pending)
+            await self._compensate(pending, now)
 
-    async def _forward(self, pending: Change) -> Change:
-        """Run the remaining steps; return a Change that starts compensation, or an empty one
-        once the saga is SUCCEEDED or FAILED."""
+    async def _forward(self, pending: Change, now: float) -> tuple[Change, float]:
+        """Run the remaining steps; return a Change that starts compensation (and its time),
+        or an empty one once the saga is SUCCEEDED or FAILED."""
         for step in self.saga.steps:
             row = self.record.steps.get((step.name, FORWARD))
             if row is not None and row.status is StepStatus.SUCCEEDED:
                 continue
             forward_only = step.kind is StepKind.RETRIABLE
-            stop = None if forward_only else self._stop_reason()
+            stop = None if forward_only else self._stop_reason(now)
             if stop is not None:
                 event_type, reason = stop
-                pending.events.append(self._event(event_type))
+                pending.events.append(self._event(event_type, now))
                 if row is not None and row.status is StepStatus.RUNNING:
                     # Bug fix: a step written RUNNING (step 0 at start, or found so after a
                     # crash) that a cancel/deadline stops before it runs again was left RUNNING
                     # in the finished saga. Close it as FAILED, uncertain: still compensated.
-                    closed = self._finished(row, StepStatus.FAILED, reason)
+                    closed = self._finished(row, StepStatus.FAILED, reason, now)
                     closed.uncertain = True
                     pending.steps.append(closed)
-                return self._start_compensation(pending, reason)
+                return self._start_compensation(pending, reason), now
             attempt = 0 if row is None else row.attempts
             skip_write = False
             if row is not None and row.status is StepStatus.RUNNING:
@@ -263,31 +306,34 @@ class SagaRun:
                     skip_write = True
                 elif step.on_uncertain is OnUncertain.COMPENSATE and not forward_only:
                     pending.steps.append(
-                        self._finished(row, StepStatus.FAILED, "outcome uncertain")
+                        self._finished(row, StepStatus.FAILED, "outcome uncertain", now)
                     )
                     pending.steps[-1].uncertain = True
                     pending.events.append(
-                        self._event(EventType.STEP_FAILED, step, detail="outcome uncertain")
+                        self._event(EventType.STEP_FAILED, now, step, detail="outcome uncertain")
                     )
-                    return self._start_compensation(pending, f"{step.name}: outcome uncertain")
+                    reason = f"{step.name}: outcome uncertain"
+                    return self._start_compensation(pending, reason), now
                 else:
                     pending.events.append(
-                        self._event(EventType.STEP_RESUMED, step, attempt=attempt)
+                        self._event(EventType.STEP_RESUMED, now, step, attempt=attempt)
                     )
             self._prewritten = False
-            outcome = await self._run_step(step, row, attempt, pending, skip_write)
+            outcome = await self._run_step(step, row, attempt, pending, now, skip_write)
             if outcome is None:  # the saga ended (FAILED past the pivot)
-                return Change()
-            pending = outcome
+                return Change(), now
+            pending, now = outcome
             if pending.status is SagaStatus.COMPENSATING:
-                return pending
+                return pending, now
         pending.status = SagaStatus.SUCCEEDED
-        pending.events.append(self._event(EventType.SAGA_SUCCEEDED))
+        pending.events.append(Event(now, EventType.SAGA_SUCCEEDED))
         pending.release_lease = True
-        await self._commit(pending)
-        return Change()
+        await self._commit(pending, now)
+        return Change(), now
 
-    def _finished(self, row: StepRecord, status: StepStatus, error: str | None) -> StepRecord:
+    def _finished(
+        self, row: StepRecord, status: StepStatus, error: str | None, now: float
+    ) -> StepRecord:
         return StepRecord(
             name=row.name,
             phase=row.phase,
@@ -296,7 +342,7 @@ class SagaRun:
             output=row.output,
             error=error,
             started_at=row.started_at,
-            finished_at=self.clock.now(),
+            finished_at=now,
         )
 
     async def _run_step(
@@ -305,8 +351,9 @@ class SagaRun:
         row: StepRecord | None,
         attempt: int,
         pending: Change,
+        now: float,
         skip_write: bool,
-    ) -> Change | None:
+    ) -> tuple[Change, float] | None:
         forward_only = step.kind is StepKind.RETRIABLE
         started_at = row.started_at if row is not None else None
         while True:
@@ -315,27 +362,24 @@ class SagaRun:
                 running, skip_write = row, False
             else:
                 attempt += 1
-                now = self.clock.now()
+                # Rows and events are built positionally on this path (field order: see
+                # state.py): keyword construction of these slotted dataclasses costs ~40% more.
                 running = StepRecord(
-                    name=step.name,
-                    phase=FORWARD,
-                    status=StepStatus.RUNNING,
-                    attempts=attempt,
-                    error=row.error if row is not None else None,
-                    started_at=started_at or now,
+                    step.name,  # name
+                    FORWARD,  # phase
+                    StepStatus.RUNNING,  # status
+                    attempt,  # attempts
+                    None,  # output
+                    row.error if row is not None else None,  # error
+                    False,  # uncertain
+                    started_at or now,  # started_at
                 )
                 pending.steps.append(running)
+                # The engine that runs the attempt (detail), so the timeline shows who did what.
                 pending.events.append(
-                    # The engine that runs the attempt, so the timeline shows who did what.
-                    Event(
-                        at=now,
-                        type=EventType.STEP_STARTED,
-                        step=step.name,
-                        attempt=attempt,
-                        detail=self.owner,
-                    )
+                    Event(now, EventType.STEP_STARTED, step.name, None, attempt, self.owner)
                 )
-                await self._commit(pending)
+                await self._commit(pending, now)
             started_at = running.started_at
             ctx = self._context(step, FORWARD, attempt)
             try:
@@ -354,42 +398,56 @@ class SagaRun:
             except Exception as exc:  # transient by definition: the retry policy decides
                 error, uncertain, retryable = _describe(exc), False, True
             else:
-                done = self._finished(running, StepStatus.SUCCEEDED, None)
-                done.output = output
-                return Change(
-                    steps=[done],
-                    events=[self._event(EventType.STEP_SUCCEEDED, step, attempt=attempt)],
-                    effects=() if ctx.effects is None else tuple(ctx.effects),
+                now = self.clock.now()
+                done = StepRecord(
+                    step.name,  # name
+                    FORWARD,  # phase
+                    StepStatus.SUCCEEDED,  # status
+                    running.attempts,  # attempts
+                    output,  # output
+                    None,  # error
+                    False,  # uncertain
+                    running.started_at,  # started_at
+                    now,  # finished_at
                 )
+                succeeded = Event(now, EventType.STEP_SUCCEEDED, step.name, None, attempt)
+                effects = () if ctx.effects is None else tuple(ctx.effects)
+                return Change(steps=[done], events=[succeeded], effects=effects), now
+            now = self.clock.now()
             row = running
-            stopping = not forward_only and self._stop_reason() is not None
+            stopping = not forward_only and self._stop_reason(now) is not None
             spent = not forward_only and attempt >= step.retry.max_attempts
             stopped_by = None
             if retryable and not spent and not stopping:
-                retrying = self._event(EventType.STEP_RETRYING, step, attempt=attempt, detail=error)
+                retrying = self._event(
+                    EventType.STEP_RETRYING, now, step, attempt=attempt, detail=error
+                )
                 await self._backoff(step.retry.delay(attempt), forward_only)
-                stop = None if forward_only else self._stop_reason()
+                now = self.clock.now()
+                stop = None if forward_only else self._stop_reason(now)
                 if stop is None:
                     pending = Change(events=[retrying])
-                    row = self._finished(running, StepStatus.RUNNING, error)
+                    row = self._finished(running, StepStatus.RUNNING, error, now)
                     continue
                 stopped_by = stop  # cancelled, or the deadline passed, while backing off
-            failed = self._finished(running, StepStatus.FAILED, error)
+            failed = self._finished(running, StepStatus.FAILED, error, now)
             failed.uncertain = uncertain
             change = Change(
                 steps=[failed],
-                events=[self._event(EventType.STEP_FAILED, step, attempt=attempt, detail=error)],
+                events=[
+                    self._event(EventType.STEP_FAILED, now, step, attempt=attempt, detail=error)
+                ],
             )
             if stopped_by is not None:
-                change.events.append(self._event(stopped_by[0]))
-                return self._start_compensation(change, stopped_by[1])
+                change.events.append(self._event(stopped_by[0], now))
+                return self._start_compensation(change, stopped_by[1]), now
             if forward_only:  # a business failure past the pivot: only an operator can help
                 change.status, change.error = SagaStatus.FAILED, f"{step.name}: {error}"
-                change.events.append(self._event(EventType.SAGA_FAILED, detail=change.error))
+                change.events.append(self._event(EventType.SAGA_FAILED, now, detail=change.error))
                 change.release_lease = True
-                await self._commit(change)
+                await self._commit(change, now)
                 return None
-            return self._start_compensation(change, error)
+            return self._start_compensation(change, error), now
 
     async def _backoff(self, delay: float, forward_only: bool) -> None:
         deadline = self.record.deadline_at
@@ -403,7 +461,7 @@ class SagaRun:
         change.clear_cancel = self.cancel_requested
         return change
 
-    async def _compensate(self, pending: Change) -> None:
+    async def _compensate(self, pending: Change, now: float) -> None:
         error = pending.error if pending.status is not None else self.record.error
         # Bug fix: the outcome that started compensation (the failed step's FAILED row) is still
         # in ``pending``, not yet in ``self.record``, where that step looks RUNNING (uncertain):
@@ -416,18 +474,18 @@ class SagaRun:
             row = self.record.steps.get((step.name, COMPENSATION))
             if row is not None and row.status is StepStatus.COMPENSATED:
                 continue
-            outcome = await self._undo(step, row, pending)
+            outcome = await self._undo(step, row, pending, now)
             if outcome is None:
                 return
-            pending = outcome
+            pending, now = outcome
         pending.status, pending.error = SagaStatus.COMPENSATED, error
-        pending.events.append(self._event(EventType.SAGA_COMPENSATED, detail=error))
+        pending.events.append(self._event(EventType.SAGA_COMPENSATED, now, detail=error))
         pending.release_lease = True
-        await self._commit(pending)
+        await self._commit(pending, now)
 
     async def _undo(
-        self, step: Step[Any], row: StepRecord | None, pending: Change
-    ) -> Change | None:
+        self, step: Step[Any], row: StepRecord | None, pending: Change, now: float
+    ) -> tuple[Change, float] | None:
         policy = step.compensation_retry
         attempt = 0 if row is None else row.attempts
         # A fresh budget after an operator's retry of a FAILED compensation; otherwise the
@@ -442,7 +500,6 @@ class SagaRun:
         assert step.undo is not None
         while True:
             attempt += 1
-            now = self.clock.now()
             running = StepRecord(
                 name=step.name,
                 phase=COMPENSATION,
@@ -462,7 +519,7 @@ class SagaRun:
                     detail=self.owner,
                 )
             )
-            await self._commit(pending)
+            await self._commit(pending, now)
             output = (
                 step.decode_output(forward.output)
                 if forward.status is StepStatus.SUCCEEDED
@@ -480,20 +537,28 @@ class SagaRun:
             except Exception as exc:
                 error = _describe(exc)
             else:
-                return Change(
-                    steps=[self._finished(running, StepStatus.COMPENSATED, None)],
+                now = self.clock.now()
+                change = Change(
+                    steps=[self._finished(running, StepStatus.COMPENSATED, None, now)],
                     events=[
                         self._event(
-                            EventType.STEP_COMPENSATED, step, phase=COMPENSATION, attempt=attempt
+                            EventType.STEP_COMPENSATED,
+                            now,
+                            step,
+                            phase=COMPENSATION,
+                            attempt=attempt,
                         )
                     ],
                     effects=() if ctx.effects is None else tuple(ctx.effects),
                 )
+                return change, now
+            now = self.clock.now()
             if attempt < limit:
                 pending = Change(
                     events=[
                         self._event(
                             EventType.COMPENSATION_RETRYING,
+                            now,
                             step,
                             phase=COMPENSATION,
                             attempt=attempt,
@@ -502,24 +567,27 @@ class SagaRun:
                     ]
                 )
                 await self._backoff(policy.delay(attempt), forward_only=True)
+                now = self.clock.now()
                 continue
             message = f"compensation of {step.name} failed: {error}"
             await self._commit(
                 Change(
                     status=SagaStatus.FAILED,
                     error=message,
-                    steps=[self._finished(running, StepStatus.FAILED, error)],
+                    steps=[self._finished(running, StepStatus.FAILED, error, now)],
                     events=[
                         self._event(
                             EventType.COMPENSATION_FAILED,
+                            now,
                             step,
                             phase=COMPENSATION,
                             attempt=attempt,
                             detail=error,
                         ),
-                        self._event(EventType.SAGA_FAILED, detail=message),
+                        self._event(EventType.SAGA_FAILED, now, detail=message),
                     ],
                     release_lease=True,
-                )
+                ),
+                now,
             )
             return None
