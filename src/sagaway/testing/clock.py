@@ -22,8 +22,8 @@ With ``auto_advance=True`` every ``sleep`` moves the clock forward by its own du
 returns at once: handy when a test only wants backoff to cost nothing and does not care to
 observe each wait (time still passes, so deadlines and leases see it).
 
-Only what goes through the clock is virtual: a step's ``timeout`` is enforced by
-``asyncio.timeout`` on the event loop's real time, so tests of timeouts use small real values.
+Only what goes through the clock is virtual: a step's ``timeout`` is enforced by a timer on
+the event loop's real time, so tests of timeouts use small real values.
 """
 
 from __future__ import annotations
