@@ -16,18 +16,27 @@ pattern, so it is written once here:
    retry with the same key evaluates afresh.
 
 Statements are built once, at import, with named bind parameters: SQLAlchemy then compiles each
-one once per dialect and caches it, and a call costs only its execution.
+one once per dialect and caches it. The hot writes (the claims, the guarded updates, an order's
+rows) go through :func:`run`, which on the plain ``sqlite3`` driver (the store executor's writer,
+where every shop write runs on SQLite) goes one step further: the Core statement is compiled
+once into SQL text, a parameter order, its constant parameters and the bind processors, and a
+call runs that SQL straight on the driver. Measured: 20-35 us of SQLAlchemy per statement
+against 3-5 us this way, on the one writer thread every write of the file waits for. The
+statement is still the one Core statement (other drivers, PostgreSQL, run it through
+SQLAlchemy as before); reads stay on SQLAlchemy, which converts result types.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import cache
 from typing import Any, cast
 
-from sqlalchemy import Executable, Insert, Table, bindparam, select
+from sqlalchemy import Column, Executable, Insert, Table, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
+from sqlalchemy.sql.dml import UpdateBase
 
 from checkout.db import Base
 from checkout.domain.models import Address, OrderLine
@@ -46,18 +55,122 @@ def _insert_ignore(dialect: str, table: Table, key: str) -> Insert:
     raise NotImplementedError(f"insert_ignore does not support {dialect}")  # pragma: no cover
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """One DML statement compiled for the ``sqlite3`` driver, for one set of parameter keys."""
+
+    sql: str
+    # Per positional parameter: (name, bind processor or None, constant value, is it constant).
+    params: tuple[tuple[str, Callable[[Any], Any] | None, Any, bool], ...]
+    # Columns whose Python-side default (or onupdate) the statement must fill in.
+    defaults: tuple[tuple[str, Callable[[Any], Any]], ...]
+
+    def args(self, values: Mapping[str, Any]) -> list[Any]:
+        if self.defaults:
+            values = dict(values)
+            for name, default in self.defaults:
+                if name not in values:
+                    values[name] = default(None)
+        return [
+            (value if proc is None else proc(value))
+            for name, proc, constant, fixed in self.params
+            for value in ((constant if fixed else values[name]),)
+        ]
+
+
+_plans: dict[tuple[int, str, tuple[str, ...]], tuple[UpdateBase, _Plan | None]] = {}
+
+
+def _default_of(column: Column[Any], update: bool) -> Callable[[Any], Any] | None:
+    default: Any = column.onupdate if update else column.default
+    if default is None:
+        return None
+    if getattr(default, "is_callable", False):
+        return cast(Callable[[Any], Any], default.arg)  # SQLAlchemy wrapped it to take a context
+    if getattr(default, "is_scalar", False):
+        value = default.arg
+        return lambda _context: value
+    return None  # a SQL expression or a sequence: SQLAlchemy's job
+
+
+def _compile(conn: Connection, stmt: UpdateBase, keys: tuple[str, ...]) -> _Plan | None:
+    """The plan for ``stmt`` with parameters ``keys``, or None when it needs SQLAlchemy at
+    run time (expanding IN lists, SQL-side or context-dependent defaults)."""
+    compiled: Any = stmt.compile(dialect=conn.dialect, column_keys=list(keys))
+    if compiled.positiontup is None or compiled.literal_execute_params:
+        return None
+    if compiled.post_compile_params:
+        return None
+    defaults: list[tuple[str, Callable[[Any], Any]]] = []
+    for update, columns in ((False, compiled.insert_prefetch), (True, compiled.update_prefetch)):
+        for column in columns:
+            fill = _default_of(column, update)
+            if fill is None:
+                return None
+            defaults.append((column.key, fill))
+    filled = set(keys) | {name for name, _ in defaults}
+    processors = compiled._bind_processors
+    params = []
+    for name in compiled.positiontup:
+        proc = processors.get(name)
+        if name in filled:
+            params.append((name, proc, None, False))
+            continue
+        bind = compiled.binds.get(name)
+        if bind is None or bind.callable is not None or bind.required:
+            return None
+        params.append((name, proc, bind.value, True))
+    return _Plan(compiled.string, tuple(params), tuple(defaults))
+
+
+def _plan(conn: Connection, stmt: UpdateBase, keys: tuple[str, ...]) -> _Plan | None:
+    slot = (id(stmt), conn.dialect.name, keys)
+    found = _plans.get(slot)
+    if found is None or found[0] is not stmt:
+        found = _plans[slot] = (stmt, _compile(conn, stmt, keys))
+    return found[1]
+
+
+def _raw(conn: Connection) -> Any:
+    """The ``sqlite3`` connection under ``conn``, or None on any other driver."""
+    if conn.dialect.driver != "pysqlite":
+        return None
+    return conn.connection.driver_connection
+
+
+def run(conn: Connection, stmt: UpdateBase, params: Mapping[str, Any] | Sequence[Any]) -> int:
+    """Execute a module-level INSERT/UPDATE/DELETE with one parameter dict (or a list of them,
+    all with the same keys) and return the row count. On the ``sqlite3`` driver it runs
+    precompiled (see the module docstring); otherwise, or when the statement needs SQLAlchemy
+    at run time, through ``conn.execute``. Only for statements built once: plans are cached
+    by statement identity."""
+    raw = _raw(conn)
+    if raw is not None:
+        if isinstance(params, Mapping):
+            plan = _plan(conn, stmt, tuple(params))
+            if plan is not None:
+                return int(raw.execute(plan.sql, plan.args(params)).rowcount)
+        elif params and isinstance(params[0], Mapping):
+            keys = tuple(params[0])
+            plan = _plan(conn, stmt, keys)
+            if plan is not None and all(tuple(row) == keys for row in params):
+                return int(raw.executemany(plan.sql, [plan.args(row) for row in params]).rowcount)
+    return int(conn.execute(stmt, params).rowcount)
+
+
 def insert_ignore(
     conn: Connection, table: Table, values: dict[str, Any], key: str = "idempotency_key"
 ) -> bool:
     """Insert a row unless one with the same ``key`` exists; True when this call inserted it.
-    Python-side column defaults (timestamps) are filled in by SQLAlchemy."""
-    result = conn.execute(_insert_ignore(conn.dialect.name, table, key), values)
-    return result.rowcount == 1
+    Python-side column defaults (timestamps) are filled in as SQLAlchemy would."""
+    return run(conn, _insert_ignore(conn.dialect.name, table, key), values) == 1
 
 
 def execute(conn: Connection, stmt: Executable, **params: Any) -> int:
     """Run a guarded UPDATE (or DELETE) and return how many rows it changed (0: the guard
     said no)."""
+    if isinstance(stmt, UpdateBase):
+        return run(conn, stmt, params)
     return conn.execute(stmt, params).rowcount
 
 

@@ -31,7 +31,7 @@ from checkout.domain.models import (
     UserNotFound,
 )
 from checkout.domain.rules import order_total, price_lines
-from checkout.participants._sql import address_values, execute, row_address, table_of
+from checkout.participants._sql import address_values, execute, row_address, run, table_of
 from checkout.participants.shop import prices
 
 orders = table_of(OrderRow)
@@ -156,7 +156,8 @@ def create_order(
     address = shipping_address or (row_address(account) if account is not None else None)
     now = utcnow()
     total = order_total(lines)
-    conn.execute(
+    run(
+        conn,
         _INSERT_ORDER,
         {
             "id": order_id,
@@ -170,7 +171,8 @@ def create_order(
             **address_values(address),
         },
     )
-    conn.execute(
+    run(
+        conn,
         _INSERT_ITEMS,
         [
             {

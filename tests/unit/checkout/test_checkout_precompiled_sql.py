@@ -1,0 +1,132 @@
+"""The precompiled path of ``checkout.participants._sql.run``: on the ``sqlite3`` driver the hot
+writes skip SQLAlchemy's execution machinery, and must write exactly what SQLAlchemy writes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, select
+from sqlalchemy.engine import Connection
+
+from checkout.db import Base
+from checkout.participants import _sql, inventory, orders, payment, shipping
+from checkout.participants._sql import run, table_of
+
+TIMES = {"created_at", "updated_at"}
+
+
+def _snapshot(conn: Connection) -> dict[str, list[tuple[Any, ...]]]:
+    """Every shop table's rows, timestamps only checked for being set."""
+    tables: dict[str, list[tuple[Any, ...]]] = {}
+    for table in Base.metadata.sorted_tables:
+        rows = []
+        for row in conn.execute(select(table)).mappings():
+            assert all(row[c] is not None for c in TIMES if c in row), (table.name, row)
+            rows.append(tuple(v for k, v in sorted(row.items()) if k not in TIMES))
+        tables[table.name] = sorted(rows, key=repr)
+    return tables
+
+
+@pytest.fixture
+def conns() -> Iterator[tuple[Connection, Connection]]:
+    engines = [create_engine("sqlite://") for _ in range(2)]
+    for engine in engines:
+        Base.metadata.create_all(engine)
+    with engines[0].begin() as fast, engines[1].begin() as slow:
+        yield fast, slow
+    for engine in engines:
+        engine.dispose()
+
+
+def _writes(conn: Connection, execute: Any) -> None:
+    products, accounts = inventory.products, payment.accounts
+    execute(
+        conn,
+        _sql._insert_ignore("sqlite", products, "id"),
+        {"id": "p1", "name": "P", "price_cents": 250, "stock": 10, "reserved": 0, "shipped": 0},
+    )
+    execute(
+        conn,
+        _sql._insert_ignore("sqlite", accounts, "id"),
+        {"id": "u1", "name": "U", "balance_cents": 10_000},
+    )
+    reservation = {
+        "idempotency_key": "k1",
+        "order_id": "o1",
+        "status": "reserved",
+        "items": [{"product_id": "p1", "quantity": 2}],
+    }
+    assert (
+        execute(
+            conn,
+            _sql._insert_ignore("sqlite", inventory.reservations, "idempotency_key"),
+            reservation,
+        )
+        == 1
+    )
+    assert (
+        execute(
+            conn,
+            _sql._insert_ignore("sqlite", inventory.reservations, "idempotency_key"),
+            reservation,
+        )
+        == 0
+    )
+    assert execute(conn, inventory._RESERVE, {"product": "p1", "qty": 2}) == 1
+    assert execute(conn, inventory._RESERVE, {"product": "p1", "qty": 99}) == 0
+    assert execute(conn, shipping._SHIP, {"product": "p1", "qty": 1}) == 1
+    assert execute(conn, payment._DEBIT, {"account": "u1", "amount": 500}) == 1
+    assert execute(conn, inventory._MARK_RELEASED, {"forward": "k1", "compensation": "c1"}) == 1
+    row = {
+        "id": "o1",
+        "customer_id": "u1",
+        "status": "pending",
+        "total_cents": 500,
+        "payment_method": "card",
+        "idempotency_key": None,
+        "created_at": None,
+        "updated_at": None,
+        **_sql.address_values(None),
+    }
+    row["created_at"] = row["updated_at"] = orders.utcnow()
+    assert execute(conn, orders._INSERT_ORDER, row) == 1
+    items = [
+        {"order_id": "o1", "line_no": n, "product_id": "p1", "quantity": 1, "unit_price_cents": 250}
+        for n in (1, 2)
+    ]
+    assert execute(conn, orders._INSERT_ITEMS, items) == 2
+    assert execute(conn, orders._ATTACH, {"order": "o1", "saga": "s1", "now": orders.utcnow()}) == 1
+    mirror = {
+        "order": "o1",
+        "saga": "s1",
+        "new_status": "failed",
+        "new_error": "Boom",
+        "now": orders.utcnow(),
+    }
+    assert execute(conn, orders._MIRROR, mirror) == 1
+    assert execute(conn, orders._MIRROR, mirror) == 0
+
+
+def test_precompiled_writes_match_sqlalchemy(conns: tuple[Connection, Connection]) -> None:
+    fast, slow = conns
+    _writes(fast, run)
+    _writes(slow, lambda conn, stmt, params: conn.execute(stmt, params).rowcount)
+    assert _snapshot(fast) == _snapshot(slow)
+
+
+def test_hot_statements_take_the_precompiled_path(conns: tuple[Connection, Connection]) -> None:
+    fast, _ = conns
+    for stmt, keys in [
+        (inventory._RESERVE, ("product", "qty")),
+        (payment._DEBIT, ("account", "amount")),
+        (shipping._SHIP, ("product", "qty")),
+        (orders._MIRROR, ("order", "saga", "new_status", "new_error", "now")),
+        (
+            _sql._insert_ignore("sqlite", inventory.reservations, "idempotency_key"),
+            ("idempotency_key", "order_id", "items", "status"),
+        ),
+    ]:
+        assert _sql._plan(fast, stmt, keys) is not None, stmt
+    assert table_of(orders.OrderRow) is orders.orders
