@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
-from checkout.api.deps import DEFAULT_WAIT_SECONDS, CheckoutDep, IdempotencyKey, Limit, Offset, Wait
+from checkout.api.deps import (
+    DEFAULT_WAIT_SECONDS,
+    CheckoutDep,
+    IdempotencyKey,
+    Limit,
+    Offset,
+    Wait,
+    checkout_of,
+)
 from checkout.api.schemas import OrderOut, OrderPage, OrderRequest
 from checkout.api.views import order_out
 from checkout.domain.models import OrderStatus
@@ -48,13 +56,13 @@ async def place(
 )
 async def create_order(
     body: OrderRequest,
+    request: Request,
     response: Response,
-    checkout: CheckoutDep,
     idempotency_key: IdempotencyKey = None,
     wait: Wait = DEFAULT_WAIT_SECONDS,
 ) -> OrderOut:
     """Place an order and run its checkout saga (201 when finished within `wait`, else 202)."""
-    return respond(await place(checkout, body, idempotency_key, wait), response)
+    return respond(await place(checkout_of(request), body, idempotency_key, wait), response)
 
 
 @router.get("/orders")
