@@ -129,7 +129,13 @@ def serve(
     role = Role.API if no_worker else Role.ALL
     application = create_app(settings, role=role, owner_id=server_owner_id(actual_port))
     config = uvicorn.Config(
-        application, log_level=log_level, lifespan="on", timeout_graceful_shutdown=5
+        application,
+        log_level=log_level,
+        # Access lines are INFO: below the default level nothing would be written, but uvicorn
+        # would still format each line's arguments per request.
+        access_log=log_level.lower() in ("trace", "debug", "info"),
+        lifespan="on",
+        timeout_graceful_shutdown=5,
     )
     server = uvicorn.Server(config)
     shown = f"[{settings.host}]" if ":" in settings.host else settings.host

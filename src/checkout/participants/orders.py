@@ -31,7 +31,14 @@ from checkout.domain.models import (
     UserNotFound,
 )
 from checkout.domain.rules import order_total, price_lines
-from checkout.participants._sql import address_values, execute, row_address, run, table_of
+from checkout.participants._sql import (
+    address_values,
+    execute,
+    fetch_first,
+    row_address,
+    run,
+    table_of,
+)
 from checkout.participants.shop import prices
 
 orders = table_of(OrderRow)
@@ -146,7 +153,7 @@ def create_order(
         existing = _one(conn, _BY_KEY, key=idempotency_key)
         if existing is not None:
             return existing, False
-    account = conn.execute(_ACCOUNT, {"account": customer_id}).first()
+    account = fetch_first(conn, _ACCOUNT, {"account": customer_id})
     if account is None and strict:
         raise UserNotFound(customer_id)
     known = prices(conn, sorted({item.product_id for item in items}))

@@ -34,7 +34,14 @@ from checkout.domain.models import (
     ValidatedOrder,
 )
 from checkout.domain.rules import order_total, price_lines
-from checkout.participants._sql import address_values, insert_ignore, row_address, table_of
+from checkout.participants._sql import (
+    address_values,
+    fetch,
+    fetch_first,
+    insert_ignore,
+    row_address,
+    table_of,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +168,7 @@ def prices(conn: Connection, product_ids: list[str]) -> dict[str, int]:
     if not product_ids:
         return {}
     params = {f"p{n}": pid for n, pid in enumerate(product_ids)}
-    return {pid: price for pid, price in conn.execute(_prices_of(len(product_ids)), params)}
+    return {pid: price for pid, price in fetch(conn, _prices_of(len(product_ids)), params)}
 
 
 def validate_order(conn: Connection, order: OrderInput) -> ValidatedOrder:
@@ -171,7 +178,7 @@ def validate_order(conn: Connection, order: OrderInput) -> ValidatedOrder:
     Raises :class:`UserNotFound` / :class:`ProductNotFound`. The address itself is judged
     by the shipping step, after payment, as the seed service did (user_3's scenario).
     """
-    account = conn.execute(_ACCOUNT, {"account": order.customer_id}).first()
+    account = fetch_first(conn, _ACCOUNT, {"account": order.customer_id})
     if account is None:
         raise UserNotFound(order.customer_id)
     known = prices(conn, sorted({item.product_id for item in order.items}))

@@ -11,7 +11,7 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.engine import Connection
 
 from checkout.db import Base
-from checkout.participants import _sql, inventory, orders, payment, shipping
+from checkout.participants import _sql, inventory, orders, payment, shipping, shop
 from checkout.participants._sql import run, table_of
 
 TIMES = {"created_at", "updated_at"}
@@ -130,3 +130,36 @@ def test_hot_statements_take_the_precompiled_path(conns: tuple[Connection, Conne
     ]:
         assert _sql._plan(fast, stmt, keys) is not None, stmt
     assert table_of(orders.OrderRow) is orders.orders
+
+
+def test_precompiled_reads_match_sqlalchemy(conns: tuple[Connection, Connection]) -> None:
+    fast, _ = conns
+    _writes(fast, run)
+    run(
+        fast,
+        orders._INSERT_ORDER,
+        {
+            "id": "o2",
+            "customer_id": "u1",
+            "status": "pending",
+            "total_cents": 500,
+            "payment_method": "card",
+            "created_at": orders.utcnow(),
+            "updated_at": orders.utcnow(),
+        },
+    )
+    for stmt, params in [
+        (shop._ACCOUNT, {"account": "u1"}),
+        (shop._ACCOUNT, {"account": "nobody"}),
+        (shop._prices_of(2), {"p0": "p1", "p1": "p9"}),
+        (orders._ORDER, {"order": "o2"}),  # datetime columns: converted like SQLAlchemy
+    ]:
+        got = _sql.fetch(fast, stmt, params)
+        want = list(fast.execute(stmt, params))
+        assert [tuple(row) for row in got] == [tuple(row) for row in want], stmt
+        assert [row._fields for row in got] == [tuple(row._fields) for row in want]
+        assert _sql._queries[(id(stmt), tuple(params))][1] is not None, stmt
+    row = _sql.fetch_first(fast, shop._ACCOUNT, {"account": "u1"})
+    assert row is not None
+    assert row.balance_cents == 10_000 - 500
+    assert _sql.fetch_first(fast, shop._ACCOUNT, {"account": "nobody"}) is None
