@@ -18,7 +18,6 @@ run on their own pooled connection, as single statements where that is natural.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -30,21 +29,17 @@ from sagaway.state import (
     Event,
     EventType,
     NewSaga,
-    Phase,
     SagaRecord,
     SagaStatus,
     StepRecord,
-    StepStatus,
 )
+from sagaway.store._codec import EVENT_TYPE as _EVENT_TYPE
+from sagaway.store._codec import PHASE as _PHASE
+from sagaway.store._codec import SAGA_STATUS as _SAGA_STATUS
+from sagaway.store._codec import STEP_STATUS as _STEP_STATUS
+from sagaway.store._codec import dumps as _dumps
+from sagaway.store._codec import loads as _loads
 from sagaway.store._pg_schema import ACTIVE_SQL
-
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-_loads = json.loads
-
-_SAGA_STATUS = {s.value: s for s in SagaStatus}
-_STEP_STATUS = {s.value: s for s in StepStatus}
-_PHASE = {p.value: p for p in Phase}
-_EVENT_TYPE = {t.value: t for t in EventType}
 
 _COLS = (
     "i.id, i.name, i.version, i.status, i.input::text, i.idempotency_key, i.owner, "

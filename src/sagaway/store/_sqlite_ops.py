@@ -17,10 +17,8 @@ operation cost ~8 us each for steps and events, most of the writer's own time).
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Iterable, Sequence
-from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 from sagaway.errors import InvalidTransition, LeaseLost, SagaNotFound
@@ -30,48 +28,16 @@ from sagaway.state import (
     Event,
     EventType,
     NewSaga,
-    Phase,
     SagaRecord,
     SagaStatus,
     StepRecord,
-    StepStatus,
 )
-
-
-def _unserializable(value: Any) -> Any:
-    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
-
-
-# Compact JSON, same text as ``JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode``
-# but calling the C encoder directly: ``encode`` goes through two Python frames first, which
-# measured ~1.2 us of ~1.6 us for a step's int output (a few calls per saga on the writer).
-# No circular-reference markers (a shared dict would be shared between the writer and reader
-# threads): a circular value fails with RecursionError instead of ValueError.
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-_c_encode = (
-    None
-    if c_make_encoder is None  # no _json accelerator on this interpreter
-    else c_make_encoder(
-        None, _unserializable, encode_basestring, None, ":", ",", False, False, True
-    )
-)
-
-
-def _dumps(value: Any) -> str:
-    if type(value) is str:
-        return encode_basestring(value)
-    if _c_encode is None:
-        return _encode(value)
-    return "".join(_c_encode(value, 0))
-
-
-_loads = json.loads
-
-# Enum lookups by value through a dict: calling the enum class is several times slower.
-_SAGA_STATUS = {s.value: s for s in SagaStatus}
-_STEP_STATUS = {s.value: s for s in StepStatus}
-_PHASE = {p.value: p for p in Phase}
-_EVENT_TYPE = {t.value: t for t in EventType}
+from sagaway.store._codec import EVENT_TYPE as _EVENT_TYPE
+from sagaway.store._codec import PHASE as _PHASE
+from sagaway.store._codec import SAGA_STATUS as _SAGA_STATUS
+from sagaway.store._codec import STEP_STATUS as _STEP_STATUS
+from sagaway.store._codec import dumps as _dumps
+from sagaway.store._codec import loads as _loads
 
 _ACTIVE = ",".join(f"'{s.value}'" for s in ACTIVE_STATUSES)
 _COLS = (

@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Callable, Sequence
 from json.encoder import encode_basestring as _quote
@@ -85,25 +84,23 @@ from sagaway.state import (
     Event,
     EventType,
     NewSaga,
-    Phase,
     SagaRecord,
     SagaStatus,
     StepRecord,
-    StepStatus,
 )
 from sagaway.store import _redis_scripts as lua
+from sagaway.store._codec import EVENT_TYPE as _EVENT_TYPE
+from sagaway.store._codec import PHASE as _PHASE
+from sagaway.store._codec import SAGA_STATUS as _SAGA_STATUS
+from sagaway.store._codec import STEP_STATUS as _STEP_STATUS
+from sagaway.store._codec import dumps as _dumps
+from sagaway.store._codec import loads as _loads
 from sagaway.store.base import Page, SagaStore
 
 __all__ = ["RedisStore", "parse_url"]
 
 log = logging.getLogger("sagaway.store.redis")
 
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-_loads = json.loads
-_SAGA_STATUS = {s.value: s for s in SagaStatus}
-_STEP_STATUS = {s.value: s for s in StepStatus}
-_PHASE = {p.value: p for p in Phase}
-_EVENT_TYPE = {t.value: t for t in EventType}
 
 # Replies owed but none received for this long: the batch fails with StoreError and its
 # connection is dropped, so a hung server cannot hang every saga forever.
