@@ -289,3 +289,48 @@ def row_address(row: Any) -> Address | None:
     if all(value is None for value in values.values()):
         return None
     return Address(**values)
+
+
+def undo_once(
+    conn: Connection,
+    table: Table,
+    *,
+    forward_key: str,
+    idempotency_key: str,
+    order_id: str | None,
+    tombstone_status: str,
+    mark_undone: Executable,
+    undo_line: Executable,
+    what: str,
+    held: str,
+) -> Row[Any]:
+    """The compensation pattern of the line-moving participants (inventory, shipping).
+
+    A tombstone claims ``forward_key`` when the action never happened (a late action then finds
+    it and does nothing); otherwise ``mark_undone`` flips the action's row once (a repeat finds
+    it flipped) and ``undo_line`` moves each line's units back. A line that cannot move back is
+    a bug or a manual edit, never a race: raising rolls the undo back, so the saga's
+    compensation retries and, if it keeps failing, the saga ends FAILED for an operator.
+    Returns the row under ``forward_key``.
+    """
+    tombstoned = insert_ignore(
+        conn,
+        table,
+        {
+            "idempotency_key": forward_key,
+            "order_id": order_id,
+            "items": [],
+            "status": tombstone_status,
+            "compensation_key": idempotency_key,
+        },
+    )
+    if not tombstoned and execute(
+        conn, mark_undone, forward=forward_key, compensation=idempotency_key
+    ):
+        row = load_by_key(conn, table, forward_key)
+        for line in load_lines(row.items):
+            if execute(conn, undo_line, product=line.product_id, qty=line.quantity) != 1:
+                raise RuntimeError(
+                    f"cannot {what} {line.quantity} x {line.product_id}: not enough {held} units"
+                )
+    return load_by_key(conn, table, forward_key)

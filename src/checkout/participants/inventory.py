@@ -36,6 +36,7 @@ from checkout.participants._sql import (
     load_by_key,
     load_lines,
     table_of,
+    undo_once,
 )
 
 products = table_of(ProductRow)
@@ -134,30 +135,19 @@ def release(
       reserve call that arrives late (a slow retry of an uncertain step) becomes a no-op.
     ``idempotency_key`` (the compensation's own key) is recorded for the audit trail.
     """
-    tombstoned = insert_ignore(
+    row = undo_once(
         conn,
         reservations,
-        {
-            "idempotency_key": forward_key,
-            "order_id": order_id,
-            "items": [],
-            "status": ReservationStatus.CANCELLED.value,
-            "compensation_key": idempotency_key,
-        },
+        forward_key=forward_key,
+        idempotency_key=idempotency_key,
+        order_id=order_id,
+        tombstone_status=ReservationStatus.CANCELLED.value,
+        mark_undone=_MARK_RELEASED,
+        undo_line=_UNRESERVE,
+        what="release",
+        held="reserved",
     )
-    if not tombstoned and execute(
-        conn, _MARK_RELEASED, forward=forward_key, compensation=idempotency_key
-    ):
-        row = load_by_key(conn, reservations, forward_key)
-        for line in load_lines(row.items):
-            if execute(conn, _UNRESERVE, product=line.product_id, qty=line.quantity) != 1:
-                # The units this reservation holds are gone: a bug or a manual edit, never a
-                # race. Raising rolls the release back so the saga's compensation retries
-                # and, if it keeps failing, the saga ends FAILED where an operator sees it.
-                raise RuntimeError(
-                    f"cannot release {line.quantity} x {line.product_id}: not enough reserved units"
-                )
-    return _reservation(load_by_key(conn, reservations, forward_key))
+    return _reservation(row)
 
 
 def get_reservation(conn: Connection, idempotency_key: str) -> Reservation | None:

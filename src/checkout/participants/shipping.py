@@ -30,6 +30,7 @@ from checkout.participants._sql import (
     load_by_key,
     load_lines,
     table_of,
+    undo_once,
 )
 from checkout.participants.inventory import shortage_error
 
@@ -126,27 +127,19 @@ def cancel_shipment(
     """Compensate the shipment created under ``forward_key``, exactly once: units go back
     to reserved (the inventory compensation then returns them to stock). A shipment that
     never happened gets a ``void`` tombstone so a late create becomes a no-op."""
-    tombstoned = insert_ignore(
+    row = undo_once(
         conn,
         shipments,
-        {
-            "idempotency_key": forward_key,
-            "order_id": order_id,
-            "items": [],
-            "status": ShipmentStatus.VOID.value,
-            "compensation_key": idempotency_key,
-        },
+        forward_key=forward_key,
+        idempotency_key=idempotency_key,
+        order_id=order_id,
+        tombstone_status=ShipmentStatus.VOID.value,
+        mark_undone=_MARK_CANCELLED,
+        undo_line=_UNSHIP,
+        what="unship",
+        held="shipped",
     )
-    if not tombstoned and execute(
-        conn, _MARK_CANCELLED, forward=forward_key, compensation=idempotency_key
-    ):
-        row = load_by_key(conn, shipments, forward_key)
-        for line in load_lines(row.items):
-            if execute(conn, _UNSHIP, product=line.product_id, qty=line.quantity) != 1:
-                raise RuntimeError(
-                    f"cannot unship {line.quantity} x {line.product_id}: not enough shipped units"
-                )
-    return _shipment(load_by_key(conn, shipments, forward_key))
+    return _shipment(row)
 
 
 def get_shipment(conn: Connection, idempotency_key: str) -> Shipment | None:
