@@ -12,7 +12,7 @@ Two executors:
 
 * :class:`StoreExecutor`: SQLite, when the shop tables live in the saga log's own file (the
   default ``./sagaway.db``). Writes join the saga store's **group commit**
-  (``SQLiteStore.run_in_transaction``): they run on the store's single writer thread, each in
+  (``SQLiteStore.run_in_transaction``): they run on the store's single writer connection, each in
   its own savepoint of the batch's transaction, and share the batch's one fsync with the saga
   transitions and every other shop write queued meanwhile. There is then one writer for the
   file: no file-lock contention between the shop and the log, no busy-handler sleeps, no asyncio
@@ -144,7 +144,7 @@ class StoreExecutor(ShopExecutor):
         self._store = store
         self._close_store = close_store  # open_executor opened it: close it (if still open)
         self._writer_raw: sqlite3.Connection | None = None
-        self._writer: Connection | None = None  # only touched on the store's writer thread
+        self._writer: Connection | None = None  # only touched inside the store's write batches
         self._pool = (
             None if inline_reads else ThreadPoolExecutor(1, thread_name_prefix="checkout-read")
         )

@@ -21,7 +21,7 @@ rows) go through :func:`run`, which on the plain ``sqlite3`` driver (the store e
 where every shop write runs on SQLite) goes one step further: the Core statement is compiled
 once into SQL text, a parameter order, its constant parameters and the bind processors, and a
 call runs that SQL straight on the driver. Measured: 20-35 us of SQLAlchemy per statement
-against 3-5 us this way, on the one writer thread every write of the file waits for. The
+against 3-5 us this way, on the one writer every write of the file waits for. The
 statement is still the one Core statement (other drivers, PostgreSQL, run it through
 SQLAlchemy as before). The hot reads (an order's account and prices, on the writer when an
 order is created and on the event loop in ``validate_order``) go through :func:`fetch`, the

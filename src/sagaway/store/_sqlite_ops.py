@@ -1,6 +1,6 @@
-"""The SQLite saga log's statements: plain functions of a connection, run on the store's threads.
+"""The SQLite saga log's statements: plain functions of a connection.
 
-Write operations run on the writer thread inside a group-commit transaction. Each one raises the
+Write operations run on the writer connection inside a group-commit transaction. Each one raises the
 port's errors (``SagaNotFound``, ``LeaseLost``, ``InvalidTransition``) *before its first write*:
 that invariant is what lets the store run them without a savepoint each (see
 ``sqlite._write_batch``), so keep it when adding an operation. Read operations run on the
@@ -275,7 +275,7 @@ def read_counts(conn: sqlite3.Connection) -> dict[SagaStatus, int]:
     return {_SAGA_STATUS[status]: int(n) for status, n in rows}
 
 
-# -- writes (writer thread, inside the batch transaction and the operation's savepoint) --------
+# -- writes (writer connection, inside the batch transaction and the operation's savepoint) --------
 
 
 def create(

@@ -87,8 +87,8 @@ SCHEMA_VERSION = len(MIGRATIONS)
 def connect(path: str, *, durable: bool, busy_timeout_ms: int, reader: bool) -> sqlite3.Connection:
     """A connection in autocommit mode (the store issues BEGIN/COMMIT itself), WAL journal.
 
-    ``check_same_thread`` is off because each connection is made on the loop's side and then
-    used by exactly one dedicated thread.
+    ``check_same_thread`` is off because a connection is made on one thread and used on
+    another (the writer on the event loop's, the reader on its own), never by two at once.
     """
     try:
         conn = sqlite3.connect(
