@@ -1,0 +1,167 @@
+"""The floor under ``engine_throughput.py --store sqlite://``: the same workload in plain Python.
+
+No engine, no saga log beyond one progress row per saga: a 3-step saga is four durable writes
+(insert the saga row; after each step, update it and insert the step's effect row in the same
+transaction), every 10th fails at step 3 and undoes steps 2 and 1 (two more writes). This is the
+"plain Python" reference of issue 2, measured on the machine at hand, so that the engine's figure
+can be read as a fraction of what Python and SQLite themselves allow here (machines, and a
+shared machine from hour to hour, differ by 2x):
+
+    python benchmarks/sqlite_floor.py --commit group      # one fsync per batch of writes
+    python benchmarks/sqlite_floor.py --commit each       # one fsync per write
+
+``group`` queues writes from all sagas and commits whatever is queued in one transaction, on
+the event loop's thread, as the SQLite store does; ``each`` commits every write on its own.
+Both are durable (WAL, synchronous=FULL). Prints a table, then one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sqlite3
+import statistics
+import tempfile
+import time
+from typing import Any
+
+Write = tuple[str, tuple[Any, ...]]
+
+SCHEMA = (
+    "CREATE TABLE saga (id INTEGER PRIMARY KEY, status TEXT NOT NULL, step INTEGER NOT NULL, "
+    "input TEXT NOT NULL)",
+    "CREATE TABLE effect (key TEXT PRIMARY KEY, saga INTEGER NOT NULL, amount INTEGER NOT NULL)",
+)
+
+
+class GroupCommit:
+    """Writes queued by any saga, committed together: one transaction, one fsync per batch."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.queued: list[tuple[list[Write], asyncio.Future[None]]] = []
+        self.wakeup = asyncio.Event()
+        self.batches = 0
+
+    async def write(self, *statements: Write) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self.queued.append((list(statements), future))
+        self.wakeup.set()
+        await future
+
+    async def run(self) -> None:
+        while True:
+            if not self.queued:
+                self.wakeup.clear()
+                await self.wakeup.wait()
+                continue
+            await asyncio.sleep(0)  # let the callers just woken queue their next writes
+            batch, self.queued = self.queued, []
+            self.conn.execute("BEGIN IMMEDIATE")
+            for statements, _ in batch:
+                for sql, params in statements:
+                    self.conn.execute(sql, params)
+            self.conn.execute("COMMIT")
+            self.batches += 1
+            for _, future in batch:
+                future.set_result(None)
+
+
+class CommitEach:
+    """Every write its own transaction (and fsync), one at a time, right away."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.batches = 0
+
+    async def write(self, *statements: Write) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+        for sql, params in statements:
+            self.conn.execute(sql, params)
+        self.conn.execute("COMMIT")
+        self.batches += 1
+
+    async def run(self) -> None:
+        await asyncio.Event().wait()
+
+
+async def saga(log: GroupCommit | CommitEach, i: int) -> None:
+    await log.write(
+        ("INSERT INTO saga VALUES (?, 'running', 0, ?)", (i, json.dumps({"order": i, "c": 500})))
+    )
+    for step in (1, 2, 3):
+        await asyncio.sleep(0)  # the step's action
+        if step == 3 and i % 10 == 9:
+            for undo in (2, 1):
+                await log.write(
+                    ("DELETE FROM effect WHERE key = ?", (f"{i}:{undo}",)),
+                    ("UPDATE saga SET status = 'compensating', step = ? WHERE id = ?", (undo, i)),
+                )
+            await log.write(("UPDATE saga SET status = 'compensated' WHERE id = ?", (i,)))
+            return
+        status = "succeeded" if step == 3 else "running"
+        await log.write(
+            ("INSERT INTO effect VALUES (?, ?, 500)", (f"{i}:{step}", i)),
+            ("UPDATE saga SET status = ?, step = ? WHERE id = ?", (status, step, i)),
+        )
+
+
+async def run(path: str, commit: str, n: int, concurrency: int) -> dict[str, Any]:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    for statement in SCHEMA:
+        conn.execute(statement)
+    log: GroupCommit | CommitEach = GroupCommit(conn) if commit == "group" else CommitEach(conn)
+    committer = asyncio.create_task(log.run())
+    latencies: list[float] = []
+    orders = iter(range(n))
+
+    async def client() -> None:
+        for i in orders:
+            began = time.perf_counter()
+            await saga(log, i)
+            latencies.append(time.perf_counter() - began)
+
+    began, cpu = time.perf_counter(), time.process_time()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu
+    committer.cancel()
+    statuses = dict(conn.execute("SELECT status, count(*) FROM saga GROUP BY status").fetchall())
+    conn.close()
+    assert statuses == {"succeeded": n - n // 10, "compensated": n // 10}, statuses
+    latencies.sort()
+    return {
+        "benchmark": "sqlite_floor",
+        "commit": commit,
+        "n": n,
+        "concurrency": concurrency,
+        "seconds": round(elapsed, 3),
+        "sagas_per_s": round(n / elapsed, 1),
+        "p50_ms": round(statistics.median(latencies) * 1000, 2),
+        "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 2),
+        "cpu_us_per_saga": round(cpu / n * 1e6, 1),
+        "writes_per_commit": round((n * 4 + n // 10 * 2) / log.batches, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--commit", choices=["group", "each"], default="group")
+    parser.add_argument("--n", type=int, default=10_000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(dir=".") as directory:
+        result = asyncio.run(
+            run(os.path.join(directory, "floor.db"), args.commit, args.n, args.concurrency)
+        )
+    width = max(len(k) for k in result)
+    for key, value in result.items():
+        print(f"{key:<{width}}  {value}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
