@@ -129,7 +129,9 @@ async def bootstrap(
             lease_seconds=settings.lease_seconds,
             execute=role.executes,
         )
-        tracker = OrderTracker(participants.orders, engine, reconcile_interval=reconcile_interval)
+        tracker = OrderTracker(
+            participants.orders, engine, saga, reconcile_interval=reconcile_interval
+        )
         if role.executes:
             engine.subscribe(tracker.on_transition)
         await engine.open()
@@ -147,7 +149,7 @@ async def bootstrap(
                 saga=saga,
                 engine=engine,
                 tracker=tracker,
-                checkout=CheckoutService(participants, engine, saga, tracker),
+                checkout=CheckoutService(participants, engine, tracker),
             )
         finally:
             await tracker.stop()

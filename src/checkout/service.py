@@ -16,9 +16,9 @@ from datetime import UTC, datetime
 
 from checkout.domain.models import Address, OrderInfo, OrderLine, OrderStatus
 from checkout.domain.rules import order_total, price_lines
-from checkout.participants import CheckoutParticipants, saga_input
+from checkout.participants import CheckoutParticipants
 from checkout.tracking import OrderTracker, order_status_for
-from sagaway import Engine, Saga, SagaRecord
+from sagaway import Engine, SagaRecord
 
 
 class OrderNotFound(LookupError):
@@ -48,22 +48,15 @@ class OrderView:
         return self.saga is None or self.saga.status.is_terminal
 
 
-def saga_key(order_id: str) -> str:
-    """The checkout saga's idempotency key: one saga per order, whoever starts it."""
-    return f"checkout:{order_id}"
-
-
 class CheckoutService:
     def __init__(
         self,
         participants: CheckoutParticipants,
         engine: Engine,
-        saga: Saga,
         tracker: OrderTracker,
     ) -> None:
         self.participants = participants
         self.engine = engine
-        self.saga = saga
         self.tracker = tracker
 
     async def quote(self, items: Sequence[OrderLine]) -> int:
@@ -107,6 +100,7 @@ class CheckoutService:
                 shipping_address=shipping_address,
                 payment_method=payment_method,
                 idempotency_key=idempotency_key,
+                checkout=checkout,
             )
         if checkout and order.saga_id is None:
             # Also completes a repeat whose first attempt died between the two writes.
@@ -127,10 +121,7 @@ class CheckoutService:
         return view, started
 
     async def _start(self, order: OrderInfo) -> OrderInfo:
-        saga_id = await self.engine.start(
-            self.saga, saga_input(order), idempotency_key=saga_key(order.id)
-        )
-        await self.tracker.attach(order.id, saga_id)
+        saga_id = await self.tracker.start_checkout(order)
         return order.model_copy(update={"saga_id": saga_id, "status": OrderStatus.PROCESSING})
 
     async def get(self, order_id: str) -> OrderView:

@@ -9,11 +9,14 @@ filters. Three mechanisms together make the mirror correct, even across crashes:
    ``failed`` / ``cancelled``, the saga's error, the saga id). The API awaits that write before
    answering, so a client that got a 201 reads its own write.
 2. **Reconciliation (the crash path).** A process killed between the saga's terminal write and
-   the order update leaves the order ``processing`` while its saga is terminal. Every process
-   that executes sagas runs :meth:`OrderTracker.reconcile` when it starts (before serving) and
-   then every few seconds: orders still ``processing`` whose saga is terminal are brought in
-   line. Orders touched in the last second are skipped by the periodic pass, since the
-   listener is about to handle them.
+   the order update leaves the order ``processing`` while its saga is terminal; one killed
+   between recording a checked-out order and starting its saga leaves it ``processing`` with no
+   saga. Every process that executes sagas runs :meth:`OrderTracker.reconcile` when it starts
+   (before serving) and then every few seconds: orders still ``processing`` whose saga is
+   terminal are brought in line, and orders without a saga get it started (the saga's
+   idempotency key is the order's, so a start that did happen is found, not repeated). Orders
+   touched in the last second are skipped by the periodic pass, since the listener, or the
+   request that recorded them, is about to handle them.
 3. **Derive on read.** Whoever reads one order (``GET /orders/{id}``, the responses of
    ``POST /orders``) loads its saga and reports the status derived from it
    (:func:`order_status_for`), repairing the row when it lags. So even an API-only process,
@@ -36,14 +39,19 @@ import contextlib
 import logging
 from collections import OrderedDict
 
-from checkout.domain.models import OrderStatus
-from checkout.participants.orders import OrderService
+from checkout.domain.models import OrderInfo, OrderStatus
+from checkout.participants.orders import OrderService, saga_input
 from checkout.sagas import SAGA_NAME
-from sagaway import Change, Engine, SagaRecord, SagaStatus
+from sagaway import Change, Engine, Saga, SagaRecord, SagaStatus
 
 log = logging.getLogger("checkout.tracking")
 
 CANCELLED_ERROR = "cancelled"  # the runner's saga error when an operator cancelled it
+
+
+def saga_key(order_id: str) -> str:
+    """The checkout saga's idempotency key: one saga per order, whoever starts it."""
+    return f"checkout:{order_id}"
 
 
 def order_status_for(status: SagaStatus, error: str | None) -> OrderStatus:
@@ -72,6 +80,7 @@ class OrderTracker:
         self,
         orders: OrderService,
         engine: Engine,
+        saga: Saga,
         *,
         reconcile_interval: float = 5.0,
         grace_seconds: float = 1.0,
@@ -79,6 +88,7 @@ class OrderTracker:
     ) -> None:
         self.orders = orders
         self.engine = engine
+        self.saga = saga
         self.reconcile_interval = reconcile_interval
         self.grace_seconds = grace_seconds
         self.batch = batch
@@ -141,6 +151,15 @@ class OrderTracker:
             error = None
         return await self.orders.mirror_saga(order_id, saga_id, status, error)
 
+    async def start_checkout(self, order: OrderInfo) -> str:
+        """Start the order's saga (or find the one a previous attempt started: the key is the
+        order's) and attach it to the order; the saga's id."""
+        saga_id = await self.engine.start(
+            self.saga, saga_input(order), idempotency_key=saga_key(order.id)
+        )
+        await self.attach(order.id, saga_id)
+        return saga_id
+
     async def attach(self, order_id: str, saga_id: str) -> bool:
         """Mark a draft order as checked out by ``saga_id`` (``processing``). False if it has a
         saga already, which includes the case where the saga finished first and the listener
@@ -154,11 +173,30 @@ class OrderTracker:
     # -- reconciliation -------------------------------------------------------------------
 
     async def reconcile(self, *, grace_seconds: float | None = None) -> int:
-        """One pass: orders ``processing`` whose saga is terminal get its outcome. Returns how
-        many orders were fixed. ``grace_seconds`` skips orders updated that recently."""
+        """One pass: orders ``processing`` whose saga is terminal get its outcome, and those
+        without a saga get one started. Returns how many orders were fixed. ``grace_seconds``
+        skips orders updated that recently."""
         grace = self.grace_seconds if grace_seconds is None else grace_seconds
+        return await self._start_unstarted(grace) + await self._mirror_finished(grace)
+
+    async def _start_unstarted(self, grace: float) -> int:
+        started = 0
+        after = ""
+        while True:
+            ids = await self.orders.unstarted(after, self.batch, grace)
+            for order_id in ids:
+                order = await self.orders.get_order(order_id)
+                if order is not None and order.saga_id is None:
+                    saga_id = await self.start_checkout(order)
+                    log.warning("order %s had no saga (a crash?): started %s", order_id, saga_id)
+                    started += 1
+            if len(ids) < self.batch:
+                return started
+            after = ids[-1]
+
+    async def _mirror_finished(self, grace: float) -> int:
         fixed = 0
-        after: str = ""
+        after = ""
         while True:
             rows = await self.orders.processing(after, self.batch, grace)
             if not rows:

@@ -12,7 +12,9 @@ from checkout.api import create_app
 from checkout.bootstrap import Role, Services, bootstrap
 from checkout.db import OrderRow
 from checkout.domain.models import OrderLine
+from checkout.participants import saga_input
 from checkout.settings import Settings
+from checkout.tracking import saga_key
 
 ITEMS = [{"product_id": "product_1", "quantity": 1}]
 
@@ -87,3 +89,67 @@ async def test_api_only_process_records_sagas_for_a_worker(settings: Settings) -
                 # The worker's listener mirrored it; the API reports it either way.
                 fetched = (await client.get(response.headers["Location"])).json()
                 assert fetched["status"] == "completed"
+
+
+async def _record_without_saga(services: Services, *, checkout: bool) -> str:
+    """What a crash right after recording an order, before its saga started, leaves behind."""
+    order_, created = await services.participants.orders.create_order(
+        "user_1", [OrderLine(product_id="product_1", quantity=1)], checkout=checkout
+    )
+    assert created
+    assert order_.saga_id is None
+    return order_.id
+
+
+async def test_reconcile_starts_the_saga_of_an_order_recorded_just_before_a_crash(
+    services: Services,
+) -> None:
+    orders = services.participants.orders
+    checked_out = await _record_without_saga(services, checkout=True)
+    draft = await _record_without_saga(services, checkout=False)
+
+    assert await services.tracker.reconcile(grace_seconds=0) == 1
+    row = await orders.get_order(checked_out)
+    assert row is not None
+    assert row.saga_id is not None
+    record = await services.engine.wait(row.saga_id, timeout=10)
+    assert record.status == "SUCCEEDED"
+    view = await services.checkout.get(checked_out)
+    assert view.status == "completed"
+    # The draft waits for its checkout; a second pass starts nothing new.
+    untouched = await orders.get_order(draft)
+    assert untouched is not None
+    assert (untouched.status, untouched.saga_id) == ("pending", None)
+    assert await services.tracker.reconcile(grace_seconds=0) == 0
+    page = await services.engine.list_sagas(limit=100)
+    assert page.total == 1
+
+
+async def test_reconcile_attaches_a_saga_started_just_before_a_crash(
+    services: Services,
+) -> None:
+    """Crash between the saga's start and attaching it to the order: the saga is found by the
+    order's key, not started twice."""
+    order_id = await _record_without_saga(services, checkout=True)
+    order_ = await services.participants.orders.get_order(order_id)
+    assert order_ is not None
+    first = await services.engine.start(
+        services.saga, saga_input(order_), idempotency_key=saga_key(order_id)
+    )
+
+    assert await services.tracker.reconcile(grace_seconds=0) == 1
+    row = await services.participants.orders.get_order(order_id)
+    assert row is not None
+    assert row.saga_id == first
+    assert (await services.engine.list_sagas(limit=100)).total == 1
+
+
+async def test_startup_starts_sagas_of_orders_left_without_one(settings: Settings) -> None:
+    async with bootstrap(settings) as services:
+        order_id = await _record_without_saga(services, checkout=True)
+    async with bootstrap(settings) as services:
+        row = await services.participants.orders.get_order(order_id)
+        assert row is not None
+        assert row.saga_id is not None
+        record = await services.engine.wait(row.saga_id, timeout=10)
+        assert record.status == "SUCCEEDED"

@@ -15,8 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class OrderStatus(StrEnum):
-    PENDING = "pending"  # created, saga not started (a draft) or not yet picked up
-    PROCESSING = "processing"  # its saga is running
+    PENDING = "pending"  # a draft: recorded without checkout, no saga yet
+    # Checked out: its saga is running, or about to start (an order recorded just before a
+    # crash gets its saga from the tracker's reconciliation).
+    PROCESSING = "processing"
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"

@@ -146,9 +146,11 @@ def create_order(
     payment_method: str,
     idempotency_key: str | None,
     strict: bool,
+    checkout: bool = False,
 ) -> tuple[OrderInfo, bool]:
-    """Record a ``pending`` order priced from the catalog; ``(order, created)``. An order
-    already recorded under ``idempotency_key`` is returned as is (``created=False``)."""
+    """Record an order priced from the catalog, ``processing`` when it is being checked out
+    (its saga starts next) else a ``pending`` draft; ``(order, created)``. An order already
+    recorded under ``idempotency_key`` is returned as is (``created=False``)."""
     if idempotency_key is not None:
         existing = _one(conn, _BY_KEY, key=idempotency_key)
         if existing is not None:
@@ -163,13 +165,14 @@ def create_order(
     address = shipping_address or (row_address(account) if account is not None else None)
     now = utcnow()
     total = order_total(lines)
+    status = OrderStatus.PROCESSING if checkout else OrderStatus.PENDING
     run(
         conn,
         _INSERT_ORDER,
         {
             "id": order_id,
             "customer_id": customer_id,
-            "status": OrderStatus.PENDING.value,
+            "status": status.value,
             "total_cents": total,
             "payment_method": payment_method,
             "idempotency_key": idempotency_key,
@@ -195,7 +198,7 @@ def create_order(
     order = OrderInfo(
         id=order_id,
         customer_id=customer_id,
-        status=OrderStatus.PENDING,
+        status=status,
         total_cents=total,
         items=lines,
         shipping_address=address,
@@ -291,6 +294,26 @@ def processing_orders(
     return [(oid, sid) for oid, sid in conn.execute(query) if sid]
 
 
+def unstarted_orders(
+    conn: Connection, after: str, limit: int, updated_before: datetime | None
+) -> list[str]:
+    """Ids of orders checked out (``processing``) whose saga was never attached, by id after
+    ``after``: what a crash between recording an order and starting its saga leaves."""
+    query: Select[Any] = (
+        select(orders.c.id)
+        .where(
+            orders.c.status == OrderStatus.PROCESSING.value,
+            orders.c.saga_id.is_(None),
+            orders.c.id > after,
+        )
+        .order_by(orders.c.id)
+        .limit(limit)
+    )
+    if updated_before is not None:
+        query = query.where(orders.c.updated_at < updated_before)
+    return [oid for (oid,) in conn.execute(query)]
+
+
 class OrderService:
     """Create, read and update orders."""
 
@@ -307,8 +330,10 @@ class OrderService:
         idempotency_key: str | None = None,
         order_id: str | None = None,
         strict: bool = False,
+        checkout: bool = False,
     ) -> tuple[OrderInfo, bool]:
-        """Record a ``pending`` order priced from the catalog; returns ``(order, created)``.
+        """Record an order priced from the catalog; returns ``(order, created)``. ``checkout``:
+        it is being checked out (``processing``; start its saga next), else a ``pending`` draft.
 
         With an ``idempotency_key`` already used, the existing order is returned with
         ``created=False`` and nothing is written (also under a race: the unique constraint
@@ -331,6 +356,7 @@ class OrderService:
                 payment_method,
                 idempotency_key,
                 strict,
+                checkout,
             )
         except IntegrityError:
             # Two first requests with one key at once (PostgreSQL): the loser reads the winner's.
@@ -388,3 +414,9 @@ class OrderService:
         """See :func:`processing_orders`; ``grace_seconds`` skips orders updated that recently."""
         before = utcnow() - timedelta(seconds=grace_seconds) if grace_seconds > 0 else None
         return await self._db.read(processing_orders, after, limit, before)
+
+    async def unstarted(self, after: str, limit: int, grace_seconds: float) -> list[str]:
+        """See :func:`unstarted_orders`; ``grace_seconds`` skips orders updated that recently
+        (their saga is being started right now)."""
+        before = utcnow() - timedelta(seconds=grace_seconds) if grace_seconds > 0 else None
+        return await self._db.read(unstarted_orders, after, limit, before)
