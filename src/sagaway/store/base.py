@@ -13,13 +13,17 @@ The contract, checked for every backend by ``sagaway.testing.SagaStoreContract``
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Literal
 
-from sagaway.errors import SagaNotFound
+from sagaway.errors import SagaNotFound, StoreError
 from sagaway.state import Change, Event, NewSaga, SagaRecord, SagaStatus
+
+_State = Literal["new", "open", "closing", "closed"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,11 +41,73 @@ class SagaStore(ABC):
     # True when commit() runs a Change's ``effects`` inside its own transaction (ctx.atomic).
     atomic_effects: bool = False
 
-    async def open(self) -> None:  # noqa: B027 - optional hook
-        """Connect and create or migrate the schema. Idempotent."""
+    # What error messages call the store ("SQLite store 'sqlite:///x.db' is not open"), so an
+    # application holding several stores can tell which one refused.
+    _kind: str = "saga"
+    # A closed store refuses to open again: its connections and tasks are gone, and a second
+    # life on the same object would hide a use-after-close. A store with nothing to release
+    # (memory) may allow it.
+    _reopenable: bool = False
+    # new -> open -> closing -> closed. Class-level defaults, like ``url``, so that a store that
+    # never calls ``SagaStore.__init__`` still gets the lifecycle.
+    _state: _State = "new"
+    _lifecycle: asyncio.Lock | None = None
 
-    async def close(self) -> None:  # noqa: B027 - optional hook
-        """Flush pending writes and release connections. Idempotent."""
+    async def open(self) -> None:
+        """Connect and create or migrate the schema. Idempotent.
+
+        The guard lives here so every backend answers a second open, or an open after close,
+        the same way; backends implement ``_open``. The lock makes a concurrent ``close`` wait
+        for an ``open`` in progress instead of releasing what is half set up.
+        """
+        async with self._lifecycle_lock():
+            if self._state == "open":
+                return
+            if self._state != "new" and not self._reopenable:
+                raise StoreError(f"{self._kind} store {self._where} is closed")
+            await self._open()
+            self._state = "open"
+
+    async def close(self) -> None:
+        """Flush pending writes and release connections. Idempotent.
+
+        The state is "closing" while ``_close`` runs: operations are refused from then on, and
+        a backend's flusher knows to drain what is queued and stop.
+        """
+        async with self._lifecycle_lock():
+            if self._state != "open":
+                self._state = "closed"
+                return
+            self._state = "closing"
+            await self._close()
+            self._state = "closed"
+
+    async def _open(self) -> None:  # noqa: B027 - optional hook
+        """Connect and set up; runs under the lifecycle lock while the store is new (or closed,
+        if reopenable). If it raises, the state is unchanged and ``open`` may be tried again."""
+
+    async def _close(self) -> None:  # noqa: B027 - optional hook
+        """Drain and release what ``_open`` set up; runs under the lifecycle lock while the
+        state is "closing"."""
+
+    def _lifecycle_lock(self) -> asyncio.Lock:
+        if self._lifecycle is None:  # made on first use: see the class-level defaults
+            self._lifecycle = asyncio.Lock()
+        return self._lifecycle
+
+    @property
+    def _where(self) -> str:
+        """How error messages name the store (PostgreSQL names its host, port and schema)."""
+        return repr(self.url)
+
+    def _not_open(self) -> StoreError:
+        return StoreError(f"{self._kind} store {self._where} is not open")
+
+    def _check_open(self) -> None:
+        """Refuse an operation unless the store is open: before ``open`` or once ``close`` has
+        begun, the connections and flusher it needs are not (or no longer) there."""
+        if self._state != "open":
+            raise self._not_open()
 
     def on_work(self, callback: Callable[[], None]) -> None:  # noqa: B027 - optional hook
         """Ask to be called (on the event loop) when another process may have made work for

@@ -24,6 +24,10 @@ from sagaway.store.base import Page, SagaStore
 
 class MemoryStore(SagaStore):
     atomic_effects = True
+    _kind = "memory"
+    # Nothing to connect or release (no _open/_close), so operations need no open store and a
+    # closed one opens again: tests hand one store from engine to engine to simulate restarts.
+    _reopenable = True
 
     def __init__(self, url: str = "memory://") -> None:
         self.url = url

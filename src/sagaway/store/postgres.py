@@ -127,6 +127,8 @@ class PostgresStore(SagaStore):
     Bound to the event loop that calls ``open()``: use it from that loop only.
     """
 
+    _kind = "PostgreSQL"
+
     def __init__(self, url: str) -> None:
         self.url = url
         self.settings = parse_url(url)
@@ -143,55 +145,41 @@ class PostgresStore(SagaStore):
         self._callbacks: list[Callable[[], None]] = []
         self._listener: asyncio.Task[None] | None = None
         self._listening: asyncio.Future[None] | None = None
-        self._state = "new"  # new -> open -> closing -> closed
-        self._lifecycle = asyncio.Lock()
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    async def open(self) -> None:
+    async def _open(self) -> None:
         """Connect, create or migrate the schema, start the flusher (and the listener)."""
-        async with self._lifecycle:
-            if self._state == "open":
-                return
-            if self._state != "new":
-                raise StoreError(f"PostgreSQL store {self._where} is closed")
-            try:
-                self._pool = await asyncpg.create_pool(
-                    self.settings.dsn,
-                    min_size=1,
-                    max_size=self.settings.pool_size,
-                    server_settings=_SERVER_SETTINGS,
-                )
-                async with self._pool.acquire() as conn:
-                    await migrate(conn, self.schema)
-            except SagawayError:
-                await self._terminate_pool()
-                raise
-            except Exception as exc:
-                await self._terminate_pool()
-                raise self._error(exc, "cannot open the saga log") from exc
-            loop = asyncio.get_running_loop()
-            self._flusher = loop.create_task(self._flush_loop(), name="sagaway-pg-flush")
-            self._state = "open"
-            if self._callbacks:
-                self._start_listener()
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.settings.dsn,
+                min_size=1,
+                max_size=self.settings.pool_size,
+                server_settings=_SERVER_SETTINGS,
+            )
+            async with self._pool.acquire() as conn:
+                await migrate(conn, self.schema)
+        except SagawayError:
+            await self._terminate_pool()
+            raise
+        except Exception as exc:
+            await self._terminate_pool()
+            raise self._error(exc, "cannot open the saga log") from exc
+        loop = asyncio.get_running_loop()
+        self._flusher = loop.create_task(self._flush_loop(), name="sagaway-pg-flush")
+        if self._callbacks:
+            self._start_listener()
 
-    async def close(self) -> None:
+    async def _close(self) -> None:
         """Commit everything already queued, then stop listening and close the pool."""
-        async with self._lifecycle:
-            if self._state != "open":
-                self._state = "closed"
-                return
-            self._state = "closing"
-            self._wakeup.set()
-            assert self._flusher is not None
-            await self._flusher
-            if self._listener is not None:
-                self._listener.cancel()
-                await asyncio.gather(self._listener, return_exceptions=True)
-            assert self._pool is not None
-            await self._pool.close()
-            self._state = "closed"
+        self._wakeup.set()  # the flusher sees "closing": it drains the queue and returns
+        assert self._flusher is not None
+        await self._flusher
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
+        assert self._pool is not None
+        await self._pool.close()
 
     async def _terminate_pool(self) -> None:
         if self._pool is not None:
@@ -276,8 +264,7 @@ class PostgresStore(SagaStore):
     # -- group commit -----------------------------------------------------------------------
 
     def _submit(self, kind: str, payload: Any) -> asyncio.Future[Any]:
-        if self._state != "open":
-            raise StoreError(f"PostgreSQL store {self._where} is not open")
+        self._check_open()
         future = asyncio.get_running_loop().create_future()
         self._pending.append((future, kind, payload, 0))
         self._wakeup.set()
@@ -405,8 +392,7 @@ class PostgresStore(SagaStore):
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
-        if self._state != "open":
-            raise StoreError(f"PostgreSQL store {self._where} is not open")
+        self._check_open()
         assert self._pool is not None
         try:
             async with self._pool.acquire() as conn:

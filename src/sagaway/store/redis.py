@@ -25,8 +25,8 @@ developed against is 7.0, so there is none yet: configure ``appendfsync always``
 
 Transport: redis-py (``redis.asyncio``) does the connections, reconnects and RESP parsing
 (with ``hiredis`` when it is installed, as the ``redis`` extra does). On top of it a small
-batcher (``_Batcher``) gives concurrent sagas one round trip per batch: every command issued in
-one event-loop turn, or while the previous batch is in flight, goes out as one
+batcher (``_redis_batch``) gives concurrent sagas one round trip per batch: every command issued
+in one event-loop turn, or while the previous batch is in flight, goes out as one
 ``pipeline(transaction=False)``, and each caller's future gets its own reply or error
 (``execute(raise_on_error=False)``), the Redis counterpart of the SQLite store's group commit.
 Each call is still its own EVALSHA, atomic on its own; a failing one (``LeaseLost``,
@@ -42,9 +42,10 @@ that may have run must not run twice (a COMMIT would append its events twice). A
 lost mid-batch fails that batch's callers with ``StoreError`` (outcome unknown: the engine
 resumes such a saga from the log); the next batch connects again (redis-py's pool also replaces
 an idle connection the server closed before using it). A batch with no reply in
-``REPLY_TIMEOUT`` (30 s) fails the same way, so a hung server cannot hang every saga: one
-deadline per batch rather than redis-py's ``socket_timeout`` on every reply read, which cost
-about 8 % of the benchmark's CPU (a ``socket_timeout`` in the URL still applies).
+``REPLY_TIMEOUT`` (30 s, in ``_redis_batch``) fails the same way, so a hung server cannot hang
+every saga: one deadline per batch rather than redis-py's ``socket_timeout`` on every reply
+read, which cost about 8 % of the benchmark's CPU (a ``socket_timeout`` in the URL still
+applies).
 ``health_check_interval`` PINGs a connection idle for 30 s before reusing it.
 
 Measured (``benchmarks/engine_throughput.py``, N=10000, C=32, this project's 2-core machine,
@@ -66,17 +67,10 @@ from json.encoder import encode_basestring as _quote
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from redis.asyncio import ConnectionPool, Redis
-from redis.asyncio.connection import Connection, SSLConnection
-from redis.asyncio.connection import parse_url as parse_redis_url
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.connection import HiredisRespSerializer
+from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.maint_notifications import MaintNotificationsConfig
-from redis.utils import HIREDIS_AVAILABLE
 
 from sagaway.errors import InvalidTransition, LeaseLost, SagaNotFound, SagawayError, StoreError
 from sagaway.state import (
@@ -95,18 +89,12 @@ from sagaway.store._codec import SAGA_STATUS as _SAGA_STATUS
 from sagaway.store._codec import STEP_STATUS as _STEP_STATUS
 from sagaway.store._codec import dumps as _dumps
 from sagaway.store._codec import loads as _loads
+from sagaway.store._redis_batch import Batcher, command_client
 from sagaway.store.base import Page, SagaStore
 
 __all__ = ["RedisStore", "parse_url"]
 
 log = logging.getLogger("sagaway.store.redis")
-
-
-# Replies owed but none received for this long: the batch fails with StoreError and its
-# connection is dropped, so a hung server cannot hang every saga forever.
-REPLY_TIMEOUT = 30.0
-# A pooled connection idle this long is PINGed before a batch is sent on it.
-HEALTH_CHECK_INTERVAL = 30
 
 
 def parse_url(url: str) -> tuple[str, str]:
@@ -213,153 +201,37 @@ def _loaded(saga: list[str], steps: list[str], events: list[str] | None = None) 
     return record
 
 
-class _HiredisPacking:
-    """Commands packed by hiredis (redis-py's own ``HiredisRespSerializer``, which its sync
-    connections use; its asyncio ones pack in Python, which took a fifth of the benchmark's CPU
-    time)."""
-
-    _serializer = HiredisRespSerializer()
-
-    def pack_command(self, *args: Any) -> list[bytes]:
-        packed: list[bytes] = self._serializer.pack(*args)
-        return packed
-
-
-class _HiredisConnection(_HiredisPacking, Connection):
-    pass
-
-
-class _HiredisSSLConnection(_HiredisPacking, SSLConnection):
-    pass
-
-
-def _command_client(url: str, prefix: str) -> Redis:
-    """The hot path's client: never retries a batch (module docstring); named, so an operator
-    sees in CLIENT LIST which connection is the saga store's. URL parameters win."""
-    options: dict[str, Any] = {
-        "decode_responses": True,
-        "retry": Retry(NoBackoff(), 0),
-        "socket_timeout": None,  # one deadline per batch instead (_Batcher)
-        "socket_connect_timeout": 10.0,
-        "health_check_interval": HEALTH_CHECK_INTERVAL,
-        "client_name": "".join(c if c.isalnum() else "-" for c in f"sagaway-{prefix}"),
-        # Redis Enterprise's maintenance events: off, so that the pool checks a connection it
-        # hands out (a connection the server closed while idle is replaced before a batch).
-        "maint_notifications_config": MaintNotificationsConfig(enabled=False),
-    }
-    options.update(parse_redis_url(url))
-    if HIREDIS_AVAILABLE:
-        ssl = options.get("connection_class") is SSLConnection
-        options["connection_class"] = _HiredisSSLConnection if ssl else _HiredisConnection
-    return Redis.from_pool(ConnectionPool(**options))
-
-
-class _Batcher:
-    """One round trip per batch of concurrent commands, on a redis-py client.
-
-    ``submit`` queues a command and returns its future. The first command queued while no batch
-    is being sent starts a task; the task runs once the event loop has run everything else that
-    was ready, so it finds every command issued in that turn and sends them as one
-    ``pipeline(transaction=False)``. Commands queued while a batch is in flight make the next
-    batch. A reply error goes to its own caller (as redis-py's ``ResponseError``); a connection
-    error fails every caller of the batch with ``StoreError``."""
-
-    def __init__(self, client: Redis) -> None:
-        self.client = client
-        self._queue: list[tuple[tuple[str, ...], asyncio.Future[Any]]] = []
-        self._sender: asyncio.Task[None] | None = None
-        self.closed = False
-        self.batches = 0  # batches and commands sent (benchmarks: commands / batches)
-        self.commands = 0
-
-    def submit(self, command: tuple[str, ...]) -> asyncio.Future[Any]:
-        if self.closed:
-            raise StoreError("redis: the store is closed")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((command, future))
-        if self._sender is None:
-            self._sender = loop.create_task(self._run(), name="sagaway-redis-batch")
-        return future
-
-    async def _run(self) -> None:
-        try:
-            while self._queue:
-                batch, self._queue = self._queue, []
-                await self._send(batch)
-        finally:
-            # Here, not in a done callback (a loop turn later): a command queued in between
-            # would find a sender that is not going to take it.
-            self._sender = None
-
-    async def _send(self, batch: list[tuple[tuple[str, ...], asyncio.Future[Any]]]) -> None:
-        self.batches += 1
-        self.commands += len(batch)
-        pipe = self.client.pipeline(transaction=False)
-        for command, _ in batch:
-            pipe.execute_command(*command)
-        try:
-            async with asyncio.timeout(REPLY_TIMEOUT):
-                replies = await pipe.execute(raise_on_error=False)
-        except BaseException as exc:
-            why = f"no reply in {REPLY_TIMEOUT:.0f} s" if isinstance(exc, TimeoutError) else exc
-            for _, future in batch:
-                if not future.done():
-                    error = StoreError(f"redis: {why}")
-                    error.__cause__ = exc
-                    future.set_exception(error)
-            if not isinstance(exc, Exception):
-                raise  # cancelled (the loop is shutting down): the callers have their error
-            return
-        for (_, future), reply in zip(batch, replies, strict=True):
-            if future.done():  # the caller was cancelled; the command ran anyway
-                continue
-            if isinstance(reply, ResponseError):
-                future.set_exception(reply)
-            else:
-                future.set_result(reply)
-
-    async def aclose(self) -> None:
-        """Send what is queued and wait for its replies; refuse new commands."""
-        self.closed = True
-        if self._sender is not None:
-            await asyncio.shield(self._sender)
-
-
 class RedisStore(SagaStore):
     """The saga log in Redis; see the module docstring for the layout, the pipeline and the
     durability Redis gives. Bound to the event loop that calls ``open()``."""
+
+    _kind = "Redis"
 
     def __init__(self, url: str) -> None:
         self.url = url
         self._redis_url, self.prefix = parse_url(url)
         self._client: Redis | None = None
-        self._batcher: _Batcher | None = None
+        self._batcher: Batcher | None = None
         self._scripts: dict[str, tuple[str, str]] = {}  # name -> (sha, source)
         self._listener: asyncio.Task[None] | None = None
         self._callbacks: list[Callable[[], None]] = []
-        self._state = "new"  # new -> open -> closing -> closed
 
     @property
     def redis(self) -> Redis:
         """The redis-py client (for reads an application keeps next to its sagas)."""
         if self._client is None:
-            raise StoreError(f"Redis store {self.url!r} is not open")
+            raise self._not_open()
         return self._client
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    async def open(self) -> None:
+    async def _open(self) -> None:
         """Connect, check the server, load the scripts (and start the pub/sub listener)."""
-        if self._state == "open":
-            return
-        if self._state != "new":
-            raise StoreError(f"Redis store {self.url!r} is closed")
         client = Redis.from_url(self._redis_url, decode_responses=True)
         # The hot path's client: named, so an operator sees in CLIENT LIST which connection is
         # the saga store's; never retries a batch (module docstring). URL parameters win.
-        commands = _command_client(self._redis_url, self.prefix)
-        self._batcher = _Batcher(commands)
+        commands = command_client(self._redis_url, self.prefix)
+        self._batcher = Batcher(commands)
         self._scripts = {
             name: (commands.register_script(getattr(lua, name)).sha, getattr(lua, name))
             for name in lua.SCRIPTS
@@ -377,7 +249,6 @@ class RedisStore(SagaStore):
                 raise StoreError(f"redis: cannot connect to {where}: {cause}") from cause
             raise
         self._client = client
-        self._state = "open"
         if self._callbacks:
             self._start_listener()
 
@@ -387,12 +258,8 @@ class RedisStore(SagaStore):
             *(self.execute("SCRIPT", "LOAD", source) for _, source in self._scripts.values())
         )
 
-    async def close(self) -> None:
-        """Wait for the replies owed, stop the listener, disconnect. Idempotent."""
-        if self._state != "open":
-            self._state = "closed"
-            return
-        self._state = "closing"
+    async def _close(self) -> None:
+        """Wait for the replies owed, stop the listener, disconnect."""
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -403,7 +270,6 @@ class RedisStore(SagaStore):
         for client in (self._batcher.client, self._client):
             with contextlib.suppress(RedisError, OSError):
                 await client.aclose()
-        self._state = "closed"
 
     async def purge(self) -> int:
         """Delete every key under this store's prefix; returns how many. For tests and
@@ -469,8 +335,10 @@ class RedisStore(SagaStore):
     # -- commands ---------------------------------------------------------------------------
 
     def _submit(self, command: tuple[str, ...]) -> asyncio.Future[Any]:
+        # Not _check_open(): open() loads the scripts through the batcher before the state is
+        # "open"; once closed, the batcher refuses commands itself.
         if self._batcher is None:
-            raise StoreError(f"Redis store {self.url!r} is not open")
+            raise self._not_open()
         return self._batcher.submit(command)
 
     async def execute(self, *command: str | int | float) -> Any:

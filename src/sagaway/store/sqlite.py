@@ -131,6 +131,7 @@ class SQLiteStore(SagaStore):
     """
 
     atomic_effects = True
+    _kind = "SQLite"
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -144,39 +145,31 @@ class SQLiteStore(SagaStore):
         self._flusher: asyncio.Task[None] | None = None
         self._reader: ThreadPoolExecutor | None = None
         self._reader_conn: sqlite3.Connection | None = None
-        self._state = "new"  # new -> open -> closing -> closed
-        self._lifecycle = asyncio.Lock()
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    async def open(self) -> None:
+    async def _open(self) -> None:
         """Create or migrate the schema, open the writer and reader connections, start the
         flusher."""
-        async with self._lifecycle:
-            if self._state == "open":
-                return
-            if self._state != "new":
-                raise StoreError(f"SQLite store {self.url!r} is closed")
-            loop = asyncio.get_running_loop()
-            writer_conn = await asyncio.to_thread(self._open_writer)
-            reader = ThreadPoolExecutor(1, thread_name_prefix="sagaway-sqlite-read")
-            try:
-                self._reader_conn = await loop.run_in_executor(
-                    reader,
-                    lambda: connect(
-                        self.path,
-                        durable=self.durable,
-                        busy_timeout_ms=self.busy_timeout_ms,
-                        reader=True,
-                    ),
-                )
-            except BaseException:
-                writer_conn.close()
-                reader.shutdown(wait=False)
-                raise
-            self._writer_conn, self._reader, self._loop = writer_conn, reader, loop
-            self._flusher = loop.create_task(self._flush_loop(), name="sagaway-sqlite-flush")
-            self._state = "open"
+        loop = asyncio.get_running_loop()
+        writer_conn = await asyncio.to_thread(self._open_writer)
+        reader = ThreadPoolExecutor(1, thread_name_prefix="sagaway-sqlite-read")
+        try:
+            self._reader_conn = await loop.run_in_executor(
+                reader,
+                lambda: connect(
+                    self.path,
+                    durable=self.durable,
+                    busy_timeout_ms=self.busy_timeout_ms,
+                    reader=True,
+                ),
+            )
+        except BaseException:
+            writer_conn.close()
+            reader.shutdown(wait=False)
+            raise
+        self._writer_conn, self._reader, self._loop = writer_conn, reader, loop
+        self._flusher = loop.create_task(self._flush_loop(), name="sagaway-sqlite-flush")
 
     def _open_writer(self) -> sqlite3.Connection:
         conn = connect(
@@ -190,29 +183,24 @@ class SQLiteStore(SagaStore):
         conn.set_authorizer(self._guard)
         return conn
 
-    async def close(self) -> None:
+    async def _close(self) -> None:
         """Commit everything already queued, then close the connections and the reader thread."""
-        async with self._lifecycle:
-            if self._state != "open":
-                self._state = "closed"
-                return
-            self._state = "closing"  # no new operations; the flusher drains what is queued
-            self._wakeup.set()
-            assert self._flusher is not None
-            assert self._writer_conn is not None
-            await self._flusher
-            self._writer_conn.close()
-            assert self._reader is not None
-            assert self._reader_conn is not None
-            await asyncio.get_running_loop().run_in_executor(self._reader, self._reader_conn.close)
-            self._reader.shutdown(wait=True)
-            self._state = "closed"
+        # The state is "closing" (SagaStore.close): no new operations, and the flusher, woken
+        # here, drains what is queued and returns.
+        self._wakeup.set()
+        assert self._flusher is not None
+        assert self._writer_conn is not None
+        await self._flusher
+        self._writer_conn.close()
+        assert self._reader is not None
+        assert self._reader_conn is not None
+        await asyncio.get_running_loop().run_in_executor(self._reader, self._reader_conn.close)
+        self._reader.shutdown(wait=True)
 
     # -- group commit -----------------------------------------------------------------------
 
     def _submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
-        if self._state != "open":
-            raise StoreError(f"SQLite store {self.url!r} is not open")
+        self._check_open()
         assert self._loop is not None
         future = self._loop.create_future()
         self._pending.append((future, fn, args))
@@ -348,8 +336,7 @@ class SQLiteStore(SagaStore):
     # -- reads ------------------------------------------------------------------------------
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._state != "open":
-            raise StoreError(f"SQLite store {self.url!r} is not open")
+        self._check_open()
         assert self._loop is not None
         assert self._reader is not None
         try:
