@@ -322,14 +322,14 @@ class SQLiteStore(SagaStore):
         raises, only its writes are rolled back and the exception (``sqlite3.Error`` as
         ``StoreError``) is raised here; other operations of the batch are unaffected.
 
-        ``fn`` must be quick and must not block (every write of the batch waits for it) and
-        must not keep the connection. The store owns the transaction: ``commit()``,
-        ``rollback()``, BEGIN/COMMIT/ROLLBACK/END are refused (``StoreError``, only this call
-        fails); savepoints of its own are fine. The saga log's step rows and events of other
-        transitions in the same batch are written at the batch's end: ``fn`` may not see them.
-        Its result is handed back as is. If another operation of the batch hits an unexpected
-        driver error the batch is rolled back and replayed, calling ``fn`` again: its writes
-        still land exactly once, but keep it free of side effects outside the database.
+        ``fn`` must be quick and must not block: it runs on the event loop's thread, and every write
+        of the batch waits for it. It must not keep the connection. The store owns the transaction:
+        ``commit()``, ``rollback()``, BEGIN/COMMIT/ROLLBACK/END are refused (``StoreError``, only
+        this call fails); savepoints of its own are fine. The saga log's step rows and events of
+        other transitions in the same batch are written at the batch's end: ``fn`` may not see them.
+        Its result is handed back as is. If another operation of the batch hits an unexpected driver
+        error the batch is rolled back and replayed, calling ``fn`` again: its writes still land
+        exactly once, but keep it free of side effects outside the database.
         """
         return cast(T, await self._submit(_run_user_fn, fn))
 
