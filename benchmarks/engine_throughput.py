@@ -165,9 +165,15 @@ async def drive(engine: Engine, saga: Saga, order_ids: range, concurrency: int) 
             latencies.append(time.perf_counter() - began)
             outcomes[record.status] = outcomes.get(record.status, 0) + 1
 
-    began = time.time()
+    began, cpu = time.time(), time.process_time()
     await asyncio.gather(*(client() for _ in range(concurrency)))
-    return {"latencies": latencies, "outcomes": outcomes, "began": began, "ended": time.time()}
+    return {
+        "latencies": latencies,
+        "outcomes": outcomes,
+        "began": began,
+        "ended": time.time(),
+        "cpu_s": time.process_time() - cpu,
+    }
 
 
 async def prepare(url: str, fresh: bool) -> None:
@@ -288,6 +294,9 @@ def summarise(
         "sagas_per_s": round(n / elapsed, 1),
         "p50_ms": round(statistics.median(latencies) * 1000, 2),
         "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 2),
+        # CPU of the worker processes (all their threads) while the sagas ran: steadier than
+        # sagas/s on a shared machine, and what sqlite_floor.py prints too.
+        "cpu_us_per_saga": round(sum(p["cpu_s"] for p in parts) / n * 1e6, 1),
         "succeeded": outcomes.get(SagaStatus.SUCCEEDED, 0),
         "compensated": outcomes.get(SagaStatus.COMPENSATED, 0),
     }
