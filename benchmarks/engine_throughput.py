@@ -24,7 +24,6 @@ import gc
 import json
 import os
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel
 
+from report import latency_ms, print_report
 from sagaway import Engine, RetryPolicy, Saga, SagaStatus, StepContext, StepFailed
 from sagaway.store import SagaStore, open_store
 
@@ -292,8 +292,7 @@ def summarise(
         "concurrency": concurrency,
         "seconds": round(elapsed, 3),
         "sagas_per_s": round(n / elapsed, 1),
-        "p50_ms": round(statistics.median(latencies) * 1000, 2),
-        "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 2),
+        **latency_ms(latencies),
         # CPU of the worker processes (all their threads) while the sagas ran: steadier than
         # sagas/s on a shared machine, and what sqlite_floor.py prints too.
         "cpu_us_per_saga": round(sum(p["cpu_s"] for p in parts) / n * 1e6, 1),
@@ -382,10 +381,7 @@ def main() -> None:
     result = summarise(url, args.n, per_worker, args.workers, parts)
     result["in_flight"] = per_worker * args.workers
     result["loop"] = args.loop
-    width = max(len(k) for k in result)
-    for key, value in result.items():
-        print(f"{key:<{width}}  {value}")
-    print(json.dumps(result))
+    print_report(result)
 
 
 if __name__ == "__main__":

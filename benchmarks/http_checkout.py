@@ -49,6 +49,8 @@ from typing import Any
 import aiohttp
 import httpx
 
+from report import percentile
+
 HAPPY_STOCK = 10_000_000  # product_1 / product_2 units with --serve
 HAPPY_BALANCE_CENTS = 10**12  # user_1 / user_2 with --serve
 
@@ -184,14 +186,6 @@ async def run(
         if server_pid is not None:
             results.server_cpu_s = cpu_seconds(server_pid) - server_cpu
     return results, elapsed
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[index]
 
 
 # --------------------------------------------------------------------------- --serve

@@ -22,10 +22,11 @@ import asyncio
 import json
 import os
 import sqlite3
-import statistics
 import tempfile
 import time
 from typing import Any
+
+from report import latency_ms, print_report
 
 Write = tuple[str, tuple[Any, ...]]
 
@@ -132,7 +133,6 @@ async def run(path: str, commit: str, n: int, concurrency: int) -> dict[str, Any
     statuses = dict(conn.execute("SELECT status, count(*) FROM saga GROUP BY status").fetchall())
     conn.close()
     assert statuses == {"succeeded": n - n // 10, "compensated": n // 10}, statuses
-    latencies.sort()
     return {
         "benchmark": "sqlite_floor",
         "commit": commit,
@@ -140,8 +140,7 @@ async def run(path: str, commit: str, n: int, concurrency: int) -> dict[str, Any
         "concurrency": concurrency,
         "seconds": round(elapsed, 3),
         "sagas_per_s": round(n / elapsed, 1),
-        "p50_ms": round(statistics.median(latencies) * 1000, 2),
-        "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 2),
+        **latency_ms(latencies),
         "cpu_us_per_saga": round(cpu / n * 1e6, 1),
         "writes_per_commit": round((n * 4 + n // 10 * 2) / log.batches, 1),
     }
@@ -157,10 +156,7 @@ def main() -> None:
         result = asyncio.run(
             run(os.path.join(directory, "floor.db"), args.commit, args.n, args.concurrency)
         )
-    width = max(len(k) for k in result)
-    for key, value in result.items():
-        print(f"{key:<{width}}  {value}")
-    print(json.dumps(result))
+    print_report(result)
 
 
 if __name__ == "__main__":

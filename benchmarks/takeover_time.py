@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 
+from report import print_report
 from sagaway import Engine, EventType, Saga, SagaStatus, StepContext, open_store
 
 NAME = "takeover_bench"
@@ -165,10 +166,7 @@ def main() -> None:
         "recovery_interval_s": round(min(1.0, args.lease_seconds / 3), 3),
         "takeover_s": round(takeover, 3),
     }
-    width = max(len(k) for k in result)
-    for key, value in result.items():
-        print(f"{key:<{width}}  {value}")
-    print(json.dumps(result))
+    print_report(result)
 
 
 if __name__ == "__main__":
