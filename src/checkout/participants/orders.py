@@ -274,23 +274,29 @@ def update_status(
     return get_order(conn, order_id)
 
 
-def processing_orders(
-    conn: Connection, after: str, limit: int, updated_before: datetime | None
-) -> list[tuple[str, str]]:
-    """``(order id, saga id)`` of orders still ``processing`` with a saga, by id after
-    ``after`` (for paging), optionally only those last updated before ``updated_before``."""
+def _processing(
+    with_saga: bool, after: str, limit: int, updated_before: datetime | None
+) -> Select[Any]:
+    """``(id, saga_id)`` of orders still ``processing``, with a saga attached or without, by
+    id after ``after``."""
+    saga = orders.c.saga_id.is_not(None) if with_saga else orders.c.saga_id.is_(None)
     query: Select[Any] = (
         select(orders.c.id, orders.c.saga_id)
-        .where(
-            orders.c.status == OrderStatus.PROCESSING.value,
-            orders.c.saga_id.is_not(None),
-            orders.c.id > after,
-        )
+        .where(orders.c.status == OrderStatus.PROCESSING.value, saga, orders.c.id > after)
         .order_by(orders.c.id)
         .limit(limit)
     )
     if updated_before is not None:
         query = query.where(orders.c.updated_at < updated_before)
+    return query
+
+
+def processing_orders(
+    conn: Connection, after: str, limit: int, updated_before: datetime | None
+) -> list[tuple[str, str]]:
+    """``(order id, saga id)`` of orders still ``processing`` with a saga, by id after
+    ``after`` (for paging), optionally only those last updated before ``updated_before``."""
+    query = _processing(True, after, limit, updated_before)
     return [(oid, sid) for oid, sid in conn.execute(query) if sid]
 
 
@@ -299,19 +305,8 @@ def unstarted_orders(
 ) -> list[str]:
     """Ids of orders checked out (``processing``) whose saga was never attached, by id after
     ``after``: what a crash between recording an order and starting its saga leaves."""
-    query: Select[Any] = (
-        select(orders.c.id)
-        .where(
-            orders.c.status == OrderStatus.PROCESSING.value,
-            orders.c.saga_id.is_(None),
-            orders.c.id > after,
-        )
-        .order_by(orders.c.id)
-        .limit(limit)
-    )
-    if updated_before is not None:
-        query = query.where(orders.c.updated_at < updated_before)
-    return [oid for (oid,) in conn.execute(query)]
+    query = _processing(False, after, limit, updated_before)
+    return [oid for oid, _ in conn.execute(query)]
 
 
 class OrderService:
