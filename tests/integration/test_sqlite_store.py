@@ -250,6 +250,29 @@ async def test_unexpected_error_mid_operation_is_confined_to_it(store: SQLiteSto
     assert rows == [("once",)]
 
 
+async def test_a_failing_batch_fails_its_callers_and_the_store_goes_on(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug or a broken connection inside the group commit itself: every caller of that
+    batch gets a StoreError (none waits forever), nothing of it is written, and the next
+    batch is written as usual."""
+    write_batch = SQLiteStore.__dict__["_write_batch"]  # the staticmethod itself
+
+    def broken(*args: object) -> object:
+        monkeypatch.setattr(SQLiteStore, "_write_batch", write_batch)  # once
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(SQLiteStore, "_write_batch", staticmethod(broken))
+    results = await asyncio.gather(
+        store.create(new("a")), store.create(new("b")), return_exceptions=True
+    )
+    assert all(isinstance(r, StoreError) for r in results), results
+    assert "disk on fire" in str(results[0])
+    assert await store.load("a") is None
+    assert await store.create(new("a")) == ("a", True)
+    assert (await store.get("a")).status is SagaStatus.PENDING
+
+
 async def test_run_in_transaction_is_durable_with_the_batch(store: SQLiteStore, db: Path) -> None:
     await store.run_in_transaction(
         lambda c: c.execute("CREATE TABLE ledger (key TEXT PRIMARY KEY, amount INTEGER)")

@@ -228,6 +228,8 @@ class SQLiteStore(SagaStore):
             # benchmark: batches of ~32 instead of ~25 at 32 concurrent sagas, 20% fewer fsyncs.
             await asyncio.sleep(0)
             batch, self._pending = self._pending, []
+            self.stats.batches += 1
+            self.stats.operations += len(batch)
             try:
                 results = self._write_batch(conn, batch, guard)
             except BaseException as exc:  # never leave a caller waiting forever
@@ -236,9 +238,10 @@ class SQLiteStore(SagaStore):
                     if conn.in_transaction:
                         conn.execute(_ROLLBACK)
                 error = StoreError(f"sqlite: group commit failed: {exc!r}")
-                results = [(future, None, error) for future, _, _ in batch]
-            self.stats.batches += 1
-            self.stats.operations += len(batch)
+                _resolve([(future, None, error) for future, _, _ in batch])
+                if isinstance(exc, Exception):
+                    continue
+                raise  # KeyboardInterrupt/SystemExit: the batch runs on the loop's thread now
             _resolve(results)
 
     @staticmethod
