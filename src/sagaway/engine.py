@@ -43,6 +43,7 @@ from sagaway.state import (
     record_from_new,
 )
 from sagaway.store import SagaStore, open_store
+from sagaway.store._codec import check_text, check_value
 from sagaway.store.base import Page
 
 log = logging.getLogger("sagaway.engine")
@@ -228,6 +229,9 @@ class Engine:
         seconds = deadline if deadline is not None else saga.deadline
         deadline_at = None if seconds is None else now + seconds
         saga_id, encoded = _new_id(now), saga.encode_input(input)
+        # Refused here, before anything is written, the same way on every store.
+        check_value(encoded, f"the input of saga {saga.name!r} (a {type(input).__name__})")
+        check_text(idempotency_key, "the idempotency key")
         if self.execute:
             # Step 0 is recorded RUNNING in the same write that creates the saga. Built
             # positionally, each in its one final form (field order: see state.py): this runs

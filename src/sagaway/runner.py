@@ -23,7 +23,7 @@ from typing import Any
 from sagaway.clock import Clock
 from sagaway.context import StepContext
 from sagaway.definition import Action, OnUncertain, Saga, Step, StepKind
-from sagaway.errors import EffectFailed, StepFailed
+from sagaway.errors import EffectFailed, StepFailed, UnstorableValue
 from sagaway.hooks import HookChain, StepOutcome
 from sagaway.state import (
     Change,
@@ -37,6 +37,7 @@ from sagaway.state import (
     apply_change,
     check_saga_transition,
 )
+from sagaway.store._codec import check_value, printable
 from sagaway.store.base import SagaStore
 
 log = logging.getLogger("sagaway.runner")
@@ -82,12 +83,27 @@ def _needs_undo(row: StepRecord | None) -> bool:
 
 
 def _describe(exc: BaseException) -> str:
+    """An exception as the error text the log keeps (storable: see ``printable``)."""
     if isinstance(exc, StepFailed):
-        return exc.reason
+        return printable(exc.reason)
     if isinstance(exc, TimeoutError):
         return "timed out"
     text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return printable(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
+
+
+def _storable_output(step: Step[Any], value: Any) -> Any:
+    """The step's result as the log will store it, or ``UnstorableValue`` naming the step and
+    the type: checked here, before the outcome is handed to the store, so a value no store
+    can keep fails this step once instead of failing the commit (and re-running the step)."""
+    what = f"the result of step {step.name!r} (a {type(value).__name__})"
+    try:
+        output = step.encode_output(value)
+    except Exception as exc:  # the return annotation's serializer refused it
+        raise UnstorableValue(f"the saga log cannot store {what}: {_describe(exc)}") from None
+    if output is not None and type(output) is not bool:
+        check_value(output, what)
+    return output
 
 
 @types.coroutine
@@ -406,11 +422,15 @@ class SagaRun:
                 value = await self._call(
                     step.action, (ctx, self._input(step)), self._attempt_timeout(step)
                 )
-                output = step.encode_output(value)
+                output = _storable_output(step, value)
                 if ctx.effects is not None:
                     self._check_effects()
+            except UnstorableValue as exc:
+                # The action returned, so its effect happened: running it again would repeat
+                # it. Fail the step for good, and mark it uncertain so it is compensated.
+                error, uncertain, retryable = str(exc), True, False
             except StepFailed as exc:
-                error, uncertain, retryable = exc.reason, False, False
+                error, uncertain, retryable = printable(exc.reason), False, False
             except TimeoutError as exc:
                 error, uncertain, retryable = _describe(exc), True, True
             except asyncio.CancelledError:
