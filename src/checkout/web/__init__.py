@@ -2,6 +2,6 @@
 buttons, live inventory and balances, the orders table) and the generic saga pages of
 :mod:`sagaway.web` under ``/ui``, with retry and cancel that keep the orders in step."""
 
-from checkout.web.shop import UI_PREFIX, SCENARIO_BUTTONS, ui_routers
+from checkout.web.shop import SCENARIO_BUTTONS, UI_PREFIX, ui_routers
 
 __all__ = ["SCENARIO_BUTTONS", "UI_PREFIX", "ui_routers"]

@@ -39,25 +39,25 @@ SCENARIO_BUTTONS = (
     Scenario(
         "happy",
         "Happy path",
-        "user_1 buys 2 × product_1: completed",
+        "user_1 buys 2 x product_1: completed",
         {"customer_id": "user_1", "items": [{"product_id": "product_1", "quantity": 2}]},
     ),
     Scenario(
         "no-stock",
         "Out of stock",
-        "200 × product_1: inventory fails, nothing to undo",
+        "200 x product_1: inventory fails, nothing to undo",
         {"customer_id": "user_1", "items": [{"product_id": "product_1", "quantity": 200}]},
     ),
     Scenario(
         "no-funds",
         "Insufficient funds",
-        "user_3 buys 10 × product_1: payment fails, inventory released",
+        "user_3 buys 10 x product_1: payment fails, inventory released",
         {"customer_id": "user_3", "items": [{"product_id": "product_1", "quantity": 10}]},
     ),
     Scenario(
         "bad-address",
         "Undeliverable address",
-        "user_3 buys 1 × product_1: shipping fails, payment refunded, inventory released",
+        "user_3 buys 1 x product_1: shipping fails, payment refunded, inventory released",
         {"customer_id": "user_3", "items": [{"product_id": "product_1", "quantity": 1}]},
     ),
 )
@@ -74,7 +74,9 @@ async def retry_order_saga(services: Services, saga_id: str) -> None:
     engine, tracker = services.engine, services.tracker
     record = await engine.get(saga_id)
     if record.status is not SagaStatus.FAILED:
-        raise InvalidTransition(f"saga {saga_id} is {record.status}: only FAILED sagas can be retried")
+        raise InvalidTransition(
+            f"saga {saga_id} is {record.status}: only FAILED sagas can be retried"
+        )
     order_id = order_id_of(record)
     if order_id is not None:
         await tracker.reopen(order_id, saga_id)
@@ -99,11 +101,19 @@ def ui_routers(services_of: Any = _services) -> list[APIRouter]:
     async def retry(request: Request, saga_id: str) -> None:
         await retry_order_saga(services_of(request), saga_id)
 
-    sagas = saga_ui_router(engine_of, prefix=UI_PREFIX, title=TITLE, retry=retry)
+    sagas = saga_ui_router(
+        engine_of,
+        prefix=UI_PREFIX,
+        title=TITLE,
+        retry=retry,
+        links=[("Shop", "/"), ("API docs", "/docs"), ("Metrics", "/metrics")],
+    )
     shop = APIRouter(include_in_schema=False)
 
-    def render(name: str, **context: Any) -> HTMLResponse:
-        return HTMLResponse(env.get_template(name).render(base=UI_PREFIX, title=TITLE, **context))
+    def render(template: str, **context: Any) -> HTMLResponse:
+        return HTMLResponse(
+            env.get_template(template).render(base=UI_PREFIX, title=TITLE, **context)
+        )
 
     async def stock_context(services: Services) -> dict[str, Any]:
         shop_db = services.participants.shop
@@ -144,6 +154,8 @@ def ui_routers(services_of: Any = _services) -> list[APIRouter]:
         if name != "shop.js":
             raise HTTPException(404, f"no static file {name}")
         body = resources.files("checkout.web").joinpath("static", name).read_bytes()
-        return Response(body, media_type="text/javascript", headers={"Cache-Control": "max-age=300"})
+        return Response(
+            body, media_type="text/javascript", headers={"Cache-Control": "max-age=300"}
+        )
 
     return [shop, sagas]

@@ -18,17 +18,17 @@ this router under ``{prefix}/static/``):
   forms still work (303 back to the page) and the page is simply not live.
 
 ``retry``/``cancel`` (``async (request, saga_id)``) replace the engine's own actions when an
-application must do more (the checkout reopens the order it mirrors). An inbox of sagas waiting for a person is not shown: the
-engine cannot park a saga yet.
+application must do more (the checkout reopens the order it mirrors). An inbox of sagas waiting
+for a person is not shown: the engine cannot park a saga yet.
 """
 
-from __future__ import annotations
+# No "from __future__ import annotations": FastAPI must see the local EngineDep alias itself.
 
 import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
@@ -155,9 +155,11 @@ def saga_ui_router(
     retry: SagaAction | None = None,
     cancel: SagaAction | None = None,
     poll_seconds: float = 1.0,
+    links: Sequence[tuple[str, str]] = (),
 ) -> APIRouter:
     """The saga list and saga pages over ``engine`` (an Engine, or a function of the request
-    returning one), under ``prefix``. See the module docstring."""
+    returning one), under ``prefix``; ``links`` (label, URL) go in the pages' navigation bar.
+    See the module docstring."""
     router = APIRouter(prefix=prefix, include_in_schema=False)
     env = templates_environment()
     lives: dict[int, LiveUpdates] = {}
@@ -181,8 +183,8 @@ def saga_ui_router(
 
     EngineDep = Annotated[Engine, Depends(get_engine)]
 
-    def render(name: str, **context: Any) -> HTMLResponse:
-        page = env.get_template(name).render(base=prefix, title=title, **context)
+    def render(template: str, **context: Any) -> HTMLResponse:
+        page = env.get_template(template).render(base=prefix, title=title, links=links, **context)
         return HTMLResponse(page)
 
     async def load(eng: Engine, saga_id: str) -> SagaRecord:
@@ -330,11 +332,15 @@ def saga_ui_router(
             raise HTTPException(404, f"no saga {saga_id}") from None
         except InvalidTransition as exc:
             if wants_json:
-                return Response(json.dumps({"detail": str(exc)}), 409, media_type="application/json")
+                return Response(
+                    json.dumps({"detail": str(exc)}), 409, media_type="application/json"
+                )
             return _back(prefix, saga_id, error=str(exc))
         except SagawayError as exc:
             if wants_json:
-                return Response(json.dumps({"detail": str(exc)}), 503, media_type="application/json")
+                return Response(
+                    json.dumps({"detail": str(exc)}), 503, media_type="application/json"
+                )
             return _back(prefix, saga_id, error=str(exc))
         if wants_json:
             return Response(json.dumps({"detail": done}), 202, media_type="application/json")
