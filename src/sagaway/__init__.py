@@ -27,6 +27,7 @@ from sagaway.errors import (
     StepTimeout,
     StoreError,
     UnknownSagaError,
+    UnstorableValue,
 )
 from sagaway.state import (
     Change,
@@ -71,6 +72,7 @@ __all__ = [
     "StoreError",
     "SystemClock",
     "UnknownSagaError",
+    "UnstorableValue",
     "open_store",
 ]
 
