@@ -11,7 +11,14 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    model_validator,
+)
 
 from checkout.domain.models import (
     AccountInfo,
@@ -30,7 +37,33 @@ def _money_json(value: Decimal) -> float:
 
 
 Money = Annotated[Decimal, PlainSerializer(_money_json, return_type=float, when_used="json")]
-Id = Annotated[str, Field(min_length=1, max_length=64)]
+
+# What the schema says is exactly what the validators accept (the fuzz stage checks both ways),
+# so strings are not stripped: " user_1" is refused, not silently read as "user_1".
+ID_PATTERN = r"^[^\x00-\x20\x7f]+$"
+TEXT_PATTERN = r"^[^\x00]*$"
+
+
+def _id_chars(value: str) -> str:
+    if any(c <= " " or c == "\x7f" for c in value):
+        raise ValueError("ids cannot contain spaces or control characters (such as NUL)")
+    return value
+
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL cannot store NUL in text; no backend should accept what another refuses.
+    if "\x00" in value:
+        raise ValueError("text cannot contain NUL characters")
+    return value
+
+
+Id = Annotated[
+    str,
+    Field(min_length=1, max_length=64, json_schema_extra={"pattern": ID_PATTERN}),
+    AfterValidator(_id_chars),
+]
+Text = Annotated[str, Field(json_schema_extra={"pattern": TEXT_PATTERN}), AfterValidator(_no_nul)]
+
 # A client-chosen order id ends up in URLs (/orders/{id}, /saga/{id}): no '/', no spaces.
 OrderId = Annotated[
     str,
@@ -59,7 +92,7 @@ def when(at: float | None) -> datetime | None:
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid")
 
 
 class Problem(BaseModel):
@@ -72,11 +105,11 @@ class Problem(BaseModel):
 
 
 class AddressIn(_Request):
-    street: str | None = Field(None, max_length=200)
-    city: str | None = Field(None, max_length=100)
-    province: str | None = Field(None, max_length=100)
-    postal_code: str | None = Field(None, max_length=32)
-    country: str | None = Field(None, max_length=64)
+    street: Text | None = Field(None, max_length=200)
+    city: Text | None = Field(None, max_length=100)
+    province: Text | None = Field(None, max_length=100)
+    postal_code: Text | None = Field(None, max_length=32)
+    country: Text | None = Field(None, max_length=64)
 
     def to_domain(self) -> Address:
         return Address(**self.model_dump())
@@ -116,7 +149,7 @@ class OrderRequest(_Request):
     product_id: Id | None = None
     quantity: int | None = Field(None, gt=0, le=MAX_QUANTITY, strict=True)
     shipping_address: AddressIn | None = None
-    payment_method: str = Field("card", min_length=1, max_length=32)
+    payment_method: Text = Field("card", min_length=1, max_length=32)
     amount: Decimal | None = Field(None, ge=0, max_digits=14, decimal_places=2)
     checkout: bool = True
 

@@ -375,6 +375,8 @@ class OrderService:
             return existing, False
 
     async def get_order(self, order_id: str) -> OrderInfo | None:
+        if "\x00" in order_id:  # no order has one, and PostgreSQL refuses it in a query
+            return None
         return await self._db.read(get_order, order_id)
 
     async def get_by_idempotency_key(self, idempotency_key: str) -> OrderInfo | None:
