@@ -14,11 +14,15 @@ from sagaway.definition import (
     Saga,
     Step,
     StepKind,
+    declared_sagas,
 )
 from sagaway.engine import Engine
 from sagaway.errors import (
+    DecodeError,
     DefinitionError,
     EffectFailed,
+    EngineNotOpen,
+    InvalidInput,
     InvalidTransition,
     LeaseLost,
     SagaNotFound,
@@ -44,11 +48,14 @@ __all__ = [
     "NO_RETRY",
     "Change",
     "Clock",
+    "DecodeError",
     "DefinitionError",
     "EffectFailed",
     "Engine",
+    "EngineNotOpen",
     "Event",
     "EventType",
+    "InvalidInput",
     "InvalidTransition",
     "LeaseLost",
     "OnUncertain",
@@ -71,6 +78,7 @@ __all__ = [
     "StoreError",
     "SystemClock",
     "UnknownSagaError",
+    "declared_sagas",
     "open_store",
 ]
 

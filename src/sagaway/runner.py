@@ -22,7 +22,7 @@ from typing import Any
 from sagaway.clock import Clock
 from sagaway.context import StepContext
 from sagaway.definition import Action, OnUncertain, Saga, Step, StepKind
-from sagaway.errors import EffectFailed, StepFailed
+from sagaway.errors import DecodeError, EffectFailed, StepFailed
 from sagaway.state import (
     Change,
     Event,
@@ -391,6 +391,8 @@ class SagaRun:
                     self._check_effects()
             except StepFailed as exc:
                 error, uncertain, retryable = exc.reason, False, False
+            except DecodeError as exc:  # a programming error: retrying cannot help
+                error, uncertain, retryable = str(exc), False, False
             except TimeoutError as exc:
                 error, uncertain, retryable = _describe(exc), True, True
             except asyncio.CancelledError:
@@ -520,13 +522,13 @@ class SagaRun:
                 )
             )
             await self._commit(pending, now)
-            output = (
-                step.decode_output(forward.output)
-                if forward.status is StepStatus.SUCCEEDED
-                else None
-            )
             ctx = self._context(step, COMPENSATION, attempt)
             try:
+                output = (
+                    step.decode_output(forward.output)
+                    if forward.status is StepStatus.SUCCEEDED
+                    else None
+                )
                 await self._call(
                     step.undo, (ctx, self._input(step), output), step.compensation_timeout
                 )
@@ -534,6 +536,8 @@ class SagaRun:
                     self._check_effects()
             except asyncio.CancelledError:
                 raise
+            except DecodeError as exc:  # a programming error: retrying cannot help
+                error, limit = str(exc), attempt
             except Exception as exc:
                 error = _describe(exc)
             else:
