@@ -6,9 +6,10 @@ once per name per test session and its verdict is cached, so a missing server co
 not one per test.
 
 Why the CI switch: locally a developer without Redis should still get a green run of everything
-else, so an unreachable server *skips*. In CI (``CI=true``, set by ``.ci/run``) the servers are
-part of the environment, and a skip would hide a whole backend silently, so the same condition
-*fails* the test with the reason.
+else, so an unreachable server *skips*. In CI (``CI`` set to any true value, as ``.ci/run``
+and CI services do) the servers are part of the environment, and a skip would hide a whole
+backend silently, so the same condition *fails* the test with the reason. Every server-backed
+test goes through this one rule; none has a skip of its own.
 
 Importable as ``servers`` from any test module: ``tests/conftest.py`` puts ``tests/`` on
 ``sys.path``.
@@ -25,21 +26,29 @@ import pytest
 
 __all__ = [
     "POSTGRES_URL",
+    "REDIS_URL",
     "drop_pg_schema",
     "in_ci",
     "pg_schema_url",
     "postgres_check",
+    "redis_check",
     "require_server",
     "tcp_check",
     "unique_pg_schema",
+    "unique_redis_url",
 ]
 
 _verdicts: dict[str, str] = {}  # name -> "" when reachable, else why not
 
 
+_FALSE = {"", "0", "false", "no", "off", "n", "f"}
+
+
 def in_ci() -> bool:
-    """True when running under CI (``CI`` set to a true value), where servers are mandatory."""
-    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes", "on"}
+    """True when running under CI, where servers are mandatory: ``CI`` set to anything but an
+    explicit false (``CI=1``, ``CI=true``, ``CI=True``, ``CI=yes`` ... all count). A skip that
+    depends on how a CI service happens to spell "true" would hide a whole backend."""
+    return os.environ.get("CI", "").strip().lower() not in _FALSE
 
 
 def tcp_check(host: str, port: int, timeout: float = 2.0) -> Callable[[], None]:
@@ -67,7 +76,9 @@ def require_server(name: str, check: Callable[[], object]) -> None:
         return
     message = f"{name} is not reachable ({verdict})"
     if in_ci():
-        pytest.fail(f"{message}; CI=true requires it (see .ci/run)", pytrace=False)
+        pytest.fail(
+            f"{message}; CI={os.environ.get('CI')} requires it (see .ci/run)", pytrace=False
+        )
     pytest.skip(f"{message}; start it to run these tests (CI=true turns this skip into a failure)")
 
 
@@ -102,3 +113,24 @@ async def drop_pg_schema(schema: str) -> None:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     finally:
         await conn.close()
+
+
+# -- Redis --------------------------------------------------------------------------------------
+
+REDIS_URL = os.environ.get("SAGAWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+"""The test server; each test isolates itself under a key prefix of its own."""
+
+
+def redis_check() -> None:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        client.ping()
+    finally:
+        client.close()
+
+
+def unique_redis_url(tag: str = "test") -> str:
+    """The test server's URL with a key prefix no other run uses."""
+    return f"{REDIS_URL}?prefix=sagaway-{tag}-{uuid.uuid4().hex[:12]}"

@@ -31,6 +31,7 @@ from sagaway.errors import (
     StepTimeout,
     StoreError,
     UnknownSagaError,
+    UnstorableValue,
 )
 from sagaway.state import (
     Change,
@@ -78,6 +79,7 @@ __all__ = [
     "StoreError",
     "SystemClock",
     "UnknownSagaError",
+    "UnstorableValue",
     "declared_sagas",
     "open_store",
 ]

@@ -27,6 +27,7 @@ from sagaway.errors import (
     SagaNotFound,
     UnknownSagaError,
 )
+from sagaway.hooks import ClaimReason, Hook, HookChain
 from sagaway.runner import CommitListener, SagaRun
 from sagaway.state import (
     ACTIVE_STATUSES,
@@ -43,6 +44,7 @@ from sagaway.state import (
     record_from_new,
 )
 from sagaway.store import SagaStore, open_store
+from sagaway.store._codec import check_text, check_value
 from sagaway.store.base import Page
 
 log = logging.getLogger("sagaway.engine")
@@ -99,7 +101,8 @@ class Engine:
     ``owner_id`` names this engine in leases. Give a worker a stable id (its host name and slot,
     say) and, after a crash, its replacement takes its sagas back immediately instead of waiting
     for the leases to expire. ``execute=False`` makes an API-only engine: it records new sagas
-    as PENDING for workers to claim and runs nothing itself.
+    as PENDING for workers to claim and runs nothing itself. ``hooks`` (see
+    :mod:`sagaway.hooks`) observe sagas and steps: metrics, tracing, logs.
     """
 
     def __init__(
@@ -113,6 +116,7 @@ class Engine:
         max_concurrency: int = 10_000,
         execute: bool = True,
         clock: Clock | None = None,
+        hooks: Iterable[Hook] = (),
     ) -> None:
         if lease_seconds <= 0 or recovery_interval <= 0 or max_concurrency < 1:
             raise ValueError("lease_seconds, recovery_interval, max_concurrency must be positive")
@@ -136,6 +140,10 @@ class Engine:
         self._maintainer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._opened = False
+        # None while no hook is registered: the runner then calls none and times nothing.
+        self._hooks: HookChain | None = None
+        for hook in hooks:
+            self.add_hook(hook)
         for saga in sagas or ():
             self.register(saga)
 
@@ -211,6 +219,16 @@ class Engine:
         (metrics, live timelines). It runs on the loop: keep it fast and non-blocking."""
         self._listeners.append(listener)
 
+    def add_hook(self, hook: Hook) -> None:
+        """Register an engine hook (see :mod:`sagaway.hooks`); sagas claimed from now on see
+        it. Hooks run in registration order."""
+        current = () if self._hooks is None else self._hooks.hooks
+        self._hooks = HookChain((*current, hook))
+
+    @property
+    def hooks(self) -> tuple[Hook, ...]:
+        return () if self._hooks is None else self._hooks.hooks
+
     @property
     def running(self) -> int:
         """How many sagas this engine is driving right now."""
@@ -238,6 +256,9 @@ class Engine:
         seconds = deadline if deadline is not None else saga.deadline
         deadline_at = None if seconds is None else now + seconds
         saga_id, encoded = _new_id(now), saga.encode_input(input)
+        # Refused here, before anything is written, the same way on every store.
+        check_value(encoded, f"the input of saga {saga.name!r} (a {type(input).__name__})")
+        check_text(idempotency_key, "the idempotency key")
         if self.execute:
             # Step 0 is recorded RUNNING in the same write that creates the saga. Built
             # positionally, each in its one final form (field order: see state.py): this runs
@@ -274,8 +295,15 @@ class Engine:
                 events=[Event(at=now, type=EventType.SAGA_CREATED)],
             )
         saga_id, created = await self.store.create(new)
-        if created and self.execute:
-            self._spawn(saga, record_from_new(new), prewritten=True)
+        if created:
+            hooks = self._hooks
+            if self.execute:
+                record = record_from_new(new)
+                if hooks is not None:
+                    hooks.saga_started(record)
+                self._spawn(saga, record, prewritten=True, reason=ClaimReason.STARTED)
+            elif hooks is not None:
+                hooks.saga_started(record_from_new(new))
         return saga_id
 
     async def get(self, saga_id: str) -> SagaRecord:
@@ -383,7 +411,7 @@ class Engine:
         apply_change(taken, change, now)
         if here:
             assert saga is not None
-            self._spawn(saga, taken)
+            self._spawn(saga, taken, reason=ClaimReason.RETRIED)
 
     async def resume(self, saga_id: str) -> bool:
         """Take over one active saga if nobody holds a live lease on it; True if taken."""
@@ -471,8 +499,17 @@ class Engine:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _spawn(self, saga: Saga, record: SagaRecord, prewritten: bool = False) -> None:
+    def _spawn(
+        self,
+        saga: Saga,
+        record: SagaRecord,
+        prewritten: bool = False,
+        reason: ClaimReason = ClaimReason.RECOVERED,
+    ) -> None:
         record.definition = saga
+        hooks = self._hooks
+        if hooks is not None:
+            hooks.after_claim(record, reason)
         run = SagaRun(
             saga=saga,
             record=record,
@@ -481,6 +518,7 @@ class Engine:
             clock=self.clock,
             listener=self._notify if self._listeners else None,
             prewritten=prewritten,
+            hooks=hooks,
         )
         self._runs[record.id] = run
         # _drive drops the task from _tasks itself when it ends: a done callback would cost a
@@ -497,18 +535,26 @@ class Engine:
 
     async def _drive(self, run: SagaRun) -> None:
         saga_id = run.record.id
+        stopped = "engine closing"  # why it is left unfinished, for the hooks
         try:
             await run.drive()
         except LeaseLost:
+            stopped = "lease lost"
             log.warning("saga %s: lease lost to another engine; stopped driving it", saga_id)
         except asyncio.CancelledError:
             raise
         except Exception:
             # The log could not be written (or a bug): leave the saga where the log says it is
             # and try again from the log on the next recovery pass.
+            stopped = "stopped by an error; resumes from the log"
             log.exception("saga %s: stopped; will resume from the log", saga_id)
             self._orphans.add(saga_id)
         finally:
+            if run.hooks is not None:
+                if run.record.status.is_terminal:
+                    run.hooks.on_finish(run.record)
+                else:
+                    run.hooks.on_release(run.record, stopped)
             self._tasks.discard(asyncio.current_task())
             self._runs.pop(saga_id, None)
             waiters = self._waiters.pop(saga_id, None)

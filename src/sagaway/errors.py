@@ -78,6 +78,12 @@ class InvalidTransition(SagawayError):
     """An admin action or transition is not allowed from the saga's current status."""
 
 
+class UnstorableValue(SagawayError, ValueError):
+    """A value the saga log cannot store: not JSON (``object()``, ``bytes``, ``Decimal``...), a
+    float JSON cannot spell (NaN, infinity), or a string with a NUL character or a lone
+    surrogate (PostgreSQL refuses both). Raised before anything is written, on every store."""
+
+
 class StoreError(SagawayError):
     """The saga store failed (connection lost, disk full...): the transition was not recorded."""
 

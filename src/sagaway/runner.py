@@ -17,12 +17,14 @@ import asyncio
 import logging
 import types
 from collections.abc import Callable, Generator, Iterator, Mapping
+from time import perf_counter
 from typing import Any
 
 from sagaway.clock import Clock
 from sagaway.context import StepContext
 from sagaway.definition import Action, OnUncertain, Saga, Step, StepKind
-from sagaway.errors import DecodeError, EffectFailed, StepFailed
+from sagaway.errors import DecodeError, EffectFailed, StepFailed, UnstorableValue
+from sagaway.hooks import HookChain, StepOutcome
 from sagaway.state import (
     Change,
     Event,
@@ -35,6 +37,7 @@ from sagaway.state import (
     apply_change,
     check_saga_transition,
 )
+from sagaway.store._codec import check_value, printable
 from sagaway.store.base import SagaStore
 
 log = logging.getLogger("sagaway.runner")
@@ -80,12 +83,27 @@ def _needs_undo(row: StepRecord | None) -> bool:
 
 
 def _describe(exc: BaseException) -> str:
+    """An exception as the error text the log keeps (storable: see ``printable``)."""
     if isinstance(exc, StepFailed):
-        return exc.reason
+        return printable(exc.reason)
     if isinstance(exc, TimeoutError):
         return "timed out"
     text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return printable(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
+
+
+def _storable_output(step: Step[Any], value: Any) -> Any:
+    """The step's result as the log will store it, or ``UnstorableValue`` naming the step and
+    the type: checked here, before the outcome is handed to the store, so a value no store
+    can keep fails this step once instead of failing the commit (and re-running the step)."""
+    what = f"the result of step {step.name!r} (a {type(value).__name__})"
+    try:
+        output = step.encode_output(value)
+    except Exception as exc:  # the return annotation's serializer refused it
+        raise UnstorableValue(f"the saga log cannot store {what}: {_describe(exc)}") from None
+    if output is not None and type(output) is not bool:
+        check_value(output, what)
+    return output
 
 
 @types.coroutine
@@ -128,9 +146,12 @@ class SagaRun:
         clock: Clock,
         listener: CommitListener | None = None,
         prewritten: bool = False,
+        hooks: HookChain | None = None,
     ) -> None:
         self.saga, self.record, self.store = saga, record, store
         self.owner, self.clock, self.listener = owner, clock, listener
+        # None when the engine has no hook: then no hook is called and no time is measured.
+        self.hooks = hooks
         # True when the engine wrote step 0 RUNNING together with the saga: run it, don't redo it.
         self._prewritten = prewritten
         self.cancel_requested = record.cancel_requested
@@ -145,6 +166,8 @@ class SagaRun:
         event and write: nothing can happen in between, as no await separates them)."""
         if change.status is not None:
             check_saga_transition(self.record.status, change.status)
+        hooks = self.hooks
+        began = 0.0 if hooks is None else perf_counter()
         try:
             await self.store.commit(self.record.id, self.owner, change, now)
         except EffectFailed as exc:
@@ -153,6 +176,8 @@ class SagaRun:
         apply_change(self.record, change, now)
         if self.listener is not None:
             self.listener(self.record, change)
+        if hooks is not None:
+            hooks.after_commit(self.record, change, perf_counter() - began)
 
     def _event(
         self, type_: EventType, at: float, step: Step[Any] | None = None, **kw: Any
@@ -382,20 +407,32 @@ class SagaRun:
                 await self._commit(pending, now)
             started_at = running.started_at
             ctx = self._context(step, FORWARD, attempt)
+            hooks = self.hooks
+            if hooks is not None:
+                hooks.before_step(self.record, ctx)
+                began = perf_counter()
             try:
                 value = await self._call(
                     step.action, (ctx, self._input(step)), self._attempt_timeout(step)
                 )
-                output = step.encode_output(value)
+                output = _storable_output(step, value)
                 if ctx.effects is not None:
                     self._check_effects()
+            except UnstorableValue as exc:
+                # The action returned, so its effect happened: running it again would repeat
+                # it. Fail the step for good, and mark it uncertain so it is compensated.
+                error, uncertain, retryable = str(exc), True, False
             except StepFailed as exc:
-                error, uncertain, retryable = exc.reason, False, False
+                error, uncertain, retryable = printable(exc.reason), False, False
             except DecodeError as exc:  # a programming error: retrying cannot help
-                error, uncertain, retryable = str(exc), False, False
+                error, uncertain, retryable = printable(str(exc)), False, False
             except TimeoutError as exc:
                 error, uncertain, retryable = _describe(exc), True, True
             except asyncio.CancelledError:
+                if hooks is not None:
+                    hooks.after_step(
+                        self.record, ctx, StepOutcome.FAILED, "cancelled", perf_counter() - began
+                    )
                 raise
             except Exception as exc:  # transient by definition: the retry policy decides
                 error, uncertain, retryable = _describe(exc), False, True
@@ -414,12 +451,20 @@ class SagaRun:
                 )
                 succeeded = Event(now, EventType.STEP_SUCCEEDED, step.name, None, attempt)
                 effects = () if ctx.effects is None else tuple(ctx.effects)
+                if hooks is not None:
+                    hooks.after_step(
+                        self.record, ctx, StepOutcome.SUCCEEDED, None, perf_counter() - began
+                    )
                 return Change(steps=[done], events=[succeeded], effects=effects), now
             now = self.clock.now()
             row = running
             stopping = not forward_only and self._stop_reason(now) is not None
             spent = not forward_only and attempt >= step.retry.max_attempts
             stopped_by = None
+            if hooks is not None:
+                again = retryable and not spent and not stopping
+                outcome = StepOutcome.RETRYING if again else StepOutcome.FAILED
+                hooks.after_step(self.record, ctx, outcome, error, perf_counter() - began)
             if retryable and not spent and not stopping:
                 retrying = self._event(
                     EventType.STEP_RETRYING, now, step, attempt=attempt, detail=error
@@ -523,6 +568,10 @@ class SagaRun:
             )
             await self._commit(pending, now)
             ctx = self._context(step, COMPENSATION, attempt)
+            hooks = self.hooks
+            if hooks is not None:
+                hooks.before_step(self.record, ctx)
+                began = perf_counter()
             try:
                 output = (
                     step.decode_output(forward.output)
@@ -535,6 +584,10 @@ class SagaRun:
                 if ctx.effects is not None:
                     self._check_effects()
             except asyncio.CancelledError:
+                if hooks is not None:
+                    hooks.after_step(
+                        self.record, ctx, StepOutcome.FAILED, "cancelled", perf_counter() - began
+                    )
                 raise
             except DecodeError as exc:  # a programming error: retrying cannot help
                 error, limit = str(exc), attempt
@@ -542,6 +595,10 @@ class SagaRun:
                 error = _describe(exc)
             else:
                 now = self.clock.now()
+                if hooks is not None:
+                    hooks.after_step(
+                        self.record, ctx, StepOutcome.SUCCEEDED, None, perf_counter() - began
+                    )
                 change = Change(
                     steps=[self._finished(running, StepStatus.COMPENSATED, None, now)],
                     events=[
@@ -557,6 +614,9 @@ class SagaRun:
                 )
                 return change, now
             now = self.clock.now()
+            if hooks is not None:
+                outcome = StepOutcome.RETRYING if attempt < limit else StepOutcome.FAILED
+                hooks.after_step(self.record, ctx, outcome, error, perf_counter() - began)
             if attempt < limit:
                 pending = Change(
                     events=[

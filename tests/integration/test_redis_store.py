@@ -9,7 +9,6 @@ bounded by generous timeouts and only the outcome is asserted.
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import AsyncIterator, Callable
 
@@ -19,21 +18,10 @@ from sagaway import Engine, Saga, SagaStatus, StepContext
 from sagaway.errors import LeaseLost, SagaNotFound, SagawayError, StoreError
 from sagaway.state import Change, Event, EventType, NewSaga, SagaRecord
 from sagaway.store.redis import RedisStore
-from servers import require_server
+from servers import REDIS_URL, redis_check, require_server
 
-REDIS_URL = os.environ.get("SAGAWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 DEF = ("it", 1)
 T0 = 1_000.0
-
-
-def redis_check() -> None:
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=2)
-    try:
-        client.ping()
-    finally:
-        client.close()
 
 
 @pytest.fixture

@@ -80,8 +80,9 @@ async def test_an_uncertain_step_is_retried_with_the_same_idempotency_key() -> N
     assert ctx.idempotency_key == f"{saga_id}:b:forward"
     assert ctx.attempt == 2
     assert kit.results_seen[0]["a"] == Receipt(step="a", key=f"{saga_id}:a:forward", amount=50)
-    kit.ledger.assert_exactly_once(f"{saga_id}:b:forward")
-    assert kit.ledger.duplicates == {f"{saga_id}:b:forward": 1}
+    b_key = f"{saga_id}:b:forward"
+    kit.ledger.assert_exactly_once(f"{saga_id}:c:forward", b_key, calls={b_key: 2})
+    assert kit.ledger.duplicates == {b_key: 1}
     b = record.step("b")
     assert b is not None
     assert b.attempts == 2
@@ -149,7 +150,8 @@ async def test_a_stale_engine_cannot_commit_once_its_lease_was_taken_over() -> N
     assert final.status is SagaStatus.SUCCEEDED
     assert final.step("c").attempts == 1  # type: ignore[union-attr]
     assert kit.trace.count("do:c") == 1, "the stale engine never went on to c"
-    kit.ledger.assert_exactly_once(f"{saga_id}:b:forward")
+    keys = [f"{saga_id}:{step}:forward" for step in "abc"]
+    kit.ledger.assert_exactly_once(*keys, calls={keys[1]: 2})  # slow's call, then fast's
     assert [e.detail for e in final.history if e.type is F.SAGA_CLAIMED] == ["fast"]
 
 
@@ -267,4 +269,5 @@ async def test_a_saga_whose_log_write_failed_is_resumed_by_the_next_recovery_pas
         record = await engine.wait(saga_id, timeout=5)
     assert record.status is SagaStatus.SUCCEEDED
     assert kit.trace == ["do:a", "do:a", "do:b", "do:c"], "a re-run under the same key"
-    kit.ledger.assert_exactly_once(f"{saga_id}:a:forward")
+    keys = [f"{saga_id}:{step}:forward" for step in "abc"]
+    kit.ledger.assert_exactly_once(*keys, calls={keys[0]: 2})

@@ -195,7 +195,7 @@ def test_effect_ledger_dedupes_counts_and_tombstones() -> None:
     ledger = EffectLedger()
     assert ledger.apply("s:a:forward", 10) == 10
     assert ledger.apply("s:a:forward", 99) == 10, "a duplicate returns the first result"
-    ledger.assert_exactly_once("s:a:forward")
+    ledger.assert_exactly_once("s:a:forward", calls={"s:a:forward": 2})
     assert ledger.duplicates == {"s:a:forward": 1}
     assert ledger.live == {"s:a:forward": 10}
 
@@ -217,7 +217,42 @@ def test_a_non_deduplicating_ledger_shows_double_effects() -> None:
     ledger.apply("k", 1)
     ledger.apply("k", 1)
     with pytest.raises(AssertionError, match="'k': 2"):
-        ledger.assert_exactly_once("k")
+        ledger.assert_exactly_once("k", calls={"k": 2})
+
+
+def test_exactly_once_fails_on_a_deduplicated_second_call() -> None:
+    # An engine that re-runs a step whose outcome was recorded: dedupe keeps the effect at
+    # one, so only the call count can see it.
+    ledger = EffectLedger()
+    ledger.apply("s:a:forward", 1)
+    ledger.apply("s:a:forward", 1)
+    with pytest.raises(AssertionError, match=r"calls per key differ .*'s:a:forward': \(2, 1\)"):
+        ledger.assert_exactly_once("s:a:forward")
+    ledger.assert_exactly_once("s:a:forward", calls={"s:a:forward": 2})
+
+
+def test_exactly_once_fails_on_a_retry_under_a_new_key() -> None:
+    # An engine that made up a new idempotency key for the retry: two effects, each "once".
+    ledger = EffectLedger()
+    ledger.apply("s:a:forward", 1)
+    ledger.apply("s:a:forward:retry-2", 1)
+    with pytest.raises(AssertionError, match=r"unexpected keys: \['s:a:forward:retry-2'\]"):
+        ledger.assert_exactly_once("s:a:forward")
+
+
+def test_exactly_once_checks_compensation_calls_and_reports_every_mismatch() -> None:
+    ledger = EffectLedger()
+    ledger.apply("s:a:forward", 1)
+    undo = StepContext("s", "n", "a", Phase.COMPENSATION, 1, "s:a:compensation", "s:a:forward", {})
+    ledger.revoke(undo)
+    ledger.revoke(undo)
+    ledger.assert_exactly_once("s:a:forward", calls={"s:a:compensation": 2})
+    with pytest.raises(AssertionError) as failure:
+        ledger.assert_exactly_once("s:b:forward", calls={"s:a:compensation": 1})
+    message = str(failure.value)
+    assert "'s:b:forward': 0" in message
+    assert "unexpected keys: ['s:a:forward']" in message
+    assert "'s:a:compensation': (2, 1)" in message
 
 
 # -- harness and packaging --------------------------------------------------------------------

@@ -4,12 +4,27 @@ lookups by value. One copy, so the stores cannot drift apart in how they encode 
 from __future__ import annotations
 
 import json
+import re
 from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
-from sagaway.state import EventType, Phase, SagaStatus, StepStatus
+from sagaway.errors import UnstorableValue
+from sagaway.state import Change, EventType, NewSaga, Phase, SagaStatus, StepStatus
 
-__all__ = ["EVENT_TYPE", "PHASE", "SAGA_STATUS", "STEP_STATUS", "dumps", "loads"]
+__all__ = [
+    "EVENT_TYPE",
+    "PHASE",
+    "SAGA_STATUS",
+    "STEP_STATUS",
+    "check_change",
+    "check_new",
+    "check_text",
+    "check_value",
+    "dumps",
+    "loads",
+    "printable",
+    "storable_text",
+]
 
 
 def _unserializable(value: Any) -> Any:
@@ -29,6 +44,120 @@ _c_encode = (
         None, _unserializable, encode_basestring, None, ":", ",", False, False, True
     )
 )
+
+
+_c_strict = (
+    None
+    if c_make_encoder is None
+    else c_make_encoder(
+        None, _unserializable, encode_basestring, None, ":", ",", False, False, False
+    )
+)
+_strict = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+# A NUL character encodes as the escape \u0000, which PostgreSQL's jsonb refuses; a backslash
+# followed by "u0000" in the text encodes as \\u0000. An odd run of backslashes is the escape.
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def _offender(value: Any, exc: BaseException) -> str:
+    """What in ``value`` JSON could not encode, as "a value of type X" words."""
+    if isinstance(exc, TypeError):
+        # "Object of type bytes is not JSON serializable": the innermost offender's type.
+        match = re.match(r"Object of type (\S+) is not", str(exc))
+        name = match.group(1) if match else type(value).__name__
+        return f"a value of type {name} (not JSON)"
+    if isinstance(exc, RecursionError):
+        return "a circular or too deeply nested value"
+    if "float" in str(exc):
+        return "a float NaN or infinity (not JSON)"
+    return f"a value JSON cannot encode ({exc})"
+
+
+def check_value(value: Any, what: str) -> str:
+    """``value`` as compact JSON, or ``UnstorableValue`` naming ``what`` and the offending type
+    when no store could keep it: what every store can hold is exactly what this accepts."""
+    try:
+        if type(value) is str:
+            text = str(encode_basestring(value))
+        elif _c_strict is None:
+            text = _strict(value)
+        else:
+            text = "".join(_c_strict(value, 0))
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise UnstorableValue(
+            f"the saga log cannot store {what}: {_offender(value, exc)}"
+        ) from None
+    if "\\u0000" in text and _NUL_ESCAPE.search(text):
+        raise UnstorableValue(
+            f"the saga log cannot store {what}: a value of type str with a NUL character"
+        )
+    if not text.isascii():
+        _check_encodable(text, what)
+    return text
+
+
+def storable_text(text: str) -> bool:
+    """True when a text column can hold ``text`` (an id looked up: one that cannot be stored
+    names no saga, on every store, instead of failing on some)."""
+    if text.isascii():
+        return "\x00" not in text
+    try:
+        check_text(text, "")
+    except UnstorableValue:
+        return False
+    return True
+
+
+def printable(text: str) -> str:
+    """``text`` made storable for an error or detail column: a NUL becomes the two characters
+    \\0 and a lone surrogate its backslash escape (errors come from any exception's text)."""
+    if text.isascii() and "\x00" not in text:
+        return text
+    text = text.replace("\x00", "\\0")
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def check_text(text: str | None, what: str) -> None:
+    """A text column's value (an error, an event's detail, a key): no NUL, no lone surrogate."""
+    if text is None or (text.isascii() and "\x00" not in text):
+        return
+    if "\x00" in text:
+        raise UnstorableValue(
+            f"the saga log cannot store {what}: a value of type str with a NUL character"
+        )
+    _check_encodable(text, what)
+
+
+def _check_encodable(text: str, what: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UnstorableValue(
+            f"the saga log cannot store {what}: a value of type str with a lone surrogate"
+        ) from None
+
+
+def check_new(new: NewSaga) -> None:
+    """Refuse a new saga any store would fail to write, before it joins a batch."""
+    check_value(new.input, f"the input of saga {new.name!r}")
+    check_text(new.idempotency_key, "an idempotency key")
+    check_text(new.id, "a saga id")
+    _check_rows(new.steps, new.events)
+
+
+def check_change(change: Change) -> None:
+    """Refuse a transition any store would fail to write, before it joins a batch."""
+    check_text(change.error, "a saga error")
+    _check_rows(change.steps, change.events)
+
+
+def _check_rows(steps: Any, events: Any) -> None:
+    for step in steps:
+        if step.output is not None:
+            check_value(step.output, f"the output of step {step.name!r}")
+        check_text(step.error, f"the error of step {step.name!r}")
+    for event in events:
+        check_text(event.detail, "an event's detail")
 
 
 def dumps(value: Any) -> str:

@@ -19,6 +19,7 @@ from sagaway.state import (
     apply_change,
     record_from_new,
 )
+from sagaway.store._codec import check_change, check_new, storable_text
 from sagaway.store.base import Page, SagaStore
 
 
@@ -35,6 +36,7 @@ class MemoryStore(SagaStore):
         self._keys: dict[str, str] = {}
 
     async def create(self, new: NewSaga) -> tuple[str, bool]:
+        check_new(new)  # what another store could not keep, this one refuses too
         if new.idempotency_key is not None:
             existing = self._keys.get(new.idempotency_key)
             if existing is not None:
@@ -52,6 +54,7 @@ class MemoryStore(SagaStore):
         return record
 
     async def commit(self, saga_id: str, owner: str | None, change: Change, at: float) -> None:
+        check_change(change)
         record = self._owned(saga_id, owner)
         for write in change.effects:
             try:
@@ -62,7 +65,7 @@ class MemoryStore(SagaStore):
         apply_change(record, change, at)
 
     async def load(self, saga_id: str, *, history: bool = True) -> SagaRecord | None:
-        record = self._sagas.get(saga_id)
+        record = self._sagas.get(saga_id) if storable_text(saga_id) else None
         return None if record is None else record.copy(history=history)
 
     async def list_sagas(

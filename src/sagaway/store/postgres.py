@@ -64,9 +64,10 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg  # type: ignore[import-untyped]  # no stubs shipped
 
-from sagaway.errors import LeaseLost, SagaNotFound, SagawayError, StoreError
+from sagaway.errors import LeaseLost, SagaNotFound, SagawayError, StoreError, UnstorableValue
 from sagaway.state import Change, Event, NewSaga, SagaRecord, SagaStatus
 from sagaway.store import _pg_ops as ops
+from sagaway.store._codec import check_change, check_new, storable_text
 from sagaway.store._pg_schema import channel_for, check_schema_name, migrate
 from sagaway.store.base import Page, SagaStore
 
@@ -338,24 +339,39 @@ class PostgresStore(SagaStore):
         self, conn: asyncpg.Connection, batch: list[_Op], results: list[_Result]
     ) -> None:
         """Run the batch statement; if PostgreSQL refuses it (a duplicate id, a value jsonb
-        cannot hold), run each operation alone so only the culprit fails. Nothing of a refused
-        statement was written, so running its operations again is safe."""
+        cannot hold) or the driver cannot encode an argument, run each operation alone so only
+        the culprit fails. Nothing of a refused statement was written (and nothing is sent when
+        an argument cannot be encoded), so running its operations again is safe. Values are
+        checked before they are queued (``check_change``): this is the second line."""
         try:
-            await self._write(conn, batch, results)
-        except asyncpg.PostgresError as exc:
+            args = ops.write_args(
+                [op[2] for op in batch if op[1] == "create"],
+                [op[2] for op in batch if op[1] == "commit"],
+                self._channel,
+            )
+            rows = await conn.fetch(self._sql.write_batch, *args)
+        except (asyncpg.PostgresError, TypeError, ValueError) as exc:  # DataError: ValueError
             if len(batch) == 1:
-                results.append((batch[0][0], None, self._error(exc, "write failed")))
+                results.append((batch[0][0], None, self._refused(exc)))
                 return
             for op in batch:
                 await self._isolated(conn, [op], results)
+            return
+        self._answer(batch, rows, results)
 
-    async def _write(
-        self, conn: asyncpg.Connection, batch: list[_Op], results: list[_Result]
-    ) -> None:
+    def _refused(self, exc: Exception) -> StoreError | UnstorableValue:
+        """One operation's own refusal: a value PostgreSQL (class 22, data exception) or the
+        driver cannot take is an UnstorableValue; anything else (a duplicate id) a StoreError."""
+        if isinstance(exc, asyncpg.DataError | TypeError | ValueError):
+            error = UnstorableValue(f"the saga log cannot store this write: {exc}")
+            error.__cause__ = exc
+            return error
+        return self._error(exc, "write failed")
+
+    def _answer(self, batch: list[_Op], rows: list[Any], results: list[_Result]) -> None:
+        """Each operation's outcome from the batch statement's rows (it has committed)."""
         creates = [op for op in batch if op[1] == "create"]
         commits = [op for op in batch if op[1] == "commit"]
-        args = ops.write_args([op[2] for op in creates], [op[2] for op in commits], self._channel)
-        rows = await conn.fetch(self._sql.write_batch, *args)
         outcome = {(r[0], r[1]): (r[2], r[3]) for r in rows}
         for op in creates:
             created, existing = outcome[(True, op[2].id)]
@@ -384,10 +400,12 @@ class PostgresStore(SagaStore):
     # -- writes -----------------------------------------------------------------------------
 
     async def create(self, new: NewSaga) -> tuple[str, bool]:
+        check_new(new)  # before it joins a batch: a bad value fails its caller only
         result: tuple[str, bool] = await self._submit("create", new)
         return result
 
     async def commit(self, saga_id: str, owner: str | None, change: Change, at: float) -> None:
+        check_change(change)
         await self._submit("commit", (saga_id, owner, change, at))
 
     @contextlib.asynccontextmanager
@@ -448,6 +466,8 @@ class PostgresStore(SagaStore):
     # -- reads ------------------------------------------------------------------------------
 
     async def load(self, saga_id: str, *, history: bool = True) -> SagaRecord | None:
+        if not storable_text(saga_id):
+            return None
         async with self._connection() as conn:
             return await ops.load(conn, self._sql, saga_id, history)
 

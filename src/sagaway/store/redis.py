@@ -87,6 +87,7 @@ from sagaway.store._codec import EVENT_TYPE as _EVENT_TYPE
 from sagaway.store._codec import PHASE as _PHASE
 from sagaway.store._codec import SAGA_STATUS as _SAGA_STATUS
 from sagaway.store._codec import STEP_STATUS as _STEP_STATUS
+from sagaway.store._codec import check_change, check_new, storable_text
 from sagaway.store._codec import dumps as _dumps
 from sagaway.store._codec import loads as _loads
 from sagaway.store._redis_batch import Batcher, command_client
@@ -367,6 +368,7 @@ class RedisStore(SagaStore):
     # -- writes -----------------------------------------------------------------------------
 
     async def create(self, new: NewSaga) -> tuple[str, bool]:
+        check_new(new)  # before it joins a pipeline: a bad value fails its caller only
         at = repr(float(new.at))
         saga = [
             *("id", new.id, "name", new.name, "version", str(new.version)),
@@ -401,6 +403,7 @@ class RedisStore(SagaStore):
         return str(saga_id), code == 1
 
     async def commit(self, saga_id: str, owner: str | None, change: Change, at: float) -> None:
+        check_change(change)
         status = change.status
         code = await self._call(
             "COMMIT",
@@ -476,6 +479,8 @@ class RedisStore(SagaStore):
     # -- reads ------------------------------------------------------------------------------
 
     async def load(self, saga_id: str, *, history: bool = True) -> SagaRecord | None:
+        if not storable_text(saga_id):
+            return None
         reply = await self._call("LOAD", [saga_id, "1" if history else "0"])
         return _loaded(*reply) if reply else None
 

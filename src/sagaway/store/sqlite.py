@@ -58,6 +58,7 @@ from sagaway.errors import (
 )
 from sagaway.state import Change, Event, NewSaga, SagaRecord, SagaStatus
 from sagaway.store import _sqlite_ops as ops
+from sagaway.store._codec import check_change, check_new, storable_text
 from sagaway.store._sqlite_schema import connect, migrate
 from sagaway.store.base import Page, SagaStore
 
@@ -268,10 +269,12 @@ class SQLiteStore(SagaStore):
     # -- writes -----------------------------------------------------------------------------
 
     async def create(self, new: NewSaga) -> tuple[str, bool]:
+        check_new(new)  # before it joins a batch: a bad value fails its caller only
         result: tuple[str, bool] = await self._submit(ops.create, new)
         return result
 
     async def commit(self, saga_id: str, owner: str | None, change: Change, at: float) -> None:
+        check_change(change)
         if change.effects:  # user writes too: see _write_batch
             await self._submit(_commit_with_effects, saga_id, owner, change, at)
         else:
@@ -348,6 +351,8 @@ class SQLiteStore(SagaStore):
             raise StoreError(f"sqlite: {exc}") from exc
 
     async def load(self, saga_id: str, *, history: bool = True) -> SagaRecord | None:
+        if not storable_text(saga_id):
+            return None
         return await self._read(ops.read_load, saga_id, history)
 
     async def list_sagas(

@@ -17,11 +17,12 @@ and deterministic on any backend. This module is the only place sagaway imports 
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 import pytest
 
-from sagaway.errors import InvalidTransition, LeaseLost, SagaNotFound
+from sagaway.errors import InvalidTransition, LeaseLost, SagaNotFound, UnstorableValue
 from sagaway.state import (
     Change,
     Event,
@@ -65,6 +66,20 @@ def new_saga(
         lease_expires_at=lease_until,
         events=[Event(at=at, type=EventType.SAGA_CREATED)],
     )
+
+
+# Values no store can keep (not JSON, NaN/infinity, NUL, a lone surrogate): every store refuses
+# them with UnstorableValue, before anything is written or batched.
+UNSTORABLE: list[Any] = [
+    object(),
+    b"bytes",
+    math.nan,
+    -math.inf,
+    "nul \u0000 inside",
+    "\ud800",
+    {"deep": [1, {"x": object()}]},
+    {"key \u0000": 1},
+]
 
 
 def running(step: str, attempts: int = 1, at: float = T0) -> StepRecord:
@@ -498,3 +513,92 @@ class SagaStoreContract:
         for scalar in scalars:
             await store.create(new_saga(f"scalar-{scalar!r}", input=scalar))
             assert (await store.get(f"scalar-{scalar!r}")).input == scalar
+
+    # -- values the log cannot store --------------------------------------------------------
+
+    async def test_unstorable_values_are_refused_and_nothing_is_written(
+        self, store: SagaStore
+    ) -> None:
+        await store.create(new_saga("s", status=SagaStatus.RUNNING, owner="e1", lease_until=2e3))
+        before = await store.get("s")
+        for i, bad in enumerate(UNSTORABLE):
+            with pytest.raises(UnstorableValue):
+                await store.create(new_saga(f"bad-{i}", input=bad))
+            assert await store.load(f"bad-{i}") is None
+            step = StepRecord("a", Phase.FORWARD, StepStatus.SUCCEEDED, 1, output=bad)
+            done = Event(at=T0 + 1, type=EventType.STEP_SUCCEEDED, step="a")
+            with pytest.raises(UnstorableValue):
+                await store.commit("s", "e1", Change(steps=[step], events=[done]), T0 + 1)
+        for text_change in (
+            Change(SagaStatus.FAILED, error="boom \u0000"),
+            Change(events=[Event(at=T0, type=EventType.STEP_FAILED, detail="\ud800")]),
+            Change(steps=[StepRecord("a", Phase.FORWARD, StepStatus.FAILED, error="\u0000")]),
+        ):
+            with pytest.raises(UnstorableValue):
+                await store.commit("s", "e1", text_change, T0 + 1)
+        with pytest.raises(UnstorableValue):
+            await store.create(new_saga("bad-key", key="k\u0000"))
+        after = await store.get("s")
+        assert (after.status, after.error, after.steps, after.history) == (
+            before.status,
+            before.error,
+            before.steps,
+            before.history,
+        )
+        assert (await store.list_sagas()).total == 1
+
+    async def test_storable_look_alikes_round_trip(self, store: SagaStore) -> None:
+        # A backslash followed by "u0000" is text, not a NUL character: stored as it is.
+        value = {"text": "C:\\u0000dir", "escaped": "\\\\u0000", "key \\u0000": 0.5}
+        await store.create(new_saga("s", input=value))
+        assert (await store.get("s")).input == value
+
+    async def test_an_unstorable_write_never_fails_concurrent_ones(self, store: SagaStore) -> None:
+        # On PostgreSQL these share one group-commit batch: one bad value must not fail it.
+        for i in range(4):
+            await store.create(
+                new_saga(f"s{i}", status=SagaStatus.RUNNING, owner="e1", lease_until=2e3)
+            )
+
+        def change(output: Any) -> Change:
+            step = StepRecord("a", Phase.FORWARD, StepStatus.SUCCEEDED, 1, output=output)
+            return Change(steps=[step], events=[Event(at=T0 + 1, type=EventType.STEP_SUCCEEDED)])
+
+        results = await asyncio.gather(
+            store.commit("s0", "e1", change({"ok": 0}), T0 + 1),
+            store.commit("s1", "e1", change(object()), T0 + 1),
+            store.commit("s2", "e1", change({"ok": 2}), T0 + 1),
+            store.create(new_saga("n0")),
+            store.create(new_saga("n1", input=math.nan)),
+            store.commit("s3", "e1", change("nul \u0000"), T0 + 1),
+            store.create(new_saga("n2")),
+            return_exceptions=True,
+        )
+        assert [type(r).__name__ for r in results] == [
+            "NoneType",
+            "UnstorableValue",
+            "NoneType",
+            "tuple",
+            "UnstorableValue",
+            "UnstorableValue",
+            "tuple",
+        ]
+        assert (await store.get("s0")).output("a") == {"ok": 0}
+        assert (await store.get("s2")).output("a") == {"ok": 2}
+        assert (await store.get("s1")).step("a") is None
+        assert (await store.get("s3")).step("a") is None
+        assert await store.load("n1") is None
+        assert {r.id for r in (await store.list_sagas(limit=10)).items} == {
+            "s0",
+            "s1",
+            "s2",
+            "s3",
+            "n0",
+            "n2",
+        }
+
+    async def test_an_id_that_cannot_be_stored_names_no_saga(self, store: SagaStore) -> None:
+        for saga_id in ("a\u0000b", "\ud800"):
+            assert await store.load(saga_id) is None
+            with pytest.raises(SagaNotFound):
+                await store.get(saga_id, history=False)

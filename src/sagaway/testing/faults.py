@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, cast
 
@@ -263,11 +263,31 @@ class EffectLedger:
             if n and key not in self.compensated
         }
 
-    def assert_exactly_once(self, *keys: str) -> None:
-        """Assert each key's effect was applied exactly once (raises AssertionError)."""
+    def assert_exactly_once(self, *keys: str, calls: Mapping[str, int] | None = None) -> None:
+        """Assert that the effects applied are exactly those of ``keys``, each applied once,
+        and that each key was called as often as ``calls`` says (1 for a key it omits).
+
+        All three are needed: deduplication caps ``applied`` at 1, so only the call count sees
+        a step that was run again after its outcome was recorded, and only the set of keys
+        sees a retry that came with a new idempotency key (a second, separate effect).
+        ``calls`` may also name compensation keys; raises AssertionError listing every
+        mismatch.
+        """
+        expected_calls = {key: 1 for key in keys} | dict(calls or {})
+        problems: list[str] = []
         wrong = {key: self.applied[key] for key in keys if self.applied[key] != 1}
         if wrong:
-            raise AssertionError(f"effects not applied exactly once (key: times): {wrong}")
+            problems.append(f"effects not applied exactly once (key: times): {wrong}")
+        extra = sorted(key for key, n in self.applied.items() if n and key not in keys)
+        if extra:
+            problems.append(f"effects applied under unexpected keys: {extra}")
+        miscounted = {
+            key: (self.calls[key], n) for key, n in expected_calls.items() if self.calls[key] != n
+        }
+        if miscounted:
+            problems.append(f"calls per key differ (key: (made, expected)): {miscounted}")
+        if problems:
+            raise AssertionError("; ".join(problems))
 
     def assert_not_applied(self, *keys: str) -> None:
         """Assert no effect is live under these keys (never applied, or compensated)."""

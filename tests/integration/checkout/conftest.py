@@ -1,13 +1,13 @@
 """Fixtures: a migrated shop database with demo data, on a SQLite file and on PostgreSQL.
 
-PostgreSQL tests skip when no server answers, except under CI=true where a missing server is a
-failure (CI must not go green by skipping). Each PostgreSQL test gets its own schema, dropped
-afterwards, so tests never see each other's rows and can run in parallel.
+PostgreSQL tests skip when no server answers, except under CI where a missing server is a
+failure (``servers.require_server``: the one rule every server-backed test follows). Each
+PostgreSQL test gets its own schema in the server's ``postgres`` database, dropped afterwards,
+so tests never see each other's rows and can run in parallel.
 """
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,26 +18,14 @@ from checkout.db import Database, migrate, open_database
 from checkout.dbexec import EngineExecutor, ShopExecutor, open_executor
 from checkout.participants import CheckoutParticipants
 from sagaway.store.sqlite import SQLiteStore
-
-POSTGRES_URL = os.environ.get(
-    "SAGAWAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
+from servers import POSTGRES_URL, postgres_check, require_server
 
 
 async def _postgres_admin() -> object:
+    require_server("postgresql", postgres_check)  # the suite-wide skip-or-fail rule
     import asyncpg  # type: ignore[import-untyped]
 
-    url = POSTGRES_URL.replace("postgresql+asyncpg://", "postgresql://")
-    return await asyncpg.connect(url, timeout=3)
-
-
-async def _postgres_or_skip() -> object:
-    try:
-        return await _postgres_admin()
-    except Exception as exc:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"PostgreSQL at {POSTGRES_URL} is required under CI: {exc!r}")
-        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL}: {exc!r}")
+    return await asyncpg.connect(POSTGRES_URL, timeout=3)
 
 
 @pytest.fixture(params=["sqlite", "sqlite-log", "postgresql"])
@@ -51,7 +39,7 @@ async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Da
         yield database
         await database.dispose()
         return
-    admin = await _postgres_or_skip()
+    admin = await _postgres_admin()
     schema = f"checkout_test_{uuid.uuid4().hex[:12]}"
     await admin.execute(f'CREATE SCHEMA "{schema}"')  # type: ignore[attr-defined]
     try:

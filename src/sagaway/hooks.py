@@ -1,0 +1,180 @@
+"""Engine hooks: where metrics, tracing and logs plug into the engine without living in it.
+
+Subclass :class:`Hook`, override the methods you need (each does nothing by default) and register
+it with ``Engine(hooks=[...])`` or ``engine.add_hook(...)``, the way dramatiq's middleware works.
+Every method runs on the engine's event loop, synchronously, in the task driving the saga: keep
+it fast and never block. A hook that raises is logged (``sagaway.hooks``) and the saga goes on as
+if it had not been called; the next hook still runs.
+
+With no hook registered the engine calls nothing at all: the runner is handed no hook chain, so a
+step costs what it cost before hooks existed.
+
+The records passed in are the engine's live copies: read them, never keep or mutate them (copy
+what you need). ``record.history`` may be empty (a saga claimed from the store is loaded without
+its history).
+"""
+
+from __future__ import annotations
+
+import logging
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+from sagaway.context import StepContext
+from sagaway.state import Change, SagaRecord
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+log = logging.getLogger("sagaway.hooks")
+
+__all__ = ["ClaimReason", "Hook", "HookChain", "StepOutcome"]
+
+
+class StepOutcome(StrEnum):
+    """How one attempt of a step's action or compensation ended."""
+
+    SUCCEEDED = "succeeded"  # the action succeeded, or the compensation compensated
+    RETRYING = "retrying"  # it failed and will be tried again (after a backoff)
+    FAILED = "failed"  # it failed for good: compensation starts, or the saga stops FAILED
+
+
+class ClaimReason(StrEnum):
+    """Why this engine began driving a saga (see :meth:`Hook.after_claim`)."""
+
+    STARTED = "started"  # created by this engine's ``start``
+    RECOVERED = "recovered"  # claimed by a recovery pass or ``resume`` (its lease had expired)
+    RETRIED = "retried"  # an operator's retry of a FAILED saga
+
+
+class Hook:
+    """Base class for engine hooks: every method does nothing. Override what you need."""
+
+    def saga_started(self, record: SagaRecord) -> None:
+        """A new saga was recorded by this engine's ``start`` (once per saga: a repeated
+        idempotency key does not call it). An API-only engine calls it too: ``record`` is then
+        PENDING, for a worker to run."""
+
+    def after_claim(self, record: SagaRecord, reason: ClaimReason) -> None:
+        """This engine now holds the saga's lease and is about to drive it."""
+
+    def before_step(self, record: SagaRecord, ctx: StepContext) -> None:
+        """An attempt of a step's action (``ctx.phase`` forward) or compensation is about to
+        run; it is already recorded RUNNING/COMPENSATING. Runs in the task that then awaits the
+        action, so a context variable set here (a tracing span) is seen by the action."""
+
+    def after_step(
+        self,
+        record: SagaRecord,
+        ctx: StepContext,
+        outcome: StepOutcome,
+        error: str | None,
+        seconds: float,
+    ) -> None:
+        """The attempt started by ``before_step`` ended (``ctx`` is the same object); ``seconds``
+        is how long the action ran. Its outcome is not durable yet: it is written with the next
+        commit (see ``after_commit``)."""
+
+    def after_commit(self, record: SagaRecord, change: Change, seconds: float) -> None:
+        """A transition was written durably; ``record`` already includes it. ``seconds`` is the
+        write's latency as the saga saw it (group-commit wait included)."""
+
+    def on_park(self, record: SagaRecord, reason: str) -> None:
+        """The saga stopped to wait (a reply, a signal, a timer) and holds no task any more.
+        Reserved: called once parked sagas exist (human-in-the-loop / remote participants)."""
+
+    def on_resume(self, record: SagaRecord, reason: str) -> None:
+        """A parked saga was woken (``reason``: what it waited for arrived or its deadline
+        passed). Reserved, like ``on_park``."""
+
+    def on_finish(self, record: SagaRecord) -> None:
+        """The saga reached a terminal status (SUCCEEDED, COMPENSATED, or FAILED for an
+        operator) under this engine."""
+
+    def on_release(self, record: SagaRecord, reason: str) -> None:
+        """This engine stopped driving an unfinished saga: lease lost, engine closing, or the
+        log could not be written (another engine, or this one later, resumes it)."""
+
+
+_METHODS = (
+    "saga_started",
+    "after_claim",
+    "before_step",
+    "after_step",
+    "after_commit",
+    "on_park",
+    "on_resume",
+    "on_finish",
+    "on_release",
+)
+
+
+def _overrides(hook: Hook, name: str) -> bool:
+    return getattr(type(hook), name, None) is not getattr(Hook, name)
+
+
+class HookChain(Hook):
+    """The hooks of one engine, called in registration order, each one guarded.
+
+    Only the hooks that override a method are called for it, so a metrics hook that ignores
+    ``before_step`` costs nothing there. An exception in a hook is logged, never raised.
+    """
+
+    def __init__(self, hooks: Iterable[Hook]) -> None:
+        self.hooks = tuple(hooks)
+        self._by_method: dict[str, tuple[Callable[..., None], ...]] = {
+            name: tuple(getattr(h, name) for h in self.hooks if _overrides(h, name))
+            for name in _METHODS
+        }
+        by = self._by_method
+        self._saga_started, self._after_claim = by["saga_started"], by["after_claim"]
+        self._before_step, self._after_step = by["before_step"], by["after_step"]
+        self._after_commit, self._on_finish = by["after_commit"], by["on_finish"]
+        self._on_park, self._on_resume = by["on_park"], by["on_resume"]
+        self._on_release = by["on_release"]
+
+    def wants(self, name: str) -> bool:
+        """True if some hook overrides ``name`` (the runner skips timing nobody reads)."""
+        return bool(self._by_method[name])
+
+    @staticmethod
+    def _call(methods: tuple[Callable[..., None], ...], *args: object) -> None:
+        for method in methods:
+            try:
+                method(*args)
+            except Exception:  # a hook must never break the saga it observes
+                log.exception("hook %s failed", getattr(method, "__qualname__", method))
+
+    def saga_started(self, record: SagaRecord) -> None:
+        self._call(self._saga_started, record)
+
+    def after_claim(self, record: SagaRecord, reason: ClaimReason) -> None:
+        self._call(self._after_claim, record, reason)
+
+    def before_step(self, record: SagaRecord, ctx: StepContext) -> None:
+        self._call(self._before_step, record, ctx)
+
+    def after_step(
+        self,
+        record: SagaRecord,
+        ctx: StepContext,
+        outcome: StepOutcome,
+        error: str | None,
+        seconds: float,
+    ) -> None:
+        self._call(self._after_step, record, ctx, outcome, error, seconds)
+
+    def after_commit(self, record: SagaRecord, change: Change, seconds: float) -> None:
+        self._call(self._after_commit, record, change, seconds)
+
+    def on_park(self, record: SagaRecord, reason: str) -> None:
+        self._call(self._on_park, record, reason)
+
+    def on_resume(self, record: SagaRecord, reason: str) -> None:
+        self._call(self._on_resume, record, reason)
+
+    def on_finish(self, record: SagaRecord) -> None:
+        self._call(self._on_finish, record)
+
+    def on_release(self, record: SagaRecord, reason: str) -> None:
+        self._call(self._on_release, record, reason)

@@ -1,0 +1,60 @@
+"""``/docs`` and ``/redoc`` work without internet: every asset they load is served by the app."""
+
+from __future__ import annotations
+
+import re
+from html.parser import HTMLParser
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+import pytest
+
+EXPECTED_TYPES = {".js": "javascript", ".css": "text/css", ".png": "image/png"}
+
+
+@pytest.fixture
+def backend() -> str:
+    return "sqlite"  # the docs do not depend on the database
+
+
+class _References(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for name, value in attrs:
+            if name in ("src", "href", "spec-url") and value:
+                self.urls.append(value)
+
+
+@pytest.mark.parametrize(("page", "needs"), [("/docs", {".js", ".css"}), ("/redoc", {".js"})])
+async def test_docs_pages_load_only_same_origin_assets(
+    client: httpx.AsyncClient, page: str, needs: set[str]
+) -> None:
+    response = await client.get(page)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    html = response.text
+    # No absolute URL anywhere, not even in the inline script's configuration (Swagger UI's
+    # validator badge would be fetched from the internet otherwise).
+    assert re.findall(r"(?:https?:)?//[\w.-]+\.\w+", html) == []
+    parser = _References()
+    parser.feed(html)
+    base = str(client.base_url)
+    seen: set[str] = set()
+    for url in parser.urls:
+        absolute = urljoin(base + page, url)
+        assert urlsplit(absolute).netloc == urlsplit(base).netloc, url
+        asset = await client.get(absolute)
+        assert asset.status_code == 200, url
+        suffix = "." + urlsplit(absolute).path.rsplit(".", 1)[-1]
+        if suffix in EXPECTED_TYPES:
+            assert EXPECTED_TYPES[suffix] in asset.headers["content-type"], url
+            assert len(asset.content) > 0
+            seen.add(suffix)
+        elif url.endswith("openapi.json"):
+            assert asset.json()["openapi"].startswith("3.")
+    assert needs <= seen
+    if page == "/docs":
+        assert '"validatorUrl": null' in html
