@@ -249,7 +249,7 @@ class Engine:
         With an ``idempotency_key`` already used, return that saga's id and start nothing.
         ``deadline`` (seconds from now, default the saga's) makes it compensate if unfinished.
         """
-        if not self._opened:
+        if not (self._opened or self.store.is_open):  # a store shared with an open engine will do
             raise EngineNotOpen()
         self.register(saga)
         now = self.clock.now()

@@ -102,6 +102,10 @@ class SagaStore(ABC):
         """How error messages name the store (PostgreSQL names its host, port and schema)."""
         return repr(self.url)
 
+    @property
+    def is_open(self) -> bool:
+        return self._state == "open"
+
     def _not_open(self) -> StoreError:
         return StoreError(f"{self._kind} store {self._where} is not open")
 
