@@ -329,7 +329,14 @@ class SagaRun:
             if row is not None and row.status is StepStatus.RUNNING:
                 if self._prewritten:
                     skip_write = True
-                elif step.on_uncertain is OnUncertain.COMPENSATE and not forward_only:
+                elif (
+                    step.on_uncertain is OnUncertain.COMPENSATE
+                    and step.kind is StepKind.COMPENSATABLE
+                ):
+                    # Only a step with a compensation can be given up on. A pivot has none:
+                    # compensating the steps before it while it may have taken effect would
+                    # strand that effect, so an uncertain pivot is always asked again with
+                    # the same key (its participant answers what happened), like a retriable.
                     pending.steps.append(
                         self._finished(row, StepStatus.FAILED, "outcome uncertain", now)
                     )
@@ -488,7 +495,10 @@ class SagaRun:
             if stopped_by is not None:
                 change.events.append(self._event(stopped_by[0], now))
                 return self._start_compensation(change, stopped_by[1]), now
-            if forward_only:  # a business failure past the pivot: only an operator can help
+            # A business failure past the pivot, or a pivot whose outcome stayed uncertain
+            # (timed out on every attempt): no compensation can make it consistent, so only an
+            # operator can help; their retry asks the pivot again under the same key.
+            if forward_only or (uncertain and step.kind is StepKind.PIVOT):
                 change.status, change.error = SagaStatus.FAILED, f"{step.name}: {error}"
                 change.events.append(self._event(EventType.SAGA_FAILED, now, detail=change.error))
                 change.release_lease = True
