@@ -5,10 +5,10 @@
 * Bodies over :data:`MAX_BODY_BYTES` -> 413, enforced by :class:`BodyLimitMiddleware` before the
   app reads anything: ``Content-Length`` is checked first, then the stream is counted (a chunked
   body that lies cannot get past it).
-* ``SagaNotFound`` / unknown orders -> 404, ``InvalidTransition`` -> 409, a store outage -> 503,
-  a shop-database outage (a connection-level error, see :mod:`checkout.dbfaults`) -> 503, and
-  placing an order while a database is down -> 503 only if the order was not recorded (the
-  message says so; see :mod:`checkout.service`).
+* ``SagaNotFound`` / unknown orders -> 404, ``InvalidTransition`` and an order id taken by
+  another order -> 409, a store outage -> 503, a shop-database outage (a connection-level
+  error, see :mod:`checkout.dbfaults`) -> 503, and placing an order while a database is down
+  -> 503 only if the order was not recorded (the message says so; see :mod:`checkout.service`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from checkout.dbfaults import ShopUnavailable, is_connection_error
-from checkout.service import AmountMismatch, OrderNotFound, OrderUnavailable
+from checkout.service import AmountMismatch, OrderConflict, OrderNotFound, OrderUnavailable
 from sagaway import InvalidTransition, SagaNotFound, SagawayError, StoreError
 
 log = logging.getLogger("checkout.api")
@@ -77,6 +77,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AmountMismatch)
     async def _amount(_: Request, exc: AmountMismatch) -> JSONResponse:
         return problem(422, str(exc))
+
+    @app.exception_handler(OrderConflict)
+    async def _order_conflict(_: Request, exc: OrderConflict) -> JSONResponse:
+        return problem(409, str(exc))
 
     @app.exception_handler(InvalidTransition)
     async def _conflict(_: Request, exc: InvalidTransition) -> JSONResponse:
