@@ -221,20 +221,28 @@ class StepSummary(BaseModel):
     error: str | None = None
 
 
-class OrderOut(BaseModel):
+class OrderSummary(BaseModel):
+    """An order as ``GET /orders`` lists it: the order row, whose ``status`` follows its saga,
+    without the saga's live view (one saga read per order; ``GET /orders/{id}`` has it)."""
+
     order_id: str
     customer_id: str
     status: OrderStatus
     saga_id: str | None
-    saga_status: SagaStatus | None
     total: Money
     error: str | None
     items: list[ItemOut]
     shipping_address: AddressOut | None
     payment_method: str
-    steps: list[StepSummary]
     created_at: datetime
     updated_at: datetime
+
+
+class OrderOut(OrderSummary):
+    """One order with its saga's status and steps."""
+
+    saga_status: SagaStatus | None
+    steps: list[StepSummary]
 
 
 class CheckoutFailed(BaseModel):
@@ -245,7 +253,7 @@ class CheckoutFailed(BaseModel):
 
 
 class OrderPage(BaseModel):
-    orders: list[OrderOut]
+    orders: list[OrderSummary]
     limit: int
     offset: int
 
