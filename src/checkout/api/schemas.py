@@ -109,12 +109,54 @@ class ItemIn(_Request):
     quantity: int = Field(gt=0, le=MAX_QUANTITY, strict=True)
 
 
+# The rules of OrderRequest._one_form, in the OpenAPI schema too: generated clients and the fuzz
+# stage read them there. "null" also stands for "absent" (a property's schema applies only when
+# the property is present).
+_EXACTLY_ONE_CUSTOMER = {
+    "oneOf": [
+        {
+            "title": "by customer_id",
+            "required": ["customer_id"],
+            "properties": {"customer_id": {"type": "string"}, "user_id": {"type": "null"}},
+        },
+        {
+            "title": "by user_id",
+            "required": ["user_id"],
+            "properties": {"user_id": {"type": "string"}, "customer_id": {"type": "null"}},
+        },
+    ]
+}
+_ITEMS_OR_SHORT_FORM = {
+    "oneOf": [
+        {
+            "title": "items",
+            "required": ["items"],
+            "properties": {
+                "items": {"type": "array", "minItems": 1},
+                "product_id": {"type": "null"},
+                "quantity": {"type": "null"},
+            },
+        },
+        {
+            "title": "one item: product_id and quantity",
+            "required": ["product_id", "quantity"],
+            "properties": {
+                "items": {"type": "null"},
+                "product_id": {"type": "string"},
+                "quantity": {"type": "integer"},
+            },
+        },
+    ]
+}
+
+
 class OrderRequest(_Request):
-    """``POST /orders`` and ``POST /checkout``. Accepted forms:
+    """``POST /orders`` and ``POST /checkout``. Give exactly one of customer_id or user_id
+    (the same thing, two spellings), and either a non-empty ``items`` list or the one-item
+    short form ``product_id`` + ``quantity``:
 
     * ``{"customer_id", "items": [{"product_id", "quantity"}], ...}``
-    * ``user_id`` instead of ``customer_id``;
-    * the one-item short form ``{"user_id", "product_id", "quantity"}``.
+    * ``{"user_id", "product_id", "quantity"}``.
 
     Optional: ``shipping_address`` (default: the account's), ``payment_method`` (``card``),
     ``amount`` (must equal the catalog total), ``checkout: false`` (a draft, no saga).
@@ -122,10 +164,11 @@ class OrderRequest(_Request):
 
     model_config = ConfigDict(
         json_schema_extra={
+            "allOf": [_EXACTLY_ONE_CUSTOMER, _ITEMS_OR_SHORT_FORM],
             "examples": [
                 {"customer_id": "user_1", "items": [{"product_id": "product_1", "quantity": 2}]},
                 {"user_id": "user_3", "product_id": "product_1", "quantity": 1},
-            ]
+            ],
         }
     )
 

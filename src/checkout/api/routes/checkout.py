@@ -5,13 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from checkout.api.deps import DEFAULT_WAIT_SECONDS, CheckoutDep, IdempotencyKey, Wait
-from checkout.api.routes.orders import place, respond
+from checkout.api.routes.orders import ACCEPTED, place, respond
 from checkout.api.schemas import OrderOut, OrderRequest
 
 router = APIRouter(tags=["checkout"])
 
 
-@router.post("/checkout", status_code=201)
+@router.post("/checkout", status_code=201, responses=ACCEPTED)
 async def checkout_new(
     body: OrderRequest,
     response: Response,
