@@ -14,6 +14,7 @@ from typing import Annotated, Any, Self
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
@@ -37,6 +38,9 @@ def _money_json(value: Decimal) -> float:
 
 
 Money = Annotated[Decimal, PlainSerializer(_money_json, return_type=float, when_used="json")]
+
+MAX_QUANTITY = 1_000_000
+MAX_ITEMS = 100
 
 # What the schema says is exactly what the validators accept (the fuzz stage checks both ways),
 # so strings are not stripped: " user_1" is refused, not silently read as "user_1".
@@ -62,9 +66,18 @@ Id = Annotated[
     Field(min_length=1, max_length=64, json_schema_extra={"pattern": ID_PATTERN}),
     AfterValidator(_id_chars),
 ]
+
+
+def _whole_number(value: Any) -> Any:
+    # JSON Schema's "integer" is any number with no fractional part (2.0 included); strings
+    # and booleans are not numbers.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Quantity = Annotated[int, Field(gt=0, le=MAX_QUANTITY, strict=True), BeforeValidator(_whole_number)]
 Text = Annotated[str, Field(json_schema_extra={"pattern": TEXT_PATTERN}), AfterValidator(_no_nul)]
-MAX_QUANTITY = 1_000_000
-MAX_ITEMS = 100
 
 
 def money(cents: int) -> Decimal:
@@ -106,7 +119,7 @@ class AddressIn(_Request):
 
 class ItemIn(_Request):
     product_id: Id
-    quantity: int = Field(gt=0, le=MAX_QUANTITY, strict=True)
+    quantity: Quantity
 
 
 # The rules of OrderRequest._one_form, in the OpenAPI schema too: generated clients and the fuzz
@@ -176,7 +189,7 @@ class OrderRequest(_Request):
     user_id: Id | None = None
     items: list[ItemIn] | None = Field(None, max_length=MAX_ITEMS)
     product_id: Id | None = None
-    quantity: int | None = Field(None, gt=0, le=MAX_QUANTITY, strict=True)
+    quantity: Quantity | None = None
     shipping_address: AddressIn | None = None
     payment_method: Text = Field("card", min_length=1, max_length=32)
     amount: Decimal | None = Field(None, ge=0, max_digits=14, decimal_places=2)
