@@ -79,6 +79,17 @@ def _whole_number(value: Any) -> Any:
 Quantity = Annotated[int, Field(gt=0, le=MAX_QUANTITY, strict=True), BeforeValidator(_whole_number)]
 Text = Annotated[str, Field(json_schema_extra={"pattern": TEXT_PATTERN}), AfterValidator(_no_nul)]
 
+# A client-chosen order id ends up in URLs (/orders/{id}, /saga/{id}): no '/', no spaces.
+OrderId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9._:-]+$",
+        description="Your own order id (letters, digits, '.', '_', ':', '-'); default: generated.",
+    ),
+]
+
 
 def money(cents: int) -> Decimal:
     return from_cents(cents)
@@ -171,8 +182,10 @@ class OrderRequest(_Request):
     * ``{"customer_id", "items": [{"product_id", "quantity"}], ...}``
     * ``{"user_id", "product_id", "quantity"}``.
 
-    Optional: ``shipping_address`` (default: the account's), ``payment_method`` (``card``),
-    ``amount`` (must equal the catalog total), ``checkout: false`` (a draft, no saga).
+    Optional: ``order_id`` (the client's own id: unique; repeating it with the same request
+    returns that order, with another request is a 409), ``shipping_address`` (default: the
+    account's), ``payment_method`` (``card``), ``amount`` (must equal the catalog total),
+    ``checkout: false`` (a draft, no saga).
     """
 
     model_config = ConfigDict(
@@ -185,6 +198,7 @@ class OrderRequest(_Request):
         }
     )
 
+    order_id: OrderId | None = None
     customer_id: Id | None = None
     user_id: Id | None = None
     items: list[ItemIn] | None = Field(None, max_length=MAX_ITEMS)
@@ -263,24 +277,39 @@ class StepSummary(BaseModel):
     error: str | None = None
 
 
-class OrderOut(BaseModel):
+class OrderSummary(BaseModel):
+    """An order as ``GET /orders`` lists it: the order row, whose ``status`` follows its saga,
+    without the saga's live view (one saga read per order; ``GET /orders/{id}`` has it)."""
+
     order_id: str
     customer_id: str
     status: OrderStatus
     saga_id: str | None
-    saga_status: SagaStatus | None
     total: Money
     error: str | None
     items: list[ItemOut]
     shipping_address: AddressOut | None
     payment_method: str
-    steps: list[StepSummary]
     created_at: datetime
     updated_at: datetime
 
 
+class OrderOut(OrderSummary):
+    """One order with its saga's status and steps."""
+
+    saga_status: SagaStatus | None
+    steps: list[StepSummary]
+
+
+class CheckoutFailed(BaseModel):
+    """``POST /checkout/{order_id}`` when the checkout failed (400): why, and the order."""
+
+    detail: str
+    order: OrderOut
+
+
 class OrderPage(BaseModel):
-    orders: list[OrderOut]
+    orders: list[OrderSummary]
     limit: int
     offset: int
 
@@ -334,7 +363,8 @@ class SagaDetail(SagaSummary):
 
 
 class SeedSagaStatus(BaseModel):
-    """``GET /saga/{order_id}``, in the seed service's vocabulary."""
+    """``GET /saga/{order_id}``, in the seed service's vocabulary; a participant that a finished
+    saga never reached is ``SKIPPED``."""
 
     order_id: str
     saga_id: str | None

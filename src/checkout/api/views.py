@@ -12,6 +12,7 @@ from checkout.api.schemas import (
     EventOut,
     ItemOut,
     OrderOut,
+    OrderSummary,
     SagaDetail,
     SagaSummary,
     SeedSagaStatus,
@@ -21,6 +22,7 @@ from checkout.api.schemas import (
     money,
     when,
 )
+from checkout.domain.models import OrderInfo
 from checkout.sagas import STEP_NAMES
 from checkout.service import OrderView
 from checkout.tracking import order_id_of
@@ -51,6 +53,23 @@ def step_summaries(record: SagaRecord | None) -> list[StepSummary]:
         shown = undo if undo is not None else forward
         out.append(StepSummary(name=name, status=shown.status, error=shown.error or forward.error))
     return out
+
+
+def order_summary(order: OrderInfo) -> OrderSummary:
+    """An order as listed: its row as recorded (the status mirrors its saga)."""
+    return OrderSummary(
+        order_id=order.id,
+        customer_id=order.customer_id,
+        status=order.status,
+        saga_id=order.saga_id,
+        total=money(order.total_cents),
+        error=order.error,
+        items=[ItemOut.of(line) for line in order.items],
+        shipping_address=AddressOut.of(order.shipping_address),
+        payment_method=order.payment_method,
+        created_at=order.created_at,
+        updated_at=order.updated_at,
+    )
 
 
 def order_out(view: OrderView) -> OrderOut:
@@ -148,7 +167,7 @@ _SEED_SAGA = {
 _SEED_STEP = {
     StepStatus.PENDING: "PENDING",
     StepStatus.RUNNING: "PENDING",
-    StepStatus.SKIPPED: "PENDING",
+    StepStatus.SKIPPED: "SKIPPED",
     StepStatus.SUCCEEDED: "SUCCEEDED",
     StepStatus.FAILED: "FAILED",
     StepStatus.COMPENSATING: "COMPENSATING",
@@ -157,7 +176,8 @@ _SEED_STEP = {
 
 
 def seed_status(order_id: str, record: SagaRecord | None) -> SeedSagaStatus:
-    """``GET /saga/{order_id}``: PENDING / SUCCEEDED / FAILED / COMPENSATING / COMPENSATED."""
+    """``GET /saga/{order_id}``: PENDING / SUCCEEDED / FAILED / COMPENSATING / COMPENSATED, and
+    SKIPPED for a participant that a finished saga never reached."""
 
     def step(name: str) -> str:
         if record is None:
@@ -165,7 +185,7 @@ def seed_status(order_id: str, record: SagaRecord | None) -> SeedSagaStatus:
         undo = record.steps.get((name, Phase.COMPENSATION))
         forward = record.steps.get((name, Phase.FORWARD))
         row = undo or forward
-        return "PENDING" if row is None else _SEED_STEP[row.status]
+        return _SEED_STEP[_unreached(record) if row is None else row.status]
 
     return SeedSagaStatus(
         order_id=order_id,

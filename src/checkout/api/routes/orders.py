@@ -16,7 +16,7 @@ from checkout.api.deps import (
     checkout_of,
 )
 from checkout.api.schemas import OrderOut, OrderPage, OrderRequest
-from checkout.api.views import order_out
+from checkout.api.views import order_out, order_summary
 from checkout.domain.models import OrderStatus
 from checkout.service import CheckoutService, OrderView
 
@@ -60,6 +60,7 @@ async def place(
         amount_cents=body.amount_cents,
         checkout=body.checkout,
         idempotency_key=key,
+        order_id=body.order_id,
         wait=wait,
     )
     return view
@@ -88,12 +89,11 @@ async def list_orders(
     offset: Offset = 0,
     status: OrderStatus | None = None,
 ) -> OrderPage:
-    """List orders, newest first."""
+    """List orders, newest first, without their sagas' steps (see GET /orders/{order_id})."""
     orders = await checkout.participants.orders.list_orders(
         limit=limit, offset=offset, status=status
     )
-    views = [OrderView(o, None, o.status, o.error) for o in orders]
-    return OrderPage(orders=[order_out(v) for v in views], limit=limit, offset=offset)
+    return OrderPage(orders=[order_summary(o) for o in orders], limit=limit, offset=offset)
 
 
 @router.get("/orders/{order_id}")
