@@ -17,6 +17,8 @@ from sagaway.definition import (
 )
 from sagaway.engine import Engine
 from sagaway.errors import (
+    CancelPending,
+    CancelRefused,
     DefinitionError,
     EffectFailed,
     InvalidTransition,
@@ -43,6 +45,8 @@ from sagaway.store import Page, SagaStore, open_store
 
 __all__ = [
     "NO_RETRY",
+    "CancelPending",
+    "CancelRefused",
     "Change",
     "Clock",
     "DefinitionError",
