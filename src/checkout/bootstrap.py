@@ -33,6 +33,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from enum import StrEnum
 
+from prometheus_client import CollectorRegistry, ProcessCollector
 from sqlalchemy import text
 
 from checkout.db import Database, migrate, open_database
@@ -43,6 +44,8 @@ from checkout.service import CheckoutService
 from checkout.settings import Settings, database_schema
 from checkout.tracking import OrderTracker
 from sagaway import Engine, Saga, open_store
+from sagaway.hooks import Hook
+from sagaway.metrics import PrometheusHook
 
 log = logging.getLogger("checkout.bootstrap")
 
@@ -69,6 +72,7 @@ class Services:
     engine: Engine
     tracker: OrderTracker
     checkout: CheckoutService
+    registry: CollectorRegistry  # the engine's metrics (empty when metrics are off)
 
 
 async def open_shop_database(url: str) -> Database:
@@ -96,6 +100,17 @@ async def open_shop_database(url: str) -> Database:
     return db
 
 
+def observability_hooks(
+    settings: Settings, store: object, registry: CollectorRegistry
+) -> list[Hook]:
+    """The engine hooks the settings ask for: Prometheus metrics (on by default)."""
+    hooks: list[Hook] = []
+    if settings.metrics:
+        ProcessCollector(registry=registry)  # CPU, memory, open files of this process
+        hooks.append(PrometheusHook(registry, store=store))
+    return hooks
+
+
 def server_owner_id(port: int) -> str:
     """A lease owner id stable across restarts of the server bound to ``port`` on this host."""
     return f"{socket.gethostname()}-serve-{port}"
@@ -111,6 +126,7 @@ async def bootstrap(
 ) -> AsyncIterator[Services]:
     """Build and start everything; on exit stop the engine (sagas in flight stay in the log
     and resume on the next start) and close the database."""
+    registry = CollectorRegistry()  # this process's engine metrics: one registry per start
     db = await open_shop_database(settings.database_url)
     store = open_store(settings.store_url)
     executor: ShopExecutor | None = None
@@ -128,6 +144,7 @@ async def bootstrap(
             owner_id=settings.worker_id or owner_id,
             lease_seconds=settings.lease_seconds,
             execute=role.executes,
+            hooks=observability_hooks(settings, store, registry),
         )
         tracker = OrderTracker(
             participants.orders, engine, saga, reconcile_interval=reconcile_interval
@@ -150,6 +167,7 @@ async def bootstrap(
                 engine=engine,
                 tracker=tracker,
                 checkout=CheckoutService(participants, engine, tracker),
+                registry=registry,
             )
         finally:
             await tracker.stop()

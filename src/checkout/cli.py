@@ -167,6 +167,14 @@ async def _run_worker(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with bootstrap(settings, role=Role.WORKER) as services:
+        if settings.metrics_port is not None:
+            from prometheus_client import start_http_server
+
+            start_http_server(settings.metrics_port, settings.host, services.registry)
+            console.print(
+                f"metrics at http://{settings.host}:{settings.metrics_port}/metrics",
+                highlight=False,
+            )
         console.print(
             f"checkout worker {services.engine.owner_id} running sagas from "
             f"{settings.store_url} (Ctrl-C or SIGTERM to stop)",

@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     # providers). Off by default: even with no provider configured, FastAPI looks the three
     # providers up on every request (~3% of the event loop's CPU under load).
     otel: bool = False
+    # Prometheus metrics of the engine and the HTTP API (GET /metrics); measured within a few
+    # percent of the engine's CPU (benchmarks/observability_cost.py).
+    metrics: bool = True
+    # `checkout worker` has no HTTP API: with this set it serves /metrics on this port.
+    metrics_port: int | None = None
 
     @property
     def async_database_url(self) -> str:

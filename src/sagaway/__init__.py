@@ -14,13 +14,17 @@ from sagaway.definition import (
     Saga,
     Step,
     StepKind,
+    declared_sagas,
 )
 from sagaway.engine import Engine
 from sagaway.errors import (
     CancelPending,
     CancelRefused,
+    DecodeError,
     DefinitionError,
     EffectFailed,
+    EngineNotOpen,
+    InvalidInput,
     InvalidTransition,
     LeaseLost,
     SagaNotFound,
@@ -49,11 +53,14 @@ __all__ = [
     "CancelRefused",
     "Change",
     "Clock",
+    "DecodeError",
     "DefinitionError",
     "EffectFailed",
     "Engine",
+    "EngineNotOpen",
     "Event",
     "EventType",
+    "InvalidInput",
     "InvalidTransition",
     "LeaseLost",
     "OnUncertain",
@@ -77,6 +84,7 @@ __all__ = [
     "SystemClock",
     "UnknownSagaError",
     "UnstorableValue",
+    "declared_sagas",
     "open_store",
 ]
 

@@ -151,8 +151,15 @@ class HookChain(Hook):
     def after_claim(self, record: SagaRecord, reason: ClaimReason) -> None:
         self._call(self._after_claim, record, reason)
 
+    # The three per-step methods loop inline rather than through ``_call``: one Python call
+    # less each, on every step attempt and commit.
+
     def before_step(self, record: SagaRecord, ctx: StepContext) -> None:
-        self._call(self._before_step, record, ctx)
+        for method in self._before_step:
+            try:
+                method(record, ctx)
+            except Exception:
+                log.exception("hook %s failed", method.__qualname__)
 
     def after_step(
         self,
@@ -162,10 +169,18 @@ class HookChain(Hook):
         error: str | None,
         seconds: float,
     ) -> None:
-        self._call(self._after_step, record, ctx, outcome, error, seconds)
+        for method in self._after_step:
+            try:
+                method(record, ctx, outcome, error, seconds)
+            except Exception:
+                log.exception("hook %s failed", method.__qualname__)
 
     def after_commit(self, record: SagaRecord, change: Change, seconds: float) -> None:
-        self._call(self._after_commit, record, change, seconds)
+        for method in self._after_commit:
+            try:
+                method(record, change, seconds)
+            except Exception:
+                log.exception("hook %s failed", method.__qualname__)
 
     def on_park(self, record: SagaRecord, reason: str) -> None:
         self._call(self._on_park, record, reason)

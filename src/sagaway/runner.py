@@ -23,7 +23,7 @@ from typing import Any
 from sagaway.clock import Clock
 from sagaway.context import StepContext
 from sagaway.definition import Action, OnUncertain, Saga, Step, StepKind
-from sagaway.errors import CancelPending, EffectFailed, StepFailed, UnstorableValue
+from sagaway.errors import CancelPending, DecodeError, EffectFailed, StepFailed, UnstorableValue
 from sagaway.hooks import HookChain, StepOutcome
 from sagaway.state import (
     Change,
@@ -332,7 +332,14 @@ class SagaRun:
             if row is not None and row.status is StepStatus.RUNNING:
                 if self._prewritten:
                     skip_write = True
-                elif step.on_uncertain is OnUncertain.COMPENSATE and checked:
+                elif (
+                    step.on_uncertain is OnUncertain.COMPENSATE
+                    and step.kind is StepKind.COMPENSATABLE
+                ):
+                    # Only a step with a compensation can be given up on. A pivot has none:
+                    # compensating the steps before it while it may have taken effect would
+                    # strand that effect, so an uncertain pivot is always asked again with
+                    # the same key (its participant answers what happened), like a retriable.
                     pending.steps.append(
                         self._finished(row, StepStatus.FAILED, "outcome uncertain", now)
                     )
@@ -432,6 +439,8 @@ class SagaRun:
                 error, uncertain, retryable = str(exc), True, False
             except StepFailed as exc:
                 error, uncertain, retryable = printable(exc.reason), False, False
+            except DecodeError as exc:  # a programming error: retrying cannot help
+                error, uncertain, retryable = printable(str(exc)), False, False
             except TimeoutError as exc:
                 error, uncertain, retryable = _describe(exc), True, True
             except asyncio.CancelledError:
@@ -494,7 +503,10 @@ class SagaRun:
             if stopped_by is not None:
                 change.events.append(self._event(stopped_by[0], now))
                 return self._start_compensation(change, stopped_by[1]), now
-            if forward_only:  # a business failure past the pivot: only an operator can help
+            # A business failure past the pivot, or a pivot whose outcome stayed uncertain
+            # (timed out on every attempt): no compensation can make it consistent, so only an
+            # operator can help; their retry asks the pivot again under the same key.
+            if forward_only or (uncertain and step.kind is StepKind.PIVOT):
                 change.status, change.error = SagaStatus.FAILED, f"{step.name}: {error}"
                 change.events.append(self._event(EventType.SAGA_FAILED, now, detail=change.error))
                 change.release_lease = True
@@ -590,17 +602,17 @@ class SagaRun:
                 )
             )
             await self._commit(pending, now)
-            output = (
-                step.decode_output(forward.output)
-                if forward.status is StepStatus.SUCCEEDED
-                else None
-            )
             ctx = self._context(step, COMPENSATION, attempt)
             hooks = self.hooks
             if hooks is not None:
                 hooks.before_step(self.record, ctx)
                 began = perf_counter()
             try:
+                output = (
+                    step.decode_output(forward.output)
+                    if forward.status is StepStatus.SUCCEEDED
+                    else None
+                )
                 await self._call(
                     step.undo, (ctx, self._input(step), output), step.compensation_timeout
                 )
@@ -612,6 +624,8 @@ class SagaRun:
                         self.record, ctx, StepOutcome.FAILED, "cancelled", perf_counter() - began
                     )
                 raise
+            except DecodeError as exc:  # a programming error: retrying cannot help
+                error, limit = str(exc), attempt
             except Exception as exc:
                 error = _describe(exc)
             else:

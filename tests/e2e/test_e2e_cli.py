@@ -96,3 +96,35 @@ def test_worker_runs_until_sigterm(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_worker_serves_metrics_on_its_port(tmp_path: Path) -> None:
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, **_env(tmp_path), "PYTHONUNBUFFERED": "1"}
+    env["SAGAWAY_METRICS_PORT"] = str(port)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "checkout.cli", "worker"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines: list[str] = []
+        while not lines or "running sagas" not in lines[-1]:
+            lines.append(proc.stdout.readline())
+            assert lines[-1] or proc.poll() is None, f"worker exited early: {lines}"
+        assert f"metrics at http://127.0.0.1:{port}/metrics" in "".join(lines)
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        assert "# TYPE sagaway_sagas_in_flight gauge" in text
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

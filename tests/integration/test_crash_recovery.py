@@ -1,72 +1,225 @@
-"""Crash tests with real processes: SIGKILL a worker after each durable transition (and inside
-each action/compensation, after its effect and before its outcome is recorded), restart it on
-the same SQLite file, and check the saga finished or compensated with every effect applied
-exactly once."""
+"""Crash tests with real processes, on every durable store (SQLite, PostgreSQL, Redis).
+
+A worker process (``crash_worker.py``) runs one saga of ``crash_saga.py`` and SIGKILLs itself
+at one exact point: after a durable transition, inside an action or compensation (after its
+effect, before its outcome is recorded), inside a retry, during a retry's backoff, inside a
+pivot and the retriable step after it, inside an operator's retry of a FAILED saga, inside a
+compensation's retry. Then the test
+
+1. reads the log right after the kill and checks which rows are RUNNING/COMPENSATING and which
+   are finished (so the kill happened where the scenario says, with the saga unfinished),
+2. resumes the saga in-process on the same log with the same owner id, and
+3. checks the final status, every step row, every call of every action and compensation (1 for
+   a call whose outcome was recorded, one more for each interrupted call: an engine that re-ran
+   recorded steps fails here even though the participant dedupes) and the exact set of effects
+   by idempotency key (an engine that retried under a new key would apply a second effect).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import signal
-import sqlite3
-import subprocess
 import sys
-from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from crash_saga import OWNER, Participant, build_saga
+
+from sagaway import Engine, Phase, SagaStatus
+from sagaway.state import SagaRecord
+from sagaway.store import open_store
+from servers import (
+    drop_pg_schema,
+    pg_schema_url,
+    postgres_check,
+    redis_check,
+    require_server,
+    unique_pg_schema,
+    unique_redis_url,
+)
 
 WORKER = Path(__file__).with_name("crash_worker.py")
 pytestmark = pytest.mark.slow
 
-SUCCESS_EFFECTS = {"reserve": 1, "pay": 1, "ship": 1}
-COMPENSATED_EFFECTS = {"reserve": 1, "pay": 1, "refund": 1, "release": 1}
+FORWARD_EFFECTS = {"reserve": "reserve", "pay": "pay", "ship": "ship"}
+UNDO_EFFECTS = {"pay": "refund", "reserve": "release"}
 
-# (variant, kill after N durable transitions, kill inside this action/compensation)
+
+@dataclass(frozen=True)
+class Scenario:
+    variant: str
+    kill: str
+    at_kill: str
+    """The saga's status, then ``step=STATUS[#attempts]`` per row (``step/c``: compensation)."""
+    calls: dict[str, int]
+    """Calls of each action/compensation from start to finish, the killed process's included."""
+
+    @property
+    def final(self) -> SagaStatus:
+        return SagaStatus.COMPENSATED if "release" in self.calls else SagaStatus.SUCCEEDED
+
+    def __str__(self) -> str:
+        return f"{self.variant}-{self.kill}"
+
+
+def calls(reserve: int = 1, pay: int = 1, ship: int = 1, **undo: int) -> dict[str, int]:
+    return {"reserve": reserve, "pay": pay, "ship": ship, **undo}
+
+
+S, R = "SUCCEEDED", "RUNNING"
+UNDONE = {"refund": 1, "release": 1}
 SCENARIOS = [
-    *[("ok", n, "") for n in range(3)],  # 0: after create; 1, 2: after steps 1, 2
-    *[("ok", -1, what) for what in ("reserve", "pay", "ship")],
-    *[("fail", n, "") for n in range(5)],  # 3: step 3 failed; 4: refund done
-    *[("fail", -1, what) for what in ("reserve", "pay", "refund", "release")],
+    # every durable transition and every action of a saga that succeeds
+    Scenario("ok", "after:0", f"RUNNING reserve={R}", calls()),
+    Scenario("ok", "after:1", f"RUNNING reserve={S} pay={R}", calls()),
+    Scenario("ok", "after:2", f"RUNNING reserve={S} pay={S} ship={R}", calls()),
+    Scenario("ok", "in:reserve:1", f"RUNNING reserve={R}", calls(reserve=2)),
+    Scenario("ok", "in:pay:1", f"RUNNING reserve={S} pay={R}", calls(pay=2)),
+    Scenario("ok", "in:ship:1", f"RUNNING reserve={S} pay={S} ship={R}", calls(ship=2)),
+    # ... and of one that compensates (ship rejects)
+    Scenario("fail", "after:2", f"RUNNING reserve={S} pay={S} ship={R}", calls(**UNDONE)),
+    Scenario("fail", "in:pay:1", f"RUNNING reserve={S} pay={R}", calls(pay=2, **UNDONE)),
+    Scenario("fail", "in:ship:1", f"RUNNING reserve={S} pay={S} ship={R}", calls(ship=2, **UNDONE)),
+    Scenario(
+        "fail",
+        "after:3",
+        f"COMPENSATING reserve={S} pay={S} ship=FAILED pay/c=COMPENSATING",
+        calls(**UNDONE),
+    ),
+    Scenario(
+        "fail",
+        "in:refund:1",
+        f"COMPENSATING reserve={S} pay={S} ship=FAILED pay/c=COMPENSATING",
+        calls(refund=2, release=1),
+    ),
+    Scenario(
+        "fail",
+        "after:4",
+        f"COMPENSATING reserve={S} pay={S} ship=FAILED pay/c=COMPENSATED reserve/c=COMPENSATING",
+        calls(**UNDONE),
+    ),
+    Scenario(
+        "fail",
+        "in:release:1",
+        f"COMPENSATING reserve={S} pay={S} ship=FAILED pay/c=COMPENSATED reserve/c=COMPENSATING",
+        calls(refund=1, release=2),
+    ),
+    # inside a retry (pay's first response was lost), and during the backoff before it
+    Scenario("flaky", "in:pay:2", f"RUNNING reserve={S} pay={R}#2", calls(pay=3)),
+    Scenario("flaky", "backoff:1", f"RUNNING reserve={S} pay={R}", calls(pay=2)),
+    # inside a compensation's retry (refund's first response was lost), and its backoff
+    Scenario(
+        "undo_flaky",
+        "in:refund:2",
+        f"COMPENSATING reserve={S} pay={S} ship=FAILED pay/c=COMPENSATING#2",
+        calls(refund=3, release=1),
+    ),
+    Scenario(
+        "undo_flaky",
+        "backoff:1",
+        f"COMPENSATING reserve={S} pay={S} ship=FAILED pay/c=COMPENSATING",
+        calls(refund=2, release=1),
+    ),
+    # inside the pivot, and inside the retriable step after it
+    Scenario("pivot", "in:pay:1", f"RUNNING reserve={S} pay={R}", calls(pay=2)),
+    Scenario("pivot", "in:ship:1", f"RUNNING reserve={S} pay={S} ship={R}", calls(ship=2)),
+    # inside an operator's retry of the saga that stopped FAILED past the pivot
+    Scenario("operator", "in:ship:2", f"RUNNING reserve={S} pay={S} ship={R}#2", calls(ship=3)),
 ]
 
 
-def _run(mode: str, tmp_path: Path, variant: str, kill_after: int, kill_in: str) -> tuple[int, str]:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(WORKER),
-            mode,
-            str(tmp_path / "log.db"),
-            str(tmp_path / "effects.db"),
-            variant,
-            str(kill_after),
-            kill_in,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    return proc.returncode, proc.stdout.strip() + proc.stderr[-2000:]
+@pytest.fixture(params=["sqlite", "postgresql", "redis"])
+async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh saga log on each durable store, removed afterwards."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'log.db'}"
+    elif request.param == "postgresql":
+        require_server("postgresql", postgres_check)
+        schema = unique_pg_schema("crash")
+        try:
+            yield pg_schema_url(schema)
+        finally:
+            await drop_pg_schema(schema)
+    else:
+        require_server("redis", redis_check)
+        url = unique_redis_url("crash")
+        try:
+            yield url
+        finally:
+            async with open_store(url) as store:
+                await store.purge()  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize(("variant", "kill_after", "kill_in"), SCENARIOS)
-def test_killed_worker_resumes_and_applies_each_effect_once(
-    tmp_path: Path, variant: str, kill_after: int, kill_in: str
+def _rows(record: SagaRecord) -> dict[str, str]:
+    """``step`` / ``step/c`` -> ``STATUS#attempts`` for every row of the saga."""
+    return {
+        name + ("/c" if phase is Phase.COMPENSATION else ""): f"{row.status}#{row.attempts}"
+        for (name, phase), row in record.steps.items()
+    }
+
+
+def _expected_rows(at_kill: str) -> tuple[str, dict[str, str]]:
+    status, *rows = at_kill.split()
+    pairs = (row.split("=") for row in rows)
+    return status, {name: value if "#" in value else f"{value}#1" for name, value in pairs}
+
+
+async def _only_saga(url: str) -> SagaRecord:
+    async with open_store(url) as store:
+        page = await store.list_sagas()
+        assert len(page.items) == 1, page.items
+        return await store.get(page.items[0].id)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=str)
+async def test_killed_worker_resumes_and_applies_each_effect_once(
+    store_url: str, tmp_path: Path, scenario: Scenario
 ) -> None:
-    code, output = _run("start", tmp_path, variant, kill_after, kill_in)
-    assert code == -signal.SIGKILL, f"worker was not killed where intended: {code} {output}"
+    effects_db = tmp_path / "effects.db"
+    worker = await asyncio.create_subprocess_exec(
+        *(sys.executable, str(WORKER), store_url, str(effects_db)),
+        *(scenario.variant, scenario.kill),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(worker.communicate(), timeout=120)
+    assert worker.returncode == -signal.SIGKILL, (
+        f"worker was not killed where intended: {worker.returncode} "
+        f"{out.decode().strip()} {err.decode()[-2000:]}"
+    )
 
-    code, output = _run("resume", tmp_path, variant, -1, "")
-    assert code == 0, output
-    expected_status = "SUCCEEDED" if variant == "ok" else "COMPENSATED"
-    assert output.splitlines()[0] == expected_status, output
+    at_kill = await _only_saga(store_url)
+    status, rows = _expected_rows(scenario.at_kill)
+    assert (at_kill.status, _rows(at_kill)) == (status, rows), "the log right after the kill"
+    assert at_kill.owner == OWNER
 
-    effects = sqlite3.connect(tmp_path / "effects.db")
-    applied = Counter(what for (what,) in effects.execute("SELECT what FROM effects"))
-    assert dict(applied) == (SUCCESS_EFFECTS if variant == "ok" else COMPENSATED_EFFECTS)
-    if kill_in:  # the interrupted call ran again after the restart, and was deduplicated
-        calls = Counter(what for (what,) in effects.execute("SELECT what FROM calls"))
-        assert calls[kill_in] == 2
+    side = Participant(effects_db)
+    saga = build_saga(scenario.variant, side)
+    async with Engine(store_url, sagas=[saga], owner_id=OWNER) as engine:
+        record = await engine.wait(at_kill.id, timeout=60)
+    assert record.status is scenario.final, record.error
 
-    log = sqlite3.connect(tmp_path / "log.db")
-    statuses = [s for (s,) in log.execute("SELECT status FROM sagaway_instances")]
-    assert statuses == [expected_status]
+    assert dict(side.calls()) == scenario.calls, "calls per action/compensation"
+    saga_id = record.id
+    expected = {(f"{saga_id}:{step}:forward", what) for step, what in FORWARD_EFFECTS.items()}
+    if scenario.final is SagaStatus.COMPENSATED:
+        expected.discard((f"{saga_id}:ship:forward", "ship"))  # ship rejected: no effect
+        expected |= {(f"{saga_id}:{step}:compensation", w) for step, w in UNDO_EFFECTS.items()}
+    assert side.effects() == expected, "one effect per step, under the step's own key"
+
+    final = await _only_saga(store_url)
+    if scenario.final is SagaStatus.SUCCEEDED:
+        assert {k: v.split("#")[0] for k, v in _rows(final).items()} == dict.fromkeys(
+            ("reserve", "pay", "ship"), S
+        )
+    else:
+        assert {k: v.split("#")[0] for k, v in _rows(final).items()} == {
+            "reserve": S,
+            "pay": S,
+            "ship": "FAILED",
+            "pay/c": "COMPENSATED",
+            "reserve/c": "COMPENSATED",
+        }
+    assert final.owner is None, "the lease was released"

@@ -114,7 +114,7 @@ async def test_without_the_definition_only_an_unstarted_saga_can_be_cancelled(
 ) -> None:
     store, clock = MemoryStore(), VirtualClock(auto_advance=True)
     hang = kit.faults.hang("a")
-    admin = Engine(store, execute=False, owner_id="cli", clock=clock)  # knows no definition
+    admin = Engine(store, sagas=[], execute=False, owner_id="cli", clock=clock)  # knows none
     api = Engine(store, sagas=[kit.saga], execute=False, owner_id="api", clock=clock)
     async with admin, api:
         queued = await api.start(kit.saga, order)  # PENDING: no step has started

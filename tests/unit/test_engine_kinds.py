@@ -223,3 +223,28 @@ async def test_deadline_passed_while_a_step_was_uncertain_closes_and_compensates
     assert record.error == "deadline expired"
     assert record.step("a").status is S.FAILED  # type: ignore[union-attr]
     assert kit.trace == ["undo:a"]
+
+
+async def test_a_pivot_that_stays_uncertain_fails_for_an_operator_instead_of_compensating(
+    order: Order,
+) -> None:
+    # Every attempt of the pivot takes effect and then times out: its outcome is uncertain and
+    # it has no compensation. Compensating a (as for any other uncertain step) would leave p's
+    # effect applied with everything around it undone; the saga waits for an operator instead.
+    kit = pivot_kit()
+    kit.faults.fail("p", times=3, exc=TimeoutError, after=True)
+    async with saga_engine(kit.saga) as h:
+        failed = await h.run(kit.saga, order)
+        assert failed.status is SagaStatus.FAILED
+        assert failed.error == "p: timed out"
+        p = failed.step("p")
+        assert p is not None
+        assert (p.status, p.uncertain, p.attempts) == (S.FAILED, True, 3)
+        assert kit.trace == ["do:a", "do:p", "do:p", "do:p"], "nothing compensated"
+
+        await h.engine.retry(failed.id)  # the operator: ask the pivot again, same key
+        record = await h.wait(failed.id)
+    assert record.status is SagaStatus.SUCCEEDED
+    keys = [kit.key(record.id, step) for step in "aprs"]
+    kit.ledger.assert_exactly_once(*keys, calls={keys[1]: 4})
+    assert kit.ledger.live.keys() == set(keys)

@@ -208,7 +208,7 @@ async def test_a_cancel_reaches_the_engine_running_the_saga_through_lease_renewa
 
 async def test_an_api_only_engine_queues_sagas_for_a_worker_to_claim() -> None:
     store, kit, clock = MemoryStore(), Kit(), VirtualClock()
-    api = new_engine(store, kit, clock, "api", execute=False)
+    api = await new_engine(store, kit, clock, "api", execute=False).open()
     saga_id = await api.start(kit.saga, ORDER)
     queued = await store.get(saga_id)
     assert queued.status is SagaStatus.PENDING
@@ -219,6 +219,7 @@ async def test_an_api_only_engine_queues_sagas_for_a_worker_to_claim() -> None:
     assert record.status is SagaStatus.SUCCEEDED
     waited = await api.wait(saga_id, timeout=5)  # polls the store: not its saga
     assert waited.status is SagaStatus.SUCCEEDED
+    await api.close()
 
 
 async def test_an_uncertain_compensation_is_resumed_with_the_same_key() -> None:
@@ -270,3 +271,35 @@ async def test_a_saga_whose_log_write_failed_is_resumed_by_the_next_recovery_pas
     assert kit.trace == ["do:a", "do:a", "do:b", "do:c"], "a re-run under the same key"
     keys = [f"{saga_id}:{step}:forward" for step in "abc"]
     kit.ledger.assert_exactly_once(*keys, calls={keys[0]: 2})
+
+
+async def test_an_uncertain_pivot_is_retried_even_with_on_uncertain_compensate() -> None:
+    # The rule for a pivot found RUNNING after a crash: it has no compensation, so it cannot be
+    # given up on (earlier steps compensated while its effect may stand); it is asked again
+    # with the same key, and the participant's answer decides, whatever on_uncertain says.
+    store = MemoryStore()
+    kit = Kit(kinds={"b": "pivot", "c": "retriable"}, on_uncertain="compensate")
+    saga_id = await crashed(store)
+    kit.ledger.apply(f"{saga_id}:a:forward", 50)  # what the dead engine left applied
+    kit.ledger.apply(f"{saga_id}:b:forward", 50)  # b (the pivot) reached the participant
+    async with saga_engine(kit.saga, store=store) as h:
+        record = await h.wait(saga_id)
+    assert record.status is SagaStatus.SUCCEEDED
+    assert kit.trace == ["do:b", "do:c"], "the pivot is asked again; a is not compensated"
+    keys = [f"{saga_id}:{step}:forward" for step in "abc"]
+    kit.ledger.assert_exactly_once(*keys, calls={keys[1]: 2})
+    assert kit.ledger.live.keys() == set(keys)
+
+
+async def test_an_uncertain_pivot_that_then_fails_compensates_the_steps_before_it() -> None:
+    store = MemoryStore()
+    kit = Kit(kinds={"b": "pivot", "c": "retriable"}, on_uncertain="compensate")
+    kit.faults.reject("b", "card declined")  # the participant answers: it did not happen
+    saga_id = await crashed(store)
+    kit.ledger.apply(f"{saga_id}:a:forward", 50)
+    async with saga_engine(kit.saga, store=store) as h:
+        record = await h.wait(saga_id)
+    assert record.status is SagaStatus.COMPENSATED
+    assert record.error == "card declined"
+    assert kit.trace == ["undo:a"]
+    assert kit.ledger.live == {}

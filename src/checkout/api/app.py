@@ -10,6 +10,8 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from checkout.api.errors import MAX_BODY_BYTES, BodyLimitMiddleware, install_error_handlers
+from checkout.api.metrics import HttpMetrics, HttpMetricsMiddleware
+from checkout.api.metrics import router as metrics_router
 from checkout.api.routes import checkout, health, orders, saga_status, sagas, shop
 from checkout.api.schemas import Problem
 from checkout.bootstrap import Role, bootstrap
@@ -54,6 +56,10 @@ def create_app(
     )
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+    if settings.metrics:
+        app.state.http_metrics = HttpMetrics()
+        app.add_middleware(HttpMetricsMiddleware, metrics=app.state.http_metrics)
+    app.include_router(metrics_router)
     for module in (orders, checkout, saga_status, sagas, shop, health):
         app.include_router(module.router)
     return app

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Header, Query, Request
+from fastapi import Depends, Header, Path, Query, Request
 
 from checkout.bootstrap import Services
 from checkout.participants import CheckoutParticipants
 from checkout.service import CheckoutService
-from sagaway import Engine
+from sagaway import Engine, SagaNotFound
 
 MAX_WAIT_SECONDS = 60.0
 DEFAULT_WAIT_SECONDS = 10.0
+# Far beyond any real page, far below what a database's 64-bit OFFSET overflows on.
+MAX_OFFSET = 10**9
+# Printable ASCII, as an HTTP header can carry it; no spaces at the ends (servers strip them).
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$"
 
 
 # ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in a worker thread, a
@@ -47,10 +51,19 @@ def checkout_of(request: Request) -> CheckoutService:
     return _services(request).checkout
 
 
+async def saga_id_path(saga_id: Annotated[str, Path()]) -> str:
+    """The ``{saga_id}`` of a path; one no saga can have (NUL, which PostgreSQL refuses in a
+    query) is not found, on every backend."""
+    if "\x00" in saga_id:
+        raise SagaNotFound(saga_id)
+    return saga_id
+
+
 ServicesDep = Annotated[Services, Depends(get_services)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 ParticipantsDep = Annotated[CheckoutParticipants, Depends(get_participants)]
 CheckoutDep = Annotated[CheckoutService, Depends(get_checkout)]
+SagaId = Annotated[str, Depends(saga_id_path)]
 
 Wait = Annotated[
     float,
@@ -66,8 +79,9 @@ IdempotencyKey = Annotated[
         alias="Idempotency-Key",
         min_length=1,
         max_length=200,
+        pattern=IDEMPOTENCY_KEY_PATTERN,
         description="A repeat with the same key returns the same order; no second saga.",
     ),
 ]
 Limit = Annotated[int, Query(ge=1, le=500)]
-Offset = Annotated[int, Query(ge=0)]
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]

@@ -11,7 +11,14 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    model_validator,
+)
 
 from checkout.domain.models import (
     AccountInfo,
@@ -30,7 +37,43 @@ def _money_json(value: Decimal) -> float:
 
 
 Money = Annotated[Decimal, PlainSerializer(_money_json, return_type=float, when_used="json")]
-Id = Annotated[str, Field(min_length=1, max_length=64)]
+
+# What the schema says is exactly what the validators accept (the fuzz stage checks both ways),
+# so strings are not stripped: " user_1" is refused, not silently read as "user_1".
+ID_PATTERN = r"^[^\x00-\x20\x7f]+$"
+TEXT_PATTERN = r"^[^\x00]*$"
+
+
+def _id_chars(value: str) -> str:
+    if any(c <= " " or c == "\x7f" for c in value):
+        raise ValueError("ids cannot contain spaces or control characters (such as NUL)")
+    return value
+
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL cannot store NUL in text; no backend should accept what another refuses.
+    if "\x00" in value:
+        raise ValueError("text cannot contain NUL characters")
+    return value
+
+
+Id = Annotated[
+    str,
+    Field(min_length=1, max_length=64, json_schema_extra={"pattern": ID_PATTERN}),
+    AfterValidator(_id_chars),
+]
+Text = Annotated[str, Field(json_schema_extra={"pattern": TEXT_PATTERN}), AfterValidator(_no_nul)]
+
+# A client-chosen order id ends up in URLs (/orders/{id}, /saga/{id}): no '/', no spaces.
+OrderId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9._:-]+$",
+        description="Your own order id (letters, digits, '.', '_', ':', '-'); default: generated.",
+    ),
+]
 MAX_QUANTITY = 1_000_000
 MAX_ITEMS = 100
 
@@ -49,7 +92,7 @@ def when(at: float | None) -> datetime | None:
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid")
 
 
 class Problem(BaseModel):
@@ -62,11 +105,11 @@ class Problem(BaseModel):
 
 
 class AddressIn(_Request):
-    street: str | None = Field(None, max_length=200)
-    city: str | None = Field(None, max_length=100)
-    province: str | None = Field(None, max_length=100)
-    postal_code: str | None = Field(None, max_length=32)
-    country: str | None = Field(None, max_length=64)
+    street: Text | None = Field(None, max_length=200)
+    city: Text | None = Field(None, max_length=100)
+    province: Text | None = Field(None, max_length=100)
+    postal_code: Text | None = Field(None, max_length=32)
+    country: Text | None = Field(None, max_length=64)
 
     def to_domain(self) -> Address:
         return Address(**self.model_dump())
@@ -84,8 +127,10 @@ class OrderRequest(_Request):
     * ``user_id`` instead of ``customer_id``;
     * the one-item short form ``{"user_id", "product_id", "quantity"}``.
 
-    Optional: ``shipping_address`` (default: the account's), ``payment_method`` (``card``),
-    ``amount`` (must equal the catalog total), ``checkout: false`` (a draft, no saga).
+    Optional: ``order_id`` (the client's own id: unique; repeating it with the same request
+    returns that order, with another request is a 409), ``shipping_address`` (default: the
+    account's), ``payment_method`` (``card``), ``amount`` (must equal the catalog total),
+    ``checkout: false`` (a draft, no saga).
     """
 
     model_config = ConfigDict(
@@ -97,13 +142,14 @@ class OrderRequest(_Request):
         }
     )
 
+    order_id: OrderId | None = None
     customer_id: Id | None = None
     user_id: Id | None = None
     items: list[ItemIn] | None = Field(None, max_length=MAX_ITEMS)
     product_id: Id | None = None
     quantity: int | None = Field(None, gt=0, le=MAX_QUANTITY, strict=True)
     shipping_address: AddressIn | None = None
-    payment_method: str = Field("card", min_length=1, max_length=32)
+    payment_method: Text = Field("card", min_length=1, max_length=32)
     amount: Decimal | None = Field(None, ge=0, max_digits=14, decimal_places=2)
     checkout: bool = True
 
@@ -191,6 +237,13 @@ class OrderOut(BaseModel):
     updated_at: datetime
 
 
+class CheckoutFailed(BaseModel):
+    """``POST /checkout/{order_id}`` when the checkout failed (400): why, and the order."""
+
+    detail: str
+    order: OrderOut
+
+
 class OrderPage(BaseModel):
     orders: list[OrderOut]
     limit: int
@@ -246,7 +299,8 @@ class SagaDetail(SagaSummary):
 
 
 class SeedSagaStatus(BaseModel):
-    """``GET /saga/{order_id}``, in the seed service's vocabulary."""
+    """``GET /saga/{order_id}``, in the seed service's vocabulary; a participant that a finished
+    saga never reached is ``SKIPPED``."""
 
     order_id: str
     saga_id: str | None

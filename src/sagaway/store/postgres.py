@@ -359,6 +359,8 @@ class PostgresStore(SagaStore):
             )
             rows = await conn.fetch(self._sql.write_batch, *args)
         except (asyncpg.PostgresError, TypeError, ValueError) as exc:  # DataError: ValueError
+            if _connection_lost(conn, exc):
+                raise  # not a refusal: the connection is gone (see _run_batch)
             if len(batch) == 1:
                 results.append((batch[0][0], None, self._refused(exc)))
                 return
@@ -516,6 +518,20 @@ class PostgresStore(SagaStore):
     async def counts(self) -> dict[SagaStatus, int]:
         async with self._connection() as conn:
             return await ops.counts(conn, self._sql)
+
+
+# The server ended the session (pg_terminate_backend, a shutdown or restart) or the link broke:
+# nothing more can be sent on that connection, and the pool replaces it.
+_CONNECTION_LOST = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+)
+
+
+def _connection_lost(conn: asyncpg.Connection, exc: BaseException) -> bool:
+    return isinstance(exc, _CONNECTION_LOST) or conn.is_closed()
 
 
 # JIT compiling the batch statements would cost more than running them; and their plans do not

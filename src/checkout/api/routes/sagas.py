@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from checkout.api.deps import EngineDep, Limit, Offset, ServicesDep
+from checkout.api.deps import EngineDep, Limit, Offset, SagaId, ServicesDep
 from checkout.api.schemas import SagaDetail, SagaPage
 from checkout.api.views import saga_detail, saga_summary
 from checkout.tracking import order_id_of, order_status_for
@@ -25,13 +25,13 @@ async def list_sagas(
 
 
 @router.get("/{saga_id}")
-async def get_saga(saga_id: str, engine: EngineDep) -> SagaDetail:
+async def get_saga(saga_id: SagaId, engine: EngineDep) -> SagaDetail:
     """One saga: status, steps (both phases) and its history."""
     return saga_detail(await engine.get(saga_id))
 
 
 @router.post("/{saga_id}/retry", status_code=202)
-async def retry_saga(saga_id: str, services: ServicesDep, response: Response) -> SagaDetail:
+async def retry_saga(saga_id: SagaId, services: ServicesDep, response: Response) -> SagaDetail:
     """Retry a FAILED saga (409 if it is not FAILED); its order is processing again."""
     record = await services.engine.get(saga_id)
     if record.status is not SagaStatus.FAILED:
@@ -55,7 +55,7 @@ async def retry_saga(saga_id: str, services: ServicesDep, response: Response) ->
 
 
 @router.post("/{saga_id}/cancel", status_code=202)
-async def cancel_saga(saga_id: str, engine: EngineDep, response: Response) -> SagaDetail:
+async def cancel_saga(saga_id: SagaId, engine: EngineDep, response: Response) -> SagaDetail:
     """Cancel a saga: 202 only when the cancel will take effect (it stops before its next
     step and compensates); 409 with the reason when it is too late (finished, already
     compensating, or its last cancellable step has started). A refusal is recorded in the

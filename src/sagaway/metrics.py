@@ -1,0 +1,219 @@
+"""Prometheus metrics for an engine, as an engine hook (needs ``prometheus-client``)::
+
+    from sagaway.metrics import PrometheusHook
+    engine = Engine(store, hooks=[PrometheusHook(store=store)])
+    # then expose prometheus_client's default registry (checkout serves it at /metrics)
+
+Metrics (all ``sagaway_*``):
+
+* ``sagaway_sagas_started_total{saga}``: sagas recorded by this process's ``start``.
+* ``sagaway_sagas_finished_total{saga,status}``: sagas this process drove to SUCCEEDED,
+  COMPENSATED or FAILED. A FAILED saga that an operator retries finishes again: count it twice.
+* ``sagaway_sagas_in_flight{saga}``: sagas this process is driving right now.
+* ``sagaway_step_duration_seconds{saga,step,phase,outcome}`` (histogram): how long each attempt of
+  an action (``phase="forward"``) or a compensation ran; ``outcome`` is succeeded, retrying or
+  failed.
+* ``sagaway_step_retries_total{saga,step}``: attempts that failed and were tried again.
+* ``sagaway_store_commit_seconds`` (histogram): a durable transition's latency as the saga saw it
+  (group-commit wait included). ``sagaway_store_batches_total`` and
+  ``sagaway_store_batched_operations_total`` (stores that group-commit: SQLite, PostgreSQL) give
+  the batch size: ``rate(operations) / rate(batches)``.
+* ``sagaway_sagas_waiting{saga}`` and ``sagaway_outbox_pending``: declared for the parked sagas
+  (human-in-the-loop) and the outbox; nothing sets them yet, so the first is absent and the second
+  reads 0 until those features land.
+
+Cost: the hook counts into plain Python ints and lists (a bucket found by bisection), and a
+collector turns them into Prometheus families when scraped. prometheus-client's own metric
+objects cost 3-5 us per update here (a lock each), which was 37% of an in-memory saga's CPU;
+this way it is a few percent (``benchmarks/observability_cost.py``).
+
+Several processes: every process has its own numbers, so scrape each one (``checkout serve``
+serves ``/metrics``; ``checkout worker`` serves them on ``SAGAWAY_METRICS_PORT``) and aggregate
+in Prometheus (``sum by (saga) (...)``). prometheus-client's multiprocess mode
+(``PROMETHEUS_MULTIPROC_DIR``) does not see these: it only aggregates its own metric objects.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from sagaway.context import StepContext
+from sagaway.hooks import ClaimReason, Hook, StepOutcome
+from sagaway.state import Change, SagaRecord
+
+__all__ = ["COMMIT_BUCKETS", "STEP_BUCKETS", "PrometheusHook"]
+
+# Steps are participant calls: a millisecond to tens of seconds.
+STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
+
+class _Histogram:
+    """One label set's histogram: a count per bucket (not cumulative) and the sum."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self, buckets: int) -> None:
+        self.counts = [0] * (buckets + 1)  # the last one: above every bound (+Inf)
+        self.total = 0.0
+
+    def observe(self, bounds: tuple[float, ...], value: float) -> None:
+        self.counts[bisect_left(bounds, value)] += 1
+        self.total += value
+
+
+def _histogram_family(
+    name: str,
+    doc: str,
+    labels: list[str],
+    bounds: tuple[float, ...],
+    series: Iterable[tuple[tuple[str, ...], _Histogram]],
+) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, doc, labels=labels)
+    for values, hist in series:
+        cumulative, buckets = 0, []
+        for bound, count in zip((*map(str, bounds), "+Inf"), hist.counts, strict=True):
+            cumulative += count
+            buckets.append((bound, float(cumulative)))
+        family.add_metric(list(values), buckets, hist.total)
+    return family
+
+
+class PrometheusHook(Hook, Collector):
+    """Counts and times sagas and steps for Prometheus (see the module docstring).
+
+    It registers itself as a collector on ``registry`` (the default one unless told, ``None``
+    for none: call ``collect`` yourself). ``store``: the engine's store, to export its
+    group-commit counters, read at scrape time.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = REGISTRY, *, store: Any = None) -> None:
+        self._store = store
+        self._started: dict[str, int] = {}
+        self._finished: dict[tuple[str, str], int] = {}
+        self._in_flight: dict[str, int] = {}
+        self._retries: dict[tuple[str, str], int] = {}
+        self._steps: dict[tuple[str, str, str, str], _Histogram] = {}
+        self._commits = _Histogram(len(COMMIT_BUCKETS))
+        if registry is not None:
+            registry.register(self)
+
+    # -- the hook: plain Python counting on the engine's loop ---------------------------------
+
+    def saga_started(self, record: SagaRecord) -> None:
+        name = record.name
+        self._started[name] = self._started.get(name, 0) + 1
+
+    def after_claim(self, record: SagaRecord, reason: ClaimReason) -> None:
+        name = record.name
+        self._in_flight[name] = self._in_flight.get(name, 0) + 1
+
+    def after_step(
+        self,
+        record: SagaRecord,
+        ctx: StepContext,
+        outcome: StepOutcome,
+        error: str | None,
+        seconds: float,
+    ) -> None:
+        key = (ctx.saga_name, ctx.step, ctx.phase, outcome)
+        hist = self._steps.get(key)
+        if hist is None:
+            hist = self._steps[key] = _Histogram(len(STEP_BUCKETS))
+        hist.observe(STEP_BUCKETS, seconds)
+        if outcome is StepOutcome.RETRYING:
+            retry_key = (ctx.saga_name, ctx.step)
+            self._retries[retry_key] = self._retries.get(retry_key, 0) + 1
+
+    def after_commit(self, record: SagaRecord, change: Change, seconds: float) -> None:
+        self._commits.observe(COMMIT_BUCKETS, seconds)
+
+    def on_finish(self, record: SagaRecord) -> None:
+        name = record.name
+        self._in_flight[name] = self._in_flight.get(name, 0) - 1
+        key = (name, record.status)
+        self._finished[key] = self._finished.get(key, 0) + 1
+
+    def on_release(self, record: SagaRecord, reason: str) -> None:
+        name = record.name
+        self._in_flight[name] = self._in_flight.get(name, 0) - 1
+
+    # -- the collector: runs when Prometheus scrapes ------------------------------------------
+
+    def collect(self) -> Iterator[Metric]:
+        # Snapshots (list(...)): the loop may add a label set while a scrape thread iterates.
+        started = CounterMetricFamily(
+            "sagaway_sagas_started", "Sagas recorded by this process", labels=["saga"]
+        )
+        for name, count in list(self._started.items()):
+            started.add_metric([name], count)
+        yield started
+        finished = CounterMetricFamily(
+            "sagaway_sagas_finished",
+            "Sagas this process drove to a terminal status",
+            labels=["saga", "status"],
+        )
+        for (name, status), count in list(self._finished.items()):
+            finished.add_metric([name, status], count)
+        yield finished
+        in_flight = GaugeMetricFamily(
+            "sagaway_sagas_in_flight", "Sagas this process is driving now", labels=["saga"]
+        )
+        for name, count in list(self._in_flight.items()):
+            in_flight.add_metric([name], count)
+        yield in_flight
+        yield _histogram_family(
+            "sagaway_step_duration_seconds",
+            "How long one attempt of a step's action or compensation ran",
+            ["saga", "step", "phase", "outcome"],
+            STEP_BUCKETS,
+            list(self._steps.items()),
+        )
+        retries = CounterMetricFamily(
+            "sagaway_step_retries",
+            "Step attempts that failed and were tried again",
+            labels=["saga", "step"],
+        )
+        for (name, step), count in list(self._retries.items()):
+            retries.add_metric([name, step], count)
+        yield retries
+        yield _histogram_family(
+            "sagaway_store_commit_seconds",
+            "Latency of one durable saga transition (group-commit wait included)",
+            [],
+            COMMIT_BUCKETS,
+            [((), self._commits)],
+        )
+        yield GaugeMetricFamily(
+            "sagaway_sagas_waiting",
+            "Sagas parked waiting for a person or a reply (parking is not built yet)",
+            labels=["saga"],
+        )
+        yield GaugeMetricFamily(
+            "sagaway_outbox_pending",
+            "Messages in the saga log's outbox not yet published (no outbox yet: 0)",
+            value=0,
+        )
+        stats = getattr(self._store, "stats", None)
+        if stats is not None and hasattr(stats, "batches"):
+            yield CounterMetricFamily(
+                "sagaway_store_batches",
+                "Group commits (one durable write each) made by this process's saga store",
+                value=stats.batches,
+            )
+            yield CounterMetricFamily(
+                "sagaway_store_batched_operations",
+                "Operations written by those group commits (divide by batches: the batch size)",
+                value=stats.operations,
+            )

@@ -1,0 +1,113 @@
+"""The PostgreSQL saga log when the server terminates its connection in the middle of a group
+commit (``pg_terminate_backend``, a restart, a failover): every write of the batch fails with
+the real cause, nothing is retried on the dead connection, and the store goes on with a fresh one.
+
+Issue 8 item 9: the batch used to be re-run operation by operation on the connection the server
+had just closed, so callers got ``InternalClientError: cannot switch to state 12`` (or "connection
+has been released back to the pool") instead of the termination, once per operation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from sagaway import StoreError
+from sagaway.state import Change, Event, EventType, NewSaga
+from sagaway.store.postgres import PostgresStore
+from servers import (
+    POSTGRES_URL,
+    drop_pg_schema,
+    pg_schema_url,
+    postgres_check,
+    require_server,
+    unique_pg_schema,
+)
+
+T0 = 1_000.0
+
+
+@pytest.fixture
+async def schema() -> AsyncIterator[str]:
+    require_server("postgresql", postgres_check)
+    name = unique_pg_schema("connloss")
+    try:
+        yield name
+    finally:
+        await drop_pg_schema(name)
+
+
+def pending(saga_id: str) -> NewSaga:
+    return NewSaga(
+        id=saga_id,
+        name="pg",
+        version=1,
+        input={},
+        at=T0,
+        events=[Event(at=T0, type=EventType.SAGA_CREATED)],
+    )
+
+
+def note(detail: str) -> Change:
+    return Change(events=[Event(at=T0 + 1, type=EventType.SAGA_CLAIMED, detail=detail)])
+
+
+async def blocked_backend(admin: asyncpg.Connection, schema: str) -> int:
+    """The pid of the store's connection once its batch waits for our row locks."""
+    for _ in range(500):
+        pid = await admin.fetchval(
+            "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND application_name = 'sagaway' AND query LIKE $1",
+            f"%{schema}%",
+        )
+        if pid is not None:
+            return int(pid)
+        await asyncio.sleep(0.01)  # polling a condition (with a bound), not a timing guess
+    raise AssertionError("the batch never blocked on the locked rows")
+
+
+async def test_a_batch_whose_connection_is_terminated_fails_with_the_cause(schema: str) -> None:
+    # pool_size=2: one batch in flight at a time, so both commits travel in one batch.
+    async with PostgresStore(f"{pg_schema_url(schema)}&pool_size=2") as store:
+        for saga_id in ("s1", "s2"):
+            await store.create(pending(saga_id))
+        admin = await asyncpg.connect(POSTGRES_URL)
+        try:
+            locker = admin.transaction()
+            await locker.start()
+            await admin.execute(
+                f'SELECT 1 FROM "{schema}".sagaway_instances WHERE id IN ($1, $2) FOR UPDATE',
+                "s1",
+                "s2",
+            )
+            batches = store.stats.batches
+            writes = asyncio.gather(
+                store.commit("s1", None, note("one"), T0 + 1),
+                store.commit("s2", None, note("two"), T0 + 1),
+                return_exceptions=True,
+            )
+            pid = await blocked_backend(admin, schema)
+            assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+            outcomes = await writes
+            await locker.rollback()
+        finally:
+            await admin.close()
+        assert store.stats.batches == batches + 1, "both commits were meant to share one batch"
+        for outcome in outcomes:
+            assert isinstance(outcome, StoreError), outcome
+            text = str(outcome)
+            assert "terminating connection" in text, text
+            assert "cannot switch to state" not in text, text
+            assert "released back" not in text, text
+
+        # The store goes on with a fresh connection: the same writes now commit.
+        await store.commit("s1", None, note("one"), T0 + 2)
+        await store.commit("s2", None, note("two"), T0 + 2)
+        for saga_id, detail in (("s1", "one"), ("s2", "two")):
+            record = await store.get(saga_id)
+            assert [e.detail for e in record.history if e.type is EventType.SAGA_CLAIMED] == [
+                detail
+            ]

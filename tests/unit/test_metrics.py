@@ -1,0 +1,78 @@
+"""The Prometheus hook: what a scrape reads after sagas ran."""
+
+from prometheus_client import CollectorRegistry, generate_latest
+from sagakit import Kit, Order
+
+from sagaway import SagaStatus
+from sagaway.metrics import COMMIT_BUCKETS, PrometheusHook
+from sagaway.testing import saga_engine
+
+
+def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return registry.get_sample_value(name, labels)
+
+
+async def test_counts_sagas_steps_retries_and_commits(kit: Kit, order: Order) -> None:
+    registry = CollectorRegistry()
+    kit.faults.fail("b", times=1)
+    async with saga_engine(kit.saga, hooks=[PrometheusHook(registry)]) as h:
+        ok = await h.run(kit.saga, order)
+        kit.faults.clear()
+        kit.faults.reject("c", "Insufficient funds")
+        bad = await h.run(kit.saga, Order(id="o-2", amount=5))
+        assert value(registry, "sagaway_sagas_in_flight", saga="order") == 0
+    assert (ok.status, bad.status) == (SagaStatus.SUCCEEDED, SagaStatus.COMPENSATED)
+    assert value(registry, "sagaway_sagas_started_total", saga="order") == 2
+    finished = "sagaway_sagas_finished_total"
+    assert value(registry, finished, saga="order", status="SUCCEEDED") == 1
+    assert value(registry, finished, saga="order", status="COMPENSATED") == 1
+    assert value(registry, "sagaway_step_retries_total", saga="order", step="b") == 1
+    steps = "sagaway_step_duration_seconds_count"
+    forward = {"saga": "order", "phase": "forward"}
+    assert value(registry, steps, step="b", outcome="retrying", **forward) == 1
+    assert value(registry, steps, step="b", outcome="succeeded", **forward) == 2
+    assert value(registry, steps, step="c", outcome="failed", **forward) == 1
+    undo = {"saga": "order", "phase": "compensation", "outcome": "succeeded"}
+    assert value(registry, steps, step="a", **undo) == 1
+    assert value(registry, steps, step="b", **undo) == 1
+    # Commits: 3 for the happy saga (step 0 rides with the start), 4 for the other
+    # (b, c, compensation starts with undo of b, undo of a, the end = 4).
+    commits = value(registry, "sagaway_store_commit_seconds_count")
+    assert commits is not None
+    assert commits >= 5
+    bucket = value(registry, "sagaway_store_commit_seconds_bucket", le="+Inf")
+    assert bucket == commits, "the +Inf bucket holds every observation"
+    assert value(registry, "sagaway_outbox_pending") == 0
+    text = generate_latest(registry).decode()
+    assert "# TYPE sagaway_step_duration_seconds histogram" in text
+    assert "# TYPE sagaway_sagas_waiting gauge" in text
+
+
+async def test_histogram_buckets_are_cumulative_and_bounds_inclusive() -> None:
+    registry = CollectorRegistry()
+    hook = PrometheusHook(registry)
+    for seconds in (0.0004, 0.001, 0.003, 0.003, 99.0):
+        hook._commits.observe(COMMIT_BUCKETS, seconds)
+    text = generate_latest(registry).decode()
+    assert 'sagaway_store_commit_seconds_bucket{le="0.0005"} 1.0' in text
+    assert 'sagaway_store_commit_seconds_bucket{le="0.001"} 2.0' in text, "le is inclusive"
+    assert 'sagaway_store_commit_seconds_bucket{le="0.0025"} 2.0' in text
+    assert 'sagaway_store_commit_seconds_bucket{le="0.005"} 4.0' in text
+    assert 'sagaway_store_commit_seconds_bucket{le="2.5"} 4.0' in text
+    assert 'sagaway_store_commit_seconds_bucket{le="+Inf"} 5.0' in text
+    assert "sagaway_store_commit_seconds_sum 99.0074" in text
+
+
+async def test_store_batch_counters_are_read_at_scrape(tmp_path: object, kit: Kit) -> None:
+    from sagaway.store import open_store
+
+    store = open_store(f"sqlite:///{tmp_path}/m.db")
+    registry = CollectorRegistry()
+    hook = PrometheusHook(registry, store=store)
+    async with saga_engine(kit.saga, store=store, hooks=[hook]) as h:  # type: ignore[arg-type]
+        await h.run(kit.saga, Order(id="x", amount=1))
+        batches = value(registry, "sagaway_store_batches_total")
+        operations = value(registry, "sagaway_store_batched_operations_total")
+    assert batches is not None
+    assert operations is not None
+    assert operations >= batches >= 1
