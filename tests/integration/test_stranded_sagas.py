@@ -47,3 +47,19 @@ async def test_stranded_counts_undriven_sagas_of_unknown_definitions(
             await store.create(new)
         found = await store.stranded(now=NOW, owner="me", known={("known", 2)})
     assert found == {("lost", 2): 3}
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_find_ids_by_prefix(kind: str, tmp_path: Path) -> None:
+    store: SagaStore = (
+        MemoryStore() if kind == "memory" else SQLiteStore(f"sqlite:///{tmp_path / 'log.db'}")
+    )
+    async with store:
+        for n, saga_id in enumerate(["ab1", "ab2", "b", "abc"]):
+            new = _saga(n, "x", SagaStatus.PENDING, None, None)
+            new.id = saga_id
+            await store.create(new)
+        assert sorted(await store.find_ids("ab", limit=5)) == ["ab1", "ab2", "abc"]
+        assert len(await store.find_ids("ab", limit=2)) == 2
+        assert await store.find_ids("abc") == ["abc"]
+        assert await store.find_ids("c") == []
