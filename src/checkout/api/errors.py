@@ -20,11 +20,12 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from checkout.api.methods import allowed_methods, options_response
 from checkout.dbfaults import ShopUnavailable, is_connection_error
 from checkout.service import AmountMismatch, OrderConflict, OrderNotFound, OrderUnavailable
 from sagaway import InvalidTransition, SagaNotFound, SagawayError, StoreError
@@ -89,8 +90,13 @@ def install_error_handlers(app: FastAPI) -> None:
         return problem(status, detail)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:  # the path exists: say what it takes (see api.methods)
+            if request.method == "OPTIONS":
+                return options_response(request)
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
+        return problem(exc.status_code, str(exc.detail), headers)
 
     @app.exception_handler(OrderNotFound)
     async def _order_not_found(_: Request, exc: OrderNotFound) -> JSONResponse:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request, Response
 
 from checkout.api.deps import (
@@ -19,6 +21,20 @@ from checkout.domain.models import OrderStatus
 from checkout.service import CheckoutService, OrderView
 
 router = APIRouter(tags=["orders"])
+
+# The answers of placing an order besides 201, for the routes' ``responses=``.
+ACCEPTED: dict[int | str, dict[str, Any]] = {
+    202: {
+        "model": OrderOut,
+        "description": "Accepted: the saga is still running; poll `Location`",
+        "headers": {
+            "Location": {
+                "description": "The order: `/orders/{order_id}`",
+                "schema": {"type": "string"},
+            }
+        },
+    }
+}
 
 
 def respond(view: OrderView, response: Response, *, fresh: bool = True) -> OrderOut:
@@ -53,7 +69,7 @@ async def place(
 @router.post(
     "/orders",
     status_code=201,
-    responses={202: {"model": OrderOut, "description": "Accepted: the saga is still running"}},
+    responses=ACCEPTED,
 )
 async def create_order(
     body: OrderRequest,
