@@ -33,6 +33,36 @@ class AmountMismatch(ValueError):
     """The client's ``amount`` is not the catalog total of the order."""
 
 
+class OrderConflict(ValueError):
+    """A client-chosen order id (or an idempotency key) is taken by a different order."""
+
+
+def _differences(
+    order: OrderInfo,
+    customer_id: str,
+    items: Sequence[OrderLine],
+    shipping_address: Address | None,
+    payment_method: str,
+    amount_cents: int | None,
+) -> list[str]:
+    """What a repeated request asks for that the recorded ``order`` is not. An omitted
+    shipping address matches any (the order recorded the account's default)."""
+    differ = []
+    if order.customer_id != customer_id:
+        differ.append("customer")
+    if [(i.product_id, i.quantity) for i in order.items] != [
+        (i.product_id, i.quantity) for i in items
+    ]:
+        differ.append("items")
+    if shipping_address is not None and shipping_address != order.shipping_address:
+        differ.append("shipping_address")
+    if payment_method != order.payment_method:
+        differ.append("payment_method")
+    if amount_cents is not None and amount_cents != order.total_cents:
+        differ.append("amount")
+    return differ
+
+
 @dataclass(frozen=True, slots=True)
 class OrderView:
     """An order together with its saga (None for a draft), status derived from the saga."""
@@ -76,15 +106,21 @@ class CheckoutService:
         amount_cents: int | None = None,
         checkout: bool = True,
         idempotency_key: str | None = None,
+        order_id: str | None = None,
         wait: float = 0.0,
     ) -> tuple[OrderView, bool]:
         """Record the order and (unless ``checkout`` is false) start its saga, then wait up to
         ``wait`` seconds for it. Returns ``(view, created)``; a repeated ``idempotency_key``
-        returns the first order (``created=False``) and starts no second saga."""
+        returns the first order (``created=False``) and starts no second saga.
+
+        ``order_id``: the client's own id for the order. Repeating it with the same request is
+        idempotent like a key; with a different request it raises :class:`OrderConflict`."""
         orders = self.participants.orders
         order: OrderInfo | None = None
         if idempotency_key is not None:
             order = await orders.get_by_idempotency_key(idempotency_key)
+        if order is None and order_id is not None:
+            order = await orders.get_order(order_id)
         created = False
         if order is None:
             if amount_cents is not None:
@@ -100,12 +136,40 @@ class CheckoutService:
                 shipping_address=shipping_address,
                 payment_method=payment_method,
                 idempotency_key=idempotency_key,
+                order_id=order_id,
                 checkout=checkout,
+            )
+        if not created and order_id is not None:
+            self._same_request(
+                order, order_id, customer_id, items, shipping_address, payment_method, amount_cents
             )
         if checkout and order.saga_id is None:
             # Also completes a repeat whose first attempt died between the two writes.
             order = await self._start(order)
         return await self.view(order, wait=wait), created
+
+    @staticmethod
+    def _same_request(
+        order: OrderInfo,
+        order_id: str,
+        customer_id: str,
+        items: Sequence[OrderLine],
+        shipping_address: Address | None,
+        payment_method: str,
+        amount_cents: int | None,
+    ) -> None:
+        if order.id != order_id:
+            raise OrderConflict(
+                f"the Idempotency-Key was used for order {order.id}, not {order_id}"
+            )
+        differ = _differences(
+            order, customer_id, items, shipping_address, payment_method, amount_cents
+        )
+        if differ:
+            raise OrderConflict(
+                f"order {order_id} already exists with a different {', '.join(differ)}; "
+                "choose a new order_id"
+            )
 
     async def checkout_order(self, order_id: str, *, wait: float = 0.0) -> tuple[OrderView, bool]:
         """Start the saga of a draft order; ``(view, started)``. An order already checked out

@@ -14,11 +14,15 @@ from sagaway.definition import (
     Saga,
     Step,
     StepKind,
+    declared_sagas,
 )
 from sagaway.engine import Engine
 from sagaway.errors import (
+    DecodeError,
     DefinitionError,
     EffectFailed,
+    EngineNotOpen,
+    InvalidInput,
     InvalidTransition,
     LeaseLost,
     SagaNotFound,
@@ -45,11 +49,14 @@ __all__ = [
     "NO_RETRY",
     "Change",
     "Clock",
+    "DecodeError",
     "DefinitionError",
     "EffectFailed",
     "Engine",
+    "EngineNotOpen",
     "Event",
     "EventType",
+    "InvalidInput",
     "InvalidTransition",
     "LeaseLost",
     "OnUncertain",
@@ -73,6 +80,7 @@ __all__ = [
     "SystemClock",
     "UnknownSagaError",
     "UnstorableValue",
+    "declared_sagas",
     "open_store",
 ]
 

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Generic, TypeVar, get_type_hints
 
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
+from pydantic_core import PydanticSerializationError
 
-from sagaway.errors import DefinitionError
+from sagaway.errors import DecodeError, DefinitionError, InvalidInput
 from sagaway.state import JSON, Phase
 
 T = TypeVar("T")
@@ -73,6 +74,22 @@ def _adapter(annotation: Any) -> TypeAdapter[Any] | None:
     if annotation in (inspect.Parameter.empty, Any, None, type(None)):
         return None
     return TypeAdapter(annotation)
+
+
+def describe_validation(exc: ValidationError, limit: int = 3) -> str:
+    """A pydantic error on one line ("loc: msg; loc: msg"), for logs, records and the CLI."""
+    errors = exc.errors(include_url=False, include_input=False)
+    parts = []
+    for error in errors[:limit]:
+        loc = ".".join(str(part) for part in error["loc"])
+        parts.append(f"{loc}: {error['msg']}" if loc else error["msg"])
+    more = f" (and {len(errors) - limit} more)" if len(errors) > limit else ""
+    return "; ".join(parts) + more
+
+
+def _type_name(adapter: TypeAdapter[Any]) -> str:
+    annotation = getattr(adapter, "_type", None)
+    return getattr(annotation, "__name__", None) or repr(annotation)
 
 
 def _annotations(fn: Action) -> tuple[list[Any], Any]:
@@ -137,29 +154,71 @@ class Step(Generic[T]):
     # the same defaults as TypeAdapter.dump_python/validate_python, minus their Python wrapper
     # (a frame and a dozen keyword arguments each), which cost ~1 us per call on every step.
 
+    # A value that does not fit the declared type is a programming error: DecodeError, which
+    # the runner never retries, with a one-line message instead of pydantic's multi-line dump.
+
     def encode_output(self, value: Any) -> JSON:
-        if self.output_adapter is None:
+        adapter = self.output_adapter
+        if adapter is None:
             return value
-        return self.output_adapter.serializer.to_python(value, mode="json")
+        try:
+            return adapter.serializer.to_python(value, mode="json", warnings="error")
+        except PydanticSerializationError:
+            # Not an instance of the declared type: accept what validates into it (a dict for
+            # a model, say), refuse the rest.
+            try:
+                typed = adapter.validator.validate_python(value)
+            except ValidationError as exc:
+                raise DecodeError(
+                    f"step {self.name!r} returned a {type(value).__name__}, not a "
+                    f"{_type_name(adapter)}: {describe_validation(exc)}"
+                ) from None
+            return adapter.serializer.to_python(typed, mode="json")
 
     def decode_output(self, data: JSON) -> Any:
         if self.output_adapter is None or data is None:
             return data
-        return self.output_adapter.validator.validate_python(data)
+        try:
+            return self.output_adapter.validator.validate_python(data)
+        except ValidationError as exc:
+            raise DecodeError(
+                f"the recorded output of step {self.name!r} is not a "
+                f"{_type_name(self.output_adapter)}: {describe_validation(exc)}"
+            ) from None
 
     def decode_input(self, data: JSON) -> Any:
         if self.input_adapter is None:
             return data
-        return self.input_adapter.validator.validate_python(data)
+        try:
+            return self.input_adapter.validator.validate_python(data)
+        except ValidationError as exc:
+            raise DecodeError(
+                f"the saga's input is not the {_type_name(self.input_adapter)} step "
+                f"{self.name!r} takes: {describe_validation(exc)}"
+            ) from None
 
     def key(self, saga_id: str, phase: Phase) -> str:
         """The idempotency key participants dedupe on: stable across retries and restarts."""
         return saga_id + self.key_suffix[phase]
 
 
+# Every saga declared in this process, by (name, version): what an Engine built without
+# ``sagas=[...]`` knows and resumes. The latest declaration of a key wins (a module imported
+# again, a test declaring its own "checkout" v1): an engine resumes with the one in force.
+_declared: dict[tuple[str, int], Saga] = {}
+
+
+def declared_sagas() -> dict[tuple[str, int], Saga]:
+    """The sagas declared in this process (with at least one step), by (name, version)."""
+    return {key: saga for key, saga in _declared.items() if saga.steps}
+
+
 class Saga:
     """A named, versioned saga definition. Bump the version when steps change incompatibly:
-    instances are resumed with the exact definition (name, version) that started them."""
+    instances are resumed with the exact definition (name, version) that started them.
+
+    Declaring one makes it known to every ``Engine`` of the process that was not given an
+    explicit ``sagas=[...]`` list, so such an engine resumes its instances after a crash."""
 
     def __init__(self, name: str, version: int = 1, *, deadline: float | None = None) -> None:
         if not name:
@@ -171,6 +230,7 @@ class Saga:
         self.deadline = deadline
         self.steps: list[Step[Any]] = []
         self._by_name: dict[str, Step[Any]] = {}
+        _declared[self.key] = self
 
     @property
     def key(self) -> tuple[str, int]:
@@ -242,11 +302,16 @@ class Saga:
         adapter = self.steps[0].input_adapter
         if adapter is None:
             return value
-        dump = adapter.serializer.to_python  # TypeAdapter.dump_python minus its wrapper
-        if hasattr(value, "model_dump") or not isinstance(value, dict):
-            return dump(value, mode="json")
-        # A plain dict is accepted as the encoded form: validate it so bad input fails at start.
-        return dump(adapter.validator.validate_python(value), mode="json")
+        # Validate everything (an instance of the type passes as is): bad input fails here, at
+        # start, instead of in the first step after its retries.
+        try:
+            typed = adapter.validator.validate_python(value)
+        except ValidationError as exc:
+            raise InvalidInput(
+                f"saga {self.name!r} takes a {_type_name(adapter)}, got a "
+                f"{type(value).__name__}: {describe_validation(exc)}"
+            ) from None
+        return adapter.serializer.to_python(typed, mode="json")  # dump_python minus its wrapper
 
 
 def decode_results(saga: Saga, outputs: Mapping[str, JSON]) -> dict[str, Any]:

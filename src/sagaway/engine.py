@@ -18,9 +18,10 @@ from types import TracebackType
 from typing import Any
 
 from sagaway.clock import Clock, SystemClock
-from sagaway.definition import Saga, StepKind
+from sagaway.definition import Saga, StepKind, declared_sagas
 from sagaway.errors import (
     DefinitionError,
+    EngineNotOpen,
     InvalidTransition,
     LeaseLost,
     SagaNotFound,
@@ -47,6 +48,9 @@ from sagaway.store._codec import check_text, check_value
 from sagaway.store.base import Page
 
 log = logging.getLogger("sagaway.engine")
+
+# How often an engine looks again for unfinished sagas of definitions it does not know.
+UNKNOWN_CHECK_SECONDS = 60.0
 
 
 def _new_id(now: float) -> str:
@@ -89,6 +93,11 @@ class Engine:
     runs a first recovery pass at once, then keeps renewing this engine's leases and claiming
     sagas whose owner stopped renewing theirs.
 
+    The engine knows (resumes, and runs the sagas of) every saga definition declared in the
+    process, including ones imported after it opened, plus any it is given to ``start``. Pass
+    ``sagas=[...]`` to narrow that to a list (a worker that serves some definitions only).
+    Unfinished sagas of a definition it does not know are left alone, with a warning.
+
     ``owner_id`` names this engine in leases. Give a worker a stable id (its host name and slot,
     say) and, after a crash, its replacement takes its sagas back immediately instead of waiting
     for the leases to expire. ``execute=False`` makes an API-only engine: it records new sagas
@@ -100,7 +109,7 @@ class Engine:
         self,
         store: SagaStore | str = "memory://",
         *,
-        sagas: Iterable[Saga] = (),
+        sagas: Iterable[Saga] | None = None,
         owner_id: str | None = None,
         lease_seconds: float = 5.0,
         recovery_interval: float = 1.0,
@@ -119,6 +128,10 @@ class Engine:
         self.execute = execute
         self.clock: Clock = clock or SystemClock()
         self._sagas: dict[tuple[str, int], Saga] = {}
+        # None: every saga declared in the process (see definition.declared_sagas).
+        self._narrowed = sagas is not None
+        self._warned_unknown: set[tuple[str, int]] = set()
+        self._next_unknown_check = 0.0
         self._runs: dict[str, SagaRun] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._waiters: dict[str, list[asyncio.Future[SagaRecord | None]]] = {}
@@ -131,7 +144,7 @@ class Engine:
         self._hooks: HookChain | None = None
         for hook in hooks:
             self.add_hook(hook)
-        for saga in sagas:
+        for saga in sagas or ():
             self.register(saga)
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -184,10 +197,22 @@ class Engine:
         return saga
 
     def definition(self, name: str, version: int) -> Saga:
-        try:
-            return self._sagas[(name, version)]
-        except KeyError:
-            raise UnknownSagaError(name, version) from None
+        saga = self._lookup(name, version)
+        if saga is None:
+            raise UnknownSagaError(name, version)
+        return saga
+
+    def known_sagas(self) -> dict[tuple[str, int], Saga]:
+        """The definitions this engine resumes, by (name, version)."""
+        if self._narrowed:
+            return dict(self._sagas)
+        return {**declared_sagas(), **self._sagas}
+
+    def _lookup(self, name: str, version: int) -> Saga | None:
+        saga = self._sagas.get((name, version))
+        if saga is None and not self._narrowed:
+            saga = declared_sagas().get((name, version))
+        return saga
 
     def subscribe(self, listener: Callable[[SagaRecord, Change], None]) -> None:
         """Call ``listener(record, change)`` after every durable transition this engine makes
@@ -224,6 +249,8 @@ class Engine:
         With an ``idempotency_key`` already used, return that saga's id and start nothing.
         ``deadline`` (seconds from now, default the saga's) makes it compensate if unfinished.
         """
+        if not (self._opened or self.store.is_open):  # a store shared with an open engine will do
+            raise EngineNotOpen()
         self.register(saga)
         now = self.clock.now()
         seconds = deadline if deadline is not None else saga.deadline
@@ -281,7 +308,13 @@ class Engine:
 
     async def get(self, saga_id: str) -> SagaRecord:
         """The saga with its steps and history; ``SagaNotFound`` if there is none."""
-        return await self.store.get(saga_id)
+        return self._typed(await self.store.get(saga_id))
+
+    def _typed(self, record: SagaRecord) -> SagaRecord:
+        """Attach the record's definition, so ``record.output(step)`` returns typed values."""
+        if record.definition is None:
+            record.definition = self._lookup(record.name, record.version)
+        return record
 
     async def list_sagas(
         self,
@@ -308,7 +341,7 @@ class Engine:
                     final = await asyncio.wait_for(future, timeout)
             if final is not None:  # driven here to the end: no need to read it back
                 return final
-            return await self.store.get(saga_id, history=False)
+            return self._typed(await self.store.get(saga_id, history=False))
         # Driven by another engine: the store is the only place to look.
         loop = asyncio.get_running_loop()
         until = None if timeout is None else loop.time() + timeout
@@ -317,7 +350,7 @@ class Engine:
             record = await self.store.get(saga_id, history=False)
             left = None if until is None else until - loop.time()
             if record.status.is_terminal or (left is not None and left <= 0):
-                return record
+                return self._typed(record)
             if saga_id in self._runs:  # claimed by us meanwhile
                 return await self.wait(saga_id, left)
             await asyncio.sleep(delay if left is None else min(delay, left))
@@ -329,7 +362,7 @@ class Engine:
         """Ask an active saga to stop and compensate. Takes effect between steps; a saga past
         its pivot can no longer be cancelled (``InvalidTransition``)."""
         record = await self.get(saga_id)
-        saga = self._sagas.get((record.name, record.version))
+        saga = self._lookup(record.name, record.version)
         if saga is not None and record.status.is_active and past_pivot(saga, record):
             raise InvalidTransition(f"saga {saga_id} is past its pivot step: it can only finish")
         now = self.clock.now()
@@ -355,7 +388,7 @@ class Engine:
             raise InvalidTransition(
                 f"saga {saga_id} is {record.status}: only FAILED sagas can be retried"
             )
-        saga = self._sagas.get((record.name, record.version))
+        saga = self._lookup(record.name, record.version)
         here = self.execute and saga is not None
         now = self.clock.now()
         taken = await self.store.acquire(
@@ -412,23 +445,53 @@ class Engine:
             self._orphans.discard(saga_id)
             with contextlib.suppress(SagaNotFound, UnknownSagaError):
                 await self.resume(saga_id)
+        known = self.known_sagas()
+        now = self.clock.now()
+        if include_own or now >= self._next_unknown_check:
+            self._next_unknown_check = now + UNKNOWN_CHECK_SECONDS
+            await self._warn_unknown(known, now)
         room = self.max_concurrency - len(self._runs)
-        if room <= 0 or not self._sagas:
+        if room <= 0 or not known:
             return 0
         claimed = await self.store.claim(
             self.owner_id,
-            now=self.clock.now(),
+            now=now,
             lease_seconds=self.lease_seconds,
-            definitions=list(self._sagas),
+            definitions=list(known),
             limit=room,
             include_own=include_own,
         )
         taken = 0
         for record in claimed:
             if record.id not in self._runs:
-                self._spawn(self._sagas[(record.name, record.version)], record)
+                self._spawn(known[(record.name, record.version)], record)
                 taken += 1
         return taken
+
+    async def _warn_unknown(self, known: dict[tuple[str, int], Saga], now: float) -> None:
+        """Say which unfinished sagas nobody drives because this engine does not know their
+        definition (once per definition): without it they would wait silently forever."""
+        try:
+            stranded = await self.store.stranded(now=now, owner=self.owner_id, known=set(known))
+        except Exception:  # a diagnostic must not stop recovery
+            log.exception("could not look for sagas of unknown definitions")
+            return
+        for (name, version), count in sorted(stranded.items()):
+            if (name, version) in self._warned_unknown:
+                continue
+            self._warned_unknown.add((name, version))
+            log.warning(
+                "%d unfinished saga(s) of %r version %d wait for an engine that knows their "
+                "definition; this one does not (it knows %s). Import or declare "
+                "Saga(%r, version=%d) in this process (or add it to Engine(sagas=[...])) and "
+                "restart it to resume them.",
+                count,
+                name,
+                version,
+                ", ".join(f"{n} v{v}" for n, v in sorted(known)) or "none",
+                name,
+                version,
+            )
 
     def wake(self) -> None:
         """Run the next recovery pass now (a store notification says there is work)."""
@@ -443,6 +506,7 @@ class Engine:
         prewritten: bool = False,
         reason: ClaimReason = ClaimReason.RECOVERED,
     ) -> None:
+        record.definition = saga
         hooks = self._hooks
         if hooks is not None:
             hooks.after_claim(record, reason)

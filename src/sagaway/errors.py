@@ -26,6 +26,30 @@ class UnknownSagaError(SagawayError):
         self.version = version
 
 
+class InvalidInput(SagawayError, ValueError):
+    """A saga's input does not fit the type its first step declares; raised by
+    ``engine.start`` before anything is recorded."""
+
+
+class DecodeError(SagawayError, TypeError):
+    """A step's input or output does not fit the type the step declares (or a value read
+    back from the log no longer does).
+
+    A programming error, not a transient one: the step fails at once, without retries, and the
+    saga compensates.
+    """
+
+
+class EngineNotOpen(SagawayError, RuntimeError):
+    """The engine was used before ``open()`` (or after ``close()``)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the engine is not open: use `async with Engine(...) as engine:` "
+            "or `await engine.open()` first"
+        )
+
+
 class StepFailed(SagawayError):
     """A business failure: the step must not be retried and the saga compensates.
 

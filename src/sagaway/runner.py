@@ -23,7 +23,7 @@ from typing import Any
 from sagaway.clock import Clock
 from sagaway.context import StepContext
 from sagaway.definition import Action, OnUncertain, Saga, Step, StepKind
-from sagaway.errors import EffectFailed, StepFailed, UnstorableValue
+from sagaway.errors import DecodeError, EffectFailed, StepFailed, UnstorableValue
 from sagaway.hooks import HookChain, StepOutcome
 from sagaway.state import (
     Change,
@@ -431,6 +431,8 @@ class SagaRun:
                 error, uncertain, retryable = str(exc), True, False
             except StepFailed as exc:
                 error, uncertain, retryable = printable(exc.reason), False, False
+            except DecodeError as exc:  # a programming error: retrying cannot help
+                error, uncertain, retryable = printable(str(exc)), False, False
             except TimeoutError as exc:
                 error, uncertain, retryable = _describe(exc), True, True
             except asyncio.CancelledError:
@@ -575,17 +577,17 @@ class SagaRun:
                 )
             )
             await self._commit(pending, now)
-            output = (
-                step.decode_output(forward.output)
-                if forward.status is StepStatus.SUCCEEDED
-                else None
-            )
             ctx = self._context(step, COMPENSATION, attempt)
             hooks = self.hooks
             if hooks is not None:
                 hooks.before_step(self.record, ctx)
                 began = perf_counter()
             try:
+                output = (
+                    step.decode_output(forward.output)
+                    if forward.status is StepStatus.SUCCEEDED
+                    else None
+                )
                 await self._call(
                     step.undo, (ctx, self._input(step), output), step.compensation_timeout
                 )
@@ -597,6 +599,8 @@ class SagaRun:
                         self.record, ctx, StepOutcome.FAILED, "cancelled", perf_counter() - began
                     )
                 raise
+            except DecodeError as exc:  # a programming error: retrying cannot help
+                error, limit = str(exc), attempt
             except Exception as exc:
                 error = _describe(exc)
             else:

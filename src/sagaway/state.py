@@ -9,9 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sagaway.errors import InvalidTransition
+
+if TYPE_CHECKING:
+    from sagaway.definition import Saga
 
 JSON = Any
 """A JSON-compatible value (dict, list, str, int, float, bool, None), as persisted."""
@@ -160,6 +163,9 @@ class SagaRecord:
     error: str | None = None
     steps: dict[tuple[str, Phase], StepRecord] = field(default_factory=dict)
     history: list[Event] = field(default_factory=list)
+    # The definition the record was read back with (set by the engine), so ``output`` can
+    # decode step outputs to their declared types. Not stored; None for a bare store read.
+    definition: Saga | None = field(default=None, compare=False, repr=False)
 
     def step(self, name: str, phase: Phase = Phase.FORWARD) -> StepRecord | None:
         return self.steps.get((name, phase))
@@ -183,12 +189,27 @@ class SagaRecord:
             error=self.error,
             steps=dict(self.steps),
             history=list(self.history) if history else [],
+            definition=self.definition,
         )
 
-    def output(self, step: str) -> JSON:
-        """The recorded (encoded) output of a step's action, or None."""
-        record = self.steps.get((step, Phase.FORWARD))
-        return None if record is None else record.output
+    def output(self, step: str) -> Any:
+        """The output of a step's action as its declared type (the step's return annotation:
+        a ``Reservation``, not a dict), or None if the step has not succeeded.
+
+        Records read through an ``Engine`` (``wait``, ``get``) know their definition; a record
+        read from a bare store, or of a definition the engine does not know, gives the
+        recorded JSON, as ``raw_output`` always does."""
+        row = self.steps.get((step, Phase.FORWARD))
+        if row is None or row.status is not StepStatus.SUCCEEDED:
+            return None
+        if self.definition is None:
+            return row.output
+        return self.definition.get_step(step).decode_output(row.output)
+
+    def raw_output(self, step: str) -> JSON:
+        """The recorded (JSON-encoded) output of a step's action, or None."""
+        row = self.steps.get((step, Phase.FORWARD))
+        return None if row is None else row.output
 
 
 @dataclass(slots=True)

@@ -64,7 +64,7 @@ async def test_draft_then_checkout(client: httpx.AsyncClient) -> None:
     assert seed["saga_id"] is None
 
     first = await client.post(f"/checkout/{draft['order_id']}")
-    assert first.status_code == 201, first.text
+    assert first.status_code == 200, first.text
     assert first.json()["status"] == "completed"
     second = await client.post(f"/checkout/{draft['order_id']}")
     assert second.status_code == 200

@@ -99,7 +99,7 @@ async def test_payment_failure_releases_inventory(
         "status": "COMPENSATED",
         "inventory_status": "COMPENSATED",
         "payment_status": "FAILED",
-        "shipping_status": "PENDING",
+        "shipping_status": "SKIPPED",
     }
     await _conserved(services)
 

@@ -191,7 +191,10 @@ async def test_pydantic_inputs_and_outputs_round_trip_through_the_log() -> None:
         # A plain dict is accepted as the encoded input and validated against the model.
         from_dict = await h.run(saga, {"items": [], "total_cents": 10})
     assert record.input == {"items": ["x", "y"], "total_cents": 1000}, "stored as JSON"
-    assert record.output("price") == {"cart": record.input, "tax_cents": 100}
+    assert record.raw_output("price") == {"cart": record.input, "tax_cents": 100}
+    # Read through the engine, a step's output is its declared type, not the JSON.
+    assert record.output("price") == Quote(cart=cart, tax_cents=100)
+    assert isinstance(record.output("price"), Quote)
     assert record.output("confirm") == {"total": 1100}
     assert got[0] == cart
     assert isinstance(got[0], Cart)

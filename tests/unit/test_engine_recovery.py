@@ -208,7 +208,7 @@ async def test_a_cancel_reaches_the_engine_running_the_saga_through_lease_renewa
 
 async def test_an_api_only_engine_queues_sagas_for_a_worker_to_claim() -> None:
     store, kit, clock = MemoryStore(), Kit(), VirtualClock()
-    api = new_engine(store, kit, clock, "api", execute=False)
+    api = await new_engine(store, kit, clock, "api", execute=False).open()
     saga_id = await api.start(kit.saga, ORDER)
     queued = await store.get(saga_id)
     assert queued.status is SagaStatus.PENDING
@@ -219,6 +219,7 @@ async def test_an_api_only_engine_queues_sagas_for_a_worker_to_claim() -> None:
     assert record.status is SagaStatus.SUCCEEDED
     waited = await api.wait(saga_id, timeout=5)  # polls the store: not its saga
     assert waited.status is SagaStatus.SUCCEEDED
+    await api.close()
 
 
 async def test_an_uncertain_compensation_is_resumed_with_the_same_key() -> None:

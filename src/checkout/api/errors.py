@@ -5,7 +5,8 @@
 * Bodies over :data:`MAX_BODY_BYTES` -> 413, enforced by :class:`BodyLimitMiddleware` before the
   app reads anything: ``Content-Length`` is checked first, then the stream is counted (a chunked
   body that lies cannot get past it).
-* ``SagaNotFound`` / unknown orders -> 404, ``InvalidTransition`` -> 409, a store outage -> 503.
+* ``SagaNotFound`` / unknown orders -> 404, ``InvalidTransition`` and an order id taken by
+  another order -> 409, a store outage -> 503.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from checkout.service import AmountMismatch, OrderNotFound
+from checkout.service import AmountMismatch, OrderConflict, OrderNotFound
 from sagaway import InvalidTransition, SagaNotFound, SagawayError, StoreError
 
 log = logging.getLogger("checkout.api")
@@ -70,6 +71,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AmountMismatch)
     async def _amount(_: Request, exc: AmountMismatch) -> JSONResponse:
         return problem(422, str(exc))
+
+    @app.exception_handler(OrderConflict)
+    async def _order_conflict(_: Request, exc: OrderConflict) -> JSONResponse:
+        return problem(409, str(exc))
 
     @app.exception_handler(InvalidTransition)
     async def _conflict(_: Request, exc: InvalidTransition) -> JSONResponse:

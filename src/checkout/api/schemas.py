@@ -63,6 +63,17 @@ Id = Annotated[
     AfterValidator(_id_chars),
 ]
 Text = Annotated[str, Field(json_schema_extra={"pattern": TEXT_PATTERN}), AfterValidator(_no_nul)]
+
+# A client-chosen order id ends up in URLs (/orders/{id}, /saga/{id}): no '/', no spaces.
+OrderId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9._:-]+$",
+        description="Your own order id (letters, digits, '.', '_', ':', '-'); default: generated.",
+    ),
+]
 MAX_QUANTITY = 1_000_000
 MAX_ITEMS = 100
 
@@ -116,8 +127,10 @@ class OrderRequest(_Request):
     * ``user_id`` instead of ``customer_id``;
     * the one-item short form ``{"user_id", "product_id", "quantity"}``.
 
-    Optional: ``shipping_address`` (default: the account's), ``payment_method`` (``card``),
-    ``amount`` (must equal the catalog total), ``checkout: false`` (a draft, no saga).
+    Optional: ``order_id`` (the client's own id: unique; repeating it with the same request
+    returns that order, with another request is a 409), ``shipping_address`` (default: the
+    account's), ``payment_method`` (``card``), ``amount`` (must equal the catalog total),
+    ``checkout: false`` (a draft, no saga).
     """
 
     model_config = ConfigDict(
@@ -129,6 +142,7 @@ class OrderRequest(_Request):
         }
     )
 
+    order_id: OrderId | None = None
     customer_id: Id | None = None
     user_id: Id | None = None
     items: list[ItemIn] | None = Field(None, max_length=MAX_ITEMS)
@@ -223,6 +237,13 @@ class OrderOut(BaseModel):
     updated_at: datetime
 
 
+class CheckoutFailed(BaseModel):
+    """``POST /checkout/{order_id}`` when the checkout failed (400): why, and the order."""
+
+    detail: str
+    order: OrderOut
+
+
 class OrderPage(BaseModel):
     orders: list[OrderOut]
     limit: int
@@ -278,7 +299,8 @@ class SagaDetail(SagaSummary):
 
 
 class SeedSagaStatus(BaseModel):
-    """``GET /saga/{order_id}``, in the seed service's vocabulary."""
+    """``GET /saga/{order_id}``, in the seed service's vocabulary; a participant that a finished
+    saga never reached is ``SKIPPED``."""
 
     order_id: str
     saga_id: str | None

@@ -148,7 +148,7 @@ _SEED_SAGA = {
 _SEED_STEP = {
     StepStatus.PENDING: "PENDING",
     StepStatus.RUNNING: "PENDING",
-    StepStatus.SKIPPED: "PENDING",
+    StepStatus.SKIPPED: "SKIPPED",
     StepStatus.SUCCEEDED: "SUCCEEDED",
     StepStatus.FAILED: "FAILED",
     StepStatus.COMPENSATING: "COMPENSATING",
@@ -157,7 +157,8 @@ _SEED_STEP = {
 
 
 def seed_status(order_id: str, record: SagaRecord | None) -> SeedSagaStatus:
-    """``GET /saga/{order_id}``: PENDING / SUCCEEDED / FAILED / COMPENSATING / COMPENSATED."""
+    """``GET /saga/{order_id}``: PENDING / SUCCEEDED / FAILED / COMPENSATING / COMPENSATED, and
+    SKIPPED for a participant that a finished saga never reached."""
 
     def step(name: str) -> str:
         if record is None:
@@ -165,7 +166,7 @@ def seed_status(order_id: str, record: SagaRecord | None) -> SeedSagaStatus:
         undo = record.steps.get((name, Phase.COMPENSATION))
         forward = record.steps.get((name, Phase.FORWARD))
         row = undo or forward
-        return "PENDING" if row is None else _SEED_STEP[row.status]
+        return _SEED_STEP[_unreached(record) if row is None else row.status]
 
     return SeedSagaStatus(
         order_id=order_id,

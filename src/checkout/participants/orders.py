@@ -147,12 +147,18 @@ def create_order(
     idempotency_key: str | None,
     strict: bool,
     checkout: bool = False,
+    chosen_id: bool = False,
 ) -> tuple[OrderInfo, bool]:
     """Record an order priced from the catalog, ``processing`` when it is being checked out
     (its saga starts next) else a ``pending`` draft; ``(order, created)``. An order already
-    recorded under ``idempotency_key`` is returned as is (``created=False``)."""
+    recorded under ``idempotency_key``, or under ``order_id`` when the client chose it
+    (``chosen_id``), is returned as is (``created=False``)."""
     if idempotency_key is not None:
         existing = _one(conn, _BY_KEY, key=idempotency_key)
+        if existing is not None:
+            return existing, False
+    if chosen_id:
+        existing = _one(conn, _ORDER, order=order_id)
         if existing is not None:
             return existing, False
     account = fetch_first(conn, _ACCOUNT, {"account": customer_id})
@@ -332,7 +338,9 @@ class OrderService:
 
         With an ``idempotency_key`` already used, the existing order is returned with
         ``created=False`` and nothing is written (also under a race: the unique constraint
-        decides). The shipping address defaults to the customer's.
+        decides). So is the order already recorded under ``order_id`` (the primary key decides
+        a race): comparing it with the request is the caller's business. The shipping address
+        defaults to the customer's.
 
         ``strict=False`` (default) records orders for unknown customers or products too (an
         unknown product is priced 0), so that the saga fails them with the exact "User not
@@ -352,12 +360,16 @@ class OrderService:
                 idempotency_key,
                 strict,
                 checkout,
+                order_id is not None,
             )
         except IntegrityError:
-            # Two first requests with one key at once (PostgreSQL): the loser reads the winner's.
-            if idempotency_key is None:
-                raise
-            existing = await self.get_by_idempotency_key(idempotency_key)
+            # Two first requests with one key or one client-chosen id at once: the loser reads
+            # the winner's order.
+            existing = None
+            if idempotency_key is not None:
+                existing = await self.get_by_idempotency_key(idempotency_key)
+            if existing is None and order_id is not None:
+                existing = await self.get_order(order_id)
             if existing is None:
                 raise
             return existing, False

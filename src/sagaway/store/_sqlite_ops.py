@@ -18,7 +18,7 @@ operation cost ~8 us each for steps and events, most of the writer's own time).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 from sagaway.errors import InvalidTransition, LeaseLost, SagaNotFound
@@ -268,6 +268,18 @@ def read_list(
         return items, int(total[0])
     finally:
         conn.execute("COMMIT")
+
+
+def read_stranded(
+    conn: sqlite3.Connection, now: float, owner: str, known: Collection[tuple[str, int]]
+) -> dict[tuple[str, int], int]:
+    rows = conn.execute(
+        f"SELECT name, version, count(*) FROM sagaway_instances WHERE status IN ({_ACTIVE}) "
+        "AND (owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at < ? OR owner = ?) "
+        "GROUP BY name, version",
+        (now, owner),
+    )
+    return {(name, version): n for name, version, n in rows if (name, version) not in known}
 
 
 def read_counts(conn: sqlite3.Connection) -> dict[SagaStatus, int]:

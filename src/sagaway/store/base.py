@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal
 
 from sagaway.errors import SagaNotFound, StoreError
-from sagaway.state import Change, Event, NewSaga, SagaRecord, SagaStatus
+from sagaway.state import ACTIVE_STATUSES, Change, Event, NewSaga, SagaRecord, SagaStatus
 
 _State = Literal["new", "open", "closing", "closed"]
+_STRANDED_SCAN = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +101,10 @@ class SagaStore(ABC):
     def _where(self) -> str:
         """How error messages name the store (PostgreSQL names its host, port and schema)."""
         return repr(self.url)
+
+    @property
+    def is_open(self) -> bool:
+        return self._state == "open"
 
     def _not_open(self) -> StoreError:
         return StoreError(f"{self._kind} store {self._where} is not open")
@@ -205,6 +211,33 @@ class SagaStore(ABC):
     async def request_cancel(self, saga_id: str, event: Event, at: float) -> SagaRecord:
         """Flag an active saga for cancellation (and record ``event``); returns the saga.
         Raises ``SagaNotFound``, or ``InvalidTransition`` when the saga is not active."""
+
+    async def stranded(
+        self, *, now: float, owner: str, known: Collection[tuple[str, int]]
+    ) -> dict[tuple[str, int], int]:
+        """Active sagas that no engine drives (no owner, an expired lease, or ``owner``'s own
+        from a previous life) whose (name, version) is not in ``known``, counted by definition.
+
+        A diagnostic, run once a minute: this default pages through ``list_sagas`` (at most
+        ``_STRANDED_SCAN`` sagas per status); SQL stores answer it with one query."""
+        found: Counter[tuple[str, int]] = Counter()
+        for status in ACTIVE_STATUSES:
+            offset = 0
+            while offset < _STRANDED_SCAN:
+                page = await self.list_sagas(status=status, limit=500, offset=offset)
+                for saga in page.items:
+                    key = (saga.name, saga.version)
+                    if key not in known and (
+                        saga.owner is None
+                        or saga.owner == owner
+                        or saga.lease_expires_at is None
+                        or saga.lease_expires_at < now
+                    ):
+                        found[key] += 1
+                offset += len(page.items)
+                if len(page.items) < 500:
+                    break
+        return dict(found)
 
     async def get(self, saga_id: str, *, history: bool = True) -> SagaRecord:
         """Like ``load``, but an unknown id raises ``SagaNotFound``."""

@@ -42,7 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -368,6 +368,11 @@ class SQLiteStore(SagaStore):
 
     async def counts(self) -> dict[SagaStatus, int]:
         return await self._read(ops.read_counts)
+
+    async def stranded(
+        self, *, now: float, owner: str, known: Collection[tuple[str, int]]
+    ) -> dict[tuple[str, int], int]:
+        return await self._read(ops.read_stranded, now, owner, known)
 
 
 class _Replay(Exception):

@@ -44,6 +44,7 @@ async def place(
         amount_cents=body.amount_cents,
         checkout=body.checkout,
         idempotency_key=key,
+        order_id=body.order_id,
         wait=wait,
     )
     return view
