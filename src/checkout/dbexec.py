@@ -41,9 +41,11 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import StaticPool
 
 from checkout.db import Database
+from checkout.dbfaults import NotConnected, is_connection_error
 from sagaway.store import SagaStore
 from sagaway.store.sqlite import SQLiteStore
 
@@ -85,16 +87,37 @@ class EngineExecutor(ShopExecutor):
         self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
         if self._lock is None:
-            async with self._db.engine.begin() as conn:
-                return await conn.run_sync(fn, *args, **kwargs)
-        async with self._lock, self._db.engine.begin() as conn:
-            return await conn.run_sync(fn, *args, **kwargs)
+            return await self._run(self._db.engine, fn, *args, **kwargs)
+        async with self._lock:
+            return await self._run(self._db.engine, fn, *args, **kwargs)
 
     async def read(
         self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
-        async with self._reader.connect() as conn:
-            return await conn.run_sync(fn, *args, **kwargs)
+        return await self._run(self._reader, fn, *args, **kwargs)
+
+    @staticmethod
+    async def _run(
+        engine: AsyncEngine,
+        fn: Callable[Concatenate[Connection, P], T],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """``fn`` in one transaction. A connection that cannot be had raises
+        :class:`NotConnected`: then nothing was sent, which callers that must know whether a
+        write happened (placing an order) rely on."""
+        conn = engine.connect()
+        try:
+            await conn.start()
+        except Exception as exc:
+            if is_connection_error(exc):
+                raise NotConnected() from exc
+            raise
+        try:
+            async with conn.begin():
+                return await conn.run_sync(fn, *args, **kwargs)
+        finally:
+            await asyncio.shield(conn.close())
 
 
 class _StoreOwnedConnection:

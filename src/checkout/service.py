@@ -6,19 +6,54 @@ saga fails at ``validate_order`` with "User not found" / "Product not found" (or
 saga ``COMPENSATED``, HTTP 201), exactly like any other business failure, so clients see one
 failure path. Request-shape errors (unknown fields, quantity <= 0, empty items, an ``amount``
 that differs from the catalog total) are the only up-front rejections (422).
+
+**A database blip never hides a recorded order behind a 5xx.** Placing an order is: look up its
+Idempotency-Key, record the order, start its saga, wait for it. A failure *before* the order is
+recorded raises :class:`OrderUnavailable` (HTTP 503: nothing was recorded, safe to retry). A
+failure *while* recording it is checked by reading the order back (its id is chosen here): if
+it was recorded, go on; if that cannot be told either, :class:`OrderUnavailable` says so. Once
+the order is recorded, any failure to start or read its saga answers the order as it is
+(``processing``, HTTP 202 with its ``Location``): the saga is started by reconciliation if the
+start did not happen, and a client that retried after a 5xx without an Idempotency-Key would
+have bought twice.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from sqlalchemy.exc import SQLAlchemyError
+
+from checkout.dbfaults import NotConnected, ShopUnavailable, is_unavailable
 from checkout.domain.models import Address, OrderInfo, OrderLine, OrderStatus
 from checkout.domain.rules import order_total, price_lines
 from checkout.participants import CheckoutParticipants
+from checkout.participants.orders import new_order_id
 from checkout.tracking import OrderTracker, order_status_for
-from sagaway import Engine, SagaRecord
+from sagaway import Engine, SagaRecord, StoreError
+
+log = logging.getLogger("checkout.service")
+
+# What a database raises through the shop (SQLAlchemy; the SQLite saga store's group commit for
+# shop writes in its file) or the saga log. Before the order is recorded only an unreachable
+# database (``is_unavailable``) becomes a 503; after it, none of these becomes a 5xx.
+UNAVAILABLE = (ShopUnavailable, SQLAlchemyError, StoreError, OSError)
+
+NOT_RECORDED = (
+    "The shop database is unavailable; the order was not recorded. Try again "
+    "(with an Idempotency-Key, a retry can never place it twice)."
+)
+IN_DOUBT = (
+    "The shop database failed while recording the order and cannot tell whether it was "
+    "recorded. Retry with the same Idempotency-Key: that returns the order if it exists."
+)
+NOT_STARTED = (
+    "The saga log is unavailable; the checkout did not start. Try again: an order has one "
+    "checkout saga, so a retry never starts a second."
+)
 
 
 class OrderNotFound(LookupError):
@@ -31,6 +66,11 @@ class OrderNotFound(LookupError):
 
 class AmountMismatch(ValueError):
     """The client's ``amount`` is not the catalog total of the order."""
+
+
+class OrderUnavailable(Exception):
+    """A database failed before the order (or its checkout) was recorded; the message says
+    what the client may do (HTTP 503)."""
 
 
 class OrderConflict(ValueError):
@@ -74,8 +114,11 @@ class OrderView:
 
     @property
     def finished(self) -> bool:
-        """True when there is nothing more to wait for (a draft, or its saga is terminal)."""
-        return self.saga is None or self.saga.status.is_terminal
+        """True when there is nothing more to wait for: a draft, or its saga is terminal. An
+        order ``processing`` whose saga could not be read is not finished."""
+        if self.saga is None:
+            return self.status is not OrderStatus.PROCESSING
+        return self.saga.status.is_terminal
 
 
 class CheckoutService:
@@ -114,39 +157,91 @@ class CheckoutService:
         returns the first order (``created=False``) and starts no second saga.
 
         ``order_id``: the client's own id for the order. Repeating it with the same request is
-        idempotent like a key; with a different request it raises :class:`OrderConflict`."""
+        idempotent like a key; with a different request it raises :class:`OrderConflict`.
+
+        Raises :class:`OrderUnavailable` when a database fails before the order is recorded;
+        after that, never a database error (see the module docstring)."""
         orders = self.participants.orders
         order: OrderInfo | None = None
-        if idempotency_key is not None:
-            order = await orders.get_by_idempotency_key(idempotency_key)
-        if order is None and order_id is not None:
-            order = await orders.get_order(order_id)
         created = False
-        if order is None:
-            if amount_cents is not None:
+        try:
+            if idempotency_key is not None:
+                order = await orders.get_by_idempotency_key(idempotency_key)
+            if order is None and order_id is not None:
+                order = await orders.get_order(order_id)
+            if order is None and amount_cents is not None:
                 total = await self.quote(items)
                 if total != amount_cents:
                     raise AmountMismatch(
                         f"amount {amount_cents / 100:.2f} does not match the order total "
                         f"{total / 100:.2f}"
                     )
-            order, created = await orders.create_order(
-                customer_id,
-                items,
-                shipping_address=shipping_address,
-                payment_method=payment_method,
-                idempotency_key=idempotency_key,
-                order_id=order_id,
-                checkout=checkout,
-            )
+        except UNAVAILABLE as exc:
+            if not is_unavailable(exc):
+                raise
+            log.warning("placing an order: nothing recorded: %s", _summary(exc))
+            raise OrderUnavailable(NOT_RECORDED) from exc
+        if order is None:
+            new_id = order_id or new_order_id()
+            try:
+                order, created = await orders.create_order(
+                    customer_id,
+                    items,
+                    shipping_address=shipping_address,
+                    payment_method=payment_method,
+                    idempotency_key=idempotency_key,
+                    order_id=new_id,
+                    checkout=checkout,
+                )
+            except UNAVAILABLE as exc:
+                if not is_unavailable(exc):
+                    raise
+                order = await self._recorded_after_all(new_id, exc)
+                created = True
         if not created and order_id is not None:
             self._same_request(
                 order, order_id, customer_id, items, shipping_address, payment_method, amount_cents
             )
-        if checkout and order.saga_id is None:
-            # Also completes a repeat whose first attempt died between the two writes.
-            order = await self._start(order)
-        return await self.view(order, wait=wait), created
+        return await self._go_on(order, checkout=checkout, wait=wait), created
+
+    async def _recorded_after_all(self, order_id: str, failure: BaseException) -> OrderInfo:
+        """Recording ``order_id`` failed (``failure``): its commit may have happened all the
+        same. Read it back: the order if it is there, else :class:`OrderUnavailable`."""
+        if isinstance(failure, NotConnected):  # nothing was sent
+            log.warning("order %s: not recorded: %s", order_id, _summary(failure))
+            raise OrderUnavailable(NOT_RECORDED) from failure
+        try:
+            order = await self.participants.orders.get_order(order_id)
+        except UNAVAILABLE as exc:
+            log.warning(
+                "order %s: recording failed (%s) and cannot be checked: %s",
+                order_id,
+                _summary(failure),
+                _summary(exc),
+            )
+            raise OrderUnavailable(IN_DOUBT) from failure
+        if order is None:
+            log.warning("order %s: not recorded: %s", order_id, _summary(failure))
+            raise OrderUnavailable(NOT_RECORDED) from failure
+        log.warning("order %s: recorded although the write reported %s", order_id, failure)
+        return order
+
+    async def _go_on(self, order: OrderInfo, *, checkout: bool, wait: float) -> OrderView:
+        """The rest of placing a recorded order: start its saga, wait for it. Nothing here
+        may turn into a 5xx (see the module docstring)."""
+        try:
+            if checkout and order.saga_id is None:
+                # Also completes a repeat whose first attempt died between the two writes.
+                order = await self._start(order)
+            return await self.view(order, wait=wait)
+        except UNAVAILABLE as exc:
+            log.warning(
+                "order %s is recorded, its saga cannot be started or read now (%s): answering "
+                "it as it stands",
+                order.id,
+                _summary(exc),
+            )
+            return OrderView(order, None, order.status, order.error)
 
     @staticmethod
     def _same_request(
@@ -179,9 +274,21 @@ class CheckoutService:
             raise OrderNotFound(order_id)
         started = False
         if order.saga_id is None:
-            order = await self._start(order)
+            try:
+                order = await self._start(order)
+            except UNAVAILABLE as exc:
+                if not is_unavailable(exc):
+                    raise
+                log.warning("order %s: checkout not started: %s", order.id, _summary(exc))
+                raise OrderUnavailable(NOT_STARTED) from exc
             started = True
-        view = await self.view(order, wait=wait)
+        try:
+            view = await self.view(order, wait=wait)
+        except UNAVAILABLE as exc:
+            if not started:
+                raise
+            log.warning("order %s: saga started, cannot be read now: %s", order.id, _summary(exc))
+            view = OrderView(order, None, order.status, order.error)
         return view, started
 
     async def _start(self, order: OrderInfo) -> OrderInfo:
@@ -211,8 +318,18 @@ class CheckoutService:
         if record.status.is_terminal and lagging:
             # Usually the listener's write for the saga this process just ran: await it (read
             # your writes); otherwise the row lags (saga run elsewhere, a crash): repair it.
-            if not await self.tracker.settled(record.id) or fresh:
-                await self.tracker.mirror(order.id, record.id, status, error)
+            # A repair that fails is left to reconciliation: the answer comes from the saga.
+            try:
+                if not await self.tracker.settled(record.id) or fresh:
+                    await self.tracker.mirror(order.id, record.id, status, error)
+            except UNAVAILABLE as exc:
+                log.warning("order %s: status not repaired now: %s", order.id, _summary(exc))
             finished = datetime.fromtimestamp(record.updated_at, UTC)
             order = order.model_copy(update={"updated_at": max(order.updated_at, finished)})
         return OrderView(order, record, status, error)
+
+
+def _summary(exc: BaseException) -> str:
+    """One line for the log (driver errors span several)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"

@@ -39,10 +39,12 @@ import contextlib
 import logging
 from collections import OrderedDict
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from checkout.domain.models import OrderInfo, OrderStatus
 from checkout.participants.orders import OrderService, saga_input
 from checkout.sagas import SAGA_NAME
-from sagaway import Change, Engine, Saga, SagaRecord, SagaStatus
+from sagaway import Change, Engine, Saga, SagaRecord, SagaStatus, StoreError
 
 log = logging.getLogger("checkout.tracking")
 
@@ -157,7 +159,13 @@ class OrderTracker:
         saga_id = await self.engine.start(
             self.saga, saga_input(order), idempotency_key=saga_key(order.id)
         )
-        await self.attach(order.id, saga_id)
+        try:
+            await self.attach(order.id, saga_id)
+        except (SQLAlchemyError, StoreError, OSError) as exc:
+            # The saga is recorded and runs all the same; the row learns its id from the
+            # listener's mirror, the next read of the order, or reconciliation (which finds
+            # this saga by its key, never a second one).
+            log.warning("order %s: saga %s started, not attached yet: %s", order.id, saga_id, exc)
         return saga_id
 
     async def attach(self, order_id: str, saga_id: str) -> bool:

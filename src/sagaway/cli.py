@@ -2,39 +2,75 @@
 
 It only reads and flips state in the store; the workers that know the saga definitions do the
 work (a retried or cancelled saga is picked up by whichever engine claims it next).
+
+The store comes from ``--store`` (before the command, or after it), else ``SAGAWAY_STORE_URL``,
+else ``sqlite:///sagaway.db``. No command ever creates a saga log: a SQLite file that does not
+exist is an error. Every command taking an id accepts any unique prefix of it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, TypeVar
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from sagaway.engine import Engine
-from sagaway.errors import SagawayError
-from sagaway.state import SagaRecord, SagaStatus
+from sagaway.errors import SagaNotFound, SagawayError
+from sagaway.state import Phase, SagaRecord, SagaStatus, StepRecord
+from sagaway.store import open_store
 
 T = TypeVar("T")
+
+DEFAULT_STORE = "sqlite:///sagaway.db"
 
 app = typer.Typer(help="Inspect and repair sagas in a sagaway saga log.", no_args_is_help=True)
 console = Console()
 err = Console(stderr=True)
 
+STORE_HELP = "Saga log URL: sqlite:///sagaway.db, postgresql://..., redis://..."
 StoreOption = Annotated[
-    str,
-    typer.Option(
-        "--store",
-        envvar="SAGAWAY_STORE_URL",
-        help="Saga log URL: sqlite:///sagaway.db, postgresql://..., redis://..., memory://",
-    ),
+    str | None,
+    typer.Option("--store", help=f"{STORE_HELP} (overrides the one given before the command)"),
 ]
-SagaId = Annotated[str, typer.Argument(help="The saga id")]
+SagaId = Annotated[str, typer.Argument(help="The saga id, or any unique prefix of it")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables")]
+
+
+@dataclass
+class _Settings:
+    store: str = DEFAULT_STORE
+
+
+@app.callback()
+def _main(
+    ctx: typer.Context,
+    store: Annotated[
+        str, typer.Option("--store", envvar="SAGAWAY_STORE_URL", help=STORE_HELP)
+    ] = DEFAULT_STORE,
+) -> None:
+    ctx.obj = _Settings(store=store)
+
+
+def _store_url(ctx: typer.Context, store: str | None) -> str:
+    if store is not None:
+        return store
+    settings = ctx.find_object(_Settings)
+    return settings.store if settings is not None else DEFAULT_STORE
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code=1)
 
 
 def _when(at: float | None) -> str:
@@ -43,8 +79,22 @@ def _when(at: float | None) -> str:
     return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")
 
 
-def _run(store: str, action: Callable[[Engine], Awaitable[T]]) -> T:
-    """Open an engine that executes nothing, run one admin action, map errors to exit codes."""
+def _iso(at: float | None) -> str | None:
+    return None if at is None else _when(at)
+
+
+def _run(url: str, action: Callable[[Engine], Awaitable[T]]) -> T:
+    """Open an engine that executes nothing, run one admin action, map errors to exit codes.
+
+    A SQLite file that does not exist is refused before anything opens it: opening would
+    create an empty saga log and report zero sagas, hiding a wrong path."""
+    try:
+        store = open_store(url)
+    except SagawayError as exc:
+        raise _fail(str(exc)) from None
+    path = getattr(store, "path", None)
+    if url.startswith("sqlite") and isinstance(path, str) and not Path(path).exists():
+        raise _fail(f"no saga log at {path!r} (from {url!r}): the file does not exist")
 
     async def main() -> T:
         async with Engine(store, execute=False, owner_id="sagaway-cli") as engine:
@@ -53,92 +103,234 @@ def _run(store: str, action: Callable[[Engine], Awaitable[T]]) -> T:
     try:
         return asyncio.run(main())
     except SagawayError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(code=1) from None
+        raise _fail(str(exc)) from None
+
+
+async def _resolve(engine: Engine, prefix: str) -> str:
+    """The id of the one saga whose id starts with ``prefix`` (an exact id first)."""
+    if not prefix:
+        raise SagaNotFound(prefix)
+    if await engine.store.load(prefix, history=False) is not None:
+        return prefix
+    matches = await engine.store.find_ids(prefix, limit=5)
+    if not matches:
+        raise SagaNotFound(prefix)
+    if len(matches) > 1:
+        shown = ", ".join(matches[:4]) + (", ..." if len(matches) > 4 else "")
+        raise SagawayError(f"saga id prefix {prefix!r} is ambiguous: it matches {shown}")
+    return matches[0]
+
+
+def _stalled(saga: SagaRecord, now: float) -> bool:
+    """Unfinished and no engine drives it: never claimed, or its lease ran out. Either no
+    worker runs, or none knows its definition (a worker logs a warning naming it then)."""
+    if not saga.status.is_active:
+        return False
+    return saga.owner is None or saga.lease_expires_at is None or saga.lease_expires_at < now
+
+
+def _summary(saga: SagaRecord, now: float) -> dict[str, Any]:
+    return {
+        "id": saga.id,
+        "name": saga.name,
+        "version": saga.version,
+        "status": saga.status.value,
+        "stalled": _stalled(saga, now),
+        "idempotency_key": saga.idempotency_key,
+        "owner": saga.owner,
+        "lease_expires_at": _iso(saga.lease_expires_at),
+        "deadline_at": _iso(saga.deadline_at),
+        "error": saga.error,
+        "created_at": _iso(saga.created_at),
+        "updated_at": _iso(saga.updated_at),
+    }
 
 
 @app.command("list")
 def list_sagas(
-    store: StoreOption = "sqlite:///sagaway.db",
+    ctx: typer.Context,
+    store: StoreOption = None,
     status: Annotated[SagaStatus | None, typer.Option(help="Only this status")] = None,
     name: Annotated[str | None, typer.Option(help="Only this saga definition")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 20,
     offset: Annotated[int, typer.Option(min=0)] = 0,
+    as_json: JsonOption = False,
 ) -> None:
-    """List sagas, newest first."""
-    page = _run(store, lambda e: e.list_sagas(status=status, name=name, limit=limit, offset=offset))
-    table = Table(title=f"sagas {offset + 1}-{offset + len(page.items)} of {page.total}")
-    for column in ("id", "name", "status", "created", "error"):
-        table.add_column(column)
+    """List sagas, newest first. Unfinished sagas no engine drives are flagged "stalled"."""
+    page = _run(
+        _store_url(ctx, store),
+        lambda e: e.list_sagas(status=status, name=name, limit=limit, offset=offset),
+    )
+    now = time.time()
+    if as_json:
+        sagas = [_summary(saga, now) for saga in page.items]
+        typer.echo(json.dumps({"total": page.total, "offset": offset, "sagas": sagas}, indent=2))
+        return
+    stalled: Counter[str] = Counter()
+    rows = []
     for saga in page.items:
-        table.add_row(
-            saga.id,
-            f"{saga.name} v{saga.version}",
-            saga.status,
-            _when(saga.created_at),
-            saga.error or "",
+        flag = _stalled(saga, now)
+        if flag:
+            stalled[f"{saga.name} v{saga.version}"] += 1
+        rows.append(
+            [
+                saga.id,
+                f"{saga.name} v{saga.version}",
+                f"{saga.status} (stalled)" if flag else saga.status.value,
+                _when(saga.created_at),
+                saga.error or "",
+            ]
         )
-    console.print(table)
+    typer.echo(f"sagas {offset + 1}-{offset + len(page.items)} of {page.total}, newest first")
+    _echo_columns(["ID", "NAME", "STATUS", "CREATED", "ERROR"], rows)
+    if stalled:
+        which = ", ".join(f"{definition} ({n})" for definition, n in sorted(stalled.items()))
+        typer.echo(
+            f"stalled: unfinished sagas no engine drives: {which}. Run a worker whose process "
+            "declares these definitions (Saga(name, version=...)); a worker that does not know "
+            "them logs a warning naming them."
+        )
+
+
+def _echo_columns(headers: list[str], rows: list[list[str]], indent: str = "") -> None:
+    """Plain aligned columns, one line per row, never cut or wrapped by us: ids and timestamps
+    stay whole at any terminal width, ready to copy, grep or cut."""
+    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
+    for row in [headers, *rows]:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
+        typer.echo((indent + "  ".join(cells)).rstrip())
+
+
+def _run_order(record: SagaRecord) -> list[StepRecord]:
+    """Step rows in the order they ran: by start time; forward before compensation."""
+    phase_rank = {Phase.FORWARD: 0, Phase.COMPENSATION: 1}
+    rows = list(record.steps.values())
+    return sorted(
+        rows,
+        key=lambda row: (
+            row.started_at if row.started_at is not None else float("inf"),
+            phase_rank.get(row.phase, 2),
+        ),
+    )
+
+
+def _detail(record: SagaRecord) -> dict[str, Any]:
+    return {
+        **_summary(record, time.time()),
+        "input": record.input,
+        "cancel_requested": record.cancel_requested,
+        "steps": [
+            {
+                "name": row.name,
+                "phase": row.phase.value,
+                "status": row.status.value,
+                "attempts": row.attempts,
+                "output": row.output,
+                "error": row.error,
+                "uncertain": row.uncertain,
+                "started_at": _iso(row.started_at),
+                "finished_at": _iso(row.finished_at),
+            }
+            for row in _run_order(record)
+        ],
+        "history": [
+            {
+                "at": _iso(event.at),
+                "type": event.type.value,
+                "step": event.step,
+                "phase": None if event.phase is None else event.phase.value,
+                "attempt": event.attempt,
+                "detail": event.detail,
+            }
+            for event in record.history
+        ],
+    }
 
 
 def _print_saga(record: SagaRecord) -> None:
-    console.print(
-        f"[bold]{record.id}[/bold] {record.name} v{record.version} [bold]{record.status}[/bold]"
+    typer.echo(
+        f"{record.id} {record.name} v{record.version} {record.status}"
         + (f"  error: {record.error}" if record.error else "")
     )
-    console.print(f"input: {json.dumps(record.input)}")
-    steps = Table(title="steps")
-    for column in ("step", "phase", "status", "attempts", "error", "started", "finished"):
-        steps.add_column(column)
-    for row in record.steps.values():
-        steps.add_row(
-            row.name,
-            row.phase,
-            row.status,
-            str(row.attempts),
-            row.error or "",
-            _when(row.started_at),
-            _when(row.finished_at),
-        )
-    console.print(steps)
-    history = Table(title="history")
-    for column in ("at", "event", "step", "attempt", "detail"):
-        history.add_column(column)
-    for event in record.history:
-        history.add_row(
-            _when(event.at),
-            event.type,
-            event.step or "",
-            "" if event.attempt is None else str(event.attempt),
-            event.detail or "",
-        )
-    console.print(history)
+    typer.echo(f"input: {json.dumps(record.input)}")
+    typer.echo("steps, in the order they ran:")
+    _echo_columns(
+        ["STEP", "PHASE", "STATUS", "ATTEMPTS", "STARTED", "FINISHED", "ERROR"],
+        [
+            [
+                row.name,
+                row.phase.value,
+                row.status.value,
+                str(row.attempts),
+                _when(row.started_at),
+                _when(row.finished_at),
+                row.error or "",
+            ]
+            for row in _run_order(record)
+        ],
+        indent="  ",
+    )
+    typer.echo("history:")
+    _echo_columns(
+        ["AT", "EVENT", "STEP", "ATTEMPT", "DETAIL"],
+        [
+            [
+                _when(event.at),
+                event.type.value,
+                event.step or "",
+                "" if event.attempt is None else str(event.attempt),
+                event.detail or "",
+            ]
+            for event in record.history
+        ],
+        indent="  ",
+    )
 
 
 @app.command()
-def show(saga_id: SagaId, store: StoreOption = "sqlite:///sagaway.db") -> None:
-    """Show one saga: its steps and its history."""
-    _print_saga(_run(store, lambda e: e.get(saga_id)))
+def show(
+    ctx: typer.Context, saga_id: SagaId, store: StoreOption = None, as_json: JsonOption = False
+) -> None:
+    """Show one saga: its steps, in the order they ran, and its history."""
+
+    async def action(engine: Engine) -> SagaRecord:
+        return await engine.get(await _resolve(engine, saga_id))
+
+    record = _run(_store_url(ctx, store), action)
+    if as_json:
+        typer.echo(json.dumps(_detail(record), indent=2))
+    else:
+        _print_saga(record)
 
 
 @app.command()
-def retry(saga_id: SagaId, store: StoreOption = "sqlite:///sagaway.db") -> None:
+def retry(ctx: typer.Context, saga_id: SagaId, store: StoreOption = None) -> None:
     """Retry a FAILED saga (its failed compensation, or its failed step past the pivot)."""
-    _run(store, lambda e: e.retry(saga_id))
-    console.print(f"saga {saga_id} handed back to the workers for a retry")
+
+    async def action(engine: Engine) -> str:
+        full_id = await _resolve(engine, saga_id)
+        await engine.retry(full_id)
+        return full_id
+
+    full_id = _run(_store_url(ctx, store), action)
+    typer.echo(f"saga {full_id} handed back to the workers for a retry")
 
 
 @app.command()
-def cancel(saga_id: SagaId, store: StoreOption = "sqlite:///sagaway.db") -> None:
+def cancel(ctx: typer.Context, saga_id: SagaId, store: StoreOption = None) -> None:
     """Ask a running saga to stop and compensate."""
-    record = _run(store, lambda e: e.cancel(saga_id))
-    console.print(f"cancellation of saga {saga_id} requested (status {record.status})")
+
+    async def action(engine: Engine) -> SagaRecord:
+        return await engine.cancel(await _resolve(engine, saga_id))
+
+    record = _run(_store_url(ctx, store), action)
+    typer.echo(f"cancellation of saga {record.id} requested (status {record.status})")
 
 
 @app.command()
-def stats(store: StoreOption = "sqlite:///sagaway.db") -> None:
+def stats(ctx: typer.Context, store: StoreOption = None) -> None:
     """How many sagas are in each status."""
-    counts = _run(store, lambda e: e.store.counts())
+    counts = _run(_store_url(ctx, store), lambda e: e.store.counts())
     table = Table(title="sagas by status")
     table.add_column("status")
     table.add_column("count", justify="right")

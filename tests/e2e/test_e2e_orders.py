@@ -210,3 +210,23 @@ async def test_failed_compensation_then_operator_retry(
     assert (await inventory(client))["product_1"] == 100
     again = await client.post(f"/sagas/{data['saga_id']}/retry")
     assert again.status_code == 409
+
+
+async def test_order_list_agrees_with_each_order(client: httpx.AsyncClient) -> None:
+    """The list leaves out the saga's live view (``saga_status``, ``steps``: one saga read per
+    order); every field it does show equals ``GET /orders/{id}``'s."""
+    await order(client, customer_id="user_1", items=ITEMS)
+    await order(client, user_id="user_2", product_id="product_1", quantity=200)  # fails
+    draft = await order(client, customer_id="user_1", items=ITEMS, checkout=False)
+    listed = (await client.get("/orders")).json()["orders"]
+    assert len(listed) == 3
+    for summary in listed:
+        assert "saga_status" not in summary
+        assert "steps" not in summary
+        full = (await client.get(f"/orders/{summary['order_id']}")).json()
+        assert summary == {k: v for k, v in full.items() if k not in ("saga_status", "steps")}
+    assert {o["status"] for o in listed} == {"completed", "failed", "pending"}
+    assert next(o for o in listed if o["order_id"] == draft["order_id"])["saga_id"] is None
+    spec = (await client.get("/openapi.json")).json()
+    page = spec["components"]["schemas"]["OrderPage"]["properties"]["orders"]["items"]["$ref"]
+    assert "steps" not in spec["components"]["schemas"][page.rsplit("/", 1)[-1]]["properties"]

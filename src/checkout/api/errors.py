@@ -6,7 +6,9 @@
   app reads anything: ``Content-Length`` is checked first, then the stream is counted (a chunked
   body that lies cannot get past it).
 * ``SagaNotFound`` / unknown orders -> 404, ``InvalidTransition`` and an order id taken by
-  another order -> 409, a store outage -> 503.
+  another order -> 409, a store outage -> 503, a shop-database outage (a connection-level
+  error, see :mod:`checkout.dbfaults`) -> 503, and placing an order while a database is down
+  -> 503 only if the order was not recorded (the message says so; see :mod:`checkout.service`).
 """
 
 from __future__ import annotations
@@ -16,16 +18,21 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from checkout.service import AmountMismatch, OrderConflict, OrderNotFound
+from checkout.api.methods import allowed_methods, options_response
+from checkout.dbfaults import ShopUnavailable, is_connection_error
+from checkout.service import AmountMismatch, OrderConflict, OrderNotFound, OrderUnavailable
 from sagaway import InvalidTransition, SagaNotFound, SagawayError, StoreError
 
 log = logging.getLogger("checkout.api")
 
 MAX_BODY_BYTES = 64 * 1024
+RETRY_SOON = {"Retry-After": "1"}  # a database blip: worth another try shortly
+SHOP_DOWN = "The shop database is unavailable; try again"
 
 
 def problem(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -57,8 +64,13 @@ def install_error_handlers(app: FastAPI) -> None:
         return problem(status, detail)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:  # the path exists: say what it takes (see api.methods)
+            if request.method == "OPTIONS":
+                return options_response(request)
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
+        return problem(exc.status_code, str(exc.detail), headers)
 
     @app.exception_handler(OrderNotFound)
     async def _order_not_found(_: Request, exc: OrderNotFound) -> JSONResponse:
@@ -80,10 +92,27 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _conflict(_: Request, exc: InvalidTransition) -> JSONResponse:
         return problem(409, str(exc))
 
+    @app.exception_handler(OrderUnavailable)
+    async def _not_recorded(_: Request, exc: OrderUnavailable) -> JSONResponse:
+        return problem(503, str(exc), RETRY_SOON)
+
+    @app.exception_handler(ShopUnavailable)
+    async def _shop_unavailable(_: Request, exc: ShopUnavailable) -> JSONResponse:
+        log.warning("shop database unavailable: %s", exc.__cause__ or exc)
+        return problem(503, SHOP_DOWN, RETRY_SOON)
+
+    @app.exception_handler(SQLAlchemyError)
+    async def _shop_database(_: Request, exc: SQLAlchemyError) -> JSONResponse:
+        if is_connection_error(exc):
+            log.warning("shop database unavailable: %s", exc)
+            return problem(503, SHOP_DOWN, RETRY_SOON)
+        log.error("shop database error", exc_info=exc)
+        return problem(500, "Internal server error")
+
     @app.exception_handler(StoreError)
     async def _store(_: Request, exc: StoreError) -> JSONResponse:
         log.error("saga store error: %s", exc)
-        return problem(503, "The saga log is unavailable; try again")
+        return problem(503, "The saga log is unavailable; try again", RETRY_SOON)
 
     @app.exception_handler(SagawayError)
     async def _sagaway(_: Request, exc: SagawayError) -> JSONResponse:

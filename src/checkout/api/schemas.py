@@ -14,6 +14,7 @@ from typing import Annotated, Any, Self
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
@@ -37,6 +38,9 @@ def _money_json(value: Decimal) -> float:
 
 
 Money = Annotated[Decimal, PlainSerializer(_money_json, return_type=float, when_used="json")]
+
+MAX_QUANTITY = 1_000_000
+MAX_ITEMS = 100
 
 # What the schema says is exactly what the validators accept (the fuzz stage checks both ways),
 # so strings are not stripped: " user_1" is refused, not silently read as "user_1".
@@ -62,6 +66,17 @@ Id = Annotated[
     Field(min_length=1, max_length=64, json_schema_extra={"pattern": ID_PATTERN}),
     AfterValidator(_id_chars),
 ]
+
+
+def _whole_number(value: Any) -> Any:
+    # JSON Schema's "integer" is any number with no fractional part (2.0 included); strings
+    # and booleans are not numbers.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Quantity = Annotated[int, Field(gt=0, le=MAX_QUANTITY, strict=True), BeforeValidator(_whole_number)]
 Text = Annotated[str, Field(json_schema_extra={"pattern": TEXT_PATTERN}), AfterValidator(_no_nul)]
 
 # A client-chosen order id ends up in URLs (/orders/{id}, /saga/{id}): no '/', no spaces.
@@ -74,8 +89,6 @@ OrderId = Annotated[
         description="Your own order id (letters, digits, '.', '_', ':', '-'); default: generated.",
     ),
 ]
-MAX_QUANTITY = 1_000_000
-MAX_ITEMS = 100
 
 
 def money(cents: int) -> Decimal:
@@ -117,15 +130,57 @@ class AddressIn(_Request):
 
 class ItemIn(_Request):
     product_id: Id
-    quantity: int = Field(gt=0, le=MAX_QUANTITY, strict=True)
+    quantity: Quantity
+
+
+# The rules of OrderRequest._one_form, in the OpenAPI schema too: generated clients and the fuzz
+# stage read them there. "null" also stands for "absent" (a property's schema applies only when
+# the property is present).
+_EXACTLY_ONE_CUSTOMER = {
+    "oneOf": [
+        {
+            "title": "by customer_id",
+            "required": ["customer_id"],
+            "properties": {"customer_id": {"type": "string"}, "user_id": {"type": "null"}},
+        },
+        {
+            "title": "by user_id",
+            "required": ["user_id"],
+            "properties": {"user_id": {"type": "string"}, "customer_id": {"type": "null"}},
+        },
+    ]
+}
+_ITEMS_OR_SHORT_FORM = {
+    "oneOf": [
+        {
+            "title": "items",
+            "required": ["items"],
+            "properties": {
+                "items": {"type": "array", "minItems": 1},
+                "product_id": {"type": "null"},
+                "quantity": {"type": "null"},
+            },
+        },
+        {
+            "title": "one item: product_id and quantity",
+            "required": ["product_id", "quantity"],
+            "properties": {
+                "items": {"type": "null"},
+                "product_id": {"type": "string"},
+                "quantity": {"type": "integer"},
+            },
+        },
+    ]
+}
 
 
 class OrderRequest(_Request):
-    """``POST /orders`` and ``POST /checkout``. Accepted forms:
+    """``POST /orders`` and ``POST /checkout``. Give exactly one of customer_id or user_id
+    (the same thing, two spellings), and either a non-empty ``items`` list or the one-item
+    short form ``product_id`` + ``quantity``:
 
     * ``{"customer_id", "items": [{"product_id", "quantity"}], ...}``
-    * ``user_id`` instead of ``customer_id``;
-    * the one-item short form ``{"user_id", "product_id", "quantity"}``.
+    * ``{"user_id", "product_id", "quantity"}``.
 
     Optional: ``order_id`` (the client's own id: unique; repeating it with the same request
     returns that order, with another request is a 409), ``shipping_address`` (default: the
@@ -135,10 +190,11 @@ class OrderRequest(_Request):
 
     model_config = ConfigDict(
         json_schema_extra={
+            "allOf": [_EXACTLY_ONE_CUSTOMER, _ITEMS_OR_SHORT_FORM],
             "examples": [
                 {"customer_id": "user_1", "items": [{"product_id": "product_1", "quantity": 2}]},
                 {"user_id": "user_3", "product_id": "product_1", "quantity": 1},
-            ]
+            ],
         }
     )
 
@@ -147,7 +203,7 @@ class OrderRequest(_Request):
     user_id: Id | None = None
     items: list[ItemIn] | None = Field(None, max_length=MAX_ITEMS)
     product_id: Id | None = None
-    quantity: int | None = Field(None, gt=0, le=MAX_QUANTITY, strict=True)
+    quantity: Quantity | None = None
     shipping_address: AddressIn | None = None
     payment_method: Text = Field("card", min_length=1, max_length=32)
     amount: Decimal | None = Field(None, ge=0, max_digits=14, decimal_places=2)
@@ -221,20 +277,28 @@ class StepSummary(BaseModel):
     error: str | None = None
 
 
-class OrderOut(BaseModel):
+class OrderSummary(BaseModel):
+    """An order as ``GET /orders`` lists it: the order row, whose ``status`` follows its saga,
+    without the saga's live view (one saga read per order; ``GET /orders/{id}`` has it)."""
+
     order_id: str
     customer_id: str
     status: OrderStatus
     saga_id: str | None
-    saga_status: SagaStatus | None
     total: Money
     error: str | None
     items: list[ItemOut]
     shipping_address: AddressOut | None
     payment_method: str
-    steps: list[StepSummary]
     created_at: datetime
     updated_at: datetime
+
+
+class OrderOut(OrderSummary):
+    """One order with its saga's status and steps."""
+
+    saga_status: SagaStatus | None
+    steps: list[StepSummary]
 
 
 class CheckoutFailed(BaseModel):
@@ -245,7 +309,7 @@ class CheckoutFailed(BaseModel):
 
 
 class OrderPage(BaseModel):
-    orders: list[OrderOut]
+    orders: list[OrderSummary]
     limit: int
     offset: int
 

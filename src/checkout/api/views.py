@@ -12,6 +12,7 @@ from checkout.api.schemas import (
     EventOut,
     ItemOut,
     OrderOut,
+    OrderSummary,
     SagaDetail,
     SagaSummary,
     SeedSagaStatus,
@@ -21,6 +22,7 @@ from checkout.api.schemas import (
     money,
     when,
 )
+from checkout.domain.models import OrderInfo
 from checkout.sagas import STEP_NAMES
 from checkout.service import OrderView
 from checkout.tracking import order_id_of
@@ -51,6 +53,23 @@ def step_summaries(record: SagaRecord | None) -> list[StepSummary]:
         shown = undo if undo is not None else forward
         out.append(StepSummary(name=name, status=shown.status, error=shown.error or forward.error))
     return out
+
+
+def order_summary(order: OrderInfo) -> OrderSummary:
+    """An order as listed: its row as recorded (the status mirrors its saga)."""
+    return OrderSummary(
+        order_id=order.id,
+        customer_id=order.customer_id,
+        status=order.status,
+        saga_id=order.saga_id,
+        total=money(order.total_cents),
+        error=order.error,
+        items=[ItemOut.of(line) for line in order.items],
+        shipping_address=AddressOut.of(order.shipping_address),
+        payment_method=order.payment_method,
+        created_at=order.created_at,
+        updated_at=order.updated_at,
+    )
 
 
 def order_out(view: OrderView) -> OrderOut:

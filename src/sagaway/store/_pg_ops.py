@@ -189,6 +189,12 @@ SELECT {_COLS}, {steps_json} FROM upd i ORDER BY i.created_at, i.id
             f"AND status IN ({ACTIVE_SQL}) RETURNING id, cancel_requested"
         )
         self.counts = f"SELECT status, count(*) FROM {inst} GROUP BY status"
+        self.stranded = (
+            f"SELECT name, version, count(*) FROM {inst} WHERE status IN ({ACTIVE_SQL}) "
+            "AND (owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at < $1 "
+            "OR owner = $2) GROUP BY name, version"
+        )
+        self.find_ids = f"SELECT id FROM {inst} WHERE starts_with(id, $1) ORDER BY id LIMIT $2"
         self.list_where = (
             f"FROM {inst} i WHERE ($1::text IS NULL OR i.status = $1) "
             "AND ($2::text IS NULL OR i.name = $2)"

@@ -282,6 +282,16 @@ def read_stranded(
     return {(name, version): n for name, version, n in rows if (name, version) not in known}
 
 
+def read_ids(conn: sqlite3.Connection, prefix: str, limit: int) -> list[str]:
+    # A range on the primary key: every id starting with ``prefix`` sorts between the prefix
+    # and the prefix followed by the highest code point (TEXT compares as UTF-8 bytes).
+    rows = conn.execute(
+        "SELECT id FROM sagaway_instances WHERE id >= ? AND id < ? ORDER BY id LIMIT ?",
+        (prefix, prefix + "\U0010ffff", limit),
+    )
+    return [saga_id for (saga_id,) in rows]
+
+
 def read_counts(conn: sqlite3.Connection) -> dict[SagaStatus, int]:
     rows = conn.execute("SELECT status, count(*) FROM sagaway_instances GROUP BY status")
     return {_SAGA_STATUS[status]: int(n) for status, n in rows}

@@ -239,6 +239,18 @@ class SagaStore(ABC):
                     break
         return dict(found)
 
+    async def find_ids(self, prefix: str, *, limit: int = 2) -> list[str]:
+        """Up to ``limit`` saga ids that start with ``prefix`` (the admin CLI takes any unique
+        prefix of an id). This default pages through ``list_sagas``; SQL stores use an index."""
+        found: list[str] = []
+        offset = 0
+        while True:
+            page = await self.list_sagas(limit=1000, offset=offset)
+            found += [saga.id for saga in page.items if saga.id.startswith(prefix)]
+            offset += len(page.items)
+            if len(found) >= limit or len(page.items) < 1000:
+                return found[:limit]
+
     async def get(self, saga_id: str, *, history: bool = True) -> SagaRecord:
         """Like ``load``, but an unknown id raises ``SagaNotFound``."""
         record = await self.load(saga_id, history=history)

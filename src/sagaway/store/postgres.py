@@ -57,7 +57,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -488,6 +488,17 @@ class PostgresStore(SagaStore):
     async def counts(self) -> dict[SagaStatus, int]:
         async with self._connection() as conn:
             return await ops.counts(conn, self._sql)
+
+    async def stranded(
+        self, *, now: float, owner: str, known: Collection[tuple[str, int]]
+    ) -> dict[tuple[str, int], int]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(self._sql.stranded, now, owner)
+        return {(name, version): n for name, version, n in rows if (name, version) not in known}
+
+    async def find_ids(self, prefix: str, *, limit: int = 2) -> list[str]:
+        async with self._connection() as conn:
+            return [row[0] for row in await conn.fetch(self._sql.find_ids, prefix, limit)]
 
 
 # The server ended the session (pg_terminate_backend, a shutdown or restart) or the link broke:

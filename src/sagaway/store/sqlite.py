@@ -369,6 +369,9 @@ class SQLiteStore(SagaStore):
     async def counts(self) -> dict[SagaStatus, int]:
         return await self._read(ops.read_counts)
 
+    async def find_ids(self, prefix: str, *, limit: int = 2) -> list[str]:
+        return await self._read(ops.read_ids, prefix, limit)
+
     async def stranded(
         self, *, now: float, owner: str, known: Collection[tuple[str, int]]
     ) -> dict[tuple[str, int], int]:

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
 from checkout.api.deps import DEFAULT_WAIT_SECONDS, CheckoutDep, IdempotencyKey, Wait
-from checkout.api.routes.orders import place, respond
+from checkout.api.routes.orders import ACCEPTED, place, respond
 from checkout.api.schemas import CheckoutFailed, OrderOut, OrderRequest, Problem
 from checkout.api.views import order_out
 from checkout.domain.models import OrderStatus
@@ -21,7 +21,7 @@ router = APIRouter(tags=["checkout"])
 FAILED = (OrderStatus.FAILED, OrderStatus.CANCELLED)
 
 
-@router.post("/checkout", status_code=201)
+@router.post("/checkout", status_code=201, responses=ACCEPTED)
 async def checkout_new(
     body: OrderRequest,
     response: Response,

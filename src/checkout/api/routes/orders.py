@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request, Response
 
 from checkout.api.deps import (
@@ -14,11 +16,25 @@ from checkout.api.deps import (
     checkout_of,
 )
 from checkout.api.schemas import OrderOut, OrderPage, OrderRequest
-from checkout.api.views import order_out
+from checkout.api.views import order_out, order_summary
 from checkout.domain.models import OrderStatus
 from checkout.service import CheckoutService, OrderView
 
 router = APIRouter(tags=["orders"])
+
+# The answers of placing an order besides 201, for the routes' ``responses=``.
+ACCEPTED: dict[int | str, dict[str, Any]] = {
+    202: {
+        "model": OrderOut,
+        "description": "Accepted: the saga is still running; poll `Location`",
+        "headers": {
+            "Location": {
+                "description": "The order: `/orders/{order_id}`",
+                "schema": {"type": "string"},
+            }
+        },
+    }
+}
 
 
 def respond(view: OrderView, response: Response, *, fresh: bool = True) -> OrderOut:
@@ -53,7 +69,7 @@ async def place(
 @router.post(
     "/orders",
     status_code=201,
-    responses={202: {"model": OrderOut, "description": "Accepted: the saga is still running"}},
+    responses=ACCEPTED,
 )
 async def create_order(
     body: OrderRequest,
@@ -73,12 +89,11 @@ async def list_orders(
     offset: Offset = 0,
     status: OrderStatus | None = None,
 ) -> OrderPage:
-    """List orders, newest first."""
+    """List orders, newest first, without their sagas' steps (see GET /orders/{order_id})."""
     orders = await checkout.participants.orders.list_orders(
         limit=limit, offset=offset, status=status
     )
-    views = [OrderView(o, None, o.status, o.error) for o in orders]
-    return OrderPage(orders=[order_out(v) for v in views], limit=limit, offset=offset)
+    return OrderPage(orders=[order_summary(o) for o in orders], limit=limit, offset=offset)
 
 
 @router.get("/orders/{order_id}")
