@@ -17,6 +17,7 @@ from checkout.api.routes import checkout, health, orders, saga_status, sagas, sh
 from checkout.api.schemas import Problem
 from checkout.bootstrap import Role, bootstrap
 from checkout.settings import Settings
+from checkout.web import ui_routers
 
 ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
     "4XX": {"model": Problem, "description": "Bad request, unknown id, conflict, too large"},
@@ -64,4 +65,6 @@ def create_app(
     app.include_router(metrics_router)
     for module in (orders, checkout, saga_status, sagas, shop, health):
         app.include_router(module.router)
+    for router in ui_routers():  # the shop at /, the saga pages under /ui
+        app.include_router(router)
     return app
