@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from checkout.api.errors import MAX_BODY_BYTES, BodyLimitMiddleware, install_error_handlers
+from checkout.api.head import HeadAsGetMiddleware
 from checkout.api.metrics import HttpMetrics, HttpMetricsMiddleware
 from checkout.api.metrics import router as metrics_router
 from checkout.api.routes import checkout, health, orders, saga_status, sagas, shop
@@ -57,6 +58,7 @@ def create_app(
     )
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+    app.add_middleware(HeadAsGetMiddleware)
     if settings.metrics:
         app.state.http_metrics = HttpMetrics()
         app.add_middleware(HttpMetricsMiddleware, metrics=app.state.http_metrics)
