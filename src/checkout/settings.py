@@ -14,6 +14,7 @@ driver sees (the tables go there through ``search_path``, see
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
@@ -52,6 +53,9 @@ class Settings(BaseSettings):
     metrics: bool = True
     # `checkout worker` has no HTTP API: with this set it serves /metrics on this port.
     metrics_port: int | None = None
+    # Log lines (one per saga start, retry, failure, compensation, finish): text or JSON lines.
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @property
     def async_database_url(self) -> str:
