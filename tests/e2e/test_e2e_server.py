@@ -173,6 +173,13 @@ def test_checkout_serve_places_an_order_over_http(server_factory: Any) -> None:
             "/orders", content=b"x" * 200_000, headers={"Content-Type": "application/json"}
         )
         assert too_big.status_code == 413
+        # Through uvicorn too: HEAD is GET without a body; the docs' assets are served.
+        head = client.head("/health")
+        assert (head.status_code, head.content) == (200, b"")
+        assert int(head.headers["content-length"]) == len(client.get("/health").content)
+        assert client.head("/", follow_redirects=False).status_code == 307
+        assert client.get("/docs").status_code == 200
+        assert client.get("/static-offline-docs/swagger-ui-bundle.js").status_code == 200
     assert server.stop() == 0
 
 
