@@ -86,7 +86,7 @@ def test_worker_runs_until_sigterm(tmp_path: Path) -> None:
         assert proc.stdout is not None
         deadline = time.monotonic() + 30
         line = ""
-        while "worker" not in line and time.monotonic() < deadline:
+        while "running sagas" not in line and time.monotonic() < deadline:
             line = proc.stdout.readline()
             assert line or proc.poll() is None, "worker exited early"
         assert "running sagas" in line
