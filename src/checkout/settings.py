@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import re
 
+from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 
 DEFAULT_DATABASE_URL = "sqlite:///./sagaway.db"
+MIN_ADMIN_TOKEN_CHARS = 16
 
 # Drivers that work under SQLAlchemy's asyncio extension; anything else is swapped for the default.
 _ASYNC_DRIVERS = {
@@ -52,6 +54,23 @@ class Settings(BaseSettings):
     metrics: bool = True
     # `checkout worker` has no HTTP API: with this set it serves /metrics on this port.
     metrics_port: int | None = None
+    # Operator actions (retry, cancel, reset) and reads of other customers' data need
+    # `Authorization: Bearer <this>`; unset, they are open in demo mode and refused otherwise.
+    admin_token: SecretStr | None = None
+    # uvicorn's defences against slow or greedy clients (`checkout serve`); see the README.
+    keep_alive_seconds: int = 5  # idle keep-alive connections are closed after this
+    max_connections: int | None = 1000  # concurrent connections + tasks; beyond: 503
+    max_header_bytes: int = 64 * 1024  # an incomplete request head larger than this: 400
+
+    @field_validator("admin_token", mode="before")
+    @classmethod
+    def _token(cls, value: object) -> object:
+        if value is None or value == "":
+            return None  # SAGAWAY_ADMIN_TOKEN= (empty) means no token
+        secret = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if isinstance(secret, str) and len(secret) < MIN_ADMIN_TOKEN_CHARS:
+            raise ValueError(f"use at least {MIN_ADMIN_TOKEN_CHARS} characters")
+        return value
 
     @property
     def async_database_url(self) -> str:
