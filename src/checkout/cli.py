@@ -161,7 +161,6 @@ def serve(
         # Slow or greedy clients (see the README on what to put in front in production).
         timeout_keep_alive=settings.keep_alive_seconds,
         limit_concurrency=settings.max_connections,
-        h11_max_incomplete_event_size=settings.max_header_bytes,
     )
     server = uvicorn.Server(config)
     shown = f"[{settings.host}]" if ":" in settings.host else settings.host

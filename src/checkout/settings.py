@@ -59,8 +59,7 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     # uvicorn's defences against slow or greedy clients (`checkout serve`); see the README.
     keep_alive_seconds: int = 5  # idle keep-alive connections are closed after this
-    max_connections: int | None = 1000  # concurrent connections + tasks; beyond: 503
-    max_header_bytes: int = 64 * 1024  # an incomplete request head larger than this: 400
+    max_connections: int | None = 1000  # open connections (or requests in flight); beyond: 503
 
     @field_validator("admin_token", mode="before")
     @classmethod
