@@ -71,6 +71,13 @@ def past_pivot(saga: Saga, record: SagaRecord) -> bool:
     return False
 
 
+def last_cancellable(saga: Saga) -> str | None:
+    """The last step a cancel can stop the saga before: its pivot, or its last compensatable
+    step (retriable steps come last and run to the end). None when every step is retriable."""
+    stoppable = [s.name for s in saga.steps if s.kind is not StepKind.RETRIABLE]
+    return stoppable[-1] if stoppable else None
+
+
 def compensation_reason(record: SagaRecord) -> str | None:
     """Why the saga began compensating, read back from its history."""
     reason = None
@@ -359,15 +366,22 @@ class Engine:
     # -- admin actions -------------------------------------------------------------------------
 
     async def cancel(self, saga_id: str) -> SagaRecord:
-        """Ask an active saga to stop and compensate. Takes effect between steps; a saga past
-        its pivot can no longer be cancelled (``InvalidTransition``)."""
+        """Cancel a saga: it stops before its next step and compensates. Returns the saga only
+        when the cancel is recorded *and will take effect*.
+
+        Raises ``CancelRefused`` (an ``InvalidTransition``; ``reason`` says why) when it would
+        not: the saga has finished, is already compensating, or has started the last step a
+        cancel can stop before (its pivot, or its last compensatable step). The refusal is
+        recorded in its history (``cancel_refused``). The store decides atomically with the
+        runner, which starts each such step only if no cancel is recorded. An engine that does
+        not know the saga's definition can only cancel a saga that has not started a step.
+        """
         record = await self.get(saga_id)
         saga = self._lookup(record.name, record.version)
-        if saga is not None and record.status.is_active and past_pivot(saga, record):
-            raise InvalidTransition(f"saga {saga_id} is past its pivot step: it can only finish")
+        until = None if saga is None else last_cancellable(saga)
         now = self.clock.now()
         record = await self.store.request_cancel(
-            saga_id, Event(at=now, type=EventType.CANCEL_REQUESTED), now
+            saga_id, Event(at=now, type=EventType.CANCEL_REQUESTED), now, until=until
         )
         run = self._runs.get(saga_id)
         if run is not None:
