@@ -46,6 +46,7 @@ from checkout.tracking import OrderTracker
 from sagaway import Engine, Saga, open_store
 from sagaway.hooks import Hook
 from sagaway.metrics import PrometheusHook
+from sagaway.tracing import tracing_hook
 
 log = logging.getLogger("checkout.bootstrap")
 
@@ -103,11 +104,15 @@ async def open_shop_database(url: str, *, pool_size: int = 5, max_overflow: int 
 def observability_hooks(
     settings: Settings, store: object, registry: CollectorRegistry
 ) -> list[Hook]:
-    """The engine hooks the settings ask for: Prometheus metrics (on by default)."""
+    """The engine hooks the settings ask for: Prometheus metrics (on by default), OpenTelemetry
+    spans (when ``OTEL_TRACES_EXPORTER`` names an exporter)."""
     hooks: list[Hook] = []
     if settings.metrics:
         ProcessCollector(registry=registry)  # CPU, memory, open files of this process
         hooks.append(PrometheusHook(registry, store=store))
+    tracing = tracing_hook()
+    if tracing is not None:
+        hooks.append(tracing)
     return hooks
 
 

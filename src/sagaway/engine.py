@@ -129,6 +129,7 @@ class Engine:
             raise ValueError("lease_seconds, recovery_interval, max_concurrency must be positive")
         self.store = open_store(store) if isinstance(store, str) else store
         self.owner_id = owner_id or (f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+        check_text(self.owner_id, "the engine's owner_id")  # it goes into every step's history
         self.lease_seconds = lease_seconds
         self.recovery_interval = recovery_interval
         self.max_concurrency = max_concurrency
@@ -289,6 +290,7 @@ class Engine:
                     # at, type, step, phase, attempt, detail
                     Event(now, EventType.STEP_STARTED, first, None, 1, self.owner_id),
                 ],
+                True,  # checked: the input and key above, the owner id in __init__
             )
         else:
             new = NewSaga(
@@ -300,6 +302,7 @@ class Engine:
                 idempotency_key=idempotency_key,
                 deadline_at=deadline_at,
                 events=[Event(at=now, type=EventType.SAGA_CREATED)],
+                checked=True,
             )
         saga_id, created = await self.store.create(new)
         if created:

@@ -168,10 +168,13 @@ class SagaRun:
             check_saga_transition(self.record.status, change.status)
         hooks = self.hooks
         began = 0.0 if hooks is None else perf_counter()
+        # Outputs passed _storable_output, error texts printable(), names and the owner id
+        # were checked when declared: no need for the store to encode everything again.
+        change.checked = True
         try:
             await self.store.commit(self.record.id, self.owner, change, now)
         except EffectFailed as exc:
-            await self._halt(str(exc))
+            await self._halt(printable(str(exc)))
             raise _Halted from exc
         apply_change(self.record, change, now)
         if self.listener is not None:

@@ -228,6 +228,9 @@ class Change:
     # set on the write that starts a step a cancel can still pre-empt, so that a cancel and the
     # step's start are ordered by the log itself (see ``cancel_refusal``).
     unless_cancelled: bool = False
+    # Every value in it was already checked storable where it was made (the runner): stores
+    # skip their own check (``_codec.check_change``), which would encode each output again.
+    checked: bool = False
     # Writes a step enlisted with ``ctx.atomic()``: run by the store inside this transition's
     # transaction, so they commit if and only if the step's outcome does.
     effects: tuple[Effect, ...] = ()
@@ -249,6 +252,7 @@ class NewSaga:
     deadline_at: float | None = None
     steps: list[StepRecord] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
+    checked: bool = False  # as Change.checked (Engine.start checks the input itself)
 
 
 def apply_change(record: SagaRecord, change: Change, at: float) -> None:
