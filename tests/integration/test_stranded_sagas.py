@@ -1,6 +1,8 @@
-"""``SagaStore.stranded``: unfinished sagas no engine drives, of definitions an engine does not
-know. The SQLite store answers with one query, the base class by paging: both must agree."""
+"""Two queries the engine's warning and the admin CLI need, on every store: ``stranded``
+(unfinished sagas no engine drives, of definitions an engine does not know) and ``find_ids``
+(ids by prefix). SQL stores answer them with one query, the others by paging: all must agree."""
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -9,57 +11,81 @@ from sagaway import SagaStatus, SagaStore
 from sagaway.state import NewSaga
 from sagaway.store.memory import MemoryStore
 from sagaway.store.sqlite import SQLiteStore
+from servers import (
+    drop_pg_schema,
+    pg_schema_url,
+    postgres_check,
+    redis_check,
+    require_server,
+    unique_pg_schema,
+    unique_redis_url,
+)
 
 NOW = 1_700_000_000.0
 
 
+@pytest.fixture(params=["memory", "sqlite", "postgresql", "redis"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SagaStore]:
+    if request.param == "memory":
+        async with MemoryStore() as memory:
+            yield memory
+    elif request.param == "sqlite":
+        async with SQLiteStore(f"sqlite:///{tmp_path / 'log.db'}") as sqlite:
+            yield sqlite
+    elif request.param == "postgresql":
+        require_server("postgresql", postgres_check)
+        from sagaway.store.postgres import PostgresStore
+
+        schema = unique_pg_schema("stranded")
+        try:
+            async with PostgresStore(pg_schema_url(schema)) as postgres:
+                yield postgres
+        finally:
+            await drop_pg_schema(schema)
+    else:
+        require_server("redis", redis_check)
+        from sagaway.store.redis import RedisStore
+
+        async with RedisStore(unique_redis_url("stranded")) as redis:
+            try:
+                yield redis
+            finally:
+                await redis.purge()
+
+
 def _saga(
-    n: int, name: str, status: SagaStatus, owner: str | None, expires: float | None
+    saga_id: str, name: str, status: SagaStatus, owner: str | None, expires: float | None
 ) -> NewSaga:
     return NewSaga(
-        id=f"s{n}",
+        id=saga_id,
         name=name,
         version=2,
         input=None,
-        at=NOW - 100 + n,
+        at=NOW - 100,
         status=status,
         owner=owner,
         lease_expires_at=expires,
     )
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite"])
-async def test_stranded_counts_undriven_sagas_of_unknown_definitions(
-    kind: str, tmp_path: Path
-) -> None:
-    store: SagaStore = (
-        MemoryStore() if kind == "memory" else SQLiteStore(f"sqlite:///{tmp_path / 'log.db'}")
-    )
-    async with store:
-        for new in [
-            _saga(1, "lost", SagaStatus.RUNNING, "dead", NOW - 1),  # lease expired
-            _saga(2, "lost", SagaStatus.PENDING, None, None),  # never claimed
-            _saga(3, "lost", SagaStatus.COMPENSATING, "me", NOW + 60),  # mine, a past life
-            _saga(4, "lost", SagaStatus.RUNNING, "alive", NOW + 60),  # driven by someone
-            _saga(5, "lost", SagaStatus.SUCCEEDED, None, None),  # finished
-            _saga(6, "known", SagaStatus.RUNNING, "dead", NOW - 1),  # this engine resumes it
-        ]:
-            await store.create(new)
-        found = await store.stranded(now=NOW, owner="me", known={("known", 2)})
+async def test_stranded_counts_undriven_sagas_of_unknown_definitions(store: SagaStore) -> None:
+    for new in [
+        _saga("s1", "lost", SagaStatus.RUNNING, "dead", NOW - 1),  # lease expired
+        _saga("s2", "lost", SagaStatus.PENDING, None, None),  # never claimed
+        _saga("s3", "lost", SagaStatus.COMPENSATING, "me", NOW + 60),  # mine, a past life
+        _saga("s4", "lost", SagaStatus.RUNNING, "alive", NOW + 60),  # driven by someone
+        _saga("s5", "lost", SagaStatus.SUCCEEDED, None, None),  # finished
+        _saga("s6", "known", SagaStatus.RUNNING, "dead", NOW - 1),  # this engine resumes it
+    ]:
+        await store.create(new)
+    found = await store.stranded(now=NOW, owner="me", known={("known", 2)})
     assert found == {("lost", 2): 3}
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite"])
-async def test_find_ids_by_prefix(kind: str, tmp_path: Path) -> None:
-    store: SagaStore = (
-        MemoryStore() if kind == "memory" else SQLiteStore(f"sqlite:///{tmp_path / 'log.db'}")
-    )
-    async with store:
-        for n, saga_id in enumerate(["ab1", "ab2", "b", "abc"]):
-            new = _saga(n, "x", SagaStatus.PENDING, None, None)
-            new.id = saga_id
-            await store.create(new)
-        assert sorted(await store.find_ids("ab", limit=5)) == ["ab1", "ab2", "abc"]
-        assert len(await store.find_ids("ab", limit=2)) == 2
-        assert await store.find_ids("abc") == ["abc"]
-        assert await store.find_ids("c") == []
+async def test_find_ids_by_prefix(store: SagaStore) -> None:
+    for saga_id in ["ab1", "ab2", "b", "abc", "xab"]:
+        await store.create(_saga(saga_id, "x", SagaStatus.PENDING, None, None))
+    assert sorted(await store.find_ids("ab", limit=5)) == ["ab1", "ab2", "abc"]
+    assert len(await store.find_ids("ab", limit=2)) == 2
+    assert await store.find_ids("abc") == ["abc"]
+    assert await store.find_ids("c") == []

@@ -69,7 +69,7 @@ async def saga_engine(
     engine_kwargs.setdefault("recovery_interval", 3600.0)
     engine = Engine(
         the_store,
-        sagas=sagas,
+        sagas=sagas or None,  # none given: every saga declared in the process, like Engine
         owner_id=owner_id,
         lease_seconds=lease_seconds,
         clock=the_clock,
