@@ -38,6 +38,7 @@ from checkout.domain.rules import format_money
 from checkout.service import OrderView
 from checkout.settings import Settings, async_database_url
 from sagaway import Phase, SagawayError, open_store
+from sagaway.tracing import check_exporters
 
 T = TypeVar("T")
 
@@ -68,6 +69,7 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         async_database_url(settings.database_url)
         open_store(settings.store_url)
+        check_exporters()
     except (ValueError, SagawayError) as exc:
         fail(str(exc))
     return settings

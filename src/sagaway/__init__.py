@@ -18,6 +18,8 @@ from sagaway.definition import (
 )
 from sagaway.engine import Engine
 from sagaway.errors import (
+    CancelPending,
+    CancelRefused,
     DecodeError,
     DefinitionError,
     EffectFailed,
@@ -47,6 +49,8 @@ from sagaway.store import Page, SagaStore, open_store
 
 __all__ = [
     "NO_RETRY",
+    "CancelPending",
+    "CancelRefused",
     "Change",
     "Clock",
     "DecodeError",

@@ -18,6 +18,7 @@ from pydantic_core import PydanticSerializationError
 
 from sagaway.errors import DecodeError, DefinitionError, InvalidInput
 from sagaway.state import JSON, Phase
+from sagaway.store._codec import storable_text
 
 T = TypeVar("T")
 Action = Callable[..., Awaitable[Any]]
@@ -223,6 +224,8 @@ class Saga:
     def __init__(self, name: str, version: int = 1, *, deadline: float | None = None) -> None:
         if not name:
             raise DefinitionError("a saga needs a name")
+        if not storable_text(name):
+            raise DefinitionError(f"saga name {name!r} has a NUL or a lone surrogate")
         if deadline is not None and deadline <= 0:
             raise DefinitionError("a saga deadline must be positive seconds")
         self.name = name
@@ -272,6 +275,8 @@ class Saga:
         return register if fn is None else register(fn)
 
     def _add(self, step: Step[Any]) -> Step[Any]:
+        if not storable_text(step.name):
+            raise DefinitionError(f"step name {step.name!r} has a NUL or a lone surrogate")
         if step.name in self._by_name:
             raise DefinitionError(f"saga {self.name!r} already has a step named {step.name!r}")
         if step.timeout is not None and step.timeout <= 0:

@@ -71,6 +71,13 @@ def past_pivot(saga: Saga, record: SagaRecord) -> bool:
     return False
 
 
+def last_cancellable(saga: Saga) -> str | None:
+    """The last step a cancel can stop the saga before: its pivot, or its last compensatable
+    step (retriable steps come last and run to the end). None when every step is retriable."""
+    stoppable = [s.name for s in saga.steps if s.kind is not StepKind.RETRIABLE]
+    return stoppable[-1] if stoppable else None
+
+
 def compensation_reason(record: SagaRecord) -> str | None:
     """Why the saga began compensating, read back from its history."""
     reason = None
@@ -122,6 +129,7 @@ class Engine:
             raise ValueError("lease_seconds, recovery_interval, max_concurrency must be positive")
         self.store = open_store(store) if isinstance(store, str) else store
         self.owner_id = owner_id or (f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+        check_text(self.owner_id, "the engine's owner_id")  # it goes into every step's history
         self.lease_seconds = lease_seconds
         self.recovery_interval = recovery_interval
         self.max_concurrency = max_concurrency
@@ -282,6 +290,7 @@ class Engine:
                     # at, type, step, phase, attempt, detail
                     Event(now, EventType.STEP_STARTED, first, None, 1, self.owner_id),
                 ],
+                True,  # checked: the input and key above, the owner id in __init__
             )
         else:
             new = NewSaga(
@@ -293,6 +302,7 @@ class Engine:
                 idempotency_key=idempotency_key,
                 deadline_at=deadline_at,
                 events=[Event(at=now, type=EventType.SAGA_CREATED)],
+                checked=True,
             )
         saga_id, created = await self.store.create(new)
         if created:
@@ -359,15 +369,22 @@ class Engine:
     # -- admin actions -------------------------------------------------------------------------
 
     async def cancel(self, saga_id: str) -> SagaRecord:
-        """Ask an active saga to stop and compensate. Takes effect between steps; a saga past
-        its pivot can no longer be cancelled (``InvalidTransition``)."""
+        """Cancel a saga: it stops before its next step and compensates. Returns the saga only
+        when the cancel is recorded *and will take effect*.
+
+        Raises ``CancelRefused`` (an ``InvalidTransition``; ``reason`` says why) when it would
+        not: the saga has finished, is already compensating, or has started the last step a
+        cancel can stop before (its pivot, or its last compensatable step). The refusal is
+        recorded in its history (``cancel_refused``). The store decides atomically with the
+        runner, which starts each such step only if no cancel is recorded. An engine that does
+        not know the saga's definition can only cancel a saga that has not started a step.
+        """
         record = await self.get(saga_id)
         saga = self._lookup(record.name, record.version)
-        if saga is not None and record.status.is_active and past_pivot(saga, record):
-            raise InvalidTransition(f"saga {saga_id} is past its pivot step: it can only finish")
+        until = None if saga is None else last_cancellable(saga)
         now = self.clock.now()
         record = await self.store.request_cancel(
-            saga_id, Event(at=now, type=EventType.CANCEL_REQUESTED), now
+            saga_id, Event(at=now, type=EventType.CANCEL_REQUESTED), now, until=until
         )
         run = self._runs.get(saga_id)
         if run is not None:

@@ -84,6 +84,21 @@ class UnstorableValue(SagawayError, ValueError):
     surrogate (PostgreSQL refuses both). Raised before anything is written, on every store."""
 
 
+class CancelRefused(InvalidTransition):
+    """A cancel that would not take effect: the saga has finished, is already compensating, or
+    has started the last step a cancel can stop before. The refusal is in the saga's history
+    (a ``cancel_refused`` event); ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class CancelPending(SagawayError):
+    """A ``Change`` with ``unless_cancelled`` met a cancel already recorded: nothing was
+    written. The runner then compensates instead of starting the step."""
+
+
 class StoreError(SagawayError):
     """The saga store failed (connection lost, disk full...): the transition was not recorded."""
 

@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from sagaway.clock import Clock
 from sagaway.context import StepContext
 from sagaway.definition import Action, OnUncertain, Saga, Step, StepKind, describe_validation
-from sagaway.errors import DecodeError, EffectFailed, StepFailed, UnstorableValue
+from sagaway.errors import CancelPending, DecodeError, EffectFailed, StepFailed, UnstorableValue
 from sagaway.hooks import HookChain, StepOutcome
 from sagaway.state import (
     Change,
@@ -175,10 +175,13 @@ class SagaRun:
             check_saga_transition(self.record.status, change.status)
         hooks = self.hooks
         began = 0.0 if hooks is None else perf_counter()
+        # Outputs passed _storable_output, error texts printable(), names and the owner id
+        # were checked when declared: no need for the store to encode everything again.
+        change.checked = True
         try:
             await self.store.commit(self.record.id, self.owner, change, now)
         except EffectFailed as exc:
-            await self._halt(str(exc))
+            await self._halt(printable(str(exc)))
             raise _Halted from exc
         apply_change(self.record, change, now)
         if self.listener is not None:
@@ -318,8 +321,11 @@ class SagaRun:
             row = self.record.steps.get((step.name, FORWARD))
             if row is not None and row.status is StepStatus.SUCCEEDED:
                 continue
-            forward_only = step.kind is StepKind.RETRIABLE
-            stop = None if forward_only else self._stop_reason(now)
+            # A retriable step is never stopped, unless nothing has started yet.
+            checked = step.kind is not StepKind.RETRIABLE or not (
+                self.record.steps or pending.steps
+            )
+            stop = self._stop_reason(now) if checked else None
             if stop is not None:
                 event_type, reason = stop
                 pending.events.append(self._event(event_type, now))
@@ -358,6 +364,8 @@ class SagaRun:
                         self._event(EventType.STEP_RESUMED, now, step, attempt=attempt)
                     )
             self._prewritten = False
+            # The write that starts the step also checks for a cancel (see _start_unless_cancelled).
+            pending.unless_cancelled = checked and row is None
             outcome = await self._run_step(step, row, attempt, pending, now, skip_write)
             if outcome is None:  # the saga ended (FAILED past the pivot)
                 return Change(), now
@@ -418,7 +426,10 @@ class SagaRun:
                 pending.events.append(
                     Event(now, EventType.STEP_STARTED, step.name, None, attempt, self.owner)
                 )
-                await self._commit(pending, now)
+                if not pending.unless_cancelled:
+                    await self._commit(pending, now)
+                elif not await self._start_unless_cancelled(pending, now):
+                    return self._start_compensation(pending, "cancelled"), now
             started_at = running.started_at
             ctx = self._context(step, FORWARD, attempt)
             hooks = self.hooks
@@ -512,6 +523,23 @@ class SagaRun:
                 await self._commit(change, now)
                 return None
             return self._start_compensation(change, error), now
+
+    async def _start_unless_cancelled(self, pending: Change, now: float) -> bool:
+        """Commit ``pending`` (ending with a step's RUNNING row and STEP_STARTED event) unless a
+        cancel is recorded; True if committed. Otherwise the cancel won the race: the step
+        never started, and ``pending`` becomes its outcome-so-far plus the cancel, ready to
+        start compensating. A store decides a cancel under the same lock as this write, so a
+        cancel it accepted is always seen here, even when it reached another engine."""
+        try:
+            await self._commit(pending, now)
+        except CancelPending:
+            del pending.steps[-1], pending.events[-1]
+            pending.unless_cancelled = False
+            self.cancel_requested = True
+            pending.events.append(self._event(EventType.CANCEL_REQUESTED, now))
+            return False
+        pending.unless_cancelled = False
+        return True
 
     async def _backoff(self, delay: float, forward_only: bool) -> None:
         deadline = self.record.deadline_at

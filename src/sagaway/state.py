@@ -6,7 +6,7 @@ Times are POSIX seconds (float) supplied by the engine's clock, so stores never 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -84,6 +84,7 @@ class EventType(StrEnum):
     SAGA_FAILED = "saga_failed"
     SAGA_CLAIMED = "saga_claimed"
     CANCEL_REQUESTED = "cancel_requested"
+    CANCEL_REFUSED = "cancel_refused"  # too late to take effect; detail says why
     DEADLINE_EXPIRED = "deadline_expired"
     RETRY_REQUESTED = "retry_requested"
 
@@ -223,6 +224,13 @@ class Change:
     # Terminal transitions hand the lease back so no engine claims the saga again.
     release_lease: bool = False
     clear_cancel: bool = False
+    # Apply only if no cancel is recorded (else the store raises CancelPending, writes nothing):
+    # set on the write that starts a step a cancel can still pre-empt, so that a cancel and the
+    # step's start are ordered by the log itself (see ``cancel_refusal``).
+    unless_cancelled: bool = False
+    # Every value in it was already checked storable where it was made (the runner): stores
+    # skip their own check (``_codec.check_change``), which would encode each output again.
+    checked: bool = False
     # Writes a step enlisted with ``ctx.atomic()``: run by the store inside this transition's
     # transaction, so they commit if and only if the step's outcome does.
     effects: tuple[Effect, ...] = ()
@@ -244,6 +252,7 @@ class NewSaga:
     deadline_at: float | None = None
     steps: list[StepRecord] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
+    checked: bool = False  # as Change.checked (Engine.start checks the input itself)
 
 
 def apply_change(record: SagaRecord, change: Change, at: float) -> None:
@@ -260,6 +269,48 @@ def apply_change(record: SagaRecord, change: Change, at: float) -> None:
         record.lease_expires_at = None
     if change.clear_cancel:
         record.cancel_requested = False
+
+
+def cancel_refusal(
+    saga_id: str,
+    status: SagaStatus,
+    cancel_requested: bool,
+    started: Collection[str],
+    until: str | None,
+) -> str | None:
+    """Why a cancel of this saga would not take effect now; None when it will.
+
+    Every store decides with this rule, atomically with recording the outcome, from what its
+    log says: ``started`` names the steps with a forward row, ``until`` the last step a cancel
+    can still stop before (the pivot, or the last compensatable step: the runner checks for a
+    cancel before it starts each such step, in the same atomic write that starts it, see
+    ``Change.unless_cancelled``). ``until=None``: no step can be stopped before, or the caller
+    does not know the definition: only a saga with no step started can be cancelled for sure.
+    """
+    if not status.is_active:
+        return f"saga {saga_id} is {status}: nothing to cancel"
+    if status is SagaStatus.COMPENSATING:
+        return f"saga {saga_id} is already compensating"
+    if cancel_requested:
+        return None  # already on its way: asking twice changes nothing
+    if until is None:
+        if started:
+            return (
+                f"too late to cancel saga {saga_id}: its steps have started and none left "
+                "can be stopped before it runs (retriable steps, or a definition unknown here)"
+            )
+        return None
+    if until in started:
+        return (
+            f"too late to cancel saga {saga_id}: step {until!r}, the last one a cancel can "
+            "stop it before (its pivot or last compensatable step), has started"
+        )
+    return None
+
+
+def refused_cancel(event: Event, reason: str) -> Event:
+    """The history entry of a cancel refused for ``reason`` (``event`` is the request)."""
+    return Event(at=event.at, type=EventType.CANCEL_REFUSED, detail=reason)
 
 
 def record_from_new(new: NewSaga) -> SagaRecord:

@@ -11,7 +11,7 @@ from e2e_helpers import balances, inventory, order
 
 from checkout.bootstrap import Services
 from checkout.participants import saga_input
-from sagaway import Engine
+from sagaway import Engine, RetryPolicy
 
 ITEMS = [{"product_id": "product_1", "quantity": 2}]
 
@@ -139,8 +139,8 @@ async def test_health_and_root(client: httpx.AsyncClient) -> None:
     assert health.json()["status"] == "ok"
     assert health.json()["executing"] is True
     root = await client.get("/")
-    assert root.status_code in (302, 307)
-    assert root.headers["location"] == "/docs"
+    assert root.status_code == 200, "the shop page"
+    assert 'href="/docs"' in root.text
     assert (await client.get("/docs")).status_code == 200
     assert (await client.get("/openapi.json")).json()["info"]["title"] == "Sagaway checkout"
 
@@ -189,6 +189,10 @@ async def test_failed_compensation_then_operator_retry(
         raise ConnectionError("payment provider unavailable")
 
     monkeypatch.setattr(services.participants.payment, "refund", refund_unavailable)
+    # The checkout's compensations ride out an outage for ~76 s before needing an operator;
+    # this test's outage is "forever": give up after five quick attempts instead.
+    payment = next(step for step in services.saga.steps if step.name == "process_payment")
+    monkeypatch.setattr(payment, "compensation_retry", RetryPolicy(max_attempts=5))
     data = await order(client, user_id="user_3", product_id="product_1", quantity=1)
     assert data["status"] == "failed"
     assert data["saga_status"] == "FAILED"

@@ -3,7 +3,11 @@ order update is repaired by reconciliation on start and by reading the order."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import httpx
+import pytest
 from e2e_helpers import order
 from fastapi import FastAPI
 from sqlalchemy import update
@@ -153,3 +157,72 @@ async def test_startup_starts_sagas_of_orders_left_without_one(settings: Setting
         assert row.saga_id is not None
         record = await services.engine.wait(row.saga_id, timeout=10)
         assert record.status == "SUCCEEDED"
+
+
+class _ControlledSleep:
+    """Stands in for ``asyncio.sleep`` of exactly ``delay`` seconds (the reconcile loop's
+    interval): each such sleep reports itself and waits for ``tick()``; others sleep for real.
+    The loop's passes then happen when the test says, never because time went by."""
+
+    def __init__(self, delay: float, real: Any) -> None:
+        self.delay, self.real = delay, real
+        self.sleeping: asyncio.Queue[None] = asyncio.Queue()
+        self._ticks: asyncio.Queue[None] = asyncio.Queue()
+
+    async def __call__(self, delay: float, result: Any = None) -> Any:
+        if delay != self.delay:
+            return await self.real(delay, result)
+        self.sleeping.put_nowait(None)
+        await self._ticks.get()
+        return result
+
+    async def next_pass(self) -> None:
+        """Let the loop run one pass, and return once it is asleep again (the pass is over)."""
+        self._ticks.put_nowait(None)
+        await asyncio.wait_for(self.sleeping.get(), timeout=30)
+
+
+async def test_the_periodic_reconcile_loop_repairs_orders_and_survives_a_failing_pass(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    interval = 4.321  # a value nothing else sleeps for
+    sleep = _ControlledSleep(interval, asyncio.sleep)
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    async with bootstrap(settings, reconcile_interval=interval) as services:
+        await asyncio.wait_for(sleep.sleeping.get(), timeout=30)  # started, waiting
+        services.tracker.grace_seconds = 0  # this test's rows are fresh on purpose
+        view, _ = await services.checkout.place_order(
+            "user_1", [OrderLine(product_id="product_1", quantity=1)], wait=10
+        )
+        assert view.status == "completed"
+        await _lose_the_mirror(services, view.order.id)
+        orders = services.participants.orders
+
+        real_reconcile = services.tracker.reconcile
+        failures = 0
+
+        async def failing_once(**kwargs: Any) -> int:
+            nonlocal failures
+            if not failures:
+                failures += 1
+                raise ConnectionError("shop database went away")
+            return await real_reconcile(**kwargs)
+
+        monkeypatch.setattr(services.tracker, "reconcile", failing_once)
+        await sleep.next_pass()  # this pass fails: logged, and the loop goes on
+        assert failures == 1
+        row = await orders.get_order(view.order.id)
+        assert row is not None
+        assert row.status == "processing"
+
+        await sleep.next_pass()  # the next one repairs the order
+        row = await orders.get_order(view.order.id)
+        assert row is not None
+        assert row.status == "completed"
+
+
+async def test_the_reconcile_loop_runs_every_five_seconds_by_default(settings: Settings) -> None:
+    async with bootstrap(settings) as services:
+        assert services.tracker.reconcile_interval == 5.0
+        assert services.tracker._loop_task is not None
+        assert not services.tracker._loop_task.done()

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from sagaway import Saga, SagaStatus, StepContext, StepStatus
+from sagaway import DefinitionError, Engine, Saga, SagaStatus, StepContext, StepFailed, StepStatus
 from sagaway.errors import UnstorableValue
 from sagaway.store.base import SagaStore
 from sagaway.store.memory import MemoryStore
@@ -140,3 +140,43 @@ async def test_an_unstorable_idempotency_key_is_refused_at_start() -> None:
         with pytest.raises(UnstorableValue, match="idempotency key"):
             await h.start(saga, {}, idempotency_key="k\u0000")
         assert (await h.store.list_sagas()).total == 0
+
+
+async def test_error_texts_with_nul_or_surrogates_are_stored_printable(store: SagaStore) -> None:
+    # An exception's text is whatever a library put there: it must never make the transition
+    # that records it unstorable (that, too, would re-run the step).
+    saga = Saga("bad-texts")
+    calls: dict[str, int] = {}
+
+    @saga.step
+    async def reserve(ctx: StepContext, data):  # type: ignore[no-untyped-def]
+        calls["reserve"] = calls.get("reserve", 0) + 1
+
+    @reserve.compensation
+    async def release(ctx: StepContext, data, output):  # type: ignore[no-untyped-def]
+        calls["release"] = calls.get("release", 0) + 1
+
+    @saga.step
+    async def charge(ctx: StepContext, data):  # type: ignore[no-untyped-def]
+        calls["charge"] = calls.get("charge", 0) + 1
+        raise StepFailed("card \u0000 declined \ud800")
+
+    async with saga_engine(saga, store=store) as h:  # type: ignore[arg-type]
+        record = await h.run(saga, {})
+    assert record.status is SagaStatus.COMPENSATED
+    assert calls == {"reserve": 1, "charge": 1, "release": 1}
+    assert record.error == "card \\0 declined \\ud800"
+
+
+def test_names_and_owner_ids_that_cannot_be_stored_are_refused_when_declared() -> None:
+    with pytest.raises(DefinitionError, match="NUL"):
+        Saga("a\u0000b")
+    saga = Saga("names")
+    with pytest.raises(DefinitionError, match="NUL"):
+
+        @saga.step(name="x\u0000")
+        async def step(ctx: StepContext, data):  # type: ignore[no-untyped-def]
+            return None
+
+    with pytest.raises(UnstorableValue, match="owner_id"):
+        Engine(owner_id="worker\u0000")

@@ -1,7 +1,8 @@
 """Errors are always ``{"detail": "..."}`` and bad input is never a 500.
 
 * Validation errors -> 422 with one readable line (``body.items.0.quantity: Input should be
-  greater than 0``); malformed JSON -> 400.
+  greater than 0``); malformed JSON -> 400; a body not sent as JSON (no or another
+  ``content-type``) -> 415 naming ``application/json``.
 * Bodies over :data:`MAX_BODY_BYTES` -> 413, enforced by :class:`BodyLimitMiddleware` before the
   app reads anything: ``Content-Length`` is checked first, then the stream is counted (a chunked
   body that lies cannot get past it).
@@ -9,6 +10,7 @@
   another order -> 409, a store outage -> 503, a shop-database outage (a connection-level
   error, see :mod:`checkout.dbfaults`) -> 503, and placing an order while a database is down
   -> 503 only if the order was not recorded (the message says so; see :mod:`checkout.service`).
+  An id echoed in a message is cut to :data:`ECHO_CHARS` characters.
 """
 
 from __future__ import annotations
@@ -31,12 +33,33 @@ from sagaway import InvalidTransition, SagaNotFound, SagawayError, StoreError
 log = logging.getLogger("checkout.api")
 
 MAX_BODY_BYTES = 64 * 1024
+ECHO_CHARS = 64  # the longest id we generate or accept in a body
 RETRY_SOON = {"Retry-After": "1"}  # a database blip: worth another try shortly
 SHOP_DOWN = "The shop database is unavailable; try again"
 
 
 def problem(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+def echoed(value: str) -> str:
+    """``value`` as a message may quote it: client input, so at most :data:`ECHO_CHARS`."""
+    return value if len(value) <= ECHO_CHARS else value[:ECHO_CHARS] + "…"
+
+
+def _not_json(request: Request, exc: RequestValidationError) -> JSONResponse | None:
+    """415 when the route wanted a JSON body and got one it did not parse as JSON: FastAPI
+    only parses a body declared ``application/json`` (or ``+json``), else hands the model the
+    raw bytes, which fail as "Input should be a valid dictionary"."""
+    if not isinstance(exc.body, bytes | bytearray):
+        return None
+    got = request.headers.get("content-type")
+    sent = f"got content-type {echoed(got)!r}" if got else "no content-type was given"
+    return problem(
+        415,
+        f"Send the request body as JSON with 'content-type: application/json' ({sent})",
+        headers={"Accept-Post": "application/json"},
+    )
 
 
 def _location(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -59,7 +82,10 @@ def describe_validation(exc: RequestValidationError) -> tuple[int, str]:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        unsupported = _not_json(request, exc)
+        if unsupported is not None:
+            return unsupported
         status, detail = describe_validation(exc)
         return problem(status, detail)
 
@@ -74,11 +100,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(OrderNotFound)
     async def _order_not_found(_: Request, exc: OrderNotFound) -> JSONResponse:
-        return problem(404, f"Order {exc.order_id} not found")
+        return problem(404, f"Order {echoed(exc.order_id)} not found")
 
     @app.exception_handler(SagaNotFound)
     async def _saga_not_found(_: Request, exc: SagaNotFound) -> JSONResponse:
-        return problem(404, f"Saga {exc.saga_id} not found")
+        return problem(404, f"Saga {echoed(exc.saga_id)} not found")
 
     @app.exception_handler(AmountMismatch)
     async def _amount(_: Request, exc: AmountMismatch) -> JSONResponse:

@@ -207,7 +207,8 @@ class OrderRequest(_Request):
     shipping_address: AddressIn | None = None
     payment_method: Text = Field("card", min_length=1, max_length=32)
     amount: Decimal | None = Field(None, ge=0, max_digits=14, decimal_places=2)
-    checkout: bool = True
+    # Strict: "no" or 0 is not a boolean (lax parsing would read "no" as false: a draft).
+    checkout: bool = Field(True, strict=True)
 
     @model_validator(mode="after")
     def _one_form(self) -> Self:

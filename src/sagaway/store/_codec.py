@@ -139,6 +139,8 @@ def _check_encodable(text: str, what: str) -> None:
 
 def check_new(new: NewSaga) -> None:
     """Refuse a new saga any store would fail to write, before it joins a batch."""
+    if new.checked:
+        return
     check_value(new.input, f"the input of saga {new.name!r}")
     check_text(new.idempotency_key, "an idempotency key")
     check_text(new.id, "a saga id")
@@ -147,6 +149,8 @@ def check_new(new: NewSaga) -> None:
 
 def check_change(change: Change) -> None:
     """Refuse a transition any store would fail to write, before it joins a batch."""
+    if change.checked:
+        return
     check_text(change.error, "a saga error")
     _check_rows(change.steps, change.events)
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]  # no stubs shipped
 
-from sagaway.errors import InvalidTransition, SagaNotFound
+from sagaway.errors import SagaNotFound
 from sagaway.state import (
     Change,
     Event,
@@ -32,6 +32,8 @@ from sagaway.state import (
     SagaRecord,
     SagaStatus,
     StepRecord,
+    cancel_refusal,
+    refused_cancel,
 )
 from sagaway.store._codec import EVENT_TYPE as _EVENT_TYPE
 from sagaway.store._codec import PHASE as _PHASE
@@ -91,9 +93,10 @@ class Statements:
         events = f"{s}.sagaway_events"
 
         # One statement for a whole batch, creates and commits together: $1-$11 new sagas,
-        # $12-$19 changes, $20-$29 the step rows of both, $30-$37 their events, $38 the NOTIFY
-        # channel. A change without a status keeps both status and error (as apply_change
-        # does). A new saga's events are numbered from 0; a change's from the history length
+        # $12-$20 changes, $21-$30 the step rows of both, $31-$38 their events, $39 the NOTIFY
+        # channel. A change with unless_cancelled (guard) is fenced by the cancel flag too. A
+        # change without a status keeps both status and error (as apply_change does). A new
+        # saga's events are numbered from 0; a change's from the history length
         # its UPDATE returns. Creating a PENDING saga, or handing back the lease of an active
         # one (an operator's retry), wakes idle workers.
         self.write_batch = f"""
@@ -109,7 +112,8 @@ WITH cop AS (
   RETURNING id, status
 ), uop AS (
   SELECT * FROM unnest($12::text[], $13::text[], $14::text[], $15::text[], $16::float8[],
-    $17::bool[], $18::bool[], $19::int[]) AS o(id, owner, status, error, at, release, clear, n)
+    $17::bool[], $18::bool[], $19::int[], $20::bool[])
+    AS o(id, owner, status, error, at, release, clear, n, guard)
 ), upd AS (
   UPDATE {inst} i SET status = coalesce(uop.status, i.status),
     error = CASE WHEN uop.status IS NULL THEN i.error ELSE uop.error END,
@@ -119,17 +123,18 @@ WITH cop AS (
     cancel_requested = i.cancel_requested AND NOT uop.clear,
     events = i.events + uop.n
   FROM uop WHERE i.id = uop.id AND (uop.owner IS NULL OR i.owner = uop.owner)
+    AND NOT (uop.guard AND i.cancel_requested)
   RETURNING i.id, i.events - uop.n AS base, uop.release AND i.status IN ({ACTIVE_SQL}) AS freed
 ), written AS (
   SELECT id, 0 AS base FROM ins UNION ALL SELECT id, base FROM upd
 ), st AS (
-  {_STEP_UPSERT.format(s=s, steps=_params(_STEP_ARRAYS, 20), src="written")}
+  {_STEP_UPSERT.format(s=s, steps=_params(_STEP_ARRAYS, 21), src="written")}
 ), ev AS (
   INSERT INTO {events} (saga_id, seq, at, type, step, phase, attempt, detail)
   SELECT e.saga_id, w.base + e.k, e.at, e.type, e.step, e.phase, e.attempt, e.detail
-  FROM {_params(_EVENT_ARRAYS, 30)} JOIN written w ON w.id = e.saga_id
+  FROM {_params(_EVENT_ARRAYS, 31)} JOIN written w ON w.id = e.saga_id
 ), woke AS (
-  SELECT pg_notify($38, '') FROM (
+  SELECT pg_notify($39, '') FROM (
     SELECT 1 FROM ins WHERE ins.status = 'PENDING' UNION ALL SELECT 1 FROM upd WHERE upd.freed
   ) x
 )
@@ -175,6 +180,14 @@ SELECT {_COLS}, {steps_json} FROM upd i ORDER BY i.created_at, i.id
         self.take_lease = (
             f"UPDATE {inst} SET owner = $2, lease_expires_at = $3, updated_at = $4, "
             "events = events + $5 WHERE id = $1 RETURNING events - $5"
+        )
+        self.cancel_facts = f"SELECT status, cancel_requested FROM {inst} WHERE id = $1 FOR UPDATE"
+        self.started_steps = (
+            f"SELECT name FROM {s}.sagaway_steps WHERE saga_id = $1 AND phase = 'forward'"
+        )
+        self.fence_facts = f"SELECT owner, cancel_requested FROM {inst} WHERE id = $1"
+        self.count_event = (
+            f"UPDATE {inst} SET events = events + 1 WHERE id = $1 RETURNING events - 1"
         )
         self.flag_cancel = (
             f"UPDATE {inst} SET cancel_requested = true, updated_at = $2, events = events + 1 "
@@ -268,6 +281,7 @@ def write_args(news: Sequence[NewSaga], commits: Sequence[CommitOp], channel: st
         [c[2].release_lease for c in commits],
         [c[2].clear_cancel for c in commits],
         [len(c[2].events) for c in commits],
+        [c[2].unless_cancelled for c in commits],
         *_step_arrays([*((n.id, n.steps) for n in news), *((c[0], c[2].steps) for c in commits)]),
         *_event_arrays(
             [*((n.id, n.events) for n in news), *((c[0], c[2].events) for c in commits)]
@@ -393,20 +407,34 @@ async def acquire(
 
 
 async def request_cancel(
-    conn: asyncpg.Connection, sql: Statements, saga_id: str, event: Event, at: float
-) -> SagaRecord:
+    conn: asyncpg.Connection,
+    sql: Statements,
+    saga_id: str,
+    event: Event,
+    at: float,
+    until: str | None,
+) -> tuple[SagaRecord | None, str | None]:
+    """``(record, None)`` when the cancel is recorded, ``(None, reason)`` when it is refused
+    and its ``cancel_refused`` event written. The row lock orders this against the batch
+    statement that starts a step: whichever commits second sees the other (READ COMMITTED:
+    each statement here reads what committed before it)."""
     async with conn.transaction():
-        row = await conn.fetchrow(sql.lock_row, saga_id)
+        row = await conn.fetchrow(sql.cancel_facts, saga_id)
         if row is None:
             raise SagaNotFound(saga_id)
-        status = _SAGA_STATUS[row[0]]
-        if not status.is_active:
-            raise InvalidTransition(f"saga {saga_id} is {status}: nothing to cancel")
-        seq = await conn.fetchval(sql.flag_cancel, saga_id, at)
-        await _append_event(conn, sql, saga_id, seq, event)
+        status, flagged = _SAGA_STATUS[row[0]], row[1]
+        started = [r[0] for r in await conn.fetch(sql.started_steps, saga_id)]
+        reason = cancel_refusal(saga_id, status, flagged, started, until)
+        if reason is not None:
+            seq = await conn.fetchval(sql.count_event, saga_id)
+            await _append_event(conn, sql, saga_id, seq, refused_cancel(event, reason))
+            return None, reason
+        if not flagged:
+            seq = await conn.fetchval(sql.flag_cancel, saga_id, at)
+            await _append_event(conn, sql, saga_id, seq, event)
         record = await load(conn, sql, saga_id, history=True)
     assert record is not None
-    return record
+    return record, None
 
 
 async def renew_leases(

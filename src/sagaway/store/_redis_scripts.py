@@ -122,17 +122,20 @@ return {1, id}
 )
 
 # ARGV: P, id, fence owner(opt), at, status(opt), error(opt), release 0/1, clear 0/1,
-#       n, step hash items..., events...
-# Returns 0 applied, -1 no such saga, -2 lease lost (nothing written in either case).
+#       unless_cancelled 0/1, n, step hash items..., events...
+# Returns 0 applied, -1 no such saga, -2 lease lost, -4 a cancel is pending and the change
+# had unless_cancelled (nothing written in those cases).
 COMMIT = (
     _LIB
     + """
 local id = ARGV[2]
 local h = P .. ':saga:' .. id
-local cur = redis.call('HMGET', h, 'status', 'owner', 'name', 'version', 'created', 'lease')
+local cur = redis.call('HMGET', h, 'status', 'owner', 'name', 'version', 'created', 'lease',
+  'cancel')
 if not cur[1] then return -1 end
 local fence = opt(ARGV[3])
 if fence and cur[2] ~= fence then return -2 end
+if ARGV[9] == '1' and cur[7] then return -4 end
 local old, owner, name, ver, created = cur[1], cur[2], cur[3], cur[4], cur[5]
 local new = opt(ARGV[5]) or old
 local release = ARGV[7] == '1'
@@ -160,7 +163,7 @@ if moved then
     enqueue(id, new, name, ver, created, owner, cur[6])
   end
 end
-push_rest(id, hset_block(P .. ':steps:' .. id, 9))
+push_rest(id, hset_block(P .. ':steps:' .. id, 10))
 if release and ACTIVE[new] then redis.call('PUBLISH', P .. ':work', id) end
 return 0
 """
@@ -259,18 +262,24 @@ return cancelled
 """
 )
 
-# ARGV: P, id, at, event. Returns {-1} no such saga, {-3, status} not active,
+# ARGV: P, id, at, expected status, expected cancel flag ("1" or ""), expected number of step
+# rows, what to do ("flag": set the flag and push the event, "push": push the event, "none"),
+# event. The decision is taken in Python (state.cancel_refusal) from a snapshot: applied only if
+# the facts it used are unchanged (step rows are never deleted, so their count tells).
+# Returns {-1} no such saga, {-2} the facts changed (decide again), or
 # {1, saga hash, steps hash, events}.
 REQUEST_CANCEL = (
     _LIB
     + """
 local id = ARGV[2]
 local h = P .. ':saga:' .. id
-local status = redis.call('HGET', h, 'status')
-if not status then return {-1} end
-if not ACTIVE[status] then return {-3, status} end
-redis.call('HSET', h, 'cancel', '1', 'updated', ARGV[3])
-redis.call('RPUSH', P .. ':events:' .. id, ARGV[4])
+local cur = redis.call('HMGET', h, 'status', 'cancel')
+if not cur[1] then return {-1} end
+local flagged = cur[2] or ''
+local rows = redis.call('HLEN', P .. ':steps:' .. id)
+if cur[1] ~= ARGV[4] or flagged ~= ARGV[5] or rows ~= tonumber(ARGV[6]) then return {-2} end
+if ARGV[7] == 'flag' then redis.call('HSET', h, 'cancel', '1', 'updated', ARGV[3]) end
+if ARGV[7] ~= 'none' then redis.call('RPUSH', P .. ':events:' .. id, ARGV[8]) end
 local r = loaded(id)
 return {1, r[1], r[2], redis.call('LRANGE', P .. ':events:' .. id, 0, -1)}
 """

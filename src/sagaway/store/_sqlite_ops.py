@@ -21,7 +21,7 @@ import sqlite3
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
-from sagaway.errors import InvalidTransition, LeaseLost, SagaNotFound
+from sagaway.errors import CancelPending, LeaseLost, SagaNotFound
 from sagaway.state import (
     ACTIVE_STATUSES,
     Change,
@@ -31,6 +31,8 @@ from sagaway.state import (
     SagaRecord,
     SagaStatus,
     StepRecord,
+    cancel_refusal,
+    refused_cancel,
 )
 from sagaway.store._codec import EVENT_TYPE as _EVENT_TYPE
 from sagaway.store._codec import PHASE as _PHASE
@@ -63,7 +65,7 @@ INSERT_EVENT = (
 )
 
 
-def _update_sql(status: bool, release: bool, clear: bool, fenced: bool) -> str:
+def _update_sql(status: bool, release: bool, clear: bool, fenced: bool, guarded: bool) -> str:
     """The instance UPDATE for a Change, setting only what it changes: an unchanged status or
     lease then touches no index at all (most commits only record a step's progress)."""
     sets = ["status = ?, error = ?"] if status else []
@@ -74,15 +76,18 @@ def _update_sql(status: bool, release: bool, clear: bool, fenced: bool) -> str:
         sets.append("cancel_requested = 0")
     # The lease fence is the WHERE clause: a lost lease writes nothing and shows as rowcount 0.
     fence = " AND owner = ?" if fenced else ""
-    return f"UPDATE sagaway_instances SET {', '.join(sets)} WHERE id = ?{fence}"
+    # Change.unless_cancelled: a recorded cancel fences the write the same way.
+    guard = " AND cancel_requested = 0" if guarded else ""
+    return f"UPDATE sagaway_instances SET {', '.join(sets)} WHERE id = ?{guard}{fence}"
 
 
 _UPDATES = {
-    (a, b, c, d): _update_sql(a, b, c, d)
+    (a, b, c, d, e): _update_sql(a, b, c, d, e)
     for a in (False, True)
     for b in (False, True)
     for c in (False, True)
     for d in (False, True)
+    for e in (False, True)
 }
 
 
@@ -359,14 +364,22 @@ def commit(
     # written, which is what lets the store skip a savepoint for this operation.
     status = change.status
     sql = _UPDATES[
-        (status is not None, change.release_lease, change.clear_cancel, owner is not None)
+        (
+            status is not None,
+            change.release_lease,
+            change.clear_cancel,
+            owner is not None,
+            change.unless_cancelled,
+        )
     ]
     params: tuple[Any, ...] = (
         (at, saga_id) if status is None else (status, change.error, at, saga_id)
     )
     cursor = conn.execute(sql, params if owner is None else (*params, owner))
     if cursor.rowcount == 0:
-        _exists(conn, saga_id)
+        _, holder, _ = _exists(conn, saga_id)
+        if change.unless_cancelled and (owner is None or holder == owner):
+            raise CancelPending(f"saga {saga_id}: a cancel is pending")
         raise LeaseLost(f"saga {saga_id} is no longer leased to {owner}")
     _write_rows(conn, saga_id, change.steps, change.events, pending)
 
@@ -460,15 +473,33 @@ def renew_leases(
     return [r[0] for r in rows]
 
 
-def request_cancel(conn: sqlite3.Connection, saga_id: str, event: Event, at: float) -> SagaRecord:
-    status = _SAGA_STATUS[_exists(conn, saga_id)[0]]
-    if not status.is_active:
-        raise InvalidTransition(f"saga {saga_id} is {status}: nothing to cancel")
-    conn.execute(
-        "UPDATE sagaway_instances SET cancel_requested = 1, updated_at = ? WHERE id = ?",
-        (at, saga_id),
-    )
-    conn.executemany(INSERT_EVENT, event_rows(saga_id, [event]))
+def request_cancel(
+    conn: sqlite3.Connection, saga_id: str, event: Event, at: float, until: str | None
+) -> tuple[SagaRecord | None, str | None]:
+    """``(record, None)`` when the cancel is recorded, ``(None, reason)`` when it is refused
+    (its ``cancel_refused`` event is written): the caller raises, so that this operation, like
+    every other one here, never raises after its first write."""
+    _exists(conn, saga_id)
+    row = conn.execute(
+        "SELECT status, cancel_requested FROM sagaway_instances WHERE id = ?", (saga_id,)
+    ).fetchone()
+    started = [
+        r[0]
+        for r in conn.execute(
+            "SELECT name FROM sagaway_steps WHERE saga_id = ? AND phase = 'forward'", (saga_id,)
+        )
+    ]
+    status, flagged = _SAGA_STATUS[row[0]], bool(row[1])
+    reason = cancel_refusal(saga_id, status, flagged, started, until)
+    if reason is not None:
+        conn.executemany(INSERT_EVENT, event_rows(saga_id, [refused_cancel(event, reason)]))
+        return None, reason
+    if not flagged:
+        conn.execute(
+            "UPDATE sagaway_instances SET cancel_requested = 1, updated_at = ? WHERE id = ?",
+            (at, saga_id),
+        )
+        conn.executemany(INSERT_EVENT, event_rows(saga_id, [event]))
     record = load(conn, saga_id, history=True)
     assert record is not None
-    return record
+    return record, None

@@ -146,7 +146,9 @@ class SagaStore(ABC):
         """Apply ``change`` atomically and durably.
 
         With an ``owner``, only while that owner holds the lease (else ``LeaseLost``); ``None``
-        is for admin writes on sagas nobody owns. Raises ``SagaNotFound`` for an unknown id.
+        is for admin writes on sagas nobody owns. With ``change.unless_cancelled``, only while
+        no cancel is requested (else ``CancelPending``). Raises ``SagaNotFound`` for an unknown
+        id. Nothing is written when it raises.
         """
 
     @abstractmethod
@@ -208,9 +210,16 @@ class SagaStore(ABC):
         cancellation was requested (how a cancel reaches the engine running the saga)."""
 
     @abstractmethod
-    async def request_cancel(self, saga_id: str, event: Event, at: float) -> SagaRecord:
-        """Flag an active saga for cancellation (and record ``event``); returns the saga.
-        Raises ``SagaNotFound``, or ``InvalidTransition`` when the saga is not active."""
+    async def request_cancel(
+        self, saga_id: str, event: Event, at: float, *, until: str | None = None
+    ) -> SagaRecord:
+        """Flag the saga for cancellation and record ``event``, if the cancel will take effect
+        (``state.cancel_refusal``, decided atomically with the write); returns the saga.
+
+        ``until`` is the last step a cancel can stop before (None: only a saga with no step
+        started can be cancelled). A cancel already requested is accepted again, writing
+        nothing. Otherwise records a ``cancel_refused`` event with the reason and raises
+        ``CancelRefused`` (an ``InvalidTransition``); ``SagaNotFound`` for an unknown id."""
 
     async def stranded(
         self, *, now: float, owner: str, known: Collection[tuple[str, int]]

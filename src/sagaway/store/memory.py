@@ -8,16 +8,19 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-from sagaway.errors import EffectFailed, InvalidTransition, LeaseLost, SagaNotFound
+from sagaway.errors import CancelPending, CancelRefused, EffectFailed, LeaseLost, SagaNotFound
 from sagaway.state import (
     Change,
     Event,
     EventType,
     NewSaga,
+    Phase,
     SagaRecord,
     SagaStatus,
     apply_change,
+    cancel_refusal,
     record_from_new,
+    refused_cancel,
 )
 from sagaway.store._codec import check_change, check_new, storable_text
 from sagaway.store.base import Page, SagaStore
@@ -56,6 +59,8 @@ class MemoryStore(SagaStore):
     async def commit(self, saga_id: str, owner: str | None, change: Change, at: float) -> None:
         check_change(change)
         record = self._owned(saga_id, owner)
+        if change.unless_cancelled and record.cancel_requested:
+            raise CancelPending(f"saga {saga_id}: a cancel is pending")
         for write in change.effects:
             try:
                 write(None)
@@ -156,11 +161,17 @@ class MemoryStore(SagaStore):
                     cancelled.append(record.id)
         return cancelled
 
-    async def request_cancel(self, saga_id: str, event: Event, at: float) -> SagaRecord:
+    async def request_cancel(
+        self, saga_id: str, event: Event, at: float, *, until: str | None = None
+    ) -> SagaRecord:
         record = self._owned(saga_id, None)
-        if not record.status.is_active:
-            raise InvalidTransition(f"saga {saga_id} is {record.status}: nothing to cancel")
-        record.cancel_requested = True
-        record.history.append(event)
-        record.updated_at = at
+        started = [name for name, phase in record.steps if phase is Phase.FORWARD]
+        reason = cancel_refusal(saga_id, record.status, record.cancel_requested, started, until)
+        if reason is not None:
+            record.history.append(refused_cancel(event, reason))
+            raise CancelRefused(reason)
+        if not record.cancel_requested:
+            record.cancel_requested = True
+            record.history.append(event)
+            record.updated_at = at
         return record.copy()

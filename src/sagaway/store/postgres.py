@@ -64,7 +64,15 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg  # type: ignore[import-untyped]  # no stubs shipped
 
-from sagaway.errors import LeaseLost, SagaNotFound, SagawayError, StoreError, UnstorableValue
+from sagaway.errors import (
+    CancelPending,
+    CancelRefused,
+    LeaseLost,
+    SagaNotFound,
+    SagawayError,
+    StoreError,
+    UnstorableValue,
+)
 from sagaway.state import Change, Event, NewSaga, SagaRecord, SagaStatus
 from sagaway.store import _pg_ops as ops
 from sagaway.store._codec import check_change, check_new, storable_text
@@ -359,7 +367,16 @@ class PostgresStore(SagaStore):
             for op in batch:
                 await self._isolated(conn, [op], results)
             return
-        self._answer(batch, rows, results)
+        for op in self._answer(batch, rows, results):
+            # Refused by its lease or by a cancel: read which, now (the batch statement's own
+            # snapshot may predate the cancel that its UPDATE saw).
+            saga_id, owner = op[2][0], op[2][1]
+            facts = await conn.fetchrow(self._sql.fence_facts, saga_id)
+            if facts is not None and facts[1] and (owner is None or facts[0] == owner):
+                error: Exception = CancelPending(f"saga {saga_id}: a cancel is pending")
+            else:
+                error = LeaseLost(f"saga {saga_id} is no longer leased to {owner}")
+            results.append((op[0], None, error))
 
     def _refused(self, exc: Exception) -> StoreError | UnstorableValue:
         """One operation's own refusal: a value PostgreSQL (class 22, data exception) or the
@@ -370,8 +387,10 @@ class PostgresStore(SagaStore):
             return error
         return self._error(exc, "write failed")
 
-    def _answer(self, batch: list[_Op], rows: list[Any], results: list[_Result]) -> None:
-        """Each operation's outcome from the batch statement's rows (it has committed)."""
+    def _answer(self, batch: list[_Op], rows: list[Any], results: list[_Result]) -> list[_Op]:
+        """Each operation's outcome from the batch statement's rows (it has committed); returns
+        the guarded commits that were not applied, for the caller to explain."""
+        unsure: list[_Op] = []
         creates = [op for op in batch if op[1] == "create"]
         commits = [op for op in batch if op[1] == "commit"]
         outcome = {(r[0], r[1]): (r[2], r[3]) for r in rows}
@@ -395,9 +414,12 @@ class PostgresStore(SagaStore):
                 results.append((op[0], None, None))
             elif found is None:
                 results.append((op[0], None, SagaNotFound(saga_id)))
+            elif op[2][2].unless_cancelled:
+                unsure.append(op)
             else:
                 lost = LeaseLost(f"saga {saga_id} is no longer leased to {owner}")
                 results.append((op[0], None, lost))
+        return unsure
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -461,9 +483,17 @@ class PostgresStore(SagaStore):
         async with self._connection() as conn:
             return await ops.renew_leases(conn, self._sql, owner, now, lease_seconds)
 
-    async def request_cancel(self, saga_id: str, event: Event, at: float) -> SagaRecord:
+    async def request_cancel(
+        self, saga_id: str, event: Event, at: float, *, until: str | None = None
+    ) -> SagaRecord:
+        if not storable_text(saga_id):
+            raise SagaNotFound(saga_id)
         async with self._connection() as conn:
-            return await ops.request_cancel(conn, self._sql, saga_id, event, at)
+            record, reason = await ops.request_cancel(conn, self._sql, saga_id, event, at, until)
+        if reason is not None:
+            raise CancelRefused(reason)
+        assert record is not None
+        return record
 
     # -- reads ------------------------------------------------------------------------------
 

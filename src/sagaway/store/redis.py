@@ -72,15 +72,25 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from sagaway.errors import InvalidTransition, LeaseLost, SagaNotFound, SagawayError, StoreError
+from sagaway.errors import (
+    CancelPending,
+    CancelRefused,
+    LeaseLost,
+    SagaNotFound,
+    SagawayError,
+    StoreError,
+)
 from sagaway.state import (
     Change,
     Event,
     EventType,
     NewSaga,
+    Phase,
     SagaRecord,
     SagaStatus,
     StepRecord,
+    cancel_refusal,
+    refused_cancel,
 )
 from sagaway.store import _redis_scripts as lua
 from sagaway.store._codec import EVENT_TYPE as _EVENT_TYPE
@@ -96,6 +106,7 @@ from sagaway.store.base import Page, SagaStore
 __all__ = ["RedisStore", "parse_url"]
 
 log = logging.getLogger("sagaway.store.redis")
+_CANCEL_ATTEMPTS = 20  # a cancel decided on a snapshot that a step's start keeps invalidating
 
 
 def parse_url(url: str) -> tuple[str, str]:
@@ -415,6 +426,7 @@ class RedisStore(SagaStore):
                 _opt(change.error),
                 "1" if change.release_lease else "0",
                 "1" if change.clear_cancel else "0",
+                "1" if change.unless_cancelled else "0",
                 *_step_items(change.steps),
                 *map(_event, change.events),
             ],
@@ -423,6 +435,8 @@ class RedisStore(SagaStore):
             raise SagaNotFound(saga_id)
         if code == -2:
             raise LeaseLost(f"saga {saga_id} is no longer leased to {owner}")
+        if code == -4:
+            raise CancelPending(f"saga {saga_id}: a cancel is pending")
 
     async def claim(
         self,
@@ -468,13 +482,41 @@ class RedisStore(SagaStore):
         ids: list[str] = await self._call("RENEW", [owner, repr(float(now + lease_seconds))])
         return ids
 
-    async def request_cancel(self, saga_id: str, event: Event, at: float) -> SagaRecord:
-        reply = await self._call("REQUEST_CANCEL", [saga_id, repr(float(at)), _event(event)])
-        if reply[0] == -1:
-            raise SagaNotFound(saga_id)
-        if reply[0] == -3:
-            raise InvalidTransition(f"saga {saga_id} is {reply[1]}: nothing to cancel")
-        return _loaded(reply[1], reply[2], reply[3])
+    async def request_cancel(
+        self, saga_id: str, event: Event, at: float, *, until: str | None = None
+    ) -> SagaRecord:
+        # Decided in Python from a snapshot, applied by a script only if that snapshot still
+        # holds (compare-and-set): the rule stays in one place, state.cancel_refusal.
+        for _ in range(_CANCEL_ATTEMPTS):
+            record = await self.load(saga_id, history=False)
+            if record is None:
+                raise SagaNotFound(saga_id)
+            started = [name for name, phase in record.steps if phase is Phase.FORWARD]
+            reason = cancel_refusal(saga_id, record.status, record.cancel_requested, started, until)
+            if reason is not None:
+                action, pushed = "push", refused_cancel(event, reason)
+            else:
+                action, pushed = ("none" if record.cancel_requested else "flag"), event
+            reply = await self._call(
+                "REQUEST_CANCEL",
+                [
+                    saga_id,
+                    repr(float(at)),
+                    record.status.value,
+                    "1" if record.cancel_requested else "",
+                    str(len(record.steps)),
+                    action,
+                    _event(pushed),
+                ],
+            )
+            if reply[0] == -1:
+                raise SagaNotFound(saga_id)
+            if reply[0] == -2:
+                continue  # a step started, or the status changed, meanwhile: decide again
+            if reason is not None:
+                raise CancelRefused(reason)
+            return _loaded(reply[1], reply[2], reply[3])
+        raise StoreError(f"redis: cancel of saga {saga_id} kept racing its progress")
 
     # -- reads ------------------------------------------------------------------------------
 

@@ -49,6 +49,7 @@ from typing import Any, TypeVar, cast
 from urllib.parse import parse_qs, urlsplit
 
 from sagaway.errors import (
+    CancelRefused,
     EffectFailed,
     InvalidTransition,
     LeaseLost,
@@ -314,8 +315,14 @@ class SQLiteStore(SagaStore):
         ids: list[str] = await self._submit(ops.renew_leases, owner, now, lease_seconds)
         return ids
 
-    async def request_cancel(self, saga_id: str, event: Event, at: float) -> SagaRecord:
-        record: SagaRecord = await self._submit(ops.request_cancel, saga_id, event, at)
+    async def request_cancel(
+        self, saga_id: str, event: Event, at: float, *, until: str | None = None
+    ) -> SagaRecord:
+        record: SagaRecord | None
+        record, reason = await self._submit(ops.request_cancel, saga_id, event, at, until)
+        if reason is not None:
+            raise CancelRefused(reason)
+        assert record is not None
         return record
 
     async def run_in_transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:

@@ -22,7 +22,14 @@ from typing import Any
 
 import pytest
 
-from sagaway.errors import InvalidTransition, LeaseLost, SagaNotFound, UnstorableValue
+from sagaway.errors import (
+    CancelPending,
+    CancelRefused,
+    InvalidTransition,
+    LeaseLost,
+    SagaNotFound,
+    UnstorableValue,
+)
 from sagaway.state import (
     Change,
     Event,
@@ -602,3 +609,130 @@ class SagaStoreContract:
             assert await store.load(saga_id) is None
             with pytest.raises(SagaNotFound):
                 await store.get(saga_id, history=False)
+
+    # -- cancels that take effect, or are refused --------------------------------------------
+
+    async def _at_step(self, store: SagaStore, saga_id: str, *steps: str) -> None:
+        """A RUNNING saga leased to e1 whose ``steps`` have started (the last one running)."""
+        new = new_saga(saga_id, status=SagaStatus.RUNNING, owner="e1", lease_until=2e3)
+        new.steps = [running(name) for name in steps]
+        await store.create(new)
+
+    async def test_request_cancel_until_a_step_refuses_once_it_started(
+        self, store: SagaStore
+    ) -> None:
+        await self._at_step(store, "early", "a")
+        await self._at_step(store, "late", "a", "b")
+        ask = Event(at=T0 + 1, type=EventType.CANCEL_REQUESTED)
+        accepted = await store.request_cancel("early", ask, T0 + 1, until="b")
+        assert accepted.cancel_requested
+        assert accepted.history[-1] == ask
+        with pytest.raises(CancelRefused, match="'b'") as refused:
+            await store.request_cancel("late", ask, T0 + 1, until="b")
+        assert isinstance(refused.value, InvalidTransition)
+        late = await store.get("late")
+        assert late.cancel_requested is False
+        assert late.history[-1] == Event(
+            at=T0 + 1, type=EventType.CANCEL_REFUSED, detail=refused.value.reason
+        )
+        assert (late.status, late.step("b")) == (SagaStatus.RUNNING, running("b"))
+
+    async def test_request_cancel_without_a_step_to_stop_at(self, store: SagaStore) -> None:
+        # until=None: the caller cannot name a step a cancel can still stop before.
+        await store.create(new_saga("queued"))
+        await self._at_step(store, "started", "a")
+        ask = Event(at=T0 + 1, type=EventType.CANCEL_REQUESTED)
+        assert (await store.request_cancel("queued", ask, T0 + 1)).cancel_requested
+        with pytest.raises(CancelRefused, match="steps have started"):
+            await store.request_cancel("started", ask, T0 + 1)
+        assert [e.type for e in (await store.get("started")).history][-1] is (
+            EventType.CANCEL_REFUSED
+        )
+
+    async def test_request_cancel_refuses_compensating_and_finished_sagas(
+        self, store: SagaStore
+    ) -> None:
+        await self._at_step(store, "s", "a")
+        ask = Event(at=T0 + 1, type=EventType.CANCEL_REQUESTED)
+        await store.commit("s", "e1", Change(SagaStatus.COMPENSATING, error="boom"), T0 + 1)
+        with pytest.raises(CancelRefused, match="already compensating"):
+            await store.request_cancel("s", ask, T0 + 2, until="z")
+        await store.commit("s", "e1", Change(SagaStatus.COMPENSATED, release_lease=True), T0 + 3)
+        with pytest.raises(CancelRefused, match="COMPENSATED"):
+            await store.request_cancel("s", ask, T0 + 4, until="z")
+        record = await store.get("s")
+        refusals = [e for e in record.history if e.type is EventType.CANCEL_REFUSED]
+        assert len(refusals) == 2
+        assert (record.status, record.error, record.cancel_requested) == (
+            SagaStatus.COMPENSATED,
+            None,
+            False,
+        )
+
+    async def test_request_cancel_twice_writes_once(self, store: SagaStore) -> None:
+        await self._at_step(store, "s", "a")
+        ask = Event(at=T0 + 1, type=EventType.CANCEL_REQUESTED)
+        await store.request_cancel("s", ask, T0 + 1, until="b")
+        again = await store.request_cancel("s", ask, T0 + 2, until="b")
+        assert again.cancel_requested
+        assert [e.type for e in again.history].count(EventType.CANCEL_REQUESTED) == 1
+
+    async def test_a_change_unless_cancelled_is_fenced_by_a_cancel(self, store: SagaStore) -> None:
+        await self._at_step(store, "s", "a")
+        start_b = Change(
+            steps=[running("b", at=T0 + 2)],
+            events=[Event(at=T0 + 2, type=EventType.STEP_STARTED, step="b", attempt=1)],
+            unless_cancelled=True,
+        )
+        ask = Event(at=T0 + 1, type=EventType.CANCEL_REQUESTED)
+        await store.request_cancel("s", ask, T0 + 1, until="b")
+        before = await store.get("s")
+        with pytest.raises(CancelPending):
+            await store.commit("s", "e1", start_b, T0 + 2)
+        with pytest.raises(LeaseLost):  # the lease fence still comes first
+            await store.commit("s", "other", start_b, T0 + 2)
+        after = await store.get("s")
+        assert (after.steps, after.history, after.updated_at) == (
+            before.steps,
+            before.history,
+            before.updated_at,
+        )
+        # Without the flag the same change applies; and a change without the guard applies
+        # whatever the flag says (compensation, a retry of a step already running).
+        await self._at_step(store, "free", "a")
+        await store.commit("free", "e1", start_b, T0 + 2)
+        assert (await store.get("free")).step("b") == running("b", at=T0 + 2)
+        start_b.unless_cancelled = False
+        await store.commit("s", "e1", start_b, T0 + 3)
+        assert (await store.get("s")).step("b") == running("b", at=T0 + 2)
+
+    async def test_a_cancel_and_a_guarded_step_start_never_both_win(self, store: SagaStore) -> None:
+        # Raced many times: exactly one of them wins each time, whichever it is.
+        n = 24
+        for i in range(n):
+            await self._at_step(store, f"r{i}", "a")
+        ask = Event(at=T0 + 1, type=EventType.CANCEL_REQUESTED)
+
+        def start_b() -> Change:
+            return Change(
+                steps=[running("b", at=T0 + 1)],
+                events=[Event(at=T0 + 1, type=EventType.STEP_STARTED, step="b", attempt=1)],
+                unless_cancelled=True,
+            )
+
+        calls = []
+        for i in range(n):
+            cancel = store.request_cancel(f"r{i}", ask, T0 + 1, until="b")
+            start = store.commit(f"r{i}", "e1", start_b(), T0 + 1)
+            calls += [start, cancel] if i % 2 else [cancel, start]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        for i in range(n):
+            record = await store.get(f"r{i}")
+            pair = results[2 * i : 2 * i + 2]
+            kinds = sorted(type(r).__name__ for r in pair)
+            if record.step("b") is None:
+                assert kinds == ["CancelPending", "SagaRecord"], (i, pair)
+                assert record.cancel_requested
+            else:
+                assert kinds == ["CancelRefused", "NoneType"], (i, pair)
+                assert not record.cancel_requested

@@ -1,9 +1,8 @@
-"""Liveness and the root redirect."""
+"""Liveness. (``/`` is the shop page: :mod:`checkout.web`.)"""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.responses import RedirectResponse
 
 from checkout.api.deps import ServicesDep
 from checkout.api.schemas import HealthOut
@@ -23,9 +22,3 @@ async def health(services: ServicesDep) -> HealthOut:
         sagas_running=engine.running,
         demo=services.settings.demo,
     )
-
-
-@router.get("/", include_in_schema=False)
-async def root() -> RedirectResponse:
-    """Redirect to the API docs (until the web UI exists)."""
-    return RedirectResponse("/docs", status_code=307)

@@ -56,7 +56,10 @@ async def retry_saga(saga_id: SagaId, services: ServicesDep, response: Response)
 
 @router.post("/{saga_id}/cancel", status_code=202)
 async def cancel_saga(saga_id: SagaId, engine: EngineDep, response: Response) -> SagaDetail:
-    """Ask an active saga to stop and compensate (409 if finished or past its pivot)."""
+    """Cancel a saga: 202 only when the cancel will take effect (it stops before its next
+    step and compensates); 409 with the reason when it is too late (finished, already
+    compensating, or its last cancellable step has started). A refusal is recorded in the
+    saga's history as a ``cancel_refused`` event."""
     await engine.cancel(saga_id)
     response.headers["Location"] = f"/sagas/{saga_id}"
     return saga_detail(await engine.get(saga_id))

@@ -1,0 +1,96 @@
+// Sagaway web UI: live timelines and lists over Server-Sent Events, retry/cancel without a
+// reload. No framework, no build step; the pages work without it (just not live).
+"use strict";
+(function () {
+  const streams = new Map(); // element -> EventSource
+
+  function stopStream(element) {
+    const source = streams.get(element);
+    if (source) { source.close(); streams.delete(element); }
+  }
+
+  // The saga page: the server re-renders the timeline after each change and sends it whole.
+  function followSaga(element, url) {
+    stopStream(element);
+    const source = new EventSource(url);
+    streams.set(element, source);
+    source.addEventListener("timeline", (event) => {
+      element.innerHTML = event.data;
+      element.dispatchEvent(new CustomEvent("sagaway:updated", { bubbles: true }));
+    });
+    source.addEventListener("end", () => stopStream(element));
+  }
+
+  // A list (sagas, orders...): the stream only says "changed"; the element re-reads its fragment.
+  function followList(element, url, refresh) {
+    stopStream(element);
+    const source = new EventSource(url);
+    streams.set(element, source);
+    let busy = false;
+    source.addEventListener("changed", async () => {
+      if (busy) return;
+      busy = true;
+      try { await refresh(element); } finally { busy = false; }
+    });
+    return source;
+  }
+
+  async function refreshFragment(element) {
+    const response = await fetch(element.dataset.fragment, { headers: { Accept: "text/html" } });
+    if (response.ok) element.innerHTML = await response.text();
+  }
+
+  function say(text, isError) {
+    const box = document.querySelector("[data-testid=saga-message]");
+    if (!box) return;
+    box.replaceChildren();
+    const p = document.createElement("p");
+    p.className = isError ? "error" : "notice";
+    p.textContent = text;
+    box.append(p);
+  }
+
+  // Retry / cancel: post with fetch, say what happened, and follow the saga again (a retried
+  // saga is active again, so its timeline moves).
+  document.addEventListener("submit", async (event) => {
+    const form = event.target;
+    if (!(form instanceof HTMLFormElement) || !form.hasAttribute("data-action")) return;
+    event.preventDefault();
+    if (form.dataset.confirm && !window.confirm(form.dataset.confirm)) return;
+    const button = form.querySelector("button");
+    if (button) button.disabled = true;
+    try {
+      const response = await fetch(form.action, { method: "POST", headers: { Accept: "application/json" } });
+      let detail = response.statusText;
+      try { detail = (await response.json()).detail || detail; } catch (_) { /* not JSON */ }
+      say(detail, !response.ok);
+      const timeline = document.getElementById("timeline");
+      const url = timeline && (timeline.dataset.liveSaga || timeline.dataset.stream);
+      if (timeline && url) followSaga(timeline, url);
+    } catch (error) {
+      say("The request failed: " + error, true);
+    } finally {
+      if (button && button.isConnected) button.disabled = false;
+    }
+  });
+
+  function start() {
+    const timeline = document.getElementById("timeline");
+    if (timeline) {
+      if (!timeline.dataset.liveSaga) {
+        // A finished saga: no stream now, but a retry restarts one at this address.
+        const match = location.pathname.match(/^(.*\/sagas\/[^/]+)$/);
+        if (match) timeline.dataset.stream = match[1] + "/events";
+      } else {
+        followSaga(timeline, timeline.dataset.liveSaga);
+      }
+    }
+    document.querySelectorAll("[data-live-list]").forEach((element) => {
+      followList(element, element.dataset.liveList, refreshFragment);
+    });
+  }
+
+  window.Sagaway = { followSaga, followList, refreshFragment, say };
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else start();
+})();

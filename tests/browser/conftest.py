@@ -1,0 +1,136 @@
+"""Browser tests: Debian's Chromium driven by Playwright for Python against a real
+``checkout serve`` process on a fresh SQLite file.
+
+Playwright never downloads a browser here: it launches ``/usr/bin/chromium`` (``.ci/run``
+installs the ``chromium`` package when it is missing). Without it these tests skip locally and
+fail under ``CI=true`` (``servers.require_server``). Every test saves screenshots of the pages
+it visits in ``build/screenshots/`` (``SAGAWAY_SCREENSHOT_DIR`` to change it).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from servers import require_server
+
+CHROMIUM = os.environ.get("SAGAWAY_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+SCREENSHOTS = Path(os.environ.get("SAGAWAY_SCREENSHOT_DIR", "build/screenshots"))
+
+
+def chromium_check() -> None:
+    if not os.access(CHROMIUM, os.X_OK):
+        raise FileNotFoundError(f"{CHROMIUM} (apt-get install chromium)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every browser test is slow (a server process, a browser, ~10 s each): ``-m "not slow"``
+    leaves them out; ``make test`` and CI run them."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.slow)
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str
+    db_url: str  # the one SQLite file: shop and saga log
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """``checkout serve`` on a free port and a fresh demo database, for the module's tests."""
+    require_server("chromium", chromium_check)
+    path = tmp_path_factory.mktemp("browser") / "shop.db"
+    db_url = f"sqlite:///{path}"
+    env = {
+        **os.environ,
+        "SAGAWAY_DATABASE_URL": db_url,
+        "SAGAWAY_STORE_URL": db_url,
+        "SAGAWAY_DEMO": "true",
+        "SAGAWAY_WORKER_ID": "browser-tests",
+        "PYTHONUNBUFFERED": "1",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "checkout.cli", "serve", "--port", "0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines: list[str] = []
+        match = None
+        while match is None:
+            line = proc.stdout.readline()
+            lines.append(line)
+            assert line or proc.poll() is None, f"checkout serve exited: {''.join(lines)}"
+            match = re.search(r"(http://127\.0\.0\.1:\d+)", line)
+        yield Server(match.group(1), db_url)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def browser(server: Server) -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser: object, request: pytest.FixtureRequest) -> Iterator[object]:
+    from playwright.sync_api import Browser
+
+    assert isinstance(browser, Browser)
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(20_000)
+    the_page = context.new_page()
+    the_page.on("dialog", lambda dialog: dialog.accept())  # the cancel button confirms
+    try:
+        yield the_page
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def shot(page: object) -> Callable[[str], None]:
+    """``shot("name")``: a full-page screenshot of the page as it is now."""
+    from playwright.sync_api import Page
+
+    assert isinstance(page, Page)
+
+    def take(name: str) -> None:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+    return take

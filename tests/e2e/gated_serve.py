@@ -1,0 +1,67 @@
+"""``checkout serve`` with crash-test gates: participant calls that never return.
+
+The SIGKILL test needs sagas that are certainly unfinished when it kills the server, not sagas
+that merely happened to be slow. This launcher holds chosen participant calls *after* their
+effect was applied (the uncertain case: the engine never hears back) until the process dies:
+
+* ``PaymentService.charge`` of the accounts in ``CRASH_HOLD_CHARGE`` (comma-separated): the
+  saga stays RUNNING with its payment step RUNNING, the money already taken;
+* ``PaymentService.refund`` of the accounts in ``CRASH_HOLD_REFUND``: the saga stays
+  COMPENSATING with its refund COMPENSATING, the money already given back.
+
+Each held call prints ``GATE charge|refund <account> <idempotency key>`` so the test knows,
+without guessing at timing, that the state it wants to kill in has been reached. Step timeouts
+are switched off so a held step cannot time out and move the saga on before the kill.
+
+    python gated_serve.py serve --host 127.0.0.1 --port 0
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import checkout.sagas
+from checkout.cli import main
+from checkout.participants.payment import PaymentService
+
+HOLD_CHARGE = set(filter(None, os.environ.get("CRASH_HOLD_CHARGE", "").split(",")))
+HOLD_REFUND = set(filter(None, os.environ.get("CRASH_HOLD_REFUND", "").split(",")))
+checkout.sagas.STEP_TIMEOUT = None  # type: ignore[assignment]  # read when the saga is built
+
+real_charge, real_refund = PaymentService.charge, PaymentService.refund
+
+
+async def hold(what: str, account: str, key: str) -> None:
+    print(f"GATE {what} {account} {key}", flush=True)
+    await asyncio.Event().wait()  # never set: held until the process is killed
+
+
+async def charge(
+    self: PaymentService, idempotency_key: str, order_id: str, account_id: str, amount_cents: int
+) -> Any:
+    payment = await real_charge(self, idempotency_key, order_id, account_id, amount_cents)
+    if account_id in HOLD_CHARGE:
+        await hold("charge", account_id, idempotency_key)
+    return payment
+
+
+async def refund(
+    self: PaymentService,
+    forward_key: str,
+    idempotency_key: str,
+    order_id: str | None = None,
+    account_id: str | None = None,
+) -> Any:
+    payment = await real_refund(self, forward_key, idempotency_key, order_id, account_id)
+    if account_id in HOLD_REFUND:
+        await hold("refund", account_id or "", idempotency_key)
+    return payment
+
+
+PaymentService.charge = charge  # type: ignore[method-assign]
+PaymentService.refund = refund  # type: ignore[method-assign]
+
+if __name__ == "__main__":
+    main()
