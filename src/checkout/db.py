@@ -314,8 +314,8 @@ def open_database(
     url: str,
     *,
     schema: str | None = None,
-    pool_size: int = 10,
-    max_overflow: int = 20,
+    pool_size: int = 5,
+    max_overflow: int = 0,
     echo: bool = False,
 ) -> Database:
     """Create the engine for ``url`` (plain ``sqlite:///`` or ``postgresql://`` accepted).
