@@ -76,12 +76,12 @@ class Services:
     registry: CollectorRegistry  # the engine's metrics (empty when metrics are off)
 
 
-async def open_shop_database(url: str) -> Database:
+async def open_shop_database(url: str, *, pool_size: int = 5, max_overflow: int = 0) -> Database:
     """Open the shop database of ``url``. A PostgreSQL ``?schema=`` puts the shop's tables in
     that schema (through ``search_path``), created if missing: one schema-qualified URL can then
     serve as both the shop database and the saga log."""
     schema = database_schema(url)
-    db = open_database(url, schema=schema)
+    db = open_database(url, schema=schema, pool_size=pool_size, max_overflow=max_overflow)
     if schema is None:
         return db
     try:
@@ -132,8 +132,12 @@ async def bootstrap(
     """Build and start everything; on exit stop the engine (sagas in flight stay in the log
     and resume on the next start) and close the database."""
     registry = CollectorRegistry()  # this process's engine metrics: one registry per start
-    db = await open_shop_database(settings.database_url)
-    store = open_store(settings.store_url)
+    db = await open_shop_database(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+    )
+    store = open_store(settings.saga_log_url)
     executor: ShopExecutor | None = None
     try:
         await migrate(db)
