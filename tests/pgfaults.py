@@ -50,6 +50,10 @@ class Lockout:
             self.role,
         )
 
+    def limit(self, connections: int) -> None:
+        """Let the role hold at most ``connections`` sessions at once (then "too many")."""
+        self._admin(f'ALTER ROLE "{self.role}" CONNECTION LIMIT {int(connections)}')
+
     def begin(self) -> None:
         self._admin(f'ALTER ROLE "{self.role}" CONNECTION LIMIT 0')
         self.terminate()

@@ -46,6 +46,7 @@ from checkout.tracking import OrderTracker
 from sagaway import Engine, Saga, open_store
 from sagaway.hooks import Hook
 from sagaway.metrics import PrometheusHook
+from sagaway.tracing import tracing_hook
 
 log = logging.getLogger("checkout.bootstrap")
 
@@ -75,12 +76,12 @@ class Services:
     registry: CollectorRegistry  # the engine's metrics (empty when metrics are off)
 
 
-async def open_shop_database(url: str) -> Database:
+async def open_shop_database(url: str, *, pool_size: int = 5, max_overflow: int = 0) -> Database:
     """Open the shop database of ``url``. A PostgreSQL ``?schema=`` puts the shop's tables in
     that schema (through ``search_path``), created if missing: one schema-qualified URL can then
     serve as both the shop database and the saga log."""
     schema = database_schema(url)
-    db = open_database(url, schema=schema)
+    db = open_database(url, schema=schema, pool_size=pool_size, max_overflow=max_overflow)
     if schema is None:
         return db
     try:
@@ -103,11 +104,15 @@ async def open_shop_database(url: str) -> Database:
 def observability_hooks(
     settings: Settings, store: object, registry: CollectorRegistry
 ) -> list[Hook]:
-    """The engine hooks the settings ask for: Prometheus metrics (on by default)."""
+    """The engine hooks the settings ask for: Prometheus metrics (on by default), OpenTelemetry
+    spans (when ``OTEL_TRACES_EXPORTER`` names an exporter)."""
     hooks: list[Hook] = []
     if settings.metrics:
         ProcessCollector(registry=registry)  # CPU, memory, open files of this process
         hooks.append(PrometheusHook(registry, store=store))
+    tracing = tracing_hook()
+    if tracing is not None:
+        hooks.append(tracing)
     return hooks
 
 
@@ -127,8 +132,12 @@ async def bootstrap(
     """Build and start everything; on exit stop the engine (sagas in flight stay in the log
     and resume on the next start) and close the database."""
     registry = CollectorRegistry()  # this process's engine metrics: one registry per start
-    db = await open_shop_database(settings.database_url)
-    store = open_store(settings.store_url)
+    db = await open_shop_database(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+    )
+    store = open_store(settings.saga_log_url)
     executor: ShopExecutor | None = None
     try:
         await migrate(db)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import signal
 import socket
 import sys
@@ -38,6 +39,7 @@ from checkout.domain.rules import format_money
 from checkout.service import OrderView
 from checkout.settings import Settings, async_database_url
 from sagaway import Phase, SagawayError, open_store
+from sagaway.tracing import check_exporters
 
 T = TypeVar("T")
 
@@ -68,6 +70,7 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         async_database_url(settings.database_url)
         open_store(settings.store_url)
+        check_exporters()
     except (ValueError, SagawayError) as exc:
         fail(str(exc))
     return settings
@@ -81,6 +84,21 @@ def fast_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     except ImportError:  # pragma: no cover - a dependency of uvicorn[standard]
         return None
     return uvloop.new_event_loop
+
+
+def is_loopback(host: str) -> bool:
+    """True if every address ``host`` names is a loopback one (``""`` is every interface)."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    if not host:
+        return False
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except socket.gaierror:
+        return False  # bind() reports it
+    return all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -124,6 +142,12 @@ def serve(
     from checkout.api import create_app
 
     settings = load_settings(host=host, port=port)
+    if settings.demo and settings.admin_token is None and not is_loopback(settings.host):
+        fail(
+            f"demo mode without SAGAWAY_ADMIN_TOKEN lets anyone reset the shop and read every "
+            f"customer's data, so it is only served on loopback (127.0.0.1, ::1), not on "
+            f"{settings.host!r}: set SAGAWAY_ADMIN_TOKEN, or SAGAWAY_DEMO=false"
+        )
     sock = bind(settings.host, settings.port)
     actual_port = sock.getsockname()[1]
     role = Role.API if no_worker else Role.ALL
@@ -136,6 +160,9 @@ def serve(
         access_log=log_level.lower() in ("trace", "debug", "info"),
         lifespan="on",
         timeout_graceful_shutdown=5,
+        # Slow or greedy clients (see the README on what to put in front in production).
+        timeout_keep_alive=settings.keep_alive_seconds,
+        limit_concurrency=settings.max_connections,
     )
     server = uvicorn.Server(config)
     shown = f"[{settings.host}]" if ":" in settings.host else settings.host

@@ -314,8 +314,8 @@ def open_database(
     url: str,
     *,
     schema: str | None = None,
-    pool_size: int = 10,
-    max_overflow: int = 20,
+    pool_size: int = 5,
+    max_overflow: int = 0,
     echo: bool = False,
 ) -> Database:
     """Create the engine for ``url`` (plain ``sqlite:///`` or ``postgresql://`` accepted).
@@ -367,10 +367,16 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return cfg
 
 
-def _upgrade(connection: Connection, revision: str) -> None:
+def take_migration_lock(connection: Connection) -> None:
+    """One migrator at a time on PostgreSQL (held until the transaction ends): two processes
+    starting together (server + worker, or ``alembic upgrade``) must not race on CREATE TABLE.
+    SQLite needs nothing: a write transaction is BEGIN IMMEDIATE."""
     if connection.dialect.name == "postgresql":
-        # Two processes starting together (server + worker) must not race on CREATE TABLE.
         connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})")
+
+
+def _upgrade(connection: Connection, revision: str) -> None:
+    take_migration_lock(connection)
     command.upgrade(alembic_config(connection), revision)
 
 

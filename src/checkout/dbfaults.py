@@ -126,17 +126,14 @@ def is_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, StoreError) or is_connection_error(exc)
 
 
-def readable(exc: BaseException, doing: str) -> ShopUnavailable | ShopError | None:
-    """The customer-safe error for a database error ``exc`` raised while ``doing`` something
-    (None when ``exc`` is not a database error). Logs the driver's text, which never leaves
-    the service."""
-    if is_connection_error(exc):
+def readable(exc: BaseException, doing: str) -> ShopUnavailable | ShopError:
+    """The customer-safe error for the database error ``exc`` raised while ``doing``
+    something; the driver's text is logged here and never leaves the service."""
+    if is_unavailable(exc):
         log.warning("%s: shop database unavailable: %s", doing, _first_line(exc))
         return ShopUnavailable()
-    if isinstance(exc, sa_exc.SQLAlchemyError):
-        log.error("%s: shop database error: %s", doing, exc)
-        return ShopError()
-    return None
+    log.error("%s: shop database error: %s", doing, exc)
+    return ShopError()
 
 
 def _first_line(exc: BaseException) -> str:

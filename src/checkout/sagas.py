@@ -6,6 +6,12 @@ the service, the tests and the demo CLI each bind it to their own database. Step
 domain's business errors into ``StepFailed`` with the exact message (no retry, compensate); any
 other exception (a dropped connection, a timeout) is retried by the engine with the same
 idempotency key, which the participants dedupe on.
+
+A database error never reaches a step's (so an order's) error as driver text: it becomes
+:class:`~checkout.dbfaults.ShopUnavailable` ("The shop database is unavailable": a refused,
+dropped or exhausted connection) or :class:`~checkout.dbfaults.ShopError`, and the driver's
+message is logged. The retry policies are long enough to ride out a blip: a PostgreSQL restart,
+"too many clients" while connections drain, a terminated session.
 """
 
 from __future__ import annotations
@@ -13,6 +19,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from sqlalchemy.exc import SQLAlchemyError
+
+from checkout.dbfaults import ShopUnavailable, readable
 from checkout.domain.models import (
     CheckoutError,
     OrderInput,
@@ -25,15 +34,19 @@ from checkout.domain.models import (
     ValidatedOrder,
 )
 from checkout.participants import CheckoutParticipants
-from sagaway import RetryPolicy, Saga, Step, StepContext, StepFailed
+from sagaway import RetryPolicy, Saga, Step, StepContext, StepFailed, StoreError
 
 SAGA_NAME = "checkout"
 SAGA_VERSION = 1
 STEP_NAMES = ("validate_order", "reserve_inventory", "process_payment", "ship_order")
 
 # A participant call is one short database transaction: 5 s covers a queue of writers on
-# SQLite's busy_timeout; three attempts ride out a dropped connection.
-STEP_RETRY = RetryPolicy(max_attempts=3)
+# SQLite's busy_timeout. Its failures that are not business errors are the database's
+# (connection refused or dropped, too many clients): forward steps retry for ~11 s of backoff
+# (0.1, 0.2 ... 3.2, 5 s) before the saga gives up and compensates; compensations, which
+# must not give up (a saga left FAILED needs an operator), for ~76 s (then 5 s apart).
+STEP_RETRY = RetryPolicy(max_attempts=8, initial_delay=0.1, max_delay=5.0)
+COMPENSATION_RETRY = RetryPolicy(max_attempts=20, initial_delay=0.1, max_delay=5.0)
 STEP_TIMEOUT = 5.0
 
 T = TypeVar("T")
@@ -42,9 +55,18 @@ T = TypeVar("T")
 async def _business(call: Awaitable[T]) -> T:
     """Await a participant call, turning a business error into ``StepFailed(message)``."""
     try:
-        return await call
+        return await _shop(call)
     except CheckoutError as exc:
         raise StepFailed(exc.message) from exc
+
+
+async def _shop(call: Awaitable[T]) -> T:
+    """Await a participant call; a database error becomes a readable one (still transient:
+    the step's policy retries it), its driver text goes to the log only."""
+    try:
+        return await call
+    except (ShopUnavailable, SQLAlchemyError, StoreError, OSError) as exc:
+        raise readable(exc, "checkout step") from exc
 
 
 def _validated(ctx: StepContext) -> ValidatedOrder:
@@ -52,7 +74,12 @@ def _validated(ctx: StepContext) -> ValidatedOrder:
 
 
 def _step(saga: Saga, action: Callable[..., Awaitable[Any]]) -> Step[Any]:
-    step: Step[Any] = saga.step(retry=STEP_RETRY, timeout=STEP_TIMEOUT)(action)
+    step: Step[Any] = saga.step(
+        retry=STEP_RETRY,
+        timeout=STEP_TIMEOUT,
+        compensation_retry=COMPENSATION_RETRY,
+        compensation_timeout=STEP_TIMEOUT,
+    )(action)
     return step
 
 
@@ -85,7 +112,9 @@ def build_checkout_saga(
     ) -> None:
         # Looked up by the forward key, not by ``reservation``: that is None when the
         # action's outcome is uncertain, and the participant knows what really happened.
-        await p.inventory.release(ctx.forward_key, ctx.idempotency_key, order_id=order.order_id)
+        await _shop(
+            p.inventory.release(ctx.forward_key, ctx.idempotency_key, order_id=order.order_id)
+        )
 
     async def process_payment(ctx: StepContext, order: OrderInput) -> Payment:
         validated = _validated(ctx)
@@ -99,11 +128,13 @@ def build_checkout_saga(
         return payment
 
     async def refund_payment(ctx: StepContext, order: OrderInput, payment: Payment | None) -> None:
-        await p.payment.refund(
-            ctx.forward_key,
-            ctx.idempotency_key,
-            order_id=order.order_id,
-            account_id=order.customer_id,
+        await _shop(
+            p.payment.refund(
+                ctx.forward_key,
+                ctx.idempotency_key,
+                order_id=order.order_id,
+                account_id=order.customer_id,
+            )
         )
 
     async def ship_order(ctx: StepContext, order: OrderInput) -> Shipment:
@@ -120,8 +151,10 @@ def build_checkout_saga(
     async def cancel_shipment(
         ctx: StepContext, order: OrderInput, shipment: Shipment | None
     ) -> None:
-        await p.shipping.cancel_shipment(
-            ctx.forward_key, ctx.idempotency_key, order_id=order.order_id
+        await _shop(
+            p.shipping.cancel_shipment(
+                ctx.forward_key, ctx.idempotency_key, order_id=order.order_id
+            )
         )
 
     # Registered by call rather than as decorators so the functions keep their types for

@@ -14,11 +14,14 @@ driver sees (the tables go there through ``search_path``, see
 from __future__ import annotations
 
 import re
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 
 DEFAULT_DATABASE_URL = "sqlite:///./sagaway.db"
+MIN_ADMIN_TOKEN_CHARS = 16
 
 # Drivers that work under SQLAlchemy's asyncio extension; anything else is swapped for the default.
 _ASYNC_DRIVERS = {
@@ -52,10 +55,57 @@ class Settings(BaseSettings):
     metrics: bool = True
     # `checkout worker` has no HTTP API: with this set it serves /metrics on this port.
     metrics_port: int | None = None
+    # Operator actions (retry, cancel, reset) and reads of other customers' data need
+    # `Authorization: Bearer <this>`; unset, they are open in demo mode and refused otherwise.
+    admin_token: SecretStr | None = None
+    # uvicorn's defences against slow or greedy clients (`checkout serve`); see the README.
+    keep_alive_seconds: int = 5  # idle keep-alive connections are closed after this
+    max_connections: int | None = 1000  # open connections (or requests in flight); beyond: 503
+
+    @field_validator("admin_token", mode="before")
+    @classmethod
+    def _token(cls, value: object) -> object:
+        if value is None or value == "":
+            return None  # SAGAWAY_ADMIN_TOKEN= (empty) means no token
+        secret = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if isinstance(secret, str) and len(secret) < MIN_ADMIN_TOKEN_CHARS:
+            raise ValueError(f"use at least {MIN_ADMIN_TOKEN_CHARS} characters")
+        return value
+
+    # Connection pools of one process on PostgreSQL: the shop's (SQLAlchemy: db_pool_size kept,
+    # up to db_max_overflow more in bursts) and the saga log's (store_pool_size, unless the
+    # store URL names ?pool_size=), plus the saga log's LISTEN connection. Every process
+    # (API or worker) holds up to db_pool_size + db_max_overflow + store_pool_size + 1: keep
+    # processes x that below the server's max_connections (README, "Scaling out").
+    db_pool_size: int = Field(default=5, ge=1)
+    db_max_overflow: int = Field(default=0, ge=0)
+    store_pool_size: int = Field(default=4, ge=2)
 
     @property
     def async_database_url(self) -> str:
         return async_database_url(self.database_url)
+
+    @property
+    def saga_log_url(self) -> str:
+        """``store_url`` with ``store_pool_size`` applied (PostgreSQL, when the URL does not
+        choose its own ``?pool_size=``)."""
+        return with_pool_size(self.store_url, self.store_pool_size)
+
+    @property
+    def connections_per_process(self) -> int:
+        """The most PostgreSQL connections one process of this configuration opens."""
+        return self.db_pool_size + self.db_max_overflow + self.store_pool_size + 1
+
+
+def with_pool_size(url: str, size: int) -> str:
+    """A PostgreSQL saga-log ``url`` with ``pool_size=size`` unless it sets one itself."""
+    parts = urlsplit(url)
+    if parts.scheme.partition("+")[0] not in ("postgresql", "postgres"):
+        return url
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(key == "pool_size" for key, _ in query):
+        return url
+    return urlunsplit(parts._replace(query=urlencode([*query, ("pool_size", str(size))])))
 
 
 def async_database_url(url: str | URL) -> str:

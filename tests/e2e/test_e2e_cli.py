@@ -128,3 +128,28 @@ def test_worker_serves_metrics_on_its_port(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_otel_console_exporter_prints_saga_and_step_spans(tmp_path: Path) -> None:
+    env = {**os.environ, "OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "checkout-test"}
+    result = subprocess.run(
+        [sys.executable, "-m", "checkout.cli", "demo", "--dir", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert '"name": "saga checkout"' in out
+    assert '"name": "step ship_order"' in out
+    assert '"name": "compensate process_payment"' in out
+    assert '"sagaway.idempotency_key"' in out
+    assert '"service.name": "checkout-test"' in out
+
+
+def test_unknown_otel_exporter_is_a_clear_error(tmp_path: Path) -> None:
+    env = {**_env(tmp_path), "OTEL_TRACES_EXPORTER": "zipkin"}
+    result = runner.invoke(app, ["worker"], env=env)
+    assert result.exit_code == 2
+    assert "OTEL_TRACES_EXPORTER='zipkin' is not supported" in result.output

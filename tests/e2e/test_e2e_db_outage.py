@@ -13,6 +13,8 @@ committed, after its saga was recorded), the failure is PostgreSQL's.
 
 from __future__ import annotations
 
+import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -156,3 +158,34 @@ async def test_checking_out_a_draft_whose_saga_is_recorded_answers_202(
     again = await client.post(f"/checkout/{order_id}", params={"wait": 0})
     assert again.status_code == 200, again.text  # one saga per order: nothing new started
     assert again.json()["saga_id"] == order.saga_id
+
+
+async def test_the_pools_stay_within_the_connections_the_settings_allow(cut: Lockout) -> None:
+    """Issue 8 item 4: processes x pool sizes must fit under max_connections, so the pools are
+    sized from settings. The role may open exactly what one process of these settings needs;
+    a burst of concurrent orders must neither exceed it nor fail."""
+    settings = Settings(
+        database_url=cut.url,
+        store_url=cut.url,
+        demo=True,
+        worker_id="pools",
+        db_pool_size=2,
+        db_max_overflow=0,
+        store_pool_size=2,
+    )
+    assert settings.connections_per_process == 5
+    cut.limit(settings.connections_per_process)
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://checkout.test") as c:
+            responses = await asyncio.gather(
+                *(
+                    c.post("/orders", json={**BODY, "product_id": "product_2"})  # 20.00
+                    for _ in range(40)
+                )
+            )
+            statuses = Counter(r.status_code for r in responses)
+            assert statuses == {201: 40}, [r.text for r in responses if r.status_code != 201][:3]
+            orders = (await c.get("/orders", params={"limit": 100})).json()["orders"]
+            assert Counter(o["status"] for o in orders) == {"completed": 40}

@@ -1,19 +1,22 @@
 """Alembic environment for the shop database.
 
 Migrations are run from code (:func:`checkout.db.migrate`), which hands env.py an open connection
-in ``config.attributes["connection"]``. Running the ``alembic`` command line against this
-directory also works for authoring new revisions: it then connects to ``SAGAWAY_DATABASE_URL``
-with the async driver, exactly as the service does.
+in ``config.attributes["connection"]``. The ``alembic`` command line (``alembic.ini`` at the
+repository root: ``alembic current``, ``alembic upgrade head``, ``alembic revision``) connects
+to ``SAGAWAY_DATABASE_URL`` instead, opened exactly as the service opens it (the async driver,
+a PostgreSQL ``?schema=`` created if missing, one migrator at a time).
 """
 
 from __future__ import annotations
 
 import asyncio
+from logging.config import fileConfig
 
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from checkout.db import VERSION_TABLE, Base, open_database
+from checkout.bootstrap import open_shop_database
+from checkout.db import VERSION_TABLE, Base, take_migration_lock
 from checkout.settings import Settings
 
 config = context.config
@@ -44,11 +47,16 @@ def run_offline() -> None:
         context.run_migrations()
 
 
+def _configure_locked(connection: Connection) -> None:
+    take_migration_lock(connection)
+    _configure(connection)
+
+
 async def _run_from_settings() -> None:
-    db = open_database(Settings().database_url, pool_size=1, max_overflow=0)
+    db = await open_shop_database(Settings().database_url)
     try:
         async with db.engine.begin() as conn:
-            await conn.run_sync(_configure)
+            await conn.run_sync(_configure_locked)
     finally:
         await db.dispose()
 
@@ -58,6 +66,9 @@ def run_online() -> None:
     if connection is not None:
         _configure(connection)
     else:
+        if config.config_file_name is not None:
+            # The alembic command line: its usual log lines (an app has its own logging).
+            fileConfig(config.config_file_name, disable_existing_loggers=False)
         asyncio.run(_run_from_settings())
 
 

@@ -79,3 +79,14 @@ def test_schema_of_a_postgresql_url_is_left_out_of_the_driver_url() -> None:
 def test_bad_schemas_are_refused(url: str) -> None:
     with pytest.raises(ValueError, match="schema"):
         async_database_url(url)
+
+
+def test_pool_sizes_come_from_settings_with_small_defaults() -> None:
+    settings = Settings(store_url="postgresql://u@h/d?schema=log")
+    assert (settings.db_pool_size, settings.db_max_overflow, settings.store_pool_size) == (5, 0, 4)
+    assert settings.connections_per_process == 10
+    assert settings.saga_log_url == "postgresql://u@h/d?schema=log&pool_size=4"
+    own = Settings(store_url="postgresql://u@h/d?pool_size=8", store_pool_size=2)
+    assert own.saga_log_url == "postgresql://u@h/d?pool_size=8"  # the URL's own choice wins
+    assert Settings(store_url="sqlite:///x.db").saga_log_url == "sqlite:///x.db"
+    assert Settings(store_url="redis://h/0").saga_log_url == "redis://h/0"

@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
+from checkout.api.auth import ADMIN
 from checkout.api.deps import (
     DEFAULT_WAIT_SECONDS,
     CheckoutDep,
@@ -82,7 +83,7 @@ async def create_order(
     return respond(await place(checkout_of(request), body, idempotency_key, wait), response)
 
 
-@router.get("/orders")
+@router.get("/orders", dependencies=[ADMIN])
 async def list_orders(
     checkout: CheckoutDep,
     limit: Limit = 50,
