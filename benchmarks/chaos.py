@@ -288,27 +288,30 @@ class Chaos:
     # -- faults --------------------------------------------------------------------------
 
     async def inject(self, schedule: list[str]) -> None:
-        """Each fault once its share of the orders is answered; a killed process is restarted
-        in the background (the next fault waits for that restart, not the load)."""
-        restart: asyncio.Task[None] | None = None
+        """Each fault once its share of the orders is answered. A killed process restarts in
+        the background while the load and the schedule go on; only a fault that needs that
+        very process (the API killed again) waits for its restart."""
+        restarts: dict[str, asyncio.Task[None]] = {}
         for i, kind in enumerate(schedule):
             mark = self.args.n * (i + 1) // (len(schedule) + 1)
             while self.done < mark:
                 self.advanced.clear()
                 await self.advanced.wait()
-            if restart is not None:
-                await restart
+            if kind == "kill-api" and "api" in restarts:
+                await restarts["api"]
+            busy = {name for name, task in restarts.items() if not task.done()}
+            if kind == "kill-worker" and busy >= {w.name for w in self.workers}:
+                await asyncio.wait([restarts[name] for name in busy])
+                busy = {name for name, task in restarts.items() if not task.done()}
             fault = Fault(kind, self.done, time.time())
             self.faults.append(fault)
-            fault.detail, victim = await asyncio.to_thread(self._fire, kind)
-            restart = (
-                None if victim is None else asyncio.create_task(asyncio.to_thread(victim.start))
-            )
-        if restart is not None:
-            await restart
+            fault.detail, victim = await asyncio.to_thread(self._fire, kind, busy)
+            if victim is not None:
+                restarts[victim.name] = asyncio.create_task(asyncio.to_thread(victim.start))
+        await asyncio.gather(*restarts.values())
 
-    def _busiest_worker(self) -> Process:
-        """The worker holding the most active sagas now (a kill that costs something)."""
+    def _busiest_worker(self, busy: set[str]) -> Process:
+        """The running worker holding the most active sagas now (a kill that costs)."""
         with connect(self.url) as conn:
             held = dict(
                 conn.execute(
@@ -316,12 +319,13 @@ class Chaos:
                     " WHERE status IN ('RUNNING', 'COMPENSATING') GROUP BY owner"
                 ).fetchall()
             )
-        return max(self.workers, key=lambda w: (held.get(w.name, 0), self.rng.random()))
+        running = [w for w in self.workers if w.name not in busy]
+        return max(running, key=lambda w: (held.get(w.name, 0), self.rng.random()))
 
-    def _fire(self, kind: str) -> tuple[str, Process | None]:
+    def _fire(self, kind: str, busy: set[str]) -> tuple[str, Process | None]:
         """Inject ``kind``; returns what was hit and the process to restart, if any."""
         if kind == "kill-worker":
-            victim = self._busiest_worker()
+            victim = self._busiest_worker(busy)
             victim.kill()  # restarted with the same SAGAWAY_WORKER_ID: takes its sagas back
             return victim.name, victim
         if kind == "kill-api":
