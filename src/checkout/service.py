@@ -268,13 +268,16 @@ class CheckoutService:
                 # Also completes a repeat whose first attempt died between the two writes.
                 order = await self._start(order)
             return await self.view(order, wait=wait)
-        except UNAVAILABLE as exc:
-            log.warning(
-                "order %s is recorded, its saga cannot be started or read now (%s): answering "
-                "it as it stands",
-                order.id,
-                _summary(exc),
-            )
+        except Exception as exc:  # recorded: whatever failed, the order is answered (202)
+            if isinstance(exc, UNAVAILABLE):
+                log.warning(
+                    "order %s is recorded, its saga cannot be started or read now (%s): "
+                    "answering it as it stands",
+                    order.id,
+                    _summary(exc),
+                )
+            else:
+                log.exception("order %s is recorded; answering it as it stands", order.id)
             return OrderView(order, None, order.status, order.error)
 
     @staticmethod
