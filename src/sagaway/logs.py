@@ -16,8 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 from sagaway.context import StepContext
@@ -36,6 +36,17 @@ _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
 }
 
 
+_second: list[Any] = [None, ""]  # (whole second, its formatted prefix): strftime is slow
+
+
+def _timestamp(created: float) -> str:
+    """``2026-01-01T10:00:00.123Z`` (UTC, milliseconds), formatting each second only once."""
+    whole = int(created)
+    if _second[0] != whole:
+        _second[0], _second[1] = whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+    return f"{_second[1]}.{int((created - whole) * 1000):03d}Z"
+
+
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in record.__dict__.items() if k not in _STANDARD and v is not None}
 
@@ -44,8 +55,9 @@ class TextFormatter(logging.Formatter):
     """``2026-01-01T10:00:00.123Z INFO sagaway.sagas: saga started saga_id=... order_id=...``"""
 
     def format(self, record: logging.LogRecord) -> str:
-        at = datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
-        line = f"{at}Z {record.levelname} {record.name}: {record.getMessage()}"
+        line = (
+            f"{_timestamp(record.created)} {record.levelname} {record.name}: {record.getMessage()}"
+        )
         fields = _extras(record)
         if fields:
             line += " " + " ".join(f"{k}={_text(v)}" for k, v in fields.items())
@@ -64,7 +76,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "ts": _timestamp(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),

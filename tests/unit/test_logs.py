@@ -87,13 +87,16 @@ def test_json_lines_carry_the_fields() -> None:
     assert line["level"] == "INFO"
     assert line["logger"] == "sagaway.sagas"
     assert (line["saga_id"], line["order_id"]) == ("s1", "o1")
-    assert line["ts"].endswith("+00:00")
+    assert line["ts"].endswith("Z")
+    assert len(line["ts"]) == len("2026-01-01T10:00:00.123Z")
 
 
 def test_text_lines_append_fields_as_key_value() -> None:
     record = logging.LogRecord("sagaway.sagas", logging.INFO, __file__, 1, "saga %s", ("x",), None)
     record.saga_id, record.error = "s1", "two words"
+    record.created = 1767261600.5  # 2026-01-01T10:00:00.5 UTC
     text = TextFormatter().format(record)
+    assert text.startswith("2026-01-01T10:00:00.500Z INFO")
     assert text.endswith(' INFO sagaway.sagas: saga x saga_id=s1 error="two words"')
     assert json.loads(JsonFormatter().format(record))["error"] == "two words"
 
