@@ -140,6 +140,8 @@ async def test_reset_refuses_a_request_a_cross_site_form_could_send(
         assert "application/json" in response.json()["detail"]
         balance = (await client.get("/balances")).json()["balances"]["user_1"]
         assert balance == 950.0  # the order's charge stands: nothing was reset
+        unknown = await client.post("/reset", json={"restock": True})
+        assert unknown.status_code == 422, unknown.text  # it takes nothing; says so
         ok = await client.post("/reset", headers={"content-type": "application/json"})
         assert ok.status_code == 200, ok.text
         assert ok.json()["balances"]["user_1"] == 1000.0
