@@ -148,7 +148,7 @@ async def run(
 ) -> tuple[Results, float]:
     if reset:
         async with httpx.AsyncClient(base_url=url) as client:
-            response = await client.post("/reset")
+            response = await client.post("/reset", json={})
             response.raise_for_status()
     async with CLIENTS[client_kind](url, concurrency) as post:
         results = Results()

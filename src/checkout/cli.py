@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
+import logging
 import signal
 import socket
 import sys
@@ -38,6 +40,7 @@ from checkout.domain.rules import format_money
 from checkout.service import OrderView
 from checkout.settings import Settings, async_database_url
 from sagaway import Phase, SagawayError, open_store
+from sagaway.logs import JsonFormatter, configure_logging
 from sagaway.tracing import check_exporters
 
 T = TypeVar("T")
@@ -75,6 +78,12 @@ def load_settings(**overrides: Any) -> Settings:
     return settings
 
 
+def _record(name: str, message: str, **fields: str) -> logging.LogRecord:
+    record = logging.LogRecord(name, logging.INFO, __file__, 0, message, None, None)
+    record.__dict__.update(fields)
+    return record
+
+
 def fast_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's event loop when it is installed (``uvicorn[standard]`` brings it), else None
     (asyncio's default)."""
@@ -83,6 +92,21 @@ def fast_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     except ImportError:  # pragma: no cover - a dependency of uvicorn[standard]
         return None
     return uvloop.new_event_loop
+
+
+def is_loopback(host: str) -> bool:
+    """True if every address ``host`` names is a loopback one (``""`` is every interface)."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    if not host:
+        return False
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except socket.gaierror:
+        return False  # bind() reports it
+    return all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -126,27 +150,44 @@ def serve(
     from checkout.api import create_app
 
     settings = load_settings(host=host, port=port)
+    if settings.demo and settings.admin_token is None and not is_loopback(settings.host):
+        fail(
+            f"demo mode without SAGAWAY_ADMIN_TOKEN lets anyone reset the shop and read every "
+            f"customer's data, so it is only served on loopback (127.0.0.1, ::1), not on "
+            f"{settings.host!r}: set SAGAWAY_ADMIN_TOKEN, or SAGAWAY_DEMO=false"
+        )
     sock = bind(settings.host, settings.port)
     actual_port = sock.getsockname()[1]
     role = Role.API if no_worker else Role.ALL
     application = create_app(settings, role=role, owner_id=server_owner_id(actual_port))
+    configure_logging(settings.log_format, settings.log_level)
     config = uvicorn.Config(
         application,
+        log_config=None,  # uvicorn's records go through configure_logging's format too
         log_level=log_level,
         # Access lines are INFO: below the default level nothing would be written, but uvicorn
         # would still format each line's arguments per request.
         access_log=log_level.lower() in ("trace", "debug", "info"),
         lifespan="on",
         timeout_graceful_shutdown=5,
+        # Slow or greedy clients (see the README on what to put in front in production).
+        timeout_keep_alive=settings.keep_alive_seconds,
+        limit_concurrency=settings.max_connections,
     )
     server = uvicorn.Server(config)
     shown = f"[{settings.host}]" if ":" in settings.host else settings.host
     mode = "API only" if no_worker else "API + engine"
-    console.print(
-        f"checkout serving on http://{shown}:{actual_port} ({mode}; docs at /docs)",
-        highlight=False,
-        soft_wrap=True,
+    base = f"http://{shown}:{actual_port}"
+    where = {"ui": f"{base}/", "docs": f"{base}/docs", "metrics": f"{base}/metrics"}
+    startup = (
+        f"checkout serving on {base} ({mode}): shop and sagas at {where['ui']} "
+        f"(sagas: {base}/ui/sagas), API docs at {where['docs']}"
+        + (f", metrics at {where['metrics']}" if settings.metrics else "")
     )
+    if settings.log_format == "json":  # stdout stays one JSON object per line
+        print(JsonFormatter().format(_record("checkout", startup, **where)), flush=True)
+    else:
+        console.print(startup, highlight=False, soft_wrap=True)
     sys.stdout.flush()
     # uvicorn re-raises the signal that stopped it once it has shut down gracefully; with this
     # handler in place that re-raise is a no-op and SIGTERM ends the process with status 0.
@@ -168,6 +209,7 @@ async def _run_worker(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    configure_logging(settings.log_format, settings.log_level)
     async with bootstrap(settings, role=Role.WORKER) as services:
         if settings.metrics_port is not None:
             from prometheus_client import start_http_server

@@ -14,13 +14,15 @@ driver sees (the tables go there through ``search_path``, see
 from __future__ import annotations
 
 import re
+from typing import Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 
 DEFAULT_DATABASE_URL = "sqlite:///./sagaway.db"
+MIN_ADMIN_TOKEN_CHARS = 16
 
 # Drivers that work under SQLAlchemy's asyncio extension; anything else is swapped for the default.
 _ASYNC_DRIVERS = {
@@ -54,6 +56,25 @@ class Settings(BaseSettings):
     metrics: bool = True
     # `checkout worker` has no HTTP API: with this set it serves /metrics on this port.
     metrics_port: int | None = None
+    # Log lines (one per saga start, retry, failure, compensation, finish): text or JSON lines.
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Operator actions (retry, cancel, reset) and reads of other customers' data need
+    # `Authorization: Bearer <this>`; unset, they are open in demo mode and refused otherwise.
+    admin_token: SecretStr | None = None
+    # uvicorn's defences against slow or greedy clients (`checkout serve`); see the README.
+    keep_alive_seconds: int = 5  # idle keep-alive connections are closed after this
+    max_connections: int | None = 1000  # open connections (or requests in flight); beyond: 503
+
+    @field_validator("admin_token", mode="before")
+    @classmethod
+    def _token(cls, value: object) -> object:
+        if value is None or value == "":
+            return None  # SAGAWAY_ADMIN_TOKEN= (empty) means no token
+        secret = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if isinstance(secret, str) and len(secret) < MIN_ADMIN_TOKEN_CHARS:
+            raise ValueError(f"use at least {MIN_ADMIN_TOKEN_CHARS} characters")
+        return value
 
     # Connection pools of one process on PostgreSQL: the shop's (SQLAlchemy: db_pool_size kept,
     # up to db_max_overflow more in bursts) and the saga log's (store_pool_size, unless the

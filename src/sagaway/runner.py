@@ -20,9 +20,11 @@ from collections.abc import Callable, Generator, Iterator, Mapping
 from time import perf_counter
 from typing import Any
 
+from pydantic import ValidationError
+
 from sagaway.clock import Clock
 from sagaway.context import StepContext
-from sagaway.definition import Action, OnUncertain, Saga, Step, StepKind
+from sagaway.definition import Action, OnUncertain, Saga, Step, StepKind, describe_validation
 from sagaway.errors import CancelPending, DecodeError, EffectFailed, StepFailed, UnstorableValue
 from sagaway.hooks import HookChain, StepOutcome
 from sagaway.state import (
@@ -88,7 +90,12 @@ def _describe(exc: BaseException) -> str:
         return printable(exc.reason)
     if isinstance(exc, TimeoutError):
         return "timed out"
-    text = str(exc)
+    if isinstance(exc, DecodeError):  # its message says all, on one line
+        return printable(str(exc))
+    # pydantic's own text spans many lines: one line for the log, the CLI and the API.
+    text = (
+        f"{exc.title}: {describe_validation(exc)}" if isinstance(exc, ValidationError) else str(exc)
+    )
     return printable(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
 
 

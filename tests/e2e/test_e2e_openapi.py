@@ -22,8 +22,8 @@ def methods(response: httpx.Response) -> set[str]:
 @pytest.mark.parametrize(
     ("path", "allowed"),
     [
-        ("/orders", {"GET", "POST", "OPTIONS"}),
-        ("/orders/ord_1", {"GET", "OPTIONS"}),
+        ("/orders", {"GET", "HEAD", "POST", "OPTIONS"}),
+        ("/orders/ord_1", {"GET", "HEAD", "OPTIONS"}),
         ("/checkout", {"POST", "OPTIONS"}),
         ("/sagas/s1/retry", {"POST", "OPTIONS"}),
         ("/reset", {"POST", "OPTIONS"}),
@@ -44,7 +44,7 @@ async def test_options_on_an_unknown_path_is_404(client: httpx.AsyncClient) -> N
 async def test_405_names_every_method_of_the_path(client: httpx.AsyncClient) -> None:
     response = await client.delete("/orders")
     assert response.status_code == 405
-    assert methods(response) == {"GET", "POST", "OPTIONS"}
+    assert methods(response) == {"GET", "HEAD", "POST", "OPTIONS"}
     assert response.json()["detail"] == "Method Not Allowed"
 
 

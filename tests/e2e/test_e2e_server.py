@@ -1,5 +1,5 @@
 """Real ``checkout serve`` processes over real HTTP: one order, and a SIGKILL with 100 orders in
-flight, some of them held inside a charge or a refund (``gated_serve.py``), followed by a
+flight, some of them held inside a charge or a refund (``tests/gated_checkout.py``), followed by a
 restart: every saga ends as its order says, and each customer's balance and each product's stock
 moved by exactly what their completed orders took."""
 
@@ -10,6 +10,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -33,7 +34,7 @@ from checkout.domain.demo import (
 from checkout.participants import CheckoutParticipants
 
 SERVE = [sys.executable, "-m", "checkout.cli", "serve", "--host", "127.0.0.1"]
-GATED_SERVE = [sys.executable, str(Path(__file__).with_name("gated_serve.py"))]
+GATED_SERVE = [sys.executable, str(Path(__file__).parents[1] / "gated_checkout.py")]
 GATED_SERVE += SERVE[3:]
 READY = re.compile(r"serving on http://([\d.]+):(\d+)")
 
@@ -177,8 +178,8 @@ def test_checkout_serve_places_an_order_over_http(server_factory: Any) -> None:
         head = client.head("/health")
         assert (head.status_code, head.content) == (200, b"")
         assert int(head.headers["content-length"]) == len(client.get("/health").content)
-        root = client.get("/", follow_redirects=False)
-        assert client.head("/", follow_redirects=False).status_code == root.status_code
+        root = client.head("/", follow_redirects=False)  # the shop page
+        assert (root.status_code, root.content) == (200, b"")
         assert client.get("/docs").status_code == 200
         assert client.get("/static-offline-docs/swagger-ui-bundle.js").status_code == 200
     assert server.stop() == 0
@@ -280,3 +281,45 @@ def test_sigkill_with_orders_in_flight_then_restart(server_factory: Any, tmp_pat
     assert money == demo_total_money_cents()
     assert units == demo_total_units()
     print(f"at the SIGKILL: {dict(at_kill)}; completed: {sum(spent.values())} cents")
+
+
+def _get_health(sock: socket.socket) -> int:
+    """One ``GET /health`` on an open keep-alive connection; its status code."""
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: checkout\r\n\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        assert chunk, "the server closed the connection"
+        head += chunk
+    status_line, _, rest = head.partition(b"\r\n")
+    length = next(
+        int(line.split(b":")[1])
+        for line in rest.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    body = head.partition(b"\r\n\r\n")[2]
+    while len(body) < length:
+        body += sock.recv(4096)
+    return int(status_line.split()[1])
+
+
+def test_checkout_serve_bounds_the_connections_it_holds(server_factory: Any) -> None:
+    server = server_factory(env={"SAGAWAY_MAX_CONNECTIONS": "2"})
+    address = ("127.0.0.1", server.port)
+    # Until the server has seen the health check's connection close, a new one may be over the
+    # limit (503, connection closed); once one answers 200, it is the only one open.
+    first = socket.create_connection(address, timeout=30)
+    for _ in range(100):
+        if _get_health(first) == 200:
+            break
+        first.close()
+        first = socket.create_connection(address, timeout=30)
+    else:
+        raise AssertionError("no connection was ever served")
+    second = socket.create_connection(address, timeout=30)
+    try:
+        # A client holding connections open cannot take more than SAGAWAY_MAX_CONNECTIONS.
+        assert _get_health(second) == 503
+    finally:
+        first.close()
+        second.close()

@@ -14,6 +14,7 @@ from sagaway import (
     Engine,
     EngineNotOpen,
     InvalidInput,
+    RetryPolicy,
     Saga,
     SagaStatus,
     StepContext,
@@ -209,3 +210,22 @@ async def test_start_before_open_says_how_to_open_the_engine() -> None:
     engine = Engine("sqlite:///never-created.db")
     with pytest.raises(EngineNotOpen, match=r"async with Engine\(\.\.\.\).*await engine\.open\(\)"):
         await engine.start(kit.saga, Order(id="o-1", amount=5))
+
+
+async def test_a_validation_error_raised_by_a_step_is_recorded_on_one_line() -> None:
+    saga = Saga("user-validation")
+
+    @saga.step(retry=RetryPolicy(max_attempts=2, initial_delay=0, jitter=0))
+    async def parse(ctx: StepContext, order: Order) -> int:
+        return Amount.model_validate({"cents": "lots", "extra": {"nested": "x"}}).cents
+
+    async with Engine(MemoryStore(), sagas=[saga]) as engine:
+        saga_id = await engine.start(saga, Order(id="o-1", amount=5))
+        record = await engine.wait(saga_id, timeout=5)
+    row = record.step("parse")
+    assert row is not None
+    assert row.attempts == 2, "still the retry policy's call: the step's own code raised it"
+    assert row.error == (
+        "ValidationError: Amount: cents: Input should be a valid integer, unable to parse "
+        "string as an integer"
+    )

@@ -25,10 +25,13 @@ class Recording(MemoryStore):
         super().__init__("test://here")
         self.calls: list[tuple[str, str]] = []
         self.gate: asyncio.Event | None = None  # set: _open waits for it
+        self.entered: asyncio.Event | None = None  # set by _open before it waits
         self.fail_open = False
 
     async def _open(self) -> None:
         self.calls.append(("open", self._state))
+        if self.entered is not None:
+            self.entered.set()
         if self.gate is not None:
             await self.gate.wait()
         if self.fail_open:
@@ -86,13 +89,29 @@ async def test_a_failed_open_leaves_the_store_new() -> None:
     await store.close()
 
 
+class ContendedLock(asyncio.Lock):
+    """A lock that says when someone has to wait for it: the test's synchronisation point."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.contended = asyncio.Event()
+
+    async def acquire(self) -> bool:
+        if self.locked():
+            self.contended.set()
+        return await super().acquire()
+
+
 async def test_close_waits_for_an_open_in_progress() -> None:
     store = Recording()
     store.gate = asyncio.Event()
+    store.entered = asyncio.Event()
+    lock = store._lifecycle = ContendedLock()
     opening = asyncio.create_task(store.open())
-    await asyncio.sleep(0)
+    await store.entered.wait()  # open is inside _open, holding the lifecycle lock
     closing = asyncio.create_task(store.close())
-    await asyncio.sleep(0)
+    # close has started, and waits for the open to finish (a bound, should it never wait)
+    await asyncio.wait_for(lock.contended.wait(), timeout=10)
     assert store.calls == [("open", "new")]
     store.gate.set()
     await asyncio.gather(opening, closing)

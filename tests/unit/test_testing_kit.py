@@ -52,12 +52,13 @@ async def test_virtual_clock_sleep_returns_only_once_time_passes_its_wakeup() ->
     tasks = [asyncio.create_task(sleeper(s)) for s in (5.0, 2.0, 2.0)]
     await clock.wait_for_sleepers(3)
     assert clock.wakeups == [102.0, 102.0, 105.0]
-    assert clock.advance(1.0) == 0
-    await asyncio.sleep(0)
-    assert woke == []
+    assert clock.advance(1.0) == 0, "nobody is due yet"
+    assert clock.sleepers == 3
     assert clock.advance(1.0) == 2
-    await asyncio.sleep(0)
+    await asyncio.gather(tasks[1], tasks[2])  # the two woken sleepers finish; the third sleeps
     assert woke == [102.0, 102.0]
+    assert not tasks[0].done()
+    assert clock.sleepers == 1
     assert clock.advance_to_next() == 3.0
     await asyncio.gather(*tasks)
     assert woke == [102.0, 102.0, 105.0]

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
+from checkout.api.auth import ADMIN
 from checkout.api.errors import MAX_BODY_BYTES, BodyLimitMiddleware, install_error_handlers
 from checkout.api.head import HeadAsGetMiddleware
 from checkout.api.metrics import HttpMetrics, HttpMetricsMiddleware
@@ -77,5 +78,6 @@ def create_app(
     for module in (orders, checkout, saga_status, sagas, shop, health):
         app.include_router(module.router)
     for router in ui_routers():  # the shop at /, the saga pages under /ui
-        app.include_router(router)
+        # They show every customer's orders and balances and retry/cancel sagas: admin routes.
+        app.include_router(router, dependencies=[ADMIN])
     return app

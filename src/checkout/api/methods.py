@@ -15,7 +15,7 @@ from starlette.routing import Match
 
 __all__ = ["allowed_methods", "options_response"]
 
-_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 
 def allowed_methods(request: Request) -> list[str]:
@@ -29,6 +29,8 @@ def allowed_methods(request: Request) -> list[str]:
         probe = {**request.scope, "method": method}
         if any(route.matches(probe)[0] is Match.FULL for route in routes):
             allowed.add(method)
+    if "GET" in allowed:
+        allowed.add("HEAD")  # every GET route answers HEAD (checkout.api.head)
     return sorted(allowed)
 
 

@@ -30,7 +30,8 @@ async def checkout_new(
     wait: Wait = DEFAULT_WAIT_SECONDS,
 ) -> OrderOut:
     """Same as POST /orders."""
-    return respond(await place(checkout, body, idempotency_key, wait), response)
+    view = await place(checkout, body, idempotency_key, wait, response, route="/checkout")
+    return respond(view, response)
 
 
 @router.post(

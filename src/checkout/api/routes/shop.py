@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException
 
+from checkout.api.auth import ADMIN, JSON_ONLY
 from checkout.api.deps import ParticipantsDep, ServicesDep
 from checkout.api.schemas import (
     AccountOut,
@@ -32,21 +33,21 @@ async def products(participants: ParticipantsDep) -> ProductsOut:
     return ProductsOut(products=[ProductOut.of(p) for p in items])
 
 
-@router.get("/balances")
+@router.get("/balances", dependencies=[ADMIN])
 async def balances(participants: ParticipantsDep) -> BalancesOut:
     """Account balances (JSON numbers with two decimal places at most)."""
     cents = await participants.shop.balances()
     return BalancesOut(balances={user: money(c) for user, c in cents.items()})
 
 
-@router.get("/accounts")
+@router.get("/accounts", dependencies=[ADMIN])
 async def accounts(participants: ParticipantsDep) -> AccountsOut:
     """Accounts with balance and default shipping address."""
     items = await participants.shop.list_accounts()
     return AccountsOut(accounts=[AccountOut.of(a) for a in items])
 
 
-@router.post("/reset")
+@router.post("/reset", dependencies=[ADMIN, JSON_ONLY])
 async def reset(services: ServicesDep) -> ResetOut:
     """Restore the demo data (demo mode only, else 403). The saga log keeps its history."""
     if not services.settings.demo:

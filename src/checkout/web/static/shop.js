@@ -77,7 +77,11 @@
   const reset = document.getElementById("reset");
   if (reset) {
     reset.addEventListener("click", async () => {
-      const response = await fetch("/reset", { method: "POST" });
+      const response = await fetch("/reset", {
+        method: "POST",
+        headers: { "content-type": "application/json" },  // /reset refuses anything else
+        body: "{}",
+      });
       show(response.ok ? "Demo data restored." : "Reset refused.", !response.ok);
       await refresh();
     });

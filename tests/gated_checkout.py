@@ -1,8 +1,10 @@
-"""``checkout serve`` with crash-test gates: participant calls that never return.
+"""``checkout`` (``serve`` or ``worker``) with crash-test gates: participant calls that never
+return.
 
-The SIGKILL test needs sagas that are certainly unfinished when it kills the server, not sagas
-that merely happened to be slow. This launcher holds chosen participant calls *after* their
-effect was applied (the uncertain case: the engine never hears back) until the process dies:
+The SIGKILL tests need sagas that are certainly unfinished, and certainly held by the process
+they kill, not sagas that merely happened to be slow. This launcher holds chosen participant
+calls *after* their effect was applied (the uncertain case: the engine never hears back) until
+the process dies:
 
 * ``PaymentService.charge`` of the accounts in ``CRASH_HOLD_CHARGE`` (comma-separated): the
   saga stays RUNNING with its payment step RUNNING, the money already taken;
@@ -13,7 +15,8 @@ Each held call prints ``GATE charge|refund <account> <idempotency key>`` so the 
 without guessing at timing, that the state it wants to kill in has been reached. Step timeouts
 are switched off so a held step cannot time out and move the saga on before the kill.
 
-    python gated_serve.py serve --host 127.0.0.1 --port 0
+    python gated_checkout.py serve --host 127.0.0.1 --port 0
+    python gated_checkout.py worker
 """
 
 from __future__ import annotations
