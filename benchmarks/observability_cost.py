@@ -1,6 +1,9 @@
 """What observability costs the engine: CPU per saga with no hook, with the Prometheus hook, and
 with the tracing hook over OpenTelemetry's no-op tracer (the API without an SDK configured).
 
+``checkout-default`` is what ``checkout serve`` registers by default: metrics plus the saga log
+lines at INFO (two lines per saga, formatted, written to /dev/null).
+
 "tracing off" in production registers no hook at all (``sagaway.tracing.tracing_hook()`` returns
 None unless ``OTEL_TRACES_EXPORTER`` asks for spans), which is the ``none`` row; the
 ``tracing-noop`` row bounds what a hook costs when it is installed but nothing records.
@@ -49,9 +52,18 @@ def tracing_noop_hooks() -> list[Hook]:
     return [TracingHook()]  # the API's global tracer: a no-op without an SDK
 
 
+def checkout_default_hooks() -> list[Hook]:
+    """What `checkout serve` registers by default: metrics and the saga log lines (at the
+    default INFO level, written to a null stream: formatting is counted, terminal I/O not)."""
+    from sagaway.logs import LoggingHook
+
+    return [*metrics_hooks(), LoggingHook(fields=lambda record: {"order_id": record.id})]
+
+
 CONFIGS: dict[str, Callable[[], list[Hook]]] = {
     "none": no_hooks,
     "metrics": metrics_hooks,
+    "checkout-default": checkout_default_hooks,
     "tracing-noop": tracing_noop_hooks,
 }
 
@@ -79,6 +91,12 @@ def main() -> None:
     parser.add_argument("--configs", default=",".join(CONFIGS))
     args = parser.parse_args()
     names = args.configs.split(",")
+    if "checkout-default" in names:
+        import logging
+
+        from sagaway.logs import configure_logging
+
+        configure_logging("text", logging.INFO, stream=open(os.devnull, "w"))  # noqa: SIM115
     samples: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory(prefix="sagaway-obs-") as tmp:
         for round_ in range(args.rounds):
@@ -86,7 +104,9 @@ def main() -> None:
                 url = args.store
                 if url == "sqlite":
                     url = f"sqlite:///{os.path.join(tmp, f'{name}-{round_}.db')}"
-                samples[name].append(asyncio.run(one_run(url, CONFIGS[name](), args.n, 32)))
+                hooks = CONFIGS[name]()
+                run = one_run(url, hooks, args.n, args.concurrency)
+                samples[name].append(asyncio.run(run))
     base = statistics.median(s["cpu_us"] for s in samples["none"]) if "none" in names else None
     result: dict[str, Any] = {"store": args.store.split(":")[0], "n": args.n, "rounds": args.rounds}
     for name in names:

@@ -42,9 +42,10 @@ from checkout.participants import CheckoutParticipants
 from checkout.sagas import build_checkout_saga
 from checkout.service import CheckoutService
 from checkout.settings import Settings, database_schema
-from checkout.tracking import OrderTracker
+from checkout.tracking import OrderTracker, order_id_of
 from sagaway import Engine, Saga, open_store
 from sagaway.hooks import Hook
+from sagaway.logs import LoggingHook
 from sagaway.metrics import PrometheusHook
 from sagaway.tracing import tracing_hook
 
@@ -104,12 +105,14 @@ async def open_shop_database(url: str, *, pool_size: int = 5, max_overflow: int 
 def observability_hooks(
     settings: Settings, store: object, registry: CollectorRegistry
 ) -> list[Hook]:
-    """The engine hooks the settings ask for: Prometheus metrics (on by default), OpenTelemetry
-    spans (when ``OTEL_TRACES_EXPORTER`` names an exporter)."""
+    """The engine hooks the settings ask for: Prometheus metrics (on by default), the saga log
+    lines (with the order id), OpenTelemetry spans (when ``OTEL_TRACES_EXPORTER`` names an
+    exporter)."""
     hooks: list[Hook] = []
     if settings.metrics:
         ProcessCollector(registry=registry)  # CPU, memory, open files of this process
         hooks.append(PrometheusHook(registry, store=store))
+    hooks.append(LoggingHook(fields=lambda record: {"order_id": order_id_of(record)}))
     tracing = tracing_hook()
     if tracing is not None:
         hooks.append(tracing)

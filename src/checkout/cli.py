@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import logging
 import signal
 import socket
 import sys
@@ -39,6 +40,7 @@ from checkout.domain.rules import format_money
 from checkout.service import OrderView
 from checkout.settings import Settings, async_database_url
 from sagaway import Phase, SagawayError, open_store
+from sagaway.logs import JsonFormatter, configure_logging
 from sagaway.tracing import check_exporters
 
 T = TypeVar("T")
@@ -74,6 +76,12 @@ def load_settings(**overrides: Any) -> Settings:
     except (ValueError, SagawayError) as exc:
         fail(str(exc))
     return settings
+
+
+def _record(name: str, message: str, **fields: str) -> logging.LogRecord:
+    record = logging.LogRecord(name, logging.INFO, __file__, 0, message, None, None)
+    record.__dict__.update(fields)
+    return record
 
 
 def fast_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -152,8 +160,10 @@ def serve(
     actual_port = sock.getsockname()[1]
     role = Role.API if no_worker else Role.ALL
     application = create_app(settings, role=role, owner_id=server_owner_id(actual_port))
+    configure_logging(settings.log_format, settings.log_level)
     config = uvicorn.Config(
         application,
+        log_config=None,  # uvicorn's records go through configure_logging's format too
         log_level=log_level,
         # Access lines are INFO: below the default level nothing would be written, but uvicorn
         # would still format each line's arguments per request.
@@ -167,11 +177,17 @@ def serve(
     server = uvicorn.Server(config)
     shown = f"[{settings.host}]" if ":" in settings.host else settings.host
     mode = "API only" if no_worker else "API + engine"
-    console.print(
-        f"checkout serving on http://{shown}:{actual_port} ({mode}; docs at /docs)",
-        highlight=False,
-        soft_wrap=True,
+    base = f"http://{shown}:{actual_port}"
+    where = {"ui": f"{base}/", "docs": f"{base}/docs", "metrics": f"{base}/metrics"}
+    startup = (
+        f"checkout serving on {base} ({mode}): shop and sagas at {where['ui']} "
+        f"(sagas: {base}/ui/sagas), API docs at {where['docs']}"
+        + (f", metrics at {where['metrics']}" if settings.metrics else "")
     )
+    if settings.log_format == "json":  # stdout stays one JSON object per line
+        print(JsonFormatter().format(_record("checkout", startup, **where)), flush=True)
+    else:
+        console.print(startup, highlight=False, soft_wrap=True)
     sys.stdout.flush()
     # uvicorn re-raises the signal that stopped it once it has shut down gracefully; with this
     # handler in place that re-raise is a no-op and SIGTERM ends the process with status 0.
@@ -193,6 +209,7 @@ async def _run_worker(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    configure_logging(settings.log_format, settings.log_level)
     async with bootstrap(settings, role=Role.WORKER) as services:
         if settings.metrics_port is not None:
             from prometheus_client import start_http_server

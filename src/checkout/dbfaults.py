@@ -4,8 +4,8 @@ service does about them.
 A dropped or refused connection is not a bug and not a business outcome: it is transient, and
 each layer answers it its own way:
 
-* the pool discards the connection (:func:`discard_broken_connections`), so no later
-  transaction reuses a dead one;
+* the pool discards the connection (SQLAlchemy's ``pool_pre_ping`` and its disconnect
+  check), so no later transaction reuses a dead one;
 * a saga step raises :class:`ShopUnavailable` (a fixed, readable message; the driver's text only
   goes to the log), which the step's retry policy rides out (see :mod:`checkout.sagas`);
 * the API answers 503 (see :mod:`checkout.api.errors`), or 202 when the order was already
@@ -25,10 +25,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import ExceptionContext
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sagaway import StoreError
 
@@ -37,7 +34,6 @@ __all__ = [
     "NotConnected",
     "ShopError",
     "ShopUnavailable",
-    "discard_broken_connections",
     "is_connection_error",
     "is_unavailable",
     "readable",
@@ -139,17 +135,3 @@ def readable(exc: BaseException, doing: str) -> ShopUnavailable | ShopError:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"
-
-
-def discard_broken_connections(engine: AsyncEngine) -> None:
-    """Make the pool drop a connection on any connection-level error, not only the ones the
-    dialect recognises: asyncpg reports a connection the server terminated mid-transaction as
-    ``InternalClientError: cannot switch to state ...`` (or "connection was closed in the
-    middle of operation"), which SQLAlchemy would otherwise hand back to the pool, to fail
-    the next transaction that draws it. Applies to the pre-ping too, so a dead connection
-    found at checkout is replaced instead of raising."""
-
-    @event.listens_for(engine.sync_engine, "handle_error")
-    def _on_error(context: ExceptionContext) -> None:
-        if not context.is_disconnect and is_connection_error(context.original_exception):
-            context.is_disconnect = True

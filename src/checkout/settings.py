@@ -14,6 +14,7 @@ driver sees (the tables go there through ``search_path``, see
 from __future__ import annotations
 
 import re
+from typing import Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator
@@ -55,6 +56,9 @@ class Settings(BaseSettings):
     metrics: bool = True
     # `checkout worker` has no HTTP API: with this set it serves /metrics on this port.
     metrics_port: int | None = None
+    # Log lines (one per saga start, retry, failure, compensation, finish): text or JSON lines.
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Operator actions (retry, cancel, reset) and reads of other customers' data need
     # `Authorization: Bearer <this>`; unset, they are open in demo mode and refused otherwise.
     admin_token: SecretStr | None = None

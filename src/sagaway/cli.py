@@ -318,13 +318,19 @@ def retry(ctx: typer.Context, saga_id: SagaId, store: StoreOption = None) -> Non
 
 @app.command()
 def cancel(ctx: typer.Context, saga_id: SagaId, store: StoreOption = None) -> None:
-    """Ask a running saga to stop and compensate."""
+    """Cancel a saga: it stops before its next step and compensates. Refused (exit 1, with
+    the reason, recorded in its history) when it would not take effect: finished, already
+    compensating, or its last cancellable step has started. Without the saga's definition
+    in this process only a saga that has not started a step can be cancelled."""
 
     async def action(engine: Engine) -> SagaRecord:
         return await engine.cancel(await _resolve(engine, saga_id))
 
     record = _run(_store_url(ctx, store), action)
-    typer.echo(f"cancellation of saga {record.id} requested (status {record.status})")
+    typer.echo(
+        f"saga {record.id} will be cancelled: it stops before its next step and compensates "
+        f"(status {record.status})"
+    )
 
 
 @app.command()

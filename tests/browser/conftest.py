@@ -15,22 +15,12 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from browserkit import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, Server
 
 from servers import require_server
-
-CHROMIUM = os.environ.get("SAGAWAY_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
-SCREENSHOTS = Path(os.environ.get("SAGAWAY_SCREENSHOT_DIR", "build/screenshots"))
 
 
 def chromium_check() -> None:
@@ -45,12 +35,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if here in Path(str(item.path)).parents:
             item.add_marker(pytest.mark.slow)
-
-
-@dataclass(frozen=True)
-class Server:
-    url: str
-    db_url: str  # the one SQLite file: shop and saga log
 
 
 @pytest.fixture(scope="module")

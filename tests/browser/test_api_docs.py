@@ -6,9 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+from browserkit import Server
 from playwright.sync_api import Page, Route, expect
-
-from conftest import Server
 
 # ReDoc's bundle shows a "Redocly" attribution logo from its CDN; the <img> hides itself when it
 # fails to load (an onError handler), so offline it costs nothing. Anything else is a failure.

@@ -15,9 +15,9 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from browserkit import Server
 from playwright.sync_api import Page, expect
 
-from conftest import Server
 from sagaway import Change, Event, EventType, Phase, SagaStatus, StepRecord, StepStatus
 from sagaway.state import NewSaga
 from sagaway.store import open_store

@@ -6,9 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from browserkit import Server
 from playwright.sync_api import Page, expect
-
-from conftest import Server
 
 S, F, C = "SUCCEEDED", "forward", "compensation"
 
@@ -154,7 +153,7 @@ def test_the_shop_fits_a_phone(
 
 
 def _screenshot_dir():  # type: ignore[no-untyped-def]
-    from conftest import SCREENSHOTS
+    from browserkit import SCREENSHOTS
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     return SCREENSHOTS

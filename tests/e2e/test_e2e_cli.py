@@ -86,7 +86,7 @@ def test_worker_runs_until_sigterm(tmp_path: Path) -> None:
         assert proc.stdout is not None
         deadline = time.monotonic() + 30
         line = ""
-        while "worker" not in line and time.monotonic() < deadline:
+        while "running sagas" not in line and time.monotonic() < deadline:
             line = proc.stdout.readline()
             assert line or proc.poll() is None, "worker exited early"
         assert "running sagas" in line
@@ -153,3 +153,45 @@ def test_unknown_otel_exporter_is_a_clear_error(tmp_path: Path) -> None:
     result = runner.invoke(app, ["worker"], env=env)
     assert result.exit_code == 2
     assert "OTEL_TRACES_EXPORTER='zipkin' is not supported" in result.output
+
+
+def test_serve_json_logs_name_every_saga_with_its_order(tmp_path: Path) -> None:
+    import json
+
+    import httpx
+
+    env = {**os.environ, **_env(tmp_path), "PYTHONUNBUFFERED": "1"}
+    env["SAGAWAY_LOG_FORMAT"] = "json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "checkout.cli", "serve", "--port", "0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        startup = json.loads(proc.stdout.readline())
+        assert "serving on" in startup["message"]
+        base = startup["ui"].rstrip("/")
+        assert startup["docs"] == f"{base}/docs"
+        assert startup["metrics"] == f"{base}/metrics"
+        response = httpx.post(
+            f"{base}/orders",
+            json={"user_id": "user_3", "product_id": "product_1", "quantity": 10},
+            timeout=30,
+        )
+        order = response.json()
+        assert order["status"] == "failed"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    records = [json.loads(line) for line in err.splitlines() if line.strip()]
+    mine = [r for r in records if r.get("saga_id") == order["saga_id"]]
+    assert [r["message"] for r in mine] == [
+        "saga started",
+        "step process_payment failed: Insufficient funds",
+        "saga compensating: Insufficient funds",
+        "saga compensated: Insufficient funds",
+    ]
+    assert {r["order_id"] for r in mine} == {order["order_id"]}

@@ -138,14 +138,20 @@ async def test_bad_input_is_a_clear_4xx(client: httpx.AsyncClient, url: str, sta
 async def test_refused_actions_say_why(client: httpx.AsyncClient) -> None:
     data = await place(client, user_id="user_1", product_id="product_1", quantity=1)
     saga_id = data["saga_id"]
-    as_json = {"accept": "application/json"}
-    retry = await client.post(f"/ui/sagas/{saga_id}/retry", headers=as_json)
+    retry = await client.post(f"/ui/sagas/{saga_id}/retry", json={})
     assert retry.status_code == 409
     assert "only FAILED sagas can be retried" in retry.json()["detail"]
-    cancel = await client.post(f"/ui/sagas/{saga_id}/cancel")  # a plain form post
-    assert cancel.status_code == 303
-    back = await client.get(cancel.headers["location"])
-    assert back.status_code == 200
-    assert 'class="error"' in back.text
-    missing = await client.post("/ui/sagas/nope/retry", headers=as_json)
+    cancel = await client.post(f"/ui/sagas/{saga_id}/cancel", json={})
+    assert cancel.status_code == 409
+    assert cancel.json()["detail"]
+    missing = await client.post("/ui/sagas/nope/retry", json={})
     assert missing.status_code == 404
+
+
+async def test_actions_refuse_what_a_cross_site_form_can_send(client: httpx.AsyncClient) -> None:
+    data = await place(client, user_id="user_1", product_id="product_1", quantity=1)
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    for action in ("retry", "cancel"):
+        response = await client.post(f"/ui/sagas/{data['saga_id']}/{action}", headers=form)
+        assert response.status_code == 415
+        assert "application/json" in response.json()["detail"]

@@ -441,7 +441,13 @@ class PostgresStore(SagaStore):
                 yield conn
         except SagawayError:
             raise
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        except (
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            asyncpg.InternalClientError,  # a connection the server ended, found on release
+            OSError,
+            TimeoutError,
+        ) as exc:
             raise self._error(exc) from exc
 
     async def claim(

@@ -14,8 +14,9 @@ this router under ``{prefix}/static/``):
 * ``{prefix}/sagas/{id}``: one saga. Its timeline has a lane of forward steps and a lane of
   compensations, each step with its status, attempts, duration, error and idempotency key, then
   the history. It follows the saga live over ``{prefix}/sagas/{id}/events``; retry (FAILED) and
-  cancel (running) buttons post to ``{prefix}/sagas/{id}/retry|cancel``. Without JavaScript the
-  forms still work (303 back to the page) and the page is simply not live.
+  cancel (running) buttons post JSON to ``{prefix}/sagas/{id}/retry|cancel`` (anything else is
+  a 415: a cross-site form cannot trigger them). Without JavaScript the pages render but are not
+  live, and the buttons need it.
 
 ``retry``/``cancel`` (``async (request, saga_id)``) replace the engine's own actions when an
 application must do more (the checkout reopens the order it mirrors). An inbox of sagas waiting
@@ -36,7 +37,7 @@ from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from sagaway.engine import Engine
@@ -325,26 +326,20 @@ def saga_ui_router(
         default: Callable[[Engine, str], Awaitable[object]],
         done: str,
     ) -> Response:
-        wants_json = "application/json" in request.headers.get("accept", "")
+        # Only requests that say their body is JSON: a cross-site HTML form cannot, so another
+        # page the operator visits cannot retry or cancel sagas behind their back (CSRF).
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type != "application/json":
+            raise HTTPException(415, "Send this request with 'Content-Type: application/json'")
         try:
             await (action(request, saga_id) if action is not None else default(eng, saga_id))
         except SagaNotFound:
             raise HTTPException(404, f"no saga {saga_id}") from None
         except InvalidTransition as exc:
-            if wants_json:
-                return Response(
-                    json.dumps({"detail": str(exc)}), 409, media_type="application/json"
-                )
-            return _back(prefix, saga_id, error=str(exc))
+            return _json(409, str(exc))
         except SagawayError as exc:
-            if wants_json:
-                return Response(
-                    json.dumps({"detail": str(exc)}), 503, media_type="application/json"
-                )
-            return _back(prefix, saga_id, error=str(exc))
-        if wants_json:
-            return Response(json.dumps({"detail": done}), 202, media_type="application/json")
-        return _back(prefix, saga_id, notice=done)
+            return _json(503, str(exc))
+        return _json(202, done)
 
     @router.post("/sagas/{saga_id}/retry")
     async def retry_saga(saga_id: str, request: Request, eng: EngineDep) -> Response:
@@ -357,10 +352,8 @@ def saga_ui_router(
     return router
 
 
-def _back(prefix: str, saga_id: str, **message: str) -> RedirectResponse:
-    return RedirectResponse(
-        f"{prefix}/sagas/{quote(saga_id)}?{urlencode(message)}", status_code=303
-    )
+def _json(status: int, detail: str) -> Response:
+    return Response(json.dumps({"detail": detail}), status, media_type="application/json")
 
 
 def _event(name: str, data: str) -> str:
