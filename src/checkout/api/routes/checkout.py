@@ -40,7 +40,7 @@ async def checkout_new(
     response_model=OrderOut,
     responses={
         200: {"description": "The order completed"},
-        202: {"model": OrderOut, "description": "Accepted: the saga is still running"},
+        **ACCEPTED,
         400: {"model": CheckoutFailed, "description": "The checkout failed: why, and the order"},
         404: {"model": Problem, "description": "No such order"},
     },
