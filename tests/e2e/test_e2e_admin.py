@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from checkout.api import create_app
@@ -174,3 +175,10 @@ def test_an_open_demo_is_only_served_on_loopback(
     assert result.exit_code == 2, result.output
     assert "SAGAWAY_ADMIN_TOKEN" in result.output
     assert "loopback" in result.output
+
+
+def test_a_short_token_is_refused_and_an_empty_one_is_none() -> None:
+    with pytest.raises(ValidationError, match="at least 16 characters"):
+        Settings(admin_token="short")
+    assert Settings(admin_token="").admin_token is None
+    assert Settings(admin_token=TOKEN).admin_token is not None
