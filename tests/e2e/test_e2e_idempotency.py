@@ -11,6 +11,9 @@ import httpx
 import pytest
 from e2e_helpers import balances
 
+from checkout.bootstrap import Services
+from checkout.domain.models import OrderLine
+
 ITEMS = [{"product_id": "product_1", "quantity": 2}]
 FIRST = {"customer_id": "user_1", "items": ITEMS}
 KEY = {"Idempotency-Key": "9b0c6c1e-5a1d-4b6f-bf7e-2d0c1f1a1a01"}
@@ -80,3 +83,24 @@ async def test_a_key_is_bound_to_its_route(client: httpx.AsyncClient) -> None:
     other_route = await client.post("/checkout", json=FIRST, headers=KEY)
     assert other_route.status_code == 422, other_route.text
     assert "different request" in other_route.json()["detail"]
+
+
+async def test_an_order_keyed_before_fingerprints_is_matched_by_customer(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    # As migration 0002 leaves an order recorded earlier: a key and no fingerprint.
+    legacy, _ = await services.participants.orders.create_order(
+        "user_1",
+        [OrderLine(product_id="product_1", quantity=2)],
+        idempotency_key=KEY["Idempotency-Key"],
+    )
+    assert legacy.request_fingerprint is None
+    other = await client.post(
+        "/orders", json={"customer_id": "user_3", "items": ITEMS}, headers=KEY
+    )
+    assert other.status_code == 422, other.text
+    assert legacy.id not in other.text
+    same = await client.post("/orders", json={**FIRST, "checkout": False}, headers=KEY)
+    assert same.status_code == 201, same.text
+    assert same.json()["order_id"] == legacy.id
+    assert same.headers["idempotent-replayed"] == "true"
