@@ -153,6 +153,8 @@ class OrderRow(_ShippingAddress, _Timestamps, Base):
     payment_method: Mapped[str] = mapped_column(String(32), default="card")
     saga_id: Mapped[str | None] = mapped_column(ID, index=True)
     idempotency_key: Mapped[str | None] = mapped_column(KEY, unique=True)
+    # sha256 of the request that first used idempotency_key (checkout.api.idempotency)
+    request_fingerprint: Mapped[str | None] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)
 
     items: Mapped[list[OrderItemRow]] = relationship(

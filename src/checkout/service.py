@@ -73,6 +73,27 @@ class OrderUnavailable(Exception):
     what the client may do (HTTP 503)."""
 
 
+class IdempotencyKeyReused(ValueError):
+    """An ``Idempotency-Key`` sent with a request other than the one it was first used for.
+    The message says nothing of the order recorded under it: it may be another client's."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "This Idempotency-Key was already used with a different request (another route, "
+            "customer, items, address, payment method or amount): send the same request to "
+            "retry it, or a new key for a new order"
+        )
+
+
+def same_request(order: OrderInfo, customer_id: str, request_fingerprint: str | None) -> bool:
+    """Whether a request fingerprinted ``request_fingerprint`` (for ``customer_id``) is the one
+    that recorded ``order`` under its key. An order recorded before fingerprints existed is
+    matched by customer, so a key never hands one customer's order to another."""
+    if order.request_fingerprint is None or request_fingerprint is None:
+        return order.customer_id == customer_id
+    return order.request_fingerprint == request_fingerprint
+
+
 class OrderConflict(ValueError):
     """A client-chosen order id (or an idempotency key) is taken by a different order."""
 
@@ -150,11 +171,14 @@ class CheckoutService:
         checkout: bool = True,
         idempotency_key: str | None = None,
         order_id: str | None = None,
+        request_fingerprint: str | None = None,
         wait: float = 0.0,
     ) -> tuple[OrderView, bool]:
         """Record the order and (unless ``checkout`` is false) start its saga, then wait up to
         ``wait`` seconds for it. Returns ``(view, created)``; a repeated ``idempotency_key``
-        returns the first order (``created=False``) and starts no second saga.
+        returns the first order (``created=False``) and starts no second saga, provided the
+        request is the same (``request_fingerprint``, stored with the key): else
+        :class:`IdempotencyKeyReused`.
 
         ``order_id``: the client's own id for the order. Repeating it with the same request is
         idempotent like a key; with a different request it raises :class:`OrderConflict`.
@@ -167,6 +191,8 @@ class CheckoutService:
         try:
             if idempotency_key is not None:
                 order = await orders.get_by_idempotency_key(idempotency_key)
+                if order is not None and not same_request(order, customer_id, request_fingerprint):
+                    raise IdempotencyKeyReused()
             if order is None and order_id is not None:
                 order = await orders.get_order(order_id)
             if order is None and amount_cents is not None:
@@ -192,12 +218,20 @@ class CheckoutService:
                     idempotency_key=idempotency_key,
                     order_id=new_id,
                     checkout=checkout,
+                    request_fingerprint=request_fingerprint,
                 )
             except UNAVAILABLE as exc:
                 if not is_unavailable(exc):
                     raise
                 order = await self._recorded_after_all(new_id, exc)
                 created = True
+        if (
+            not created
+            and idempotency_key is not None
+            and order.idempotency_key == idempotency_key
+            and not same_request(order, customer_id, request_fingerprint)
+        ):
+            raise IdempotencyKeyReused()  # a concurrent first request with that key won
         if not created and order_id is not None:
             self._same_request(
                 order, order_id, customer_id, items, shipping_address, payment_method, amount_cents

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from checkout.api import create_app
@@ -140,6 +141,8 @@ async def test_reset_refuses_a_request_a_cross_site_form_could_send(
         assert "application/json" in response.json()["detail"]
         balance = (await client.get("/balances")).json()["balances"]["user_1"]
         assert balance == 950.0  # the order's charge stands: nothing was reset
+        unknown = await client.post("/reset", json={"restock": True})
+        assert unknown.status_code == 422, unknown.text  # it takes nothing; says so
         ok = await client.post("/reset", headers={"content-type": "application/json"})
         assert ok.status_code == 200, ok.text
         assert ok.json()["balances"]["user_1"] == 1000.0
@@ -172,3 +175,10 @@ def test_an_open_demo_is_only_served_on_loopback(
     assert result.exit_code == 2, result.output
     assert "SAGAWAY_ADMIN_TOKEN" in result.output
     assert "loopback" in result.output
+
+
+def test_a_short_token_is_refused_and_an_empty_one_is_none() -> None:
+    with pytest.raises(ValidationError, match="at least 16 characters"):
+        Settings(admin_token="short")
+    assert Settings(admin_token="").admin_token is None
+    assert Settings(admin_token=TOKEN).admin_token is not None

@@ -160,4 +160,8 @@ async def test_openapi_documents_the_checkout_route_codes(client: httpx.AsyncCli
     responses = spec["paths"]["/checkout/{order_id}"]["post"]["responses"]
     assert {"200", "202", "400", "404"} <= set(responses)
     assert "201" not in responses
+    assert "Location" in responses["202"].get("headers", {})
+    assert responses["400"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/CheckoutFailed"
+    )
     assert "order_id" in spec["components"]["schemas"]["OrderRequest"]["properties"]

@@ -1,6 +1,8 @@
 """Scale-out on PostgreSQL with real processes: one ``checkout serve --no-worker`` API process and
 three ``checkout worker`` processes share a fresh database (shop tables and saga log). 500 orders
-are posted (``wait=0``), one worker is SIGKILLed while it drives sagas, and then:
+are posted (``wait=0``), one worker is SIGKILLed while it certainly drives sagas (it runs with
+``tests/gated_checkout.py`` holding every charge it makes after the money is taken, so the kill
+comes once it holds one, with no timing involved), and then:
 
 * every order ends ``completed`` or ``failed`` (its saga ``SUCCEEDED`` / ``COMPENSATED``);
 * money and stock are conserved, and the balance and stock deltas are exactly those of the
@@ -26,6 +28,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -39,6 +42,7 @@ from servers import POSTGRES_URL, postgres_check, require_server
 pytestmark = pytest.mark.slow
 
 CHECKOUT = [sys.executable, "-m", "checkout.cli"]
+GATED_CHECKOUT = [sys.executable, str(Path(__file__).parents[1] / "gated_checkout.py")]
 LEASE_SECONDS = "2"
 ORDERS = 500
 WORKERS = 3
@@ -60,10 +64,17 @@ MIX: list[dict[str, Any]] = [
 class Process:
     """A ``checkout`` subprocess whose output is collected; ``ready`` is matched on a line."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], ready: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        env: dict[str, str],
+        ready: str,
+        command: list[str] = CHECKOUT,
+    ) -> None:
         self.name = name
         self.proc = subprocess.Popen(
-            [*CHECKOUT, *args],
+            [*command, *args],
             env={**os.environ, **env, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -72,7 +83,7 @@ class Process:
         self.output: list[str] = []
         self._lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()
-        self.match = self._wait_for(re.compile(ready))
+        self.match = self.wait_for(re.compile(ready))
 
     def _pump(self) -> None:
         assert self.proc.stdout is not None
@@ -80,7 +91,7 @@ class Process:
             self.output.append(line)
             self._lines.put(line)
 
-    def _wait_for(self, pattern: re.Pattern[str], timeout: float = 60) -> re.Match[str]:
+    def wait_for(self, pattern: re.Pattern[str], timeout: float = 60) -> re.Match[str]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -92,7 +103,7 @@ class Process:
             found = pattern.search(line)
             if found:
                 return found
-        raise AssertionError(f"{self.name} did not start:\n{self.tail()}")
+        raise AssertionError(f"{self.name}: no line matching {pattern.pattern}:\n{self.tail()}")
 
     def tail(self, lines: int = 30) -> str:
         return "".join(self.output[-lines:])
@@ -249,10 +260,16 @@ def test_three_workers_one_api_one_worker_killed(
     processes.append(api)
     url = f"http://127.0.0.1:{api.match.group(1)}"
     workers = {}
+    victim = "scale-worker-0"  # holds every charge it makes: it is killed holding sagas
     for n in range(WORKERS):
         owner = f"scale-worker-{n}"
+        gates = {"CRASH_HOLD_CHARGE": "user_1,user_2,user_3"} if owner == victim else {}
         workers[owner] = Process(
-            owner, ["worker"], {**env, "SAGAWAY_WORKER_ID": owner}, r"checkout worker \S+ running"
+            owner,
+            ["worker"],
+            {**env, "SAGAWAY_WORKER_ID": owner, **gates},
+            r"checkout worker \S+ running",
+            command=GATED_CHECKOUT if gates else CHECKOUT,
         )
         processes.append(workers[owner])
 
@@ -265,30 +282,20 @@ def test_three_workers_one_api_one_worker_killed(
             a.id: a.balance_cents for a in DEMO_ACCOUNTS
         }
 
-        # Post in the background; a third of the way in, kill a worker while it drives sagas.
-        # It is frozen (SIGSTOP) while its sagas are counted, so the count is still true when
-        # SIGKILL lands: those sagas must then be taken over by the other workers.
+        # Post in the background; kill the victim once it holds a saga inside a charge (the
+        # money taken, the step not recorded): another worker must take that saga over after
+        # its lease expires, and must not charge again.
         posted: list[list[dict[str, Any]]] = []
         poster = threading.Thread(target=lambda: posted.append(asyncio.run(post_orders(url))))
         poster.start()
-        deadline = time.monotonic() + 30
-        while True:
-            created, by_owner = saga_counts(pg_database)
-            victim, held = max(((o, by_owner.get(o, 0)) for o in workers), key=lambda item: item[1])
-            if held >= 1 and created >= ORDERS // 3:
-                workers[victim].proc.send_signal(signal.SIGSTOP)
-                created, by_owner = saga_counts(pg_database)
-                if by_owner.get(victim, 0) >= 1:
-                    break
-                workers[victim].proc.send_signal(signal.SIGCONT)
-            assert poster.is_alive() or held > 0, f"the run ended before the kill: {by_owner}"
-            assert time.monotonic() < deadline, f"no worker holds sagas: {by_owner}"
-            time.sleep(0.01)
+        workers[victim].wait_for(re.compile(r"^GATE charge "))
+        created, by_owner = saga_counts(pg_database)
+        assert by_owner[victim] >= 1, by_owner  # from the log: it holds what it is running
         workers[victim].kill()
         killed_at = time.time()
         print(f"SIGKILLed {victim} with {created} sagas created; active by owner: {by_owner}")
         poster.join(timeout=60)
-        assert posted, "posting the orders failed (see the output above)"
+        assert posted, f"posting the orders failed (see the output above)\n{diagnostics()}"
         placed = posted[0]
         assert len({o["order_id"] for o in placed}) == ORDERS
 

@@ -80,7 +80,11 @@ IdempotencyKey = Annotated[
         min_length=1,
         max_length=200,
         pattern=IDEMPOTENCY_KEY_PATTERN,
-        description="A repeat with the same key returns the same order; no second saga.",
+        description=(
+            "Send a unique key (a UUID) per purchase and the same key with the same request "
+            "to retry it: the repeat replays the order (no second saga), marked "
+            "`Idempotent-Replayed: true`. The key with a different request is a 422."
+        ),
     ),
 ]
 Limit = Annotated[int, Query(ge=1, le=500)]

@@ -27,7 +27,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from checkout.api.methods import allowed_methods, options_response
 from checkout.dbfaults import ShopUnavailable, is_connection_error
-from checkout.service import AmountMismatch, OrderConflict, OrderNotFound, OrderUnavailable
+from checkout.service import (
+    AmountMismatch,
+    IdempotencyKeyReused,
+    OrderConflict,
+    OrderNotFound,
+    OrderUnavailable,
+)
 from sagaway import InvalidTransition, SagaNotFound, SagawayError, StoreError
 
 log = logging.getLogger("checkout.api")
@@ -105,6 +111,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(SagaNotFound)
     async def _saga_not_found(_: Request, exc: SagaNotFound) -> JSONResponse:
         return problem(404, f"Saga {echoed(exc.saga_id)} not found")
+
+    @app.exception_handler(IdempotencyKeyReused)
+    async def _key_reused(_: Request, exc: IdempotencyKeyReused) -> JSONResponse:
+        return problem(422, str(exc))
 
     @app.exception_handler(AmountMismatch)
     async def _amount(_: Request, exc: AmountMismatch) -> JSONResponse:

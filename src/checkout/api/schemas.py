@@ -427,6 +427,10 @@ class AccountsOut(BaseModel):
     accounts: list[AccountOut]
 
 
+class ResetRequest(_Request):
+    """``POST /reset``: an empty object (or no body), sent as ``application/json``."""
+
+
 class ResetOut(BaseModel):
     status: str
     inventory: dict[str, int]

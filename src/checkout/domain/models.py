@@ -148,6 +148,7 @@ class OrderInfo(_Frozen):
     error: str | None
     created_at: datetime
     updated_at: datetime
+    request_fingerprint: str | None = None  # of the request that first used idempotency_key
 
 
 # Business errors. Their messages are part of the public contract (clients and the seed tests

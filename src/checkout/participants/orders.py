@@ -106,6 +106,7 @@ def _order(row: Any, items: Sequence[Any]) -> OrderInfo:
         payment_method=row.payment_method,
         saga_id=row.saga_id,
         idempotency_key=row.idempotency_key,
+        request_fingerprint=row.request_fingerprint,
         error=row.error,
         created_at=as_utc(row.created_at),
         updated_at=as_utc(row.updated_at),
@@ -148,6 +149,7 @@ def create_order(
     strict: bool,
     checkout: bool = False,
     chosen_id: bool = False,
+    request_fingerprint: str | None = None,
 ) -> tuple[OrderInfo, bool]:
     """Record an order priced from the catalog, ``processing`` when it is being checked out
     (its saga starts next) else a ``pending`` draft; ``(order, created)``. An order already
@@ -182,6 +184,7 @@ def create_order(
             "total_cents": total,
             "payment_method": payment_method,
             "idempotency_key": idempotency_key,
+            "request_fingerprint": request_fingerprint,
             "created_at": now,
             "updated_at": now,
             **address_values(address),
@@ -211,6 +214,7 @@ def create_order(
         payment_method=payment_method,
         saga_id=None,
         idempotency_key=idempotency_key,
+        request_fingerprint=request_fingerprint,
         error=None,
         created_at=now,
         updated_at=now,
@@ -332,6 +336,7 @@ class OrderService:
         order_id: str | None = None,
         strict: bool = False,
         checkout: bool = False,
+        request_fingerprint: str | None = None,
     ) -> tuple[OrderInfo, bool]:
         """Record an order priced from the catalog; returns ``(order, created)``. ``checkout``:
         it is being checked out (``processing``; start its saga next), else a ``pending`` draft.
@@ -361,6 +366,7 @@ class OrderService:
                 strict,
                 checkout,
                 order_id is not None,
+                request_fingerprint,
             )
         except IntegrityError:
             # Two first requests with one key or one client-chosen id at once: the loser reads

@@ -30,7 +30,8 @@ async def checkout_new(
     wait: Wait = DEFAULT_WAIT_SECONDS,
 ) -> OrderOut:
     """Same as POST /orders."""
-    return respond(await place(checkout, body, idempotency_key, wait), response)
+    view = await place(checkout, body, idempotency_key, wait, response, route="/checkout")
+    return respond(view, response)
 
 
 @router.post(
@@ -39,7 +40,7 @@ async def checkout_new(
     response_model=OrderOut,
     responses={
         200: {"description": "The order completed"},
-        202: {"model": OrderOut, "description": "Accepted: the saga is still running"},
+        **ACCEPTED,
         400: {"model": CheckoutFailed, "description": "The checkout failed: why, and the order"},
         404: {"model": Problem, "description": "No such order"},
     },

@@ -16,6 +16,7 @@ from checkout.api.deps import (
     Wait,
     checkout_of,
 )
+from checkout.api.idempotency import request_fingerprint
 from checkout.api.schemas import OrderOut, OrderPage, OrderRequest
 from checkout.api.views import order_out, order_summary
 from checkout.domain.models import OrderStatus
@@ -51,9 +52,16 @@ def respond(view: OrderView, response: Response, *, fresh: bool = True) -> Order
 
 
 async def place(
-    checkout: CheckoutService, body: OrderRequest, key: str | None, wait: float
+    checkout: CheckoutService,
+    body: OrderRequest,
+    key: str | None,
+    wait: float,
+    response: Response,
+    route: str = "/orders",
 ) -> OrderView:
-    view, _ = await checkout.place_order(
+    """Place the order of ``body``; a repeat of a keyed request is marked
+    ``Idempotent-Replayed: true`` (see :mod:`checkout.api.idempotency`)."""
+    view, created = await checkout.place_order(
         body.customer,
         body.lines(),
         shipping_address=body.shipping_address.to_domain() if body.shipping_address else None,
@@ -62,8 +70,11 @@ async def place(
         checkout=body.checkout,
         idempotency_key=key,
         order_id=body.order_id,
+        request_fingerprint=None if key is None else request_fingerprint(route, body),
         wait=wait,
     )
+    if key is not None and not created and view.order.idempotency_key == key:
+        response.headers["Idempotent-Replayed"] = "true"
     return view
 
 
@@ -80,7 +91,8 @@ async def create_order(
     wait: Wait = DEFAULT_WAIT_SECONDS,
 ) -> OrderOut:
     """Place an order and run its checkout saga (201 when finished within `wait`, else 202)."""
-    return respond(await place(checkout_of(request), body, idempotency_key, wait), response)
+    view = await place(checkout_of(request), body, idempotency_key, wait, response)
+    return respond(view, response)
 
 
 @router.get("/orders", dependencies=[ADMIN])

@@ -14,6 +14,7 @@ from checkout.api.schemas import (
     ProductOut,
     ProductsOut,
     ResetOut,
+    ResetRequest,
     money,
 )
 
@@ -48,7 +49,7 @@ async def accounts(participants: ParticipantsDep) -> AccountsOut:
 
 
 @router.post("/reset", dependencies=[ADMIN, JSON_ONLY])
-async def reset(services: ServicesDep) -> ResetOut:
+async def reset(services: ServicesDep, body: ResetRequest | None = None) -> ResetOut:
     """Restore the demo data (demo mode only, else 403). The saga log keeps its history."""
     if not services.settings.demo:
         raise HTTPException(403, "Reset is only available in demo mode (SAGAWAY_DEMO=true)")
