@@ -39,6 +39,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -269,6 +270,8 @@ def serve(workdir: Path) -> Iterator[tuple[str, int]]:
                 break
         if url is None:
             raise SystemExit("checkout serve did not start")
+        # The server logs every saga to stdout: keep the pipe drained, or it blocks when full.
+        threading.Thread(target=proc.stdout.read, daemon=True).start()
         while httpx.get(f"{url}/health", timeout=5).status_code != 200:
             time.sleep(0.05)
         print(f"server pid {proc.pid} at {url} on {db_path}", file=sys.stderr)

@@ -1,0 +1,313 @@
+"""What the web UI's live updates cost the server: CPU per order with 0 vs N open live pages.
+
+Starts ``checkout serve`` (demo mode) on a fresh SQLite file in a temporary directory (the
+same seeded database as ``http_checkout.py --serve``), then drives ``POST /orders`` at a fixed
+target rate for ``--seconds``, once with no page open (A) and once with ``--pages`` open pages
+(B), interleaved for ``--rounds`` rounds (A B, B A, A B...) on the same server::
+
+    python benchmarks/ui_live_cost.py --rate 500 --seconds 15 --rounds 3 --pages 50
+
+The open pages behave like the browser's script (``sagaway.js``, ``shop.js``) so the cost
+includes what the events make the browser ask for:
+
+* saga pages (half of them): each follows the saga of a fresh order on
+  ``/ui/sagas/{id}/events`` (``timeline`` events, then ``end``), then the next fresh order's
+  saga. One order in 20 is posted with ``wait=0`` (in both configurations, so the order load is
+  the same) and its saga id handed to a waiting saga page, which opens the stream while the saga
+  runs; the other orders wait for their saga (``wait=10``) as the shop page does.
+* saga list pages (30%): ``/ui/sagas/events``; on ``changed`` they re-read the list fragment
+  (``/ui/sagas?fragment=true``), one read at a time like the page.
+* shop pages (the rest): the shop's live stream is the same ``/ui/sagas/events``; on
+  ``changed`` they re-read ``/shop/orders`` and ``/shop/stock``.
+
+The orders are sent open-loop (order i at ``start + i / rate``, at most ``--max-in-flight``
+at once); when the machine cannot keep up, the achieved rate is lower: it is reported. The
+server's CPU (user + system from /proc, over the timed window) is the number compared: ms per
+order and % of one core, per configuration, and the extra that the pages cost. Prints a table,
+then, as its last line, one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from http_checkout import cpu_seconds, order_body, serve
+from report import print_report
+
+FOLLOWED_EVERY = 20  # one order in 20 is posted with wait=0 and followed by a saga page
+
+
+@dataclass
+class Tally:
+    """What the open pages received (events) and asked for (fragment reads)."""
+
+    events: Counter[str] = field(default_factory=Counter)
+    fetches: Counter[str] = field(default_factory=Counter)
+    sagas_followed: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+
+
+async def sse_events(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
+    """The event names of a Server-Sent Events body (comments and ``retry`` skipped)."""
+    name = ""
+    async for raw in response.content:
+        line = raw.decode().rstrip("\r\n")
+        if line.startswith("event:"):
+            name = line[6:].strip()
+        elif line == "":
+            if name:
+                yield name
+            name = ""
+
+
+async def list_page(
+    session: aiohttp.ClientSession, fragments: list[str], tally: Tally, kind: str
+) -> None:
+    """A list or shop page: follow ``/ui/sagas/events``, re-read the fragments on ``changed``
+    (skipping events that arrive while a re-read runs, as the page does)."""
+    busy = False
+
+    async def refresh() -> None:
+        nonlocal busy
+        try:
+            for url in fragments:
+                async with session.get(url) as response:
+                    await response.read()
+                    tally.fetches[f"{kind} {response.status}"] += 1
+        finally:
+            busy = False
+
+    tasks: set[asyncio.Task[None]] = set()
+    async with session.get("/ui/sagas/events", timeout=aiohttp.ClientTimeout()) as response:
+        async for name in sse_events(response):
+            tally.events[f"{kind} {name}"] += 1
+            if name == "changed" and not busy:
+                busy = True
+                task = asyncio.create_task(refresh())
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+
+
+async def saga_page(
+    session: aiohttp.ClientSession, sagas: asyncio.Queue[str], tally: Tally
+) -> None:
+    """A saga page: follow one fresh saga to its end, then the next one handed over."""
+    while True:
+        saga_id = await sagas.get()
+        url = f"/ui/sagas/{saga_id}/events"
+        async with session.get(url, timeout=aiohttp.ClientTimeout()) as response:
+            if response.status != 200:
+                tally.errors[f"saga page {response.status}"] += 1
+                continue
+            async for name in sse_events(response):
+                tally.events[f"saga {name}"] += 1
+        tally.sagas_followed += 1
+
+
+@dataclass
+class Window:
+    pages: int
+    orders: int
+    seconds: float
+    server_cpu_s: float
+    http: Counter[str]
+    tally: Tally
+
+    @property
+    def rate(self) -> float:
+        return self.orders / self.seconds
+
+    @property
+    def cpu_ms_per_order(self) -> float:
+        return self.server_cpu_s / self.orders * 1000 if self.orders else float("nan")
+
+    @property
+    def cpu_percent(self) -> float:
+        return self.server_cpu_s / self.seconds * 100
+
+
+async def measure(
+    url: str,
+    server_pid: int,
+    pages: int,
+    rate: float,
+    seconds: float,
+    max_in_flight: int,
+    first_order: int,
+) -> Window:
+    """One timed window at ``rate`` orders/s with ``pages`` live pages open."""
+    saga_pages = pages // 2
+    list_pages = (pages - saga_pages) * 3 // 5
+    shop_pages = pages - saga_pages - list_pages
+    tally = Tally()
+    http: Counter[str] = Counter()
+    handoff: asyncio.Queue[str] = asyncio.Queue(maxsize=max(saga_pages, 1))
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(
+        url, connector=connector, timeout=aiohttp.ClientTimeout(total=60)
+    ) as session:
+        readers = [
+            *(asyncio.create_task(saga_page(session, handoff, tally)) for _ in range(saga_pages)),
+            *(
+                asyncio.create_task(
+                    list_page(session, ["/ui/sagas?fragment=true"], tally, "list")
+                )
+                for _ in range(list_pages)
+            ),
+            *(
+                asyncio.create_task(
+                    list_page(session, ["/shop/orders", "/shop/stock"], tally, "shop")
+                )
+                for _ in range(shop_pages)
+            ),
+        ]
+        await asyncio.sleep(1.0 if pages else 0.0)  # let the streams open before timing
+        slots = asyncio.Semaphore(max_in_flight)
+        done = 0
+
+        async def order(i: int) -> None:
+            nonlocal done
+            _, body = order_body(i)
+            followed = i % FOLLOWED_EVERY == 0
+            try:
+                params = {"wait": 0 if followed else 10}
+                async with session.post("/orders", params=params, json=body) as response:
+                    payload = await response.json(content_type=None)
+                    http[str(response.status)] += 1
+                    if response.status in (201, 202):
+                        done += 1
+                        saga_id = payload.get("saga_id") if isinstance(payload, dict) else None
+                        if followed and saga_pages and saga_id:
+                            with contextlib.suppress(asyncio.QueueFull):
+                                handoff.put_nowait(saga_id)
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                http[type(exc).__name__] += 1
+            finally:
+                slots.release()
+
+        in_flight: set[asyncio.Task[None]] = set()
+        cpu_before = cpu_seconds(server_pid)
+        started = time.perf_counter()
+        for i in itertools.count(first_order):
+            due = started + (i - first_order) / rate
+            if due >= started + seconds:
+                break
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await slots.acquire()
+            if time.perf_counter() >= started + seconds:
+                slots.release()
+                break
+            task = asyncio.create_task(order(i))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+        await asyncio.gather(*in_flight)
+        elapsed = time.perf_counter() - started
+        server_cpu = cpu_seconds(server_pid) - cpu_before
+        for reader in readers:
+            reader.cancel()
+        results = await asyncio.gather(*readers, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(
+                result, asyncio.CancelledError
+            ):
+                tally.errors[type(result).__name__] += 1
+    return Window(pages, done, elapsed, server_cpu, http, tally)
+
+
+async def run(args: argparse.Namespace, url: str, server_pid: int) -> list[Window]:
+    windows: list[Window] = []
+    next_order = 0
+    await measure(url, server_pid, 0, args.rate, args.warmup, args.max_in_flight, 10**9)
+    for round_no in range(args.rounds):
+        order = (0, args.pages) if round_no % 2 == 0 else (args.pages, 0)
+        for pages in order:
+            window = await measure(
+                url, server_pid, pages, args.rate, args.seconds, args.max_in_flight, next_order
+            )
+            next_order += window.orders + 1000
+            windows.append(window)
+            t = window.tally
+            print(
+                f"round {round_no + 1} pages {pages:>3}: {window.rate:7.1f} orders/s "
+                f"server {window.cpu_ms_per_order:.3f} ms/order {window.cpu_percent:5.1f}% CPU"
+                f" | events {sum(t.events.values())} fetches {sum(t.fetches.values())}"
+                f" sagas followed {t.sagas_followed} http {dict(window.http)}",
+                file=sys.stderr,
+            )
+    return windows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=500.0, help="target orders per second")
+    parser.add_argument("--seconds", type=float, default=15.0, help="length of each window")
+    parser.add_argument("--rounds", type=int, default=3, help="A/B pairs, order alternating")
+    parser.add_argument("--pages", type=int, default=50, help="open live pages in B")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of orders first")
+    parser.add_argument("--max-in-flight", type=int, default=64)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp, serve(Path(tmp)) as (url, server_pid):
+        windows = asyncio.run(run(args, url, server_pid))
+
+    def of(pages: int) -> list[Window]:
+        return [w for w in windows if w.pages == pages]
+
+    header = f"{'pages':>6} {'orders/s':>9} {'server ms/order':>16} {'server CPU %':>13}"
+    print(header)
+    for w in windows:
+        print(f"{w.pages:>6} {w.rate:>9.1f} {w.cpu_ms_per_order:>16.3f} {w.cpu_percent:>13.1f}")
+    base, live = of(0), of(args.pages)
+    ms_a = statistics.median(w.cpu_ms_per_order for w in base)
+    ms_b = statistics.median(w.cpu_ms_per_order for w in live)
+    pct_a = statistics.median(w.cpu_percent for w in base)
+    pct_b = statistics.median(w.cpu_percent for w in live)
+    events: Counter[str] = Counter()
+    fetches: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+    http: Counter[str] = Counter()
+    for w in windows:
+        events.update(w.tally.events)
+        fetches.update(w.tally.fetches)
+        errors.update(w.tally.errors)
+        http.update(w.http)
+    result: dict[str, Any] = {
+        "target_orders_per_s": args.rate,
+        "pages": args.pages,
+        "rounds": args.rounds,
+        "seconds": args.seconds,
+        "orders_per_s_0_pages": round(statistics.median(w.rate for w in base), 1),
+        "orders_per_s_with_pages": round(statistics.median(w.rate for w in live), 1),
+        "server_cpu_ms_per_order_0_pages": round(ms_a, 3),
+        "server_cpu_ms_per_order_with_pages": round(ms_b, 3),
+        "cpu_per_order_ratio": round(ms_b / ms_a, 3),
+        "server_cpu_percent_0_pages": round(pct_a, 1),
+        "server_cpu_percent_with_pages": round(pct_b, 1),
+        "extra_cpu_percent_points": round(pct_b - pct_a, 1),
+        "sagas_followed": sum(w.tally.sagas_followed for w in live),
+        "events": dict(sorted(events.items())),
+        "fetches": dict(sorted(fetches.items())),
+        "http": dict(sorted(http.items())),
+        "page_errors": dict(errors),
+    }
+    print_report(result)
+
+
+if __name__ == "__main__":
+    main()
