@@ -163,9 +163,7 @@ async def measure(
         readers = [
             *(asyncio.create_task(saga_page(session, handoff, tally)) for _ in range(saga_pages)),
             *(
-                asyncio.create_task(
-                    list_page(session, ["/ui/sagas?fragment=true"], tally, "list")
-                )
+                asyncio.create_task(list_page(session, ["/ui/sagas?fragment=true"], tally, "list"))
                 for _ in range(list_pages)
             ),
             *(
@@ -223,9 +221,7 @@ async def measure(
             reader.cancel()
         results = await asyncio.gather(*readers, return_exceptions=True)
         for result in results:
-            if isinstance(result, BaseException) and not isinstance(
-                result, asyncio.CancelledError
-            ):
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                 tally.errors[type(result).__name__] += 1
     return Window(pages, done, elapsed, server_cpu, http, tally)
 
