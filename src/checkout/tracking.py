@@ -44,7 +44,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from checkout.domain.models import OrderInfo, OrderStatus
 from checkout.participants.orders import OrderService, saga_input
 from checkout.sagas import SAGA_NAME
-from sagaway import Change, Engine, Saga, SagaRecord, SagaStatus, StoreError
+from sagaway import Change, Engine, InvalidTransition, Saga, SagaRecord, SagaStatus, StoreError
 
 log = logging.getLogger("checkout.tracking")
 
@@ -173,6 +173,28 @@ class OrderTracker:
         saga already, which includes the case where the saga finished first and the listener
         recorded its outcome (and id) before this call."""
         return await self.orders.attach_saga(order_id, saga_id)
+
+    async def retry(self, saga_id: str) -> None:
+        """The operator's retry of a FAILED saga, order included (API and web UI alike).
+
+        The order is reopened before the retry, because reopening after it could overwrite the
+        outcome the listener records when the retried saga finishes quickly; a refused retry
+        puts the order's status back."""
+        record = await self.engine.get(saga_id)
+        if record.status is not SagaStatus.FAILED:
+            raise InvalidTransition(
+                f"saga {saga_id} is {record.status}: only FAILED sagas can be retried"
+            )
+        order_id = order_id_of(record)
+        if order_id is not None:
+            await self.reopen(order_id, saga_id)
+        try:
+            await self.engine.retry(saga_id)
+        except Exception:
+            if order_id is not None:
+                status = order_status_for(record.status, record.error)
+                await self.mirror(order_id, saga_id, status, record.error)
+            raise
 
     async def reopen(self, order_id: str, saga_id: str) -> None:
         """An operator retried the order's saga: it is ``processing`` again."""

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
+from batching import in_one_batch
 from sagaway import StoreError
 from sagaway.state import Change, Event, EventType, NewSaga
 from sagaway.store.postgres import PostgresStore
@@ -57,7 +58,7 @@ def note(detail: str) -> Change:
 
 async def blocked_backend(admin: asyncpg.Connection, schema: str) -> int:
     """The pid of the store's connection once its batch waits for our row locks."""
-    for _ in range(500):
+    for _ in range(3000):
         pid = await admin.fetchval(
             "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
             " AND application_name = 'sagaway' AND query LIKE $1",
@@ -69,8 +70,12 @@ async def blocked_backend(admin: asyncpg.Connection, schema: str) -> int:
     raise AssertionError("the batch never blocked on the locked rows")
 
 
+async def terminate_when_blocked(admin: asyncpg.Connection, schema: str) -> None:
+    pid = await blocked_backend(admin, schema)
+    assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+
+
 async def test_a_batch_whose_connection_is_terminated_fails_with_the_cause(schema: str) -> None:
-    # pool_size=2: one batch in flight at a time, so both commits travel in one batch.
     async with PostgresStore(f"{pg_schema_url(schema)}&pool_size=2") as store:
         for saga_id in ("s1", "s2"):
             await store.create(pending(saga_id))
@@ -83,19 +88,18 @@ async def test_a_batch_whose_connection_is_terminated_fails_with_the_cause(schem
                 "s1",
                 "s2",
             )
-            batches = store.stats.batches
-            writes = asyncio.gather(
+            # Terminate the batch's backend once it waits for our locks, while in_one_batch
+            # makes sure both commits travel in that one batch.
+            killer = asyncio.create_task(terminate_when_blocked(admin, schema))
+            outcomes = await in_one_batch(
+                store,
                 store.commit("s1", None, note("one"), T0 + 1),
                 store.commit("s2", None, note("two"), T0 + 1),
-                return_exceptions=True,
             )
-            pid = await blocked_backend(admin, schema)
-            assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
-            outcomes = await writes
+            await killer
             await locker.rollback()
         finally:
             await admin.close()
-        assert store.stats.batches == batches + 1, "both commits were meant to share one batch"
         for outcome in outcomes:
             assert isinstance(outcome, StoreError), outcome
             text = str(outcome)

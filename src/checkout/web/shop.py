@@ -17,8 +17,7 @@ from jinja2 import PackageLoader
 
 from checkout.bootstrap import Services
 from checkout.domain.rules import format_money
-from checkout.tracking import order_id_of, order_status_for
-from sagaway import Engine, InvalidTransition, SagaStatus
+from sagaway import Engine
 from sagaway.web import saga_ui_router, templates_environment
 
 UI_PREFIX = "/ui"
@@ -68,27 +67,6 @@ def _services(request: Request) -> Services:
     return services
 
 
-async def retry_order_saga(services: Services, saga_id: str) -> None:
-    """Retry a FAILED checkout saga as the API does: reopen its order first (reopening after
-    could overwrite the outcome of a retry that finishes fast), restore it if refused."""
-    engine, tracker = services.engine, services.tracker
-    record = await engine.get(saga_id)
-    if record.status is not SagaStatus.FAILED:
-        raise InvalidTransition(
-            f"saga {saga_id} is {record.status}: only FAILED sagas can be retried"
-        )
-    order_id = order_id_of(record)
-    if order_id is not None:
-        await tracker.reopen(order_id, saga_id)
-    try:
-        await engine.retry(saga_id)
-    except Exception:
-        if order_id is not None:
-            status = order_status_for(record.status, record.error)
-            await tracker.mirror(order_id, saga_id, status, record.error)
-        raise
-
-
 def ui_routers(services_of: Any = _services) -> list[APIRouter]:
     """The shop router and the saga pages, for ``app.include_router``."""
     env = templates_environment(PackageLoader("checkout.web", "templates"))
@@ -99,7 +77,7 @@ def ui_routers(services_of: Any = _services) -> list[APIRouter]:
         return engine
 
     async def retry(request: Request, saga_id: str) -> None:
-        await retry_order_saga(services_of(request), saga_id)
+        await services_of(request).tracker.retry(saga_id)
 
     sagas = saga_ui_router(
         engine_of,

@@ -8,8 +8,7 @@ from checkout.api.auth import ADMIN
 from checkout.api.deps import EngineDep, Limit, Offset, SagaId, ServicesDep
 from checkout.api.schemas import SagaDetail, SagaPage
 from checkout.api.views import saga_detail, saga_summary
-from checkout.tracking import order_id_of, order_status_for
-from sagaway import InvalidTransition, SagaStatus
+from sagaway import SagaStatus
 
 # All of it is the operator's: a saga's input holds the customer's address.
 router = APIRouter(prefix="/sagas", tags=["sagas"], dependencies=[ADMIN])
@@ -35,23 +34,7 @@ async def get_saga(saga_id: SagaId, engine: EngineDep) -> SagaDetail:
 @router.post("/{saga_id}/retry", status_code=202)
 async def retry_saga(saga_id: SagaId, services: ServicesDep, response: Response) -> SagaDetail:
     """Retry a FAILED saga (409 if it is not FAILED); its order is processing again."""
-    record = await services.engine.get(saga_id)
-    if record.status is not SagaStatus.FAILED:
-        raise InvalidTransition(
-            f"saga {saga_id} is {record.status}: only FAILED sagas can be retried"
-        )
-    # Reopen the order first: reopening after the retry could overwrite the outcome that the
-    # listener records if the retried saga finishes quickly.
-    order_id = order_id_of(record)
-    if order_id is not None:
-        await services.tracker.reopen(order_id, saga_id)
-    try:
-        await services.engine.retry(saga_id)
-    except Exception:
-        if order_id is not None:
-            status = order_status_for(record.status, record.error)
-            await services.tracker.mirror(order_id, saga_id, status, record.error)
-        raise
+    await services.tracker.retry(saga_id)
     response.headers["Location"] = f"/sagas/{saga_id}"
     return saga_detail(await services.engine.get(saga_id))
 
