@@ -17,10 +17,11 @@ Importable as ``servers`` from any test module: ``tests/conftest.py`` puts ``tes
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -28,6 +29,7 @@ __all__ = [
     "POSTGRES_URL",
     "REDIS_URL",
     "drop_pg_schema",
+    "fresh_pg_schema",
     "in_ci",
     "pg_schema_url",
     "postgres_check",
@@ -113,6 +115,18 @@ async def drop_pg_schema(schema: str) -> None:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     finally:
         await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def fresh_pg_schema(tag: str = "test") -> AsyncIterator[str]:
+    """A schema name no other test uses, dropped afterwards; skips/fails first without
+    PostgreSQL (``require_server``)."""
+    require_server("postgresql", postgres_check)
+    name = unique_pg_schema(tag)
+    try:
+        yield name
+    finally:
+        await drop_pg_schema(name)
 
 
 # -- Redis --------------------------------------------------------------------------------------

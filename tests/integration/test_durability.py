@@ -19,7 +19,7 @@ import pytest
 from sagaway import Engine, Saga, SagaStatus, StepContext
 from sagaway.store.postgres import PostgresStore
 from sagaway.store.sqlite import SQLiteStore
-from servers import drop_pg_schema, pg_schema_url, postgres_check, require_server, unique_pg_schema
+from servers import fresh_pg_schema, pg_schema_url
 
 FULL, NORMAL = 2, 1  # PRAGMA synchronous values
 
@@ -69,12 +69,8 @@ async def test_durable_false_is_the_only_way_to_relax_it(tmp_path: Path) -> None
 
 @pytest.fixture
 async def pg_schema() -> AsyncIterator[str]:
-    require_server("postgresql", postgres_check)
-    name = unique_pg_schema("durable")
-    try:
+    async with fresh_pg_schema("durable") as name:
         yield name
-    finally:
-        await drop_pg_schema(name)
 
 
 async def test_the_postgres_store_never_turns_synchronous_commit_off(

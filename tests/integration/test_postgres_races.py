@@ -21,11 +21,8 @@ from sagaway.state import Event, EventType, NewSaga
 from sagaway.store.postgres import PostgresStore
 from servers import (
     POSTGRES_URL,
-    drop_pg_schema,
+    fresh_pg_schema,
     pg_schema_url,
-    postgres_check,
-    require_server,
-    unique_pg_schema,
 )
 
 WORKER = Path(__file__).with_name("pg_create_worker.py")
@@ -34,12 +31,8 @@ KEYS = 300
 
 @pytest.fixture
 async def schema() -> AsyncIterator[str]:
-    require_server("postgresql", postgres_check)
-    name = unique_pg_schema("race")
-    try:
+    async with fresh_pg_schema("race") as name:
         yield name
-    finally:
-        await drop_pg_schema(name)
 
 
 async def test_two_processes_creating_the_same_keys_at_once_create_each_saga_once(

@@ -23,11 +23,8 @@ from sagaway.store._pg_schema import SCHEMA_VERSION
 from sagaway.store.postgres import PostgresStore, parse_url
 from servers import (
     POSTGRES_URL,
-    drop_pg_schema,
+    fresh_pg_schema,
     pg_schema_url,
-    postgres_check,
-    require_server,
-    unique_pg_schema,
 )
 
 T0 = 1_000.0
@@ -37,12 +34,8 @@ NEVER = 3_600.0  # an engine's poll interval no test will ever reach
 
 @pytest.fixture
 async def schema() -> AsyncIterator[str]:
-    require_server("postgresql", postgres_check)
-    name = unique_pg_schema("it")
-    try:
+    async with fresh_pg_schema("it") as name:
         yield name
-    finally:
-        await drop_pg_schema(name)
 
 
 @pytest.fixture

@@ -21,11 +21,8 @@ from sagaway.state import Change, Event, EventType, NewSaga
 from sagaway.store.postgres import PostgresStore
 from servers import (
     POSTGRES_URL,
-    drop_pg_schema,
+    fresh_pg_schema,
     pg_schema_url,
-    postgres_check,
-    require_server,
-    unique_pg_schema,
 )
 
 T0 = 1_000.0
@@ -33,12 +30,8 @@ T0 = 1_000.0
 
 @pytest.fixture
 async def schema() -> AsyncIterator[str]:
-    require_server("postgresql", postgres_check)
-    name = unique_pg_schema("connloss")
-    try:
+    async with fresh_pg_schema("connloss") as name:
         yield name
-    finally:
-        await drop_pg_schema(name)
 
 
 def pending(saga_id: str) -> NewSaga:
