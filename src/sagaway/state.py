@@ -164,6 +164,12 @@ class SagaRecord:
     error: str | None = None
     steps: dict[tuple[str, Phase], StepRecord] = field(default_factory=dict)
     history: list[Event] = field(default_factory=list)
+    # A parked saga (see ``Park``): what it waits for ("reply:inventory.reserve",
+    # "signal:payment_confirmed", "timer") and until when. Parked sagas hold no lease: ``claim``
+    # skips them until ``parked_until`` passes (then the rules see a timeout); a reply or a
+    # signal takes them with ``acquire``.
+    waiting_for: str | None = None
+    parked_until: float | None = None
     # The definition the record was read back with (set by the engine), so ``output`` can
     # decode step outputs to their declared types. Not stored; None for a bare store read.
     definition: Saga | None = field(default=None, compare=False, repr=False)
@@ -190,6 +196,8 @@ class SagaRecord:
             error=self.error,
             steps=dict(self.steps),
             history=list(self.history) if history else [],
+            waiting_for=self.waiting_for,
+            parked_until=self.parked_until,
             definition=self.definition,
         )
 
@@ -213,6 +221,33 @@ class SagaRecord:
         return None if row is None else row.output
 
 
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    """A message to publish once the transition that made it is durable (the outbox).
+
+    Written in the same atomic write as its ``Change``; a relay publishes it (at least once)
+    and then deletes it. ``id`` is the receiver's deduplication key: the same on every
+    re-publish, so an inbox applies it once. ``topic`` is the routing key ("inventory.reserve");
+    ``body`` is what the transport sends (JSON), ``headers`` travel with it (traceparent)."""
+
+    id: str
+    saga_id: str
+    topic: str
+    body: JSON
+    created_at: float
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Park:
+    """Release the saga until something from outside arrives: it holds no task, no memory, no
+    lease; its row records ``waiting_for`` and ``until`` (when the rules treat it as timed
+    out). Any engine that receives what it waits for takes it over with ``acquire``."""
+
+    waiting_for: str
+    until: float
+
+
 @dataclass(slots=True)
 class Change:
     """Everything one durable transition writes, atomically: the unit of the write-ahead log."""
@@ -234,6 +269,12 @@ class Change:
     # Writes a step enlisted with ``ctx.atomic()``: run by the store inside this transition's
     # transaction, so they commit if and only if the step's outcome does.
     effects: tuple[Effect, ...] = ()
+    # Outgoing messages, written in the same atomic write (stores with the outbox tier).
+    outbox: tuple[OutboxMessage, ...] = ()
+    # Park the saga (sets waiting_for/parked_until and releases the lease), or, with
+    # ``unpark``, clear what it waited for (the reply or signal has been applied).
+    park: Park | None = None
+    unpark: bool = False
 
 
 @dataclass(slots=True)
@@ -269,6 +310,14 @@ def apply_change(record: SagaRecord, change: Change, at: float) -> None:
         record.lease_expires_at = None
     if change.clear_cancel:
         record.cancel_requested = False
+    if change.park is not None:
+        record.waiting_for = change.park.waiting_for
+        record.parked_until = change.park.until
+        record.owner = None
+        record.lease_expires_at = None
+    elif change.unpark:
+        record.waiting_for = None
+        record.parked_until = None
 
 
 def cancel_refusal(

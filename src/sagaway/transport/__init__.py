@@ -1,0 +1,5 @@
+"""Transports: how a saga's remote steps reach the services that run them (see ``base``)."""
+
+from sagaway.transport.base import Command, Dispatcher, Reply, ReplyHandler, TransportError
+
+__all__ = ["Command", "Dispatcher", "Reply", "ReplyHandler", "TransportError"]
