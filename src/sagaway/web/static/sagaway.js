@@ -21,16 +21,17 @@
     source.addEventListener("end", () => stopStream(element));
   }
 
-  // A list (sagas, orders...): the stream only says "changed"; the element re-reads its fragment.
-  function followList(element, url, refresh) {
-    stopStream(element);
+  // Lists (sagas, orders, stock...): elements with data-live="URL" and an id. The stream at URL
+  // sends each element's new HTML in an event named after its id, only when it changed; the
+  // server renders it once for every open page, so the page never asks for it.
+  function followFragments(url, elements) {
     const source = new EventSource(url);
-    streams.set(element, source);
-    let busy = false;
-    source.addEventListener("changed", async () => {
-      if (busy) return;
-      busy = true;
-      try { await refresh(element); } finally { busy = false; }
+    elements.forEach((element) => {
+      streams.set(element, source);
+      source.addEventListener(element.id, (event) => {
+        element.innerHTML = event.data;
+        element.dispatchEvent(new CustomEvent("sagaway:updated", { bubbles: true }));
+      });
     });
     return source;
   }
@@ -89,12 +90,16 @@
         followSaga(timeline, timeline.dataset.liveSaga);
       }
     }
-    document.querySelectorAll("[data-live-list]").forEach((element) => {
-      followList(element, element.dataset.liveList, refreshFragment);
+    const byStream = new Map();
+    document.querySelectorAll("[data-live][id]").forEach((element) => {
+      const url = element.dataset.live;
+      if (!byStream.has(url)) byStream.set(url, []);
+      byStream.get(url).push(element);
     });
+    byStream.forEach((elements, url) => followFragments(url, elements));
   }
 
-  window.Sagaway = { followSaga, followList, refreshFragment, say };
+  window.Sagaway = { followSaga, followFragments, refreshFragment, say };
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
   else start();
 })();
