@@ -45,6 +45,7 @@ import sqlite3
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar, cast
 from urllib.parse import parse_qs, urlsplit
 
@@ -61,7 +62,7 @@ from sagaway.state import Change, Event, NewSaga, SagaRecord, SagaStatus
 from sagaway.store import _sqlite_ops as ops
 from sagaway.store._codec import check_change, check_new, storable_text
 from sagaway.store._sqlite_schema import connect, migrate
-from sagaway.store.base import Page, SagaStore
+from sagaway.store.base import Page, TransactionalStore
 
 __all__ = ["SQLiteStore", "SQLiteStoreStats"]
 
@@ -126,13 +127,12 @@ def _translate(exc: BaseException) -> BaseException:
     return exc
 
 
-class SQLiteStore(SagaStore):
+class SQLiteStore(TransactionalStore):
     """The saga log in one SQLite file; see the module docstring for the group-commit design.
 
     Bound to the event loop that calls ``open()``: use it from that loop only.
     """
 
-    atomic_effects = True
     _kind = "SQLite"
 
     def __init__(self, url: str) -> None:
@@ -324,6 +324,15 @@ class SQLiteStore(SagaStore):
             raise CancelRefused(reason)
         assert record is not None
         return record
+
+    def shares_database(self, url: str) -> bool:
+        """True when ``url`` (an SQLAlchemy URL: ``sqlite:///shop.db``,
+        ``sqlite+aiosqlite:////abs/shop.db``) names this store's file."""
+        parts = urlsplit(url)
+        path = parts.path[1:]
+        if not parts.scheme.startswith("sqlite") or parts.netloc or path in ("", ":memory:"):
+            return False
+        return Path(path).resolve() == Path(self.path).resolve()
 
     async def run_in_transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(conn)`` on the writer's connection inside the next group commit; return its
