@@ -27,7 +27,6 @@ __all__ = [
     "check_change",
     "check_new",
     "check_outbox",
-    "check_park",
     "check_text",
     "check_value",
     "dumps",
@@ -159,6 +158,10 @@ def check_new(new: NewSaga) -> None:
 
 def check_change(change: Change) -> None:
     """Refuse a transition any store would fail to write, before it joins a batch."""
+    if change.outbox:
+        check_outbox(change.outbox)
+    if change.park is not None:
+        check_text(change.park.waiting_for, "what a parked saga waits for")
     if change.checked:
         return
     check_text(change.error, "a saga error")
@@ -173,12 +176,6 @@ def check_outbox(messages: tuple[OutboxMessage, ...]) -> None:
         check_text(message.topic, "an outbox message topic")
         check_value(message.body, f"the body of outbox message {message.id!r}")
         check_value(message.headers, f"the headers of outbox message {message.id!r}")
-
-
-def check_park(change: Change) -> None:
-    """Refuse a park any store would fail to write (its ``waiting_for`` is a text column)."""
-    if change.park is not None:
-        check_text(change.park.waiting_for, "what a parked saga waits for")
 
 
 def _check_rows(steps: Any, events: Any) -> None:

@@ -24,7 +24,7 @@ from sagaway.state import (
     record_from_new,
     refused_cancel,
 )
-from sagaway.store._codec import check_change, check_new, check_outbox, check_park, storable_text
+from sagaway.store._codec import check_change, check_new, storable_text
 from sagaway.store.base import OutboxStore, Page, TransactionalStore, waiting_order
 
 T = TypeVar("T")
@@ -67,9 +67,6 @@ class MemoryStore(OutboxStore, TransactionalStore):
         record = self._owned(saga_id, owner)
         if change.unless_cancelled and record.cancel_requested:
             raise CancelPending(f"saga {saga_id}: a cancel is pending")
-        if change.outbox:
-            check_outbox(change.outbox)
-        check_park(change)
         for write in change.effects:
             try:
                 write(None)

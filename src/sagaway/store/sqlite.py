@@ -58,11 +58,11 @@ from sagaway.errors import (
     SagawayError,
     StoreError,
 )
-from sagaway.state import Change, Event, NewSaga, SagaRecord, SagaStatus
+from sagaway.state import Change, Event, NewSaga, OutboxMessage, SagaRecord, SagaStatus
 from sagaway.store import _sqlite_ops as ops
 from sagaway.store._codec import check_change, check_new, storable_text
 from sagaway.store._sqlite_schema import connect, migrate
-from sagaway.store.base import Page, TransactionalStore
+from sagaway.store.base import OutboxStore, Page, TransactionalStore
 
 __all__ = ["SQLiteStore", "SQLiteStoreStats"]
 
@@ -127,7 +127,7 @@ def _translate(exc: BaseException) -> BaseException:
     return exc
 
 
-class SQLiteStore(TransactionalStore):
+class SQLiteStore(OutboxStore, TransactionalStore):
     """The saga log in one SQLite file; see the module docstring for the group-commit design.
 
     Bound to the event loop that calls ``open()``: use it from that loop only.
@@ -387,6 +387,27 @@ class SQLiteStore(TransactionalStore):
 
     async def find_ids(self, prefix: str, *, limit: int = 2) -> list[str]:
         return await self._read(ops.read_ids, prefix, limit)
+
+    async def list_waiting(self, *, prefix: str = "", limit: int = 50, offset: int = 0) -> Page:
+        items, total = await self._read(ops.read_waiting, prefix, limit, offset)
+        return Page(items=items, total=total)
+
+    # -- outbox -----------------------------------------------------------------------------
+
+    async def outbox_pending(
+        self, *, limit: int, older_than: float | None = None
+    ) -> list[OutboxMessage]:
+        return await self._read(ops.read_outbox, limit, older_than)
+
+    async def outbox_count(self) -> int:
+        return await self._read(ops.read_outbox_count)
+
+    async def outbox_delete(self, ids: Collection[str]) -> int:
+        wanted = [i for i in ids if storable_text(i)]  # one that cannot be stored is not there
+        if not wanted:
+            return 0
+        deleted: int = await self._submit(ops.outbox_delete, wanted)
+        return deleted
 
     async def stranded(
         self, *, now: float, owner: str, known: Collection[tuple[str, int]]
