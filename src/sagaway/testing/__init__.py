@@ -8,8 +8,9 @@
   key, so a test can assert every action and compensation took effect exactly once.
 * ``saga_engine(*sagas)``: ``async with`` an opened Engine on a MemoryStore with a
   VirtualClock, yielding a ``SagaHarness`` (engine, store, clock, ``run``).
-* ``SagaStoreContract``: the store contract test base class for a new backend. It is imported
-  lazily because it needs pytest, which ``sagaway.testing`` itself never requires.
+* ``SagaStoreContract``: the store contract test base class for a new backend, and
+  ``TransportContract`` the same for a new transport. Both are imported lazily because they
+  need pytest, which ``sagaway.testing`` itself never requires.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ __all__ = [
     "Hang",
     "SagaHarness",
     "SagaStoreContract",
+    "TransportContract",
     "VirtualClock",
     "fails_when",
     "flaky",
@@ -34,7 +36,10 @@ __all__ = [
     "saga_engine",
 ]
 
-_LAZY = {"SagaStoreContract": "sagaway.testing.contract"}
+_LAZY = {
+    "SagaStoreContract": "sagaway.testing.contract",
+    "TransportContract": "sagaway.testing.transport_contract",
+}
 
 
 def __getattr__(name: str) -> Any:
