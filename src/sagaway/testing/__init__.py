@@ -9,8 +9,9 @@
 * ``saga_engine(*sagas)``: ``async with`` an opened Engine on a MemoryStore with a
   VirtualClock, yielding a ``SagaHarness`` (engine, store, clock, ``run``).
 * ``SagaStoreContract``: the store contract test base class for a new backend, and
-  ``TransportContract`` the same for a new transport. Both are imported lazily because they
-  need pytest, which ``sagaway.testing`` itself never requires.
+  ``OutboxStoreContract`` / ``TransactionalStoreContract`` for the capability tiers it
+  implements; ``TransportContract`` the same for a new transport. They are imported lazily
+  because they need pytest, which ``sagaway.testing`` itself never requires.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ __all__ = [
     "EffectLedger",
     "Faults",
     "Hang",
+    "OutboxStoreContract",
     "SagaHarness",
     "SagaStoreContract",
+    "TransactionalStoreContract",
     "TransportContract",
     "VirtualClock",
     "fails_when",
@@ -38,6 +41,8 @@ __all__ = [
 
 _LAZY = {
     "SagaStoreContract": "sagaway.testing.contract",
+    "OutboxStoreContract": "sagaway.testing.contract_tiers",
+    "TransactionalStoreContract": "sagaway.testing.contract_tiers",
     "TransportContract": "sagaway.testing.transport_contract",
 }
 
