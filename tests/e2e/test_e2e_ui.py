@@ -124,6 +124,9 @@ async def test_saga_list_filters_and_pages(client: httpx.AsyncClient) -> None:
         ("/ui/sagas?limit=0", 422),
         ("/ui/sagas/no-such-saga", 404),
         ("/ui/sagas/no-such-saga/events", 404),
+        ("/ui/sagas/events?status=bogus", 422),
+        ("/ui/inbox?limit=0", 422),
+        ("/ui/inbox/events?offset=-1", 422),
         ("/ui/static/../../etc/passwd", 404),
         ("/ui/static/nope.js", 404),
         ("/shop/static/nope.js", 404),
@@ -155,3 +158,4 @@ async def test_actions_refuse_what_a_cross_site_form_can_send(client: httpx.Asyn
         response = await client.post(f"/ui/sagas/{data['saga_id']}/{action}", headers=form)
         assert response.status_code == 415
         assert "application/json" in response.json()["detail"]
+

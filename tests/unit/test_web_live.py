@@ -54,9 +54,10 @@ async def test_a_stream_sends_nothing_while_nothing_changes() -> None:
     live = LiveUpdates()
 
     async def rows() -> str:
-        return "rows"
+        return f"rows {live.version}"
 
-    stream = live.fragments([("saga-rows", "rows", rows)], period=PERIOD)
+    # Re-read every tick (sagas other processes drive), sent only when it changed.
+    stream = live.fragments([("saga-rows", "rows", rows)], period=PERIOD, poll_seconds=0)
     try:
         await next_event(stream)
         pending = asyncio.ensure_future(next_event(stream))
@@ -64,7 +65,7 @@ async def test_a_stream_sends_nothing_while_nothing_changes() -> None:
             await asyncio.sleep(PERIOD)
         assert not pending.done()
         transition(live)
-        assert await pending == "event: saga-rows\ndata: rows\n\n"
+        assert await pending == "event: saga-rows\ndata: rows 1\n\n"
     finally:
         await stream.aclose()  # type: ignore[attr-defined]
 

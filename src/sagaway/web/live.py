@@ -13,8 +13,9 @@ transition (``version``) and wakes the pages following a saga. Two kinds of stre
   them, they wait ``COALESCE_SECONDS`` (a saga's steps come in bursts) and send one timeline
   rendered once for all of them.
 
-Sagas driven by another process (an API-only server whose workers run the sagas) never reach
-this hook (``local`` is False): the streams then re-read every ``poll_seconds`` instead.
+Sagas driven by another process (workers, or every saga of an API-only server) never reach
+this hook: the streams also re-read every ``poll_seconds`` (a fragment: once per tick for all
+its streams), and send only what changed.
 """
 
 from __future__ import annotations
@@ -121,10 +122,9 @@ class Watch:
 class LiveUpdates(Hook):
     """Counts transitions (``version``) and wakes the pages following a saga (``follow``)."""
 
-    def __init__(self, *, local: bool = True) -> None:
+    def __init__(self) -> None:
         self._watches: dict[str, Watch] = {}
         self.version = 0
-        self.local = local  # False: the sagas run elsewhere, this hook sees none of them
         self.renders = SharedRenders()
 
     @classmethod
@@ -133,7 +133,7 @@ class LiveUpdates(Hook):
         for hook in engine.hooks:
             if isinstance(hook, LiveUpdates):
                 return hook
-        live = cls(local=engine.execute)
+        live = cls()
         engine.add_hook(live)
         return live
 
@@ -173,34 +173,37 @@ class LiveUpdates(Hook):
         poll_seconds: float = 1.0,
         period: float = LIST_REFRESH_SECONDS,
     ) -> AsyncIterator[str]:
-        """A Server-Sent Events body: each fragment now, then again on every tick after a
-        change (every ``poll_seconds`` when the sagas run elsewhere), as events named after
-        the fragments. The renders are shared with every other stream in the same tick (ticks are
-        ``period`` seconds of the loop's clock, the same for every stream)."""
+        """A Server-Sent Events body: each fragment now, then again when it changed, checked on
+        the first tick after a transition and every ``poll_seconds`` (for sagas that other
+        processes drive), as events named after the fragments. A render is shared with every
+        other stream in the same tick (``period`` seconds of the loop's clock, the same ticks
+        for every stream)."""
         loop = asyncio.get_running_loop()
         yield "retry: 2000\n\n"
         seen: int | None = None
+        sent: dict[str, str] = {}
         last_sent = last_poll = loop.time()
         tick = int(loop.time() // period)
         while True:
             now = loop.time()
-            due = seen is None or (
-                self.version != seen if self.local else now - last_poll >= poll_seconds
-            )
-            if due:
+            # Another process's engine may drive sagas of the same store (workers): re-read
+            # every poll_seconds even when this engine's version did not move.
+            if seen is None or self.version != seen or now - last_poll >= poll_seconds:
                 last_poll = now
                 shown = version = self.version
                 try:
                     for name, key, render in fragments:
                         rendered, html = await self.renders.get(key, tick, version, render)
                         shown = min(shown, rendered)
-                        yield sse_event(name, html)
+                        if sent.get(name) != html:
+                            sent[name] = html
+                            last_sent = now
+                            yield sse_event(name, html)
                 except Exception:  # the store is down, say: the page keeps what it shows
                     log.warning("live fragment failed", exc_info=True)
                 else:
                     seen = shown
-                    last_sent = now
-            elif now - last_sent >= KEEPALIVE_SECONDS:
+            if now - last_sent >= KEEPALIVE_SECONDS:
                 last_sent = now
                 yield ": keep-alive\n\n"
             tick = int(loop.time() // period) + 1

@@ -17,10 +17,12 @@ this router under ``{prefix}/static/``):
   cancel (running) buttons post JSON to ``{prefix}/sagas/{id}/retry|cancel`` (anything else is
   a 415: a cross-site form cannot trigger them). Without JavaScript the pages render but are not
   live, and the buttons need it.
+* ``{prefix}/inbox``: the sagas parked until something arrives (a participant's reply, a
+  person's signal), soonest deadline first, each with what it waits for and its deadline
+  counting down; live like the list. (The signal buttons come with the signals themselves.)
 
 ``retry``/``cancel`` (``async (request, saga_id)``) replace the engine's own actions when an
-application must do more (the checkout reopens the order it mirrors). An inbox of sagas waiting
-for a person is not shown: the engine cannot park a saga yet.
+application must do more (the checkout reopens the order it mirrors).
 """
 
 # No "from __future__ import annotations": FastAPI must see the local EngineDep alias itself.
@@ -28,6 +30,7 @@ for a person is not shown: the engine cannot park a saga yet.
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -58,6 +61,9 @@ SagaAction = Callable[[Request, str], Awaitable[object]]
 
 STATIC_FILES = {"sagaway.css": "text/css", "sagaway.js": "text/javascript"}
 PAGE_SIZE = 25
+# The inbox's filter: prefixes of ``waiting_for`` (the engine parks a remote step's saga on
+# "reply:<topic>"; a saga waiting for a person's signal on "signal:<name>").
+WAITING_KINDS = (("", "anything"), ("signal:", "a person (signal)"), ("reply:", "a reply"))
 
 
 def templates_environment(*extra: PackageLoader) -> Environment:
@@ -73,6 +79,8 @@ def templates_environment(*extra: PackageLoader) -> Environment:
     )
     env.filters["when"] = _when
     env.filters["seconds"] = _seconds
+    env.filters["left"] = _left
+    env.filters["waiting"] = _waiting
     return env
 
 
@@ -86,6 +94,39 @@ def _seconds(value: float | None) -> str:
     if value is None:
         return ""
     return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def _left(until: float | None, now: float) -> str:
+    """Time left until ``until`` (the page's script keeps it counting down)."""
+    if until is None:
+        return ""
+    left = int(until - now)
+    text = _span(abs(left))
+    return f"{text} overdue" if left < 0 else text
+
+
+def _span(seconds: int) -> str:
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+def _waiting(waiting_for: str | None) -> str:
+    """``reply:payment.start`` -> "reply to payment.start"; ``signal:approve`` -> "signal
+    approve"; anything else as it is."""
+    if not waiting_for:
+        return ""
+    kind, _, what = waiting_for.partition(":")
+    if kind == "reply" and what:
+        return f"reply to {what}"
+    if kind == "signal" and what:
+        return f"signal {what}"
+    return waiting_for
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +312,58 @@ def saga_ui_router(
 
         key = ("saga-rows", prefix, chosen, name, offset, limit)
         return event_stream(live.fragments([("saga-rows", key, rows)], poll_seconds=poll_seconds))
+
+    async def inbox_context(eng: Engine, waiting: str, offset: int, limit: int) -> dict[str, Any]:
+        page = await eng.store.list_waiting(prefix=waiting, limit=limit, offset=offset)
+
+        def link(at: int) -> str:
+            query = {"waiting": waiting, "offset": at, "limit": limit}
+            return f"{prefix}/inbox?" + urlencode({k: v for k, v in query.items() if v})
+
+        return {
+            "page": page,
+            "now": time.time(),
+            "previous": link(max(offset - limit, 0)) if offset > 0 else None,
+            "next": link(offset + limit) if offset + limit < page.total else None,
+        }
+
+    @router.get("/inbox", response_class=HTMLResponse)
+    async def inbox(
+        eng: EngineDep,
+        waiting: Annotated[str, Query(max_length=200)] = "",
+        offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=200)] = PAGE_SIZE,
+    ) -> HTMLResponse:
+        """Sagas parked until something arrives, soonest deadline first."""
+        query = {"waiting": waiting, "offset": offset, "limit": limit}
+        kinds = list(WAITING_KINDS)
+        if waiting not in dict(kinds):
+            kinds.append((waiting, waiting))
+        return render(
+            "sagaway/inbox.html",
+            current=f"{prefix}/inbox",
+            **await inbox_context(eng, waiting, offset, limit),
+            waiting=waiting,
+            kinds=kinds,
+            stream=f"{prefix}/inbox/events?" + urlencode({k: v for k, v in query.items() if v}),
+        )
+
+    @router.get("/inbox/events")
+    async def inbox_events(
+        eng: EngineDep,
+        waiting: Annotated[str, Query(max_length=200)] = "",
+        offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=200)] = PAGE_SIZE,
+    ) -> StreamingResponse:
+        """Event ``inbox-rows``: the inbox's rows, now and after sagas changed."""
+        live = LiveUpdates.of(eng)
+
+        async def rows() -> str:
+            context = await inbox_context(eng, waiting, offset, limit)
+            return env.get_template("sagaway/_inbox_rows.html").render(base=prefix, **context)
+
+        key = ("inbox-rows", prefix, waiting, offset, limit)
+        return event_stream(live.fragments([("inbox-rows", key, rows)], poll_seconds=poll_seconds))
 
     @router.get("/sagas/{saga_id}", response_class=HTMLResponse)
     async def saga_page(

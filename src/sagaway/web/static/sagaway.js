@@ -41,6 +41,26 @@
     if (response.ok) element.innerHTML = await response.text();
   }
 
+  // The inbox's deadlines count down (the server rendered them once; lists re-render them).
+  function span(seconds) {
+    const d = Math.floor(seconds / 86400), h = Math.floor(seconds % 86400 / 3600);
+    const m = Math.floor(seconds % 3600 / 60), s = seconds % 60;
+    if (d) return d + "d " + h + "h";
+    if (h) return h + "h " + String(m).padStart(2, "0") + "m";
+    return m ? m + "m " + String(s).padStart(2, "0") + "s" : s + "s";
+  }
+
+  function tick() {
+    const now = Date.now() / 1000;
+    document.querySelectorAll("[data-deadline]").forEach((element) => {
+      const until = parseFloat(element.dataset.deadline);
+      if (Number.isNaN(until)) return;
+      const left = Math.trunc(until - now);
+      element.textContent = left < 0 ? span(-left) + " overdue" : span(left);
+      element.classList.toggle("overdue", left < 0);
+    });
+  }
+
   function say(text, isError) {
     const box = document.querySelector("[data-testid=saga-message]");
     if (!box) return;
@@ -97,6 +117,10 @@
       byStream.get(url).push(element);
     });
     byStream.forEach((elements, url) => followFragments(url, elements));
+    if (document.querySelector("[data-deadline]") || document.getElementById("inbox-rows")) {
+      tick();
+      setInterval(tick, 1000);
+    }
   }
 
   window.Sagaway = { followSaga, followFragments, refreshFragment, say };
