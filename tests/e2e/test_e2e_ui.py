@@ -158,4 +158,3 @@ async def test_actions_refuse_what_a_cross_site_form_can_send(client: httpx.Asyn
         response = await client.post(f"/ui/sagas/{data['saga_id']}/{action}", headers=form)
         assert response.status_code == 415
         assert "application/json" in response.json()["detail"]
-
