@@ -11,12 +11,12 @@ from collections.abc import AsyncIterator
 import pytest
 
 from sagaway.store.base import SagaStore
-from sagaway.testing.contract import ParkedSagaContract, SagaStoreContract
+from sagaway.testing.contract import SagaStoreContract
 from sagaway.testing.contract_tiers import OutboxStoreContract
 from servers import redis_check, require_server, unique_redis_url
 
 
-class TestRedisStore(SagaStoreContract, ParkedSagaContract, OutboxStoreContract):
+class TestRedisStore(SagaStoreContract, OutboxStoreContract):
     @pytest.fixture
     async def store(self) -> AsyncIterator[SagaStore]:
         require_server("redis", redis_check)
