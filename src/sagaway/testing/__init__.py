@@ -10,8 +10,8 @@
   VirtualClock, yielding a ``SagaHarness`` (engine, store, clock, ``run``).
 * ``SagaStoreContract``: the store contract test base class for a new backend, and
   ``OutboxStoreContract`` / ``TransactionalStoreContract`` for the capability tiers it
-  implements. They are imported lazily because they need pytest, which ``sagaway.testing``
-  itself never requires.
+  implements; ``TransportContract`` the same for a new transport. They are imported lazily
+  because they need pytest, which ``sagaway.testing`` itself never requires.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ __all__ = [
     "SagaHarness",
     "SagaStoreContract",
     "TransactionalStoreContract",
+    "TransportContract",
     "VirtualClock",
     "fails_when",
     "flaky",
@@ -42,6 +43,7 @@ _LAZY = {
     "SagaStoreContract": "sagaway.testing.contract",
     "OutboxStoreContract": "sagaway.testing.contract_tiers",
     "TransactionalStoreContract": "sagaway.testing.contract_tiers",
+    "TransportContract": "sagaway.testing.transport_contract",
 }
 
 
