@@ -12,12 +12,13 @@ Two executors:
 
 * :class:`StoreExecutor`: SQLite, when the shop tables live in the saga log's own file (the
   default ``./sagaway.db``). Writes join the saga store's **group commit**
-  (``SQLiteStore.run_in_transaction``): they run on the store's single writer connection, each in
-  its own savepoint of the batch's transaction, and share the batch's one fsync with the saga
-  transitions and every other shop write queued meanwhile. There is then one writer for the
-  file: no file-lock contention between the shop and the log, no busy-handler sleeps, no asyncio
-  write lock. Reads run on a read-only connection of their own (WAL: readers see the last
-  commit and never wait for the writer), inline on the event loop's thread by default.
+  (``TransactionalStore.run_in_transaction``): they run on the store's single writer
+  connection, each in its own savepoint of the batch's transaction, and share the batch's one
+  fsync with the saga transitions and every other shop write queued meanwhile. There is then
+  one writer for the file: no file-lock contention between the shop and the log, no
+  busy-handler sleeps, no asyncio write lock. Reads run on a read-only connection of their
+  own (WAL: readers see the last commit and never wait for the writer), inline on the event
+  loop's thread by default.
 * :class:`EngineExecutor`: anything else (PostgreSQL; SQLite in a file of its own): one
   transaction per operation on the ``AsyncEngine`` (``async with engine.begin()`` +
   ``run_sync``). Concurrent operations are kept safe by the operations themselves (claims by
@@ -46,8 +47,7 @@ from sqlalchemy.pool import StaticPool
 
 from checkout.db import Database
 from checkout.dbfaults import NotConnected, is_connection_error
-from sagaway.store import SagaStore
-from sagaway.store.sqlite import SQLiteStore
+from sagaway.store import SagaStore, TransactionalStore
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -162,9 +162,17 @@ class StoreExecutor(ShopExecutor):
     reads on a read-only connection in a thread of their own."""
 
     def __init__(
-        self, store: SQLiteStore, *, close_store: bool = False, inline_reads: bool = True
+        self,
+        store: TransactionalStore,
+        *,
+        close_store: bool = False,
+        inline_reads: bool = True,
+        path: str | None = None,
     ) -> None:
         self._store = store
+        # Reads open the shared file themselves: ``path``, by default the SQLite store's own.
+        self._path = path if path is not None else str(getattr(store, "path"))  # noqa: B009
+        self._busy_timeout_ms = int(getattr(store, "busy_timeout_ms", 10_000))
         self._close_store = close_store  # open_executor opened it: close it (if still open)
         self._writer_raw: sqlite3.Connection | None = None
         self._writer: Connection | None = None  # only touched inside the store's write batches
@@ -189,8 +197,8 @@ class StoreExecutor(ShopExecutor):
 
     def _read(self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
         if self._reader is None or self._reader_raw is None:
-            new = sqlite3.connect(self._store.path, isolation_level=None, check_same_thread=False)
-            new.execute(f"PRAGMA busy_timeout = {int(self._store.busy_timeout_ms)}")
+            new = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            new.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
             new.execute("PRAGMA query_only = ON")
             self._reader_raw, self._reader = new, _wrap(new)
         raw, conn = self._reader_raw, self._reader
@@ -235,11 +243,13 @@ def _sqlite_file(url: str) -> Path | None:
 
 
 def shares_file(db: Database, store: SagaStore) -> bool:
-    """True when the shop database is the SQLite saga log's own file."""
-    if not isinstance(store, SQLiteStore):
-        return False
-    path = _sqlite_file(db.url)
-    return path is not None and path == Path(store.path).resolve()
+    """True when the shop database is a file the saga log writes in, in transactions it lets
+    the application share (the ``TransactionalStore`` tier: the SQLite store)."""
+    return (
+        isinstance(store, TransactionalStore)
+        and _sqlite_file(db.url) is not None
+        and store.shares_database(db.url)
+    )
 
 
 async def open_executor(db: Database, store: SagaStore | None = None) -> ShopExecutor:
@@ -248,7 +258,7 @@ async def open_executor(db: Database, store: SagaStore | None = None) -> ShopExe
     open; closing the executor closes it too, if the engine did not), else
     :class:`EngineExecutor`."""
     if store is not None and shares_file(db, store):
-        assert isinstance(store, SQLiteStore)
+        assert isinstance(store, TransactionalStore)
         await store.open()
-        return StoreExecutor(store, close_store=True)
+        return StoreExecutor(store, close_store=True, path=str(_sqlite_file(db.url)))
     return EngineExecutor(db)

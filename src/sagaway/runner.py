@@ -40,7 +40,7 @@ from sagaway.state import (
     check_saga_transition,
 )
 from sagaway.store._codec import check_value, printable
-from sagaway.store.base import SagaStore
+from sagaway.store.base import SagaStore, TransactionalStore
 
 log = logging.getLogger("sagaway.runner")
 
@@ -266,7 +266,7 @@ class SagaRun:
         await self._commit(change, now)
 
     def _check_effects(self) -> None:
-        if not self.store.atomic_effects:
+        if not isinstance(self.store, TransactionalStore):
             raise StepFailed(
                 f"ctx.atomic() needs a saga store that shares the step's database; "
                 f"{type(self.store).__name__} does not"

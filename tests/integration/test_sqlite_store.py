@@ -24,6 +24,8 @@ from sagaway.state import (
     Event,
     EventType,
     NewSaga,
+    OutboxMessage,
+    Park,
     Phase,
     SagaStatus,
     StepRecord,
@@ -134,6 +136,7 @@ async def test_schema_is_versioned_and_shares_the_file(db: Path) -> None:
         "sagaway_instances",
         "sagaway_steps",
         "sagaway_events",
+        "sagaway_outbox",
     }
     versions = [r[0] for r in app.execute("SELECT version FROM sagaway_schema")]
     assert versions == list(range(1, SCHEMA_VERSION + 1))
@@ -142,6 +145,51 @@ async def test_schema_is_versioned_and_shares_the_file(db: Path) -> None:
     app.close()
     with pytest.raises(StoreError, match="newer"):
         await SQLiteStore(url_of(db)).open()
+
+
+async def test_a_version_1_file_is_migrated_and_keeps_working(db: Path) -> None:
+    # A saga log written before parked sagas and the outbox (schema version 1), with a saga
+    # in flight: opening it adds the columns and the table, and the saga carries on.
+    from sagaway.store._sqlite_schema import MIGRATIONS
+
+    old = sqlite3.connect(db)
+    old.execute("CREATE TABLE sagaway_schema (version INTEGER PRIMARY KEY NOT NULL)")
+    for statement in MIGRATIONS[0]:
+        old.execute(statement)
+    old.execute("INSERT INTO sagaway_schema (version) VALUES (1)")
+    old.execute(
+        "INSERT INTO sagaway_instances (id, name, version, status, input, owner, "
+        "lease_expires_at, created_at, updated_at) VALUES "
+        "('old', 's', 1, 'RUNNING', '{\"id\":\"old\"}', 'e1', ?, ?, ?)",
+        (T0 + 60, T0, T0),
+    )
+    old.commit()
+    old.close()
+    async with SQLiteStore(url_of(db)) as store:
+        record = await store.get("old")
+        assert (record.input, record.owner, record.waiting_for, record.parked_until) == (
+            {"id": "old"},
+            "e1",
+            None,
+            None,
+        )
+        message = OutboxMessage("m1", "old", "inventory.reserve", {"n": 1}, T0 + 1)
+        park = Change(
+            steps=[StepRecord("a", Phase.FORWARD, RUNNING, 1)],
+            outbox=(message,),
+            park=Park("reply:inventory.reserve", T0 + 30),
+        )
+        await store.commit("old", "e1", park, T0 + 1)
+        assert await store.outbox_pending(limit=5) == [message]
+        assert [r.id for r in (await store.list_waiting()).items] == ["old"]
+        claimed = await store.claim(
+            "e2", now=T0 + 30, lease_seconds=5, definitions=[("s", 1)], limit=5
+        )
+        assert [(r.id, r.waiting_for) for r in claimed] == [("old", "reply:inventory.reserve")]
+    check = sqlite3.connect(db)
+    versions = [r[0] for r in check.execute("SELECT version FROM sagaway_schema")]
+    check.close()
+    assert versions == list(range(1, SCHEMA_VERSION + 1))
 
 
 async def test_close_flushes_queued_writes_and_is_idempotent(db: Path) -> None:

@@ -9,7 +9,15 @@ from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-
 from typing import Any
 
 from sagaway.errors import UnstorableValue
-from sagaway.state import Change, EventType, NewSaga, Phase, SagaStatus, StepStatus
+from sagaway.state import (
+    Change,
+    EventType,
+    NewSaga,
+    OutboxMessage,
+    Phase,
+    SagaStatus,
+    StepStatus,
+)
 
 __all__ = [
     "EVENT_TYPE",
@@ -18,6 +26,7 @@ __all__ = [
     "STEP_STATUS",
     "check_change",
     "check_new",
+    "check_outbox",
     "check_text",
     "check_value",
     "dumps",
@@ -149,10 +158,24 @@ def check_new(new: NewSaga) -> None:
 
 def check_change(change: Change) -> None:
     """Refuse a transition any store would fail to write, before it joins a batch."""
+    if change.outbox:
+        check_outbox(change.outbox)
+    if change.park is not None:
+        check_text(change.park.waiting_for, "what a parked saga waits for")
     if change.checked:
         return
     check_text(change.error, "a saga error")
     _check_rows(change.steps, change.events)
+
+
+def check_outbox(messages: tuple[OutboxMessage, ...]) -> None:
+    """Refuse outbox messages any store would fail to write. Unlike the rest of a Change,
+    checked even when ``change.checked``: the runner checks step outputs, not messages."""
+    for message in messages:
+        check_text(message.id, "an outbox message id")
+        check_text(message.topic, "an outbox message topic")
+        check_value(message.body, f"the body of outbox message {message.id!r}")
+        check_value(message.headers, f"the headers of outbox message {message.id!r}")
 
 
 def _check_rows(steps: Any, events: Any) -> None:

@@ -28,6 +28,7 @@ from sagaway.state import (
     Event,
     EventType,
     NewSaga,
+    OutboxMessage,
     SagaRecord,
     SagaStatus,
     StepRecord,
@@ -46,6 +47,8 @@ _COLS = (
     "id, name, version, status, input, idempotency_key, owner, lease_expires_at, deadline_at, "
     "cancel_requested, error, created_at, updated_at"
 )
+# Read back with every saga; written only by commits that park or unpark it.
+_SELECT_COLS = f"{_COLS}, waiting_for, parked_until"
 _STEP_COLS = "name, phase, status, attempts, output, error, uncertain, started_at, finished_at"
 
 INSERT_INSTANCE = (
@@ -63,14 +66,30 @@ INSERT_EVENT = (
     "INSERT INTO sagaway_events (saga_id, at, type, step, phase, attempt, detail) "
     "VALUES (?,?,?,?,?,?,?)"
 )
+UPSERT_OUTBOX = (
+    "INSERT INTO sagaway_outbox (id, saga_id, topic, body, headers, created_at) "
+    "VALUES (?,?,?,?,?,?) ON CONFLICT (id) DO UPDATE SET saga_id = excluded.saga_id, "
+    "topic = excluded.topic, body = excluded.body, headers = excluded.headers, "
+    "created_at = excluded.created_at"
+)
+_OUTBOX_COLS = "id, saga_id, topic, body, headers, created_at"
+
+# Change.park / Change.unpark, as a third dimension of the UPDATE (0: neither).
+_NO_PARK, _PARK, _UNPARK = 0, 1, 2
 
 
-def _update_sql(status: bool, release: bool, clear: bool, fenced: bool, guarded: bool) -> str:
+def _update_sql(
+    status: bool, release: bool, clear: bool, fenced: bool, guarded: bool, park: int = _NO_PARK
+) -> str:
     """The instance UPDATE for a Change, setting only what it changes: an unchanged status or
     lease then touches no index at all (most commits only record a step's progress)."""
     sets = ["status = ?, error = ?"] if status else []
     sets.append("updated_at = ?")
-    if release:
+    if park == _PARK:  # parking releases the lease too
+        sets.append("waiting_for = ?, parked_until = ?, owner = NULL, lease_expires_at = NULL")
+    elif park == _UNPARK:
+        sets.append("waiting_for = NULL, parked_until = NULL")
+    if release and park != _PARK:
         sets.append("owner = NULL, lease_expires_at = NULL")
     if clear:
         sets.append("cancel_requested = 0")
@@ -88,6 +107,15 @@ _UPDATES = {
     for c in (False, True)
     for d in (False, True)
     for e in (False, True)
+}
+_PARK_UPDATES = {
+    (a, b, c, d, e, f): _update_sql(a, b, c, d, e, f)
+    for a in (False, True)
+    for b in (False, True)
+    for c in (False, True)
+    for d in (False, True)
+    for e in (False, True)
+    for f in (_PARK, _UNPARK)
 }
 
 
@@ -121,6 +149,13 @@ def event_rows(saga_id: str, events: Iterable[Event]) -> list[tuple[Any, ...]]:
     return [(saga_id, e.at, e.type, e.step, e.phase, e.attempt, e.detail) for e in events]
 
 
+def outbox_rows(messages: Iterable[OutboxMessage]) -> list[tuple[Any, ...]]:
+    return [
+        (m.id, m.saga_id, m.topic, _dumps(m.body), _dumps(m.headers), m.created_at)
+        for m in messages
+    ]
+
+
 class Pending:
     """Step rows and events of a batch's operations, written together by :meth:`flush`.
 
@@ -131,14 +166,15 @@ class Pending:
     keep their history order.
     """
 
-    __slots__ = ("events", "steps")
+    __slots__ = ("events", "outbox", "steps")
 
     def __init__(self) -> None:
         self.steps: list[tuple[Any, ...]] = []
         self.events: list[tuple[Any, ...]] = []
+        self.outbox: list[tuple[Any, ...]] = []
 
     def __bool__(self) -> bool:
-        return bool(self.steps or self.events)
+        return bool(self.steps or self.events or self.outbox)
 
     def flush(self, conn: sqlite3.Connection) -> None:
         if self.steps:
@@ -147,6 +183,9 @@ class Pending:
         if self.events:
             conn.executemany(INSERT_EVENT, self.events)
             self.events = []
+        if self.outbox:  # in batch order: a message written twice keeps its last version
+            conn.executemany(UPSERT_OUTBOX, self.outbox)
+            self.outbox = []
 
 
 def _saga(row: Sequence[Any]) -> SagaRecord:
@@ -164,6 +203,19 @@ def _saga(row: Sequence[Any]) -> SagaRecord:
         error=row[10],
         created_at=row[11],
         updated_at=row[12],
+        waiting_for=row[13],
+        parked_until=row[14],
+    )
+
+
+def _message(row: Sequence[Any]) -> OutboxMessage:
+    return OutboxMessage(
+        id=row[0],
+        saga_id=row[1],
+        topic=row[2],
+        body=_loads(row[3]),
+        headers=_loads(row[4]),
+        created_at=row[5],
     )
 
 
@@ -196,7 +248,9 @@ def _event(row: Sequence[Any]) -> Event:
 
 
 def load(conn: sqlite3.Connection, saga_id: str, history: bool) -> SagaRecord | None:
-    row = conn.execute(f"SELECT {_COLS} FROM sagaway_instances WHERE id = ?", (saga_id,)).fetchone()
+    row = conn.execute(
+        f"SELECT {_SELECT_COLS} FROM sagaway_instances WHERE id = ?", (saga_id,)
+    ).fetchone()
     if row is None:
         return None
     record = _saga(row)
@@ -225,7 +279,8 @@ def load_many(conn: sqlite3.Connection, ids: list[str]) -> list[SagaRecord]:
     records = {
         r[0]: _saga(r)
         for r in conn.execute(
-            f"SELECT {_COLS} FROM sagaway_instances WHERE id IN (SELECT value FROM json_each(?))",
+            f"SELECT {_SELECT_COLS} FROM sagaway_instances "
+            "WHERE id IN (SELECT value FROM json_each(?))",
             param,
         )
     }
@@ -264,7 +319,7 @@ def read_list(
         items = [
             _saga(r)
             for r in conn.execute(
-                f"SELECT {_COLS} FROM sagaway_instances{where} "
+                f"SELECT {_SELECT_COLS} FROM sagaway_instances{where} "
                 "ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
                 (*params, max(limit, 0), max(offset, 0)),
             )
@@ -273,6 +328,56 @@ def read_list(
         return items, int(total[0])
     finally:
         conn.execute("COMMIT")
+
+
+def read_waiting(
+    conn: sqlite3.Connection, prefix: str, limit: int, offset: int
+) -> tuple[list[SagaRecord], int]:
+    # substr, not LIKE: a prefix is text, "%" and "_" in it match themselves.
+    where = "WHERE waiting_for IS NOT NULL AND substr(waiting_for, 1, ?) = ?"
+    params = (len(prefix), prefix)
+    conn.execute("BEGIN")
+    try:
+        items = [
+            _saga(r)
+            for r in conn.execute(
+                f"SELECT {_SELECT_COLS} FROM sagaway_instances {where} "
+                "ORDER BY parked_until, id LIMIT ? OFFSET ?",
+                (*params, max(limit, 0), max(offset, 0)),
+            )
+        ]
+        total = conn.execute(f"SELECT count(*) FROM sagaway_instances {where}", params).fetchone()
+        return items, int(total[0])
+    finally:
+        conn.execute("COMMIT")
+
+
+def read_outbox(
+    conn: sqlite3.Connection, limit: int, older_than: float | None
+) -> list[OutboxMessage]:
+    if older_than is None:
+        rows = conn.execute(
+            f"SELECT {_OUTBOX_COLS} FROM sagaway_outbox ORDER BY created_at, id LIMIT ?",
+            (max(limit, 0),),
+        )
+    else:
+        rows = conn.execute(
+            f"SELECT {_OUTBOX_COLS} FROM sagaway_outbox WHERE created_at < ? "
+            "ORDER BY created_at, id LIMIT ?",
+            (older_than, max(limit, 0)),
+        )
+    return [_message(r) for r in rows]
+
+
+def read_outbox_count(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT count(*) FROM sagaway_outbox").fetchone()[0])
+
+
+def outbox_delete(conn: sqlite3.Connection, ids: list[str]) -> int:
+    cursor = conn.execute(
+        "DELETE FROM sagaway_outbox WHERE id IN (SELECT value FROM json_each(?))", (_dumps(ids),)
+    )
+    return int(cursor.rowcount)
 
 
 def read_stranded(
@@ -363,18 +468,33 @@ def commit(
     # The fenced UPDATE comes first: LeaseLost/SagaNotFound are raised before anything is
     # written, which is what lets the store skip a savepoint for this operation.
     status = change.status
-    sql = _UPDATES[
-        (
-            status is not None,
-            change.release_lease,
-            change.clear_cancel,
-            owner is not None,
-            change.unless_cancelled,
+    park = change.park
+    if park is None and not change.unpark:  # the hot path: no parked-saga columns
+        sql = _UPDATES[
+            (
+                status is not None,
+                change.release_lease,
+                change.clear_cancel,
+                owner is not None,
+                change.unless_cancelled,
+            )
+        ]
+        params: tuple[Any, ...] = (
+            (at, saga_id) if status is None else (status, change.error, at, saga_id)
         )
-    ]
-    params: tuple[Any, ...] = (
-        (at, saga_id) if status is None else (status, change.error, at, saga_id)
-    )
+    else:
+        sql = _PARK_UPDATES[
+            (
+                status is not None,
+                change.release_lease,
+                change.clear_cancel,
+                owner is not None,
+                change.unless_cancelled,
+                _UNPARK if park is None else _PARK,
+            )
+        ]
+        params = (at,) if park is None else (at, park.waiting_for, park.until)
+        params = (*params, saga_id) if status is None else (status, change.error, *params, saga_id)
     cursor = conn.execute(sql, params if owner is None else (*params, owner))
     if cursor.rowcount == 0:
         _, holder, _ = _exists(conn, saga_id)
@@ -382,6 +502,11 @@ def commit(
             raise CancelPending(f"saga {saga_id}: a cancel is pending")
         raise LeaseLost(f"saga {saga_id} is no longer leased to {owner}")
     _write_rows(conn, saga_id, change.steps, change.events, pending)
+    if change.outbox:
+        if pending is not None:
+            pending.outbox += outbox_rows(change.outbox)
+        else:
+            conn.executemany(UPSERT_OUTBOX, outbox_rows(change.outbox))
 
 
 def _exists(conn: sqlite3.Connection, saga_id: str) -> tuple[Any, ...]:
@@ -410,7 +535,7 @@ def claim(
     params.append(now)
     if include_own:
         params.append(owner)
-    params.append(limit)
+    params += [now, limit]
     # Safe without row locks: the batch holds SQLite's write lock (BEGIN IMMEDIATE) from this
     # SELECT to the UPDATE, so no other claim, here or in another process, can interleave.
     ids = [
@@ -419,6 +544,7 @@ def claim(
             f"SELECT id FROM sagaway_instances WHERE status IN ({_ACTIVE}) "
             f"AND (name, version) IN (VALUES {wanted}) "
             f"AND (owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at < ?{own}) "
+            "AND (parked_until IS NULL OR parked_until <= ?) "
             "ORDER BY created_at, id LIMIT ?",
             params,
         )

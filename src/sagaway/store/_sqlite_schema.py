@@ -79,6 +79,28 @@ MIGRATIONS: list[tuple[str, ...]] = [
         # (saga_id) implicitly ends with the rowid, so it also returns a saga's events in order.
         "CREATE INDEX sagaway_events_saga ON sagaway_events (saga_id)",
     ),
+    (
+        # Parked sagas (waiting for a reply, a signal, a timer): what for and until when. NULL
+        # on every other saga, so existing rows need no rewrite (ADD COLUMN is O(1)).
+        "ALTER TABLE sagaway_instances ADD COLUMN waiting_for TEXT",
+        "ALTER TABLE sagaway_instances ADD COLUMN parked_until REAL",
+        # Partial: only parked sagas are in it (list_waiting, soonest first).
+        "CREATE INDEX sagaway_instances_parked ON sagaway_instances (parked_until, id) "
+        "WHERE waiting_for IS NOT NULL",
+        # The outbox: messages written with the transition that made them, deleted once
+        # published. One row per message id (a message written again replaces it).
+        """
+        CREATE TABLE sagaway_outbox (
+            id TEXT PRIMARY KEY NOT NULL,
+            saga_id TEXT NOT NULL,
+            topic TEXT NOT NULL,
+            body TEXT NOT NULL,
+            headers TEXT NOT NULL,
+            created_at REAL NOT NULL
+        ) WITHOUT ROWID
+        """,
+        "CREATE INDEX sagaway_outbox_created ON sagaway_outbox (created_at, id)",
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -19,10 +19,20 @@ from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from sagaway.errors import SagaNotFound, StoreError
-from sagaway.state import ACTIVE_STATUSES, Change, Event, NewSaga, SagaRecord, SagaStatus
+from sagaway.state import (
+    ACTIVE_STATUSES,
+    Change,
+    Event,
+    NewSaga,
+    OutboxMessage,
+    SagaRecord,
+    SagaStatus,
+)
+
+T = TypeVar("T")
 
 _State = Literal["new", "open", "closing", "closed"]
 _STRANDED_SCAN = 10_000
@@ -40,8 +50,6 @@ class SagaStore(ABC):
     """Abstract saga log. Records returned are copies: mutating them never changes the store."""
 
     url: str = ""
-    # True when commit() runs a Change's ``effects`` inside its own transaction (ctx.atomic).
-    atomic_effects: bool = False
 
     # What error messages call the store ("SQLite store 'sqlite:///x.db' is not open"), so an
     # application holding several stores can tell which one refused.
@@ -221,6 +229,28 @@ class SagaStore(ABC):
         nothing. Otherwise records a ``cancel_refused`` event with the reason and raises
         ``CancelRefused`` (an ``InvalidTransition``); ``SagaNotFound`` for an unknown id."""
 
+    async def list_waiting(self, *, prefix: str = "", limit: int = 50, offset: int = 0) -> Page:
+        """Parked sagas (``waiting_for`` set) whose ``waiting_for`` starts with ``prefix``,
+        soonest ``parked_until`` first (then id), without steps or history.
+
+        This default pages through ``list_sagas`` (at most ``_STRANDED_SCAN`` sagas per
+        status); the stores shipped with sagaway answer it from an index."""
+        found: list[SagaRecord] = []
+        for status in ACTIVE_STATUSES:
+            scanned = 0
+            while scanned < _STRANDED_SCAN:
+                page = await self.list_sagas(status=status, limit=500, offset=scanned)
+                found += [
+                    saga
+                    for saga in page.items
+                    if saga.waiting_for is not None and saga.waiting_for.startswith(prefix)
+                ]
+                scanned += len(page.items)
+                if len(page.items) < 500:
+                    break
+        found.sort(key=waiting_order)
+        return Page(items=found[offset : offset + limit], total=len(found))
+
     async def stranded(
         self, *, now: float, owner: str, known: Collection[tuple[str, int]]
     ) -> dict[tuple[str, int], int]:
@@ -266,3 +296,60 @@ class SagaStore(ABC):
         if record is None:
             raise SagaNotFound(saga_id)
         return record
+
+
+def waiting_order(saga: SagaRecord) -> tuple[float, str]:
+    """How ``list_waiting`` orders parked sagas: soonest ``parked_until`` first, then id."""
+    return (saga.parked_until if saga.parked_until is not None else float("inf"), saga.id)
+
+
+class OutboxStore(SagaStore):
+    """Capability tier: a transactional outbox in the saga log.
+
+    ``commit`` writes ``change.outbox`` in the same atomic write as the transition (nothing of
+    it when the commit raises), the way eventsourcing's ``ProcessRecorder`` adds tracking rows
+    to its ``ApplicationRecorder``'s transaction. A relay reads ``outbox_pending``, publishes,
+    then ``outbox_delete``s what the broker confirmed: every message is published at least
+    once, and its ``id`` lets the receiver drop the repeats. A message written again under an
+    id still pending replaces it (one row per id). Checked for every backend by
+    ``sagaway.testing.OutboxStoreContract``.
+    """
+
+    @abstractmethod
+    async def outbox_pending(
+        self, *, limit: int, older_than: float | None = None
+    ) -> list[OutboxMessage]:
+        """Up to ``limit`` messages not yet deleted, oldest first (created_at, then id); with
+        ``older_than``, only those created before that time (the relay's sweep for messages
+        whose fast-path publish a crash cut short)."""
+
+    @abstractmethod
+    async def outbox_delete(self, ids: Collection[str]) -> int:
+        """Delete the messages with these ids (published and confirmed); unknown ids are
+        ignored. Returns how many were deleted."""
+
+    @abstractmethod
+    async def outbox_count(self) -> int:
+        """How many messages wait to be published (a gauge)."""
+
+
+class TransactionalStore(SagaStore):
+    """Capability tier: the application may write in the saga log's own transactions.
+
+    ``commit`` runs a Change's ``effects`` (``ctx.atomic()`` writes) inside the transaction
+    that records the step's outcome, so they commit if and only if it does; and
+    ``run_in_transaction`` runs any function that way on its own. The argument handed to those
+    functions is the store's connection (a ``sqlite3.Connection`` for SQLite, None for the
+    memory store). Checked by ``sagaway.testing.TransactionalStoreContract``.
+    """
+
+    @abstractmethod
+    async def run_in_transaction(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(connection)`` in a transaction of the store's own and return its result:
+        committed when it returns, rolled back (nothing written) when it raises."""
+
+    def shares_database(self, url: str) -> bool:
+        """True when the database at ``url`` (an SQLAlchemy URL) is the one this store writes
+        in, so an application may put its tables there and write them with
+        ``run_in_transaction``."""
+        return False

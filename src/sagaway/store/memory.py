@@ -6,7 +6,8 @@ Single event loop, no awaits inside an operation: each method is atomic by const
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
+from typing import Any, TypeVar
 
 from sagaway.errors import CancelPending, CancelRefused, EffectFailed, LeaseLost, SagaNotFound
 from sagaway.state import (
@@ -14,6 +15,7 @@ from sagaway.state import (
     Event,
     EventType,
     NewSaga,
+    OutboxMessage,
     Phase,
     SagaRecord,
     SagaStatus,
@@ -23,11 +25,12 @@ from sagaway.state import (
     refused_cancel,
 )
 from sagaway.store._codec import check_change, check_new, storable_text
-from sagaway.store.base import Page, SagaStore
+from sagaway.store.base import OutboxStore, Page, TransactionalStore, waiting_order
+
+T = TypeVar("T")
 
 
-class MemoryStore(SagaStore):
-    atomic_effects = True
+class MemoryStore(OutboxStore, TransactionalStore):
     _kind = "memory"
     # Nothing to connect or release (no _open/_close), so operations need no open store and a
     # closed one opens again: tests hand one store from engine to engine to simulate restarts.
@@ -37,6 +40,9 @@ class MemoryStore(SagaStore):
         self.url = url
         self._sagas: dict[str, SagaRecord] = {}
         self._keys: dict[str, str] = {}
+        # Insertion order is not the outbox order (a message written again keeps its place in
+        # a dict): outbox_pending sorts by (created_at, id).
+        self._outbox: dict[str, OutboxMessage] = {}
 
     async def create(self, new: NewSaga) -> tuple[str, bool]:
         check_new(new)  # what another store could not keep, this one refuses too
@@ -68,6 +74,39 @@ class MemoryStore(SagaStore):
                 raise EffectFailed(f"a ctx.atomic() write failed: {exc}") from exc
         # The engine never mutates a StepRecord it has committed, so keeping references is safe.
         apply_change(record, change, at)
+        for message in change.outbox:
+            self._outbox[message.id] = message
+
+    async def run_in_transaction(self, fn: Callable[[Any], T]) -> T:
+        # Nothing to roll back: the memory store has no connection to hand over.
+        return fn(None)
+
+    async def outbox_pending(
+        self, *, limit: int, older_than: float | None = None
+    ) -> list[OutboxMessage]:
+        messages = [
+            m for m in self._outbox.values() if older_than is None or m.created_at < older_than
+        ]
+        messages.sort(key=lambda m: (m.created_at, m.id))
+        return messages[: max(limit, 0)]
+
+    async def outbox_delete(self, ids: Collection[str]) -> int:
+        return sum(self._outbox.pop(i, None) is not None for i in ids)
+
+    async def outbox_count(self) -> int:
+        return len(self._outbox)
+
+    async def list_waiting(self, *, prefix: str = "", limit: int = 50, offset: int = 0) -> Page:
+        matches = [
+            r
+            for r in self._sagas.values()
+            if r.waiting_for is not None and r.waiting_for.startswith(prefix)
+        ]
+        matches.sort(key=waiting_order)
+        items = [r.copy(history=False) for r in matches[offset : offset + limit]]
+        for item in items:
+            item.steps = {}
+        return Page(items=items, total=len(matches))
 
     async def load(self, saga_id: str, *, history: bool = True) -> SagaRecord | None:
         record = self._sagas.get(saga_id) if storable_text(saga_id) else None
@@ -117,6 +156,8 @@ class MemoryStore(SagaStore):
                 break
             if not record.status.is_active or (record.name, record.version) not in wanted:
                 continue
+            if record.parked_until is not None and record.parked_until > now:
+                continue  # parked: a reply takes it with acquire, or claim once it times out
             free = (
                 record.owner is None
                 or record.lease_expires_at is None

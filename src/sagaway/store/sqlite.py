@@ -45,6 +45,7 @@ import sqlite3
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar, cast
 from urllib.parse import parse_qs, urlsplit
 
@@ -57,11 +58,11 @@ from sagaway.errors import (
     SagawayError,
     StoreError,
 )
-from sagaway.state import Change, Event, NewSaga, SagaRecord, SagaStatus
+from sagaway.state import Change, Event, NewSaga, OutboxMessage, SagaRecord, SagaStatus
 from sagaway.store import _sqlite_ops as ops
 from sagaway.store._codec import check_change, check_new, storable_text
 from sagaway.store._sqlite_schema import connect, migrate
-from sagaway.store.base import Page, SagaStore
+from sagaway.store.base import OutboxStore, Page, TransactionalStore
 
 __all__ = ["SQLiteStore", "SQLiteStoreStats"]
 
@@ -126,13 +127,12 @@ def _translate(exc: BaseException) -> BaseException:
     return exc
 
 
-class SQLiteStore(SagaStore):
+class SQLiteStore(OutboxStore, TransactionalStore):
     """The saga log in one SQLite file; see the module docstring for the group-commit design.
 
     Bound to the event loop that calls ``open()``: use it from that loop only.
     """
 
-    atomic_effects = True
     _kind = "SQLite"
 
     def __init__(self, url: str) -> None:
@@ -325,6 +325,15 @@ class SQLiteStore(SagaStore):
         assert record is not None
         return record
 
+    def shares_database(self, url: str) -> bool:
+        """True when ``url`` (an SQLAlchemy URL: ``sqlite:///shop.db``,
+        ``sqlite+aiosqlite:////abs/shop.db``) names this store's file."""
+        parts = urlsplit(url)
+        path = parts.path[1:]
+        if not parts.scheme.startswith("sqlite") or parts.netloc or path in ("", ":memory:"):
+            return False
+        return Path(path).resolve() == Path(self.path).resolve()
+
     async def run_in_transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(conn)`` on the writer's connection inside the next group commit; return its
         result once that commit is durable.
@@ -378,6 +387,27 @@ class SQLiteStore(SagaStore):
 
     async def find_ids(self, prefix: str, *, limit: int = 2) -> list[str]:
         return await self._read(ops.read_ids, prefix, limit)
+
+    async def list_waiting(self, *, prefix: str = "", limit: int = 50, offset: int = 0) -> Page:
+        items, total = await self._read(ops.read_waiting, prefix, limit, offset)
+        return Page(items=items, total=total)
+
+    # -- outbox -----------------------------------------------------------------------------
+
+    async def outbox_pending(
+        self, *, limit: int, older_than: float | None = None
+    ) -> list[OutboxMessage]:
+        return await self._read(ops.read_outbox, limit, older_than)
+
+    async def outbox_count(self) -> int:
+        return await self._read(ops.read_outbox_count)
+
+    async def outbox_delete(self, ids: Collection[str]) -> int:
+        wanted = [i for i in ids if storable_text(i)]  # one that cannot be stored is not there
+        if not wanted:
+            return 0
+        deleted: int = await self._submit(ops.outbox_delete, wanted)
+        return deleted
 
     async def stranded(
         self, *, now: float, owner: str, known: Collection[tuple[str, int]]

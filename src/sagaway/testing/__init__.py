@@ -8,8 +8,10 @@
   key, so a test can assert every action and compensation took effect exactly once.
 * ``saga_engine(*sagas)``: ``async with`` an opened Engine on a MemoryStore with a
   VirtualClock, yielding a ``SagaHarness`` (engine, store, clock, ``run``).
-* ``SagaStoreContract``: the store contract test base class for a new backend. It is imported
-  lazily because it needs pytest, which ``sagaway.testing`` itself never requires.
+* ``SagaStoreContract``: the store contract test base class for a new backend, and
+  ``OutboxStoreContract`` / ``TransactionalStoreContract`` for the capability tiers it
+  implements; ``TransportContract`` the same for a new transport. They are imported lazily
+  because they need pytest, which ``sagaway.testing`` itself never requires.
 """
 
 from __future__ import annotations
@@ -25,8 +27,11 @@ __all__ = [
     "EffectLedger",
     "Faults",
     "Hang",
+    "OutboxStoreContract",
     "SagaHarness",
     "SagaStoreContract",
+    "TransactionalStoreContract",
+    "TransportContract",
     "VirtualClock",
     "fails_when",
     "flaky",
@@ -34,7 +39,12 @@ __all__ = [
     "saga_engine",
 ]
 
-_LAZY = {"SagaStoreContract": "sagaway.testing.contract"}
+_LAZY = {
+    "SagaStoreContract": "sagaway.testing.contract",
+    "OutboxStoreContract": "sagaway.testing.contract_tiers",
+    "TransactionalStoreContract": "sagaway.testing.contract_tiers",
+    "TransportContract": "sagaway.testing.transport_contract",
+}
 
 
 def __getattr__(name: str) -> Any:

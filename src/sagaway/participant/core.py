@@ -1,0 +1,306 @@
+"""The participant side of a remote step: handlers per command, an inbox, one transaction each.
+
+A participant is a service that runs saga steps for others (payment, inventory, shipping). It
+declares a handler per command::
+
+    inventory = Participant("inventory", "sqlite:///inventory.db")
+
+    @inventory.handler("reserve")
+    def reserve(conn: Connection, payload: ReserveCommand, command: Command) -> Reservation: ...
+
+    @inventory.handler("release", compensates="reserve")
+    def release(conn: Connection, payload: ReserveCommand, command: Command) -> None: ...
+
+and a transport (the FastAPI router in ``sagaway.participant.http``, the RabbitMQ consumer, the
+in-process dispatcher) hands it each ``Command`` with ``await participant.handle(command)``.
+
+What ``handle`` guarantees, whatever the transport redelivers:
+
+* the handler's writes and the inbox row commit in ONE transaction on the participant's own
+  database: a redelivered ``message_id`` gets the recorded reply and the handler does not run;
+* a business error (``StepFailed``, or an exception type declared in ``errors=``) rolls the
+  effect back and records the failure, so a redelivery gets the same failure;
+* any other exception propagates (a transient failure: the sender retries with the same key);
+* a compensation (``compensates=``) whose forward command was never processed writes a
+  tombstone under the forward key and replies ok without running the undo handler; the late
+  forward command then gets "compensated before it ran" and has no effect. A compensation of a
+  forward command that failed replies ok too: a failure has nothing to undo.
+
+Handlers are synchronous functions over a SQLAlchemy Core ``Connection`` (the library owns the
+transaction; do not commit), run on a worker thread: one thread on SQLite (one writer per file,
+no lock contention inside the process), a small pool on PostgreSQL. Given an ``AsyncEngine``
+instead, they run through ``AsyncConnection.run_sync``. Payload and reply types come from the
+handler's annotations (pydantic), as for saga steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from pydantic import TypeAdapter, ValidationError
+from sqlalchemy import Table
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from sagaway.definition import describe_validation
+from sagaway.errors import DecodeError, DefinitionError, SagawayError, StepFailed
+from sagaway.participant import inbox as _inbox
+from sagaway.participant.inbox import ensure_schema, open_engine, sync_url
+from sagaway.state import JSON
+from sagaway.transport.base import Command, Reply
+
+F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+HandlerFn = Callable[..., Any]
+
+
+class UnknownCommand(SagawayError, LookupError):
+    """A command this participant has no handler for (a 404 over HTTP)."""
+
+    def __init__(self, participant: str, command: str, known: list[str]) -> None:
+        super().__init__(
+            f"participant {participant!r} has no command {command!r} "
+            f"(it handles: {', '.join(sorted(known)) or 'nothing'})"
+        )
+        self.participant = participant
+        self.command = command
+
+
+class _BusinessFailure(Exception):
+    """Carries a business error's message out of the transaction, which it rolls back."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _adapter(annotation: Any) -> TypeAdapter[Any] | None:
+    if annotation in (inspect.Parameter.empty, Any, None, type(None)):
+        return None
+    return TypeAdapter(annotation)
+
+
+@dataclass(eq=False)
+class Handler:
+    """One command's handler, as ``Participant.handler`` declared it."""
+
+    command: str
+    fn: HandlerFn
+    compensates: str | None = None
+    errors: tuple[type[BaseException], ...] = ()
+    takes_command: bool = field(init=False)
+    payload_adapter: TypeAdapter[Any] | None = field(init=False, repr=False)
+    reply_adapter: TypeAdapter[Any] | None = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if inspect.iscoroutinefunction(self.fn):
+            raise DefinitionError(
+                f"handler {self.command!r} must be a plain (sync) function over a SQLAlchemy "
+                "Connection: the participant runs it in a transaction on a worker thread"
+            )
+        params = list(inspect.signature(self.fn).parameters.values())
+        if len(params) not in (2, 3):
+            raise DefinitionError(
+                f"handler {self.command!r} must take (conn, payload) or (conn, payload, "
+                f"command); it takes {len(params)} parameters"
+            )
+        try:
+            hints = inspect.get_annotations(self.fn, eval_str=True)
+        except Exception as exc:
+            raise DefinitionError(
+                f"cannot resolve the type hints of handler {self.command!r}: {exc}"
+            ) from exc
+        self.takes_command = len(params) == 3
+        self.payload_adapter = _adapter(hints.get(params[1].name, inspect.Parameter.empty))
+        self.reply_adapter = _adapter(hints.get("return", inspect.Parameter.empty))
+
+    def decode(self, payload: JSON) -> Any:
+        if self.payload_adapter is None:
+            return payload
+        try:
+            return self.payload_adapter.validate_python(payload)
+        except ValidationError as exc:
+            raise DecodeError(
+                f"the payload of {self.command!r} is invalid: {describe_validation(exc)}"
+            ) from None
+
+    def encode(self, value: Any) -> JSON:
+        if self.reply_adapter is None:
+            return value
+        return self.reply_adapter.dump_python(value, mode="json")
+
+
+class Participant:
+    """A service's side of remote saga steps: handlers, an inbox, its own database.
+
+    ``database``: a SQLAlchemy URL (``sqlite:///inventory.db``, ``postgresql://...``; a
+    ``?schema=`` puts the tables of a PostgreSQL URL in that schema), an ``Engine`` or an
+    ``AsyncEngine``. ``errors``: exception types every handler may raise as business failures
+    (besides ``StepFailed``). ``inbox``: the inbox table (default ``sagaway_inbox``).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        database: str | Engine | AsyncEngine,
+        *,
+        errors: tuple[type[BaseException], ...] = (),
+        inbox: Table = _inbox.INBOX,
+        threads: int | None = None,
+    ) -> None:
+        self.name = name
+        self.inbox = inbox
+        self.errors = errors
+        self._handlers: dict[str, Handler] = {}
+        self._owns_engine = isinstance(database, str)
+        self._schema = sync_url(database)[1] if isinstance(database, str) else None
+        self.engine: Engine | AsyncEngine = (
+            open_engine(database) if isinstance(database, str) else database
+        )
+        dialect = self.sync_engine.dialect.name
+        self._sqlite = dialect == "sqlite"
+        # One writer thread per SQLite file: writers would otherwise queue on the file lock
+        # (busy_timeout sleeps); PostgreSQL takes concurrent transactions.
+        self._threads = threads or (1 if self._sqlite else 8)
+        self._executor: ThreadPoolExecutor | None = None
+        self._async_lock = asyncio.Lock() if self._sqlite else None
+
+    @property
+    def sync_engine(self) -> Engine:
+        """The sync engine under the participant's database (for migrations, tests, reads)."""
+        engine = self.engine
+        return engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+
+    # -- declaring --------------------------------------------------------------------------
+
+    def handler(
+        self,
+        command: str,
+        *,
+        compensates: str | None = None,
+        errors: tuple[type[BaseException], ...] = (),
+    ) -> Callable[[F], F]:
+        """Declare ``fn(conn, payload[, command]) -> reply`` as the handler of ``command``.
+        ``compensates``: the forward command this one undoes (tombstones apply). ``errors``:
+        exception types this handler raises as business failures."""
+
+        def register(fn: F) -> F:
+            if command in self._handlers:
+                raise DefinitionError(
+                    f"participant {self.name!r} already has a handler for {command!r}"
+                )
+            if compensates is not None and compensates == command:
+                raise DefinitionError(f"handler {command!r} cannot compensate itself")
+            self._handlers[command] = Handler(command, fn, compensates, errors)
+            return fn
+
+        return register
+
+    @property
+    def commands(self) -> list[str]:
+        return list(self._handlers)
+
+    def get_handler(self, command: str) -> Handler:
+        handler = self._handlers.get(command)
+        if handler is None:
+            raise UnknownCommand(self.name, command, list(self._handlers))
+        return handler
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def create_inbox(self) -> None:
+        """Create the inbox table if missing (tests and scripts; services migrate)."""
+        if self._schema is not None:
+            ensure_schema(self.sync_engine, self._schema)
+        _inbox.create_inbox(self.sync_engine, self.inbox)
+
+    async def close(self) -> None:
+        """Stop the worker threads; dispose of the engine if this participant created it."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        if self._owns_engine:
+            engine = self.engine
+            if isinstance(engine, AsyncEngine):
+                await engine.dispose()
+            else:
+                engine.dispose()
+
+    # -- handling ---------------------------------------------------------------------------
+
+    async def handle(self, command: Command) -> Reply:
+        """Process one delivery of ``command`` (see the module docstring). Raises
+        ``UnknownCommand``; any exception but a business error propagates (transient)."""
+        handler = self.get_handler(command.command)
+        try:
+            payload = handler.decode(command.payload)
+        except DecodeError as exc:
+            # Bad input is the sender's bug and fails the same way every time: no need to
+            # record it, and no retry would help.
+            return Reply.failure(command, str(exc))
+        try:
+            return await self._transaction(self._process, handler, payload, command)
+        except _BusinessFailure as failure:
+            recorded = await self._transaction(
+                _inbox.record_failure, self.inbox, command, failure.message
+            )
+            if recorded is not None:  # another delivery, or a tombstone, answered first
+                return recorded.reply_to(command)
+            return Reply.failure(command, failure.message)
+
+    def _process(self, conn: Connection, handler: Handler, payload: Any, command: Command) -> Reply:
+        """The transaction's body: claim, (tombstone check,) effect, answer."""
+        table = self.inbox
+        recorded = _inbox.claim(conn, table, command)
+        if recorded is not None:
+            return recorded.reply_to(command)
+        if handler.compensates is not None and command.forward_key is not None:
+            forward = _inbox.tombstone(conn, table, command.forward_key, handler.compensates)
+            if forward is None or not forward.ok:
+                # Never ran (now tombstoned) or failed: nothing to undo.
+                _inbox.record(conn, table, command.message_id, True, {"output": None})
+                return Reply.success(command, None)
+        try:
+            if handler.takes_command:
+                result = handler.fn(conn, payload, command)
+            else:
+                result = handler.fn(conn, payload)
+        except StepFailed as exc:
+            raise _BusinessFailure(exc.reason) from exc
+        except Exception as exc:
+            if isinstance(exc, handler.errors + self.errors):
+                raise _BusinessFailure(str(exc) or type(exc).__name__) from exc
+            raise
+        output = handler.encode(result)
+        _inbox.record(conn, table, command.message_id, True, {"output": output})
+        return Reply.success(command, output)
+
+    async def _transaction(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(conn, *args)`` in one transaction on the participant's database."""
+        engine = self.engine
+        if isinstance(engine, AsyncEngine):
+            if self._async_lock is None:
+                return await _run_async(engine, fn, *args)
+            async with self._async_lock:
+                return await _run_async(engine, fn, *args)
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=self._threads, thread_name_prefix=f"participant-{self.name}"
+            )
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, _run_sync, engine, fn, args)
+
+
+def _run_sync(engine: Engine, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+    with engine.begin() as conn:
+        return fn(conn, *args)
+
+
+async def _run_async(engine: AsyncEngine, fn: Callable[..., T], *args: Any) -> T:
+    async with engine.begin() as conn:
+        return await conn.run_sync(fn, *args)

@@ -1,0 +1,188 @@
+"""The participant library itself, on real SQLite and PostgreSQL databases: concurrent
+duplicate deliveries apply once, handler declarations are checked, bad payloads fail."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+from sqlalchemy import event, text
+from sqlalchemy.engine import Connection
+
+from sagaway.errors import DefinitionError
+from sagaway.participant import Participant, UnknownCommand
+from sagaway.state import Phase
+from sagaway.transport.base import Command
+from servers import POSTGRES_URL, fresh_pg_schema, pg_schema_url
+
+
+class Hold:
+    """Holds a handler inside its transaction until the test lets it go."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.runs = 0
+
+    def participant(self, url: str) -> Participant:
+        participant = Participant("held", url)
+
+        @participant.handler("work")
+        def work(conn: Connection, payload: dict[str, Any]) -> dict[str, int]:
+            self.runs += 1
+            self.entered.set()
+            assert self.release.wait(30), "the test never released the handler"
+            return {"runs": self.runs}
+
+        return participant
+
+
+def command(
+    message_id: str = "s1:work:forward", name: str = "work", payload: Any = None
+) -> Command:
+    return Command(
+        message_id=message_id,
+        saga_id="s1",
+        saga_name="test",
+        step="work",
+        phase=Phase.FORWARD,
+        attempt=1,
+        participant="held",
+        command=name,
+        payload={} if payload is None else payload,
+    )
+
+
+async def _wait_for_lock_waiter(url: str) -> None:
+    """Until a PostgreSQL backend waits on a lock: the duplicate blocks on the claimed row."""
+    probe = Participant("probe", url)
+    try:
+        for _ in range(3000):
+            with probe.sync_engine.connect() as conn:
+                waiting = conn.execute(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                        "AND query LIKE '%sagaway_inbox%'"
+                    )
+                ).scalar_one()
+            if waiting:
+                return
+            await asyncio.sleep(0.01)  # polling an observable condition, not timing
+        raise AssertionError("the duplicate delivery never blocked on the inbox row")
+    finally:
+        await probe.close()
+
+
+async def test_concurrent_duplicates_apply_once_on_postgresql() -> None:
+    async with fresh_pg_schema("inbox") as schema:
+        url = pg_schema_url(schema, POSTGRES_URL)
+        hold = Hold()
+        # Two participants: two processes serving the same database.
+        first, second = hold.participant(url), hold.participant(url)
+        first.create_inbox()
+        try:
+            one = asyncio.create_task(first.handle(command()))
+            await asyncio.to_thread(hold.entered.wait, 30)
+            two = asyncio.create_task(second.handle(command()))
+            await _wait_for_lock_waiter(url)
+            hold.release.set()
+            replies = await asyncio.gather(one, two)
+        finally:
+            hold.release.set()
+            await first.close()
+            await second.close()
+        assert hold.runs == 1
+        assert [reply.ok for reply in replies] == [True, True]
+        assert [reply.output for reply in replies] == [{"runs": 1}, {"runs": 1}]
+
+
+async def test_concurrent_duplicates_apply_once_on_sqlite(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'held.db'}"
+    hold = Hold()
+    first, second = hold.participant(url), hold.participant(url)
+    first.create_inbox()
+    begun = threading.Event()
+
+    @event.listens_for(second.sync_engine, "begin")
+    def _begun(conn: Connection) -> None:  # after BEGIN IMMEDIATE: the lock is ours
+        begun.set()
+
+    try:
+        one = asyncio.create_task(first.handle(command()))
+        await asyncio.to_thread(hold.entered.wait, 30)
+        two = asyncio.create_task(second.handle(command()))
+        # The second delivery cannot begin while the first holds the write lock.
+        assert not await asyncio.to_thread(begun.wait, 0.2)
+        hold.release.set()
+        replies = await asyncio.gather(one, two)
+    finally:
+        hold.release.set()
+        await first.close()
+        await second.close()
+    assert begun.is_set()
+    assert hold.runs == 1
+    assert [reply.output for reply in replies] == [{"runs": 1}, {"runs": 1}]
+
+
+class Order(BaseModel):
+    sku: str
+    quantity: int
+
+
+async def test_a_payload_that_does_not_fit_fails_with_a_message(tmp_path: Path) -> None:
+    shop = Participant("shop", f"sqlite:///{tmp_path / 'shop.db'}")
+    shop.create_inbox()
+
+    @shop.handler("order")
+    def order(conn: Connection, payload: Order) -> Order:
+        return payload
+
+    try:
+        reply = await shop.handle(command(name="order", payload={"sku": "a"}))
+        assert not reply.ok
+        assert reply.error is not None
+        assert "quantity" in reply.error
+        good = await shop.handle(
+            command("s1:work:other", name="order", payload={"sku": "a", "quantity": 2})
+        )
+        assert (good.ok, good.output) == (True, {"sku": "a", "quantity": 2})
+        with pytest.raises(UnknownCommand, match="ship"):
+            await shop.handle(command("s1:x", name="ship"))
+    finally:
+        await shop.close()
+
+
+def test_handler_declarations_are_checked() -> None:
+    participant = Participant("p", "sqlite://")
+
+    with pytest.raises(DefinitionError, match="sync"):
+
+        @participant.handler("a")
+        async def run_async(conn: Connection, payload: Any) -> None:
+            pass
+
+    with pytest.raises(DefinitionError, match="parameters"):
+
+        @participant.handler("b")
+        def one_param(conn: Connection) -> None:
+            pass
+
+    @participant.handler("c")
+    def fine(conn: Connection, payload: Any) -> None:
+        pass
+
+    with pytest.raises(DefinitionError, match="already"):
+
+        @participant.handler("c")
+        def again(conn: Connection, payload: Any) -> None:
+            pass
+
+    with pytest.raises(DefinitionError, match="itself"):
+
+        @participant.handler("d", compensates="d")
+        def itself(conn: Connection, payload: Any) -> None:
+            pass
