@@ -17,7 +17,7 @@ import pytest
 
 from sagaway import Engine, Saga, SagaStatus, StepContext, StoreError
 from sagaway.errors import SagawayError
-from sagaway.state import Change, Event, EventType, NewSaga
+from sagaway.state import Change, Event, EventType, NewSaga, OutboxMessage, Park
 from sagaway.store import open_store
 from sagaway.store._pg_schema import SCHEMA_VERSION
 from sagaway.store.postgres import PostgresStore, parse_url
@@ -146,6 +146,7 @@ async def test_schema_option_uses_an_existing_schema(schema: str) -> None:
             "sagaway_instances",
             "sagaway_steps",
             "sagaway_events",
+            "sagaway_outbox",
         }
         assert await conn.fetchval(f'SELECT x FROM "{schema}".app_table') == 7
         version = await conn.fetchval(f'SELECT max(version) FROM "{schema}".sagaway_schema')
@@ -178,6 +179,46 @@ async def test_reopen_keeps_data(make_store: Callable[[], PostgresStore]) -> Non
         assert after == before
         assert after.status is SagaStatus.SUCCEEDED
         assert [e.type for e in after.history] == [EventType.SAGA_CREATED, event.type]
+
+
+async def test_a_version_1_schema_is_migrated_and_keeps_working(schema: str) -> None:
+    # A saga log written before parked sagas and the outbox, with a saga in flight: opening
+    # it adds the columns and the table, and the saga carries on.
+    from sagaway.store._pg_schema import MIGRATIONS
+
+    conn = await asyncpg.connect(POSTGRES_URL)
+    try:
+        quoted = f'"{schema}"'
+        await conn.execute(f"CREATE SCHEMA {quoted}")
+        await conn.execute(f"CREATE TABLE {quoted}.sagaway_schema (version integer PRIMARY KEY)")
+        for statement in MIGRATIONS[0]:
+            await conn.execute(statement.replace("{s}", quoted))
+        await conn.execute(f"INSERT INTO {quoted}.sagaway_schema VALUES (1)")
+        await conn.execute(
+            f"INSERT INTO {quoted}.sagaway_instances (id, name, version, status, input, owner, "
+            "lease_expires_at, created_at, updated_at) "
+            "VALUES ('old', 'pg', 1, 'RUNNING', '{\"n\": 1}', 'e1', $1, $2, $2)",
+            T0 + 60,
+            T0,
+        )
+    finally:
+        await conn.close()
+    async with PostgresStore(pg_schema_url(schema)) as store:
+        record = await store.get("old")
+        assert (record.input, record.owner, record.waiting_for) == ({"n": 1}, "e1", None)
+        message = OutboxMessage("m1", "old", "inventory.reserve", {"n": 1}, T0 + 1)
+        park = Change(outbox=(message,), park=Park("reply:inventory.reserve", T0 + 30))
+        await store.commit("old", "e1", park, T0 + 1)
+        assert await store.outbox_pending(limit=5) == [message]
+        assert [r.id for r in (await store.list_waiting()).items] == ["old"]
+        claimed = await store.claim("e2", now=T0 + 30, lease_seconds=5, definitions=[DEF], limit=5)
+        assert [(r.id, r.waiting_for) for r in claimed] == [("old", "reply:inventory.reserve")]
+    conn = await asyncpg.connect(POSTGRES_URL)
+    try:
+        version = await conn.fetchval(f'SELECT max(version) FROM "{schema}".sagaway_schema')
+        assert version == SCHEMA_VERSION
+    finally:
+        await conn.close()
 
 
 async def test_newer_schema_is_refused(schema: str) -> None:

@@ -29,6 +29,7 @@ from sagaway.state import (
     Event,
     EventType,
     NewSaga,
+    OutboxMessage,
     SagaRecord,
     SagaStatus,
     StepRecord,
@@ -45,8 +46,10 @@ from sagaway.store._pg_schema import ACTIVE_SQL
 
 _COLS = (
     "i.id, i.name, i.version, i.status, i.input::text, i.idempotency_key, i.owner, "
-    "i.lease_expires_at, i.deadline_at, i.cancel_requested, i.error, i.created_at, i.updated_at"
+    "i.lease_expires_at, i.deadline_at, i.cancel_requested, i.error, i.created_at, i.updated_at, "
+    "i.waiting_for, i.parked_until"
 )
+_OUTBOX_COLS = "id, saga_id, topic, body::text, headers::text, created_at"
 _STEPS_JSON = (
     "(SELECT json_agg(json_build_array(s.name, s.phase, s.status, s.attempts, s.output, "
     "s.error, s.uncertain, s.started_at, s.finished_at))::text "
@@ -84,22 +87,43 @@ def _params(template: str, first: int) -> str:
     return template
 
 
-class Statements:
-    """Every statement, with the schema name filled in once."""
-
-    def __init__(self, quoted_schema: str) -> None:
-        s = quoted_schema
-        inst = f"{s}.sagaway_instances"
-        events = f"{s}.sagaway_events"
-
-        # One statement for a whole batch, creates and commits together: $1-$11 new sagas,
-        # $12-$20 changes, $21-$30 the step rows of both, $31-$38 their events, $39 the NOTIFY
-        # channel. A change with unless_cancelled (guard) is fenced by the cancel flag too. A
-        # change without a status keeps both status and error (as apply_change does). A new
-        # saga's events are numbered from 0; a change's from the history length
-        # its UPDATE returns. Creating a PENDING saga, or handing back the lease of an active
-        # one (an operator's retry), wakes idle workers.
-        self.write_batch = f"""
+def _write_batch_sql(s: str, *, remote: bool) -> str:
+    """One statement for a whole batch, creates and commits together: $1-$11 new sagas,
+    $12-$20 changes, $21-$30 the step rows of both, $31-$38 their events, $39 the NOTIFY
+    channel; with ``remote``, $40-$42 each change's park (what for, until when, and 1 park /
+    2 unpark / 0 neither) and $43-$49 the outbox messages (with the saga whose change writes
+    each one). A change with unless_cancelled
+    (guard) is fenced by the cancel flag too. A change without a status keeps both status and
+    error (as apply_change does). A new saga's events are numbered from 0; a change's from the
+    history length its UPDATE returns. Creating a PENDING saga, or handing back the lease of
+    an active one (an operator's retry), wakes idle workers; parking one does not (it is not
+    claimable before its deadline). Outbox rows join on the applied UPDATEs, so a fenced-out
+    change writes none."""
+    inst = f"{s}.sagaway_instances"
+    events = f"{s}.sagaway_events"
+    park_cols = ", $40::text[], $41::float8[], $42::int[]" if remote else ""
+    park_names = ", pfor, puntil, pmode" if remote else ""
+    if remote:
+        lease_sets = """owner = CASE WHEN uop.release OR uop.pmode = 1 THEN NULL ELSE i.owner END,
+    lease_expires_at = CASE WHEN uop.release OR uop.pmode = 1 THEN NULL
+      ELSE i.lease_expires_at END,
+    waiting_for = CASE uop.pmode WHEN 1 THEN uop.pfor WHEN 2 THEN NULL ELSE i.waiting_for END,
+    parked_until = CASE uop.pmode WHEN 1 THEN uop.puntil WHEN 2 THEN NULL
+      ELSE i.parked_until END,"""
+        outbox = f"""
+), ob AS (
+  INSERT INTO {s}.sagaway_outbox (id, saga_id, topic, body, headers, created_at)
+  SELECT o.id, o.saga_id, o.topic, o.body::jsonb, o.headers::jsonb, o.at
+  FROM unnest($43::text[], $44::text[], $45::text[], $46::text[], $47::text[], $48::text[],
+    $49::float8[]) AS o(written_by, id, saga_id, topic, body, headers, at)
+  WHERE o.written_by IN (SELECT id FROM upd)
+  ON CONFLICT (id) DO UPDATE SET saga_id = excluded.saga_id, topic = excluded.topic,
+    body = excluded.body, headers = excluded.headers, created_at = excluded.created_at"""
+    else:
+        lease_sets = """owner = CASE WHEN uop.release THEN NULL ELSE i.owner END,
+    lease_expires_at = CASE WHEN uop.release THEN NULL ELSE i.lease_expires_at END,"""
+        outbox = ""
+    return f"""
 WITH cop AS (
   SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[],
     $7::text[], $8::float8[], $9::float8[], $10::float8[], $11::int[])
@@ -112,14 +136,13 @@ WITH cop AS (
   RETURNING id, status
 ), uop AS (
   SELECT * FROM unnest($12::text[], $13::text[], $14::text[], $15::text[], $16::float8[],
-    $17::bool[], $18::bool[], $19::int[], $20::bool[])
-    AS o(id, owner, status, error, at, release, clear, n, guard)
+    $17::bool[], $18::bool[], $19::int[], $20::bool[]{park_cols})
+    AS o(id, owner, status, error, at, release, clear, n, guard{park_names})
 ), upd AS (
   UPDATE {inst} i SET status = coalesce(uop.status, i.status),
     error = CASE WHEN uop.status IS NULL THEN i.error ELSE uop.error END,
     updated_at = uop.at,
-    owner = CASE WHEN uop.release THEN NULL ELSE i.owner END,
-    lease_expires_at = CASE WHEN uop.release THEN NULL ELSE i.lease_expires_at END,
+    {lease_sets}
     cancel_requested = i.cancel_requested AND NOT uop.clear,
     events = i.events + uop.n
   FROM uop WHERE i.id = uop.id AND (uop.owner IS NULL OR i.owner = uop.owner)
@@ -132,7 +155,7 @@ WITH cop AS (
 ), ev AS (
   INSERT INTO {events} (saga_id, seq, at, type, step, phase, attempt, detail)
   SELECT e.saga_id, w.base + e.k, e.at, e.type, e.step, e.phase, e.attempt, e.detail
-  FROM {_params(_EVENT_ARRAYS, 31)} JOIN written w ON w.id = e.saga_id
+  FROM {_params(_EVENT_ARRAYS, 31)} JOIN written w ON w.id = e.saga_id{outbox}
 ), woke AS (
   SELECT pg_notify($39, '') FROM (
     SELECT 1 FROM ins WHERE ins.status = 'PENDING' UNION ALL SELECT 1 FROM upd WHERE upd.freed
@@ -148,6 +171,22 @@ SELECT r.* FROM (
   FROM uop LEFT JOIN upd ON upd.id = uop.id
 ) r CROSS JOIN (SELECT count(*) FROM woke) w
 """
+
+
+class Statements:
+    """Every statement, with the schema name filled in once."""
+
+    def __init__(self, quoted_schema: str) -> None:
+        s = quoted_schema
+        inst = f"{s}.sagaway_instances"
+        events = f"{s}.sagaway_events"
+
+        # One statement for a whole batch (see _write_batch_sql).
+        self.write_batch = _write_batch_sql(s, remote=False)
+        # The same with the parked-saga columns and the outbox ($40-$48), for a batch that
+        # has a Change with park, unpark or outbox messages: every other batch keeps the
+        # statement it had before they existed, at no cost.
+        self.write_batch_remote = _write_batch_sql(s, remote=True)
         steps_json = _STEPS_JSON.format(s=s)
         self.load = (
             f"SELECT {_COLS}, {steps_json}, "
@@ -162,6 +201,7 @@ WITH c AS (
     AND (i.name, i.version) IN (SELECT * FROM unnest($1::text[], $2::int[]))
     AND (i.owner IS NULL OR i.lease_expires_at IS NULL OR i.lease_expires_at < $3
          OR ($4 AND i.owner = $5))
+    AND (i.parked_until IS NULL OR i.parked_until <= $3)
   ORDER BY i.created_at, i.id LIMIT $6
   FOR UPDATE SKIP LOCKED
 ), upd AS (
@@ -208,6 +248,17 @@ SELECT {_COLS}, {steps_json} FROM upd i ORDER BY i.created_at, i.id
             "OR owner = $2) GROUP BY name, version"
         )
         self.find_ids = f"SELECT id FROM {inst} WHERE starts_with(id, $1) ORDER BY id LIMIT $2"
+        # starts_with, not LIKE: a prefix is text, "%" and "_" in it match themselves.
+        self.waiting_where = (
+            f"FROM {inst} i WHERE i.waiting_for IS NOT NULL AND starts_with(i.waiting_for, $1)"
+        )
+        outbox = f"{s}.sagaway_outbox"
+        self.outbox_pending = (
+            f"SELECT {_OUTBOX_COLS} FROM {outbox} WHERE ($2::float8 IS NULL OR created_at < $2) "
+            "ORDER BY created_at, id LIMIT $1"
+        )
+        self.outbox_delete = f"DELETE FROM {outbox} WHERE id = ANY($1::text[])"
+        self.outbox_count = f"SELECT count(*) FROM {outbox}"
         self.list_where = (
             f"FROM {inst} i WHERE ($1::text IS NULL OR i.status = $1) "
             "AND ($2::text IS NULL OR i.name = $2)"
@@ -257,6 +308,42 @@ def _event_arrays(pairs: Iterable[tuple[str, Sequence[Event]]]) -> list[list[Any
 
 
 CommitOp = tuple[str, str | None, Change, float]
+
+
+def is_remote(change: Change) -> bool:
+    """True when a change needs ``write_batch_remote`` (it parks, unparks or sends)."""
+    return change.park is not None or change.unpark or bool(change.outbox)
+
+
+def remote_args(commits: Sequence[CommitOp]) -> list[list[Any]]:
+    """The extra arrays of ``write_batch_remote``: each change's park, then the outbox rows.
+
+    One row per message id (ON CONFLICT DO UPDATE may not touch a row twice in one
+    statement): within a change the last one wins, as apply_change would have it; the store
+    never puts two changes writing one id in the same batch (``PostgresStore._take_batch``)."""
+    pfor: list[str | None] = []
+    puntil: list[float | None] = []
+    pmode: list[int] = []
+    out: list[tuple[str, OutboxMessage]] = []
+    for saga_id, _, change, _ in commits:
+        park = change.park
+        pfor.append(None if park is None else park.waiting_for)
+        puntil.append(None if park is None else park.until)
+        pmode.append(1 if park is not None else 2 if change.unpark else 0)
+        if change.outbox:
+            out += [(saga_id, m) for m in {m.id: m for m in change.outbox}.values()]
+    return [
+        pfor,
+        puntil,
+        pmode,
+        [w for w, _ in out],
+        [m.id for _, m in out],
+        [m.saga_id for _, m in out],
+        [m.topic for _, m in out],
+        [_dumps(m.body) for _, m in out],
+        [_dumps(m.headers) for _, m in out],
+        [m.created_at for _, m in out],
+    ]
 
 
 def write_args(news: Sequence[NewSaga], commits: Sequence[CommitOp], channel: str) -> list[Any]:
@@ -314,9 +401,11 @@ def saga_from_row(row: Sequence[Any]) -> SagaRecord:
         error=row[10],
         created_at=row[11],
         updated_at=row[12],
+        waiting_for=row[13],
+        parked_until=row[14],
     )
-    if len(row) > 13 and row[13] is not None:
-        for s in _loads(row[13]):
+    if len(row) > 15 and row[15] is not None:
+        for s in _loads(row[15]):
             step = StepRecord(
                 name=s[0],
                 phase=_PHASE[s[1]],
@@ -329,7 +418,7 @@ def saga_from_row(row: Sequence[Any]) -> SagaRecord:
                 finished_at=_float(s[8]),
             )
             record.steps[(step.name, step.phase)] = step
-    if len(row) > 14 and row[14] is not None:
+    if len(row) > 16 and row[16] is not None:
         record.history = [
             Event(
                 at=float(e[0]),
@@ -339,9 +428,20 @@ def saga_from_row(row: Sequence[Any]) -> SagaRecord:
                 attempt=e[4],
                 detail=e[5],
             )
-            for e in _loads(row[14])
+            for e in _loads(row[16])
         ]
     return record
+
+
+def message_from_row(row: Sequence[Any]) -> OutboxMessage:
+    return OutboxMessage(
+        id=row[0],
+        saga_id=row[1],
+        topic=row[2],
+        body=_loads(row[3]),
+        headers=_loads(row[4]),
+        created_at=row[5],
+    )
 
 
 # -- the rarer operations, each on a connection of its own --------------------------------------
@@ -464,6 +564,20 @@ async def list_sagas(
             max(offset, 0),
         )
         total = await conn.fetchval(f"SELECT count(*) {sql.list_where}", wanted, name)
+    return [saga_from_row(r) for r in rows], int(total)
+
+
+async def list_waiting(
+    conn: asyncpg.Connection, sql: Statements, prefix: str, limit: int, offset: int
+) -> tuple[list[SagaRecord], int]:
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        rows = await conn.fetch(
+            f"SELECT {_COLS} {sql.waiting_where} ORDER BY i.parked_until, i.id LIMIT $2 OFFSET $3",
+            prefix,
+            max(limit, 0),
+            max(offset, 0),
+        )
+        total = await conn.fetchval(f"SELECT count(*) {sql.waiting_where}", prefix)
     return [saga_from_row(r) for r in rows], int(total)
 
 

@@ -91,6 +91,27 @@ MIGRATIONS: list[tuple[str, ...]] = [
         )
         """,
     ),
+    (
+        # Parked sagas: what they wait for and until when. NULL on every other row, so the
+        # ALTER rewrites nothing (a catalog change only).
+        "ALTER TABLE {s}.sagaway_instances ADD COLUMN waiting_for text, "
+        "ADD COLUMN parked_until double precision",
+        "CREATE INDEX sagaway_instances_parked ON {s}.sagaway_instances (parked_until, id) "
+        "WHERE waiting_for IS NOT NULL",
+        # The outbox: written by the batch statement with the transitions that make its
+        # messages, deleted once they are published. One row per message id.
+        """
+        CREATE TABLE {s}.sagaway_outbox (
+            id text PRIMARY KEY,
+            saga_id text NOT NULL,
+            topic text NOT NULL,
+            body jsonb NOT NULL,
+            headers jsonb NOT NULL,
+            created_at double precision NOT NULL
+        )
+        """,
+        "CREATE INDEX sagaway_outbox_created ON {s}.sagaway_outbox (created_at, id)",
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

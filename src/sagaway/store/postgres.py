@@ -73,11 +73,11 @@ from sagaway.errors import (
     StoreError,
     UnstorableValue,
 )
-from sagaway.state import Change, Event, NewSaga, SagaRecord, SagaStatus
+from sagaway.state import Change, Event, NewSaga, OutboxMessage, SagaRecord, SagaStatus
 from sagaway.store import _pg_ops as ops
 from sagaway.store._codec import check_change, check_new, storable_text
 from sagaway.store._pg_schema import channel_for, check_schema_name, migrate
-from sagaway.store.base import Page, SagaStore
+from sagaway.store.base import OutboxStore, Page
 
 __all__ = ["PostgresStore", "PostgresStoreStats", "parse_url"]
 
@@ -130,7 +130,7 @@ def parse_url(url: str) -> PgSettings:
     return PgSettings(dsn, schema, pool_size, parts.hostname or "localhost", parts.port or 5432)
 
 
-class PostgresStore(SagaStore):
+class PostgresStore(OutboxStore):
     """The saga log in PostgreSQL; see the module docstring for the design.
 
     Bound to the event loop that calls ``open()``: use it from that loop only.
@@ -281,16 +281,25 @@ class PostgresStore(SagaStore):
 
     def _take_batch(self) -> list[_Op]:
         """Everything queued, except a second commit of one saga or create of one idempotency
-        key: those wait for the next batch (see ``_pg_ops`` for why)."""
+        key, or a second change writing one outbox message id: those wait for the next batch
+        (see ``_pg_ops`` for why)."""
         batch: list[_Op] = []
         later: list[_Op] = []
         sagas: set[str] = set()
         keys: set[str] = set()
+        messages: set[str] = set()
         for op in self._pending:
             if op[1] == "commit":
                 if op[2][0] in sagas:
                     later.append(op)
                     continue
+                outbox = op[2][2].outbox
+                if outbox:  # nor two changes writing one outbox message id
+                    ids = {m.id for m in outbox}
+                    if not messages.isdisjoint(ids):
+                        later.append(op)
+                        continue
+                    messages |= ids
                 sagas.add(op[2][0])
             elif (key := op[2].idempotency_key) is not None:
                 if key in keys:
@@ -352,12 +361,15 @@ class PostgresStore(SagaStore):
         an argument cannot be encoded), so running its operations again is safe. Values are
         checked before they are queued (``check_change``): this is the second line."""
         try:
+            commits = [op[2] for op in batch if op[1] == "commit"]
             args = ops.write_args(
-                [op[2] for op in batch if op[1] == "create"],
-                [op[2] for op in batch if op[1] == "commit"],
-                self._channel,
+                [op[2] for op in batch if op[1] == "create"], commits, self._channel
             )
-            rows = await conn.fetch(self._sql.write_batch, *args)
+            if any(ops.is_remote(c[2]) for c in commits):
+                args += ops.remote_args(commits)
+                rows = await conn.fetch(self._sql.write_batch_remote, *args)
+            else:
+                rows = await conn.fetch(self._sql.write_batch, *args)
         except (asyncpg.PostgresError, TypeError, ValueError) as exc:  # DataError: ValueError
             if _connection_lost(conn, exc):
                 raise  # not a refusal: the connection is gone (see _run_batch)
@@ -535,6 +547,32 @@ class PostgresStore(SagaStore):
     async def find_ids(self, prefix: str, *, limit: int = 2) -> list[str]:
         async with self._connection() as conn:
             return [row[0] for row in await conn.fetch(self._sql.find_ids, prefix, limit)]
+
+    async def list_waiting(self, *, prefix: str = "", limit: int = 50, offset: int = 0) -> Page:
+        async with self._connection() as conn:
+            items, total = await ops.list_waiting(conn, self._sql, prefix, limit, offset)
+        return Page(items=items, total=total)
+
+    # -- outbox -----------------------------------------------------------------------------
+
+    async def outbox_pending(
+        self, *, limit: int, older_than: float | None = None
+    ) -> list[OutboxMessage]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(self._sql.outbox_pending, max(limit, 0), older_than)
+        return [ops.message_from_row(r) for r in rows]
+
+    async def outbox_delete(self, ids: Collection[str]) -> int:
+        wanted = [i for i in ids if storable_text(i)]  # one that cannot be stored is not there
+        if not wanted:
+            return 0
+        async with self._connection() as conn:
+            status = await conn.execute(self._sql.outbox_delete, wanted)
+        return int(status.split()[-1])  # "DELETE n"
+
+    async def outbox_count(self) -> int:
+        async with self._connection() as conn:
+            return int(await conn.fetchval(self._sql.outbox_count))
 
 
 # The server ended the session (pg_terminate_backend, a shutdown or restart) or the link broke:
