@@ -17,9 +17,12 @@ Importable as ``servers`` from any test module: ``tests/conftest.py`` puts ``tes
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import contextlib
 import os
 import socket
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable
 
@@ -27,12 +30,16 @@ import pytest
 
 __all__ = [
     "POSTGRES_URL",
+    "RABBITMQ_URL",
     "REDIS_URL",
     "drop_pg_schema",
     "fresh_pg_schema",
+    "fresh_rabbit_vhost",
     "in_ci",
     "pg_schema_url",
     "postgres_check",
+    "rabbitmq_check",
+    "rabbitmqctl",
     "redis_check",
     "require_server",
     "tcp_check",
@@ -148,3 +155,64 @@ def redis_check() -> None:
 def unique_redis_url(tag: str = "test") -> str:
     """The test server's URL with a key prefix no other run uses."""
     return f"{REDIS_URL}?prefix=sagaway-{tag}-{uuid.uuid4().hex[:12]}"
+
+
+# -- RabbitMQ -----------------------------------------------------------------------------------
+
+RABBITMQ_URL = os.environ.get("SAGAWAY_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
+"""The test broker; each test isolates itself in a vhost of its own (``fresh_rabbit_vhost``)."""
+
+RABBITMQCTL = os.environ.get("SAGAWAY_TEST_RABBITMQCTL", "rabbitmqctl")
+
+
+def rabbitmq_check() -> None:
+    """The broker answers AMQP and ``rabbitmqctl`` works (the tests create vhosts with it)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(RABBITMQ_URL)
+    tcp_check(parts.hostname or "127.0.0.1", parts.port or 5672)()
+    subprocess.run([RABBITMQCTL, "-q", "list_vhosts"], check=True, capture_output=True, timeout=30)
+
+
+async def rabbitmqctl(*args: str) -> str:
+    """Run ``rabbitmqctl`` (each call starts an Erlang VM: about a second)."""
+    proc = await asyncio.create_subprocess_exec(
+        RABBITMQCTL, "-q", *args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {' '.join(args)}: {out.decode(errors='replace')}")
+    return out.decode()
+
+
+_vhost_deletions: list[subprocess.Popen[bytes]] = []
+
+
+def _reap_vhost_deletions() -> None:
+    for proc in _vhost_deletions:
+        proc.wait(timeout=60)
+
+
+@contextlib.asynccontextmanager
+async def fresh_rabbit_vhost(tag: str = "test") -> AsyncIterator[str]:
+    """The test broker's URL on a new vhost (guest may use it), deleted afterwards with
+    everything in it; skips/fails first without RabbitMQ (``require_server``).
+
+    The deletion runs in the background (``rabbitmqctl`` costs about a second a call) and is
+    waited for when the test session's interpreter exits."""
+    require_server("rabbitmq", rabbitmq_check)
+    vhost = f"sagaway-{tag}-{uuid.uuid4().hex[:12]}"
+    await rabbitmqctl("add_vhost", vhost)
+    try:
+        await rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        yield RABBITMQ_URL.rstrip("/") + "/" + vhost
+    finally:
+        if not _vhost_deletions:
+            atexit.register(_reap_vhost_deletions)
+        _vhost_deletions.append(
+            subprocess.Popen(  # noqa: ASYNC220 - started here, waited for at exit
+                [RABBITMQCTL, "-q", "delete_vhost", vhost],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )

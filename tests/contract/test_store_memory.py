@@ -8,13 +8,11 @@ import pytest
 
 from sagaway.store.base import SagaStore
 from sagaway.store.memory import MemoryStore
-from sagaway.testing.contract import ParkedSagaContract, SagaStoreContract
+from sagaway.testing.contract import SagaStoreContract
 from sagaway.testing.contract_tiers import OutboxStoreContract, TransactionalStoreContract
 
 
-class TestMemoryStore(
-    SagaStoreContract, ParkedSagaContract, OutboxStoreContract, TransactionalStoreContract
-):
+class TestMemoryStore(SagaStoreContract, OutboxStoreContract, TransactionalStoreContract):
     @pytest.fixture
     async def store(self) -> AsyncIterator[SagaStore]:
         async with MemoryStore() as store:

@@ -12,10 +12,11 @@ import pytest
 
 from sagaway.store.base import SagaStore
 from sagaway.testing.contract import SagaStoreContract
+from sagaway.testing.contract_tiers import OutboxStoreContract
 from servers import redis_check, require_server, unique_redis_url
 
 
-class TestRedisStore(SagaStoreContract):
+class TestRedisStore(SagaStoreContract, OutboxStoreContract):
     @pytest.fixture
     async def store(self) -> AsyncIterator[SagaStore]:
         require_server("redis", redis_check)

@@ -16,7 +16,7 @@ import pytest
 
 from sagaway import Engine, Saga, SagaStatus, StepContext
 from sagaway.errors import LeaseLost, SagaNotFound, SagawayError, StoreError
-from sagaway.state import Change, Event, EventType, NewSaga, SagaRecord
+from sagaway.state import Change, Event, EventType, NewSaga, Park, SagaRecord
 from sagaway.store.redis import RedisStore
 from servers import REDIS_URL, redis_check, require_server
 
@@ -60,16 +60,21 @@ async def assert_indexes_match(store: RedisStore) -> None:
         for index in ("all", f"status:{h['status']}", f"name:{h['name']}"):
             expected.setdefault(index, {})[i] = created
         expected.setdefault(f"sn:{h['status']}:{h['name']}", {})[i] = created
+        if "waiting" in h:
+            expected.setdefault("waiting", {})[i] = float(h["parked"])
         if h["status"] in ACTIVE:
             d = f"{h['version']}:{h['name']}"
             if "owner" in h and "lease" in h:
                 expected.setdefault(f"leased:{d}", {})[i] = float(h["lease"])
+            elif "parked" in h:
+                expected.setdefault(f"parked:{d}", {})[i] = float(h["parked"])
             else:
                 expected.setdefault(f"free:{d}", {})[i] = created
             if "owner" in h:
                 owners.setdefault(h["owner"], set()).add(i)
     found: dict[str, dict[str, float]] = {}
-    for kind in ("all", "status:*", "name:*", "sn:*", "free:*", "leased:*"):
+    kinds = ("all", "status:*", "name:*", "sn:*", "free:*", "leased:*", "parked:*", "waiting")
+    for kind in kinds:
         async for key in r.scan_iter(match=f"{p}:{kind}"):
             members = await r.zrange(key, 0, -1, withscores=True)
             if members:
@@ -368,3 +373,32 @@ async def test_connection_errors_are_store_errors() -> None:
         await bad_auth.open()
     with pytest.raises(SagawayError, match="bad Redis URL"):
         RedisStore("http://127.0.0.1:6379")
+
+
+async def test_indexes_follow_parked_sagas(stores: Callable[[str], RedisStore]) -> None:
+    # A parked saga sits in its definition's parked zset (score parked_until), where claim
+    # finds the due ones by range, never in the free one; taking it moves it to leased.
+    store = stores("park")
+    await store.open()
+    for i in range(4):
+        new = pending(f"r{i}")
+        new.status, new.owner, new.lease_expires_at = SagaStatus.RUNNING, "e1", T0 + 60
+        await store.create(new)
+        park = Park(f"reply:step{i}", T0 + 10 * (i + 1))
+        await store.commit(f"r{i}", "e1", Change(park=park), T0 + 1)
+    await assert_indexes_match(store)
+    claimed = await store.claim("e2", now=T0 + 20, lease_seconds=30, definitions=[DEF], limit=9)
+    assert sorted(r.id for r in claimed) == ["r0", "r1"]  # due at T0+10 and T0+20 (<= now)
+    await assert_indexes_match(store)
+    taken = await store.acquire(
+        "r3", "e3", now=T0 + 21, lease_seconds=30, statuses=[SagaStatus.RUNNING]
+    )
+    assert taken is not None
+    await store.commit("r3", "e3", Change(unpark=True), T0 + 22)
+    await store.commit("r0", "e2", Change(park=Park("reply:again", T0 + 90)), T0 + 22)
+    await store.commit("r1", "e2", Change(SagaStatus.FAILED, unpark=True, release_lease=True), T0)
+    await assert_indexes_match(store)
+    assert [r.id for r in (await store.list_waiting()).items] == ["r2", "r0"]
+    again = await store.claim("e4", now=T0 + 95, lease_seconds=30, definitions=[DEF], limit=9)
+    assert sorted(r.id for r in again) == ["r0", "r2", "r3"]  # r3: its lease expired
+    await assert_indexes_match(store)

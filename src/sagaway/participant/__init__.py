@@ -1,6 +1,7 @@
 """The participant side of remote saga steps: handlers per command, an inbox in the
 participant's own database, and the FastAPI router that serves them over HTTP
-(``sagaway.participant.http``, imported on its own so the core needs no FastAPI)."""
+(``sagaway.participant.http``, imported on its own so the core needs no FastAPI), or the
+RabbitMQ consumer (``sagaway.participant.rabbitmq``, imported on its own: needs aio-pika)."""
 
 from sagaway.participant.core import Handler, Participant, UnknownCommand
 from sagaway.participant.inbox import (

@@ -109,15 +109,22 @@ class Handler:
                 f"handler {self.command!r} must take (conn, payload) or (conn, payload, "
                 f"command); it takes {len(params)} parameters"
             )
+        self.takes_command = len(params) == 3
+        self.payload_adapter = _adapter(self._hint(params[1].name))
+        self.reply_adapter = _adapter(self._hint("return"))
+
+    def _hint(self, name: str) -> Any:
+        """One annotation, resolved (only the payload's and the return's are needed: the
+        connection's may name a type imported where the handler was defined)."""
+        annotation = inspect.get_annotations(self.fn).get(name, inspect.Parameter.empty)
+        if not isinstance(annotation, str):
+            return annotation
         try:
-            hints = inspect.get_annotations(self.fn, eval_str=True)
+            return eval(annotation, getattr(self.fn, "__globals__", {}))
         except Exception as exc:
             raise DefinitionError(
-                f"cannot resolve the type hints of handler {self.command!r}: {exc}"
+                f"cannot resolve the annotation {annotation!r} of handler {self.command!r}: {exc}"
             ) from exc
-        self.takes_command = len(params) == 3
-        self.payload_adapter = _adapter(hints.get(params[1].name, inspect.Parameter.empty))
-        self.reply_adapter = _adapter(hints.get("return", inspect.Parameter.empty))
 
     def decode(self, payload: JSON) -> Any:
         if self.payload_adapter is None:

@@ -10,7 +10,8 @@ Data layout (``P`` is the store's key prefix, ``id`` a saga id, ``S`` a saga sta
 definition name, ``V`` its version)::
 
     P:saga:id        hash: id name version status input created updated [key owner lease
-                     deadline error cancel]   (absent field = None; cancel is "1" when set)
+                     deadline error cancel waiting parked]   (absent field = None; cancel is
+                     "1" when set; waiting/parked: what a parked saga waits for, until when)
     P:steps:id       hash: "step|phase" -> JSON [status, attempts, output, error, uncertain,
                      started_at, finished_at]
     P:events:id      list: JSON [at, type, step, phase, attempt, detail], in commit order
@@ -21,6 +22,11 @@ definition name, ``V`` its version)::
     P:sn:S:N         zset: sagas of N in status S, score created_at (both filters)
     P:free:V:N       zset: active sagas of (N, V) with no lease, score created_at (claim these)
     P:leased:V:N     zset: active leased sagas of (N, V), score lease expiry (claim the expired)
+    P:parked:V:N     zset: active parked sagas of (N, V) with no lease, score parked_until
+                     (claim those due: the O(log n) counterpart of free for parked sagas)
+    P:waiting        zset: every parked saga, score parked_until (list_waiting)
+    P:outbox         zset: outbox message ids, score created_at (pending, oldest first)
+    P:outbox:msgs    hash: message id -> JSON [id, saga_id, topic, body, headers, created_at]
     P:owner:O        set: active sagas leased to owner O (renew_leases)
     P:work           pub/sub channel: "there is work" (a saga queued PENDING, a lease handed back)
 
@@ -36,7 +42,19 @@ standalone Redis (or a Sentinel-managed primary), not on Redis Cluster.
 
 from __future__ import annotations
 
-SCRIPTS = ("CREATE", "COMMIT", "CLAIM", "ACQUIRE", "RENEW", "REQUEST_CANCEL", "LOAD", "LIST")
+SCRIPTS = (
+    "CREATE",
+    "COMMIT",
+    "CLAIM",
+    "ACQUIRE",
+    "RENEW",
+    "REQUEST_CANCEL",
+    "LOAD",
+    "LIST",
+    "WAITING",
+    "OUTBOX_PENDING",
+    "OUTBOX_DELETE",
+)
 
 # Shared helpers, prepended to every script (Redis scripts cannot call one another).
 _LIB = """
@@ -50,12 +68,14 @@ end
 
 local function def(ver, name) return ver .. ':' .. name end
 
--- Take an active saga out of the claim indexes (before its status/owner/lease change); the
--- mirror image of enqueue, so it touches only the keys the saga is in.
-local function unqueue(id, status, name, ver, owner, lease)
+-- Take an active saga out of the claim indexes (before its status/owner/lease/park change);
+-- the mirror image of enqueue, so it touches only the keys the saga is in.
+local function unqueue(id, status, name, ver, owner, lease, parked)
   if ACTIVE[status] then
     if owner and lease then
       redis.call('ZREM', P .. ':leased:' .. def(ver, name), id)
+    elseif parked then
+      redis.call('ZREM', P .. ':parked:' .. def(ver, name), id)
     else
       redis.call('ZREM', P .. ':free:' .. def(ver, name), id)
     end
@@ -63,11 +83,13 @@ local function unqueue(id, status, name, ver, owner, lease)
   end
 end
 
--- Put a saga into the claim indexes its new status/owner/lease call for.
-local function enqueue(id, status, name, ver, created, owner, lease)
+-- Put a saga into the claim indexes its new status/owner/lease/park call for.
+local function enqueue(id, status, name, ver, created, owner, lease, parked)
   if ACTIVE[status] then
     if owner and lease then
       redis.call('ZADD', P .. ':leased:' .. def(ver, name), lease, id)
+    elseif parked then
+      redis.call('ZADD', P .. ':parked:' .. def(ver, name), parked, id)
     else
       redis.call('ZADD', P .. ':free:' .. def(ver, name), created, id)
     end
@@ -122,25 +144,31 @@ return {1, id}
 )
 
 # ARGV: P, id, fence owner(opt), at, status(opt), error(opt), release 0/1, clear 0/1,
-#       unless_cancelled 0/1, n, step hash items..., events...
+#       unless_cancelled 0/1, park ("" neither, "-" unpark, "=" + waiting_for), parked_until,
+#       n, outbox items (id, score, JSON)..., n, step hash items..., events...
 # Returns 0 applied, -1 no such saga, -2 lease lost, -4 a cancel is pending and the change
-# had unless_cancelled (nothing written in those cases).
+# had unless_cancelled (nothing written in those cases, outbox messages included).
 COMMIT = (
     _LIB
     + """
 local id = ARGV[2]
 local h = P .. ':saga:' .. id
 local cur = redis.call('HMGET', h, 'status', 'owner', 'name', 'version', 'created', 'lease',
-  'cancel')
+  'cancel', 'parked')
 if not cur[1] then return -1 end
 local fence = opt(ARGV[3])
 if fence and cur[2] ~= fence then return -2 end
 if ARGV[9] == '1' and cur[7] then return -4 end
 local old, owner, name, ver, created = cur[1], cur[2], cur[3], cur[4], cur[5]
 local new = opt(ARGV[5]) or old
-local release = ARGV[7] == '1'
-local moved = new ~= old or release
-if moved then unqueue(id, old, name, ver, owner, cur[6]) end
+local park = ARGV[10]
+local parking = park ~= '' and park ~= '-'
+local parked = cur[8]
+if parking then parked = ARGV[11] elseif park == '-' then parked = false end
+-- Parking hands the lease back too, but wakes no worker: the saga is not claimable yet.
+local release = ARGV[7] == '1' or parking
+local moved = new ~= old or release or park ~= ''
+if moved then unqueue(id, old, name, ver, owner, cur[6], cur[8]) end
 if new ~= old then
   redis.call('ZREM', P .. ':status:' .. old, id)
   redis.call('ZREM', P .. ':sn:' .. old .. ':' .. name, id)
@@ -156,15 +184,30 @@ else
 end
 if release then redis.call('HDEL', h, 'owner', 'lease') end
 if ARGV[8] == '1' then redis.call('HDEL', h, 'cancel') end
+if parking then
+  redis.call('HSET', h, 'waiting', string.sub(park, 2), 'parked', parked)
+  redis.call('ZADD', P .. ':waiting', parked, id)
+elseif park == '-' then
+  redis.call('HDEL', h, 'waiting', 'parked')
+  redis.call('ZREM', P .. ':waiting', id)
+end
 if moved then
   if release then
-    enqueue(id, new, name, ver, created, false, false)
+    enqueue(id, new, name, ver, created, false, false, parked)
   else
-    enqueue(id, new, name, ver, created, owner, cur[6])
+    enqueue(id, new, name, ver, created, owner, cur[6], parked)
   end
 end
-push_rest(id, hset_block(P .. ':steps:' .. id, 10))
-if release and ACTIVE[new] then redis.call('PUBLISH', P .. ':work', id) end
+local i = 12
+local n = tonumber(ARGV[i])
+for j = i + 1, i + n, 3 do
+  redis.call('ZADD', P .. ':outbox', ARGV[j + 1], ARGV[j])
+  redis.call('HSET', P .. ':outbox:msgs', ARGV[j], ARGV[j + 2])
+end
+push_rest(id, hset_block(P .. ':steps:' .. id, i + n + 1))
+if ARGV[7] == '1' and not parking and ACTIVE[new] then
+  redis.call('PUBLISH', P .. ':work', id)
+end
 return 0
 """
 )
@@ -202,14 +245,20 @@ for i = 8, #ARGV, 2 do
       'ZRANGEBYSCORE', P .. ':leased:' .. d, '-inf', '(' .. now, 'LIMIT', 0, limit - #ids)
     for _, id in ipairs(expired) do take(id) end
   end
+  if #ids < limit then  -- parked sagas whose parked_until has come (<= now)
+    local due = redis.call(
+      'ZRANGEBYSCORE', P .. ':parked:' .. d, '-inf', now, 'LIMIT', 0, limit - #ids)
+    for _, id in ipairs(due) do take(id) end
+  end
 end
 local out = {}
 for _, id in ipairs(ids) do
   local h = P .. ':saga:' .. id
-  local f = redis.call('HMGET', h, 'status', 'owner', 'name', 'version', 'created', 'lease')
-  unqueue(id, f[1], f[3], f[4], f[2], f[6])
+  local f = redis.call('HMGET', h, 'status', 'owner', 'name', 'version', 'created', 'lease',
+    'parked')
+  unqueue(id, f[1], f[3], f[4], f[2], f[6], f[7])
   redis.call('HSET', h, 'owner', me, 'lease', expires, 'updated', now)
-  enqueue(id, f[1], f[3], f[4], f[5], me, expires)
+  enqueue(id, f[1], f[3], f[4], f[5], me, expires, f[7])
   redis.call('RPUSH', P .. ':events:' .. id, ARGV[7])
   out[#out + 1] = loaded(id)
 end
@@ -224,15 +273,16 @@ ACQUIRE = (
     + """
 local id, me, now, expires = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local h = P .. ':saga:' .. id
-local f = redis.call('HMGET', h, 'status', 'owner', 'lease', 'name', 'version', 'created')
+local f = redis.call('HMGET', h, 'status', 'owner', 'lease', 'name', 'version', 'created',
+  'parked')
 if not f[1] then return {-1} end
 local allowed = false
 for i = 7, #ARGV do if ARGV[i] == f[1] then allowed = true end end
 local live = f[2] and f[2] ~= me and f[3] and tonumber(f[3]) >= tonumber(now)
 if not allowed or live then return {0} end
-unqueue(id, f[1], f[4], f[5], f[2], f[3])
+unqueue(id, f[1], f[4], f[5], f[2], f[3], f[7])
 redis.call('HSET', h, 'owner', me, 'lease', expires, 'updated', now)
-enqueue(id, f[1], f[4], f[5], f[6], me, expires)
+enqueue(id, f[1], f[4], f[5], f[6], me, expires, f[7])
 local event = opt(ARGV[6])
 if event then redis.call('RPUSH', P .. ':events:' .. id, event) end
 return {1, loaded(id)}
@@ -309,5 +359,62 @@ for _, id in ipairs(redis.call('ZREVRANGE', key, first, first + tonumber(ARGV[4]
   out[#out + 1] = redis.call('HGETALL', P .. ':saga:' .. id)
 end
 return out
+"""
+)
+
+# ARGV: P, prefix, offset, limit (> 0). Returns {total, saga hash...}, soonest parked_until
+# first (then id: zset ties order by member). A prefix is matched by a scan of the parked
+# sagas: list_waiting is a dashboard's query, not the hot path.
+WAITING = (
+    _LIB
+    + """
+local key = P .. ':waiting'
+local prefix, first, limit = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+if prefix == '' then
+  local out = {redis.call('ZCARD', key)}
+  for _, id in ipairs(redis.call('ZRANGE', key, first, first + limit - 1)) do
+    out[#out + 1] = redis.call('HGETALL', P .. ':saga:' .. id)
+  end
+  return out
+end
+local out, total = {0}, 0
+for _, id in ipairs(redis.call('ZRANGE', key, 0, -1)) do
+  local w = redis.call('HGET', P .. ':saga:' .. id, 'waiting')
+  if w and string.sub(w, 1, #prefix) == prefix then
+    total = total + 1
+    if total > first and total <= first + limit then
+      out[#out + 1] = redis.call('HGETALL', P .. ':saga:' .. id)
+    end
+  end
+end
+out[1] = total
+return out
+"""
+)
+
+# ARGV: P, max score ("+inf" or "(" + older_than), limit (> 0). Returns the messages' JSON,
+# oldest first (created_at, then id), from one snapshot.
+OUTBOX_PENDING = (
+    _LIB
+    + """
+local ids = redis.call('ZRANGEBYSCORE', P .. ':outbox', '-inf', ARGV[2], 'LIMIT', 0, ARGV[3])
+local out = {}
+for _, id in ipairs(ids) do
+  out[#out + 1] = redis.call('HGET', P .. ':outbox:msgs', id)
+end
+return out
+"""
+)
+
+# ARGV: P, ids... Returns how many were deleted.
+OUTBOX_DELETE = (
+    _LIB
+    + """
+local n = 0
+for i = 2, #ARGV do
+  n = n + redis.call('ZREM', P .. ':outbox', ARGV[i])
+  redis.call('HDEL', P .. ':outbox:msgs', ARGV[i])
+end
+return n
 """
 )

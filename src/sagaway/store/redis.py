@@ -62,7 +62,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from json.encoder import encode_basestring as _quote
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -85,6 +85,7 @@ from sagaway.state import (
     Event,
     EventType,
     NewSaga,
+    OutboxMessage,
     Phase,
     SagaRecord,
     SagaStatus,
@@ -101,7 +102,7 @@ from sagaway.store._codec import check_change, check_new, storable_text
 from sagaway.store._codec import dumps as _dumps
 from sagaway.store._codec import loads as _loads
 from sagaway.store._redis_batch import Batcher, command_client
-from sagaway.store.base import Page, SagaStore
+from sagaway.store.base import OutboxStore, Page
 
 __all__ = ["RedisStore", "parse_url"]
 
@@ -191,7 +192,30 @@ def _saga(flat: list[str]) -> SagaRecord:
         deadline_at=_float(h.get("deadline")),
         cancel_requested="cancel" in h,
         error=h.get("error"),
+        waiting_for=h.get("waiting"),
+        parked_until=_float(h.get("parked")),
     )
+
+
+def _outbox_items(messages: Sequence[OutboxMessage]) -> list[str]:
+    items = [str(3 * len(messages))]
+    for m in messages:
+        items += (m.id, repr(float(m.created_at)), _dumps(_message_json(m)))
+    return items
+
+
+def _message_json(m: OutboxMessage) -> list[Any]:
+    return [m.id, m.saga_id, m.topic, m.body, m.headers, m.created_at]
+
+
+def _message(text: str) -> OutboxMessage:
+    v = _loads(text)
+    return OutboxMessage(
+        id=v[0], saga_id=v[1], topic=v[2], body=v[3], headers=v[4], created_at=v[5]
+    )
+
+
+_NO_OUTBOX = ["0"]
 
 
 def _loaded(saga: list[str], steps: list[str], events: list[str] | None = None) -> SagaRecord:
@@ -213,7 +237,7 @@ def _loaded(saga: list[str], steps: list[str], events: list[str] | None = None) 
     return record
 
 
-class RedisStore(SagaStore):
+class RedisStore(OutboxStore):
     """The saga log in Redis; see the module docstring for the layout, the pipeline and the
     durability Redis gives. Bound to the event loop that calls ``open()``."""
 
@@ -416,6 +440,11 @@ class RedisStore(SagaStore):
     async def commit(self, saga_id: str, owner: str | None, change: Change, at: float) -> None:
         check_change(change)
         status = change.status
+        park = change.park
+        if park is not None:
+            parking = ("=" + park.waiting_for, repr(float(park.until)))
+        else:
+            parking = ("-" if change.unpark else "", "")
         code = await self._call(
             "COMMIT",
             [
@@ -427,6 +456,8 @@ class RedisStore(SagaStore):
                 "1" if change.release_lease else "0",
                 "1" if change.clear_cancel else "0",
                 "1" if change.unless_cancelled else "0",
+                *parking,
+                *(_outbox_items(change.outbox) if change.outbox else _NO_OUTBOX),
                 *_step_items(change.steps),
                 *map(_event, change.events),
             ],
@@ -551,3 +582,29 @@ class RedisStore(SagaStore):
             *(self.execute("ZCARD", f"{self.prefix}:status:{s.value}") for s in SagaStatus)
         )
         return {s: int(n) for s, n in zip(SagaStatus, sizes, strict=True) if n}
+
+    async def list_waiting(self, *, prefix: str = "", limit: int = 50, offset: int = 0) -> Page:
+        reply = await self._call("WAITING", [prefix, str(max(offset, 0)), str(max(limit, 1))])
+        items = [_saga(flat) for flat in reply[1:]] if limit > 0 else []
+        return Page(items=items, total=int(reply[0]))
+
+    # -- outbox -----------------------------------------------------------------------------
+
+    async def outbox_pending(
+        self, *, limit: int, older_than: float | None = None
+    ) -> list[OutboxMessage]:
+        if limit <= 0:
+            return []
+        until = "+inf" if older_than is None else "(" + repr(float(older_than))
+        reply = await self._call("OUTBOX_PENDING", [until, str(limit)])
+        return [_message(text) for text in reply]
+
+    async def outbox_delete(self, ids: Collection[str]) -> int:
+        wanted = [i for i in ids if storable_text(i)]  # one that cannot be stored is not there
+        if not wanted:
+            return 0
+        deleted: int = await self._call("OUTBOX_DELETE", wanted)
+        return int(deleted)
+
+    async def outbox_count(self) -> int:
+        return int(await self.execute("ZCARD", f"{self.prefix}:outbox"))

@@ -1,0 +1,144 @@
+"""Serving a participant over HTTP: a FastAPI router for saga commands.
+
+``POST {prefix}/commands/{command}`` (prefix ``/saga`` by default) takes a ``Command`` as JSON,
+with the ``Idempotency-Key`` header equal to its ``message_id`` (the sender's promise that a
+retry carries the same key), and answers:
+
+* 200 with the ``Reply`` as JSON: the command succeeded (now or on an earlier delivery);
+* 409 ``{"detail": "<message>"}``: a business failure (recorded: a redelivery gets it again);
+* 404: the participant has no such command; 400: the key and the body disagree, or the command
+  is addressed to another participant; 422: the body is not a command. The HTTP dispatcher
+  turns every 4xx with a message into a failed reply: the step fails and the saga compensates;
+* 503 ``{"detail": ...}``: the participant could not process it now (its database is down...):
+  nothing was recorded, the sender retries with the same key. Never a driver's raw text.
+
+Mount it on the service's app next to its own routes (health, reads, docs)::
+
+    app.include_router(participant_router(inventory))
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, HTTPException
+from pydantic import BaseModel, Field
+
+from sagaway.participant.core import Participant, UnknownCommand
+from sagaway.state import Phase
+from sagaway.transport.base import Command
+
+__all__ = ["CommandBody", "ReplyBody", "participant_router"]
+
+log = logging.getLogger("sagaway.participant")
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+class CommandBody(BaseModel):
+    """A saga command as it travels over HTTP (``Command.to_json``)."""
+
+    message_id: str = Field(min_length=1, max_length=255)
+    saga_id: str
+    saga_name: str
+    step: str
+    phase: Phase
+    attempt: int = Field(ge=1)
+    participant: str
+    command: str
+    payload: Any = None
+    forward_key: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    def to_command(self) -> Command:
+        return Command(
+            message_id=self.message_id,
+            saga_id=self.saga_id,
+            saga_name=self.saga_name,
+            step=self.step,
+            phase=self.phase,
+            attempt=self.attempt,
+            participant=self.participant,
+            command=self.command,
+            payload=self.payload,
+            forward_key=self.forward_key,
+            headers=self.headers,
+        )
+
+
+class ReplyBody(BaseModel):
+    """A participant's reply (``Reply.to_json``)."""
+
+    message_id: str
+    saga_id: str
+    step: str
+    phase: Phase
+    attempt: int
+    participant: str
+    ok: bool
+    output: Any = None
+    error: str | None = None
+
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+def participant_router(participant: Participant, *, prefix: str = "/saga") -> APIRouter:
+    """The router that serves ``participant``'s commands (see the module docstring)."""
+    router = APIRouter(prefix=prefix, tags=["saga commands"])
+
+    @router.post(
+        "/commands/{command}",
+        response_model=ReplyBody,
+        summary="Run a saga command (idempotent on its message_id)",
+        responses={
+            400: {"model": ErrorBody, "description": "Idempotency-Key and body disagree"},
+            404: {"model": ErrorBody, "description": "No such command"},
+            409: {"model": ErrorBody, "description": "Business failure (recorded)"},
+            503: {"model": ErrorBody, "description": "Not processed: retry with the same key"},
+        },
+    )
+    async def run_command(
+        command: str,
+        body: CommandBody,
+        idempotency_key: Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER)] = None,
+    ) -> dict[str, Any]:
+        if idempotency_key is None:
+            raise HTTPException(400, f"the {IDEMPOTENCY_HEADER} header is required")
+        if idempotency_key != body.message_id:
+            raise HTTPException(
+                400,
+                f"the {IDEMPOTENCY_HEADER} header ({idempotency_key!r}) must equal the "
+                f"command's message_id ({body.message_id!r})",
+            )
+        if body.command != command:
+            raise HTTPException(
+                400, f"the body is command {body.command!r}, the path says {command!r}"
+            )
+        if body.participant != participant.name:
+            raise HTTPException(
+                400,
+                f"the command is addressed to {body.participant!r}; "
+                f"this is participant {participant.name!r}",
+            )
+        try:
+            reply = await participant.handle(body.to_command())
+        except UnknownCommand as exc:
+            raise HTTPException(404, str(exc)) from None
+        except Exception as exc:
+            # Transient (or a bug): nothing was recorded; the sender retries with the same key.
+            log.exception(
+                "participant %s: %s %s failed", participant.name, command, body.message_id
+            )
+            raise HTTPException(
+                503,
+                f"{participant.name} could not process {command!r} now "
+                f"({type(exc).__name__}); retry with the same {IDEMPOTENCY_HEADER}",
+            ) from None
+        if not reply.ok:
+            raise HTTPException(409, reply.error or "failed")
+        return reply.to_json()
+
+    return router

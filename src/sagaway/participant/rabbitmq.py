@@ -1,0 +1,175 @@
+"""Serve a participant over RabbitMQ: consume its queue, answer each command on the reply key.
+
+Per delivery (manual ack, at most ``prefetch`` in flight)::
+
+    parse -> await handle(command) -> publish the Reply (persistent, confirmed) -> ack
+
+``handle`` commits the participant's effect and its inbox row in one transaction (the
+participant library's ``Participant.handle``) and answers a redelivered command with the
+recorded reply, so the two crash windows are safe: dying after the commit and before the reply
+means a redelivery, answered from the inbox; dying after the reply and before the ack means a
+second reply, which the engine finds stale and drops.
+
+Failures:
+
+* cannot be handled, ever (not JSON, not a command, addressed to another participant, or
+  ``handle`` raised one of the ``poison`` exception types, e.g. an unknown command): rejected
+  without requeue, so it lands in the dead-letter queue; a log line and ``stats.dead_lettered``;
+* anything else ``handle`` raises (its database is down, ...) or a reply that RabbitMQ did not
+  confirm: nack with requeue, up to ``max_deliveries`` deliveries (counted as described in
+  ``sagaway.transport.rabbitmq``), then dead-lettered.
+
+Business failures are not errors here: ``handle`` returns ``Reply.failure`` and it travels
+like any reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from types import TracebackType
+
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
+
+from sagaway.transport.base import Command, Reply
+from sagaway.transport.rabbitmq import (
+    DEFAULT_URL,
+    AmqpLink,
+    DeliveryStats,
+    Topology,
+    dead_letter,
+    encode,
+    settle,
+    settle_failure,
+)
+
+__all__ = ["CommandHandler", "RabbitParticipant", "serve_rabbitmq"]
+
+log = logging.getLogger("sagaway.participant.rabbitmq")
+
+CommandHandler = Callable[[Command], Awaitable[Reply]]
+
+
+class RabbitParticipant:
+    """One participant's consumer. ``async with RabbitParticipant(handle, url, queue=...)``,
+    or ``start()`` / ``stop()``; ``stats`` counts handled, requeued and dead-lettered."""
+
+    def __init__(
+        self,
+        handle: CommandHandler,
+        url: str = DEFAULT_URL,
+        *,
+        queue: str = "inventory",
+        prefetch: int = 32,
+        poison: tuple[type[BaseException], ...] = (LookupError,),
+        exchange: str = "saga_events",
+        reply_key: str = "saga.reply",
+        participants: Sequence[str] = ("payment", "inventory", "shipping"),
+        queue_type: str = "quorum",
+        max_deliveries: int = 5,
+        publish_timeout: float = 10.0,
+        connect_timeout: float = 30.0,
+    ) -> None:
+        if queue not in participants:
+            participants = (*participants, queue)
+        self.handle = handle
+        self.queue = queue
+        self.poison = poison
+        self.topology = Topology(
+            exchange=exchange,
+            participants=tuple(participants),
+            reply_key=reply_key,
+            queue_type=queue_type,
+            max_deliveries=max_deliveries,
+        )
+        self.publish_timeout = publish_timeout
+        self.connect_timeout = connect_timeout
+        self.stats = DeliveryStats()
+        self._exchange: AbstractExchange | None = None
+        self._link = AmqpLink(
+            url, self.topology, prefetch=prefetch, on_connect=self._on_connect, name=queue
+        )
+
+    async def start(self) -> None:
+        """Connect and start consuming; raises ``TransportError`` if RabbitMQ cannot be
+        reached within ``connect_timeout``. After a connection loss it reconnects by itself."""
+        await self._link.start(self.connect_timeout)
+
+    async def stop(self) -> None:
+        """Stop consuming and disconnect. Deliveries in flight are not acked: RabbitMQ
+        redelivers them to the next consumer (the inbox answers them)."""
+        await self._link.stop()
+
+    async def __aenter__(self) -> RabbitParticipant:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def _on_connect(self, channel: AbstractChannel, exchange: AbstractExchange) -> None:
+        self.stats.reconnects = self._link.reconnects
+        self._exchange = exchange
+        queue = await channel.get_queue(self.queue, ensure=False)
+        await queue.consume(self._on_message)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        try:
+            command = Command.from_json(json.loads(message.body))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            await dead_letter(message, self.stats, self.queue, f"not a command: {exc!r}")
+            return
+        if command.participant != self.queue:
+            why = f"command for {command.participant!r} on queue {self.queue!r}"
+            await dead_letter(message, self.stats, self.queue, why)
+            return
+        try:
+            reply = await self.handle(command)
+        except self.poison as exc:
+            await dead_letter(message, self.stats, self.queue, f"cannot be handled: {exc!r}")
+            return
+        except Exception as exc:
+            await settle_failure(message, self.stats, self.topology, self.queue, exc)
+            return
+        try:
+            await self._reply(reply, message.reply_to or self.topology.reply_key)
+        except Exception as exc:
+            # Not confirmed: requeue; the redelivery is answered from the inbox.
+            await settle_failure(message, self.stats, self.topology, self.queue, exc)
+            return
+        if await settle(message.ack()):
+            self.stats.handled += 1
+
+    async def _reply(self, reply: Reply, routing_key: str) -> None:
+        exchange = await self._link.ready(self.publish_timeout)
+        await exchange.publish(
+            encode(
+                reply.to_json(),
+                message_id=f"{reply.message_id}#{reply.attempt}",
+                headers={},
+            ),
+            routing_key=routing_key,
+            mandatory=True,
+            timeout=self.publish_timeout,
+        )
+
+
+async def serve_rabbitmq(
+    handle: CommandHandler,
+    url: str = DEFAULT_URL,
+    *,
+    queue: str = "inventory",
+    prefetch: int = 32,
+    poison: tuple[type[BaseException], ...] = (LookupError,),
+) -> None:
+    """Serve ``handle`` on ``queue`` until cancelled (``checkout participant``'s loop)."""
+    async with RabbitParticipant(handle, url, queue=queue, prefetch=prefetch, poison=poison):
+        log.info("participant %s consuming from RabbitMQ", queue)
+        await asyncio.Event().wait()

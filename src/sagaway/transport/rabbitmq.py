@@ -1,0 +1,459 @@
+"""RabbitMQ transport (aio-pika): the engine publishes commands, participants reply by message.
+
+Topology (every side declares all of it, idempotently, on each (re)connect, so start order does
+not matter)::
+
+    saga_events        durable topic exchange; commands are routed by their topic
+      payment    <- payment.*      durable queues, one per participant
+      inventory  <- inventory.*
+      shipping   <- shipping.*
+      saga_replies <- saga.reply   durable reply queue, shared by every engine process
+    saga_events.dlx    durable fanout exchange, every queue's dead-letter exchange
+      saga_dead_letters            messages that can never be handled (kept for an operator)
+
+Guarantees, and where they come from:
+
+* nothing lost: commands and replies are persistent, published ``mandatory`` on a confirm
+  channel; ``publish`` returns only once the broker confirmed every message and raises
+  ``TransportError`` otherwise (nack, unroutable, timeout, connection lost), so the engine's
+  outbox keeps the message and publishes it again;
+* nothing doubled: a message is acknowledged only after its handler returned (the participant's
+  inbox commit, the engine's reply transition); a redelivery after a crash or a broker restart is
+  deduped by the participant's inbox or found stale by the engine;
+* poison: a message that cannot be parsed is rejected without requeue and lands in the
+  dead-letter queue, with a log line and a count (``stats.dead_lettered``); a handler that keeps
+  failing is requeued ``max_deliveries - 1`` times, then dead-lettered the same way.
+
+Counting deliveries: the queues are quorum queues by default, whose broker counts every return
+(a nack, or a consumer that died holding the message) in the ``x-delivery-count`` header. On
+classic queues (``queue_type="classic"``)
+the broker only says "redelivered", so the count is kept in the consuming process, per message
+id: exact per process, reset when it restarts.
+
+Reconnection: ``AmqpLink`` runs one connection at a time, re-declares the topology and restarts
+its consumers after every loss, with exponential backoff (0.1 s doubling to 5 s, jittered).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+)
+
+from sagaway.state import JSON, OutboxMessage
+from sagaway.transport.base import Dispatcher, Reply, ReplyHandler, TransportError
+
+__all__ = [
+    "DEFAULT_URL",
+    "AmqpLink",
+    "DeliveryStats",
+    "RabbitDispatcher",
+    "Topology",
+    "dead_letter",
+    "declare_topology",
+    "encode",
+    "settle",
+    "settle_failure",
+]
+
+log = logging.getLogger("sagaway.transport.rabbitmq")
+
+DEFAULT_URL = "amqp://guest:guest@127.0.0.1/"
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """Names and queue arguments; the defaults are issue 11's (seed 000's queue names)."""
+
+    exchange: str = "saga_events"
+    participants: tuple[str, ...] = ("payment", "inventory", "shipping")
+    reply_queue: str = "saga_replies"
+    reply_key: str = "saga.reply"
+    dead_letter_exchange: str = "saga_events.dlx"
+    dead_letter_queue: str = "saga_dead_letters"
+    queue_type: str = "quorum"  # or "classic"
+    max_deliveries: int = 5  # deliveries of one message before it is dead-lettered
+
+    def queue_arguments(self) -> dict[str, Any]:
+        args: dict[str, Any] = {"x-dead-letter-exchange": self.dead_letter_exchange}
+        if self.queue_type == "quorum":
+            # No x-delivery-limit here: queue arguments must be identical in every process
+            # that declares the queue, and max_deliveries is each consumer's own setting. An
+            # operator policy (delivery-limit) can add the broker-side backstop.
+            args["x-queue-type"] = "quorum"
+        return args
+
+
+async def declare_topology(channel: AbstractChannel, topology: Topology) -> AbstractExchange:
+    """Declare the exchanges, queues and bindings (idempotent); returns the command exchange."""
+    dlx = await channel.declare_exchange(
+        topology.dead_letter_exchange, aio_pika.ExchangeType.FANOUT, durable=True
+    )
+    dlq = await channel.declare_queue(topology.dead_letter_queue, durable=True)
+    await dlq.bind(dlx)
+    exchange = await channel.declare_exchange(
+        topology.exchange, aio_pika.ExchangeType.TOPIC, durable=True
+    )
+    args = topology.queue_arguments()
+    for participant in topology.participants:
+        queue = await channel.declare_queue(participant, durable=True, arguments=args)
+        await queue.bind(exchange, routing_key=f"{participant}.*")
+    replies = await channel.declare_queue(topology.reply_queue, durable=True, arguments=args)
+    await replies.bind(exchange, routing_key=topology.reply_key)
+    return exchange
+
+
+def encode(
+    body: JSON, *, message_id: str, headers: dict[str, str], reply_to: str | None = None
+) -> aio_pika.Message:
+    """A persistent JSON message (survives a broker restart once confirmed)."""
+    return aio_pika.Message(
+        json.dumps(body, separators=(",", ":")).encode(),
+        content_type="application/json",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=message_id,
+        headers=dict(headers),
+        reply_to=reply_to,
+    )
+
+
+@dataclass(slots=True)
+class DeliveryStats:
+    """Metric-ready counters of one consumer (plain ints: read them from a collector)."""
+
+    handled: int = 0  # acknowledged after the handler returned
+    requeued: int = 0  # handler failed, message returned to the queue
+    dead_lettered: int = 0  # poison or out of deliveries: in the dead-letter queue
+    reconnects: int = 0
+    _counts: OrderedDict[str, int] = field(default_factory=OrderedDict, repr=False)
+
+    def deliveries(self, message: AbstractIncomingMessage, topology: Topology) -> int:
+        """How many times ``message`` has been delivered, this delivery included."""
+        if topology.queue_type == "quorum":
+            returned = (message.headers or {}).get("x-delivery-count", 0)
+            return int(returned) + 1 if isinstance(returned, int) else 1
+        if not message.redelivered:
+            return 1
+        key = message.message_id or ""
+        # Counted from the first failure this process saw; a redelivery to another process
+        # starts again from 2 (the broker's flag says it was delivered at least once before).
+        count = self._counts.get(key, 1) + 1
+        self._counts[key] = count
+        self._counts.move_to_end(key)
+        while len(self._counts) > 10_000:
+            self._counts.popitem(last=False)
+        return count
+
+
+async def settle(action: Awaitable[Any]) -> bool:
+    """Ack / nack / reject; False when the channel is gone (the broker redelivers the message,
+    and the handlers are idempotent, so there is nothing more to do)."""
+    try:
+        await action
+    except Exception as exc:
+        log.warning("could not settle a delivery (%s); the broker will redeliver it", exc)
+        return False
+    return True
+
+
+async def dead_letter(
+    message: AbstractIncomingMessage, stats: DeliveryStats, queue: str, why: str
+) -> None:
+    """Reject without requeue: the broker moves it to the dead-letter queue."""
+    stats.dead_lettered += 1
+    log.error(
+        "dead-lettering message %s from queue %s: %s",
+        message.message_id,
+        queue,
+        why,
+        extra={"queue": queue, "message_id": message.message_id, "reason": why},
+    )
+    await settle(message.reject(requeue=False))
+
+
+async def settle_failure(
+    message: AbstractIncomingMessage,
+    stats: DeliveryStats,
+    topology: Topology,
+    queue: str,
+    error: BaseException,
+) -> None:
+    """A handler failed transiently: requeue, unless the message is out of deliveries."""
+    count = stats.deliveries(message, topology)
+    if count >= topology.max_deliveries:
+        await dead_letter(message, stats, queue, f"failed {count} deliveries, last: {error!r}")
+        return
+    stats.requeued += 1
+    log.warning(
+        "handler failed on message %s (delivery %d of %d), requeued: %r",
+        message.message_id,
+        count,
+        topology.max_deliveries,
+        error,
+    )
+    await settle(message.nack(requeue=True))
+
+
+OnConnect = Callable[[AbstractChannel, AbstractExchange], Awaitable[None]]
+
+
+class AmqpLink:
+    """One supervised connection + confirm channel: connect, declare, run ``on_connect`` (start
+    consumers), wait for the loss, back off, repeat, until ``stop``."""
+
+    def __init__(
+        self,
+        url: str,
+        topology: Topology,
+        *,
+        prefetch: int,
+        on_connect: OnConnect | None = None,
+        name: str = "sagaway",
+        min_backoff: float = 0.1,
+        max_backoff: float = 5.0,
+    ) -> None:
+        self.url = url
+        self.topology = topology
+        self.prefetch = prefetch
+        self.on_connect = on_connect
+        self.name = name
+        self.min_backoff = min_backoff
+        self.max_backoff = max_backoff
+        self.reconnects = 0
+        self.last_error = ""
+        self._ready = asyncio.Event()
+        self._channel: AbstractChannel | None = None
+        self._exchange: AbstractExchange | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    @property
+    def channel(self) -> AbstractChannel | None:
+        return self._channel if self._ready.is_set() else None
+
+    async def start(self, timeout: float) -> None:
+        """Start the supervisor and wait for the first connection (``TransportError`` if it
+        does not come within ``timeout``). Idempotent."""
+        if self._task is None:
+            self._stopping = False
+            self._task = asyncio.create_task(self._run(), name=f"{self.name}-amqp-link")
+        try:
+            await self.ready(timeout)
+        except TransportError:
+            await self.stop()
+            raise
+
+    async def ready(self, timeout: float) -> AbstractExchange:
+        """The command exchange on a live confirm channel, waiting up to ``timeout`` for one."""
+        if not self._ready.is_set():
+            try:
+                await asyncio.wait_for(self._ready.wait(), timeout)
+            except TimeoutError:
+                why = f": {self.last_error}" if self.last_error else ""
+                raise TransportError(
+                    f"RabbitMQ at {_redact(self.url)} not reachable within {timeout} s{why}"
+                ) from None
+        assert self._exchange is not None
+        return self._exchange
+
+    async def stop(self) -> None:
+        self._stopping = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        failures = 0
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            connection: AbstractConnection | None = None
+            try:
+                connection = await aio_pika.connect(self.url, timeout=10)
+                lost: asyncio.Future[BaseException | None] = loop.create_future()
+
+                def on_lost(
+                    _sender: Any,
+                    exc: BaseException | None = None,
+                    lost: asyncio.Future[BaseException | None] = lost,
+                ) -> None:
+                    if not lost.done():
+                        lost.set_result(exc)
+
+                connection.close_callbacks.add(on_lost)
+                channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+                channel.close_callbacks.add(on_lost)
+                await channel.set_qos(prefetch_count=self.prefetch)
+                exchange = await declare_topology(channel, self.topology)
+                if self.on_connect is not None:
+                    await self.on_connect(channel, exchange)
+                self._channel, self._exchange = channel, exchange
+                self._ready.set()
+                self.last_error = ""
+                if failures:
+                    log.info("%s: reconnected to RabbitMQ", self.name)
+                failures = 0
+                await lost
+                self.reconnects += 1
+                log.warning(
+                    "%s: RabbitMQ connection lost (%s), reconnecting", self.name, lost.result()
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                delay = min(self.max_backoff, self.min_backoff * 2 ** min(failures - 1, 10))
+                delay *= random.uniform(0.5, 1.0)  # jitter: engines do not reconnect in step
+                log.warning(
+                    "%s: RabbitMQ unavailable (%s); retrying in %.2f s", self.name, exc, delay
+                )
+                await asyncio.sleep(delay)
+            finally:
+                self._ready.clear()
+                self._channel = self._exchange = None
+                if connection is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(connection.close())
+
+
+def _redact(url: str) -> str:
+    """The URL without its password (for messages)."""
+    head, sep, tail = url.rpartition("@")
+    if not sep:
+        return url
+    scheme, _, creds = head.partition("://")
+    return f"{scheme}://{creds.partition(':')[0]}:***@{tail}"
+
+
+class RabbitDispatcher(Dispatcher):
+    """The engine's side: ``publish`` outbox messages (confirmed), ``on_reply`` consumes the
+    reply queue and acks each reply after the engine's handler has applied it."""
+
+    parks = True
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        exchange: str = "saga_events",
+        reply_queue: str = "saga_replies",
+        reply_key: str = "saga.reply",
+        participants: Sequence[str] = ("payment", "inventory", "shipping"),
+        queue_type: str = "quorum",
+        max_deliveries: int = 5,
+        prefetch: int = 64,
+        publish_timeout: float = 10.0,
+        connect_timeout: float = 30.0,
+    ) -> None:
+        self.topology = Topology(
+            exchange=exchange,
+            participants=tuple(participants),
+            reply_queue=reply_queue,
+            reply_key=reply_key,
+            queue_type=queue_type,
+            max_deliveries=max_deliveries,
+        )
+        self.publish_timeout = publish_timeout
+        self.connect_timeout = connect_timeout
+        self.stats = DeliveryStats()
+        self._handler: ReplyHandler | None = None
+        self._consuming: AbstractChannel | None = None
+        self._link = AmqpLink(
+            url, self.topology, prefetch=prefetch, on_connect=self._on_connect, name="engine"
+        )
+
+    async def open(self) -> None:
+        await self._link.start(self.connect_timeout)
+
+    async def close(self) -> None:
+        await self._link.stop()
+
+    async def publish(self, messages: Sequence[OutboxMessage]) -> None:
+        if not messages:
+            return
+        exchange = await self._link.ready(self.publish_timeout)
+        reply_to = self.topology.reply_key
+        results = await asyncio.gather(
+            *(
+                exchange.publish(
+                    encode(m.body, message_id=m.id, headers=m.headers, reply_to=reply_to),
+                    routing_key=m.topic,
+                    mandatory=True,  # unroutable (no queue bound) raises instead of vanishing
+                    timeout=self.publish_timeout,
+                )
+                for m in messages
+            ),
+            return_exceptions=True,
+        )
+        failed = [
+            (m, r) for m, r in zip(messages, results, strict=True) if isinstance(r, BaseException)
+        ]
+        for _, result in failed:
+            if isinstance(result, asyncio.CancelledError):
+                raise result
+        if failed:
+            message, error = failed[0]
+            raise TransportError(
+                f"{len(failed)} of {len(messages)} messages not confirmed by RabbitMQ "
+                f"(first: {message.id} to {message.topic}: {error!r})"
+            ) from error
+
+    def on_reply(self, handler: ReplyHandler) -> None:
+        self._handler = handler
+        channel = self._link.channel
+        if channel is not None and self._consuming is not channel:
+            # Registered after open: start consuming on the live channel now; later
+            # connections start it in _on_connect.
+            task = asyncio.get_running_loop().create_task(self._consume(channel))
+            task.add_done_callback(_log_failure)
+
+    async def _on_connect(self, channel: AbstractChannel, exchange: AbstractExchange) -> None:
+        self.stats.reconnects = self._link.reconnects
+        if self._handler is not None:
+            await self._consume(channel)
+
+    async def _consume(self, channel: AbstractChannel) -> None:
+        if self._consuming is channel:
+            return
+        self._consuming = channel
+        queue: AbstractQueue = await channel.get_queue(self.topology.reply_queue, ensure=False)
+        await queue.consume(self._on_message)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        queue = self.topology.reply_queue
+        try:
+            reply = Reply.from_json(json.loads(message.body))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            await dead_letter(message, self.stats, queue, f"not a reply: {exc!r}")
+            return
+        handler = self._handler
+        assert handler is not None  # consuming starts only once a handler is registered
+        try:
+            await handler(reply)
+        except Exception as exc:
+            await settle_failure(message, self.stats, self.topology, queue, exc)
+            return
+        if await settle(message.ack()):
+            self.stats.handled += 1
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("could not start consuming replies: %r", task.exception())
