@@ -23,8 +23,8 @@ Invariants, checked on the database itself once every order is terminal:
 * no effect applied twice: at most one payment, reservation and shipment row per order, in the
   state its outcome implies (a completed order's payment captured for its total);
 * money and stock conserved: balances + captured payments constant, every product's
-  stock + reserved + shipped constant, nothing left reserved, and each account's balance moved
-  by exactly its completed orders;
+  stock + reserved constant (shipping counts shipped units in its shipped_units), nothing left
+  reserved, and each account's balance moved by exactly its completed orders;
 * no 5xx after a durable write: no 5xx answered to a request whose order was recorded before
   that answer (the order's ``created_at`` against the answer's time).
 
@@ -392,7 +392,11 @@ def check(url: str, attempts: list[Attempt], keys: set[str]) -> dict[str, Any]:
         balances = dict(conn.execute("SELECT id, balance_cents FROM accounts").fetchall())
         products = {
             row[0]: row[1:]
-            for row in conn.execute("SELECT id, stock, reserved, shipped FROM products").fetchall()
+            for row in conn.execute(
+                "SELECT id, stock, reserved - COALESCE((SELECT quantity FROM shipped_units "
+                "WHERE product_id = products.id), 0), COALESCE((SELECT quantity FROM "
+                "shipped_units WHERE product_id = products.id), 0) FROM products"
+            ).fetchall()
         }
     result: dict[str, tuple[bool, str]] = {}
     statuses = Counter(row[3] for row in orders.values())

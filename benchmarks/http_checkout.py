@@ -209,8 +209,8 @@ def _seed(db_path: Path) -> None:
             for p in demo.DEMO_PRODUCTS:
                 stock = HAPPY_STOCK if p.id in ("product_1", "product_2") else p.stock
                 conn.execute(
-                    "INSERT INTO products (id, name, price_cents, stock, reserved, shipped) "
-                    "VALUES (?, ?, ?, ?, 0, 0)",
+                    "INSERT INTO products (id, name, price_cents, stock, reserved) "
+                    "VALUES (?, ?, ?, ?, 0)",
                     (p.id, p.name, p.price_cents, stock),
                 )
             for a in demo.DEMO_ACCOUNTS:

@@ -15,7 +15,7 @@ One module owns how we talk to the database so that the SQLite specifics live in
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -97,15 +97,20 @@ class _ShippingAddress:
     ship_country: Mapped[str | None] = mapped_column(String(64))
 
 
+# Which service owns which table. Each service writes only its own tables, has its own Alembic
+# history (checkout/services/<name>/migrations) and, run as a service, its own database; the
+# gateway (``checkout serve``) owns the orders. Embedded (``make run``) they share one file.
+
+
 class ProductRow(Base):
-    """A catalog product. ``stock`` is available; ``reserved`` is held by orders; ``shipped`` has
-    left the warehouse. Their sum only changes when stock is restocked, never by a saga."""
+    """Inventory's catalogue. ``stock`` is available; ``reserved`` is held by reservations
+    (whether or not the shipping service has shipped them: that is the shipping service's own
+    count, :class:`ShippedRow`). ``stock + reserved`` only changes on restock, never by a saga."""
 
     __tablename__ = "products"
     __table_args__ = (
         CheckConstraint("stock >= 0", name="stock_nonneg"),
         CheckConstraint("reserved >= 0", name="reserved_nonneg"),
-        CheckConstraint("shipped >= 0", name="shipped_nonneg"),
         CheckConstraint("price_cents >= 0", name="price_nonneg"),
     )
 
@@ -114,10 +119,20 @@ class ProductRow(Base):
     price_cents: Mapped[int] = mapped_column(BigInteger)
     stock: Mapped[int] = mapped_column(Integer)
     reserved: Mapped[int] = mapped_column(Integer, default=0)
-    shipped: Mapped[int] = mapped_column(Integer, default=0)
 
 
-class AccountRow(_ShippingAddress, Base):
+class ShippedRow(Base):
+    """Shipping's count of units shipped per product: moved in the same transaction as a
+    shipment is created or cancelled, so it always equals the items of created shipments."""
+
+    __tablename__ = "shipped_units"
+    __table_args__ = (CheckConstraint("quantity >= 0", name="quantity_nonneg"),)
+
+    product_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    quantity: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class AccountRow(_ShippingAddress, Base):  # the payment service's
     """A customer account: its balance pays for orders; its address is the default one."""
 
     __tablename__ = "accounts"
@@ -180,10 +195,11 @@ class OrderItemRow(Base):
     order: Mapped[OrderRow] = relationship(back_populates="items")
 
 
-# Participant tables. Each is keyed by the forward action's idempotency key, so the primary key
-# is the dedupe: a second insert with the same key cannot happen, on any backend, under any race.
-# No foreign keys: participants are separate services that happen to share a database here, and
-# a tombstone may name an order or account that does not exist.
+# Participant ledgers (payments: payment's; inventory_reservations: inventory's; shipments:
+# shipping's). Each is keyed by the forward action's idempotency key, so the primary key is the
+# dedupe: a second insert with the same key cannot happen, on any backend, under any race. No
+# foreign keys: participants are separate services (that share a database when embedded), and a
+# tombstone may name an order or account that does not exist.
 
 
 class PaymentRow(_Timestamps, Base):
@@ -360,11 +376,41 @@ def open_database(
 # --------------------------------------------------------------------------- migrations
 
 
-def alembic_config(connection: Connection | None = None) -> Config:
-    """An Alembic config pointing at our migrations, without an alembic.ini on disk (the
-    package may be installed as a wheel). ``connection`` is handed to env.py to migrate on."""
+@dataclass(frozen=True, slots=True)
+class History:
+    """One Alembic history: the gateway's (orders) or a service's (its own tables)."""
+
+    name: str
+    directory: Path
+    version_table: str
+    tables: tuple[str, ...]
+
+
+SERVICES_DIR = Path(__file__).with_name("services")
+GATEWAY = History("checkout", MIGRATIONS_DIR, VERSION_TABLE, ("orders", "order_items"))
+PAYMENT = History(
+    "payment", SERVICES_DIR / "payment" / "migrations", "payment_alembic_version",
+    ("accounts", "payments"),
+)  # fmt: skip
+INVENTORY = History(
+    "inventory", SERVICES_DIR / "inventory" / "migrations", "inventory_alembic_version",
+    ("products", "inventory_reservations"),
+)  # fmt: skip
+SHIPPING = History(
+    "shipping", SERVICES_DIR / "shipping" / "migrations", "shipping_alembic_version",
+    ("shipments", "shipped_units"),
+)  # fmt: skip
+SERVICE_HISTORIES = {h.name: h for h in (PAYMENT, INVENTORY, SHIPPING)}
+# The embedded shop (``make run``): every history in one database, the gateway's first (its
+# 0003 hands the participants' tables over to the services' histories).
+EMBEDDED = (GATEWAY, PAYMENT, INVENTORY, SHIPPING)
+
+
+def alembic_config(connection: Connection | None = None, history: History = GATEWAY) -> Config:
+    """An Alembic config pointing at ``history``'s migrations, without an alembic.ini on disk
+    (the package may be installed as a wheel). ``connection`` is handed to env.py."""
     cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("script_location", str(history.directory))
     cfg.attributes["connection"] = connection
     return cfg
 
@@ -377,32 +423,41 @@ def take_migration_lock(connection: Connection) -> None:
         connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})")
 
 
-def _upgrade(connection: Connection, revision: str) -> None:
+def _upgrade(connection: Connection, revision: str, histories: Sequence[History]) -> None:
     take_migration_lock(connection)
-    command.upgrade(alembic_config(connection), revision)
+    for history in histories:
+        command.upgrade(alembic_config(connection, history), revision)
 
 
-def _downgrade(connection: Connection, revision: str) -> None:
-    command.downgrade(alembic_config(connection), revision)
+def _downgrade(connection: Connection, revision: str, histories: Sequence[History]) -> None:
+    for history in reversed(histories):
+        command.downgrade(alembic_config(connection, history), revision)
 
 
-async def migrate(db: Database | AsyncEngine, revision: str = "head") -> None:
-    """Upgrade the shop schema to ``revision`` (default: the latest). Safe to call on every
-    start: an up-to-date database is left alone, and concurrent callers serialise (BEGIN
-    IMMEDIATE on SQLite, an advisory lock on PostgreSQL)."""
+async def migrate(
+    db: Database | AsyncEngine, revision: str = "head", *, histories: Sequence[History] = EMBEDDED
+) -> None:
+    """Upgrade ``histories`` (default: the whole embedded shop; a service passes its own) to
+    ``revision`` (default: the latest). Safe to call on every start: an up-to-date database is
+    left alone, and concurrent callers serialise (BEGIN IMMEDIATE on SQLite, an advisory lock
+    on PostgreSQL)."""
     engine = db.engine if isinstance(db, Database) else db
     async with engine.begin() as conn:
-        await conn.run_sync(_upgrade, revision)
+        await conn.run_sync(_upgrade, revision, histories)
 
 
-async def downgrade(db: Database | AsyncEngine, revision: str = "base") -> None:
-    """Downgrade the schema (tests check that every migration can be undone)."""
+async def downgrade(
+    db: Database | AsyncEngine, revision: str = "base", *, histories: Sequence[History] = EMBEDDED
+) -> None:
+    """Downgrade ``histories``, last first (tests check every migration can be undone)."""
     engine = db.engine if isinstance(db, Database) else db
     async with engine.begin() as conn:
-        await conn.run_sync(_downgrade, revision)
+        await conn.run_sync(_downgrade, revision, histories)
 
 
-def apply_migrations(database_url: str, *, schema: str | None = None) -> None:
+def apply_migrations(
+    database_url: str, *, schema: str | None = None, histories: Sequence[History] = EMBEDDED
+) -> None:
     """Synchronous entry point for CLIs and scripts: open, migrate to head, close.
 
     Must not be called from inside a running event loop; use :func:`migrate` there.
@@ -411,7 +466,7 @@ def apply_migrations(database_url: str, *, schema: str | None = None) -> None:
     async def run() -> None:
         db = open_database(database_url, schema=schema, pool_size=1, max_overflow=0)
         try:
-            await migrate(db)
+            await migrate(db, histories=histories)
         finally:
             await db.dispose()
 

@@ -68,6 +68,10 @@ class AmountMismatch(ValueError):
     """The client's ``amount`` is not the catalog total of the order."""
 
 
+class PriceMismatch(AmountMismatch):
+    """An item's client ``price`` is not its product's catalogue price."""
+
+
 class OrderUnavailable(Exception):
     """A database failed before the order (or its checkout) was recorded; the message says
     what the client may do (HTTP 503)."""
@@ -168,6 +172,7 @@ class CheckoutService:
         shipping_address: Address | None = None,
         payment_method: str = "card",
         amount_cents: int | None = None,
+        client_prices: Sequence[tuple[str, int]] = (),
         checkout: bool = True,
         idempotency_key: str | None = None,
         order_id: str | None = None,
@@ -183,6 +188,10 @@ class CheckoutService:
         ``order_id``: the client's own id for the order. Repeating it with the same request is
         idempotent like a key; with a different request it raises :class:`OrderConflict`.
 
+        ``client_prices``: ``(product_id, cents)`` the client states for its items; one that
+        is not the catalogue price raises :class:`PriceMismatch` (an unknown product is left
+        to the saga, which fails it with "Product not found").
+
         Raises :class:`OrderUnavailable` when a database fails before the order is recorded;
         after that, never a database error (see the module docstring)."""
         orders = self.participants.orders
@@ -195,6 +204,8 @@ class CheckoutService:
                     raise IdempotencyKeyReused()
             if order is None and order_id is not None:
                 order = await orders.get_order(order_id)
+            if order is None and client_prices:
+                await self._check_prices(client_prices)
             if order is None and amount_cents is not None:
                 total = await self.quote(items)
                 if total != amount_cents:
@@ -237,6 +248,16 @@ class CheckoutService:
                 order, order_id, customer_id, items, shipping_address, payment_method, amount_cents
             )
         return await self._go_on(order, checkout=checkout, wait=wait), created
+
+    async def _check_prices(self, client_prices: Sequence[tuple[str, int]]) -> None:
+        catalogue = await self.participants.shop.prices(sorted({p for p, _ in client_prices}))
+        for product_id, cents in client_prices:
+            actual = catalogue.get(product_id)
+            if actual is not None and actual != cents:
+                raise PriceMismatch(
+                    f"price {cents / 100:.2f} of {product_id} does not match its catalogue "
+                    f"price {actual / 100:.2f}"
+                )
 
     async def _recorded_after_all(self, order_id: str, failure: BaseException) -> OrderInfo:
         """Recording ``order_id`` failed (``failure``): its commit may have happened all the

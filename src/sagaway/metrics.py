@@ -18,9 +18,12 @@ Metrics (all ``sagaway_*``):
   (group-commit wait included). ``sagaway_store_batches_total`` and
   ``sagaway_store_batched_operations_total`` (stores that group-commit: SQLite, PostgreSQL) give
   the batch size: ``rate(operations) / rate(batches)``.
-* ``sagaway_sagas_waiting{saga}`` and ``sagaway_outbox_pending``: declared for the parked sagas
-  (human-in-the-loop) and the outbox; nothing sets them yet, so the first is absent and the second
-  reads 0 until those features land.
+* ``sagaway_outbox_pending``: messages in the saga log's outbox not yet published
+  (``OutboxStore.outbox_count()``, read at scrape time: on a scrape from another thread it waits
+  up to a second for the engine's loop to answer; on the loop itself, e.g. an async
+  ``/metrics`` route, it reports the count read at the previous scrape; ``await hook.refresh()``
+  first for a fresh one). 0 for a store without an outbox.
+* ``sagaway_sagas_waiting{saga}``: declared for parked sagas; nothing sets it yet.
 
 Cost: the hook counts into plain Python ints and lists (a bucket found by bisection), and a
 collector turns them into Prometheus families when scraped. prometheus-client's own metric
@@ -35,8 +38,11 @@ in Prometheus (``sum by (saga) (...)``). prometheus-client's multiprocess mode
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry
@@ -51,6 +57,7 @@ from prometheus_client.registry import Collector
 from sagaway.context import StepContext
 from sagaway.hooks import ClaimReason, Hook, StepOutcome
 from sagaway.state import Change, SagaRecord
+from sagaway.store.base import OutboxStore
 
 __all__ = ["COMMIT_BUCKETS", "STEP_BUCKETS", "PrometheusHook"]
 
@@ -106,6 +113,9 @@ class PrometheusHook(Hook, Collector):
         self._retries: dict[tuple[str, str], int] = {}
         self._steps: dict[tuple[str, str, str, str], _Histogram] = {}
         self._commits = _Histogram(len(COMMIT_BUCKETS))
+        self._outbox_pending = 0
+        self._loop: asyncio.AbstractEventLoop | None = None  # the engine's, for scrape threads
+        self._refreshing: asyncio.Task[None] | None = None
         if registry is not None:
             registry.register(self)
 
@@ -116,6 +126,8 @@ class PrometheusHook(Hook, Collector):
         self._started[name] = self._started.get(name, 0) + 1
 
     def after_claim(self, record: SagaRecord, reason: ClaimReason) -> None:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
         name = record.name
         self._in_flight[name] = self._in_flight.get(name, 0) + 1
 
@@ -150,6 +162,38 @@ class PrometheusHook(Hook, Collector):
         self._in_flight[name] = self._in_flight.get(name, 0) - 1
 
     # -- the collector: runs when Prometheus scrapes ------------------------------------------
+
+    async def refresh(self) -> None:
+        """Read the gauges that need the store (``sagaway_outbox_pending``) now."""
+        store = self._store
+        if isinstance(store, OutboxStore):
+            self._loop = asyncio.get_running_loop()
+            self._outbox_pending = await store.outbox_count()
+
+    def _refresh_for_scrape(self) -> None:
+        """On the engine's loop (an async route): start a refresh for the next scrape. From
+        another thread: ask the loop and wait for the answer, briefly."""
+        if not isinstance(self._store, OutboxStore):
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not None:
+            if self._refreshing is None or self._refreshing.done():
+                self._refreshing = running.create_task(self._quiet_refresh())
+            return
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        future = asyncio.run_coroutine_threadsafe(self._quiet_refresh(), loop)
+        with contextlib.suppress(FutureTimeout):
+            future.result(timeout=1.0)
+
+    async def _quiet_refresh(self) -> None:
+        # A gauge must never fail a scrape: a store error leaves the last value.
+        with contextlib.suppress(Exception):
+            await self.refresh()
 
     def collect(self) -> Iterator[Metric]:
         # Snapshots (list(...)): the loop may add a label set while a scrape thread iterates.
@@ -200,10 +244,11 @@ class PrometheusHook(Hook, Collector):
             "Sagas parked waiting for a person or a reply (parking is not built yet)",
             labels=["saga"],
         )
+        self._refresh_for_scrape()
         yield GaugeMetricFamily(
             "sagaway_outbox_pending",
-            "Messages in the saga log's outbox not yet published (no outbox yet: 0)",
-            value=0,
+            "Messages in the saga log's outbox not yet published",
+            value=self._outbox_pending,
         )
         stats = getattr(self._store, "stats", None)
         if stats is not None and hasattr(stats, "batches"):

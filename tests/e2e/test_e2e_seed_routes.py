@@ -165,3 +165,65 @@ async def test_openapi_documents_the_checkout_route_codes(client: httpx.AsyncCli
         "/CheckoutFailed"
     )
     assert "order_id" in spec["components"]["schemas"]["OrderRequest"]["properties"]
+
+
+# Seed 002's README body, verbatim but for the demo's ids and prices.
+SEED_002_BODY: dict[str, Any] = {
+    "customer_id": "user_1",
+    "items": [
+        {"product_id": "product_1", "name": "Laptop stand", "price": 50.0, "quantity": 2},
+        {"product_id": "product_2", "name": "USB-C cable", "price": 20.0, "quantity": 1},
+    ],
+    "shipping_address": {
+        "street": "123 Main St",
+        "city": "Toronto",
+        "state": "ON",
+        "postal_code": "M5H 2N2",
+        "country": "CA",
+    },
+    "payment_method": "credit_card",
+}
+
+
+async def test_seed_002_body_is_accepted_as_its_readme_shows_it(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.post("/orders", json=SEED_002_BODY)
+    assert response.status_code == 201, response.text
+    data = response.json()
+    assert data["status"] == "completed"
+    assert data["total"] == 120.0
+    assert data["payment_method"] == "credit_card"
+    assert data["shipping_address"]["province"] == "ON"
+    assert (await balances(client))["user_1"] == 880.0
+
+
+async def test_seed_002_readme_ids_fail_the_saga_not_the_request(
+    client: httpx.AsyncClient,
+) -> None:
+    body = {**SEED_002_BODY, "customer_id": "cust123"}
+    body["items"] = [
+        {"product_id": "product1", "name": "Product 1", "price": 10.0, "quantity": 2},
+    ]
+    response = await client.post("/orders", json=body)
+    assert response.status_code == 201, response.text
+    assert response.json()["status"] == "failed"
+
+
+async def test_a_client_price_other_than_the_catalogue_is_422_naming_both(
+    client: httpx.AsyncClient,
+) -> None:
+    body = {**SEED_002_BODY, "items": [{**SEED_002_BODY["items"][0], "price": 10.0}]}
+    before = await inventory(client)
+    response = await client.post("/orders", json=body)
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert detail == "price 10.00 of product_1 does not match its catalogue price 50.00"
+    assert await inventory(client) == before
+    assert (await client.get("/orders")).json()["orders"] == []
+
+
+async def test_state_and_a_different_province_is_422(client: httpx.AsyncClient) -> None:
+    address = {**SEED_002_BODY["shipping_address"], "province": "QC"}
+    response = await client.post("/orders", json={**SEED_002_BODY, "shipping_address": address})
+    assert response.status_code == 422

@@ -1,11 +1,17 @@
 """The Prometheus hook: what a scrape reads after sagas ran."""
 
+import asyncio
+
 from prometheus_client import CollectorRegistry, generate_latest
 from sagakit import Kit, Order
 
 from sagaway import SagaStatus
 from sagaway.metrics import COMMIT_BUCKETS, PrometheusHook
+from sagaway.state import Change, NewSaga, OutboxMessage
+from sagaway.store.memory import MemoryStore
 from sagaway.testing import saga_engine
+
+RUNNING = SagaStatus.RUNNING
 
 
 def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
@@ -76,3 +82,37 @@ async def test_store_batch_counters_are_read_at_scrape(tmp_path: object, kit: Ki
     assert batches is not None
     assert operations is not None
     assert operations >= batches >= 1
+
+
+async def _store_with_outbox(n: int) -> MemoryStore:
+    store = MemoryStore()
+    new = NewSaga(id="s", name="order", version=1, input=None, at=0.0, owner="e", status=RUNNING)
+    await store.create(new)
+    out = tuple(OutboxMessage(f"m{i}", "s", "inventory.reserve", {}, 0.0) for i in range(n))
+    await store.commit("s", "e", Change(outbox=out), 1.0)
+    return store
+
+
+async def test_outbox_pending_reads_the_store_on_the_loop() -> None:
+    # An async /metrics route scrapes on the engine's loop: it reports the count read at the
+    # previous scrape, and starts the read for the next one (or ``refresh`` it first).
+    store = await _store_with_outbox(3)
+    registry = CollectorRegistry()
+    hook = PrometheusHook(registry, store=store)
+    assert value(registry, "sagaway_outbox_pending") == 0
+    assert hook._refreshing is not None
+    await hook._refreshing
+    assert value(registry, "sagaway_outbox_pending") == 3
+    await store.outbox_delete(["m0"])
+    await hook.refresh()
+    assert value(registry, "sagaway_outbox_pending") == 2
+
+
+async def test_outbox_pending_from_a_scrape_thread_asks_the_loop() -> None:
+    store = await _store_with_outbox(2)
+    registry = CollectorRegistry()
+    hook = PrometheusHook(registry, store=store)
+    await hook.refresh()  # how the hook learns the engine's loop (after_claim does too)
+    await store.outbox_delete(["m1"])
+    scraped = await asyncio.to_thread(value, registry, "sagaway_outbox_pending")
+    assert scraped == 1

@@ -29,7 +29,7 @@ def request_fingerprint(route: str, body: OrderRequest) -> str:
         "route": route,
         "customer_id": body.customer,
         "items": [[line.product_id, line.quantity] for line in body.lines()],
-        "shipping_address": None if address is None else address.model_dump(),
+        "shipping_address": None if address is None else address.to_domain().model_dump(),
         "payment_method": body.payment_method,
         "amount_cents": body.amount_cents,
         "checkout": body.checkout,

@@ -118,19 +118,41 @@ class Problem(BaseModel):
 
 
 class AddressIn(_Request):
+    """A shipping address. ``state`` (seed 002's spelling) is another name for ``province``:
+    give either, or both with the same value."""
+
     street: Text | None = Field(None, max_length=200)
     city: Text | None = Field(None, max_length=100)
     province: Text | None = Field(None, max_length=100)
+    state: Text | None = Field(None, max_length=100, description="Same as `province`.")
     postal_code: Text | None = Field(None, max_length=32)
     country: Text | None = Field(None, max_length=64)
 
+    @model_validator(mode="after")
+    def _state_is_province(self) -> Self:
+        if self.state is not None and self.province is not None and self.state != self.province:
+            raise ValueError("state and province name the same thing: give one, or the same")
+        return self
+
     def to_domain(self) -> Address:
-        return Address(**self.model_dump())
+        return Address(
+            street=self.street,
+            city=self.city,
+            province=self.province if self.province is not None else self.state,
+            postal_code=self.postal_code,
+            country=self.country,
+        )
 
 
 class ItemIn(_Request):
+    """A line. ``name`` and ``price`` (seed 002's request) are optional: the catalogue is
+    authoritative, so a ``price`` other than the product's catalogue price is refused (422)
+    and ``name`` is only informational."""
+
     product_id: Id
     quantity: Quantity
+    name: Text | None = Field(None, max_length=200)
+    price: Decimal | None = Field(None, ge=0, max_digits=14, decimal_places=2)
 
 
 # The rules of OrderRequest._one_form, in the OpenAPI schema too: generated clients and the fuzz
@@ -239,6 +261,10 @@ class OrderRequest(_Request):
     @property
     def amount_cents(self) -> int | None:
         return None if self.amount is None else to_cents(self.amount)
+
+    def client_prices(self) -> list[tuple[str, int]]:
+        """``(product_id, price in cents)`` of every item that states a price."""
+        return [(i.product_id, to_cents(i.price)) for i in self.items or () if i.price is not None]
 
 
 # --------------------------------------------------------------------------- responses

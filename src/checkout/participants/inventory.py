@@ -1,9 +1,9 @@
 """The inventory participant: reserves stock for an order and releases it on compensation.
 
-Units move between three columns of ``products`` and are never created or destroyed by a saga:
-reserve moves ``stock -> reserved``, shipping moves ``reserved -> shipped`` (and back when a
-shipment is cancelled), release moves ``reserved -> stock``. So ``stock + reserved + shipped``
-is constant whatever mix of orders, retries and crashes ran.
+Units move between two columns of ``products`` and are never created or destroyed by a saga:
+reserve moves ``stock -> reserved``, release moves ``reserved -> stock``. So ``stock + reserved``
+is constant whatever mix of orders, retries and crashes ran. A completed order's units stay
+``reserved`` here: the shipping service counts those that have left in its own table.
 
 The operations are synchronous functions over a Core ``Connection`` (the executor owns the
 transaction, see :mod:`checkout.dbexec`); :class:`InventoryService` runs them.

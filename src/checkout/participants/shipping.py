@@ -1,8 +1,9 @@
 """The shipping participant: books a courier for an order and cancels it on compensation.
 
-Creating a shipment also moves the order's units ``reserved -> shipped`` in the same
-transaction (and cancelling moves them back), so the products table tells what is merely held
-and what has left the warehouse, while ``stock + reserved + shipped`` stays constant.
+It writes only its own tables: a shipment and, in the same transaction, its units in
+``shipped_units`` (cancelling takes them out again), so ``shipped_units`` always equals the
+items of the created shipments. Inventory's stock is inventory's: the units stay ``reserved``
+there (held by the order's reservation) and this count tells how many of them have left.
 
 The operations are synchronous functions over a Core ``Connection`` (the executor owns the
 transaction, see :mod:`checkout.dbexec`); :class:`ShippingService` picks the courier and runs
@@ -17,7 +18,7 @@ from typing import Any
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.engine import Connection
 
-from checkout.db import ProductRow, ShipmentRow
+from checkout.db import ShipmentRow, ShippedRow
 from checkout.dbexec import ShopExecutor
 from checkout.domain import demo
 from checkout.domain.models import Address, OrderLine, Shipment, ShipmentStatus
@@ -32,26 +33,25 @@ from checkout.participants._sql import (
     table_of,
     undo_once,
 )
-from checkout.participants.inventory import shortage_error
 
-products = table_of(ProductRow)
 shipments = table_of(ShipmentRow)
+shipped_units = table_of(ShippedRow)
 
 _SHIP = (
-    update(products)
-    .where(products.c.id == bindparam("product"), products.c.reserved >= bindparam("qty"))
-    .values(
-        reserved=products.c.reserved - bindparam("qty"),
-        shipped=products.c.shipped + bindparam("qty"),
-    )
+    update(shipped_units)
+    .where(shipped_units.c.product_id == bindparam("product"))
+    .values(quantity=shipped_units.c.quantity + bindparam("qty"))
 )
 _UNSHIP = (
-    update(products)
-    .where(products.c.id == bindparam("product"), products.c.shipped >= bindparam("qty"))
-    .values(
-        reserved=products.c.reserved + bindparam("qty"),
-        shipped=products.c.shipped - bindparam("qty"),
+    update(shipped_units)
+    .where(
+        shipped_units.c.product_id == bindparam("product"),
+        shipped_units.c.quantity >= bindparam("qty"),
     )
+    .values(quantity=shipped_units.c.quantity - bindparam("qty"))
+)
+_SHIPPED = select(shipped_units.c.product_id, shipped_units.c.quantity).order_by(
+    shipped_units.c.product_id
 )
 _MARK_CANCELLED = (
     update(shipments)
@@ -89,9 +89,10 @@ def create_shipment(
 ) -> Shipment:
     """Ship the order's (reserved) items to ``address`` with ``courier``.
 
-    Raises :class:`InvalidShippingAddress` for an undeliverable or incomplete address, and
-    :class:`InsufficientInventory` if the units were not reserved. A repeat returns the
-    recorded shipment; a ``void`` tombstone (cancelled before it ran) is returned as is.
+    Raises :class:`InvalidShippingAddress` for an undeliverable or incomplete address. A repeat
+    returns the recorded shipment; a ``void`` tombstone (cancelled before it ran) is returned as
+    is. (That the units are reserved is the saga's order of steps: inventory is another
+    service, whose tables this one does not read.)
     """
     lines = merge_lines(items)
     claimed = insert_ignore(
@@ -109,9 +110,15 @@ def create_shipment(
     if not claimed:
         return _shipment(load_by_key(conn, shipments, idempotency_key))
     validate_address(address)  # raises InvalidShippingAddress: the claim rolls back
-    for line in lines:
+    for line in lines:  # sorted by product id: a fixed lock order
         if execute(conn, _SHIP, product=line.product_id, qty=line.quantity) != 1:
-            raise shortage_error(conn, line.product_id)
+            insert_ignore(
+                conn,
+                shipped_units,
+                {"product_id": line.product_id, "quantity": 0},
+                key="product_id",
+            )
+            execute(conn, _SHIP, product=line.product_id, qty=line.quantity)
     return Shipment(
         idempotency_key=idempotency_key,
         order_id=order_id,
@@ -124,8 +131,8 @@ def create_shipment(
 def cancel_shipment(
     conn: Connection, forward_key: str, idempotency_key: str, order_id: str | None = None
 ) -> Shipment:
-    """Compensate the shipment created under ``forward_key``, exactly once: units go back
-    to reserved (the inventory compensation then returns them to stock). A shipment that
+    """Compensate the shipment created under ``forward_key``, exactly once: its units leave
+    ``shipped_units`` (the inventory compensation returns them to stock). A shipment that
     never happened gets a ``void`` tombstone so a late create becomes a no-op."""
     row = undo_once(
         conn,
@@ -140,6 +147,11 @@ def cancel_shipment(
         held="shipped",
     )
     return _shipment(row)
+
+
+def shipped(conn: Connection) -> dict[str, int]:
+    """Units shipped per product (products never shipped are absent)."""
+    return {pid: qty for pid, qty in conn.execute(_SHIPPED) if qty}
 
 
 def get_shipment(conn: Connection, idempotency_key: str) -> Shipment | None:

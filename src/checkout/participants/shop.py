@@ -22,6 +22,7 @@ from checkout.db import (
     ProductRow,
     ReservationRow,
     ShipmentRow,
+    ShippedRow,
 )
 from checkout.dbexec import ShopExecutor
 from checkout.domain import demo
@@ -48,18 +49,20 @@ from checkout.participants._sql import (
 class ShopTotals:
     """What the invariants are checked on: both must be equal before and after any sagas."""
 
-    money_cents: int  # balances + captured (not refunded) payments
-    units: dict[str, int]  # per product: stock + reserved + shipped
+    money_cents: int  # payment's: balances + captured (not refunded) payments
+    units: dict[str, int]  # inventory's, per product: stock + reserved (shipped or not)
 
 
-def _product(row: Any) -> ProductInfo:
+def product_info(row: Any, shipped: int) -> ProductInfo:
+    """A product as the shop shows it, from inventory's row and shipping's count: of the units
+    inventory holds for orders (``reserved``), ``shipped`` have left, the rest are waiting."""
     return ProductInfo(
         id=row.id,
         name=row.name,
         price_cents=row.price_cents,
         stock=row.stock,
-        reserved=row.reserved,
-        shipped=row.shipped,
+        reserved=row.reserved - shipped,
+        shipped=shipped,
     )
 
 
@@ -79,7 +82,6 @@ def _demo_product_values(product: demo.DemoProduct) -> dict[str, object]:
         "price_cents": product.price_cents,
         "stock": product.stock,
         "reserved": 0,
-        "shipped": 0,
     }
 
 
@@ -95,6 +97,7 @@ def _demo_account_values(account: demo.DemoAccount) -> dict[str, object]:
 products = table_of(ProductRow)
 accounts = table_of(AccountRow)
 payments = table_of(PaymentRow)
+shipped_units = table_of(ShippedRow)
 
 _PRODUCT = select(products).where(products.c.id == bindparam("product"))
 _ACCOUNT = select(accounts).where(accounts.c.id == bindparam("account"))
@@ -110,38 +113,77 @@ def _prices_of(count: int) -> Select[Any]:
     )
 
 
+# Each service's share of the demo data, and of a reset: a service writes only its own tables.
+
+
+def load_demo_products(conn: Connection) -> bool:
+    """Inventory's share: the demo products that are missing (True if any was)."""
+    inserted = False
+    for product in demo.DEMO_PRODUCTS:
+        inserted |= insert_ignore(conn, products, _demo_product_values(product), key="id")
+    return inserted
+
+
+def load_demo_accounts(conn: Connection) -> bool:
+    """Payment's share: the demo accounts that are missing (True if any was)."""
+    inserted = False
+    for account in demo.DEMO_ACCOUNTS:
+        inserted |= insert_ignore(conn, accounts, _demo_account_values(account), key="id")
+    return inserted
+
+
+def reset_inventory(conn: Connection) -> None:
+    conn.execute(delete(table_of(ReservationRow)))
+    conn.execute(delete(products))
+    load_demo_products(conn)
+
+
+def reset_payment(conn: Connection) -> None:
+    conn.execute(delete(payments))
+    conn.execute(delete(accounts))
+    load_demo_accounts(conn)
+
+
+def reset_shipping(conn: Connection) -> None:
+    conn.execute(delete(table_of(ShipmentRow)))
+    conn.execute(delete(shipped_units))
+
+
 def load_demo_data(conn: Connection) -> bool:
     """Insert the demo products and accounts that are missing; leave existing rows alone.
 
     Idempotent, and safe for two processes starting at once (insert-or-ignore). Returns
     True when anything was inserted, i.e. on a fresh database.
     """
-    inserted = False
-    for product in demo.DEMO_PRODUCTS:
-        inserted |= insert_ignore(conn, products, _demo_product_values(product), key="id")
-    for account in demo.DEMO_ACCOUNTS:
-        inserted |= insert_ignore(conn, accounts, _demo_account_values(account), key="id")
-    return inserted
+    return load_demo_products(conn) | load_demo_accounts(conn)
 
 
 def reset_demo_data(conn: Connection) -> None:
     """Restore the exact demo starting point: every order and participant record is deleted
     and products/accounts are put back, in one transaction. (The saga log is a separate
     store; the caller resets it too.)"""
-    for model in (ShipmentRow, PaymentRow, ReservationRow, OrderItemRow, OrderRow):
+    reset_shipping(conn)
+    reset_payment(conn)
+    reset_inventory(conn)
+    for model in (OrderItemRow, OrderRow):
         conn.execute(delete(table_of(model)))
-    conn.execute(delete(products))
-    conn.execute(delete(accounts))
-    load_demo_data(conn)
+
+
+def shipped(conn: Connection) -> dict[str, int]:
+    """Shipping's count of units shipped, per product (absent: none)."""
+    rows = conn.execute(select(shipped_units.c.product_id, shipped_units.c.quantity))
+    return {pid: qty for pid, qty in rows if qty}
 
 
 def list_products(conn: Connection) -> list[ProductInfo]:
-    return [_product(row) for row in conn.execute(select(products).order_by(products.c.id))]
+    out = shipped(conn)
+    rows = conn.execute(select(products).order_by(products.c.id))
+    return [product_info(row, out.get(row.id, 0)) for row in rows]
 
 
 def get_product(conn: Connection, product_id: str) -> ProductInfo | None:
     row = conn.execute(_PRODUCT, {"product": product_id}).first()
-    return None if row is None else _product(row)
+    return None if row is None else product_info(row, shipped(conn).get(product_id, 0))
 
 
 def inventory(conn: Connection) -> dict[str, int]:
@@ -192,21 +234,28 @@ def validate_order(conn: Connection, order: OrderInput) -> ValidatedOrder:
     )
 
 
-def totals(conn: Connection) -> ShopTotals:
-    """Money and units in the system, for invariant checks in tests and the demo CLI."""
+def money_total(conn: Connection) -> int:
+    """Payment's invariant: balances + captured payments (a saga only moves money between)."""
     balance = conn.execute(select(func.coalesce(func.sum(accounts.c.balance_cents), 0))).scalar()
     captured = conn.execute(
         select(func.coalesce(func.sum(payments.c.amount_cents), 0)).where(
             payments.c.status == PaymentStatus.CAPTURED.value
         )
     ).scalar()
+    return int(balance or 0) + int(captured or 0)
+
+
+def unit_totals(conn: Connection) -> dict[str, int]:
+    """Inventory's invariant, per product: stock + reserved (a saga only moves units between)."""
     rows = conn.execute(
-        select(products.c.id, products.c.stock + products.c.reserved + products.c.shipped).order_by(
-            products.c.id
-        )
+        select(products.c.id, products.c.stock + products.c.reserved).order_by(products.c.id)
     )
-    units = {pid: total for pid, total in rows}
-    return ShopTotals(money_cents=int(balance or 0) + int(captured or 0), units=units)
+    return {pid: total for pid, total in rows}
+
+
+def totals(conn: Connection) -> ShopTotals:
+    """Money and units in the system, for invariant checks in tests and the demo CLI."""
+    return ShopTotals(money_cents=money_total(conn), units=unit_totals(conn))
 
 
 class ShopService:

@@ -45,7 +45,7 @@ def _writes(conn: Connection, execute: Any) -> None:
     execute(
         conn,
         _sql._insert_ignore("sqlite", products, "id"),
-        {"id": "p1", "name": "P", "price_cents": 250, "stock": 10, "reserved": 0, "shipped": 0},
+        {"id": "p1", "name": "P", "price_cents": 250, "stock": 10, "reserved": 0},
     )
     execute(
         conn,
@@ -76,6 +76,15 @@ def _writes(conn: Connection, execute: Any) -> None:
     )
     assert execute(conn, inventory._RESERVE, {"product": "p1", "qty": 2}) == 1
     assert execute(conn, inventory._RESERVE, {"product": "p1", "qty": 99}) == 0
+    assert execute(conn, shipping._SHIP, {"product": "p1", "qty": 1}) == 0  # no row yet
+    assert (
+        execute(
+            conn,
+            _sql._insert_ignore("sqlite", shipping.shipped_units, "product_id"),
+            {"product_id": "p1", "quantity": 0},
+        )
+        == 1
+    )
     assert execute(conn, shipping._SHIP, {"product": "p1", "qty": 1}) == 1
     assert execute(conn, payment._DEBIT, {"account": "u1", "amount": 500}) == 1
     assert execute(conn, inventory._MARK_RELEASED, {"forward": "k1", "compensation": "c1"}) == 1

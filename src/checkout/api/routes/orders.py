@@ -67,6 +67,7 @@ async def place(
         shipping_address=body.shipping_address.to_domain() if body.shipping_address else None,
         payment_method=body.payment_method,
         amount_cents=body.amount_cents,
+        client_prices=body.client_prices(),
         checkout=body.checkout,
         idempotency_key=key,
         order_id=body.order_id,

@@ -39,7 +39,23 @@ def _timestamps() -> list[sa.Column[object]]:
 
 
 def upgrade() -> None:
-    op.create_table(
+    create_tables()
+
+
+def create_tables(*, only_missing: bool = False) -> None:
+    """The tables of this revision (``only_missing``: those not there; revision 0003's
+    downgrade gives the gateway's history back the participants' tables this way)."""
+    existing = set(sa.inspect(op.get_bind()).get_table_names()) if only_missing else set()
+
+    def create_table(name: str, *args: object) -> None:
+        if name not in existing:
+            op.create_table(name, *args)
+
+    def create_index(name: str, table: str, columns: list[str]) -> None:
+        if table not in existing:
+            op.create_index(name, table, columns)
+
+    create_table(
         "products",
         sa.Column("id", ID, nullable=False),
         sa.Column("name", sa.String(200), nullable=False),
@@ -53,7 +69,7 @@ def upgrade() -> None:
         sa.CheckConstraint("price_cents >= 0", name=op.f("ck_products_price_nonneg")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_products")),
     )
-    op.create_table(
+    create_table(
         "accounts",
         sa.Column("id", ID, nullable=False),
         sa.Column("name", sa.String(200), nullable=False),
@@ -62,7 +78,7 @@ def upgrade() -> None:
         sa.CheckConstraint("balance_cents >= 0", name=op.f("ck_accounts_balance_nonneg")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_accounts")),
     )
-    op.create_table(
+    create_table(
         "orders",
         sa.Column("id", ID, nullable=False),
         sa.Column("customer_id", ID, nullable=False),
@@ -81,11 +97,11 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_orders")),
         sa.UniqueConstraint("idempotency_key", name=op.f("uq_orders_idempotency_key")),
     )
-    op.create_index(op.f("ix_orders_customer_id"), "orders", ["customer_id"])
-    op.create_index(op.f("ix_orders_saga_id"), "orders", ["saga_id"])
-    op.create_index(op.f("ix_orders_created_at"), "orders", ["created_at"])
-    op.create_index(op.f("ix_orders_status_created_at"), "orders", ["status", "created_at"])
-    op.create_table(
+    create_index(op.f("ix_orders_customer_id"), "orders", ["customer_id"])
+    create_index(op.f("ix_orders_saga_id"), "orders", ["saga_id"])
+    create_index(op.f("ix_orders_created_at"), "orders", ["created_at"])
+    create_index(op.f("ix_orders_status_created_at"), "orders", ["status", "created_at"])
+    create_table(
         "order_items",
         sa.Column("order_id", ID, nullable=False),
         sa.Column("line_no", sa.Integer(), autoincrement=False, nullable=False),
@@ -101,7 +117,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("order_id", "line_no", name=op.f("pk_order_items")),
     )
-    op.create_table(
+    create_table(
         "payments",
         sa.Column("idempotency_key", KEY, nullable=False),
         sa.Column("order_id", ID, nullable=True),
@@ -116,8 +132,8 @@ def upgrade() -> None:
         sa.CheckConstraint("amount_cents >= 0", name=op.f("ck_payments_amount_nonneg")),
         sa.PrimaryKeyConstraint("idempotency_key", name=op.f("pk_payments")),
     )
-    op.create_index(op.f("ix_payments_order_id"), "payments", ["order_id"])
-    op.create_table(
+    create_index(op.f("ix_payments_order_id"), "payments", ["order_id"])
+    create_table(
         "inventory_reservations",
         sa.Column("idempotency_key", KEY, nullable=False),
         sa.Column("order_id", ID, nullable=True),
@@ -131,10 +147,8 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("idempotency_key", name=op.f("pk_inventory_reservations")),
     )
-    op.create_index(
-        op.f("ix_inventory_reservations_order_id"), "inventory_reservations", ["order_id"]
-    )
-    op.create_table(
+    create_index(op.f("ix_inventory_reservations_order_id"), "inventory_reservations", ["order_id"])
+    create_table(
         "shipments",
         sa.Column("idempotency_key", KEY, nullable=False),
         sa.Column("order_id", ID, nullable=True),
@@ -149,7 +163,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("idempotency_key", name=op.f("pk_shipments")),
     )
-    op.create_index(op.f("ix_shipments_order_id"), "shipments", ["order_id"])
+    create_index(op.f("ix_shipments_order_id"), "shipments", ["order_id"])
 
 
 def downgrade() -> None:
