@@ -9,6 +9,8 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+
+import servers
 from rabbitkit import (
     InboxParticipant,
     Replies,
@@ -18,8 +20,6 @@ from rabbitkit import (
     queue_depth,
     until,
 )
-
-import servers
 from sagaway.participant.rabbitmq import RabbitParticipant
 from sagaway.transport.base import Command, Reply, TransportError
 from sagaway.transport.rabbitmq import RabbitDispatcher
