@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 from pydantic import BaseModel
-from sqlalchemy import event, text
+from sqlalchemy import Column, Integer, MetaData, String, Table, event, func, insert, select, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from sagaway.errors import DefinitionError
+from sagaway.errors import DefinitionError, StepFailed
 from sagaway.participant import Participant, UnknownCommand
 from sagaway.state import Phase
 from sagaway.transport.base import Command
@@ -159,10 +160,10 @@ async def test_a_payload_that_does_not_fit_fails_with_a_message(tmp_path: Path) 
 def test_handler_declarations_are_checked() -> None:
     participant = Participant("p", "sqlite://")
 
-    with pytest.raises(DefinitionError, match="sync"):
+    with pytest.raises(DefinitionError, match="AsyncEngine"):
 
-        @participant.handler("a")
-        async def run_async(conn: Connection, payload: Any) -> None:
+        @Participant("q", participant.sync_engine).handler("a")
+        async def run_async(conn: AsyncConnection, payload: Any) -> None:
             pass
 
     with pytest.raises(DefinitionError, match="parameters"):
@@ -186,3 +187,40 @@ def test_handler_declarations_are_checked() -> None:
         @participant.handler("d", compensates="d")
         def itself(conn: Connection, payload: Any) -> None:
             pass
+
+
+_notes = Table(
+    "notes", MetaData(), Column("n", Integer, primary_key=True), Column("text", String(100))
+)
+
+
+class Note(BaseModel):
+    text: str
+
+
+async def test_async_handlers_share_the_inbox_transaction(participant_database: str) -> None:
+    notes = Participant("notes", participant_database)
+    notes.create_inbox()
+    _notes.create(notes.sync_engine)
+
+    @notes.handler("write")
+    async def write(conn: AsyncConnection, payload: Note) -> dict[str, int]:
+        if payload.text == "no":
+            raise StepFailed("refused")
+        await conn.execute(insert(_notes).values(text=payload.text))
+        count = (await conn.execute(select(func.count()).select_from(_notes))).scalar_one()
+        return {"count": count}
+
+    def count(conn: Connection) -> int:
+        return int(conn.execute(select(func.count()).select_from(_notes)).scalar_one())
+
+    try:
+        first = await notes.handle(command("k1", "write", {"text": "hello"}))
+        again = await notes.handle(command("k1", "write", {"text": "hello"}))
+        assert (first.ok, first.output) == (True, {"count": 1})
+        assert again.output == first.output
+        refused = await notes.handle(command("k2", "write", {"text": "no"}))
+        assert (refused.ok, refused.error) == (False, "refused")
+        assert await notes.run(count) == 1
+    finally:
+        await notes.close()
