@@ -120,8 +120,8 @@ class Watch:
             or done[0] != count
             or (done[1].done() and not done[1].cancelled() and done[1].exception() is not None)
         ):  # a failed render (the store was down) is not kept: the next page tries again
-            self.rendered = (count, asyncio.ensure_future(render()))
-        return await asyncio.shield(self.rendered[1])
+            done = self.rendered = (count, asyncio.ensure_future(render()))
+        return await asyncio.shield(done[1])
 
 
 class LiveUpdates(Hook):
