@@ -55,6 +55,7 @@ from sagaway.errors import DecodeError, DefinitionError, SagawayError, StepFaile
 from sagaway.participant import inbox as _inbox
 from sagaway.participant.inbox import ensure_schema, open_async_engine, open_engine, sync_url
 from sagaway.state import JSON
+from sagaway.tracing import participant_span, reply_outcome
 from sagaway.transport.base import Command, Reply
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -271,7 +272,14 @@ class Participant:
 
     async def handle(self, command: Command) -> Reply:
         """Process one delivery of ``command`` (see the module docstring). Raises
-        ``UnknownCommand``; any exception but a business error propagates (transient)."""
+        ``UnknownCommand``; any exception but a business error propagates (transient).
+        With tracing on, in a span continuing the saga's trace (``command.headers``)."""
+        with participant_span(command, self.name) as span:
+            reply = await self._handle(command)
+            reply_outcome(span, reply.ok, reply.error)
+            return reply
+
+    async def _handle(self, command: Command) -> Reply:
         handler = self.get_handler(command.command)
         try:
             payload = handler.decode(command.payload)
