@@ -136,7 +136,9 @@ def build_saga(ledger: Ledger) -> Saga:
 
 
 def make_ledger(store: SagaStore) -> Ledger:
-    if hasattr(store, "run_in_transaction"):
+    # Not "has run_in_transaction": the memory store has it too now (TransactionalStore),
+    # with no connection to write tables through.
+    if url_scheme(store.url) == "sqlite":
         return SQLiteLedger(store)
     if url_scheme(store.url) in ("redis", "rediss"):
         return RedisLedger(store)

@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Any
 
 from sagaway.clock import Clock, SystemClock
-from sagaway.definition import Saga, StepKind, declared_sagas
+from sagaway.definition import Saga, declared_sagas
 from sagaway.errors import (
     DefinitionError,
     EngineNotOpen,
@@ -28,6 +28,7 @@ from sagaway.errors import (
     UnknownSagaError,
 )
 from sagaway.hooks import ClaimReason, Hook, HookChain
+from sagaway.rules import compensation_reason, last_cancellable, past_pivot, retry_requested
 from sagaway.runner import CommitListener, SagaRun
 from sagaway.state import (
     ACTIVE_STATUSES,
@@ -47,6 +48,9 @@ from sagaway.store import SagaStore, open_store
 from sagaway.store._codec import check_text, check_value
 from sagaway.store.base import Page
 
+# Re-exported: they were defined here before the rules moved to ``sagaway.rules``.
+__all__ = ["Engine", "compensation_reason", "last_cancellable", "past_pivot"]
+
 log = logging.getLogger("sagaway.engine")
 
 # How often an engine looks again for unfinished sagas of definitions it does not know.
@@ -56,41 +60,6 @@ UNKNOWN_CHECK_SECONDS = 60.0
 def _new_id(now: float) -> str:
     """Time-ordered (so indexes append) and random (so engines never collide)."""
     return f"{int(now * 1000):012x}{os.urandom(10).hex()}"
-
-
-def past_pivot(saga: Saga, record: SagaRecord) -> bool:
-    """True once the saga can only go forward: cancelling or a deadline no longer applies."""
-    for step in saga.steps:
-        row = record.steps.get((step.name, Phase.FORWARD))
-        if row is None:
-            continue
-        if step.kind is StepKind.RETRIABLE:
-            return True
-        if step.kind is StepKind.PIVOT and row.status is StepStatus.SUCCEEDED:
-            return True
-    return False
-
-
-def last_cancellable(saga: Saga) -> str | None:
-    """The last step a cancel can stop the saga before: its pivot, or its last compensatable
-    step (retriable steps come last and run to the end). None when every step is retriable."""
-    stoppable = [s.name for s in saga.steps if s.kind is not StepKind.RETRIABLE]
-    return stoppable[-1] if stoppable else None
-
-
-def compensation_reason(record: SagaRecord) -> str | None:
-    """Why the saga began compensating, read back from its history."""
-    reason = None
-    for event in record.history:
-        if event.type is EventType.COMPENSATION_STARTED:
-            return reason
-        if event.type is EventType.STEP_FAILED:
-            reason = event.detail
-        elif event.type is EventType.CANCEL_REQUESTED:
-            reason = "cancelled"
-        elif event.type is EventType.DEADLINE_EXPIRED:
-            reason = "deadline expired"
-    return reason
 
 
 class Engine:
@@ -418,12 +387,9 @@ class Engine:
         )
         if taken is None:
             raise InvalidTransition(f"saga {saga_id} is being retried by another engine")
-        compensating = any(phase is Phase.COMPENSATION for _, phase in taken.steps)
-        target = SagaStatus.COMPENSATING if compensating else SagaStatus.RUNNING
-        # Compensating again: the saga's error goes back to why it compensated in the first
-        # place (FAILED had replaced it with the compensation's error).
-        error = compensation_reason(record) if compensating else None
-        change = Change(status=target, error=error or taken.error, release_lease=not here)
+        # The rule reads why it compensated from the history (``taken`` has none).
+        taken.history = record.history
+        change = retry_requested(taken, release_lease=not here)
         await self.store.commit(saga_id, self.owner_id, change, now)
         apply_change(taken, change, now)
         if here:

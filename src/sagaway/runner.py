@@ -22,11 +22,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from sagaway import rules
 from sagaway.clock import Clock
 from sagaway.context import StepContext
-from sagaway.definition import Action, OnUncertain, Saga, Step, StepKind, describe_validation
+from sagaway.definition import Action, Saga, Step, StepKind, describe_validation
 from sagaway.errors import CancelPending, DecodeError, EffectFailed, StepFailed, UnstorableValue
 from sagaway.hooks import HookChain, StepOutcome
+from sagaway.rules import Next
 from sagaway.state import (
     Change,
     Event,
@@ -73,15 +75,6 @@ class _Results(Mapping[str, Any]):
 
     def __len__(self) -> int:
         return sum(1 for _ in self._done())
-
-
-def _needs_undo(row: StepRecord | None) -> bool:
-    """Succeeded, or may have taken effect: RUNNING at a crash, or ended by a timeout."""
-    if row is None:
-        return False
-    return row.status in (StepStatus.SUCCEEDED, StepStatus.RUNNING) or (
-        row.status is StepStatus.FAILED and row.uncertain
-    )
 
 
 def _describe(exc: BaseException) -> str:
@@ -161,9 +154,17 @@ class SagaRun:
         self.hooks = hooks
         # True when the engine wrote step 0 RUNNING together with the saga: run it, don't redo it.
         self._prewritten = prewritten
-        self.cancel_requested = record.cancel_requested
         self._results = _Results(saga, record)
         self._inputs: dict[int, Any] = {}
+
+    @property
+    def cancel_requested(self) -> bool:
+        """A cancel is recorded (the rules read it from the record, as the store keeps it)."""
+        return self.record.cancel_requested
+
+    @cancel_requested.setter
+    def cancel_requested(self, value: bool) -> None:
+        self.record.cancel_requested = value
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -257,13 +258,7 @@ class SagaRun:
         """Stop FAILED for an operator: the step's outcome and its writes were not recorded,
         so its row stays RUNNING and a retry re-runs it with the same idempotency key."""
         now = self.clock.now()
-        change = Change(
-            status=SagaStatus.FAILED,
-            error=error,
-            events=[self._event(EventType.SAGA_FAILED, now, detail=error)],
-            release_lease=True,
-        )
-        await self._commit(change, now)
+        await self._commit(rules.halted(error, now), now)
 
     def _check_effects(self) -> None:
         if not isinstance(self.store, TransactionalStore):
@@ -271,15 +266,6 @@ class SagaRun:
                 f"ctx.atomic() needs a saga store that shares the step's database; "
                 f"{type(self.store).__name__} does not"
             )
-
-    def _stop_reason(self, now: float) -> tuple[EventType, str] | None:
-        """Why the saga must stop going forward and compensate, checked between steps."""
-        if self.cancel_requested:
-            return EventType.CANCEL_REQUESTED, "cancelled"
-        deadline = self.record.deadline_at
-        if deadline is not None and now >= deadline:
-            return EventType.DEADLINE_EXPIRED, "deadline expired"
-        return None
 
     def _attempt_timeout(self, step: Step[Any]) -> float | None:
         timeout, deadline = step.timeout, self.record.deadline_at
@@ -325,40 +311,17 @@ class SagaRun:
             checked = step.kind is not StepKind.RETRIABLE or not (
                 self.record.steps or pending.steps
             )
-            stop = self._stop_reason(now) if checked else None
+            stop = rules.stop_reason(self.record, now) if checked else None
             if stop is not None:
-                event_type, reason = stop
-                pending.events.append(self._event(event_type, now))
-                if row is not None and row.status is StepStatus.RUNNING:
-                    # Bug fix: a step written RUNNING (step 0 at start, or found so after a
-                    # crash) that a cancel/deadline stops before it runs again was left RUNNING
-                    # in the finished saga. Close it as FAILED, uncertain: still compensated.
-                    closed = self._finished(row, StepStatus.FAILED, reason, now)
-                    closed.uncertain = True
-                    pending.steps.append(closed)
-                return self._start_compensation(pending, reason), now
+                return rules.merge(pending, rules.stopped_before(step, row, stop, now)), now
             attempt = 0 if row is None else row.attempts
             skip_write = False
             if row is not None and row.status is StepStatus.RUNNING:
                 if self._prewritten:
                     skip_write = True
-                elif (
-                    step.on_uncertain is OnUncertain.COMPENSATE
-                    and step.kind is StepKind.COMPENSATABLE
-                ):
-                    # Only a step with a compensation can be given up on. A pivot has none:
-                    # compensating the steps before it while it may have taken effect would
-                    # strand that effect, so an uncertain pivot is always asked again with
-                    # the same key (its participant answers what happened), like a retriable.
-                    pending.steps.append(
-                        self._finished(row, StepStatus.FAILED, "outcome uncertain", now)
-                    )
-                    pending.steps[-1].uncertain = True
-                    pending.events.append(
-                        self._event(EventType.STEP_FAILED, now, step, detail="outcome uncertain")
-                    )
-                    reason = f"{step.name}: outcome uncertain"
-                    return self._start_compensation(pending, reason), now
+                elif rules.give_up_uncertain(step, row):
+                    given_up = rules.uncertain_given_up(step, row, now, self.cancel_requested)
+                    return rules.merge(pending, given_up), now
                 else:
                     pending.events.append(
                         self._event(EventType.STEP_RESUMED, now, step, attempt=attempt)
@@ -372,25 +335,8 @@ class SagaRun:
             pending, now = outcome
             if pending.status is SagaStatus.COMPENSATING:
                 return pending, now
-        pending.status = SagaStatus.SUCCEEDED
-        pending.events.append(Event(now, EventType.SAGA_SUCCEEDED))
-        pending.release_lease = True
-        await self._commit(pending, now)
+        await self._commit(rules.saga_succeeded(pending, now), now)
         return Change(), now
-
-    def _finished(
-        self, row: StepRecord, status: StepStatus, error: str | None, now: float
-    ) -> StepRecord:
-        return StepRecord(
-            name=row.name,
-            phase=row.phase,
-            status=status,
-            attempts=row.attempts,
-            output=row.output,
-            error=error,
-            started_at=row.started_at,
-            finished_at=now,
-        )
 
     async def _run_step(
         self,
@@ -429,7 +375,7 @@ class SagaRun:
                 if not pending.unless_cancelled:
                     await self._commit(pending, now)
                 elif not await self._start_unless_cancelled(pending, now):
-                    return self._start_compensation(pending, "cancelled"), now
+                    return rules.start_compensation(pending, "cancelled", True), now
             started_at = running.started_at
             ctx = self._context(step, FORWARD, attempt)
             hooks = self.hooks
@@ -463,66 +409,33 @@ class SagaRun:
                 error, uncertain, retryable = _describe(exc), False, True
             else:
                 now = self.clock.now()
-                done = StepRecord(
-                    step.name,  # name
-                    FORWARD,  # phase
-                    StepStatus.SUCCEEDED,  # status
-                    running.attempts,  # attempts
-                    output,  # output
-                    None,  # error
-                    False,  # uncertain
-                    running.started_at,  # started_at
-                    now,  # finished_at
-                )
-                succeeded = Event(now, EventType.STEP_SUCCEEDED, step.name, None, attempt)
                 effects = () if ctx.effects is None else tuple(ctx.effects)
                 if hooks is not None:
                     hooks.after_step(
                         self.record, ctx, StepOutcome.SUCCEEDED, None, perf_counter() - began
                     )
-                return Change(steps=[done], events=[succeeded], effects=effects), now
+                return rules.step_succeeded(running, output, now, effects), now
             now = self.clock.now()
-            row = running
-            stopping = not forward_only and self._stop_reason(now) is not None
-            spent = not forward_only and attempt >= step.retry.max_attempts
-            stopped_by = None
+            decision = rules.step_failed(
+                step, self.record, running, error, retryable=retryable, uncertain=uncertain, now=now
+            )
             if hooks is not None:
-                again = retryable and not spent and not stopping
+                again = decision.next is Next.RETRY
                 outcome = StepOutcome.RETRYING if again else StepOutcome.FAILED
                 hooks.after_step(self.record, ctx, outcome, error, perf_counter() - began)
-            if retryable and not spent and not stopping:
-                retrying = self._event(
-                    EventType.STEP_RETRYING, now, step, attempt=attempt, detail=error
-                )
-                await self._backoff(step.retry.delay(attempt), forward_only)
+            if decision.next is Next.RETRY:
+                await self._backoff(decision.delay, forward_only)
                 now = self.clock.now()
-                stop = None if forward_only else self._stop_reason(now)
-                if stop is None:
-                    pending = Change(events=[retrying])
-                    row = self._finished(running, StepStatus.RUNNING, error, now)
+                after = rules.backoff_over(step, self.record, running, error, uncertain, now)
+                if after.next is Next.RETRY:
+                    pending = decision.change
+                    row = rules.finished(running, StepStatus.RUNNING, error, now)
                     continue
-                stopped_by = stop  # cancelled, or the deadline passed, while backing off
-            failed = self._finished(running, StepStatus.FAILED, error, now)
-            failed.uncertain = uncertain
-            change = Change(
-                steps=[failed],
-                events=[
-                    self._event(EventType.STEP_FAILED, now, step, attempt=attempt, detail=error)
-                ],
-            )
-            if stopped_by is not None:
-                change.events.append(self._event(stopped_by[0], now))
-                return self._start_compensation(change, stopped_by[1]), now
-            # A business failure past the pivot, or a pivot whose outcome stayed uncertain
-            # (timed out on every attempt): no compensation can make it consistent, so only an
-            # operator can help; their retry asks the pivot again under the same key.
-            if forward_only or (uncertain and step.kind is StepKind.PIVOT):
-                change.status, change.error = SagaStatus.FAILED, f"{step.name}: {error}"
-                change.events.append(self._event(EventType.SAGA_FAILED, now, detail=change.error))
-                change.release_lease = True
-                await self._commit(change, now)
+                decision = after  # cancelled, or the deadline passed, while backing off
+            if decision.next is Next.STOP:
+                await self._commit(decision.change, now)
                 return None
-            return self._start_compensation(change, error), now
+            return decision.change, now
 
     async def _start_unless_cancelled(self, pending: Change, now: float) -> bool:
         """Commit ``pending`` (ending with a step's RUNNING row and STEP_STARTED event) unless a
@@ -548,11 +461,6 @@ class SagaRun:
         if delay > 0:
             await self.clock.sleep(delay)
 
-    def _start_compensation(self, change: Change, error: str) -> Change:
-        change.status, change.error = SagaStatus.COMPENSATING, error
-        change.clear_cancel = self.cancel_requested
-        return change
-
     async def _compensate(self, pending: Change, now: float) -> None:
         error = pending.error if pending.status is not None else self.record.error
         # Bug fix: the outcome that started compensation (the failed step's FAILED row) is still
@@ -561,7 +469,7 @@ class SagaRun:
         latest = {s.name: s for s in pending.steps if s.phase is FORWARD}
         for step in reversed(self.saga.steps):
             forward = latest.get(step.name) or self.record.steps.get((step.name, FORWARD))
-            if step.undo is None or not _needs_undo(forward):
+            if step.undo is None or not rules.needs_undo(forward):
                 continue
             row = self.record.steps.get((step.name, COMPENSATION))
             if row is not None and row.status is StepStatus.COMPENSATED:
@@ -570,23 +478,13 @@ class SagaRun:
             if outcome is None:
                 return
             pending, now = outcome
-        pending.status, pending.error = SagaStatus.COMPENSATED, error
-        pending.events.append(self._event(EventType.SAGA_COMPENSATED, now, detail=error))
-        pending.release_lease = True
-        await self._commit(pending, now)
+        await self._commit(rules.saga_compensated(pending, error, now), now)
 
     async def _undo(
         self, step: Step[Any], row: StepRecord | None, pending: Change, now: float
     ) -> tuple[Change, float] | None:
-        policy = step.compensation_retry
         attempt = 0 if row is None else row.attempts
-        # A fresh budget after an operator's retry of a FAILED compensation; otherwise the
-        # attempts already made count, but a crash never denies the compensation one more try.
-        limit = (
-            attempt + policy.max_attempts
-            if row is not None and row.status is (StepStatus.FAILED)
-            else max(policy.max_attempts, attempt + 1)
-        )
+        limit = rules.compensation_limit(step.compensation_retry, row)
         started_at = row.started_at if row is not None else None
         forward = self.record.steps[(step.name, FORWARD)]
         assert step.undo is not None
@@ -644,59 +542,18 @@ class SagaRun:
                     hooks.after_step(
                         self.record, ctx, StepOutcome.SUCCEEDED, None, perf_counter() - began
                     )
-                change = Change(
-                    steps=[self._finished(running, StepStatus.COMPENSATED, None, now)],
-                    events=[
-                        self._event(
-                            EventType.STEP_COMPENSATED,
-                            now,
-                            step,
-                            phase=COMPENSATION,
-                            attempt=attempt,
-                        )
-                    ],
-                    effects=() if ctx.effects is None else tuple(ctx.effects),
-                )
-                return change, now
+                effects = () if ctx.effects is None else tuple(ctx.effects)
+                return rules.compensation_succeeded(running, now, effects), now
             now = self.clock.now()
+            decision = rules.compensation_failed(step, running, error, limit, now)
             if hooks is not None:
-                outcome = StepOutcome.RETRYING if attempt < limit else StepOutcome.FAILED
+                again = decision.next is Next.RETRY
+                outcome = StepOutcome.RETRYING if again else StepOutcome.FAILED
                 hooks.after_step(self.record, ctx, outcome, error, perf_counter() - began)
-            if attempt < limit:
-                pending = Change(
-                    events=[
-                        self._event(
-                            EventType.COMPENSATION_RETRYING,
-                            now,
-                            step,
-                            phase=COMPENSATION,
-                            attempt=attempt,
-                            detail=error,
-                        )
-                    ]
-                )
-                await self._backoff(policy.delay(attempt), forward_only=True)
+            if decision.next is Next.RETRY:
+                pending = decision.change
+                await self._backoff(decision.delay, forward_only=True)
                 now = self.clock.now()
                 continue
-            message = f"compensation of {step.name} failed: {error}"
-            await self._commit(
-                Change(
-                    status=SagaStatus.FAILED,
-                    error=message,
-                    steps=[self._finished(running, StepStatus.FAILED, error, now)],
-                    events=[
-                        self._event(
-                            EventType.COMPENSATION_FAILED,
-                            now,
-                            step,
-                            phase=COMPENSATION,
-                            attempt=attempt,
-                            detail=error,
-                        ),
-                        self._event(EventType.SAGA_FAILED, now, detail=message),
-                    ],
-                    release_lease=True,
-                ),
-                now,
-            )
+            await self._commit(decision.change, now)
             return None
