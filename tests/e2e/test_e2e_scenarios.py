@@ -1,14 +1,24 @@
-"""The four classic checkout scenarios over HTTP, with exact balance and stock deltas."""
+"""The four classic checkout scenarios over HTTP, with exact balance and stock deltas, on every
+layout: embedded (SQLite, PostgreSQL) and payment, inventory and shipping as separate services
+over HTTP and over RabbitMQ (``e2e_helpers.TRANSPORTS``). Money and units are conserved across
+the services' databases: read from their own APIs (``RemoteShop.totals``)."""
 
 from __future__ import annotations
 
 from decimal import Decimal
 
 import httpx
-from e2e_helpers import balances, inventory, order, steps
+import pytest
+from e2e_helpers import TRANSPORTS, balances, inventory, order, steps
 
 from checkout.bootstrap import Services
 from checkout.domain.demo import demo_total_money_cents, demo_total_units
+
+
+@pytest.fixture(params=TRANSPORTS)
+def backend(request: pytest.FixtureRequest) -> str:
+    param: str = request.param
+    return param
 
 
 async def _conserved(services: Services) -> None:

@@ -9,6 +9,8 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+
+import servers
 from rabbitkit import (
     InboxParticipant,
     Replies,
@@ -18,8 +20,6 @@ from rabbitkit import (
     queue_depth,
     until,
 )
-
-import servers
 from sagaway.participant.rabbitmq import RabbitParticipant
 from sagaway.transport.base import Command, Reply, TransportError
 from sagaway.transport.rabbitmq import RabbitDispatcher
@@ -142,7 +142,9 @@ async def test_poison_messages_are_dead_lettered_and_counted(url: str) -> None:
     assert consumer.stats.handled == 0
 
 
-async def test_a_transient_failure_is_retried_then_dead_lettered(url: str) -> None:
+@pytest.mark.parametrize("queue_type", ["quorum", "classic"])
+async def test_a_transient_failure_is_retried_then_dead_lettered(url: str, queue_type: str) -> None:
+    """Quorum queues: the broker's x-delivery-count; classic: counted in the consumer."""
     participant, replies = InboxParticipant(), Replies()
     failures: dict[str, int] = {}
 
@@ -156,8 +158,10 @@ async def test_a_transient_failure_is_retried_then_dead_lettered(url: str) -> No
 
     participant.fail = flaky
     async with (
-        RabbitParticipant(participant.handle, url, max_deliveries=3) as consumer,
-        RabbitDispatcher(url) as dispatcher,
+        RabbitParticipant(
+            participant.handle, url, max_deliveries=3, queue_type=queue_type
+        ) as consumer,
+        RabbitDispatcher(url, queue_type=queue_type) as dispatcher,
     ):
         dispatcher.on_reply(replies)
         await dispatcher.publish([command(1).to_outbox(0.0), command(2).to_outbox(0.0)])
@@ -172,6 +176,13 @@ async def test_a_transient_failure_is_retried_then_dead_lettered(url: str) -> No
     assert dead.message_id == "saga-2:reserve:forward#1"
 
 
+async def test_mismatched_queue_arguments_fail_open_with_the_reason(url: str) -> None:
+    async with RabbitDispatcher(url, queue_type="classic"):
+        pass
+    with pytest.raises(TransportError, match=r"PRECONDITION_FAILED.*x-queue-type"):
+        await RabbitDispatcher(url, queue_type="quorum", connect_timeout=1.0).open()
+
+
 async def test_a_reply_is_acked_only_after_the_handler_returns(url: str) -> None:
     participant = InboxParticipant()
     entered = asyncio.Event()
@@ -181,7 +192,7 @@ async def test_a_reply_is_acked_only_after_the_handler_returns(url: str) -> None
         await asyncio.Event().wait()  # the engine dies while applying the reply
 
     async with RabbitParticipant(participant.handle, url):
-        first = RabbitDispatcher(url)
+        first = RabbitDispatcher(url, drain_timeout=0)
         first.on_reply(stuck)
         async with first:
             await first.publish([command(5).to_outbox(at=0.0)])
@@ -194,6 +205,31 @@ async def test_a_reply_is_acked_only_after_the_handler_returns(url: str) -> None
             await replies.wait_for(lambda got: len(got) == 1)
     assert replies.received[0].message_id == "saga-5:reserve:forward"
     assert participant.effects == {"saga-5:reserve:forward": 1}
+
+
+async def test_stop_lets_a_command_in_flight_finish_and_ack(url: str) -> None:
+    participant, replies = InboxParticipant(), Replies()
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(c: Command) -> Reply:
+        entered.set()
+        await release.wait()
+        return await participant.handle(c)
+
+    consumer = RabbitParticipant(slow, url)
+    async with RabbitDispatcher(url) as dispatcher:
+        dispatcher.on_reply(replies)
+        await consumer.start()
+        await dispatcher.publish([command(11).to_outbox(at=0.0)])
+        await asyncio.wait_for(entered.wait(), 30)
+        stopping = asyncio.create_task(consumer.stop())
+        await until(lambda: consumer._consumer._tag is None, "the consumer cancelled")
+        release.set()
+        await stopping
+        await replies.wait_for(lambda got: len(got) == 1)
+    assert consumer.stats.handled == 1  # acked before the connection closed
+    assert await queue_depth(url, "inventory") == 0  # nothing left to redeliver
+    assert participant.effects == {"saga-11:reserve:forward": 1}
 
 
 async def test_a_failing_reply_handler_gets_the_reply_again(url: str) -> None:

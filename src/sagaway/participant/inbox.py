@@ -44,8 +44,11 @@ from sqlalchemy import (
     DateTime,
     Insert,
     MetaData,
+    Select,
     String,
     Table,
+    Update,
+    bindparam,
     create_engine,
     event,
     insert,
@@ -54,7 +57,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
 from sagaway.state import JSON as JSONValue
@@ -140,6 +143,33 @@ def _insert_ignore(conn: Connection, table: Table) -> Insert:
     return stmt
 
 
+@dataclass(frozen=True, slots=True)
+class _Statements:
+    lookup: Select[Any]
+    record: Update
+
+
+_statements_by_table: dict[int, _Statements] = {}
+
+
+def _statements(table: Table) -> _Statements:
+    """The inbox's statements, built once per table with bind parameters: building one per
+    call (``.where(...).values(...)``) cost more CPU than the transaction's SQL itself."""
+    statements = _statements_by_table.get(id(table))
+    if statements is None:
+        key = table.c.message_id == bindparam("key")
+        statements = _Statements(
+            lookup=select(table).where(key),
+            record=update(table)
+            .where(key)
+            .values(
+                ok=bindparam("ok"), reply=bindparam("reply"), processed_at=bindparam("processed_at")
+            ),
+        )
+        _statements_by_table[id(table)] = statements
+    return statements
+
+
 def _row(
     message_id: str, command: str, kind: str, ok: bool, body: dict[str, Any]
 ) -> dict[str, Any]:
@@ -154,7 +184,7 @@ def _row(
 
 
 def lookup(conn: Connection, table: Table, message_id: str) -> Recorded | None:
-    row = conn.execute(select(table).where(table.c.message_id == message_id)).first()
+    row = conn.execute(_statements(table).lookup, {"key": message_id}).first()
     if row is None:
         return None
     body = row.reply or {}
@@ -186,9 +216,8 @@ def claim(conn: Connection, table: Table, command: Command) -> Recorded | None:
 def record(conn: Connection, table: Table, message_id: str, ok: bool, body: dict[str, Any]) -> None:
     """Fill in the answer of the row this transaction claimed."""
     conn.execute(
-        update(table)
-        .where(table.c.message_id == message_id)
-        .values(ok=ok, reply=body, processed_at=datetime.now(UTC))
+        _statements(table).record,
+        {"key": message_id, "ok": ok, "reply": body, "processed_at": datetime.now(UTC)},
     )
 
 
@@ -234,11 +263,11 @@ def open_engine(url: str | URL, *, pool_size: int = 8) -> Engine:
     parsed, schema = sync_url(url)
     kwargs: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
-        memory = parsed.database in (None, "", ":memory:")
+        memory = _sqlite_memory(parsed)
         if memory:  # one shared connection, or every connection sees its own empty database
             kwargs.update(poolclass=StaticPool, connect_args={"check_same_thread": False})
         engine = create_engine(parsed, **kwargs)
-        _sqlite_hooks(engine, memory=memory)
+        _sqlite_hooks(engine, memory=memory, raw=True)
         return engine
     if parsed.get_backend_name() == "postgresql":
         kwargs.update(pool_size=pool_size, max_overflow=0, pool_pre_ping=True)
@@ -247,7 +276,31 @@ def open_engine(url: str | URL, *, pool_size: int = 8) -> Engine:
     return create_engine(parsed, **kwargs)
 
 
-def _sqlite_hooks(engine: Engine, *, memory: bool) -> None:
+def open_async_engine(url: str | URL, *, pool_size: int = 8) -> AsyncEngine:
+    """An ``AsyncEngine`` (aiosqlite, asyncpg) on the same database, with the same settings:
+    what async handlers run on."""
+    parsed, schema = sync_url(url)
+    kwargs: dict[str, Any] = {}
+    if parsed.get_backend_name() == "sqlite":
+        memory = _sqlite_memory(parsed)
+        if memory:
+            kwargs.update(poolclass=StaticPool)
+        engine = create_async_engine(parsed.set(drivername="sqlite+aiosqlite"), **kwargs)
+        _sqlite_hooks(engine.sync_engine, memory=memory, raw=False)
+        return engine
+    if parsed.get_backend_name() == "postgresql":
+        parsed = parsed.set(drivername="postgresql+asyncpg")
+        kwargs.update(pool_size=pool_size, max_overflow=0, pool_pre_ping=True)
+        if schema is not None:
+            kwargs["connect_args"] = {"server_settings": {"search_path": schema}}
+    return create_async_engine(parsed, **kwargs)
+
+
+def _sqlite_memory(url: URL) -> bool:
+    return url.database in (None, "", ":memory:")
+
+
+def _sqlite_hooks(engine: Engine, *, memory: bool, raw: bool) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # we issue BEGIN (below), not the driver
@@ -262,7 +315,13 @@ def _sqlite_hooks(engine: Engine, *, memory: bool) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        if raw:
+            # Straight on the driver: SQLAlchemy's execution context around one BEGIN cost
+            # as much CPU as the inbox's two statements.
+            driver: Any = conn.connection.driver_connection
+            driver.execute("BEGIN IMMEDIATE")
+        else:  # aiosqlite: its driver connection is async; go through the DBAPI adapter
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def ensure_schema(engine: Engine, schema: str) -> None:
