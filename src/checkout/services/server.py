@@ -5,7 +5,7 @@
 (``--database-url`` / ``SAGAWAY_DATABASE_URL``, default ``sqlite:///./<name>.db``), apply its
 own Alembic history, load its share of the demo data (demo mode, a fresh database), then accept
 saga commands: over HTTP on this same app (the participant router, ``POST
-/commands/{command}``), or from its RabbitMQ queue (a consumer, started with the app and
+/saga/commands/{command}``), or from its RabbitMQ queue (a consumer, started with the app and
 stopped before it). The API (health, reads, reset, docs) is served either way.
 """
 
