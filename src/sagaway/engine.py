@@ -154,7 +154,7 @@ class Engine:
         await self.store.open()
         self._opened = True
         await self.transport.open()
-        if self._parks:
+        if self._parks and self.execute:  # an API-only engine drives nothing, replies neither
             self.transport.on_reply(self._apply_reply)
         if self.execute:
             self.store.on_work(self.wake)
