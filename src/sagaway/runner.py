@@ -36,7 +36,7 @@ from sagaway.definition import (
 )
 from sagaway.errors import CancelPending, DecodeError, EffectFailed, StepFailed, UnstorableValue
 from sagaway.hooks import HookChain, StepOutcome
-from sagaway.rules import Next
+from sagaway.rules import Next, step_succeeded, stop_reason
 from sagaway.state import (
     Change,
     Event,
@@ -373,7 +373,7 @@ class SagaRun:
             checked = step.kind is not StepKind.RETRIABLE or not (
                 self.record.steps or pending.steps
             )
-            stop = rules.stop_reason(self.record, now) if checked else None
+            stop = stop_reason(self.record, now) if checked else None
             if stop is not None:
                 return rules.merge(pending, rules.stopped_before(step, row, stop, now)), now
             attempt = 0 if row is None else row.attempts
@@ -497,7 +497,7 @@ class SagaRun:
                     hooks.after_step(
                         self.record, ctx, StepOutcome.SUCCEEDED, None, perf_counter() - began
                     )
-                return rules.step_succeeded(running, output, now, effects), now
+                return step_succeeded(running, output, now, effects), now
             now = self.clock.now()
             decision = rules.step_failed(
                 step, self.record, running, error, retryable=retryable, uncertain=uncertain, now=now
