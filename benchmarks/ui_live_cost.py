@@ -15,10 +15,13 @@ includes what the events make the browser ask for:
   saga. One order in 20 is posted with ``wait=0`` (in both configurations, so the order load is
   the same) and its saga id handed to a waiting saga page, which opens the stream while the saga
   runs; the other orders wait for their saga (``wait=10``) as the shop page does.
-* saga list pages (30%): ``/ui/sagas/events``; on ``changed`` they re-read the list fragment
-  (``/ui/sagas?fragment=true``), one read at a time like the page.
-* shop pages (the rest): the shop's live stream is the same ``/ui/sagas/events``; on
-  ``changed`` they re-read ``/shop/orders`` and ``/shop/stock``.
+* saga list pages (30%): ``/ui/sagas/events``, whose ``saga-rows`` events carry the list's
+  new rows (the page asks for nothing else).
+* shop pages (the rest): ``/shop/events``, whose ``orders`` and ``stock`` events carry the new
+  orders table and stock.
+
+(Until 2026-11-26 the list streams only said ``changed`` and every page re-read its fragments
+over HTTP: ``git log -p benchmarks/ui_live_cost.py`` has that version of the pages.)
 
 The orders are sent open-loop (order i at ``start + i / rate``, at most ``--max-in-flight``
 at once); when the machine cannot keep up, the achieved rate is lower: it is reported. The
@@ -74,32 +77,14 @@ async def sse_events(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
             name = ""
 
 
-async def list_page(
-    session: aiohttp.ClientSession, fragments: list[str], tally: Tally, kind: str
-) -> None:
-    """A list or shop page: follow ``/ui/sagas/events``, re-read the fragments on ``changed``
-    (skipping events that arrive while a re-read runs, as the page does)."""
-    busy = False
-
-    async def refresh() -> None:
-        nonlocal busy
-        try:
-            for url in fragments:
-                async with session.get(url) as response:
-                    await response.read()
-                    tally.fetches[f"{kind} {response.status}"] += 1
-        finally:
-            busy = False
-
-    tasks: set[asyncio.Task[None]] = set()
-    async with session.get("/ui/sagas/events", timeout=aiohttp.ClientTimeout()) as response:
+async def list_page(session: aiohttp.ClientSession, url: str, tally: Tally, kind: str) -> None:
+    """A list or shop page: follow its fragment stream (the events carry the HTML)."""
+    async with session.get(url, timeout=aiohttp.ClientTimeout()) as response:
+        if response.status != 200:
+            tally.errors[f"{kind} page {response.status}"] += 1
+            return
         async for name in sse_events(response):
             tally.events[f"{kind} {name}"] += 1
-            if name == "changed" and not busy:
-                busy = True
-                task = asyncio.create_task(refresh())
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
 
 
 async def saga_page(
@@ -163,13 +148,11 @@ async def measure(
         readers = [
             *(asyncio.create_task(saga_page(session, handoff, tally)) for _ in range(saga_pages)),
             *(
-                asyncio.create_task(list_page(session, ["/ui/sagas?fragment=true"], tally, "list"))
+                asyncio.create_task(list_page(session, "/ui/sagas/events", tally, "list"))
                 for _ in range(list_pages)
             ),
             *(
-                asyncio.create_task(
-                    list_page(session, ["/shop/orders", "/shop/stock"], tally, "shop")
-                )
+                asyncio.create_task(list_page(session, "/shop/events", tally, "shop"))
                 for _ in range(shop_pages)
             ),
         ]

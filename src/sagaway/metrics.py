@@ -23,7 +23,11 @@ Metrics (all ``sagaway_*``):
   up to a second for the engine's loop to answer; on the loop itself, e.g. an async
   ``/metrics`` route, it reports the count read at the previous scrape; ``await hook.refresh()``
   first for a fresh one). 0 for a store without an outbox.
-* ``sagaway_sagas_waiting{saga}``: declared for parked sagas; nothing sets it yet.
+* ``sagaway_sagas_waiting{saga}``: sagas parked in the store (waiting for a reply or a signal),
+  read at scrape time like the outbox (``store.list_waiting``): the first ``WAITING_SCAN`` parked
+  sagas are counted by saga name, any beyond under ``saga=""`` (the sum stays exact). Both
+  gauges count the whole store, not this process: in a scale-out deployment query them from
+  one process (``max without (instance) (...)``), not summed over every process.
 
 Cost: the hook counts into plain Python ints and lists (a bucket found by bisection), and a
 collector turns them into Prometheus families when scraped. prometheus-client's own metric
@@ -40,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -57,9 +62,13 @@ from prometheus_client.registry import Collector
 from sagaway.context import StepContext
 from sagaway.hooks import ClaimReason, Hook, StepOutcome
 from sagaway.state import Change, SagaRecord
-from sagaway.store.base import OutboxStore
+from sagaway.store.base import OutboxStore, SagaStore
 
 __all__ = ["COMMIT_BUCKETS", "STEP_BUCKETS", "PrometheusHook"]
+
+WAITING_SCAN = 5000  # parked sagas read per scrape to count them by saga name
+WAITING_PAGE = 500
+FRESH_SECONDS = 1.0  # a scrape right after a refresh (an awaiting route) reads no store again
 
 # Steps are participant calls: a millisecond to tens of seconds.
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -114,6 +123,8 @@ class PrometheusHook(Hook, Collector):
         self._steps: dict[tuple[str, str, str, str], _Histogram] = {}
         self._commits = _Histogram(len(COMMIT_BUCKETS))
         self._outbox_pending = 0
+        self._waiting: dict[str, int] = {}
+        self._refreshed_at = float("-inf")
         self._loop: asyncio.AbstractEventLoop | None = None  # the engine's, for scrape threads
         self._refreshing: asyncio.Task[None] | None = None
         if registry is not None:
@@ -164,23 +175,29 @@ class PrometheusHook(Hook, Collector):
     # -- the collector: runs when Prometheus scrapes ------------------------------------------
 
     async def refresh(self) -> None:
-        """Read the gauges that need the store (``sagaway_outbox_pending``) now."""
+        """Read the gauges that need the store (``sagaway_outbox_pending``,
+        ``sagaway_sagas_waiting``) now."""
         store = self._store
+        if not _has_gauges(store):
+            return
+        self._loop = asyncio.get_running_loop()
         if isinstance(store, OutboxStore):
-            self._loop = asyncio.get_running_loop()
             self._outbox_pending = await store.outbox_count()
+        self._waiting = await _waiting_by_saga(store)
+        self._refreshed_at = time.monotonic()
 
     def _refresh_for_scrape(self) -> None:
         """On the engine's loop (an async route): start a refresh for the next scrape. From
         another thread: ask the loop and wait for the answer, briefly."""
-        if not isinstance(self._store, OutboxStore):
+        if not _has_gauges(self._store):
             return
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
         if running is not None:
-            if self._refreshing is None or self._refreshing.done():
+            fresh = time.monotonic() - self._refreshed_at < FRESH_SECONDS
+            if not fresh and (self._refreshing is None or self._refreshing.done()):
                 self._refreshing = running.create_task(self._quiet_refresh())
             return
         loop = self._loop
@@ -239,12 +256,15 @@ class PrometheusHook(Hook, Collector):
             COMMIT_BUCKETS,
             [((), self._commits)],
         )
-        yield GaugeMetricFamily(
+        self._refresh_for_scrape()
+        waiting = GaugeMetricFamily(
             "sagaway_sagas_waiting",
-            "Sagas parked waiting for a person or a reply (parking is not built yet)",
+            "Sagas parked in the store, waiting for a reply or a signal",
             labels=["saga"],
         )
-        self._refresh_for_scrape()
+        for name, count in list(self._waiting.items()):
+            waiting.add_metric([name], count)
+        yield waiting
         yield GaugeMetricFamily(
             "sagaway_outbox_pending",
             "Messages in the saga log's outbox not yet published",
@@ -262,3 +282,28 @@ class PrometheusHook(Hook, Collector):
                 "Operations written by those group commits (divide by batches: the batch size)",
                 value=stats.operations,
             )
+
+
+def _has_gauges(store: Any) -> bool:
+    return store is not None and callable(getattr(store, "list_waiting", None))
+
+
+async def _waiting_by_saga(store: SagaStore) -> dict[str, int]:
+    """Parked sagas per saga name: the first WAITING_SCAN (soonest deadline first) read and
+    grouped, the rest under the empty name, so that the sum is the store's total."""
+    counts: dict[str, int] = {}
+    offset = total = 0
+    while offset < WAITING_SCAN:
+        page = await store.list_waiting(
+            limit=min(WAITING_PAGE, WAITING_SCAN - offset), offset=offset
+        )
+        total = page.total
+        for record in page.items:
+            counts[record.name] = counts.get(record.name, 0) + 1
+        offset += len(page.items)
+        if not page.items or offset >= total:
+            break
+    rest = total - offset
+    if rest > 0:
+        counts[""] = counts.get("", 0) + rest
+    return counts

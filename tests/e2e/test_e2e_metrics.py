@@ -55,6 +55,7 @@ async def test_metrics_count_orders_steps_and_requests(client: httpx.AsyncClient
     assert commits is not None
     assert commits > 0
     assert value(found, "sagaway_store_batches_total") is not None  # SQLite group-commits
+    assert value(found, "sagaway_outbox_pending") == 0, "read from the store for this scrape"
     requests = "sagaway_http_requests_total"
     assert value(found, requests, method="POST", route="/orders", status="201") == 2
     assert value(found, requests, method="GET", route="/orders/{order_id}", status="200") == 1

@@ -9,6 +9,8 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+
+import servers
 from rabbitkit import (
     InboxParticipant,
     Replies,
@@ -18,8 +20,6 @@ from rabbitkit import (
     queue_depth,
     until,
 )
-
-import servers
 from sagaway.participant.rabbitmq import RabbitParticipant
 from sagaway.transport.base import Command, Reply, TransportError
 from sagaway.transport.rabbitmq import RabbitDispatcher
@@ -181,7 +181,7 @@ async def test_a_reply_is_acked_only_after_the_handler_returns(url: str) -> None
         await asyncio.Event().wait()  # the engine dies while applying the reply
 
     async with RabbitParticipant(participant.handle, url):
-        first = RabbitDispatcher(url)
+        first = RabbitDispatcher(url, drain_timeout=0)
         first.on_reply(stuck)
         async with first:
             await first.publish([command(5).to_outbox(at=0.0)])
@@ -194,6 +194,31 @@ async def test_a_reply_is_acked_only_after_the_handler_returns(url: str) -> None
             await replies.wait_for(lambda got: len(got) == 1)
     assert replies.received[0].message_id == "saga-5:reserve:forward"
     assert participant.effects == {"saga-5:reserve:forward": 1}
+
+
+async def test_stop_lets_a_command_in_flight_finish_and_ack(url: str) -> None:
+    participant, replies = InboxParticipant(), Replies()
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(c: Command) -> Reply:
+        entered.set()
+        await release.wait()
+        return await participant.handle(c)
+
+    consumer = RabbitParticipant(slow, url)
+    async with RabbitDispatcher(url) as dispatcher:
+        dispatcher.on_reply(replies)
+        await consumer.start()
+        await dispatcher.publish([command(11).to_outbox(at=0.0)])
+        await asyncio.wait_for(entered.wait(), 30)
+        stopping = asyncio.create_task(consumer.stop())
+        await until(lambda: consumer._consumer._tag is None, "the consumer cancelled")
+        release.set()
+        await stopping
+        await replies.wait_for(lambda got: len(got) == 1)
+    assert consumer.stats.handled == 1  # acked before the connection closed
+    assert await queue_depth(url, "inventory") == 0  # nothing left to redeliver
+    assert participant.effects == {"saga-11:reserve:forward": 1}
 
 
 async def test_a_failing_reply_handler_gets_the_reply_again(url: str) -> None:

@@ -2,12 +2,13 @@
 
 import asyncio
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from sagakit import Kit, Order
 
-from sagaway import SagaStatus
+from sagaway import SagaStatus, metrics
 from sagaway.metrics import COMMIT_BUCKETS, PrometheusHook
-from sagaway.state import Change, NewSaga, OutboxMessage
+from sagaway.state import Change, NewSaga, OutboxMessage, Park
 from sagaway.store.memory import MemoryStore
 from sagaway.testing import saga_engine
 
@@ -116,3 +117,61 @@ async def test_outbox_pending_from_a_scrape_thread_asks_the_loop() -> None:
     await store.outbox_delete(["m1"])
     scraped = await asyncio.to_thread(value, registry, "sagaway_outbox_pending")
     assert scraped == 1
+
+
+async def _parked(store: MemoryStore) -> None:
+    """Three sagas parked: two of saga "order" (deadlines 30 s and 60 s), one "refund" (90 s)."""
+    for saga_id, name, until in (
+        ("p1", "order", 60.0),
+        ("p2", "order", 30.0),
+        ("p3", "refund", 90.0),
+    ):
+        new = NewSaga(
+            id=saga_id, name=name, version=1, input=None, at=0.0, owner="e", status=RUNNING
+        )
+        await store.create(new)
+        await store.commit(saga_id, "e", Change(park=Park("signal:approve", until)), 1.0)
+
+
+async def test_sagas_waiting_counts_parked_sagas_by_saga() -> None:
+    store = MemoryStore()
+    registry = CollectorRegistry()
+    hook = PrometheusHook(registry, store=store)
+    await hook.refresh()
+    assert value(registry, "sagaway_sagas_waiting", saga="order") is None
+    await _parked(store)
+    await hook.refresh()
+    assert value(registry, "sagaway_sagas_waiting", saga="order") == 2
+    assert value(registry, "sagaway_sagas_waiting", saga="refund") == 1
+    await store.acquire("p3", "e", now=2.0, lease_seconds=30.0, statuses=[RUNNING])  # signalled
+    await store.commit("p3", "e", Change(unpark=True), 2.0)
+    await hook.refresh()
+    assert value(registry, "sagaway_sagas_waiting", saga="refund") is None
+
+
+async def test_sagas_waiting_beyond_the_scan_keep_the_sum_exact(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(metrics, "WAITING_SCAN", 2)
+    monkeypatch.setattr(metrics, "WAITING_PAGE", 1)
+    store = MemoryStore()
+    await _parked(store)
+    registry = CollectorRegistry()
+    hook = PrometheusHook(registry, store=store)
+    await hook.refresh()
+    # Soonest deadline first: p2 and p1 ("order") are read, p3 is beyond the scan.
+    assert value(registry, "sagaway_sagas_waiting", saga="order") == 2
+    assert value(registry, "sagaway_sagas_waiting", saga="") == 1
+
+
+async def test_sagas_waiting_from_a_scrape_thread_asks_the_loop(kit: Kit, order: Order) -> None:
+    store = MemoryStore()
+    registry = CollectorRegistry()
+    hook = PrometheusHook(registry, store=store)
+    async with saga_engine(kit.saga, store=store, hooks=[hook]) as h:
+        await h.run(kit.saga, order)  # the hook learns the engine's loop
+        await _parked(store)
+        # What prometheus_client.start_http_server does: collect on a thread of its own.
+        text = (await asyncio.to_thread(generate_latest, registry)).decode()
+    assert 'sagaway_sagas_waiting{saga="order"} 2.0' in text
+    assert 'sagaway_sagas_waiting{saga="refund"} 1.0' in text

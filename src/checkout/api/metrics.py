@@ -8,12 +8,15 @@ requests no route matched are ``route="unmatched"``.
 
 from __future__ import annotations
 
+import contextlib
 from time import perf_counter
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from sagaway.metrics import PrometheusHook
 
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -80,5 +83,10 @@ async def metrics(request: Request) -> Response:
         body += generate_latest(http.registry)
     services = getattr(request.app.state, "services", None)
     if services is not None:
+        for hook in services.engine.hooks:
+            if isinstance(hook, PrometheusHook):
+                # The store's gauges (outbox, parked sagas) as of now, not the last scrape.
+                with contextlib.suppress(Exception):  # the store down: the last values
+                    await hook.refresh()
         body += generate_latest(services.registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

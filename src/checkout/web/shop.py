@@ -1,8 +1,10 @@
 """The shop page and its fragments; the saga pages come from :func:`sagaway.web.saga_ui_router`.
 
-The page is live without polling from the browser: it listens to the saga list's event stream
-(``/ui/sagas/events``, at most one ``changed`` a second) and re-reads its two fragments
-(``/shop/orders``, ``/shop/stock``) when sagas changed.
+The page is live without polling from the browser: ``/shop/events`` sends the new HTML of the
+orders table and of the stock and balances (events ``orders`` and ``stock``) on the tick after
+sagas changed, at most once a second, each rendered once for every open shop page
+(``sagaway.web.LiveUpdates.fragments``). ``/shop/orders`` and ``/shop/stock`` serve the same
+fragments on request (the page re-reads them after placing an order).
 """
 
 from __future__ import annotations
@@ -18,11 +20,19 @@ from jinja2 import PackageLoader
 from checkout.bootstrap import Services
 from checkout.domain.rules import format_money
 from sagaway import Engine
-from sagaway.web import saga_ui_router, templates_environment
+from sagaway.web import LiveUpdates, event_stream, saga_ui_router, templates_environment
 
 UI_PREFIX = "/ui"
 TITLE = "Sagaway checkout"
 ORDERS_SHOWN = 20
+# The same navigation bar on every page, the shop's and the saga pages'.
+NAV = (
+    ("Shop", "/"),
+    ("Sagas", f"{UI_PREFIX}/sagas"),
+    ("Inbox", f"{UI_PREFIX}/inbox"),
+    ("API docs", "/docs"),
+    ("Metrics", "/metrics"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,13 +94,13 @@ def ui_routers(services_of: Any = _services) -> list[APIRouter]:
         prefix=UI_PREFIX,
         title=TITLE,
         retry=retry,
-        links=[("Shop", "/"), ("API docs", "/docs"), ("Metrics", "/metrics")],
+        links=NAV,
     )
     shop = APIRouter(include_in_schema=False)
 
     def render(template: str, **context: Any) -> HTMLResponse:
         return HTMLResponse(
-            env.get_template(template).render(base=UI_PREFIX, title=TITLE, **context)
+            env.get_template(template).render(base=UI_PREFIX, title=TITLE, links=NAV, **context)
         )
 
     async def stock_context(services: Services) -> dict[str, Any]:
@@ -109,10 +119,11 @@ def ui_routers(services_of: Any = _services) -> list[APIRouter]:
         services = services_of(request)
         return render(
             "checkout/shop.html",
+            current="/",
             scenarios=SCENARIO_BUTTONS,
             accounts=await services.participants.shop.list_accounts(),
             demo=services.settings.demo,
-            stream=f"{UI_PREFIX}/sagas/events",
+            stream="/shop/events",
             **await stock_context(services),
             **await orders_context(services, ORDERS_SHOWN),
         )
@@ -126,6 +137,24 @@ def ui_routers(services_of: Any = _services) -> list[APIRouter]:
     @shop.get("/shop/stock", response_class=HTMLResponse)
     async def stock_fragment(request: Request) -> HTMLResponse:
         return render("checkout/_stock.html", **await stock_context(services_of(request)))
+
+    @shop.get("/shop/events")
+    async def shop_events(request: Request) -> Response:
+        """Events ``orders`` and ``stock``: the two fragments' HTML, now and after changes."""
+        services = services_of(request)
+
+        async def orders() -> str:
+            context = await orders_context(services, ORDERS_SHOWN)
+            return env.get_template("checkout/_orders.html").render(base=UI_PREFIX, **context)
+
+        async def stock() -> str:
+            context = await stock_context(services)
+            return env.get_template("checkout/_stock.html").render(**context)
+
+        live = LiveUpdates.of(services.engine)
+        return event_stream(
+            live.fragments([("orders", "shop:orders", orders), ("stock", "shop:stock", stock)])
+        )
 
     @shop.get("/shop/static/{name}")
     async def shop_static(name: str) -> Response:

@@ -37,12 +37,10 @@ from sagaway.transport.base import Command, Reply
 from sagaway.transport.rabbitmq import (
     DEFAULT_URL,
     AmqpLink,
+    Consumer,
     DeliveryStats,
     Topology,
-    dead_letter,
     encode,
-    settle,
-    settle_failure,
 )
 
 __all__ = ["CommandHandler", "RabbitParticipant", "serve_rabbitmq"]
@@ -68,9 +66,10 @@ class RabbitParticipant:
         reply_key: str = "saga.reply",
         participants: Sequence[str] = ("payment", "inventory", "shipping"),
         queue_type: str = "quorum",
-        max_deliveries: int = 5,
+        max_deliveries: int = 10,
         publish_timeout: float = 10.0,
         connect_timeout: float = 30.0,
+        drain_timeout: float = 10.0,
     ) -> None:
         if queue not in participants:
             participants = (*participants, queue)
@@ -86,11 +85,16 @@ class RabbitParticipant:
         )
         self.publish_timeout = publish_timeout
         self.connect_timeout = connect_timeout
-        self.stats = DeliveryStats()
-        self._exchange: AbstractExchange | None = None
+        self.drain_timeout = drain_timeout
+        self._consumer = Consumer(queue, self.topology, self._on_message)
         self._link = AmqpLink(
             url, self.topology, prefetch=prefetch, on_connect=self._on_connect, name=queue
         )
+
+    @property
+    def stats(self) -> DeliveryStats:
+        """Counters: handled, requeued, dead_lettered, reconnects (metric-ready ints)."""
+        return self._consumer.stats
 
     async def start(self) -> None:
         """Connect and start consuming; raises ``TransportError`` if RabbitMQ cannot be
@@ -98,8 +102,10 @@ class RabbitParticipant:
         await self._link.start(self.connect_timeout)
 
     async def stop(self) -> None:
-        """Stop consuming and disconnect. Deliveries in flight are not acked: RabbitMQ
-        redelivers them to the next consumer (the inbox answers them)."""
+        """Stop taking commands, let those in flight finish (``drain_timeout``), disconnect.
+        A delivery still unsettled then is redelivered to the next consumer (the inbox
+        answers it if it had committed)."""
+        await self._consumer.drain(self.drain_timeout)
         await self._link.stop()
 
     async def __aenter__(self) -> RabbitParticipant:
@@ -116,36 +122,33 @@ class RabbitParticipant:
 
     async def _on_connect(self, channel: AbstractChannel, exchange: AbstractExchange) -> None:
         self.stats.reconnects = self._link.reconnects
-        self._exchange = exchange
-        queue = await channel.get_queue(self.queue, ensure=False)
-        await queue.consume(self._on_message)
+        await self._consumer.start(channel)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         try:
             command = Command.from_json(json.loads(message.body))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            await dead_letter(message, self.stats, self.queue, f"not a command: {exc!r}")
+            await self._consumer.dead_letter(message, f"not a command: {exc!r}")
             return
         if command.participant != self.queue:
             why = f"command for {command.participant!r} on queue {self.queue!r}"
-            await dead_letter(message, self.stats, self.queue, why)
+            await self._consumer.dead_letter(message, why)
             return
         try:
             reply = await self.handle(command)
         except self.poison as exc:
-            await dead_letter(message, self.stats, self.queue, f"cannot be handled: {exc!r}")
+            await self._consumer.dead_letter(message, f"cannot be handled: {exc!r}")
             return
         except Exception as exc:
-            await settle_failure(message, self.stats, self.topology, self.queue, exc)
+            await self._consumer.failed(message, exc)
             return
         try:
             await self._reply(reply, message.reply_to or self.topology.reply_key)
         except Exception as exc:
             # Not confirmed: requeue; the redelivery is answered from the inbox.
-            await settle_failure(message, self.stats, self.topology, self.queue, exc)
+            await self._consumer.failed(message, exc)
             return
-        if await settle(message.ack()):
-            self.stats.handled += 1
+        await self._consumer.ack(message)
 
     async def _reply(self, reply: Reply, routing_key: str) -> None:
         exchange = await self._link.ready(self.publish_timeout)

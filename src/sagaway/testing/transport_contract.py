@@ -217,20 +217,25 @@ class TransportHarness(ABC):
             return await self.dispatcher.call(command, timeout)
         return await self._publish_and_wait(command, timeout)
 
-    _waiters: dict[str, asyncio.Future[Reply]]
+    _waiters: dict[str, list[asyncio.Future[Reply]]]
 
     async def _publish_and_wait(self, command: Command, timeout: float) -> Reply:
+        # One waiter per publish, oldest first: concurrent duplicates of one command each
+        # get a reply of their own.
         if not hasattr(self, "_waiters"):
             self._waiters = {}
 
             async def on_reply(reply: Reply) -> None:
-                waiter = self._waiters.pop(reply.message_id, None)
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(reply)
+                waiters = self._waiters.get(reply.message_id)
+                while waiters:
+                    waiter = waiters.pop(0)
+                    if not waiter.done():
+                        waiter.set_result(reply)
+                        return
 
             self.dispatcher.on_reply(on_reply)
         waiter: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        self._waiters[command.message_id] = waiter
+        self._waiters.setdefault(command.message_id, []).append(waiter)
         await self.dispatcher.publish([command.to_outbox(0.0)])
         async with asyncio.timeout(timeout):
             return await waiter

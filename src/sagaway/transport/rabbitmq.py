@@ -22,13 +22,18 @@ Guarantees, and where they come from:
   deduped by the participant's inbox or found stale by the engine;
 * poison: a message that cannot be parsed is rejected without requeue and lands in the
   dead-letter queue, with a log line and a count (``stats.dead_lettered``); a handler that keeps
-  failing is requeued ``max_deliveries - 1`` times, then dead-lettered the same way.
+  failing gets the message back after a pause that doubles from 50 ms to 2 s (a restarting
+  database has seconds to return), and after ``max_deliveries`` deliveries (default 10, about
+  9 s) it is dead-lettered the same way. A dead-lettered command or reply is not lost to the
+  saga: it times out waiting, re-sends the command under the same key, and the participant's
+  inbox answers;
+* shutdown: ``close`` / ``stop`` cancel the consumer, let deliveries in flight finish
+  (``drain_timeout``), then disconnect.
 
 Counting deliveries: the queues are quorum queues by default, whose broker counts every return
 (a nack, or a consumer that died holding the message) in the ``x-delivery-count`` header. On
-classic queues (``queue_type="classic"``)
-the broker only says "redelivered", so the count is kept in the consuming process, per message
-id: exact per process, reset when it restarts.
+classic queues (``queue_type="classic"``) the broker only says "redelivered", so the count is
+kept in the consuming process, per message id: exact per process, reset when it restarts.
 
 Reconnection: ``AmqpLink`` runs one connection at a time, re-declares the topology and restarts
 its consumers after every loss, with exponential backoff (0.1 s doubling to 5 s, jittered).
@@ -61,14 +66,14 @@ from sagaway.transport.base import Dispatcher, Reply, ReplyHandler, TransportErr
 __all__ = [
     "DEFAULT_URL",
     "AmqpLink",
+    "Consumer",
     "DeliveryStats",
     "RabbitDispatcher",
     "Topology",
-    "dead_letter",
     "declare_topology",
     "encode",
+    "requeue_delay",
     "settle",
-    "settle_failure",
 ]
 
 log = logging.getLogger("sagaway.transport.rabbitmq")
@@ -87,7 +92,7 @@ class Topology:
     dead_letter_exchange: str = "saga_events.dlx"
     dead_letter_queue: str = "saga_dead_letters"
     queue_type: str = "quorum"  # or "classic"
-    max_deliveries: int = 5  # deliveries of one message before it is dead-lettered
+    max_deliveries: int = 10  # deliveries of one message before it is dead-lettered
 
     def queue_arguments(self) -> dict[str, Any]:
         args: dict[str, Any] = {"x-dead-letter-exchange": self.dead_letter_exchange}
@@ -171,42 +176,94 @@ async def settle(action: Awaitable[Any]) -> bool:
     return True
 
 
-async def dead_letter(
-    message: AbstractIncomingMessage, stats: DeliveryStats, queue: str, why: str
-) -> None:
-    """Reject without requeue: the broker moves it to the dead-letter queue."""
-    stats.dead_lettered += 1
-    log.error(
-        "dead-lettering message %s from queue %s: %s",
-        message.message_id,
-        queue,
-        why,
-        extra={"queue": queue, "message_id": message.message_id, "reason": why},
-    )
-    await settle(message.reject(requeue=False))
+def requeue_delay(deliveries: int) -> float:
+    """How long a failed delivery is held before it is requeued: a store or database that is
+    restarting gets seconds to come back, not a burst of redeliveries in milliseconds."""
+    return float(min(0.05 * 2 ** (deliveries - 1), 2.0))
 
 
-async def settle_failure(
-    message: AbstractIncomingMessage,
-    stats: DeliveryStats,
-    topology: Topology,
-    queue: str,
-    error: BaseException,
-) -> None:
-    """A handler failed transiently: requeue, unless the message is out of deliveries."""
-    count = stats.deliveries(message, topology)
-    if count >= topology.max_deliveries:
-        await dead_letter(message, stats, queue, f"failed {count} deliveries, last: {error!r}")
-        return
-    stats.requeued += 1
-    log.warning(
-        "handler failed on message %s (delivery %d of %d), requeued: %r",
-        message.message_id,
-        count,
-        topology.max_deliveries,
-        error,
-    )
-    await settle(message.nack(requeue=True))
+Callback = Callable[[AbstractIncomingMessage], Awaitable[None]]
+
+
+class Consumer:
+    """Consumes one queue on each channel a link opens, with manual acks; counts outcomes
+    and knows its deliveries in flight, so that ``drain`` can let them finish on shutdown."""
+
+    def __init__(self, queue: str, topology: Topology, callback: Callback) -> None:
+        self.queue = queue
+        self.topology = topology
+        self.callback = callback
+        self.stats = DeliveryStats()
+        self._channel: AbstractChannel | None = None
+        self._queue: AbstractQueue | None = None
+        self._tag: str | None = None
+        self._inflight: set[asyncio.Task[Any]] = set()
+
+    async def start(self, channel: AbstractChannel) -> None:
+        """Consume on ``channel`` (a no-op when already consuming on it)."""
+        if self._channel is channel:
+            return
+        self._channel = channel
+        self._queue = await channel.get_queue(self.queue, ensure=False)
+        self._tag = await self._queue.consume(self._deliver)
+
+    async def drain(self, timeout: float) -> None:
+        """Stop taking deliveries, then give those in flight ``timeout`` seconds to settle
+        (what is still running after that is cancelled with the connection, unacked, and
+        redelivered)."""
+        queue, tag = self._queue, self._tag
+        self._queue = self._tag = None
+        if queue is not None and tag is not None:
+            with contextlib.suppress(Exception):
+                await queue.cancel(tag)
+        pending = {t for t in self._inflight if t is not asyncio.current_task()}
+        if pending and timeout > 0:
+            await asyncio.wait(pending, timeout=timeout)
+
+    async def _deliver(self, message: AbstractIncomingMessage) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._inflight.add(task)
+        try:
+            await self.callback(message)
+        finally:
+            if task is not None:
+                self._inflight.discard(task)
+
+    async def ack(self, message: AbstractIncomingMessage) -> None:
+        if await settle(message.ack()):
+            self.stats.handled += 1
+
+    async def dead_letter(self, message: AbstractIncomingMessage, why: str) -> None:
+        """Reject without requeue: the broker moves it to the dead-letter queue."""
+        self.stats.dead_lettered += 1
+        log.error(
+            "dead-lettering message %s from queue %s: %s",
+            message.message_id,
+            self.queue,
+            why,
+            extra={"queue": self.queue, "message_id": message.message_id, "reason": why},
+        )
+        await settle(message.reject(requeue=False))
+
+    async def failed(self, message: AbstractIncomingMessage, error: BaseException) -> None:
+        """The handler failed transiently: requeue after a short pause, unless the message is
+        out of deliveries (then dead-letter it)."""
+        count = self.stats.deliveries(message, self.topology)
+        if count >= self.topology.max_deliveries:
+            await self.dead_letter(message, f"failed {count} deliveries, last: {error!r}")
+            return
+        self.stats.requeued += 1
+        log.warning(
+            "handler failed on message %s from %s (delivery %d of %d), requeued: %r",
+            message.message_id,
+            self.queue,
+            count,
+            self.topology.max_deliveries,
+            error,
+        )
+        await asyncio.sleep(requeue_delay(count))
+        await settle(message.nack(requeue=True))
 
 
 OnConnect = Callable[[AbstractChannel, AbstractExchange], Awaitable[None]]
@@ -357,10 +414,11 @@ class RabbitDispatcher(Dispatcher):
         reply_key: str = "saga.reply",
         participants: Sequence[str] = ("payment", "inventory", "shipping"),
         queue_type: str = "quorum",
-        max_deliveries: int = 5,
+        max_deliveries: int = 10,
         prefetch: int = 64,
         publish_timeout: float = 10.0,
         connect_timeout: float = 30.0,
+        drain_timeout: float = 10.0,
     ) -> None:
         self.topology = Topology(
             exchange=exchange,
@@ -372,17 +430,25 @@ class RabbitDispatcher(Dispatcher):
         )
         self.publish_timeout = publish_timeout
         self.connect_timeout = connect_timeout
-        self.stats = DeliveryStats()
+        self.drain_timeout = drain_timeout
         self._handler: ReplyHandler | None = None
-        self._consuming: AbstractChannel | None = None
+        self._replies = Consumer(reply_queue, self.topology, self._on_message)
         self._link = AmqpLink(
             url, self.topology, prefetch=prefetch, on_connect=self._on_connect, name="engine"
         )
+
+    @property
+    def stats(self) -> DeliveryStats:
+        """The reply consumer's counters (handled, requeued, dead_lettered, reconnects)."""
+        return self._replies.stats
 
     async def open(self) -> None:
         await self._link.start(self.connect_timeout)
 
     async def close(self) -> None:
+        """Stop taking replies, let those being applied finish (``drain_timeout``), then
+        disconnect."""
+        await self._replies.drain(self.drain_timeout)
         await self._link.stop()
 
     async def publish(self, messages: Sequence[OutboxMessage]) -> None:
@@ -418,40 +484,31 @@ class RabbitDispatcher(Dispatcher):
     def on_reply(self, handler: ReplyHandler) -> None:
         self._handler = handler
         channel = self._link.channel
-        if channel is not None and self._consuming is not channel:
+        if channel is not None:
             # Registered after open: start consuming on the live channel now; later
             # connections start it in _on_connect.
-            task = asyncio.get_running_loop().create_task(self._consume(channel))
+            task = asyncio.get_running_loop().create_task(self._replies.start(channel))
             task.add_done_callback(_log_failure)
 
     async def _on_connect(self, channel: AbstractChannel, exchange: AbstractExchange) -> None:
         self.stats.reconnects = self._link.reconnects
         if self._handler is not None:
-            await self._consume(channel)
-
-    async def _consume(self, channel: AbstractChannel) -> None:
-        if self._consuming is channel:
-            return
-        self._consuming = channel
-        queue: AbstractQueue = await channel.get_queue(self.topology.reply_queue, ensure=False)
-        await queue.consume(self._on_message)
+            await self._replies.start(channel)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        queue = self.topology.reply_queue
         try:
             reply = Reply.from_json(json.loads(message.body))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            await dead_letter(message, self.stats, queue, f"not a reply: {exc!r}")
+            await self._replies.dead_letter(message, f"not a reply: {exc!r}")
             return
         handler = self._handler
         assert handler is not None  # consuming starts only once a handler is registered
         try:
             await handler(reply)
         except Exception as exc:
-            await settle_failure(message, self.stats, self.topology, queue, exc)
+            await self._replies.failed(message, exc)
             return
-        if await settle(message.ack()):
-            self.stats.handled += 1
+        await self._replies.ack(message)
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

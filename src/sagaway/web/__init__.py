@@ -4,7 +4,7 @@ compensation lanes, retry and cancel) as a FastAPI router over any engine.
 Needs the ``web`` extra (FastAPI, Jinja2). See :func:`saga_ui_router`.
 """
 
-from sagaway.web.live import LiveUpdates
+from sagaway.web.live import LiveUpdates, SharedRenders, event_stream, sse_event
 from sagaway.web.router import (
     EngineSource,
     SagaAction,
@@ -18,8 +18,11 @@ __all__ = [
     "EngineSource",
     "LiveUpdates",
     "SagaAction",
+    "SharedRenders",
     "StepView",
+    "event_stream",
     "saga_ui_router",
+    "sse_event",
     "templates_environment",
     "timeline",
 ]

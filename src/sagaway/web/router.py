@@ -17,10 +17,12 @@ this router under ``{prefix}/static/``):
   cancel (running) buttons post JSON to ``{prefix}/sagas/{id}/retry|cancel`` (anything else is
   a 415: a cross-site form cannot trigger them). Without JavaScript the pages render but are not
   live, and the buttons need it.
+* ``{prefix}/inbox``: the sagas parked until something arrives (a participant's reply, a
+  person's signal), soonest deadline first, each with what it waits for and its deadline
+  counting down; live like the list. (The signal buttons come with the signals themselves.)
 
 ``retry``/``cancel`` (``async (request, saga_id)``) replace the engine's own actions when an
-application must do more (the checkout reopens the order it mirrors). An inbox of sagas waiting
-for a person is not shown: the engine cannot park a saga yet.
+application must do more (the checkout reopens the order it mirrors).
 """
 
 # No "from __future__ import annotations": FastAPI must see the local EngineDep alias itself.
@@ -43,7 +45,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from sagaway.engine import Engine
 from sagaway.errors import InvalidTransition, SagaNotFound, SagawayError, UnknownSagaError
 from sagaway.state import Phase, SagaRecord, SagaStatus, StepRecord, StepStatus
-from sagaway.web.live import LiveUpdates
+from sagaway.web.live import COALESCE_SECONDS, LiveUpdates, event_stream, sse_event
 
 __all__ = [
     "EngineSource",
@@ -59,7 +61,9 @@ SagaAction = Callable[[Request, str], Awaitable[object]]
 
 STATIC_FILES = {"sagaway.css": "text/css", "sagaway.js": "text/javascript"}
 PAGE_SIZE = 25
-LIST_REFRESH_SECONDS = 1.0  # a list page re-renders at most this often while sagas change
+# The inbox's filter: prefixes of ``waiting_for`` (the engine parks a remote step's saga on
+# "reply:<topic>"; a saga waiting for a person's signal on "signal:<name>").
+WAITING_KINDS = (("", "anything"), ("signal:", "a person (signal)"), ("reply:", "a reply"))
 
 
 def templates_environment(*extra: PackageLoader) -> Environment:
@@ -75,6 +79,8 @@ def templates_environment(*extra: PackageLoader) -> Environment:
     )
     env.filters["when"] = _when
     env.filters["seconds"] = _seconds
+    env.filters["left"] = _left
+    env.filters["waiting"] = _waiting
     return env
 
 
@@ -88,6 +94,39 @@ def _seconds(value: float | None) -> str:
     if value is None:
         return ""
     return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def _left(until: float | None, now: float) -> str:
+    """Time left until ``until`` (the page's script keeps it counting down)."""
+    if until is None:
+        return ""
+    left = int(until - now)
+    text = _span(abs(left))
+    return f"{text} overdue" if left < 0 else text
+
+
+def _span(seconds: int) -> str:
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+def _waiting(waiting_for: str | None) -> str:
+    """``reply:payment.start`` -> "reply to payment.start"; ``signal:approve`` -> "signal
+    approve"; anything else as it is."""
+    if not waiting_for:
+        return ""
+    kind, _, what = waiting_for.partition(":")
+    if kind == "reply" and what:
+        return f"reply to {what}"
+    if kind == "signal" and what:
+        return f"signal {what}"
+    return waiting_for
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,29 +202,22 @@ def saga_ui_router(
     See the module docstring."""
     router = APIRouter(prefix=prefix, include_in_schema=False)
     env = templates_environment()
-    lives: dict[int, LiveUpdates] = {}
 
     def get_engine(request: Request) -> Engine:
         return engine if isinstance(engine, Engine) else engine(request)
 
-    def live_of(eng: Engine) -> LiveUpdates:
-        """One LiveUpdates hook per engine, added on the first page that needs it."""
-        live = lives.get(id(eng))
-        if live is None:
-            for hook in eng.hooks:
-                if isinstance(hook, LiveUpdates):
-                    live = hook
-                    break
-            else:
-                live = LiveUpdates()
-                eng.add_hook(live)
-            lives[id(eng)] = live
-        return live
-
     EngineDep = Annotated[Engine, Depends(get_engine)]
 
-    def render(template: str, **context: Any) -> HTMLResponse:
-        page = env.get_template(template).render(base=prefix, title=title, links=links, **context)
+    # The saga views' own links, after the application's unless it placed them itself.
+    nav = [*links]
+    for label, url in (("Sagas", f"{prefix}/sagas"), ("Inbox", f"{prefix}/inbox")):
+        if all(url != there for _, there in nav):
+            nav.append((label, url))
+
+    def render(template: str, *, current: str = f"{prefix}/sagas", **context: Any) -> HTMLResponse:
+        page = env.get_template(template).render(
+            base=prefix, title=title, links=nav, current=current, **context
+        )
         return HTMLResponse(page)
 
     async def load(eng: Engine, saga_id: str) -> SagaRecord:
@@ -214,9 +246,35 @@ def saga_ui_router(
         body = resources.files("sagaway.web").joinpath("static", name).read_bytes()
         return Response(body, media_type=media, headers={"Cache-Control": "max-age=300"})
 
+    def parse_status(status: str) -> SagaStatus | None:
+        if not status:
+            return None
+        try:
+            return SagaStatus(status.upper())
+        except ValueError:
+            raise HTTPException(
+                422, f"status must be one of {', '.join(SagaStatus)}, not {status!r}"
+            ) from None
+
+    async def list_context(
+        eng: Engine, chosen: SagaStatus | None, status: str, name: str, offset: int, limit: int
+    ) -> dict[str, Any]:
+        page = await eng.list_sagas(status=chosen, name=name or None, limit=limit, offset=offset)
+
+        def link(at: int) -> str:
+            query = {"status": status, "name": name, "offset": at, "limit": limit}
+            return f"{prefix}/sagas?" + urlencode({k: v for k, v in query.items() if v})
+
+        return {
+            "page": page,
+            "offset": offset,
+            "limit": limit,
+            "previous": link(max(offset - limit, 0)) if offset > 0 else None,
+            "next": link(offset + limit) if offset + limit < page.total else None,
+        }
+
     @router.get("/sagas", response_class=HTMLResponse)
     async def saga_list(
-        request: Request,
         eng: EngineDep,
         status: Annotated[str, Query()] = "",
         name: Annotated[str, Query(max_length=200)] = "",
@@ -224,55 +282,88 @@ def saga_ui_router(
         limit: Annotated[int, Query(ge=1, le=200)] = PAGE_SIZE,
         fragment: bool = False,
     ) -> HTMLResponse:
-        chosen = None
-        if status:
-            try:
-                chosen = SagaStatus(status.upper())
-            except ValueError:
-                raise HTTPException(
-                    422, f"status must be one of {', '.join(SagaStatus)}, not {status!r}"
-                ) from None
-        page = await eng.list_sagas(status=chosen, name=name or None, limit=limit, offset=offset)
-
-        def link(at: int) -> str:
-            query = {"status": status, "name": name, "offset": at, "limit": limit}
-            return f"{prefix}/sagas?" + urlencode({k: v for k, v in query.items() if v})
-
+        chosen = parse_status(status)
+        query = {"status": status, "name": name, "offset": offset, "limit": limit}
         context = {
-            "page": page,
+            **await list_context(eng, chosen, status, name, offset, limit),
             "status": chosen.value if chosen else "",
             "name": name,
             "statuses": list(SagaStatus),
-            "offset": offset,
-            "limit": limit,
-            "previous": link(max(offset - limit, 0)) if offset > 0 else None,
-            "next": link(offset + limit) if offset + limit < page.total else None,
-            "stream": f"{prefix}/sagas/events?" + urlencode({"status": status, "name": name}),
-            "fragment_url": str(request.url.include_query_params(fragment="true")),
+            "stream": f"{prefix}/sagas/events?" + urlencode({k: v for k, v in query.items() if v}),
         }
         return render("sagaway/_saga_rows.html" if fragment else "sagaway/sagas.html", **context)
 
     @router.get("/sagas/events")
-    async def list_events(eng: EngineDep) -> StreamingResponse:
-        """``changed`` whenever sagas changed (at most once per LIST_REFRESH_SECONDS)."""
-        live = live_of(eng) if eng.execute else None
+    async def list_events(
+        eng: EngineDep,
+        status: Annotated[str, Query()] = "",
+        name: Annotated[str, Query(max_length=200)] = "",
+        offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=200)] = PAGE_SIZE,
+    ) -> StreamingResponse:
+        """Event ``saga-rows``: the list's rows as HTML, now and after sagas changed (at most
+        once per tick, rendered once for every page showing the same filters)."""
+        chosen = parse_status(status)
+        live = LiveUpdates.of(eng)
 
-        async def stream() -> AsyncIterator[str]:
-            yield "retry: 2000\n\n"
-            seen = -1 if live is None else live.version
-            last_poll = time.monotonic()
-            while True:
-                await asyncio.sleep(LIST_REFRESH_SECONDS)
-                if live is not None and live.version != seen:
-                    seen = live.version
-                    yield f"event: changed\ndata: {seen}\n\n"
-                elif time.monotonic() - last_poll >= max(poll_seconds, LIST_REFRESH_SECONDS):
-                    # Sagas run elsewhere (or nothing changed here): a cheap keep-alive that
-                    # also makes the page re-read, at the poll rate.
-                    last_poll = time.monotonic()
-                    yield "event: changed\ndata: poll\n\n" if live is None else ": idle\n\n"
+        async def rows() -> str:
+            context = await list_context(eng, chosen, status, name, offset, limit)
+            return env.get_template("sagaway/_saga_rows.html").render(base=prefix, **context)
 
-        return _sse(stream())
+        key = ("saga-rows", prefix, chosen, name, offset, limit)
+        return event_stream(live.fragments([("saga-rows", key, rows)], poll_seconds=poll_seconds))
+
+    async def inbox_context(eng: Engine, waiting: str, offset: int, limit: int) -> dict[str, Any]:
+        page = await eng.store.list_waiting(prefix=waiting, limit=limit, offset=offset)
+
+        def link(at: int) -> str:
+            query = {"waiting": waiting, "offset": at, "limit": limit}
+            return f"{prefix}/inbox?" + urlencode({k: v for k, v in query.items() if v})
+
+        return {
+            "page": page,
+            "now": time.time(),
+            "previous": link(max(offset - limit, 0)) if offset > 0 else None,
+            "next": link(offset + limit) if offset + limit < page.total else None,
+        }
+
+    @router.get("/inbox", response_class=HTMLResponse)
+    async def inbox(
+        eng: EngineDep,
+        waiting: Annotated[str, Query(max_length=200)] = "",
+        offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=200)] = PAGE_SIZE,
+    ) -> HTMLResponse:
+        """Sagas parked until something arrives, soonest deadline first."""
+        query = {"waiting": waiting, "offset": offset, "limit": limit}
+        kinds = list(WAITING_KINDS)
+        if waiting not in dict(kinds):
+            kinds.append((waiting, waiting))
+        return render(
+            "sagaway/inbox.html",
+            current=f"{prefix}/inbox",
+            **await inbox_context(eng, waiting, offset, limit),
+            waiting=waiting,
+            kinds=kinds,
+            stream=f"{prefix}/inbox/events?" + urlencode({k: v for k, v in query.items() if v}),
+        )
+
+    @router.get("/inbox/events")
+    async def inbox_events(
+        eng: EngineDep,
+        waiting: Annotated[str, Query(max_length=200)] = "",
+        offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=200)] = PAGE_SIZE,
+    ) -> StreamingResponse:
+        """Event ``inbox-rows``: the inbox's rows, now and after sagas changed."""
+        live = LiveUpdates.of(eng)
+
+        async def rows() -> str:
+            context = await inbox_context(eng, waiting, offset, limit)
+            return env.get_template("sagaway/_inbox_rows.html").render(base=prefix, **context)
+
+        key = ("inbox-rows", prefix, waiting, offset, limit)
+        return event_stream(live.fragments([("inbox-rows", key, rows)], poll_seconds=poll_seconds))
 
     @router.get("/sagas/{saga_id}", response_class=HTMLResponse)
     async def saga_page(
@@ -289,34 +380,44 @@ def saga_ui_router(
 
     @router.get("/sagas/{saga_id}/events")
     async def saga_events(saga_id: str, eng: EngineDep) -> StreamingResponse:
-        """The saga's timeline, re-rendered (event ``timeline``) after each change; ``end``
-        once it is terminal."""
-        await load(eng, saga_id)
-        live = live_of(eng)
+        """The saga's timeline (event ``timeline``) now and after each burst of changes,
+        rendered once for every page following the saga; ``end`` once it is terminal."""
+        first: SagaRecord | None = await load(eng, saga_id)
+        live = LiveUpdates.of(eng)
+
+        async def timeline_html() -> tuple[str, str]:
+            nonlocal first
+            record, first = first or await eng.get(saga_id), None
+            html = env.get_template("sagaway/_timeline.html").render(
+                base=prefix, **saga_context(eng, record)
+            )
+            return html, record.status.value if record.status.is_terminal else ""
 
         async def stream() -> AsyncIterator[str]:
-            woken = live.watch(saga_id)
+            watch = live.follow(saga_id)
             last = ""
             try:
                 yield "retry: 2000\n\n"
                 while True:
-                    record = await eng.get(saga_id)
-                    html = env.get_template("sagaway/_timeline.html").render(
-                        base=prefix, **saga_context(eng, record)
-                    )
+                    count = watch.count
+                    html, terminal = await watch.render(count, timeline_html)
                     if html != last:
                         last = html
-                        yield _event("timeline", html)
-                    if record.status.is_terminal:
-                        yield _event("end", record.status.value)
+                        yield sse_event("timeline", html)
+                    if terminal:
+                        yield sse_event("end", terminal)
                         return
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(woken.wait(), poll_seconds)
-                    woken.clear()
+                    if await watch.wait(count, poll_seconds):
+                        # A saga's transitions come in bursts: one render for the burst.
+                        await asyncio.sleep(COALESCE_SECONDS)
+                    elif watch.count == count:
+                        # No wake-up: the saga may run in another process. Read it again
+                        # (once for every page following it).
+                        watch.count += 1
             finally:
-                live.unwatch(saga_id, woken)
+                live.unfollow(saga_id, watch)
 
-        return _sse(stream())
+        return event_stream(stream())
 
     async def act(
         request: Request,
@@ -354,16 +455,3 @@ def saga_ui_router(
 
 def _json(status: int, detail: str) -> Response:
     return Response(json.dumps({"detail": detail}), status, media_type="application/json")
-
-
-def _event(name: str, data: str) -> str:
-    lines = "".join(f"data: {line}\n" for line in data.splitlines() or [""])
-    return f"event: {name}\n{lines}\n"
-
-
-def _sse(body: AsyncIterator[str]) -> StreamingResponse:
-    return StreamingResponse(
-        body,
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-    )

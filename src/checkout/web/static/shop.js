@@ -1,5 +1,6 @@
 // The shop page: place orders (the form and the four scenario buttons) through the JSON API,
-// and keep the orders table, inventory and balances live from the saga event stream.
+// and re-read the orders table, inventory and balances after each (between orders, the shop's
+// event stream /shop/events keeps them live: sagaway.js follows every data-live element).
 "use strict";
 (function () {
   const result = document.getElementById("order-result");
@@ -87,5 +88,4 @@
     });
   }
 
-  window.Sagaway.followList(orders, orders.dataset.stream, refresh);
 })();

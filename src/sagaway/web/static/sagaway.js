@@ -21,16 +21,17 @@
     source.addEventListener("end", () => stopStream(element));
   }
 
-  // A list (sagas, orders...): the stream only says "changed"; the element re-reads its fragment.
-  function followList(element, url, refresh) {
-    stopStream(element);
+  // Lists (sagas, orders, stock...): elements with data-live="URL" and an id. The stream at URL
+  // sends each element's new HTML in an event named after its id, only when it changed; the
+  // server renders it once for every open page, so the page never asks for it.
+  function followFragments(url, elements) {
     const source = new EventSource(url);
-    streams.set(element, source);
-    let busy = false;
-    source.addEventListener("changed", async () => {
-      if (busy) return;
-      busy = true;
-      try { await refresh(element); } finally { busy = false; }
+    elements.forEach((element) => {
+      streams.set(element, source);
+      source.addEventListener(element.id, (event) => {
+        element.innerHTML = event.data;
+        element.dispatchEvent(new CustomEvent("sagaway:updated", { bubbles: true }));
+      });
     });
     return source;
   }
@@ -38,6 +39,26 @@
   async function refreshFragment(element) {
     const response = await fetch(element.dataset.fragment, { headers: { Accept: "text/html" } });
     if (response.ok) element.innerHTML = await response.text();
+  }
+
+  // The inbox's deadlines count down (the server rendered them once; lists re-render them).
+  function span(seconds) {
+    const d = Math.floor(seconds / 86400), h = Math.floor(seconds % 86400 / 3600);
+    const m = Math.floor(seconds % 3600 / 60), s = seconds % 60;
+    if (d) return d + "d " + h + "h";
+    if (h) return h + "h " + String(m).padStart(2, "0") + "m";
+    return m ? m + "m " + String(s).padStart(2, "0") + "s" : s + "s";
+  }
+
+  function tick() {
+    const now = Date.now() / 1000;
+    document.querySelectorAll("[data-deadline]").forEach((element) => {
+      const until = parseFloat(element.dataset.deadline);
+      if (Number.isNaN(until)) return;
+      const left = Math.trunc(until - now);
+      element.textContent = left < 0 ? span(-left) + " overdue" : span(left);
+      element.classList.toggle("overdue", left < 0);
+    });
   }
 
   function say(text, isError) {
@@ -89,12 +110,20 @@
         followSaga(timeline, timeline.dataset.liveSaga);
       }
     }
-    document.querySelectorAll("[data-live-list]").forEach((element) => {
-      followList(element, element.dataset.liveList, refreshFragment);
+    const byStream = new Map();
+    document.querySelectorAll("[data-live][id]").forEach((element) => {
+      const url = element.dataset.live;
+      if (!byStream.has(url)) byStream.set(url, []);
+      byStream.get(url).push(element);
     });
+    byStream.forEach((elements, url) => followFragments(url, elements));
+    if (document.querySelector("[data-deadline]") || document.getElementById("inbox-rows")) {
+      tick();
+      setInterval(tick, 1000);
+    }
   }
 
-  window.Sagaway = { followSaga, followList, refreshFragment, say };
+  window.Sagaway = { followSaga, followFragments, refreshFragment, say };
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
   else start();
 })();

@@ -1,0 +1,115 @@
+"""Live UI streams: what N open pages cost is one render per change, not N."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
+
+from sagaway.web.live import LiveUpdates, Watch
+
+PERIOD = 0.02
+
+
+def transition(live: LiveUpdates, saga_id: str = "s") -> None:
+    """What the engine calls after a durable transition of ``saga_id``."""
+    live.after_commit(SimpleNamespace(id=saga_id), None, 0.0)  # type: ignore[arg-type]
+
+
+async def next_event(stream: AsyncIterator[str]) -> str:
+    """The next event of a stream (comments and the retry line skipped)."""
+    while True:
+        chunk = await anext(stream)
+        if chunk.startswith("event:"):
+            return chunk
+
+
+async def test_a_fragment_is_rendered_once_per_change_for_every_stream() -> None:
+    live = LiveUpdates()
+    renders = 0
+
+    async def rows() -> str:
+        nonlocal renders
+        renders += 1
+        await asyncio.sleep(0)  # a store read: the other streams ask while it runs
+        return f"<tr>{live.version}</tr>\n<tr>end</tr>"
+
+    fragments = [("saga-rows", "rows", rows)]
+    streams = [live.fragments(fragments, period=PERIOD) for _ in range(20)]
+    try:
+        first = await asyncio.gather(*(next_event(s) for s in streams))
+        assert set(first) == {"event: saga-rows\ndata: <tr>0</tr>\ndata: <tr>end</tr>\n\n"}
+        assert renders == 1
+        transition(live)
+        transition(live)
+        second = await asyncio.gather(*(next_event(s) for s in streams))
+        assert set(second) == {"event: saga-rows\ndata: <tr>2</tr>\ndata: <tr>end</tr>\n\n"}
+        assert renders == 2, "one render for the two transitions and the twenty pages"
+    finally:
+        for stream in streams:
+            await stream.aclose()  # type: ignore[attr-defined]
+
+
+async def test_a_stream_sends_nothing_while_nothing_changes() -> None:
+    live = LiveUpdates()
+
+    async def rows() -> str:
+        return f"rows {live.version}"
+
+    # Re-read every tick (sagas other processes drive), sent only when it changed.
+    stream = live.fragments([("saga-rows", "rows", rows)], period=PERIOD, poll_seconds=0)
+    try:
+        await next_event(stream)
+        pending = asyncio.ensure_future(next_event(stream))
+        for _ in range(5):  # five ticks without a transition
+            await asyncio.sleep(PERIOD)
+        assert not pending.done()
+        transition(live)
+        assert await pending == "event: saga-rows\ndata: rows 1\n\n"
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]
+
+
+async def test_a_failed_render_is_tried_again_on_the_next_tick() -> None:
+    live = LiveUpdates()
+    calls = 0
+
+    async def rows() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ConnectionError("store down")
+        return "rows"
+
+    stream = live.fragments([("saga-rows", "rows", rows)], period=PERIOD)
+    try:
+        assert await next_event(stream) == "event: saga-rows\ndata: rows\n\n"
+        assert calls == 2
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]
+
+
+async def test_followers_of_a_saga_share_one_watch_and_one_render() -> None:
+    live = LiveUpdates()
+    a, b = live.follow("s1"), live.follow("s1")
+    assert a is b
+    renders = 0
+
+    async def timeline() -> tuple[str, str]:
+        nonlocal renders
+        renders += 1
+        await asyncio.sleep(0)
+        return f"v{a.count}", ""
+
+    waiting = [asyncio.ensure_future(w.wait(0, 10)) for w in (a, b)]
+    transition(live, "s1")
+    assert await asyncio.gather(*waiting) == [True, True]
+    results = await asyncio.gather(a.render(a.count, timeline), b.render(b.count, timeline))
+    assert results == [("v1", ""), ("v1", "")]
+    assert renders == 1
+    assert not await a.wait(a.count, 0.001), "no transition: the wait times out"
+    live.unfollow("s1", a)
+    live.unfollow("s1", b)
+    fresh = live.follow("s1")
+    assert fresh is not a, "the last follower gone, the watch went with it"
+    assert isinstance(fresh, Watch)
