@@ -132,7 +132,12 @@ async def run_client(kind: str, base: str, n: int, concurrency: int, warmup: int
                 "traceparent": TRACEPARENT,
             }
             started = time.perf_counter()
-            status = await post(url, body, headers)
+            try:
+                status = await post(url, body, headers)
+            except Exception as exc:  # counted, not fatal: a client that errs loses on it
+                print(f"{kind}: {type(exc).__name__}: {exc}", file=sys.stderr)
+                errors += 1
+                return
             latencies.append(time.perf_counter() - started)
             if status != 200:
                 errors += 1

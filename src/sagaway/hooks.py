@@ -26,6 +26,8 @@ from sagaway.state import Change, SagaRecord
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
+    from sagaway.transport.base import Command
+
 log = logging.getLogger("sagaway.hooks")
 
 __all__ = ["ClaimReason", "Hook", "HookChain", "StepOutcome"]
@@ -80,6 +82,12 @@ class Hook:
         """A transition was written durably; ``record`` already includes it. ``seconds`` is the
         write's latency as the saga saw it (group-commit wait included)."""
 
+    def before_dispatch(self, record: SagaRecord, command: Command) -> None:
+        """A remote step's command is about to leave this engine: sent over a request/response
+        transport, or written to the outbox with the transition that parks the saga. A hook may
+        add to ``command.headers`` (tracing writes ``traceparent``): they travel with the
+        command (HTTP headers, AMQP message headers) to the participant."""
+
     def on_park(self, record: SagaRecord, reason: str) -> None:
         """The saga stopped to wait (a reply, a signal, a timer) and holds no task any more.
         Reserved: called once parked sagas exist (human-in-the-loop / remote participants)."""
@@ -103,6 +111,7 @@ _METHODS = (
     "before_step",
     "after_step",
     "after_commit",
+    "before_dispatch",
     "on_park",
     "on_resume",
     "on_finish",
@@ -133,6 +142,7 @@ class HookChain(Hook):
         self._after_commit, self._on_finish = by["after_commit"], by["on_finish"]
         self._on_park, self._on_resume = by["on_park"], by["on_resume"]
         self._on_release = by["on_release"]
+        self._before_dispatch = by["before_dispatch"]
 
     def wants(self, name: str) -> bool:
         """True if some hook overrides ``name`` (the runner skips timing nobody reads)."""
@@ -146,14 +156,22 @@ class HookChain(Hook):
             except Exception:  # a hook must never break the saga it observes
                 log.exception("hook %s failed", getattr(method, "__qualname__", method))
 
+    # The methods called for every saga and step loop inline rather than through ``_call``:
+    # one Python call less each, on every saga, step attempt and commit.
+
     def saga_started(self, record: SagaRecord) -> None:
-        self._call(self._saga_started, record)
+        for method in self._saga_started:
+            try:
+                method(record)
+            except Exception:
+                log.exception("hook %s failed", method.__qualname__)
 
     def after_claim(self, record: SagaRecord, reason: ClaimReason) -> None:
-        self._call(self._after_claim, record, reason)
-
-    # The three per-step methods loop inline rather than through ``_call``: one Python call
-    # less each, on every step attempt and commit.
+        for method in self._after_claim:
+            try:
+                method(record, reason)
+            except Exception:
+                log.exception("hook %s failed", method.__qualname__)
 
     def before_step(self, record: SagaRecord, ctx: StepContext) -> None:
         for method in self._before_step:
@@ -183,6 +201,9 @@ class HookChain(Hook):
             except Exception:
                 log.exception("hook %s failed", method.__qualname__)
 
+    def before_dispatch(self, record: SagaRecord, command: Command) -> None:
+        self._call(self._before_dispatch, record, command)
+
     def on_park(self, record: SagaRecord, reason: str) -> None:
         self._call(self._on_park, record, reason)
 
@@ -190,7 +211,11 @@ class HookChain(Hook):
         self._call(self._on_resume, record, reason)
 
     def on_finish(self, record: SagaRecord) -> None:
-        self._call(self._on_finish, record)
+        for method in self._on_finish:
+            try:
+                method(record)
+            except Exception:
+                log.exception("hook %s failed", method.__qualname__)
 
     def on_release(self, record: SagaRecord, reason: str) -> None:
         self._call(self._on_release, record, reason)

@@ -18,25 +18,48 @@ Spans:
   ``sagaway.step.phase``, ``sagaway.step.attempt``, ``sagaway.idempotency_key``; failed
   attempts have status ERROR and the error text.
 
-:func:`inject` writes the current context as W3C ``traceparent``/``tracestate`` into a dict of
-headers (HTTP request headers, RabbitMQ message headers), for remote participants.
+Across services: a remote step's command carries the trace. The hook's ``before_dispatch``
+writes the context of the step's attempt span (or, between attempts, the saga span) as W3C
+``traceparent``/``tracestate`` into ``Command.headers``, which every transport sends with the
+command (HTTP headers and the JSON body; AMQP message headers and body). The participant
+continues the trace from them: :func:`participant_span` (``Participant.handle`` opens one per
+delivery) or, for any other receiver, :func:`continue_trace` over the headers it got. So one
+order is one trace: the API request, the saga, each step attempt, and under it the
+participant's handling of the command, whichever process or service ran it.
+
+:func:`inject` writes the current context into any dict of headers (an action's own HTTP call).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import MutableMapping
-from typing import Any
+from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 from sagaway.context import StepContext
 from sagaway.hooks import ClaimReason, Hook, StepOutcome
 from sagaway.state import Phase, SagaRecord
 
-__all__ = ["TracingHook", "check_exporters", "inject", "tracing_enabled", "tracing_hook"]
+if TYPE_CHECKING:
+    from sagaway.transport.base import Command
+
+__all__ = [
+    "TracingHook",
+    "check_exporters",
+    "continue_trace",
+    "inject",
+    "participant_span",
+    "reply_outcome",
+    "tracing_active",
+    "tracing_enabled",
+    "tracing_hook",
+]
 
 log = logging.getLogger("sagaway.tracing")
 
+PARKED_TRACES = 10_000  # parked sagas whose trace a reply to this process continues
 _configured: list[bool] = []  # the global TracerProvider is set once per process
 
 
@@ -109,6 +132,77 @@ def inject(headers: MutableMapping[str, str]) -> MutableMapping[str, str]:
     return headers
 
 
+def tracing_active() -> bool:
+    """True when spans are recorded in this process: sagaway configured the SDK, or the
+    application installed a TracerProvider of its own. (Off, the helpers below do nothing.)"""
+    if _configured:
+        return True
+    try:
+        from opentelemetry import trace
+    except ImportError:  # pragma: no cover - the API comes with FastAPI
+        return False
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
+@contextmanager
+def continue_trace(
+    headers: Mapping[str, str],
+    name: str,
+    *,
+    attributes: Mapping[str, Any] | None = None,
+    tracer: Any = None,
+) -> Iterator[Any]:
+    """A span ``name`` continuing the trace whose context ``headers`` carry (``traceparent``;
+    a new trace without it), current inside the block, which it yields. With tracing off and
+    no ``tracer`` given it does nothing and yields None."""
+    if tracer is None and not tracing_active():
+        yield None
+        return
+    from opentelemetry import propagate, trace
+
+    parent = propagate.extract(dict(headers))
+    tracer = tracer or trace.get_tracer("sagaway.participant")
+    with tracer.start_as_current_span(
+        name, context=parent, kind=trace.SpanKind.SERVER, attributes=dict(attributes or {})
+    ) as span:
+        yield span
+
+
+@contextmanager
+def participant_span(
+    command: Command, participant: str = "", *, tracer: Any = None
+) -> Iterator[Any]:
+    """The span of a participant handling one delivery of ``command``, in the saga's trace
+    (see :func:`continue_trace`). Attributes: the command's saga id and name, step, phase,
+    attempt, idempotency key (``message_id``), participant and command; :func:`reply_outcome`
+    marks a refusal."""
+    attributes = {
+        "sagaway.saga.id": command.saga_id,
+        "sagaway.saga.name": command.saga_name,
+        "sagaway.step": command.step,
+        "sagaway.step.phase": command.phase.value,
+        "sagaway.step.attempt": command.attempt,
+        "sagaway.idempotency_key": command.message_id,
+        "sagaway.participant": participant or command.participant,
+        "sagaway.command": command.command,
+    }
+    with continue_trace(
+        command.headers, f"handle {command.topic}", attributes=attributes, tracer=tracer
+    ) as span:
+        yield span
+
+
+def reply_outcome(span: Any, ok: bool, error: str | None) -> None:
+    """Record a participant's reply on its span (None: tracing off): a refusal is an error."""
+    if span is None:
+        return
+    from opentelemetry import trace
+
+    span.set_attribute("sagaway.reply.ok", ok)
+    if not ok:
+        span.set_status(trace.Status(trace.StatusCode.ERROR, error))
+
+
 class TracingHook(Hook):
     """A span per saga run and per step attempt (see the module docstring). ``tracer``: an
     OpenTelemetry tracer (default: the global provider's)."""
@@ -121,10 +215,22 @@ class TracingHook(Hook):
         self._tracer = tracer or trace.get_tracer("sagaway")
         self._sagas: dict[str, Any] = {}  # saga id -> its span
         self._steps: dict[int, tuple[Any, Any]] = {}  # id(ctx) -> (span, context token)
+        self._attempts: dict[str, Any] = {}  # saga id -> the span of its running attempt
+        # saga id -> its last saga span's context, while parked: a reply reaching this process
+        # continues the saga in the same trace (bounded: parked sagas are rows, not RAM).
+        self._parked: dict[str, Any] = {}
+        from opentelemetry import propagate
+
+        self._propagate = propagate
 
     def after_claim(self, record: SagaRecord, reason: ClaimReason) -> None:
+        parked = self._parked.pop(record.id, None)
+        parent = None
+        if parked is not None:
+            parent = self._trace.set_span_in_context(self._trace.NonRecordingSpan(parked))
         span = self._tracer.start_span(
             f"saga {record.name}",
+            context=parent,
             attributes={
                 "sagaway.saga.id": record.id,
                 "sagaway.saga.name": record.name,
@@ -152,6 +258,7 @@ class TracingHook(Hook):
         # Current in this task while the action runs: its outgoing calls carry the span.
         token = self._context.attach(self._trace.set_span_in_context(span))
         self._steps[id(ctx)] = (span, token)
+        self._attempts[record.id] = span
 
     def after_step(
         self,
@@ -165,6 +272,8 @@ class TracingHook(Hook):
         if entry is None:
             return
         span, token = entry
+        if self._attempts.get(record.id) is span:
+            del self._attempts[record.id]
         try:
             self._context.detach(token)
         except Exception:  # pragma: no cover - another context was attached meanwhile
@@ -173,6 +282,13 @@ class TracingHook(Hook):
         if outcome is not StepOutcome.SUCCEEDED:
             span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, error))
         span.end()
+
+    def before_dispatch(self, record: SagaRecord, command: Command) -> None:
+        # The attempt's span when the command leaves during it (request/response), else the
+        # saga's (a command written to the outbox as the saga parks), else whatever is current.
+        span = self._attempts.get(record.id) or self._sagas.get(record.id)
+        context = None if span is None else self._trace.set_span_in_context(span)
+        self._propagate.inject(command.headers, context=context)
 
     def on_finish(self, record: SagaRecord) -> None:
         span = self._sagas.pop(record.id, None)
@@ -184,6 +300,16 @@ class TracingHook(Hook):
         if record.status.value == "FAILED":
             span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, record.error))
         span.end()
+
+    def on_park(self, record: SagaRecord, reason: str) -> None:
+        # The run ends here (the reply may reach another engine): close the saga span.
+        span = self._sagas.pop(record.id, None)
+        if span is not None:
+            span.set_attribute("sagaway.parked", reason)
+            span.end()
+            self._parked[record.id] = span.get_span_context()
+            while len(self._parked) > PARKED_TRACES:
+                del self._parked[next(iter(self._parked))]
 
     def on_release(self, record: SagaRecord, reason: str) -> None:
         span = self._sagas.pop(record.id, None)

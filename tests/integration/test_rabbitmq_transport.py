@@ -142,7 +142,9 @@ async def test_poison_messages_are_dead_lettered_and_counted(url: str) -> None:
     assert consumer.stats.handled == 0
 
 
-async def test_a_transient_failure_is_retried_then_dead_lettered(url: str) -> None:
+@pytest.mark.parametrize("queue_type", ["quorum", "classic"])
+async def test_a_transient_failure_is_retried_then_dead_lettered(url: str, queue_type: str) -> None:
+    """Quorum queues: the broker's x-delivery-count; classic: counted in the consumer."""
     participant, replies = InboxParticipant(), Replies()
     failures: dict[str, int] = {}
 
@@ -156,8 +158,10 @@ async def test_a_transient_failure_is_retried_then_dead_lettered(url: str) -> No
 
     participant.fail = flaky
     async with (
-        RabbitParticipant(participant.handle, url, max_deliveries=3) as consumer,
-        RabbitDispatcher(url) as dispatcher,
+        RabbitParticipant(
+            participant.handle, url, max_deliveries=3, queue_type=queue_type
+        ) as consumer,
+        RabbitDispatcher(url, queue_type=queue_type) as dispatcher,
     ):
         dispatcher.on_reply(replies)
         await dispatcher.publish([command(1).to_outbox(0.0), command(2).to_outbox(0.0)])
@@ -170,6 +174,13 @@ async def test_a_transient_failure_is_retried_then_dead_lettered(url: str) -> No
     assert consumer.stats.handled == 1
     [dead] = await drain(url, "saga_dead_letters")
     assert dead.message_id == "saga-2:reserve:forward#1"
+
+
+async def test_mismatched_queue_arguments_fail_open_with_the_reason(url: str) -> None:
+    async with RabbitDispatcher(url, queue_type="classic"):
+        pass
+    with pytest.raises(TransportError, match=r"PRECONDITION_FAILED.*x-queue-type"):
+        await RabbitDispatcher(url, queue_type="quorum", connect_timeout=1.0).open()
 
 
 async def test_a_reply_is_acked_only_after_the_handler_returns(url: str) -> None:

@@ -10,11 +10,13 @@ from typing import Any
 
 import pytest
 from pydantic import BaseModel
-from sqlalchemy import event, text
+from sqlalchemy import Column, Integer, MetaData, String, Table, event, func, insert, select, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from sagaway.errors import DefinitionError
-from sagaway.participant import Participant, UnknownCommand
+from sagaway.errors import DefinitionError, StepFailed
+from sagaway.participant import Participant, UnknownCommand, create_inbox_async
+from sagaway.participant.inbox import open_async_engine
 from sagaway.state import Phase
 from sagaway.transport.base import Command
 from servers import POSTGRES_URL, fresh_pg_schema, pg_schema_url
@@ -159,10 +161,10 @@ async def test_a_payload_that_does_not_fit_fails_with_a_message(tmp_path: Path) 
 def test_handler_declarations_are_checked() -> None:
     participant = Participant("p", "sqlite://")
 
-    with pytest.raises(DefinitionError, match="sync"):
+    with pytest.raises(DefinitionError, match="AsyncEngine"):
 
-        @participant.handler("a")
-        async def run_async(conn: Connection, payload: Any) -> None:
+        @Participant("q", participant.sync_engine).handler("a")
+        async def run_async(conn: AsyncConnection, payload: Any) -> None:
             pass
 
     with pytest.raises(DefinitionError, match="parameters"):
@@ -186,3 +188,71 @@ def test_handler_declarations_are_checked() -> None:
         @participant.handler("d", compensates="d")
         def itself(conn: Connection, payload: Any) -> None:
             pass
+
+
+_notes = Table(
+    "notes", MetaData(), Column("n", Integer, primary_key=True), Column("text", String(100))
+)
+
+
+class Note(BaseModel):
+    text: str
+
+
+async def test_async_handlers_share_the_inbox_transaction(participant_database: str) -> None:
+    notes = Participant("notes", participant_database)
+    notes.create_inbox()
+    _notes.create(notes.sync_engine)
+
+    @notes.handler("write")
+    async def write(conn: AsyncConnection, payload: Note) -> dict[str, int]:
+        if payload.text == "no":
+            raise StepFailed("refused")
+        await conn.execute(insert(_notes).values(text=payload.text))
+        count = (await conn.execute(select(func.count()).select_from(_notes))).scalar_one()
+        return {"count": count}
+
+    def count(conn: Connection) -> int:
+        return int(conn.execute(select(func.count()).select_from(_notes)).scalar_one())
+
+    try:
+        first = await notes.handle(command("k1", "write", {"text": "hello"}))
+        again = await notes.handle(command("k1", "write", {"text": "hello"}))
+        assert (first.ok, first.output) == (True, {"count": 1})
+        assert again.output == first.output
+        refused = await notes.handle(command("k2", "write", {"text": "no"}))
+        assert (refused.ok, refused.error) == (False, "refused")
+        assert await notes.run(count) == 1
+    finally:
+        await notes.close()
+
+
+async def test_a_participant_on_an_async_engine(participant_database: str) -> None:
+    """A service hands its own ``AsyncEngine`` (aiosqlite, asyncpg): sync handlers still run
+    in one transaction with the inbox (on SQLite through a sync engine on the same file)."""
+    engine = open_async_engine(participant_database)
+    if "postgresql" in participant_database:
+        setup = Participant("setup", participant_database)
+        setup.create_inbox()  # creates the schema too
+        await setup.close()
+        await create_inbox_async(engine)  # idempotent
+    notes = Participant("notes", engine)
+    if "sqlite" in participant_database:
+        notes.create_inbox()  # through its sync twin on the same file
+    await notes.run(lambda conn: _notes.create(conn, checkfirst=True))
+
+    @notes.handler("write")
+    def write(conn: Connection, payload: Note) -> dict[str, int]:
+        if payload.text == "no":
+            raise StepFailed("refused")
+        conn.execute(insert(_notes).values(text=payload.text))
+        return {"count": conn.execute(select(func.count()).select_from(_notes)).scalar_one()}
+
+    try:
+        replies = [await notes.handle(command("k1", "write", {"text": "hi"})) for _ in range(2)]
+        assert [r.output for r in replies] == [{"count": 1}, {"count": 1}]
+        refused = await notes.handle(command("k2", "write", {"text": "no"}))
+        assert (refused.ok, refused.error) == (False, "refused")
+    finally:
+        await notes.close()
+        await engine.dispose()

@@ -29,13 +29,16 @@ What ``handle`` guarantees, whatever the transport redelivers:
 Handlers are synchronous functions over a SQLAlchemy Core ``Connection`` (the library owns the
 transaction; do not commit), run on a worker thread: one thread on SQLite (one writer per file,
 no lock contention inside the process), a small pool on PostgreSQL. Given an ``AsyncEngine``
-instead, they run through ``AsyncConnection.run_sync``. Payload and reply types come from the
-handler's annotations (pydantic), as for saga steps.
+instead, they run through ``AsyncConnection.run_sync``. An ``async def`` handler gets an
+``AsyncConnection`` instead (on the given ``AsyncEngine``, or one opened on the same URL with
+aiosqlite / asyncpg), in the same one transaction with the inbox row. Payload and reply types
+come from the handler's annotations (pydantic), as for saga steps.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -50,8 +53,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sagaway.definition import describe_validation
 from sagaway.errors import DecodeError, DefinitionError, SagawayError, StepFailed
 from sagaway.participant import inbox as _inbox
-from sagaway.participant.inbox import ensure_schema, open_engine, sync_url
+from sagaway.participant.inbox import ensure_schema, open_async_engine, open_engine, sync_url
 from sagaway.state import JSON
+from sagaway.tracing import participant_span, reply_outcome
 from sagaway.transport.base import Command, Reply
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -94,15 +98,12 @@ class Handler:
     compensates: str | None = None
     errors: tuple[type[BaseException], ...] = ()
     takes_command: bool = field(init=False)
+    is_async: bool = field(init=False)
     payload_adapter: TypeAdapter[Any] | None = field(init=False, repr=False)
     reply_adapter: TypeAdapter[Any] | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if inspect.iscoroutinefunction(self.fn):
-            raise DefinitionError(
-                f"handler {self.command!r} must be a plain (sync) function over a SQLAlchemy "
-                "Connection: the participant runs it in a transaction on a worker thread"
-            )
+        self.is_async = inspect.iscoroutinefunction(self.fn)
         params = list(inspect.signature(self.fn).parameters.values())
         if len(params) not in (2, 3):
             raise DefinitionError(
@@ -165,12 +166,22 @@ class Participant:
         self.errors = errors
         self._handlers: dict[str, Handler] = {}
         self._owns_engine = isinstance(database, str)
+        self._url = database if isinstance(database, str) else None
         self._schema = sync_url(database)[1] if isinstance(database, str) else None
+        self._async_engine: AsyncEngine | None = None
         self.engine: Engine | AsyncEngine = (
             open_engine(database) if isinstance(database, str) else database
         )
-        dialect = self.sync_engine.dialect.name
-        self._sqlite = dialect == "sqlite"
+        self._sqlite = _dialect(self.engine) == "sqlite"
+        # Sync handlers run on a sync engine: given an aiosqlite AsyncEngine on a file, one of
+        # our own on the same file. Measured on this machine (a no-op handler, 3000 commands at
+        # concurrency 32): ~2,000 commands/s at ~250 us CPU each through a sync engine on its
+        # thread, ~230/s at ~1,250 us through aiosqlite (a thread hop per statement).
+        self._twin: Engine | None = None
+        if isinstance(self.engine, AsyncEngine) and self._sqlite:
+            url = self.engine.url
+            if url.database not in (None, "", ":memory:"):
+                self._twin = open_engine(url.set(drivername="sqlite"))
         # One writer thread per SQLite file: writers would otherwise queue on the file lock
         # (busy_timeout sleeps); PostgreSQL takes concurrent transactions.
         self._threads = threads or (1 if self._sqlite else 8)
@@ -179,7 +190,9 @@ class Participant:
 
     @property
     def sync_engine(self) -> Engine:
-        """The sync engine under the participant's database (for migrations, tests, reads)."""
+        """A sync engine on the participant's database (migrations, tests, reads)."""
+        if self._twin is not None:
+            return self._twin
         engine = self.engine
         return engine.sync_engine if isinstance(engine, AsyncEngine) else engine
 
@@ -203,7 +216,13 @@ class Participant:
                 )
             if compensates is not None and compensates == command:
                 raise DefinitionError(f"handler {command!r} cannot compensate itself")
-            self._handlers[command] = Handler(command, fn, compensates, errors)
+            handler = Handler(command, fn, compensates, errors)
+            if handler.is_async and self._url is None and not isinstance(self.engine, AsyncEngine):
+                raise DefinitionError(
+                    f"async handler {command!r} needs an AsyncEngine (or a URL): participant "
+                    f"{self.name!r} was given a sync Engine; make the handler a plain function"
+                )
+            self._handlers[command] = handler
             return fn
 
         return register
@@ -221,7 +240,13 @@ class Participant:
     # -- lifecycle --------------------------------------------------------------------------
 
     def create_inbox(self) -> None:
-        """Create the inbox table if missing (tests and scripts; services migrate)."""
+        """Create the inbox table if missing (tests and scripts; services migrate). On an
+        ``AsyncEngine``: ``await create_inbox_async(participant.engine, participant.inbox)``."""
+        if isinstance(self.engine, AsyncEngine) and self._twin is None:
+            raise TypeError(
+                "this participant runs on an AsyncEngine: use "
+                "`await create_inbox_async(participant.engine, participant.inbox)`"
+            )
         if self._schema is not None:
             ensure_schema(self.sync_engine, self._schema)
         _inbox.create_inbox(self.sync_engine, self.inbox)
@@ -229,8 +254,13 @@ class Participant:
     async def close(self) -> None:
         """Stop the worker threads; dispose of the engine if this participant created it."""
         if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+            executor, self._executor = self._executor, None
+            await asyncio.to_thread(executor.shutdown, wait=True)
+        if self._async_engine is not None:
+            await self._async_engine.dispose()
+            self._async_engine = None
+        if self._twin is not None:
+            self._twin.dispose()
         if self._owns_engine:
             engine = self.engine
             if isinstance(engine, AsyncEngine):
@@ -242,7 +272,14 @@ class Participant:
 
     async def handle(self, command: Command) -> Reply:
         """Process one delivery of ``command`` (see the module docstring). Raises
-        ``UnknownCommand``; any exception but a business error propagates (transient)."""
+        ``UnknownCommand``; any exception but a business error propagates (transient).
+        With tracing on, in a span continuing the saga's trace (``command.headers``)."""
+        with participant_span(command, self.name) as span:
+            reply = await self._handle(command)
+            reply_outcome(span, reply.ok, reply.error)
+            return reply
+
+    async def _handle(self, command: Command) -> Reply:
         handler = self.get_handler(command.command)
         try:
             payload = handler.decode(command.payload)
@@ -251,6 +288,8 @@ class Participant:
             # record it, and no retry would help.
             return Reply.failure(command, str(exc))
         try:
+            if handler.is_async:
+                return await self._process_async(handler, payload, command)
             return await self._transaction(self._process, handler, payload, command)
         except _BusinessFailure as failure:
             recorded = await self._transaction(
@@ -260,8 +299,9 @@ class Participant:
                 return recorded.reply_to(command)
             return Reply.failure(command, failure.message)
 
-    def _process(self, conn: Connection, handler: Handler, payload: Any, command: Command) -> Reply:
-        """The transaction's body: claim, (tombstone check,) effect, answer."""
+    def _begin(self, conn: Connection, handler: Handler, command: Command) -> Reply | None:
+        """Claim the message; the reply when there is nothing (more) to run: answered
+        before, refused by a tombstone, or a compensation with nothing to undo."""
         table = self.inbox
         recorded = _inbox.claim(conn, table, command)
         if recorded is not None:
@@ -272,28 +312,75 @@ class Participant:
                 # Never ran (now tombstoned) or failed: nothing to undo.
                 _inbox.record(conn, table, command.message_id, True, {"output": None})
                 return Reply.success(command, None)
+        return None
+
+    def _finish(self, conn: Connection, handler: Handler, command: Command, result: Any) -> Reply:
+        output = handler.encode(result)
+        _inbox.record(conn, self.inbox, command.message_id, True, {"output": output})
+        return Reply.success(command, output)
+
+    def _business(self, handler: Handler, exc: Exception) -> _BusinessFailure | None:
+        if isinstance(exc, StepFailed):
+            return _BusinessFailure(exc.reason)
+        if isinstance(exc, handler.errors + self.errors):
+            return _BusinessFailure(str(exc) or type(exc).__name__)
+        return None
+
+    def _process(self, conn: Connection, handler: Handler, payload: Any, command: Command) -> Reply:
+        """The transaction's body: claim, (tombstone check,) effect, answer."""
+        answered = self._begin(conn, handler, command)
+        if answered is not None:
+            return answered
         try:
             if handler.takes_command:
                 result = handler.fn(conn, payload, command)
             else:
                 result = handler.fn(conn, payload)
-        except StepFailed as exc:
-            raise _BusinessFailure(exc.reason) from exc
         except Exception as exc:
-            if isinstance(exc, handler.errors + self.errors):
-                raise _BusinessFailure(str(exc) or type(exc).__name__) from exc
+            failure = self._business(handler, exc)
+            if failure is not None:
+                raise failure from exc
             raise
-        output = handler.encode(result)
-        _inbox.record(conn, table, command.message_id, True, {"output": output})
-        return Reply.success(command, output)
+        return self._finish(conn, handler, command, result)
+
+    async def _process_async(self, handler: Handler, payload: Any, command: Command) -> Reply:
+        """``_process`` for an async handler, over an ``AsyncConnection``."""
+        engine = self._async()
+        async with self._async_lock or contextlib.nullcontext(), engine.begin() as conn:
+            answered = await conn.run_sync(self._begin, handler, command)
+            if answered is not None:
+                return answered
+            try:
+                if handler.takes_command:
+                    result = await handler.fn(conn, payload, command)
+                else:
+                    result = await handler.fn(conn, payload)
+            except Exception as exc:
+                failure = self._business(handler, exc)
+                if failure is not None:
+                    raise failure from exc
+                raise
+            return await conn.run_sync(self._finish, handler, command, result)
+
+    def _async(self) -> AsyncEngine:
+        if isinstance(self.engine, AsyncEngine):
+            return self.engine
+        if self._async_engine is None:
+            assert self._url is not None  # checked when the handler was declared
+            self._async_engine = open_async_engine(self._url)
+        return self._async_engine
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(conn, *args)`` in one transaction of its own, without the inbox: the service's
+        other reads and writes (its API, demo data, a reset), on the same worker threads as
+        the handlers (on SQLite: queued with them, no lock contention)."""
+        return await self._transaction(fn, *args)
 
     async def _transaction(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(conn, *args)`` in one transaction on the participant's database."""
-        engine = self.engine
+        engine = self._twin or self.engine
         if isinstance(engine, AsyncEngine):
-            if self._async_lock is None:
-                return await _run_async(engine, fn, *args)
-            async with self._async_lock:
+            async with self._async_lock or contextlib.nullcontext():
                 return await _run_async(engine, fn, *args)
         if self._executor is None:
             self._executor = ThreadPoolExecutor(
@@ -301,6 +388,10 @@ class Participant:
             )
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, _run_sync, engine, fn, args)
+
+
+def _dialect(engine: Engine | AsyncEngine) -> str:
+    return engine.dialect.name
 
 
 def _run_sync(engine: Engine, fn: Callable[..., T], args: tuple[Any, ...]) -> T:

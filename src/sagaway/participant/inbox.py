@@ -57,7 +57,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
 from sagaway.state import JSON as JSONValue
@@ -263,11 +263,11 @@ def open_engine(url: str | URL, *, pool_size: int = 8) -> Engine:
     parsed, schema = sync_url(url)
     kwargs: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
-        memory = parsed.database in (None, "", ":memory:")
+        memory = _sqlite_memory(parsed)
         if memory:  # one shared connection, or every connection sees its own empty database
             kwargs.update(poolclass=StaticPool, connect_args={"check_same_thread": False})
         engine = create_engine(parsed, **kwargs)
-        _sqlite_hooks(engine, memory=memory)
+        _sqlite_hooks(engine, memory=memory, raw=True)
         return engine
     if parsed.get_backend_name() == "postgresql":
         kwargs.update(pool_size=pool_size, max_overflow=0, pool_pre_ping=True)
@@ -276,7 +276,31 @@ def open_engine(url: str | URL, *, pool_size: int = 8) -> Engine:
     return create_engine(parsed, **kwargs)
 
 
-def _sqlite_hooks(engine: Engine, *, memory: bool) -> None:
+def open_async_engine(url: str | URL, *, pool_size: int = 8) -> AsyncEngine:
+    """An ``AsyncEngine`` (aiosqlite, asyncpg) on the same database, with the same settings:
+    what async handlers run on."""
+    parsed, schema = sync_url(url)
+    kwargs: dict[str, Any] = {}
+    if parsed.get_backend_name() == "sqlite":
+        memory = _sqlite_memory(parsed)
+        if memory:
+            kwargs.update(poolclass=StaticPool)
+        engine = create_async_engine(parsed.set(drivername="sqlite+aiosqlite"), **kwargs)
+        _sqlite_hooks(engine.sync_engine, memory=memory, raw=False)
+        return engine
+    if parsed.get_backend_name() == "postgresql":
+        parsed = parsed.set(drivername="postgresql+asyncpg")
+        kwargs.update(pool_size=pool_size, max_overflow=0, pool_pre_ping=True)
+        if schema is not None:
+            kwargs["connect_args"] = {"server_settings": {"search_path": schema}}
+    return create_async_engine(parsed, **kwargs)
+
+
+def _sqlite_memory(url: URL) -> bool:
+    return url.database in (None, "", ":memory:")
+
+
+def _sqlite_hooks(engine: Engine, *, memory: bool, raw: bool) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # we issue BEGIN (below), not the driver
@@ -291,10 +315,13 @@ def _sqlite_hooks(engine: Engine, *, memory: bool) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        # Straight on the driver: SQLAlchemy's execution context around one BEGIN cost as
-        # much CPU as the inbox's two statements.
-        driver: Any = conn.connection.driver_connection
-        driver.execute("BEGIN IMMEDIATE")
+        if raw:
+            # Straight on the driver: SQLAlchemy's execution context around one BEGIN cost
+            # as much CPU as the inbox's two statements.
+            driver: Any = conn.connection.driver_connection
+            driver.execute("BEGIN IMMEDIATE")
+        else:  # aiosqlite: its driver connection is async; go through the DBAPI adapter
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def ensure_schema(engine: Engine, schema: str) -> None:

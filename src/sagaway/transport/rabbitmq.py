@@ -47,7 +47,7 @@ import json
 import logging
 import random
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +67,7 @@ __all__ = [
     "DEFAULT_URL",
     "AmqpLink",
     "Consumer",
+    "DeliveryCollector",
     "DeliveryStats",
     "RabbitDispatcher",
     "Topology",
@@ -514,3 +515,37 @@ class RabbitDispatcher(Dispatcher):
 def _log_failure(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("could not start consuming replies: %r", task.exception())
+
+
+class DeliveryCollector:
+    """A Prometheus collector over consumers' counters (needs ``prometheus-client``)::
+
+        REGISTRY.register(DeliveryCollector(replies=dispatcher.stats))
+        REGISTRY.register(DeliveryCollector(inventory=participant.stats))
+
+    exposes ``sagaway_rabbitmq_deliveries_total{queue,outcome}`` (outcome: handled, requeued,
+    dead_lettered) and ``sagaway_rabbitmq_reconnects_total{queue}``, read at scrape time."""
+
+    def __init__(self, **stats: DeliveryStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily
+
+        deliveries = CounterMetricFamily(
+            "sagaway_rabbitmq_deliveries",
+            "Deliveries consumed from RabbitMQ, by how they were settled",
+            labels=["queue", "outcome"],
+        )
+        reconnects = CounterMetricFamily(
+            "sagaway_rabbitmq_reconnects",
+            "Connections to RabbitMQ re-established after a loss",
+            labels=["queue"],
+        )
+        for queue, stats in self.stats.items():
+            deliveries.add_metric([queue, "handled"], stats.handled)
+            deliveries.add_metric([queue, "requeued"], stats.requeued)
+            deliveries.add_metric([queue, "dead_lettered"], stats.dead_lettered)
+            reconnects.add_metric([queue], stats.reconnects)
+        yield deliveries
+        yield reconnects
