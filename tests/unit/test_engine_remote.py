@@ -440,3 +440,21 @@ async def test_cancel_while_parked_compensates_the_step_in_flight(parked: Parked
     assert record.status is SagaStatus.COMPENSATED
     assert record.error == "cancelled"
     assert [c.topic for c in parked.stub.calls] == ["inventory.reserve", "inventory.release"]
+
+
+class Stamp(Hook):
+    def before_dispatch(self, record: SagaRecord, command: Command) -> None:
+        command.headers["x-stamp"] = f"{record.id}/{command.step}/{command.attempt}"
+
+
+async def test_before_dispatch_headers_travel_with_the_command(parked: Parked) -> None:
+    engine = parked.engine()
+    engine.add_hook(Stamp())
+    async with engine:
+        saga_id = await engine.start(parked.saga, ORDER)
+        reserve = await parked.stub.next_command("inventory.reserve")
+        assert reserve.headers["x-stamp"] == f"{saga_id}/reserve/1"
+        assert parked.stub.published[0].headers["x-stamp"] == f"{saga_id}/reserve/1"
+        await parked.stub.answer(reserve)
+        await parked.stub.answer_next("payment.charge")
+        assert (await engine.wait(saga_id, timeout=5)).status is SagaStatus.SUCCEEDED
