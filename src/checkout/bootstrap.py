@@ -36,10 +36,10 @@ from enum import StrEnum
 from prometheus_client import CollectorRegistry, ProcessCollector
 from sqlalchemy import text
 
-from checkout.db import Database, migrate, open_database
+from checkout.db import EMBEDDED, GATEWAY, Database, migrate, open_database
 from checkout.dbexec import ShopExecutor, open_executor
-from checkout.participants import CheckoutParticipants
-from checkout.sagas import build_checkout_saga
+from checkout.participants import CheckoutParticipants, GatewayParticipants, OrderService
+from checkout.sagas import build_checkout_saga, build_remote_checkout_saga
 from checkout.service import CheckoutService
 from checkout.settings import Settings, database_schema
 from checkout.tracking import OrderTracker, order_id_of
@@ -69,7 +69,7 @@ class Services:
     settings: Settings
     role: Role
     db: Database
-    participants: CheckoutParticipants
+    participants: GatewayParticipants
     saga: Saga
     engine: Engine
     tracker: OrderTracker
@@ -83,23 +83,28 @@ async def open_shop_database(url: str, *, pool_size: int = 5, max_overflow: int 
     serve as both the shop database and the saga log."""
     schema = database_schema(url)
     db = open_database(url, schema=schema, pool_size=pool_size, max_overflow=max_overflow)
-    if schema is None:
-        return db
     try:
-        async with db.engine.begin() as conn:
-            # One creator at a time (processes starting together); check first, so an existing
-            # schema works for a role without CREATE on the database.
-            lock = text("SELECT pg_advisory_xact_lock(hashtext(:key))")
-            await conn.execute(lock, {"key": f"checkout:schema:{schema}"})
-            exists = await conn.scalar(
-                text("SELECT 1 FROM pg_namespace WHERE nspname = :schema"), {"schema": schema}
-            )
-            if not exists:
-                await conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        await ensure_schema(db, schema)
     except BaseException:
         await db.dispose()
         raise
     return db
+
+
+async def ensure_schema(db: Database, schema: str | None) -> None:
+    """Create the PostgreSQL ``schema`` of ``db`` if it is missing (None: nothing to do)."""
+    if schema is None:
+        return
+    async with db.engine.begin() as conn:
+        # One creator at a time (processes starting together); check first, so an existing
+        # schema works for a role without CREATE on the database.
+        lock = text("SELECT pg_advisory_xact_lock(hashtext(:key))")
+        await conn.execute(lock, {"key": f"checkout:schema:{schema}"})
+        exists = await conn.scalar(
+            text("SELECT 1 FROM pg_namespace WHERE nspname = :schema"), {"schema": schema}
+        )
+        if not exists:
+            await conn.execute(text(f'CREATE SCHEMA "{schema}"'))
 
 
 def observability_hooks(
@@ -142,14 +147,21 @@ async def bootstrap(
     )
     store = open_store(settings.saga_log_url)
     executor: ShopExecutor | None = None
+    remote: contextlib.AsyncExitStack | None = None
     try:
-        await migrate(db)
+        embedded = settings.transport == "inprocess"
+        await migrate(db, histories=EMBEDDED if embedded else [GATEWAY])
         # Shop writes join the saga log's group commit when both live in one SQLite file.
         executor = await open_executor(db, store)
-        participants = CheckoutParticipants.from_executor(executor)
-        if settings.demo and await participants.shop.load_demo_data():
-            log.info("demo data loaded into %s", settings.database_url)
-        saga = build_checkout_saga(participants)
+        participants: GatewayParticipants
+        if embedded:
+            local = CheckoutParticipants.from_executor(executor)
+            if settings.demo and await local.shop.load_demo_data():
+                log.info("demo data loaded into %s", settings.database_url)
+            participants, saga = local, build_checkout_saga(local)
+        else:
+            remote = contextlib.AsyncExitStack()
+            participants, saga = await _remote_shop(settings, executor, remote)
         engine = Engine(
             store,
             sagas=[saga],
@@ -186,6 +198,28 @@ async def bootstrap(
             await engine.close()
             await tracker.drain()
     finally:
+        if remote is not None:
+            await remote.aclose()
         if executor is not None:
             await executor.close()
         await db.dispose()
+
+
+async def _remote_shop(
+    settings: Settings, executor: ShopExecutor, stack: contextlib.AsyncExitStack
+) -> tuple[GatewayParticipants, Saga]:
+    """The gateway of separate services: the shop read from their APIs, the saga's commands
+    sent over ``settings.transport``."""
+    from checkout.remote import RemoteShop, open_dispatcher
+
+    token = settings.admin_token.get_secret_value() if settings.admin_token else None
+    shop = RemoteShop(settings.service_urls, orders=executor, admin_token=token)
+    stack.push_async_callback(shop.close)
+    dispatcher = open_dispatcher(settings.transport, settings.service_urls, settings.rabbitmq_url)
+    await dispatcher.open()
+    stack.push_async_callback(dispatcher.close)
+    participants = GatewayParticipants(
+        shop=shop,  # type: ignore[arg-type]  # RemoteShop answers what ShopService does
+        orders=OrderService(executor, catalogue=shop),
+    )
+    return participants, build_remote_checkout_saga(shop, dispatcher)

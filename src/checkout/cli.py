@@ -143,13 +143,19 @@ def serve(
         typer.Option("--no-worker", help="API only: sagas are run by `checkout worker`"),
     ] = False,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "warning",
+    transport: Annotated[
+        str | None,
+        typer.Option(
+            help="How sagas reach payment, inventory and shipping: inprocess (this process, "
+            "one database), http or rabbitmq (`checkout participant` services) "
+            "[default: SAGAWAY_TRANSPORT or inprocess]"
+        ),
+    ] = None,
 ) -> None:
     """Serve the HTTP API (and run sagas in the same process unless --no-worker)."""
-    import uvicorn
-
     from checkout.api import create_app
 
-    settings = load_settings(host=host, port=port)
+    settings = load_settings(host=host, port=port, transport=transport)
     if settings.demo and settings.admin_token is None and not is_loopback(settings.host):
         fail(
             f"demo mode without SAGAWAY_ADMIN_TOKEN lets anyone reset the shop and read every "
@@ -160,6 +166,32 @@ def serve(
     actual_port = sock.getsockname()[1]
     role = Role.API if no_worker else Role.ALL
     application = create_app(settings, role=role, owner_id=server_owner_id(actual_port))
+    shown = f"[{settings.host}]" if ":" in settings.host else settings.host
+    mode = "API only" if no_worker else "API + engine"
+    if settings.transport != "inprocess":
+        mode += f", services over {settings.transport}"
+    base = f"http://{shown}:{actual_port}"
+    where = {"ui": f"{base}/", "docs": f"{base}/docs", "metrics": f"{base}/metrics"}
+    startup = (
+        f"checkout serving on {base} ({mode}): shop and sagas at {where['ui']} "
+        f"(sagas: {base}/ui/sagas), API docs at {where['docs']}"
+        + (f", metrics at {where['metrics']}" if settings.metrics else "")
+    )
+    run_server(application, sock, settings, log_level, startup, where)
+
+
+def run_server(
+    application: Any,
+    sock: socket.socket,
+    settings: Settings,
+    log_level: str,
+    startup: str,
+    where: dict[str, str],
+) -> None:
+    """Serve ``application`` on the bound ``sock`` until SIGTERM/SIGINT (exit status 0), with
+    the logging of ``settings``; ``startup`` is printed once the app is built."""
+    import uvicorn
+
     configure_logging(settings.log_format, settings.log_level)
     config = uvicorn.Config(
         application,
@@ -175,15 +207,6 @@ def serve(
         limit_concurrency=settings.max_connections,
     )
     server = uvicorn.Server(config)
-    shown = f"[{settings.host}]" if ":" in settings.host else settings.host
-    mode = "API only" if no_worker else "API + engine"
-    base = f"http://{shown}:{actual_port}"
-    where = {"ui": f"{base}/", "docs": f"{base}/docs", "metrics": f"{base}/metrics"}
-    startup = (
-        f"checkout serving on {base} ({mode}): shop and sagas at {where['ui']} "
-        f"(sagas: {base}/ui/sagas), API docs at {where['docs']}"
-        + (f", metrics at {where['metrics']}" if settings.metrics else "")
-    )
     if settings.log_format == "json":  # stdout stays one JSON object per line
         print(JsonFormatter().format(_record("checkout", startup, **where)), flush=True)
     else:
@@ -408,6 +431,8 @@ def demo(
 
 
 def main() -> None:
+    import checkout.cli_services  # noqa: F401  - registers `participant` and `up` on app
+
     app()
 
 

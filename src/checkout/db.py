@@ -48,6 +48,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.pool import StaticPool
 
 from checkout.settings import async_database_url
+from sagaway.participant.inbox import inbox_table
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # Our own version table: the saga log may keep its own Alembic history in the same SQLite file.
@@ -243,6 +244,14 @@ class ShipmentRow(_Timestamps, Base):
     compensation_key: Mapped[str | None] = mapped_column(KEY)
 
 
+# Each service's inbox (the participant library's: one row per saga command it answered,
+# written in the transaction of the command's effect). One table per service, so the three
+# can share the embedded database.
+PAYMENT_INBOX = inbox_table(Base.metadata, "payment_inbox")
+INVENTORY_INBOX = inbox_table(Base.metadata, "inventory_inbox")
+SHIPPING_INBOX = inbox_table(Base.metadata, "shipping_inbox")
+
+
 # --------------------------------------------------------------------------- engine and sessions
 
 
@@ -390,15 +399,15 @@ SERVICES_DIR = Path(__file__).with_name("services")
 GATEWAY = History("checkout", MIGRATIONS_DIR, VERSION_TABLE, ("orders", "order_items"))
 PAYMENT = History(
     "payment", SERVICES_DIR / "payment" / "migrations", "payment_alembic_version",
-    ("accounts", "payments"),
+    ("accounts", "payments", "payment_inbox"),
 )  # fmt: skip
 INVENTORY = History(
     "inventory", SERVICES_DIR / "inventory" / "migrations", "inventory_alembic_version",
-    ("products", "inventory_reservations"),
+    ("products", "inventory_reservations", "inventory_inbox"),
 )  # fmt: skip
 SHIPPING = History(
     "shipping", SERVICES_DIR / "shipping" / "migrations", "shipping_alembic_version",
-    ("shipments", "shipped_units"),
+    ("shipments", "shipped_units", "shipping_inbox"),
 )  # fmt: skip
 SERVICE_HISTORIES = {h.name: h for h in (PAYMENT, INVENTORY, SHIPPING)}
 # The embedded shop (``make run``): every history in one database, the gateway's first (its

@@ -17,7 +17,7 @@ message is logged. The retry policies are long enough to ride out a blip: a Post
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -35,6 +35,7 @@ from checkout.domain.models import (
 )
 from checkout.participants import CheckoutParticipants
 from sagaway import RetryPolicy, Saga, Step, StepContext, StepFailed, StoreError
+from sagaway.transport import Command, Dispatcher
 
 SAGA_NAME = "checkout"
 SAGA_VERSION = 1
@@ -159,6 +160,106 @@ def build_checkout_saga(
 
     # Registered by call rather than as decorators so the functions keep their types for
     # mypy; the order of registration is the order of the steps.
+    _step(saga, validate_order)
+    _step(saga, reserve_inventory).compensation(release_inventory)
+    _step(saga, process_payment).compensation(refund_payment)
+    _step(saga, ship_order).compensation(cancel_shipment)
+    return saga
+
+
+# --------------------------------------------------------------------------- separate services
+
+
+class OrderValidator(Protocol):
+    async def validate_order(self, order: OrderInput) -> ValidatedOrder: ...
+
+
+class CompensationRefused(RuntimeError):
+    """A participant answered a compensation with a failure: retried, then FAILED for an
+    operator (an undo must not be given up)."""
+
+
+def build_remote_checkout_saga(
+    shop: OrderValidator,
+    dispatcher: Dispatcher,
+    *,
+    name: str = SAGA_NAME,
+    version: int = SAGA_VERSION,
+) -> Saga:
+    """The checkout saga with payment, inventory and shipping as separate services: the same
+    steps (names, order, retries, messages) as :func:`build_checkout_saga`; each participant
+    step sends a command through ``dispatcher`` (its ``message_id`` is the step's idempotency
+    key, deduped by the service's inbox) and its compensation the undo command with
+    ``forward_key``. ``validate_order`` reads the services' APIs through ``shop``.
+
+    A business failure comes back as a failed reply (``StepFailed`` with its message); a
+    transport failure (``TransportError``, a timeout) is transient: retried with the same key.
+    """
+    saga = Saga(name, version=version)
+
+    async def send(ctx: StepContext, participant: str, command: str, payload: Any) -> Any:
+        reply = await dispatcher.call(
+            Command(
+                message_id=ctx.idempotency_key,
+                saga_id=ctx.saga_id,
+                saga_name=ctx.saga_name,
+                step=ctx.step,
+                phase=ctx.phase,
+                attempt=ctx.attempt,
+                participant=participant,
+                command=command,
+                payload=payload,
+                forward_key=ctx.forward_key if ctx.is_compensation else None,
+            ),
+            STEP_TIMEOUT,
+        )
+        if reply.ok:
+            return reply.output
+        if ctx.is_compensation:
+            raise CompensationRefused(f"{participant}.{command}: {reply.error}")
+        raise StepFailed(reply.error or f"{participant}.{command} failed")
+
+    def lines(order: OrderInput) -> list[dict[str, Any]]:
+        return [line.model_dump(mode="json") for line in order.items]
+
+    async def validate_order(ctx: StepContext, order: OrderInput) -> ValidatedOrder:
+        return await _business(shop.validate_order(order))
+
+    async def reserve_inventory(ctx: StepContext, order: OrderInput) -> Reservation:
+        payload = {"order_id": order.order_id, "items": lines(order)}
+        return Reservation.model_validate(await send(ctx, "inventory", "reserve", payload))
+
+    async def release_inventory(
+        ctx: StepContext, order: OrderInput, reservation: Reservation | None
+    ) -> None:
+        await send(ctx, "inventory", "release", {"order_id": order.order_id})
+
+    async def process_payment(ctx: StepContext, order: OrderInput) -> Payment:
+        payload = {
+            "order_id": order.order_id,
+            "account_id": order.customer_id,
+            "amount_cents": _validated(ctx).total_cents,
+        }
+        return Payment.model_validate(await send(ctx, "payment", "start", payload))
+
+    async def refund_payment(ctx: StepContext, order: OrderInput, payment: Payment | None) -> None:
+        payload = {"order_id": order.order_id, "account_id": order.customer_id}
+        await send(ctx, "payment", "refund", payload)
+
+    async def ship_order(ctx: StepContext, order: OrderInput) -> Shipment:
+        address = _validated(ctx).shipping_address
+        payload = {
+            "order_id": order.order_id,
+            "address": None if address is None else address.model_dump(mode="json"),
+            "items": lines(order),
+        }
+        return Shipment.model_validate(await send(ctx, "shipping", "create", payload))
+
+    async def cancel_shipment(
+        ctx: StepContext, order: OrderInput, shipment: Shipment | None
+    ) -> None:
+        await send(ctx, "shipping", "cancel", {"order_id": order.order_id})
+
     _step(saga, validate_order)
     _step(saga, reserve_inventory).compensation(release_inventory)
     _step(saga, process_payment).compensation(refund_payment)

@@ -30,7 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from checkout.dbfaults import NotConnected, ShopUnavailable, is_unavailable
 from checkout.domain.models import Address, OrderInfo, OrderLine, OrderStatus
 from checkout.domain.rules import order_total, price_lines
-from checkout.participants import CheckoutParticipants
+from checkout.participants import GatewayParticipants
 from checkout.participants.orders import new_order_id
 from checkout.tracking import OrderTracker, order_status_for
 from sagaway import Engine, SagaRecord, StoreError
@@ -149,7 +149,7 @@ class OrderView:
 class CheckoutService:
     def __init__(
         self,
-        participants: CheckoutParticipants,
+        participants: GatewayParticipants,
         engine: Engine,
         tracker: OrderTracker,
     ) -> None:

@@ -41,6 +41,15 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SAGAWAY_", extra="ignore")
 
     database_url: str = DEFAULT_DATABASE_URL  # the shop: products, accounts, orders...
+    # How the saga reaches payment, inventory and shipping: in this process, on the shop
+    # database (``inprocess``, the default: one process, one file), or as separate services
+    # (``checkout participant ...``) over HTTP or RabbitMQ, each with its own database.
+    transport: Literal["inprocess", "http", "rabbitmq"] = "inprocess"
+    # Where the gateway finds the services' APIs (reads; saga commands too over HTTP).
+    payment_url: str = "http://127.0.0.1:8001"
+    inventory_url: str = "http://127.0.0.1:8002"
+    shipping_url: str = "http://127.0.0.1:8003"
+    rabbitmq_url: str = "amqp://guest:guest@127.0.0.1/"
     store_url: str = DEFAULT_DATABASE_URL  # the saga log
     demo: bool = True  # load demo data on first start; allow POST /reset
     host: str = "127.0.0.1"
@@ -84,6 +93,14 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=5, ge=1)
     db_max_overflow: int = Field(default=0, ge=0)
     store_pool_size: int = Field(default=4, ge=2)
+
+    @property
+    def service_urls(self) -> dict[str, str]:
+        return {
+            "payment": self.payment_url,
+            "inventory": self.inventory_url,
+            "shipping": self.shipping_url,
+        }
 
     @property
     def async_database_url(self) -> str:

@@ -75,6 +75,9 @@ STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
 COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
 
+_RETRYING = StepOutcome.RETRYING
+
+
 class _Histogram:
     """One label set's histogram: a count per bucket (not cumulative) and the sum."""
 
@@ -154,13 +157,18 @@ class PrometheusHook(Hook, Collector):
         hist = self._steps.get(key)
         if hist is None:
             hist = self._steps[key] = _Histogram(len(STEP_BUCKETS))
-        hist.observe(STEP_BUCKETS, seconds)
-        if outcome is StepOutcome.RETRYING:
+        # _Histogram.observe inlined (here and in after_commit): a Python call less on every
+        # step and commit is a third of what the hook costs an in-memory saga.
+        hist.counts[bisect_left(STEP_BUCKETS, seconds)] += 1
+        hist.total += seconds
+        if outcome is _RETRYING:
             retry_key = (ctx.saga_name, ctx.step)
             self._retries[retry_key] = self._retries.get(retry_key, 0) + 1
 
     def after_commit(self, record: SagaRecord, change: Change, seconds: float) -> None:
-        self._commits.observe(COMMIT_BUCKETS, seconds)
+        commits = self._commits
+        commits.counts[bisect_left(COMMIT_BUCKETS, seconds)] += 1
+        commits.total += seconds
 
     def on_finish(self, record: SagaRecord) -> None:
         name = record.name

@@ -11,16 +11,26 @@ Every test using ``settings`` (so ``app``, ``client``, ``services``) runs twice,
   Skipped when the server is unreachable, a failure under ``CI=true`` (``servers.require_server``).
 
 A module whose tests do not depend on the database (request validation) overrides ``backend``
-with SQLite only.
+with SQLite only. A module that runs on every transport (the scenarios) overrides it with
+``e2e_helpers.TRANSPORTS``:
+
+* ``http`` / ``rabbitmq``: payment, inventory and shipping as separate services, each with its
+  own SQLite file and its real app (``checkout.services.server``) served by uvicorn in the
+  test's loop on a free port; the gateway (the app under test, over ASGI as usual) reads their
+  APIs and sends the saga's commands over HTTP, or over RabbitMQ in a vhost of its own.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
 from fastapi import FastAPI
 
 from checkout.api import create_app
@@ -28,8 +38,10 @@ from checkout.bootstrap import Services
 from checkout.settings import Settings
 from servers import (
     drop_pg_schema,
+    fresh_rabbit_vhost,
     pg_schema_url,
     postgres_check,
+    rabbitmq_check,
     require_server,
     unique_pg_schema,
 )
@@ -41,8 +53,60 @@ def backend(request: pytest.FixtureRequest) -> str:
     return param
 
 
+@contextlib.asynccontextmanager
+async def serve_in_loop(app: FastAPI) -> AsyncIterator[str]:
+    """``app`` served by uvicorn in this loop on a free port (its lifespan entered first, so
+    it is ready when this yields); its base URL. The socket listens before the server's loop
+    accepts: a client connecting early waits in the backlog instead of being refused."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning"))
+    async with app.router.lifespan_context(app):
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            server.should_exit = True
+            await task
+            sock.close()
+
+
+@contextlib.asynccontextmanager
+async def remote_settings(transport: str, tmp_path: Path) -> AsyncIterator[Settings]:
+    """The gateway's settings with the three services running (see the module docstring)."""
+    from checkout.services import SERVICES
+    from checkout.services.server import create_service_app
+
+    async with contextlib.AsyncExitStack() as stack:
+        rabbitmq_url = ""
+        if transport == "rabbitmq":
+            require_server("rabbitmq", rabbitmq_check)
+            rabbitmq_url = await stack.enter_async_context(fresh_rabbit_vhost("e2e"))
+        urls: dict[str, str] = {}
+        for name in SERVICES:
+            own = Settings(database_url=f"sqlite:///{tmp_path / name}.db", demo=True)
+            app = create_service_app(name, own, transport=transport, rabbitmq_url=rabbitmq_url)
+            urls[f"{name}_url"] = await stack.enter_async_context(serve_in_loop(app))
+        url = f"sqlite:///{tmp_path / 'sagaway.db'}"
+        yield Settings(
+            database_url=url,
+            store_url=url,
+            demo=True,
+            worker_id="e2e",
+            transport=transport,  # type: ignore[arg-type]
+            rabbitmq_url=rabbitmq_url or Settings().rabbitmq_url,
+            **urls,
+        )
+
+
 @pytest.fixture
 async def settings(backend: str, tmp_path: Path) -> AsyncIterator[Settings]:
+    if backend in ("http", "rabbitmq"):
+        async with remote_settings(backend, tmp_path) as remote:
+            yield remote
+        return
     if backend == "sqlite":
         url = f"sqlite:///{tmp_path / 'sagaway.db'}"
         yield Settings(database_url=url, store_url=url, demo=True, worker_id="e2e")

@@ -5,6 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import pytest
+
+# The backends plus the remote transports, for modules that run on all of them (a module
+# overrides the ``backend`` fixture with these params; see conftest).
+TRANSPORTS = [
+    "sqlite",
+    "postgresql",
+    "http",
+    pytest.param("rabbitmq", marks=pytest.mark.slow),
+]
 
 
 async def balances(client: httpx.AsyncClient) -> dict[str, Any]:

@@ -1,14 +1,24 @@
-"""The four classic checkout scenarios over HTTP, with exact balance and stock deltas."""
+"""The four classic checkout scenarios over HTTP, with exact balance and stock deltas, on every
+layout: embedded (SQLite, PostgreSQL) and payment, inventory and shipping as separate services
+over HTTP and over RabbitMQ (``e2e_helpers.TRANSPORTS``). Money and units are conserved across
+the services' databases: read from their own APIs (``RemoteShop.totals``)."""
 
 from __future__ import annotations
 
 from decimal import Decimal
 
 import httpx
-from e2e_helpers import balances, inventory, order, steps
+import pytest
+from e2e_helpers import TRANSPORTS, balances, inventory, order, steps
 
 from checkout.bootstrap import Services
 from checkout.domain.demo import demo_total_money_cents, demo_total_units
+
+
+@pytest.fixture(params=TRANSPORTS)
+def backend(request: pytest.FixtureRequest) -> str:
+    param: str = request.param
+    return param
 
 
 async def _conserved(services: Services) -> None:
@@ -186,3 +196,16 @@ async def test_amount_matching_the_total_is_accepted(client: httpx.AsyncClient) 
     )
     assert data["status"] == "completed"
     assert (await balances(client))["user_2"] == 440.0
+
+
+async def test_reset_restores_every_service(client: httpx.AsyncClient, services: Services) -> None:
+    await order(client, customer_id="user_1", items=[{"product_id": "product_2", "quantity": 3}])
+    assert (await inventory(client))["product_2"] == 47
+    response = await client.post("/reset", json={})
+    assert response.status_code == 200, response.text
+    assert response.json()["inventory"]["product_2"] == 50
+    assert (await balances(client))["user_1"] == 1000.0
+    products = {p["product_id"]: p for p in (await client.get("/products")).json()["products"]}
+    assert (products["product_2"]["reserved"], products["product_2"]["shipped"]) == (0, 0)
+    assert (await client.get("/orders")).json()["orders"] == []
+    await _conserved(services)

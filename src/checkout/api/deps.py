@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Path, Query, Request
 
 from checkout.bootstrap import Services
-from checkout.participants import CheckoutParticipants
+from checkout.participants import GatewayParticipants
 from checkout.service import CheckoutService
 from sagaway import Engine, SagaNotFound
 
@@ -36,7 +36,7 @@ async def get_engine(request: Request) -> Engine:
     return _services(request).engine
 
 
-async def get_participants(request: Request) -> CheckoutParticipants:
+async def get_participants(request: Request) -> GatewayParticipants:
     return _services(request).participants
 
 
@@ -61,7 +61,7 @@ async def saga_id_path(saga_id: Annotated[str, Path()]) -> str:
 
 ServicesDep = Annotated[Services, Depends(get_services)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
-ParticipantsDep = Annotated[CheckoutParticipants, Depends(get_participants)]
+ParticipantsDep = Annotated[GatewayParticipants, Depends(get_participants)]
 CheckoutDep = Annotated[CheckoutService, Depends(get_checkout)]
 SagaId = Annotated[str, Depends(saga_id_path)]
 

@@ -20,11 +20,18 @@ from checkout.participants.shop import ShopService, ShopTotals
 
 
 @dataclass(frozen=True, slots=True)
-class CheckoutParticipants:
-    """Everything the checkout saga and the API call, built on one shop database."""
+class GatewayParticipants:
+    """What the API calls: the shop's reads (this database, or the services' APIs:
+    :class:`checkout.remote.RemoteShop`) and the orders (always the gateway's database)."""
 
     shop: ShopService
     orders: OrderService
+
+
+@dataclass(frozen=True, slots=True)
+class CheckoutParticipants(GatewayParticipants):
+    """Everything the checkout saga and the API call, built on one shop database."""
+
     inventory: InventoryService
     payment: PaymentService
     shipping: ShippingService
@@ -50,6 +57,7 @@ class CheckoutParticipants:
 
 __all__ = [
     "CheckoutParticipants",
+    "GatewayParticipants",
     "InventoryService",
     "OrderService",
     "PaymentService",

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Select, bindparam, insert, or_, select, update
 from sqlalchemy.engine import Connection
@@ -22,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from checkout.db import AccountRow, OrderItemRow, OrderRow, as_utc, utcnow
 from checkout.dbexec import ShopExecutor
 from checkout.domain.models import (
+    AccountInfo,
     Address,
     OrderInfo,
     OrderInput,
@@ -40,6 +42,19 @@ from checkout.participants._sql import (
     table_of,
 )
 from checkout.participants.shop import prices
+
+
+@dataclass(frozen=True, slots=True)
+class Catalogue:
+    """What pricing an order needs from the payment and inventory services."""
+
+    prices: Mapping[str, int]
+    account: AccountInfo | None
+
+
+class CatalogueSource(Protocol):
+    async def catalogue(self, customer_id: str, product_ids: list[str]) -> Catalogue: ...
+
 
 orders = table_of(OrderRow)
 order_items = table_of(OrderItemRow)
@@ -150,11 +165,16 @@ def create_order(
     checkout: bool = False,
     chosen_id: bool = False,
     request_fingerprint: str | None = None,
+    catalogue: Catalogue | None = None,
 ) -> tuple[OrderInfo, bool]:
     """Record an order priced from the catalog, ``processing`` when it is being checked out
     (its saga starts next) else a ``pending`` draft; ``(order, created)``. An order already
     recorded under ``idempotency_key``, or under ``order_id`` when the client chose it
-    (``chosen_id``), is returned as is (``created=False``)."""
+    (``chosen_id``), is returned as is (``created=False``).
+
+    ``catalogue``: the prices and the customer's account as the services answered them (the
+    gateway of separate services); None: read from the payment and inventory tables in this
+    same database (the embedded shop)."""
     if idempotency_key is not None:
         existing = _one(conn, _BY_KEY, key=idempotency_key)
         if existing is not None:
@@ -163,14 +183,20 @@ def create_order(
         existing = _one(conn, _ORDER, order=order_id)
         if existing is not None:
             return existing, False
-    account = fetch_first(conn, _ACCOUNT, {"account": customer_id})
-    if account is None and strict:
+    if catalogue is None:
+        row = fetch_first(conn, _ACCOUNT, {"account": customer_id})
+        found, default_address = row is not None, (row_address(row) if row is not None else None)
+        known = prices(conn, sorted({item.product_id for item in items}))
+    else:
+        known = dict(catalogue.prices)
+        found = catalogue.account is not None
+        default_address = catalogue.account.shipping_address if catalogue.account else None
+    if not found and strict:
         raise UserNotFound(customer_id)
-    known = prices(conn, sorted({item.product_id for item in items}))
     if not strict:
         known = {item.product_id: known.get(item.product_id, 0) for item in items}
     lines = price_lines(items, known)
-    address = shipping_address or (row_address(account) if account is not None else None)
+    address = shipping_address or default_address
     now = utcnow()
     total = order_total(lines)
     status = OrderStatus.PROCESSING if checkout else OrderStatus.PENDING
@@ -322,8 +348,10 @@ def unstarted_orders(
 class OrderService:
     """Create, read and update orders."""
 
-    def __init__(self, db: ShopExecutor) -> None:
+    def __init__(self, db: ShopExecutor, catalogue: CatalogueSource | None = None) -> None:
         self._db = db
+        # Separate services: prices and accounts come from their APIs, not this database.
+        self._catalogue = catalogue
 
     async def create_order(
         self,
@@ -354,6 +382,11 @@ class OrderService:
         """
         if not items:
             raise ValueError("an order needs at least one item")
+        catalogue = None
+        if self._catalogue is not None:
+            catalogue = await self._catalogue.catalogue(
+                customer_id, sorted({item.product_id for item in items})
+            )
         try:
             return await self._db.write(
                 create_order,
@@ -367,6 +400,7 @@ class OrderService:
                 checkout,
                 order_id is not None,
                 request_fingerprint,
+                catalogue,
             )
         except IntegrityError:
             # Two first requests with one key or one client-chosen id at once: the loser reads

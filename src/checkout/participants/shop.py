@@ -158,6 +158,12 @@ def load_demo_data(conn: Connection) -> bool:
     return load_demo_products(conn) | load_demo_accounts(conn)
 
 
+def reset_orders(conn: Connection) -> None:
+    """The gateway's share of a reset: every order."""
+    for model in (OrderItemRow, OrderRow):
+        conn.execute(delete(table_of(model)))
+
+
 def reset_demo_data(conn: Connection) -> None:
     """Restore the exact demo starting point: every order and participant record is deleted
     and products/accounts are put back, in one transaction. (The saga log is a separate
@@ -165,14 +171,20 @@ def reset_demo_data(conn: Connection) -> None:
     reset_shipping(conn)
     reset_payment(conn)
     reset_inventory(conn)
-    for model in (OrderItemRow, OrderRow):
-        conn.execute(delete(table_of(model)))
+    reset_orders(conn)
 
 
 def shipped(conn: Connection) -> dict[str, int]:
     """Shipping's count of units shipped, per product (absent: none)."""
     rows = conn.execute(select(shipped_units.c.product_id, shipped_units.c.quantity))
     return {pid: qty for pid, qty in rows if qty}
+
+
+def list_catalogue(conn: Connection) -> list[ProductInfo]:
+    """Inventory's own view: ``reserved`` is every unit its reservations hold (shipping's
+    count is not in its database)."""
+    rows = conn.execute(select(products).order_by(products.c.id))
+    return [product_info(row, 0) for row in rows]
 
 
 def list_products(conn: Connection) -> list[ProductInfo]:

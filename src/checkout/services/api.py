@@ -112,7 +112,7 @@ def inventory_router() -> APIRouter:
     @router.get("/products")
     async def products(request: Request) -> dict[str, Any]:
         """The catalogue: price (cents), stock, and units held by reservations."""
-        rows = await _executor(request).read(shop_ops.list_products)
+        rows = await _executor(request).read(shop_ops.list_catalogue)
         return {
             "products": [
                 {
@@ -120,7 +120,7 @@ def inventory_router() -> APIRouter:
                     "name": p.name,
                     "price_cents": p.price_cents,
                     "stock": p.stock,
-                    "reserved": p.reserved + p.shipped,
+                    "reserved": p.reserved,
                 }
                 for p in rows
             ]

@@ -131,6 +131,13 @@ def cancel_shipment(conn: Connection, payload: dict[str, Any], command: Command)
     return done.model_dump(mode="json")
 
 
+# The compensations, with the forward command each undoes (the participant library's tombstones).
+COMPENSATES: dict[tuple[str, str], str] = {
+    ("payment", "refund"): "start",
+    ("inventory", "release"): "reserve",
+    ("shipping", "cancel"): "create",
+}
+
 COMMANDS: dict[str, dict[str, Handler]] = {
     "payment": {"start": start_payment, "refund": refund_payment},
     "inventory": {"reserve": reserve, "release": release},

@@ -33,6 +33,9 @@ TABLES = {
     "inventory_reservations",
     "shipments",
     "shipped_units",
+    "payment_inbox",
+    "inventory_inbox",
+    "shipping_inbox",
 }
 VERSION_TABLES = {history.version_table for history in EMBEDDED}
 

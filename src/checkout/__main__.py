@@ -1,0 +1,5 @@
+"""``python -m checkout ...``: the ``checkout`` command (``checkout up`` starts its children so)."""
+
+from checkout.cli import main
+
+main()

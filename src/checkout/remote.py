@@ -1,0 +1,228 @@
+"""The gateway's side of separate services: the shop read through their HTTP APIs, and the
+dispatcher that carries the saga's commands to them.
+
+:class:`RemoteShop` is :class:`checkout.participants.ShopService` over the services' APIs
+(payment: accounts and balances; inventory: catalogue, stock and prices; shipping: units
+shipped), so every gateway route (``/inventory``, ``/products``, ``/balances``, ``/accounts``,
+``POST /reset``) and the saga's ``validate_order`` step work the same on either layout. A
+service that cannot be reached raises :class:`~checkout.dbfaults.ShopUnavailable`: a 503 for a
+read, a transient failure (retried with the step's policy) in a saga step. A gateway read is
+an HTTP call per service: pooled connections (one ``httpx.AsyncClient``), explicit timeouts.
+
+:class:`CallOverMessages` lets a saga step await a command's reply over a message transport
+(RabbitMQ): it publishes the command (confirmed) and waits for the reply that the transport
+delivers to ``on_reply``, matched by ``message_id``. A reply nobody waits for (the gateway
+restarted since) is dropped: the step is retried with the same key after the restart and the
+participant's inbox answers it with the recorded reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from checkout.dbexec import ShopExecutor
+from checkout.dbfaults import ShopUnavailable
+from checkout.domain.models import (
+    AccountInfo,
+    OrderInput,
+    ProductInfo,
+    UserNotFound,
+    ValidatedOrder,
+)
+from checkout.domain.rules import order_total, price_lines
+from checkout.participants.orders import Catalogue
+from checkout.participants.shop import ShopTotals
+from sagaway.transport import Command, Dispatcher, Reply, TransportError
+
+log = logging.getLogger("checkout.remote")
+
+SERVICE_NAMES = ("payment", "inventory", "shipping")
+
+
+class RemoteShop:
+    """The shop's reads and demo reset, answered by the three services' HTTP APIs."""
+
+    def __init__(
+        self,
+        urls: Mapping[str, str],
+        *,
+        orders: ShopExecutor | None = None,
+        admin_token: str | None = None,
+        timeout: float = 5.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.urls = {name: urls[name].rstrip("/") for name in SERVICE_NAMES}
+        self._orders = orders  # the gateway's own database: a reset empties its orders too
+        headers = {"Authorization": f"Bearer {admin_token}"} if admin_token else {}
+        self._client = httpx.AsyncClient(
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=2.0),
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+            transport=transport,
+        )
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def _request(self, method: str, service: str, path: str, **kwargs: Any) -> Any:
+        url = self.urls[service] + path
+        try:
+            response = await self._client.request(method, url, **kwargs)
+        except httpx.HTTPError as exc:
+            log.warning("%s %s: %r", method, url, exc)
+            raise ShopUnavailable(f"The {service} service is unavailable") from exc
+        if response.status_code == 404:
+            return None
+        if response.status_code >= 400:
+            log.warning("%s %s: HTTP %s %s", method, url, response.status_code, response.text)
+            raise ShopUnavailable(f"The {service} service is unavailable")
+        return response.json()
+
+    async def _get(self, service: str, path: str, **params: Any) -> Any:
+        return await self._request("GET", service, path, params=params or None)
+
+    # ---- what ShopService offers
+
+    async def load_demo_data(self) -> bool:
+        """Each service loads its own share on its first start."""
+        return False
+
+    async def reset_demo_data(self) -> None:
+        """Every service back to its share of the demo data, then the gateway's orders."""
+        await asyncio.gather(*(self._request("POST", name, "/reset") for name in SERVICE_NAMES))
+        if self._orders is not None:
+            from checkout.participants.shop import reset_orders
+
+            await self._orders.write(reset_orders)
+
+    async def list_products(self) -> list[ProductInfo]:
+        catalogue, shipped = await asyncio.gather(
+            self._get("inventory", "/products"), self._get("shipping", "/shipped")
+        )
+        out: dict[str, int] = shipped["shipped"]
+        return [
+            ProductInfo(
+                id=p["product_id"],
+                name=p["name"],
+                price_cents=p["price_cents"],
+                stock=p["stock"],
+                reserved=p["reserved"] - out.get(p["product_id"], 0),
+                shipped=out.get(p["product_id"], 0),
+            )
+            for p in catalogue["products"]
+        ]
+
+    async def get_product(self, product_id: str) -> ProductInfo | None:
+        return next((p for p in await self.list_products() if p.id == product_id), None)
+
+    async def inventory(self) -> dict[str, int]:
+        data = await self._get("inventory", "/inventory")
+        return dict(data["inventory"])
+
+    async def list_accounts(self) -> list[AccountInfo]:
+        data = await self._get("payment", "/accounts")
+        return [AccountInfo.model_validate(a) for a in data["accounts"]]
+
+    async def get_account(self, account_id: str) -> AccountInfo | None:
+        data = await self._get("payment", f"/accounts/{quote(account_id, safe='')}")
+        return None if data is None else AccountInfo.model_validate(data)
+
+    async def balances(self) -> dict[str, int]:
+        data = await self._get("payment", "/balances")
+        return dict(data["balances_cents"])
+
+    async def prices(self, product_ids: list[str]) -> dict[str, int]:
+        if not product_ids:
+            return {}
+        data = await self._get("inventory", "/prices", ids=product_ids)
+        return dict(data["prices_cents"])
+
+    async def catalogue(self, customer_id: str, product_ids: list[str]) -> Catalogue:
+        """Prices and account for pricing a new order (the gateway's OrderService)."""
+        account, prices = await asyncio.gather(
+            self.get_account(customer_id), self.prices(product_ids)
+        )
+        return Catalogue(prices=prices, account=account)
+
+    async def validate_order(self, order: OrderInput) -> ValidatedOrder:
+        """The ``validate_order`` step, as :func:`checkout.participants.shop.validate_order`
+        decides it, on the services' answers."""
+        catalogue = await self.catalogue(
+            order.customer_id, sorted({item.product_id for item in order.items})
+        )
+        if catalogue.account is None:
+            raise UserNotFound(order.customer_id)
+        lines = price_lines(order.items, dict(catalogue.prices))
+        return ValidatedOrder(
+            order_id=order.order_id,
+            customer_id=order.customer_id,
+            lines=lines,
+            total_cents=order_total(lines),
+            shipping_address=order.shipping_address or catalogue.account.shipping_address,
+        )
+
+    async def totals(self) -> ShopTotals:
+        money, units = await asyncio.gather(
+            self._get("payment", "/totals"), self._get("inventory", "/totals")
+        )
+        return ShopTotals(money_cents=int(money["money_cents"]), units=dict(units["units"]))
+
+
+class CallOverMessages(Dispatcher):
+    """Request/response over a message transport: publish, then await the reply by id."""
+
+    parks = False
+
+    def __init__(self, transport: Dispatcher) -> None:
+        self.transport = transport
+        self._waiting: dict[str, asyncio.Future[Reply]] = {}
+        transport.on_reply(self._on_reply)
+
+    async def open(self) -> None:
+        await self.transport.open()
+
+    async def close(self) -> None:
+        await self.transport.close()
+
+    async def call(self, command: Command, timeout: float | None) -> Reply:
+        # Any attempt's reply answers the step: the participant's inbox gives every delivery of
+        # one message_id the same recorded reply.
+        key = command.message_id
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiting[key] = waiter
+        try:
+            async with asyncio.timeout(timeout):
+                await self.transport.publish([command.to_outbox(time.time())])
+                return await waiter
+        finally:
+            self._waiting.pop(key, None)
+
+    async def _on_reply(self, reply: Reply) -> None:
+        waiter = self._waiting.get(reply.message_id)
+        if waiter is None or waiter.done():
+            log.info("reply to %s: nobody waits for it (stale)", reply.message_id)
+            return
+        waiter.set_result(reply)
+
+
+def open_dispatcher(transport: str, urls: Mapping[str, str], rabbitmq_url: str) -> Dispatcher:
+    """The dispatcher of ``transport`` (``http`` or ``rabbitmq``)."""
+    if transport == "http":
+        from sagaway.transport.http import HttpDispatcher
+
+        return HttpDispatcher({name: urls[name] for name in SERVICE_NAMES})
+    if transport == "rabbitmq":
+        from sagaway.transport.rabbitmq import RabbitDispatcher
+
+        return CallOverMessages(RabbitDispatcher(rabbitmq_url))
+    raise ValueError(f"unknown transport {transport!r}: use inprocess, http or rabbitmq")
+
+
+__all__ = ["CallOverMessages", "RemoteShop", "TransportError", "open_dispatcher"]
