@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -17,6 +18,7 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
+from sagaway import rules
 from sagaway.clock import Clock, SystemClock
 from sagaway.definition import Saga, declared_sagas
 from sagaway.errors import (
@@ -28,7 +30,13 @@ from sagaway.errors import (
     UnknownSagaError,
 )
 from sagaway.hooks import ClaimReason, Hook, HookChain
-from sagaway.rules import compensation_reason, last_cancellable, past_pivot, retry_requested
+from sagaway.rules import (
+    Next,
+    compensation_reason,
+    last_cancellable,
+    past_pivot,
+    retry_requested,
+)
 from sagaway.runner import CommitListener, SagaRun
 from sagaway.state import (
     ACTIVE_STATUSES,
@@ -36,6 +44,7 @@ from sagaway.state import (
     Event,
     EventType,
     NewSaga,
+    OutboxMessage,
     Phase,
     SagaRecord,
     SagaStatus,
@@ -46,7 +55,9 @@ from sagaway.state import (
 )
 from sagaway.store import SagaStore, open_store
 from sagaway.store._codec import check_text, check_value
-from sagaway.store.base import Page
+from sagaway.store.base import OutboxStore, Page
+from sagaway.transport.base import Dispatcher, Reply
+from sagaway.transport.stub import StubDispatcher
 
 # Re-exported: they were defined here before the rules moved to ``sagaway.rules``.
 __all__ = ["Engine", "compensation_reason", "last_cancellable", "past_pivot"]
@@ -55,6 +66,10 @@ log = logging.getLogger("sagaway.engine")
 
 # How often an engine looks again for unfinished sagas of definitions it does not know.
 UNKNOWN_CHECK_SECONDS = 60.0
+# The relay's sweep publishes outbox messages older than this: younger ones are still being
+# published by the run that wrote them (the fast path, right after its commit).
+OUTBOX_SWEEP_AGE = 2.0
+OUTBOX_SWEEP_BATCH = 500
 
 
 def _new_id(now: float) -> str:
@@ -93,6 +108,7 @@ class Engine:
         execute: bool = True,
         clock: Clock | None = None,
         hooks: Iterable[Hook] = (),
+        transport: Dispatcher | None = None,
     ) -> None:
         if lease_seconds <= 0 or recovery_interval <= 0 or max_concurrency < 1:
             raise ValueError("lease_seconds, recovery_interval, max_concurrency must be positive")
@@ -119,6 +135,12 @@ class Engine:
         self._opened = False
         # None while no hook is registered: the runner then calls none and times nothing.
         self._hooks: HookChain | None = None
+        # How remote steps reach their participants. The default has none: a remote step
+        # then fails with a reply naming its participant. The engine opens the transport;
+        # it closes only the one it made (a transport passed in may outlive it).
+        self.transport: Dispatcher = transport if transport is not None else StubDispatcher()
+        self._own_transport = transport is None
+        self._parks = self.transport.parks
         for hook in hooks:
             self.add_hook(hook)
         for saga in sagas or ():
@@ -131,6 +153,9 @@ class Engine:
             return self
         await self.store.open()
         self._opened = True
+        await self.transport.open()
+        if self._parks and self.execute:  # an API-only engine drives nothing, replies neither
+            self.transport.on_reply(self._apply_reply)
         if self.execute:
             self.store.on_work(self.wake)
             # Recover at once (taking back our own sagas from a previous life), then keep going.
@@ -147,6 +172,8 @@ class Engine:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._own_transport:
+            await self.transport.close()
         await self.store.close()
 
     async def __aenter__(self) -> Engine:
@@ -309,8 +336,10 @@ class Engine:
         """Wait until the saga is terminal or ``timeout`` seconds pass; return it either way
         (check ``record.status.is_terminal``), with its steps but without its history (use
         ``get`` for the timeline)."""
+        loop = asyncio.get_running_loop()
+        until = None if timeout is None else loop.time() + timeout
         if saga_id in self._runs:
-            future: asyncio.Future[SagaRecord | None] = asyncio.get_running_loop().create_future()
+            future: asyncio.Future[SagaRecord | None] = loop.create_future()
             self._waiters.setdefault(saga_id, []).append(future)
             if timeout is None:  # no wait_for: it costs a coroutine per call for nothing here
                 final = await future
@@ -320,10 +349,11 @@ class Engine:
                     final = await asyncio.wait_for(future, timeout)
             if final is not None:  # driven here to the end: no need to read it back
                 return final
-            return self._typed(await self.store.get(saga_id, history=False))
-        # Driven by another engine: the store is the only place to look.
-        loop = asyncio.get_running_loop()
-        until = None if timeout is None else loop.time() + timeout
+            record = self._typed(await self.store.get(saga_id, history=False))
+            if record.waiting_for is None or record.status.is_terminal:
+                return record
+            # Parked (a remote step's reply): look again below until it finishes.
+        # Driven by another engine, or parked: the store is the only place to look.
         delay = 0.005
         while True:
             record = await self.store.get(saga_id, history=False)
@@ -488,6 +518,7 @@ class Engine:
         record: SagaRecord,
         prewritten: bool = False,
         reason: ClaimReason = ClaimReason.RECOVERED,
+        carry: Change | None = None,
     ) -> None:
         record.definition = saga
         hooks = self._hooks
@@ -502,6 +533,9 @@ class Engine:
             listener=self._notify if self._listeners else None,
             prewritten=prewritten,
             hooks=hooks,
+            dispatcher=self.transport,
+            relay=self._relay if self._parks else None,
+            carry=carry,
         )
         self._runs[record.id] = run
         # _drive drops the task from _tasks itself when it ends: a done callback would cost a
@@ -536,7 +570,7 @@ class Engine:
             if run.hooks is not None:
                 if run.record.status.is_terminal:
                     run.hooks.on_finish(run.record)
-                else:
+                elif not run.parked:
                     run.hooks.on_release(run.record, stopped)
             self._tasks.discard(asyncio.current_task())
             self._runs.pop(saga_id, None)
@@ -547,6 +581,127 @@ class Engine:
                     if not future.done():
                         future.set_result(None if final is None else final.copy(history=False))
 
+    # -- remote steps: the relay and replies ----------------------------------------------------
+
+    async def _relay(self, messages: tuple[OutboxMessage, ...]) -> None:
+        """Publish outbox messages just committed, then delete them. A failure leaves them for
+        the sweep (``relay_outbox``), which runs in every recovery pass."""
+        try:
+            await self.transport.publish(messages)
+            store = self.store
+            if isinstance(store, OutboxStore):
+                await store.outbox_delete([m.id for m in messages])
+        except Exception as exc:  # the saga is parked all the same: the sweep sends them
+            log.warning(
+                "relay: %d message(s) not published (%s); the sweep retries", len(messages), exc
+            )
+
+    async def relay_outbox(self, *, older_than: float | None = None) -> int:
+        """One sweep of the relay: publish what the outbox still holds (written before a crash,
+        or whose publish failed), oldest first, and delete it; return how many were sent.
+        ``older_than`` defaults to a few seconds ago, leaving the runs' own fast path alone."""
+        store = self.store
+        if not self._parks or not isinstance(store, OutboxStore):
+            return 0
+        if older_than is None:
+            older_than = self.clock.now() - OUTBOX_SWEEP_AGE
+        sent = 0
+        while True:
+            batch = await store.outbox_pending(limit=OUTBOX_SWEEP_BATCH, older_than=older_than)
+            if not batch:
+                return sent
+            await self.transport.publish(batch)
+            await store.outbox_delete([m.id for m in batch])
+            sent += len(batch)
+            if len(batch) < OUTBOX_SWEEP_BATCH:
+                return sent
+
+    async def deliver(self, reply: Reply) -> bool:
+        """Apply a participant's reply to the saga waiting for it and drive the saga on; True
+        if applied. A reply the saga no longer waits for (a duplicate, a late one, one for a
+        saga another engine has moved on) is ignored. Message transports call this (through
+        ``on_reply``); tests and other transports may call it directly."""
+        return await self._on_reply(reply)
+
+    async def _apply_reply(self, reply: Reply) -> None:
+        await self._on_reply(reply)
+
+    async def _on_reply(self, reply: Reply) -> bool:
+        saga_id = reply.saga_id
+        if saga_id in self._runs:
+            # Still being driven here: it has sent the command and is about to park (or the
+            # reply is stale). Look again once that run has ended.
+            future: asyncio.Future[SagaRecord | None] = asyncio.get_running_loop().create_future()
+            self._waiters.setdefault(saga_id, []).append(future)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(future, self.lease_seconds)
+        record = await self.store.load(saga_id, history=False)
+        if record is None or not rules.reply_is_current(record, reply):
+            log.debug("stale reply %s for saga %s: ignored", reply.message_id, saga_id)
+            return False
+        saga = self._lookup(record.name, record.version)
+        if saga is None:
+            log.warning(
+                "reply for saga %s of unknown definition %r v%d: ignored",
+                saga_id,
+                record.name,
+                record.version,
+            )
+            return False
+        now = self.clock.now()
+        taken = await self.store.acquire(
+            saga_id,
+            self.owner_id,
+            now=now,
+            lease_seconds=self.lease_seconds,
+            statuses=ACTIVE_STATUSES,
+        )
+        if taken is None:  # another engine is driving it: its own timeout path re-sends
+            log.debug("reply %s: saga %s is held by another engine", reply.message_id, saga_id)
+            return False
+        if saga_id in self._runs:  # our own recovery took it meanwhile: it re-sends
+            return False
+        taken.definition = saga
+        decision = rules.reply_arrived(saga, taken, self._checked_reply(saga, reply), now)
+        if decision.next is Next.IGNORE:
+            log.debug("stale reply %s for saga %s: ignored", reply.message_id, saga_id)
+            if taken.waiting_for is not None:
+                await self.store.commit(saga_id, self.owner_id, Change(release_lease=True), now)
+            else:  # not parked and now ours: it needs driving anyway
+                self._spawn(saga, taken)
+            return False
+        hooks = self._hooks
+        if hooks is not None:
+            hooks.on_resume(taken, taken.waiting_for or "reply")
+        if decision.next is Next.STOP:
+            await self.store.commit(saga_id, self.owner_id, decision.change, now)
+            apply_change(taken, decision.change, now)
+            if hooks is not None:
+                hooks.on_finish(taken)
+            self._answer_waiters(saga_id, taken)
+            return True
+        self._spawn(saga, taken, reason=ClaimReason.REPLIED, carry=decision.change)
+        return True
+
+    def _checked_reply(self, saga: Saga, reply: Reply) -> Reply:
+        """A successful reply whose output does not fit the step's declared reply type (or
+        cannot be stored) becomes a failure saying so: the participant answered, so the
+        outcome is known, and retrying would get the same answer."""
+        if not reply.ok or reply.phase is Phase.COMPENSATION:
+            return reply
+        step = saga.get_step(reply.step)
+        try:
+            output = step.encode_output(step.decode_output(reply.output))
+            check_value(output, f"the reply to step {step.name!r}")
+        except Exception as exc:
+            return dataclasses.replace(reply, ok=False, output=None, error=str(exc))
+        return dataclasses.replace(reply, output=output)
+
+    def _answer_waiters(self, saga_id: str, record: SagaRecord) -> None:
+        for future in self._waiters.pop(saga_id, None) or ():
+            if not future.done():
+                future.set_result(record.copy(history=False))
+
     async def _maintain(self) -> None:
         interval = min(self.recovery_interval, self.lease_seconds / 3)
         while True:
@@ -556,6 +711,7 @@ class Engine:
             try:
                 await self._renew()
                 await self.recover()
+                await self.relay_outbox()
             except asyncio.CancelledError:
                 raise
             except Exception:
