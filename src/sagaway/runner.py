@@ -538,7 +538,7 @@ class SagaRun:
             check_value(payload, f"the payload of remote step {step.name!r}")
         except UnstorableValue as exc:  # nothing was sent: a programming error, not uncertain
             raise DecodeError(str(exc)) from None
-        return Command(
+        command = Command(
             ctx.idempotency_key,
             self.record.id,
             self.saga.name,
@@ -550,6 +550,9 @@ class SagaRun:
             payload,
             ctx.forward_key if compensating else None,
         )
+        if self.hooks is not None:  # before it leaves: hooks may add headers (traceparent)
+            self.hooks.before_dispatch(self.record, command)
+        return command
 
     async def _remote_call(
         self, step: Step[Any], ctx: StepContext, output: Any, failure: Exception | None
