@@ -20,7 +20,7 @@ from rabbitkit import (
     queue_depth,
     until,
 )
-from sagaway.participant.rabbitmq import RabbitParticipant
+from sagaway.participant.rabbitmq import RabbitParticipant, serve_rabbitmq
 from sagaway.transport.base import Command, Reply, TransportError
 from sagaway.transport.rabbitmq import RabbitDispatcher
 
@@ -54,6 +54,21 @@ async def test_command_reaches_the_participant_and_its_reply_the_handler(url: st
     assert inventory.stock == 1_000_000 - 20
     assert payment.stock == 1_000_000 - 5
     assert await queue_depth(url, "saga_replies") == 0  # every reply acked
+
+
+async def test_serve_rabbitmq_serves_until_cancelled(url: str) -> None:
+    participant, replies = InboxParticipant(), Replies()
+    server = asyncio.create_task(serve_rabbitmq(participant.handle, url, queue="shipping"))
+    try:
+        async with RabbitDispatcher(url) as dispatcher:
+            dispatcher.on_reply(replies)
+            await dispatcher.publish([command(1, "shipping", "create").to_outbox(at=0.0)])
+            await replies.wait_for(lambda got: len(got) == 1)
+    finally:
+        server.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await server
+    assert replies.received[0].participant == "shipping"
 
 
 async def test_handler_registered_before_open_consumes_too(url: str) -> None:
