@@ -154,6 +154,8 @@ class Engine:
         self.transport: Dispatcher = transport if transport is not None else StubDispatcher()
         self._own_transport = transport is None
         self._parks = self.transport.parks
+        self._published: list[str] = []  # outbox ids published, to delete (batched)
+        self._deleting: asyncio.Task[None] | None = None
         for hook in hooks:
             self.add_hook(hook)
         for saga in sagas or ():
@@ -185,6 +187,8 @@ class Engine:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):  # what is left undeleted, the sweep re-sends
+            await self.flush_outbox()
         if self._own_transport:
             await self.transport.close()
         await self.store.close()
@@ -597,17 +601,38 @@ class Engine:
     # -- remote steps: the relay and replies ----------------------------------------------------
 
     async def _relay(self, messages: tuple[OutboxMessage, ...]) -> None:
-        """Publish outbox messages just committed, then delete them. A failure leaves them for
-        the sweep (``relay_outbox``), which runs in every recovery pass."""
+        """Publish outbox messages just committed; their deletion follows in the background,
+        batched. A failure leaves them for the sweep (``relay_outbox``), which runs in every
+        recovery pass."""
         try:
             await self.transport.publish(messages)
-            store = self.store
-            if isinstance(store, OutboxStore):
-                await store.outbox_delete([m.id for m in messages])
         except Exception as exc:  # the saga is parked all the same: the sweep sends them
             log.warning(
                 "relay: %d message(s) not published (%s); the sweep retries", len(messages), exc
             )
+            return
+        self._published.extend(m.id for m in messages)
+        if self._deleting is None or self._deleting.done():
+            self._deleting = asyncio.get_running_loop().create_task(self._delete_published())
+
+    async def _delete_published(self) -> None:
+        """Delete what the relay published: one write for all the messages published while the
+        previous one was in flight (one per message would cost a write per remote step). A
+        message whose deletion is lost (a crash, an error) is published again by the sweep:
+        harmless, as its receiver dedupes on its id."""
+        store = self.store
+        while self._published and isinstance(store, OutboxStore):
+            ids, self._published = self._published, []
+            try:
+                await store.outbox_delete(ids)
+            except Exception as exc:
+                log.warning("relay: could not delete %d published message(s): %s", len(ids), exc)
+                return
+
+    async def flush_outbox(self) -> None:
+        """Wait until the messages the relay has published are deleted from the outbox."""
+        while self._deleting is not None and not self._deleting.done():
+            await asyncio.shield(self._deleting)
 
     async def relay_outbox(self, *, older_than: float | None = None) -> int:
         """One sweep of the relay: publish what the outbox still holds (written before a crash,
