@@ -35,6 +35,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -126,11 +127,14 @@ async def httpx_client(url: str, concurrency: int) -> AsyncIterator[Post]:
 CLIENTS = {"aiohttp": aiohttp_client, "httpx": httpx_client}
 
 
-def cpu_seconds(pid: int | None) -> float:
-    """User + system CPU of process ``pid`` so far (Linux /proc), 0.0 when unknown: the
-    server's CPU per order is the number to compare on a shared machine, not wall time."""
+def cpu_seconds(pid: int | list[int] | None) -> float:
+    """User + system CPU of process ``pid`` (or of every pid of a list) so far (Linux /proc),
+    0.0 when unknown: the server's CPU per order is the number to compare on a shared machine,
+    not wall time."""
     if pid is None:
         return 0.0
+    if isinstance(pid, list):
+        return sum(cpu_seconds(one) for one in pid)
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
@@ -145,7 +149,7 @@ async def run(
     warmup: int,
     reset: bool,
     client_kind: str,
-    server_pid: int | None = None,
+    server_pid: int | list[int] | None = None,
 ) -> tuple[Results, float]:
     if reset:
         async with httpx.AsyncClient(base_url=url) as client:
@@ -285,6 +289,71 @@ def serve(workdir: Path) -> Iterator[tuple[str, int]]:
             proc.wait()
 
 
+# --------------------------------------------------------------------------- --up
+
+
+def _children(parent: int) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                stat = (proc / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
+                found.append(int(proc.name))
+    return found
+
+
+@contextlib.contextmanager
+def up(workdir: Path, transport: str, base_port: int) -> Iterator[tuple[str, list[int]]]:
+    """``checkout up --transport ...`` (gateway + three services, each with its own SQLite
+    file) in ``workdir``; the happy path's stock and balances topped up in the services'
+    databases once they started. Yields the gateway's URL and the four processes' pids."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAGAWAY_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    command = [sys.executable, "-m", "checkout", "up", "--transport", transport]
+    proc = subprocess.Popen(
+        [*command, "--base-port", str(base_port)],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if re.match(r"gateway +\| checkout serving on", line):
+                break
+        else:
+            raise SystemExit("checkout up did not start")
+        threading.Thread(target=proc.stdout.read, daemon=True).start()
+        url = f"http://127.0.0.1:{base_port}"
+        while httpx.get(f"{url}/health", timeout=5).status_code != 200:
+            time.sleep(0.05)
+        with sqlite3.connect(workdir / "inventory.db") as conn:
+            conn.execute(
+                "UPDATE products SET stock = ? WHERE id IN ('product_1', 'product_2')",
+                (HAPPY_STOCK,),
+            )
+        with sqlite3.connect(workdir / "payment.db") as conn:
+            conn.execute(
+                "UPDATE accounts SET balance_cents = ? WHERE id IN ('user_1', 'user_2')",
+                (HAPPY_BALANCE_CENTS,),
+            )
+        pids = _children(proc.pid)
+        print(f"checkout up ({transport}) at {url}: pids {pids} in {workdir}", file=sys.stderr)
+        yield url, pids
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     target = parser.add_mutually_exclusive_group(required=True)
@@ -292,6 +361,13 @@ def main() -> None:
     target.add_argument(
         "--serve", action="store_true", help="start checkout serve on a fresh temporary DB"
     )
+    target.add_argument(
+        "--up",
+        choices=["http", "rabbitmq"],
+        help="start `checkout up` (separate services) over this transport in a temporary "
+        "directory; server CPU is the four processes'",
+    )
+    parser.add_argument("--base-port", type=int, default=18000, help="with --up")
     parser.add_argument("--n", type=int, default=5000, help="orders to time")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=200, help="orders sent before timing")
@@ -314,9 +390,13 @@ def main() -> None:
     args = parser.parse_args()
 
     with contextlib.ExitStack() as stack:
+        server_pid: int | list[int] | None
         if args.serve:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
             url, server_pid = stack.enter_context(serve(workdir))
+        elif args.up:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            url, server_pid = stack.enter_context(up(workdir, args.up, args.base_port))
         else:
             url, server_pid = args.url, args.server_pid
         if args.hold:

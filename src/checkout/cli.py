@@ -34,6 +34,7 @@ from rich.console import Console
 from rich.table import Table
 
 from checkout.bootstrap import Role, Services, bootstrap, open_shop_database, server_owner_id
+from checkout.db import EMBEDDED, GATEWAY
 from checkout.db import migrate as migrate_shop
 from checkout.domain.models import OrderLine
 from checkout.domain.rules import format_money
@@ -273,7 +274,9 @@ def migrate() -> None:
     async def shop() -> None:
         db = await open_shop_database(settings.database_url)
         try:
-            await migrate_shop(db)
+            # Separate services migrate their own databases when they start.
+            embedded = settings.transport == "inprocess"
+            await migrate_shop(db, histories=EMBEDDED if embedded else [GATEWAY])
         finally:
             await db.dispose()
 

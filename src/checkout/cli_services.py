@@ -28,7 +28,7 @@ import httpx
 import typer
 from rich.text import Text
 
-from checkout.cli import app, bind, console, err, load_settings, run_server
+from checkout.cli import app, bind, console, err, fail, is_loopback, load_settings, run_server
 from checkout.services.specs import SERVICES, service_url
 
 
@@ -68,6 +68,12 @@ def participant(
     spec = SERVICES[name.value]
     url = database_url or os.environ.get("SAGAWAY_DATABASE_URL") or spec.default_database_url
     settings = load_settings(database_url=url, host=host, port=spec.port if port is None else port)
+    if settings.demo and settings.admin_token is None and not is_loopback(settings.host):
+        fail(
+            f"demo mode without SAGAWAY_ADMIN_TOKEN lets anyone reset the {spec.name} service "
+            f"and read its data, so it is only served on loopback, not on {settings.host!r}: "
+            "set SAGAWAY_ADMIN_TOKEN (the gateway sends it too), or SAGAWAY_DEMO=false"
+        )
     sock = bind(settings.host, settings.port)
     actual = sock.getsockname()[1]
     application = create_service_app(
@@ -136,7 +142,9 @@ async def _stop(name: str, process: asyncio.subprocess.Process) -> None:
         await process.wait()
 
 
-async def _up(transport: str, gateway_port: int) -> int:
+async def _up(transport: str, base_port: int) -> int:
+    gateway_port = base_port
+    ports = {name: base_port + n for n, name in enumerate(SERVICES, start=1)}
     settings = load_settings()
     env = {**os.environ, "SAGAWAY_TRANSPORT": transport}
     children: dict[str, asyncio.subprocess.Process] = {}
@@ -147,14 +155,12 @@ async def _up(transport: str, gateway_port: int) -> int:
     status = 0
     try:
         for name, spec in SERVICES.items():
-            url = service_url(name)
             service_env = {**env, "SAGAWAY_DATABASE_URL": spec.default_database_url}
-            children[name] = await _spawn(
-                name, ["participant", name, "--transport", transport], service_env
-            )
-            env[spec.url_variable] = url
+            args = ["participant", name, "--transport", transport, "--port", str(ports[name])]
+            children[name] = await _spawn(name, args, service_env)
+            env[spec.url_variable] = service_url(name, ports[name])
         for name in SERVICES:
-            if not await _healthy(service_url(name), children[name], 60):
+            if not await _healthy(service_url(name, ports[name]), children[name], 60):
                 err.print(f"[red]the {name} service did not start[/red]")
                 return 1
         gateway_env = {**env, "SAGAWAY_DATABASE_URL": settings.database_url}
@@ -163,7 +169,7 @@ async def _up(transport: str, gateway_port: int) -> int:
         )
         console.print(
             f"checkout up over {transport}: gateway http://127.0.0.1:{gateway_port}, "
-            + ", ".join(f"{n} {service_url(n)}" for n in SERVICES)
+            + ", ".join(f"{n} {service_url(n, ports[n])}" for n in SERVICES)
             + " (Ctrl-C stops them all)",
             highlight=False,
         )
@@ -190,10 +196,15 @@ def up(
     transport: Annotated[
         RemoteTransport, typer.Option(help="How the gateway reaches the services")
     ] = RemoteTransport.http,
-    port: Annotated[int, typer.Option(min=1, max=65535, help="The gateway's port")] = 8000,
+    base_port: Annotated[
+        int,
+        typer.Option(
+            min=1, max=65532, help="The gateway's port; payment, inventory, shipping the next 3"
+        ),
+    ] = 8000,
 ) -> None:
     """Run the gateway and the three services (Ctrl-C stops them all)."""
-    status = asyncio.run(_up(transport.value, port))
+    status = asyncio.run(_up(transport.value, base_port))
     if status:
         raise typer.Exit(status)
 

@@ -145,7 +145,7 @@ class _StoreOwnedConnection:
         return getattr(self._raw, name)
 
 
-def _wrap(raw: sqlite3.Connection) -> Connection:
+def wrap_sqlite(raw: sqlite3.Connection) -> Connection:
     """A SQLAlchemy Core connection over ``raw`` that never commits, rolls back or closes it."""
     proxy = _StoreOwnedConnection(raw)
     engine = create_engine(
@@ -184,7 +184,7 @@ class StoreExecutor(ShopExecutor):
 
     def _on_writer(self, raw: sqlite3.Connection) -> Connection:
         if self._writer is None or self._writer_raw is not raw:
-            self._writer, self._writer_raw = _wrap(raw), raw
+            self._writer, self._writer_raw = wrap_sqlite(raw), raw
         return self._writer
 
     async def write(
@@ -200,7 +200,7 @@ class StoreExecutor(ShopExecutor):
             new = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
             new.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
             new.execute("PRAGMA query_only = ON")
-            self._reader_raw, self._reader = new, _wrap(new)
+            self._reader_raw, self._reader = new, wrap_sqlite(new)
         raw, conn = self._reader_raw, self._reader
         raw.execute("BEGIN")  # one snapshot for every statement of the operation
         try:

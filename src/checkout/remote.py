@@ -7,7 +7,8 @@ shipped), so every gateway route (``/inventory``, ``/products``, ``/balances``, 
 ``POST /reset``) and the saga's ``validate_order`` step work the same on either layout. A
 service that cannot be reached raises :class:`~checkout.dbfaults.ShopUnavailable`: a 503 for a
 read, a transient failure (retried with the step's policy) in a saga step. A gateway read is
-an HTTP call per service: pooled connections (one ``httpx.AsyncClient``), explicit timeouts.
+an HTTP call per service: pooled connections (one ``aiohttp.ClientSession``), explicit
+timeouts.
 
 :class:`CallOverMessages` lets a saga step await a command's reply over a message transport
 (RabbitMQ): it publishes the command (confirmed) and waits for the reply that the transport
@@ -25,7 +26,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
-import httpx
+import aiohttp
 
 from checkout.dbexec import ShopExecutor
 from checkout.dbfaults import ShopUnavailable
@@ -56,37 +57,50 @@ class RemoteShop:
         orders: ShopExecutor | None = None,
         admin_token: str | None = None,
         timeout: float = 5.0,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.urls = {name: urls[name].rstrip("/") for name in SERVICE_NAMES}
         self._orders = orders  # the gateway's own database: a reset empties its orders too
-        headers = {"Authorization": f"Bearer {admin_token}"} if admin_token else {}
-        self._client = httpx.AsyncClient(
-            headers=headers,
-            timeout=httpx.Timeout(timeout, connect=2.0),
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
-            transport=transport,
-        )
+        self._headers = {"Authorization": f"Bearer {admin_token}"} if admin_token else {}
+        self._timeout = aiohttp.ClientTimeout(total=timeout, connect=2.0)
+        self._session: aiohttp.ClientSession | None = None
 
     async def close(self) -> None:
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
-    async def _request(self, method: str, service: str, path: str, **kwargs: Any) -> Any:
+    def _client(self) -> aiohttp.ClientSession:
+        # aiohttp, as the HTTP transport: a fraction of httpx's CPU per request (see
+        # benchmarks/http_client.py), and the gateway makes a few reads per order.
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                headers=self._headers,
+                timeout=self._timeout,
+                connector=aiohttp.TCPConnector(limit=64),
+            )
+        return self._session
+
+    async def _request(
+        self, method: str, service: str, path: str, params: list[tuple[str, str]] | None = None
+    ) -> Any:
         url = self.urls[service] + path
         try:
-            response = await self._client.request(method, url, **kwargs)
-        except httpx.HTTPError as exc:
+            async with self._client().request(method, url, params=params) as response:
+                if response.status == 404:
+                    return None
+                if response.status >= 400:
+                    text = await response.text()
+                    log.warning("%s %s: HTTP %s %s", method, url, response.status, text[:300])
+                    raise ShopUnavailable(f"The {service} service is unavailable")
+                return await response.json()
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             log.warning("%s %s: %r", method, url, exc)
             raise ShopUnavailable(f"The {service} service is unavailable") from exc
-        if response.status_code == 404:
-            return None
-        if response.status_code >= 400:
-            log.warning("%s %s: HTTP %s %s", method, url, response.status_code, response.text)
-            raise ShopUnavailable(f"The {service} service is unavailable")
-        return response.json()
 
-    async def _get(self, service: str, path: str, **params: Any) -> Any:
-        return await self._request("GET", service, path, params=params or None)
+    async def _get(
+        self, service: str, path: str, params: list[tuple[str, str]] | None = None
+    ) -> Any:
+        return await self._request("GET", service, path, params)
 
     # ---- what ShopService offers
 
@@ -141,7 +155,7 @@ class RemoteShop:
     async def prices(self, product_ids: list[str]) -> dict[str, int]:
         if not product_ids:
             return {}
-        data = await self._get("inventory", "/prices", ids=product_ids)
+        data = await self._get("inventory", "/prices", [("ids", pid) for pid in product_ids])
         return dict(data["prices_cents"])
 
     async def catalogue(self, customer_id: str, product_ids: list[str]) -> Catalogue:

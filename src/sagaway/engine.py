@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -17,18 +18,27 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
+from sagaway import rules
 from sagaway.clock import Clock, SystemClock
 from sagaway.definition import Saga, declared_sagas
 from sagaway.errors import (
     DefinitionError,
     EngineNotOpen,
+    InvalidInput,
     InvalidTransition,
     LeaseLost,
+    NotWaiting,
     SagaNotFound,
     UnknownSagaError,
 )
 from sagaway.hooks import ClaimReason, Hook, HookChain
-from sagaway.rules import compensation_reason, last_cancellable, past_pivot, retry_requested
+from sagaway.rules import (
+    Next,
+    compensation_reason,
+    last_cancellable,
+    past_pivot,
+    retry_requested,
+)
 from sagaway.runner import CommitListener, SagaRun
 from sagaway.state import (
     ACTIVE_STATUSES,
@@ -36,6 +46,7 @@ from sagaway.state import (
     Event,
     EventType,
     NewSaga,
+    OutboxMessage,
     Phase,
     SagaRecord,
     SagaStatus,
@@ -46,15 +57,32 @@ from sagaway.state import (
 )
 from sagaway.store import SagaStore, open_store
 from sagaway.store._codec import check_text, check_value
-from sagaway.store.base import Page
+from sagaway.store.base import OutboxStore, Page
+from sagaway.transport.base import Dispatcher, Reply
+from sagaway.transport.stub import StubDispatcher
 
 # Re-exported: they were defined here before the rules moved to ``sagaway.rules``.
-__all__ = ["Engine", "compensation_reason", "last_cancellable", "past_pivot"]
+__all__ = ["Engine", "SignalReceipt", "compensation_reason", "last_cancellable", "past_pivot"]
 
 log = logging.getLogger("sagaway.engine")
 
 # How often an engine looks again for unfinished sagas of definitions it does not know.
 UNKNOWN_CHECK_SECONDS = 60.0
+# The relay's sweep publishes outbox messages older than this: younger ones are still being
+# published by the run that wrote them (the fast path, right after its commit).
+OUTBOX_SWEEP_AGE = 2.0
+OUTBOX_SWEEP_BATCH = 500
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SignalReceipt:
+    """What ``Engine.signal`` did: ``duplicate`` when that signal id was already recorded
+    (nothing changed)."""
+
+    saga_id: str
+    name: str
+    signal_id: str
+    duplicate: bool = False
 
 
 def _new_id(now: float) -> str:
@@ -93,6 +121,7 @@ class Engine:
         execute: bool = True,
         clock: Clock | None = None,
         hooks: Iterable[Hook] = (),
+        transport: Dispatcher | None = None,
     ) -> None:
         if lease_seconds <= 0 or recovery_interval <= 0 or max_concurrency < 1:
             raise ValueError("lease_seconds, recovery_interval, max_concurrency must be positive")
@@ -119,6 +148,14 @@ class Engine:
         self._opened = False
         # None while no hook is registered: the runner then calls none and times nothing.
         self._hooks: HookChain | None = None
+        # How remote steps reach their participants. The default has none: a remote step
+        # then fails with a reply naming its participant. The engine opens the transport;
+        # it closes only the one it made (a transport passed in may outlive it).
+        self.transport: Dispatcher = transport if transport is not None else StubDispatcher()
+        self._own_transport = transport is None
+        self._parks = self.transport.parks
+        self._published: list[str] = []  # outbox ids published, to delete (batched)
+        self._deleting: asyncio.Task[None] | None = None
         for hook in hooks:
             self.add_hook(hook)
         for saga in sagas or ():
@@ -131,6 +168,9 @@ class Engine:
             return self
         await self.store.open()
         self._opened = True
+        await self.transport.open()
+        if self._parks and self.execute:  # an API-only engine drives nothing, replies neither
+            self.transport.on_reply(self._apply_reply)
         if self.execute:
             self.store.on_work(self.wake)
             # Recover at once (taking back our own sagas from a previous life), then keep going.
@@ -147,6 +187,10 @@ class Engine:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):  # what is left undeleted, the sweep re-sends
+            await self.flush_outbox()
+        if self._own_transport:
+            await self.transport.close()
         await self.store.close()
 
     async def __aenter__(self) -> Engine:
@@ -309,8 +353,10 @@ class Engine:
         """Wait until the saga is terminal or ``timeout`` seconds pass; return it either way
         (check ``record.status.is_terminal``), with its steps but without its history (use
         ``get`` for the timeline)."""
+        loop = asyncio.get_running_loop()
+        until = None if timeout is None else loop.time() + timeout
         if saga_id in self._runs:
-            future: asyncio.Future[SagaRecord | None] = asyncio.get_running_loop().create_future()
+            future: asyncio.Future[SagaRecord | None] = loop.create_future()
             self._waiters.setdefault(saga_id, []).append(future)
             if timeout is None:  # no wait_for: it costs a coroutine per call for nothing here
                 final = await future
@@ -320,10 +366,11 @@ class Engine:
                     final = await asyncio.wait_for(future, timeout)
             if final is not None:  # driven here to the end: no need to read it back
                 return final
-            return self._typed(await self.store.get(saga_id, history=False))
-        # Driven by another engine: the store is the only place to look.
-        loop = asyncio.get_running_loop()
-        until = None if timeout is None else loop.time() + timeout
+            record = self._typed(await self.store.get(saga_id, history=False))
+            if record.waiting_for is None or record.status.is_terminal:
+                return record
+            # Parked (a remote step's reply): look again below until it finishes.
+        # Driven by another engine, or parked: the store is the only place to look.
         delay = 0.005
         while True:
             record = await self.store.get(saga_id, history=False)
@@ -488,6 +535,7 @@ class Engine:
         record: SagaRecord,
         prewritten: bool = False,
         reason: ClaimReason = ClaimReason.RECOVERED,
+        carry: Change | None = None,
     ) -> None:
         record.definition = saga
         hooks = self._hooks
@@ -502,6 +550,9 @@ class Engine:
             listener=self._notify if self._listeners else None,
             prewritten=prewritten,
             hooks=hooks,
+            dispatcher=self.transport,
+            relay=self._relay if self._parks else None,
+            carry=carry,
         )
         self._runs[record.id] = run
         # _drive drops the task from _tasks itself when it ends: a done callback would cost a
@@ -536,7 +587,7 @@ class Engine:
             if run.hooks is not None:
                 if run.record.status.is_terminal:
                     run.hooks.on_finish(run.record)
-                else:
+                elif not run.parked:
                     run.hooks.on_release(run.record, stopped)
             self._tasks.discard(asyncio.current_task())
             self._runs.pop(saga_id, None)
@@ -547,6 +598,314 @@ class Engine:
                     if not future.done():
                         future.set_result(None if final is None else final.copy(history=False))
 
+    # -- remote steps: the relay and replies ----------------------------------------------------
+
+    async def _relay(self, messages: tuple[OutboxMessage, ...]) -> None:
+        """Publish outbox messages just committed; their deletion follows in the background,
+        batched. A failure leaves them for the sweep (``relay_outbox``), which runs in every
+        recovery pass."""
+        try:
+            await self.transport.publish(messages)
+        except Exception as exc:  # the saga is parked all the same: the sweep sends them
+            log.warning(
+                "relay: %d message(s) not published (%s); the sweep retries", len(messages), exc
+            )
+            return
+        self._published.extend(m.id for m in messages)
+        if self._deleting is None or self._deleting.done():
+            self._deleting = asyncio.get_running_loop().create_task(self._delete_published())
+
+    async def _delete_published(self) -> None:
+        """Delete what the relay published: one write for all the messages published while the
+        previous one was in flight (one per message would cost a write per remote step). A
+        message whose deletion is lost (a crash, an error) is published again by the sweep:
+        harmless, as its receiver dedupes on its id."""
+        store = self.store
+        while self._published and isinstance(store, OutboxStore):
+            ids, self._published = self._published, []
+            try:
+                await store.outbox_delete(ids)
+            except Exception as exc:
+                log.warning("relay: could not delete %d published message(s): %s", len(ids), exc)
+                return
+
+    async def flush_outbox(self) -> None:
+        """Wait until the messages the relay has published are deleted from the outbox."""
+        while self._deleting is not None and not self._deleting.done():
+            await asyncio.shield(self._deleting)
+
+    async def relay_outbox(self, *, older_than: float | None = None) -> int:
+        """One sweep of the relay: publish what the outbox still holds (written before a crash,
+        or whose publish failed), oldest first, and delete it; return how many were sent.
+        ``older_than`` defaults to a few seconds ago, leaving the runs' own fast path alone."""
+        store = self.store
+        if not self._parks or not isinstance(store, OutboxStore):
+            return 0
+        if older_than is None:
+            older_than = self.clock.now() - OUTBOX_SWEEP_AGE
+        sent = 0
+        while True:
+            batch = await store.outbox_pending(limit=OUTBOX_SWEEP_BATCH, older_than=older_than)
+            if not batch:
+                return sent
+            await self.transport.publish(batch)
+            await store.outbox_delete([m.id for m in batch])
+            sent += len(batch)
+            if len(batch) < OUTBOX_SWEEP_BATCH:
+                return sent
+
+    async def deliver(self, reply: Reply) -> bool:
+        """Apply a participant's reply to the saga waiting for it and drive the saga on; True
+        if applied. A reply the saga no longer waits for (a duplicate, a late one, one for a
+        saga another engine has moved on) is ignored. Message transports call this (through
+        ``on_reply``); tests and other transports may call it directly."""
+        return await self._on_reply(reply)
+
+    async def _apply_reply(self, reply: Reply) -> None:
+        await self._on_reply(reply)
+
+    async def _on_reply(self, reply: Reply) -> bool:
+        saga_id = reply.saga_id
+        if saga_id in self._runs:
+            # Still being driven here: it has sent the command and is about to park (or the
+            # reply is stale). Look again once that run has ended.
+            future: asyncio.Future[SagaRecord | None] = asyncio.get_running_loop().create_future()
+            self._waiters.setdefault(saga_id, []).append(future)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(future, self.lease_seconds)
+        record = await self.store.load(saga_id, history=False)
+        if record is None or not rules.reply_is_current(record, reply):
+            log.debug("stale reply %s for saga %s: ignored", reply.message_id, saga_id)
+            return False
+        saga = self._lookup(record.name, record.version)
+        if saga is None:
+            log.warning(
+                "reply for saga %s of unknown definition %r v%d: ignored",
+                saga_id,
+                record.name,
+                record.version,
+            )
+            return False
+        now = self.clock.now()
+        taken = await self.store.acquire(
+            saga_id,
+            self.owner_id,
+            now=now,
+            lease_seconds=self.lease_seconds,
+            statuses=ACTIVE_STATUSES,
+        )
+        if taken is None:  # another engine is driving it: its own timeout path re-sends
+            log.debug("reply %s: saga %s is held by another engine", reply.message_id, saga_id)
+            return False
+        if saga_id in self._runs:  # our own recovery took it meanwhile: it re-sends
+            return False
+        taken.definition = saga
+        decision = rules.reply_arrived(saga, taken, self._checked_reply(saga, reply), now)
+        if decision.next is Next.IGNORE:
+            log.debug("stale reply %s for saga %s: ignored", reply.message_id, saga_id)
+            if taken.waiting_for is not None:
+                await self.store.commit(saga_id, self.owner_id, Change(release_lease=True), now)
+            else:  # not parked and now ours: it needs driving anyway
+                self._spawn(saga, taken)
+            return False
+        hooks = self._hooks
+        if hooks is not None:
+            hooks.on_resume(taken, taken.waiting_for or "reply")
+        if decision.next is Next.STOP:
+            await self.store.commit(saga_id, self.owner_id, decision.change, now)
+            apply_change(taken, decision.change, now)
+            if hooks is not None:
+                hooks.on_finish(taken)
+            self._answer_waiters(saga_id, taken)
+            return True
+        self._spawn(saga, taken, reason=ClaimReason.REPLIED, carry=decision.change)
+        return True
+
+    # -- waits: signals from outside -------------------------------------------------------------
+
+    async def signal(
+        self,
+        saga_id: str,
+        name: str,
+        payload: Any = None,
+        *,
+        signal_id: str | None = None,
+        error: str | None = None,
+    ) -> SignalReceipt:
+        """Deliver the signal ``name`` to a saga waiting for it (``Saga.wait``): ``payload``
+        becomes the wait step's output; ``error`` fails the step instead (it compensates).
+
+        Durable once this returns: recorded in the saga's log, with ``signal_id``, in the write
+        that applies it (this engine drives the saga on at once) or, on an engine that does not
+        run it (``execute=False``, or its definition unknown here), that hands it to whichever
+        engine does. Delivering the same ``signal_id`` again changes nothing (``duplicate``).
+
+        Raises ``SagaNotFound``; ``NotWaiting`` (an ``InvalidTransition``) when the saga does
+        not wait for this signal (finished, waiting for something else, or still running the
+        steps before its wait after ``lease_seconds``); ``InvalidInput`` when the payload does
+        not fit the wait's ``reply`` type."""
+        if not (self._opened or self.store.is_open):
+            raise EngineNotOpen()
+        check_text(name, "the signal name")
+        check_text(error, "the signal's error")
+        signal_id = signal_id or uuid.uuid4().hex
+        check_text(signal_id, "the signal id")
+        check_value(payload, f"the payload of signal {name!r}")
+        signal = rules.Signal(name, signal_id, payload, error)
+        loop = asyncio.get_running_loop()
+        patience = loop.time() + self.lease_seconds
+        delay = 0.005
+        while True:
+            record = await self.store.load(saga_id)
+            if record is None:
+                raise SagaNotFound(saga_id)
+            if any(
+                e.type is EventType.SIGNAL_RECEIVED and e.detail == signal.detail
+                for e in record.history
+            ):
+                return SignalReceipt(saga_id, name, signal_id, duplicate=True)
+            saga = self._lookup(record.name, record.version)
+            refusal = self._not_waiting(record, saga, signal)
+            if refusal is None:
+                if saga is not None:
+                    self._check_signal_payload(saga, record, signal)
+                receipt = await self._apply_signal(record, saga, signal)
+                if receipt is not None:
+                    return receipt
+            elif not self._may_still_wait(record, saga, name) or loop.time() >= patience:
+                raise NotWaiting(saga_id, name, refusal, record.waiting_for)
+            # Held by an engine (applying another signal, or still running the steps before
+            # the wait): look again shortly.
+            if saga_id in self._runs:
+                future: asyncio.Future[SagaRecord | None] = loop.create_future()
+                self._waiters.setdefault(saga_id, []).append(future)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(future, max(patience - loop.time(), 0.001))
+            else:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.1)
+
+    def _not_waiting(
+        self, record: SagaRecord, saga: Saga | None, signal: rules.Signal
+    ) -> str | None:
+        """Why ``record`` cannot take ``signal`` now; None when it waits for it."""
+        saga_id, name = record.id, signal.name
+        if record.status.is_terminal:
+            return f"saga {saga_id} is {record.status}: it waits for nothing"
+        waiting = record.waiting_for
+        if waiting != f"signal:{name}":
+            what = f"waits for {waiting}" if waiting else f"is {record.status}, not waiting"
+            return f"saga {saga_id} does not wait for signal {name!r}: it {what}"
+        pending = rules.recorded_signal(record)
+        if pending is not None:
+            return (
+                f"saga {saga_id} already received signal {name!r} (signal id "
+                f"{pending.signal_id!r}); it is being applied"
+            )
+        row = rules.waiting_step(record)
+        if row is None:
+            return f"saga {saga_id} has no wait step in flight"
+        if saga is not None:
+            step = saga._by_name.get(row.name)
+            if step is None or step.wait is None or step.wait.signal != name:
+                return f"saga {saga_id}: step {row.name!r} does not wait for signal {name!r}"
+        return None
+
+    def _may_still_wait(self, record: SagaRecord, saga: Saga | None, name: str) -> bool:
+        """True while the saga is on its way to a wait for ``name`` it has not reached yet
+        (a signal may beat the run that parks it), or a signal is being applied."""
+        if not record.status.is_active:
+            return False
+        if rules.recorded_signal(record) is not None:
+            return False
+        if saga is None:
+            return record.waiting_for is None or not record.waiting_for.startswith("signal:")
+        for step in saga.steps:
+            if step.wait is None or step.wait.signal != name:
+                continue
+            row = record.steps.get((step.name, Phase.FORWARD))
+            if row is None or (row.status is StepStatus.RUNNING and record.waiting_for is None):
+                return True
+        return False
+
+    def _check_signal_payload(self, saga: Saga, record: SagaRecord, signal: rules.Signal) -> None:
+        """Refuse a payload that does not fit the wait's ``reply`` type before recording it."""
+        if signal.error is not None:
+            return
+        row = rules.waiting_step(record)
+        assert row is not None
+        step = saga.get_step(row.name)
+        try:
+            step.encode_output(step.decode_output(signal.payload))
+        except Exception as exc:
+            raise InvalidInput(f"signal {signal.name!r} for saga {record.id}: {exc}") from None
+
+    async def _apply_signal(
+        self, record: SagaRecord, saga: Saga | None, signal: rules.Signal
+    ) -> SignalReceipt | None:
+        """Take the parked saga and apply (or record) ``signal``; None if it could not be
+        taken, or changed meanwhile (the caller looks again)."""
+        saga_id = record.id
+        now = self.clock.now()
+        taken = await self.store.acquire(
+            saga_id,
+            self.owner_id,
+            now=now,
+            lease_seconds=self.lease_seconds,
+            statuses=ACTIVE_STATUSES,
+        )
+        if taken is None:
+            return None
+        if saga_id in self._runs:  # our own recovery took it meanwhile
+            return None
+        if self._not_waiting(taken, saga, signal) is not None:  # moved on meanwhile
+            await self.store.commit(saga_id, self.owner_id, Change(release_lease=True), now)
+            return None
+        receipt = SignalReceipt(saga_id, signal.name, signal.signal_id, duplicate=False)
+        hooks = self._hooks
+        if saga is None or not self.execute:
+            # Recorded for the engine that runs it: due now, so its next pass claims it.
+            change = rules.signal_recorded(taken, signal, now)
+            await self.store.commit(saga_id, self.owner_id, change, now)
+            return receipt
+        taken.definition = saga
+        decision = rules.signal_arrived(saga, taken, signal, now)
+        if hooks is not None:
+            hooks.on_resume(taken, taken.waiting_for or "signal")
+        await self.store.commit(saga_id, self.owner_id, decision.change, now)
+        apply_change(taken, decision.change, now)
+        if decision.next is Next.STOP:
+            if hooks is not None:
+                hooks.on_finish(taken)
+            self._answer_waiters(saga_id, taken)
+            return receipt
+        self._spawn(saga, taken, reason=ClaimReason.REPLIED)
+        return receipt
+
+    async def list_waiting(self, prefix: str = "", *, limit: int = 50, offset: int = 0) -> Page:
+        """Parked sagas whose ``waiting_for`` starts with ``prefix`` ("signal:payment_confirmed",
+        "signal:", "timer", "reply:"), soonest due first."""
+        return await self.store.list_waiting(prefix=prefix, limit=limit, offset=offset)
+
+    def _checked_reply(self, saga: Saga, reply: Reply) -> Reply:
+        """A successful reply whose output does not fit the step's declared reply type (or
+        cannot be stored) becomes a failure saying so: the participant answered, so the
+        outcome is known, and retrying would get the same answer."""
+        if not reply.ok or reply.phase is Phase.COMPENSATION:
+            return reply
+        step = saga.get_step(reply.step)
+        try:
+            output = step.encode_output(step.decode_output(reply.output))
+            check_value(output, f"the reply to step {step.name!r}")
+        except Exception as exc:
+            return dataclasses.replace(reply, ok=False, output=None, error=str(exc))
+        return dataclasses.replace(reply, output=output)
+
+    def _answer_waiters(self, saga_id: str, record: SagaRecord) -> None:
+        for future in self._waiters.pop(saga_id, None) or ():
+            if not future.done():
+                future.set_result(record.copy(history=False))
+
     async def _maintain(self) -> None:
         interval = min(self.recovery_interval, self.lease_seconds / 3)
         while True:
@@ -556,6 +915,7 @@ class Engine:
             try:
                 await self._renew()
                 await self.recover()
+                await self.relay_outbox()
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -47,6 +47,7 @@ class ClaimReason(StrEnum):
     STARTED = "started"  # created by this engine's ``start``
     RECOVERED = "recovered"  # claimed by a recovery pass or ``resume`` (its lease had expired)
     RETRIED = "retried"  # an operator's retry of a FAILED saga
+    REPLIED = "replied"  # a participant's reply reached the parked saga
 
 
 class Hook:

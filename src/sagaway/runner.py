@@ -14,9 +14,12 @@ compensated, per the step's ``on_uncertain``).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
+import math
 import types
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping
+from datetime import datetime
 from time import perf_counter
 from typing import Any
 
@@ -25,14 +28,23 @@ from pydantic import ValidationError
 from sagaway import rules
 from sagaway.clock import Clock
 from sagaway.context import StepContext
-from sagaway.definition import Action, Saga, Step, StepKind, describe_validation
+from sagaway.definition import (
+    DEFAULT_REPLY_TIMEOUT,
+    Action,
+    Saga,
+    Step,
+    StepKind,
+    describe_validation,
+)
 from sagaway.errors import CancelPending, DecodeError, EffectFailed, StepFailed, UnstorableValue
 from sagaway.hooks import HookChain, StepOutcome
-from sagaway.rules import Next
+from sagaway.rules import Next, step_succeeded, stop_reason
 from sagaway.state import (
     Change,
     Event,
     EventType,
+    OutboxMessage,
+    Park,
     Phase,
     SagaRecord,
     SagaStatus,
@@ -43,10 +55,13 @@ from sagaway.state import (
 )
 from sagaway.store._codec import check_value, printable
 from sagaway.store.base import SagaStore, TransactionalStore
+from sagaway.transport.base import Command, Dispatcher
 
 log = logging.getLogger("sagaway.runner")
 
 CommitListener = Callable[[SagaRecord, Change], None]
+Relay = Callable[[tuple[OutboxMessage, ...]], Awaitable[None]]
+"""Publishes the outbox messages of a transition just committed (the engine's relay)."""
 FORWARD, COMPENSATION = Phase.FORWARD, Phase.COMPENSATION
 
 
@@ -147,6 +162,9 @@ class SagaRun:
         listener: CommitListener | None = None,
         prewritten: bool = False,
         hooks: HookChain | None = None,
+        dispatcher: Dispatcher | None = None,
+        relay: Relay | None = None,
+        carry: Change | None = None,
     ) -> None:
         self.saga, self.record, self.store = saga, record, store
         self.owner, self.clock, self.listener = owner, clock, listener
@@ -156,6 +174,16 @@ class SagaRun:
         self._prewritten = prewritten
         self._results = _Results(saga, record)
         self._inputs: dict[int, Any] = {}
+        # Remote steps: request/response transports are awaited like a local action; on a
+        # message transport (``parks``) the command goes out through the outbox and the run
+        # ends parked, until a reply or the park's timeout brings the saga back.
+        self.dispatcher, self.relay = dispatcher, relay
+        self.parks = dispatcher is not None and dispatcher.parks
+        self.parked = False  # the run ended with the saga parked (not finished)
+        # An outcome decided before this run (a reply applied by the engine): written with the
+        # next transition, as the runner merges its own step outcomes.
+        self._carry = carry
+        self._resend = False  # the park timed out: send the step in flight again
 
     @property
     def cancel_requested(self) -> bool:
@@ -289,8 +317,25 @@ class SagaRun:
 
     async def _drive(self) -> None:
         now = self.clock.now()
-        pending = Change()
-        if self.record.status in (SagaStatus.PENDING, SagaStatus.RUNNING):
+        carry = self._carry
+        if carry is not None:
+            # The forward and compensation loops judge steps by the record's rows.
+            for row in carry.steps:
+                self.record.steps[(row.name, row.phase)] = row
+            pending = carry
+        elif self.record.waiting_for is not None:
+            woken = await self._wake_parked(now)
+            if woken is None:
+                return
+            for row in woken.steps:  # a wait's outcome: the loops judge steps by these rows
+                self.record.steps[(row.name, row.phase)] = row
+            pending = woken
+        else:
+            pending = Change()
+        if pending.status is None and self.record.status in (
+            SagaStatus.PENDING,
+            SagaStatus.RUNNING,
+        ):
             if self.record.status is SagaStatus.PENDING:
                 pending.status = SagaStatus.RUNNING
                 pending.events.append(self._event(EventType.SAGA_STARTED, now))
@@ -299,6 +344,36 @@ class SagaRun:
             SagaStatus.COMPENSATING
         ):
             await self._compensate(pending, now)
+
+    async def _wake_parked(self, now: float) -> Change | None:
+        """A parked saga taken over without its reply: its park timed out (``claim``), or it
+        was taken early (a cancel, a resume). Returns what to write next, or None if done."""
+        record = self.record
+        signal = rules.recorded_signal(record)
+        if signal is not None:  # delivered through an engine that does not drive the saga
+            if self.hooks is not None:
+                self.hooks.on_resume(record, record.waiting_for or "signal")
+            decision = rules.signal_arrived(self.saga, record, signal, now, recorded=True)
+            if decision.next is Next.STOP:
+                await self._commit(decision.change, now)
+                return None
+            return decision.change
+        early = record.parked_until is not None and record.parked_until > now
+        if early:
+            if record.cancel_requested and record.status is not SagaStatus.COMPENSATING:
+                # The forward loop stops it before the step in flight is sent again.
+                return Change(unpark=True)
+            await self._commit(Change(release_lease=True), now)  # still waiting: hand it back
+            self.parked = True
+            return None
+        if self.hooks is not None:
+            self.hooks.on_resume(record, f"timeout:{record.waiting_for}")
+        decision = rules.timed_out(self.saga, record, now)
+        if decision.next is Next.STOP:
+            await self._commit(decision.change, now)
+            return None
+        self._resend = decision.next is Next.RESEND
+        return decision.change
 
     async def _forward(self, pending: Change, now: float) -> tuple[Change, float]:
         """Run the remaining steps; return a Change that starts compensation (and its time),
@@ -311,7 +386,7 @@ class SagaRun:
             checked = step.kind is not StepKind.RETRIABLE or not (
                 self.record.steps or pending.steps
             )
-            stop = rules.stop_reason(self.record, now) if checked else None
+            stop = stop_reason(self.record, now) if checked else None
             if stop is not None:
                 return rules.merge(pending, rules.stopped_before(step, row, stop, now)), now
             attempt = 0 if row is None else row.attempts
@@ -319,6 +394,8 @@ class SagaRun:
             if row is not None and row.status is StepStatus.RUNNING:
                 if self._prewritten:
                     skip_write = True
+                elif self._resend:
+                    self._resend = False  # the timeout's STEP_RETRYING says why
                 elif rules.give_up_uncertain(step, row):
                     given_up = rules.uncertain_given_up(step, row, now, self.cancel_requested)
                     return rules.merge(pending, given_up), now
@@ -349,10 +426,20 @@ class SagaRun:
     ) -> tuple[Change, float] | None:
         forward_only = step.kind is StepKind.RETRIABLE
         started_at = row.started_at if row is not None else None
+        # A remote step on a message transport, or a wait: the RUNNING row parks the saga.
+        parking = (step.remote is not None and self.parks) or step.wait is not None
+        failure: Exception | None = None
         while True:
             if skip_write:
                 assert row is not None
                 running, skip_write = row, False
+                if parking:  # step 0, written RUNNING with the saga: its command goes now
+                    ctx = self._context(step, FORWARD, running.attempts)
+                    failure = await self._park_on(pending, step, ctx, None, now)
+                    if failure is None:
+                        await self._commit(pending, now)
+                        await self._parked(pending)
+                        return None
             else:
                 attempt += 1
                 # Rows and events are built positionally on this path (field order: see
@@ -372,10 +459,16 @@ class SagaRun:
                 pending.events.append(
                     Event(now, EventType.STEP_STARTED, step.name, None, attempt, self.owner)
                 )
+                if parking:  # the command goes out with the RUNNING row, then the saga parks
+                    ctx = self._context(step, FORWARD, attempt)
+                    failure = await self._park_on(pending, step, ctx, None, now)
                 if not pending.unless_cancelled:
                     await self._commit(pending, now)
                 elif not await self._start_unless_cancelled(pending, now):
                     return rules.start_compensation(pending, "cancelled", True), now
+                if parking and failure is None:
+                    await self._parked(pending)
+                    return None
             started_at = running.started_at
             ctx = self._context(step, FORWARD, attempt)
             hooks = self.hooks
@@ -383,9 +476,13 @@ class SagaRun:
                 hooks.before_step(self.record, ctx)
                 began = perf_counter()
             try:
-                value = await self._call(
-                    step.action, (ctx, self._input(step)), self._attempt_timeout(step)
-                )
+                if step.remote is None and step.wait is None:
+                    value = await self._call(
+                        step.action, (ctx, self._input(step)), self._attempt_timeout(step)
+                    )
+                else:
+                    value = await self._remote_call(step, ctx, None, failure)
+                    failure = None
                 output = _storable_output(step, value)
                 if ctx.effects is not None:
                     self._check_effects()
@@ -414,7 +511,7 @@ class SagaRun:
                     hooks.after_step(
                         self.record, ctx, StepOutcome.SUCCEEDED, None, perf_counter() - began
                     )
-                return rules.step_succeeded(running, output, now, effects), now
+                return step_succeeded(running, output, now, effects), now
             now = self.clock.now()
             decision = rules.step_failed(
                 step, self.record, running, error, retryable=retryable, uncertain=uncertain, now=now
@@ -437,6 +534,125 @@ class SagaRun:
                 return None
             return decision.change, now
 
+    # -- remote steps -----------------------------------------------------------------------
+
+    async def _command(self, step: Step[Any], ctx: StepContext, output: Any) -> Command:
+        """The command of a remote step's action or compensation (``output``: the action's,
+        for a compensation payload), built by the step's payload function."""
+        remote = step.remote
+        assert remote is not None
+        compensating = ctx.phase is COMPENSATION
+        if compensating and remote.compensation_payload is not None:
+            payload = remote.compensation_payload(ctx, self._input(step), output)
+        else:
+            payload = step.action(ctx, self._input(step))
+        if inspect.isawaitable(payload):
+            payload = await payload
+        try:
+            check_value(payload, f"the payload of remote step {step.name!r}")
+        except UnstorableValue as exc:  # nothing was sent: a programming error, not uncertain
+            raise DecodeError(str(exc)) from None
+        command = Command(
+            ctx.idempotency_key,
+            self.record.id,
+            self.saga.name,
+            step.name,
+            ctx.phase,
+            ctx.attempt,
+            remote.participant,
+            remote.compensation if compensating and remote.compensation else remote.command,
+            payload,
+            ctx.forward_key if compensating else None,
+        )
+        if self.hooks is not None:  # before it leaves: hooks may add headers (traceparent)
+            self.hooks.before_dispatch(self.record, command)
+        return command
+
+    async def _remote_call(
+        self, step: Step[Any], ctx: StepContext, output: Any, failure: Exception | None
+    ) -> Any:
+        """Run a remote step's action or compensation over a request/response transport (or
+        raise why its command could not be built): a refusal is a business failure."""
+        if failure is not None:
+            raise failure
+        dispatcher = self.dispatcher
+        if dispatcher is None:
+            raise StepFailed(f"step {step.name!r} is remote and the engine has no transport")
+        command = await self._command(step, ctx, output)
+        forward = ctx.phase is FORWARD
+        timeout = self._attempt_timeout(step) if forward else step.compensation_timeout
+        reply = await self._call(dispatcher.call, (command, timeout), timeout)
+        if not reply.ok:
+            raise StepFailed(reply.error or f"{command.topic} was refused")
+        return step.decode_output(reply.output) if forward else None
+
+    async def _park_on(
+        self,
+        pending: Change,
+        step: Step[Any],
+        ctx: StepContext,
+        forward: StepRecord | None,
+        now: float,
+    ) -> Exception | None:
+        """Add a remote step's command (as an outbox message) and the park to ``pending``;
+        or return why the command could not be built (the step then fails as a local one
+        whose action raised that). A wait step parks on its signal or timer instead."""
+        if step.wait is not None:
+            return await self._park_wait(pending, step, ctx, now)
+        try:
+            output = None
+            if forward is not None and forward.status is StepStatus.SUCCEEDED:
+                output = step.decode_output(forward.output)
+            command = await self._command(step, ctx, output)
+        except Exception as exc:
+            return exc
+        if ctx.phase is FORWARD:
+            timeout = self._attempt_timeout(step)
+        else:
+            timeout = step.compensation_timeout or step.timeout
+        pending.outbox = (*pending.outbox, command.to_outbox(now))
+        pending.park = Park(f"reply:{command.topic}", now + (timeout or DEFAULT_REPLY_TIMEOUT))
+        pending.unpark = False
+        return None
+
+    async def _park_wait(
+        self, pending: Change, step: Step[Any], ctx: StepContext, now: float
+    ) -> Exception | None:
+        """Park ``pending`` on a wait step's signal or timer (or return why its time could
+        not be computed: a programming error, the step fails)."""
+        wait = step.wait
+        assert wait is not None
+        try:
+            spec = wait.until if wait.until is not None else wait.timeout
+            value = spec(ctx, self._input(step)) if callable(spec) else spec
+            if inspect.isawaitable(value):
+                value = await value
+            if isinstance(value, datetime):
+                if value.tzinfo is None:
+                    raise ValueError(f"{value!r} is a naive datetime: give it a timezone")
+                value = value.timestamp()
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError(f"expected seconds or a time, got a {type(value).__name__}")
+            if not math.isfinite(value):
+                raise ValueError(f"{value!r} is not a time")
+            at = float(value) if wait.until is not None else now + max(float(value), 0.0)
+        except Exception as exc:
+            return DecodeError(f"wait step {step.name!r}: {_describe(exc)}")
+        deadline = self.record.deadline_at
+        if deadline is not None and step.kind is not StepKind.RETRIABLE:
+            at = min(at, deadline)  # the deadline ends the wait: the rules compensate then
+        pending.park = Park(wait.waiting_for, at)
+        pending.unpark = False
+        return None
+
+    async def _parked(self, change: Change) -> None:
+        """The saga is parked (``change`` committed): publish its command, end the run."""
+        self.parked = True
+        if self.relay is not None and change.outbox:
+            await self.relay(change.outbox)
+        if self.hooks is not None and change.park is not None:
+            self.hooks.on_park(self.record, change.park.waiting_for)
+
     async def _start_unless_cancelled(self, pending: Change, now: float) -> bool:
         """Commit ``pending`` (ending with a step's RUNNING row and STEP_STARTED event) unless a
         cancel is recorded; True if committed. Otherwise the cancel won the race: the step
@@ -448,6 +664,7 @@ class SagaRun:
         except CancelPending:
             del pending.steps[-1], pending.events[-1]
             pending.unless_cancelled = False
+            pending.outbox, pending.park = (), None  # the command was never sent
             self.cancel_requested = True
             pending.events.append(self._event(EventType.CANCEL_REQUESTED, now))
             return False
@@ -469,7 +686,7 @@ class SagaRun:
         latest = {s.name: s for s in pending.steps if s.phase is FORWARD}
         for step in reversed(self.saga.steps):
             forward = latest.get(step.name) or self.record.steps.get((step.name, FORWARD))
-            if step.undo is None or not rules.needs_undo(forward):
+            if not step.has_undo or not rules.needs_undo(forward):
                 continue
             row = self.record.steps.get((step.name, COMPENSATION))
             if row is not None and row.status is StepStatus.COMPENSATED:
@@ -487,7 +704,9 @@ class SagaRun:
         limit = rules.compensation_limit(step.compensation_retry, row)
         started_at = row.started_at if row is not None else None
         forward = self.record.steps[(step.name, FORWARD)]
-        assert step.undo is not None
+        assert step.has_undo
+        parking = step.remote is not None and self.parks
+        failure: Exception | None = None
         while True:
             attempt += 1
             running = StepRecord(
@@ -509,8 +728,13 @@ class SagaRun:
                     detail=self.owner,
                 )
             )
-            await self._commit(pending, now)
             ctx = self._context(step, COMPENSATION, attempt)
+            if parking:
+                failure = await self._park_on(pending, step, ctx, forward, now)
+            await self._commit(pending, now)
+            if parking and failure is None:
+                await self._parked(pending)
+                return None
             hooks = self.hooks
             if hooks is not None:
                 hooks.before_step(self.record, ctx)
@@ -521,9 +745,13 @@ class SagaRun:
                     if forward.status is StepStatus.SUCCEEDED
                     else None
                 )
-                await self._call(
-                    step.undo, (ctx, self._input(step), output), step.compensation_timeout
-                )
+                if step.undo is not None:
+                    await self._call(
+                        step.undo, (ctx, self._input(step), output), step.compensation_timeout
+                    )
+                else:
+                    await self._remote_call(step, ctx, output, failure)
+                    failure = None
                 if ctx.effects is not None:
                     self._check_effects()
             except asyncio.CancelledError:

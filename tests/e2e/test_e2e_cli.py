@@ -195,3 +195,21 @@ def test_serve_json_logs_name_every_saga_with_its_order(tmp_path: Path) -> None:
         "saga compensated: Insufficient funds",
     ]
     assert {r["order_id"] for r in mine} == {order["order_id"]}
+
+
+def test_participant_refuses_a_non_loopback_demo_without_a_token(tmp_path: Path) -> None:
+    import checkout.cli_services  # noqa: F401  - registers `participant` (as main() does)
+
+    result = runner.invoke(
+        app, ["participant", "payment", "--host", "0.0.0.0"], env={"SAGAWAY_ADMIN_TOKEN": ""}
+    )
+    assert result.exit_code == 2
+    assert "only served on loopback" in result.output
+
+
+def test_participant_unknown_service_exits_2() -> None:
+    import checkout.cli_services  # noqa: F401
+
+    result = runner.invoke(app, ["participant", "billing"])
+    assert result.exit_code == 2
+    assert "billing" in result.output

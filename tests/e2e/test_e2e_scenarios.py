@@ -196,3 +196,16 @@ async def test_amount_matching_the_total_is_accepted(client: httpx.AsyncClient) 
     )
     assert data["status"] == "completed"
     assert (await balances(client))["user_2"] == 440.0
+
+
+async def test_reset_restores_every_service(client: httpx.AsyncClient, services: Services) -> None:
+    await order(client, customer_id="user_1", items=[{"product_id": "product_2", "quantity": 3}])
+    assert (await inventory(client))["product_2"] == 47
+    response = await client.post("/reset", json={})
+    assert response.status_code == 200, response.text
+    assert response.json()["inventory"]["product_2"] == 50
+    assert (await balances(client))["user_1"] == 1000.0
+    products = {p["product_id"]: p for p in (await client.get("/products")).json()["products"]}
+    assert (products["product_2"]["reserved"], products["product_2"]["shipped"]) == (0, 0)
+    assert (await client.get("/orders")).json()["orders"] == []
+    await _conserved(services)

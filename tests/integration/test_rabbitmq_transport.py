@@ -16,11 +16,12 @@ from rabbitkit import (
     Replies,
     command,
     drain,
+    drop_connections,
     publish_raw,
     queue_depth,
     until,
 )
-from sagaway.participant.rabbitmq import RabbitParticipant
+from sagaway.participant.rabbitmq import RabbitParticipant, serve_rabbitmq
 from sagaway.transport.base import Command, Reply, TransportError
 from sagaway.transport.rabbitmq import RabbitDispatcher
 
@@ -54,6 +55,21 @@ async def test_command_reaches_the_participant_and_its_reply_the_handler(url: st
     assert inventory.stock == 1_000_000 - 20
     assert payment.stock == 1_000_000 - 5
     assert await queue_depth(url, "saga_replies") == 0  # every reply acked
+
+
+async def test_serve_rabbitmq_serves_until_cancelled(url: str) -> None:
+    participant, replies = InboxParticipant(), Replies()
+    server = asyncio.create_task(serve_rabbitmq(participant.handle, url, queue="shipping"))
+    try:
+        async with RabbitDispatcher(url) as dispatcher:
+            dispatcher.on_reply(replies)
+            await dispatcher.publish([command(1, "shipping", "create").to_outbox(at=0.0)])
+            await replies.wait_for(lambda got: len(got) == 1)
+    finally:
+        server.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await server
+    assert replies.received[0].participant == "shipping"
 
 
 async def test_handler_registered_before_open_consumes_too(url: str) -> None:
@@ -230,6 +246,34 @@ async def test_stop_lets_a_command_in_flight_finish_and_ack(url: str) -> None:
     assert consumer.stats.handled == 1  # acked before the connection closed
     assert await queue_depth(url, "inventory") == 0  # nothing left to redeliver
     assert participant.effects == {"saga-11:reserve:forward": 1}
+
+
+async def test_a_dropped_connection_lets_the_handler_finish_and_redelivers(url: str) -> None:
+    """The connection drops while the engine applies a reply: the handler is not cut off
+    halfway; its ack fails on the dead channel, and the reply comes again after the
+    reconnect (the engine finds it stale)."""
+    participant = InboxParticipant()
+    entered, release = asyncio.Event(), asyncio.Event()
+    calls: list[str] = []
+    finished: list[str] = []
+
+    async def apply(reply: Reply) -> None:
+        calls.append(reply.message_id)
+        entered.set()
+        await release.wait()
+        finished.append(reply.message_id)
+
+    async with RabbitParticipant(participant.handle, url), RabbitDispatcher(url) as dispatcher:
+        dispatcher.on_reply(apply)
+        await dispatcher.publish([command(12).to_outbox(at=0.0)])
+        await asyncio.wait_for(entered.wait(), 30)
+        assert await drop_connections(url) >= 2  # the engine's and the participant's
+        await until(lambda: dispatcher._link.reconnects >= 1, "the engine saw the drop")
+        release.set()
+        await until(lambda: len(finished) == 2, "the reply applied, then redelivered")
+        assert dispatcher.stats.reconnects >= 1
+    assert calls == ["saga-12:reserve:forward"] * 2
+    assert participant.effects == {"saga-12:reserve:forward": 1}
 
 
 async def test_a_failing_reply_handler_gets_the_reply_again(url: str) -> None:

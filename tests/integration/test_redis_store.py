@@ -402,3 +402,25 @@ async def test_indexes_follow_parked_sagas(stores: Callable[[str], RedisStore]) 
     again = await store.claim("e4", now=T0 + 95, lease_seconds=30, definitions=[DEF], limit=9)
     assert sorted(r.id for r in again) == ["r0", "r2", "r3"]  # r3: its lease expired
     await assert_indexes_match(store)
+
+
+async def test_find_ids_index_is_built_for_an_older_log(
+    stores: Callable[[str], RedisStore],
+) -> None:
+    # A log written before P:ids existed (simulated by deleting it): opening it builds the
+    # index, so find_ids (one ZRANGEBYLEX) sees every saga.
+    store = stores("ids")
+    await store.open()
+    for saga_id in ("é-1", "é-2", "[x", "ab", "abc", "b"):
+        await store.create(pending(saga_id))
+    await store.redis.delete(f"{store.prefix}:ids", f"{store.prefix}:meta")
+    await store.close()
+    again = stores("ids")
+    await again.open()
+    assert await again.find_ids("ab", limit=5) == ["ab", "abc"]
+    assert await again.find_ids("é-", limit=5) == ["é-1", "é-2"]
+    assert await again.find_ids("[", limit=5) == ["[x"]
+    assert await again.find_ids("", limit=3) == ["[x", "ab", "abc"]
+    assert await again.find_ids("zz") == []
+    await again.create(pending("abd"))
+    assert await again.find_ids("ab", limit=5) == ["ab", "abc", "abd"]

@@ -15,7 +15,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from sagaway.errors import DefinitionError, StepFailed
-from sagaway.participant import Participant, UnknownCommand
+from sagaway.participant import Participant, UnknownCommand, create_inbox_async
+from sagaway.participant.inbox import open_async_engine
 from sagaway.state import Phase
 from sagaway.transport.base import Command
 from servers import POSTGRES_URL, fresh_pg_schema, pg_schema_url
@@ -224,3 +225,34 @@ async def test_async_handlers_share_the_inbox_transaction(participant_database: 
         assert await notes.run(count) == 1
     finally:
         await notes.close()
+
+
+async def test_a_participant_on_an_async_engine(participant_database: str) -> None:
+    """A service hands its own ``AsyncEngine`` (aiosqlite, asyncpg): sync handlers still run
+    in one transaction with the inbox (on SQLite through a sync engine on the same file)."""
+    engine = open_async_engine(participant_database)
+    if "postgresql" in participant_database:
+        setup = Participant("setup", participant_database)
+        setup.create_inbox()  # creates the schema too
+        await setup.close()
+        await create_inbox_async(engine)  # idempotent
+    notes = Participant("notes", engine)
+    if "sqlite" in participant_database:
+        notes.create_inbox()  # through its sync twin on the same file
+    await notes.run(lambda conn: _notes.create(conn, checkfirst=True))
+
+    @notes.handler("write")
+    def write(conn: Connection, payload: Note) -> dict[str, int]:
+        if payload.text == "no":
+            raise StepFailed("refused")
+        conn.execute(insert(_notes).values(text=payload.text))
+        return {"count": conn.execute(select(func.count()).select_from(_notes)).scalar_one()}
+
+    try:
+        replies = [await notes.handle(command("k1", "write", {"text": "hi"})) for _ in range(2)]
+        assert [r.output for r in replies] == [{"count": 1}, {"count": 1}]
+        refused = await notes.handle(command("k2", "write", {"text": "no"}))
+        assert (refused.ok, refused.error) == (False, "refused")
+    finally:
+        await notes.close()
+        await engine.dispose()

@@ -172,8 +172,16 @@ class Participant:
         self.engine: Engine | AsyncEngine = (
             open_engine(database) if isinstance(database, str) else database
         )
-        dialect = self.sync_engine.dialect.name
-        self._sqlite = dialect == "sqlite"
+        self._sqlite = _dialect(self.engine) == "sqlite"
+        # Sync handlers run on a sync engine: given an aiosqlite AsyncEngine on a file, one of
+        # our own on the same file. Measured on this machine (a no-op handler, 3000 commands at
+        # concurrency 32): ~2,000 commands/s at ~250 us CPU each through a sync engine on its
+        # thread, ~230/s at ~1,250 us through aiosqlite (a thread hop per statement).
+        self._twin: Engine | None = None
+        if isinstance(self.engine, AsyncEngine) and self._sqlite:
+            url = self.engine.url
+            if url.database not in (None, "", ":memory:"):
+                self._twin = open_engine(url.set(drivername="sqlite"))
         # One writer thread per SQLite file: writers would otherwise queue on the file lock
         # (busy_timeout sleeps); PostgreSQL takes concurrent transactions.
         self._threads = threads or (1 if self._sqlite else 8)
@@ -182,7 +190,9 @@ class Participant:
 
     @property
     def sync_engine(self) -> Engine:
-        """The sync engine under the participant's database (for migrations, tests, reads)."""
+        """A sync engine on the participant's database (migrations, tests, reads)."""
+        if self._twin is not None:
+            return self._twin
         engine = self.engine
         return engine.sync_engine if isinstance(engine, AsyncEngine) else engine
 
@@ -230,7 +240,13 @@ class Participant:
     # -- lifecycle --------------------------------------------------------------------------
 
     def create_inbox(self) -> None:
-        """Create the inbox table if missing (tests and scripts; services migrate)."""
+        """Create the inbox table if missing (tests and scripts; services migrate). On an
+        ``AsyncEngine``: ``await create_inbox_async(participant.engine, participant.inbox)``."""
+        if isinstance(self.engine, AsyncEngine) and self._twin is None:
+            raise TypeError(
+                "this participant runs on an AsyncEngine: use "
+                "`await create_inbox_async(participant.engine, participant.inbox)`"
+            )
         if self._schema is not None:
             ensure_schema(self.sync_engine, self._schema)
         _inbox.create_inbox(self.sync_engine, self.inbox)
@@ -243,6 +259,8 @@ class Participant:
         if self._async_engine is not None:
             await self._async_engine.dispose()
             self._async_engine = None
+        if self._twin is not None:
+            self._twin.dispose()
         if self._owns_engine:
             engine = self.engine
             if isinstance(engine, AsyncEngine):
@@ -360,7 +378,7 @@ class Participant:
 
     async def _transaction(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(conn, *args)`` in one transaction on the participant's database."""
-        engine = self.engine
+        engine = self._twin or self.engine
         if isinstance(engine, AsyncEngine):
             async with self._async_lock or contextlib.nullcontext():
                 return await _run_async(engine, fn, *args)
@@ -370,6 +388,10 @@ class Participant:
             )
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, _run_sync, engine, fn, args)
+
+
+def _dialect(engine: Engine | AsyncEngine) -> str:
+    return engine.dialect.name
 
 
 def _run_sync(engine: Engine, fn: Callable[..., T], args: tuple[Any, ...]) -> T:

@@ -17,6 +17,9 @@ definition name, ``V`` its version)::
     P:events:id      list: JSON [at, type, step, phase, attempt, detail], in commit order
     P:keys           hash: idempotency key -> saga id
     P:all            zset: every saga, score created_at (listing newest first: ZREVRANGE)
+    P:ids            zset: every saga, score 0 (ids in byte order: find_ids by ZRANGEBYLEX)
+    P:meta           hash: "ids" -> "1" once P:ids holds every saga (built at open for a log
+                     written before it existed)
     P:status:S       zset: sagas in status S, score created_at (listing, counts: ZCARD)
     P:name:N         zset: sagas of definition N, score created_at
     P:sn:S:N         zset: sagas of N in status S, score created_at (both filters)
@@ -54,6 +57,8 @@ SCRIPTS = (
     "WAITING",
     "OUTBOX_PENDING",
     "OUTBOX_DELETE",
+    "FIND_IDS",
+    "STRANDED",
 )
 
 # Shared helpers, prepended to every script (Redis scripts cannot call one another).
@@ -133,6 +138,7 @@ local i = hset_block(h, 10)
 i = hset_block(P .. ':steps:' .. id, i)
 push_rest(id, i)
 redis.call('ZADD', P .. ':all', created, id)
+redis.call('ZADD', P .. ':ids', 0, id)
 redis.call('ZADD', P .. ':status:' .. status, created, id)
 redis.call('ZADD', P .. ':name:' .. name, created, id)
 redis.call('ZADD', P .. ':sn:' .. status .. ':' .. name, created, id)
@@ -416,5 +422,49 @@ for i = 2, #ARGV do
   redis.call('HDEL', P .. ':outbox:msgs', ARGV[i])
 end
 return n
+"""
+)
+
+# ARGV: P, prefix, limit (> 0). The ids starting with prefix, in byte order: every such id
+# sorts from the prefix (inclusive) to the prefix followed by byte 255 (exclusive), a byte
+# UTF-8 never contains.
+FIND_IDS = (
+    _LIB
+    + """
+local prefix = ARGV[2]
+return redis.call('ZRANGEBYLEX', P .. ':ids', '[' .. prefix, '(' .. prefix .. '\\255',
+  'LIMIT', 0, tonumber(ARGV[3]))
+"""
+)
+
+# ARGV: P, now, owner, scan (at most this many sagas per active status). Returns a flat list
+# name, version, count... of the active sagas no engine drives: no owner, no lease or an
+# expired one, or owned by ``owner`` (its previous life). One round trip; the caller drops
+# the definitions it knows.
+STRANDED = (
+    _LIB
+    + """
+local now, me, scan = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local counts, order = {}, {}
+for status, _ in pairs(ACTIVE) do
+  for _, id in ipairs(redis.call('ZRANGE', P .. ':status:' .. status, 0, scan - 1)) do
+    local f = redis.call('HMGET', P .. ':saga:' .. id, 'name', 'version', 'owner', 'lease')
+    if f[1] and (not f[3] or f[3] == me or not f[4] or tonumber(f[4]) < now) then
+      local d = f[2] .. ':' .. f[1]
+      if not counts[d] then
+        counts[d] = {f[1], f[2], 0}
+        order[#order + 1] = d
+      end
+      counts[d][3] = counts[d][3] + 1
+    end
+  end
+end
+local out = {}
+for _, d in ipairs(order) do
+  out[#out + 1] = counts[d][1]
+  out[#out + 1] = counts[d][2]
+  out[#out + 1] = counts[d][3]
+end
+return out
 """
 )

@@ -102,7 +102,7 @@ from sagaway.store._codec import check_change, check_new, storable_text
 from sagaway.store._codec import dumps as _dumps
 from sagaway.store._codec import loads as _loads
 from sagaway.store._redis_batch import Batcher, command_client
-from sagaway.store.base import OutboxStore, Page
+from sagaway.store.base import _STRANDED_SCAN, OutboxStore, Page
 
 __all__ = ["RedisStore", "parse_url"]
 
@@ -274,6 +274,7 @@ class RedisStore(OutboxStore):
         }
         try:
             await self._load_scripts()
+            await self._index_ids()
         except BaseException as exc:
             await self._batcher.aclose()
             await commands.aclose()
@@ -293,6 +294,17 @@ class RedisStore(OutboxStore):
         await asyncio.gather(
             *(self.execute("SCRIPT", "LOAD", source) for _, source in self._scripts.values())
         )
+
+    async def _index_ids(self) -> None:
+        """Build ``P:ids`` (find_ids' index) for a log written before it existed; a no-op once
+        built. Idempotent: two processes opening the same log may both run it."""
+        if await self.execute("HGET", f"{self.prefix}:meta", "ids"):
+            return
+        everything, ids, chunk, first = f"{self.prefix}:all", f"{self.prefix}:ids", 5_000, 0
+        while batch := await self.execute("ZRANGE", everything, first, first + chunk - 1):
+            await self.execute("ZADD", ids, *(x for saga_id in batch for x in ("0", saga_id)))
+            first += chunk
+        await self.execute("HSET", f"{self.prefix}:meta", "ids", "1")
 
     async def _close(self) -> None:
         """Wait for the replies owed, stop the listener, disconnect."""
@@ -608,3 +620,16 @@ class RedisStore(OutboxStore):
 
     async def outbox_count(self) -> int:
         return int(await self.execute("ZCARD", f"{self.prefix}:outbox"))
+
+    async def find_ids(self, prefix: str, *, limit: int = 2) -> list[str]:
+        if limit <= 0 or not storable_text(prefix):
+            return []
+        ids: list[str] = await self._call("FIND_IDS", [prefix, str(limit)])
+        return ids
+
+    async def stranded(
+        self, *, now: float, owner: str, known: Collection[tuple[str, int]]
+    ) -> dict[tuple[str, int], int]:
+        flat = await self._call("STRANDED", [repr(float(now)), owner, str(_STRANDED_SCAN)])
+        found = {(flat[i], int(flat[i + 1])): int(flat[i + 2]) for i in range(0, len(flat), 3)}
+        return {key: n for key, n in found.items() if key not in known}

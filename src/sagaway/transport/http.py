@@ -108,25 +108,25 @@ class HttpDispatcher(Dispatcher):
             IDEMPOTENCY_HEADER: command.message_id,
             "Content-Type": "application/json",
         }
-        body = _dumps(command.to_json())
+        body = _dumps(command.to_json()).encode()
         try:
             async with asyncio.timeout(timeout):
                 async with session.post(url, data=body, headers=headers) as response:
                     status = response.status
-                    text = await response.text()
+                    raw = await response.read()
         except aiohttp.ServerTimeoutError as exc:  # connect or read timeout (a TimeoutError)
             raise TimeoutError(f"{command.topic} to {base}: {exc or 'timed out'}") from exc
         except TimeoutError:
             raise TimeoutError(f"{command.topic} to {base}: no reply in {timeout}s") from None
         except (aiohttp.ClientError, OSError) as exc:
             raise TransportError(f"{command.topic} to {base}: {type(exc).__name__}: {exc}") from exc
-        return _reply(command, base, status, text)
+        return _reply(command, base, status, raw)
 
 
-def _reply(command: Command, base: str, status: int, text: str) -> Reply:
+def _reply(command: Command, base: str, status: int, raw: bytes) -> Reply:
     if 200 <= status < 300:
         try:
-            data = json.loads(text)
+            data = json.loads(raw)
             return Reply.from_json(data)
         except (ValueError, KeyError, TypeError) as exc:
             # The participant processed the command (2xx) but its answer is unreadable: a bug
@@ -135,6 +135,7 @@ def _reply(command: Command, base: str, status: int, text: str) -> Reply:
             raise TransportError(
                 f"{command.topic} to {base}: HTTP {status} with a body that is not a reply: {exc}"
             ) from exc
+    text = raw.decode("utf-8", errors="replace")
     if 400 <= status < 500 and status not in _TRANSIENT_4XX:
         return Reply.failure(command, _message(text) or f"HTTP {status} from {command.topic}")
     raise TransportError(

@@ -1,0 +1,158 @@
+"""Remote steps through the dispatcher port, with the stub dispatcher on the virtual clock:
+request/response (the runner awaits the reply) and message transports (the saga parks, the
+relay publishes its command from the outbox, a reply or the park's timeout brings it back).
+The parking tests run on the memory store and on SQLite."""
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import remotekit
+from remotekit import ORDER, Order, Parked, Participants, Reservation, build_saga
+from sagaway import Engine, Saga, SagaStatus, StepContext, StepFailed
+from sagaway.state import Phase
+from sagaway.testing import VirtualClock
+from sagaway.transport.base import Command, TransportError
+from sagaway.transport.stub import StubDispatcher
+
+# -- request/response transports ----------------------------------------------------------------
+
+
+@pytest.fixture
+async def rr() -> AsyncIterator[tuple[Engine, StubDispatcher, Participants, Saga]]:
+    stub = StubDispatcher()
+    participants = Participants(stub)
+    saga = build_saga("remote-rr")
+    engine = Engine(
+        "memory://",
+        sagas=[saga],
+        owner_id="e1",
+        clock=VirtualClock(auto_advance=True),
+        transport=stub,
+        recovery_interval=3600,
+    )
+    async with engine:
+        yield engine, stub, participants, saga
+
+
+async def test_request_response_happy_path_mixes_local_and_remote(rr: Any) -> None:
+    engine, stub, _participants, saga = rr
+    saga_id = await engine.start(saga, ORDER)
+    record = await engine.wait(saga_id, timeout=5)
+    assert record.status is SagaStatus.SUCCEEDED
+    assert record.output("reserve") == Reservation(reservation_id=f"r-{saga_id[-4:]}", qty=2)
+    assert record.output("audit") == f"audited r-{saga_id[-4:]}"
+    assert [c.topic for c in stub.calls] == ["inventory.reserve", "payment.charge"]
+    assert stub.calls[0].message_id == f"{saga_id}:reserve:forward"
+    assert stub.calls[0].payload == {"order": "o-1", "qty": 2}
+
+
+async def test_request_response_business_failure_compensates_remote_steps_in_reverse(
+    rr: Any,
+) -> None:
+    engine, stub, participants, saga = rr
+    participants.refuse.add("payment.charge")
+    record = await engine.wait(await engine.start(saga, ORDER), timeout=5)
+    assert record.status is SagaStatus.COMPENSATED
+    assert record.error == "payment.charge refused"
+    assert [c.topic for c in stub.calls] == [
+        "inventory.reserve",
+        "payment.charge",
+        "inventory.release",
+    ], "a refused charge is not retried, not refunded (it did nothing)"
+    release = stub.calls[-1]
+    assert release.phase is Phase.COMPENSATION
+    assert release.forward_key == stub.calls[0].message_id
+    assert release.payload == stub.calls[0].payload, "same payload by default"
+
+
+async def test_transport_error_is_retried_with_the_same_message_id(rr: Any) -> None:
+    engine, stub, _participants, saga = rr
+    failures = iter([TransportError("connection reset")])
+
+    def flaky(command: Command) -> Any:
+        error = next(failures, None)
+        if error is not None:
+            raise error
+        return {"reservation_id": "r-x", "qty": 2}
+
+    stub.register("inventory.reserve", flaky)
+    record = await engine.wait(await engine.start(saga, ORDER), timeout=5)
+    assert record.status is SagaStatus.SUCCEEDED
+    reserves = [c for c in stub.calls if c.topic == "inventory.reserve"]
+    assert [c.attempt for c in reserves] == [1, 2]
+    assert len({c.message_id for c in reserves}) == 1
+
+
+async def test_default_transport_fails_a_remote_step_naming_its_participant() -> None:
+    saga = build_saga("remote-none")
+    async with Engine("memory://", sagas=[saga], clock=VirtualClock(auto_advance=True)) as engine:
+        record = await engine.wait(await engine.start(saga, ORDER), timeout=5)
+    assert record.status is SagaStatus.COMPENSATED
+    assert "no participant 'inventory' answers 'reserve'" in (record.error or "")
+
+
+async def test_compensation_payload_builder(rr: Any) -> None:
+    engine, _stub, participants, saga = rr
+    saga2 = Saga("remote-rr-late-fail")
+    for step in saga.steps:
+        saga2._add(step)  # reuse the declared steps, then fail after charge
+    engine.register(saga2)
+
+    @saga2.step
+    async def boom(ctx: StepContext, order: Order) -> None:
+        raise StepFailed("boom")
+
+    record = await engine.wait(await engine.start(saga2, ORDER), timeout=5)
+    assert record.status is SagaStatus.COMPENSATED
+    assert participants.payloads["payment.refund"] == {
+        "charge": {"charge_id": "c-1"},
+        "amount": 1500,
+    }
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def parked(request: pytest.FixtureRequest, tmp_path: Path) -> Parked:
+    """The parking scenarios of ``remotekit`` on the memory store and on SQLite."""
+    url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path / 'sagas.db'}"
+    return Parked(url)
+
+
+async def test_parked_happy_path_holds_no_lease_while_waiting(parked: Parked) -> None:
+    await remotekit.check_parked_happy_path_holds_no_lease_while_waiting(parked)
+
+
+async def test_duplicate_reply_is_applied_once(parked: Parked) -> None:
+    await remotekit.check_duplicate_reply_is_applied_once(parked)
+
+
+async def test_stale_and_reordered_replies_are_ignored(parked: Parked) -> None:
+    await remotekit.check_stale_and_reordered_replies_are_ignored(parked)
+
+
+async def test_engine_restart_while_parked_picks_up_the_reply(parked: Parked) -> None:
+    await remotekit.check_engine_restart_while_parked_picks_up_the_reply(parked)
+
+
+async def test_cancel_while_parked_compensates_the_step_in_flight(parked: Parked) -> None:
+    await remotekit.check_cancel_while_parked_compensates_the_step_in_flight(parked)
+
+
+async def test_before_dispatch_headers_travel_with_the_command(parked: Parked) -> None:
+    await remotekit.check_before_dispatch_headers_travel_with_the_command(parked)
+
+
+async def test_parked_business_failure_compensates_remote_steps_in_reverse(parked: Parked) -> None:
+    await remotekit.check_parked_business_failure_compensates_remote_steps_in_reverse(parked)
+
+
+async def test_lost_reply_is_resent_with_the_same_key_then_compensated(
+    parked: Parked,
+) -> None:
+    await remotekit.check_lost_reply_is_resent_with_the_same_key_then_compensated(parked)
+
+
+async def test_relay_republishes_after_a_crash_between_commit_and_publish(parked: Parked) -> None:
+    await remotekit.check_relay_republishes_after_a_crash_between_commit_and_publish(parked)
