@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from report import latency_ms
-
 from sagaway import Engine, Saga, SagaRecord, StepContext
 from sagaway.hooks import Hook
 
@@ -166,8 +165,11 @@ def main() -> None:
             f"signal->resume at {args.rate:.0f}/s",
             f"p50 {p['p50_ms']} ms, p99 {p['p99_ms']} ms ({result['paced_achieved_per_s']}/s)",
         ),
-        ("signal ack (durable)", f"p50 {result['signal_ack_ms']['p50_ms']} ms, "
-         f"p99 {result['signal_ack_ms']['p99_ms']} ms"),
+        (
+            "signal ack (durable)",
+            f"p50 {result['signal_ack_ms']['p50_ms']} ms, "
+            f"p99 {result['signal_ack_ms']['p99_ms']} ms",
+        ),
         ("burst signals/s", str(result["burst_signals_per_s"])),
     ]
     width = max(len(k) for k, _ in rows)
