@@ -74,7 +74,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             )
         await parked.done.wait()
         park_s = time.perf_counter() - began
-        while engine.running:  # the last runs are ending after their park
+        for _ in range(1000):  # the last runs are ending after their park
+            if not engine.running:
+                break
             await asyncio.sleep(0.01)
         gc.collect()
         rss_parked = rss_mb()
@@ -99,7 +101,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             tasks.append(asyncio.create_task(send(saga_id)))
         await asyncio.gather(*tasks)
         paced_s = time.perf_counter() - t0
-        while len(resumed) < len(paced):
+        for _ in range(6000):
+            if len(resumed) >= len(paced):
+                break
             await asyncio.sleep(0.01)
         paced_latency = [resumed[s] - called[s] for s in paced]
         paced_ack = list(acked)
