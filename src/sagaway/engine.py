@@ -48,6 +48,7 @@ from sagaway.state import (
     EventType,
     NewSaga,
     OutboxMessage,
+    Park,
     Phase,
     SagaRecord,
     SagaStatus,
@@ -410,9 +411,33 @@ class Engine:
             run.cancel_requested = True
         elif self.execute and saga is not None:
             await self.resume(saga_id)
+        elif record.waiting_for is not None:
+            await self._due_now(record)
         # Otherwise the engine holding the lease learns of it when it renews its leases, or
         # whichever engine claims the saga next finds the flag in the record.
         return record
+
+    async def _due_now(self, record: SagaRecord) -> None:
+        """Make a parked saga claimable now (a cancel for it, from an engine that does not
+        drive it): otherwise it would sleep on until its timeout, days maybe."""
+        now = self.clock.now()
+        waiting = record.waiting_for
+        taken = await self.store.acquire(
+            record.id,
+            self.owner_id,
+            now=now,
+            lease_seconds=self.lease_seconds,
+            statuses=ACTIVE_STATUSES,
+        )
+        if taken is None:  # driven somewhere: that engine sees the cancel
+            return
+        if taken.waiting_for is None or waiting is None:
+            await self.store.commit(record.id, self.owner_id, Change(release_lease=True), now)
+            return
+        due = min(now, taken.parked_until or now)
+        await self.store.commit(
+            record.id, self.owner_id, Change(park=Park(taken.waiting_for, due)), now
+        )
 
     async def retry(self, saga_id: str) -> None:
         """Resume a FAILED saga: its failed compensation, or its failed step past the pivot.
