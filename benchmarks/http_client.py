@@ -140,7 +140,15 @@ CLIENTS = {"httpx": httpx_client, "aiohttp": aiohttp_client, "dispatcher": dispa
 CANDIDATES = ("httpx", "aiohttp")
 
 
-async def run_client(kind: str, base: str, n: int, concurrency: int, warmup: int) -> dict[str, Any]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of process ``pid`` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def run_client(
+    kind: str, base: str, n: int, concurrency: int, warmup: int, server_pid: int
+) -> dict[str, Any]:
     url = f"{base}/saga/commands/reserve"
     latencies: list[float] = []
     errors = 0
@@ -177,13 +185,16 @@ async def run_client(kind: str, base: str, n: int, concurrency: int, warmup: int
         latencies.clear()
         errors = 0
         cpu0, wall0 = time.process_time(), time.perf_counter()
+        server0 = cpu_seconds(server_pid)
         await batch(n)
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        server_cpu = cpu_seconds(server_pid) - server0
     return {
         "client": kind,
         "calls_per_s": round(n / wall, 1),
         **latency_ms(latencies),
         "client_cpu_us_per_call": round(cpu / n * 1e6, 1),
+        "server_cpu_us_per_call": round(server_cpu / n * 1e6, 1),
         "errors": errors,
         "p90_ms": round(percentile(latencies, 0.9) * 1000, 2),
     }
@@ -218,7 +229,7 @@ def main() -> None:
             for round_no in range(args.rounds):
                 for kind in order if round_no % 2 == 0 else order[::-1]:
                     result = asyncio.run(
-                        run_client(kind, base, args.n, args.concurrency, args.warmup)
+                        run_client(kind, base, args.n, args.concurrency, args.warmup, server.pid)
                     )
                     print(json.dumps({"round": round_no + 1, **result}), file=sys.stderr)
                     if kind not in best or result["calls_per_s"] > best[kind]["calls_per_s"]:
@@ -226,11 +237,14 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(10)
-    print(f"{'client':<10} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'client CPU us/call':>19}")
+    print(
+        f"{'client':<10} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'client CPU us/call':>19} {'server CPU us/call':>19}"
+    )
     for kind, r in best.items():
         print(
             f"{kind:<10} {r['calls_per_s']:>9} {r['p50_ms']:>8} {r['p99_ms']:>8} "
-            f"{r['client_cpu_us_per_call']:>19}"
+            f"{r['client_cpu_us_per_call']:>19} {r['server_cpu_us_per_call']:>19}"
         )
     winner = max(
         (best[kind] for kind in CANDIDATES if kind in best), key=lambda r: r["calls_per_s"]
