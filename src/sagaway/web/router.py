@@ -85,6 +85,9 @@ def templates_environment(*extra: PackageLoader) -> Environment:
         autoescape=select_autoescape(["html"]),
         trim_blocks=True,
         lstrip_blocks=True,
+        # Package files do not change while the app runs: no stat of every template (and of
+        # every template it includes) on every render.
+        auto_reload=False,
     )
     env.filters["when"] = _when
     env.filters["seconds"] = _seconds
@@ -212,7 +215,9 @@ def saga_ui_router(
     router = APIRouter(prefix=prefix, include_in_schema=False)
     env = templates_environment()
 
-    def get_engine(request: Request) -> Engine:
+    async def get_engine(request: Request) -> Engine:
+        # async: FastAPI runs a plain ``def`` dependency on a worker thread, a thread hop per
+        # request (a third of what a saga page's event stream cost the server).
         return engine if isinstance(engine, Engine) else engine(request)
 
     EngineDep = Annotated[Engine, Depends(get_engine)]
@@ -391,12 +396,14 @@ def saga_ui_router(
     async def saga_events(saga_id: str, eng: EngineDep) -> StreamingResponse:
         """The saga's timeline (event ``timeline``) now and after each burst of changes,
         rendered once for every page following the saga; ``end`` once it is terminal."""
-        first: SagaRecord | None = await load(eng, saga_id)
+        try:  # without its history: this read only says whether it exists and is running
+            first = await eng.store.get(saga_id, history=False)
+        except SagaNotFound:
+            raise HTTPException(404, f"no saga {saga_id}") from None
         live = LiveUpdates.of(eng)
 
         async def timeline_html() -> tuple[str, str]:
-            nonlocal first
-            record, first = first or await eng.get(saga_id), None
+            record = await eng.get(saga_id)
             html = env.get_template("sagaway/_timeline.html").render(
                 base=prefix, **saga_context(eng, record)
             )
@@ -407,6 +414,10 @@ def saga_ui_router(
             last = ""
             try:
                 yield "retry: 2000\n\n"
+                # The page shows the saga as it was a moment ago. A running saga's next steps
+                # come in a burst (often all of them): wait for it before the first render.
+                if not first.status.is_terminal and await watch.wait(watch.count, COALESCE_SECONDS):
+                    await asyncio.sleep(COALESCE_SECONDS)
                 while True:
                     count = watch.count
                     html, terminal = await watch.render(count, timeline_html)
