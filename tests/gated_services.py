@@ -6,6 +6,9 @@ state, not one that merely happened to be slow. Gates, from the environment:
 * ``CRASH_HOLD_COMMAND=payment.start`` (a participant): every delivery of that command is
   processed (its effect and inbox row committed), then held before its reply leaves, printing
   ``GATE command <message_id>``, until the process dies;
+* ``CRASH_HOLD_BEFORE=shipping.create`` (a participant): every delivery of that command is held
+  before it is processed (nothing committed, no reply: an unresponsive service), printing
+  ``GATE before <message_id>``, until the process dies;
 * ``CRASH_HOLD_PUBLISH=1`` (a gateway over RabbitMQ): every relay publish is held before the
   broker sees it (the transition and its outbox message committed), printing ``GATE publish
   <message ids>``, until the process dies;
@@ -32,6 +35,7 @@ from sagaway.state import OutboxMessage
 from sagaway.transport import Command, Reply
 
 HOLD_COMMAND = os.environ.get("CRASH_HOLD_COMMAND", "")
+HOLD_BEFORE = os.environ.get("CRASH_HOLD_BEFORE", "")
 HOLD_PUBLISH = os.environ.get("CRASH_HOLD_PUBLISH") == "1"
 ATTEMPTS = int(os.environ.get("CRASH_STEP_ATTEMPTS", "0"))
 MAX_DELAY = float(os.environ.get("CRASH_STEP_MAX_DELAY", "0.1"))
@@ -42,12 +46,15 @@ async def hold(line: str) -> None:
     await asyncio.Event().wait()  # never set: held until the process is killed
 
 
-if HOLD_COMMAND:
+if HOLD_COMMAND or HOLD_BEFORE:
     real_handle = Participant.handle
 
     async def handle(self: Participant, command: Command) -> Reply:
+        topic = f"{command.participant}.{command.command}"
+        if topic == HOLD_BEFORE:
+            await hold(f"before {command.message_id}")
         reply = await real_handle(self, command)
-        if f"{command.participant}.{command.command}" == HOLD_COMMAND:
+        if topic == HOLD_COMMAND:
             await hold(f"command {command.message_id}")
         return reply
 
