@@ -19,7 +19,9 @@ this router under ``{prefix}/static/``):
   live, and the buttons need it.
 * ``{prefix}/inbox``: the sagas parked until something arrives (a participant's reply, a
   person's signal), soonest deadline first, each with what it waits for and its deadline
-  counting down; live like the list. (The signal buttons come with the signals themselves.)
+  counting down; live like the list. ``{prefix}/waiting.json?for=signal:NAME`` lists them as
+  JSON, and ``POST {prefix}/sagas/{id}/signals/{name}`` (JSON body ``{"payload", "signal_id",
+  "error"}``) delivers a signal (see docs/waits.md).
 
 ``retry``/``cancel`` (``async (request, saga_id)``) replace the engine's own actions when an
 application must do more (the checkout reopens the order it mirrors).
@@ -43,7 +45,14 @@ from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from sagaway.engine import Engine
-from sagaway.errors import InvalidTransition, SagaNotFound, SagawayError, UnknownSagaError
+from sagaway.errors import (
+    InvalidInput,
+    InvalidTransition,
+    SagaNotFound,
+    SagawayError,
+    UnknownSagaError,
+    UnstorableValue,
+)
 from sagaway.state import Phase, SagaRecord, SagaStatus, StepRecord, StepStatus
 from sagaway.web.live import COALESCE_SECONDS, LiveUpdates, event_stream, sse_event
 
@@ -449,6 +458,75 @@ def saga_ui_router(
     @router.post("/sagas/{saga_id}/cancel")
     async def cancel_saga(saga_id: str, request: Request, eng: EngineDep) -> Response:
         return await act(request, eng, saga_id, cancel, Engine.cancel, "cancel requested")
+
+    # Signals (the waits lane's minimal addition): deliver one, list who waits for one.
+    @router.post("/sagas/{saga_id}/signals/{name}")
+    async def signal_saga(saga_id: str, name: str, request: Request, eng: EngineDep) -> Response:
+        """Body ``{"payload": ..., "signal_id": "...", "error": "..."}`` (all optional):
+        202 with the receipt (``duplicate`` true if that signal id was already delivered);
+        404 unknown saga, 409 not waiting for it (says what it waits for), 422 bad body."""
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type != "application/json":
+            raise HTTPException(415, "Send this request with 'Content-Type: application/json'")
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except ValueError as exc:
+            return _json(422, f"the body is not JSON: {exc}")
+        if not isinstance(body, dict) or set(body) - {"payload", "signal_id", "error"}:
+            return _json(422, 'the body is {"payload": ..., "signal_id": "...", "error": "..."}')
+        signal_id, error = body.get("signal_id"), body.get("error")
+        if not isinstance(signal_id, str | None) or not isinstance(error, str | None):
+            return _json(422, "signal_id and error are strings")
+        try:
+            receipt = await eng.signal(
+                saga_id, name, body.get("payload"), signal_id=signal_id, error=error
+            )
+        except SagaNotFound:
+            return _json(404, f"no saga {saga_id}")
+        except InvalidTransition as exc:
+            return _json(409, str(exc))
+        except (InvalidInput, UnstorableValue) as exc:
+            return _json(422, str(exc))
+        except SagawayError as exc:
+            return _json(503, str(exc))
+        return Response(
+            json.dumps(
+                {
+                    "saga_id": receipt.saga_id,
+                    "name": receipt.name,
+                    "signal_id": receipt.signal_id,
+                    "duplicate": receipt.duplicate,
+                }
+            ),
+            202,
+            media_type="application/json",
+        )
+
+    @router.get("/waiting.json")
+    async def waiting_json(
+        eng: EngineDep,
+        waiting: Annotated[str, Query(alias="for", max_length=200)] = "",
+        offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=200)] = PAGE_SIZE,
+    ) -> Response:
+        """Parked sagas whose ``waiting_for`` starts with ``for`` ("signal:payment_confirmed",
+        "timer", "reply:"), soonest due first, as JSON."""
+        page = await eng.list_waiting(waiting, limit=limit, offset=offset)
+        items = [
+            {
+                "id": saga.id,
+                "name": saga.name,
+                "version": saga.version,
+                "status": saga.status.value,
+                "waiting_for": saga.waiting_for,
+                "parked_until": saga.parked_until,
+            }
+            for saga in page.items
+        ]
+        return Response(
+            json.dumps({"total": page.total, "offset": offset, "sagas": items}),
+            media_type="application/json",
+        )
 
     return router
 
