@@ -50,6 +50,7 @@ from sagaway.logs import LoggingHook
 from sagaway.metrics import PrometheusHook
 from sagaway.store.base import SagaStore
 from sagaway.tracing import tracing_hook
+from sagaway.transport import Dispatcher
 
 log = logging.getLogger("checkout.bootstrap")
 
@@ -159,6 +160,7 @@ async def bootstrap(
         # Shop writes join the saga log's group commit when both live in one SQLite file.
         executor = await open_executor(db, store)
         participants: GatewayParticipants
+        transport: Dispatcher | None = None
         if embedded:
             local = CheckoutParticipants.from_executor(executor)
             if settings.demo and await local.shop.load_demo_data():
@@ -166,7 +168,7 @@ async def bootstrap(
             participants, saga = local, build_checkout_saga(local)
         else:
             remote = contextlib.AsyncExitStack()
-            participants, saga = await _remote_shop(settings, executor, remote)
+            participants, saga, transport = await _remote_shop(settings, executor, remote)
         engine = Engine(
             store,
             sagas=[saga],
@@ -174,6 +176,7 @@ async def bootstrap(
             lease_seconds=settings.lease_seconds,
             execute=role.executes,
             hooks=observability_hooks(settings, store, registry),
+            transport=transport,
         )
         tracker = OrderTracker(
             participants.orders, engine, saga, reconcile_interval=reconcile_interval
@@ -231,7 +234,7 @@ def open_order_flow(settings: Settings, store: SagaStore) -> OrderFlow:
 
 async def _remote_shop(
     settings: Settings, executor: ShopExecutor, stack: contextlib.AsyncExitStack
-) -> tuple[GatewayParticipants, Saga]:
+) -> tuple[GatewayParticipants, Saga, Dispatcher]:
     """The gateway of separate services: the shop read from their APIs, the saga's commands
     sent over ``settings.transport``."""
     from checkout.remote import RemoteShop, open_dispatcher
@@ -239,11 +242,11 @@ async def _remote_shop(
     token = settings.admin_token.get_secret_value() if settings.admin_token else None
     shop = RemoteShop(settings.service_urls, orders=executor, admin_token=token)
     stack.push_async_callback(shop.close)
+    # Opened by the engine; closed here, after the engine (it does not close what it was given).
     dispatcher = open_dispatcher(settings.transport, settings.service_urls, settings.rabbitmq_url)
-    await dispatcher.open()
     stack.push_async_callback(dispatcher.close)
     participants = GatewayParticipants(
         shop=shop,  # type: ignore[arg-type]  # RemoteShop answers what ShopService does
         orders=OrderService(executor, catalogue=shop),
     )
-    return participants, build_remote_checkout_saga(shop, dispatcher)
+    return participants, build_remote_checkout_saga(shop), dispatcher
