@@ -1,17 +1,23 @@
 """RabbitMQ round trips: command published (confirmed) -> participant -> reply consumed.
 
     python benchmarks/amqp_roundtrip.py --n 5000 --concurrency 32
+    python benchmarks/amqp_roundtrip.py --mode sagas --n 5000 --concurrency 32
 
 What one round trip is: the engine side (this process) publishes one command through
 ``RabbitDispatcher.publish`` (persistent, publisher confirm awaited, as the outbox relay does),
-a participant in a child process (the participant library: a SQLite inbox and a stock table,
+a participant in a child process (the participant library: a SQLite inbox and a counter table,
 one transaction per command, served by ``RabbitParticipant``) commits it and publishes its reply
 (confirmed), then acks; this process's reply consumer hands the reply to the waiting caller
 and acks it. Latency is from the start of ``publish`` to the reply reaching the handler. C
 callers run at once, each sending its next command when its reply arrived.
 
-Reported: round trips/s, p50/p99, and CPU per round trip (user + system from /proc over the
-timed window) of each process: this one (engine side), the participant, and the broker
+``--mode sagas``: whole sagas through the engine instead (saga log on SQLite, outbox relay,
+parked sagas, replies taken by ``Engine.deliver``): payment.start -> inventory.reserve ->
+shipping.create, three remote steps, six messages per saga; latency from ``engine.start`` to
+the saga's end. The child process serves payment, inventory and shipping (a SQLite file each).
+
+Reported: throughput, p50/p99, and CPU per round trip or saga (user + system from /proc over
+the timed window) of each process: this one (engine side), the participants, and the broker
 (``beam.smp``, when it can be found). The benchmark makes its own vhost (``rabbitmqctl``) and
 deletes it; ``--url`` uses an existing vhost instead. Prints a table, then one JSON line.
 """
@@ -34,6 +40,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, insert, update
 from sqlalchemy.engine import Connection
 
 from report import latency_ms, print_report
+from sagaway import Engine, Saga, StepContext
 from sagaway.participant import Participant
 from sagaway.participant.rabbitmq import RabbitParticipant
 from sagaway.state import Phase
@@ -68,40 +75,58 @@ def broker_pid() -> int | None:
 # -- the participant (child process) -------------------------------------------------------
 
 
-def participant_main(url: str, database: str, queue_type: str, prefetch: int) -> None:
+SERVICES = {"payment": "start", "inventory": "reserve", "shipping": "create"}
+
+
+def service(name: str, command: str, database: str) -> Participant:
+    """A participant whose one command moves a counter (an effect, in its inbox's transaction)."""
     metadata = MetaData()
-    stock = Table(
-        "stock",
+    counters = Table(
+        "counters",
         metadata,
-        Column("sku", String(32), primary_key=True),
-        Column("units", Integer, nullable=False),
+        Column("name", String(32), primary_key=True),
+        Column("n", Integer, nullable=False),
     )
-    inventory = Participant("inventory", database)
+    participant = Participant(name, database)
 
-    @inventory.handler("reserve")
-    def reserve(conn: Connection, payload: dict[str, Any]) -> dict[str, Any]:
+    def apply(conn: Connection, payload: dict[str, Any]) -> dict[str, Any]:
         conn.execute(
-            update(stock)
-            .where(stock.c.sku == payload["sku"])
-            .values(units=stock.c.units - payload["qty"])
+            update(counters)
+            .where(counters.c.name == "units")
+            .values(n=counters.c.n + int(payload.get("qty", 1)))
         )
-        return {"reserved": payload["qty"]}
+        return {"done": command}
 
-    inventory.create_inbox()
-    metadata.create_all(inventory.sync_engine)
-    with inventory.sync_engine.begin() as conn:
-        conn.execute(insert(stock).values(sku="widget", units=10**9))
+    participant.handler(command)(apply)
+    participant.create_inbox()
+    metadata.create_all(participant.sync_engine)
+    with participant.sync_engine.begin() as conn:
+        conn.execute(insert(counters).values(name="units", n=0))
+    return participant
+
+
+def participant_main(url: str, workdir: str, queue_type: str, prefetch: int) -> None:
+    """payment, inventory and shipping, each on its own SQLite file, served over RabbitMQ."""
+    services = [
+        service(name, command, f"sqlite:///{workdir}/{name}.db")
+        for name, command in SERVICES.items()
+    ]
 
     async def serve() -> None:
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        async with RabbitParticipant(
-            inventory.handle, url, queue="inventory", queue_type=queue_type, prefetch=prefetch
-        ):
-            print("ready", flush=True)
-            await stop.wait()
-        await inventory.close()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        consumers = [
+            RabbitParticipant(p.handle, url, queue=p.name, queue_type=queue_type, prefetch=prefetch)
+            for p in services
+        ]
+        for consumer in consumers:
+            await consumer.start()
+        print("ready", flush=True)
+        await stop.wait()
+        for consumer in consumers:
+            await consumer.stop()
+        for p in services:
+            await p.close()
 
     asyncio.run(serve())
 
@@ -143,7 +168,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "--url",
             url,
             "--database",
-            f"sqlite:///{workdir}/inventory.db",
+            workdir,
             "--queue-type",
             args.queue_type,
             "--prefetch",
@@ -156,7 +181,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         assert child.stdout is not None
         if child.stdout.readline().strip() != "ready":
             raise SystemExit("the participant did not start")
-        return asyncio.run(measure(url, args, child.pid))
+        measure = measure_sagas if args.mode == "sagas" else measure_round_trips
+        return asyncio.run(measure(url, args, child.pid, workdir))
     finally:
         child.send_signal(signal.SIGTERM)
         child.wait(timeout=30)
@@ -164,7 +190,9 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], check=True)
 
 
-async def measure(url: str, args: argparse.Namespace, participant_pid: int) -> dict[str, Any]:
+async def measure_round_trips(
+    url: str, args: argparse.Namespace, participant_pid: int, workdir: str
+) -> dict[str, Any]:
     waiters: dict[str, asyncio.Future[Reply]] = {}
     latencies: list[float] = []
     failed = 0
@@ -210,6 +238,7 @@ async def measure(url: str, args: argparse.Namespace, participant_pid: int) -> d
     per = [(b - a) / args.n * 1000 for a, b in zip(before, after, strict=True)]
     return {
         "transport": "rabbitmq",
+        "mode": "round-trips",
         "queue_type": args.queue_type,
         "n": args.n,
         "concurrency": args.concurrency,
@@ -224,8 +253,71 @@ async def measure(url: str, args: argparse.Namespace, participant_pid: int) -> d
     }
 
 
+def checkout_saga() -> Saga:
+    """payment.start -> inventory.reserve -> shipping.create, each a remote step."""
+    saga = Saga("amqp-bench-checkout")
+    for participant, command in SERVICES.items():
+
+        def payload(ctx: StepContext, order: dict[str, Any]) -> dict[str, Any]:
+            return {"order": order["id"], "qty": 1}
+
+        payload.__name__ = f"{participant}_{command}"
+        saga.remote(participant, command, timeout=60.0)(payload)
+    return saga
+
+
+async def measure_sagas(
+    url: str, args: argparse.Namespace, participant_pid: int, workdir: str
+) -> dict[str, Any]:
+    saga = checkout_saga()
+    latencies: list[float] = []
+    statuses: dict[str, int] = {}
+    dispatcher = RabbitDispatcher(url, queue_type=args.queue_type, prefetch=args.prefetch)
+    engine = Engine(f"sqlite:///{workdir}/sagas.db", sagas=[saga], transport=dispatcher)
+
+    async def run(first: int, count: int, record: bool) -> None:
+        todo = iter(range(first, first + count))
+
+        async def worker() -> None:
+            for i in todo:
+                start = time.perf_counter()
+                saga_id = await engine.start(saga, {"id": f"o-{i}"})
+                final = await engine.wait(saga_id, timeout=120)
+                if record:
+                    latencies.append(time.perf_counter() - start)
+                    statuses[str(final.status)] = statuses.get(str(final.status), 0) + 1
+
+        await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+
+    beam = broker_pid()
+    async with dispatcher, engine:
+        await run(0, WARMUP, record=False)
+        before = (cpu_seconds(os.getpid()), cpu_seconds(participant_pid), cpu_seconds(beam))
+        start = time.perf_counter()
+        await run(WARMUP, args.n, record=True)
+        elapsed = time.perf_counter() - start
+        after = (cpu_seconds(os.getpid()), cpu_seconds(participant_pid), cpu_seconds(beam))
+    per = [(b - a) / args.n * 1000 for a, b in zip(before, after, strict=True)]
+    return {
+        "transport": "rabbitmq",
+        "mode": "sagas",
+        "saga_log": "sqlite",
+        "queue_type": args.queue_type,
+        "n": args.n,
+        "concurrency": args.concurrency,
+        "sagas_per_s": round(args.n / elapsed, 1),
+        **latency_ms(latencies),
+        "statuses": statuses,
+        "cpu_ms_per_saga_engine": round(per[0], 3),
+        "cpu_ms_per_saga_participants": round(per[1], 3),
+        "cpu_ms_per_saga_broker": round(per[2], 3) if beam else None,
+        "messages_per_saga": 2 * len(SERVICES),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=["round-trips", "sagas"], default="round-trips")
     parser.add_argument("--n", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--prefetch", type=int, default=64)

@@ -142,3 +142,18 @@ async def publish_raw(url: str, routing_key: str, body: bytes, message_id: str) 
 
 def body_json(message: aio_pika.abc.AbstractIncomingMessage) -> Any:
     return json.loads(message.body)
+
+
+async def drop_connections(vhost_url: str) -> int:
+    """Close every client connection to ``vhost_url``'s vhost from the broker side (as a
+    network failure or a broker restart would), leaving other vhosts' connections alone."""
+    import servers
+
+    vhost = vhost_url.rsplit("/", 1)[1]
+    listing = await servers.rabbitmqctl("list_connections", "pid", "vhost")
+    pids = [
+        line.split("\t")[0] for line in listing.splitlines() if line.split("\t")[-1:] == [vhost]
+    ]
+    for pid in pids:
+        await servers.rabbitmqctl("close_connection", pid, "sagaway test: connection dropped")
+    return len(pids)

@@ -168,6 +168,7 @@ async def check_parked_happy_path_holds_no_lease_while_waiting(parked: Parked) -
         await parked.stub.answer(reserve)
         await parked.stub.answer_next("payment.charge")
         record = await engine.wait(saga_id, timeout=5)
+        await engine.flush_outbox()
         assert isinstance(parked.store, OutboxStore)
         assert await parked.store.outbox_count() == 0, "the relay deleted what it published"
     assert record.status is SagaStatus.SUCCEEDED

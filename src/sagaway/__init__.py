@@ -16,7 +16,7 @@ from sagaway.definition import (
     StepKind,
     declared_sagas,
 )
-from sagaway.engine import Engine
+from sagaway.engine import Engine, SignalReceipt
 from sagaway.errors import (
     CancelPending,
     CancelRefused,
@@ -27,6 +27,7 @@ from sagaway.errors import (
     InvalidInput,
     InvalidTransition,
     LeaseLost,
+    NotWaiting,
     SagaNotFound,
     SagawayError,
     StepFailed,
@@ -63,6 +64,7 @@ __all__ = [
     "InvalidInput",
     "InvalidTransition",
     "LeaseLost",
+    "NotWaiting",
     "OnUncertain",
     "Page",
     "Phase",
@@ -73,6 +75,7 @@ __all__ = [
     "SagaStatus",
     "SagaStore",
     "SagawayError",
+    "SignalReceipt",
     "Step",
     "StepContext",
     "StepFailed",

@@ -1,4 +1,5 @@
-"""``sagaway``: the admin CLI for any saga log (list, show, retry, cancel, stats).
+"""``sagaway``: the admin CLI for any saga log (list, show, retry, cancel, stats, waiting,
+signal).
 
 It only reads and flips state in the store; the workers that know the saga definitions do the
 work (a retried or cancelled saga is picked up by whichever engine claims it next).
@@ -24,7 +25,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sagaway.engine import Engine
+from sagaway.engine import Engine, SignalReceipt
 from sagaway.errors import SagaNotFound, SagawayError
 from sagaway.state import Phase, SagaRecord, SagaStatus, StepRecord
 from sagaway.store import open_store
@@ -141,6 +142,8 @@ def _summary(saga: SagaRecord, now: float) -> dict[str, Any]:
         "lease_expires_at": _iso(saga.lease_expires_at),
         "deadline_at": _iso(saga.deadline_at),
         "error": saga.error,
+        "waiting_for": saga.waiting_for,
+        "parked_until": _iso(saga.parked_until),
         "created_at": _iso(saga.created_at),
         "updated_at": _iso(saga.updated_at),
     }
@@ -155,8 +158,20 @@ def list_sagas(
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 20,
     offset: Annotated[int, typer.Option(min=0)] = 0,
     as_json: JsonOption = False,
+    waiting: Annotated[
+        str | None,
+        typer.Option(
+            "--waiting",
+            metavar="NAME",
+            help="Only sagas parked waiting for this: a signal name, 'timer', a waiting_for "
+            "prefix ('signal:', 'reply:'), or 'all'",
+        ),
+    ] = None,
 ) -> None:
     """List sagas, newest first. Unfinished sagas no engine drives are flagged "stalled"."""
+    if waiting is not None:
+        _list_waiting(ctx, store, waiting, limit, offset, as_json)
+        return
     page = _run(
         _store_url(ctx, store),
         lambda e: e.list_sagas(status=status, name=name, limit=limit, offset=offset),
@@ -189,6 +204,104 @@ def list_sagas(
             f"stalled: unfinished sagas no engine drives: {which}. Run a worker whose process "
             "declares these definitions (Saga(name, version=...)); a worker that does not know "
             "them logs a warning naming them."
+        )
+
+
+def _waiting_prefix(name: str) -> str:
+    """``list --waiting NAME``: a signal's name, or a ``waiting_for`` prefix as is."""
+    if name in ("", "all", "*"):
+        return ""
+    if name == "timer" or ":" in name:
+        return name
+    return f"signal:{name}"
+
+
+def _list_waiting(
+    ctx: typer.Context, store: str | None, name: str, limit: int, offset: int, as_json: bool
+) -> None:
+    prefix = _waiting_prefix(name)
+    page = _run(
+        _store_url(ctx, store),
+        lambda e: e.list_waiting(prefix, limit=limit, offset=offset),
+    )
+    now = time.time()
+    if as_json:
+        sagas = [_summary(saga, now) for saga in page.items]
+        typer.echo(json.dumps({"total": page.total, "offset": offset, "sagas": sagas}, indent=2))
+        return
+    rows = [
+        [
+            saga.id,
+            f"{saga.name} v{saga.version}",
+            saga.waiting_for or "",
+            _when(saga.parked_until),
+            _when(saga.created_at),
+        ]
+        for saga in page.items
+    ]
+    what = f"waiting for {prefix}*" if prefix else "waiting"
+    typer.echo(
+        f"sagas {what}: {offset + 1}-{offset + len(page.items)} of {page.total}, soonest due first"
+    )
+    _echo_columns(["ID", "NAME", "WAITING FOR", "DUE", "CREATED"], rows)
+
+
+@app.command()
+def waiting(
+    ctx: typer.Context,
+    name: Annotated[
+        str, typer.Argument(help="A signal name, 'timer', or a waiting_for prefix; all if none")
+    ] = "",
+    store: StoreOption = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 20,
+    offset: Annotated[int, typer.Option(min=0)] = 0,
+    as_json: JsonOption = False,
+) -> None:
+    """The inbox: parked sagas by what they wait for (a signal, a timer, a reply), soonest
+    due first. Same as ``list --waiting NAME``."""
+    _list_waiting(ctx, store, name, limit, offset, as_json)
+
+
+@app.command()
+def signal(
+    ctx: typer.Context,
+    saga_id: SagaId,
+    name: Annotated[str, typer.Argument(help="The signal the saga waits for")],
+    payload: Annotated[
+        str | None, typer.Option("--payload", metavar="JSON", help="The signal's payload")
+    ] = None,
+    signal_id: Annotated[
+        str | None,
+        typer.Option("--signal-id", help="Dedupes deliveries: the same id twice counts once"),
+    ] = None,
+    error: Annotated[
+        str | None,
+        typer.Option("--error", help="Fail the wait with this reason (the saga compensates)"),
+    ] = None,
+    store: StoreOption = None,
+) -> None:
+    """Deliver a signal to a saga waiting for it. Recorded durably in its log; the worker
+    that runs the saga applies it (within a second). Refused (exit 1, with the reason: what
+    the saga waits for) when it does not wait for this signal."""
+    try:
+        data = None if payload is None else json.loads(payload)
+    except json.JSONDecodeError as exc:
+        raise _fail(f"--payload is not JSON: {exc}") from None
+
+    async def action(engine: Engine) -> SignalReceipt:
+        full_id = await _resolve(engine, saga_id)
+        return await engine.signal(full_id, name, data, signal_id=signal_id, error=error)
+
+    receipt = _run(_store_url(ctx, store), action)
+    if receipt.duplicate:
+        typer.echo(
+            f"signal {name} (id {receipt.signal_id}) was already delivered to saga "
+            f"{receipt.saga_id}: nothing changed"
+        )
+    else:
+        typer.echo(
+            f"signal {name} (id {receipt.signal_id}) recorded for saga {receipt.saga_id}; "
+            "its worker applies it"
         )
 
 
@@ -253,6 +366,8 @@ def _print_saga(record: SagaRecord) -> None:
         + (f"  error: {record.error}" if record.error else "")
     )
     typer.echo(f"input: {json.dumps(record.input)}")
+    if record.waiting_for is not None:
+        typer.echo(f"waiting for {record.waiting_for} until {_when(record.parked_until)}")
     typer.echo("steps, in the order they ran:")
     _echo_columns(
         ["STEP", "PHASE", "STATUS", "ATTEMPTS", "STARTED", "FINISHED", "ERROR"],

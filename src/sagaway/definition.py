@@ -129,6 +129,40 @@ class Remote:
         return f"{self.participant}.{self.compensation}"
 
 
+_NO_DEFAULT: Any = object()
+TimeSpec = float | int | Callable[..., Any]
+"""Seconds (or a POSIX time for ``until``), or ``fn(ctx, input)`` returning them (sync)."""
+
+
+@dataclass(eq=False)
+class Wait:
+    """A step that waits, parked, for a named ``signal`` from outside (``Saga.wait``) or, with
+    ``signal=None``, until a time (``Saga.sleep``). ``timeout`` (seconds) / ``until`` (a POSIX
+    time or a datetime): a number or ``fn(ctx, input)``. ``default``: the output a timed-out
+    wait takes instead of failing."""
+
+    signal: str | None
+    timeout: TimeSpec | None = None
+    until: TimeSpec | None = None
+    default: Any = _NO_DEFAULT
+
+    @property
+    def waiting_for(self) -> str:
+        """What the parked saga's row says it waits for."""
+        return "timer" if self.signal is None else f"signal:{self.signal}"
+
+    @property
+    def has_default(self) -> bool:
+        return self.default is not _NO_DEFAULT
+
+
+def _check_time(label: str, value: TimeSpec | None) -> None:
+    if value is None or callable(value):
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise DefinitionError(f"{label} must be seconds >= 0 or a function (ctx, input)")
+
+
 @dataclass(eq=False)
 class Step(Generic[T]):
     """One step of a saga. Returned by ``@saga.step`` so ``@step.compensation`` can follow."""
@@ -149,6 +183,8 @@ class Step(Generic[T]):
     # Set for a step run by another service (``Saga.remote``): ``action`` builds the payload.
     remote: Remote | None = None
     reply_type: Any = field(default=None, repr=False)
+    # Set for a step that waits for a signal or a time (``Saga.wait``, ``Saga.sleep``).
+    wait: Wait | None = None
     # ":{name}:{phase}" per phase, so building an idempotency key on the hot path is one
     # concatenation instead of a format of the name and a StrEnum.
     key_suffix: dict[Phase, str] = field(init=False, repr=False, default_factory=dict)
@@ -163,7 +199,8 @@ class Step(Generic[T]):
             raise DefinitionError(f"step {self.name!r} must be an async function")
         self.input_adapter = _adapter(params[1])
         # A remote step's function returns the command's payload: its output is the reply's.
-        self.output_adapter = _adapter(returns if self.remote is None else self.reply_type)
+        remote_or_wait = self.remote is not None or self.wait is not None
+        self.output_adapter = _adapter(self.reply_type if remote_or_wait else returns)
         self.key_suffix = {phase: f":{self.name}:{phase}" for phase in Phase}
 
     @property
@@ -382,6 +419,75 @@ class Saga:
             )
 
         return register
+
+    def wait(
+        self,
+        signal: str,
+        *,
+        timeout: TimeSpec,
+        reply: Any = None,
+        default: Any = _NO_DEFAULT,
+        name: str | None = None,
+        kind: StepKind | str = StepKind.COMPENSATABLE,
+    ) -> Step[Any]:
+        """Declare the next step as a wait for ``signal`` from outside (a person confirming a
+        payment, a webhook), delivered with ``Engine.signal``: its payload, decoded as
+        ``reply``, is the step's output. Parked meanwhile: no task, no memory, no lease.
+
+        ``timeout``: seconds, or ``fn(ctx, input)`` returning them. Past it, the step fails
+        like a refused command (the saga compensates; past the pivot it stops FAILED), or, with
+        ``default``, succeeds with that output. A signal delivered with ``error`` fails it the
+        same way. The step's name defaults to the signal's."""
+        if not signal or not storable_text(signal) or any(c in signal for c in " \n\t"):
+            raise DefinitionError(f"wait: bad signal name {signal!r}")
+        if timeout is None:
+            raise DefinitionError(f"wait for {signal!r}: a timeout is required")
+        _check_time(f"wait for {signal!r}: timeout", timeout)
+        return self._add_wait(
+            Wait(signal, timeout=timeout, default=default), name or signal, kind, reply
+        )
+
+    def sleep(
+        self,
+        name: str,
+        *,
+        seconds: TimeSpec | None = None,
+        until: TimeSpec | None = None,
+        kind: StepKind | str = StepKind.COMPENSATABLE,
+    ) -> Step[Any]:
+        """Declare the next step as a durable sleep: ``seconds`` from when it starts, or
+        ``until`` a POSIX time or an aware datetime (either may be ``fn(ctx, input)``). The
+        saga is parked meanwhile (``waiting_for = "timer"``) and resumes on whichever engine
+        runs when it is due, even after restarts. Its output is None."""
+        if (seconds is None) == (until is None):
+            raise DefinitionError(f"sleep {name!r}: give seconds or until (one of them)")
+        _check_time(f"sleep {name!r}: seconds", seconds)
+        if until is not None and not callable(until):
+            _check_time(f"sleep {name!r}: until", until)
+        return self._add_wait(Wait(None, timeout=seconds, until=until), name, kind, None)
+
+    def _add_wait(self, wait: Wait, name: str, kind: StepKind | str, reply: Any) -> Step[Any]:
+        async def waits(ctx: Any, input: Any) -> Any:  # never called: the step parks
+            raise AssertionError("a wait step has no action")
+
+        step: Step[Any] = Step(
+            saga=self,
+            name=name,
+            action=waits,
+            index=len(self.steps),
+            kind=StepKind(kind),
+            retry=NO_RETRY,
+            wait=wait,
+            reply_type=reply,
+        )
+        # A timeout function gets the saga's input as its first step declares it.
+        step.input_adapter = self.steps[0].input_adapter if self.steps else None
+        if wait.has_default:
+            try:
+                step.encode_output(wait.default)
+            except DecodeError as exc:
+                raise DefinitionError(f"wait {name!r}: bad default: {exc}") from None
+        return self._add(step)
 
     def _add(self, step: Step[Any]) -> Step[Any]:
         if not storable_text(step.name):

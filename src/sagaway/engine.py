@@ -24,9 +24,12 @@ from sagaway.definition import Saga, declared_sagas
 from sagaway.errors import (
     DefinitionError,
     EngineNotOpen,
+    InvalidInput,
     InvalidTransition,
     LeaseLost,
+    NotWaiting,
     SagaNotFound,
+    StoreError,
     UnknownSagaError,
 )
 from sagaway.hooks import ClaimReason, Hook, HookChain
@@ -45,6 +48,7 @@ from sagaway.state import (
     EventType,
     NewSaga,
     OutboxMessage,
+    Park,
     Phase,
     SagaRecord,
     SagaStatus,
@@ -60,7 +64,7 @@ from sagaway.transport.base import Dispatcher, Reply
 from sagaway.transport.stub import StubDispatcher
 
 # Re-exported: they were defined here before the rules moved to ``sagaway.rules``.
-__all__ = ["Engine", "compensation_reason", "last_cancellable", "past_pivot"]
+__all__ = ["Engine", "SignalReceipt", "compensation_reason", "last_cancellable", "past_pivot"]
 
 log = logging.getLogger("sagaway.engine")
 
@@ -70,6 +74,17 @@ UNKNOWN_CHECK_SECONDS = 60.0
 # published by the run that wrote them (the fast path, right after its commit).
 OUTBOX_SWEEP_AGE = 2.0
 OUTBOX_SWEEP_BATCH = 500
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SignalReceipt:
+    """What ``Engine.signal`` did: ``duplicate`` when that signal id was already recorded
+    (nothing changed)."""
+
+    saga_id: str
+    name: str
+    signal_id: str
+    duplicate: bool = False
 
 
 def _new_id(now: float) -> str:
@@ -130,6 +145,8 @@ class Engine:
         self._waiters: dict[str, list[asyncio.Future[SagaRecord | None]]] = {}
         self._listeners: list[CommitListener] = []
         self._orphans: set[str] = set()
+        # Runs whose first write carries a signal: the signal's caller awaits it.
+        self._committing: dict[str, asyncio.Future[None]] = {}
         self._maintainer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._opened = False
@@ -141,6 +158,8 @@ class Engine:
         self.transport: Dispatcher = transport if transport is not None else StubDispatcher()
         self._own_transport = transport is None
         self._parks = self.transport.parks
+        self._published: list[str] = []  # outbox ids published, to delete (batched)
+        self._deleting: asyncio.Task[None] | None = None
         for hook in hooks:
             self.add_hook(hook)
         for saga in sagas or ():
@@ -172,6 +191,8 @@ class Engine:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):  # what is left undeleted, the sweep re-sends
+            await self.flush_outbox()
         if self._own_transport:
             await self.transport.close()
         await self.store.close()
@@ -390,9 +411,33 @@ class Engine:
             run.cancel_requested = True
         elif self.execute and saga is not None:
             await self.resume(saga_id)
+        elif record.waiting_for is not None:
+            await self._due_now(record)
         # Otherwise the engine holding the lease learns of it when it renews its leases, or
         # whichever engine claims the saga next finds the flag in the record.
         return record
+
+    async def _due_now(self, record: SagaRecord) -> None:
+        """Make a parked saga claimable now (a cancel for it, from an engine that does not
+        drive it): otherwise it would sleep on until its timeout, days maybe."""
+        now = self.clock.now()
+        waiting = record.waiting_for
+        taken = await self.store.acquire(
+            record.id,
+            self.owner_id,
+            now=now,
+            lease_seconds=self.lease_seconds,
+            statuses=ACTIVE_STATUSES,
+        )
+        if taken is None:  # driven somewhere: that engine sees the cancel
+            return
+        if taken.waiting_for is None or waiting is None:
+            await self.store.commit(record.id, self.owner_id, Change(release_lease=True), now)
+            return
+        due = min(now, taken.parked_until or now)
+        await self.store.commit(
+            record.id, self.owner_id, Change(park=Park(taken.waiting_for, due)), now
+        )
 
     async def retry(self, saga_id: str) -> None:
         """Resume a FAILED saga: its failed compensation, or its failed step past the pivot.
@@ -519,7 +564,10 @@ class Engine:
         prewritten: bool = False,
         reason: ClaimReason = ClaimReason.RECOVERED,
         carry: Change | None = None,
+        committed: asyncio.Future[None] | None = None,
     ) -> None:
+        """``committed``: resolved once the run's first write (carrying ``carry``) is durable,
+        failed if the run ends without one."""
         record.definition = saga
         hooks = self._hooks
         if hooks is not None:
@@ -530,7 +578,7 @@ class Engine:
             store=self.store,
             owner=self.owner_id,
             clock=self.clock,
-            listener=self._notify if self._listeners else None,
+            listener=self._first_commit(committed) if committed else self._listener(),
             prewritten=prewritten,
             hooks=hooks,
             dispatcher=self.transport,
@@ -538,10 +586,26 @@ class Engine:
             carry=carry,
         )
         self._runs[record.id] = run
+        if committed is not None:
+            self._committing[record.id] = committed
         # _drive drops the task from _tasks itself when it ends: a done callback would cost a
         # loop callback (a Handle, a turn of the loop) per saga.
         task = asyncio.get_running_loop().create_task(self._drive(run))
         self._tasks.add(task)
+
+    def _listener(self) -> CommitListener | None:
+        return self._notify if self._listeners else None
+
+    def _first_commit(self, committed: asyncio.Future[None]) -> CommitListener:
+        inner = self._listener()
+
+        def listener(record: SagaRecord, change: Change) -> None:
+            if not committed.done():
+                committed.set_result(None)
+            if inner is not None:
+                inner(record, change)
+
+        return listener
 
     def _notify(self, record: SagaRecord, change: Change) -> None:
         for listener in self._listeners:
@@ -574,6 +638,9 @@ class Engine:
                     run.hooks.on_release(run.record, stopped)
             self._tasks.discard(asyncio.current_task())
             self._runs.pop(saga_id, None)
+            committed = self._committing.pop(saga_id, None)
+            if committed is not None and not committed.done():
+                committed.set_exception(StoreError(f"saga {saga_id}: {stopped}"))
             waiters = self._waiters.pop(saga_id, None)
             if waiters:
                 final = run.record if run.record.status.is_terminal else None
@@ -584,17 +651,38 @@ class Engine:
     # -- remote steps: the relay and replies ----------------------------------------------------
 
     async def _relay(self, messages: tuple[OutboxMessage, ...]) -> None:
-        """Publish outbox messages just committed, then delete them. A failure leaves them for
-        the sweep (``relay_outbox``), which runs in every recovery pass."""
+        """Publish outbox messages just committed; their deletion follows in the background,
+        batched. A failure leaves them for the sweep (``relay_outbox``), which runs in every
+        recovery pass."""
         try:
             await self.transport.publish(messages)
-            store = self.store
-            if isinstance(store, OutboxStore):
-                await store.outbox_delete([m.id for m in messages])
         except Exception as exc:  # the saga is parked all the same: the sweep sends them
             log.warning(
                 "relay: %d message(s) not published (%s); the sweep retries", len(messages), exc
             )
+            return
+        self._published.extend(m.id for m in messages)
+        if self._deleting is None or self._deleting.done():
+            self._deleting = asyncio.get_running_loop().create_task(self._delete_published())
+
+    async def _delete_published(self) -> None:
+        """Delete what the relay published: one write for all the messages published while the
+        previous one was in flight (one per message would cost a write per remote step). A
+        message whose deletion is lost (a crash, an error) is published again by the sweep:
+        harmless, as its receiver dedupes on its id."""
+        store = self.store
+        while self._published and isinstance(store, OutboxStore):
+            ids, self._published = self._published, []
+            try:
+                await store.outbox_delete(ids)
+            except Exception as exc:
+                log.warning("relay: could not delete %d published message(s): %s", len(ids), exc)
+                return
+
+    async def flush_outbox(self) -> None:
+        """Wait until the messages the relay has published are deleted from the outbox."""
+        while self._deleting is not None and not self._deleting.done():
+            await asyncio.shield(self._deleting)
 
     async def relay_outbox(self, *, older_than: float | None = None) -> int:
         """One sweep of the relay: publish what the outbox still holds (written before a crash,
@@ -682,6 +770,206 @@ class Engine:
             return True
         self._spawn(saga, taken, reason=ClaimReason.REPLIED, carry=decision.change)
         return True
+
+    # -- waits: signals from outside -------------------------------------------------------------
+
+    async def signal(
+        self,
+        saga_id: str,
+        name: str,
+        payload: Any = None,
+        *,
+        signal_id: str | None = None,
+        error: str | None = None,
+    ) -> SignalReceipt:
+        """Deliver the signal ``name`` to a saga waiting for it (``Saga.wait``): ``payload``
+        becomes the wait step's output; ``error`` fails the step instead (it compensates).
+
+        Durable once this returns: recorded in the saga's log, with ``signal_id``, in the write
+        that applies it (this engine drives the saga on at once) or, on an engine that does not
+        run it (``execute=False``, or its definition unknown here), that hands it to whichever
+        engine does. Delivering the same ``signal_id`` again changes nothing (``duplicate``).
+
+        Raises ``SagaNotFound``; ``NotWaiting`` (an ``InvalidTransition``) when the saga does
+        not wait for this signal (finished, waiting for something else, or still running the
+        steps before its wait after ``lease_seconds``); ``InvalidInput`` when the payload does
+        not fit the wait's ``reply`` type."""
+        if not (self._opened or self.store.is_open):
+            raise EngineNotOpen()
+        check_text(name, "the signal name")
+        check_text(error, "the signal's error")
+        signal_id = signal_id or uuid.uuid4().hex
+        check_text(signal_id, "the signal id")
+        check_value(payload, f"the payload of signal {name!r}")
+        signal = rules.Signal(name, signal_id, payload, error)
+        loop = asyncio.get_running_loop()
+        patience = loop.time() + self.lease_seconds
+        delay = 0.005
+        while True:
+            if saga_id not in self._runs:
+                # The fast path: take the parked saga (its row comes back with it) and apply.
+                receipt = await self._apply_signal(saga_id, signal)
+                if receipt is not None:
+                    return receipt
+            record = await self.store.load(saga_id)
+            if record is None:
+                raise SagaNotFound(saga_id)
+            if any(
+                e.type is EventType.SIGNAL_RECEIVED and e.detail == signal.detail
+                for e in record.history
+            ):
+                return SignalReceipt(saga_id, name, signal_id, duplicate=True)
+            saga = self._lookup(record.name, record.version)
+            refusal = self._not_waiting(record, saga, signal)
+            if refusal is not None and (
+                not self._may_still_wait(record, saga, name) or loop.time() >= patience
+            ):
+                raise NotWaiting(saga_id, name, refusal, record.waiting_for)
+            if refusal is None and loop.time() >= patience:
+                busy = f"saga {saga_id} is held by another engine: try again"
+                raise NotWaiting(saga_id, name, busy, record.waiting_for)
+            # Held by an engine (applying another signal, or still running the steps before
+            # the wait): look again shortly.
+            if saga_id in self._runs:
+                future: asyncio.Future[SagaRecord | None] = loop.create_future()
+                self._waiters.setdefault(saga_id, []).append(future)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(future, max(patience - loop.time(), 0.001))
+            else:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.1)
+
+    def _not_waiting(
+        self, record: SagaRecord, saga: Saga | None, signal: rules.Signal
+    ) -> str | None:
+        """Why ``record`` cannot take ``signal`` now; None when it waits for it."""
+        saga_id, name = record.id, signal.name
+        if record.status.is_terminal:
+            return f"saga {saga_id} is {record.status}: it waits for nothing"
+        waiting = record.waiting_for
+        if waiting != f"signal:{name}":
+            what = f"waits for {waiting}" if waiting else f"is {record.status}, not waiting"
+            return f"saga {saga_id} does not wait for signal {name!r}: it {what}"
+        pending = rules.recorded_signal(record)
+        if pending is not None:
+            return (
+                f"saga {saga_id} already received signal {name!r} (signal id "
+                f"{pending.signal_id!r}); it is being applied"
+            )
+        row = rules.waiting_step(record)
+        if row is None:
+            return f"saga {saga_id} has no wait step in flight"
+        if saga is not None:
+            step = saga._by_name.get(row.name)
+            if step is None or step.wait is None or step.wait.signal != name:
+                return f"saga {saga_id}: step {row.name!r} does not wait for signal {name!r}"
+        return None
+
+    def _may_still_wait(self, record: SagaRecord, saga: Saga | None, name: str) -> bool:
+        """True while the saga is on its way to a wait for ``name`` it has not reached yet
+        (a signal may beat the run that parks it), or a signal is being applied."""
+        if not record.status.is_active:
+            return False
+        if rules.recorded_signal(record) is not None:
+            return False
+        if saga is None:
+            return record.waiting_for is None or not record.waiting_for.startswith("signal:")
+        for step in saga.steps:
+            if step.wait is None or step.wait.signal != name:
+                continue
+            row = record.steps.get((step.name, Phase.FORWARD))
+            if row is None or (row.status is StepStatus.RUNNING and record.waiting_for is None):
+                return True
+        return False
+
+    def _check_signal_payload(self, saga: Saga, record: SagaRecord, signal: rules.Signal) -> None:
+        """Refuse a payload that does not fit the wait's ``reply`` type before recording it."""
+        if signal.error is not None:
+            return
+        row = rules.waiting_step(record)
+        assert row is not None
+        step = saga.get_step(row.name)
+        try:
+            step.encode_output(step.decode_output(signal.payload))
+        except Exception as exc:
+            raise InvalidInput(f"signal {signal.name!r} for saga {record.id}: {exc}") from None
+
+    async def _apply_signal(self, saga_id: str, signal: rules.Signal) -> SignalReceipt | None:
+        """Take the saga and apply (or record) ``signal`` if it waits for it; None if it
+        could not be taken or does not wait for it (the caller reads the log to say why)."""
+        now = self.clock.now()
+        try:
+            taken = await self.store.acquire(
+                saga_id,
+                self.owner_id,
+                now=now,
+                lease_seconds=self.lease_seconds,
+                statuses=ACTIVE_STATUSES,
+            )
+        except SagaNotFound:
+            return None
+        if taken is None:
+            return None
+        saga = self._lookup(taken.name, taken.version)
+        if saga_id in self._runs:  # our own recovery took it meanwhile
+            return None
+        if self._not_waiting(taken, saga, signal) is not None or (
+            self._needs_history(saga, signal.name) and await self._received(saga_id, signal)
+        ):
+            await self.store.commit(saga_id, self.owner_id, Change(release_lease=True), now)
+            return None
+        if saga is not None:
+            try:
+                self._check_signal_payload(saga, taken, signal)
+            except InvalidInput:
+                await self.store.commit(saga_id, self.owner_id, Change(release_lease=True), now)
+                raise
+        receipt = SignalReceipt(saga_id, signal.name, signal.signal_id, duplicate=False)
+        if saga is None or not self.execute:
+            # Recorded for the engine that runs it: due now, so its next pass claims it.
+            change = rules.signal_recorded(taken, signal, now)
+            await self.store.commit(saga_id, self.owner_id, change, now)
+            return receipt
+        taken.definition = saga
+        decision = rules.signal_arrived(saga, taken, signal, now)
+        hooks = self._hooks
+        if hooks is not None:
+            hooks.on_resume(taken, taken.waiting_for or "signal")
+        if decision.next is Next.STOP:
+            await self.store.commit(saga_id, self.owner_id, decision.change, now)
+            apply_change(taken, decision.change, now)
+            if hooks is not None:
+                hooks.on_finish(taken)
+            self._answer_waiters(saga_id, taken)
+            return receipt
+        # The run writes the signal's outcome with its first transition (the next step's
+        # start): one write instead of two. The signal is durable once that write is.
+        committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._spawn(
+            saga, taken, reason=ClaimReason.REPLIED, carry=decision.change, committed=committed
+        )
+        await committed
+        return receipt
+
+    @staticmethod
+    def _needs_history(saga: Saga | None, name: str) -> bool:
+        """Whether a saga parked on ``name`` may have taken this signal id already: only if
+        it waits for ``name`` more than once (or its definition is unknown here)."""
+        if saga is None:
+            return True
+        return sum(1 for s in saga.steps if s.wait is not None and s.wait.signal == name) > 1
+
+    async def _received(self, saga_id: str, signal: rules.Signal) -> bool:
+        record = await self.store.load(saga_id)
+        return record is not None and any(
+            e.type is EventType.SIGNAL_RECEIVED and e.detail == signal.detail
+            for e in record.history
+        )
+
+    async def list_waiting(self, prefix: str = "", *, limit: int = 50, offset: int = 0) -> Page:
+        """Parked sagas whose ``waiting_for`` starts with ``prefix`` ("signal:payment_confirmed",
+        "signal:", "timer", "reply:"), soonest due first."""
+        return await self.store.list_waiting(prefix=prefix, limit=limit, offset=offset)
 
     def _checked_reply(self, saga: Saga, reply: Reply) -> Reply:
         """A successful reply whose output does not fit the step's declared reply type (or

@@ -94,6 +94,17 @@ class CancelRefused(InvalidTransition):
         self.reason = reason
 
 
+class NotWaiting(InvalidTransition):
+    """A signal for a saga that does not wait for it: finished, waiting for something else
+    (``waiting_for``: "signal:<name>", "timer", "reply:<topic>", or None), or not there yet.
+    Nothing was recorded; the message says what the saga waits for."""
+
+    def __init__(self, saga_id: str, signal: str, reason: str, waiting_for: str | None) -> None:
+        super().__init__(reason)
+        self.saga_id, self.signal, self.reason = saga_id, signal, reason
+        self.waiting_for = waiting_for
+
+
 class CancelPending(SagawayError):
     """A ``Change`` with ``unless_cancelled`` met a cancel already recorded: nothing was
     written. The runner then compensates instead of starting the step."""

@@ -20,7 +20,7 @@ Metrics (all ``sagaway_*``):
   the batch size: ``rate(operations) / rate(batches)``.
 * ``sagaway_outbox_pending``: messages in the saga log's outbox not yet published
   (``OutboxStore.outbox_count()``, read at scrape time: on a scrape from another thread it waits
-  up to a second for the engine's loop to answer; on the loop itself, e.g. an async
+  up to ``scrape_timeout`` (5 s) for the engine's loop to answer; on the loop itself, e.g. an async
   ``/metrics`` route, it reports the count read at the previous scrape; ``await hook.refresh()``
   first for a fresh one). 0 for a store without an outbox.
 * ``sagaway_sagas_waiting{saga}``: sagas parked in the store (waiting for a reply or a signal),
@@ -126,6 +126,9 @@ class PrometheusHook(Hook, Collector):
         self._steps: dict[tuple[str, str, str, str], _Histogram] = {}
         self._commits = _Histogram(len(COMMIT_BUCKETS))
         self._outbox_pending = 0
+        # How long a scrape from another thread waits for the loop to read the outbox count
+        # (Prometheus' default scrape timeout is 10 s); past it, the last count is reported.
+        self.scrape_timeout = 5.0
         self._waiting: dict[str, int] = {}
         self._refreshed_at = float("-inf")
         self._loop: asyncio.AbstractEventLoop | None = None  # the engine's, for scrape threads
@@ -213,7 +216,7 @@ class PrometheusHook(Hook, Collector):
             return
         future = asyncio.run_coroutine_threadsafe(self._quiet_refresh(), loop)
         with contextlib.suppress(FutureTimeout):
-            future.result(timeout=1.0)
+            future.result(timeout=self.scrape_timeout)
 
     async def _quiet_refresh(self) -> None:
         # A gauge must never fail a scrape: a store error leaves the last value.

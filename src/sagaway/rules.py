@@ -12,6 +12,7 @@ runner's hot path calls the rule functions it dispatches to directly (``step_suc
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -23,12 +24,14 @@ from sagaway.state import (
     Effect,
     Event,
     EventType,
+    Park,
     Phase,
     SagaRecord,
     SagaStatus,
     StepRecord,
     StepStatus,
 )
+from sagaway.store._codec import check_value
 
 if TYPE_CHECKING:
     from sagaway.definition import Saga, Step
@@ -97,6 +100,39 @@ class ReplyArrived:
 
 
 @dataclass(frozen=True, slots=True)
+class Signal:
+    """A named signal from outside for a saga waiting for it (``Engine.signal``): its payload
+    becomes the wait step's output; with ``error`` it fails the step instead. ``signal_id``
+    dedupes deliveries (recorded in the log with it)."""
+
+    name: str
+    signal_id: str
+    payload: JSON = None
+    error: str | None = None
+
+    @property
+    def detail(self) -> str:
+        """The SIGNAL_RECEIVED event's detail: a second delivery finds it in the history."""
+        return f"{self.name} {self.signal_id}"
+
+    def envelope(self) -> dict[str, JSON]:
+        return {
+            "signal": self.name,
+            "signal_id": self.signal_id,
+            "payload": self.payload,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SignalArrived:
+    """A signal reached a saga waiting for it (``recorded``: already in its history)."""
+
+    signal: Signal
+    recorded: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Timeout:
     """A parked saga's ``parked_until`` passed with no reply."""
 
@@ -117,7 +153,9 @@ class RetryRequested:
     release_lease: bool = False
 
 
-Happened = Succeeded | Failed | ReplyArrived | Timeout | BackoffOver | RetryRequested
+Happened = (
+    Succeeded | Failed | ReplyArrived | SignalArrived | Timeout | BackoffOver | RetryRequested
+)
 
 
 # -- reading a record ------------------------------------------------------------------------
@@ -456,6 +494,92 @@ def parked_compensation_limit(step: Step[Any], running: StepRecord) -> int:
     return max(per_round, -(-running.attempts // per_round) * per_round)
 
 
+# -- waits: signals and timers -----------------------------------------------------------------
+
+
+def recorded_signal(record: SagaRecord) -> Signal | None:
+    """A signal delivered to a parked wait but not applied yet (by an engine that does not
+    drive the saga): it sits in the waiting step's row until an engine that does applies it."""
+    if record.waiting_for is None or not record.waiting_for.startswith("signal:"):
+        return None
+    row = waiting_step(record)
+    output = None if row is None else row.output
+    if not isinstance(output, dict) or "signal_id" not in output:
+        return None
+    return Signal(
+        str(output.get("signal")),
+        str(output["signal_id"]),
+        output.get("payload"),
+        output.get("error"),
+    )
+
+
+def signal_recorded(record: SagaRecord, signal: Signal, now: float) -> Change:
+    """Record ``signal`` for the saga (parked on its wait), for whichever engine drives it to
+    apply: in the waiting row, with its SIGNAL_RECEIVED event, the park made due now."""
+    row = waiting_step(record)
+    assert row is not None
+    assert record.waiting_for is not None
+    event = Event(now, EventType.SIGNAL_RECEIVED, row.name, None, row.attempts, signal.detail)
+    return Change(
+        steps=[dataclasses.replace(row, output=signal.envelope())],
+        events=[event],
+        park=Park(record.waiting_for, now),
+    )
+
+
+def signal_arrived(
+    saga: Saga, record: SagaRecord, signal: Signal, now: float, *, recorded: bool = False
+) -> Decision:
+    """A signal for the parked wait: its payload (decoded as the step's ``reply``) is the
+    step's output; ``error``, or a payload that does not fit, fails the step like a refused
+    command (compensate; past the pivot, FAILED). The park is cleared in the same write,
+    with the SIGNAL_RECEIVED event (unless ``recorded`` already) that dedupes the signal."""
+    row = waiting_step(record)
+    assert row is not None
+    step = saga.get_step(row.name)
+    error = None if signal.error is None else f"signal {signal.name}: {signal.error}"
+    if error is None:
+        try:
+            output = step.encode_output(step.decode_output(signal.payload))
+            check_value(output, f"the payload of signal {signal.name!r}")
+        except Exception as exc:
+            error = f"signal {signal.name}: {exc}"
+    if error is None:
+        decision = Decision(step_succeeded(row, output, now), Next.CONTINUE, step.name)
+    else:
+        decision = step_failed(step, record, row, error, retryable=False, uncertain=False, now=now)
+    if not recorded:
+        event = Event(now, EventType.SIGNAL_RECEIVED, row.name, None, row.attempts, signal.detail)
+        decision.change.events.insert(0, event)
+    decision.change.unpark = True
+    return decision
+
+
+def wait_due(
+    saga: Saga, record: SagaRecord, step: Step[Any], row: StepRecord, now: float
+) -> Decision:
+    """A wait's time came: a sleep is over (output None), a wait for a signal timed out: its
+    ``default`` output, or it fails (compensate; past the pivot, FAILED). A wait cut short by
+    the saga's deadline compensates for the deadline."""
+    wait = step.wait
+    assert wait is not None
+    deadline = record.deadline_at
+    stop = None
+    if deadline is not None and now >= deadline and step.kind is not StepKind.RETRIABLE:
+        stop = (EventType.DEADLINE_EXPIRED, "deadline expired")
+    if stop is None and (wait.signal is None or wait.has_default):
+        output = None if wait.signal is None else step.encode_output(wait.default)
+        decision = Decision(step_succeeded(row, output, now), Next.CONTINUE, step.name)
+    else:
+        error = (
+            TIMED_OUT if wait.signal is None else f"timed out waiting for signal {wait.signal!r}"
+        )
+        decision = _fail(step, record, row, error, False, now, stop)
+    decision.change.unpark = True
+    return decision
+
+
 def timed_out(saga: Saga, record: SagaRecord, now: float) -> Decision:
     """A parked saga's time ran out with no reply. Forward: the command may have taken effect
     (uncertain); send it again with the same key while attempts are left (no backoff: the
@@ -465,6 +589,8 @@ def timed_out(saga: Saga, record: SagaRecord, now: float) -> Decision:
     if row is None:  # nothing in flight: just drive it on
         return Decision(Change(unpark=True), Next.CONTINUE)
     step = saga.get_step(row.name)
+    if step.wait is not None and row.phase is FORWARD:
+        return wait_due(saga, record, step, row, now)
     if row.phase is FORWARD:
         decision = step_failed(step, record, row, NO_REPLY, retryable=True, uncertain=True, now=now)
     else:
@@ -507,6 +633,8 @@ def decide(saga: Saga, record: SagaRecord, happened: Happened, now: float) -> De
         return compensation_failed(step, running, happened.error, limit, now)
     if isinstance(happened, ReplyArrived):
         return reply_arrived(saga, record, happened.reply, now)
+    if isinstance(happened, SignalArrived):
+        return signal_arrived(saga, record, happened.signal, now, recorded=happened.recorded)
     if isinstance(happened, Timeout):
         return timed_out(saga, record, now)
     if isinstance(happened, BackoffOver):

@@ -16,8 +16,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
 import types
 from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping
+from datetime import datetime
 from time import perf_counter
 from typing import Any
 
@@ -325,6 +327,8 @@ class SagaRun:
             woken = await self._wake_parked(now)
             if woken is None:
                 return
+            for row in woken.steps:  # a wait's outcome: the loops judge steps by these rows
+                self.record.steps[(row.name, row.phase)] = row
             pending = woken
         else:
             pending = Change()
@@ -345,7 +349,19 @@ class SagaRun:
         """A parked saga taken over without its reply: its park timed out (``claim``), or it
         was taken early (a cancel, a resume). Returns what to write next, or None if done."""
         record = self.record
+        signal = rules.recorded_signal(record)
+        if signal is not None:  # delivered through an engine that does not drive the saga
+            if self.hooks is not None:
+                self.hooks.on_resume(record, record.waiting_for or "signal")
+            decision = rules.signal_arrived(self.saga, record, signal, now, recorded=True)
+            if decision.next is Next.STOP:
+                await self._commit(decision.change, now)
+                return None
+            return decision.change
         early = record.parked_until is not None and record.parked_until > now
+        waits = (record.waiting_for or "").startswith(("signal:", "timer"))
+        if waits and record.cancel_requested and record.status is not SagaStatus.COMPENSATING:
+            return Change(unpark=True)  # cancelled: the forward loop stops before the wait
         if early:
             if record.cancel_requested and record.status is not SagaStatus.COMPENSATING:
                 # The forward loop stops it before the step in flight is sent again.
@@ -413,7 +429,8 @@ class SagaRun:
     ) -> tuple[Change, float] | None:
         forward_only = step.kind is StepKind.RETRIABLE
         started_at = row.started_at if row is not None else None
-        parking = step.remote is not None and self.parks
+        # A remote step on a message transport, or a wait: the RUNNING row parks the saga.
+        parking = (step.remote is not None and self.parks) or step.wait is not None
         failure: Exception | None = None
         while True:
             if skip_write:
@@ -462,7 +479,7 @@ class SagaRun:
                 hooks.before_step(self.record, ctx)
                 began = perf_counter()
             try:
-                if step.remote is None:
+                if step.remote is None and step.wait is None:
                     value = await self._call(
                         step.action, (ctx, self._input(step)), self._attempt_timeout(step)
                     )
@@ -582,7 +599,9 @@ class SagaRun:
     ) -> Exception | None:
         """Add a remote step's command (as an outbox message) and the park to ``pending``;
         or return why the command could not be built (the step then fails as a local one
-        whose action raised that)."""
+        whose action raised that). A wait step parks on its signal or timer instead."""
+        if step.wait is not None:
+            return await self._park_wait(pending, step, ctx, now)
         try:
             output = None
             if forward is not None and forward.status is StepStatus.SUCCEEDED:
@@ -596,6 +615,36 @@ class SagaRun:
             timeout = step.compensation_timeout or step.timeout
         pending.outbox = (*pending.outbox, command.to_outbox(now))
         pending.park = Park(f"reply:{command.topic}", now + (timeout or DEFAULT_REPLY_TIMEOUT))
+        pending.unpark = False
+        return None
+
+    async def _park_wait(
+        self, pending: Change, step: Step[Any], ctx: StepContext, now: float
+    ) -> Exception | None:
+        """Park ``pending`` on a wait step's signal or timer (or return why its time could
+        not be computed: a programming error, the step fails)."""
+        wait = step.wait
+        assert wait is not None
+        try:
+            spec = wait.until if wait.until is not None else wait.timeout
+            value = spec(ctx, self._input(step)) if callable(spec) else spec
+            if inspect.isawaitable(value):
+                value = await value
+            if isinstance(value, datetime):
+                if value.tzinfo is None:
+                    raise ValueError(f"{value!r} is a naive datetime: give it a timezone")
+                value = value.timestamp()
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError(f"expected seconds or a time, got a {type(value).__name__}")
+            if not math.isfinite(value):
+                raise ValueError(f"{value!r} is not a time")
+            at = float(value) if wait.until is not None else now + max(float(value), 0.0)
+        except Exception as exc:
+            return DecodeError(f"wait step {step.name!r}: {_describe(exc)}")
+        deadline = self.record.deadline_at
+        if deadline is not None and step.kind is not StepKind.RETRIABLE:
+            at = min(at, deadline)  # the deadline ends the wait: the rules compensate then
+        pending.park = Park(wait.waiting_for, at)
         pending.unpark = False
         return None
 

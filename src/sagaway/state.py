@@ -87,6 +87,8 @@ class EventType(StrEnum):
     CANCEL_REFUSED = "cancel_refused"  # too late to take effect; detail says why
     DEADLINE_EXPIRED = "deadline_expired"
     RETRY_REQUESTED = "retry_requested"
+    # A signal reached a saga waiting for it; detail: "<name> <signal id>" (what dedupes it).
+    SIGNAL_RECEIVED = "signal_received"
 
 
 _ALLOWED: dict[SagaStatus, frozenset[SagaStatus]] = {

@@ -16,6 +16,7 @@ from rabbitkit import (
     Replies,
     command,
     drain,
+    drop_connections,
     publish_raw,
     queue_depth,
     until,
@@ -245,6 +246,34 @@ async def test_stop_lets_a_command_in_flight_finish_and_ack(url: str) -> None:
     assert consumer.stats.handled == 1  # acked before the connection closed
     assert await queue_depth(url, "inventory") == 0  # nothing left to redeliver
     assert participant.effects == {"saga-11:reserve:forward": 1}
+
+
+async def test_a_dropped_connection_lets_the_handler_finish_and_redelivers(url: str) -> None:
+    """The connection drops while the engine applies a reply: the handler is not cut off
+    halfway; its ack fails on the dead channel, and the reply comes again after the
+    reconnect (the engine finds it stale)."""
+    participant = InboxParticipant()
+    entered, release = asyncio.Event(), asyncio.Event()
+    calls: list[str] = []
+    finished: list[str] = []
+
+    async def apply(reply: Reply) -> None:
+        calls.append(reply.message_id)
+        entered.set()
+        await release.wait()
+        finished.append(reply.message_id)
+
+    async with RabbitParticipant(participant.handle, url), RabbitDispatcher(url) as dispatcher:
+        dispatcher.on_reply(apply)
+        await dispatcher.publish([command(12).to_outbox(at=0.0)])
+        await asyncio.wait_for(entered.wait(), 30)
+        assert await drop_connections(url) >= 2  # the engine's and the participant's
+        await until(lambda: dispatcher._link.reconnects >= 1, "the engine saw the drop")
+        release.set()
+        await until(lambda: len(finished) == 2, "the reply applied, then redelivered")
+        assert dispatcher.stats.reconnects >= 1
+    assert calls == ["saga-12:reserve:forward"] * 2
+    assert participant.effects == {"saga-12:reserve:forward": 1}
 
 
 async def test_a_failing_reply_handler_gets_the_reply_again(url: str) -> None:

@@ -113,6 +113,7 @@ async def test_outbox_pending_from_a_scrape_thread_asks_the_loop() -> None:
     store = await _store_with_outbox(2)
     registry = CollectorRegistry()
     hook = PrometheusHook(registry, store=store)
+    hook.scrape_timeout = 600  # a bound, not a timing assertion: the loop answers at once
     await hook.refresh()  # how the hook learns the engine's loop (after_claim does too)
     await store.outbox_delete(["m1"])
     scraped = await asyncio.to_thread(value, registry, "sagaway_outbox_pending")

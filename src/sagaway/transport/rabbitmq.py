@@ -198,7 +198,7 @@ class Consumer:
         self._channel: AbstractChannel | None = None
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
-        self._inflight: set[asyncio.Task[Any]] = set()
+        self._inflight: set[asyncio.Task[None]] = set()
 
     async def start(self, channel: AbstractChannel) -> None:
         """Consume on ``channel`` (a no-op when already consuming on it)."""
@@ -209,27 +209,35 @@ class Consumer:
         self._tag = await self._queue.consume(self._deliver)
 
     async def drain(self, timeout: float) -> None:
-        """Stop taking deliveries, then give those in flight ``timeout`` seconds to settle
-        (what is still running after that is cancelled with the connection, unacked, and
-        redelivered)."""
+        """Stop taking deliveries, then give those in flight ``timeout`` seconds to settle;
+        cancel what still runs after that (unacked, so the broker redelivers it)."""
         queue, tag = self._queue, self._tag
         self._queue = self._tag = None
         if queue is not None and tag is not None:
             with contextlib.suppress(Exception):
                 await queue.cancel(tag)
-        pending = {t for t in self._inflight if t is not asyncio.current_task()}
+        pending = set(self._inflight)
         if pending and timeout > 0:
-            await asyncio.wait(pending, timeout=timeout)
+            _, pending = await asyncio.wait(pending, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
 
     async def _deliver(self, message: AbstractIncomingMessage) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._inflight.add(task)
-        try:
-            await self.callback(message)
-        finally:
-            if task is not None:
-                self._inflight.discard(task)
+        # The handler runs in a task of its own, shielded: when the connection drops, aiormq
+        # cancels its consumer tasks, and a handler cut off halfway (an engine between its
+        # store commit and driving the saga on) is worse than one that finishes, fails to ack
+        # on the dead channel, and sees the redelivery as a duplicate.
+        work = asyncio.ensure_future(self.callback(message))
+        self._inflight.add(work)
+        work.add_done_callback(self._finished)
+        await asyncio.shield(work)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("handler of queue %s crashed: %r", self.queue, task.exception())
 
     async def ack(self, message: AbstractIncomingMessage) -> None:
         if await settle(message.ack()):
@@ -472,9 +480,9 @@ class RabbitDispatcher(Dispatcher):
         failed = [
             (m, r) for m, r in zip(messages, results, strict=True) if isinstance(r, BaseException)
         ]
-        for _, result in failed:
-            if isinstance(result, asyncio.CancelledError):
-                raise result
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise asyncio.CancelledError  # our caller is being cancelled: not a publish failure
         if failed:
             message, error = failed[0]
             raise TransportError(

@@ -8,7 +8,9 @@ Two modes:
   command's topic and answers with its reply at once;
 * message (``parks=True``): ``publish`` records the commands the engine's relay sends and
   answers nothing by itself. The test takes them (``next_command``), answers them (``answer``),
-  delivers replies as it likes (``deliver``: twice, late, out of order) or loses them.
+  delivers replies as it likes (``deliver``: twice, late, out of order) or loses them. With
+  ``auto_reply=True`` the participants answer every published command by themselves, as a
+  broker with live consumers would.
 
 A handler gets the ``Command`` and returns the step's output (JSON) or a ``Reply``; raising
 ``StepFailed`` answers a business failure, raising ``TransportError`` makes the call fail as a
@@ -35,9 +37,15 @@ class StubDispatcher(Dispatcher):
     """In-memory participants for tests (see the module docstring)."""
 
     def __init__(
-        self, handlers: Mapping[str, Handler] | None = None, *, parks: bool = False
+        self,
+        handlers: Mapping[str, Handler] | None = None,
+        *,
+        parks: bool = False,
+        auto_reply: bool = False,
     ) -> None:
         self.parks = parks
+        self.auto_reply = auto_reply
+        self._replying: set[asyncio.Task[Reply]] = set()
         self._handlers: dict[str, Handler] = dict(handlers or {})
         self._reply_handler: ReplyHandler | None = None
         self.calls: list[Command] = []  # every command received (called or published), in order
@@ -94,8 +102,17 @@ class StubDispatcher(Dispatcher):
             command = Command.from_json(message.body)
             self.published.append(message)
             self.calls.append(command)
-            self.pending.append(command)
+            if self.auto_reply:  # answered once publish has returned, as a consumer would
+                task = asyncio.get_running_loop().create_task(self.answer(command))
+                self._replying.add(task)
+                task.add_done_callback(self._replying.discard)
+            else:
+                self.pending.append(command)
         self._arrived.set()
+
+    async def close(self) -> None:
+        for task in list(self._replying):
+            task.cancel()
 
     def on_reply(self, handler: ReplyHandler) -> None:
         self._reply_handler = handler  # the latest engine's (a restarted engine replaces it)

@@ -19,7 +19,9 @@ this router under ``{prefix}/static/``):
   live, and the buttons need it.
 * ``{prefix}/inbox``: the sagas parked until something arrives (a participant's reply, a
   person's signal), soonest deadline first, each with what it waits for and its deadline
-  counting down; live like the list. (The signal buttons come with the signals themselves.)
+  counting down; live like the list. ``{prefix}/waiting.json?for=signal:NAME`` lists them as
+  JSON, and ``POST {prefix}/sagas/{id}/signals/{name}`` (JSON body ``{"payload", "signal_id",
+  "error"}``) delivers a signal (see docs/waits.md).
 
 ``retry``/``cancel`` (``async (request, saga_id)``) replace the engine's own actions when an
 application must do more (the checkout reopens the order it mirrors).
@@ -43,7 +45,14 @@ from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from sagaway.engine import Engine
-from sagaway.errors import InvalidTransition, SagaNotFound, SagawayError, UnknownSagaError
+from sagaway.errors import (
+    InvalidInput,
+    InvalidTransition,
+    SagaNotFound,
+    SagawayError,
+    UnknownSagaError,
+    UnstorableValue,
+)
 from sagaway.state import Phase, SagaRecord, SagaStatus, StepRecord, StepStatus
 from sagaway.web.live import COALESCE_SECONDS, LiveUpdates, event_stream, sse_event
 
@@ -63,7 +72,12 @@ STATIC_FILES = {"sagaway.css": "text/css", "sagaway.js": "text/javascript"}
 PAGE_SIZE = 25
 # The inbox's filter: prefixes of ``waiting_for`` (the engine parks a remote step's saga on
 # "reply:<topic>"; a saga waiting for a person's signal on "signal:<name>").
-WAITING_KINDS = (("", "anything"), ("signal:", "a person (signal)"), ("reply:", "a reply"))
+WAITING_KINDS = (
+    ("", "anything"),
+    ("signal:", "a person (signal)"),
+    ("reply:", "a reply"),
+    ("timer", "a timer"),
+)
 
 
 def templates_environment(*extra: PackageLoader) -> Environment:
@@ -76,11 +90,15 @@ def templates_environment(*extra: PackageLoader) -> Environment:
         autoescape=select_autoescape(["html"]),
         trim_blocks=True,
         lstrip_blocks=True,
+        # Package files do not change while the app runs: no stat of every template (and of
+        # every template it includes) on every render.
+        auto_reload=False,
     )
     env.filters["when"] = _when
     env.filters["seconds"] = _seconds
     env.filters["left"] = _left
     env.filters["waiting"] = _waiting
+    env.filters["signal_name"] = _signal_name
     return env
 
 
@@ -114,6 +132,12 @@ def _span(seconds: int) -> str:
     if hours:
         return f"{hours}h {minutes:02d}m"
     return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+def _signal_name(waiting_for: str | None) -> str:
+    """The signal a saga waits for ("signal:approve" -> "approve"), else ""."""
+    kind, _, name = (waiting_for or "").partition(":")
+    return name if kind == "signal" else ""
 
 
 def _waiting(waiting_for: str | None) -> str:
@@ -203,7 +227,9 @@ def saga_ui_router(
     router = APIRouter(prefix=prefix, include_in_schema=False)
     env = templates_environment()
 
-    def get_engine(request: Request) -> Engine:
+    async def get_engine(request: Request) -> Engine:
+        # async: FastAPI runs a plain ``def`` dependency on a worker thread, a thread hop per
+        # request (a third of what a saga page's event stream cost the server).
         return engine if isinstance(engine, Engine) else engine(request)
 
     EngineDep = Annotated[Engine, Depends(get_engine)]
@@ -382,12 +408,14 @@ def saga_ui_router(
     async def saga_events(saga_id: str, eng: EngineDep) -> StreamingResponse:
         """The saga's timeline (event ``timeline``) now and after each burst of changes,
         rendered once for every page following the saga; ``end`` once it is terminal."""
-        first: SagaRecord | None = await load(eng, saga_id)
+        try:  # without its history: this read only says whether it exists and is running
+            first = await eng.store.get(saga_id, history=False)
+        except SagaNotFound:
+            raise HTTPException(404, f"no saga {saga_id}") from None
         live = LiveUpdates.of(eng)
 
         async def timeline_html() -> tuple[str, str]:
-            nonlocal first
-            record, first = first or await eng.get(saga_id), None
+            record = await eng.get(saga_id)
             html = env.get_template("sagaway/_timeline.html").render(
                 base=prefix, **saga_context(eng, record)
             )
@@ -398,6 +426,10 @@ def saga_ui_router(
             last = ""
             try:
                 yield "retry: 2000\n\n"
+                # The page shows the saga as it was a moment ago. A running saga's next steps
+                # come in a burst (often all of them): wait for it before the first render.
+                if not first.status.is_terminal and await watch.wait(watch.count, COALESCE_SECONDS):
+                    await asyncio.sleep(COALESCE_SECONDS)
                 while True:
                     count = watch.count
                     html, terminal = await watch.render(count, timeline_html)
@@ -449,6 +481,75 @@ def saga_ui_router(
     @router.post("/sagas/{saga_id}/cancel")
     async def cancel_saga(saga_id: str, request: Request, eng: EngineDep) -> Response:
         return await act(request, eng, saga_id, cancel, Engine.cancel, "cancel requested")
+
+    # Signals (the waits lane's minimal addition): deliver one, list who waits for one.
+    @router.post("/sagas/{saga_id}/signals/{name}")
+    async def signal_saga(saga_id: str, name: str, request: Request, eng: EngineDep) -> Response:
+        """Body ``{"payload": ..., "signal_id": "...", "error": "..."}`` (all optional):
+        202 with the receipt (``duplicate`` true if that signal id was already delivered);
+        404 unknown saga, 409 not waiting for it (says what it waits for), 422 bad body."""
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type != "application/json":
+            raise HTTPException(415, "Send this request with 'Content-Type: application/json'")
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except ValueError as exc:
+            return _json(422, f"the body is not JSON: {exc}")
+        if not isinstance(body, dict) or set(body) - {"payload", "signal_id", "error"}:
+            return _json(422, 'the body is {"payload": ..., "signal_id": "...", "error": "..."}')
+        signal_id, error = body.get("signal_id"), body.get("error")
+        if not isinstance(signal_id, str | None) or not isinstance(error, str | None):
+            return _json(422, "signal_id and error are strings")
+        try:
+            receipt = await eng.signal(
+                saga_id, name, body.get("payload"), signal_id=signal_id, error=error
+            )
+        except SagaNotFound:
+            return _json(404, f"no saga {saga_id}")
+        except InvalidTransition as exc:
+            return _json(409, str(exc))
+        except (InvalidInput, UnstorableValue) as exc:
+            return _json(422, str(exc))
+        except SagawayError as exc:
+            return _json(503, str(exc))
+        return Response(
+            json.dumps(
+                {
+                    "saga_id": receipt.saga_id,
+                    "name": receipt.name,
+                    "signal_id": receipt.signal_id,
+                    "duplicate": receipt.duplicate,
+                }
+            ),
+            202,
+            media_type="application/json",
+        )
+
+    @router.get("/waiting.json")
+    async def waiting_json(
+        eng: EngineDep,
+        waiting: Annotated[str, Query(alias="for", max_length=200)] = "",
+        offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=200)] = PAGE_SIZE,
+    ) -> Response:
+        """Parked sagas whose ``waiting_for`` starts with ``for`` ("signal:payment_confirmed",
+        "timer", "reply:"), soonest due first, as JSON."""
+        page = await eng.list_waiting(waiting, limit=limit, offset=offset)
+        items = [
+            {
+                "id": saga.id,
+                "name": saga.name,
+                "version": saga.version,
+                "status": saga.status.value,
+                "waiting_for": saga.waiting_for,
+                "parked_until": saga.parked_until,
+            }
+            for saga in page.items
+        ]
+        return Response(
+            json.dumps({"total": page.total, "offset": offset, "sagas": items}),
+            media_type="application/json",
+        )
 
     return router
 

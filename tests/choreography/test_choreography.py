@@ -1,0 +1,327 @@
+"""The choreography library on real databases (SQLite, PostgreSQL) and a real broker.
+
+A toy order flow of three services, each on its own database: ``shop`` emits ``placed``; the
+``bank`` debits an account (``charged``, or ``charge-refused`` when the balance is short); the
+``post`` office ships (``shipped``) or refuses (``ship-refused``), upon which the bank refunds
+(``refunded``) and the shop cancels (``cancelled``). The monitor records each correlation into a
+real SQLite saga store."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, String, Table, select, update
+
+import servers
+from sagaway import SagaStatus, open_store
+from sagaway.choreography import (
+    Choreography,
+    DomainEvent,
+    EventBus,
+    EventContext,
+    EventService,
+    InProcessBus,
+    Monitor,
+    Relay,
+)
+from sagaway.state import EventType, Phase
+from sagaway.store.base import SagaStore
+
+META = MetaData()
+ACCOUNTS = Table(
+    "toy_accounts",
+    META,
+    Column("id", String(20), primary_key=True),
+    Column("balance", Integer, nullable=False),
+)
+ORDERS = Table(
+    "toy_orders",
+    META,
+    Column("id", String(40), primary_key=True),
+    Column("status", String(20), nullable=False),
+    Column("amount", Integer, nullable=False),
+)
+
+FLOW = Choreography.define(
+    "toy-order",
+    succeeded_on=["shipped"],
+    compensated_on=["cancelled"],
+    compensating=["ship-refused", "refunded", "charge-refused"],
+    deadline_seconds=60,
+)
+
+
+@dataclass
+class Toy:
+    shop: EventService
+    bank: EventService
+    post: EventService
+    bus: EventBus
+    monitor: Monitor
+    store: SagaStore
+    relays: list[Relay]
+    handled: dict[str, int]
+
+    async def place(self, amount: int, city: str) -> str:
+        order_id = uuid.uuid4().hex
+
+        def place(ctx: EventContext) -> None:
+            ctx.conn.execute(ORDERS.insert(), {"id": order_id, "status": "new", "amount": amount})
+            ctx.emit("placed", {"order_id": order_id, "amount": amount, "city": city})
+
+        await self.shop.transaction(place, correlation_id=order_id)
+        return order_id
+
+    async def balance(self) -> int:
+        def read(conn: Any) -> int:
+            return int(conn.execute(select(ACCOUNTS.c.balance)).scalar_one())
+
+        return await self.bank.run(read)
+
+    async def order_status(self, order_id: str) -> str:
+        def read(conn: Any) -> str:
+            return str(
+                conn.execute(select(ORDERS.c.status).where(ORDERS.c.id == order_id)).scalar_one()
+            )
+
+        return await self.shop.run(read)
+
+
+def build(urls: dict[str, str], bus: EventBus, store: SagaStore) -> Toy:
+    handled: dict[str, int] = {}
+    shop, bank, post = (EventService(n, urls[n]) for n in ("shop", "bank", "post"))
+
+    def count(name: str) -> None:
+        handled[name] = handled.get(name, 0) + 1
+
+    @bank.on("placed")
+    def charge(ctx: EventContext) -> None:
+        count("charge")
+        p = ctx.payload
+        done = ctx.conn.execute(
+            update(ACCOUNTS)
+            .where(ACCOUNTS.c.id == "alice", ACCOUNTS.c.balance >= p["amount"])
+            .values(balance=ACCOUNTS.c.balance - p["amount"])
+        ).rowcount
+        if done:
+            ctx.emit("charged", p)
+        else:
+            ctx.emit("charge-refused", {**p, "reason": "insufficient funds"})
+
+    @bank.on("ship-refused")
+    def refund(ctx: EventContext) -> None:
+        count("refund")
+        amount = ctx.payload["amount"]
+        ctx.conn.execute(
+            update(ACCOUNTS)
+            .where(ACCOUNTS.c.id == "alice")
+            .values(balance=ACCOUNTS.c.balance + amount)
+        )
+        ctx.emit("refunded", ctx.payload)
+
+    @post.on("charged")
+    def ship(ctx: EventContext) -> None:
+        count("ship")
+        if ctx.payload["city"] == "Nowhere":
+            ctx.emit("ship-refused", {**ctx.payload, "reason": "no courier for Nowhere"})
+        else:
+            ctx.emit("shipped", ctx.payload)
+
+    def set_status(status: str) -> Any:
+        def handler(ctx: EventContext) -> None:
+            count(status)
+            ctx.conn.execute(
+                update(ORDERS).where(ORDERS.c.id == ctx.payload["order_id"]).values(status=status)
+            )
+            if status == "cancelled":
+                ctx.emit("cancelled", ctx.payload)
+
+        return handler
+
+    shop.on("shipped")(set_status("shipped"))
+    shop.on("refunded")(set_status("cancelled"))
+    shop.on("charge-refused")(set_status("cancelled"))
+
+    monitor = Monitor(store, FLOW)
+    for service in (shop, bank, post):
+        bus.attach(service)
+    bus.subscribe("monitor", None, monitor.record)
+    relays = [Relay(s, bus, interval=0.2) for s in (shop, bank, post)]
+    return Toy(shop, bank, post, bus, monitor, store, relays, handled)
+
+
+@contextlib.asynccontextmanager
+async def running(urls: dict[str, str], bus: EventBus, store_url: str) -> AsyncIterator[Toy]:
+    store = open_store(store_url)
+    await store.open()
+    toy = build(urls, bus, store)
+    for service in (toy.shop, toy.bank, toy.post):
+        service.create_tables()
+        META.create_all(service.engine)
+
+    def seed(conn: Any) -> None:
+        if conn.execute(select(ACCOUNTS.c.id)).first() is None:
+            conn.execute(ACCOUNTS.insert(), {"id": "alice", "balance": 10_000})
+
+    await toy.bank.run(seed)
+    await bus.open()
+    for relay in toy.relays:
+        relay.start()
+    try:
+        yield toy
+    finally:
+        for relay in toy.relays:
+            await relay.stop()
+        await bus.close()
+        for service in (toy.shop, toy.bank, toy.post):
+            await service.close()
+        await store.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def databases(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[dict[str, str]]:
+    if request.param == "sqlite":
+        yield {n: f"sqlite:///{tmp_path / n}.db" for n in ("shop", "bank", "post")}
+        return
+    async with contextlib.AsyncExitStack() as stack:
+        urls = {}
+        for n in ("shop", "bank", "post"):
+            schema = await stack.enter_async_context(servers.fresh_pg_schema(f"choreo_{n}"))
+            urls[n] = servers.pg_schema_url(schema)
+        yield urls
+
+
+async def _ended(toy: Toy, order_id: str) -> Any:
+    record = await toy.monitor.wait(order_id, timeout=30)
+    assert record is not None
+    assert record.status.is_terminal, record
+    return record
+
+
+async def test_happy_path_recorded_as_a_saga(databases: dict[str, str], tmp_path: Path) -> None:
+    async with running(databases, InProcessBus(), f"sqlite:///{tmp_path}/log.db") as toy:
+        order_id = await toy.place(2_500, "Toronto")
+        record = await _ended(toy, order_id)
+        assert record.status is SagaStatus.SUCCEEDED
+        assert record.name == "toy-order"
+        full = await toy.store.get(order_id)
+        emitted = [(e.step, e.detail) for e in full.history if e.type is EventType.STEP_SUCCEEDED]
+        assert emitted == [
+            ("placed", "placed emitted by shop"),
+            ("charged", "charged emitted by bank"),
+            ("shipped", "shipped emitted by post"),
+        ]
+        assert full.history[-1].type is EventType.SAGA_SUCCEEDED
+        assert await toy.balance() == 7_500
+        assert await toy.order_status(order_id) == "shipped"
+        for service in (toy.shop, toy.bank, toy.post):
+            assert await service.outbox_count() == 0
+
+
+async def test_refusal_compensates_and_conserves_money(
+    databases: dict[str, str], tmp_path: Path
+) -> None:
+    async with running(databases, InProcessBus(), f"sqlite:///{tmp_path}/log.db") as toy:
+        order_id = await toy.place(2_500, "Nowhere")
+        record = await _ended(toy, order_id)
+        assert record.status is SagaStatus.COMPENSATED
+        assert await toy.balance() == 10_000
+        assert await toy.order_status(order_id) == "cancelled"
+        full = await toy.store.get(order_id)
+        rows = sorted(full.steps.values(), key=lambda row: row.started_at or 0)
+        undone = [row.name for row in rows if row.phase is Phase.COMPENSATION]
+        assert undone == ["ship-refused", "refunded", "cancelled"]
+        assert "cancelled from shop" in (full.error or "")
+
+
+async def test_redelivered_events_apply_once(tmp_path: Path) -> None:
+    urls = {n: f"sqlite:///{tmp_path / n}.db" for n in ("shop", "bank", "post")}
+    async with running(urls, InProcessBus(), f"sqlite:///{tmp_path}/log.db") as toy:
+        order_id = await toy.place(1_000, "Toronto")
+        await _ended(toy, order_id)
+        full = await toy.store.get(order_id)
+        events = [
+            DomainEvent.from_json({**row.output, **_event_fields(full, name)})
+            for (name, _), row in full.steps.items()
+        ]
+        before = (await toy.balance(), len(full.history), dict(toy.handled))
+        await toy.bus.publish(events)  # every event of the correlation, delivered again
+        await toy.bus.publish(events)
+        after = await toy.store.get(order_id)
+        assert (await toy.balance(), len(after.history), toy.handled) == before
+        assert after.status is SagaStatus.SUCCEEDED
+
+
+def _event_fields(record: Any, step: str) -> dict[str, Any]:
+    row = record.step(step)
+    return {
+        "id": row.output["event_id"],
+        "type": step,
+        "correlation_id": record.id,
+        "source": row.output["source"],
+        "at": row.started_at,
+    }
+
+
+async def test_events_left_in_the_outbox_are_published_by_the_next_relay(tmp_path: Path) -> None:
+    """A crash between the commit and the publish: the event waits in the service's outbox
+    (committed with the order) and the next relay, in a new process, publishes it."""
+    urls = {n: f"sqlite:///{tmp_path / n}.db" for n in ("shop", "bank", "post")}
+    store_url = f"sqlite:///{tmp_path}/log.db"
+    async with running(urls, InProcessBus(), store_url) as toy:
+        for relay in toy.relays:
+            await relay.stop()  # nobody publishes: as if the process died after the commit
+        order_id = await toy.place(1_000, "Toronto")
+        assert await toy.shop.outbox_count() == 1
+        assert await toy.store.load(order_id) is None
+    async with running(urls, InProcessBus(), store_url) as toy:
+        record = await _ended(toy, order_id)
+        assert record.status is SagaStatus.SUCCEEDED
+        assert await toy.balance() == 9_000
+
+
+async def test_deadline_flags_a_stuck_saga(tmp_path: Path) -> None:
+    urls = {n: f"sqlite:///{tmp_path / n}.db" for n in ("shop", "bank", "post")}
+    async with running(urls, InProcessBus(), f"sqlite:///{tmp_path}/log.db") as toy:
+        toy.bus.subscriptions[:] = [s for s in toy.bus.subscriptions if s.name != "bank"]
+        order_id = await toy.place(1_000, "Toronto")
+        await toy.relays[0].drain()
+        record = await toy.store.get(order_id)
+        assert record.status is SagaStatus.RUNNING
+        assert record.deadline_at is not None
+        assert await toy.monitor.sweep(record.deadline_at - 1) == []
+        assert await toy.monitor.sweep(record.deadline_at + 1) == [order_id]
+        assert await toy.monitor.sweep(record.deadline_at + 2) == []  # flagged once
+        flagged = await toy.store.get(order_id)
+        assert flagged.status is SagaStatus.RUNNING
+        assert "deadline" in (flagged.error or "")
+        assert [e.type for e in flagged.history].count(EventType.DEADLINE_EXPIRED) == 1
+
+
+@pytest.mark.parametrize("path", ["happy", "refused"])
+async def test_over_rabbitmq(path: str, tmp_path: Path) -> None:
+    from sagaway.choreography.rabbitmq import RabbitBus
+
+    urls = {n: f"sqlite:///{tmp_path / n}.db" for n in ("shop", "bank", "post")}
+    async with servers.fresh_rabbit_vhost("choreo") as amqp:
+        bus = RabbitBus(amqp, queue_type="classic")
+        async with running(urls, bus, f"sqlite:///{tmp_path}/log.db") as toy:
+            order_id = await toy.place(2_500, "Toronto" if path == "happy" else "Nowhere")
+            record = await _ended(toy, order_id)
+            if path == "happy":
+                assert record.status is SagaStatus.SUCCEEDED
+                assert await toy.balance() == 7_500
+            else:
+                assert record.status is SagaStatus.COMPENSATED
+                assert await toy.balance() == 10_000
+            full = await toy.store.get(order_id)
+            sources = {row.output["source"] for row in full.steps.values()}
+            assert sources == {"shop", "bank", "post"}
