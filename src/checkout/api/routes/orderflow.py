@@ -53,17 +53,12 @@ def refuse(exc: FlowError) -> HTTPException:
 async def create_order(body: CreateOrderRequest, request: Request) -> dict[str, Any]:
     """Record the order pending payment; the payment service creates its pending payment."""
     flow = flow_of(request)
-    if body.flow == "orchestration":
-        raise HTTPException(
-            422,
-            "flow 'orchestration' is not available yet (it needs the engine's durable "
-            "signals); use the default 'choreography'",
-        )
     try:
         return await flow.create_order(
             body.customer,
             body.lines(),
             body.shipping_address.to_domain() if body.shipping_address else None,
+            flow=body.flow,
         )
     except FlowError as exc:
         raise refuse(exc) from None
