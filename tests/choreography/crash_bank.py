@@ -24,6 +24,7 @@ async def main() -> None:
     urls, amqp, store_url = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
     bus = RabbitBus(amqp, queue_type="classic")
     async with running(urls, bus, store_url) as toy:
+
         def die(_events: list[DomainEvent]) -> None:
             # Called right after the handler's transaction committed, before the relay is
             # woken and before the delivery is acknowledged.
