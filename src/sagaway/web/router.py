@@ -72,7 +72,12 @@ STATIC_FILES = {"sagaway.css": "text/css", "sagaway.js": "text/javascript"}
 PAGE_SIZE = 25
 # The inbox's filter: prefixes of ``waiting_for`` (the engine parks a remote step's saga on
 # "reply:<topic>"; a saga waiting for a person's signal on "signal:<name>").
-WAITING_KINDS = (("", "anything"), ("signal:", "a person (signal)"), ("reply:", "a reply"))
+WAITING_KINDS = (
+    ("", "anything"),
+    ("signal:", "a person (signal)"),
+    ("reply:", "a reply"),
+    ("timer", "a timer"),
+)
 
 
 def templates_environment(*extra: PackageLoader) -> Environment:
@@ -93,6 +98,7 @@ def templates_environment(*extra: PackageLoader) -> Environment:
     env.filters["seconds"] = _seconds
     env.filters["left"] = _left
     env.filters["waiting"] = _waiting
+    env.filters["signal_name"] = _signal_name
     return env
 
 
@@ -126,6 +132,12 @@ def _span(seconds: int) -> str:
     if hours:
         return f"{hours}h {minutes:02d}m"
     return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+def _signal_name(waiting_for: str | None) -> str:
+    """The signal a saga waits for ("signal:approve" -> "approve"), else ""."""
+    kind, _, name = (waiting_for or "").partition(":")
+    return name if kind == "signal" else ""
 
 
 def _waiting(waiting_for: str | None) -> str:
