@@ -10,11 +10,12 @@ target rate for ``--seconds``, once with no page open (A) and once with ``--page
 The open pages behave like the browser's script (``sagaway.js``, ``shop.js``) so the cost
 includes what the events make the browser ask for:
 
-* saga pages (half of them): each follows the saga of a fresh order on
-  ``/ui/sagas/{id}/events`` (``timeline`` events, then ``end``), then the next fresh order's
-  saga. One order in 20 is posted with ``wait=0`` (in both configurations, so the order load is
-  the same) and its saga id handed to a waiting saga page, which opens the stream while the saga
-  runs; the other orders wait for their saga (``wait=10``) as the shop page does.
+* saga pages (half of them; ``--saga-pages`` sets the share): each follows the saga of a
+  fresh order on ``/ui/sagas/{id}/events`` (``timeline`` events, then ``end``), then the
+  next fresh order's saga. One order in 20 is posted with ``wait=0`` (in both
+  configurations, so the order load is the same) and its saga id handed to a waiting saga
+  page, which opens the stream while the saga runs; the other orders wait for their saga
+  (``wait=10``) as the shop page does.
 * saga list pages (30%): ``/ui/sagas/events``, whose ``saga-rows`` events carry the list's
   new rows (the page asks for nothing else).
 * shop pages (the rest): ``/shop/events``, whose ``orders`` and ``stock`` events carry the new
@@ -129,13 +130,14 @@ async def measure(
     url: str,
     server_pid: int,
     pages: int,
+    saga_share: float,
     rate: float,
     seconds: float,
     max_in_flight: int,
     first_order: int,
 ) -> Window:
     """One timed window at ``rate`` orders/s with ``pages`` live pages open."""
-    saga_pages = pages // 2
+    saga_pages = round(pages * saga_share)
     list_pages = (pages - saga_pages) * 3 // 5
     shop_pages = pages - saga_pages - list_pages
     tally = Tally()
@@ -212,12 +214,20 @@ async def measure(
 async def run(args: argparse.Namespace, url: str, server_pid: int) -> list[Window]:
     windows: list[Window] = []
     next_order = 0
-    await measure(url, server_pid, 0, args.rate, args.warmup, args.max_in_flight, 10**9)
+    share = args.saga_pages
+    await measure(url, server_pid, 0, share, args.rate, args.warmup, args.max_in_flight, 10**9)
     for round_no in range(args.rounds):
         order = (0, args.pages) if round_no % 2 == 0 else (args.pages, 0)
         for pages in order:
             window = await measure(
-                url, server_pid, pages, args.rate, args.seconds, args.max_in_flight, next_order
+                url,
+                server_pid,
+                pages,
+                share,
+                args.rate,
+                args.seconds,
+                args.max_in_flight,
+                next_order,
             )
             next_order += window.orders + 1000
             windows.append(window)
@@ -238,6 +248,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0, help="length of each window")
     parser.add_argument("--rounds", type=int, default=3, help="A/B pairs, order alternating")
     parser.add_argument("--pages", type=int, default=50, help="open live pages in B")
+    parser.add_argument(
+        "--saga-pages", type=float, default=0.5, help="share of the pages that are saga pages"
+    )
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of orders first")
     parser.add_argument("--max-in-flight", type=int, default=64)
     args = parser.parse_args()

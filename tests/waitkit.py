@@ -281,7 +281,9 @@ async def check_signal_through_an_api_only_engine_is_applied_by_the_worker(kit: 
             assert (
                 await api.signal(saga_id, "payment_confirmed", payload, signal_id="w-1")
             ).duplicate
-            with pytest.raises(NotWaiting, match="already received"):
+            # Another id: refused ("already received", or, once the worker applied the first,
+            # not waiting any more; a store may wake the worker meanwhile).
+            with pytest.raises(NotWaiting, match="payment_confirmed"):
                 await api.signal(saga_id, "payment_confirmed", payload, signal_id="w-2")
         finally:
             api.store = open_store("memory://")  # so that closing it leaves the shared one
@@ -308,7 +310,27 @@ async def check_cancel_while_waiting_compensates(kit: Waits) -> None:
     assert kit.effects[f"release:{saga_id}"] == 1
 
 
+async def check_cancel_through_an_api_only_engine_wakes_the_wait(kit: Waits) -> None:
+    async with kit.engine("worker") as worker:
+        saga_id = await worker.start(kit.checkout, ORDER)
+        await kit.parked()
+        api = await kit.engine("api", execute=False).open()
+        try:
+            await api.cancel(saga_id)
+        finally:
+            api.store = open_store("memory://")  # so that closing it leaves the shared one
+            await api.close()
+        due = await kit.store.get(saga_id, history=False)
+        assert due.parked_until == kit.clock.now(), "due now, not in 900 s"
+        await worker.recover()
+        record = await worker.wait(saga_id, timeout=5)
+    assert record.status is SagaStatus.COMPENSATED
+    assert record.error == "cancelled"
+    assert kit.effects[f"release:{saga_id}"] == 1
+
+
 ALL = [
+    check_cancel_through_an_api_only_engine_wakes_the_wait,
     check_signal_resumes_the_wait_and_a_duplicate_changes_nothing,
     check_timeout_compensates_like_a_failure,
     check_signal_with_an_error_compensates,

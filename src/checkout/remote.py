@@ -10,18 +10,15 @@ read, a transient failure (retried with the step's policy) in a saga step. A gat
 an HTTP call per service: pooled connections (one ``aiohttp.ClientSession``), explicit
 timeouts.
 
-:class:`CallOverMessages` lets a saga step await a command's reply over a message transport
-(RabbitMQ): it publishes the command (confirmed) and waits for the reply that the transport
-delivers to ``on_reply``, matched by ``message_id``. A reply nobody waits for (the gateway
-restarted since) is dropped: the step is retried with the same key after the restart and the
-participant's inbox answers it with the recorded reply.
+:func:`open_dispatcher` makes the transport the gateway's engine sends the saga's commands
+through (``Engine(transport=...)``): HTTP, or RabbitMQ, over which a saga waiting for a reply
+is parked (it holds no task) until the reply or its timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
@@ -40,7 +37,7 @@ from checkout.domain.models import (
 from checkout.domain.rules import order_total, price_lines
 from checkout.participants.orders import Catalogue
 from checkout.participants.shop import ShopTotals
-from sagaway.transport import Command, Dispatcher, Reply, TransportError
+from sagaway.transport import Dispatcher
 
 log = logging.getLogger("checkout.remote")
 
@@ -189,43 +186,6 @@ class RemoteShop:
         return ShopTotals(money_cents=int(money["money_cents"]), units=dict(units["units"]))
 
 
-class CallOverMessages(Dispatcher):
-    """Request/response over a message transport: publish, then await the reply by id."""
-
-    parks = False
-
-    def __init__(self, transport: Dispatcher) -> None:
-        self.transport = transport
-        self._waiting: dict[str, asyncio.Future[Reply]] = {}
-        transport.on_reply(self._on_reply)
-
-    async def open(self) -> None:
-        await self.transport.open()
-
-    async def close(self) -> None:
-        await self.transport.close()
-
-    async def call(self, command: Command, timeout: float | None) -> Reply:
-        # Any attempt's reply answers the step: the participant's inbox gives every delivery of
-        # one message_id the same recorded reply.
-        key = command.message_id
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiting[key] = waiter
-        try:
-            async with asyncio.timeout(timeout):
-                await self.transport.publish([command.to_outbox(time.time())])
-                return await waiter
-        finally:
-            self._waiting.pop(key, None)
-
-    async def _on_reply(self, reply: Reply) -> None:
-        waiter = self._waiting.get(reply.message_id)
-        if waiter is None or waiter.done():
-            log.info("reply to %s: nobody waits for it (stale)", reply.message_id)
-            return
-        waiter.set_result(reply)
-
-
 def open_dispatcher(transport: str, urls: Mapping[str, str], rabbitmq_url: str) -> Dispatcher:
     """The dispatcher of ``transport`` (``http`` or ``rabbitmq``)."""
     if transport == "http":
@@ -235,8 +195,8 @@ def open_dispatcher(transport: str, urls: Mapping[str, str], rabbitmq_url: str) 
     if transport == "rabbitmq":
         from sagaway.transport.rabbitmq import RabbitDispatcher
 
-        return CallOverMessages(RabbitDispatcher(rabbitmq_url))
+        return RabbitDispatcher(rabbitmq_url)
     raise ValueError(f"unknown transport {transport!r}: use inprocess, http or rabbitmq")
 
 
-__all__ = ["CallOverMessages", "RemoteShop", "TransportError", "open_dispatcher"]
+__all__ = ["RemoteShop", "open_dispatcher"]

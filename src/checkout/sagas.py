@@ -35,7 +35,6 @@ from checkout.domain.models import (
 )
 from checkout.participants import CheckoutParticipants
 from sagaway import RetryPolicy, Saga, Step, StepContext, StepFailed, StoreError
-from sagaway.transport import Command, Dispatcher
 
 SAGA_NAME = "checkout"
 SAGA_VERSION = 1
@@ -174,94 +173,65 @@ class OrderValidator(Protocol):
     async def validate_order(self, order: OrderInput) -> ValidatedOrder: ...
 
 
-class CompensationRefused(RuntimeError):
-    """A participant answered a compensation with a failure: retried, then FAILED for an
-    operator (an undo must not be given up)."""
-
-
 def build_remote_checkout_saga(
     shop: OrderValidator,
-    dispatcher: Dispatcher,
     *,
     name: str = SAGA_NAME,
     version: int = SAGA_VERSION,
 ) -> Saga:
     """The checkout saga with payment, inventory and shipping as separate services: the same
-    steps (names, order, retries, messages) as :func:`build_checkout_saga`; each participant
-    step sends a command through ``dispatcher`` (its ``message_id`` is the step's idempotency
-    key, deduped by the service's inbox) and its compensation the undo command with
-    ``forward_key``. ``validate_order`` reads the services' APIs through ``shop``.
+    steps (names, order, retry policies, failure messages) as :func:`build_checkout_saga`, the
+    participant steps being remote steps (``saga.remote``): each sends its command through the
+    engine's transport (``Engine(transport=...)``: HTTP, or RabbitMQ with the saga parked while
+    the command is out), its ``message_id`` the step's idempotency key, deduped by the service's
+    inbox; its compensation sends the undo command, with the same payload, and ``forward_key``.
+    ``validate_order`` stays local: it reads the services' APIs through ``shop``.
 
-    A business failure comes back as a failed reply (``StepFailed`` with its message); a
-    transport failure (``TransportError``, a timeout) is transient: retried with the same key.
+    A business failure comes back as a refusal (the step fails with its message); a transport
+    failure or a missing reply is transient: re-sent with the same key, then uncertain.
     """
     saga = Saga(name, version=version)
-
-    async def send(ctx: StepContext, participant: str, command: str, payload: Any) -> Any:
-        reply = await dispatcher.call(
-            Command(
-                message_id=ctx.idempotency_key,
-                saga_id=ctx.saga_id,
-                saga_name=ctx.saga_name,
-                step=ctx.step,
-                phase=ctx.phase,
-                attempt=ctx.attempt,
-                participant=participant,
-                command=command,
-                payload=payload,
-                forward_key=ctx.forward_key if ctx.is_compensation else None,
-            ),
-            STEP_TIMEOUT,
-        )
-        if reply.ok:
-            return reply.output
-        if ctx.is_compensation:
-            raise CompensationRefused(f"{participant}.{command}: {reply.error}")
-        raise StepFailed(reply.error or f"{participant}.{command} failed")
 
     def lines(order: OrderInput) -> list[dict[str, Any]]:
         return [line.model_dump(mode="json") for line in order.items]
 
+    def remote(
+        participant: str, command: str, reply: type[Any], compensation: str
+    ) -> Callable[[Callable[..., Any]], Step[Any]]:
+        return saga.remote(
+            participant,
+            command,
+            reply=reply,
+            compensation=compensation,
+            retry=STEP_RETRY,
+            timeout=STEP_TIMEOUT,
+            compensation_retry=COMPENSATION_RETRY,
+            compensation_timeout=STEP_TIMEOUT,
+        )
+
     async def validate_order(ctx: StepContext, order: OrderInput) -> ValidatedOrder:
         return await _business(shop.validate_order(order))
 
-    async def reserve_inventory(ctx: StepContext, order: OrderInput) -> Reservation:
-        payload = {"order_id": order.order_id, "items": lines(order)}
-        return Reservation.model_validate(await send(ctx, "inventory", "reserve", payload))
+    def reserve_inventory(ctx: StepContext, order: OrderInput) -> dict[str, Any]:
+        return {"order_id": order.order_id, "items": lines(order)}
 
-    async def release_inventory(
-        ctx: StepContext, order: OrderInput, reservation: Reservation | None
-    ) -> None:
-        await send(ctx, "inventory", "release", {"order_id": order.order_id})
-
-    async def process_payment(ctx: StepContext, order: OrderInput) -> Payment:
-        payload = {
+    def process_payment(ctx: StepContext, order: OrderInput) -> dict[str, Any]:
+        return {
             "order_id": order.order_id,
             "account_id": order.customer_id,
             "amount_cents": _validated(ctx).total_cents,
         }
-        return Payment.model_validate(await send(ctx, "payment", "start", payload))
 
-    async def refund_payment(ctx: StepContext, order: OrderInput, payment: Payment | None) -> None:
-        payload = {"order_id": order.order_id, "account_id": order.customer_id}
-        await send(ctx, "payment", "refund", payload)
-
-    async def ship_order(ctx: StepContext, order: OrderInput) -> Shipment:
+    def ship_order(ctx: StepContext, order: OrderInput) -> dict[str, Any]:
         address = _validated(ctx).shipping_address
-        payload = {
+        return {
             "order_id": order.order_id,
             "address": None if address is None else address.model_dump(mode="json"),
             "items": lines(order),
         }
-        return Shipment.model_validate(await send(ctx, "shipping", "create", payload))
-
-    async def cancel_shipment(
-        ctx: StepContext, order: OrderInput, shipment: Shipment | None
-    ) -> None:
-        await send(ctx, "shipping", "cancel", {"order_id": order.order_id})
 
     _step(saga, validate_order)
-    _step(saga, reserve_inventory).compensation(release_inventory)
-    _step(saga, process_payment).compensation(refund_payment)
-    _step(saga, ship_order).compensation(cancel_shipment)
+    remote("inventory", "reserve", Reservation, "release")(reserve_inventory)
+    remote("payment", "start", Payment, "refund")(process_payment)
+    remote("shipping", "create", Shipment, "cancel")(ship_order)
     return saga

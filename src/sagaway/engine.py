@@ -29,6 +29,7 @@ from sagaway.errors import (
     LeaseLost,
     NotWaiting,
     SagaNotFound,
+    StoreError,
     UnknownSagaError,
 )
 from sagaway.hooks import ClaimReason, Hook, HookChain
@@ -47,6 +48,7 @@ from sagaway.state import (
     EventType,
     NewSaga,
     OutboxMessage,
+    Park,
     Phase,
     SagaRecord,
     SagaStatus,
@@ -143,6 +145,8 @@ class Engine:
         self._waiters: dict[str, list[asyncio.Future[SagaRecord | None]]] = {}
         self._listeners: list[CommitListener] = []
         self._orphans: set[str] = set()
+        # Runs whose first write carries a signal: the signal's caller awaits it.
+        self._committing: dict[str, asyncio.Future[None]] = {}
         self._maintainer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._opened = False
@@ -407,9 +411,33 @@ class Engine:
             run.cancel_requested = True
         elif self.execute and saga is not None:
             await self.resume(saga_id)
+        elif record.waiting_for is not None:
+            await self._due_now(record)
         # Otherwise the engine holding the lease learns of it when it renews its leases, or
         # whichever engine claims the saga next finds the flag in the record.
         return record
+
+    async def _due_now(self, record: SagaRecord) -> None:
+        """Make a parked saga claimable now (a cancel for it, from an engine that does not
+        drive it): otherwise it would sleep on until its timeout, days maybe."""
+        now = self.clock.now()
+        waiting = record.waiting_for
+        taken = await self.store.acquire(
+            record.id,
+            self.owner_id,
+            now=now,
+            lease_seconds=self.lease_seconds,
+            statuses=ACTIVE_STATUSES,
+        )
+        if taken is None:  # driven somewhere: that engine sees the cancel
+            return
+        if taken.waiting_for is None or waiting is None:
+            await self.store.commit(record.id, self.owner_id, Change(release_lease=True), now)
+            return
+        due = min(now, taken.parked_until or now)
+        await self.store.commit(
+            record.id, self.owner_id, Change(park=Park(taken.waiting_for, due)), now
+        )
 
     async def retry(self, saga_id: str) -> None:
         """Resume a FAILED saga: its failed compensation, or its failed step past the pivot.
@@ -536,7 +564,10 @@ class Engine:
         prewritten: bool = False,
         reason: ClaimReason = ClaimReason.RECOVERED,
         carry: Change | None = None,
+        committed: asyncio.Future[None] | None = None,
     ) -> None:
+        """``committed``: resolved once the run's first write (carrying ``carry``) is durable,
+        failed if the run ends without one."""
         record.definition = saga
         hooks = self._hooks
         if hooks is not None:
@@ -547,7 +578,7 @@ class Engine:
             store=self.store,
             owner=self.owner_id,
             clock=self.clock,
-            listener=self._notify if self._listeners else None,
+            listener=self._first_commit(committed) if committed else self._listener(),
             prewritten=prewritten,
             hooks=hooks,
             dispatcher=self.transport,
@@ -555,10 +586,26 @@ class Engine:
             carry=carry,
         )
         self._runs[record.id] = run
+        if committed is not None:
+            self._committing[record.id] = committed
         # _drive drops the task from _tasks itself when it ends: a done callback would cost a
         # loop callback (a Handle, a turn of the loop) per saga.
         task = asyncio.get_running_loop().create_task(self._drive(run))
         self._tasks.add(task)
+
+    def _listener(self) -> CommitListener | None:
+        return self._notify if self._listeners else None
+
+    def _first_commit(self, committed: asyncio.Future[None]) -> CommitListener:
+        inner = self._listener()
+
+        def listener(record: SagaRecord, change: Change) -> None:
+            if not committed.done():
+                committed.set_result(None)
+            if inner is not None:
+                inner(record, change)
+
+        return listener
 
     def _notify(self, record: SagaRecord, change: Change) -> None:
         for listener in self._listeners:
@@ -591,6 +638,9 @@ class Engine:
                     run.hooks.on_release(run.record, stopped)
             self._tasks.discard(asyncio.current_task())
             self._runs.pop(saga_id, None)
+            committed = self._committing.pop(saga_id, None)
+            if committed is not None and not committed.done():
+                committed.set_exception(StoreError(f"saga {saga_id}: {stopped}"))
             waiters = self._waiters.pop(saga_id, None)
             if waiters:
                 final = run.record if run.record.status.is_terminal else None
@@ -673,31 +723,33 @@ class Engine:
             self._waiters.setdefault(saga_id, []).append(future)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(future, self.lease_seconds)
-        record = await self.store.load(saga_id, history=False)
-        if record is None or not rules.reply_is_current(record, reply):
-            log.debug("stale reply %s for saga %s: ignored", reply.message_id, saga_id)
+        # Take it straight away (its row comes back with it: no read first). A reply is stale
+        # only after a duplicate delivery or a timeout, so giving the lease back is rare.
+        now = self.clock.now()
+        try:
+            taken = await self.store.acquire(
+                saga_id,
+                self.owner_id,
+                now=now,
+                lease_seconds=self.lease_seconds,
+                statuses=ACTIVE_STATUSES,
+            )
+        except SagaNotFound:
+            taken = None
+        if taken is None:  # finished, unknown, or driven by another engine (it re-sends)
+            log.debug("reply %s for saga %s: not waiting here", reply.message_id, saga_id)
             return False
-        saga = self._lookup(record.name, record.version)
+        if saga_id in self._runs:  # our own recovery took it meanwhile: it re-sends
+            return False
+        saga = self._lookup(taken.name, taken.version)
         if saga is None:
             log.warning(
                 "reply for saga %s of unknown definition %r v%d: ignored",
                 saga_id,
-                record.name,
-                record.version,
+                taken.name,
+                taken.version,
             )
-            return False
-        now = self.clock.now()
-        taken = await self.store.acquire(
-            saga_id,
-            self.owner_id,
-            now=now,
-            lease_seconds=self.lease_seconds,
-            statuses=ACTIVE_STATUSES,
-        )
-        if taken is None:  # another engine is driving it: its own timeout path re-sends
-            log.debug("reply %s: saga %s is held by another engine", reply.message_id, saga_id)
-            return False
-        if saga_id in self._runs:  # our own recovery took it meanwhile: it re-sends
+            await self.store.commit(saga_id, self.owner_id, Change(release_lease=True), now)
             return False
         taken.definition = saga
         decision = rules.reply_arrived(saga, taken, self._checked_reply(saga, reply), now)
@@ -718,7 +770,13 @@ class Engine:
                 hooks.on_finish(taken)
             self._answer_waiters(saga_id, taken)
             return True
-        self._spawn(saga, taken, reason=ClaimReason.REPLIED, carry=decision.change)
+        # The run writes the reply's outcome with its first transition (the next step's start);
+        # return (so the transport acknowledges the reply) once that write is durable.
+        committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._spawn(
+            saga, taken, reason=ClaimReason.REPLIED, carry=decision.change, committed=committed
+        )
+        await committed
         return True
 
     # -- waits: signals from outside -------------------------------------------------------------
@@ -756,6 +814,11 @@ class Engine:
         patience = loop.time() + self.lease_seconds
         delay = 0.005
         while True:
+            if saga_id not in self._runs:
+                # The fast path: take the parked saga (its row comes back with it) and apply.
+                receipt = await self._apply_signal(saga_id, signal)
+                if receipt is not None:
+                    return receipt
             record = await self.store.load(saga_id)
             if record is None:
                 raise SagaNotFound(saga_id)
@@ -766,14 +829,13 @@ class Engine:
                 return SignalReceipt(saga_id, name, signal_id, duplicate=True)
             saga = self._lookup(record.name, record.version)
             refusal = self._not_waiting(record, saga, signal)
-            if refusal is None:
-                if saga is not None:
-                    self._check_signal_payload(saga, record, signal)
-                receipt = await self._apply_signal(record, saga, signal)
-                if receipt is not None:
-                    return receipt
-            elif not self._may_still_wait(record, saga, name) or loop.time() >= patience:
+            if refusal is not None and (
+                not self._may_still_wait(record, saga, name) or loop.time() >= patience
+            ):
                 raise NotWaiting(saga_id, name, refusal, record.waiting_for)
+            if refusal is None and loop.time() >= patience:
+                busy = f"saga {saga_id} is held by another engine: try again"
+                raise NotWaiting(saga_id, name, busy, record.waiting_for)
             # Held by an engine (applying another signal, or still running the steps before
             # the wait): look again shortly.
             if saga_id in self._runs:
@@ -840,29 +902,37 @@ class Engine:
         except Exception as exc:
             raise InvalidInput(f"signal {signal.name!r} for saga {record.id}: {exc}") from None
 
-    async def _apply_signal(
-        self, record: SagaRecord, saga: Saga | None, signal: rules.Signal
-    ) -> SignalReceipt | None:
-        """Take the parked saga and apply (or record) ``signal``; None if it could not be
-        taken, or changed meanwhile (the caller looks again)."""
-        saga_id = record.id
+    async def _apply_signal(self, saga_id: str, signal: rules.Signal) -> SignalReceipt | None:
+        """Take the saga and apply (or record) ``signal`` if it waits for it; None if it
+        could not be taken or does not wait for it (the caller reads the log to say why)."""
         now = self.clock.now()
-        taken = await self.store.acquire(
-            saga_id,
-            self.owner_id,
-            now=now,
-            lease_seconds=self.lease_seconds,
-            statuses=ACTIVE_STATUSES,
-        )
+        try:
+            taken = await self.store.acquire(
+                saga_id,
+                self.owner_id,
+                now=now,
+                lease_seconds=self.lease_seconds,
+                statuses=ACTIVE_STATUSES,
+            )
+        except SagaNotFound:
+            return None
         if taken is None:
             return None
+        saga = self._lookup(taken.name, taken.version)
         if saga_id in self._runs:  # our own recovery took it meanwhile
             return None
-        if self._not_waiting(taken, saga, signal) is not None:  # moved on meanwhile
+        if self._not_waiting(taken, saga, signal) is not None or (
+            self._needs_history(saga, signal.name) and await self._received(saga_id, signal)
+        ):
             await self.store.commit(saga_id, self.owner_id, Change(release_lease=True), now)
             return None
+        if saga is not None:
+            try:
+                self._check_signal_payload(saga, taken, signal)
+            except InvalidInput:
+                await self.store.commit(saga_id, self.owner_id, Change(release_lease=True), now)
+                raise
         receipt = SignalReceipt(saga_id, signal.name, signal.signal_id, duplicate=False)
-        hooks = self._hooks
         if saga is None or not self.execute:
             # Recorded for the engine that runs it: due now, so its next pass claims it.
             change = rules.signal_recorded(taken, signal, now)
@@ -870,17 +940,39 @@ class Engine:
             return receipt
         taken.definition = saga
         decision = rules.signal_arrived(saga, taken, signal, now)
+        hooks = self._hooks
         if hooks is not None:
             hooks.on_resume(taken, taken.waiting_for or "signal")
-        await self.store.commit(saga_id, self.owner_id, decision.change, now)
-        apply_change(taken, decision.change, now)
         if decision.next is Next.STOP:
+            await self.store.commit(saga_id, self.owner_id, decision.change, now)
+            apply_change(taken, decision.change, now)
             if hooks is not None:
                 hooks.on_finish(taken)
             self._answer_waiters(saga_id, taken)
             return receipt
-        self._spawn(saga, taken, reason=ClaimReason.REPLIED)
+        # The run writes the signal's outcome with its first transition (the next step's
+        # start): one write instead of two. The signal is durable once that write is.
+        committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._spawn(
+            saga, taken, reason=ClaimReason.REPLIED, carry=decision.change, committed=committed
+        )
+        await committed
         return receipt
+
+    @staticmethod
+    def _needs_history(saga: Saga | None, name: str) -> bool:
+        """Whether a saga parked on ``name`` may have taken this signal id already: only if
+        it waits for ``name`` more than once (or its definition is unknown here)."""
+        if saga is None:
+            return True
+        return sum(1 for s in saga.steps if s.wait is not None and s.wait.signal == name) > 1
+
+    async def _received(self, saga_id: str, signal: rules.Signal) -> bool:
+        record = await self.store.load(saga_id)
+        return record is not None and any(
+            e.type is EventType.SIGNAL_RECEIVED and e.detail == signal.detail
+            for e in record.history
+        )
 
     async def list_waiting(self, prefix: str = "", *, limit: int = 50, offset: int = 0) -> Page:
         """Parked sagas whose ``waiting_for`` starts with ``prefix`` ("signal:payment_confirmed",

@@ -359,6 +359,9 @@ class SagaRun:
                 return None
             return decision.change
         early = record.parked_until is not None and record.parked_until > now
+        waits = (record.waiting_for or "").startswith(("signal:", "timer"))
+        if waits and record.cancel_requested and record.status is not SagaStatus.COMPENSATING:
+            return Change(unpark=True)  # cancelled: the forward loop stops before the wait
         if early:
             if record.cancel_requested and record.status is not SagaStatus.COMPENSATING:
                 # The forward loop stops it before the step in flight is sent again.

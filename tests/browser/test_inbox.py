@@ -65,6 +65,7 @@ def test_inbox_lists_waiting_sagas_with_a_countdown(
         "01inboxlater00000000000000000001",
     ], "soonest deadline first"
     expect(rows.first).to_contain_text("reply to payment.start")
+    expect(rows.first.get_by_test_id("signal-saga")).to_have_count(0)
     expect(rows.nth(1)).to_contain_text("signal approve_payment")
     countdown = rows.first.get_by_test_id("deadline")
     first = countdown.inner_text()
@@ -84,6 +85,16 @@ def test_inbox_lists_waiting_sagas_with_a_countdown(
     expect(rows).to_have_count(2)
     for row in rows.all():
         assert (row.get_attribute("data-waiting-for") or "").startswith("signal:")
+
+    # A signal button on the sagas waiting for a signal (none on those waiting for a reply);
+    # the server's answer is shown (these sagas were parked by hand, with no wait step: the
+    # engine refuses, saying why).
+    button = rows.first.get_by_test_id("signal-saga")
+    expect(button).to_have_text("Send confirm_address")
+    button.click()
+    message = page.get_by_test_id("saga-message")
+    expect(message).to_contain_text("has no wait step in flight")
+    shot("inbox-signal-refused")
 
     # The saga page says what it waits for and until when.
     rows.first.get_by_role("link").click()

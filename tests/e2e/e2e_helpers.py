@@ -15,6 +15,13 @@ TRANSPORTS = [
     "http",
     pytest.param("rabbitmq", marks=pytest.mark.slow),
 ]
+# The same, both remote transports slow: for the longer modules (the scenarios keep HTTP fast).
+TRANSPORTS_SLOW = [
+    "sqlite",
+    "postgresql",
+    pytest.param("http", marks=pytest.mark.slow),
+    pytest.param("rabbitmq", marks=pytest.mark.slow),
+]
 
 
 async def balances(client: httpx.AsyncClient) -> dict[str, Any]:

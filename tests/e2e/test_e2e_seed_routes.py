@@ -13,7 +13,15 @@ from typing import Any
 
 import httpx
 import pytest
-from e2e_helpers import balances, inventory
+from e2e_helpers import TRANSPORTS_SLOW, balances, inventory
+
+
+@pytest.fixture(params=TRANSPORTS_SLOW)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every layout: embedded, and separate services over HTTP and RabbitMQ (see conftest)."""
+    param: str = request.param
+    return param
+
 
 BUY_ONE = {"user_id": "user_1", "product_id": "product_1", "quantity": 1}
 

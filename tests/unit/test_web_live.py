@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 
+import pytest
+
 from sagaway.web.live import LiveUpdates, Watch
 
 PERIOD = 0.02
@@ -113,3 +115,19 @@ async def test_followers_of_a_saga_share_one_watch_and_one_render() -> None:
     fresh = live.follow("s1")
     assert fresh is not a, "the last follower gone, the watch went with it"
     assert isinstance(fresh, Watch)
+
+
+async def test_a_failed_timeline_render_is_not_shared_with_the_next_page() -> None:
+    watch = LiveUpdates().follow("s1")
+    calls = 0
+
+    async def timeline() -> tuple[str, str]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ConnectionError("store down")
+        return "timeline", ""
+
+    with pytest.raises(ConnectionError):
+        await watch.render(0, timeline)
+    assert await watch.render(0, timeline) == ("timeline", "")

@@ -114,9 +114,14 @@ class Watch:
     ) -> tuple[str, str]:
         """The timeline for ``count`` (html, and the status once terminal, else ""), rendered
         once for every follower."""
-        if self.rendered is None or self.rendered[0] != count:
-            self.rendered = (count, asyncio.ensure_future(render()))
-        return await asyncio.shield(self.rendered[1])
+        done = self.rendered
+        if (
+            done is None
+            or done[0] != count
+            or (done[1].done() and not done[1].cancelled() and done[1].exception() is not None)
+        ):  # a failed render (the store was down) is not kept: the next page tries again
+            done = self.rendered = (count, asyncio.ensure_future(render()))
+        return await asyncio.shield(done[1])
 
 
 class LiveUpdates(Hook):

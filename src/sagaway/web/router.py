@@ -72,7 +72,12 @@ STATIC_FILES = {"sagaway.css": "text/css", "sagaway.js": "text/javascript"}
 PAGE_SIZE = 25
 # The inbox's filter: prefixes of ``waiting_for`` (the engine parks a remote step's saga on
 # "reply:<topic>"; a saga waiting for a person's signal on "signal:<name>").
-WAITING_KINDS = (("", "anything"), ("signal:", "a person (signal)"), ("reply:", "a reply"))
+WAITING_KINDS = (
+    ("", "anything"),
+    ("signal:", "a person (signal)"),
+    ("reply:", "a reply"),
+    ("timer", "a timer"),
+)
 
 
 def templates_environment(*extra: PackageLoader) -> Environment:
@@ -85,11 +90,15 @@ def templates_environment(*extra: PackageLoader) -> Environment:
         autoescape=select_autoescape(["html"]),
         trim_blocks=True,
         lstrip_blocks=True,
+        # Package files do not change while the app runs: no stat of every template (and of
+        # every template it includes) on every render.
+        auto_reload=False,
     )
     env.filters["when"] = _when
     env.filters["seconds"] = _seconds
     env.filters["left"] = _left
     env.filters["waiting"] = _waiting
+    env.filters["signal_name"] = _signal_name
     return env
 
 
@@ -123,6 +132,12 @@ def _span(seconds: int) -> str:
     if hours:
         return f"{hours}h {minutes:02d}m"
     return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+def _signal_name(waiting_for: str | None) -> str:
+    """The signal a saga waits for ("signal:approve" -> "approve"), else ""."""
+    kind, _, name = (waiting_for or "").partition(":")
+    return name if kind == "signal" else ""
 
 
 def _waiting(waiting_for: str | None) -> str:
@@ -212,7 +227,9 @@ def saga_ui_router(
     router = APIRouter(prefix=prefix, include_in_schema=False)
     env = templates_environment()
 
-    def get_engine(request: Request) -> Engine:
+    async def get_engine(request: Request) -> Engine:
+        # async: FastAPI runs a plain ``def`` dependency on a worker thread, a thread hop per
+        # request (a third of what a saga page's event stream cost the server).
         return engine if isinstance(engine, Engine) else engine(request)
 
     EngineDep = Annotated[Engine, Depends(get_engine)]
@@ -391,12 +408,14 @@ def saga_ui_router(
     async def saga_events(saga_id: str, eng: EngineDep) -> StreamingResponse:
         """The saga's timeline (event ``timeline``) now and after each burst of changes,
         rendered once for every page following the saga; ``end`` once it is terminal."""
-        first: SagaRecord | None = await load(eng, saga_id)
+        try:  # without its history: this read only says whether it exists and is running
+            first = await eng.store.get(saga_id, history=False)
+        except SagaNotFound:
+            raise HTTPException(404, f"no saga {saga_id}") from None
         live = LiveUpdates.of(eng)
 
         async def timeline_html() -> tuple[str, str]:
-            nonlocal first
-            record, first = first or await eng.get(saga_id), None
+            record = await eng.get(saga_id)
             html = env.get_template("sagaway/_timeline.html").render(
                 base=prefix, **saga_context(eng, record)
             )
@@ -407,6 +426,10 @@ def saga_ui_router(
             last = ""
             try:
                 yield "retry: 2000\n\n"
+                # The page shows the saga as it was a moment ago. A running saga's next steps
+                # come in a burst (often all of them): wait for it before the first render.
+                if not first.status.is_terminal and await watch.wait(watch.count, COALESCE_SECONDS):
+                    await asyncio.sleep(COALESCE_SECONDS)
                 while True:
                     count = watch.count
                     html, terminal = await watch.render(count, timeline_html)

@@ -86,7 +86,7 @@
         headers: { Accept: "application/json", "Content-Type": "application/json" },
         body: "{}",
       });
-      let detail = response.statusText;
+      let detail = (response.ok && form.dataset.done) || response.statusText;
       try { detail = (await response.json()).detail || detail; } catch (_) { /* not JSON */ }
       say(detail, !response.ok);
       const timeline = document.getElementById("timeline");
