@@ -78,8 +78,8 @@ class Services:
     tracker: OrderTracker
     checkout: CheckoutService
     registry: CollectorRegistry  # the engine's metrics (empty when metrics are off)
-    # Seed 004's choreographed order flow (POST /orders/create_order); None in a worker, or
-    # when the shop runs as separate services (its payment service needs the accounts).
+    # Seed 004's order flow (POST /orders/create_order); None in a worker, or when the shop
+    # runs as separate services (its payment service needs the accounts).
     flow: OrderFlow | None = None
 
 
@@ -169,9 +169,12 @@ async def bootstrap(
         else:
             remote = contextlib.AsyncExitStack()
             participants, saga, transport = await _remote_shop(settings, executor, remote)
+        # Seed 004's flow: its order-process saga must be known to every engine that may
+        # drive it (workers too); its services, relays and timers run where the API does.
+        flow = open_order_flow(settings, store) if embedded else None
         engine = Engine(
             store,
-            sagas=[saga],
+            sagas=[saga] if flow is None else [saga, flow.saga],
             owner_id=settings.worker_id or owner_id,
             lease_seconds=settings.lease_seconds,
             execute=role.executes,
@@ -183,11 +186,11 @@ async def bootstrap(
         )
         if role.executes:
             engine.subscribe(tracker.on_transition)
+        if flow is not None:
+            flow.engine = engine
         await engine.open()
-        flow: OrderFlow | None = None
         try:
-            if embedded and role is not Role.WORKER:
-                flow = open_order_flow(settings, store)
+            if flow is not None and role is not Role.WORKER:
                 await flow.start()
             if role.executes:
                 fixed = await tracker.reconcile(grace_seconds=0)
@@ -204,7 +207,7 @@ async def bootstrap(
                 tracker=tracker,
                 checkout=CheckoutService(participants, engine, tracker),
                 registry=registry,
-                flow=flow,
+                flow=flow if role is not Role.WORKER else None,
             )
         finally:
             if flow is not None:

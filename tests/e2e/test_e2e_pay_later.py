@@ -37,6 +37,14 @@ ABROAD = {
     "postal_code": "97403",
     "country": "US",
 }
+ORCHESTRATED_STEPS = [
+    ("order", "order"),
+    ("create_payment", "payment"),
+    ("payment", "payment"),
+    ("confirm_order", "order"),
+    ("create_delivery", "delivery"),
+    ("complete_order", "order"),
+]
 HAPPY_EVENTS = [
     ("create-payment", "order"),
     ("payment-created", "payment"),
@@ -52,8 +60,11 @@ def flow_of(services: Services) -> OrderFlow:
     return services.flow
 
 
-async def create(client: httpx.AsyncClient, address: dict[str, str] | None = None) -> Any:
+async def create(
+    client: httpx.AsyncClient, address: dict[str, str] | None = None, flow: str = "choreography"
+) -> Any:
     body: dict[str, Any] = {
+        "flow": flow,
         "customer_id": "user_1",
         "items": [{"product_id": "product_1", "quantity": 2}],
     }
@@ -80,16 +91,20 @@ def events(order: dict[str, Any]) -> list[tuple[str, str]]:
     return [(e["event"], e["service"]) for e in order["timeline"]]
 
 
-async def happy_path(client: httpx.AsyncClient) -> None:
+def forward(order: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(e["event"], e["service"]) for e in order["timeline"] if not e["compensation"]]
+
+
+async def happy_path(client: httpx.AsyncClient, flow: str = "choreography") -> None:
     before = await balances(client)
-    order = await create(client, TORONTO)
+    order = await create(client, TORONTO, flow)
     assert await balances(client) == before  # a pending payment holds no money
     answer = await confirm(client, order["payment_id"])
     assert answer["payment"]["status"] == "captured"
     done = answer["order"]
     assert done["status"] == "completed"
     assert done["courier"] == "Toronto Bike Couriers"
-    assert events(done) == HAPPY_EVENTS
+    assert events(done) == (HAPPY_EVENTS if flow == "choreography" else ORCHESTRATED_STEPS)
     after = await balances(client)
     assert round((before["user_1"] - after["user_1"]) * 100) == 10_000
     assert {k: v for k, v in after.items() if k != "user_1"} == {
@@ -100,10 +115,15 @@ async def happy_path(client: httpx.AsyncClient) -> None:
     assert shown["status"] == "completed"
     assert shown["courier"] == "Toronto Bike Couriers"
     assert shown["saga_status"] == "SUCCEEDED"
-    saga = (await client.get(f"/sagas/{order['order_id']}")).json()
-    assert saga["name"] == "order-choreography"
-    details = [e["detail"] for e in saga["history"] if e["type"] == "step_succeeded"]
-    assert details[2] == "order-confirmed emitted by payment"
+    saga = (await client.get(f"/sagas/{shown['saga_id']}")).json()
+    assert saga["status"] == "SUCCEEDED"
+    if flow == "choreography":
+        assert saga["name"] == "order-choreography"
+        details = [e["detail"] for e in saga["history"] if e["type"] == "step_succeeded"]
+        assert details[2] == "order-confirmed emitted by payment"
+    else:
+        assert saga["name"] == "order-process"
+        assert any(e["type"] == "signal_received" for e in saga["history"])
 
     again = await confirm(client, order["payment_id"])  # the same answer, no second capture
     assert again["payment"] == answer["payment"]
@@ -114,9 +134,9 @@ async def happy_path(client: httpx.AsyncClient) -> None:
     assert "captured" in refused.json()["detail"]
 
 
-async def no_courier_path(client: httpx.AsyncClient) -> None:
+async def no_courier_path(client: httpx.AsyncClient, flow: str = "choreography") -> None:
     before = await balances(client)
-    order = await create(client, ABROAD)
+    order = await create(client, ABROAD, flow)
     answer = await confirm(client, order["payment_id"])
     done = answer["order"]
     assert done["status"] == "cancelled"
@@ -126,23 +146,33 @@ async def no_courier_path(client: httpx.AsyncClient) -> None:
     assert payment["status"] == "cancelled"
     assert payment["refunded"] is True
     assert await balances(client) == before  # captured, then refunded
-    assert events(done) == [
-        *HAPPY_EVENTS[:4],
-        ("cancel-payment", "delivery"),
-        ("cancel-order", "payment"),
-        ("order-cancelled", "order"),
-    ]
-    saga = (await client.get(f"/sagas/{order['order_id']}")).json()
+    if flow == "choreography":
+        assert events(done) == [
+            *HAPPY_EVENTS[:4],
+            ("cancel-payment", "delivery"),
+            ("cancel-order", "payment"),
+            ("order-cancelled", "order"),
+        ]
+    else:
+        assert forward(done) == ORCHESTRATED_STEPS[:5]
+        undone = [e["event"] for e in done["timeline"] if e["compensation"]]
+        assert sorted(undone) == ["create_payment", "order"]
+    saga = (await client.get(f"/sagas/{done['saga_id']}")).json()
     assert saga["status"] == "COMPENSATED"
     assert "no courier serves Springfield" in saga["error"]
 
 
-async def test_confirmed_order_is_delivered(client: httpx.AsyncClient) -> None:
-    await happy_path(client)
+FLOWS = pytest.mark.parametrize("flow", ["choreography", "orchestration"])
 
 
-async def test_no_courier_refunds_and_cancels(client: httpx.AsyncClient) -> None:
-    await no_courier_path(client)
+@FLOWS
+async def test_confirmed_order_is_delivered(client: httpx.AsyncClient, flow: str) -> None:
+    await happy_path(client, flow)
+
+
+@FLOWS
+async def test_no_courier_refunds_and_cancels(client: httpx.AsyncClient, flow: str) -> None:
+    await no_courier_path(client, flow)
 
 
 async def test_default_address_is_the_accounts(client: httpx.AsyncClient) -> None:
@@ -150,9 +180,10 @@ async def test_default_address_is_the_accounts(client: httpx.AsyncClient) -> Non
     assert order["shipping_address"]["city"] == "Toronto"
 
 
-async def test_customer_cancels(client: httpx.AsyncClient) -> None:
+@FLOWS
+async def test_customer_cancels(client: httpx.AsyncClient, flow: str) -> None:
     before = await balances(client)
-    order = await create(client, TORONTO)
+    order = await create(client, TORONTO, flow)
     response = await client.post("/payments/cancel", json={"payment_id": order["payment_id"]})
     assert response.status_code == 200, response.text
     answer = response.json()
@@ -167,7 +198,7 @@ async def test_customer_cancels(client: httpx.AsyncClient) -> None:
     assert refused.status_code == 409
     assert "cancelled" in refused.json()["detail"]
     assert await balances(client) == before
-    saga = (await client.get(f"/sagas/{order['order_id']}")).json()
+    saga = (await client.get(f"/sagas/{answer['order']['saga_id']}")).json()
     assert saga["status"] == "COMPENSATED"
 
 
@@ -249,3 +280,39 @@ async def rabbit_app(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
 async def test_over_rabbitmq(path: str, backend: str, tmp_path: Path) -> None:
     async with rabbit_app(tmp_path) as client:
         await (happy_path if path == "happy" else no_courier_path)(client)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+async def test_orchestrated_payment_times_out(backend: str, tmp_path: Path) -> None:
+    """The order-process saga's wait times out on the engine's durable timer (a 1 s payment
+    timeout here): it compensates, cancelling the payment and the order."""
+    from checkout.settings import Settings
+
+    url = f"sqlite:///{tmp_path / 'sagaway.db'}"
+    settings = Settings(
+        database_url=url, store_url=url, demo=True, worker_id="e2e", payment_timeout_seconds=1
+    )
+    application: FastAPI = create_app(settings)
+    async with application.router.lifespan_context(application):
+        services: Services = application.state.services
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://checkout.test") as c:
+            before = await balances(c)
+            order = await create(c, TORONTO, "orchestration")
+            record = await services.engine.wait(order["saga_id"], 30)
+            assert str(record.status) == "COMPENSATED"
+            shown = (await c.get(f"/orders/{order['order_id']}")).json()
+            assert shown["status"] == "cancelled"
+            assert shown["reason"] == "payment not confirmed within 1 s"
+            payment = (await c.get(f"/payments/{order['payment_id']}")).json()
+            assert payment["status"] == "cancelled"
+            late = await c.post("/payments/confirm", json={"payment_id": order["payment_id"]})
+            assert late.status_code == 409
+            assert await balances(c) == before
+
+
+async def test_impossible_ids_are_not_found(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/payments/a%00b")).status_code == 404
+    assert (await client.get("/orders/a%00b")).status_code == 404
+    response = await client.post("/payments/confirm", json={"payment_id": "a\u0000b"})
+    assert response.status_code == 422

@@ -24,9 +24,17 @@ from sqlalchemy.engine import make_url
 
 from checkout.domain.models import Address, OrderLine
 from checkout.orderflow import services as svc
+from checkout.orderflow.orchestration import (
+    PAYMENT_SIGNAL,
+    STEP_SERVICES,
+    ProcessInput,
+    build_order_process,
+)
 from checkout.orderflow.tables import FlowPaymentStatus, create_tables
+from sagaway import Engine
 from sagaway.choreography import EventBus, EventContext, InProcessBus, Monitor, Relay
-from sagaway.state import Phase, SagaRecord
+from sagaway.errors import NotWaiting
+from sagaway.state import Phase, SagaRecord, StepStatus
 from sagaway.store.base import SagaStore
 
 log = logging.getLogger("checkout.orderflow")
@@ -51,15 +59,20 @@ def timeline(record: SagaRecord | None) -> list[dict[str, Any]]:
     out = []
     for row in rows:
         output = row.output if isinstance(row.output, dict) else {}
-        out.append(
-            {
-                "at": row.started_at,
-                "event": row.name.split("#", 1)[0],
-                "service": output.get("source"),
-                "compensation": row.phase is Phase.COMPENSATION,
-                "payload": output.get("payload"),
-            }
-        )
+        name = row.name.split("#", 1)[0]
+        entry: dict[str, Any] = {
+            "at": row.started_at,
+            "event": name,
+            "service": output.get("source") or STEP_SERVICES.get(name),
+            "compensation": row.phase is Phase.COMPENSATION,
+        }
+        if "source" in output:  # a choreography's event, as the monitor recorded it
+            entry["payload"] = output.get("payload")
+        else:  # an orchestrated saga's step
+            entry["status"] = str(row.status)
+            entry["error"] = row.error
+            entry["output"] = row.output if row.status is StepStatus.SUCCEEDED else None
+        out.append(entry)
     return out
 
 
@@ -97,6 +110,8 @@ class OrderFlow:
         self.bus.subscribe("monitor", None, self.monitor.record)
         self.relays = [Relay(s, self.bus, interval=1.0) for s in self.services]
         self._sweeper: asyncio.Task[None] | None = None
+        self.saga = build_order_process(self)  # the orchestrated style
+        self.engine: Engine | None = None  # set by the composition root
 
     async def start(self) -> None:
         await asyncio.to_thread(create_tables, self.order.engine)
@@ -136,35 +151,84 @@ class OrderFlow:
         items: list[OrderLine],
         address: Address | None,
         *,
+        flow: str = "choreography",
         wait: float = 5.0,
     ) -> dict[str, Any]:
-        """Place an order pending payment; returns it once its payment exists (or after
-        ``wait`` seconds: ``payment_status`` then says so)."""
-        order = await self.order.transaction(
-            svc.create_order, customer, items, address, "choreography"
+        """Place an order pending payment; returns it once its payment exists (choreography:
+        or after ``wait`` seconds). ``flow="orchestration"``: an order-process saga drives it."""
+        order = await self.order.transaction(svc.create_order, customer, items, address, flow)
+        order_id = order["order_id"]
+        if flow == "orchestration":
+            await self._orchestrate(order)
+        else:
+            await self.monitor.wait(
+                order_id, wait, until=lambda r: r.step("payment-created") is not None
+            )
+        return await self.order_with_timeline(order_id) or order
+
+    async def _orchestrate(self, order: dict[str, Any]) -> None:
+        engine = self._engine()
+        inp = ProcessInput(
+            order_id=order["order_id"],
+            payment_id=order["payment_id"],
+            account_id=order["customer_id"],
+            amount_cents=order["amount_cents"],
         )
-        await self.monitor.wait(
-            order["order_id"], wait, until=lambda r: r.step("payment-created") is not None
+        # The payment is recorded pending here, so the answer can show it; the saga's
+        # create_payment step finds it (or records it, resuming after a crash).
+        await self.payment.transaction(
+            svc.insert_payment, inp.model_dump(), self.payment_timeout, "orchestration"
         )
-        return await self.order_with_timeline(order["order_id"]) or order
+        saga_id = await engine.start(
+            self.saga, inp, idempotency_key=f"order-process:{inp.order_id}"
+        )
+        await self.order.run(svc.set_saga_id, inp.order_id, saga_id)
+
+    def _engine(self) -> Engine:
+        if self.engine is None:
+            raise RuntimeError("the order flow has no engine: set OrderFlow.engine")
+        return self.engine
 
     async def confirm(self, payment_id: str, *, wait: float = 5.0) -> dict[str, Any]:
         payment = await self.payment.transaction(svc.confirm_payment, payment_id)
+        if payment["flow"] == "orchestration":
+            await self._signal(payment, f"confirm:{payment_id}", None)
         return await self._answer(payment, wait)
 
     async def cancel(
         self, payment_id: str, *, reason: str = "cancelled by the customer", wait: float = 5.0
     ) -> dict[str, Any]:
         payment = await self.payment.transaction(svc.cancel_payment, payment_id, reason)
+        if payment["flow"] == "orchestration":
+            await self._signal(payment, f"cancel:{payment_id}", payment["reason"] or reason)
         return await self._answer(payment, wait)
 
+    async def _signal(self, payment: dict[str, Any], signal_id: str, error: str | None) -> None:
+        """Tell the order-process saga what the customer decided (the payment's row already
+        says it). A saga no longer waiting (it timed out meanwhile) has compensated or is
+        compensating: its compensation cancels the payment and refunds a captured one."""
+        order = await self.get_order(payment["order_id"])
+        if order is None or order["saga_id"] is None:
+            return
+        decision = {"payment_id": payment["payment_id"], "status": payment["status"]}
+        try:
+            await self._engine().signal(
+                order["saga_id"], PAYMENT_SIGNAL, decision, signal_id=signal_id, error=error
+            )
+        except NotWaiting as exc:
+            log.info("payment %s: its saga no longer waits: %s", payment["payment_id"], exc)
+
     async def _answer(self, payment: dict[str, Any], wait: float) -> dict[str, Any]:
-        """The payment, and its order once the business transaction ended (or as it stands
-        after ``wait`` seconds)."""
-        await self.monitor.wait(payment["order_id"], wait)
-        order = await self.order_with_timeline(payment["order_id"])
+        """The payment, and its order once the process ended (or as it stands after ``wait``
+        seconds)."""
+        order = await self.get_order(payment["order_id"])
+        if order is not None and order["flow"] == "orchestration" and order["saga_id"]:
+            await self._engine().wait(order["saga_id"], wait)
+        else:
+            await self.monitor.wait(payment["order_id"], wait)
+        shown = await self.order_with_timeline(payment["order_id"])
         fresh = await self.get_payment(payment["payment_id"])
-        return {"payment": fresh or payment, "order": order}
+        return {"payment": fresh or payment, "order": shown}
 
     async def expire(self, now: float | None = None) -> list[str]:
         """Cancel the pending payments past their confirmation deadline; returns their ids."""
@@ -188,8 +252,8 @@ class OrderFlow:
         order = await self.get_order(order_id)
         if order is None:
             return None
-        record = await self.monitor.store.load(order_id)
-        order["saga_id"] = order_id if record is not None else None
+        saga_id = order["saga_id"]
+        record = None if saga_id is None else await self.monitor.store.load(saga_id)
         order["saga_status"] = None if record is None else str(record.status)
         order["timeline"] = timeline(record)
         return order

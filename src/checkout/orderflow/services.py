@@ -128,6 +128,7 @@ def order_view(row: Row[Any]) -> dict[str, Any]:
         "status": row.status,
         "flow": row.flow,
         "payment_id": row.payment_id,
+        "saga_id": row.saga_id,
         "courier": row.courier,
         "reason": row.reason,
         "created_at": row.created_at,
@@ -142,6 +143,7 @@ def payment_view(row: Row[Any]) -> dict[str, Any]:
         "account_id": row.account_id,
         "amount_cents": row.amount_cents,
         "status": row.status,
+        "flow": row.flow,
         "refunded": row.refunded == "yes",
         "reason": row.reason,
         "expires_at": row.expires_at,
@@ -273,6 +275,7 @@ def create_order(
             "status": FlowOrderStatus.PENDING_PAYMENT.value,
             "flow": flow,
             "payment_id": payment_id,
+            "saga_id": order_id if flow == "choreography" else None,
             "created_at": now,
             "updated_at": now,
         },
@@ -306,22 +309,7 @@ def build_payment_service(
     @payment.on("create-payment")
     def create(ctx: EventContext) -> None:
         p = ctx.payload
-        now = ctx.clock()
-        ctx.conn.execute(
-            PAYMENTS.insert(),
-            {
-                "id": p["payment_id"],
-                "order_id": p["order_id"],
-                "account_id": p["account_id"],
-                "amount_cents": int(p["amount_cents"]),
-                "status": FlowPaymentStatus.PENDING.value,
-                "charge_key": f"flow-payment:{p['payment_id']}",
-                "refunded": "no",
-                "expires_at": now + timeout_seconds,
-                "created_at": now,
-                "updated_at": now,
-            },
-        )
+        insert_payment(ctx, p, timeout_seconds, "choreography")
         ctx.emit("payment-created", {"order_id": p["order_id"], "payment_id": p["payment_id"]})
 
     @payment.on("cancel-payment")
@@ -335,6 +323,29 @@ def build_payment_service(
     return payment
 
 
+def insert_payment(ctx: EventContext, p: dict[str, Any], timeout_seconds: float, flow: str) -> None:
+    """Record the order's payment pending (once: a repeat finds it)."""
+    if read_payment(ctx.conn, p["payment_id"]) is not None:
+        return
+    now = ctx.clock()
+    ctx.conn.execute(
+        PAYMENTS.insert(),
+        {
+            "id": p["payment_id"],
+            "order_id": p["order_id"],
+            "account_id": p["account_id"],
+            "amount_cents": int(p["amount_cents"]),
+            "status": FlowPaymentStatus.PENDING.value,
+            "flow": flow,
+            "charge_key": f"flow-payment:{p['payment_id']}",
+            "refunded": "no",
+            "expires_at": now + timeout_seconds,
+            "created_at": now,
+            "updated_at": now,
+        },
+    )
+
+
 def locked_payment(conn: Connection, payment_id: str) -> Row[Any] | None:
     stmt = select(PAYMENTS).where(PAYMENTS.c.id == payment_id)
     if conn.dialect.name == "postgresql":
@@ -343,7 +354,8 @@ def locked_payment(conn: Connection, payment_id: str) -> Row[Any] | None:
 
 
 def cancel_payment_row(ctx: EventContext, row: Row[Any], reason: str) -> None:
-    """Cancel the payment (refunding a captured one) and ask the order to cancel."""
+    """Cancel the payment (refunding a captured one) and, in a choreography, ask the order to
+    cancel (an orchestration's saga does that itself)."""
     refunded = "no"
     if row.status == FlowPaymentStatus.CAPTURED.value:
         shop_payment.refund(ctx.conn, row.charge_key, f"{row.charge_key}:refund")
@@ -358,6 +370,8 @@ def cancel_payment_row(ctx: EventContext, row: Row[Any], reason: str) -> None:
             updated_at=ctx.clock(),
         )
     )
+    if row.flow != "choreography":
+        return
     ctx.emit(
         "cancel-order",
         {"order_id": row.order_id, "payment_id": row.id, "reason": reason},
@@ -387,6 +401,8 @@ def confirm_payment(ctx: EventContext, payment_id: str) -> dict[str, Any]:
             .where(PAYMENTS.c.id == payment_id)
             .values(status=FlowPaymentStatus.CAPTURED.value, updated_at=ctx.clock())
         )
+        if row.flow != "choreography":
+            return _read(ctx.conn, payment_id)
         ctx.emit(
             "order-confirmed",
             {"order_id": row.order_id, "payment_id": payment_id},
@@ -413,10 +429,20 @@ def cancel_payment(ctx: EventContext, payment_id: str, reason: str) -> dict[str,
     return view
 
 
+def _read(conn: Connection, payment_id: str) -> dict[str, Any]:
+    view = read_payment(conn, payment_id)
+    assert view is not None
+    return view
+
+
 def expired_payments(conn: Connection, now: float) -> list[str]:
+    """Pending payments of choreographies past their deadline (an orchestration's wait step
+    times out on its own)."""
     rows = conn.execute(
         select(PAYMENTS.c.id).where(
-            PAYMENTS.c.status == FlowPaymentStatus.PENDING.value, PAYMENTS.c.expires_at <= now
+            PAYMENTS.c.status == FlowPaymentStatus.PENDING.value,
+            PAYMENTS.c.flow == "choreography",
+            PAYMENTS.c.expires_at <= now,
         )
     )
     return [row.id for row in rows]
@@ -433,24 +459,7 @@ def build_delivery_service(database: Any, clock: Callable[[], float]) -> EventSe
     @delivery.on("create-delivery")
     def create(ctx: EventContext) -> None:
         p = ctx.payload
-        address = p["address"]
-        courier = courier_for(address)
-        reason = None
-        if courier is None:
-            where = ", ".join(
-                str(address.get(k)) for k in ("city", "province", "country") if address.get(k)
-            )
-            reason = f"no courier serves {where}"
-        ctx.conn.execute(
-            DELIVERIES.insert(),
-            {
-                "order_id": p["order_id"],
-                "courier": courier,
-                "status": "assigned" if courier else "unassigned",
-                "reason": reason,
-                "created_at": ctx.clock(),
-            },
-        )
+        courier, reason = record_delivery(ctx.conn, p["order_id"], p["address"], ctx.clock())
         if courier is not None:
             ctx.emit("delivery-assigned", {"order_id": p["order_id"], "courier": courier})
         else:
@@ -460,3 +469,47 @@ def build_delivery_service(database: Any, clock: Callable[[], float]) -> EventSe
             )
 
     return delivery
+
+
+def record_delivery(
+    conn: Connection, order_id: str, address: dict[str, Any], now: float
+) -> tuple[str | None, str | None]:
+    """Assign the order's delivery to the courier serving its address (once: a repeat reads
+    the recorded assignment); ``(courier, None)``, or ``(None, reason)`` when none serves it."""
+    row = conn.execute(select(DELIVERIES).where(DELIVERIES.c.order_id == order_id)).first()
+    if row is not None:
+        return row.courier, row.reason
+    courier = courier_for(address)
+    reason = None
+    if courier is None:
+        where = ", ".join(
+            str(address.get(k)) for k in ("city", "province", "country") if address.get(k)
+        )
+        reason = f"no courier serves {where}"
+    conn.execute(
+        DELIVERIES.insert(),
+        {
+            "order_id": order_id,
+            "courier": courier,
+            "status": "assigned" if courier else "unassigned",
+            "reason": reason,
+            "created_at": now,
+        },
+    )
+    return courier, reason
+
+
+def read_delivery(conn: Connection, order_id: str) -> dict[str, Any] | None:
+    row = conn.execute(select(DELIVERIES).where(DELIVERIES.c.order_id == order_id)).first()
+    if row is None:
+        return None
+    return {
+        "order_id": row.order_id,
+        "courier": row.courier,
+        "status": row.status,
+        "reason": row.reason,
+    }
+
+
+def set_saga_id(conn: Connection, order_id: str, saga_id: str) -> None:
+    conn.execute(update(ORDERS).where(ORDERS.c.id == order_id).values(saga_id=saga_id))

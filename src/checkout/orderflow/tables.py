@@ -43,6 +43,9 @@ ORDERS = Table(
     Column("status", String(32), nullable=False),
     Column("flow", String(32), nullable=False),
     Column("payment_id", String(64), nullable=False, unique=True),
+    # The saga that shows the order's timeline: the monitor's (id = the order's) for a
+    # choreography, the order-process saga's for an orchestration.
+    Column("saga_id", String(64)),
     Column("courier", String(100)),
     Column("reason", Text),
     Column("created_at", Float, nullable=False),
@@ -57,6 +60,7 @@ PAYMENTS = Table(
     Column("account_id", String(64), nullable=False),
     Column("amount_cents", BigInteger, nullable=False),
     Column("status", String(32), nullable=False),
+    Column("flow", String(32), nullable=False, default="choreography"),
     # The capture's key in the shop's payments table (``checkout.participants.payment``): the
     # money moves there, so the shop-wide invariant balances + captured payments holds.
     Column("charge_key", String(255), nullable=False),
