@@ -309,3 +309,10 @@ async def test_orchestrated_payment_times_out(backend: str, tmp_path: Path) -> N
             late = await c.post("/payments/confirm", json={"payment_id": order["payment_id"]})
             assert late.status_code == 409
             assert await balances(c) == before
+
+
+async def test_impossible_ids_are_not_found(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/payments/a%00b")).status_code == 404
+    assert (await client.get("/orders/a%00b")).status_code == 404
+    response = await client.post("/payments/confirm", json={"payment_id": "a\u0000b"})
+    assert response.status_code == 422

@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
-from checkout.api.schemas import OrderRequest
+from checkout.api.schemas import Id, OrderRequest
 from checkout.orderflow import FlowError, OrderFlow, couriers
 
 router = APIRouter(tags=["pay later (seed 004)"])
@@ -31,7 +31,7 @@ class CreateOrderRequest(OrderRequest):
 class PaymentRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    payment_id: str = Field(min_length=1, max_length=64)
+    payment_id: Id
 
 
 def flow_of(request: Request) -> OrderFlow:
@@ -90,7 +90,9 @@ async def cancel_payment(
 
 @router.get("/payments/{payment_id}")
 async def get_payment(payment_id: str, request: Request) -> dict[str, Any]:
-    payment = await flow_of(request).get_payment(payment_id)
+    # An id no payment can have (NUL: PostgreSQL refuses it in a query) is simply not found.
+    found = not _impossible(payment_id)
+    payment = await flow_of(request).get_payment(payment_id) if found else None
     if payment is None:
         raise HTTPException(404, f"payment {payment_id!r} not found")
     return payment
@@ -105,4 +107,10 @@ async def list_couriers() -> dict[str, Any]:
 async def flow_order(request: Request, order_id: str) -> dict[str, Any] | None:
     """A seed 004 order with its timeline, or None (not one of them / no flow here)."""
     flow: OrderFlow | None = getattr(request.app.state.services, "flow", None)
-    return None if flow is None else await flow.order_with_timeline(order_id)
+    if flow is None or _impossible(order_id):
+        return None
+    return await flow.order_with_timeline(order_id)
+
+
+def _impossible(an_id: str) -> bool:
+    return "\x00" in an_id or len(an_id) > 64
