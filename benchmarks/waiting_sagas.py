@@ -39,9 +39,12 @@ def rss_mb() -> float:
 class Parked(Hook):
     def __init__(self, n: int) -> None:
         self.left, self.done = n, asyncio.Event()
+        self.count, self.progress = 0, asyncio.Event()
 
     def on_park(self, record: SagaRecord, reason: str) -> None:
         self.left -= 1
+        self.count += 1
+        self.progress.set()
         if self.left <= 0:
             self.done.set()
 
@@ -72,6 +75,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             ids += await asyncio.gather(
                 *(engine.start(saga, i) for i in range(at, min(at + batch, total)))
             )
+            # Keep the runs on their way to the park bounded, as a steady stream of new
+            # orders would: what we measure is what parked sagas cost, not a backlog.
+            while len(ids) - parked.count > args.in_flight:
+                parked.progress.clear()
+                await parked.progress.wait()
         await parked.done.wait()
         park_s = time.perf_counter() - began
         for _ in range(1000):  # the last runs are ending after their park
@@ -93,6 +101,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         # Paced: one signal every 1/rate s (open loop: a slow signal does not slow the next).
         paced = ids[: args.paced]
         tasks = []
+        cpu0, load0 = time.process_time(), os.getloadavg()[0]
         t0 = time.perf_counter()
         for i, saga_id in enumerate(paced):
             delay = t0 + i / args.rate - time.perf_counter()
@@ -101,6 +110,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             tasks.append(asyncio.create_task(send(saga_id)))
         await asyncio.gather(*tasks)
         paced_s = time.perf_counter() - t0
+        paced_cpu = time.process_time() - cpu0
         for _ in range(6000):
             if len(resumed) >= len(paced):
                 break
@@ -116,11 +126,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             for saga_id in queue:
                 await send(saga_id)
 
-        t1 = time.perf_counter()
+        t1, cpu1 = time.perf_counter(), time.process_time()
         await asyncio.gather(*(caller() for _ in range(args.concurrency)))
         if rest:
             await asyncio.wait_for(finished.wait(), 600)
         burst_s = time.perf_counter() - t1
+        burst_cpu = time.process_time() - cpu1
+        load1 = os.getloadavg()[0]
         burst_latency = [resumed[s] - called[s] for s in rest]
         gc.collect()
         rss_after = rss_mb()
@@ -140,6 +152,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "paced_achieved_per_s": round(len(paced) / paced_s),
         "signal_to_resume_ms": latency_ms(paced_latency),
         "signal_ack_ms": latency_ms(paced_ack),
+        # CPU of this process per signal (the signal, the saga's last step, its end): what a
+        # rate costs on an idle machine; the load average says how shared this one was.
+        "paced_cpu_ms_per_signal": round(paced_cpu * 1000 / max(len(paced), 1), 3),
+        "burst_cpu_ms_per_signal": round(burst_cpu * 1000 / max(len(rest), 1), 3),
+        "loadavg_1m": [round(load0, 1), round(load1, 1)],
+        "cpus": os.cpu_count(),
         "burst_signals": len(rest),
         "burst_signals_per_s": round(len(rest) / burst_s) if rest else None,
         "burst_signal_to_resume_ms": latency_ms(burst_latency) if rest else None,
@@ -153,6 +171,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--paced", type=int, default=30_000)
     parser.add_argument("--concurrency", type=int, default=256)
+    parser.add_argument("--in-flight", type=int, default=2000, help="unparked runs at most")
     args = parser.parse_args()
     args.paced = min(args.paced, args.sagas)
     with tempfile.TemporaryDirectory() as tmp:
@@ -175,6 +194,8 @@ def main() -> None:
             f"p99 {result['signal_ack_ms']['p99_ms']} ms",
         ),
         ("burst signals/s", str(result["burst_signals_per_s"])),
+        ("CPU per signal (burst)", f"{result['burst_cpu_ms_per_signal']} ms"),
+        ("load average (1 min)", f"{result['loadavg_1m']} on {result['cpus']} CPUs"),
     ]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:

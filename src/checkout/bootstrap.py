@@ -38,6 +38,7 @@ from sqlalchemy import text
 
 from checkout.db import EMBEDDED, GATEWAY, Database, migrate, open_database
 from checkout.dbexec import ShopExecutor, open_executor
+from checkout.orderflow import OrderFlow
 from checkout.participants import CheckoutParticipants, GatewayParticipants, OrderService
 from checkout.sagas import build_checkout_saga, build_remote_checkout_saga
 from checkout.service import CheckoutService
@@ -47,6 +48,7 @@ from sagaway import Engine, Saga, open_store
 from sagaway.hooks import Hook
 from sagaway.logs import LoggingHook
 from sagaway.metrics import PrometheusHook
+from sagaway.store.base import SagaStore
 from sagaway.tracing import tracing_hook
 from sagaway.transport import Dispatcher
 
@@ -76,6 +78,9 @@ class Services:
     tracker: OrderTracker
     checkout: CheckoutService
     registry: CollectorRegistry  # the engine's metrics (empty when metrics are off)
+    # Seed 004's order flow (POST /orders/create_order); None in a worker, or when the shop
+    # runs as separate services (its payment service needs the accounts).
+    flow: OrderFlow | None = None
 
 
 async def open_shop_database(url: str, *, pool_size: int = 5, max_overflow: int = 0) -> Database:
@@ -164,9 +169,12 @@ async def bootstrap(
         else:
             remote = contextlib.AsyncExitStack()
             participants, saga, transport = await _remote_shop(settings, executor, remote)
+        # Seed 004's flow: its order-process saga must be known to every engine that may
+        # drive it (workers too); its services, relays and timers run where the API does.
+        flow = open_order_flow(settings, store) if embedded else None
         engine = Engine(
             store,
-            sagas=[saga],
+            sagas=[saga] if flow is None else [saga, flow.saga],
             owner_id=settings.worker_id or owner_id,
             lease_seconds=settings.lease_seconds,
             execute=role.executes,
@@ -178,8 +186,12 @@ async def bootstrap(
         )
         if role.executes:
             engine.subscribe(tracker.on_transition)
+        if flow is not None:
+            flow.engine = engine
         await engine.open()
         try:
+            if flow is not None and role is not Role.WORKER:
+                await flow.start()
             if role.executes:
                 fixed = await tracker.reconcile(grace_seconds=0)
                 if fixed:
@@ -195,8 +207,11 @@ async def bootstrap(
                 tracker=tracker,
                 checkout=CheckoutService(participants, engine, tracker),
                 registry=registry,
+                flow=flow if role is not Role.WORKER else None,
             )
         finally:
+            if flow is not None:
+                await flow.stop()
             await tracker.stop()
             await engine.close()
             await tracker.drain()
@@ -206,6 +221,18 @@ async def bootstrap(
         if executor is not None:
             await executor.close()
         await db.dispose()
+
+
+def open_order_flow(settings: Settings, store: SagaStore) -> OrderFlow:
+    """Seed 004's order flow on the shop database, its events in-process or over RabbitMQ."""
+    events = settings.events or ("rabbitmq" if settings.transport == "rabbitmq" else "inprocess")
+    return OrderFlow(
+        settings.database_url,
+        store,
+        events=events,
+        rabbitmq_url=settings.rabbitmq_url,
+        payment_timeout=settings.payment_timeout_seconds,
+    )
 
 
 async def _remote_shop(

@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     inventory_url: str = "http://127.0.0.1:8002"
     shipping_url: str = "http://127.0.0.1:8003"
     rabbitmq_url: str = "amqp://guest:guest@127.0.0.1/"
+    # Seed 004 (POST /orders/create_order): how its services' domain events travel (default:
+    # RabbitMQ when the transport is, else in-process), and how long a payment may wait for
+    # the customer's confirmation before the order is cancelled.
+    events: Literal["inprocess", "rabbitmq"] | None = None
+    payment_timeout_seconds: float = Field(900.0, gt=0)
     store_url: str = DEFAULT_DATABASE_URL  # the saga log
     demo: bool = True  # load demo data on first start; allow POST /reset
     host: str = "127.0.0.1"

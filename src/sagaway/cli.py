@@ -366,6 +366,8 @@ def _print_saga(record: SagaRecord) -> None:
         + (f"  error: {record.error}" if record.error else "")
     )
     typer.echo(f"input: {json.dumps(record.input)}")
+    if record.waiting_for is not None:
+        typer.echo(f"waiting for {record.waiting_for} until {_when(record.parked_until)}")
     typer.echo("steps, in the order they ran:")
     _echo_columns(
         ["STEP", "PHASE", "STATUS", "ATTEMPTS", "STARTED", "FINISHED", "ERROR"],

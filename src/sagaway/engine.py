@@ -723,31 +723,33 @@ class Engine:
             self._waiters.setdefault(saga_id, []).append(future)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(future, self.lease_seconds)
-        record = await self.store.load(saga_id, history=False)
-        if record is None or not rules.reply_is_current(record, reply):
-            log.debug("stale reply %s for saga %s: ignored", reply.message_id, saga_id)
+        # Take it straight away (its row comes back with it: no read first). A reply is stale
+        # only after a duplicate delivery or a timeout, so giving the lease back is rare.
+        now = self.clock.now()
+        try:
+            taken = await self.store.acquire(
+                saga_id,
+                self.owner_id,
+                now=now,
+                lease_seconds=self.lease_seconds,
+                statuses=ACTIVE_STATUSES,
+            )
+        except SagaNotFound:
+            taken = None
+        if taken is None:  # finished, unknown, or driven by another engine (it re-sends)
+            log.debug("reply %s for saga %s: not waiting here", reply.message_id, saga_id)
             return False
-        saga = self._lookup(record.name, record.version)
+        if saga_id in self._runs:  # our own recovery took it meanwhile: it re-sends
+            return False
+        saga = self._lookup(taken.name, taken.version)
         if saga is None:
             log.warning(
                 "reply for saga %s of unknown definition %r v%d: ignored",
                 saga_id,
-                record.name,
-                record.version,
+                taken.name,
+                taken.version,
             )
-            return False
-        now = self.clock.now()
-        taken = await self.store.acquire(
-            saga_id,
-            self.owner_id,
-            now=now,
-            lease_seconds=self.lease_seconds,
-            statuses=ACTIVE_STATUSES,
-        )
-        if taken is None:  # another engine is driving it: its own timeout path re-sends
-            log.debug("reply %s: saga %s is held by another engine", reply.message_id, saga_id)
-            return False
-        if saga_id in self._runs:  # our own recovery took it meanwhile: it re-sends
+            await self.store.commit(saga_id, self.owner_id, Change(release_lease=True), now)
             return False
         taken.definition = saga
         decision = rules.reply_arrived(saga, taken, self._checked_reply(saga, reply), now)
@@ -768,7 +770,13 @@ class Engine:
                 hooks.on_finish(taken)
             self._answer_waiters(saga_id, taken)
             return True
-        self._spawn(saga, taken, reason=ClaimReason.REPLIED, carry=decision.change)
+        # The run writes the reply's outcome with its first transition (the next step's start);
+        # return (so the transport acknowledges the reply) once that write is durable.
+        committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._spawn(
+            saga, taken, reason=ClaimReason.REPLIED, carry=decision.change, committed=committed
+        )
+        await committed
         return True
 
     # -- waits: signals from outside -------------------------------------------------------------

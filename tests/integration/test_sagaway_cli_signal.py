@@ -63,6 +63,8 @@ def test_waiting_lists_the_saga_and_signal_resumes_it_once(parked: tuple[str, st
     table = runner.invoke(app, ["--store", url, "list", "--waiting", "payment_confirmed"])
     assert saga_id in table.output
     assert "signal:payment_confirmed" in table.output
+    shown = runner.invoke(app, ["--store", url, "show", saga_id])
+    assert "waiting for signal:payment_confirmed until" in shown.output
     none = runner.invoke(app, ["--store", url, "list", "--waiting", "timer", "--json"])
     assert json.loads(none.output)["sagas"] == []
 

@@ -231,3 +231,35 @@ def command_for(participant: str, message_id: str = "s1:debit:forward") -> Comma
         command="debit",
         payload={"account": "alice", "amount": 1},
     )
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "outcome"),
+    [
+        (409, b'{"detail": "insufficient funds"}', "failure: insufficient funds"),
+        (
+            422,
+            b'{"detail": [{"loc": ["body", "attempt"], "msg": "field required"}]}',
+            "failure: body.attempt: field required",
+        ),
+        (404, b"no such route", "failure: no such route"),
+        (400, b"", "failure: HTTP 400 from bank.debit"),
+        (408, b'{"detail": "too slow"}', "transient: HTTP 408: too slow"),
+        (429, b"", "transient: HTTP 429"),
+        (500, b"Internal Server Error", "transient: HTTP 500: Internal Server Error"),
+        (503, b'{"detail": "retry"}', "transient: HTTP 503: retry"),
+        (200, b"<html>", "transient: not a reply"),
+    ],
+)
+def test_status_codes_map_onto_the_port(status: int, body: bytes, outcome: str) -> None:
+    from sagaway.transport.http import _reply
+
+    command = command_for("bank")
+    kind, _, expected = outcome.partition(": ")
+    if kind == "failure":
+        reply = _reply(command, "http://bank", status, body)
+        assert (reply.ok, reply.error) == (False, expected)
+        assert reply.message_id == command.message_id
+    else:
+        with pytest.raises(TransportError, match=expected):
+            _reply(command, "http://bank", status, body)

@@ -14,7 +14,7 @@ from checkout.api.errors import MAX_BODY_BYTES, BodyLimitMiddleware, install_err
 from checkout.api.head import HeadAsGetMiddleware
 from checkout.api.metrics import HttpMetrics, HttpMetricsMiddleware
 from checkout.api.metrics import router as metrics_router
-from checkout.api.routes import checkout, health, orders, saga_status, sagas, shop
+from checkout.api.routes import checkout, health, orderflow, orders, saga_status, sagas, shop
 from checkout.api.schemas import Problem
 from checkout.bootstrap import Role, bootstrap
 from checkout.settings import Settings
@@ -75,7 +75,7 @@ def create_app(
         app.state.http_metrics = HttpMetrics()
         app.add_middleware(HttpMetricsMiddleware, metrics=app.state.http_metrics)
     app.include_router(metrics_router)
-    for module in (orders, checkout, saga_status, sagas, shop, health):
+    for module in (orderflow, orders, checkout, saga_status, sagas, shop, health):
         app.include_router(module.router)
     for router in ui_routers():  # the shop at /, the saga pages under /ui
         # They show every customer's orders and balances and retry/cancel sagas: admin routes.

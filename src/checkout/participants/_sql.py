@@ -52,10 +52,14 @@ def table_of(model: type[Base]) -> Table:
 
 @cache
 def _insert_ignore(dialect: str, table: Table, key: str) -> Insert:
+    # preserve_rowcount: without it an INSERT's rowcount is not kept on every driver (psycopg
+    # gives -1), and "not inserted" would be read as "a repeat": no debit, payment recorded.
     if dialect == "postgresql":
-        return postgresql.insert(table).on_conflict_do_nothing(index_elements=[key])
+        stmt = postgresql.insert(table).on_conflict_do_nothing(index_elements=[key])
+        return stmt.execution_options(preserve_rowcount=True)
     if dialect == "sqlite":
-        return sqlite.insert(table).on_conflict_do_nothing(index_elements=[key])
+        stmt = sqlite.insert(table).on_conflict_do_nothing(index_elements=[key])
+        return stmt.execution_options(preserve_rowcount=True)
     raise NotImplementedError(f"insert_ignore does not support {dialect}")  # pragma: no cover
 
 

@@ -91,6 +91,10 @@ class Choreography:
         return Phase.COMPENSATION if event_type in undoing else Phase.FORWARD
 
 
+def _ended(record: SagaRecord) -> bool:
+    return record.status.is_terminal
+
+
 _END_EVENT = {
     SagaStatus.SUCCEEDED: EventType.SAGA_SUCCEEDED,
     SagaStatus.COMPENSATED: EventType.SAGA_COMPENSATED,
@@ -108,7 +112,9 @@ class Monitor:
     clock: Callable[[], float] = time.time
     recorded: int = 0
     _locks: dict[str, tuple[asyncio.Lock, int]] = field(default_factory=dict)
-    _waiters: dict[str, list[asyncio.Future[SagaRecord]]] = field(default_factory=dict)
+    _waiters: dict[str, list[tuple[asyncio.Future[SagaRecord], Callable[[SagaRecord], bool]]]] = (
+        field(default_factory=dict)
+    )
 
     async def record(self, event: DomainEvent) -> None:
         """Record one delivery of ``event`` (idempotent on ``event.id``)."""
@@ -117,29 +123,31 @@ class Monitor:
         self._locks[key] = (lock, users + 1)
         try:
             async with lock:
-                ended = await self._record(event)
+                await self._record(event)
         finally:
             lock, users = self._locks[key]
             if users <= 1:
                 del self._locks[key]
             else:
                 self._locks[key] = (lock, users - 1)
-        if ended is not None:
-            for waiter in self._waiters.pop(event.correlation_id, []):
-                if not waiter.done():
-                    waiter.set_result(ended)
+        waiters = self._waiters.get(key)
+        if waiters:
+            record = await self.store.load(key)
+            if record is not None:
+                for future, until in list(waiters):
+                    if not future.done() and until(record):
+                        future.set_result(record)
 
-    async def _record(self, event: DomainEvent) -> SagaRecord | None:
+    async def _record(self, event: DomainEvent) -> None:
         saga_id = event.correlation_id
         now = self.clock()
         record = await self.store.load(saga_id)
         if record is None:
-            created = await self._create(event, now)
-            if created:
-                return await self._ended(saga_id)
+            if await self._create(event, now):
+                return
             record = await self.store.get(saga_id)
         if any(self._event_id(row) == event.id for row in record.steps.values()):
-            return None  # a redelivery: recorded already
+            return  # a redelivery: recorded already
         step = self._step(record, event)
         change = Change(steps=[step], events=[self._history(event, step)])
         target = self.choreography.outcome(event.type)
@@ -150,7 +158,6 @@ class Monitor:
             change.release_lease = target.is_terminal
         await self.store.commit(saga_id, None, change, now)
         self.recorded += 1
-        return await self._ended(saga_id) if target is not None else None
 
     async def _create(self, event: DomainEvent, now: float) -> bool:
         chor = self.choreography
@@ -239,22 +246,23 @@ class Monitor:
         reason = payload.get("reason") if isinstance(payload, dict) else None
         return f"{event.type} from {event.source}" + (f": {reason}" if reason else "")
 
-    async def _ended(self, saga_id: str) -> SagaRecord | None:
-        record = await self.store.load(saga_id)
-        if record is None or not record.status.is_terminal:
-            return None
-        return record
-
     # -- waiting and deadlines ------------------------------------------------------------------
 
-    async def wait(self, correlation_id: str, timeout: float) -> SagaRecord | None:
-        """The correlation's saga once ended (as this process's monitor records it), or its
-        current record (None if no event was recorded yet) after ``timeout`` seconds."""
+    async def wait(
+        self,
+        correlation_id: str,
+        timeout: float,
+        until: Callable[[SagaRecord], bool] = _ended,
+    ) -> SagaRecord | None:
+        """The correlation's saga once ``until(record)`` holds (default: it has ended), as this
+        process's monitor records its events; after ``timeout`` seconds, its current record
+        (None when no event of it was recorded yet)."""
         future: asyncio.Future[SagaRecord] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(correlation_id, []).append(future)
+        entry = (future, until)
+        self._waiters.setdefault(correlation_id, []).append(entry)
         try:
             record = await self.store.load(correlation_id)
-            if record is not None and record.status.is_terminal:
+            if record is not None and until(record):
                 return record
             try:
                 return await asyncio.wait_for(asyncio.shield(future), timeout)
@@ -262,8 +270,8 @@ class Monitor:
                 return await self.store.load(correlation_id)
         finally:
             waiters = self._waiters.get(correlation_id, [])
-            if future in waiters:
-                waiters.remove(future)
+            if entry in waiters:
+                waiters.remove(entry)
             if not waiters:
                 self._waiters.pop(correlation_id, None)
 

@@ -195,15 +195,27 @@ class Statements:
         # SKIP LOCKED: concurrent claims (any process) pass over each other's rows instead of
         # waiting, and a row whose lease changed meanwhile is re-checked under the lock.
         self.claim = f"""
-WITH c AS (
+WITH free AS (
   SELECT i.id FROM {inst} i
-  WHERE i.status IN ({ACTIVE_SQL})
+  WHERE i.status IN ({ACTIVE_SQL}) AND i.waiting_for IS NULL
     AND (i.name, i.version) IN (SELECT * FROM unnest($1::text[], $2::int[]))
     AND (i.owner IS NULL OR i.lease_expires_at IS NULL OR i.lease_expires_at < $3
          OR ($4 AND i.owner = $5))
-    AND (i.parked_until IS NULL OR i.parked_until <= $3)
   ORDER BY i.created_at, i.id LIMIT $6
   FOR UPDATE SKIP LOCKED
+), due AS (
+  -- Parked sagas whose time has come, through the parked index: those not due (any number
+  -- of them) are never read.
+  SELECT i.id FROM {inst} i
+  WHERE i.waiting_for IS NOT NULL AND i.parked_until <= $3
+    AND i.status IN ({ACTIVE_SQL})
+    AND (i.name, i.version) IN (SELECT * FROM unnest($1::text[], $2::int[]))
+    AND (i.owner IS NULL OR i.lease_expires_at IS NULL OR i.lease_expires_at < $3
+         OR ($4 AND i.owner = $5))
+  ORDER BY i.parked_until, i.id LIMIT $6
+  FOR UPDATE SKIP LOCKED
+), c AS (
+  SELECT id FROM (SELECT id FROM free UNION ALL SELECT id FROM due) both_ LIMIT $6
 ), upd AS (
   UPDATE {inst} i SET owner = $5, lease_expires_at = $7, updated_at = $3, events = i.events + 1
   FROM c WHERE i.id = c.id

@@ -112,6 +112,13 @@ MIGRATIONS: list[tuple[str, ...]] = [
         """,
         "CREATE INDEX sagaway_outbox_created ON {s}.sagaway_outbox (created_at, id)",
     ),
+    (
+        # Claims of sagas that are not parked: without parked ones in it, a recovery pass no
+        # longer walks every parked saga (100,000 waiting for a signal: 60-180 ms of server
+        # time, each second). Due parked sagas are found through sagaway_instances_parked.
+        f"CREATE INDEX sagaway_instances_free ON {{s}}.sagaway_instances (created_at, id) "
+        f"WHERE status IN ({ACTIVE_SQL}) AND waiting_for IS NULL",
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -535,20 +535,36 @@ def claim(
     params.append(now)
     if include_own:
         params.append(owner)
-    params += [now, limit]
-    # Safe without row locks: the batch holds SQLite's write lock (BEGIN IMMEDIATE) from this
-    # SELECT to the UPDATE, so no other claim, here or in another process, can interleave.
+    free = f"AND (owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at < ?{own}) "
+    # Safe without row locks: the batch holds SQLite's write lock (BEGIN IMMEDIATE) from these
+    # SELECTs to the UPDATE, so no other claim, here or in another process, can interleave.
+    # Two queries, each on its own index: sagas not parked (sagaway_instances_free), then
+    # parked ones whose time has come (sagaway_instances_parked), so the parked sagas that
+    # are not due (any number of them) are never read.
     ids = [
         r[0]
         for r in conn.execute(
             f"SELECT id FROM sagaway_instances WHERE status IN ({_ACTIVE}) "
-            f"AND (name, version) IN (VALUES {wanted}) "
-            f"AND (owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at < ?{own}) "
-            "AND (parked_until IS NULL OR parked_until <= ?) "
+            "AND waiting_for IS NULL "
+            f"AND (name, version) IN (VALUES {wanted}) {free}"
             "ORDER BY created_at, id LIMIT ?",
-            params,
+            [*params, limit],
         )
     ]
+    if len(ids) < limit:
+        ids += [
+            r[0]
+            for r in conn.execute(
+                # INDEXED BY: left to itself the planner picks the status index, and reads
+                # every parked saga again.
+                "SELECT id FROM sagaway_instances INDEXED BY sagaway_instances_parked "
+                "WHERE waiting_for IS NOT NULL "
+                f"AND parked_until <= ? AND status IN ({_ACTIVE}) "
+                f"AND (name, version) IN (VALUES {wanted}) {free}"
+                "ORDER BY parked_until, id LIMIT ?",
+                [now, *params, limit - len(ids)],
+            )
+        ]
     if not ids:
         return []
     conn.execute(

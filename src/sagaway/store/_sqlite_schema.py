@@ -101,6 +101,13 @@ MIGRATIONS: list[tuple[str, ...]] = [
         """,
         "CREATE INDEX sagaway_outbox_created ON sagaway_outbox (created_at, id)",
     ),
+    (
+        # Claims of sagas that are not parked: without parked ones in it, a recovery pass no
+        # longer reads every parked saga (100,000 waiting for a signal: ~170 ms, each second).
+        # Due parked sagas are found through sagaway_instances_parked.
+        "CREATE INDEX sagaway_instances_free ON sagaway_instances (status, lease_expires_at) "
+        "WHERE waiting_for IS NULL",
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
 
 from checkout.api.auth import ADMIN
 from checkout.api.deps import (
@@ -17,10 +18,11 @@ from checkout.api.deps import (
     checkout_of,
 )
 from checkout.api.idempotency import request_fingerprint
+from checkout.api.routes.orderflow import flow_order
 from checkout.api.schemas import OrderOut, OrderPage, OrderRequest
 from checkout.api.views import order_out, order_summary
 from checkout.domain.models import OrderStatus
-from checkout.service import CheckoutService, OrderView
+from checkout.service import CheckoutService, OrderNotFound, OrderView
 
 router = APIRouter(tags=["orders"])
 
@@ -110,7 +112,13 @@ async def list_orders(
     return OrderPage(orders=[order_summary(o) for o in orders], limit=limit, offset=offset)
 
 
-@router.get("/orders/{order_id}")
-async def get_order(order_id: str, checkout: CheckoutDep) -> OrderOut:
-    """One order with its saga's steps."""
-    return order_out(await checkout.get(order_id))
+@router.get("/orders/{order_id}", response_model=OrderOut)
+async def get_order(order_id: str, checkout: CheckoutDep, request: Request) -> Any:
+    """One order with its saga's steps (a seed 004 order: with its events' timeline)."""
+    try:
+        return order_out(await checkout.get(order_id))
+    except OrderNotFound:
+        flow = await flow_order(request, order_id)
+        if flow is None:
+            raise
+        return JSONResponse(flow)

@@ -1,0 +1,116 @@
+"""Seed 004: an order that waits for its payment, as a choreography of three services.
+
+``POST /orders/create_order`` (same body as ``POST /orders``, plus ``flow``) -> 201 with the
+order ``pending_payment`` and its ``payment_id``; ``POST /payments/confirm`` / ``cancel``
+``{"payment_id"}`` -> 200 with the payment and the order once the process ended;
+``GET /payments/{id}``, ``GET /couriers``. ``GET /orders/{id}`` and ``GET /sagas/{id}`` show the
+timeline (see :mod:`checkout.orderflow`)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from pydantic import BaseModel, ConfigDict
+
+from checkout.api.schemas import Id, OrderRequest
+from checkout.orderflow import FlowError, OrderFlow, couriers
+
+router = APIRouter(tags=["pay later (seed 004)"])
+
+FlowWait = Annotated[float, Query(ge=0, le=60, description="Seconds to wait for the outcome")]
+
+
+class CreateOrderRequest(OrderRequest):
+    """``POST /orders``' body; ``flow`` picks how the process runs (``choreography``:
+    services react to each other's events; ``orchestration``: one saga drives them)."""
+
+    flow: Literal["choreography", "orchestration"] = "choreography"
+
+
+class PaymentRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    payment_id: Id
+
+
+def flow_of(request: Request) -> OrderFlow:
+    flow: OrderFlow | None = getattr(request.app.state.services, "flow", None)
+    if flow is None:
+        raise HTTPException(
+            503,
+            "the pay-later flow runs with the embedded shop (SAGAWAY_TRANSPORT=inprocess; "
+            "SAGAWAY_EVENTS=rabbitmq sends its events over RabbitMQ)",
+        )
+    return flow
+
+
+def refuse(exc: FlowError) -> HTTPException:
+    return HTTPException(exc.status, exc.message)
+
+
+@router.post("/orders/create_order", status_code=201)
+async def create_order(body: CreateOrderRequest, request: Request) -> dict[str, Any]:
+    """Record the order pending payment; the payment service creates its pending payment."""
+    flow = flow_of(request)
+    try:
+        return await flow.create_order(
+            body.customer,
+            body.lines(),
+            body.shipping_address.to_domain() if body.shipping_address else None,
+            flow=body.flow,
+        )
+    except FlowError as exc:
+        raise refuse(exc) from None
+
+
+@router.post("/payments/confirm")
+async def confirm_payment(
+    body: PaymentRequest, request: Request, wait: FlowWait = 10.0
+) -> dict[str, Any]:
+    """Capture the payment: the order is confirmed, a courier assigned, the order completed
+    (or, with no courier for the address, the payment refunded and the order cancelled).
+    Again: the same answer. A cancelled payment: 409."""
+    try:
+        return await flow_of(request).confirm(body.payment_id, wait=wait)
+    except FlowError as exc:
+        raise refuse(exc) from None
+
+
+@router.post("/payments/cancel")
+async def cancel_payment(
+    body: PaymentRequest, request: Request, wait: FlowWait = 10.0
+) -> dict[str, Any]:
+    """Cancel a pending payment: the order is cancelled. A captured payment: 409."""
+    try:
+        return await flow_of(request).cancel(body.payment_id, wait=wait)
+    except FlowError as exc:
+        raise refuse(exc) from None
+
+
+@router.get("/payments/{payment_id}")
+async def get_payment(payment_id: str, request: Request) -> dict[str, Any]:
+    # An id no payment can have (NUL: PostgreSQL refuses it in a query) is simply not found.
+    found = not _impossible(payment_id)
+    payment = await flow_of(request).get_payment(payment_id) if found else None
+    if payment is None:
+        raise HTTPException(404, f"payment {payment_id!r} not found")
+    return payment
+
+
+@router.get("/couriers")
+async def list_couriers() -> dict[str, Any]:
+    """The demo couriers: by province and city, by province, and the national default."""
+    return {"couriers": couriers()}
+
+
+async def flow_order(request: Request, order_id: str) -> dict[str, Any] | None:
+    """A seed 004 order with its timeline, or None (not one of them / no flow here)."""
+    flow: OrderFlow | None = getattr(request.app.state.services, "flow", None)
+    if flow is None or _impossible(order_id):
+        return None
+    return await flow.order_with_timeline(order_id)
+
+
+def _impossible(an_id: str) -> bool:
+    return "\x00" in an_id or len(an_id) > 64

@@ -1,0 +1,142 @@
+"""Seed 004 as an orchestration: one saga (the seed's OrderProcessService) drives the same
+three services' operations, its payment step waiting for the customer's confirm or cancel.
+
+``order-process`` steps::
+
+    order            the order exists (compensation: cancelled, with the reason)
+    create_payment   the pending payment (compensation: cancelled; refunded if captured)
+    payment          a durable wait for the signal "payment" (``Engine.signal``): the confirm
+                     route captures the money, then signals; the cancel route cancels the
+                     payment, then signals an error; no signal within the payment timeout
+                     fails the wait: the saga compensates
+    confirm_order    order confirmed
+    create_delivery  pivot: a courier for the address, or "no courier serves ..." (compensate)
+    complete_order   order completed with its courier
+
+Same tables, same rules and the same outcomes as the choreography; the difference is who knows
+the process: here the saga, there nobody (the monitor only watches).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+from sqlalchemy import update
+from sqlalchemy.engine import Connection
+
+from checkout.orderflow import services as svc
+from checkout.orderflow.tables import ORDERS, FlowOrderStatus, FlowPaymentStatus
+from sagaway import Saga, StepContext, StepFailed
+from sagaway.choreography import EventContext
+
+if TYPE_CHECKING:
+    from checkout.orderflow.runtime import OrderFlow
+
+ORDER_PROCESS = "order-process"
+PAYMENT_SIGNAL = "payment"
+# Which service each step stands for, for the order's timeline.
+STEP_SERVICES = {
+    "order": "order",
+    "create_payment": "payment",
+    PAYMENT_SIGNAL: "payment",
+    "confirm_order": "order",
+    "create_delivery": "delivery",
+    "complete_order": "order",
+}
+
+
+class ProcessInput(BaseModel):
+    order_id: str
+    payment_id: str
+    account_id: str
+    amount_cents: int
+
+
+class PaymentDecision(BaseModel):
+    payment_id: str
+    status: str
+
+
+def _set_order(conn: Connection, order_id: str, now: float, values: dict[str, Any]) -> None:
+    conn.execute(update(ORDERS).where(ORDERS.c.id == order_id).values(updated_at=now, **values))
+
+
+def _cancel_order(conn: Connection, order_id: str, payment_id: str, now: float) -> None:
+    payment = svc.read_payment(conn, payment_id)
+    reason = (payment or {}).get("reason") or "order process failed"
+    order = svc.read_order(conn, order_id)
+    if order is not None and order["status"] != FlowOrderStatus.CANCELLED.value:
+        _set_order(
+            conn, order_id, now, {"status": FlowOrderStatus.CANCELLED.value, "reason": reason}
+        )
+
+
+def _cancel_payment(ctx: EventContext, payment_id: str, timeout_reason: str) -> None:
+    row = svc.locked_payment(ctx.conn, payment_id)
+    if row is None or row.status == FlowPaymentStatus.CANCELLED.value:
+        return
+    if row.status == FlowPaymentStatus.PENDING.value:
+        reason = timeout_reason  # nobody confirmed nor cancelled: the wait timed out
+    else:  # captured: a later step failed (no courier)
+        delivery = svc.read_delivery(ctx.conn, row.order_id)
+        reason = (delivery or {}).get("reason") or "order process failed"
+    svc.cancel_payment_row(ctx, row, reason)
+
+
+def build_order_process(flow: OrderFlow) -> Saga:
+    saga = Saga(ORDER_PROCESS)
+    timeout_reason = f"payment not confirmed within {flow.payment_timeout:g} s"
+
+    @saga.step
+    async def order(ctx: StepContext, inp: ProcessInput) -> dict[str, Any]:
+        return {"order_id": inp.order_id}
+
+    @order.compensation
+    async def cancel_order(ctx: StepContext, inp: ProcessInput, out: Any) -> None:
+        await flow.order.run(_cancel_order, inp.order_id, inp.payment_id, flow.clock())
+
+    @saga.step
+    async def create_payment(ctx: StepContext, inp: ProcessInput) -> dict[str, Any]:
+        payload = inp.model_dump()
+        await flow.payment.transaction(
+            svc.insert_payment, payload, flow.payment_timeout, "orchestration"
+        )
+        return {"payment_id": inp.payment_id, "status": FlowPaymentStatus.PENDING.value}
+
+    @create_payment.compensation
+    async def cancel_payment(ctx: StepContext, inp: ProcessInput, out: Any) -> None:
+        await flow.payment.transaction(_cancel_payment, inp.payment_id, timeout_reason)
+
+    saga.wait(PAYMENT_SIGNAL, timeout=flow.payment_timeout, reply=PaymentDecision)
+
+    @saga.step
+    async def confirm_order(ctx: StepContext, inp: ProcessInput) -> dict[str, Any]:
+        await flow.order.run(
+            _set_order, inp.order_id, flow.clock(), {"status": FlowOrderStatus.CONFIRMED.value}
+        )
+        return {"status": FlowOrderStatus.CONFIRMED.value}
+
+    @saga.step(kind="pivot")
+    async def create_delivery(ctx: StepContext, inp: ProcessInput) -> dict[str, Any]:
+        found = await flow.order.run(svc.read_order, inp.order_id)
+        assert found is not None
+        courier, reason = await flow.delivery.run(
+            svc.record_delivery, inp.order_id, found["shipping_address"], flow.clock()
+        )
+        if courier is None:
+            raise StepFailed(reason or "no courier")
+        return {"courier": courier}
+
+    @saga.step(kind="retriable")
+    async def complete_order(ctx: StepContext, inp: ProcessInput) -> dict[str, Any]:
+        courier = ctx.results["create_delivery"]["courier"]
+        await flow.order.run(
+            _set_order,
+            inp.order_id,
+            flow.clock(),
+            {"status": FlowOrderStatus.COMPLETED.value, "courier": courier},
+        )
+        return {"courier": courier}
+
+    return saga
