@@ -6,6 +6,8 @@ state, not one that merely happened to be slow. Gates, from the environment:
 * ``CRASH_HOLD_COMMAND=payment.start`` (a participant): every delivery of that command is
   processed (its effect and inbox row committed), then held before its reply leaves, printing
   ``GATE command <message_id>``, until the process dies;
+* ``CRASH_RELEASE_ON_USR1=1``: held calls go on once the process gets SIGUSR1 (instead of being
+  held until it dies), so a test can change the world (stop the broker) in between;
 * ``CRASH_HOLD_BEFORE=shipping.create`` (a participant): every delivery of that command is held
   before it is processed (nothing committed, no reply: an unresponsive service), printing
   ``GATE before <message_id>``, until the process dies;
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from collections.abc import Sequence
 
 import checkout.sagas
@@ -41,9 +44,18 @@ ATTEMPTS = int(os.environ.get("CRASH_STEP_ATTEMPTS", "0"))
 MAX_DELAY = float(os.environ.get("CRASH_STEP_MAX_DELAY", "0.1"))
 
 
+RELEASE_ON_USR1 = os.environ.get("CRASH_RELEASE_ON_USR1") == "1"
+released: asyncio.Event | None = None
+
+
 async def hold(line: str) -> None:
+    global released
+    if released is None:
+        released = asyncio.Event()  # never set without CRASH_RELEASE_ON_USR1: held until killed
+        if RELEASE_ON_USR1:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, released.set)
     print(f"GATE {line}", flush=True)
-    await asyncio.Event().wait()  # never set: held until the process is killed
+    await released.wait()
 
 
 if HOLD_COMMAND or HOLD_BEFORE:

@@ -20,8 +20,13 @@ captured payments; stock + reserved per product).
   held before processing): the saga compensates, and the forward command arriving late (after
   the service's restart) is refused by the tombstone its compensation left.
 
-(RabbitMQ stopped and started under running sagas: ``test_rabbitmq_saga.py``; the relay and the
-parked sagas under kills of the library's own processes: ``test_remote_crash.py``.)
+* RabbitMQ stopped and started (``rabbitmqctl stop_app`` / ``start_app``) while replies are
+  held after their commit and orders keep coming: the only test here that stops the shared
+  broker, kept short.
+
+(The relay and the parked sagas under kills of the library's own processes:
+``test_remote_crash.py``; the broker restarted under the library's engine and participants:
+``test_rabbitmq_saga.py``.)
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import contextlib
 import json
 import os
 import queue
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -400,3 +406,36 @@ def test_http_participant_down_past_retries_compensates_and_tombstone_refuses_la
         assert response.status_code == 409, response.text
     assert checkout_http.rows("shipping", "SELECT count(*) FROM shipments") == [(0,)]
     checkout_http.check(orders)
+
+
+@pytest.mark.timeout(900)
+async def test_rabbitmq_stopped_and_started_mid_run(tmp_path: Path) -> None:
+    async with rabbit_checkout(tmp_path) as checkout:
+        for name in ("inventory", "shipping"):
+            checkout.start_service(name)
+        payment = checkout.start_service(
+            "payment", CRASH_HOLD_COMMAND="payment.start", CRASH_RELEASE_ON_USR1="1"
+        )
+        checkout.start_gateway(CRASH_STEP_ATTEMPTS="60", CRASH_STEP_MAX_DELAY="2")
+        ids = checkout.place(["user_1", "user_2", "user_3"])
+        payment.wait_for("GATE command ")  # a charge committed, its reply (and ack) held
+        stopped = True
+        await servers.rabbitmqctl("stop_app")
+        try:
+            payment.proc.send_signal(
+                signal.SIGUSR1
+            )  # the held replies meet a dead connection: unacked, redelivered
+            ids += checkout.place(["user_2", "user_1"])  # their commands wait in the outbox
+        finally:
+            await servers.rabbitmqctl("start_app")
+            stopped = False
+        assert not stopped
+        orders = checkout.wait_terminal(ids)
+        assert [o["status"] for o in orders] == [
+            "completed",
+            "completed",
+            "failed",
+            "completed",
+            "completed",
+        ]
+        checkout.check(orders)
