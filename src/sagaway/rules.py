@@ -350,6 +350,10 @@ def step_failed(
     step again under the same key)."""
     attempt = running.attempts
     forward_only = step.kind is StepKind.RETRIABLE
+    if retryable:
+        # Every attempt carried the same key, so a refusal (not retryable) is the answer for
+        # all of them; an unknown outcome now leaves standing any earlier attempt's doubt.
+        uncertain = uncertain or running.uncertain
     if (
         retryable
         and (forward_only or attempt < step.retry.max_attempts)
@@ -397,7 +401,7 @@ def backoff_over(
     stop = None if step.kind is StepKind.RETRIABLE else stop_reason(record, now)
     if stop is None:
         return Decision(Change(), Next.RETRY, step.name)
-    return _fail(step, record, running, error, uncertain, now, stop)
+    return _fail(step, record, running, error, uncertain or running.uncertain, now, stop)
 
 
 def compensation_succeeded(

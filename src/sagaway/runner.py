@@ -55,7 +55,7 @@ from sagaway.state import (
 )
 from sagaway.store._codec import check_value, printable
 from sagaway.store.base import SagaStore, TransactionalStore
-from sagaway.transport.base import Command, Dispatcher
+from sagaway.transport.base import Command, Dispatcher, TransportError
 
 log = logging.getLogger("sagaway.runner")
 
@@ -454,7 +454,8 @@ class SagaRun:
                     attempt,  # attempts
                     None,  # output
                     row.error if row is not None else None,  # error
-                    False,  # uncertain
+                    # An earlier attempt that may have taken effect keeps the step uncertain.
+                    row is not None and row.uncertain,  # uncertain
                     started_at or now,  # started_at
                 )
                 pending.steps.append(running)
@@ -497,7 +498,8 @@ class SagaRun:
                 error, uncertain, retryable = printable(exc.reason), False, False
             except DecodeError as exc:  # a programming error: retrying cannot help
                 error, uncertain, retryable = printable(str(exc)), False, False
-            except TimeoutError as exc:
+            except (TimeoutError, TransportError) as exc:
+                # A transport error may come after the command reached the participant.
                 error, uncertain, retryable = _describe(exc), True, True
             except asyncio.CancelledError:
                 if hooks is not None:
@@ -529,7 +531,9 @@ class SagaRun:
                 after = rules.backoff_over(step, self.record, running, error, uncertain, now)
                 if after.next is Next.RETRY:
                     pending = decision.change
-                    row = rules.finished(running, StepStatus.RUNNING, error, now)
+                    row = rules.finished(
+                        running, StepStatus.RUNNING, error, now, uncertain or running.uncertain
+                    )
                     continue
                 decision = after  # cancelled, or the deadline passed, while backing off
             if decision.next is Next.STOP:

@@ -22,15 +22,13 @@ with SQLite only. A module that runs on every transport (the scenarios) override
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
+from e2e_helpers import serve_in_loop
 from fastapi import FastAPI
 
 from checkout.api import create_app
@@ -51,26 +49,6 @@ from servers import (
 def backend(request: pytest.FixtureRequest) -> str:
     param: str = request.param
     return param
-
-
-@contextlib.asynccontextmanager
-async def serve_in_loop(app: FastAPI) -> AsyncIterator[str]:
-    """``app`` served by uvicorn in this loop on a free port (its lifespan entered first, so
-    it is ready when this yields); its base URL. The socket listens before the server's loop
-    accepts: a client connecting early waits in the backlog instead of being refused."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning"))
-    async with app.router.lifespan_context(app):
-        task = asyncio.create_task(server.serve(sockets=[sock]))
-        try:
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            server.should_exit = True
-            await task
-            sock.close()
 
 
 @contextlib.asynccontextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from html.parser import HTMLParser
+from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import httpx
@@ -28,10 +29,35 @@ class _References(HTMLParser):
                 self.urls.append(value)
 
 
-@pytest.mark.parametrize(("page", "needs"), [("/docs", {".js", ".css"}), ("/redoc", {".js"})])
+PAGES = [("/docs", {".js", ".css"}), ("/redoc", {".js"})]
+
+
+@pytest.mark.parametrize(("page", "needs"), PAGES)
 async def test_docs_pages_load_only_same_origin_assets(
     client: httpx.AsyncClient, page: str, needs: set[str]
 ) -> None:
+    await _offline(client, page, needs)
+
+
+@pytest.mark.parametrize("service", ["payment", "inventory", "shipping"])
+async def test_each_service_serves_offline_docs_and_health(service: str, tmp_path: Path) -> None:
+    from checkout.services.server import create_service_app
+    from checkout.settings import Settings
+
+    own = Settings(database_url=f"sqlite:///{tmp_path / service}.db", demo=True)
+    app = create_service_app(service, own, transport="http")
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://svc.test") as client:
+            health = (await client.get("/health")).json()
+            assert health == {"status": "ok", "service": service, "transport": "http", "demo": True}
+            for page, needs in PAGES:
+                await _offline(client, page, needs)
+            paths = (await client.get("/openapi.json")).json()["paths"]
+            assert "/saga/commands/{command}" in paths
+
+
+async def _offline(client: httpx.AsyncClient, page: str, needs: set[str]) -> None:
     response = await client.get(page)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")

@@ -256,3 +256,60 @@ async def test_a_participant_on_an_async_engine(participant_database: str) -> No
     finally:
         await notes.close()
         await engine.dispose()
+
+
+async def test_a_compensation_racing_its_running_forward_command_undoes_it() -> None:
+    """PostgreSQL, two service processes: the forward command is inside its transaction when
+    its compensation arrives. The compensation's tombstone insert waits on the forward's inbox
+    row; once the forward commits, the compensation sees it ran and undoes it (no tombstone,
+    no lost effect)."""
+    async with fresh_pg_schema("race") as schema:
+        url = pg_schema_url(schema, POSTGRES_URL)
+        hold = threading.Event()
+        entered = threading.Event()
+        effects: list[str] = []
+
+        def make() -> Participant:
+            participant = Participant("held", url)
+
+            @participant.handler("work")
+            def work(conn: Connection, payload: Any) -> dict[str, str]:
+                entered.set()
+                assert hold.wait(30), "the test never released the forward command"
+                effects.append("work")
+                return {"done": "yes"}
+
+            @participant.handler("undo", compensates="work")
+            def undo(conn: Connection, payload: Any) -> None:
+                effects.append("undo")
+
+            return participant
+
+        first, second = make(), make()
+        first.create_inbox()
+        forward = command("s1:work:forward")
+        compensation = Command(
+            **{
+                **forward.to_json(),
+                "phase": Phase.COMPENSATION,
+                "message_id": "s1:work:compensation",
+                "command": "undo",
+                "forward_key": forward.message_id,
+            }
+        )
+        try:
+            running = asyncio.create_task(first.handle(forward))
+            await asyncio.to_thread(entered.wait, 30)
+            undoing = asyncio.create_task(second.handle(compensation))
+            await _wait_for_lock_waiter(url)
+            hold.set()
+            done, undone = await asyncio.gather(running, undoing)
+            late = await first.handle(forward)  # a retry of the forward: the recorded reply
+        finally:
+            hold.set()
+            await first.close()
+            await second.close()
+        assert (done.ok, done.output) == (True, {"done": "yes"})
+        assert undone.ok
+        assert late.output == {"done": "yes"}
+        assert effects == ["work", "undo"]

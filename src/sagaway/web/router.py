@@ -19,7 +19,8 @@ this router under ``{prefix}/static/``):
   live, and the buttons need it.
 * ``{prefix}/inbox``: the sagas parked until something arrives (a participant's reply, a
   person's signal), soonest deadline first, each with what it waits for and its deadline
-  counting down; live like the list. ``{prefix}/waiting.json?for=signal:NAME`` lists them as
+  counting down; live like the list; a "Send {signal}" button on those waiting for a signal
+  (no payload). ``{prefix}/waiting.json?for=signal:NAME`` lists them as
   JSON, and ``POST {prefix}/sagas/{id}/signals/{name}`` (JSON body ``{"payload", "signal_id",
   "error"}``) delivers a signal (see docs/waits.md).
 
