@@ -171,7 +171,7 @@ async def bootstrap(
             participants, saga, transport = await _remote_shop(settings, executor, remote)
         # Seed 004's flow: its order-process saga must be known to every engine that may
         # drive it (workers too); its services, relays and timers run where the API does.
-        flow = open_order_flow(settings, store) if embedded else None
+        flow = open_order_flow(settings, store, db) if embedded else None
         engine = Engine(
             store,
             sagas=[saga] if flow is None else [saga, flow.saga],
@@ -223,11 +223,12 @@ async def bootstrap(
         await db.dispose()
 
 
-def open_order_flow(settings: Settings, store: SagaStore) -> OrderFlow:
-    """Seed 004's order flow on the shop database, its events in-process or over RabbitMQ."""
+def open_order_flow(settings: Settings, store: SagaStore, db: Database) -> OrderFlow:
+    """Seed 004's order flow on the shop database (its pool), its events in-process or over
+    RabbitMQ."""
     events = settings.events or ("rabbitmq" if settings.transport == "rabbitmq" else "inprocess")
     return OrderFlow(
-        settings.database_url,
+        db.engine,
         store,
         events=events,
         rabbitmq_url=settings.rabbitmq_url,

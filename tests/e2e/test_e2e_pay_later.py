@@ -232,7 +232,7 @@ async def test_unknown_payment_is_404(client: httpx.AsyncClient) -> None:
 async def test_bad_orders_are_refused_with_a_message(client: httpx.AsyncClient) -> None:
     body = {"customer_id": "user_404", "items": [{"product_id": "product_1", "quantity": 1}]}
     response = await client.post("/orders/create_order", json=body)
-    assert response.status_code == 404
+    assert response.status_code == 422
     assert "user_404" in response.json()["detail"]
     body = {"customer_id": "user_1", "items": [{"product_id": "product_1", "quantity": 1}]}
     bad = {**TORONTO, "postal_code": ""}

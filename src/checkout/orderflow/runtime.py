@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from checkout.domain.models import Address, OrderLine
 from checkout.orderflow import services as svc
@@ -79,7 +80,7 @@ def timeline(record: SagaRecord | None) -> list[dict[str, Any]]:
 class OrderFlow:
     def __init__(
         self,
-        database_url: str,
+        database: str | AsyncEngine,
         store: SagaStore,
         *,
         events: str = "inprocess",
@@ -88,7 +89,9 @@ class OrderFlow:
         sweep_interval: float = 1.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        url = sync_database_url(database_url)
+        # Given the shop's AsyncEngine, the services share its pool (PostgreSQL: within the
+        # connections the settings allow); on a SQLite file they write through a sync twin.
+        url = sync_database_url(database) if isinstance(database, str) else database
         self.clock = clock
         self.payment_timeout = payment_timeout
         self.sweep_interval = sweep_interval
@@ -114,7 +117,7 @@ class OrderFlow:
         self.engine: Engine | None = None  # set by the composition root
 
     async def start(self) -> None:
-        await asyncio.to_thread(create_tables, self.order.engine)
+        await self.order.run(create_tables)
         await self.bus.open()
         for relay in self.relays:
             relay.start()

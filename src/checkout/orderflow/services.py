@@ -169,10 +169,11 @@ def priced_order(
     conn: Connection, customer: str, items: list[OrderLine], address: Address | None
 ) -> tuple[int, dict[str, Any]]:
     """The order's total from the catalog and its shipping address (the account's when none
-    is given); ``FlowInvalid``/``FlowNotFound`` with the reason when it cannot be placed."""
+    is given); ``FlowInvalid`` with the reason when it cannot be placed."""
     account = conn.execute(select(ACCOUNTS).where(ACCOUNTS.c.id == customer)).first()
     if account is None:
-        raise FlowNotFound(f"customer {customer!r} not found")
+        # 422, not 404: the request names something that does not exist; the URL does.
+        raise FlowInvalid(f"customer {customer!r} not found")
     lines = merge_lines(items)
     ids = [line.product_id for line in lines]
     prices = {
@@ -183,7 +184,7 @@ def priced_order(
     }
     missing = [pid for pid in ids if pid not in prices]
     if missing:
-        raise FlowNotFound(f"product not found: {', '.join(missing)}")
+        raise FlowInvalid(f"product not found: {', '.join(missing)}")
     total = order_total(_priced(lines, prices))
     if address is None:
         address = Address(

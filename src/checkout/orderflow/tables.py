@@ -11,7 +11,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 from sqlalchemy import JSON, BigInteger, Column, Float, MetaData, String, Table, Text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection
 
 from sagaway.choreography import outbox_table
 from sagaway.participant import inbox_table
@@ -89,5 +89,5 @@ OUTBOXES = {
 }
 
 
-def create_tables(engine: Engine) -> None:
-    FLOW.create_all(engine, checkfirst=True)
+def create_tables(conn: Connection) -> None:
+    FLOW.create_all(conn, checkfirst=True)

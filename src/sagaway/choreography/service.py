@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Table
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sagaway.choreography import events as _events
 from sagaway.choreography.events import OUTBOX, DomainEvent, check_event_type
@@ -92,14 +93,15 @@ class EventContext:
 class EventService:
     """A service of a choreography (see the module docstring).
 
-    ``database``: a SQLAlchemy URL or a sync ``Engine`` of the service's OWN database (where
-    its state, its inbox and its outbox live). ``inbox`` / ``outbox``: the tables (defaults:
+    ``database``: a SQLAlchemy URL, an ``Engine`` or an ``AsyncEngine`` (its pool is shared:
+    handlers run through ``run_sync``) of the service's OWN database (where its state, its
+    inbox and its outbox live). ``inbox`` / ``outbox``: the tables (defaults:
     ``sagaway_inbox``, ``sagaway_event_outbox``)."""
 
     def __init__(
         self,
         name: str,
-        database: str | Engine,
+        database: str | Engine | AsyncEngine,
         *,
         inbox: Table = _inbox.INBOX,
         outbox: Table = OUTBOX,

@@ -12,11 +12,25 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict
+from starlette.convertors import StringConvertor, register_url_convertor
 
 from checkout.api.schemas import Id, OrderRequest
 from checkout.orderflow import FlowError, OrderFlow, couriers
 
 router = APIRouter(tags=["pay later (seed 004)"])
+
+
+class _IdExcept(StringConvertor):
+    """A path segment that is not one of the sibling routes' fixed words: ``GET
+    /payments/{payment_id}`` must not match ``/payments/confirm`` (a POST-only path), or
+    ``OPTIONS`` would advertise a GET the API does not document there."""
+
+    def __init__(self, *reserved: str) -> None:
+        self.regex = "(?!(?:" + "|".join(reserved) + ")$)[^/]+"
+
+
+register_url_convertor("payment_id", _IdExcept("confirm", "cancel"))
+register_url_convertor("order_id", _IdExcept("create_order"))
 
 FlowWait = Annotated[float, Query(ge=0, le=60, description="Seconds to wait for the outcome")]
 
@@ -88,7 +102,7 @@ async def cancel_payment(
         raise refuse(exc) from None
 
 
-@router.get("/payments/{payment_id}")
+@router.get("/payments/{payment_id:payment_id}")
 async def get_payment(payment_id: str, request: Request) -> dict[str, Any]:
     # An id no payment can have (NUL: PostgreSQL refuses it in a query) is simply not found.
     found = not _impossible(payment_id)

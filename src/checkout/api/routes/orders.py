@@ -112,7 +112,7 @@ async def list_orders(
     return OrderPage(orders=[order_summary(o) for o in orders], limit=limit, offset=offset)
 
 
-@router.get("/orders/{order_id}", response_model=OrderOut)
+@router.get("/orders/{order_id:order_id}", response_model=OrderOut)
 async def get_order(order_id: str, checkout: CheckoutDep, request: Request) -> Any:
     """One order with its saga's steps (a seed 004 order: with its events' timeline)."""
     try:
