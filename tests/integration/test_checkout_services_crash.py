@@ -14,8 +14,8 @@ captured payments; stock + reserved per product).
   inbox answers with the recorded reply;
 * the gateway killed after a transition and its outbox message committed and before the relay
   published (RabbitMQ): the restarted gateway's relay re-publishes;
-* every command delivered a second time (HTTP), with a different payload: the recorded reply,
-  nothing applied again;
+* every command delivered a second time (HTTP and RabbitMQ), with a different payload: the
+  recorded reply, nothing applied again;
 * a participant unresponsive for longer than the step's retries (HTTP; its create commands
   held before processing): the saga compensates, and the forward command arriving late (after
   the service's restart) is refused by the tombstone its compensation left.
@@ -352,29 +352,80 @@ async def test_rabbitmq_gateway_killed_after_commit_before_publish(tmp_path: Pat
         checkout.check(orders)
 
 
-def test_http_duplicate_delivery_gets_the_recorded_reply(checkout_http: Checkout) -> None:
-    for name in SERVICES:
-        checkout_http.start_service(name)
-    checkout_http.start_gateway()
-    ids = checkout_http.place(["user_1", "user_3", "user_2"])
-    orders = checkout_http.wait_terminal(ids)
-    before = checkout_http.snapshot()
-    sent = 0
+def _recorded_commands(checkout: Checkout) -> list[tuple[Command, bool, Any]]:
+    """Every command the services' inboxes recorded, rebuilt with another payload than the
+    first delivery's (a redelivery is answered by its key, not by its body), with whether it
+    succeeded and its recorded output."""
+    found = []
     for service in SERVICES:
-        recorded = checkout_http.rows(
+        recorded = checkout.rows(
             service, f"SELECT message_id, command, ok, reply FROM {service}_inbox"
         )
         for message_id, name, ok, reply in recorded:
-            # Another payload than the first delivery's: a redelivery is answered by its key.
             payload = {"order_id": "other", "account_id": "user_1", "amount_cents": 1, "items": []}
-            response = _post(checkout_http, _command(message_id, service, name, payload))
-            assert response.status_code == (200 if ok else 409), response.text
-            if ok:
-                assert response.json()["output"] == json.loads(reply)["output"]
-            sent += 1
-    assert sent >= 3 * 3  # at least every forward command of the three orders
+            command = _command(message_id, service, name, payload)
+            found.append((command, bool(ok), json.loads(reply).get("output")))
+    assert len(found) >= 3 * 3  # at least every forward command of the three orders
+    return found
+
+
+def _run_three_orders(checkout: Checkout) -> list[dict[str, Any]]:
+    for name in SERVICES:
+        checkout.start_service(name)
+    checkout.start_gateway()
+    return checkout.wait_terminal(checkout.place(["user_1", "user_3", "user_2"]))
+
+
+def test_http_duplicate_delivery_gets_the_recorded_reply(checkout_http: Checkout) -> None:
+    orders = _run_three_orders(checkout_http)
+    before = checkout_http.snapshot()
+    for command, ok, output in _recorded_commands(checkout_http):
+        response = _post(checkout_http, command)
+        assert response.status_code == (200 if ok else 409), response.text
+        if ok:
+            assert response.json()["output"] == output
     assert checkout_http.snapshot() == before
     checkout_http.check(orders)
+
+
+async def test_rabbitmq_duplicate_delivery_gets_the_recorded_reply(tmp_path: Path) -> None:
+    import aio_pika
+
+    async with rabbit_checkout(tmp_path) as checkout:
+        orders = _run_three_orders(checkout)
+        before = checkout.snapshot()
+        commands = _recorded_commands(checkout)
+        connection = await aio_pika.connect_robust(checkout.rabbitmq_url)
+        async with connection:
+            channel = await connection.channel(publisher_confirms=True)
+            exchange = await channel.get_exchange("saga_events")
+            replies = await channel.declare_queue(exclusive=True)
+            await replies.bind(exchange, "test.duplicates")
+            for command, _, _ in commands:
+                await exchange.publish(
+                    aio_pika.Message(
+                        json.dumps(command.to_json()).encode(),
+                        message_id=command.message_id,
+                        reply_to="test.duplicates",
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    ),
+                    routing_key=f"{command.participant}.{command.command}",
+                )
+            got: dict[str, dict[str, Any]] = {}
+            async with replies.iterator(timeout=DEADLINE) as messages:
+                async for message in messages:
+                    async with message.process():
+                        reply = json.loads(message.body)
+                        got[reply["message_id"]] = reply
+                    if len(got) == len(commands):
+                        break
+        for command, ok, output in commands:
+            reply = got[command.message_id]
+            assert reply["ok"] is ok, reply
+            if ok:
+                assert reply["output"] == output
+        assert checkout.snapshot() == before
+        checkout.check(orders)
 
 
 def test_http_participant_down_past_retries_compensates_and_tombstone_refuses_late_command(
