@@ -65,7 +65,9 @@ class HttpMetricsMiddleware:
             await self.app(scope, receive, send_status)
         finally:
             # The router writes the matched route into the scope it was given (this one).
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            # The template as the API docs show it: "/orders/{order_id}", without the
+            # path convertor ("{order_id:order_id}") a route may declare.
+            route = getattr(scope.get("route"), "path_format", None) or "unmatched"
             method = scope["method"]
             self.metrics.requests.labels(method, route, str(status)).inc()
             self.metrics.seconds.labels(method, route).observe(perf_counter() - began)
