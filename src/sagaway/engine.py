@@ -371,9 +371,10 @@ class Engine:
             if final is not None:  # driven here to the end: no need to read it back
                 return final
             record = self._typed(await self.store.get(saga_id, history=False))
-            if record.waiting_for is None or record.status.is_terminal:
+            if record.status.is_terminal or not self._opened:
                 return record
-            # Parked (a remote step's reply): look again below until it finishes.
+            # Not finished here: parked (a reply, a signal, a timer), or already taken on by a
+            # reply that came in meanwhile. Look again below until it finishes.
         # Driven by another engine, or parked: the store is the only place to look.
         delay = 0.005
         while True:

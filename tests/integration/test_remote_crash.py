@@ -54,7 +54,7 @@ class Scenario:
     variant: str
     kill: str
     waiting_for: str  # what the saga waits for in the log right after the kill
-    unsent: int  # outbox messages the crash left unpublished (at most)
+    unsent: int  # outbox messages the crash left unpublished (at least)
     resent: bool  # True: the park times out and the command goes again (attempt 2)
 
     def __str__(self) -> str:
@@ -124,9 +124,10 @@ async def test_killed_engine_or_participant_each_effect_once(
     at_kill, unsent = await _only_saga(store_url)
     assert at_kill.waiting_for == scenario.waiting_for
     assert at_kill.owner is None, "a parked saga holds no lease"
-    # A participant killed mid-handler may beat the relay's delete of the message it got (then
-    # the sweep publishes it again too: the inbox answers that one as well).
-    assert unsent <= max(scenario.unsent, 1) if scenario.resent else unsent == scenario.unsent
+    # What was committed and not yet published must be there. More may be: the relay deletes
+    # published messages in background batches, which the kill can beat (the sweep then
+    # publishes them again, and the inbox answers those as duplicates: checked below).
+    assert unsent >= scenario.unsent
 
     side = Participants(participants_db)
     stub = side.dispatcher()
