@@ -761,24 +761,31 @@ class Engine:
             else:  # not parked and now ours: it needs driving anyway
                 self._spawn(saga, taken)
             return False
+        # Return (so the transport acknowledges the reply) once its outcome is durable.
+        await self._resume_with(saga, taken, decision, "reply", now)
+        return True
+
+    async def _resume_with(
+        self, saga: Saga, taken: SagaRecord, decision: rules.Decision, what: str, now: float
+    ) -> None:
+        """Drive on a parked saga this engine took because ``what`` (a reply, a signal)
+        arrived, by ``decision``; return once its outcome is durable. The run writes that
+        outcome with its first transition (the next step's start): one write instead of two."""
         hooks = self._hooks
         if hooks is not None:
-            hooks.on_resume(taken, taken.waiting_for or "reply")
+            hooks.on_resume(taken, taken.waiting_for or what)
         if decision.next is Next.STOP:
-            await self.store.commit(saga_id, self.owner_id, decision.change, now)
+            await self.store.commit(taken.id, self.owner_id, decision.change, now)
             apply_change(taken, decision.change, now)
             if hooks is not None:
                 hooks.on_finish(taken)
-            self._answer_waiters(saga_id, taken)
-            return True
-        # The run writes the reply's outcome with its first transition (the next step's start);
-        # return (so the transport acknowledges the reply) once that write is durable.
+            self._answer_waiters(taken.id, taken)
+            return
         committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._spawn(
             saga, taken, reason=ClaimReason.REPLIED, carry=decision.change, committed=committed
         )
         await committed
-        return True
 
     # -- waits: signals from outside -------------------------------------------------------------
 
@@ -941,23 +948,7 @@ class Engine:
             return receipt
         taken.definition = saga
         decision = rules.signal_arrived(saga, taken, signal, now)
-        hooks = self._hooks
-        if hooks is not None:
-            hooks.on_resume(taken, taken.waiting_for or "signal")
-        if decision.next is Next.STOP:
-            await self.store.commit(saga_id, self.owner_id, decision.change, now)
-            apply_change(taken, decision.change, now)
-            if hooks is not None:
-                hooks.on_finish(taken)
-            self._answer_waiters(saga_id, taken)
-            return receipt
-        # The run writes the signal's outcome with its first transition (the next step's
-        # start): one write instead of two. The signal is durable once that write is.
-        committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._spawn(
-            saga, taken, reason=ClaimReason.REPLIED, carry=decision.change, committed=committed
-        )
-        await committed
+        await self._resume_with(saga, taken, decision, "signal", now)  # durable once it returns
         return receipt
 
     @staticmethod
