@@ -20,10 +20,10 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from sagaway import rules
+from sagaway.decisions import Decision, Next, Signal
 from sagaway.definition import Saga
 from sagaway.errors import EngineNotOpen, InvalidInput, NotWaiting, SagaNotFound
 from sagaway.hooks import ClaimReason
-from sagaway.rules import Next
 from sagaway.state import (
     ACTIVE_STATUSES,
     Change,
@@ -126,7 +126,7 @@ class ParkedSagas:
         return True
 
     async def _resume_with(
-        self, saga: Saga, taken: SagaRecord, decision: rules.Decision, what: str, now: float
+        self, saga: Saga, taken: SagaRecord, decision: Decision, what: str, now: float
     ) -> None:
         """Drive on a parked saga this engine took because ``what`` (a reply, a signal)
         arrived, by ``decision``; return once its outcome is durable. The run writes that
@@ -177,7 +177,7 @@ class ParkedSagas:
         signal_id = signal_id or uuid.uuid4().hex
         check_text(signal_id, "the signal id")
         check_value(payload, f"the payload of signal {name!r}")
-        signal = rules.Signal(name, signal_id, payload, error)
+        signal = Signal(name, signal_id, payload, error)
         loop = asyncio.get_running_loop()
         patience = loop.time() + self.engine.lease_seconds
         delay = 0.005
@@ -215,9 +215,7 @@ class ParkedSagas:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.1)
 
-    def _not_waiting(
-        self, record: SagaRecord, saga: Saga | None, signal: rules.Signal
-    ) -> str | None:
+    def _not_waiting(self, record: SagaRecord, saga: Saga | None, signal: Signal) -> str | None:
         """Why ``record`` cannot take ``signal`` now; None when it waits for it."""
         saga_id, name = record.id, signal.name
         if record.status.is_terminal:
@@ -258,7 +256,7 @@ class ParkedSagas:
                 return True
         return False
 
-    def _check_signal_payload(self, saga: Saga, record: SagaRecord, signal: rules.Signal) -> None:
+    def _check_signal_payload(self, saga: Saga, record: SagaRecord, signal: Signal) -> None:
         """Refuse a payload that does not fit the wait's ``reply`` type before recording it."""
         if signal.error is not None:
             return
@@ -270,7 +268,7 @@ class ParkedSagas:
         except Exception as exc:
             raise InvalidInput(f"signal {signal.name!r} for saga {record.id}: {exc}") from None
 
-    async def _apply_signal(self, saga_id: str, signal: rules.Signal) -> SignalReceipt | None:
+    async def _apply_signal(self, saga_id: str, signal: Signal) -> SignalReceipt | None:
         """Take the saga and apply (or record) ``signal`` if it waits for it; None if it
         could not be taken or does not wait for it (the caller reads the log to say why)."""
         now = self.engine.clock.now()
@@ -319,7 +317,7 @@ class ParkedSagas:
             return True
         return sum(1 for s in saga.steps if s.wait is not None and s.wait.signal == name) > 1
 
-    async def _received(self, saga_id: str, signal: rules.Signal) -> bool:
+    async def _received(self, saga_id: str, signal: Signal) -> bool:
         record = await self.engine.store.load(saga_id)
         return record is not None and any(
             e.type is EventType.SIGNAL_RECEIVED and e.detail == signal.detail
