@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from sagaway.errors import CancelPending, CancelRefused, EffectFailed, LeaseLost, SagaNotFound
 from sagaway.state import (
+    PRUNABLE_STATUSES,
     Change,
     Event,
     EventType,
@@ -19,7 +20,6 @@ from sagaway.state import (
     Phase,
     SagaRecord,
     SagaStatus,
-    PRUNABLE_STATUSES,
     apply_change,
     cancel_refusal,
     record_from_new,

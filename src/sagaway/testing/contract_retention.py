@@ -149,7 +149,8 @@ class PruningStoreContract:
         await _saga(store, "r", SagaStatus.RUNNING)
         assert not (await store.get("s")).pinned
         pinned = await store.set_pinned("s", True)
-        assert pinned.pinned and pinned.status is SagaStatus.SUCCEEDED
+        assert pinned.pinned
+        assert pinned.status is SagaStatus.SUCCEEDED
         assert pinned.updated_at == OLD  # a pin is not a write of the saga's own
         assert (await store.get("s")).pinned
         listed = {r.id: r.pinned for r in (await store.list_sagas(limit=10)).items}
