@@ -9,9 +9,10 @@
 * ``saga_engine(*sagas)``: ``async with`` an opened Engine on a MemoryStore with a
   VirtualClock, yielding a ``SagaHarness`` (engine, store, clock, ``run``).
 * ``SagaStoreContract``: the store contract test base class for a new backend, and
-  ``OutboxStoreContract`` / ``TransactionalStoreContract`` / ``PruningStoreContract`` for the capability tiers it
-  implements; ``TransportContract`` the same for a new transport. They are imported lazily
-  because they need pytest, which ``sagaway.testing`` itself never requires.
+  ``OutboxStoreContract`` / ``TransactionalStoreContract`` / ``PruningStoreContract`` for
+  the capability tiers it implements; ``TransportContract`` the same for a new transport.
+  They are imported lazily because they need pytest, which ``sagaway.testing`` itself never
+  requires.
 """
 
 from __future__ import annotations
