@@ -137,6 +137,8 @@ class Recovery:
                 await self._renew()
                 await self.engine.recover()
                 await self.engine.relay_outbox()
+                if self.engine._retention is not None:  # prune old finished sagas
+                    await self.engine._retention.tick()
             except asyncio.CancelledError:
                 raise
             except Exception:
