@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 import pytest
-from test_checkout_services_crash import DEADLINE, SERVICES, Checkout
+from test_checkout_services_crash import DEADLINE, SERVICES, Checkout, Proc
 
 import servers
 from checkout.domain.demo import demo_total_money_cents
@@ -55,11 +55,14 @@ FLOWS = ("choreography", "orchestration")
 class PayLater(Checkout):
     """The four processes, the services told where the gateway (their events' hub) is."""
 
-    def start_all(self, **payment_gates: str) -> None:
+    def start_all(self, gated: str = "", **gates: str) -> None:
+        """Every process; the service ``gated`` with ``gates`` (``tests/gated_services.py``)."""
         for name in SERVICES:
-            gates = payment_gates if name == "payment" else {}
-            self.start_service(name, SAGAWAY_GATEWAY_URL=self.url, **gates)
+            self.start(name, **(gates if name == gated else {}))
         self.start_gateway()
+
+    def start(self, name: str, **gates: str) -> Proc:
+        return self.start_service(name, SAGAWAY_GATEWAY_URL=self.url, **gates)
 
     def stop(self) -> None:
         super().stop()
@@ -246,3 +249,58 @@ def test_every_path_over_http(pay_later_http: PayLater) -> None:
 async def test_every_path_over_rabbitmq(tmp_path: Path) -> None:
     async with pay_later_rabbitmq(tmp_path) as checkout:
         every_path(checkout)
+
+
+# --------------------------------------------------------------------------- the crash
+
+
+def killed_before_publish(checkout: PayLater, service: str, event: str) -> None:
+    """``service`` killed -9 once its transaction emitting ``event`` committed and before the
+    event left its outbox; restarted, its relay publishes it: the process goes on, each
+    effect once."""
+    checkout.start_all(service, CRASH_HOLD_EVENT=event)
+    with checkout.client() as client:
+        before = balances(client)
+        order = create(client, TORONTO, "choreography")
+        confirmed = client.post(
+            "/payments/confirm", params={"wait": 0}, json={"payment_id": order["payment_id"]}
+        )
+        assert confirmed.status_code == 200, confirmed.text
+        assert confirmed.json()["payment"]["status"] == "captured"
+        checkout.procs[service].wait_for(f"GATE event {event} ")
+        checkout.procs[service].kill9()
+        outbox = "flow_payment_outbox" if service == "payment" else "flow_delivery_outbox"
+        held = checkout.rows(service, f"SELECT type FROM {outbox}")
+        assert (event,) in held, "committed with its state change, not yet published"
+        assert client.get(f"/orders/{order['order_id']}").json()["status"] != "completed"
+        checkout.start(service)
+        done = ended(client, order["order_id"])
+        assert (done["status"], done["courier"]) == ("completed", "Toronto Bike Couriers")
+        emitted = [e["event"] for e in done["timeline"]]
+        assert emitted.count(event) == 1, emitted
+        again = decide(client, "confirm", order["payment_id"])
+        assert again["payment"]["status"] == "captured"
+        after = balances(client)
+    assert round((before["user_1"] - after["user_1"]) * 100) == 10_000, "captured once"
+    oid = order["order_id"]
+    assert checkout.rows("payment", "SELECT status FROM payments WHERE order_id=?", oid) == [
+        ("captured",)
+    ]
+    deliveries = checkout.rows("shipping", "SELECT courier FROM flow_deliveries")
+    assert deliveries == [("Toronto Bike Couriers",)]
+    assert checkout.money() == demo_total_money_cents()
+    for name, outbox in (("payment", "flow_payment_outbox"), ("shipping", "flow_delivery_outbox")):
+        assert checkout.rows(name, f"SELECT count(*) FROM {outbox}") == [(0,)]
+
+
+def test_http_payment_killed_between_commit_and_publish(pay_later_http: PayLater) -> None:
+    killed_before_publish(pay_later_http, "payment", "order-confirmed")
+
+
+def test_http_shipping_killed_between_commit_and_publish(pay_later_http: PayLater) -> None:
+    killed_before_publish(pay_later_http, "shipping", "delivery-assigned")
+
+
+async def test_rabbitmq_payment_killed_between_commit_and_publish(tmp_path: Path) -> None:
+    async with pay_later_rabbitmq(tmp_path) as checkout:
+        killed_before_publish(checkout, "payment", "order-confirmed")
