@@ -52,6 +52,31 @@ async def test_a_fragment_is_rendered_once_per_change_for_every_stream() -> None
             await stream.aclose()  # type: ignore[attr-defined]
 
 
+async def test_a_page_opened_after_a_transition_never_gets_the_older_render() -> None:
+    # The browser test's flake: a shop page rendered mid-saga put its stock in the tick's cache;
+    # the next page, opened after the saga ended but in the same tick, was sent that older stock
+    # over the one it showed, and read it.
+    live = LiveUpdates()
+
+    async def rows() -> str:
+        return f"stock after {live.version} transitions"
+
+    fragments = [("stock", "stock", rows)]
+    one_tick = 1e9  # every stream below in the same tick: sharing is allowed, staleness not
+    first = live.fragments(fragments, period=one_tick)
+    later = live.fragments(fragments, period=one_tick)
+    again = live.fragments(fragments, period=one_tick)
+    try:
+        assert await next_event(first) == "event: stock\ndata: stock after 0 transitions\n\n"
+        transition(live)
+        assert await next_event(later) == "event: stock\ndata: stock after 1 transitions\n\n"
+        assert await next_event(again) == "event: stock\ndata: stock after 1 transitions\n\n"
+        assert live.renders.renders == 2, "the newer render is shared in its turn"
+    finally:
+        for stream in (first, later, again):
+            await stream.aclose()  # type: ignore[attr-defined]
+
+
 async def test_a_stream_sends_nothing_while_nothing_changes() -> None:
     live = LiveUpdates()
 
