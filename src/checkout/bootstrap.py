@@ -38,7 +38,7 @@ from sqlalchemy import text
 
 from checkout.db import EMBEDDED, GATEWAY, Database, migrate, open_database
 from checkout.dbexec import ShopExecutor, open_executor
-from checkout.orderflow import OrderFlow
+from checkout.orderflow.runtime import OrderFlow
 from checkout.participants import CheckoutParticipants, GatewayParticipants, OrderService
 from checkout.sagas import build_checkout_saga, build_remote_checkout_saga
 from checkout.service import CheckoutService

@@ -1,5 +1,5 @@
 """``sagaway``: the admin CLI for any saga log (list, show, retry, cancel, stats, waiting,
-signal).
+signal, dead-letters).
 
 It only reads and flips state in the store; the workers that know the saga definitions do the
 work (a retried or cancelled saga is picked up by whichever engine claims it next).
@@ -25,6 +25,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from sagaway.cli_dead_letters import dead_letters_app
 from sagaway.engine import Engine, SignalReceipt
 from sagaway.errors import SagaNotFound, SagawayError
 from sagaway.state import Phase, SagaRecord, SagaStatus, StepRecord
@@ -37,6 +38,7 @@ DEFAULT_STORE = "sqlite:///sagaway.db"
 app = typer.Typer(help="Inspect and repair sagas in a sagaway saga log.", no_args_is_help=True)
 console = Console()
 err = Console(stderr=True)
+app.add_typer(dead_letters_app, name="dead-letters")
 
 STORE_HELP = "Saga log URL: sqlite:///sagaway.db, postgresql://..., redis://..."
 StoreOption = Annotated[
