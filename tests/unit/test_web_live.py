@@ -37,7 +37,14 @@ async def test_a_fragment_is_rendered_once_per_change_for_every_stream() -> None
         return f"<tr>{live.version}</tr>\n<tr>end</tr>"
 
     fragments = [("saga-rows", "rows", rows)]
-    streams = [live.fragments(fragments, period=PERIOD) for _ in range(20)]
+    # Renders are shared within a tick of the loop's clock: the twenty first renders must fall
+    # in one tick for "one render" to hold. With 20 ms ticks a loaded machine (the process
+    # descheduled a few ms between two streams) straddled a boundary now and then (2 renders,
+    # then 3): a long tick, entered at its start, leaves the streams half a second.
+    period = 0.5
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(period - loop.time() % period)  # align on a tick, not a synchronisation
+    streams = [live.fragments(fragments, period=period) for _ in range(20)]
     try:
         first = await asyncio.gather(*(next_event(s) for s in streams))
         assert set(first) == {"event: saga-rows\ndata: <tr>0</tr>\ndata: <tr>end</tr>\n\n"}
