@@ -366,8 +366,9 @@ class Engine:
                 final = await future
             else:
                 final = None
-                with contextlib.suppress(TimeoutError):
-                    final = await asyncio.wait_for(future, timeout)
+                with contextlib.suppress(TimeoutError):  # not wait_for: see _maintain
+                    async with asyncio.timeout(timeout):
+                        final = await future
             if final is not None:  # driven here to the end: no need to read it back
                 return final
             record = self._typed(await self.store.get(saga_id, history=False))
@@ -722,8 +723,9 @@ class Engine:
             # reply is stale). Look again once that run has ended.
             future: asyncio.Future[SagaRecord | None] = asyncio.get_running_loop().create_future()
             self._waiters.setdefault(saga_id, []).append(future)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(future, self.lease_seconds)
+            with contextlib.suppress(TimeoutError):  # not wait_for: see _maintain
+                async with asyncio.timeout(self.lease_seconds):
+                    await future
         # Take it straight away (its row comes back with it: no read first). A reply is stale
         # only after a duplicate delivery or a timeout, so giving the lease back is rare.
         now = self.clock.now()
@@ -849,8 +851,9 @@ class Engine:
             if saga_id in self._runs:
                 future: asyncio.Future[SagaRecord | None] = loop.create_future()
                 self._waiters.setdefault(saga_id, []).append(future)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(future, max(patience - loop.time(), 0.001))
+                with contextlib.suppress(TimeoutError):  # not wait_for: see _maintain
+                    async with asyncio.timeout(max(patience - loop.time(), 0.001)):
+                        await future
             else:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.1)
@@ -993,8 +996,11 @@ class Engine:
     async def _maintain(self) -> None:
         interval = min(self.recovery_interval, self.lease_seconds / 3)
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 a close() whose cancel lands just
+            # after a wake-up is swallowed by wait_for, and close() then waits forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), interval)
+                async with asyncio.timeout(interval):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self._renew()
