@@ -31,9 +31,9 @@ format: install
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
 
+# Each engine/HTTP measure against its floor, measured in the same run: a table, then one JSON line.
 bench: install
-	$(BIN)/python benchmarks/engine_throughput.py --store memory:// --n 10000 --concurrency 32
-	$(BIN)/python benchmarks/engine_throughput.py --store sqlite:///bench.db --n 10000 --concurrency 32
+	$(BIN)/python benchmarks/floors.py $(BENCH_ARGS)
 
 clean:
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache

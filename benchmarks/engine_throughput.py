@@ -14,6 +14,12 @@ first start to the last finish, p50/p99 are over all sagas of all workers:
 
     python benchmarks/engine_throughput.py --store postgresql://postgres@127.0.0.1/postgres \\
         --fresh --workers 4 --n 10000 --concurrency 32
+
+``--floor`` first runs the same workload without the engine in this invocation (memory: on
+dicts, ``sqlite_floor.py --commit none``; SQLite: ``sqlite_floor.py``, group commit, in a
+temporary file; PostgreSQL: ``pg_floor.py``, on the URL's schema with ``_floor`` appended), then
+the engine, and prints both and the ratios: sagas/s (engine over floor) and CPU per saga (floor
+over engine), so 1.0 is as fast as the floor.
 """
 
 from __future__ import annotations
@@ -343,6 +349,12 @@ def main() -> None:
         "--loop", choices=["asyncio", "uvloop"], default="asyncio", help="event loop to run on"
     )
     parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="run the store's floor (sqlite_floor.py / pg_floor.py / dicts) first, in this "
+        "invocation, and print the ratio",
+    )
+    parser.add_argument(
         "--role", choices=["main", "worker"], default="main", help=argparse.SUPPRESS
     )
     parser.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
@@ -374,6 +386,7 @@ def main() -> None:
     if args.workers < 1 or args.concurrency < args.workers * args.split:
         parser.error("--workers must be >= 1 (and <= --concurrency with --split)")
     per_worker = args.concurrency // args.workers if args.split else args.concurrency
+    floor = run_floor(url, args.n, per_worker * args.workers) if args.floor else None
     if args.workers == 1:
         parts = [run_loop(args.loop, run_worker(url, range(args.n), per_worker, fresh=args.fresh))]
     else:
@@ -383,7 +396,48 @@ def main() -> None:
     result = summarise(url, args.n, per_worker, args.workers, parts)
     result["in_flight"] = per_worker * args.workers
     result["loop"] = args.loop
+    if floor is not None:
+        result = with_floor(result, floor)
     print_report(result)
+
+
+def floor_url(url: str) -> str:
+    """The PostgreSQL floor's URL: the engine's, on a schema of its own."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    query["schema"] = query.get("schema", "sagaway") + "_floor"
+    return urlunsplit(parts._replace(scheme="postgresql", query=urlencode(query)))
+
+
+def run_floor(url: str, n: int, concurrency: int) -> dict[str, Any]:
+    """The floor of the store ``url`` names, measured now: same N, same sagas in flight."""
+    scheme = url_scheme(url)
+    if scheme.split("+")[0] in ("postgresql", "postgres"):
+        import pg_floor
+
+        return pg_floor.measure(floor_url(url), n, concurrency)
+    import sqlite_floor
+
+    if scheme == "sqlite":
+        return sqlite_floor.measure("group", n, concurrency)
+    if scheme == "memory":
+        return sqlite_floor.measure("none", n, concurrency)
+    raise SystemExit(f"no floor for {scheme}:// (memory, sqlite and postgresql have one)")
+
+
+def with_floor(result: dict[str, Any], floor: dict[str, Any]) -> dict[str, Any]:
+    """``result`` with the floor's figures and the ratios (1.0: as fast as the floor)."""
+    return {
+        **result,
+        "floor": floor["benchmark"],
+        "floor_sagas_per_s": floor["sagas_per_s"],
+        "floor_p99_ms": floor["p99_ms"],
+        "floor_cpu_us_per_saga": floor["cpu_us_per_saga"],
+        "ratio": round(result["sagas_per_s"] / floor["sagas_per_s"], 3),
+        "cpu_ratio": round(floor["cpu_us_per_saga"] / result["cpu_us_per_saga"], 3),
+    }
 
 
 if __name__ == "__main__":

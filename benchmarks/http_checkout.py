@@ -387,8 +387,28 @@ def main() -> None:
         "--server-pid", type=int, help="with --url: the server's pid, to report its CPU per order"
     )
     parser.add_argument("--hold", action="store_true", help=argparse.SUPPRESS)  # profiling aid
+
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="first run the same load against http_floor.py (FastAPI + uvicorn, the checkout "
+        "on dicts) in this invocation and print the ratio",
+    )
     args = parser.parse_args()
 
+    floor: dict[str, Any] | None = None
+    if args.floor:
+        from http_floor import floor_server
+
+        with floor_server() as (floor_url, floor_pid):
+            floor = measure(
+                floor_url, args.n, args.concurrency, args.warmup, floor_pid, client=args.client
+            )
+        print(
+            f"floor (http_floor.py): {floor['orders_per_s']} orders/s, "
+            f"server CPU {floor['server_cpu_ms_per_order']} ms/order",
+            file=sys.stderr,
+        )
     with contextlib.ExitStack() as stack:
         server_pid: int | list[int] | None
         if args.serve:
@@ -401,62 +421,97 @@ def main() -> None:
             url, server_pid = args.url, args.server_pid
         if args.hold:
             input("press Enter to start\n")
-        factory = None
-        if args.uvloop:
-            import uvloop
+        result = measure(
+            url,
+            args.n,
+            args.concurrency,
+            args.warmup,
+            server_pid,
+            reset=args.reset,
+            client=args.client,
+            uvloop=args.uvloop,
+        )
+    if floor is not None:
+        result = with_floor(result, floor)
+    print_result(result)
 
-            factory = uvloop.new_event_loop
-        with asyncio.Runner(loop_factory=factory) as runner:
-            results, elapsed = runner.run(
-                run(
-                    url,
-                    args.n,
-                    args.concurrency,
-                    args.warmup,
-                    args.reset,
-                    args.client,
-                    server_pid,
-                )
-            )
 
+def measure(
+    url: str,
+    n: int,
+    concurrency: int,
+    warmup: int,
+    server_pid: int | list[int] | None,
+    *,
+    reset: bool = False,
+    client: str = "aiohttp",
+    uvloop: bool = False,
+) -> dict[str, Any]:
+    """One timed run against ``url``: the result as ``print_result`` prints it."""
+    factory = None
+    if uvloop:
+        import uvloop as uvloop_module
+
+        factory = uvloop_module.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        results, elapsed = runner.run(run(url, n, concurrency, warmup, reset, client, server_pid))
     done = len(results.latencies)
-    rate = done / elapsed if elapsed > 0 else 0.0
-    p50 = percentile(results.latencies, 0.50) * 1000
-    p99 = percentile(results.latencies, 0.99) * 1000
+    server_ms = None
+    if results.server_cpu_s is not None and done:
+        server_ms = round(results.server_cpu_s / done * 1000, 3)
+    return {
+        "orders_per_s": round(done / elapsed if elapsed > 0 else 0.0, 1),
+        "p50_ms": round(percentile(results.latencies, 0.50) * 1000, 2),
+        "p99_ms": round(percentile(results.latencies, 0.99) * 1000, 2),
+        "n": done,
+        "concurrency": concurrency,
+        "seconds": round(elapsed, 3),
+        "client": client,
+        "server_cpu_ms_per_order": server_ms,
+        "client_cpu_ms_per_order": round(results.client_cpu_s / done * 1000, 3) if done else None,
+        "http": dict(sorted(results.http.items())),
+        "outcomes": dict(sorted(results.outcomes.items())),
+        "errors": dict(results.errors),
+    }
+
+
+def with_floor(result: dict[str, Any], floor: dict[str, Any]) -> dict[str, Any]:
+    """``result`` with the floor's figures and the ratios (orders/s, and server CPU per order:
+    the floor's over this one's, so 1.0 is as cheap as the floor)."""
+    server_ms, floor_ms = result["server_cpu_ms_per_order"], floor["server_cpu_ms_per_order"]
+    return {
+        **result,
+        "floor_orders_per_s": floor["orders_per_s"],
+        "floor_p99_ms": floor["p99_ms"],
+        "floor_server_cpu_ms_per_order": floor_ms,
+        "ratio": round(result["orders_per_s"] / floor["orders_per_s"], 3),
+        "cpu_ratio": round(floor_ms / server_ms, 3) if server_ms and floor_ms else None,
+    }
+
+
+def print_result(result: dict[str, Any]) -> None:
     print(
         f"{'orders':>10} {'concurrency':>12} {'seconds':>9} {'orders/s':>10} {'p50 ms':>8} "
         f"{'p99 ms':>8}"
     )
     print(
-        f"{done:>10} {args.concurrency:>12} {elapsed:>9.2f} {rate:>10.1f} {p50:>8.1f} {p99:>8.1f}"
+        f"{result['n']:>10} {result['concurrency']:>12} {result['seconds']:>9.2f} "
+        f"{result['orders_per_s']:>10.1f} {result['p50_ms']:>8.1f} {result['p99_ms']:>8.1f}"
     )
-    server_ms = None
-    if results.server_cpu_s is not None and done:
-        server_ms = round(results.server_cpu_s / done * 1000, 3)
-        print(f"server CPU {server_ms} ms/order", end="; ")
-    client_ms = round(results.client_cpu_s / done * 1000, 3) if done else None
-    print(f"client CPU {client_ms} ms/order ({args.client})")
-    for key, count in sorted(results.outcomes.items()):
-        print(f"  {key:<28} {count}")
-    for key, count in sorted(results.errors.items()):
-        print(f"  error {key:<22} {count}")
-    print(
-        json.dumps(
-            {
-                "orders_per_s": round(rate, 1),
-                "p50_ms": round(p50, 2),
-                "p99_ms": round(p99, 2),
-                "n": done,
-                "concurrency": args.concurrency,
-                "client": args.client,
-                "server_cpu_ms_per_order": server_ms,
-                "client_cpu_ms_per_order": client_ms,
-                "http": dict(sorted(results.http.items())),
-                "outcomes": dict(sorted(results.outcomes.items())),
-                "errors": dict(results.errors),
-            }
+    if result["server_cpu_ms_per_order"] is not None:
+        print(f"server CPU {result['server_cpu_ms_per_order']} ms/order", end="; ")
+    print(f"client CPU {result['client_cpu_ms_per_order']} ms/order ({result['client']})")
+    if "floor_orders_per_s" in result:
+        print(
+            f"floor (http_floor.py, same run): {result['floor_orders_per_s']} orders/s, "
+            f"server CPU {result['floor_server_cpu_ms_per_order']} ms/order; "
+            f"ratio {result['ratio']} (orders/s), {result['cpu_ratio']} (server CPU)"
         )
-    )
+    for key, count in result["outcomes"].items():
+        print(f"  {key:<28} {count}")
+    for key, count in result["errors"].items():
+        print(f"  error {key:<22} {count}")
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -29,3 +29,35 @@ def print_report(result: dict[str, Any]) -> None:
     for key, value in result.items():
         print(f"{key:<{width}}  {value}")
     print(json.dumps(result))
+
+
+def print_floor_table(rows: list[dict[str, Any]]) -> None:
+    """One line per measure: the floor and the engine (``now``) from the same run, their ratio,
+    the CPU per unit of each and the target; then the rows as one JSON line. Each row has
+    ``measure``, ``unit``, ``floor``, ``now``, ``cpu_unit``, ``floor_cpu``, ``now_cpu`` and
+    ``target`` (the ratio aimed at, or None)."""
+    header = ("measure", "floor", "now", "ratio", "CPU floor", "CPU now", "CPU ratio", "target")
+    lines = [header]
+    for row in rows:
+        ratio = row["now"] / row["floor"] if row["floor"] else float("nan")
+        cpu_ratio = (
+            row["floor_cpu"] / row["now_cpu"] if row["now_cpu"] and row["floor_cpu"] else None
+        )
+        row["ratio"] = round(ratio, 3)
+        row["cpu_ratio"] = None if cpu_ratio is None else round(cpu_ratio, 3)
+        lines.append(
+            (
+                row["measure"],
+                f"{row['floor']:,.0f} {row['unit']}",
+                f"{row['now']:,.0f} {row['unit']}",
+                f"{ratio:.0%}",
+                f"{row['floor_cpu']} {row['cpu_unit']}",
+                f"{row['now_cpu']} {row['cpu_unit']}",
+                "-" if cpu_ratio is None else f"{cpu_ratio:.0%}",
+                "-" if row["target"] is None else f">= {row['target']:.0%}",
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    for line in lines:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
+    print(json.dumps({"benchmark": "floors", "rows": rows}))

@@ -9,10 +9,13 @@ shared machine from hour to hour, differ by 2x):
 
     python benchmarks/sqlite_floor.py --commit group      # one fsync per batch of writes
     python benchmarks/sqlite_floor.py --commit each       # one fsync per write
+    python benchmarks/sqlite_floor.py --commit none       # no SQLite: the same sagas on dicts
 
 ``group`` queues writes from all sagas and commits whatever is queued in one transaction, on
 the event loop's thread, as the SQLite store does; ``each`` commits every write on its own.
-Both are durable (WAL, synchronous=FULL). Prints a table, then one JSON line.
+Both are durable (WAL, synchronous=FULL). ``none`` keeps the sagas and effects in dicts: the
+floor under ``engine_throughput.py --store memory://``. Prints a table, then one JSON line.
+``engine_throughput.py --floor`` runs the matching floor in the same invocation.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import os
 import sqlite3
 import tempfile
 import time
+from collections import Counter
 from typing import Any
 
 from report import latency_ms, print_report
@@ -109,6 +113,59 @@ async def saga(log: GroupCommit | CommitEach, i: int) -> None:
         )
 
 
+async def dict_saga(sagas: dict[int, list[Any]], effects: dict[str, int], i: int) -> None:
+    """``saga`` on dicts: the same steps and undo, nothing durable."""
+    sagas[i] = row = ["running", 0, json.dumps({"order": i, "c": 500})]
+    for step in (1, 2, 3):
+        await asyncio.sleep(0)  # the step's action
+        if step == 3 and i % 10 == 9:
+            for undo in (2, 1):
+                del effects[f"{i}:{undo}"]
+                row[0], row[1] = "compensating", undo
+            row[0] = "compensated"
+            return
+        effects[f"{i}:{step}"] = 500
+        row[0], row[1] = ("succeeded" if step == 3 else "running"), step
+
+
+async def run_dicts(n: int, concurrency: int) -> dict[str, Any]:
+    sagas: dict[int, list[Any]] = {}
+    effects: dict[str, int] = {}
+    latencies: list[float] = []
+    orders = iter(range(n))
+
+    async def client() -> None:
+        for i in orders:
+            began = time.perf_counter()
+            await dict_saga(sagas, effects, i)
+            latencies.append(time.perf_counter() - began)
+
+    began, cpu = time.perf_counter(), time.process_time()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu
+    statuses = Counter(row[0] for row in sagas.values())
+    assert statuses == {"succeeded": n - n // 10, "compensated": n // 10}, statuses
+    return {
+        "benchmark": "dict_floor",
+        "commit": "none",
+        "n": n,
+        "concurrency": concurrency,
+        "seconds": round(elapsed, 3),
+        "sagas_per_s": round(n / elapsed, 1),
+        **latency_ms(latencies),
+        "cpu_us_per_saga": round(cpu / n * 1e6, 1),
+    }
+
+
+def measure(kind: str, n: int, concurrency: int) -> dict[str, Any]:
+    """One run of the floor: ``kind`` is ``group``, ``each`` (SQLite in a temporary file) or
+    ``none`` (dicts)."""
+    if kind == "none":
+        return asyncio.run(run_dicts(n, concurrency))
+    with tempfile.TemporaryDirectory(dir=".") as directory:
+        return asyncio.run(run(os.path.join(directory, "floor.db"), kind, n, concurrency))
+
+
 async def run(path: str, commit: str, n: int, concurrency: int) -> dict[str, Any]:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode = WAL")
@@ -148,15 +205,11 @@ async def run(path: str, commit: str, n: int, concurrency: int) -> dict[str, Any
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--commit", choices=["group", "each"], default="group")
+    parser.add_argument("--commit", choices=["group", "each", "none"], default="group")
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=32)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(dir=".") as directory:
-        result = asyncio.run(
-            run(os.path.join(directory, "floor.db"), args.commit, args.n, args.concurrency)
-        )
-    print_report(result)
+    print_report(measure(args.commit, args.n, args.concurrency))
 
 
 if __name__ == "__main__":

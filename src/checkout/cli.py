@@ -440,4 +440,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run as `python -m checkout.cli`, this file is `__main__`, while `checkout.cli_services`
+    # registers its commands on the `checkout.cli` module's app: run that one.
+    from checkout.cli import main as registered_main
+
+    registered_main()

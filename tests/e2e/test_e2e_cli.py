@@ -213,3 +213,19 @@ def test_participant_unknown_service_exits_2() -> None:
     result = runner.invoke(app, ["participant", "billing"])
     assert result.exit_code == 2
     assert "billing" in result.output
+
+
+def test_python_dash_m_runs_the_services_commands() -> None:
+    """`python -m checkout.cli` offers the same commands as the `checkout` script, the services'
+    ones (registered by another module) included."""
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    env = {**os.environ, "PYTHONPATH": src}
+    result = subprocess.run(
+        [sys.executable, "-m", "checkout.cli", "participant", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Usage" in result.stdout
