@@ -61,6 +61,8 @@ class Recovery:
         )
         if record is None:
             return False
+        if saga_id in self.engine._runs:  # taken by a run here meanwhile (same owner: allowed)
+            return True
         self.engine._spawn(self.engine.definition(record.name, record.version), record)
         return True
 
