@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import socket
@@ -18,23 +17,22 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
-from sagaway import rules
 from sagaway.clock import Clock, SystemClock
 from sagaway.definition import Saga, declared_sagas
 from sagaway.errors import (
     DefinitionError,
     EngineNotOpen,
-    InvalidInput,
     InvalidTransition,
     LeaseLost,
-    NotWaiting,
-    SagaNotFound,
     StoreError,
     UnknownSagaError,
 )
 from sagaway.hooks import ClaimReason, Hook, HookChain
+from sagaway.outbox_relay import OutboxRelay
+from sagaway.parked import ParkedSagas, SignalReceipt
+from sagaway.recovery import Recovery
+from sagaway.retention import Retention
 from sagaway.rules import (
-    Next,
     compensation_reason,
     last_cancellable,
     past_pivot,
@@ -42,13 +40,10 @@ from sagaway.rules import (
 )
 from sagaway.runner import CommitListener, SagaRun
 from sagaway.state import (
-    ACTIVE_STATUSES,
     Change,
     Event,
     EventType,
     NewSaga,
-    OutboxMessage,
-    Park,
     Phase,
     SagaRecord,
     SagaStatus,
@@ -59,7 +54,7 @@ from sagaway.state import (
 )
 from sagaway.store import SagaStore, open_store
 from sagaway.store._codec import check_text, check_value
-from sagaway.store.base import OutboxStore, Page
+from sagaway.store.base import Page
 from sagaway.transport.base import Dispatcher, Reply
 from sagaway.transport.stub import StubDispatcher
 
@@ -67,24 +62,6 @@ from sagaway.transport.stub import StubDispatcher
 __all__ = ["Engine", "SignalReceipt", "compensation_reason", "last_cancellable", "past_pivot"]
 
 log = logging.getLogger("sagaway.engine")
-
-# How often an engine looks again for unfinished sagas of definitions it does not know.
-UNKNOWN_CHECK_SECONDS = 60.0
-# The relay's sweep publishes outbox messages older than this: younger ones are still being
-# published by the run that wrote them (the fast path, right after its commit).
-OUTBOX_SWEEP_AGE = 2.0
-OUTBOX_SWEEP_BATCH = 500
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class SignalReceipt:
-    """What ``Engine.signal`` did: ``duplicate`` when that signal id was already recorded
-    (nothing changed)."""
-
-    saga_id: str
-    name: str
-    signal_id: str
-    duplicate: bool = False
 
 
 def _new_id(now: float) -> str:
@@ -108,7 +85,8 @@ class Engine:
     say) and, after a crash, its replacement takes its sagas back immediately instead of waiting
     for the leases to expire. ``execute=False`` makes an API-only engine: it records new sagas
     as PENDING for workers to claim and runs nothing itself. ``hooks`` (see
-    :mod:`sagaway.hooks`) observe sagas and steps: metrics, tracing, logs.
+    :mod:`sagaway.hooks`) observe sagas and steps: metrics, tracing, logs. With
+    ``retention_days`` the engine prunes finished sagas that old (see :mod:`sagaway.retention`).
     """
 
     def __init__(
@@ -124,6 +102,7 @@ class Engine:
         clock: Clock | None = None,
         hooks: Iterable[Hook] = (),
         transport: Dispatcher | None = None,
+        retention_days: float | None = None,
     ) -> None:
         if lease_seconds <= 0 or recovery_interval <= 0 or max_concurrency < 1:
             raise ValueError("lease_seconds, recovery_interval, max_concurrency must be positive")
@@ -135,6 +114,10 @@ class Engine:
         self.max_concurrency = max_concurrency
         self.execute = execute
         self.clock: Clock = clock or SystemClock()
+        # Finished sagas older than this are pruned by the maintenance loop (sagaway.retention).
+        self._retention = (
+            None if retention_days is None else Retention(self.store, retention_days, self.clock)
+        )
         self._sagas: dict[tuple[str, int], Saga] = {}
         # None: every saga declared in the process (see definition.declared_sagas).
         self._narrowed = sagas is not None
@@ -144,11 +127,9 @@ class Engine:
         self._tasks: set[asyncio.Task[None]] = set()
         self._waiters: dict[str, list[asyncio.Future[SagaRecord | None]]] = {}
         self._listeners: list[CommitListener] = []
-        self._orphans: set[str] = set()
         # Runs whose first write carries a signal: the signal's caller awaits it.
         self._committing: dict[str, asyncio.Future[None]] = {}
         self._maintainer: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
         self._opened = False
         # None while no hook is registered: the runner then calls none and times nothing.
         self._hooks: HookChain | None = None
@@ -158,8 +139,10 @@ class Engine:
         self.transport: Dispatcher = transport if transport is not None else StubDispatcher()
         self._own_transport = transport is None
         self._parks = self.transport.parks
-        self._published: list[str] = []  # outbox ids published, to delete (batched)
-        self._deleting: asyncio.Task[None] | None = None
+        # Collaborators: the outbox relay, replies and signals for parked sagas, recovery.
+        self._relay = OutboxRelay(self.store, self.transport, self.clock)
+        self._parked = ParkedSagas(self)
+        self._recovery = Recovery(self)
         for hook in hooks:
             self.add_hook(hook)
         for saga in sagas or ():
@@ -174,12 +157,14 @@ class Engine:
         self._opened = True
         await self.transport.open()
         if self._parks and self.execute:  # an API-only engine drives nothing, replies neither
-            self.transport.on_reply(self._apply_reply)
+            self.transport.on_reply(self._parked.apply_reply)
         if self.execute:
             self.store.on_work(self.wake)
             # Recover at once (taking back our own sagas from a previous life), then keep going.
             await self.recover(include_own=True)
-            self._maintainer = asyncio.create_task(self._maintain(), name="sagaway-maintain")
+            self._maintainer = asyncio.create_task(
+                self._recovery.maintain(), name="sagaway-maintain"
+            )
         return self
 
     async def close(self) -> None:
@@ -413,32 +398,10 @@ class Engine:
         elif self.execute and saga is not None:
             await self.resume(saga_id)
         elif record.waiting_for is not None:
-            await self._due_now(record)
+            await self._parked.due_now(record)
         # Otherwise the engine holding the lease learns of it when it renews its leases, or
         # whichever engine claims the saga next finds the flag in the record.
         return record
-
-    async def _due_now(self, record: SagaRecord) -> None:
-        """Make a parked saga claimable now (a cancel for it, from an engine that does not
-        drive it): otherwise it would sleep on until its timeout, days maybe."""
-        now = self.clock.now()
-        waiting = record.waiting_for
-        taken = await self.store.acquire(
-            record.id,
-            self.owner_id,
-            now=now,
-            lease_seconds=self.lease_seconds,
-            statuses=ACTIVE_STATUSES,
-        )
-        if taken is None:  # driven somewhere: that engine sees the cancel
-            return
-        if taken.waiting_for is None or waiting is None:
-            await self.store.commit(record.id, self.owner_id, Change(release_lease=True), now)
-            return
-        due = min(now, taken.parked_until or now)
-        await self.store.commit(
-            record.id, self.owner_id, Change(park=Park(taken.waiting_for, due)), now
-        )
 
     async def retry(self, saga_id: str) -> None:
         """Resume a FAILED saga: its failed compensation, or its failed step past the pivot.
@@ -474,87 +437,65 @@ class Engine:
 
     async def resume(self, saga_id: str) -> bool:
         """Take over one active saga if nobody holds a live lease on it; True if taken."""
-        if saga_id in self._runs:
-            return True
-        # Bug fix: check the definition *before* taking the lease. Acquiring first left a saga
-        # of an unknown (name, version) leased to this engine, which renewed that lease forever
-        # without running it, so no engine that knows the definition could ever claim it.
-        existing = await self.store.load(saga_id, history=False)
-        if existing is None:
-            raise SagaNotFound(saga_id)
-        self.definition(existing.name, existing.version)
-        now = self.clock.now()
-        record = await self.store.acquire(
-            saga_id,
-            self.owner_id,
-            now=now,
-            lease_seconds=self.lease_seconds,
-            statuses=ACTIVE_STATUSES,
-            event=Event(at=now, type=EventType.SAGA_CLAIMED, detail=self.owner_id),
-        )
-        if record is None:
-            return False
-        self._spawn(self.definition(record.name, record.version), record)
-        return True
+        return await self._recovery.resume(saga_id)
 
     async def recover(self, *, include_own: bool = False) -> int:
         """One recovery pass: claim sagas whose lease expired and resume them. Returns how many
         were taken. Sagas of definitions this engine does not know are left for one that does."""
-        for saga_id in list(self._orphans):
-            self._orphans.discard(saga_id)
-            with contextlib.suppress(SagaNotFound, UnknownSagaError):
-                await self.resume(saga_id)
-        known = self.known_sagas()
-        now = self.clock.now()
-        if include_own or now >= self._next_unknown_check:
-            self._next_unknown_check = now + UNKNOWN_CHECK_SECONDS
-            await self._warn_unknown(known, now)
-        room = self.max_concurrency - len(self._runs)
-        if room <= 0 or not known:
-            return 0
-        claimed = await self.store.claim(
-            self.owner_id,
-            now=now,
-            lease_seconds=self.lease_seconds,
-            definitions=list(known),
-            limit=room,
-            include_own=include_own,
-        )
-        taken = 0
-        for record in claimed:
-            if record.id not in self._runs:
-                self._spawn(known[(record.name, record.version)], record)
-                taken += 1
-        return taken
-
-    async def _warn_unknown(self, known: dict[tuple[str, int], Saga], now: float) -> None:
-        """Say which unfinished sagas nobody drives because this engine does not know their
-        definition (once per definition): without it they would wait silently forever."""
-        try:
-            stranded = await self.store.stranded(now=now, owner=self.owner_id, known=set(known))
-        except Exception:  # a diagnostic must not stop recovery
-            log.exception("could not look for sagas of unknown definitions")
-            return
-        for (name, version), count in sorted(stranded.items()):
-            if (name, version) in self._warned_unknown:
-                continue
-            self._warned_unknown.add((name, version))
-            log.warning(
-                "%d unfinished saga(s) of %r version %d wait for an engine that knows their "
-                "definition; this one does not (it knows %s). Import or declare "
-                "Saga(%r, version=%d) in this process (or add it to Engine(sagas=[...])) and "
-                "restart it to resume them.",
-                count,
-                name,
-                version,
-                ", ".join(f"{n} v{v}" for n, v in sorted(known)) or "none",
-                name,
-                version,
-            )
+        return await self._recovery.recover(include_own=include_own)
 
     def wake(self) -> None:
         """Run the next recovery pass now (a store notification says there is work)."""
-        self._wake.set()
+        self._recovery.wake()
+
+    # -- remote steps and waits: the outbox relay, replies, signals ----------------------------
+
+    async def flush_outbox(self) -> None:
+        """Wait until the messages the relay has published are deleted from the outbox."""
+        await self._relay.flush()
+
+    async def relay_outbox(self, *, older_than: float | None = None) -> int:
+        """One sweep of the relay: publish what the outbox still holds (written before a crash,
+        or whose publish failed), oldest first, and delete it; return how many were sent.
+        ``older_than`` defaults to a few seconds ago, leaving the runs' own fast path alone."""
+        if not self._parks:
+            return 0
+        return await self._relay.sweep(older_than=older_than)
+
+    async def deliver(self, reply: Reply) -> bool:
+        """Apply a participant's reply to the saga waiting for it and drive the saga on; True
+        if applied. A reply the saga no longer waits for (a duplicate, a late one, one for a
+        saga another engine has moved on) is ignored. Message transports call this (through
+        ``on_reply``); tests and other transports may call it directly."""
+        return await self._parked.deliver(reply)
+
+    async def signal(
+        self,
+        saga_id: str,
+        name: str,
+        payload: Any = None,
+        *,
+        signal_id: str | None = None,
+        error: str | None = None,
+    ) -> SignalReceipt:
+        """Deliver the signal ``name`` to a saga waiting for it (``Saga.wait``): ``payload``
+        becomes the wait step's output; ``error`` fails the step instead (it compensates).
+
+        Durable once this returns: recorded in the saga's log, with ``signal_id``, in the write
+        that applies it (this engine drives the saga on at once) or, on an engine that does not
+        run it (``execute=False``, or its definition unknown here), that hands it to whichever
+        engine does. Delivering the same ``signal_id`` again changes nothing (``duplicate``).
+
+        Raises ``SagaNotFound``; ``NotWaiting`` (an ``InvalidTransition``) when the saga does
+        not wait for this signal (finished, waiting for something else, or still running the
+        steps before its wait after ``lease_seconds``); ``InvalidInput`` when the payload does
+        not fit the wait's ``reply`` type."""
+        return await self._parked.signal(saga_id, name, payload, signal_id=signal_id, error=error)
+
+    async def list_waiting(self, prefix: str = "", *, limit: int = 50, offset: int = 0) -> Page:
+        """Parked sagas whose ``waiting_for`` starts with ``prefix`` ("signal:payment_confirmed",
+        "signal:", "timer", "reply:"), soonest due first."""
+        return await self.store.list_waiting(prefix=prefix, limit=limit, offset=offset)
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -583,7 +524,7 @@ class Engine:
             prewritten=prewritten,
             hooks=hooks,
             dispatcher=self.transport,
-            relay=self._relay if self._parks else None,
+            relay=self._relay.relay if self._parks else None,
             carry=carry,
         )
         self._runs[record.id] = run
@@ -630,7 +571,7 @@ class Engine:
             # and try again from the log on the next recovery pass.
             stopped = "stopped by an error; resumes from the log"
             log.exception("saga %s: stopped; will resume from the log", saga_id)
-            self._orphans.add(saga_id)
+            self._recovery.orphans.add(saga_id)
         finally:
             if run.hooks is not None:
                 if run.record.status.is_terminal:
@@ -649,369 +590,7 @@ class Engine:
                     if not future.done():
                         future.set_result(None if final is None else final.copy(history=False))
 
-    # -- remote steps: the relay and replies ----------------------------------------------------
-
-    async def _relay(self, messages: tuple[OutboxMessage, ...]) -> None:
-        """Publish outbox messages just committed; their deletion follows in the background,
-        batched. A failure leaves them for the sweep (``relay_outbox``), which runs in every
-        recovery pass."""
-        try:
-            await self.transport.publish(messages)
-        except Exception as exc:  # the saga is parked all the same: the sweep sends them
-            log.warning(
-                "relay: %d message(s) not published (%s); the sweep retries", len(messages), exc
-            )
-            return
-        self._published.extend(m.id for m in messages)
-        if self._deleting is None or self._deleting.done():
-            self._deleting = asyncio.get_running_loop().create_task(self._delete_published())
-
-    async def _delete_published(self) -> None:
-        """Delete what the relay published: one write for all the messages published while the
-        previous one was in flight (one per message would cost a write per remote step). A
-        message whose deletion is lost (a crash, an error) is published again by the sweep:
-        harmless, as its receiver dedupes on its id."""
-        store = self.store
-        while self._published and isinstance(store, OutboxStore):
-            ids, self._published = self._published, []
-            try:
-                await store.outbox_delete(ids)
-            except Exception as exc:
-                log.warning("relay: could not delete %d published message(s): %s", len(ids), exc)
-                return
-
-    async def flush_outbox(self) -> None:
-        """Wait until the messages the relay has published are deleted from the outbox."""
-        while self._deleting is not None and not self._deleting.done():
-            await asyncio.shield(self._deleting)
-
-    async def relay_outbox(self, *, older_than: float | None = None) -> int:
-        """One sweep of the relay: publish what the outbox still holds (written before a crash,
-        or whose publish failed), oldest first, and delete it; return how many were sent.
-        ``older_than`` defaults to a few seconds ago, leaving the runs' own fast path alone."""
-        store = self.store
-        if not self._parks or not isinstance(store, OutboxStore):
-            return 0
-        if older_than is None:
-            older_than = self.clock.now() - OUTBOX_SWEEP_AGE
-        sent = 0
-        while True:
-            batch = await store.outbox_pending(limit=OUTBOX_SWEEP_BATCH, older_than=older_than)
-            if not batch:
-                return sent
-            await self.transport.publish(batch)
-            await store.outbox_delete([m.id for m in batch])
-            sent += len(batch)
-            if len(batch) < OUTBOX_SWEEP_BATCH:
-                return sent
-
-    async def deliver(self, reply: Reply) -> bool:
-        """Apply a participant's reply to the saga waiting for it and drive the saga on; True
-        if applied. A reply the saga no longer waits for (a duplicate, a late one, one for a
-        saga another engine has moved on) is ignored. Message transports call this (through
-        ``on_reply``); tests and other transports may call it directly."""
-        return await self._on_reply(reply)
-
-    async def _apply_reply(self, reply: Reply) -> None:
-        await self._on_reply(reply)
-
-    async def _on_reply(self, reply: Reply) -> bool:
-        saga_id = reply.saga_id
-        if saga_id in self._runs:
-            # Still being driven here: it has sent the command and is about to park (or the
-            # reply is stale). Look again once that run has ended.
-            future: asyncio.Future[SagaRecord | None] = asyncio.get_running_loop().create_future()
-            self._waiters.setdefault(saga_id, []).append(future)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(future, self.lease_seconds)
-        # Take it straight away (its row comes back with it: no read first). A reply is stale
-        # only after a duplicate delivery or a timeout, so giving the lease back is rare.
-        now = self.clock.now()
-        try:
-            taken = await self.store.acquire(
-                saga_id,
-                self.owner_id,
-                now=now,
-                lease_seconds=self.lease_seconds,
-                statuses=ACTIVE_STATUSES,
-            )
-        except SagaNotFound:
-            taken = None
-        if taken is None:  # finished, unknown, or driven by another engine (it re-sends)
-            log.debug("reply %s for saga %s: not waiting here", reply.message_id, saga_id)
-            return False
-        if saga_id in self._runs:  # our own recovery took it meanwhile: it re-sends
-            return False
-        saga = self._lookup(taken.name, taken.version)
-        if saga is None:
-            log.warning(
-                "reply for saga %s of unknown definition %r v%d: ignored",
-                saga_id,
-                taken.name,
-                taken.version,
-            )
-            await self.store.commit(saga_id, self.owner_id, Change(release_lease=True), now)
-            return False
-        taken.definition = saga
-        decision = rules.reply_arrived(saga, taken, self._checked_reply(saga, reply), now)
-        if decision.next is Next.IGNORE:
-            log.debug("stale reply %s for saga %s: ignored", reply.message_id, saga_id)
-            if taken.waiting_for is not None:
-                await self.store.commit(saga_id, self.owner_id, Change(release_lease=True), now)
-            else:  # not parked and now ours: it needs driving anyway
-                self._spawn(saga, taken)
-            return False
-        # Return (so the transport acknowledges the reply) once its outcome is durable.
-        await self._resume_with(saga, taken, decision, "reply", now)
-        return True
-
-    async def _resume_with(
-        self, saga: Saga, taken: SagaRecord, decision: rules.Decision, what: str, now: float
-    ) -> None:
-        """Drive on a parked saga this engine took because ``what`` (a reply, a signal)
-        arrived, by ``decision``; return once its outcome is durable. The run writes that
-        outcome with its first transition (the next step's start): one write instead of two."""
-        hooks = self._hooks
-        if hooks is not None:
-            hooks.on_resume(taken, taken.waiting_for or what)
-        if decision.next is Next.STOP:
-            await self.store.commit(taken.id, self.owner_id, decision.change, now)
-            apply_change(taken, decision.change, now)
-            if hooks is not None:
-                hooks.on_finish(taken)
-            self._answer_waiters(taken.id, taken)
-            return
-        committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._spawn(
-            saga, taken, reason=ClaimReason.REPLIED, carry=decision.change, committed=committed
-        )
-        await committed
-
-    # -- waits: signals from outside -------------------------------------------------------------
-
-    async def signal(
-        self,
-        saga_id: str,
-        name: str,
-        payload: Any = None,
-        *,
-        signal_id: str | None = None,
-        error: str | None = None,
-    ) -> SignalReceipt:
-        """Deliver the signal ``name`` to a saga waiting for it (``Saga.wait``): ``payload``
-        becomes the wait step's output; ``error`` fails the step instead (it compensates).
-
-        Durable once this returns: recorded in the saga's log, with ``signal_id``, in the write
-        that applies it (this engine drives the saga on at once) or, on an engine that does not
-        run it (``execute=False``, or its definition unknown here), that hands it to whichever
-        engine does. Delivering the same ``signal_id`` again changes nothing (``duplicate``).
-
-        Raises ``SagaNotFound``; ``NotWaiting`` (an ``InvalidTransition``) when the saga does
-        not wait for this signal (finished, waiting for something else, or still running the
-        steps before its wait after ``lease_seconds``); ``InvalidInput`` when the payload does
-        not fit the wait's ``reply`` type."""
-        if not (self._opened or self.store.is_open):
-            raise EngineNotOpen()
-        check_text(name, "the signal name")
-        check_text(error, "the signal's error")
-        signal_id = signal_id or uuid.uuid4().hex
-        check_text(signal_id, "the signal id")
-        check_value(payload, f"the payload of signal {name!r}")
-        signal = rules.Signal(name, signal_id, payload, error)
-        loop = asyncio.get_running_loop()
-        patience = loop.time() + self.lease_seconds
-        delay = 0.005
-        while True:
-            if saga_id not in self._runs:
-                # The fast path: take the parked saga (its row comes back with it) and apply.
-                receipt = await self._apply_signal(saga_id, signal)
-                if receipt is not None:
-                    return receipt
-            record = await self.store.load(saga_id)
-            if record is None:
-                raise SagaNotFound(saga_id)
-            if any(
-                e.type is EventType.SIGNAL_RECEIVED and e.detail == signal.detail
-                for e in record.history
-            ):
-                return SignalReceipt(saga_id, name, signal_id, duplicate=True)
-            saga = self._lookup(record.name, record.version)
-            refusal = self._not_waiting(record, saga, signal)
-            if refusal is not None and (
-                not self._may_still_wait(record, saga, name) or loop.time() >= patience
-            ):
-                raise NotWaiting(saga_id, name, refusal, record.waiting_for)
-            if refusal is None and loop.time() >= patience:
-                busy = f"saga {saga_id} is held by another engine: try again"
-                raise NotWaiting(saga_id, name, busy, record.waiting_for)
-            # Held by an engine (applying another signal, or still running the steps before
-            # the wait): look again shortly.
-            if saga_id in self._runs:
-                future: asyncio.Future[SagaRecord | None] = loop.create_future()
-                self._waiters.setdefault(saga_id, []).append(future)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(future, max(patience - loop.time(), 0.001))
-            else:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.1)
-
-    def _not_waiting(
-        self, record: SagaRecord, saga: Saga | None, signal: rules.Signal
-    ) -> str | None:
-        """Why ``record`` cannot take ``signal`` now; None when it waits for it."""
-        saga_id, name = record.id, signal.name
-        if record.status.is_terminal:
-            return f"saga {saga_id} is {record.status}: it waits for nothing"
-        waiting = record.waiting_for
-        if waiting != f"signal:{name}":
-            what = f"waits for {waiting}" if waiting else f"is {record.status}, not waiting"
-            return f"saga {saga_id} does not wait for signal {name!r}: it {what}"
-        pending = rules.recorded_signal(record)
-        if pending is not None:
-            return (
-                f"saga {saga_id} already received signal {name!r} (signal id "
-                f"{pending.signal_id!r}); it is being applied"
-            )
-        row = rules.waiting_step(record)
-        if row is None:
-            return f"saga {saga_id} has no wait step in flight"
-        if saga is not None:
-            step = saga._by_name.get(row.name)
-            if step is None or step.wait is None or step.wait.signal != name:
-                return f"saga {saga_id}: step {row.name!r} does not wait for signal {name!r}"
-        return None
-
-    def _may_still_wait(self, record: SagaRecord, saga: Saga | None, name: str) -> bool:
-        """True while the saga is on its way to a wait for ``name`` it has not reached yet
-        (a signal may beat the run that parks it), or a signal is being applied."""
-        if not record.status.is_active:
-            return False
-        if rules.recorded_signal(record) is not None:
-            return False
-        if saga is None:
-            return record.waiting_for is None or not record.waiting_for.startswith("signal:")
-        for step in saga.steps:
-            if step.wait is None or step.wait.signal != name:
-                continue
-            row = record.steps.get((step.name, Phase.FORWARD))
-            if row is None or (row.status is StepStatus.RUNNING and record.waiting_for is None):
-                return True
-        return False
-
-    def _check_signal_payload(self, saga: Saga, record: SagaRecord, signal: rules.Signal) -> None:
-        """Refuse a payload that does not fit the wait's ``reply`` type before recording it."""
-        if signal.error is not None:
-            return
-        row = rules.waiting_step(record)
-        assert row is not None
-        step = saga.get_step(row.name)
-        try:
-            step.encode_output(step.decode_output(signal.payload))
-        except Exception as exc:
-            raise InvalidInput(f"signal {signal.name!r} for saga {record.id}: {exc}") from None
-
-    async def _apply_signal(self, saga_id: str, signal: rules.Signal) -> SignalReceipt | None:
-        """Take the saga and apply (or record) ``signal`` if it waits for it; None if it
-        could not be taken or does not wait for it (the caller reads the log to say why)."""
-        now = self.clock.now()
-        try:
-            taken = await self.store.acquire(
-                saga_id,
-                self.owner_id,
-                now=now,
-                lease_seconds=self.lease_seconds,
-                statuses=ACTIVE_STATUSES,
-            )
-        except SagaNotFound:
-            return None
-        if taken is None:
-            return None
-        saga = self._lookup(taken.name, taken.version)
-        if saga_id in self._runs:  # our own recovery took it meanwhile
-            return None
-        if self._not_waiting(taken, saga, signal) is not None or (
-            self._needs_history(saga, signal.name) and await self._received(saga_id, signal)
-        ):
-            await self.store.commit(saga_id, self.owner_id, Change(release_lease=True), now)
-            return None
-        if saga is not None:
-            try:
-                self._check_signal_payload(saga, taken, signal)
-            except InvalidInput:
-                await self.store.commit(saga_id, self.owner_id, Change(release_lease=True), now)
-                raise
-        receipt = SignalReceipt(saga_id, signal.name, signal.signal_id, duplicate=False)
-        if saga is None or not self.execute:
-            # Recorded for the engine that runs it: due now, so its next pass claims it.
-            change = rules.signal_recorded(taken, signal, now)
-            await self.store.commit(saga_id, self.owner_id, change, now)
-            return receipt
-        taken.definition = saga
-        decision = rules.signal_arrived(saga, taken, signal, now)
-        await self._resume_with(saga, taken, decision, "signal", now)  # durable once it returns
-        return receipt
-
-    @staticmethod
-    def _needs_history(saga: Saga | None, name: str) -> bool:
-        """Whether a saga parked on ``name`` may have taken this signal id already: only if
-        it waits for ``name`` more than once (or its definition is unknown here)."""
-        if saga is None:
-            return True
-        return sum(1 for s in saga.steps if s.wait is not None and s.wait.signal == name) > 1
-
-    async def _received(self, saga_id: str, signal: rules.Signal) -> bool:
-        record = await self.store.load(saga_id)
-        return record is not None and any(
-            e.type is EventType.SIGNAL_RECEIVED and e.detail == signal.detail
-            for e in record.history
-        )
-
-    async def list_waiting(self, prefix: str = "", *, limit: int = 50, offset: int = 0) -> Page:
-        """Parked sagas whose ``waiting_for`` starts with ``prefix`` ("signal:payment_confirmed",
-        "signal:", "timer", "reply:"), soonest due first."""
-        return await self.store.list_waiting(prefix=prefix, limit=limit, offset=offset)
-
-    def _checked_reply(self, saga: Saga, reply: Reply) -> Reply:
-        """A successful reply whose output does not fit the step's declared reply type (or
-        cannot be stored) becomes a failure saying so: the participant answered, so the
-        outcome is known, and retrying would get the same answer."""
-        if not reply.ok or reply.phase is Phase.COMPENSATION:
-            return reply
-        step = saga.get_step(reply.step)
-        try:
-            output = step.encode_output(step.decode_output(reply.output))
-            check_value(output, f"the reply to step {step.name!r}")
-        except Exception as exc:
-            return dataclasses.replace(reply, ok=False, output=None, error=str(exc))
-        return dataclasses.replace(reply, output=output)
-
     def _answer_waiters(self, saga_id: str, record: SagaRecord) -> None:
         for future in self._waiters.pop(saga_id, None) or ():
             if not future.done():
                 future.set_result(record.copy(history=False))
-
-    async def _maintain(self) -> None:
-        interval = min(self.recovery_interval, self.lease_seconds / 3)
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), interval)
-            self._wake.clear()
-            try:
-                await self._renew()
-                await self.recover()
-                await self.relay_outbox()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("recovery pass failed; retrying in %.1f s", interval)
-
-    async def _renew(self) -> None:
-        if not self._runs:
-            return
-        cancelled = await self.store.renew_leases(
-            self.owner_id, now=self.clock.now(), lease_seconds=self.lease_seconds
-        )
-        for saga_id in cancelled:
-            run = self._runs.get(saga_id)
-            if run is not None:
-                run.cancel_requested = True

@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 
 from sagaway import RetryPolicy, Saga, StepContext
-from sagaway.rules import (
-    NO_REPLY,
+from sagaway.decisions import (
     BackoffOver,
     Failed,
     Happened,
@@ -18,6 +17,9 @@ from sagaway.rules import (
     RetryRequested,
     Succeeded,
     Timeout,
+)
+from sagaway.rules import (
+    NO_REPLY,
     compensation_limit,
     decide,
     last_cancellable,
