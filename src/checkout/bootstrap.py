@@ -178,6 +178,7 @@ async def bootstrap(
             owner_id=settings.worker_id or owner_id,
             lease_seconds=settings.lease_seconds,
             execute=role.executes,
+            retention_days=settings.retention_days,
             hooks=observability_hooks(settings, store, registry),
             transport=transport,
         )

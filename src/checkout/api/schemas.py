@@ -391,6 +391,8 @@ class SagaSummary(BaseModel):
     error: str | None
     created_at: datetime
     updated_at: datetime
+    # Pinned (`sagaway pin`): retention (SAGAWAY_RETENTION_DAYS) never removes it.
+    pinned: bool = False
 
 
 class SagaPage(BaseModel):

@@ -143,6 +143,7 @@ def saga_summary(record: SagaRecord) -> SagaSummary:
         error=record.error,
         created_at=instant(record.created_at),
         updated_at=instant(record.updated_at),
+        pinned=record.pinned,
     )
 
 
