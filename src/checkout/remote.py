@@ -262,12 +262,15 @@ class RemoteShop:
         return ShopTotals(money_cents=int(money["money_cents"]), units=dict(units["units"]))
 
 
-def open_dispatcher(transport: str, urls: Mapping[str, str], rabbitmq_url: str) -> Dispatcher:
-    """The dispatcher of ``transport`` (``http`` or ``rabbitmq``)."""
+def open_dispatcher(
+    transport: str, urls: Mapping[str, str], rabbitmq_url: str, token: str | None = None
+) -> Dispatcher:
+    """The dispatcher of ``transport`` (``http`` or ``rabbitmq``); over HTTP every command
+    carries ``token`` (the services' admin token) as its bearer."""
     if transport == "http":
         from sagaway.transport.http import HttpDispatcher
 
-        return HttpDispatcher({name: urls[name] for name in SERVICE_NAMES})
+        return HttpDispatcher({name: urls[name] for name in SERVICE_NAMES}, token=token)
     if transport == "rabbitmq":
         from sagaway.transport.rabbitmq import RabbitDispatcher
 
