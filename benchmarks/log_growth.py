@@ -12,7 +12,7 @@ a bigger log slows the engine (deeper B-trees, a file beyond the page cache):
     python benchmarks/log_growth.py --slices 10 --grow 100000 --retention
 
 ``--retention``: the engine runs with ``retention_days=1`` and the grown sagas are 2 days old,
-so its maintenance loop prunes them (500 per batch, at most 0.25 s per pass) *while* the slice
+so its maintenance loop prunes them (200 per batch, at most 0.05 s per pass) *while* the slice
 runs: the table shows what pruning costs the running sagas and how far the log is kept down.
 The last line is one JSON object.
 """
