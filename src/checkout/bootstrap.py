@@ -38,7 +38,7 @@ from sqlalchemy import text
 
 from checkout.db import EMBEDDED, GATEWAY, Database, migrate, open_database
 from checkout.dbexec import ShopExecutor, open_executor
-from checkout.orderflow import OrderFlow
+from checkout.orderflow.runtime import OrderFlow
 from checkout.participants import CheckoutParticipants, GatewayParticipants, OrderService
 from checkout.sagas import build_checkout_saga, build_remote_checkout_saga
 from checkout.service import CheckoutService
@@ -178,6 +178,7 @@ async def bootstrap(
             owner_id=settings.worker_id or owner_id,
             lease_seconds=settings.lease_seconds,
             execute=role.executes,
+            retention_days=settings.retention_days,
             hooks=observability_hooks(settings, store, registry),
             transport=transport,
         )
@@ -247,7 +248,9 @@ async def _remote_shop(
     shop = RemoteShop(settings.service_urls, orders=executor, admin_token=token)
     stack.push_async_callback(shop.close)
     # Opened by the engine; closed here, after the engine (it does not close what it was given).
-    dispatcher = open_dispatcher(settings.transport, settings.service_urls, settings.rabbitmq_url)
+    dispatcher = open_dispatcher(
+        settings.transport, settings.service_urls, settings.rabbitmq_url, token
+    )
     stack.push_async_callback(dispatcher.close)
     participants = GatewayParticipants(
         shop=shop,  # type: ignore[arg-type]  # RemoteShop answers what ShopService does

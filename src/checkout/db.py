@@ -396,10 +396,16 @@ class History:
 
 
 SERVICES_DIR = Path(__file__).with_name("services")
-GATEWAY = History("checkout", MIGRATIONS_DIR, VERSION_TABLE, ("orders", "order_items"))
+# Seed 004's pay-later tables (``checkout.orderflow.tables``) split the same way: the order's
+# with the gateway, the payment's with payment, the delivery's with shipping.
+GATEWAY = History(
+    "checkout", MIGRATIONS_DIR, VERSION_TABLE,
+    ("orders", "order_items", "flow_orders", "flow_order_inbox", "flow_order_outbox"),
+)  # fmt: skip
 PAYMENT = History(
     "payment", SERVICES_DIR / "payment" / "migrations", "payment_alembic_version",
-    ("accounts", "payments", "payment_inbox"),
+    ("accounts", "payments", "payment_inbox",
+     "flow_payments", "flow_payment_inbox", "flow_payment_outbox"),
 )  # fmt: skip
 INVENTORY = History(
     "inventory", SERVICES_DIR / "inventory" / "migrations", "inventory_alembic_version",
@@ -407,7 +413,8 @@ INVENTORY = History(
 )  # fmt: skip
 SHIPPING = History(
     "shipping", SERVICES_DIR / "shipping" / "migrations", "shipping_alembic_version",
-    ("shipments", "shipped_units", "shipping_inbox"),
+    ("shipments", "shipped_units", "shipping_inbox",
+     "flow_deliveries", "flow_delivery_inbox", "flow_delivery_outbox"),
 )  # fmt: skip
 SERVICE_HISTORIES = {h.name: h for h in (PAYMENT, INVENTORY, SHIPPING)}
 # The embedded shop (``make run``): every history in one database, the gateway's first (its
@@ -480,3 +487,8 @@ def apply_migrations(
             await db.dispose()
 
     asyncio.run(run())
+
+
+# The pay-later (seed 004) tables live on Base.metadata too, each in its owner's history
+# (gateway 0004, payment p0003, shipping s0003). Imported last: that module needs Base.
+from checkout.orderflow import tables as _flow_tables  # noqa: E402, F401

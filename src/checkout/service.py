@@ -369,7 +369,10 @@ class CheckoutService:
         if wait > 0:
             record = await self.engine.wait(order.saga_id, timeout=wait)
         else:
-            record = await self.engine.store.get(order.saga_id, history=False)
+            found = await self.engine.store.load(order.saga_id, history=False)
+            if found is None:  # pruned by retention (SAGAWAY_RETENTION_DAYS): the row has it
+                return OrderView(order, None, order.status, order.error)
+            record = found
         status = order_status_for(record.status, record.error)
         error = record.error if status in (OrderStatus.FAILED, OrderStatus.CANCELLED) else None
         lagging = status is not order.status or error != order.error

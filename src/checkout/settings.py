@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     lease_seconds: float = 5.0
+    # Finished sagas (succeeded or compensated, not pinned) older than this many days are
+    # pruned from the saga log by the workers; unset: kept forever. Keep it longer than any
+    # client retries a request: a pruned saga's idempotency key is forgotten with it.
+    retention_days: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     worker_id: str | None = None
     # FastAPI's native OpenTelemetry (spans and metrics per request through the global
     # providers). Off by default: even with no provider configured, FastAPI looks the three

@@ -1,5 +1,5 @@
 """``sagaway``: the admin CLI for any saga log (list, show, retry, cancel, stats, waiting,
-signal).
+signal, dead-letters; prune, pin, unpin in :mod:`sagaway.cli_retention`).
 
 It only reads and flips state in the store; the workers that know the saga definitions do the
 work (a retried or cancelled saga is picked up by whichever engine claims it next).
@@ -25,6 +25,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from sagaway import archive
+from sagaway.cli_dead_letters import dead_letters_app
 from sagaway.engine import Engine, SignalReceipt
 from sagaway.errors import SagaNotFound, SagawayError
 from sagaway.state import Phase, SagaRecord, SagaStatus, StepRecord
@@ -37,6 +39,7 @@ DEFAULT_STORE = "sqlite:///sagaway.db"
 app = typer.Typer(help="Inspect and repair sagas in a sagaway saga log.", no_args_is_help=True)
 console = Console()
 err = Console(stderr=True)
+app.add_typer(dead_letters_app, name="dead-letters")
 
 STORE_HELP = "Saga log URL: sqlite:///sagaway.db, postgresql://..., redis://..."
 StoreOption = Annotated[
@@ -144,6 +147,7 @@ def _summary(saga: SagaRecord, now: float) -> dict[str, Any]:
         "error": saga.error,
         "waiting_for": saga.waiting_for,
         "parked_until": _iso(saga.parked_until),
+        "pinned": saga.pinned,
         "created_at": _iso(saga.created_at),
         "updated_at": _iso(saga.updated_at),
     }
@@ -191,7 +195,11 @@ def list_sagas(
             [
                 saga.id,
                 f"{saga.name} v{saga.version}",
-                f"{saga.status} (stalled)" if flag else saga.status.value,
+                f"{saga.status} (stalled)"
+                if flag
+                else f"{saga.status} (pinned)"
+                if saga.pinned
+                else saga.status.value,
                 _when(saga.created_at),
                 saga.error or "",
             ]
@@ -366,6 +374,8 @@ def _print_saga(record: SagaRecord) -> None:
         + (f"  error: {record.error}" if record.error else "")
     )
     typer.echo(f"input: {json.dumps(record.input)}")
+    if record.pinned:
+        typer.echo("pinned: retention never removes it (sagaway unpin to undo)")
     if record.waiting_for is not None:
         typer.echo(f"waiting for {record.waiting_for} until {_when(record.parked_until)}")
     typer.echo("steps, in the order they ran:")
@@ -404,14 +414,31 @@ def _print_saga(record: SagaRecord) -> None:
 
 @app.command()
 def show(
-    ctx: typer.Context, saga_id: SagaId, store: StoreOption = None, as_json: JsonOption = False
+    ctx: typer.Context,
+    saga_id: SagaId,
+    store: StoreOption = None,
+    as_json: JsonOption = False,
+    archived: Annotated[
+        Path | None,
+        typer.Option(
+            "--archive",
+            metavar="FILE",
+            help="Read the saga from an archive `sagaway prune --archive` wrote, not the log",
+        ),
+    ] = None,
 ) -> None:
     """Show one saga: its steps, in the order they ran, and its history."""
 
     async def action(engine: Engine) -> SagaRecord:
         return await engine.get(await _resolve(engine, saga_id))
 
-    record = _run(_store_url(ctx, store), action)
+    if archived is not None:
+        try:
+            record = archive.find(archived, saga_id)
+        except SagawayError as exc:
+            raise _fail(str(exc)) from None
+    else:
+        record = _run(_store_url(ctx, store), action)
     if as_json:
         typer.echo(json.dumps(_detail(record), indent=2))
     else:
@@ -462,3 +489,7 @@ def stats(ctx: typer.Context, store: StoreOption = None) -> None:
 
 def main() -> None:
     app()
+
+
+# The retention commands register themselves on ``app`` (a module of their own for size).
+from sagaway import cli_retention as _cli_retention  # noqa: E402, F401

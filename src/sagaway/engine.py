@@ -31,6 +31,7 @@ from sagaway.hooks import ClaimReason, Hook, HookChain
 from sagaway.outbox_relay import OutboxRelay
 from sagaway.parked import ParkedSagas, SignalReceipt
 from sagaway.recovery import Recovery
+from sagaway.retention import Retention
 from sagaway.rules import (
     compensation_reason,
     last_cancellable,
@@ -84,7 +85,8 @@ class Engine:
     say) and, after a crash, its replacement takes its sagas back immediately instead of waiting
     for the leases to expire. ``execute=False`` makes an API-only engine: it records new sagas
     as PENDING for workers to claim and runs nothing itself. ``hooks`` (see
-    :mod:`sagaway.hooks`) observe sagas and steps: metrics, tracing, logs.
+    :mod:`sagaway.hooks`) observe sagas and steps: metrics, tracing, logs. With
+    ``retention_days`` the engine prunes finished sagas that old (see :mod:`sagaway.retention`).
     """
 
     def __init__(
@@ -100,6 +102,7 @@ class Engine:
         clock: Clock | None = None,
         hooks: Iterable[Hook] = (),
         transport: Dispatcher | None = None,
+        retention_days: float | None = None,
     ) -> None:
         if lease_seconds <= 0 or recovery_interval <= 0 or max_concurrency < 1:
             raise ValueError("lease_seconds, recovery_interval, max_concurrency must be positive")
@@ -111,6 +114,10 @@ class Engine:
         self.max_concurrency = max_concurrency
         self.execute = execute
         self.clock: Clock = clock or SystemClock()
+        # Finished sagas older than this are pruned by the maintenance loop (sagaway.retention).
+        self._retention = (
+            None if retention_days is None else Retention(self.store, retention_days, self.clock)
+        )
         self._sagas: dict[tuple[str, int], Saga] = {}
         # None: every saga declared in the process (see definition.declared_sagas).
         self._narrowed = sagas is not None
@@ -344,8 +351,9 @@ class Engine:
                 final = await future
             else:
                 final = None
-                with contextlib.suppress(TimeoutError):
-                    final = await asyncio.wait_for(future, timeout)
+                with contextlib.suppress(TimeoutError):  # not wait_for: see Recovery.maintain
+                    async with asyncio.timeout(timeout):
+                        final = await future
             if final is not None:  # driven here to the end: no need to read it back
                 return final
             record = self._typed(await self.store.get(saga_id, history=False))

@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import logging
 import uuid
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from sagaway import rules
@@ -61,6 +62,24 @@ class ParkedSagas:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        # The sagas a reply or a signal is being applied to here, from taking the saga until
+        # it is handed to a run (or back to the log). Taking is per owner, so without this a
+        # second reply (a stale duplicate) took the saga too, and gave the lease back under
+        # the first one's run: LeaseLost, that reply lost until the park timed out.
+        self._applying: dict[str, asyncio.Future[None]] = {}
+
+    @contextlib.asynccontextmanager
+    async def _one_at_a_time(self, saga_id: str) -> AsyncIterator[None]:
+        """Apply one reply or signal at a time to ``saga_id`` in this engine."""
+        while (other := self._applying.get(saga_id)) is not None:
+            await asyncio.shield(other)  # shielded: our cancel must not end theirs
+        mine = asyncio.get_running_loop().create_future()
+        self._applying[saga_id] = mine
+        try:
+            yield
+        finally:
+            del self._applying[saga_id]
+            mine.set_result(None)
 
     async def _release(self, saga_id: str, now: float) -> None:
         """Give back a saga taken for nothing (a stale reply, a signal it does not wait for)."""
@@ -77,14 +96,19 @@ class ParkedSagas:
         if applied. A reply the saga no longer waits for (a duplicate, a late one, one for a
         saga another engine has moved on) is ignored. Message transports call this (through
         ``on_reply``); tests and other transports may call it directly."""
+        async with self._one_at_a_time(reply.saga_id):
+            return await self._deliver(reply)
+
+    async def _deliver(self, reply: Reply) -> bool:
         saga_id = reply.saga_id
         if saga_id in self.engine._runs:
             # Still being driven here: it has sent the command and is about to park (or the
             # reply is stale). Look again once that run has ended.
             future: asyncio.Future[SagaRecord | None] = asyncio.get_running_loop().create_future()
             self.engine._waiters.setdefault(saga_id, []).append(future)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(future, self.engine.lease_seconds)
+            with contextlib.suppress(TimeoutError):  # not wait_for: see Recovery.maintain
+                async with asyncio.timeout(self.engine.lease_seconds):
+                    await future
         # Take it straight away (its row comes back with it: no read first). A reply is stale
         # only after a duplicate delivery or a timeout, so giving the lease back is rare.
         now = self.engine.clock.now()
@@ -259,8 +283,9 @@ class ParkedSagas:
             if saga_id in self.engine._runs:
                 future: asyncio.Future[SagaRecord | None] = loop.create_future()
                 self.engine._waiters.setdefault(saga_id, []).append(future)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(future, max(patience - loop.time(), 0.001))
+                with contextlib.suppress(TimeoutError):  # not wait_for: see Recovery.maintain
+                    async with asyncio.timeout(max(patience - loop.time(), 0.001)):
+                        await future
             else:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.1)
@@ -321,6 +346,10 @@ class ParkedSagas:
     async def _apply_signal(self, saga_id: str, signal: Signal) -> SignalReceipt | None:
         """Take the saga and apply (or record) ``signal`` if it waits for it; None if it
         could not be taken or does not wait for it (the caller reads the log to say why)."""
+        async with self._one_at_a_time(saga_id):
+            return await self._take_signal(saga_id, signal)
+
+    async def _take_signal(self, saga_id: str, signal: Signal) -> SignalReceipt | None:
         now = self.engine.clock.now()
         try:
             taken = await self.engine.store.acquire(
@@ -396,6 +425,10 @@ class ParkedSagas:
     async def due_now(self, record: SagaRecord) -> None:
         """Make a parked saga claimable now (a cancel for it, from an engine that does not
         drive it): otherwise it would sleep on until its timeout, days maybe."""
+        async with self._one_at_a_time(record.id):
+            await self._make_due(record)
+
+    async def _make_due(self, record: SagaRecord) -> None:
         now = self.engine.clock.now()
         waiting = record.waiting_for
         taken = await self.engine.store.acquire(

@@ -48,6 +48,9 @@ ACTIVE_STATUSES: tuple[SagaStatus, ...] = (
     SagaStatus.RUNNING,
     SagaStatus.COMPENSATING,
 )
+# What retention may remove: sagas that are over for good. FAILED is terminal for the engine but
+# not for an operator (``sagaway retry`` takes it on again), so it is kept until someone acts.
+PRUNABLE_STATUSES: tuple[SagaStatus, ...] = (SagaStatus.SUCCEEDED, SagaStatus.COMPENSATED)
 
 
 class StepStatus(StrEnum):
@@ -172,6 +175,8 @@ class SagaRecord:
     # signal takes them with ``acquire``.
     waiting_for: str | None = None
     parked_until: float | None = None
+    # Pinned by a user (``sagaway pin``): retention never removes it.
+    pinned: bool = False
     # The definition the record was read back with (set by the engine), so ``output`` can
     # decode step outputs to their declared types. Not stored; None for a bare store read.
     definition: Saga | None = field(default=None, compare=False, repr=False)
@@ -200,6 +205,7 @@ class SagaRecord:
             history=list(self.history) if history else [],
             waiting_for=self.waiting_for,
             parked_until=self.parked_until,
+            pinned=self.pinned,
             definition=self.definition,
         )
 

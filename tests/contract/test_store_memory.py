@@ -9,10 +9,13 @@ import pytest
 from sagaway.store.base import SagaStore
 from sagaway.store.memory import MemoryStore
 from sagaway.testing.contract import SagaStoreContract
+from sagaway.testing.contract_retention import PruningStoreContract
 from sagaway.testing.contract_tiers import OutboxStoreContract, TransactionalStoreContract
 
 
-class TestMemoryStore(SagaStoreContract, OutboxStoreContract, TransactionalStoreContract):
+class TestMemoryStore(
+    SagaStoreContract, OutboxStoreContract, TransactionalStoreContract, PruningStoreContract
+):
     @pytest.fixture
     async def store(self) -> AsyncIterator[SagaStore]:
         async with MemoryStore() as store:

@@ -10,17 +10,22 @@ import pytest
 from sagaway.store.base import SagaStore
 from sagaway.store.sqlite import SQLiteStore
 from sagaway.testing.contract import SagaStoreContract
+from sagaway.testing.contract_retention import PruningStoreContract
 from sagaway.testing.contract_tiers import OutboxStoreContract, TransactionalStoreContract
 
 
-class TestSQLiteStore(SagaStoreContract, OutboxStoreContract, TransactionalStoreContract):
+class TestSQLiteStore(
+    SagaStoreContract, OutboxStoreContract, TransactionalStoreContract, PruningStoreContract
+):
     @pytest.fixture
     async def store(self, tmp_path: Path) -> AsyncIterator[SagaStore]:
         async with SQLiteStore(f"sqlite:///{tmp_path / 'sagas.db'}") as store:
             yield store
 
 
-class TestSQLiteStoreRelaxed(SagaStoreContract, OutboxStoreContract, TransactionalStoreContract):
+class TestSQLiteStoreRelaxed(
+    SagaStoreContract, OutboxStoreContract, TransactionalStoreContract, PruningStoreContract
+):
     """``durable=false`` changes only fsync behaviour, never semantics."""
 
     @pytest.fixture

@@ -19,7 +19,7 @@ from fastapi import FastAPI
 
 from checkout.api import create_app
 from checkout.bootstrap import Services
-from checkout.orderflow import OrderFlow
+from checkout.orderflow.runtime import OrderFlow
 from servers import fresh_rabbit_vhost
 
 TORONTO = {
@@ -173,6 +173,50 @@ async def test_confirmed_order_is_delivered(client: httpx.AsyncClient, flow: str
 @FLOWS
 async def test_no_courier_refunds_and_cancels(client: httpx.AsyncClient, flow: str) -> None:
     await no_courier_path(client, flow)
+
+
+async def test_orders_list_shows_pay_later_orders(client: httpx.AsyncClient) -> None:
+    """``GET /orders`` lists the pay-later orders with the checkout's, newest first, with their
+    own statuses and courier; ``?status=`` filters either kind."""
+    placed = await client.post(
+        "/orders",
+        json={"customer_id": "user_1", "items": [{"product_id": "product_1", "quantity": 1}]},
+    )
+    assert placed.status_code == 201, placed.text
+    pending = await create(client, TORONTO)
+    delivered = await create(client, TORONTO, "orchestration")
+    await confirm(client, delivered["payment_id"])
+    listed = (await client.get("/orders")).json()["orders"]
+    assert [o["order_id"] for o in listed] == [
+        delivered["order_id"],
+        pending["order_id"],
+        placed.json()["order_id"],
+    ]
+    first, second, third = listed
+    assert (first["kind"], first["status"], first["courier"]) == (
+        "pay_later",
+        "completed",
+        "Toronto Bike Couriers",
+    )
+    assert first["payment_id"] == delivered["payment_id"]
+    assert first["total"] == 100.0
+    assert first["items"] == [
+        {"product_id": "product_1", "quantity": 2, "unit_price": 50.0, "line_total": 100.0}
+    ]
+    assert (second["kind"], second["status"], second["courier"]) == (
+        "pay_later",
+        "pending_payment",
+        None,
+    )
+    assert (third["kind"], third["status"]) == ("checkout", "completed")
+    waiting = (await client.get("/orders", params={"status": "pending_payment"})).json()
+    assert [o["order_id"] for o in waiting["orders"]] == [pending["order_id"]]
+    done = (await client.get("/orders", params={"status": "completed"})).json()["orders"]
+    assert [o["order_id"] for o in done] == [delivered["order_id"], placed.json()["order_id"]]
+    page = (await client.get("/orders", params={"limit": 1, "offset": 1})).json()["orders"]
+    assert [o["order_id"] for o in page] == [pending["order_id"]]
+    bad = await client.get("/orders", params={"status": "lost"})
+    assert bad.status_code == 422
 
 
 async def test_default_address_is_the_accounts(client: httpx.AsyncClient) -> None:

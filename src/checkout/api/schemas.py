@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, Any, Self
+from enum import StrEnum
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -30,6 +31,7 @@ from checkout.domain.models import (
     ProductInfo,
 )
 from checkout.domain.rules import from_cents, to_cents
+from checkout.orderflow.tables import FlowOrderStatus
 from sagaway import SagaStatus
 
 
@@ -304,13 +306,32 @@ class StepSummary(BaseModel):
     error: str | None = None
 
 
+class ListedOrderStatus(StrEnum):
+    """What ``GET /orders?status=`` filters on: a checkout order's status (``OrderStatus``) or
+    a pay-later order's (``FlowOrderStatus``: ``pending_payment``, ``confirmed``...)."""
+
+    PENDING = "pending"
+    PROCESSING = "processing"
+    FAILED = "failed"
+    PENDING_PAYMENT = "pending_payment"
+    CONFIRMED = "confirmed"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+
+
 class OrderSummary(BaseModel):
     """An order as ``GET /orders`` lists it: the order row, whose ``status`` follows its saga,
-    without the saga's live view (one saga read per order; ``GET /orders/{id}`` has it)."""
+    without the saga's live view (one saga read per order; ``GET /orders/{id}`` has it).
+    A pay-later order (``POST /orders/create_order``, ``kind: "pay_later"``) has its own
+    statuses (``pending_payment`` -> ``confirmed`` -> ``completed``, or ``cancelled``), its
+    ``payment_id``, and once delivered its ``courier``; ``error`` is why it was cancelled."""
 
     order_id: str
     customer_id: str
-    status: OrderStatus
+    status: OrderStatus | FlowOrderStatus
+    kind: Literal["checkout", "pay_later"] = "checkout"
+    payment_id: str | None = None
+    courier: str | None = None
     saga_id: str | None
     total: Money
     error: str | None
@@ -370,6 +391,8 @@ class SagaSummary(BaseModel):
     error: str | None
     created_at: datetime
     updated_at: datetime
+    # Pinned (`sagaway pin`): retention (SAGAWAY_RETENTION_DAYS) never removes it.
+    pinned: bool = False
 
 
 class SagaPage(BaseModel):

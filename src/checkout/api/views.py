@@ -7,6 +7,9 @@ was compensated (``COMPENSATED``), else its forward outcome.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from typing import Any
+
 from checkout.api.schemas import (
     AddressOut,
     EventOut,
@@ -22,7 +25,8 @@ from checkout.api.schemas import (
     money,
     when,
 )
-from checkout.domain.models import OrderInfo
+from checkout.domain.models import OrderInfo, PricedLine
+from checkout.orderflow.tables import FlowOrderStatus
 from checkout.sagas import STEP_NAMES
 from checkout.service import OrderView
 from checkout.tracking import order_id_of
@@ -72,6 +76,31 @@ def order_summary(order: OrderInfo) -> OrderSummary:
     )
 
 
+def flow_order_summary(order: dict[str, Any]) -> OrderSummary:
+    """A pay-later order (``checkout.orderflow``) as listed next to the checkout's."""
+    address = order["shipping_address"]
+    return OrderSummary(
+        order_id=order["order_id"],
+        customer_id=order["customer_id"],
+        status=FlowOrderStatus(order["status"]),
+        kind="pay_later",
+        payment_id=order["payment_id"],
+        courier=order["courier"],
+        saga_id=order["saga_id"],
+        total=money(order["amount_cents"]),
+        error=order["reason"],
+        items=[
+            # Orders placed before the lines were stored priced show a unit price of 0.
+            ItemOut.of(PricedLine.model_validate({"unit_price_cents": 0, **line}))
+            for line in order["items"]
+        ],
+        shipping_address=None if address is None else AddressOut.model_validate(address),
+        payment_method="pay_later",
+        created_at=datetime.fromtimestamp(order["created_at"], UTC),
+        updated_at=datetime.fromtimestamp(order["updated_at"], UTC),
+    )
+
+
 def order_out(view: OrderView) -> OrderOut:
     order = view.order
     return OrderOut(
@@ -114,6 +143,7 @@ def saga_summary(record: SagaRecord) -> SagaSummary:
         error=record.error,
         created_at=instant(record.created_at),
         updated_at=instant(record.updated_at),
+        pinned=record.pinned,
     )
 
 

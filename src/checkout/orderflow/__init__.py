@@ -1,15 +1,7 @@
-"""Seed 004: order, payment and delivery services as a choreography (``services``), run by
-``OrderFlow`` (``runtime``); see the README's "Pay later: seed 004"."""
+"""Seed 004: order, payment and delivery services as a choreography (``services``), or one
+orchestrated saga (``orchestration``), run by ``runtime.OrderFlow``; see the README's "Pay
+later: seed 004".
 
-from checkout.orderflow.runtime import OrderFlow, timeline
-from checkout.orderflow.services import FlowConflict, FlowError, FlowInvalid, FlowNotFound, couriers
-
-__all__ = [
-    "FlowConflict",
-    "FlowError",
-    "FlowInvalid",
-    "FlowNotFound",
-    "OrderFlow",
-    "couriers",
-    "timeline",
-]
+Kept free of imports: ``checkout.db`` imports ``checkout.orderflow.tables`` to declare the
+pay-later tables on the shop's metadata, and must not pull the runtime in with it.
+"""

@@ -31,7 +31,7 @@ from checkout.orderflow.orchestration import (
     ProcessInput,
     build_order_process,
 )
-from checkout.orderflow.tables import FlowPaymentStatus, create_tables
+from checkout.orderflow.tables import FlowPaymentStatus
 from sagaway import Engine
 from sagaway.choreography import EventBus, EventContext, InProcessBus, Monitor, Relay
 from sagaway.errors import NotWaiting
@@ -117,7 +117,6 @@ class OrderFlow:
         self.engine: Engine | None = None  # set by the composition root
 
     async def start(self) -> None:
-        await self.order.run(create_tables)
         await self.bus.open()
         for relay in self.relays:
             relay.start()
@@ -250,6 +249,10 @@ class OrderFlow:
 
     async def get_order(self, order_id: str) -> dict[str, Any] | None:
         return await self.order.run(svc.read_order, order_id)
+
+    async def list_orders(self, limit: int, status: str | None = None) -> list[dict[str, Any]]:
+        """The newest ``limit`` pay-later orders (of ``status``), newest first."""
+        return await self.order.run(svc.list_orders, limit, status)
 
     async def order_with_timeline(self, order_id: str) -> dict[str, Any] | None:
         order = await self.get_order(order_id)

@@ -157,6 +157,14 @@ def read_order(conn: Connection, order_id: str) -> dict[str, Any] | None:
     return None if row is None else order_view(row)
 
 
+def list_orders(conn: Connection, limit: int, status: str | None) -> list[dict[str, Any]]:
+    """The newest ``limit`` pay-later orders (of ``status``), newest first."""
+    query = select(ORDERS).order_by(ORDERS.c.created_at.desc(), ORDERS.c.id.desc())
+    if status is not None:
+        query = query.where(ORDERS.c.status == status)
+    return [order_view(row) for row in conn.execute(query.limit(limit))]
+
+
 def read_payment(conn: Connection, payment_id: str) -> dict[str, Any] | None:
     row = conn.execute(select(PAYMENTS).where(PAYMENTS.c.id == payment_id)).first()
     return None if row is None else payment_view(row)
@@ -167,9 +175,9 @@ def read_payment(conn: Connection, payment_id: str) -> dict[str, Any] | None:
 
 def priced_order(
     conn: Connection, customer: str, items: list[OrderLine], address: Address | None
-) -> tuple[int, dict[str, Any]]:
-    """The order's total from the catalog and its shipping address (the account's when none
-    is given); ``FlowInvalid`` with the reason when it cannot be placed."""
+) -> tuple[int, dict[str, Any], list[PricedLine]]:
+    """The order's total and priced lines from the catalog, and its shipping address (the
+    account's when none is given); ``FlowInvalid`` with the reason when it cannot be placed."""
     account = conn.execute(select(ACCOUNTS).where(ACCOUNTS.c.id == customer)).first()
     if account is None:
         # 422, not 404: the request names something that does not exist; the URL does.
@@ -185,7 +193,8 @@ def priced_order(
     missing = [pid for pid in ids if pid not in prices]
     if missing:
         raise FlowInvalid(f"product not found: {', '.join(missing)}")
-    total = order_total(_priced(lines, prices))
+    priced = _priced(lines, prices)
+    total = order_total(priced)
     if address is None:
         address = Address(
             street=account.ship_street,
@@ -197,7 +206,7 @@ def priced_order(
     problems = address_problems(address)
     if problems:
         raise FlowInvalid(f"invalid shipping address: {'; '.join(problems)}")
-    return total, address.model_dump(mode="json")
+    return total, address.model_dump(mode="json"), priced
 
 
 def _priced(lines: list[OrderLine], prices: dict[str, int]) -> list[PricedLine]:
@@ -262,7 +271,7 @@ def create_order(
 ) -> dict[str, Any]:
     """The order service's ``POST /orders/create_order``: record the order pending payment and
     ask for a payment (``create-payment``), in one transaction."""
-    total, shipping = priced_order(ctx.conn, customer, items, address)
+    total, shipping, priced = priced_order(ctx.conn, customer, items, address)
     now = ctx.clock()
     order_id, payment_id = uuid.uuid4().hex, uuid.uuid4().hex
     ctx.conn.execute(
@@ -270,7 +279,8 @@ def create_order(
         {
             "id": order_id,
             "customer_id": customer,
-            "items": [line.model_dump(mode="json") for line in merge_lines(items)],
+            # Priced as ordered (unit_price_cents), so a listing shows what was charged.
+            "items": [line.model_dump(mode="json") for line in priced],
             "shipping_address": shipping,
             "amount_cents": total,
             "status": FlowOrderStatus.PENDING_PAYMENT.value,

@@ -2,21 +2,25 @@
 
 Each service owns its tables (order: ``flow_orders``; payment: ``flow_payments``; delivery:
 ``flow_deliveries``) and has its own inbox and outbox, so it could move to a database of its
-own without a change. Embedded (``make run``) they live in the shop database, next to the
-accounts the payment service debits. ``create_tables`` creates what is missing.
+own: with separate services (``SAGAWAY_TRANSPORT=http|rabbitmq``) the order's live in the
+gateway's database, the payment's in the payment service's and the delivery's in the shipping
+service's. Each is created by the Alembic history of its owner (gateway ``0004``, payment
+``p0003``, shipping ``s0003``); embedded (``make run``) all histories run on the shop database,
+so they sit next to the accounts the payment service debits. They are declared on the shop's
+``Base.metadata`` so the migrations-match-the-models checks see them.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
 
-from sqlalchemy import JSON, BigInteger, Column, Float, MetaData, String, Table, Text
-from sqlalchemy.engine import Connection
+from sqlalchemy import JSON, BigInteger, Column, Float, String, Table, Text
 
+from checkout.db import Base
 from sagaway.choreography import outbox_table
 from sagaway.participant import inbox_table
 
-FLOW = MetaData()
+FLOW = Base.metadata
 
 
 class FlowOrderStatus(StrEnum):
@@ -88,6 +92,7 @@ OUTBOXES = {
     name: outbox_table(FLOW, f"flow_{name}_outbox") for name in ("order", "payment", "delivery")
 }
 
-
-def create_tables(conn: Connection) -> None:
-    FLOW.create_all(conn, checkfirst=True)
+# Which history owns which tables (``checkout.db.History.tables``).
+ORDER_TABLES = ("flow_orders", "flow_order_inbox", "flow_order_outbox")
+PAYMENT_TABLES = ("flow_payments", "flow_payment_inbox", "flow_payment_outbox")
+DELIVERY_TABLES = ("flow_deliveries", "flow_delivery_inbox", "flow_delivery_outbox")

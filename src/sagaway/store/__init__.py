@@ -5,9 +5,16 @@ from __future__ import annotations
 from importlib import import_module
 
 from sagaway.errors import SagawayError
-from sagaway.store.base import OutboxStore, Page, SagaStore, TransactionalStore
+from sagaway.store.base import OutboxStore, Page, PruningStore, SagaStore, TransactionalStore
 
-__all__ = ["OutboxStore", "Page", "SagaStore", "TransactionalStore", "open_store"]
+__all__ = [
+    "OutboxStore",
+    "Page",
+    "PruningStore",
+    "SagaStore",
+    "TransactionalStore",
+    "open_store",
+]
 
 _BACKENDS = {
     "memory": ("sagaway.store.memory", "MemoryStore"),

@@ -47,7 +47,7 @@ from sagaway.store._pg_schema import ACTIVE_SQL
 _COLS = (
     "i.id, i.name, i.version, i.status, i.input::text, i.idempotency_key, i.owner, "
     "i.lease_expires_at, i.deadline_at, i.cancel_requested, i.error, i.created_at, i.updated_at, "
-    "i.waiting_for, i.parked_until"
+    "i.waiting_for, i.parked_until, i.pinned"
 )
 _OUTBOX_COLS = "id, saga_id, topic, body::text, headers::text, created_at"
 _STEPS_JSON = (
@@ -415,9 +415,10 @@ def saga_from_row(row: Sequence[Any]) -> SagaRecord:
         updated_at=row[12],
         waiting_for=row[13],
         parked_until=row[14],
+        pinned=row[15],
     )
-    if len(row) > 15 and row[15] is not None:
-        for s in _loads(row[15]):
+    if len(row) > 16 and row[16] is not None:
+        for s in _loads(row[16]):
             step = StepRecord(
                 name=s[0],
                 phase=_PHASE[s[1]],
@@ -430,7 +431,7 @@ def saga_from_row(row: Sequence[Any]) -> SagaRecord:
                 finished_at=_float(s[8]),
             )
             record.steps[(step.name, step.phase)] = step
-    if len(row) > 16 and row[16] is not None:
+    if len(row) > 17 and row[17] is not None:
         record.history = [
             Event(
                 at=float(e[0]),
@@ -440,7 +441,7 @@ def saga_from_row(row: Sequence[Any]) -> SagaRecord:
                 attempt=e[4],
                 detail=e[5],
             )
-            for e in _loads(row[16])
+            for e in _loads(row[17])
         ]
     return record
 

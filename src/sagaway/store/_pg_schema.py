@@ -119,6 +119,13 @@ MIGRATIONS: list[tuple[str, ...]] = [
         f"CREATE INDEX sagaway_instances_free ON {{s}}.sagaway_instances (created_at, id) "
         f"WHERE status IN ({ACTIVE_SQL}) AND waiting_for IS NULL",
     ),
+    (
+        # Retention: a user's pin keeps a saga from being pruned. A constant default: a
+        # catalog change only. Not indexed, and no index on updated_at either: every commit
+        # writes updated_at, and an index on it would make none of them a HOT update; prunable
+        # sagas are found through sagaway_instances_status instead.
+        "ALTER TABLE {s}.sagaway_instances ADD COLUMN pinned boolean NOT NULL DEFAULT false",
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -31,6 +31,7 @@ definition name, ``V`` its version)::
     P:outbox         zset: outbox message ids, score created_at (pending, oldest first)
     P:outbox:msgs    hash: message id -> JSON [id, saga_id, topic, body, headers, created_at]
     P:owner:O        set: active sagas leased to owner O (renew_leases)
+    (P:saga:id also holds "pinned" = "1" for a saga a user pinned: retention keeps it.)
     P:work           pub/sub channel: "there is work" (a saga queued PENDING, a lease handed back)
 
 Ties in a zset are ordered by member, so ``ZREVRANGE`` lists newest first by (created_at, id), as
@@ -59,6 +60,9 @@ SCRIPTS = (
     "OUTBOX_DELETE",
     "FIND_IDS",
     "STRANDED",
+    "PRUNABLE",
+    "PRUNE",
+    "PIN",
 )
 
 # Shared helpers, prepended to every script (Redis scripts cannot call one another).
@@ -466,5 +470,96 @@ for _, d in ipairs(order) do
   out[#out + 1] = counts[d][3]
 end
 return out
+"""
+)
+
+# Retention. Prunable sagas are found through P:status:S of the prunable statuses (score
+# created_at): a saga that finished before the cutoff was created before it, so the scan reads
+# finished sagas oldest-created first and passes over only those pinned or written since the
+# cutoff, at most PRUNE_SCAN of them per call. No index of its own: that would cost every
+# commit (the hot path) a write to keep it.
+PRUNE_SCAN = 20_000
+_PRUNABLE_LUA = "{SUCCEEDED = true, COMPENSATED = true}"
+
+# ARGV: P, cutoff, limit (> 0). Returns up to limit prunable ids, oldest write first.
+PRUNABLE = (
+    _LIB
+    + f"""
+local cutoff, limit = tonumber(ARGV[2]), tonumber(ARGV[3])
+local found = {{}}
+for status in pairs({_PRUNABLE_LUA}) do
+  local key, first, taken = P .. ':status:' .. status, 0, 0
+  while taken < limit and first < {PRUNE_SCAN} do
+    local ids = redis.call('ZRANGEBYSCORE', key, '-inf', '(' .. ARGV[2], 'LIMIT', first, 500)
+    for _, id in ipairs(ids) do
+      local f = redis.call('HMGET', P .. ':saga:' .. id, 'updated', 'pinned')
+      if not f[2] and tonumber(f[1]) < cutoff and taken < limit then
+        found[#found + 1] = {{tonumber(f[1]), id}}
+        taken = taken + 1
+      end
+    end
+    if #ids < 500 then break end
+    first = first + #ids
+  end
+end
+table.sort(found, function(a, b)
+  if a[1] ~= b[1] then return a[1] < b[1] end
+  return a[2] < b[2]
+end)
+local out = {{}}
+for i = 1, math.min(limit, #found) do out[i] = found[i][2] end
+return out
+"""
+)
+
+# ARGV: P, cutoff, ids... Deletes those still prunable with every key and index entry they
+# have; returns their ids. Outbox messages name their saga only in their JSON: the (small)
+# outbox hash is read once per call when something was pruned.
+PRUNE = (
+    _LIB
+    + f"""
+local cutoff, PRUNABLE = tonumber(ARGV[2]), {_PRUNABLE_LUA}
+local gone, gone_set = {{}}, {{}}
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  local h = P .. ':saga:' .. id
+  local f = redis.call('HMGET', h, 'status', 'pinned', 'updated', 'name', 'key')
+  if f[1] and PRUNABLE[f[1]] and not f[2] and tonumber(f[3]) < cutoff and not gone_set[id] then
+    local status, name, key = f[1], f[4], f[5]
+    redis.call('DEL', h, P .. ':steps:' .. id, P .. ':events:' .. id)
+    if key and redis.call('HGET', P .. ':keys', key) == id then
+      redis.call('HDEL', P .. ':keys', key)
+    end
+    redis.call('ZREM', P .. ':all', id)
+    redis.call('ZREM', P .. ':ids', id)
+    redis.call('ZREM', P .. ':status:' .. status, id)
+    redis.call('ZREM', P .. ':name:' .. name, id)
+    redis.call('ZREM', P .. ':sn:' .. status .. ':' .. name, id)
+    redis.call('ZREM', P .. ':waiting', id)
+    gone[#gone + 1] = id
+    gone_set[id] = true
+  end
+end
+if #gone > 0 and redis.call('HLEN', P .. ':outbox:msgs') > 0 then
+  local msgs = redis.call('HGETALL', P .. ':outbox:msgs')
+  for j = 1, #msgs, 2 do
+    if gone_set[cjson.decode(msgs[j + 1])[2]] then
+      redis.call('HDEL', P .. ':outbox:msgs', msgs[j])
+      redis.call('ZREM', P .. ':outbox', msgs[j])
+    end
+  end
+end
+return gone
+"""
+)
+
+# ARGV: P, id, "1" pin / "0" unpin. Returns {} for an unknown saga, else {saga hash, steps}.
+PIN = (
+    _LIB
+    + """
+local h = P .. ':saga:' .. ARGV[2]
+if redis.call('EXISTS', h) == 0 then return {} end
+if ARGV[3] == '1' then redis.call('HSET', h, 'pinned', '1') else redis.call('HDEL', h, 'pinned') end
+return loaded(ARGV[2])
 """
 )

@@ -24,6 +24,7 @@ from typing import Any
 from sagaway.errors import CancelPending, LeaseLost, SagaNotFound
 from sagaway.state import (
     ACTIVE_STATUSES,
+    PRUNABLE_STATUSES,
     Change,
     Event,
     EventType,
@@ -48,7 +49,7 @@ _COLS = (
     "cancel_requested, error, created_at, updated_at"
 )
 # Read back with every saga; written only by commits that park or unpark it.
-_SELECT_COLS = f"{_COLS}, waiting_for, parked_until"
+_SELECT_COLS = f"{_COLS}, waiting_for, parked_until, pinned"
 _STEP_COLS = "name, phase, status, attempts, output, error, uncertain, started_at, finished_at"
 
 INSERT_INSTANCE = (
@@ -205,6 +206,7 @@ def _saga(row: Sequence[Any]) -> SagaRecord:
         updated_at=row[12],
         waiting_for=row[13],
         parked_until=row[14],
+        pinned=bool(row[15]),
     )
 
 
@@ -645,3 +647,58 @@ def request_cancel(
     record = load(conn, saga_id, history=True)
     assert record is not None
     return record, None
+
+
+# -- retention -------------------------------------------------------------------------------
+
+# The same terms as sagaway_instances_finished's WHERE, so the planner can use that index.
+_PRUNABLE = (
+    f"status IN ({','.join(repr(s.value) for s in PRUNABLE_STATUSES)}) AND pinned = 0 "
+    "AND updated_at < ?"
+)
+
+
+def read_prunable(conn: sqlite3.Connection, finished_before: float, limit: int) -> list[str]:
+    rows = conn.execute(
+        f"SELECT id FROM sagaway_instances INDEXED BY sagaway_instances_finished "
+        f"WHERE {_PRUNABLE} ORDER BY updated_at, id LIMIT ?",
+        (finished_before, limit),
+    )
+    return [saga_id for (saga_id,) in rows]
+
+
+def prune(conn: sqlite3.Connection, ids: list[str], finished_before: float) -> list[str]:
+    """Delete the sagas of ``ids`` still prunable, with their rows (inside the batch)."""
+    param = _dumps(ids)
+    gone = [
+        saga_id
+        for (saga_id,) in conn.execute(
+            f"DELETE FROM sagaway_instances WHERE id IN (SELECT value FROM json_each(?)) "
+            f"AND {_PRUNABLE} RETURNING id",
+            (param, finished_before),
+        )
+    ]
+    if gone:
+        param = _dumps(gone)
+        conn.execute(
+            "DELETE FROM sagaway_steps WHERE saga_id IN (SELECT value FROM json_each(?))",
+            (param,),
+        )
+        conn.execute(
+            "DELETE FROM sagaway_events WHERE saga_id IN (SELECT value FROM json_each(?))",
+            (param,),
+        )
+        # No index on saga_id: the outbox holds only unpublished messages, a few rows.
+        conn.execute(
+            "DELETE FROM sagaway_outbox WHERE saga_id IN (SELECT value FROM json_each(?))",
+            (param,),
+        )
+    return gone
+
+
+def set_pinned(conn: sqlite3.Connection, saga_id: str, pinned: bool) -> SagaRecord:
+    _exists(conn, saga_id)  # SagaNotFound before any write
+    conn.execute("UPDATE sagaway_instances SET pinned = ? WHERE id = ?", (int(pinned), saga_id))
+    record = load(conn, saga_id, history=False)
+    assert record is not None
+    return record

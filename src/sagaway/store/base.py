@@ -353,3 +353,33 @@ class TransactionalStore(SagaStore):
         in, so an application may put its tables there and write them with
         ``run_in_transaction``."""
         return False
+
+
+class PruningStore(SagaStore):
+    """Capability tier: retention. Finished sagas can be removed, and pinned so they are not.
+
+    Prunable: status SUCCEEDED or COMPENSATED (``state.PRUNABLE_STATUSES``; never an active,
+    parked or FAILED saga, which an operator may still retry), not pinned, last written
+    (``updated_at``) before the cutoff. ``prune`` removes a saga with everything the log keeps
+    for it (step rows, history, outbox messages) in one atomic write per call, so callers keep
+    calls small (a few hundred ids) and no write waits long behind one. A pruned saga's
+    idempotency key is forgotten with it: a create under that key afterwards starts a new saga.
+    Checked for every backend by ``sagaway.testing.PruningStoreContract``.
+    """
+
+    @abstractmethod
+    async def prunable(self, *, finished_before: float, limit: int) -> list[str]:
+        """Ids of up to ``limit`` prunable sagas last written before ``finished_before``,
+        oldest first where the store can tell (what ``prune`` would remove; writes nothing)."""
+
+    @abstractmethod
+    async def prune(self, ids: Collection[str], *, finished_before: float) -> list[str]:
+        """Remove those of ``ids`` that are prunable *now* (checked atomically with the
+        delete: a saga pinned or written meanwhile stays), with their steps, events and outbox
+        messages. Unknown ids are ignored. Returns the ids removed."""
+
+    @abstractmethod
+    async def set_pinned(self, saga_id: str, pinned: bool) -> SagaRecord:
+        """Pin (or unpin) a saga of any status; returns it without history. Writes nothing
+        else (its ``updated_at`` stays, so an unpinned old saga is prunable at once).
+        ``SagaNotFound`` for an unknown id."""

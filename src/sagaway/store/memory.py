@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from sagaway.errors import CancelPending, CancelRefused, EffectFailed, LeaseLost, SagaNotFound
 from sagaway.state import (
+    PRUNABLE_STATUSES,
     Change,
     Event,
     EventType,
@@ -25,12 +26,18 @@ from sagaway.state import (
     refused_cancel,
 )
 from sagaway.store._codec import check_change, check_new, storable_text
-from sagaway.store.base import OutboxStore, Page, TransactionalStore, waiting_order
+from sagaway.store.base import (
+    OutboxStore,
+    Page,
+    PruningStore,
+    TransactionalStore,
+    waiting_order,
+)
 
 T = TypeVar("T")
 
 
-class MemoryStore(OutboxStore, TransactionalStore):
+class MemoryStore(OutboxStore, TransactionalStore, PruningStore):
     _kind = "memory"
     # Nothing to connect or release (no _open/_close), so operations need no open store and a
     # closed one opens again: tests hand one store from engine to engine to simulate restarts.
@@ -216,3 +223,38 @@ class MemoryStore(OutboxStore, TransactionalStore):
             record.history.append(event)
             record.updated_at = at
         return record.copy()
+
+    # -- retention ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _prunable(record: SagaRecord, finished_before: float) -> bool:
+        return (
+            record.status in PRUNABLE_STATUSES
+            and not record.pinned
+            and record.updated_at < finished_before
+        )
+
+    async def prunable(self, *, finished_before: float, limit: int) -> list[str]:
+        # A scan: the memory store holds what a test or a demo makes, not a year of sagas.
+        found = [r for r in self._sagas.values() if self._prunable(r, finished_before)]
+        found.sort(key=lambda r: (r.updated_at, r.id))
+        return [r.id for r in found[: max(limit, 0)]]
+
+    async def prune(self, ids: Collection[str], *, finished_before: float) -> list[str]:
+        removed = []
+        for saga_id in dict.fromkeys(ids):
+            record = self._sagas.get(saga_id)
+            if record is None or not self._prunable(record, finished_before):
+                continue
+            del self._sagas[saga_id]
+            if record.idempotency_key is not None:
+                self._keys.pop(record.idempotency_key, None)
+            for message_id in [m.id for m in self._outbox.values() if m.saga_id == saga_id]:
+                del self._outbox[message_id]
+            removed.append(saga_id)
+        return removed
+
+    async def set_pinned(self, saga_id: str, pinned: bool) -> SagaRecord:
+        record = self._owned(saga_id, None)
+        record.pinned = pinned
+        return record.copy(history=False)

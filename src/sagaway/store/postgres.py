@@ -75,9 +75,10 @@ from sagaway.errors import (
 )
 from sagaway.state import Change, Event, NewSaga, OutboxMessage, SagaRecord, SagaStatus
 from sagaway.store import _pg_ops as ops
+from sagaway.store import _pg_retention as retention
 from sagaway.store._codec import check_change, check_new, storable_text
 from sagaway.store._pg_schema import channel_for, check_schema_name, migrate
-from sagaway.store.base import OutboxStore, Page
+from sagaway.store.base import OutboxStore, Page, PruningStore
 
 __all__ = ["PostgresStore", "PostgresStoreStats", "parse_url"]
 
@@ -130,7 +131,7 @@ def parse_url(url: str) -> PgSettings:
     return PgSettings(dsn, schema, pool_size, parts.hostname or "localhost", parts.port or 5432)
 
 
-class PostgresStore(OutboxStore):
+class PostgresStore(OutboxStore, PruningStore):
     """The saga log in PostgreSQL; see the module docstring for the design.
 
     Bound to the event loop that calls ``open()``: use it from that loop only.
@@ -144,6 +145,7 @@ class PostgresStore(OutboxStore):
         self.schema = self.settings.schema
         self.stats = PostgresStoreStats()
         self._sql = ops.Statements(check_schema_name(self.schema))
+        self._retention = retention.RetentionStatements(check_schema_name(self.schema))
         self._channel = channel_for(self.schema)
         self._pool: asyncpg.Pool | None = None
         self._pending: list[_Op] = []
@@ -573,6 +575,25 @@ class PostgresStore(OutboxStore):
     async def outbox_count(self) -> int:
         async with self._connection() as conn:
             return int(await conn.fetchval(self._sql.outbox_count))
+
+    # -- retention (see _pg_retention) --------------------------------------------------------
+
+    async def prunable(self, *, finished_before: float, limit: int) -> list[str]:
+        async with self._connection() as conn:
+            return await retention.prunable(conn, self._retention, finished_before, max(limit, 0))
+
+    async def prune(self, ids: Collection[str], *, finished_before: float) -> list[str]:
+        wanted = list(dict.fromkeys(i for i in ids if storable_text(i)))
+        if not wanted:
+            return []
+        async with self._connection() as conn:
+            return await retention.prune(conn, self._retention, wanted, finished_before)
+
+    async def set_pinned(self, saga_id: str, pinned: bool) -> SagaRecord:
+        if not storable_text(saga_id):
+            raise SagaNotFound(saga_id)
+        async with self._connection() as conn:
+            return await retention.set_pinned(conn, self._retention, self._sql, saga_id, pinned)
 
 
 # The server ended the session (pg_terminate_backend, a shutdown or restart) or the link broke:

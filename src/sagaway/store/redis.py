@@ -102,7 +102,7 @@ from sagaway.store._codec import check_change, check_new, storable_text
 from sagaway.store._codec import dumps as _dumps
 from sagaway.store._codec import loads as _loads
 from sagaway.store._redis_batch import Batcher, command_client
-from sagaway.store.base import _STRANDED_SCAN, OutboxStore, Page
+from sagaway.store.base import _STRANDED_SCAN, OutboxStore, Page, PruningStore
 
 __all__ = ["RedisStore", "parse_url"]
 
@@ -194,6 +194,7 @@ def _saga(flat: list[str]) -> SagaRecord:
         error=h.get("error"),
         waiting_for=h.get("waiting"),
         parked_until=_float(h.get("parked")),
+        pinned="pinned" in h,
     )
 
 
@@ -237,7 +238,7 @@ def _loaded(saga: list[str], steps: list[str], events: list[str] | None = None) 
     return record
 
 
-class RedisStore(OutboxStore):
+class RedisStore(OutboxStore, PruningStore):
     """The saga log in Redis; see the module docstring for the layout, the pipeline and the
     durability Redis gives. Bound to the event loop that calls ``open()``."""
 
@@ -633,3 +634,28 @@ class RedisStore(OutboxStore):
         flat = await self._call("STRANDED", [repr(float(now)), owner, str(_STRANDED_SCAN)])
         found = {(flat[i], int(flat[i + 1])): int(flat[i + 2]) for i in range(0, len(flat), 3)}
         return {key: n for key, n in found.items() if key not in known}
+
+    # -- retention (scripts PRUNABLE, PRUNE, PIN) -------------------------------------------
+
+    async def prunable(self, *, finished_before: float, limit: int) -> list[str]:
+        if limit <= 0:
+            return []
+        ids: list[str] = await self._call("PRUNABLE", [repr(float(finished_before)), str(limit)])
+        return ids
+
+    async def prune(self, ids: Collection[str], *, finished_before: float) -> list[str]:
+        wanted = list(dict.fromkeys(i for i in ids if storable_text(i)))
+        if not wanted:
+            return []
+        gone: list[str] = await self._call("PRUNE", [repr(float(finished_before)), *wanted])
+        return gone
+
+    async def set_pinned(self, saga_id: str, pinned: bool) -> SagaRecord:
+        reply = (
+            await self._call("PIN", [saga_id, "1" if pinned else "0"])
+            if storable_text(saga_id)
+            else []
+        )
+        if not reply:
+            raise SagaNotFound(saga_id)
+        return _loaded(reply[0], reply[1])

@@ -62,7 +62,7 @@ from sagaway.state import Change, Event, NewSaga, OutboxMessage, SagaRecord, Sag
 from sagaway.store import _sqlite_ops as ops
 from sagaway.store._codec import check_change, check_new, storable_text
 from sagaway.store._sqlite_schema import connect, migrate
-from sagaway.store.base import OutboxStore, Page, TransactionalStore
+from sagaway.store.base import OutboxStore, Page, PruningStore, TransactionalStore
 
 __all__ = ["SQLiteStore", "SQLiteStoreStats"]
 
@@ -127,7 +127,7 @@ def _translate(exc: BaseException) -> BaseException:
     return exc
 
 
-class SQLiteStore(OutboxStore, TransactionalStore):
+class SQLiteStore(OutboxStore, TransactionalStore, PruningStore):
     """The saga log in one SQLite file; see the module docstring for the group-commit design.
 
     Bound to the event loop that calls ``open()``: use it from that loop only.
@@ -413,6 +413,28 @@ class SQLiteStore(OutboxStore, TransactionalStore):
         self, *, now: float, owner: str, known: Collection[tuple[str, int]]
     ) -> dict[tuple[str, int], int]:
         return await self._read(ops.read_stranded, now, owner, known)
+
+    # -- retention ---------------------------------------------------------------------------
+
+    async def prunable(self, *, finished_before: float, limit: int) -> list[str]:
+        if limit <= 0:
+            return []
+        return await self._read(ops.read_prunable, finished_before, limit)
+
+    async def prune(self, ids: Collection[str], *, finished_before: float) -> list[str]:
+        """Runs inside a group commit like any write: keep ``ids`` to a few hundred, so the
+        batch it joins (and every transition waiting on that batch's fsync) stays short."""
+        wanted = list(dict.fromkeys(i for i in ids if storable_text(i)))
+        if not wanted:
+            return []
+        removed: list[str] = await self._submit(ops.prune, wanted, finished_before)
+        return removed
+
+    async def set_pinned(self, saga_id: str, pinned: bool) -> SagaRecord:
+        if not storable_text(saga_id):
+            raise SagaNotFound(saga_id)
+        record: SagaRecord = await self._submit(ops.set_pinned, saga_id, pinned)
+        return record
 
 
 class _Replay(Exception):

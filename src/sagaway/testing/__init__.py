@@ -9,9 +9,10 @@
 * ``saga_engine(*sagas)``: ``async with`` an opened Engine on a MemoryStore with a
   VirtualClock, yielding a ``SagaHarness`` (engine, store, clock, ``run``).
 * ``SagaStoreContract``: the store contract test base class for a new backend, and
-  ``OutboxStoreContract`` / ``TransactionalStoreContract`` for the capability tiers it
-  implements; ``TransportContract`` the same for a new transport. They are imported lazily
-  because they need pytest, which ``sagaway.testing`` itself never requires.
+  ``OutboxStoreContract`` / ``TransactionalStoreContract`` / ``PruningStoreContract`` for
+  the capability tiers it implements; ``TransportContract`` the same for a new transport.
+  They are imported lazily because they need pytest, which ``sagaway.testing`` itself never
+  requires.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = [
     "Faults",
     "Hang",
     "OutboxStoreContract",
+    "PruningStoreContract",
     "SagaHarness",
     "SagaStoreContract",
     "TransactionalStoreContract",
@@ -42,6 +44,7 @@ __all__ = [
 _LAZY = {
     "SagaStoreContract": "sagaway.testing.contract",
     "OutboxStoreContract": "sagaway.testing.contract_tiers",
+    "PruningStoreContract": "sagaway.testing.contract_retention",
     "TransactionalStoreContract": "sagaway.testing.contract_tiers",
     "TransportContract": "sagaway.testing.transport_contract",
 }

@@ -36,6 +36,10 @@ TABLES = {
     "payment_inbox",
     "inventory_inbox",
     "shipping_inbox",
+    # seed 004's pay-later services: order (gateway), payment, delivery (shipping)
+    *(f"flow_{t}" for t in ("orders", "order_inbox", "order_outbox")),
+    *(f"flow_{t}" for t in ("payments", "payment_inbox", "payment_outbox")),
+    *(f"flow_{t}" for t in ("deliveries", "delivery_inbox", "delivery_outbox")),
 }
 VERSION_TABLES = {history.version_table for history in EMBEDDED}
 

@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict
 from starlette.convertors import StringConvertor, register_url_convertor
 
 from checkout.api.schemas import Id, OrderRequest
-from checkout.orderflow import FlowError, OrderFlow, couriers
+from checkout.orderflow.runtime import OrderFlow
+from checkout.orderflow.services import FlowError, couriers
 
 router = APIRouter(tags=["pay later (seed 004)"])
 
@@ -118,9 +119,14 @@ async def list_couriers() -> dict[str, Any]:
     return {"couriers": couriers()}
 
 
+def flow_or_none(request: Request) -> OrderFlow | None:
+    flow: OrderFlow | None = getattr(request.app.state.services, "flow", None)
+    return flow
+
+
 async def flow_order(request: Request, order_id: str) -> dict[str, Any] | None:
     """A seed 004 order with its timeline, or None (not one of them / no flow here)."""
-    flow: OrderFlow | None = getattr(request.app.state.services, "flow", None)
+    flow = flow_or_none(request)
     if flow is None or _impossible(order_id):
         return None
     return await flow.order_with_timeline(order_id)

@@ -18,10 +18,11 @@ from checkout.api.deps import (
     checkout_of,
 )
 from checkout.api.idempotency import request_fingerprint
-from checkout.api.routes.orderflow import flow_order
-from checkout.api.schemas import OrderOut, OrderPage, OrderRequest
-from checkout.api.views import order_out, order_summary
+from checkout.api.routes.orderflow import flow_or_none, flow_order
+from checkout.api.schemas import ListedOrderStatus, OrderOut, OrderPage, OrderRequest, OrderSummary
+from checkout.api.views import flow_order_summary, order_out, order_summary
 from checkout.domain.models import OrderStatus
+from checkout.orderflow.tables import FlowOrderStatus
 from checkout.service import CheckoutService, OrderNotFound, OrderView
 
 router = APIRouter(tags=["orders"])
@@ -101,15 +102,27 @@ async def create_order(
 @router.get("/orders", dependencies=[ADMIN])
 async def list_orders(
     checkout: CheckoutDep,
+    request: Request,
     limit: Limit = 50,
     offset: Offset = 0,
-    status: OrderStatus | None = None,
+    status: ListedOrderStatus | None = None,
 ) -> OrderPage:
-    """List orders, newest first, without their sagas' steps (see GET /orders/{order_id})."""
-    orders = await checkout.participants.orders.list_orders(
-        limit=limit, offset=offset, status=status
-    )
-    return OrderPage(orders=[order_summary(o) for o in orders], limit=limit, offset=offset)
+    """List orders, newest first, without their sagas' steps (see GET /orders/{order_id}):
+    the checkout's and the pay-later ones (`kind: "pay_later"`, with their courier)."""
+    wanted = None if status is None else status.value
+    shop_status = wanted if wanted is None or wanted in set(OrderStatus) else None
+    listed: list[OrderSummary] = []
+    if wanted is None or shop_status is not None:
+        # Both lists are merged newest first: each gives its first offset + limit.
+        orders = await checkout.participants.orders.list_orders(
+            limit=offset + limit, offset=0, status=shop_status
+        )
+        listed += [order_summary(o) for o in orders]
+    flow = flow_or_none(request)
+    if flow is not None and (wanted is None or wanted in set(FlowOrderStatus)):
+        listed += [flow_order_summary(o) for o in await flow.list_orders(offset + limit, wanted)]
+    listed.sort(key=lambda o: (o.created_at, o.order_id), reverse=True)
+    return OrderPage(orders=listed[offset : offset + limit], limit=limit, offset=offset)
 
 
 @router.get("/orders/{order_id:order_id}", response_model=OrderOut)
