@@ -3,8 +3,9 @@
 ``LoggingHook`` writes one line (logger ``sagaway.sagas``) per saga start, step retry, step
 failure, start of compensation, operator retry, takeover and finish, each carrying ``saga_id``,
 ``saga`` (its name) and, through ``fields``, whatever the application adds (the checkout adds
-``order_id``). A parked saga taken on by its reply or signal is logged at DEBUG only. Levels: starts, finishes and business failures are INFO (normal life), retries of
-a step WARNING, a saga that ends FAILED (an operator must act) ERROR.
+``order_id``). A parked saga taken on by its reply or signal is logged at DEBUG only. Levels:
+starts, finishes and business failures are INFO (normal life), retries of a step WARNING, a saga
+that ends FAILED (an operator must act) ERROR.
 
 ``configure_logging("json")`` makes every log record of the process one JSON object per line
 (``ts``, ``level``, ``logger``, ``message`` and the record's extra fields); ``"text"`` is the
