@@ -267,7 +267,9 @@ async def _remote_shop(
     shop = RemoteShop(settings.service_urls, orders=executor, admin_token=token)
     stack.push_async_callback(shop.close)
     # Opened by the engine; closed here, after the engine (it does not close what it was given).
-    dispatcher = open_dispatcher(settings.transport, settings.service_urls, settings.rabbitmq_url)
+    dispatcher = open_dispatcher(
+        settings.transport, settings.service_urls, settings.rabbitmq_url, token
+    )
     stack.push_async_callback(dispatcher.close)
     participants = GatewayParticipants(
         shop=shop,  # type: ignore[arg-type]  # RemoteShop answers what ShopService does

@@ -73,6 +73,10 @@ def prune(
         ),
     ] = None,
     batch: Annotated[int, typer.Option(min=1, max=5000, help="Sagas per delete")] = BATCH,
+    pause: Annotated[
+        float,
+        typer.Option(min=0, max=60, help="Seconds between batches, for the workers' writes"),
+    ] = 0.05,
 ) -> None:
     """Remove finished sagas (SUCCEEDED, COMPENSATED; not pinned) last written before DATE,
     with their steps, history and outbox messages. Running, parked and FAILED sagas are
@@ -93,6 +97,7 @@ def prune(
             finished_before=finished_before,
             batch=batch,
             before_delete=None if archive_to is None else write_out,
+            pause=pause,
         )
         return removed
 

@@ -351,8 +351,9 @@ class Engine:
                 final = await future
             else:
                 final = None
-                with contextlib.suppress(TimeoutError):
-                    final = await asyncio.wait_for(future, timeout)
+                with contextlib.suppress(TimeoutError):  # not wait_for: see Recovery.maintain
+                    async with asyncio.timeout(timeout):
+                        final = await future
             if final is not None:  # driven here to the end: no need to read it back
                 return final
             record = self._typed(await self.store.get(saga_id, history=False))

@@ -17,13 +17,15 @@ import contextlib
 import dataclasses
 import logging
 import uuid
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from sagaway import rules
+from sagaway.context import StepContext
 from sagaway.decisions import Decision, Next, Signal
-from sagaway.definition import Saga
+from sagaway.definition import DEFAULT_REPLY_TIMEOUT, Saga
 from sagaway.errors import EngineNotOpen, InvalidInput, NotWaiting, SagaNotFound
-from sagaway.hooks import ClaimReason
+from sagaway.hooks import ClaimReason, StepOutcome
 from sagaway.state import (
     ACTIVE_STATUSES,
     Change,
@@ -60,6 +62,24 @@ class ParkedSagas:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        # The sagas a reply or a signal is being applied to here, from taking the saga until
+        # it is handed to a run (or back to the log). Taking is per owner, so without this a
+        # second reply (a stale duplicate) took the saga too, and gave the lease back under
+        # the first one's run: LeaseLost, that reply lost until the park timed out.
+        self._applying: dict[str, asyncio.Future[None]] = {}
+
+    @contextlib.asynccontextmanager
+    async def _one_at_a_time(self, saga_id: str) -> AsyncIterator[None]:
+        """Apply one reply or signal at a time to ``saga_id`` in this engine."""
+        while (other := self._applying.get(saga_id)) is not None:
+            await asyncio.shield(other)  # shielded: our cancel must not end theirs
+        mine = asyncio.get_running_loop().create_future()
+        self._applying[saga_id] = mine
+        try:
+            yield
+        finally:
+            del self._applying[saga_id]
+            mine.set_result(None)
 
     async def _release(self, saga_id: str, now: float) -> None:
         """Give back a saga taken for nothing (a stale reply, a signal it does not wait for)."""
@@ -76,14 +96,19 @@ class ParkedSagas:
         if applied. A reply the saga no longer waits for (a duplicate, a late one, one for a
         saga another engine has moved on) is ignored. Message transports call this (through
         ``on_reply``); tests and other transports may call it directly."""
+        async with self._one_at_a_time(reply.saga_id):
+            return await self._deliver(reply)
+
+    async def _deliver(self, reply: Reply) -> bool:
         saga_id = reply.saga_id
         if saga_id in self.engine._runs:
             # Still being driven here: it has sent the command and is about to park (or the
             # reply is stale). Look again once that run has ended.
             future: asyncio.Future[SagaRecord | None] = asyncio.get_running_loop().create_future()
             self.engine._waiters.setdefault(saga_id, []).append(future)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(future, self.engine.lease_seconds)
+            with contextlib.suppress(TimeoutError):  # not wait_for: see Recovery.maintain
+                async with asyncio.timeout(self.engine.lease_seconds):
+                    await future
         # Take it straight away (its row comes back with it: no read first). A reply is stale
         # only after a duplicate delivery or a timeout, so giving the lease back is rare.
         now = self.engine.clock.now()
@@ -113,7 +138,8 @@ class ParkedSagas:
             await self._release(saga_id, now)
             return False
         taken.definition = saga
-        decision = rules.reply_arrived(saga, taken, self._checked_reply(saga, reply), now)
+        reply = self._checked_reply(saga, reply)
+        decision = rules.reply_arrived(saga, taken, reply, now)
         if decision.next is Next.IGNORE:
             log.debug("stale reply %s for saga %s: ignored", reply.message_id, saga_id)
             if taken.waiting_for is not None:
@@ -122,11 +148,57 @@ class ParkedSagas:
                 self.engine._spawn(saga, taken)
             return False
         # Return (so the transport acknowledges the reply) once its outcome is durable.
-        await self._resume_with(saga, taken, decision, "reply", now)
+        await self._resume_with(saga, taken, decision, "reply", now, reply)
         return True
 
+    def _attempt_ended(
+        self, saga: Saga, taken: SagaRecord, reply: Reply, decision: Decision, now: float
+    ) -> None:
+        """Tell the step hooks (metrics, tracing, logs) about the remote attempt this reply
+        ends. Its command left as the saga parked, possibly in another process, so both
+        ``before_step`` and ``after_step`` are called now, on one context; ``seconds`` runs
+        from the command's dispatch (the park's start: its end minus the reply timeout,
+        never before the step's first start) to the reply."""
+        hooks = self.engine._hooks
+        if hooks is None or not (hooks.wants("before_step") or hooks.wants("after_step")):
+            return
+        step = saga._by_name.get(reply.step)
+        row = taken.steps.get((reply.step, reply.phase))
+        if step is None or row is None:
+            return
+        forward = reply.phase is Phase.FORWARD
+        timeout = step.timeout if forward else (step.compensation_timeout or step.timeout)
+        sent_at = row.started_at or now
+        if taken.parked_until is not None:
+            sent_at = max(sent_at, taken.parked_until - (timeout or DEFAULT_REPLY_TIMEOUT))
+        forward_key = step.key(taken.id, Phase.FORWARD)
+        ctx = StepContext(
+            taken.id,
+            saga.name,
+            step.name,
+            reply.phase,
+            reply.attempt,
+            forward_key if forward else step.key(taken.id, reply.phase),
+            forward_key,
+            {},  # the saga's results are the run's business; a hook reads the record
+        )
+        if reply.ok:
+            outcome, error = StepOutcome.SUCCEEDED, None
+        else:
+            again = decision.next in (Next.RETRY, Next.RESEND)
+            outcome = StepOutcome.RETRYING if again else StepOutcome.FAILED
+            error = reply.error
+        hooks.before_step(taken, ctx)
+        hooks.after_step(taken, ctx, outcome, error, max(now - sent_at, 0.0))
+
     async def _resume_with(
-        self, saga: Saga, taken: SagaRecord, decision: Decision, what: str, now: float
+        self,
+        saga: Saga,
+        taken: SagaRecord,
+        decision: Decision,
+        what: str,
+        now: float,
+        reply: Reply | None = None,
     ) -> None:
         """Drive on a parked saga this engine took because ``what`` (a reply, a signal)
         arrived, by ``decision``; return once its outcome is durable. The run writes that
@@ -134,6 +206,8 @@ class ParkedSagas:
         hooks = self.engine._hooks
         if hooks is not None:
             hooks.on_resume(taken, taken.waiting_for or what)
+            if reply is not None:
+                self._attempt_ended(saga, taken, reply, decision, now)
         if decision.next is Next.STOP:
             await self.engine.store.commit(taken.id, self.engine.owner_id, decision.change, now)
             apply_change(taken, decision.change, now)
@@ -209,8 +283,9 @@ class ParkedSagas:
             if saga_id in self.engine._runs:
                 future: asyncio.Future[SagaRecord | None] = loop.create_future()
                 self.engine._waiters.setdefault(saga_id, []).append(future)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(future, max(patience - loop.time(), 0.001))
+                with contextlib.suppress(TimeoutError):  # not wait_for: see Recovery.maintain
+                    async with asyncio.timeout(max(patience - loop.time(), 0.001)):
+                        await future
             else:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.1)
@@ -271,6 +346,10 @@ class ParkedSagas:
     async def _apply_signal(self, saga_id: str, signal: Signal) -> SignalReceipt | None:
         """Take the saga and apply (or record) ``signal`` if it waits for it; None if it
         could not be taken or does not wait for it (the caller reads the log to say why)."""
+        async with self._one_at_a_time(saga_id):
+            return await self._take_signal(saga_id, signal)
+
+    async def _take_signal(self, saga_id: str, signal: Signal) -> SignalReceipt | None:
         now = self.engine.clock.now()
         try:
             taken = await self.engine.store.acquire(
@@ -346,6 +425,10 @@ class ParkedSagas:
     async def due_now(self, record: SagaRecord) -> None:
         """Make a parked saga claimable now (a cancel for it, from an engine that does not
         drive it): otherwise it would sleep on until its timeout, days maybe."""
+        async with self._one_at_a_time(record.id):
+            await self._make_due(record)
+
+    async def _make_due(self, record: SagaRecord) -> None:
         now = self.engine.clock.now()
         waiting = record.waiting_for
         taken = await self.engine.store.acquire(

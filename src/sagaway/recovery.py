@@ -61,6 +61,8 @@ class Recovery:
         )
         if record is None:
             return False
+        if saga_id in self.engine._runs:  # taken by a run here meanwhile (same owner: allowed)
+            return True
         self.engine._spawn(self.engine.definition(record.name, record.version), record)
         return True
 
@@ -130,8 +132,11 @@ class Recovery:
         outbox; every ``recovery_interval`` (at most a third of a lease), or when woken."""
         interval = min(self.engine.recovery_interval, self.engine.lease_seconds / 3)
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 a close() whose cancel lands just
+            # after a wake-up is swallowed by wait_for, and close() then waits forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), interval)
+                async with asyncio.timeout(interval):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self._renew()

@@ -224,7 +224,9 @@ def step_succeeded(
         now,  # finished_at
     )
     event = Event(now, EventType.STEP_SUCCEEDED, running.name, None, running.attempts)
-    return Change(steps=[done], events=[event], effects=effects)
+    # status, error, steps, events, release_lease, clear_cancel, unless_cancelled, checked,
+    # effects: positional, as above.
+    return Change(None, None, [done], [event], False, False, False, False, effects)
 
 
 def step_failed(

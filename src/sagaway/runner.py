@@ -69,7 +69,8 @@ class _Results(Mapping[str, Any]):
     """Earlier steps' outputs, decoded on first access (most steps read few or none)."""
 
     def __init__(self, saga: Saga, record: SagaRecord) -> None:
-        self._saga, self._record, self._cache = saga, record, dict[str, Any]()
+        self._saga, self._record = saga, record
+        self._cache: dict[str, Any] = {}
 
     def _done(self) -> Iterator[str]:
         for step in self._saga.steps:
@@ -111,14 +112,25 @@ def _storable_output(step: Step[Any], value: Any) -> Any:
     """The step's result as the log will store it, or ``UnstorableValue`` naming the step and
     the type: checked here, before the outcome is handed to the store, so a value no store
     can keep fails this step once instead of failing the commit (and re-running the step)."""
-    what = f"the result of step {step.name!r} (a {type(value).__name__})"
     try:
         output = step.encode_output(value)
     except Exception as exc:  # the return annotation's serializer refused it
+        what = _result_of(step, value)
         raise UnstorableValue(f"the saga log cannot store {what}: {_describe(exc)}") from None
-    if output is not None and type(output) is not bool:
-        check_value(output, what)
+    # An int is always storable (JSON has no size limit on it): no need to encode it here.
+    if output is not None and type(output) is not bool and type(output) is not int:
+        try:
+            check_value(output, "")
+        except UnstorableValue:
+            # Named only now: formatting it for every step that returns cost more than the
+            # check itself.
+            check_value(output, _result_of(step, value))
+            raise
     return output
+
+
+def _result_of(step: Step[Any], value: Any) -> str:
+    return f"the result of step {step.name!r} (a {type(value).__name__})"
 
 
 @types.coroutine

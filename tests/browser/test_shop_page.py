@@ -4,6 +4,7 @@ balances, and each order's saga timeline with its forward and compensation lanes
 from __future__ import annotations
 
 from collections.abc import Callable
+from decimal import Decimal
 
 import pytest
 from browserkit import Server
@@ -54,11 +55,6 @@ SCENARIOS = {
 }
 
 
-def stock_of(page: Page, product: str) -> int:
-    cell = page.get_by_test_id("inventory").locator(f"tr[data-product={product}] td[data-stock]")
-    return int(cell.get_attribute("data-stock") or "-1")
-
-
 def lane(page: Page, phase: str) -> dict[str, str]:
     steps = page.get_by_test_id("saga-timeline").locator(
         f"[data-testid=timeline-step][data-phase={phase}]"
@@ -106,13 +102,20 @@ def test_scenario_button_shows_the_outcome_and_its_timeline(
 
 
 def test_happy_path_moves_stock_and_money_live(server: Server, page: Page) -> None:
+    # The numbers before come from the server's API, not from the page: the page may be sent
+    # fragments while it loads, and what this test checks is that it ends on the server's
+    # numbers, before and after (that a page is never sent older numbers than it shows is
+    # tests/unit/test_web_live.py's business).
+    stock = page.request.get(server.url + "/inventory").json()["inventory"]["product_1"]
+    dollars = page.request.get(server.url + "/balances").json()["balances"]["user_1"]
+    balance = int(Decimal(str(dollars)) * 100)
     page.goto(server.url + "/")
-    stock = stock_of(page, "product_1")
-    cents = page.get_by_test_id("balances").locator("tr[data-account=user_1] td[data-cents]")
-    balance = int(cents.get_attribute("data-cents") or "0")
-    page.get_by_test_id("scenario-happy").click()
-    expect(page.get_by_test_id("order-result")).to_contain_text("completed")
     cell = page.get_by_test_id("inventory").locator("tr[data-product=product_1] td[data-stock]")
+    cents = page.get_by_test_id("balances").locator("tr[data-account=user_1] td[data-cents]")
+    expect(cell).to_have_attribute("data-stock", str(stock))
+    expect(cents).to_have_attribute("data-cents", str(balance))
+    page.get_by_test_id("scenario-happy").click()  # user_1 buys 2 x product_1 at $50.00
+    expect(page.get_by_test_id("order-result")).to_contain_text("completed")
     expect(cell).to_have_attribute("data-stock", str(stock - 2))
     expect(cents).to_have_attribute("data-cents", str(balance - 2 * 5000))
 

@@ -429,3 +429,41 @@ async def test_engine_runs_a_saga_on_sqlite(db: Path) -> None:
         None,
     )
     assert effects == [f"{saga_id}:first:forward"]
+
+
+async def test_a_version_3_log_is_migrated_for_retention(db: Path) -> None:
+    # A log written before retention (schema version 3): opening it adds the pinned column and
+    # the index of prunable sagas, and narrows the claim index to active sagas.
+    from sagaway.store._sqlite_schema import MIGRATIONS
+
+    old = sqlite3.connect(db)
+    old.execute("CREATE TABLE sagaway_schema (version INTEGER PRIMARY KEY NOT NULL)")
+    for version in (1, 2, 3):
+        for statement in MIGRATIONS[version - 1]:
+            old.execute(statement)
+        old.execute("INSERT INTO sagaway_schema (version) VALUES (?)", (version,))
+    for saga_id, status in (("done", "SUCCEEDED"), ("run", "RUNNING"), ("undone", "COMPENSATED")):
+        old.execute(
+            "INSERT INTO sagaway_instances (id, name, version, status, input, created_at, "
+            "updated_at) VALUES (?, 's', 1, ?, NULL, ?, ?)",
+            (saga_id, status, T0, T0),
+        )
+    old.commit()
+    old.close()
+    async with SQLiteStore(url_of(db)) as store:
+        assert not (await store.get("done")).pinned
+        assert await store.prunable(finished_before=T0 + 1, limit=10) == ["done", "undone"]
+        assert (await store.set_pinned("undone", True)).pinned
+        assert await store.prune(["done", "undone"], finished_before=T0 + 1) == ["done"]
+        claimed = await store.claim(
+            "e1", now=T0 + 1, lease_seconds=5, definitions=[("s", 1)], limit=5
+        )
+        assert [r.id for r in claimed] == ["run"]
+    check = sqlite3.connect(db)
+    entries = check.execute(
+        "SELECT sum(ncell) FROM dbstat WHERE name = 'sagaway_instances_free' AND pagetype = 'leaf'"
+    ).fetchone()[0]
+    assert entries == 1  # the running saga only: finished ones are not in it
+    versions = [r[0] for r in check.execute("SELECT version FROM sagaway_schema")]
+    check.close()
+    assert versions == list(range(1, SCHEMA_VERSION + 1))

@@ -19,7 +19,7 @@ from fastapi import FastAPI, Request, Response
 from sqlalchemy.engine import Connection
 
 from sagaway.participant import Participant
-from sagaway.participant.http import participant_router
+from sagaway.participant.http import participant_router, require_bearer
 from sagaway.state import Phase
 from sagaway.testing.transport_contract import (
     Bank,
@@ -118,6 +118,30 @@ async def test_every_call_carries_the_idempotency_key_and_the_command_headers(
     (headers,) = http_transport.seen
     assert headers["idempotency-key"] == command.message_id
     assert headers["traceparent"] == command.headers["traceparent"]
+
+
+async def test_a_router_with_a_token_runs_only_commands_that_carry_it(tmp_path: Path) -> None:
+    """Without the token: 401, nothing done, and the sender sees a transient error (retried,
+    never compensated for); with it, the command runs once."""
+    bank = Bank(bank_participant(f"sqlite:///{tmp_path / 'bank.db'}"))
+    await asyncio.to_thread(bank.setup)
+    app = FastAPI()
+    app.include_router(participant_router(bank.participant, authorize=require_bearer("s3cret")))
+    server = Server(app)
+    command = bank.command("debit", {"account": "alice", "amount": 10})
+    try:
+        for token in (None, "wrong"):
+            async with HttpDispatcher({"bank": server.url}, token=token) as dispatcher:
+                with pytest.raises(TransportError, match="HTTP 401"):
+                    await dispatcher.call(command, 5.0)
+        assert bank.effects() == 0
+        async with HttpDispatcher({"bank": server.url}, token="s3cret") as dispatcher:
+            reply = await dispatcher.call(command, 5.0)
+        assert reply.ok, reply.error
+        assert (bank.balance(), bank.effects(command.message_id)) == (90, 1)
+    finally:
+        await server.stop()
+        await bank.participant.close()
 
 
 async def test_the_router_answers_with_status_codes_and_messages(
@@ -244,6 +268,8 @@ def command_for(participant: str, message_id: str = "s1:debit:forward") -> Comma
         ),
         (404, b"no such route", "failure: no such route"),
         (400, b"", "failure: HTTP 400 from bank.debit"),
+        (401, b'{"detail": "needs a token"}', "transient: HTTP 401: needs a token"),
+        (403, b"", "transient: HTTP 403"),
         (408, b'{"detail": "too slow"}', "transient: HTTP 408: too slow"),
         (429, b"", "transient: HTTP 429"),
         (500, b"Internal Server Error", "transient: HTTP 500: Internal Server Error"),

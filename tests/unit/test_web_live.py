@@ -37,7 +37,14 @@ async def test_a_fragment_is_rendered_once_per_change_for_every_stream() -> None
         return f"<tr>{live.version}</tr>\n<tr>end</tr>"
 
     fragments = [("saga-rows", "rows", rows)]
-    streams = [live.fragments(fragments, period=PERIOD) for _ in range(20)]
+    # Renders are shared within a tick of the loop's clock: the twenty first renders must fall
+    # in one tick for "one render" to hold. With 20 ms ticks a loaded machine (the process
+    # descheduled a few ms between two streams) straddled a boundary now and then (2 renders,
+    # then 3): a long tick, entered at its start, leaves the streams half a second.
+    period = 0.5
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(period - loop.time() % period)  # align on a tick, not a synchronisation
+    streams = [live.fragments(fragments, period=period) for _ in range(20)]
     try:
         first = await asyncio.gather(*(next_event(s) for s in streams))
         assert set(first) == {"event: saga-rows\ndata: <tr>0</tr>\ndata: <tr>end</tr>\n\n"}
@@ -49,6 +56,31 @@ async def test_a_fragment_is_rendered_once_per_change_for_every_stream() -> None
         assert renders == 2, "one render for the two transitions and the twenty pages"
     finally:
         for stream in streams:
+            await stream.aclose()  # type: ignore[attr-defined]
+
+
+async def test_a_page_opened_after_a_transition_never_gets_the_older_render() -> None:
+    # The browser test's flake: a shop page rendered mid-saga put its stock in the tick's cache;
+    # the next page, opened after the saga ended but in the same tick, was sent that older stock
+    # over the one it showed, and read it.
+    live = LiveUpdates()
+
+    async def rows() -> str:
+        return f"stock after {live.version} transitions"
+
+    fragments = [("stock", "stock", rows)]
+    one_tick = 1e9  # every stream below in the same tick: sharing is allowed, staleness not
+    first = live.fragments(fragments, period=one_tick)
+    later = live.fragments(fragments, period=one_tick)
+    again = live.fragments(fragments, period=one_tick)
+    try:
+        assert await next_event(first) == "event: stock\ndata: stock after 0 transitions\n\n"
+        transition(live)
+        assert await next_event(later) == "event: stock\ndata: stock after 1 transitions\n\n"
+        assert await next_event(again) == "event: stock\ndata: stock after 1 transitions\n\n"
+        assert live.renders.renders == 2, "the newer render is shared in its turn"
+    finally:
+        for stream in (first, later, again):
             await stream.aclose()  # type: ignore[attr-defined]
 
 

@@ -19,11 +19,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Concatenate, Literal, ParamSpec, TypeVar
 
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException, Request
 from fastapi_offline import FastAPIOffline
 from sqlalchemy import Table
 from sqlalchemy.engine import Connection
 
+from checkout.api.auth import NO_TOKEN
 from checkout.api.errors import install_error_handlers
 from checkout.bootstrap import ensure_schema
 from checkout.db import (
@@ -218,5 +219,24 @@ def create_service_app(
     if transport == "http":
         from sagaway.participant.http import participant_router
 
-        app.include_router(participant_router(state.participant))
+        app.include_router(
+            participant_router(state.participant, authorize=authorize_commands(settings))
+        )
     return app
+
+
+def authorize_commands(settings: Settings) -> Callable[[Request], None] | None:
+    """Saga commands move money and stock: the admin routes' rule (``checkout.api.auth``) holds
+    for them. With ``SAGAWAY_ADMIN_TOKEN`` set, the gateway's dispatcher must send it; without
+    one, a demo leaves them open and anything else refuses them."""
+    from sagaway.participant.http import require_bearer
+
+    if settings.admin_token is not None:
+        return require_bearer(settings.admin_token.get_secret_value())
+    if settings.demo:
+        return None
+
+    def refuse(_request: Request) -> None:
+        raise HTTPException(403, NO_TOKEN)
+
+    return refuse

@@ -14,13 +14,21 @@ retry carries the same key), and answers:
 
 Mount it on the service's app next to its own routes (health, reads, docs)::
 
-    app.include_router(participant_router(inventory))
+    app.include_router(participant_router(inventory, authorize=require_bearer(token)))
+
+``authorize`` runs first on every command and raises an ``HTTPException`` to refuse it (401 or
+403); ``require_bearer`` checks ``Authorization: Bearer <token>`` in constant time, and
+``HttpDispatcher(token=...)`` sends it. The dispatcher treats a 401 or 403 as a transport error,
+not as the participant's refusal: the command was never looked at, so the saga retries (an
+operator mends the token) rather than compensating.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
+from collections.abc import Callable
 from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Request, Response
@@ -31,11 +39,30 @@ from sagaway.participant.core import Participant, UnknownCommand
 from sagaway.state import Phase
 from sagaway.transport.base import Command
 
-__all__ = ["CommandBody", "ReplyBody", "participant_router"]
+__all__ = ["Authorize", "CommandBody", "ReplyBody", "participant_router", "require_bearer"]
 
 log = logging.getLogger("sagaway.participant")
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+Authorize = Callable[[Request], None]
+
+
+def require_bearer(token: str) -> Authorize:
+    """An ``authorize`` that lets a command in only with ``Authorization: Bearer <token>``."""
+    expected = f"Bearer {token}".encode()
+
+    def authorize(request: Request) -> None:
+        given = request.headers.get("authorization", "").encode()
+        # Constant time: how long the comparison takes says nothing about the token.
+        if not hmac.compare_digest(given, expected):
+            raise HTTPException(
+                401,
+                "saga commands need 'Authorization: Bearer <token>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    return authorize
 
 
 class CommandBody(BaseModel):
@@ -90,7 +117,9 @@ class ErrorBody(BaseModel):
 _COMMAND_SCHEMA = CommandBody.model_json_schema()
 
 
-def participant_router(participant: Participant, *, prefix: str = "/saga") -> APIRouter:
+def participant_router(
+    participant: Participant, *, prefix: str = "/saga", authorize: Authorize | None = None
+) -> APIRouter:
     """The router that serves ``participant``'s commands (see the module docstring)."""
     router = APIRouter(prefix=prefix, tags=["saga commands"])
 
@@ -100,6 +129,7 @@ def participant_router(participant: Participant, *, prefix: str = "/saga") -> AP
         summary="Run a saga command (idempotent on its message_id)",
         responses={
             400: {"model": ErrorBody, "description": "Idempotency-Key and body disagree"},
+            401: {"model": ErrorBody, "description": "Not authorized (nothing was done)"},
             404: {"model": ErrorBody, "description": "No such command"},
             409: {"model": ErrorBody, "description": "Business failure (recorded)"},
             503: {"model": ErrorBody, "description": "Not processed: retry with the same key"},
@@ -126,6 +156,8 @@ def participant_router(participant: Participant, *, prefix: str = "/saga") -> AP
         # Parsed by hand, not as FastAPI parameters: its dependency machinery for a body
         # model and a header cost more CPU per command than the inbox's SQL (measured with
         # the ASGI app called in-process).
+        if authorize is not None:
+            authorize(request)
         idempotency_key = request.headers.get(IDEMPOTENCY_HEADER)
         try:
             body = CommandBody.model_validate_json(await request.body())

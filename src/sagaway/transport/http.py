@@ -6,8 +6,9 @@ command's ``headers`` (``traceparent`` when tracing is on). The outcome maps ont
 
 * 2xx: the reply in the body;
 * 4xx with a message (``{"detail": "..."}``, FastAPI's shape, or a text body): a business
-  failure, ``Reply.failure(message)``: the step fails at once and the saga compensates. 408 and
-  429 are the exceptions: the server did not process the request, so they are transient;
+  failure, ``Reply.failure(message)``: the step fails at once and the saga compensates. 401,
+  403, 408, 425 and 429 are the exceptions: the server did not process the request, so they
+  are transient (``token=`` sends ``Authorization: Bearer <token>``);
 * 5xx, a connection refused or dropped: ``TransportError``; a connect or read timeout (or the
   call's ``timeout``): ``TimeoutError``. Both are transient: the runner retries with the same
   ``message_id``, then treats the step as uncertain.
@@ -36,7 +37,9 @@ from sagaway.transport.base import Command, Dispatcher, Reply, TransportError
 __all__ = ["HttpDispatcher"]
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-_TRANSIENT_4XX = {408, 425, 429}  # the server says it did not process the request: retry
+# The server did not process the request: retry. 401 and 403 among them: a command refused for
+# its credentials was never looked at, and a saga must not compensate for a wrong token.
+_TRANSIENT_4XX = {401, 403, 408, 425, 429}
 
 
 class HttpDispatcher(Dispatcher):
@@ -44,7 +47,8 @@ class HttpDispatcher(Dispatcher):
     (``{"inventory": "http://127.0.0.1:8002"}``); ``prefix``: where their
     ``participant_router`` is mounted. ``connect_timeout``/``read_timeout``: seconds (a call's
     own ``timeout`` bounds the whole call as well). ``max_connections``: the pool's size,
-    across participants."""
+    across participants. ``token``: sent as ``Authorization: Bearer <token>`` (the participant
+    router's ``require_bearer``)."""
 
     parks = False
 
@@ -56,6 +60,7 @@ class HttpDispatcher(Dispatcher):
         connect_timeout: float = 2.0,
         read_timeout: float = 30.0,
         max_connections: int = 100,
+        token: str | None = None,
     ) -> None:
         self.urls: dict[str, str] = {}
         for name, url in (urls or {}).items():
@@ -64,6 +69,7 @@ class HttpDispatcher(Dispatcher):
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.max_connections = max_connections
+        self._auth = {"Authorization": f"Bearer {token}"} if token else {}
         self._session: aiohttp.ClientSession | None = None
 
     def add(self, participant: str, url: str) -> None:
@@ -105,6 +111,7 @@ class HttpDispatcher(Dispatcher):
         url = f"{base}{self.prefix}/commands/{command.command}"
         headers = {
             **command.headers,
+            **self._auth,
             IDEMPOTENCY_HEADER: command.message_id,
             "Content-Type": "application/json",
         }

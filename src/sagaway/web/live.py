@@ -59,28 +59,34 @@ class SharedRenders:
 
     The first stream asking for ``key`` in a tick starts the render (a task of its own, so a
     page closing while it runs does not cancel it for the others); the others await the same
-    task. Holds the last ``max_entries`` keys (the keys of a list include its filters, which
-    come from the URL: the cache stays bounded whatever pages ask for)."""
+    task, unless it began at a lower transition count than the caller asks for: a saga moved
+    on since, and that render would put older numbers on a page than it may hold already (a
+    page opened after that transition, or one that re-read the fragment after placing an
+    order) until the next tick. Such a caller starts a render of its own, which the later
+    callers of the tick then share. Holds the last ``max_entries`` keys (the keys of a list
+    include its filters, which come from the URL: the cache stays bounded whatever pages ask
+    for)."""
 
     def __init__(self, max_entries: int = 256) -> None:
-        self._entries: dict[Hashable, tuple[int, asyncio.Task[tuple[int, str]]]] = {}
+        # key -> (tick, the transition count when the render began, the render)
+        self._entries: dict[Hashable, tuple[int, int, asyncio.Task[tuple[int, str]]]] = {}
         self._max = max_entries
         self.renders = 0  # how many renders ran (tests and benchmarks read it)
 
     async def get(
         self, key: Hashable, tick: int, version: int, render: Callable[[], Awaitable[str]]
     ) -> tuple[int, str]:
-        """``(version, html)``: the fragment as rendered in ``tick``; ``version`` is the
-        transition count when that render began (what the page now shows at least)."""
+        """``(version, html)``: the fragment as rendered in ``tick`` at transition count
+        ``version`` or later; the ``version`` returned is the count when that render began
+        (what the page now shows at least)."""
         entry = self._entries.get(key)
-        if entry is None or entry[0] != tick:
+        if entry is None or entry[0] != tick or entry[1] < version:
             task = asyncio.ensure_future(self._render(version, render))
             self._entries.pop(key, None)
-            self._entries[key] = (tick, task)
+            entry = self._entries[key] = (tick, version, task)
             while len(self._entries) > self._max:
                 del self._entries[next(iter(self._entries))]
-            entry = (tick, task)
-        return await asyncio.shield(entry[1])
+        return await asyncio.shield(entry[2])
 
     async def _render(self, version: int, render: Callable[[], Awaitable[str]]) -> tuple[int, str]:
         self.renders += 1
