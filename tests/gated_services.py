@@ -18,6 +18,10 @@ state, not one that merely happened to be slow. Gates, from the environment:
   publish of that domain event by the relay is held before the bus sees it (the handler's or
   route's transaction, with the event in the service's outbox, committed), printing ``GATE
   event <type> <event ids>``, until the process dies;
+* ``CRASH_HOLD_SIGNAL=1`` (a gateway): every signal of seed 004's order-process saga (the
+  confirm route's, after the payment service committed the capture, and the one carried by
+  its ``payment-decided`` event) is held before the engine sees it, printing ``GATE signal
+  <signal id>``, until the process dies;
 * ``CRASH_STEP_ATTEMPTS=N`` (a gateway): the forward steps get N attempts, at most
   ``CRASH_STEP_MAX_DELAY`` seconds apart (default 0.1), instead of the checkout's eight: few,
   so that a participant that stays down exhausts them in a test's time; or many, so that a
@@ -102,6 +106,14 @@ if HOLD_EVENT:
 
     HttpBus.publish = held(HttpBus.publish)  # type: ignore[method-assign]
     RabbitBus.publish = held(RabbitBus.publish)  # type: ignore[method-assign]
+
+if os.environ.get("CRASH_HOLD_SIGNAL") == "1":
+    from checkout.orderflow.runtime import OrderFlow
+
+    async def held_signal(self: OrderFlow, payment: Any, signal_id: str, error: Any) -> None:
+        await hold(f"signal {signal_id}")
+
+    OrderFlow._signal = held_signal  # type: ignore[method-assign]
 
 if ATTEMPTS:
     checkout.sagas.STEP_RETRY = RetryPolicy(  # read when the saga is built

@@ -12,6 +12,9 @@ orchestration (remote steps over the saga transport, the payment step waiting fo
 * every path: delivered, no courier (refunded), cancelled, confirmed twice (one capture), the
   409s, the 404s, the couriers, ``GET /orders``; money read from the payment service's own
   database is conserved (balances + captured payments), and each table is where it belongs;
+* the gateway killed -9 after the payment service confirmed an orchestrated order's payment
+  and before the gateway signalled the saga: the payment's ``payment-decided`` event (in the
+  payment service's outbox) reaches the restarted gateway, which signals: the order completes;
 * a crash: the payment service killed -9 after confirming a payment (capture and its
   ``order-confirmed`` committed) and before the event is published; after its restart the
   relay publishes it: the order completes once, one capture, one delivery, money conserved.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -304,3 +308,38 @@ def test_http_shipping_killed_between_commit_and_publish(pay_later_http: PayLate
 async def test_rabbitmq_payment_killed_between_commit_and_publish(tmp_path: Path) -> None:
     async with pay_later_rabbitmq(tmp_path) as checkout:
         killed_before_publish(checkout, "payment", "order-confirmed")
+
+
+def test_http_gateway_killed_between_the_capture_and_the_signal(pay_later_http: PayLater) -> None:
+    checkout = pay_later_http
+    checkout.start_all()
+    checkout.procs["gateway"].stop()
+    checkout.start_gateway(CRASH_HOLD_SIGNAL="1")
+    with checkout.client() as client:
+        before = balances(client)
+        order = create(client, TORONTO, "orchestration")
+        body = {"payment_id": order["payment_id"]}
+
+        def confirm_until_it_dies() -> None:  # held in the gateway, which dies answering
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.post(f"{checkout.url}/payments/confirm", json=body, timeout=DEADLINE)
+
+        confirming = threading.Thread(target=confirm_until_it_dies, daemon=True)
+        confirming.start()
+        checkout.procs["gateway"].wait_for("GATE signal confirm:")
+        payment = checkout.rows(
+            "payment", "SELECT status FROM flow_payments WHERE id=?", order["payment_id"]
+        )
+        assert payment == [("captured",)], "committed in the payment service"
+        checkout.procs["gateway"].kill9()
+        checkout.start_gateway()
+        done = ended(client, order["order_id"])
+        assert (done["status"], done["courier"]) == ("completed", "Toronto Bike Couriers")
+        saga = client.get(f"/sagas/{done['saga_id']}").json()
+        assert saga["status"] == "SUCCEEDED"
+        received = [e for e in saga["history"] if e["type"] == "signal_received"]
+        assert len(received) == 1, received
+        after = balances(client)
+    assert round((before["user_1"] - after["user_1"]) * 100) == 10_000, "captured once"
+    assert checkout.money() == demo_total_money_cents()
+    assert checkout.rows("payment", "SELECT count(*) FROM flow_payment_outbox") == [(0,)]

@@ -33,9 +33,17 @@ from checkout.orderflow.orchestration import (
     build_remote_order_process,
 )
 from checkout.orderflow.payments import LocalPayments, Payments, RemotePayments
+from checkout.orderflow.tables import FlowPaymentStatus
 from checkout.participants.orders import CatalogueSource
 from sagaway import Engine
-from sagaway.choreography import EventBus, EventService, InProcessBus, Monitor, Relay
+from sagaway.choreography import (
+    DomainEvent,
+    EventBus,
+    EventService,
+    InProcessBus,
+    Monitor,
+    Relay,
+)
 from sagaway.choreography.http import HttpBus
 from sagaway.errors import NotWaiting
 from sagaway.state import Phase, SagaRecord, StepStatus
@@ -138,7 +146,9 @@ class OrderFlow:
         self.monitor = Monitor(store, svc.order_choreography(payment_timeout + 60.0), clock=clock)
         for service in self.services:
             self.bus.attach(service)
-        self.bus.subscribe("monitor", None, self.monitor.record)
+        self.bus.subscribe("monitor", None, self._record)
+        # The orchestrated style's signal, carried durably by the payment service's outbox.
+        self.bus.subscribe("order-process", [svc.PAYMENT_DECIDED], self._payment_decided)
         self.relays = [Relay(s, self.bus, interval=1.0) for s in self.services]
         self._sweeper: asyncio.Task[None] | None = None
         # The orchestrated style: its payment and delivery steps are remote steps (the saga
@@ -243,6 +253,27 @@ class OrderFlow:
         if payment["flow"] == "orchestration":
             await self._signal(payment, f"cancel:{payment_id}", payment["reason"] or reason)
         return await self._answer(payment, wait)
+
+    async def _record(self, event: DomainEvent) -> None:
+        """The monitor watches the choreography; an orchestrated order's saga is its own log."""
+        if event.type != svc.PAYMENT_DECIDED:
+            await self.monitor.record(event)
+
+    async def _payment_decided(self, event: DomainEvent) -> None:
+        """The payment service recorded an orchestrated order's decision: signal its saga
+        (the confirm/cancel route did too, unless it died first; the same id: once). Never
+        raises: a saga that cannot take it has timed out or is gone, and a redelivery would
+        not change that."""
+        p = event.payload if isinstance(event.payload, dict) else {}
+        try:
+            payment = {"order_id": p["order_id"], "payment_id": p["payment_id"]}
+            payment["status"] = p["status"]
+            cancelled = p["status"] == FlowPaymentStatus.CANCELLED.value
+            kind = "cancel" if cancelled else "confirm"
+            error = (p.get("reason") or "cancelled by the customer") if cancelled else None
+            await self._signal(payment, f"{kind}:{p['payment_id']}", error)
+        except Exception as exc:
+            log.warning("payment decision %s not signalled: %r", event.id, exc)
 
     async def _signal(self, payment: dict[str, Any], signal_id: str, error: str | None) -> None:
         """Tell the order-process saga what the customer decided (the payment's row already

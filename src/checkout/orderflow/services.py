@@ -437,6 +437,7 @@ def confirm_payment(ctx: EventContext, payment_id: str) -> dict[str, Any]:
             .values(status=FlowPaymentStatus.CAPTURED.value, updated_at=ctx.clock())
         )
         if row.flow != "choreography":
+            _decided(ctx, row.order_id, payment_id, FlowPaymentStatus.CAPTURED.value, None)
             return _read(ctx.conn, payment_id)
         ctx.emit(
             "order-confirmed",
@@ -459,9 +460,27 @@ def cancel_payment(ctx: EventContext, payment_id: str, reason: str) -> dict[str,
         raise FlowConflict(f"payment {payment_id} is already captured: it cannot be cancelled")
     if row.status == FlowPaymentStatus.PENDING.value:
         cancel_payment_row(ctx, row, reason)
+        if row.flow != "choreography":
+            _decided(ctx, row.order_id, payment_id, FlowPaymentStatus.CANCELLED.value, reason)
     view = read_payment(ctx.conn, payment_id)
     assert view is not None
     return view
+
+
+PAYMENT_DECIDED = "payment-decided"
+
+
+def _decided(
+    ctx: EventContext, order_id: str, payment_id: str, status: str, reason: str | None
+) -> None:
+    """An orchestrated order's payment was confirmed or cancelled by the customer: announced
+    in the same transaction, so the gateway signals the order-process saga even if it died
+    between this commit and its own signal (the same signal id: applied once)."""
+    ctx.emit(
+        PAYMENT_DECIDED,
+        {"order_id": order_id, "payment_id": payment_id, "status": status, "reason": reason},
+        correlation_id=order_id,
+    )
 
 
 def _read(conn: Connection, payment_id: str) -> dict[str, Any]:
