@@ -14,6 +14,10 @@ state, not one that merely happened to be slow. Gates, from the environment:
 * ``CRASH_HOLD_PUBLISH=1`` (a gateway over RabbitMQ): every relay publish is held before the
   broker sees it (the transition and its outbox message committed), printing ``GATE publish
   <message ids>``, until the process dies;
+* ``CRASH_HOLD_EVENT=order-confirmed`` (a service running seed 004's pay-later part): every
+  publish of that domain event by the relay is held before the bus sees it (the handler's or
+  route's transaction, with the event in the service's outbox, committed), printing ``GATE
+  event <type> <event ids>``, until the process dies;
 * ``CRASH_STEP_ATTEMPTS=N`` (a gateway): the forward steps get N attempts, at most
   ``CRASH_STEP_MAX_DELAY`` seconds apart (default 0.1), instead of the checkout's eight: few,
   so that a participant that stays down exhausts them in a test's time; or many, so that a
@@ -29,6 +33,7 @@ import asyncio
 import os
 import signal
 from collections.abc import Sequence
+from typing import Any
 
 import checkout.sagas
 from checkout.cli import main
@@ -40,6 +45,7 @@ from sagaway.transport import Command, Reply
 HOLD_COMMAND = os.environ.get("CRASH_HOLD_COMMAND", "")
 HOLD_BEFORE = os.environ.get("CRASH_HOLD_BEFORE", "")
 HOLD_PUBLISH = os.environ.get("CRASH_HOLD_PUBLISH") == "1"
+HOLD_EVENT = os.environ.get("CRASH_HOLD_EVENT", "")
 ATTEMPTS = int(os.environ.get("CRASH_STEP_ATTEMPTS", "0"))
 MAX_DELAY = float(os.environ.get("CRASH_STEP_MAX_DELAY", "0.1"))
 
@@ -79,6 +85,23 @@ if HOLD_PUBLISH:
         await hold("publish " + " ".join(m.id for m in messages))
 
     RabbitDispatcher.publish = publish  # type: ignore[method-assign]
+
+if HOLD_EVENT:
+    from sagaway.choreography.events import DomainEvent
+    from sagaway.choreography.http import HttpBus
+    from sagaway.choreography.rabbitmq import RabbitBus
+
+    def held(real: Any) -> Any:
+        async def publish(self: Any, events: Sequence[DomainEvent]) -> None:
+            ids = [e.id for e in events if e.type == HOLD_EVENT]
+            if ids:
+                await hold(f"event {HOLD_EVENT} " + " ".join(ids))
+            await real(self, events)
+
+        return publish
+
+    HttpBus.publish = held(HttpBus.publish)  # type: ignore[method-assign]
+    RabbitBus.publish = held(RabbitBus.publish)  # type: ignore[method-assign]
 
 if ATTEMPTS:
     checkout.sagas.STEP_RETRY = RetryPolicy(  # read when the saga is built

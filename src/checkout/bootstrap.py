@@ -32,6 +32,7 @@ import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import cast
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from sqlalchemy import text
@@ -40,6 +41,7 @@ from checkout.db import EMBEDDED, GATEWAY, Database, migrate, open_database
 from checkout.dbexec import ShopExecutor, open_executor
 from checkout.orderflow.runtime import OrderFlow
 from checkout.participants import CheckoutParticipants, GatewayParticipants, OrderService
+from checkout.participants.orders import CatalogueSource
 from checkout.sagas import build_checkout_saga, build_remote_checkout_saga
 from checkout.service import CheckoutService
 from checkout.settings import Settings, database_schema
@@ -171,7 +173,9 @@ async def bootstrap(
             participants, saga, transport = await _remote_shop(settings, executor, remote)
         # Seed 004's flow: its order-process saga must be known to every engine that may
         # drive it (workers too); its services, relays and timers run where the API does.
-        flow = open_order_flow(settings, store, db) if embedded else None
+        # Separate services: the order flow prices orders from their catalogue (RemoteShop).
+        catalogue = None if embedded else cast(CatalogueSource, participants.shop)
+        flow = open_order_flow(settings, store, db, catalogue)
         engine = Engine(
             store,
             sagas=[saga] if flow is None else [saga, flow.saga],
@@ -224,16 +228,31 @@ async def bootstrap(
         await db.dispose()
 
 
-def open_order_flow(settings: Settings, store: SagaStore, db: Database) -> OrderFlow:
-    """Seed 004's order flow on the shop database (its pool), its events in-process or over
-    RabbitMQ."""
-    events = settings.events or ("rabbitmq" if settings.transport == "rabbitmq" else "inprocess")
+def open_order_flow(
+    settings: Settings, store: SagaStore, db: Database, catalogue: CatalogueSource | None = None
+) -> OrderFlow:
+    """Seed 004's order flow on the shop database (its pool). Embedded, its events travel
+    in-process or over RabbitMQ; with separate services, its payment and delivery parts run in
+    the payment and shipping services and the events travel over the saga transport (RabbitMQ,
+    or HTTP with this gateway as the hub)."""
+    events: str
+    services: dict[str, str] | None
+    if settings.transport == "inprocess":
+        events = settings.events or "inprocess"
+        services = None
+    else:
+        events = settings.transport
+        services = settings.service_urls
+    token = settings.admin_token.get_secret_value() if settings.admin_token else None
     return OrderFlow(
         db.engine,
         store,
         events=events,
         rabbitmq_url=settings.rabbitmq_url,
         payment_timeout=settings.payment_timeout_seconds,
+        services=services,
+        admin_token=token,
+        catalogue=catalogue,
     )
 
 

@@ -147,6 +147,8 @@ async def _up(transport: str, base_port: int) -> int:
     ports = {name: base_port + n for n, name in enumerate(SERVICES, start=1)}
     settings = load_settings()
     env = {**os.environ, "SAGAWAY_TRANSPORT": transport}
+    # The services send seed 004's events to the gateway (over HTTP), which passes them on.
+    env["SAGAWAY_GATEWAY_URL"] = f"http://127.0.0.1:{gateway_port}"
     children: dict[str, asyncio.subprocess.Process] = {}
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

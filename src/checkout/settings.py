@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     inventory_url: str = "http://127.0.0.1:8002"
     shipping_url: str = "http://127.0.0.1:8003"
     rabbitmq_url: str = "amqp://guest:guest@127.0.0.1/"
+    # Where a service finds the gateway: seed 004's domain events travel through it over HTTP.
+    gateway_url: str = "http://127.0.0.1:8000"
     # Seed 004 (POST /orders/create_order): how its services' domain events travel (default:
     # RabbitMQ when the transport is, else in-process), and how long a payment may wait for
     # the customer's confirmation before the order is cancelled.

@@ -76,7 +76,12 @@ class Hook:
     ) -> None:
         """The attempt started by ``before_step`` ended (``ctx`` is the same object); ``seconds``
         is how long the action ran. Its outcome is not durable yet: it is written with the next
-        commit (see ``after_commit``)."""
+        commit (see ``after_commit``).
+
+        A remote step on a message transport parks the saga while its command is out: both
+        methods are then called when the reply arrives (on the engine that takes it, maybe
+        another process), one right after the other, ``seconds`` running from the command's
+        dispatch to the reply."""
 
     def after_commit(self, record: SagaRecord, change: Change, seconds: float) -> None:
         """A transition was written durably; ``record`` already includes it. ``seconds`` is the

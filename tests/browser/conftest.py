@@ -16,6 +16,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from browserkit import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, Server
@@ -77,18 +78,54 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             proc.wait()
 
 
-@pytest.fixture(scope="module")
-def browser(server: Server) -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
+class SharedChromium:
+    """One Chromium for every browser module (a launch takes seconds on a loaded machine),
+    launched on first use and closed once the run leaves this directory
+    (``pytest_runtest_teardown``): Playwright's sync API keeps an event loop of its own, which
+    must not outlive the browser tests into the asyncio tests that follow. Each test still gets
+    a context of its own (``page``): no cookie, storage or page outlives its test."""
 
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    def __init__(self) -> None:
+        self._playwright: Any = None
+        self._browser: Any = None
+
+    def get(self) -> Any:
+        if self._browser is None:
+            from playwright.sync_api import sync_playwright
+
+            self._playwright = sync_playwright().start()
+            self._browser = self._playwright.chromium.launch(
+                executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+            )
+        return self._browser
+
+    def close(self) -> None:
+        if self._browser is not None:
+            try:
+                self._browser.close()
+            finally:
+                self._browser = None
+                self._playwright.stop()
+                self._playwright = None
+
+
+CHROMIUM_SHARED = SharedChromium()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Close the shared Chromium after the last browser test (this hook sees only them), once
+    its fixtures (the page's context) are torn down."""
+    yield
+    here = Path(__file__).parent
+    if nextitem is None or here not in Path(str(nextitem.path)).parents:
+        CHROMIUM_SHARED.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> object:
+    require_server("chromium", chromium_check)
+    return CHROMIUM_SHARED.get()
 
 
 @pytest.fixture

@@ -23,14 +23,27 @@ import httpx
 import pytest
 from e2e_helpers import balances, inventory, serve_in_loop
 
+import checkout.sagas
 from checkout.api import create_app
 from checkout.domain.demo import demo_total_money_cents, demo_total_units
 from checkout.services import SERVICES
 from checkout.services.server import create_service_app
 from checkout.settings import Settings
+from sagaway import RetryPolicy
 
-# The ship step's eight 5 s attempts time out for real, then the cancel's.
+# The ship step's eight attempts time out for real, then the cancel's: 1 s each here, 0.5 s
+# apart at most (the checkout's 5 s, up to 5 s apart, made this one test a minute and a half
+# of waiting, and prove nothing more: how long an attempt waits is not what is tested).
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
+STEP_TIMEOUT = 1.0
+STEP_RETRY = RetryPolicy(max_attempts=8, initial_delay=0.1, max_delay=0.5)
+
+
+@pytest.fixture(autouse=True)
+def short_attempts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The saga is built with these (read when the gateway starts)."""
+    monkeypatch.setattr(checkout.sagas, "STEP_TIMEOUT", STEP_TIMEOUT)
+    monkeypatch.setattr(checkout.sagas, "STEP_RETRY", STEP_RETRY)
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ import pytest
 import remotekit
 from remotekit import ORDER, Order, Parked, Participants, Reservation, build_saga
 from sagaway import Engine, Saga, SagaStatus, StepContext, StepFailed
-from sagaway.state import Phase
+from sagaway.hooks import Hook, StepOutcome
+from sagaway.state import Phase, SagaRecord
 from sagaway.testing import VirtualClock
 from sagaway.transport.base import Command, TransportError
 from sagaway.transport.stub import StubDispatcher
@@ -156,3 +157,65 @@ async def test_lost_reply_is_resent_with_the_same_key_then_compensated(
 
 async def test_relay_republishes_after_a_crash_between_commit_and_publish(parked: Parked) -> None:
     await remotekit.check_relay_republishes_after_a_crash_between_commit_and_publish(parked)
+
+
+class StepHooks(Hook):
+    """Records before_step / after_step as (hook, step, phase, attempt, outcome, error, s)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.open: set[int] = set()
+
+    def before_step(self, record: SagaRecord, ctx: StepContext) -> None:
+        self.open.add(id(ctx))
+        self.calls.append(("before", ctx.step, ctx.phase, ctx.attempt))
+
+    def after_step(
+        self,
+        record: SagaRecord,
+        ctx: StepContext,
+        outcome: StepOutcome,
+        error: str | None,
+        seconds: float,
+    ) -> None:
+        assert id(ctx) in self.open, "after_step gets the context before_step got"
+        self.open.discard(id(ctx))
+        self.calls.append(("after", ctx.step, ctx.phase, outcome, error, seconds))
+
+
+async def test_parked_remote_steps_fire_the_step_hooks_when_their_reply_arrives(
+    parked: Parked,
+) -> None:
+    """A parked remote step's attempt reaches before_step/after_step (metrics per step) when
+    its reply comes, timed from its command's dispatch; a refusal is a FAILED attempt, and
+    the compensation it triggers is reported the same way."""
+    hooks = StepHooks()
+    parked.participants.refuse.add("payment.charge")
+    async with parked.engine() as engine:
+        engine.add_hook(hooks)
+        saga_id = await engine.start(parked.saga, ORDER)
+        reserve = await parked.stub.next_command("inventory.reserve")
+        await parked.settled()
+        parked.clock.advance(3)
+        await parked.stub.answer(reserve)
+        charge = await parked.stub.next_command("payment.charge")
+        await parked.settled()
+        parked.clock.advance(1)
+        await parked.stub.answer(charge)
+        release = await parked.stub.next_command("inventory.release")
+        await parked.settled()
+        parked.clock.advance(2)
+        await parked.stub.answer(release)
+        record = await engine.wait(saga_id, timeout=5)
+    assert record.status is SagaStatus.COMPENSATED
+    forward, back = Phase.FORWARD, Phase.COMPENSATION
+    assert hooks.calls == [
+        ("before", "reserve", forward, 1),
+        ("after", "reserve", forward, StepOutcome.SUCCEEDED, None, 3.0),
+        ("before", "audit", forward, 1),  # the local step, run as before
+        ("after", "audit", forward, StepOutcome.SUCCEEDED, None, hooks.calls[3][5]),
+        ("before", "charge", forward, 1),
+        ("after", "charge", forward, StepOutcome.FAILED, "payment.charge refused", 1.0),
+        ("before", "reserve", back, 1),
+        ("after", "reserve", back, StepOutcome.SUCCEEDED, None, 2.0),
+    ]

@@ -10,7 +10,9 @@ import pytest
 from sagakit import Kit, Order
 
 from sagaway import Phase
+from sagaway.hooks import ClaimReason
 from sagaway.logs import JsonFormatter, LoggingHook, TextFormatter, configure_logging
+from sagaway.state import SagaRecord, SagaStatus
 from sagaway.testing import saga_engine
 
 
@@ -104,3 +106,28 @@ def test_text_lines_append_fields_as_key_value() -> None:
 def test_unknown_format_is_refused() -> None:
     with pytest.raises(ValueError, match="text or json"):
         configure_logging("yaml")
+
+
+def test_a_reply_taking_its_parked_saga_on_is_debug_a_takeover_info(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One "saga resumed" line per remote step at INFO was noise (and CPU): a reply or a signal
+    resuming a parked saga is logged at DEBUG; a takeover after a crash stays INFO."""
+    record = SagaRecord(
+        id="s-1",
+        name="order",
+        version=1,
+        status=SagaStatus.RUNNING,
+        input={"id": "o-1"},
+        created_at=0.0,
+        updated_at=0.0,
+    )
+    hook = LoggingHook()
+    caplog.set_level(logging.INFO, "sagaway.sagas")
+    hook.after_claim(record, ClaimReason.REPLIED)
+    hook.after_claim(record, ClaimReason.RECOVERED)
+    assert [(level, message) for level, message, _ in lines(caplog)] == [("INFO", "saga resumed")]
+    caplog.clear()
+    caplog.set_level(logging.DEBUG, "sagaway.sagas")
+    hook.after_claim(record, ClaimReason.REPLIED)
+    assert [(level, message) for level, message, _ in lines(caplog)] == [("DEBUG", "saga resumed")]

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 import waitkit
-from sagaway import DefinitionError, Saga
-from waitkit import Waits
+from sagaway import DefinitionError, Engine, EventType, Saga, StepContext
+from waitkit import ORDER, PAYMENT_TIMEOUT, Order, Waits
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -67,3 +67,62 @@ async def test_the_saga_deadline_ends_a_wait_and_compensates() -> None:
     assert record.status is SagaStatus.COMPENSATED
     assert record.error == "deadline expired"
     assert released == [saga_id]
+
+
+@pytest.mark.parametrize("second_engine", [False, True], ids=["same-engine", "other-engine"])
+async def test_a_duplicate_signal_racing_the_finish_is_a_duplicate(
+    kit: Waits, second_engine: bool
+) -> None:
+    """The wait is the saga's last step, so the signal's write finishes the saga. That write
+    is held (a gate in the store's commit) while the same signal id comes again, through the
+    same engine or another one: the duplicate gets a duplicate receipt once the finish is
+    written, never ``NotWaiting`` and never a second application."""
+    from sagaway import SagaStatus
+
+    saga = Saga(f"wait-last-{id(kit)}")
+
+    @saga.step
+    async def before(ctx: StepContext, order: Order) -> None:
+        return None
+
+    saga.wait("go", timeout=PAYMENT_TIMEOUT)
+    engine = Engine(kit.store, sagas=[saga], owner_id="e1", clock=kit.clock, recovery_interval=3600)
+    other = Engine(kit.store, sagas=[saga], owner_id="e2", clock=kit.clock, recovery_interval=3600)
+    async with engine, other:
+        saga_id = await engine.start(saga, ORDER)
+        record = None
+        for _ in range(1000):
+            record = await kit.store.get(saga_id, history=False)
+            if record.waiting_for is not None:
+                break
+            await asyncio.sleep(0)  # the run parks the saga on this loop
+        assert record is not None
+        assert record.waiting_for == "signal:go"
+        real_commit = kit.store.commit
+        held, release = asyncio.Event(), asyncio.Event()
+
+        async def gated_commit(*args: Any, **kwargs: Any) -> Any:
+            change = args[2] if len(args) > 2 else kwargs["change"]
+            if not held.is_set() and any(
+                e.type is EventType.SIGNAL_RECEIVED for e in change.events
+            ):
+                held.set()
+                await release.wait()
+            return await real_commit(*args, **kwargs)
+
+        kit.store.commit = gated_commit  # type: ignore[method-assign]
+        first = asyncio.create_task(engine.signal(saga_id, "go", signal_id="s-1"))
+        await held.wait()
+        again = asyncio.create_task(
+            (other if second_engine else engine).signal(saga_id, "go", signal_id="s-1")
+        )
+        for _ in range(20):
+            await asyncio.sleep(0)  # the duplicate gets as far as it can while the write waits
+        assert not again.done()
+        release.set()
+        receipts = await asyncio.gather(first, again)
+        full = await engine.get(saga_id)
+    assert [r.duplicate for r in receipts] == [False, True]
+    assert full.status is SagaStatus.SUCCEEDED
+    received = [e.detail for e in full.history if e.type is EventType.SIGNAL_RECEIVED]
+    assert received == ["go s-1"]

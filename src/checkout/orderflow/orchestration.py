@@ -25,10 +25,12 @@ from pydantic import BaseModel
 from sqlalchemy import update
 from sqlalchemy.engine import Connection
 
+from checkout.orderflow import parts
 from checkout.orderflow import services as svc
 from checkout.orderflow.tables import ORDERS, FlowOrderStatus, FlowPaymentStatus
 from sagaway import Saga, StepContext, StepFailed
 from sagaway.choreography import EventContext
+from sagaway.state import Phase
 
 if TYPE_CHECKING:
     from checkout.orderflow.runtime import OrderFlow
@@ -85,8 +87,12 @@ def _cancel_payment(ctx: EventContext, payment_id: str, timeout_reason: str) -> 
 
 
 def build_order_process(flow: OrderFlow) -> Saga:
+    """The embedded order process: every step a local call to one of the three services."""
     saga = Saga(ORDER_PROCESS)
     timeout_reason = f"payment not confirmed within {flow.payment_timeout:g} s"
+    payments, deliveries = flow.payment, flow.delivery
+    assert payments is not None, "embedded: the payment service runs here"
+    assert deliveries is not None, "embedded: the delivery service runs here"
 
     @saga.step
     async def order(ctx: StepContext, inp: ProcessInput) -> dict[str, Any]:
@@ -99,14 +105,14 @@ def build_order_process(flow: OrderFlow) -> Saga:
     @saga.step
     async def create_payment(ctx: StepContext, inp: ProcessInput) -> dict[str, Any]:
         payload = inp.model_dump()
-        await flow.payment.transaction(
+        await payments.transaction(
             svc.insert_payment, payload, flow.payment_timeout, "orchestration"
         )
         return {"payment_id": inp.payment_id, "status": FlowPaymentStatus.PENDING.value}
 
     @create_payment.compensation
     async def cancel_payment(ctx: StepContext, inp: ProcessInput, out: Any) -> None:
-        await flow.payment.transaction(_cancel_payment, inp.payment_id, timeout_reason)
+        await payments.transaction(_cancel_payment, inp.payment_id, timeout_reason)
 
     saga.wait(PAYMENT_SIGNAL, timeout=flow.payment_timeout, reply=PaymentDecision)
 
@@ -121,7 +127,7 @@ def build_order_process(flow: OrderFlow) -> Saga:
     async def create_delivery(ctx: StepContext, inp: ProcessInput) -> dict[str, Any]:
         found = await flow.order.run(svc.read_order, inp.order_id)
         assert found is not None
-        courier, reason = await flow.delivery.run(
+        courier, reason = await deliveries.run(
             svc.record_delivery, inp.order_id, found["shipping_address"], flow.clock()
         )
         if courier is None:
@@ -140,3 +146,77 @@ def build_order_process(flow: OrderFlow) -> Saga:
         return {"courier": courier}
 
     return saga
+
+
+def build_remote_order_process(flow: OrderFlow) -> Saga:
+    """The same process with the payment and shipping services apart: their steps are remote
+    steps (commands of ``checkout.orderflow.parts`` over the saga transport, HTTP or RabbitMQ,
+    each deduped by the step's key in the service's inbox); the order's steps run here."""
+    saga = Saga(ORDER_PROCESS)
+    timeout_reason = f"payment not confirmed within {flow.payment_timeout:g} s"
+
+    @saga.step
+    async def order(ctx: StepContext, inp: ProcessInput) -> dict[str, Any]:
+        return {"order_id": inp.order_id}
+
+    @order.compensation
+    async def cancel_order(ctx: StepContext, inp: ProcessInput, out: Any) -> None:
+        reason = await _failure_reason(flow, ctx.saga_id, inp.payment_id)
+        await flow.order.run(_set_cancelled, inp.order_id, reason, flow.clock())
+
+    @saga.remote("payment", parts.PAYMENT_CREATE, compensation=parts.PAYMENT_CANCEL)
+    def create_payment(ctx: StepContext, inp: ProcessInput) -> dict[str, Any]:
+        return inp.model_dump()
+
+    @create_payment.compensation_payload
+    def cancel_payment(ctx: StepContext, inp: ProcessInput, out: Any) -> dict[str, Any]:
+        return {"payment_id": inp.payment_id, "timeout_reason": timeout_reason}
+
+    saga.wait(PAYMENT_SIGNAL, timeout=flow.payment_timeout, reply=PaymentDecision)
+
+    @saga.step
+    async def confirm_order(ctx: StepContext, inp: ProcessInput) -> dict[str, Any]:
+        await flow.order.run(
+            _set_order, inp.order_id, flow.clock(), {"status": FlowOrderStatus.CONFIRMED.value}
+        )
+        return {"status": FlowOrderStatus.CONFIRMED.value}
+
+    @saga.remote("shipping", parts.DELIVER, kind="pivot")
+    async def create_delivery(ctx: StepContext, inp: ProcessInput) -> dict[str, Any]:
+        found = await flow.order.run(svc.read_order, inp.order_id)
+        assert found is not None
+        return {"order_id": inp.order_id, "address": found["shipping_address"]}
+
+    @saga.step(kind="retriable")
+    async def complete_order(ctx: StepContext, inp: ProcessInput) -> dict[str, Any]:
+        courier = ctx.results["create_delivery"]["courier"]
+        await flow.order.run(
+            _set_order,
+            inp.order_id,
+            flow.clock(),
+            {"status": FlowOrderStatus.COMPLETED.value, "courier": courier},
+        )
+        return {"courier": courier}
+
+    return saga
+
+
+async def _failure_reason(flow: OrderFlow, saga_id: str, payment_id: str) -> str:
+    """Why the order process compensates: the delivery's refusal (no courier), else what the
+    payment says (cancelled by the customer, not confirmed in time)."""
+    engine = flow.engine
+    record = None if engine is None else await engine.store.load(saga_id, history=False)
+    if record is not None:
+        row = record.steps.get(("create_delivery", Phase.FORWARD))
+        if row is not None and row.error:
+            return row.error
+    payment = await flow.payments.get(payment_id)
+    return str((payment or {}).get("reason") or "order process failed")
+
+
+def _set_cancelled(conn: Connection, order_id: str, reason: str, now: float) -> None:
+    order = svc.read_order(conn, order_id)
+    if order is not None and order["status"] != FlowOrderStatus.CANCELLED.value:
+        _set_order(
+            conn, order_id, now, {"status": FlowOrderStatus.CANCELLED.value, "reason": reason}
+        )

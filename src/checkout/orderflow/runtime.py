@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy.engine import make_url
@@ -30,10 +30,13 @@ from checkout.orderflow.orchestration import (
     STEP_SERVICES,
     ProcessInput,
     build_order_process,
+    build_remote_order_process,
 )
-from checkout.orderflow.tables import FlowPaymentStatus
+from checkout.orderflow.payments import LocalPayments, Payments, RemotePayments
+from checkout.participants.orders import CatalogueSource
 from sagaway import Engine
-from sagaway.choreography import EventBus, EventContext, InProcessBus, Monitor, Relay
+from sagaway.choreography import EventBus, EventService, InProcessBus, Monitor, Relay
+from sagaway.choreography.http import HttpBus
 from sagaway.errors import NotWaiting
 from sagaway.state import Phase, SagaRecord, StepStatus
 from sagaway.store.base import SagaStore
@@ -88,22 +91,47 @@ class OrderFlow:
         payment_timeout: float = 900.0,
         sweep_interval: float = 1.0,
         clock: Callable[[], float] = time.time,
+        services: Mapping[str, str] | None = None,
+        admin_token: str | None = None,
+        catalogue: CatalogueSource | None = None,
     ) -> None:
+        """``services``: the URLs of the separate payment and shipping services (their
+        pay-later parts run there, ``checkout.orderflow.parts``); None: embedded, all three
+        services here. ``events``: ``inprocess``, ``rabbitmq`` or (separate services)
+        ``http``, the gateway then being the hub of the services' events."""
         # Given the shop's AsyncEngine, the services share its pool (PostgreSQL: within the
         # connections the settings allow); on a SQLite file they write through a sync twin.
         url = sync_database_url(database) if isinstance(database, str) else database
         self.clock = clock
         self.payment_timeout = payment_timeout
         self.sweep_interval = sweep_interval
+        self.remote = services is not None
+        # Separate services: prices and accounts come from the payment and inventory APIs.
+        self.catalogue = catalogue
+        if self.remote and catalogue is None:
+            raise ValueError("with separate services the order flow needs their catalogue")
         self.order = svc.build_order_service(url, clock)
-        self.payment = svc.build_payment_service(url, clock, payment_timeout)
-        self.delivery = svc.build_delivery_service(url, clock)
-        self.services = (self.order, self.payment, self.delivery)
+        self.payments: Payments
+        self.payment: EventService | None = None
+        self.delivery: EventService | None = None
+        if services is None:
+            self.payment = svc.build_payment_service(url, clock, payment_timeout)
+            self.delivery = svc.build_delivery_service(url, clock)
+            self.services: tuple[EventService, ...] = (self.order, self.payment, self.delivery)
+            self.payments = LocalPayments(self.payment, payment_timeout)
+        else:
+            self.services = (self.order,)
+            self.payments = RemotePayments(services, admin_token=admin_token)
         self.bus: EventBus
         if events == "rabbitmq":
             from sagaway.choreography.rabbitmq import RabbitBus
 
             self.bus = RabbitBus(rabbitmq_url)
+        elif events == "http":
+            if services is None:
+                raise ValueError("events over HTTP need the separate services' URLs")
+            peers = {name: services[name] for name in ("payment", "shipping")}
+            self.bus = HttpBus("gateway", peers)
         else:
             self.bus = InProcessBus()
         # Deadline: the customer's time to pay, plus a minute for the rest of the process.
@@ -113,7 +141,9 @@ class OrderFlow:
         self.bus.subscribe("monitor", None, self.monitor.record)
         self.relays = [Relay(s, self.bus, interval=1.0) for s in self.services]
         self._sweeper: asyncio.Task[None] | None = None
-        self.saga = build_order_process(self)  # the orchestrated style
+        # The orchestrated style: its payment and delivery steps are remote steps (the saga
+        # transport carries them) when those services run apart.
+        self.saga = build_remote_order_process(self) if self.remote else build_order_process(self)
         self.engine: Engine | None = None  # set by the composition root
 
     async def start(self) -> None:
@@ -131,6 +161,7 @@ class OrderFlow:
         for relay in self.relays:
             await relay.stop()
         await self.bus.close()
+        await self.payments.close()
         for service in self.services:
             await service.close()
 
@@ -138,7 +169,8 @@ class OrderFlow:
         while True:
             await asyncio.sleep(self.sweep_interval)
             try:
-                await self.expire()
+                if self.payment is not None:  # else the payment service's own timer
+                    await self.expire()
                 await self.monitor.sweep()
             except asyncio.CancelledError:
                 raise
@@ -158,7 +190,16 @@ class OrderFlow:
     ) -> dict[str, Any]:
         """Place an order pending payment; returns it once its payment exists (choreography:
         or after ``wait`` seconds). ``flow="orchestration"``: an order-process saga drives it."""
-        order = await self.order.transaction(svc.create_order, customer, items, address, flow)
+        priced = None
+        if self.catalogue is not None:
+            ids = sorted({line.product_id for line in items})
+            found = await self.catalogue.catalogue(customer, ids)
+            account = found.account
+            default = None if account is None else account.shipping_address
+            priced = svc.price(customer, account is not None, default, found.prices, items, address)
+        order = await self.order.transaction(
+            svc.create_order, customer, items, address, flow, priced
+        )
         order_id = order["order_id"]
         if flow == "orchestration":
             await self._orchestrate(order)
@@ -178,9 +219,7 @@ class OrderFlow:
         )
         # The payment is recorded pending here, so the answer can show it; the saga's
         # create_payment step finds it (or records it, resuming after a crash).
-        await self.payment.transaction(
-            svc.insert_payment, inp.model_dump(), self.payment_timeout, "orchestration"
-        )
+        await self.payments.record_pending(inp.model_dump())
         saga_id = await engine.start(
             self.saga, inp, idempotency_key=f"order-process:{inp.order_id}"
         )
@@ -192,7 +231,7 @@ class OrderFlow:
         return self.engine
 
     async def confirm(self, payment_id: str, *, wait: float = 5.0) -> dict[str, Any]:
-        payment = await self.payment.transaction(svc.confirm_payment, payment_id)
+        payment = await self.payments.confirm(payment_id)
         if payment["flow"] == "orchestration":
             await self._signal(payment, f"confirm:{payment_id}", None)
         return await self._answer(payment, wait)
@@ -200,7 +239,7 @@ class OrderFlow:
     async def cancel(
         self, payment_id: str, *, reason: str = "cancelled by the customer", wait: float = 5.0
     ) -> dict[str, Any]:
-        payment = await self.payment.transaction(svc.cancel_payment, payment_id, reason)
+        payment = await self.payments.cancel(payment_id, reason)
         if payment["flow"] == "orchestration":
             await self._signal(payment, f"cancel:{payment_id}", payment["reason"] or reason)
         return await self._answer(payment, wait)
@@ -234,18 +273,23 @@ class OrderFlow:
 
     async def expire(self, now: float | None = None) -> list[str]:
         """Cancel the pending payments past their confirmation deadline; returns their ids."""
+        if self.payment is None:
+            raise RuntimeError("the payment service runs apart: its own timer expires payments")
         at = self.clock() if now is None else now
         expired = await self.payment.run(svc.expired_payments, at)
         reason = f"payment not confirmed within {self.payment_timeout:g} s"
         done = []
         for payment_id in expired:
-            payment = await self.payment.transaction(_expire_one, payment_id, reason, at)
+            payment = await self.payment.transaction(svc.expire_one, payment_id, reason, at)
             if payment is not None:
                 done.append(payment_id)
         return done
 
     async def get_payment(self, payment_id: str) -> dict[str, Any] | None:
-        return await self.payment.run(svc.read_payment, payment_id)
+        return await self.payments.get(payment_id)
+
+    async def couriers(self) -> list[dict[str, Any]]:
+        return await self.payments.couriers()
 
     async def get_order(self, order_id: str) -> dict[str, Any] | None:
         return await self.order.run(svc.read_order, order_id)
@@ -263,13 +307,3 @@ class OrderFlow:
         order["saga_status"] = None if record is None else str(record.status)
         order["timeline"] = timeline(record)
         return order
-
-
-def _expire_one(
-    ctx: EventContext, payment_id: str, reason: str, now: float
-) -> dict[str, Any] | None:
-    row = svc.locked_payment(ctx.conn, payment_id)
-    if row is None or row.status != FlowPaymentStatus.PENDING.value or row.expires_at > now:
-        return None  # confirmed or cancelled meanwhile
-    svc.cancel_payment_row(ctx, row, reason)
-    return svc.read_payment(ctx.conn, payment_id)

@@ -22,7 +22,7 @@ invariant ``sum(balances) + sum(captured payments)`` holds whichever flow placed
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy import select, update
@@ -173,36 +173,56 @@ def read_payment(conn: Connection, payment_id: str) -> dict[str, Any] | None:
 # -- order service -------------------------------------------------------------------------------
 
 
+Priced = tuple[int, dict[str, Any], list[PricedLine]]  # total, shipping address, lines
+
+
 def priced_order(
     conn: Connection, customer: str, items: list[OrderLine], address: Address | None
-) -> tuple[int, dict[str, Any], list[PricedLine]]:
-    """The order's total and priced lines from the catalog, and its shipping address (the
-    account's when none is given); ``FlowInvalid`` with the reason when it cannot be placed."""
+) -> Priced:
+    """The order priced from the catalog in the shop database (embedded), see ``price``."""
     account = conn.execute(select(ACCOUNTS).where(ACCOUNTS.c.id == customer)).first()
-    if account is None:
-        # 422, not 404: the request names something that does not exist; the URL does.
-        raise FlowInvalid(f"customer {customer!r} not found")
-    lines = merge_lines(items)
-    ids = [line.product_id for line in lines]
+    ids = [line.product_id for line in merge_lines(items)]
     prices = {
         row.id: int(row.price_cents)
         for row in conn.execute(
             select(PRODUCTS.c.id, PRODUCTS.c.price_cents).where(PRODUCTS.c.id.in_(ids))
         )
     }
-    missing = [pid for pid in ids if pid not in prices]
-    if missing:
-        raise FlowInvalid(f"product not found: {', '.join(missing)}")
-    priced = _priced(lines, prices)
-    total = order_total(priced)
-    if address is None:
-        address = Address(
+    default = None
+    if account is not None:
+        default = Address(
             street=account.ship_street,
             city=account.ship_city,
             province=account.ship_province,
             postal_code=account.ship_postal_code,
             country=account.ship_country,
         )
+    return price(customer, account is not None, default, prices, items, address)
+
+
+def price(
+    customer: str,
+    known: bool,
+    default_address: Address | None,
+    prices: Mapping[str, int],
+    items: list[OrderLine],
+    address: Address | None,
+) -> Priced:
+    """The order's total and priced lines, and its shipping address (the account's,
+    ``default_address``, when none is given); ``FlowInvalid`` with the reason when it cannot be
+    placed. ``known``: the customer's account exists."""
+    if not known:
+        # 422, not 404: the request names something that does not exist; the URL does.
+        raise FlowInvalid(f"customer {customer!r} not found")
+    lines = merge_lines(items)
+    missing = [line.product_id for line in lines if line.product_id not in prices]
+    if missing:
+        raise FlowInvalid(f"product not found: {', '.join(missing)}")
+    priced = _priced(lines, dict(prices))
+    total = order_total(priced)
+    address = address or default_address
+    if address is None:
+        raise FlowInvalid("no shipping address: give one, the account has none")
     problems = address_problems(address)
     if problems:
         raise FlowInvalid(f"invalid shipping address: {'; '.join(problems)}")
@@ -268,10 +288,14 @@ def create_order(
     items: list[OrderLine],
     address: Address | None,
     flow: str,
+    priced: Priced | None = None,
 ) -> dict[str, Any]:
     """The order service's ``POST /orders/create_order``: record the order pending payment and
-    ask for a payment (``create-payment``), in one transaction."""
-    total, shipping, priced = priced_order(ctx.conn, customer, items, address)
+    ask for a payment (``create-payment``), in one transaction. ``priced``: the order priced
+    by the separate services' catalogue; None: priced here from the shop database."""
+    if priced is None:
+        priced = priced_order(ctx.conn, customer, items, address)
+    total, shipping, lines = priced
     now = ctx.clock()
     order_id, payment_id = uuid.uuid4().hex, uuid.uuid4().hex
     ctx.conn.execute(
@@ -280,7 +304,7 @@ def create_order(
             "id": order_id,
             "customer_id": customer,
             # Priced as ordered (unit_price_cents), so a listing shows what was charged.
-            "items": [line.model_dump(mode="json") for line in priced],
+            "items": [line.model_dump(mode="json") for line in lines],
             "shipping_address": shipping,
             "amount_cents": total,
             "status": FlowOrderStatus.PENDING_PAYMENT.value,
@@ -457,6 +481,18 @@ def expired_payments(conn: Connection, now: float) -> list[str]:
         )
     )
     return [row.id for row in rows]
+
+
+def expire_one(
+    ctx: EventContext, payment_id: str, reason: str, now: float
+) -> dict[str, Any] | None:
+    """Cancel one pending payment past its deadline (the timer's pass); None if it was
+    confirmed or cancelled meanwhile."""
+    row = locked_payment(ctx.conn, payment_id)
+    if row is None or row.status != FlowPaymentStatus.PENDING.value or row.expires_at > now:
+        return None
+    cancel_payment_row(ctx, row, reason)
+    return read_payment(ctx.conn, payment_id)
 
 
 # -- delivery service ----------------------------------------------------------------------------

@@ -37,10 +37,21 @@ from checkout.db import (
 )
 from checkout.dbexec import ShopExecutor, wrap_sqlite
 from checkout.domain.models import CheckoutError
+from checkout.orderflow.parts import (
+    ORCHESTRATION_COMPENSATES,
+    DeliveryPart,
+    PaymentPart,
+    ServicePart,
+    delivery_routes,
+    open_service_bus,
+    orchestration_commands,
+    payment_routes,
+)
 from checkout.services.api import include_routes
 from checkout.services.commands import COMMANDS, COMPENSATES
 from checkout.services.specs import SERVICES, ServiceSpec
 from checkout.settings import Settings, database_schema
+from sagaway.choreography.http import HttpBus, event_router
 from sagaway.participant import Participant
 
 log = logging.getLogger("checkout.services")
@@ -104,7 +115,9 @@ class SyncExecutor(ShopExecutor):
             self._reader_raw = self._reader = None
 
 
-def build_participant(spec: ServiceSpec, database_url: str) -> Participant:
+def build_participant(
+    spec: ServiceSpec, database_url: str, payment_timeout: float = 900.0
+) -> Participant:
     """The service's participant on its database: every command of
     :data:`checkout.services.commands.COMMANDS`, business errors being the shop's. Its sync
     engine runs each command in one transaction on a worker thread (one on SQLite): the
@@ -115,7 +128,26 @@ def build_participant(spec: ServiceSpec, database_url: str) -> Participant:
     )
     for command, handler in COMMANDS[spec.name].items():
         participant.handler(command, compensates=COMPENSATES.get((spec.name, command)))(handler)
+    # Seed 004's orchestrated order process: its payment and delivery steps run here.
+    pay_later = orchestration_commands(payment_timeout).get(spec.name, {})
+    for command, handler in pay_later.items():
+        compensates = ORCHESTRATION_COMPENSATES.get((spec.name, command))
+        participant.handler(command, compensates=compensates)(handler)
     return participant
+
+
+def build_pay_later(
+    name: str, settings: Settings, transport: Transport, rabbitmq_url: str
+) -> ServicePart | None:
+    """Seed 004's payment (payment service) or delivery (shipping service) part, or None."""
+    if name not in ("payment", "shipping"):
+        return None
+    bus = open_service_bus(name, transport, rabbitmq_url, settings.gateway_url)
+    if name == "payment":
+        return PaymentPart(
+            settings.database_url, bus, payment_timeout=settings.payment_timeout_seconds
+        )
+    return DeliveryPart(settings.database_url, bus)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,16 +170,21 @@ def create_service_app(
     spec = SERVICES[name]
     schema = database_schema(settings.database_url)
     db = open_database(settings.database_url, schema=schema)  # migrations only
-    participant = build_participant(spec, settings.database_url)
+    participant = build_participant(spec, settings.database_url, settings.payment_timeout_seconds)
     state = ServiceState(spec, settings, db, SyncExecutor(participant), participant)
+    pay_later = build_pay_later(name, settings, transport, rabbitmq_url)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        stack = contextlib.AsyncExitStack()
         try:
             await ensure_schema(db, schema)
             await migrate(db, histories=[spec.history])
             if settings.demo and await state.executor.write(spec.load_demo):
                 log.info("%s: demo data loaded into %s", name, settings.database_url)
+            if pay_later is not None:
+                await pay_later.start()
+                stack.push_async_callback(pay_later.stop)
             if transport == "rabbitmq":
                 from sagaway.participant.rabbitmq import RabbitParticipant
 
@@ -158,6 +195,7 @@ def create_service_app(
             else:
                 yield
         finally:
+            await stack.aclose()
             await state.executor.close()
             await state.participant.close()
             await db.dispose()
@@ -172,6 +210,12 @@ def create_service_app(
     app.state.services = state
     install_error_handlers(app)
     include_routes(app, spec, transport)
+    if isinstance(pay_later, PaymentPart):
+        app.include_router(payment_routes(pay_later))
+    elif isinstance(pay_later, DeliveryPart):
+        app.include_router(delivery_routes(pay_later))
+    if pay_later is not None and isinstance(pay_later.bus, HttpBus):
+        app.include_router(event_router(pay_later.bus))
     if transport == "http":
         from sagaway.participant.http import participant_router
 

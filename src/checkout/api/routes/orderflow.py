@@ -17,6 +17,7 @@ from starlette.convertors import StringConvertor, register_url_convertor
 from checkout.api.schemas import Id, OrderRequest
 from checkout.orderflow.runtime import OrderFlow
 from checkout.orderflow.services import FlowError, couriers
+from sagaway.choreography.http import EVENTS_PATH, HttpBus, receive_events
 
 router = APIRouter(tags=["pay later (seed 004)"])
 
@@ -51,12 +52,8 @@ class PaymentRequest(BaseModel):
 
 def flow_of(request: Request) -> OrderFlow:
     flow: OrderFlow | None = getattr(request.app.state.services, "flow", None)
-    if flow is None:
-        raise HTTPException(
-            503,
-            "the pay-later flow runs with the embedded shop (SAGAWAY_TRANSPORT=inprocess; "
-            "SAGAWAY_EVENTS=rabbitmq sends its events over RabbitMQ)",
-        )
+    if flow is None:  # a worker's app has no flow
+        raise HTTPException(503, "the pay-later flow does not run in this process")
     return flow
 
 
@@ -114,9 +111,24 @@ async def get_payment(payment_id: str, request: Request) -> dict[str, Any]:
 
 
 @router.get("/couriers")
-async def list_couriers() -> dict[str, Any]:
-    """The demo couriers: by province and city, by province, and the national default."""
-    return {"couriers": couriers()}
+async def list_couriers(request: Request) -> dict[str, Any]:
+    """The demo couriers: by province and city, by province, and the national default (the
+    shipping service's list, when it runs apart)."""
+    flow = flow_or_none(request)
+    try:
+        return {"couriers": couriers() if flow is None else await flow.couriers()}
+    except FlowError as exc:
+        raise refuse(exc) from None
+
+
+@router.post(EVENTS_PATH, include_in_schema=False)
+async def choreography_events(request: Request) -> dict[str, int]:
+    """The services' domain events, over HTTP (separate services): this gateway is their hub
+    (``sagaway.choreography.http``)."""
+    flow = flow_or_none(request)
+    if flow is None or not isinstance(flow.bus, HttpBus):
+        raise HTTPException(404, "this gateway does not take events over HTTP")
+    return await receive_events(flow.bus, request)
 
 
 def flow_or_none(request: Request) -> OrderFlow | None:
