@@ -135,7 +135,8 @@ async def _stop(name: str, process: asyncio.subprocess.Process) -> None:
         return
     process.send_signal(signal.SIGTERM)
     try:
-        await asyncio.wait_for(process.wait(), STOP_SECONDS)
+        async with asyncio.timeout(STOP_SECONDS):
+            await process.wait()
     except TimeoutError:
         err.print(f"{name} did not stop in {STOP_SECONDS:.0f} s: killed")
         process.kill()

@@ -35,9 +35,8 @@ DAY = 86_400.0
 BATCH = 200
 # One retention pass (one per maintenance-loop turn, about a second) spends at most this long,
 # so pruning takes at most ~5% of the engine's time and a backlog is worked off over the
-# following passes (measured with benchmarks/log_growth.py --retention: a 0.25 s budget cost
-# the running sagas a third of their throughput while it worked off a 100,000-saga backlog).
-# 5% still prunes several thousand sagas a minute, far above a million a day.
+# following passes: ~200 sagas a second (benchmarks/log_growth.py --retention), far above a
+# million a day.
 PASS_BUDGET_SECONDS = 0.05
 # How often the maintenance loop looks for sagas to prune once the backlog is gone.
 INTERVAL_SECONDS = 60.0

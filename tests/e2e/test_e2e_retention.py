@@ -35,6 +35,8 @@ async def test_an_order_outlives_its_pruned_saga(
     shown = (await client.get(f"/sagas/{other['saga_id']}")).json()
     assert shown["pinned"] is True
     assert (await client.get(f"/sagas/{saga_id}")).json()["pinned"] is False
+    assert 'data-testid="saga-pinned"' in (await client.get(f"/ui/sagas/{other['saga_id']}")).text
+    assert 'data-testid="saga-pinned"' not in (await client.get(f"/ui/sagas/{saga_id}")).text
 
     cutoff = time.time() + 1  # both finished before it; only the unpinned one goes
     assert await store.prune(

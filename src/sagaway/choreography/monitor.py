@@ -265,7 +265,8 @@ class Monitor:
             if record is not None and until(record):
                 return record
             try:
-                return await asyncio.wait_for(asyncio.shield(future), timeout)
+                async with asyncio.timeout(timeout):
+                    return await asyncio.shield(future)
             except TimeoutError:
                 return await self.store.load(correlation_id)
         finally:

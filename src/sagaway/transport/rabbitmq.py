@@ -328,7 +328,8 @@ class AmqpLink:
         """The command exchange on a live confirm channel, waiting up to ``timeout`` for one."""
         if not self._ready.is_set():
             try:
-                await asyncio.wait_for(self._ready.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._ready.wait()
             except TimeoutError:
                 why = f": {self.last_error}" if self.last_error else ""
                 raise TransportError(

@@ -92,7 +92,8 @@ class StubDispatcher(Dispatcher):
         self.calls.append(command)
         if timeout is None:
             return await self.run_handler(command)
-        return await asyncio.wait_for(self.run_handler(command), timeout)
+        async with asyncio.timeout(timeout):
+            return await self.run_handler(command)
 
     async def publish(self, messages: Sequence[OutboxMessage]) -> None:
         if self.fail_publish:

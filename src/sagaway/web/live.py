@@ -110,7 +110,8 @@ class Watch:
         if self.count != seen:
             return True
         try:
-            await asyncio.wait_for(self.changed.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self.changed.wait()
         except TimeoutError:
             return False
         return True
