@@ -13,6 +13,9 @@ Who reacts to what (each arrow an event on the bus, emitted in the emitter's tra
     payment  POST /payments/cancel, or not confirmed in time -> cancel-order
     order    cancel-order               -> order-cancelled        (order cancelled + reason)
 
+An orchestrated order's payment (``flow="orchestration"``) emits none of these; its confirm or
+cancel emits ``payment-decided``, which the gateway turns into the order-process saga's signal.
+
 ``order-completed`` and ``order-cancelled`` end the business transaction: the monitor reads
 them (``ORDER_CHOREOGRAPHY``). Money moves through the shop's payment operations
 (``checkout.participants.payment.charge/refund``, keyed by the payment id), so the shop-wide
