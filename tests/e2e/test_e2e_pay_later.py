@@ -175,6 +175,23 @@ async def test_no_courier_refunds_and_cancels(client: httpx.AsyncClient, flow: s
     await no_courier_path(client, flow)
 
 
+async def test_get_order_answers_a_pay_later_order_in_its_documented_shape(
+    client: httpx.AsyncClient,
+) -> None:
+    """``GET /orders/{id}`` of a pay-later order answers what the API docs declare for it."""
+    order = await create(client, TORONTO)
+    response = await client.get(f"/orders/{order['order_id']}")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    docs = (await client.get("/openapi.json")).json()
+    ok = docs["paths"]["/orders/{order_id}"]["get"]["responses"]["200"]
+    declared = {r["$ref"] for r in ok["content"]["application/json"]["schema"]["anyOf"]}
+    assert "#/components/schemas/PayLaterOrderOut" in declared
+    schema = docs["components"]["schemas"]["PayLaterOrderOut"]
+    assert set(schema["required"]) <= set(body) <= set(schema["properties"])
+    assert (body["status"], body["payment_id"]) == ("pending_payment", order["payment_id"])
+
+
 async def test_orders_list_shows_pay_later_orders(client: httpx.AsyncClient) -> None:
     """``GET /orders`` lists the pay-later orders with the checkout's, newest first, with their
     own statuses and courier; ``?status=`` filters either kind."""

@@ -349,6 +349,26 @@ class OrderOut(OrderSummary):
     steps: list[StepSummary]
 
 
+class PayLaterOrderOut(BaseModel):
+    """A seed 004 (pay-later) order, with the timeline of its events or steps."""
+
+    order_id: str
+    customer_id: str
+    items: list[dict[str, Any]]
+    shipping_address: dict[str, Any] | None
+    amount_cents: int
+    status: str
+    flow: str
+    payment_id: str | None
+    saga_id: str | None
+    courier: str | None
+    reason: str | None
+    created_at: float  # seconds since the epoch
+    updated_at: float
+    saga_status: str | None
+    timeline: list[dict[str, Any]]
+
+
 class CheckoutFailed(BaseModel):
     """``POST /checkout/{order_id}`` when the checkout failed (400): why, and the order."""
 

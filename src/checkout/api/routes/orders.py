@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
 
 from checkout.api.auth import ADMIN
 from checkout.api.deps import (
@@ -19,7 +18,14 @@ from checkout.api.deps import (
 )
 from checkout.api.idempotency import request_fingerprint
 from checkout.api.routes.orderflow import flow_or_none, flow_order
-from checkout.api.schemas import ListedOrderStatus, OrderOut, OrderPage, OrderRequest, OrderSummary
+from checkout.api.schemas import (
+    ListedOrderStatus,
+    OrderOut,
+    OrderPage,
+    OrderRequest,
+    OrderSummary,
+    PayLaterOrderOut,
+)
 from checkout.api.views import flow_order_summary, order_out, order_summary
 from checkout.domain.models import OrderStatus
 from checkout.orderflow.tables import FlowOrderStatus
@@ -125,7 +131,7 @@ async def list_orders(
     return OrderPage(orders=listed[offset : offset + limit], limit=limit, offset=offset)
 
 
-@router.get("/orders/{order_id:order_id}", response_model=OrderOut)
+@router.get("/orders/{order_id:order_id}", response_model=OrderOut | PayLaterOrderOut)
 async def get_order(order_id: str, checkout: CheckoutDep, request: Request) -> Any:
     """One order with its saga's steps (a seed 004 order: with its events' timeline)."""
     try:
@@ -134,4 +140,4 @@ async def get_order(order_id: str, checkout: CheckoutDep, request: Request) -> A
         flow = await flow_order(request, order_id)
         if flow is None:
             raise
-        return JSONResponse(flow)
+        return PayLaterOrderOut.model_validate(flow)
