@@ -232,18 +232,7 @@ class ParkedSagas:
         signal_id: str | None = None,
         error: str | None = None,
     ) -> SignalReceipt:
-        """Deliver the signal ``name`` to a saga waiting for it (``Saga.wait``): ``payload``
-        becomes the wait step's output; ``error`` fails the step instead (it compensates).
-
-        Durable once this returns: recorded in the saga's log, with ``signal_id``, in the write
-        that applies it (this engine drives the saga on at once) or, on an engine that does not
-        run it (``execute=False``, or its definition unknown here), that hands it to whichever
-        engine does. Delivering the same ``signal_id`` again changes nothing (``duplicate``).
-
-        Raises ``SagaNotFound``; ``NotWaiting`` (an ``InvalidTransition``) when the saga does
-        not wait for this signal (finished, waiting for something else, or still running the
-        steps before its wait after ``lease_seconds``); ``InvalidInput`` when the payload does
-        not fit the wait's ``reply`` type."""
+        """``Engine.signal`` (its docstring says what it promises)."""
         if not (self.engine._opened or self.engine.store.is_open):
             raise EngineNotOpen()
         check_text(name, "the signal name")

@@ -86,6 +86,19 @@ def _cancel_payment(ctx: EventContext, payment_id: str, timeout_reason: str) -> 
     svc.cancel_payment_row(ctx, row, reason)
 
 
+async def _confirm_order(flow: OrderFlow, order_id: str) -> dict[str, Any]:
+    """The order's own steps, the same whether payment and shipping run here or apart."""
+    confirmed = FlowOrderStatus.CONFIRMED.value
+    await flow.order.run(_set_order, order_id, flow.clock(), {"status": confirmed})
+    return {"status": confirmed}
+
+
+async def _complete_order(flow: OrderFlow, order_id: str, courier: str) -> dict[str, Any]:
+    completed = {"status": FlowOrderStatus.COMPLETED.value, "courier": courier}
+    await flow.order.run(_set_order, order_id, flow.clock(), completed)
+    return {"courier": courier}
+
+
 def build_order_process(flow: OrderFlow) -> Saga:
     """The embedded order process: every step a local call to one of the three services."""
     saga = Saga(ORDER_PROCESS)
@@ -118,10 +131,7 @@ def build_order_process(flow: OrderFlow) -> Saga:
 
     @saga.step
     async def confirm_order(ctx: StepContext, inp: ProcessInput) -> dict[str, Any]:
-        await flow.order.run(
-            _set_order, inp.order_id, flow.clock(), {"status": FlowOrderStatus.CONFIRMED.value}
-        )
-        return {"status": FlowOrderStatus.CONFIRMED.value}
+        return await _confirm_order(flow, inp.order_id)
 
     @saga.step(kind="pivot")
     async def create_delivery(ctx: StepContext, inp: ProcessInput) -> dict[str, Any]:
@@ -136,14 +146,7 @@ def build_order_process(flow: OrderFlow) -> Saga:
 
     @saga.step(kind="retriable")
     async def complete_order(ctx: StepContext, inp: ProcessInput) -> dict[str, Any]:
-        courier = ctx.results["create_delivery"]["courier"]
-        await flow.order.run(
-            _set_order,
-            inp.order_id,
-            flow.clock(),
-            {"status": FlowOrderStatus.COMPLETED.value, "courier": courier},
-        )
-        return {"courier": courier}
+        return await _complete_order(flow, inp.order_id, ctx.results["create_delivery"]["courier"])
 
     return saga
 
@@ -176,10 +179,7 @@ def build_remote_order_process(flow: OrderFlow) -> Saga:
 
     @saga.step
     async def confirm_order(ctx: StepContext, inp: ProcessInput) -> dict[str, Any]:
-        await flow.order.run(
-            _set_order, inp.order_id, flow.clock(), {"status": FlowOrderStatus.CONFIRMED.value}
-        )
-        return {"status": FlowOrderStatus.CONFIRMED.value}
+        return await _confirm_order(flow, inp.order_id)
 
     @saga.remote("shipping", parts.DELIVER, kind="pivot")
     async def create_delivery(ctx: StepContext, inp: ProcessInput) -> dict[str, Any]:
@@ -189,14 +189,7 @@ def build_remote_order_process(flow: OrderFlow) -> Saga:
 
     @saga.step(kind="retriable")
     async def complete_order(ctx: StepContext, inp: ProcessInput) -> dict[str, Any]:
-        courier = ctx.results["create_delivery"]["courier"]
-        await flow.order.run(
-            _set_order,
-            inp.order_id,
-            flow.clock(),
-            {"status": FlowOrderStatus.COMPLETED.value, "courier": courier},
-        )
-        return {"courier": courier}
+        return await _complete_order(flow, inp.order_id, ctx.results["create_delivery"]["courier"])
 
     return saga
 
