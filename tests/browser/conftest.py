@@ -31,11 +31,13 @@ def chromium_check() -> None:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every browser test is slow (a server process, a browser, ~10 s each): ``-m "not slow"``
-    leaves them out; ``make test`` and CI run them."""
+    leaves them out; ``make test`` and CI run them. Under pytest-xdist (``--dist loadgroup``)
+    they all run in one worker: one Chromium and one server per module, as in a serial run."""
     here = Path(__file__).parent
     for item in items:
         if here in Path(str(item.path)).parents:
             item.add_marker(pytest.mark.slow)
+            item.add_marker(pytest.mark.xdist_group("browser"))
 
 
 @pytest.fixture(scope="module")
