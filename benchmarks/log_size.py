@@ -8,11 +8,12 @@ it). The last line is one JSON object:
 
     python benchmarks/log_size.py --n 20000
 
-``--packed`` also copies every saga's history into one row per saga (the events of a saga as
-one compact JSON array: times as integer ms since the saga's start, event types and step
+``--packed`` also copies every saga's events still in ``sagaway_events`` into one row per saga
+(one compact JSON array: times as integer ms since the saga's start, event types and step
 names as small integers, in a ``WITHOUT ROWID`` table keyed by the saga id) in a scratch
-database and prints the bytes per saga that layout would take: how much a compaction of the
-events table would buy, measured on the same sagas, before building it.
+database and prints the bytes per saga that layout would take. It was how compaction was sized
+before it was built; since schema version 7 a finished saga's events are packed into its row
+by the commit that finishes it (docs/stores.md), so on a fresh log there is nothing left to copy.
 """
 
 from __future__ import annotations

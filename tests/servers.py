@@ -20,12 +20,14 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import fcntl
 import json
 import os
 import socket
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable
+from urllib.parse import quote
 
 import pytest
 
@@ -33,6 +35,7 @@ __all__ = [
     "POSTGRES_URL",
     "RABBITMQ_URL",
     "REDIS_URL",
+    "broker_to_ourselves",
     "drop_pg_schema",
     "fresh_pg_schema",
     "fresh_rabbit_vhost",
@@ -200,26 +203,135 @@ def _reap_vhost_deletions() -> None:
         proc.wait(timeout=60)
 
 
+BROKER_LOCK = os.environ.get("SAGAWAY_TEST_BROKER_LOCK", "/tmp/sagaway-test-broker.lock")
+"""A file lock shared by every test process on this machine (pytest-xdist workers, other
+worktrees' runs): a test using the broker holds it shared, a test that stops the broker holds
+it exclusively (``broker_to_ourselves``), so no test ever sees the broker stopped under it."""
+
+
+class _BrokerLock:
+    """This process's hold on ``BROKER_LOCK``: shared while any of its vhosts lives, exclusive
+    inside ``broker_to_ourselves``. One file descriptor: ``flock`` converts its lock in place."""
+
+    def __init__(self) -> None:
+        self._fd: int | None = None
+        self._users = 0
+        self._exclusive = False
+
+    def _descriptor(self) -> int:
+        if self._fd is None:
+            self._fd = os.open(BROKER_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        return self._fd
+
+    async def _set(self, operation: int) -> None:
+        # In a thread: the wait can be long, and the test's own tasks keep running meanwhile.
+        await asyncio.to_thread(fcntl.flock, self._descriptor(), operation)
+
+    async def share(self) -> None:
+        self._users += 1
+        if self._users == 1 and not self._exclusive:
+            await self._set(fcntl.LOCK_SH)
+
+    async def unshare(self) -> None:
+        self._users -= 1
+        if self._users == 0 and not self._exclusive:
+            await self._set(fcntl.LOCK_UN)
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        assert not self._exclusive, "broker_to_ourselves does not nest"
+        await self._set(fcntl.LOCK_EX)
+        self._exclusive = True
+        try:
+            yield
+        finally:
+            self._exclusive = False
+            await self._set(fcntl.LOCK_SH if self._users else fcntl.LOCK_UN)
+
+
+_broker_lock = _BrokerLock()
+
+
+@contextlib.asynccontextmanager
+async def broker_to_ourselves() -> AsyncIterator[None]:
+    """Around a test that stops the broker (``rabbitmqctl stop_app``): waits until no other
+    test process uses it, and keeps them waiting (``BROKER_LOCK``) until the block ends. Enter
+    it first, before the test's vhost, so the test runs as it would alone."""
+    require_server("rabbitmq", rabbitmq_check)
+    async with _broker_lock.exclusive():
+        yield
+
+
 @contextlib.asynccontextmanager
 async def fresh_rabbit_vhost(tag: str = "test") -> AsyncIterator[str]:
     """The test broker's URL on a new vhost (guest may use it), deleted afterwards with
-    everything in it; skips/fails first without RabbitMQ (``require_server``).
+    everything in it; skips/fails first without RabbitMQ (``require_server``). Holds the
+    broker lock shared meanwhile (see ``BROKER_LOCK``).
 
     The deletion runs in the background (``rabbitmqctl`` costs about a second a call) and is
     waited for when the test session's interpreter exits."""
     require_server("rabbitmq", rabbitmq_check)
+    await _broker_lock.share()
+    try:
+        async with _vhost(tag) as url:
+            yield url
+    finally:
+        await _broker_lock.unshare()
+
+
+RABBITMQ_API = os.environ.get("SAGAWAY_TEST_RABBITMQ_API", "http://127.0.0.1:15672/api")
+"""The broker's management HTTP API (the ``rabbitmq_management`` plugin, which ``.ci/run``
+enables): a vhost made or deleted through it costs milliseconds, through ``rabbitmqctl`` an
+Erlang VM start (one to several seconds of CPU). Without the plugin, ``rabbitmqctl`` it is."""
+
+_api_up: bool | None = None
+
+
+async def _management_api() -> bool:
+    """Whether ``RABBITMQ_API`` answers guest (asked once per process)."""
+    global _api_up
+    if _api_up is None:
+        import httpx
+
+        try:
+            async with httpx.AsyncClient(auth=("guest", "guest"), timeout=5) as client:
+                _api_up = (await client.get(f"{RABBITMQ_API}/whoami")).status_code == 200
+        except httpx.HTTPError:
+            _api_up = False
+    return _api_up
+
+
+async def _api(method: str, path: str, body: object = None) -> None:
+    import httpx
+
+    async with httpx.AsyncClient(auth=("guest", "guest"), timeout=30) as client:
+        response = await client.request(method, f"{RABBITMQ_API}{path}", json=body)
+    if response.status_code not in (200, 201, 204):
+        raise RuntimeError(f"{method} {path}: {response.status_code} {response.text}")
+
+
+@contextlib.asynccontextmanager
+async def _vhost(tag: str) -> AsyncIterator[str]:
     vhost = f"sagaway-{tag}-{uuid.uuid4().hex[:12]}"
+    url = RABBITMQ_URL.rstrip("/") + "/" + vhost
+    if await _management_api():
+        name = quote(vhost, safe="")
+        await _api("PUT", f"/vhosts/{name}", {})
+        try:
+            await _api("PUT", f"/permissions/{name}/guest", dict.fromkeys(_PERMISSIONS, ".*"))
+            yield url
+        finally:
+            await _api("DELETE", f"/vhosts/{name}")
+        return
     # The vhost and guest's permissions in one rabbitmqctl call (an Erlang VM start, about a
     # second of CPU), not two (add_vhost, set_permissions): every RabbitMQ test pays it.
     definitions = {
         "vhosts": [{"name": vhost}],
-        "permissions": [
-            {"user": "guest", "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"}
-        ],
+        "permissions": [{"user": "guest", "vhost": vhost, **dict.fromkeys(_PERMISSIONS, ".*")}],
     }
     await rabbitmqctl("import_definitions", "--format", "json", stdin=json.dumps(definitions))
     try:
-        yield RABBITMQ_URL.rstrip("/") + "/" + vhost
+        yield url
     finally:
         if not _vhost_deletions:
             atexit.register(_reap_vhost_deletions)
@@ -230,3 +342,6 @@ async def fresh_rabbit_vhost(tag: str = "test") -> AsyncIterator[str]:
                 stderr=subprocess.DEVNULL,
             )
         )
+
+
+_PERMISSIONS = ("configure", "write", "read")

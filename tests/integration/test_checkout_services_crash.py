@@ -460,6 +460,7 @@ def test_http_participant_down_past_retries_compensates_and_tombstone_refuses_la
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.usefixtures("broker_to_ourselves")  # it stops the broker
 async def test_rabbitmq_stopped_and_started_mid_run(tmp_path: Path) -> None:
     async with rabbit_checkout(tmp_path) as checkout:
         for name in ("inventory", "shipping"):

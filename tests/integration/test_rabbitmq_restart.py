@@ -66,6 +66,7 @@ class Relay:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
+@pytest.mark.usefixtures("broker_to_ourselves")  # it stops the broker
 async def test_broker_restart_mid_run_loses_and_doubles_nothing(tmp_path: Path) -> None:
     async with servers.fresh_rabbit_vhost("restart") as url:
         bank = Bank(bank_participant(f"sqlite:///{tmp_path / 'bank.db'}"))

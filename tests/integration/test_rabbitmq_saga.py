@@ -208,7 +208,7 @@ async def test_sagas_over_rabbitmq_succeed_or_compensate_and_conserve(
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 async def test_broker_restart_under_running_sagas_loses_and_doubles_nothing(
-    services: Services, tmp_path: Path
+    broker_to_ourselves: None, services: Services, tmp_path: Path
 ) -> None:
     """``rabbitmqctl stop_app`` / ``start_app`` while sagas are parked on commands and
     replies: publishes fail into the outbox (the sweep re-sends them), deliveries in flight
