@@ -250,3 +250,37 @@ async def test_a_caller_waiting_on_a_parked_saga_wakes_when_the_reply_here_finis
         async with asyncio.timeout(30):
             record = await waiting
     assert record.status is SagaStatus.SUCCEEDED
+
+
+async def test_a_parked_remote_step_timing_out_with_no_reply_fires_the_step_hooks(
+    parked: Parked,
+) -> None:
+    """A park that times out with no reply ends the attempt as surely as a reply would: the
+    step hooks hear of it (RETRYING while the command is sent again, then FAILED), timed from
+    the command's dispatch to the timeout, with the timeout as the error."""
+    hooks = StepHooks()
+    async with parked.engine() as engine:
+        engine.add_hook(hooks)
+        saga_id = await engine.start(parked.saga, ORDER)
+        await parked.stub.next_command("inventory.reserve")
+        await parked.settled()
+        parked.clock.advance(remotekit.TIMEOUT)
+        assert await engine.recover() == 1
+        await parked.stub.next_command("inventory.reserve")  # sent again, attempt 2
+        await parked.settled()
+        parked.clock.advance(remotekit.TIMEOUT)
+        assert await engine.recover() == 1
+        release = await parked.stub.next_command("inventory.release")
+        await parked.stub.answer(release)
+        record = await engine.wait(saga_id, timeout=5)
+    assert record.status is SagaStatus.COMPENSATED
+    forward, back = Phase.FORWARD, Phase.COMPENSATION
+    no_reply = "timed out waiting for a reply"
+    assert hooks.calls == [
+        ("before", "reserve", forward, 1),
+        ("after", "reserve", forward, StepOutcome.RETRYING, no_reply, remotekit.TIMEOUT),
+        ("before", "reserve", forward, 2),
+        ("after", "reserve", forward, StepOutcome.FAILED, no_reply, remotekit.TIMEOUT),
+        ("before", "reserve", back, 1),
+        ("after", "reserve", back, StepOutcome.SUCCEEDED, None, 0.0),
+    ]
