@@ -14,37 +14,24 @@ compensated, per the step's ``on_uncertain``).
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
-import math
-import types
-from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping
-from datetime import datetime
+from collections.abc import Awaitable, Callable
 from time import perf_counter
 from typing import Any
-
-from pydantic import ValidationError
 
 from sagaway import rules
 from sagaway.clock import Clock
 from sagaway.context import StepContext
-from sagaway.definition import (
-    DEFAULT_REPLY_TIMEOUT,
-    Action,
-    Saga,
-    Step,
-    StepKind,
-    describe_validation,
-)
+from sagaway.definition import Saga, Step, StepKind
 from sagaway.errors import CancelPending, DecodeError, EffectFailed, StepFailed, UnstorableValue
 from sagaway.hooks import HookChain, StepOutcome
+from sagaway.remote_steps import RemoteSteps
 from sagaway.rules import Next, step_succeeded, stop_reason
 from sagaway.state import (
     Change,
     Event,
     EventType,
     OutboxMessage,
-    Park,
     Phase,
     SagaRecord,
     SagaStatus,
@@ -53,9 +40,10 @@ from sagaway.state import (
     apply_change,
     check_saga_transition,
 )
-from sagaway.store._codec import check_value, printable
+from sagaway.step_call import StepResults, call_with_timeout, describe_error, storable_output
+from sagaway.store._codec import printable
 from sagaway.store.base import SagaStore, TransactionalStore
-from sagaway.transport.base import Command, Dispatcher, TransportError
+from sagaway.transport.base import Dispatcher, TransportError
 
 log = logging.getLogger("sagaway.runner")
 
@@ -65,102 +53,11 @@ Relay = Callable[[tuple[OutboxMessage, ...]], Awaitable[None]]
 FORWARD, COMPENSATION = Phase.FORWARD, Phase.COMPENSATION
 
 
-class _Results(Mapping[str, Any]):
-    """Earlier steps' outputs, decoded on first access (most steps read few or none)."""
-
-    def __init__(self, saga: Saga, record: SagaRecord) -> None:
-        self._saga, self._record = saga, record
-        self._cache: dict[str, Any] = {}
-
-    def _done(self) -> Iterator[str]:
-        for step in self._saga.steps:
-            row = self._record.steps.get((step.name, FORWARD))
-            if row is not None and row.status is StepStatus.SUCCEEDED:
-                yield step.name
-
-    def __getitem__(self, name: str) -> Any:
-        if name not in self._cache:
-            row = self._record.steps.get((name, FORWARD))
-            if row is None or row.status is not StepStatus.SUCCEEDED:
-                raise KeyError(name)
-            self._cache[name] = self._saga.get_step(name).decode_output(row.output)
-        return self._cache[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return self._done()
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self._done())
-
-
-def _describe(exc: BaseException) -> str:
-    """An exception as the error text the log keeps (storable: see ``printable``)."""
-    if isinstance(exc, StepFailed):
-        return printable(exc.reason)
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if isinstance(exc, DecodeError):  # its message says all, on one line
-        return printable(str(exc))
-    # pydantic's own text spans many lines: one line for the log, the CLI and the API.
-    text = (
-        f"{exc.title}: {describe_validation(exc)}" if isinstance(exc, ValidationError) else str(exc)
-    )
-    return printable(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
-
-
-def _storable_output(step: Step[Any], value: Any) -> Any:
-    """The step's result as the log will store it, or ``UnstorableValue`` naming the step and
-    the type: checked here, before the outcome is handed to the store, so a value no store
-    can keep fails this step once instead of failing the commit (and re-running the step)."""
-    try:
-        output = step.encode_output(value)
-    except Exception as exc:  # the return annotation's serializer refused it
-        what = _result_of(step, value)
-        raise UnstorableValue(f"the saga log cannot store {what}: {_describe(exc)}") from None
-    # An int is always storable (JSON has no size limit on it): no need to encode it here.
-    if output is not None and type(output) is not bool and type(output) is not int:
-        try:
-            check_value(output, "")
-        except UnstorableValue:
-            # Named only now: formatting it for every step that returns cost more than the
-            # check itself.
-            check_value(output, _result_of(step, value))
-            raise
-    return output
-
-
-def _result_of(step: Step[Any], value: Any) -> str:
-    return f"the result of step {step.name!r} (a {type(value).__name__})"
-
-
-@types.coroutine
-def _resume(steps: Generator[Any, Any, Any], suspended_on: Any) -> Generator[Any, Any, Any]:
-    """``yield from steps`` for an awaitable's iterator that has already yielded
-    ``suspended_on`` (see ``SagaRun._call``): hand that to the task first, then forward what
-    the task sends or throws (a wake-up, a cancellation) exactly as ``yield from`` does."""
-    while True:
-        try:
-            sent = yield suspended_on
-        except GeneratorExit:
-            steps.close()
-            raise
-        except BaseException as exc:
-            try:
-                suspended_on = steps.throw(exc)
-            except StopIteration as done:
-                return done.value
-        else:
-            try:
-                suspended_on = steps.send(sent)
-            except StopIteration as done:
-                return done.value
-
-
 class _Halted(Exception):
     """The saga stopped FAILED mid-flight (see ``SagaRun._halt``)."""
 
 
-class SagaRun:
+class SagaRun(RemoteSteps):
     """One saga being driven by one engine, under that engine's lease."""
 
     def __init__(
@@ -184,7 +81,7 @@ class SagaRun:
         self.hooks = hooks
         # True when the engine wrote step 0 RUNNING together with the saga: run it, don't redo it.
         self._prewritten = prewritten
-        self._results = _Results(saga, record)
+        self._results = StepResults(saga, record)
         self._inputs: dict[int, Any] = {}
         # Remote steps: request/response transports are awaited like a local action; on a
         # message transport (``parks``) the command goes out through the outbox and the run
@@ -251,49 +148,6 @@ class SagaRun:
             saga_id, self.saga.name, step.name, phase, attempt, key, forward_key, self._results
         )
 
-    async def _call(self, fn: Action, args: tuple[Any, ...], timeout: float | None) -> Any:
-        """``await fn(*args)``, raising TimeoutError after ``timeout`` seconds.
-
-        What ``asyncio.timeout`` does, at a fraction of its cost (it is on every step's hot
-        path): one timer handle that cancels this task, turned back into TimeoutError here.
-        The timer is armed only once the action first suspends, at the deadline it would have
-        had if armed before the call: an action that returns without ever suspending cannot be
-        interrupted by a timer (timers only run between loop turns), so it needs none, and
-        call_later + cancel + the loop's cleanup of the cancelled handle were ~2 us per step.
-        """
-        if timeout is None:
-            return await fn(*args)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        steps = fn(*args).__await__()
-        try:
-            suspended_on = steps.send(None)  # run the action up to its first suspension
-        except StopIteration as done:
-            return done.value
-        task = asyncio.current_task()
-        assert task is not None
-        cancelling = task.cancelling()
-        fired = False
-
-        def expire() -> None:
-            nonlocal fired
-            fired = True
-            task.cancel()
-
-        handle = loop.call_at(deadline, expire)
-        try:
-            return await _resume(steps, suspended_on)
-        except asyncio.CancelledError:
-            if fired:
-                fired = False
-                if task.uncancel() <= cancelling:
-                    raise TimeoutError from None
-            raise
-        finally:
-            handle.cancel()
-            if fired:  # expired, but the step swallowed the cancellation and returned
-                task.uncancel()
-
     async def _halt(self, error: str) -> None:
         """Stop FAILED for an operator: the step's outcome and its writes were not recorded,
         so its row stays RUNNING and a retry re-runs it with the same idempotency key."""
@@ -356,39 +210,6 @@ class SagaRun:
             SagaStatus.COMPENSATING
         ):
             await self._compensate(pending, now)
-
-    async def _wake_parked(self, now: float) -> Change | None:
-        """A parked saga taken over without its reply: its park timed out (``claim``), or it
-        was taken early (a cancel, a resume). Returns what to write next, or None if done."""
-        record = self.record
-        signal = rules.recorded_signal(record)
-        if signal is not None:  # delivered through an engine that does not drive the saga
-            if self.hooks is not None:
-                self.hooks.on_resume(record, record.waiting_for or "signal")
-            decision = rules.signal_arrived(self.saga, record, signal, now, recorded=True)
-            if decision.next is Next.STOP:
-                await self._commit(decision.change, now)
-                return None
-            return decision.change
-        early = record.parked_until is not None and record.parked_until > now
-        waits = (record.waiting_for or "").startswith(("signal:", "timer"))
-        if waits and record.cancel_requested and record.status is not SagaStatus.COMPENSATING:
-            return Change(unpark=True)  # cancelled: the forward loop stops before the wait
-        if early:
-            if record.cancel_requested and record.status is not SagaStatus.COMPENSATING:
-                # The forward loop stops it before the step in flight is sent again.
-                return Change(unpark=True)
-            await self._commit(Change(release_lease=True), now)  # still waiting: hand it back
-            self.parked = True
-            return None
-        if self.hooks is not None:
-            self.hooks.on_resume(record, f"timeout:{record.waiting_for}")
-        decision = rules.timed_out(self.saga, record, now)
-        if decision.next is Next.STOP:
-            await self._commit(decision.change, now)
-            return None
-        self._resend = decision.next is Next.RESEND
-        return decision.change
 
     async def _forward(self, pending: Change, now: float) -> tuple[Change, float]:
         """Run the remaining steps; return a Change that starts compensation (and its time),
@@ -493,13 +314,13 @@ class SagaRun:
                 began = perf_counter()
             try:
                 if step.remote is None and step.wait is None:
-                    value = await self._call(
+                    value = await call_with_timeout(
                         step.action, (ctx, self._input(step)), self._attempt_timeout(step)
                     )
                 else:
                     value = await self._remote_call(step, ctx, None, failure)
                     failure = None
-                output = _storable_output(step, value)
+                output = storable_output(step, value)
                 if ctx.effects is not None:
                     self._check_effects()
             except UnstorableValue as exc:
@@ -512,7 +333,7 @@ class SagaRun:
                 error, uncertain, retryable = printable(str(exc)), False, False
             except (TimeoutError, TransportError) as exc:
                 # A transport error may come after the command reached the participant.
-                error, uncertain, retryable = _describe(exc), True, True
+                error, uncertain, retryable = describe_error(exc), True, True
             except asyncio.CancelledError:
                 if hooks is not None:
                     hooks.after_step(
@@ -520,7 +341,7 @@ class SagaRun:
                     )
                 raise
             except Exception as exc:  # transient by definition: the retry policy decides
-                error, uncertain, retryable = _describe(exc), False, True
+                error, uncertain, retryable = describe_error(exc), False, True
             else:
                 now = self.clock.now()
                 effects = () if ctx.effects is None else tuple(ctx.effects)
@@ -552,125 +373,6 @@ class SagaRun:
                 await self._commit(decision.change, now)
                 return None
             return decision.change, now
-
-    # -- remote steps -----------------------------------------------------------------------
-
-    async def _command(self, step: Step[Any], ctx: StepContext, output: Any) -> Command:
-        """The command of a remote step's action or compensation (``output``: the action's,
-        for a compensation payload), built by the step's payload function."""
-        remote = step.remote
-        assert remote is not None
-        compensating = ctx.phase is COMPENSATION
-        if compensating and remote.compensation_payload is not None:
-            payload = remote.compensation_payload(ctx, self._input(step), output)
-        else:
-            payload = step.action(ctx, self._input(step))
-        if inspect.isawaitable(payload):
-            payload = await payload
-        try:
-            check_value(payload, f"the payload of remote step {step.name!r}")
-        except UnstorableValue as exc:  # nothing was sent: a programming error, not uncertain
-            raise DecodeError(str(exc)) from None
-        command = Command(
-            ctx.idempotency_key,
-            self.record.id,
-            self.saga.name,
-            step.name,
-            ctx.phase,
-            ctx.attempt,
-            remote.participant,
-            remote.compensation if compensating and remote.compensation else remote.command,
-            payload,
-            ctx.forward_key if compensating else None,
-        )
-        if self.hooks is not None:  # before it leaves: hooks may add headers (traceparent)
-            self.hooks.before_dispatch(self.record, command)
-        return command
-
-    async def _remote_call(
-        self, step: Step[Any], ctx: StepContext, output: Any, failure: Exception | None
-    ) -> Any:
-        """Run a remote step's action or compensation over a request/response transport (or
-        raise why its command could not be built): a refusal is a business failure."""
-        if failure is not None:
-            raise failure
-        dispatcher = self.dispatcher
-        if dispatcher is None:
-            raise StepFailed(f"step {step.name!r} is remote and the engine has no transport")
-        command = await self._command(step, ctx, output)
-        forward = ctx.phase is FORWARD
-        timeout = self._attempt_timeout(step) if forward else step.compensation_timeout
-        reply = await self._call(dispatcher.call, (command, timeout), timeout)
-        if not reply.ok:
-            raise StepFailed(reply.error or f"{command.topic} was refused")
-        return step.decode_output(reply.output) if forward else None
-
-    async def _park_on(
-        self,
-        pending: Change,
-        step: Step[Any],
-        ctx: StepContext,
-        forward: StepRecord | None,
-        now: float,
-    ) -> Exception | None:
-        """Add a remote step's command (as an outbox message) and the park to ``pending``;
-        or return why the command could not be built (the step then fails as a local one
-        whose action raised that). A wait step parks on its signal or timer instead."""
-        if step.wait is not None:
-            return await self._park_wait(pending, step, ctx, now)
-        try:
-            output = None
-            if forward is not None and forward.status is StepStatus.SUCCEEDED:
-                output = step.decode_output(forward.output)
-            command = await self._command(step, ctx, output)
-        except Exception as exc:
-            return exc
-        if ctx.phase is FORWARD:
-            timeout = self._attempt_timeout(step)
-        else:
-            timeout = step.compensation_timeout or step.timeout
-        pending.outbox = (*pending.outbox, command.to_outbox(now))
-        pending.park = Park(f"reply:{command.topic}", now + (timeout or DEFAULT_REPLY_TIMEOUT))
-        pending.unpark = False
-        return None
-
-    async def _park_wait(
-        self, pending: Change, step: Step[Any], ctx: StepContext, now: float
-    ) -> Exception | None:
-        """Park ``pending`` on a wait step's signal or timer (or return why its time could
-        not be computed: a programming error, the step fails)."""
-        wait = step.wait
-        assert wait is not None
-        try:
-            spec = wait.until if wait.until is not None else wait.timeout
-            value = spec(ctx, self._input(step)) if callable(spec) else spec
-            if inspect.isawaitable(value):
-                value = await value
-            if isinstance(value, datetime):
-                if value.tzinfo is None:
-                    raise ValueError(f"{value!r} is a naive datetime: give it a timezone")
-                value = value.timestamp()
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise TypeError(f"expected seconds or a time, got a {type(value).__name__}")
-            if not math.isfinite(value):
-                raise ValueError(f"{value!r} is not a time")
-            at = float(value) if wait.until is not None else now + max(float(value), 0.0)
-        except Exception as exc:
-            return DecodeError(f"wait step {step.name!r}: {_describe(exc)}")
-        deadline = self.record.deadline_at
-        if deadline is not None and step.kind is not StepKind.RETRIABLE:
-            at = min(at, deadline)  # the deadline ends the wait: the rules compensate then
-        pending.park = Park(wait.waiting_for, at)
-        pending.unpark = False
-        return None
-
-    async def _parked(self, change: Change) -> None:
-        """The saga is parked (``change`` committed): publish its command, end the run."""
-        self.parked = True
-        if self.relay is not None and change.outbox:
-            await self.relay(change.outbox)
-        if self.hooks is not None and change.park is not None:
-            self.hooks.on_park(self.record, change.park.waiting_for)
 
     async def _start_unless_cancelled(self, pending: Change, now: float) -> bool:
         """Commit ``pending`` (ending with a step's RUNNING row and STEP_STARTED event) unless a
@@ -765,7 +467,7 @@ class SagaRun:
                     else None
                 )
                 if step.undo is not None:
-                    await self._call(
+                    await call_with_timeout(
                         step.undo, (ctx, self._input(step), output), step.compensation_timeout
                     )
                 else:
@@ -782,7 +484,7 @@ class SagaRun:
             except DecodeError as exc:  # a programming error: retrying cannot help
                 error, limit = str(exc), attempt
             except Exception as exc:
-                error = _describe(exc)
+                error = describe_error(exc)
             else:
                 now = self.clock.now()
                 if hooks is not None:

@@ -137,6 +137,7 @@ async def test_schema_is_versioned_and_shares_the_file(db: Path) -> None:
         "sagaway_steps",
         "sagaway_events",
         "sagaway_outbox",
+        "sagaway_texts",
     }
     versions = [r[0] for r in app.execute("SELECT version FROM sagaway_schema")]
     assert versions == list(range(1, SCHEMA_VERSION + 1))
@@ -468,7 +469,7 @@ async def test_a_version_3_log_is_migrated_for_retention(db: Path) -> None:
 async def test_prune_finds_its_sagas_by_primary_key(db: Path) -> None:
     # With statistics (an application sharing the file may run ANALYZE), the planner read the
     # delete through a status index: every finished saga in the log for each batch of 200.
-    from sagaway.store._sqlite_ops import PRUNE_INSTANCES
+    from sagaway.store._sqlite_admin import PRUNE_INSTANCES
 
     async with SQLiteStore(url_of(db)):
         pass

@@ -59,6 +59,7 @@ from sagaway.errors import (
     StoreError,
 )
 from sagaway.state import Change, Event, NewSaga, OutboxMessage, SagaRecord, SagaStatus
+from sagaway.store import _sqlite_admin as admin
 from sagaway.store import _sqlite_ops as ops
 from sagaway.store._codec import check_change, check_new, storable_text
 from sagaway.store._sqlite_schema import connect, migrate
@@ -379,17 +380,17 @@ class SQLiteStore(OutboxStore, TransactionalStore, PruningStore):
         limit: int = 50,
         offset: int = 0,
     ) -> Page:
-        items, total = await self._read(ops.read_list, status, name, limit, offset)
+        items, total = await self._read(admin.read_list, status, name, limit, offset)
         return Page(items=items, total=total)
 
     async def counts(self) -> dict[SagaStatus, int]:
-        return await self._read(ops.read_counts)
+        return await self._read(admin.read_counts)
 
     async def find_ids(self, prefix: str, *, limit: int = 2) -> list[str]:
-        return await self._read(ops.read_ids, prefix, limit)
+        return await self._read(admin.read_ids, prefix, limit)
 
     async def list_waiting(self, *, prefix: str = "", limit: int = 50, offset: int = 0) -> Page:
-        items, total = await self._read(ops.read_waiting, prefix, limit, offset)
+        items, total = await self._read(admin.read_waiting, prefix, limit, offset)
         return Page(items=items, total=total)
 
     # -- outbox -----------------------------------------------------------------------------
@@ -397,10 +398,10 @@ class SQLiteStore(OutboxStore, TransactionalStore, PruningStore):
     async def outbox_pending(
         self, *, limit: int, older_than: float | None = None
     ) -> list[OutboxMessage]:
-        return await self._read(ops.read_outbox, limit, older_than)
+        return await self._read(admin.read_outbox, limit, older_than)
 
     async def outbox_count(self) -> int:
-        return await self._read(ops.read_outbox_count)
+        return await self._read(admin.read_outbox_count)
 
     async def outbox_delete(self, ids: Collection[str]) -> int:
         wanted = [i for i in ids if storable_text(i)]  # one that cannot be stored is not there
@@ -412,14 +413,14 @@ class SQLiteStore(OutboxStore, TransactionalStore, PruningStore):
     async def stranded(
         self, *, now: float, owner: str, known: Collection[tuple[str, int]]
     ) -> dict[tuple[str, int], int]:
-        return await self._read(ops.read_stranded, now, owner, known)
+        return await self._read(admin.read_stranded, now, owner, known)
 
     # -- retention ---------------------------------------------------------------------------
 
     async def prunable(self, *, finished_before: float, limit: int) -> list[str]:
         if limit <= 0:
             return []
-        return await self._read(ops.read_prunable, finished_before, limit)
+        return await self._read(admin.read_prunable, finished_before, limit)
 
     async def prune(self, ids: Collection[str], *, finished_before: float) -> list[str]:
         """Runs inside a group commit like any write: keep ``ids`` to a few hundred, so the
@@ -427,13 +428,13 @@ class SQLiteStore(OutboxStore, TransactionalStore, PruningStore):
         wanted = list(dict.fromkeys(i for i in ids if storable_text(i)))
         if not wanted:
             return []
-        removed: list[str] = await self._submit(ops.prune, wanted, finished_before)
+        removed: list[str] = await self._submit(admin.prune, wanted, finished_before)
         return removed
 
     async def set_pinned(self, saga_id: str, pinned: bool) -> SagaRecord:
         if not storable_text(saga_id):
             raise SagaNotFound(saga_id)
-        record: SagaRecord = await self._submit(ops.set_pinned, saga_id, pinned)
+        record: SagaRecord = await self._submit(admin.set_pinned, saga_id, pinned)
         return record
 
 
