@@ -127,6 +127,12 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
 @pytest.fixture(scope="module")
 def browser() -> object:
     require_server("chromium", chromium_check)
+    from playwright.sync_api import expect
+
+    # An ``expect`` waits for the page to reach a state (the same budget as every action's,
+    # ``page``): Playwright's 5 s default was too short for Swagger UI and ReDoc to build their
+    # page from the spec on a shared, loaded machine.
+    expect.set_options(timeout=20_000)
     return CHROMIUM_SHARED.get()
 
 

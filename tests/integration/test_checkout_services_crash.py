@@ -84,6 +84,7 @@ class Proc:
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.output: list[str] = []
+        self.terminated = False
         threading.Thread(target=self._pump, daemon=True).start()
 
     def _pump(self) -> None:
@@ -102,9 +103,16 @@ class Proc:
             assert self.proc.poll() is None, f"{self.name} died:\n" + "".join(self.output)
         raise AssertionError(f"{self.name}: no {prefix!r}:\n" + "".join(self.output))
 
+    def terminate(self) -> None:
+        """Ask it to stop (one SIGTERM: a second one would skip its graceful shutdown), not
+        waiting: ``stop`` waits."""
+        if self.proc.poll() is None and not self.terminated:
+            self.terminated = True
+            self.proc.terminate()
+
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.terminate()
+            self.terminate()
             try:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
@@ -170,6 +178,8 @@ class Checkout:
     def stop(self) -> None:
         if "gateway" in self.procs:  # first: no command sent to a service already gone
             self.procs["gateway"].stop()
+        for proc in self.procs.values():  # then the services, all told at once
+            proc.terminate()
         for proc in self.procs.values():
             proc.stop()
 
