@@ -3,6 +3,7 @@ request/response (the runner awaits the reply) and message transports (the saga 
 relay publishes its command from the outbox, a reply or the park's timeout brings it back).
 The parking tests run on the memory store and on SQLite."""
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 
 import remotekit
+import sagaway.engine
 from remotekit import ORDER, Order, Parked, Participants, Reservation, build_saga
 from sagaway import Engine, Saga, SagaStatus, StepContext, StepFailed
 from sagaway.hooks import Hook, StepOutcome
@@ -219,6 +221,35 @@ async def test_parked_remote_steps_fire_the_step_hooks_when_their_reply_arrives(
         ("before", "reserve", back, 1),
         ("after", "reserve", back, StepOutcome.SUCCEEDED, None, 2.0),
     ]
+
+
+async def test_a_caller_waiting_on_a_parked_saga_wakes_when_the_reply_here_finishes_it(
+    parked: Parked, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``wait`` on a parked saga returns as soon as the run that a reply started in this
+    engine finishes it, not at its next look at the store (made a minute away here)."""
+    monkeypatch.setattr(sagaway.engine, "WAIT_FIRST_LOOK", 60.0)
+    monkeypatch.setattr(sagaway.engine, "WAIT_LONGEST_LOOK", 60.0)
+    async with parked.engine() as engine:
+        saga_id = await engine.start(parked.saga, ORDER)
+        await parked.stub.answer_next("inventory.reserve")
+        charge = await parked.stub.next_command("payment.charge")
+        await parked.settled()
+        looked = asyncio.Event()
+        read = engine.store.get
+
+        async def get(saga_id: str, **kwargs: Any) -> SagaRecord:
+            record = await read(saga_id, **kwargs)
+            looked.set()
+            return record
+
+        monkeypatch.setattr(engine.store, "get", get)
+        waiting = asyncio.create_task(engine.wait(saga_id))
+        await looked.wait()  # it found the saga parked: now it waits for the next look
+        await parked.stub.answer(charge)
+        async with asyncio.timeout(30):
+            record = await waiting
+    assert record.status is SagaStatus.SUCCEEDED
 
 
 async def test_a_parked_remote_step_timing_out_with_no_reply_fires_the_step_hooks(
