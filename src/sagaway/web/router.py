@@ -16,8 +16,8 @@ this router under ``{prefix}/static/``):
   the history. It follows the saga live over ``{prefix}/sagas/{id}/events``; retry (FAILED) and
   cancel (running) buttons post JSON to ``{prefix}/sagas/{id}/retry|cancel`` (anything else is
   a 415: a cross-site form cannot trigger them); ``POST`` (JSON) / ``DELETE``
-  ``{prefix}/sagas/{id}/pin`` pin and unpin it (retention keeps a pinned saga). Without JavaScript the pages render but are not
-  live, and the buttons need it.
+  ``{prefix}/sagas/{id}/pin`` pin and unpin it (retention keeps a pinned saga). Without
+  JavaScript the pages render but are not live, and the buttons need it.
 * ``{prefix}/inbox``: the sagas parked until something arrives (a participant's reply, a
   person's signal), soonest deadline first, each with what it waits for and its deadline
   counting down; live like the list; a "Send {signal}" button on those waiting for a signal
