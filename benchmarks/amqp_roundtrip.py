@@ -2,6 +2,7 @@
 
     python benchmarks/amqp_roundtrip.py --n 5000 --concurrency 32
     python benchmarks/amqp_roundtrip.py --mode sagas --n 5000 --concurrency 32
+    python benchmarks/amqp_roundtrip.py --bare --n 5000 --concurrency 32   # messaging floor
 
 What one round trip is: the engine side (this process) publishes one command through
 ``RabbitDispatcher.publish`` (persistent, publisher confirm awaited, as the outbox relay does),
@@ -10,6 +11,10 @@ one transaction per command, served by ``RabbitParticipant``) commits it and pub
 (confirmed), then acks; this process's reply consumer hands the reply to the waiting caller
 and acks it. Latency is from the start of ``publish`` to the reply reaching the handler. C
 callers run at once, each sending its next command when its reply arrived.
+
+``--bare``: the participants answer at once (no database, no inbox): what the messaging alone
+costs per round trip, this library's consumer and publisher included. A saga's floor is that
+times its round trips (three forward steps: three).
 
 ``--mode sagas``: whole sagas through the engine instead (saga log on SQLite, outbox relay,
 parked sagas, replies taken by ``Engine.deliver``): payment.start -> inventory.reserve ->
@@ -105,8 +110,14 @@ def service(name: str, command: str, database: str) -> Participant:
     return participant
 
 
-def participant_main(url: str, workdir: str, queue_type: str, prefetch: int) -> None:
-    """payment, inventory and shipping, each on its own SQLite file, served over RabbitMQ."""
+async def _bare(command: Command) -> Reply:
+    """The floor's participant: answers at once, no database, no inbox."""
+    return Reply.success(command, {"done": command.command})
+
+
+def participant_main(url: str, workdir: str, queue_type: str, prefetch: int, bare: bool) -> None:
+    """payment, inventory and shipping, each on its own SQLite file, served over RabbitMQ
+    (``bare``: answered at once, the messaging floor)."""
     services = [
         service(name, command, f"sqlite:///{workdir}/{name}.db")
         for name, command in SERVICES.items()
@@ -116,7 +127,13 @@ def participant_main(url: str, workdir: str, queue_type: str, prefetch: int) -> 
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         consumers = [
-            RabbitParticipant(p.handle, url, queue=p.name, queue_type=queue_type, prefetch=prefetch)
+            RabbitParticipant(
+                _bare if bare else p.handle,
+                url,
+                queue=p.name,
+                queue_type=queue_type,
+                prefetch=prefetch,
+            )
             for p in services
         ]
         for consumer in consumers:
@@ -173,6 +190,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             args.queue_type,
             "--prefetch",
             str(args.prefetch),
+            *(["--bare"] if args.bare else []),
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -239,6 +257,7 @@ async def measure_round_trips(
     return {
         "transport": "rabbitmq",
         "mode": "round-trips",
+        "participant": "bare" if args.bare else "sqlite inbox",
         "queue_type": args.queue_type,
         "n": args.n,
         "concurrency": args.concurrency,
@@ -323,11 +342,16 @@ def main() -> None:
     parser.add_argument("--prefetch", type=int, default=64)
     parser.add_argument("--queue-type", choices=["quorum", "classic"], default="quorum")
     parser.add_argument("--url", help="an existing vhost's URL (default: make one)")
+    parser.add_argument(
+        "--bare",
+        action="store_true",
+        help="participants answer at once, without a database: the messaging floor",
+    )
     parser.add_argument("--participant", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--database", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.participant:
-        participant_main(args.url, args.database, args.queue_type, args.prefetch)
+        participant_main(args.url, args.database, args.queue_type, args.prefetch, args.bare)
         return
     print_report(run_benchmark(args))
 

@@ -8,6 +8,7 @@ fresh message_id so the participant really writes its inbox). The clients altern
 ``--rounds`` rounds (A B, B A, ...) against the same server; the best round of each is kept::
 
     python benchmarks/http_client.py --n 5000 --concurrency 32 --rounds 2
+    python benchmarks/http_client.py --bare --clients aiohttp   # the floor: a bare FastAPI route
 
 Reported per client: calls/s, p50/p99 latency, and the client process's CPU per call (user +
 system, this process only): on a 2-core machine shared with the server, the client's CPU per
@@ -42,24 +43,34 @@ TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 Post = Callable[[str, bytes, dict[str, str]], Awaitable[int]]
 
 
-def serve_forever(db: str) -> None:
-    """The server side (``--serve``): one participant on a socket bound here, port printed."""
+def serve_forever(db: str, bare: bool) -> None:
+    """The server side (``--serve``): one participant on a socket bound here, port printed
+    (``bare``: a plain FastAPI route that reads the body and answers a fixed reply)."""
     import uvicorn
-    from fastapi import FastAPI
+    from fastapi import FastAPI, Request, Response
     from sqlalchemy.engine import Connection
 
     from sagaway.participant import Participant
     from sagaway.participant.http import participant_router
 
-    participant = Participant(PARTICIPANT, f"sqlite:///{db}")
-    participant.create_inbox()
-
-    @participant.handler("reserve")
-    def reserve(conn: Connection, payload: dict[str, Any]) -> dict[str, Any]:
-        return {"reserved": payload["quantity"]}
-
     app = FastAPI()
-    app.include_router(participant_router(participant))
+    if bare:
+        reply = json.dumps({"ok": True, "output": {"reserved": 1}}).encode()
+
+        @app.post("/saga/commands/{command}")
+        async def run_command(command: str, request: Request) -> Response:
+            await request.body()
+            return Response(reply, media_type="application/json")
+
+    else:
+        participant = Participant(PARTICIPANT, f"sqlite:///{db}")
+        participant.create_inbox()
+
+        @participant.handler("reserve")
+        def reserve(conn: Connection, payload: dict[str, Any]) -> dict[str, Any]:
+            return {"reserved": payload["quantity"]}
+
+        app.include_router(participant_router(participant))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(1024)  # connections wait in the backlog until uvicorn serves: no start race
@@ -209,17 +220,33 @@ def main() -> None:
     parser.add_argument(
         "--clients", default=",".join(CLIENTS), help="comma-separated, of: " + ", ".join(CLIENTS)
     )
+    parser.add_argument(
+        "--bare",
+        action="store_true",
+        help="the server is a bare FastAPI route (no participant, no inbox): the HTTP floor",
+    )
     parser.add_argument("--serve", metavar="DB", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve_forever(args.serve)
+        serve_forever(args.serve, args.bare)
         return
     with tempfile.TemporaryDirectory() as tmp:
         server = subprocess.Popen(
-            [sys.executable, __file__, "--serve", str(Path(tmp) / "bench.db")],
+            [
+                sys.executable,
+                __file__,
+                "--serve",
+                str(Path(tmp) / "bench.db"),
+                *(["--bare"] if args.bare else []),
+            ],
             stdout=subprocess.PIPE,
             text=True,
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},
+            env={
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join(
+                    filter(None, [os.environ.get("PYTHONPATH"), str(Path(__file__).parent)])
+                ),
+            },
         )
         try:
             assert server.stdout is not None

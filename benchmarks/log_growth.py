@@ -36,7 +36,10 @@ from sagaway import Engine
 DAY = 86_400.0
 INSTANCE_COLS = (
     "id, name, version, status, input, idempotency_key, owner, lease_expires_at, deadline_at, "
-    "cancel_requested, error, created_at, updated_at, waiting_for, parked_until, pinned"
+    "cancel_requested, error, created_at, updated_at, waiting_for, parked_until, pinned, "
+    # Schema v7: a finished saga's steps and history (times relative to created_at, so a
+    # copy shifted in time keeps a valid one).
+    "packed"
 )
 STEP_COLS = (
     "saga_id, name, phase, status, attempts, output, error, uncertain, started_at, finished_at"
@@ -93,7 +96,7 @@ class Cloner:
                     events.append((new_id, e[1] + shift, *e[2:]))
             conn.execute("BEGIN")
             conn.executemany(
-                f"INSERT INTO sagaway_instances ({INSTANCE_COLS}) VALUES ({','.join('?' * 16)})",
+                f"INSERT INTO sagaway_instances ({INSTANCE_COLS}) VALUES ({','.join('?' * 17)})",
                 sagas,
             )
             conn.executemany(

@@ -8,11 +8,16 @@ it). The last line is one JSON object:
 
     python benchmarks/log_size.py --n 20000
 
-``--packed`` also copies every saga's history into one row per saga (the events of a saga as
-one compact JSON array: times as integer ms since the saga's start, event types and step
+``--store postgresql://...`` measures a PostgreSQL log instead, in a schema of its own
+(``?schema=``, default ``sagaway_log_size``, dropped first): bytes per saga of each table with
+its indexes and TOAST (``pg_total_relation_size``, after a ``VACUUM``), and rows per saga.
+
+``--packed`` also copies every saga's events still in ``sagaway_events`` into one row per saga
+(one compact JSON array: times as integer ms since the saga's start, event types and step
 names as small integers, in a ``WITHOUT ROWID`` table keyed by the saga id) in a scratch
-database and prints the bytes per saga that layout would take: how much a compaction of the
-events table would buy, measured on the same sagas, before building it.
+database and prints the bytes per saga that layout would take. It was how compaction was sized
+before it was built; since schema version 7 a finished saga's events are packed into its row
+by the commit that finishes it (docs/stores.md), so on a fresh log there is nothing left to copy.
 """
 
 from __future__ import annotations
@@ -106,13 +111,48 @@ def packed_bytes(conn: sqlite3.Connection, scratch: Path) -> int:
     return used
 
 
+async def pg_sizes(url: str, n: int, concurrency: int) -> dict[str, Any]:
+    """Fill a fresh schema through the engine and measure it (see the module docstring)."""
+    import asyncpg  # type: ignore[import-untyped]
+
+    from sagaway.store.postgres import parse_url
+
+    settings = parse_url(url)
+    conn = await asyncpg.connect(settings.dsn)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{settings.schema}" CASCADE')
+        seconds = await fill(url, n, concurrency)
+        result: dict[str, Any] = {"store": "postgresql", "fill_seconds": round(seconds, 1)}
+        sagas = await conn.fetchval(f'SELECT count(*) FROM "{settings.schema}".sagaway_instances')
+        total = 0
+        for table in SAGA_TABLES:
+            name = f'"{settings.schema}".{table}'
+            await conn.execute(f"VACUUM {name}")
+            size = await conn.fetchval("SELECT pg_total_relation_size($1::regclass)", name)
+            rows = await conn.fetchval(f"SELECT count(*) FROM {name}")
+            result[f"{table}_bytes_per_saga"] = round(size / sagas, 1)
+            result[f"{table}_rows_per_saga"] = round(rows / sagas, 2)
+            total += size
+        result["sagas"] = sagas
+        result["bytes_per_saga"] = round(total / sagas, 1)
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{settings.schema}" CASCADE')
+        return result
+    finally:
+        await conn.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--db", help="keep the log here (default: a temporary file)")
     parser.add_argument("--packed", action="store_true", help="measure packed histories too")
+    parser.add_argument("--store", help="a postgresql:// URL: measure that store instead")
     args = parser.parse_args()
+    if args.store:
+        url = args.store if "schema=" in args.store else f"{args.store}?schema=sagaway_log_size"
+        print_report(asyncio.run(pg_sizes(url, args.n, args.concurrency)))
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(args.db) if args.db else Path(tmp) / "log.db"

@@ -208,14 +208,12 @@ def run_server(
         limit_concurrency=settings.max_connections,
     )
     server = uvicorn.Server(config)
+    stop_on_sigterm(server)
     if settings.log_format == "json":  # stdout stays one JSON object per line
         print(JsonFormatter().format(_record("checkout", startup, **where)), flush=True)
     else:
         console.print(startup, highlight=False, soft_wrap=True)
     sys.stdout.flush()
-    # uvicorn re-raises the signal that stopped it once it has shut down gracefully; with this
-    # handler in place that re-raise is a no-op and SIGTERM ends the process with status 0.
-    signal.signal(signal.SIGTERM, lambda *_: None)
     try:
         # uvicorn picks uvloop only when it runs the loop itself; here we run it.
         with asyncio.Runner(loop_factory=fast_loop_factory()) as runner:
@@ -226,6 +224,23 @@ def run_server(
         sock.close()
     if not server.started:
         fail("the server did not start (see the log above)", code=3)
+
+
+def stop_on_sigterm(server: Any) -> None:
+    """SIGTERM asks ``server`` to shut down, whenever it comes.
+
+    Installed before the ready line is printed: a supervisor may signal as soon as it reads it,
+    before uvicorn's own handler is in place (it is installed only when ``serve`` starts, and
+    removed again when it returns). A signal in that window must still stop the server: uvicorn
+    then skips its main loop once startup is done and shuts down. uvicorn also re-raises the
+    signal that stopped it after its graceful shutdown; here that only sets the flag again, so
+    SIGTERM ends the process with status 0.
+    """
+
+    def request_exit(signum: int, frame: object) -> None:
+        server.should_exit = True
+
+    signal.signal(signal.SIGTERM, request_exit)
 
 
 async def _run_worker(settings: Settings) -> None:

@@ -63,6 +63,12 @@ __all__ = ["Engine", "SignalReceipt", "compensation_reason", "last_cancellable",
 
 log = logging.getLogger("sagaway.engine")
 
+# How often ``wait`` looks at the store for a saga it is not driving (parked, or driven by
+# another engine): from the first look, doubling to the longest. A run of that saga in this
+# engine wakes it at once.
+WAIT_FIRST_LOOK = 0.005
+WAIT_LONGEST_LOOK = 0.25
+
 
 def _new_id(now: float) -> str:
     """Time-ordered (so indexes append) and random (so engines never collide)."""
@@ -362,7 +368,7 @@ class Engine:
             # Not finished here: parked (a reply, a signal, a timer), or already taken on by a
             # reply that came in meanwhile. Look again below until it finishes.
         # Driven by another engine, or parked: the store is the only place to look.
-        delay = 0.005
+        delay = WAIT_FIRST_LOOK
         while True:
             record = await self.store.get(saga_id, history=False)
             left = None if until is None else until - loop.time()
@@ -370,8 +376,28 @@ class Engine:
                 return self._typed(record)
             if saga_id in self._runs:  # claimed by us meanwhile
                 return await self.wait(saga_id, left)
-            await asyncio.sleep(delay if left is None else min(delay, left))
-            delay = min(delay * 2, 0.25)
+            woken = await self._woken(saga_id, delay if left is None else min(delay, left))
+            if woken is not None:
+                return woken
+            delay = min(delay * 2, WAIT_LONGEST_LOOK)
+
+    async def _woken(self, saga_id: str, seconds: float) -> SagaRecord | None:
+        """Sleep up to ``seconds``, or until a run of the saga in this engine ends (a reply or
+        a signal that arrives here drives it on): its record if that run finished it. Looking
+        at the store on a timer alone kept a remote saga's caller up to 0.25 s behind it."""
+        future: asyncio.Future[SagaRecord | None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(saga_id, []).append(future)
+        try:
+            async with asyncio.timeout(seconds):
+                return await future
+        except TimeoutError:
+            return None
+        finally:
+            waiters = self._waiters.get(saga_id)
+            if waiters is not None and future in waiters:
+                waiters.remove(future)
+                if not waiters:
+                    del self._waiters[saga_id]
 
     # -- admin actions -------------------------------------------------------------------------
 

@@ -81,7 +81,8 @@ class Hook:
         A remote step on a message transport parks the saga while its command is out: both
         methods are then called when the reply arrives (on the engine that takes it, maybe
         another process), one right after the other, ``seconds`` running from the command's
-        dispatch to the reply."""
+        dispatch to the reply; or, when none came, as the park times out (``error``: "timed
+        out waiting for a reply", RETRYING while the command is sent again, else FAILED)."""
 
     def after_commit(self, record: SagaRecord, change: Change, seconds: float) -> None:
         """A transition was written durably; ``record`` already includes it. ``seconds`` is the

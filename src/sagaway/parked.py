@@ -21,11 +21,11 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from sagaway import rules
-from sagaway.context import StepContext
 from sagaway.decisions import Decision, Next, Signal
-from sagaway.definition import DEFAULT_REPLY_TIMEOUT, Saga
+from sagaway.definition import Saga
 from sagaway.errors import EngineNotOpen, InvalidInput, NotWaiting, SagaNotFound
 from sagaway.hooks import ClaimReason, StepOutcome
+from sagaway.remote_steps import report_parked_attempt
 from sagaway.state import (
     ACTIVE_STATUSES,
     Change,
@@ -154,42 +154,24 @@ class ParkedSagas:
     def _attempt_ended(
         self, saga: Saga, taken: SagaRecord, reply: Reply, decision: Decision, now: float
     ) -> None:
-        """Tell the step hooks (metrics, tracing, logs) about the remote attempt this reply
-        ends. Its command left as the saga parked, possibly in another process, so both
-        ``before_step`` and ``after_step`` are called now, on one context; ``seconds`` runs
-        from the command's dispatch (the park's start: its end minus the reply timeout,
-        never before the step's first start) to the reply."""
-        hooks = self.engine._hooks
-        if hooks is None or not (hooks.wants("before_step") or hooks.wants("after_step")):
-            return
-        step = saga._by_name.get(reply.step)
-        row = taken.steps.get((reply.step, reply.phase))
-        if step is None or row is None:
-            return
-        forward = reply.phase is Phase.FORWARD
-        timeout = step.timeout if forward else (step.compensation_timeout or step.timeout)
-        sent_at = row.started_at or now
-        if taken.parked_until is not None:
-            sent_at = max(sent_at, taken.parked_until - (timeout or DEFAULT_REPLY_TIMEOUT))
-        forward_key = step.key(taken.id, Phase.FORWARD)
-        ctx = StepContext(
-            taken.id,
-            saga.name,
-            step.name,
-            reply.phase,
-            reply.attempt,
-            forward_key if forward else step.key(taken.id, reply.phase),
-            forward_key,
-            {},  # the saga's results are the run's business; a hook reads the record
-        )
+        """Tell the step hooks about the remote attempt this reply ends."""
         if reply.ok:
             outcome, error = StepOutcome.SUCCEEDED, None
         else:
             again = decision.next in (Next.RETRY, Next.RESEND)
             outcome = StepOutcome.RETRYING if again else StepOutcome.FAILED
             error = reply.error
-        hooks.before_step(taken, ctx)
-        hooks.after_step(taken, ctx, outcome, error, max(now - sent_at, 0.0))
+        report_parked_attempt(
+            self.engine._hooks,
+            saga,
+            taken,
+            reply.step,
+            reply.phase,
+            reply.attempt,
+            outcome,
+            error,
+            now,
+        )
 
     async def _resume_with(
         self,

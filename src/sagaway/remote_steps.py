@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any
 from sagaway import rules
 from sagaway.clock import Clock
 from sagaway.context import StepContext
+from sagaway.decisions import Decision
 from sagaway.definition import DEFAULT_REPLY_TIMEOUT, Saga, Step, StepKind
 from sagaway.errors import DecodeError, StepFailed, UnstorableValue
-from sagaway.hooks import HookChain
+from sagaway.hooks import HookChain, StepOutcome
 from sagaway.rules import Next
 from sagaway.state import Change, Park, Phase, SagaRecord, SagaStatus, StepRecord, StepStatus
 from sagaway.step_call import call_with_timeout, describe_error
@@ -73,11 +74,35 @@ class RemoteSteps:
         if self.hooks is not None:
             self.hooks.on_resume(record, f"timeout:{record.waiting_for}")
         decision = rules.timed_out(self.saga, record, now)
+        self._no_reply_came(record, decision, now)
         if decision.next is Next.STOP:
             await self._commit(decision.change, now)
             return None
         self._resend = decision.next is Next.RESEND
         return decision.change
+
+    def _no_reply_came(self, record: SagaRecord, decision: Decision, now: float) -> None:
+        """The park of a remote step timed out with no reply: that attempt ended too, and the
+        step hooks hear of it as they would of a reply (a wait's timeout is no attempt)."""
+        row = rules.waiting_step(record)
+        if row is None:
+            return
+        step = self.saga._by_name.get(row.name)
+        if step is None or step.remote is None or step.wait is not None:
+            return
+        again = decision.next is Next.RESEND
+        outcome = StepOutcome.RETRYING if again else StepOutcome.FAILED
+        report_parked_attempt(
+            self.hooks,
+            self.saga,
+            record,
+            row.name,
+            row.phase,
+            row.attempts,
+            outcome,
+            rules.NO_REPLY,
+            now,
+        )
 
     async def _command(self, step: Step[Any], ctx: StepContext, output: Any) -> Command:
         """The command of a remote step's action or compensation (``output``: the action's,
@@ -195,3 +220,45 @@ class RemoteSteps:
             await self.relay(change.outbox)
         if self.hooks is not None and change.park is not None:
             self.hooks.on_park(self.record, change.park.waiting_for)
+
+
+def report_parked_attempt(
+    hooks: HookChain | None,
+    saga: Saga,
+    record: SagaRecord,
+    step_name: str,
+    phase: Phase,
+    attempt: int,
+    outcome: StepOutcome,
+    error: str | None,
+    now: float,
+) -> None:
+    """Tell the step hooks (metrics, tracing, logs) about a parked remote attempt that ended,
+    by its reply or by the park's timeout. Its command left as the saga parked, possibly in
+    another process, so ``before_step`` and ``after_step`` are both called now, on one context;
+    ``seconds`` runs from the command's dispatch (the park's start: its end minus the reply
+    timeout, never before the step's first start) to ``now``."""
+    if hooks is None or not (hooks.wants("before_step") or hooks.wants("after_step")):
+        return
+    step = saga._by_name.get(step_name)
+    row = record.steps.get((step_name, phase))
+    if step is None or row is None:
+        return
+    forward = phase is FORWARD
+    timeout = step.timeout if forward else (step.compensation_timeout or step.timeout)
+    sent_at = row.started_at or now
+    if record.parked_until is not None:
+        sent_at = max(sent_at, record.parked_until - (timeout or DEFAULT_REPLY_TIMEOUT))
+    forward_key = step.key(record.id, FORWARD)
+    ctx = StepContext(
+        record.id,
+        saga.name,
+        step.name,
+        phase,
+        attempt,
+        forward_key if forward else step.key(record.id, phase),
+        forward_key,
+        {},  # the saga's results are the run's business; a hook reads the record
+    )
+    hooks.before_step(record, ctx)
+    hooks.after_step(record, ctx, outcome, error, max(now - sent_at, 0.0))

@@ -9,12 +9,17 @@ import pytest
 from sagaway.store.base import SagaStore
 from sagaway.store.memory import MemoryStore
 from sagaway.testing.contract import SagaStoreContract
+from sagaway.testing.contract_compaction import CompactionContract
 from sagaway.testing.contract_retention import PruningStoreContract
 from sagaway.testing.contract_tiers import OutboxStoreContract, TransactionalStoreContract
 
 
 class TestMemoryStore(
-    SagaStoreContract, OutboxStoreContract, TransactionalStoreContract, PruningStoreContract
+    SagaStoreContract,
+    OutboxStoreContract,
+    TransactionalStoreContract,
+    PruningStoreContract,
+    CompactionContract,
 ):
     @pytest.fixture
     async def store(self) -> AsyncIterator[SagaStore]:

@@ -12,12 +12,15 @@ import pytest
 
 from sagaway.store.base import SagaStore
 from sagaway.testing.contract import SagaStoreContract
+from sagaway.testing.contract_compaction import CompactionContract
 from sagaway.testing.contract_retention import PruningStoreContract
 from sagaway.testing.contract_tiers import OutboxStoreContract
 from servers import drop_pg_schema, pg_schema_url, postgres_check, require_server, unique_pg_schema
 
 
-class TestPostgresStore(SagaStoreContract, OutboxStoreContract, PruningStoreContract):
+class TestPostgresStore(
+    SagaStoreContract, OutboxStoreContract, PruningStoreContract, CompactionContract
+):
     @pytest.fixture
     async def store(self) -> AsyncIterator[SagaStore]:
         require_server("postgresql", postgres_check)

@@ -12,12 +12,15 @@ import pytest
 
 from sagaway.store.base import SagaStore
 from sagaway.testing.contract import SagaStoreContract
+from sagaway.testing.contract_compaction import CompactionContract
 from sagaway.testing.contract_retention import PruningStoreContract
 from sagaway.testing.contract_tiers import OutboxStoreContract
 from servers import redis_check, require_server, unique_redis_url
 
 
-class TestRedisStore(SagaStoreContract, OutboxStoreContract, PruningStoreContract):
+class TestRedisStore(
+    SagaStoreContract, OutboxStoreContract, PruningStoreContract, CompactionContract
+):
     @pytest.fixture
     async def store(self) -> AsyncIterator[SagaStore]:
         require_server("redis", redis_check)

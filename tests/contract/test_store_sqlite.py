@@ -10,12 +10,17 @@ import pytest
 from sagaway.store.base import SagaStore
 from sagaway.store.sqlite import SQLiteStore
 from sagaway.testing.contract import SagaStoreContract
+from sagaway.testing.contract_compaction import CompactionContract
 from sagaway.testing.contract_retention import PruningStoreContract
 from sagaway.testing.contract_tiers import OutboxStoreContract, TransactionalStoreContract
 
 
 class TestSQLiteStore(
-    SagaStoreContract, OutboxStoreContract, TransactionalStoreContract, PruningStoreContract
+    SagaStoreContract,
+    OutboxStoreContract,
+    TransactionalStoreContract,
+    PruningStoreContract,
+    CompactionContract,
 ):
     @pytest.fixture
     async def store(self, tmp_path: Path) -> AsyncIterator[SagaStore]:
@@ -24,7 +29,11 @@ class TestSQLiteStore(
 
 
 class TestSQLiteStoreRelaxed(
-    SagaStoreContract, OutboxStoreContract, TransactionalStoreContract, PruningStoreContract
+    SagaStoreContract,
+    OutboxStoreContract,
+    TransactionalStoreContract,
+    PruningStoreContract,
+    CompactionContract,
 ):
     """``durable=false`` changes only fsync behaviour, never semantics."""
 

@@ -30,12 +30,16 @@ ADMIN_ROUTES: list[tuple[str, str, Any]] = [
     ("GET", "/sagas/some-saga", None),
     ("POST", "/sagas/some-saga/retry", {}),
     ("POST", "/sagas/some-saga/cancel", {}),
+    ("POST", "/sagas/some-saga/pin", {}),
+    ("DELETE", "/sagas/some-saga/pin", None),
     ("POST", "/reset", {}),
     # The web UI shows the same data and acts the same way.
     ("GET", "/", None),
     ("GET", "/shop/orders", None),
     ("GET", "/ui/sagas", None),
     ("POST", "/ui/sagas/some-saga/retry", {}),
+    ("POST", "/ui/sagas/some-saga/pin", {}),
+    ("DELETE", "/ui/sagas/some-saga/pin", None),
 ]
 ADMIN_IDS = [f"{m} {p}" for m, p, _ in ADMIN_ROUTES]
 ORDER = {"user_id": "user_1", "product_id": "product_1", "quantity": 1}

@@ -1,4 +1,6 @@
-"""Retention through the checkout service (issue 14): a pinned saga shows ``pinned`` in the API;
+"""Retention through the checkout service (issue 14): the operator pins and unpins a saga over
+HTTP (``POST``/``DELETE /sagas/{id}/pin``, and the web UI's ``/ui/sagas/{id}/pin``), a pinned
+saga shows ``pinned`` in the API and retention keeps it;
 an order whose saga was pruned still answers (its row holds the outcome), and its
 Idempotency-Key still returns that order instead of charging again."""
 
@@ -52,6 +54,48 @@ async def test_an_order_outlives_its_pruned_saga(
     assert again.json()["order_id"] == placed["order_id"]
     assert (await balances(client))["user_1"] == 800.0  # two orders charged, the retry not
     assert (await client.get("/sagas")).json()["total"] == 1
+
+
+async def test_the_operator_pins_and_unpins_over_http(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    body = {"customer_id": "user_1", "items": ITEMS}
+    kept = (await client.post("/orders", json=body)).json()["saga_id"]
+    gone = (await client.post("/orders", json=body)).json()["saga_id"]
+
+    pinned = await client.post(f"/sagas/{kept}/pin")
+    assert pinned.status_code == 200, pinned.text
+    assert (pinned.json()["saga_id"], pinned.json()["pinned"]) == (kept, True)
+    assert (await client.post(f"/sagas/{kept}/pin")).json()["pinned"] is True  # again: same
+    assert (await client.get(f"/sagas/{kept}")).json()["pinned"] is True
+    unpinned = await client.delete(f"/sagas/{gone}/pin")  # never pinned: stays unpinned
+    assert (unpinned.status_code, unpinned.json()["pinned"]) == (200, False)
+
+    store = services.engine.store
+    assert isinstance(store, PruningStore)
+    cutoff = time.time() + 1
+    prunable = await store.prunable(finished_before=cutoff, limit=10)
+    assert prunable == [gone], "the pinned saga is not a candidate"
+
+    assert (await client.delete(f"/sagas/{kept}/pin")).json()["pinned"] is False
+    assert (await client.get(f"/sagas/{kept}")).json()["pinned"] is False
+    assert set(await store.prunable(finished_before=cutoff, limit=10)) == {kept, gone}
+
+    # The web UI's routes (JSON for its script), same store.
+    ui = await client.post(f"/ui/sagas/{kept}/pin", json={})
+    assert ui.status_code == 200, ui.text
+    assert ui.json() == {"id": kept, "status": "SUCCEEDED", "pinned": True}
+    assert (await client.get(f"/sagas/{kept}")).json()["pinned"] is True
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    assert (await client.post(f"/ui/sagas/{kept}/pin", headers=form)).status_code == 415
+    assert (await client.delete(f"/ui/sagas/{kept}/pin")).json()["pinned"] is False
+
+
+@pytest.mark.parametrize("path", ["/sagas/no-such-saga/pin", "/ui/sagas/no-such-saga/pin"])
+async def test_pinning_an_unknown_saga_is_404(client: httpx.AsyncClient, path: str) -> None:
+    for response in (await client.post(path, json={}), await client.delete(path)):
+        assert response.status_code == 404, response.text
+        assert "no-such-saga" in response.json()["detail"]
 
 
 def test_the_retention_setting_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

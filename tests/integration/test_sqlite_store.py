@@ -74,9 +74,9 @@ async def store(db: Path) -> AsyncIterator[SQLiteStore]:
 
 
 def test_parse_url() -> None:
-    assert parse_url("sqlite:///sagas.db") == ("sagas.db", True, 10_000)
-    assert parse_url("sqlite:////var/lib/sagas.db") == ("/var/lib/sagas.db", True, 10_000)
-    assert parse_url("sqlite:///a.db?durable=false&busy_timeout=50") == ("a.db", False, 50)
+    assert parse_url("sqlite:///sagas.db") == ("sagas.db", True, 10_000, 0.25)
+    assert parse_url("sqlite:////var/lib/sagas.db") == ("/var/lib/sagas.db", True, 10_000, 0.25)
+    assert parse_url("sqlite:///a.db?durable=false&busy_timeout=50") == ("a.db", False, 50, 0.25)
     assert parse_url("sqlite:///a.db?durable=true")[1] is True
     for bad in ("sqlite://", "sqlite:///", "sqlite:///:memory:", "sqlite:///a.db?nope=1"):
         with pytest.raises(SagawayError):
@@ -137,6 +137,7 @@ async def test_schema_is_versioned_and_shares_the_file(db: Path) -> None:
         "sagaway_steps",
         "sagaway_events",
         "sagaway_outbox",
+        "sagaway_texts",
     }
     versions = [r[0] for r in app.execute("SELECT version FROM sagaway_schema")]
     assert versions == list(range(1, SCHEMA_VERSION + 1))
@@ -468,7 +469,7 @@ async def test_a_version_3_log_is_migrated_for_retention(db: Path) -> None:
 async def test_prune_finds_its_sagas_by_primary_key(db: Path) -> None:
     # With statistics (an application sharing the file may run ANALYZE), the planner read the
     # delete through a status index: every finished saga in the log for each batch of 200.
-    from sagaway.store._sqlite_ops import PRUNE_INSTANCES
+    from sagaway.store._sqlite_admin import PRUNE_INSTANCES
 
     async with SQLiteStore(url_of(db)):
         pass

@@ -3,6 +3,7 @@ request/response (the runner awaits the reply) and message transports (the saga 
 relay publishes its command from the outbox, a reply or the park's timeout brings it back).
 The parking tests run on the memory store and on SQLite."""
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 
 import remotekit
+import sagaway.engine
 from remotekit import ORDER, Order, Parked, Participants, Reservation, build_saga
 from sagaway import Engine, Saga, SagaStatus, StepContext, StepFailed
 from sagaway.hooks import Hook, StepOutcome
@@ -218,4 +220,67 @@ async def test_parked_remote_steps_fire_the_step_hooks_when_their_reply_arrives(
         ("after", "charge", forward, StepOutcome.FAILED, "payment.charge refused", 1.0),
         ("before", "reserve", back, 1),
         ("after", "reserve", back, StepOutcome.SUCCEEDED, None, 2.0),
+    ]
+
+
+async def test_a_caller_waiting_on_a_parked_saga_wakes_when_the_reply_here_finishes_it(
+    parked: Parked, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``wait`` on a parked saga returns as soon as the run that a reply started in this
+    engine finishes it, not at its next look at the store (made a minute away here)."""
+    monkeypatch.setattr(sagaway.engine, "WAIT_FIRST_LOOK", 60.0)
+    monkeypatch.setattr(sagaway.engine, "WAIT_LONGEST_LOOK", 60.0)
+    async with parked.engine() as engine:
+        saga_id = await engine.start(parked.saga, ORDER)
+        await parked.stub.answer_next("inventory.reserve")
+        charge = await parked.stub.next_command("payment.charge")
+        await parked.settled()
+        looked = asyncio.Event()
+        read = engine.store.get
+
+        async def get(saga_id: str, **kwargs: Any) -> SagaRecord:
+            record = await read(saga_id, **kwargs)
+            looked.set()
+            return record
+
+        monkeypatch.setattr(engine.store, "get", get)
+        waiting = asyncio.create_task(engine.wait(saga_id))
+        await looked.wait()  # it found the saga parked: now it waits for the next look
+        await parked.stub.answer(charge)
+        async with asyncio.timeout(30):
+            record = await waiting
+    assert record.status is SagaStatus.SUCCEEDED
+
+
+async def test_a_parked_remote_step_timing_out_with_no_reply_fires_the_step_hooks(
+    parked: Parked,
+) -> None:
+    """A park that times out with no reply ends the attempt as surely as a reply would: the
+    step hooks hear of it (RETRYING while the command is sent again, then FAILED), timed from
+    the command's dispatch to the timeout, with the timeout as the error."""
+    hooks = StepHooks()
+    async with parked.engine() as engine:
+        engine.add_hook(hooks)
+        saga_id = await engine.start(parked.saga, ORDER)
+        await parked.stub.next_command("inventory.reserve")
+        await parked.settled()
+        parked.clock.advance(remotekit.TIMEOUT)
+        assert await engine.recover() == 1
+        await parked.stub.next_command("inventory.reserve")  # sent again, attempt 2
+        await parked.settled()
+        parked.clock.advance(remotekit.TIMEOUT)
+        assert await engine.recover() == 1
+        release = await parked.stub.next_command("inventory.release")
+        await parked.stub.answer(release)
+        record = await engine.wait(saga_id, timeout=5)
+    assert record.status is SagaStatus.COMPENSATED
+    forward, back = Phase.FORWARD, Phase.COMPENSATION
+    no_reply = "timed out waiting for a reply"
+    assert hooks.calls == [
+        ("before", "reserve", forward, 1),
+        ("after", "reserve", forward, StepOutcome.RETRYING, no_reply, remotekit.TIMEOUT),
+        ("before", "reserve", forward, 2),
+        ("after", "reserve", forward, StepOutcome.FAILED, no_reply, remotekit.TIMEOUT),
+        ("before", "reserve", back, 1),
+        ("after", "reserve", back, StepOutcome.SUCCEEDED, None, 0.0),
     ]

@@ -104,8 +104,14 @@ class Relay:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await task
+            except asyncio.CancelledError:
+                # The relay's own end is expected; a cancel of the task calling stop() is not
+                # ours to swallow: its caller must see it.
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
 
     async def drain(self) -> int:
         """Publish everything pending now; returns how many were published."""

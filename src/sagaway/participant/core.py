@@ -28,7 +28,13 @@ What ``handle`` guarantees, whatever the transport redelivers:
 
 Handlers are synchronous functions over a SQLAlchemy Core ``Connection`` (the library owns the
 transaction; do not commit), run on a worker thread: one thread on SQLite (one writer per file,
-no lock contention inside the process), a small pool on PostgreSQL. Given an ``AsyncEngine``
+no lock contention inside the process), a small pool on PostgreSQL. On a SQLite database the
+participant opened itself (a URL), the commands that arrive while a transaction runs are
+handled together in the next one (a group commit): each inside a savepoint of its own, so one
+command's failure rolls back only its own writes, and no command is answered before the
+transaction that holds its effect and its inbox row has committed. A batch behaves as the same
+commands in separate transactions one after the other; it only saves the thread hop and the
+BEGIN/COMMIT per command. Given an ``AsyncEngine``
 instead, they run through ``AsyncConnection.run_sync``. An ``async def`` handler gets an
 ``AsyncConnection`` instead (on the given ``AsyncEngine``, or one opened on the same URL with
 aiosqlite / asyncpg), in the same one transaction with the inbox row. Payload and reply types
@@ -39,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import inspect
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -187,6 +194,15 @@ class Participant:
         self._threads = threads or (1 if self._sqlite else 8)
         self._executor: ThreadPoolExecutor | None = None
         self._async_lock = asyncio.Lock() if self._sqlite else None
+        # Group commit needs our own connection hooks (driver-level BEGIN, so that savepoints
+        # nest in it): only on engines this participant opened. PostgreSQL keeps one
+        # transaction per command on its pool: batches holding row locks side by side could
+        # deadlock each other.
+        self._batching = self._sqlite and (
+            self._twin is not None or (self._owns_engine and isinstance(self.engine, Engine))
+        )
+        self._queued: list[_Queued] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     @property
     def sync_engine(self) -> Engine:
@@ -253,6 +269,10 @@ class Participant:
 
     async def close(self) -> None:
         """Stop the worker threads; dispose of the engine if this participant created it."""
+        if self._flusher is not None:
+            with contextlib.suppress(Exception):
+                await self._flusher
+            self._flusher = None
         if self._executor is not None:
             executor, self._executor = self._executor, None
             await asyncio.to_thread(executor.shutdown, wait=True)
@@ -290,6 +310,8 @@ class Participant:
         try:
             if handler.is_async:
                 return await self._process_async(handler, payload, command)
+            if self._batching:
+                return await self._in_batch(handler, payload, command)
             return await self._transaction(self._process, handler, payload, command)
         except _BusinessFailure as failure:
             recorded = await self._transaction(
@@ -325,6 +347,82 @@ class Participant:
         if isinstance(exc, handler.errors + self.errors):
             return _BusinessFailure(str(exc) or type(exc).__name__)
         return None
+
+    # -- group commit (SQLite) ----------------------------------------------------------------
+
+    async def _in_batch(self, handler: Handler, payload: Any, command: Command) -> Reply:
+        """Queue the command for the next batch transaction; its reply once that committed."""
+        loop = asyncio.get_running_loop()
+        queued = _Queued(handler, payload, command, loop.create_future())
+        self._queued.append(queued)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = loop.create_task(self._flush_batches())
+        return await queued.future
+
+    async def _flush_batches(self) -> None:
+        """Run what is queued, batch after batch, until the queue is empty."""
+        loop = asyncio.get_running_loop()
+        engine = self._twin or self.engine
+        assert isinstance(engine, Engine)
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=self._threads, thread_name_prefix=f"participant-{self.name}"
+            )
+        while self._queued:
+            batch, self._queued = self._queued[:BATCH_LIMIT], self._queued[BATCH_LIMIT:]
+            try:
+                outcomes = await loop.run_in_executor(
+                    self._executor, self._run_batch, engine, batch
+                )
+            except BaseException as exc:  # the transaction as a whole failed: nothing held
+                cancelled = isinstance(exc, asyncio.CancelledError)
+                for queued in batch:
+                    if queued.future.done():
+                        continue
+                    if cancelled:
+                        queued.future.cancel()
+                    else:
+                        queued.future.set_exception(_copy(exc))
+                if cancelled:
+                    raise
+                continue
+            for queued, outcome in zip(batch, outcomes, strict=True):
+                if queued.future.done():  # its caller gave up; the effect is committed
+                    continue
+                if isinstance(outcome, Reply):
+                    queued.future.set_result(outcome)
+                else:
+                    queued.future.set_exception(outcome)
+
+    def _run_batch(self, engine: Engine, batch: list[_Queued]) -> list[Reply | Exception]:
+        """One transaction, each command in a savepoint of its own (worker thread)."""
+        with engine.begin() as conn:
+            driver: Any = conn.connection.driver_connection
+            return [self._in_savepoint(conn, driver, queued) for queued in batch]
+
+    def _in_savepoint(self, conn: Connection, driver: Any, queued: _Queued) -> Reply | Exception:
+        """``_process`` for one command of a batch; what its own transaction would have
+        given: the reply, or the transient exception (its writes rolled back)."""
+        handler, command = queued.handler, queued.command
+        driver.execute("SAVEPOINT sagaway_command")
+        try:
+            reply = self._process(conn, handler, queued.payload, command)
+        except _BusinessFailure as failure:
+            driver.execute("ROLLBACK TO sagaway_command")
+            recorded = _inbox.record_failure(conn, self.inbox, command, failure.message)
+            reply = (
+                recorded.reply_to(command)
+                if recorded is not None
+                else Reply.failure(command, failure.message)
+            )
+        except Exception as exc:
+            # ROLLBACK TO raises if the error ended the whole transaction: then the batch
+            # fails as a whole (nothing of it committed) and every command is retried.
+            driver.execute("ROLLBACK TO sagaway_command")
+            driver.execute("RELEASE sagaway_command")
+            return exc
+        driver.execute("RELEASE sagaway_command")
+        return reply
 
     def _process(self, conn: Connection, handler: Handler, payload: Any, command: Command) -> Reply:
         """The transaction's body: claim, (tombstone check,) effect, answer."""
@@ -388,6 +486,29 @@ class Participant:
             )
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, _run_sync, engine, fn, args)
+
+
+BATCH_LIMIT = 64  # commands per group-commit transaction (a participant's prefetch is 32)
+
+
+@dataclass(slots=True)
+class _Queued:
+    """A command waiting for the next batch transaction, and where its outcome goes."""
+
+    handler: Handler
+    payload: Any
+    command: Command
+    future: asyncio.Future[Reply]
+
+
+def _copy(exc: BaseException) -> BaseException:
+    """One exception object per waiter: raising one object in several tasks tangles their
+    tracebacks."""
+    try:
+        copied = copy.copy(exc)
+    except Exception:
+        return exc
+    return copied.with_traceback(exc.__traceback__)
 
 
 def _dialect(engine: Engine | AsyncEngine) -> str:

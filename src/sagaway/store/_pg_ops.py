@@ -42,6 +42,7 @@ from sagaway.store._codec import SAGA_STATUS as _SAGA_STATUS
 from sagaway.store._codec import STEP_STATUS as _STEP_STATUS
 from sagaway.store._codec import dumps as _dumps
 from sagaway.store._codec import loads as _loads
+from sagaway.store._pg_compact import COMPACT, HISTORY_JSON, STARTED_STEPS, STEPS_JSON
 from sagaway.store._pg_schema import ACTIVE_SQL
 
 _COLS = (
@@ -50,15 +51,6 @@ _COLS = (
     "i.waiting_for, i.parked_until, i.pinned"
 )
 _OUTBOX_COLS = "id, saga_id, topic, body::text, headers::text, created_at"
-_STEPS_JSON = (
-    "(SELECT json_agg(json_build_array(s.name, s.phase, s.status, s.attempts, s.output, "
-    "s.error, s.uncertain, s.started_at, s.finished_at))::text "
-    "FROM {s}.sagaway_steps s WHERE s.saga_id = i.id)"
-)
-_HISTORY_JSON = (
-    "(SELECT json_agg(json_build_array(e.at, e.type, e.step, e.phase, e.attempt, e.detail) "
-    "ORDER BY e.seq)::text FROM {s}.sagaway_events e WHERE e.saga_id = i.id)"
-)
 _STEP_ARRAYS = (
     "unnest($A::text[], $B::text[], $C::text[], $D::text[], $E::int[], $F::text[], $G::text[], "
     "$H::bool[], $I::float8[], $J::float8[]) AS s(saga_id, name, phase, status, attempts, "
@@ -187,11 +179,13 @@ class Statements:
         # has a Change with park, unpark or outbox messages: every other batch keeps the
         # statement it had before they existed, at no cost.
         self.write_batch_remote = _write_batch_sql(s, remote=True)
-        steps_json = _STEPS_JSON.format(s=s)
+        # Steps and history come from rows and, once a saga is compacted, its packed value.
+        steps_json = STEPS_JSON.format(s=s)
         self.load = (
             f"SELECT {_COLS}, {steps_json}, "
-            f"CASE WHEN $2 THEN {_HISTORY_JSON.format(s=s)} END FROM {inst} i WHERE i.id = $1"
+            f"CASE WHEN $2 THEN {HISTORY_JSON.format(s=s)} END FROM {inst} i WHERE i.id = $1"
         )
+        self.compact = COMPACT.format(s=s)
         # SKIP LOCKED: concurrent claims (any process) pass over each other's rows instead of
         # waiting, and a row whose lease changed meanwhile is re-checked under the lock.
         self.claim = f"""
@@ -234,9 +228,7 @@ SELECT {_COLS}, {steps_json} FROM upd i ORDER BY i.created_at, i.id
             "events = events + $5 WHERE id = $1 RETURNING events - $5"
         )
         self.cancel_facts = f"SELECT status, cancel_requested FROM {inst} WHERE id = $1 FOR UPDATE"
-        self.started_steps = (
-            f"SELECT name FROM {s}.sagaway_steps WHERE saga_id = $1 AND phase = 'forward'"
-        )
+        self.started_steps = STARTED_STEPS.format(s=s)
         self.fence_facts = f"SELECT owner, cancel_requested FROM {inst} WHERE id = $1"
         self.count_event = (
             f"UPDATE {inst} SET events = events + 1 WHERE id = $1 RETURNING events - 1"

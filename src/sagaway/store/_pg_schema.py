@@ -1,4 +1,4 @@
-"""The PostgreSQL saga log's schema, its migrations, and how the store names things.
+"""The PostgreSQL saga log's schema, its migrations, how the store names things, its URL.
 
 The store owns its schema: ``open()`` creates it in an empty database (or schema) and migrates an
 older one, in one transaction that first takes a transaction-scoped advisory lock derived from
@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg  # type: ignore[import-untyped]  # no stubs shipped
 
@@ -126,6 +128,12 @@ MIGRATIONS: list[tuple[str, ...]] = [
         # sagas are found through sagaway_instances_status instead.
         "ALTER TABLE {s}.sagaway_instances ADD COLUMN pinned boolean NOT NULL DEFAULT false",
     ),
+    (
+        # Compaction (_pg_compact): a finished saga's step rows and events, as one jsonb value
+        # [steps, events] written just after the commit that finishes it. NULL while it runs,
+        # so the column costs a running saga nothing (a catalog change only).
+        "ALTER TABLE {s}.sagaway_instances ADD COLUMN packed jsonb",
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -178,3 +186,40 @@ async def migrate(conn: asyncpg.Connection, schema: str) -> int:
                 f"INSERT INTO {quoted}.sagaway_schema (version) VALUES ($1)", version
             )
     return found
+
+
+# -- the store URL --------------------------------------------------------------------------
+
+_SCHEMES = {"postgresql", "postgres"}
+_DRIVERS = {None, "asyncpg", "psycopg", "psycopg2", "psycopg3"}
+
+
+@dataclass(frozen=True, slots=True)
+class PgSettings:
+    dsn: str
+    schema: str
+    pool_size: int
+    host: str
+    port: int
+
+
+def parse_url(url: str) -> PgSettings:
+    parts = urlsplit(url)
+    scheme, _, driver = parts.scheme.lower().partition("+")
+    if scheme not in _SCHEMES or (driver or None) not in _DRIVERS:
+        raise SagawayError(
+            f"bad PostgreSQL URL {url!r}: use postgresql://user@host:5432/dbname[?schema=name]"
+        )
+    schema, pool_size, rest = "sagaway", 4, []
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key == "schema":
+            schema = value
+        elif key == "pool_size":
+            pool_size = int(value)
+            if pool_size < 2:
+                raise SagawayError(f"pool_size must be at least 2 in {url!r}")
+        else:
+            rest.append((key, value))
+    check_schema_name(schema)
+    dsn = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(rest), ""))
+    return PgSettings(dsn, schema, pool_size, parts.hostname or "localhost", parts.port or 5432)

@@ -18,13 +18,12 @@ operation cost ~8 us each for steps and events, most of the writer's own time).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sagaway.errors import CancelPending, LeaseLost, SagaNotFound
 from sagaway.state import (
     ACTIVE_STATUSES,
-    PRUNABLE_STATUSES,
     Change,
     Event,
     EventType,
@@ -42,8 +41,12 @@ from sagaway.store._codec import SAGA_STATUS as _SAGA_STATUS
 from sagaway.store._codec import STEP_STATUS as _STEP_STATUS
 from sagaway.store._codec import dumps as _dumps
 from sagaway.store._codec import loads as _loads
+from sagaway.store._sqlite_compact import FINISHED, compact, read_rows
 
 _ACTIVE = ",".join(f"'{s.value}'" for s in ACTIVE_STATUSES)
+# The WHERE of the status indexes (schema v7): a saga over for good is in neither of them, so
+# every query that reads them repeats this term (SQLite uses a partial index only then).
+NOT_DONE = "status NOT IN ('SUCCEEDED','COMPENSATED')"
 _COLS = (
     "id, name, version, status, input, idempotency_key, owner, lease_expires_at, deadline_at, "
     "cancel_requested, error, created_at, updated_at"
@@ -167,15 +170,17 @@ class Pending:
     keep their history order.
     """
 
-    __slots__ = ("events", "outbox", "steps")
+    __slots__ = ("events", "finished", "outbox", "steps")
 
     def __init__(self) -> None:
         self.steps: list[tuple[Any, ...]] = []
         self.events: list[tuple[Any, ...]] = []
         self.outbox: list[tuple[Any, ...]] = []
+        # Sagas a commit of the batch finished: compacted once their last rows are written.
+        self.finished: list[str] = []
 
     def __bool__(self) -> bool:
-        return bool(self.steps or self.events or self.outbox)
+        return bool(self.steps or self.events or self.outbox or self.finished)
 
     def flush(self, conn: sqlite3.Connection) -> None:
         if self.steps:
@@ -187,6 +192,9 @@ class Pending:
         if self.outbox:  # in batch order: a message written twice keeps its last version
             conn.executemany(UPSERT_OUTBOX, self.outbox)
             self.outbox = []
+        if self.finished:
+            compact(conn, self.finished)
+            self.finished = []
 
 
 def _saga(row: Sequence[Any]) -> SagaRecord:
@@ -251,25 +259,17 @@ def _event(row: Sequence[Any]) -> Event:
 
 def load(conn: sqlite3.Connection, saga_id: str, history: bool) -> SagaRecord | None:
     row = conn.execute(
-        f"SELECT {_SELECT_COLS} FROM sagaway_instances WHERE id = ?", (saga_id,)
+        f"SELECT {_SELECT_COLS}, packed FROM sagaway_instances WHERE id = ?", (saga_id,)
     ).fetchone()
     if row is None:
         return None
     record = _saga(row)
-    for step_row in conn.execute(
-        f"SELECT {_STEP_COLS} FROM sagaway_steps WHERE saga_id = ?", (saga_id,)
-    ):
+    steps, events = read_rows(conn, saga_id, record.created_at, row[16], history)
+    for step_row in steps:
         step = _step(step_row)
         record.steps[(step.name, step.phase)] = step
     if history:
-        record.history = [
-            _event(r)
-            for r in conn.execute(
-                "SELECT at, type, step, phase, attempt, detail FROM sagaway_events "
-                "WHERE saga_id = ? ORDER BY id",
-                (saga_id,),
-            )
-        ]
+        record.history = [_event(r) for r in events]
     return record
 
 
@@ -278,14 +278,16 @@ def load_many(conn: sqlite3.Connection, ids: list[str]) -> list[SagaRecord]:
     if not ids:
         return []
     param = (_dumps(ids),)
-    records = {
-        r[0]: _saga(r)
-        for r in conn.execute(
-            f"SELECT {_SELECT_COLS} FROM sagaway_instances "
-            "WHERE id IN (SELECT value FROM json_each(?))",
-            param,
-        )
-    }
+    records: dict[str, SagaRecord] = {}
+    packed: list[tuple[SagaRecord, bytes]] = []
+    for r in conn.execute(
+        f"SELECT {_SELECT_COLS}, packed FROM sagaway_instances "
+        "WHERE id IN (SELECT value FROM json_each(?))",
+        param,
+    ):
+        records[r[0]] = record = _saga(r)
+        if r[16] is not None:  # a FAILED saga an operator retries
+            packed.append((record, r[16]))
     for r in conn.execute(
         f"SELECT saga_id, {_STEP_COLS} FROM sagaway_steps "
         "WHERE saga_id IN (SELECT value FROM json_each(?))",
@@ -293,6 +295,9 @@ def load_many(conn: sqlite3.Connection, ids: list[str]) -> list[SagaRecord]:
     ):
         step = _step(r[1:])
         records[r[0]].steps[(step.name, step.phase)] = step
+    for record, value in packed:
+        rows = read_rows(conn, record.id, record.created_at, value, history=False)[0]
+        record.steps = {(step.name, step.phase): step for step in map(_step, rows)}
     return [records[i] for i in ids]
 
 
@@ -304,109 +309,11 @@ def read_load(conn: sqlite3.Connection, saga_id: str, history: bool) -> SagaReco
         conn.execute("COMMIT")
 
 
-def read_list(
-    conn: sqlite3.Connection, status: SagaStatus | None, name: str | None, limit: int, offset: int
-) -> tuple[list[SagaRecord], int]:
-    clauses: list[str] = []
-    params: list[Any] = []
-    if status is not None:
-        clauses.append("status = ?")
-        params.append(status.value)
-    if name is not None:
-        clauses.append("name = ?")
-        params.append(name)
-    where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-    conn.execute("BEGIN")
-    try:
-        items = [
-            _saga(r)
-            for r in conn.execute(
-                f"SELECT {_SELECT_COLS} FROM sagaway_instances{where} "
-                "ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
-                (*params, max(limit, 0), max(offset, 0)),
-            )
-        ]
-        total = conn.execute(f"SELECT count(*) FROM sagaway_instances{where}", params).fetchone()
-        return items, int(total[0])
-    finally:
-        conn.execute("COMMIT")
-
-
-def read_waiting(
-    conn: sqlite3.Connection, prefix: str, limit: int, offset: int
-) -> tuple[list[SagaRecord], int]:
-    # substr, not LIKE: a prefix is text, "%" and "_" in it match themselves.
-    where = "WHERE waiting_for IS NOT NULL AND substr(waiting_for, 1, ?) = ?"
-    params = (len(prefix), prefix)
-    conn.execute("BEGIN")
-    try:
-        items = [
-            _saga(r)
-            for r in conn.execute(
-                f"SELECT {_SELECT_COLS} FROM sagaway_instances {where} "
-                "ORDER BY parked_until, id LIMIT ? OFFSET ?",
-                (*params, max(limit, 0), max(offset, 0)),
-            )
-        ]
-        total = conn.execute(f"SELECT count(*) FROM sagaway_instances {where}", params).fetchone()
-        return items, int(total[0])
-    finally:
-        conn.execute("COMMIT")
-
-
-def read_outbox(
-    conn: sqlite3.Connection, limit: int, older_than: float | None
-) -> list[OutboxMessage]:
-    if older_than is None:
-        rows = conn.execute(
-            f"SELECT {_OUTBOX_COLS} FROM sagaway_outbox ORDER BY created_at, id LIMIT ?",
-            (max(limit, 0),),
-        )
-    else:
-        rows = conn.execute(
-            f"SELECT {_OUTBOX_COLS} FROM sagaway_outbox WHERE created_at < ? "
-            "ORDER BY created_at, id LIMIT ?",
-            (older_than, max(limit, 0)),
-        )
-    return [_message(r) for r in rows]
-
-
-def read_outbox_count(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("SELECT count(*) FROM sagaway_outbox").fetchone()[0])
-
-
 def outbox_delete(conn: sqlite3.Connection, ids: list[str]) -> int:
     cursor = conn.execute(
         "DELETE FROM sagaway_outbox WHERE id IN (SELECT value FROM json_each(?))", (_dumps(ids),)
     )
     return int(cursor.rowcount)
-
-
-def read_stranded(
-    conn: sqlite3.Connection, now: float, owner: str, known: Collection[tuple[str, int]]
-) -> dict[tuple[str, int], int]:
-    rows = conn.execute(
-        f"SELECT name, version, count(*) FROM sagaway_instances WHERE status IN ({_ACTIVE}) "
-        "AND (owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at < ? OR owner = ?) "
-        "GROUP BY name, version",
-        (now, owner),
-    )
-    return {(name, version): n for name, version, n in rows if (name, version) not in known}
-
-
-def read_ids(conn: sqlite3.Connection, prefix: str, limit: int) -> list[str]:
-    # A range on the primary key: every id starting with ``prefix`` sorts between the prefix
-    # and the prefix followed by the highest code point (TEXT compares as UTF-8 bytes).
-    rows = conn.execute(
-        "SELECT id FROM sagaway_instances WHERE id >= ? AND id < ? ORDER BY id LIMIT ?",
-        (prefix, prefix + "\U0010ffff", limit),
-    )
-    return [saga_id for (saga_id,) in rows]
-
-
-def read_counts(conn: sqlite3.Connection) -> dict[SagaStatus, int]:
-    rows = conn.execute("SELECT status, count(*) FROM sagaway_instances GROUP BY status")
-    return {_SAGA_STATUS[status]: int(n) for status, n in rows}
 
 
 # -- writes (writer connection, inside the batch transaction and the operation's savepoint) --------
@@ -509,6 +416,11 @@ def commit(
             pending.outbox += outbox_rows(change.outbox)
         else:
             conn.executemany(UPSERT_OUTBOX, outbox_rows(change.outbox))
+    if status in FINISHED:
+        if pending is not None:
+            pending.finished.append(saga_id)
+        else:
+            compact(conn, (saga_id,))
 
 
 def _exists(conn: sqlite3.Connection, saga_id: str) -> tuple[Any, ...]:
@@ -547,7 +459,7 @@ def claim(
         r[0]
         for r in conn.execute(
             f"SELECT id FROM sagaway_instances WHERE status IN ({_ACTIVE}) "
-            "AND waiting_for IS NULL "
+            f"AND waiting_for IS NULL AND {NOT_DONE} "
             f"AND (name, version) IN (VALUES {wanted}) {free}"
             "ORDER BY created_at, id LIMIT ?",
             [*params, limit],
@@ -606,11 +518,12 @@ def renew_leases(
 ) -> list[str]:
     conn.execute(
         "UPDATE sagaway_instances SET lease_expires_at = ? "
-        f"WHERE status IN ({_ACTIVE}) AND owner = ?",
+        f"WHERE {NOT_DONE} AND status IN ({_ACTIVE}) AND owner = ?",
         (now + lease_seconds, owner),
     )
     rows = conn.execute(
-        f"SELECT id FROM sagaway_instances WHERE status IN ({_ACTIVE}) AND owner = ? "
+        f"SELECT id FROM sagaway_instances WHERE {NOT_DONE} AND status IN ({_ACTIVE}) "
+        "AND owner = ? "
         "AND cancel_requested = 1",
         (owner,),
     )
@@ -623,17 +536,11 @@ def request_cancel(
     """``(record, None)`` when the cancel is recorded, ``(None, reason)`` when it is refused
     (its ``cancel_refused`` event is written): the caller raises, so that this operation, like
     every other one here, never raises after its first write."""
-    _exists(conn, saga_id)
-    row = conn.execute(
-        "SELECT status, cancel_requested FROM sagaway_instances WHERE id = ?", (saga_id,)
-    ).fetchone()
-    started = [
-        r[0]
-        for r in conn.execute(
-            "SELECT name FROM sagaway_steps WHERE saga_id = ? AND phase = 'forward'", (saga_id,)
-        )
-    ]
-    status, flagged = _SAGA_STATUS[row[0]], bool(row[1])
+    current = load(conn, saga_id, history=False)
+    if current is None:
+        raise SagaNotFound(saga_id)
+    started = [name for name, phase in current.steps if phase == "forward"]
+    status, flagged = current.status, current.cancel_requested
     reason = cancel_refusal(saga_id, status, flagged, started, until)
     if reason is not None:
         conn.executemany(INSERT_EVENT, event_rows(saga_id, [refused_cancel(event, reason)]))
@@ -647,61 +554,3 @@ def request_cancel(
     record = load(conn, saga_id, history=True)
     assert record is not None
     return record, None
-
-
-# -- retention -------------------------------------------------------------------------------
-
-# The same terms as sagaway_instances_finished's WHERE, so the planner can use that index.
-_PRUNABLE = (
-    f"status IN ({','.join(repr(s.value) for s in PRUNABLE_STATUSES)}) AND pinned = 0 "
-    "AND updated_at < ?"
-)
-
-
-def read_prunable(conn: sqlite3.Connection, finished_before: float, limit: int) -> list[str]:
-    rows = conn.execute(
-        f"SELECT id FROM sagaway_instances INDEXED BY sagaway_instances_finished "
-        f"WHERE {_PRUNABLE} ORDER BY updated_at, id LIMIT ?",
-        (finished_before, limit),
-    )
-    return [saga_id for (saga_id,) in rows]
-
-
-# By primary key: the unary + keeps the planner off the status indexes, which it picks once
-# the file has statistics (an ANALYZE or PRAGMA optimize by the application sharing it), and
-# then walks every finished saga in the log for each batch.
-PRUNE_INSTANCES = (
-    "DELETE FROM sagaway_instances WHERE id IN (SELECT value FROM json_each(?)) "
-    f"AND +status IN ({','.join(repr(s.value) for s in PRUNABLE_STATUSES)}) AND +pinned = 0 "
-    "AND +updated_at < ? RETURNING id"
-)
-
-
-def prune(conn: sqlite3.Connection, ids: list[str], finished_before: float) -> list[str]:
-    """Delete the sagas of ``ids`` still prunable, with their rows (inside the batch)."""
-    param = _dumps(ids)
-    gone = [saga_id for (saga_id,) in conn.execute(PRUNE_INSTANCES, (param, finished_before))]
-    if gone:
-        param = _dumps(gone)
-        conn.execute(
-            "DELETE FROM sagaway_steps WHERE saga_id IN (SELECT value FROM json_each(?))",
-            (param,),
-        )
-        conn.execute(
-            "DELETE FROM sagaway_events WHERE saga_id IN (SELECT value FROM json_each(?))",
-            (param,),
-        )
-        # No index on saga_id: the outbox holds only unpublished messages, a few rows.
-        conn.execute(
-            "DELETE FROM sagaway_outbox WHERE saga_id IN (SELECT value FROM json_each(?))",
-            (param,),
-        )
-    return gone
-
-
-def set_pinned(conn: sqlite3.Connection, saga_id: str, pinned: bool) -> SagaRecord:
-    _exists(conn, saga_id)  # SagaNotFound before any write
-    conn.execute("UPDATE sagaway_instances SET pinned = ? WHERE id = ?", (int(pinned), saga_id))
-    record = load(conn, saga_id, history=False)
-    assert record is not None
-    return record

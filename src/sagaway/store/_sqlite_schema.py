@@ -135,6 +135,30 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "CREATE INDEX sagaway_instances_free ON sagaway_instances (status, lease_expires_at) "
         "WHERE waiting_for IS NULL",
     ),
+    (
+        # Compaction (_sqlite_compact): a finished saga's step rows and events, packed into
+        # one value on its row by the commit that finishes it. NULL while it runs.
+        "ALTER TABLE sagaway_instances ADD COLUMN packed BLOB",
+        # Texts packed values share (step names, engine ids), each kept once, by number.
+        # Rows are only ever added: a number, once used in a packed value, must keep its text.
+        """
+        CREATE TABLE sagaway_texts (
+            id INTEGER PRIMARY KEY,
+            text TEXT NOT NULL UNIQUE
+        )
+        """,
+        # A saga over for good (SUCCEEDED, COMPENSATED: the bulk of the log) leaves the two
+        # status indexes, ~110 bytes a saga: what reads them only wants active and FAILED
+        # sagas (claims, lease renewal, stranded sagas, listings by such a status). Listing
+        # SUCCEEDED or COMPENSATED ones walks sagaway_instances_created instead. Every query
+        # meant to use them repeats the exact NOT IN term (_sqlite_ops.NOT_DONE).
+        "DROP INDEX sagaway_instances_claim",
+        "CREATE INDEX sagaway_instances_open ON sagaway_instances (status, created_at, id) "
+        "WHERE status NOT IN ('SUCCEEDED','COMPENSATED')",
+        "DROP INDEX sagaway_instances_free",
+        "CREATE INDEX sagaway_instances_free ON sagaway_instances (status, lease_expires_at) "
+        "WHERE waiting_for IS NULL AND status NOT IN ('SUCCEEDED','COMPENSATED')",
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

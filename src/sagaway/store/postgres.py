@@ -60,7 +60,6 @@ import logging
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg  # type: ignore[import-untyped]  # no stubs shipped
 
@@ -77,28 +76,18 @@ from sagaway.state import Change, Event, NewSaga, OutboxMessage, SagaRecord, Sag
 from sagaway.store import _pg_ops as ops
 from sagaway.store import _pg_retention as retention
 from sagaway.store._codec import check_change, check_new, storable_text
-from sagaway.store._pg_schema import channel_for, check_schema_name, migrate
+from sagaway.store._pg_compact import compact_after, finished_ids
+from sagaway.store._pg_schema import channel_for, check_schema_name, migrate, parse_url
 from sagaway.store.base import OutboxStore, Page, PruningStore
 
 __all__ = ["PostgresStore", "PostgresStoreStats", "parse_url"]
 
 log = logging.getLogger("sagaway.store.postgres")
 
-_SCHEMES = {"postgresql", "postgres"}
-_DRIVERS = {None, "asyncpg", "psycopg", "psycopg2", "psycopg3"}
 # Queued write: (future, "create" | "commit", payload, attempts so far).
 _Op = tuple["asyncio.Future[Any]", str, Any, int]
 _Result = tuple["asyncio.Future[Any]", Any, BaseException | None]
 _MAX_ATTEMPTS = 5  # a create re-queued after racing another process on its idempotency key
-
-
-@dataclass(frozen=True, slots=True)
-class PgSettings:
-    dsn: str
-    schema: str
-    pool_size: int
-    host: str
-    port: int
 
 
 @dataclass(slots=True)
@@ -107,28 +96,6 @@ class PostgresStoreStats:
 
     batches: int = 0
     operations: int = 0
-
-
-def parse_url(url: str) -> PgSettings:
-    parts = urlsplit(url)
-    scheme, _, driver = parts.scheme.lower().partition("+")
-    if scheme not in _SCHEMES or (driver or None) not in _DRIVERS:
-        raise SagawayError(
-            f"bad PostgreSQL URL {url!r}: use postgresql://user@host:5432/dbname[?schema=name]"
-        )
-    schema, pool_size, rest = "sagaway", 4, []
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        if key == "schema":
-            schema = value
-        elif key == "pool_size":
-            pool_size = int(value)
-            if pool_size < 2:
-                raise SagawayError(f"pool_size must be at least 2 in {url!r}")
-        else:
-            rest.append((key, value))
-    check_schema_name(schema)
-    dsn = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(rest), ""))
-    return PgSettings(dsn, schema, pool_size, parts.hostname or "localhost", parts.port or 5432)
 
 
 class PostgresStore(OutboxStore, PruningStore):
@@ -391,6 +358,10 @@ class PostgresStore(OutboxStore, PruningStore):
             else:
                 error = LeaseLost(f"saga {saga_id} is no longer leased to {owner}")
             results.append((op[0], None, error))
+        applied = {r[1] for r in rows if not r[0] and r[2]}
+        finished = finished_ids(commits, applied)
+        if finished:
+            await compact_after(conn, self._sql.compact, finished)
 
     def _refused(self, exc: Exception) -> StoreError | UnstorableValue:
         """One operation's own refusal: a value PostgreSQL (class 22, data exception) or the
@@ -588,6 +559,10 @@ class PostgresStore(OutboxStore, PruningStore):
             return []
         async with self._connection() as conn:
             return await retention.prune(conn, self._retention, wanted, finished_before)
+
+    async def prune_next(self, *, finished_before: float, limit: int) -> list[str]:
+        async with self._connection() as conn:
+            return await retention.prune_next(conn, self._retention, finished_before, max(limit, 0))
 
     async def set_pinned(self, saga_id: str, pinned: bool) -> SagaRecord:
         if not storable_text(saga_id):

@@ -10,7 +10,9 @@
   VirtualClock, yielding a ``SagaHarness`` (engine, store, clock, ``run``).
 * ``SagaStoreContract``: the store contract test base class for a new backend, and
   ``OutboxStoreContract`` / ``TransactionalStoreContract`` / ``PruningStoreContract`` for
-  the capability tiers it implements; ``TransportContract`` the same for a new transport.
+  the capability tiers it implements, ``CompactionContract`` (finished sagas read back as
+  written, whatever form the store keeps them in); ``TransportContract`` the same for a new
+  transport.
   They are imported lazily because they need pytest, which ``sagaway.testing`` itself never
   requires.
 """
@@ -25,6 +27,7 @@ from sagaway.testing.faults import EffectLedger, Faults, Hang, fails_when, flaky
 from sagaway.testing.harness import SagaHarness, saga_engine
 
 __all__ = [
+    "CompactionContract",
     "EffectLedger",
     "Faults",
     "Hang",
@@ -42,6 +45,7 @@ __all__ = [
 ]
 
 _LAZY = {
+    "CompactionContract": "sagaway.testing.contract_compaction",
     "SagaStoreContract": "sagaway.testing.contract",
     "OutboxStoreContract": "sagaway.testing.contract_tiers",
     "PruningStoreContract": "sagaway.testing.contract_retention",

@@ -15,8 +15,9 @@ this router under ``{prefix}/static/``):
   compensations, each step with its status, attempts, duration, error and idempotency key, then
   the history. It follows the saga live over ``{prefix}/sagas/{id}/events``; retry (FAILED) and
   cancel (running) buttons post JSON to ``{prefix}/sagas/{id}/retry|cancel`` (anything else is
-  a 415: a cross-site form cannot trigger them). Without JavaScript the pages render but are not
-  live, and the buttons need it.
+  a 415: a cross-site form cannot trigger them); ``POST`` (JSON) / ``DELETE``
+  ``{prefix}/sagas/{id}/pin`` pin and unpin it (retention keeps a pinned saga). Without
+  JavaScript the pages render but are not live, and the buttons need it.
 * ``{prefix}/inbox``: the sagas parked until something arrives (a participant's reply, a
   person's signal), soonest deadline first, each with what it waits for and its deadline
   counting down; live like the list; a "Send {signal}" button on those waiting for a signal
@@ -54,6 +55,7 @@ from sagaway.errors import (
     UnknownSagaError,
     UnstorableValue,
 )
+from sagaway.retention import pruning_store
 from sagaway.state import Phase, SagaRecord, SagaStatus, StepRecord, StepStatus
 from sagaway.web.live import COALESCE_SECONDS, LiveUpdates, event_stream, sse_event
 
@@ -482,6 +484,29 @@ def saga_ui_router(
     @router.post("/sagas/{saga_id}/cancel")
     async def cancel_saga(saga_id: str, request: Request, eng: EngineDep) -> Response:
         return await act(request, eng, saga_id, cancel, Engine.cancel, "cancel requested")
+
+    async def set_pinned(saga_id: str, eng: Engine, pinned: bool) -> Response:
+        try:
+            record = await pruning_store(eng.store).set_pinned(saga_id, pinned)
+        except SagaNotFound:
+            return _json(404, f"no saga {saga_id}")
+        except SagawayError as exc:
+            return _json(503, str(exc))
+        body = {"id": record.id, "status": record.status.value, "pinned": record.pinned}
+        return Response(json.dumps(body), media_type="application/json")
+
+    @router.post("/sagas/{saga_id}/pin")
+    async def pin_saga(saga_id: str, request: Request, eng: EngineDep) -> Response:
+        """Retention never removes a pinned saga; 200 with ``{"id", "status", "pinned"}``."""
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type != "application/json":  # as retry and cancel: no cross-site form
+            raise HTTPException(415, "Send this request with 'Content-Type: application/json'")
+        return await set_pinned(saga_id, eng, True)
+
+    @router.delete("/sagas/{saga_id}/pin")
+    async def unpin_saga(saga_id: str, eng: EngineDep) -> Response:
+        """Unpin (a DELETE: no cross-site form can send one); the same answer as the pin."""
+        return await set_pinned(saga_id, eng, False)
 
     # Signals (the waits lane's minimal addition): deliver one, list who waits for one.
     @router.post("/sagas/{saga_id}/signals/{name}")

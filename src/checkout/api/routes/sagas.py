@@ -1,4 +1,4 @@
-"""Sagas: list, inspect (steps and history), and the operator's retry and cancel."""
+"""Sagas: list, inspect (steps and history), and the operator's retry, cancel and pin."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from checkout.api.deps import EngineDep, Limit, Offset, SagaId, ServicesDep
 from checkout.api.schemas import SagaDetail, SagaPage
 from checkout.api.views import saga_detail, saga_summary
 from sagaway import SagaStatus
+from sagaway.retention import pruning_store
 
 # All of it is the operator's: a saga's input holds the customer's address.
 router = APIRouter(prefix="/sagas", tags=["sagas"], dependencies=[ADMIN])
@@ -47,4 +48,20 @@ async def cancel_saga(saga_id: SagaId, engine: EngineDep, response: Response) ->
     saga's history as a ``cancel_refused`` event."""
     await engine.cancel(saga_id)
     response.headers["Location"] = f"/sagas/{saga_id}"
+    return saga_detail(await engine.get(saga_id))
+
+
+@router.post("/{saga_id}/pin")
+async def pin_saga(saga_id: SagaId, engine: EngineDep) -> SagaDetail:
+    """Pin a saga (any status): retention (``SAGAWAY_RETENTION_DAYS``, ``sagaway prune``) never
+    removes it. Pinning a pinned saga changes nothing."""
+    await pruning_store(engine.store).set_pinned(saga_id, True)
+    return saga_detail(await engine.get(saga_id))
+
+
+@router.delete("/{saga_id}/pin")
+async def unpin_saga(saga_id: SagaId, engine: EngineDep) -> SagaDetail:
+    """Unpin a saga: once finished and old enough, retention removes it (an old finished saga
+    at once: a pin does not change when it was last written)."""
+    await pruning_store(engine.store).set_pinned(saga_id, False)
     return saga_detail(await engine.get(saga_id))

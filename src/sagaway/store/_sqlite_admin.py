@@ -1,0 +1,191 @@
+"""The operator's side of the SQLite saga log: listings, counts, retention and pins.
+
+Listing reads run on the store's reader connection, each in one read transaction of its own (or
+as a single statement). Retention: finished sagas are found through
+``sagaway_instances_finished`` (a partial index a saga enters when it finishes, unpinned);
+``prune`` and ``set_pinned`` run in the writer's batch transaction like every write. Pruning
+deletes a saga's instance row (its packed history with it, see ``_sqlite_compact``) and any
+step rows, events and outbox messages it still has.
+
+Loading one saga (``load``, its steps and history, packed or not) is in ``_sqlite_ops``: the
+writes load sagas too.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Collection
+from typing import Any
+
+from sagaway.state import PRUNABLE_STATUSES, OutboxMessage, SagaRecord, SagaStatus
+from sagaway.store._codec import SAGA_STATUS as _SAGA_STATUS
+from sagaway.store._codec import dumps as _dumps
+from sagaway.store._sqlite_ops import (
+    _ACTIVE,
+    _OUTBOX_COLS,
+    _SELECT_COLS,
+    NOT_DONE,
+    _exists,
+    _message,
+    _saga,
+    load,
+)
+
+
+def read_list(
+    conn: sqlite3.Connection, status: SagaStatus | None, name: str | None, limit: int, offset: int
+) -> tuple[list[SagaRecord], int]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    if status is not None:
+        clauses.append("status = ?")
+        params.append(status.value)
+        if status.value not in ("SUCCEEDED", "COMPENSATED"):
+            clauses.append(NOT_DONE)  # then sagaway_instances_open has them, newest first
+    if name is not None:
+        clauses.append("name = ?")
+        params.append(name)
+    where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+    conn.execute("BEGIN")
+    try:
+        items = [
+            _saga(r)
+            for r in conn.execute(
+                f"SELECT {_SELECT_COLS} FROM sagaway_instances{where} "
+                "ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
+                (*params, max(limit, 0), max(offset, 0)),
+            )
+        ]
+        total = conn.execute(f"SELECT count(*) FROM sagaway_instances{where}", params).fetchone()
+        return items, int(total[0])
+    finally:
+        conn.execute("COMMIT")
+
+
+def read_waiting(
+    conn: sqlite3.Connection, prefix: str, limit: int, offset: int
+) -> tuple[list[SagaRecord], int]:
+    # substr, not LIKE: a prefix is text, "%" and "_" in it match themselves.
+    where = "WHERE waiting_for IS NOT NULL AND substr(waiting_for, 1, ?) = ?"
+    params = (len(prefix), prefix)
+    conn.execute("BEGIN")
+    try:
+        items = [
+            _saga(r)
+            for r in conn.execute(
+                f"SELECT {_SELECT_COLS} FROM sagaway_instances {where} "
+                "ORDER BY parked_until, id LIMIT ? OFFSET ?",
+                (*params, max(limit, 0), max(offset, 0)),
+            )
+        ]
+        total = conn.execute(f"SELECT count(*) FROM sagaway_instances {where}", params).fetchone()
+        return items, int(total[0])
+    finally:
+        conn.execute("COMMIT")
+
+
+def read_outbox(
+    conn: sqlite3.Connection, limit: int, older_than: float | None
+) -> list[OutboxMessage]:
+    if older_than is None:
+        rows = conn.execute(
+            f"SELECT {_OUTBOX_COLS} FROM sagaway_outbox ORDER BY created_at, id LIMIT ?",
+            (max(limit, 0),),
+        )
+    else:
+        rows = conn.execute(
+            f"SELECT {_OUTBOX_COLS} FROM sagaway_outbox WHERE created_at < ? "
+            "ORDER BY created_at, id LIMIT ?",
+            (older_than, max(limit, 0)),
+        )
+    return [_message(r) for r in rows]
+
+
+def read_outbox_count(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT count(*) FROM sagaway_outbox").fetchone()[0])
+
+
+def read_stranded(
+    conn: sqlite3.Connection, now: float, owner: str, known: Collection[tuple[str, int]]
+) -> dict[tuple[str, int], int]:
+    rows = conn.execute(
+        f"SELECT name, version, count(*) FROM sagaway_instances WHERE {NOT_DONE} "
+        f"AND status IN ({_ACTIVE}) "
+        "AND (owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at < ? OR owner = ?) "
+        "GROUP BY name, version",
+        (now, owner),
+    )
+    return {(name, version): n for name, version, n in rows if (name, version) not in known}
+
+
+def read_ids(conn: sqlite3.Connection, prefix: str, limit: int) -> list[str]:
+    # A range on the primary key: every id starting with ``prefix`` sorts between the prefix
+    # and the prefix followed by the highest code point (TEXT compares as UTF-8 bytes).
+    rows = conn.execute(
+        "SELECT id FROM sagaway_instances WHERE id >= ? AND id < ? ORDER BY id LIMIT ?",
+        (prefix, prefix + "\U0010ffff", limit),
+    )
+    return [saga_id for (saga_id,) in rows]
+
+
+def read_counts(conn: sqlite3.Connection) -> dict[SagaStatus, int]:
+    rows = conn.execute("SELECT status, count(*) FROM sagaway_instances GROUP BY status")
+    return {_SAGA_STATUS[status]: int(n) for status, n in rows}
+
+
+# -- retention -------------------------------------------------------------------------------
+
+# The same terms as sagaway_instances_finished's WHERE, so the planner can use that index.
+_PRUNABLE = (
+    f"status IN ({','.join(repr(s.value) for s in PRUNABLE_STATUSES)}) AND pinned = 0 "
+    "AND updated_at < ?"
+)
+
+
+def read_prunable(conn: sqlite3.Connection, finished_before: float, limit: int) -> list[str]:
+    rows = conn.execute(
+        f"SELECT id FROM sagaway_instances INDEXED BY sagaway_instances_finished "
+        f"WHERE {_PRUNABLE} ORDER BY updated_at, id LIMIT ?",
+        (finished_before, limit),
+    )
+    return [saga_id for (saga_id,) in rows]
+
+
+# By primary key: the unary + keeps the planner off the status indexes, which it picks once
+# the file has statistics (an ANALYZE or PRAGMA optimize by the application sharing it), and
+# then walks every finished saga in the log for each batch.
+PRUNE_INSTANCES = (
+    "DELETE FROM sagaway_instances WHERE id IN (SELECT value FROM json_each(?)) "
+    f"AND +status IN ({','.join(repr(s.value) for s in PRUNABLE_STATUSES)}) AND +pinned = 0 "
+    "AND +updated_at < ? RETURNING id"
+)
+
+
+def prune(conn: sqlite3.Connection, ids: list[str], finished_before: float) -> list[str]:
+    """Delete the sagas of ``ids`` still prunable, with their rows (inside the batch)."""
+    param = _dumps(ids)
+    gone = [saga_id for (saga_id,) in conn.execute(PRUNE_INSTANCES, (param, finished_before))]
+    if gone:
+        param = _dumps(gone)
+        conn.execute(
+            "DELETE FROM sagaway_steps WHERE saga_id IN (SELECT value FROM json_each(?))",
+            (param,),
+        )
+        conn.execute(
+            "DELETE FROM sagaway_events WHERE saga_id IN (SELECT value FROM json_each(?))",
+            (param,),
+        )
+        # No index on saga_id: the outbox holds only unpublished messages, a few rows.
+        conn.execute(
+            "DELETE FROM sagaway_outbox WHERE saga_id IN (SELECT value FROM json_each(?))",
+            (param,),
+        )
+    return gone
+
+
+def set_pinned(conn: sqlite3.Connection, saga_id: str, pinned: bool) -> SagaRecord:
+    _exists(conn, saga_id)  # SagaNotFound before any write
+    conn.execute("UPDATE sagaway_instances SET pinned = ? WHERE id = ?", (int(pinned), saga_id))
+    record = load(conn, saga_id, history=False)
+    assert record is not None
+    return record

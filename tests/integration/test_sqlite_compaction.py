@@ -1,0 +1,213 @@
+"""Compaction on SQLite (schema v7): what the file holds for a finished saga, the migration
+from v6, the indexes a finished saga is no longer in, and the packed encoding itself.
+
+What every store promises about finished sagas is in ``sagaway.testing.CompactionContract``
+(run on SQLite by tests/contract); these tests look at the file."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from sagaway import Engine, Saga, StepContext
+from sagaway.errors import StepFailed
+from sagaway.state import Change, Event, EventType, NewSaga, SagaStatus
+from sagaway.store._packed import pack, unpack
+from sagaway.store._sqlite_schema import MIGRATIONS
+from sagaway.store.sqlite import SQLiteStore
+
+T0 = 1_000.0
+
+
+def _rows(db: Path, saga_id: str) -> tuple[int, int, bytes | None]:
+    conn = sqlite3.connect(db)
+    try:
+        steps = conn.execute("SELECT count(*) FROM sagaway_steps WHERE saga_id = ?", (saga_id,))
+        events = conn.execute("SELECT count(*) FROM sagaway_events WHERE saga_id = ?", (saga_id,))
+        packed = conn.execute("SELECT packed FROM sagaway_instances WHERE id = ?", (saga_id,))
+        return steps.fetchone()[0], events.fetchone()[0], packed.fetchone()[0]
+    finally:
+        conn.close()
+
+
+def _checkout() -> Saga:
+    saga = Saga("checkout", version=1)
+
+    @saga.step()
+    async def reserve(ctx: StepContext, order: dict[str, bool]) -> int:
+        return 1
+
+    @reserve.compensation
+    async def release(ctx: StepContext, order: dict[str, bool], reserved: int | None) -> None:
+        return None
+
+    @saga.step()
+    async def charge(ctx: StepContext, order: dict[str, bool]) -> str:
+        if order["fail"]:
+            raise StepFailed("declined")
+        return "paid"
+
+    return saga
+
+
+async def test_a_finished_saga_is_one_row_and_a_running_one_keeps_its_rows(tmp_path: Path) -> None:
+    db = tmp_path / "log.db"
+    saga = _checkout()
+    async with Engine(f"sqlite:///{db}", sagas=[saga]) as engine:
+        ok = await engine.start(saga, {"fail": False})
+        undone = await engine.start(saga, {"fail": True})
+        for saga_id in (ok, undone):
+            await engine.wait(saga_id, timeout=30)
+        records = {i: await engine.store.get(i) for i in (ok, undone)}
+        await engine.store.create(
+            NewSaga(id="run", name="other", version=1, input={}, at=T0, owner="x")
+        )
+        await engine.store.commit(
+            "run", "x", Change(events=[Event(T0 + 1, EventType.SAGA_STARTED)]), T0 + 1
+        )
+    assert records[ok].status is SagaStatus.SUCCEEDED
+    assert records[undone].status is SagaStatus.COMPENSATED
+    for saga_id in (ok, undone):
+        steps, events, packed = _rows(db, saga_id)
+        assert (steps, events) == (0, 0)
+        assert packed is not None
+    assert _rows(db, "run") == (0, 1, None)
+    conn = sqlite3.connect(db)
+    texts = {t for (t,) in conn.execute("SELECT text FROM sagaway_texts")}
+    conn.close()
+    assert {"reserve", "charge"} <= texts
+    async with SQLiteStore(f"sqlite:///{db}") as store:  # another process reads them back
+        for saga_id, record in records.items():
+            again = await store.get(saga_id)
+            assert (again.steps, again.history) == (record.steps, record.history)
+
+
+async def test_a_version_6_log_keeps_its_finished_sagas_as_rows(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    old = sqlite3.connect(db)
+    old.execute("CREATE TABLE sagaway_schema (version INTEGER PRIMARY KEY NOT NULL)")
+    for version in range(1, 7):
+        for statement in MIGRATIONS[version - 1]:
+            old.execute(statement)
+        old.execute("INSERT INTO sagaway_schema (version) VALUES (?)", (version,))
+    old.execute(
+        "INSERT INTO sagaway_instances (id, name, version, status, input, error, created_at, "
+        "updated_at) VALUES ('f', 's', 1, 'FAILED', '{}', 'boom', ?, ?)",
+        (T0, T0 + 2),
+    )
+    old.execute(
+        "INSERT INTO sagaway_steps VALUES "
+        "('f', 'a', 'forward', 'FAILED', 2, NULL, 'boom', 0, ?, ?)",
+        (T0, T0 + 2),
+    )
+    old.executemany(
+        "INSERT INTO sagaway_events (saga_id, at, type, step, attempt, detail) "
+        "VALUES ('f', ?, ?, ?, ?, ?)",
+        [(T0, "saga_started", None, None, None), (T0 + 2, "saga_failed", None, None, "boom")],
+    )
+    old.commit()
+    old.close()
+    async with SQLiteStore(f"sqlite:///{db}") as store:
+        before = await store.get("f")
+        assert [e.type for e in before.history] == [EventType.SAGA_STARTED, EventType.SAGA_FAILED]
+        assert _rows(db, "f") == (1, 2, None)  # the migration rewrote nothing
+        # An operator's retry takes it on; when it finishes again it is compacted, whole.
+        taken = await store.acquire(
+            "f", "op", now=T0 + 3, lease_seconds=9, statuses=[SagaStatus.FAILED]
+        )
+        assert taken is not None
+        assert taken.steps == before.steps
+        end = Event(T0 + 4, EventType.SAGA_COMPENSATED)
+        change = Change(status=SagaStatus.COMPENSATED, events=[end], release_lease=True)
+        await store.commit("f", "op", change, T0 + 4)
+        after = await store.get("f")
+    assert after.history == [*before.history, end]
+    assert after.steps == before.steps
+    assert _rows(db, "f")[:2] == (0, 0)
+
+
+async def test_finished_sagas_are_in_no_status_index(tmp_path: Path) -> None:
+    db = tmp_path / "plans.db"
+    async with SQLiteStore(f"sqlite:///{db}"):
+        pass
+    conn = sqlite3.connect(db)
+    conn.executemany(
+        "INSERT INTO sagaway_instances (id, name, version, status, input, created_at, "
+        "updated_at) VALUES (?, 's', 1, ?, NULL, ?, ?)",
+        [(f"s{i}", s, T0 + i, T0 + i) for i, s in enumerate(["SUCCEEDED", "RUNNING", "FAILED"])],
+    )
+    conn.commit()
+    for index, count in (("sagaway_instances_open", 2), ("sagaway_instances_free", 2)):
+        # A partial index's entries: count through it, forced.
+        n = conn.execute(
+            f"SELECT count(*) FROM sagaway_instances INDEXED BY {index} "
+            "WHERE status NOT IN ('SUCCEEDED','COMPENSATED')"
+            + (" AND waiting_for IS NULL" if index.endswith("free") else "")
+        ).fetchone()[0]
+        assert n == count
+    # The queries that need them still find them.
+    from sagaway.store import _sqlite_admin as admin
+    from sagaway.store import _sqlite_ops as ops
+
+    def plan(sql: str, params: tuple[object, ...]) -> str:
+        return " ".join(r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+
+    listing = (
+        "SELECT id FROM sagaway_instances WHERE status = ? AND "
+        f"{ops.NOT_DONE} ORDER BY created_at DESC, id DESC LIMIT 5"
+    )
+    assert "sagaway_instances_open" in plan(listing, ("FAILED",))
+    items, total = admin.read_list(conn, SagaStatus.SUCCEEDED, None, 10, 0)
+    assert ([r.id for r in items], total) == (["s0"], 1)
+    items, total = admin.read_list(conn, SagaStatus.FAILED, None, 10, 0)
+    assert ([r.id for r in items], total) == (["s2"], 1)
+    conn.execute("BEGIN IMMEDIATE")
+    claimed = ops.claim(conn, "e", T0 + 10, 5, [("s", 1)], 10, False)
+    conn.execute("ROLLBACK")
+    assert [r.id for r in claimed] == ["s1"]
+    conn.close()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_packing_gives_back_every_row_to_the_bit(seed: int) -> None:
+    rng = random.Random(seed)
+    base = rng.choice([T0, 1_795_682_717.4182477, 0.0, 2.0**31 + 0.5, 1e-300])
+    times = [
+        rng.choice([base, base + rng.random() * 10, base - rng.random(), rng.uniform(0, 5e9)])
+        for _ in range(40)
+    ]
+    steps = [
+        (
+            f"step-{i % 4}",
+            rng.choice(["forward", "compensation", "a phase of the future"]),
+            rng.choice(["SUCCEEDED", "FAILED", "SKIPPED", "NEW_STATUS"]),
+            rng.randrange(5),
+            rng.choice([None, "0", '""', '{"a":[1,2.5,null]}']),
+            rng.choice([None, "", "boom ✗"]),
+            rng.randrange(2),
+            rng.choice([None, times[i]]),
+            rng.choice([None, times[i + 1]]),
+        )
+        for i in range(8)
+    ]
+    events = [
+        (
+            times[i],
+            rng.choice(["saga_started", "step_started", "signal_received", "a_new_event"]),
+            rng.choice([None, "step-1", "step-9"]),
+            rng.choice([None, "forward", "compensation"]),
+            rng.choice([None, 0, 3]),
+            rng.choice([None, "", "engine-7", "detail ß"]),
+        )
+        for i in range(30)
+    ]
+    shared = {"step-1": 3, "engine-7": 12}
+    value = pack(base, steps, events, shared)
+    resolve = {3: "step-1", 12: "engine-7"}
+    back_steps, back_events = unpack(base, value, lambda ids: {i: resolve[i] for i in ids})
+    assert back_steps == steps
+    assert back_events == events
+    assert [repr(e[0]) for e in back_events] == [repr(e[0]) for e in events]
