@@ -7,6 +7,11 @@ PYTEST_ARGS ?=
 # and written for src/ and tests/ at the first run) instead of compiling every module again,
 # even where the environment says PYTHONDONTWRITEBYTECODE.
 PYTEST := env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest
+# Test processes at once (pytest-xdist), on 2 cores: much of the suite waits (child processes
+# starting, servers, fsync), not computes. `--dist loadgroup` keeps an `xdist_group` (the browser
+# tests' one Chromium) in one worker. TEST_WORKERS=0 runs in this process, in order.
+TEST_WORKERS ?= 4
+XDIST = -n $(TEST_WORKERS) --dist loadgroup
 
 .PHONY: install run test test-fast lint format bench clean
 
@@ -21,10 +26,10 @@ run: install
 	$(BIN)/checkout serve
 
 test: install
-	$(PYTEST) $(PYTEST_ARGS)
+	$(PYTEST) $(XDIST) $(PYTEST_ARGS)
 
 test-fast: install
-	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
+	$(PYTEST) $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

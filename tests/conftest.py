@@ -23,3 +23,18 @@ async def broker_to_ourselves() -> AsyncIterator[None]:
 
     async with servers.broker_to_ourselves():
         yield
+
+
+def _start_order(item: pytest.Item) -> tuple[bool, float]:
+    timeout = item.get_closest_marker("timeout")
+    budget = float(timeout.args[0]) if timeout is not None and timeout.args else 0.0
+    return item.get_closest_marker("slow") is None, -budget
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow tests first, those given the longest time budget (``timeout``) first among them,
+    otherwise in collection order: with parallel workers (``make test``) the minutes-long
+    crash and service tests start at once, rather than one arriving last while the other
+    workers have nothing left to do."""
+    items.sort(key=_start_order)

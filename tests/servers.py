@@ -27,6 +27,7 @@ import socket
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -294,17 +295,22 @@ async def _management_api() -> bool:
         import httpx
 
         try:
-            async with httpx.AsyncClient(auth=("guest", "guest"), timeout=5) as client:
+            async with _api_client(timeout=5) as client:
                 _api_up = (await client.get(f"{RABBITMQ_API}/whoami")).status_code == 200
         except httpx.HTTPError:
             _api_up = False
     return _api_up
 
 
-async def _api(method: str, path: str, body: object = None) -> None:
+def _api_client(timeout: float) -> Any:
     import httpx
 
-    async with httpx.AsyncClient(auth=("guest", "guest"), timeout=30) as client:
+    # Plain HTTP on loopback: verify=False spares loading the CA bundle (~50 ms of CPU).
+    return httpx.AsyncClient(auth=("guest", "guest"), timeout=timeout, verify=False)
+
+
+async def _api(method: str, path: str, body: object = None) -> None:
+    async with _api_client(timeout=30) as client:
         response = await client.request(method, f"{RABBITMQ_API}{path}", json=body)
     if response.status_code not in (200, 201, 204):
         raise RuntimeError(f"{method} {path}: {response.status_code} {response.text}")

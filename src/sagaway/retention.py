@@ -91,11 +91,14 @@ async def prune_finished(
     """
     removed: list[str] = []
     while True:
-        ids = await store.prunable(finished_before=finished_before, limit=batch)
-        if ids:
-            if before_delete is not None:
+        if before_delete is None:  # chosen and removed at once: workers take disjoint batches
+            ids = await store.prune_next(finished_before=finished_before, limit=batch)
+            removed += ids
+        else:
+            ids = await store.prunable(finished_before=finished_before, limit=batch)
+            if ids:
                 await before_delete(ids)
-            removed += await store.prune(ids, finished_before=finished_before)
+                removed += await store.prune(ids, finished_before=finished_before)
         if len(ids) < batch:
             return removed, True
         if until is not None and time.monotonic() >= until:

@@ -31,11 +31,13 @@ def chromium_check() -> None:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every browser test is slow (a server process, a browser, ~10 s each): ``-m "not slow"``
-    leaves them out; ``make test`` and CI run them."""
+    leaves them out; ``make test`` and CI run them. Under pytest-xdist (``--dist loadgroup``)
+    they all run in one worker: one Chromium and one server per module, as in a serial run."""
     here = Path(__file__).parent
     for item in items:
         if here in Path(str(item.path)).parents:
             item.add_marker(pytest.mark.slow)
+            item.add_marker(pytest.mark.xdist_group("browser"))
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +127,12 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
 @pytest.fixture(scope="module")
 def browser() -> object:
     require_server("chromium", chromium_check)
+    from playwright.sync_api import expect
+
+    # An ``expect`` waits for the page to reach a state (the same budget as every action's,
+    # ``page``): Playwright's 5 s default was too short for Swagger UI and ReDoc to build their
+    # page from the spec on a shared, loaded machine.
+    expect.set_options(timeout=20_000)
     return CHROMIUM_SHARED.get()
 
 

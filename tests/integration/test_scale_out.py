@@ -39,7 +39,8 @@ from checkout.domain.demo import DEMO_ACCOUNTS, DEMO_PRODUCTS
 from sagaway import EventType, SagaRecord, SagaStatus, open_store
 from servers import POSTGRES_URL, postgres_check, require_server
 
-pytestmark = pytest.mark.slow
+# Five processes and a PostgreSQL database of their own: minutes on a loaded machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 CHECKOUT = [sys.executable, "-m", "checkout.cli"]
 GATED_CHECKOUT = [sys.executable, str(Path(__file__).parents[1] / "gated_checkout.py")]

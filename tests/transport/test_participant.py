@@ -59,17 +59,21 @@ def command(
     )
 
 
-async def _wait_for_lock_waiter(url: str) -> None:
-    """Until a PostgreSQL backend waits on a lock: the duplicate blocks on the claimed row."""
+async def _wait_for_lock_waiter(url: str, schema: str) -> None:
+    """Until a PostgreSQL backend waits on a lock: the duplicate blocks on the claimed row. Only
+    a backend holding a lock on this test's inbox table counts: the same test may run in
+    another process on the same server."""
     probe = Participant("probe", url)
     try:
         for _ in range(3000):
             with probe.sync_engine.connect() as conn:
                 waiting = conn.execute(
                     text(
-                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                        "AND query LIKE '%sagaway_inbox%'"
-                    )
+                        "SELECT count(*) FROM pg_stat_activity a WHERE a.wait_event_type = 'Lock'"
+                        " AND a.query LIKE '%sagaway_inbox%' AND EXISTS (SELECT 1 FROM pg_locks l"
+                        " WHERE l.pid = a.pid AND l.relation = to_regclass(:inbox))"
+                    ),
+                    {"inbox": f'"{schema}".sagaway_inbox'},
                 ).scalar_one()
             if waiting:
                 return
@@ -90,7 +94,7 @@ async def test_concurrent_duplicates_apply_once_on_postgresql() -> None:
             one = asyncio.create_task(first.handle(command()))
             await asyncio.to_thread(hold.entered.wait, 30)
             two = asyncio.create_task(second.handle(command()))
-            await _wait_for_lock_waiter(url)
+            await _wait_for_lock_waiter(url, schema)
             hold.release.set()
             replies = await asyncio.gather(one, two)
         finally:
@@ -301,7 +305,7 @@ async def test_a_compensation_racing_its_running_forward_command_undoes_it() -> 
             running = asyncio.create_task(first.handle(forward))
             await asyncio.to_thread(entered.wait, 30)
             undoing = asyncio.create_task(second.handle(compensation))
-            await _wait_for_lock_waiter(url)
+            await _wait_for_lock_waiter(url, schema)
             hold.set()
             done, undone = await asyncio.gather(running, undoing)
             late = await first.handle(forward)  # a retry of the forward: the recorded reply

@@ -36,12 +36,7 @@ class RetentionStatements:
         # One statement, one transaction: the saga row is re-checked and deleted under its row
         # lock, and its rows go with it. The outbox has no saga_id index: it holds only the
         # messages not yet published, a few rows.
-        self.prune = f"""
-WITH gone AS (
-  DELETE FROM {inst} WHERE id = ANY($1::text[]) AND status IN ({_PRUNABLE_SQL})
-    AND NOT pinned AND updated_at < $2
-  RETURNING id
-), steps AS (
+        with_rows = f"""), steps AS (
   DELETE FROM {s}.sagaway_steps WHERE saga_id IN (SELECT id FROM gone)
 ), events AS (
   DELETE FROM {s}.sagaway_events WHERE saga_id IN (SELECT id FROM gone)
@@ -50,6 +45,27 @@ WITH gone AS (
 )
 SELECT id FROM gone
 """
+        self.prune = f"""
+WITH gone AS (
+  DELETE FROM {inst} WHERE id = ANY($1::text[]) AND status IN ({_PRUNABLE_SQL})
+    AND NOT pinned AND updated_at < $2
+  RETURNING id
+{with_rows}"""
+        # The same choice as ``prunable``, but each candidate row is locked as it is chosen
+        # and deleted in the same statement; rows another pruner holds are skipped, not waited
+        # for: concurrent workers take disjoint batches.
+        locked = [
+            f"s{i} AS ({one_status.format(status=st.value)[1:-1]} FOR UPDATE SKIP LOCKED)"
+            for i, st in enumerate(PRUNABLE_STATUSES)
+        ]
+        chosen = " UNION ALL ".join(f"SELECT id, updated_at FROM s{i}" for i in range(len(locked)))
+        self.prune_next = f"""
+WITH {", ".join(locked)},
+picked AS (SELECT id FROM ({chosen}) x ORDER BY updated_at, id LIMIT $2),
+gone AS (
+  DELETE FROM {inst} WHERE id IN (SELECT id FROM picked)
+  RETURNING id
+{with_rows}"""
         self.pin = f"UPDATE {inst} SET pinned = $2 WHERE id = $1"
 
 
@@ -63,6 +79,12 @@ async def prune(
     conn: asyncpg.Connection, sql: RetentionStatements, ids: list[str], finished_before: float
 ) -> list[str]:
     return [row[0] for row in await conn.fetch(sql.prune, ids, finished_before)]
+
+
+async def prune_next(
+    conn: asyncpg.Connection, sql: RetentionStatements, finished_before: float, limit: int
+) -> list[str]:
+    return [row[0] for row in await conn.fetch(sql.prune_next, finished_before, limit)]
 
 
 async def set_pinned(

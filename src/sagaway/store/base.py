@@ -378,6 +378,14 @@ class PruningStore(SagaStore):
         delete: a saga pinned or written meanwhile stays), with their steps, events and outbox
         messages. Unknown ids are ignored. Returns the ids removed."""
 
+    async def prune_next(self, *, finished_before: float, limit: int) -> list[str]:
+        """Remove up to ``limit`` prunable sagas, oldest first, and return their ids: what
+        ``prunable`` then ``prune`` do, in one step where the store can, so that concurrent
+        callers (several workers on one log) take disjoint batches instead of all choosing the
+        same oldest sagas (PostgreSQL skips the rows another pruner holds)."""
+        ids = await self.prunable(finished_before=finished_before, limit=limit)
+        return await self.prune(ids, finished_before=finished_before) if ids else []
+
     @abstractmethod
     async def set_pinned(self, saga_id: str, pinned: bool) -> SagaRecord:
         """Pin (or unpin) a saga of any status; returns it without history. Writes nothing

@@ -560,6 +560,10 @@ class PostgresStore(OutboxStore, PruningStore):
         async with self._connection() as conn:
             return await retention.prune(conn, self._retention, wanted, finished_before)
 
+    async def prune_next(self, *, finished_before: float, limit: int) -> list[str]:
+        async with self._connection() as conn:
+            return await retention.prune_next(conn, self._retention, finished_before, max(limit, 0))
+
     async def set_pinned(self, saga_id: str, pinned: bool) -> SagaRecord:
         if not storable_text(saga_id):
             raise SagaNotFound(saga_id)

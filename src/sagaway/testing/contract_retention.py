@@ -142,6 +142,18 @@ class PruningStoreContract:
             removed += await store.prune(batch, finished_before=CUTOFF)
         assert removed == [f"s{n}" for n in range(5)]
 
+    async def test_prune_next_removes_the_oldest_prunable_batch(self, store: PruningStore) -> None:
+        for n in range(4):
+            await _saga(store, f"s{n}", SagaStatus.SUCCEEDED, at=OLD + n, created=T0 + n)
+        await _saga(store, "recent", SagaStatus.SUCCEEDED, at=RECENT)
+        await _saga(store, "running", SagaStatus.RUNNING)
+        await store.set_pinned("s0", True)
+        assert sorted(await store.prune_next(finished_before=CUTOFF, limit=2)) == ["s1", "s2"]
+        assert await store.prune_next(finished_before=CUTOFF, limit=2) == ["s3"]
+        assert await store.prune_next(finished_before=CUTOFF, limit=2) == []
+        left = sorted(r.id for r in (await store.list_sagas(limit=10)).items)
+        assert left == ["recent", "running", "s0"]
+
     async def test_pin_shows_on_the_record_and_unpin_makes_it_prunable(
         self, store: PruningStore
     ) -> None:
