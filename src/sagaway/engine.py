@@ -541,18 +541,20 @@ class Engine:
         hooks = self._hooks
         if hooks is not None:
             hooks.after_claim(record, reason)
+        # Positional (once per saga): saga, record, store, owner, clock, listener, prewritten,
+        # hooks, dispatcher, relay, carry.
         run = SagaRun(
-            saga=saga,
-            record=record,
-            store=self.store,
-            owner=self.owner_id,
-            clock=self.clock,
-            listener=self._first_commit(committed) if committed else self._listener(),
-            prewritten=prewritten,
-            hooks=hooks,
-            dispatcher=self.transport,
-            relay=self._relay.relay if self._parks else None,
-            carry=carry,
+            saga,
+            record,
+            self.store,
+            self.owner_id,
+            self.clock,
+            self._first_commit(committed) if committed else self._listener(),
+            prewritten,
+            hooks,
+            self.transport,
+            self._relay.relay if self._parks else None,
+            carry,
         )
         self._runs[record.id] = run
         if committed is not None:

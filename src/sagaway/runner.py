@@ -62,7 +62,6 @@ class SagaRun(RemoteSteps):
 
     def __init__(
         self,
-        *,
         saga: Saga,
         record: SagaRecord,
         store: SagaStore,
