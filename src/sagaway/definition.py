@@ -76,11 +76,23 @@ DEFAULT_RETRY = RetryPolicy()
 DEFAULT_COMPENSATION_RETRY = RetryPolicy(max_attempts=5, initial_delay=0.1, max_delay=5.0)
 
 
+_adapters: dict[Any, TypeAdapter[Any]] = {}
+
+
 def _adapter(annotation: Any) -> TypeAdapter[Any] | None:
-    """A pydantic adapter to encode/decode values of ``annotation``; None for plain JSON."""
+    """A pydantic adapter to encode/decode values of ``annotation``; None for plain JSON.
+
+    One adapter per annotation: the steps of a saga that take its input as the same type share
+    it, so a run decodes the input once rather than once per step (it caches by adapter)."""
     if annotation in (inspect.Parameter.empty, Any, None, type(None)):
         return None
-    return TypeAdapter(annotation)
+    try:
+        adapter = _adapters.get(annotation)
+    except TypeError:  # an unhashable annotation: its own adapter
+        return TypeAdapter(annotation)
+    if adapter is None:
+        adapter = _adapters[annotation] = TypeAdapter(annotation)
+    return adapter
 
 
 def describe_validation(exc: ValidationError, limit: int = 3) -> str:

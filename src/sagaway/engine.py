@@ -26,6 +26,7 @@ from sagaway.errors import (
     LeaseLost,
     StoreError,
     UnknownSagaError,
+    UnstorableValue,
 )
 from sagaway.hooks import ClaimReason, Hook, HookChain
 from sagaway.outbox_relay import OutboxRelay
@@ -272,8 +273,13 @@ class Engine:
         seconds = deadline if deadline is not None else saga.deadline
         deadline_at = None if seconds is None else now + seconds
         saga_id, encoded = _new_id(now), saga.encode_input(input)
-        # Refused here, before anything is written, the same way on every store.
-        check_value(encoded, f"the input of saga {saga.name!r} (a {type(input).__name__})")
+        # Refused here, before anything is written, the same way on every store. What it
+        # names is formatted only for a refused input (it cost more than the check itself).
+        try:
+            check_value(encoded, "")
+        except UnstorableValue:
+            check_value(encoded, f"the input of saga {saga.name!r} (a {type(input).__name__})")
+            raise
         check_text(idempotency_key, "the idempotency key")
         if self.execute:
             # Step 0 is recorded RUNNING in the same write that creates the saga. Built
@@ -541,18 +547,20 @@ class Engine:
         hooks = self._hooks
         if hooks is not None:
             hooks.after_claim(record, reason)
+        # Positional (once per saga): saga, record, store, owner, clock, listener, prewritten,
+        # hooks, dispatcher, relay, carry.
         run = SagaRun(
-            saga=saga,
-            record=record,
-            store=self.store,
-            owner=self.owner_id,
-            clock=self.clock,
-            listener=self._first_commit(committed) if committed else self._listener(),
-            prewritten=prewritten,
-            hooks=hooks,
-            dispatcher=self.transport,
-            relay=self._relay.relay if self._parks else None,
-            carry=carry,
+            saga,
+            record,
+            self.store,
+            self.owner_id,
+            self.clock,
+            self._first_commit(committed) if committed else self._listener(),
+            prewritten,
+            hooks,
+            self.transport,
+            self._relay.relay if self._parks else None,
+            carry,
         )
         self._runs[record.id] = run
         if committed is not None:

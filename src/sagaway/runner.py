@@ -62,7 +62,6 @@ class SagaRun(RemoteSteps):
 
     def __init__(
         self,
-        *,
         saga: Saga,
         record: SagaRecord,
         store: SagaStore,
@@ -430,23 +429,28 @@ class SagaRun(RemoteSteps):
         failure: Exception | None = None
         while True:
             attempt += 1
+            # Positional, as in _run_step: name, phase, status, attempts, output, error,
+            # uncertain, started_at; the event's at, type, step, phase, attempt, detail.
             running = StepRecord(
-                name=step.name,
-                phase=COMPENSATION,
-                status=StepStatus.COMPENSATING,
-                attempts=attempt,
-                started_at=started_at or now,
+                step.name,
+                COMPENSATION,
+                StepStatus.COMPENSATING,
+                attempt,
+                None,
+                None,
+                False,
+                started_at or now,
             )
             started_at = running.started_at
             pending.steps.append(running)
             pending.events.append(
                 Event(
-                    at=now,
-                    type=EventType.COMPENSATION_STARTED,
-                    step=step.name,
-                    phase=COMPENSATION,
-                    attempt=attempt,
-                    detail=self.owner,
+                    now,
+                    EventType.COMPENSATION_STARTED,
+                    step.name,
+                    COMPENSATION,
+                    attempt,
+                    self.owner,
                 )
             )
             ctx = self._context(step, COMPENSATION, attempt)

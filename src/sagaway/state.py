@@ -187,26 +187,28 @@ class SagaRecord:
     def copy(self, *, history: bool = True) -> SagaRecord:
         """A copy safe to hand out: its own step map and history list. Step rows are shared,
         which is safe because nothing mutates a StepRecord once it is committed."""
+        # Positional, in field order: every saga waited for gets one, where keyword
+        # construction of this slotted dataclass costs ~40% more.
         return SagaRecord(
-            id=self.id,
-            name=self.name,
-            version=self.version,
-            status=self.status,
-            input=self.input,
-            created_at=self.created_at,
-            updated_at=self.updated_at,
-            idempotency_key=self.idempotency_key,
-            owner=self.owner,
-            lease_expires_at=self.lease_expires_at,
-            deadline_at=self.deadline_at,
-            cancel_requested=self.cancel_requested,
-            error=self.error,
-            steps=dict(self.steps),
-            history=list(self.history) if history else [],
-            waiting_for=self.waiting_for,
-            parked_until=self.parked_until,
-            pinned=self.pinned,
-            definition=self.definition,
+            self.id,
+            self.name,
+            self.version,
+            self.status,
+            self.input,
+            self.created_at,
+            self.updated_at,
+            self.idempotency_key,
+            self.owner,
+            self.lease_expires_at,
+            self.deadline_at,
+            self.cancel_requested,
+            self.error,
+            dict(self.steps),
+            list(self.history) if history else [],
+            self.waiting_for,
+            self.parked_until,
+            self.pinned,
+            self.definition,
         )
 
     def output(self, step: str) -> Any:

@@ -12,9 +12,12 @@ orchestration (remote steps over the saga transport, the payment step waiting fo
 * every path: delivered, no courier (refunded), cancelled, confirmed twice (one capture), the
   409s, the 404s, the couriers, ``GET /orders``; money read from the payment service's own
   database is conserved (balances + captured payments), and each table is where it belongs;
+* the payment timeout in both styles, enforced across the processes (the payment service's
+  sweep; the gateway engine's durable timer);
 * the gateway killed -9 after the payment service confirmed an orchestrated order's payment
-  and before the gateway signalled the saga: the payment's ``payment-decided`` event (in the
-  payment service's outbox) reaches the restarted gateway, which signals: the order completes;
+  and before the gateway signalled the saga (over HTTP and over RabbitMQ): the payment's
+  ``payment-decided`` event (in the payment service's outbox) reaches the restarted gateway,
+  which signals: the order completes;
 * a crash: the payment service killed -9 after confirming a payment (capture and its
   ``order-confirmed`` committed) and before the event is published; after its restart the
   relay publishes it: the order completes once, one capture, one delivery, money conserved.
@@ -255,6 +258,37 @@ async def test_every_path_over_rabbitmq(tmp_path: Path) -> None:
         every_path(checkout)
 
 
+def test_payments_time_out_over_http(pay_later_http: PayLater) -> None:
+    """Nobody confirms: in both styles the order is cancelled by the payment timeout (2 s
+    here), enforced across the processes: the choreographed payment by the payment service's
+    sweep (its payment-cancelled event cancels the order in the gateway), the orchestrated
+    one by the gateway engine's durable timer on the saga's wait (it compensates, cancelling
+    the payment in the payment service). A late confirm is a 409; no money moved."""
+    checkout = pay_later_http
+    timeout = {"SAGAWAY_PAYMENT_TIMEOUT_SECONDS": "2"}
+    for name in SERVICES:
+        checkout.start(name, **timeout)
+    checkout.start_gateway(**timeout)
+    with checkout.client() as client:
+        before = balances(client)
+        for flow in FLOWS:
+            order = create(client, TORONTO, flow)
+            done = ended(client, order["order_id"])
+            assert (done["status"], done["reason"]) == (
+                "cancelled",
+                "payment not confirmed within 2 s",
+            ), (flow, done)
+            payment = client.get(f"/payments/{order['payment_id']}").json()
+            assert (payment["status"], payment["refunded"]) == ("cancelled", False), payment
+            late = client.post("/payments/confirm", json={"payment_id": order["payment_id"]})
+            assert late.status_code == 409, late.text
+        assert balances(client) == before
+    assert checkout.rows("payment", "SELECT count(*) FROM payments WHERE status='captured'") == [
+        (0,)
+    ]
+    assert checkout.money() == demo_total_money_cents()
+
+
 # --------------------------------------------------------------------------- the crash
 
 
@@ -310,8 +344,10 @@ async def test_rabbitmq_payment_killed_between_commit_and_publish(tmp_path: Path
         killed_before_publish(checkout, "payment", "order-confirmed")
 
 
-def test_http_gateway_killed_between_the_capture_and_the_signal(pay_later_http: PayLater) -> None:
-    checkout = pay_later_http
+def gateway_killed_between_the_capture_and_the_signal(checkout: PayLater) -> None:
+    """The gateway killed -9 holding an orchestrated order's confirm signal, the capture
+    committed in the payment service: restarted, it signals the saga from the payment's
+    payment-decided event (same signal id), and the order completes, captured once."""
     checkout.start_all()
     checkout.procs["gateway"].stop()
     checkout.start_gateway(CRASH_HOLD_SIGNAL="1")
@@ -343,3 +379,12 @@ def test_http_gateway_killed_between_the_capture_and_the_signal(pay_later_http: 
     assert round((before["user_1"] - after["user_1"]) * 100) == 10_000, "captured once"
     assert checkout.money() == demo_total_money_cents()
     assert checkout.rows("payment", "SELECT count(*) FROM flow_payment_outbox") == [(0,)]
+
+
+def test_http_gateway_killed_between_the_capture_and_the_signal(pay_later_http: PayLater) -> None:
+    gateway_killed_between_the_capture_and_the_signal(pay_later_http)
+
+
+async def test_rabbitmq_gateway_killed_between_the_capture_and_the_signal(tmp_path: Path) -> None:
+    async with pay_later_rabbitmq(tmp_path) as checkout:
+        gateway_killed_between_the_capture_and_the_signal(checkout)
