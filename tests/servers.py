@@ -258,9 +258,36 @@ async def broker_to_ourselves() -> AsyncIterator[None]:
     """Around a test that stops the broker (``rabbitmqctl stop_app``): waits until no other
     test process uses it, and keeps them waiting (``BROKER_LOCK``) until the block ends. Enter
     it first, before the test's vhost, so the test runs as it would alone."""
-    require_server("rabbitmq", rabbitmq_check)
     async with _broker_lock.exclusive():
-        yield
+        require_server("rabbitmq", rabbitmq_check)
+        try:
+            yield
+        finally:
+            await _broker_back()
+
+
+async def _broker_back(budget: float = 120.0) -> None:
+    """Until the broker answers again (AMQP, and the management API when in use), so the test
+    that stopped and started it hands the next ones a broker as they expect it."""
+    from urllib.parse import urlsplit
+
+    import httpx
+
+    parts = urlsplit(RABBITMQ_URL)
+    amqp = tcp_check(parts.hostname or "127.0.0.1", parts.port or 5672, timeout=1.0)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + budget
+    while True:
+        try:
+            await asyncio.to_thread(amqp)
+            if _api_up:
+                async with _api_client(timeout=1) as client:
+                    (await client.get(f"{RABBITMQ_API}/whoami")).raise_for_status()
+            return
+        except (OSError, httpx.HTTPError):
+            if loop.time() > deadline:
+                raise
+        await asyncio.sleep(0.1)  # polling a server's start-up: no event to wait on
 
 
 @contextlib.asynccontextmanager
@@ -271,9 +298,9 @@ async def fresh_rabbit_vhost(tag: str = "test") -> AsyncIterator[str]:
 
     The deletion runs in the background (``rabbitmqctl`` costs about a second a call) and is
     waited for when the test session's interpreter exits."""
-    require_server("rabbitmq", rabbitmq_check)
-    await _broker_lock.share()
+    await _broker_lock.share()  # first: the broker may be stopped until then, on purpose
     try:
+        require_server("rabbitmq", rabbitmq_check)
         async with _vhost(tag) as url:
             yield url
     finally:

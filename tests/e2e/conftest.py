@@ -39,7 +39,6 @@ from servers import (
     fresh_rabbit_vhost,
     pg_schema_url,
     postgres_check,
-    rabbitmq_check,
     require_server,
     unique_pg_schema,
 )
@@ -60,7 +59,7 @@ async def remote_settings(transport: str, tmp_path: Path) -> AsyncIterator[Setti
     async with contextlib.AsyncExitStack() as stack:
         rabbitmq_url = ""
         if transport == "rabbitmq":
-            require_server("rabbitmq", rabbitmq_check)
+            # It checks the broker (require_server) once no test has it stopped.
             rabbitmq_url = await stack.enter_async_context(fresh_rabbit_vhost("e2e"))
         urls: dict[str, str] = {}
         for name in SERVICES:
