@@ -26,6 +26,7 @@ from sagaway.errors import (
     LeaseLost,
     StoreError,
     UnknownSagaError,
+    UnstorableValue,
 )
 from sagaway.hooks import ClaimReason, Hook, HookChain
 from sagaway.outbox_relay import OutboxRelay
@@ -272,8 +273,13 @@ class Engine:
         seconds = deadline if deadline is not None else saga.deadline
         deadline_at = None if seconds is None else now + seconds
         saga_id, encoded = _new_id(now), saga.encode_input(input)
-        # Refused here, before anything is written, the same way on every store.
-        check_value(encoded, f"the input of saga {saga.name!r} (a {type(input).__name__})")
+        # Refused here, before anything is written, the same way on every store. What it
+        # names is formatted only for a refused input (it cost more than the check itself).
+        try:
+            check_value(encoded, "")
+        except UnstorableValue:
+            check_value(encoded, f"the input of saga {saga.name!r} (a {type(input).__name__})")
+            raise
         check_text(idempotency_key, "the idempotency key")
         if self.execute:
             # Step 0 is recorded RUNNING in the same write that creates the saga. Built

@@ -74,9 +74,9 @@ async def store(db: Path) -> AsyncIterator[SQLiteStore]:
 
 
 def test_parse_url() -> None:
-    assert parse_url("sqlite:///sagas.db") == ("sagas.db", True, 10_000, 0.25)
-    assert parse_url("sqlite:////var/lib/sagas.db") == ("/var/lib/sagas.db", True, 10_000, 0.25)
-    assert parse_url("sqlite:///a.db?durable=false&busy_timeout=50") == ("a.db", False, 50, 0.25)
+    assert parse_url("sqlite:///sagas.db") == ("sagas.db", True, 10_000)
+    assert parse_url("sqlite:////var/lib/sagas.db") == ("/var/lib/sagas.db", True, 10_000)
+    assert parse_url("sqlite:///a.db?durable=false&busy_timeout=50") == ("a.db", False, 50)
     assert parse_url("sqlite:///a.db?durable=true")[1] is True
     for bad in ("sqlite://", "sqlite:///", "sqlite:///:memory:", "sqlite:///a.db?nope=1"):
         with pytest.raises(SagawayError):

@@ -3,9 +3,7 @@
 ``sqlite:///relative.db`` or ``sqlite:////absolute/path.db``. Query parameters:
 ``durable=false`` relaxes ``synchronous`` from FULL to NORMAL (a power loss may then lose the
 last transitions; a process crash still loses nothing), ``busy_timeout`` (milliseconds, default
-10000) bounds how long a write waits for another process holding the file's write lock,
-``checkpoint_interval`` (seconds, default 0.25, 0: after every batch) how often the WAL is
-copied into the database file between two batches (``_sqlite_commit``).
+10000) bounds how long a write waits for another process holding the file's write lock.
 
 Why group commit: a durable SQLite commit costs an fsync, and one fsync per transition caps a
 store at roughly a thousand transitions a second. Here every write (create, commit, claim,
@@ -24,8 +22,8 @@ thread could not run it in parallel with the loop anyway, and handing each batch
 and the results back (two thread wake-ups, and the two threads contending for the GIL inside
 the batch) cost more than the overlap it bought. Measured on the engine benchmark: 2.6 ms per
 batch on the loop against 3.2-4.0 ms on a writer thread for the same 2.1 ms of CPU, 15-30% more
-sagas per second. Only the durable COMMIT (an fsync) and WAL checkpoints run on a committer
-thread (``_sqlite_commit``); reads, which may wait on disk, stay on their own thread.
+sagas per second. The price is that the loop waits for the fsync (well under a millisecond on
+an SSD); reads, which may wait on disk, stay on their own thread.
 
 User code (``run_in_transaction`` functions, ``ctx.atomic()`` writes) runs on the writer's
 connection with an authorizer that refuses COMMIT/ROLLBACK/BEGIN and the store's own savepoint:
@@ -64,7 +62,6 @@ from sagaway.state import Change, Event, NewSaga, OutboxMessage, SagaRecord, Sag
 from sagaway.store import _sqlite_admin as admin
 from sagaway.store import _sqlite_ops as ops
 from sagaway.store._codec import check_change, check_new, storable_text
-from sagaway.store._sqlite_commit import DEFAULT_CHECKPOINT_INTERVAL, Committer, translate
 from sagaway.store._sqlite_schema import connect, migrate
 from sagaway.store.base import OutboxStore, Page, PruningStore, TransactionalStore
 
@@ -81,6 +78,7 @@ _FALSE = {"0", "false", "no", "off"}
 # The store's own transaction and savepoint statements carry a comment so that they never share
 # the driver's statement cache with a user's plain "COMMIT" (cached ones are not re-authorized).
 _BEGIN = "BEGIN IMMEDIATE /* sagaway */"
+_COMMIT = "COMMIT /* sagaway */"
 _ROLLBACK = "ROLLBACK /* sagaway */"
 _SAVEPOINT = "SAVEPOINT sagaway_op /* sagaway */"
 _ROLLBACK_TO = "ROLLBACK TO sagaway_op /* sagaway */"
@@ -96,8 +94,8 @@ class SQLiteStoreStats:
     operations: int = 0
 
 
-def parse_url(url: str) -> tuple[str, bool, int, float]:
-    """``(path, durable, busy_timeout_ms, checkpoint_interval)`` from a ``sqlite:///...`` URL."""
+def parse_url(url: str) -> tuple[str, bool, int]:
+    """``(path, durable, busy_timeout_ms)`` from a ``sqlite:///...`` URL."""
     parts = urlsplit(url)
     if not parts.scheme.startswith("sqlite") or parts.netloc:
         raise SagawayError(
@@ -109,20 +107,25 @@ def parse_url(url: str) -> tuple[str, bool, int, float]:
             f"bad SQLite URL {url!r}: a file path is required (use memory:// for an "
             "in-memory store)"
         )
-    durable, busy_timeout, checkpoint_interval = True, 10_000, DEFAULT_CHECKPOINT_INTERVAL
+    durable, busy_timeout = True, 10_000
     for key, values in parse_qs(parts.query, keep_blank_values=True).items():
         value = values[-1]
         if key == "durable":
             durable = value.lower() not in _FALSE
         elif key == "busy_timeout":
             busy_timeout = int(value)
-        elif key == "checkpoint_interval":
-            checkpoint_interval = float(value)
-            if not checkpoint_interval >= 0:  # NaN too
-                raise SagawayError(f"checkpoint_interval must be >= 0 seconds in {url!r}")
         else:
             raise SagawayError(f"unknown SQLite URL parameter {key!r} in {url!r}")
-    return path, durable, busy_timeout, checkpoint_interval
+    return path, durable, busy_timeout
+
+
+def _translate(exc: BaseException) -> BaseException:
+    """Driver errors become StoreError at this edge; the port's own errors pass through."""
+    if isinstance(exc, sqlite3.Error):
+        error = StoreError(f"sqlite: {exc}")
+        error.__cause__ = exc
+        return error
+    return exc
 
 
 class SQLiteStore(OutboxStore, TransactionalStore, PruningStore):
@@ -135,7 +138,7 @@ class SQLiteStore(OutboxStore, TransactionalStore, PruningStore):
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.path, self.durable, self.busy_timeout_ms, self.checkpoint_interval = parse_url(url)
+        self.path, self.durable, self.busy_timeout_ms = parse_url(url)
         self.stats = SQLiteStoreStats()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: list[_Op] = []
@@ -145,7 +148,6 @@ class SQLiteStore(OutboxStore, TransactionalStore, PruningStore):
         self._flusher: asyncio.Task[None] | None = None
         self._reader: ThreadPoolExecutor | None = None
         self._reader_conn: sqlite3.Connection | None = None
-        self._committer: Committer | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -170,12 +172,6 @@ class SQLiteStore(OutboxStore, TransactionalStore, PruningStore):
             reader.shutdown(wait=False)
             raise
         self._writer_conn, self._reader, self._loop = writer_conn, reader, loop
-        self._committer = Committer(
-            writer_conn,
-            threaded=self.durable,
-            checkpoint_interval=self.checkpoint_interval,
-            clock=loop.time,
-        )
         self._flusher = loop.create_task(self._flush_loop(), name="sagaway-sqlite-flush")
 
     def _open_writer(self) -> sqlite3.Connection:
@@ -198,8 +194,6 @@ class SQLiteStore(OutboxStore, TransactionalStore, PruningStore):
         assert self._flusher is not None
         assert self._writer_conn is not None
         await self._flusher
-        assert self._committer is not None
-        self._committer.close()
         self._writer_conn.close()
         assert self._reader is not None
         assert self._reader_conn is not None
@@ -223,9 +217,8 @@ class SQLiteStore(OutboxStore, TransactionalStore, PruningStore):
         so batches fill up. Waiting for them is deliberate: writing a partial batch as soon as
         the last one is done measured slower (more, smaller batches: each one costs an fsync).
         """
-        conn, guard, committer = self._writer_conn, self._guard, self._committer
+        conn, guard = self._writer_conn, self._guard
         assert conn is not None
-        assert committer is not None
         while True:
             if not self._pending:
                 if self._state != "open":
@@ -242,8 +235,6 @@ class SQLiteStore(OutboxStore, TransactionalStore, PruningStore):
             self.stats.operations += len(batch)
             try:
                 results = self._write_batch(conn, batch, guard)
-                if conn.in_transaction and (error := await committer.commit()) is not None:
-                    results = [(future, None, error) for future, _, _ in batch]
             except BaseException as exc:  # never leave a caller waiting forever
                 guard.active = False
                 with contextlib.suppress(sqlite3.Error):
@@ -255,11 +246,10 @@ class SQLiteStore(OutboxStore, TransactionalStore, PruningStore):
                     continue
                 raise  # KeyboardInterrupt/SystemExit: the batch runs on the loop's thread now
             _resolve(results)
-            await committer.checkpoint_if_due()
 
     @staticmethod
     def _write_batch(conn: sqlite3.Connection, batch: list[_Op], guard: _Guard) -> list[_Result]:
-        """One transaction for the whole batch (the committer COMMITs it); each operation atomic.
+        """One transaction for the whole batch, one durable COMMIT; each operation atomic.
 
         Fast path: the store's own operations raise their contract errors before their first
         write (see ``_sqlite_ops``), so they need no savepoint, and their step rows and events
@@ -512,7 +502,7 @@ def _user_error(exc: Exception, guard: _Guard) -> BaseException:
         )
         error.__cause__ = exc
         return error
-    return translate(exc)
+    return _translate(exc)
 
 
 def _apply(
@@ -577,6 +567,7 @@ def _apply(
                 if conn.in_transaction:
                     execute(_ROLLBACK)
                 raise _Replay from None
+        execute(_COMMIT)
     except (sqlite3.Error, _TransactionEnded) as exc:
         # The transaction itself failed (I/O error, disk full, user code ended it): no
         # operation can be reported as done, so every one fails (the engine then resumes its
@@ -584,7 +575,7 @@ def _apply(
         guard.active = False
         if conn.in_transaction:
             conn.execute(_ROLLBACK)
-        error = translate(exc)
+        error = _translate(exc)
         return [(future, None, error) for future, _, _ in batch]
     return results
 
