@@ -55,12 +55,15 @@ def serve_forever(db: str, bare: bool) -> None:
 
     app = FastAPI()
     if bare:
-        reply = json.dumps({"ok": True, "output": {"reserved": 1}}).encode()
+        echoed = ("message_id", "saga_id", "step", "phase", "attempt", "participant")
 
-        @app.post("/saga/commands/{command}")
-        async def run_command(command: str, request: Request) -> Response:
-            await request.body()
-            return Response(reply, media_type="application/json")
+        async def run_command(request: Request) -> Response:
+            body = json.loads(await request.body())
+            reply = {**{k: body[k] for k in echoed}, "ok": True, "output": {"reserved": 1}}
+            return Response(json.dumps(reply).encode(), media_type="application/json")
+
+        # A plain Starlette route: no FastAPI parameter machinery, the least a route can do.
+        app.router.add_route("/saga/commands/{command}", run_command, methods=["POST"])
 
     else:
         participant = Participant(PARTICIPANT, f"sqlite:///{db}")
@@ -273,9 +276,8 @@ def main() -> None:
             f"{kind:<10} {r['calls_per_s']:>9} {r['p50_ms']:>8} {r['p99_ms']:>8} "
             f"{r['client_cpu_us_per_call']:>19} {r['server_cpu_us_per_call']:>19}"
         )
-    winner = max(
-        (best[kind] for kind in CANDIDATES if kind in best), key=lambda r: r["calls_per_s"]
-    )["client"]
+    candidates = [best[kind] for kind in CANDIDATES if kind in best]
+    winner = max(candidates, key=lambda r: r["calls_per_s"])["client"] if candidates else None
     print(
         json.dumps(
             {
@@ -283,6 +285,7 @@ def main() -> None:
                 "n": args.n,
                 "concurrency": args.concurrency,
                 "rounds": args.rounds,
+                "bare": args.bare,
                 "winner": winner,
                 **{kind: best[kind] for kind in best},
             }

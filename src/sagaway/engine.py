@@ -44,13 +44,11 @@ from sagaway.state import (
     Change,
     Event,
     EventType,
-    NewSaga,
-    Phase,
     SagaRecord,
     SagaStatus,
-    StepRecord,
-    StepStatus,
     apply_change,
+    new_saga,
+    new_saga_id,
     record_from_new,
 )
 from sagaway.store import SagaStore, open_store
@@ -69,11 +67,6 @@ log = logging.getLogger("sagaway.engine")
 # engine wakes it at once.
 WAIT_FIRST_LOOK = 0.005
 WAIT_LONGEST_LOOK = 0.25
-
-
-def _new_id(now: float) -> str:
-    """Time-ordered (so indexes append) and random (so engines never collide)."""
-    return f"{int(now * 1000):012x}{os.urandom(10).hex()}"
 
 
 class Engine:
@@ -272,7 +265,7 @@ class Engine:
         now = self.clock.now()
         seconds = deadline if deadline is not None else saga.deadline
         deadline_at = None if seconds is None else now + seconds
-        saga_id, encoded = _new_id(now), saga.encode_input(input)
+        saga_id, encoded = new_saga_id(now), saga.encode_input(input)
         # Refused here, before anything is written, the same way on every store. What it
         # names is formatted only for a refused input (it cost more than the check itself).
         try:
@@ -281,43 +274,18 @@ class Engine:
             check_value(encoded, f"the input of saga {saga.name!r} (a {type(input).__name__})")
             raise
         check_text(idempotency_key, "the idempotency key")
-        if self.execute:
-            # Step 0 is recorded RUNNING in the same write that creates the saga. Built
-            # positionally, each in its one final form (field order: see state.py): this runs
-            # once per saga, where keyword construction of these dataclasses costs ~40% more.
-            first = saga.steps[0].name
-            new = NewSaga(
-                saga_id,  # id
-                saga.name,  # name
-                saga.version,  # version
-                encoded,  # input
-                now,  # at
-                SagaStatus.RUNNING,  # status
-                idempotency_key,  # idempotency_key
-                self.owner_id,  # owner
-                now + self.lease_seconds,  # lease_expires_at
-                deadline_at,  # deadline_at
-                # name, phase, status, attempts, output, error, uncertain, started_at
-                [StepRecord(first, Phase.FORWARD, StepStatus.RUNNING, 1, None, None, False, now)],
-                [
-                    Event(now, EventType.SAGA_STARTED),
-                    # at, type, step, phase, attempt, detail
-                    Event(now, EventType.STEP_STARTED, first, None, 1, self.owner_id),
-                ],
-                True,  # checked: the input and key above, the owner id in __init__
-            )
-        else:
-            new = NewSaga(
-                id=saga_id,
-                name=saga.name,
-                version=saga.version,
-                input=encoded,
-                at=now,
-                idempotency_key=idempotency_key,
-                deadline_at=deadline_at,
-                events=[Event(at=now, type=EventType.SAGA_CREATED)],
-                checked=True,
-            )
+        new = new_saga(
+            saga_id,
+            saga.name,
+            saga.version,
+            saga.steps[0].name,
+            encoded,
+            now,
+            idempotency_key,
+            deadline_at,
+            self.owner_id if self.execute else None,
+            now + self.lease_seconds,
+        )
         saga_id, created = await self.store.create(new)
         if created:
             hooks = self._hooks
