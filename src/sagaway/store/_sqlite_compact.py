@@ -30,9 +30,19 @@ STEP_COLS = "name, phase, status, attempts, output, error, uncertain, started_at
 EVENT_COLS = "at, type, step, phase, attempt, detail"
 
 
-def compact(conn: sqlite3.Connection, ids: Sequence[str]) -> None:
+def compact(
+    conn: sqlite3.Connection,
+    ids: Sequence[str],
+    unwritten_steps: Sequence[Sequence[Any]] = (),
+    unwritten_events: Sequence[Sequence[Any]] = (),
+) -> None:
     """Fold the step rows and events of the sagas ``ids`` into their ``packed`` values (inside
-    the caller's transaction; ids of sagas that are gone are ignored)."""
+    the caller's transaction; ids of sagas that are gone are ignored).
+
+    ``unwritten_steps`` and ``unwritten_events`` are rows of these sagas (``saga_id`` first)
+    that the transaction has not written yet, in the order it would write them: they are
+    packed as if written (a step row upserted over the stored one, events after the stored
+    ones) without ever being inserted."""
     param = (dumps(list(ids)),)
     sagas = {
         saga_id: (created_at, packed)
@@ -57,6 +67,17 @@ def compact(conn: sqlite3.Connection, ids: Sequence[str]) -> None:
         param,
     ):
         events[row[0]].append(row[1:])
+    if unwritten_steps:
+        late_steps: dict[str, list[Sequence[Any]]] = {}
+        for row in unwritten_steps:
+            if row[0] in steps:
+                late_steps.setdefault(row[0], []).append(row[1:])
+        for saga_id, rows in late_steps.items():
+            # The order the table keeps them in: its primary key (name, phase).
+            steps[saga_id] = sorted(merge_steps(steps[saga_id], rows), key=_step_key)
+    for row in unwritten_events:
+        if row[0] in events:
+            events[row[0]].append(row[1:])
     texts: set[str] = set()
     for saga_id, (created_at, packed) in sagas.items():
         if packed is not None:
@@ -76,6 +97,10 @@ def compact(conn: sqlite3.Connection, ids: Sequence[str]) -> None:
     conn.execute(
         "DELETE FROM sagaway_events WHERE saga_id IN (SELECT value FROM json_each(?))", param
     )
+
+
+def _step_key(row: Sequence[Any]) -> tuple[str, str]:
+    return (row[0], row[1])
 
 
 def _intern(conn: sqlite3.Connection, texts: set[str]) -> dict[str, int]:

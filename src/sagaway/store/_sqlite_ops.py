@@ -183,6 +183,19 @@ class Pending:
         return bool(self.steps or self.events or self.outbox or self.finished)
 
     def flush(self, conn: sqlite3.Connection) -> None:
+        # A finished saga's pending rows go straight into its packed value: inserting them
+        # only for compact() to read them back and delete them was most of its cost.
+        finished_rows: tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]] | None = None
+        if self.finished:
+            finished = set(self.finished)
+            finished_rows = (
+                [r for r in self.steps if r[0] in finished],
+                [r for r in self.events if r[0] in finished],
+            )
+            if finished_rows[0]:
+                self.steps = [r for r in self.steps if r[0] not in finished]
+            if finished_rows[1]:
+                self.events = [r for r in self.events if r[0] not in finished]
         if self.steps:
             conn.executemany(UPSERT_STEP, self.steps)
             self.steps = []
@@ -192,8 +205,8 @@ class Pending:
         if self.outbox:  # in batch order: a message written twice keeps its last version
             conn.executemany(UPSERT_OUTBOX, self.outbox)
             self.outbox = []
-        if self.finished:
-            compact(conn, self.finished)
+        if finished_rows is not None:
+            compact(conn, self.finished, *finished_rows)
             self.finished = []
 
 
