@@ -15,7 +15,9 @@ import pytest
 from sagaway import Engine, Saga, StepContext
 from sagaway.errors import StepFailed
 from sagaway.state import Change, Event, EventType, NewSaga, SagaStatus
+from sagaway.store import _sqlite_ops as ops
 from sagaway.store._packed import pack, unpack
+from sagaway.store._sqlite_compact import compact
 from sagaway.store._sqlite_schema import MIGRATIONS
 from sagaway.store.sqlite import SQLiteStore
 
@@ -150,7 +152,6 @@ async def test_finished_sagas_are_in_no_status_index(tmp_path: Path) -> None:
         assert n == count
     # The queries that need them still find them.
     from sagaway.store import _sqlite_admin as admin
-    from sagaway.store import _sqlite_ops as ops
 
     def plan(sql: str, params: tuple[object, ...]) -> str:
         return " ".join(r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
@@ -211,3 +212,65 @@ def test_packing_gives_back_every_row_to_the_bit(seed: int) -> None:
     assert back_steps == steps
     assert back_events == events
     assert [repr(e[0]) for e in back_events] == [repr(e[0]) for e in events]
+
+
+def _log_with_running_sagas(db: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("CREATE TABLE sagaway_schema (version INTEGER PRIMARY KEY NOT NULL)")
+    for statements in MIGRATIONS:
+        for statement in statements:
+            conn.execute(statement)
+    for saga_id in ("a", "b"):
+        conn.execute(
+            "INSERT INTO sagaway_instances (id, name, version, status, input, created_at, "
+            "updated_at) VALUES (?, 's', 1, 'SUCCEEDED', '{}', ?, ?)",
+            (saga_id, T0, T0 + 3),
+        )
+    conn.executemany(
+        ops.UPSERT_STEP,
+        [
+            ("a", "pay", "forward", "RUNNING", 1, None, None, 0, T0 + 1, None),
+            ("a", "ship", "forward", "SUCCEEDED", 1, '"s-1"', None, 0, T0 + 0.5, T0 + 1),
+            ("b", "pay", "forward", "SUCCEEDED", 1, "5", None, 0, T0 + 1, T0 + 2),
+        ],
+    )
+    conn.executemany(
+        ops.INSERT_EVENT,
+        [
+            ("a", T0, "saga_started", None, None, None, None),
+            ("b", T0, "saga_started", None, None, None, None),
+            ("a", T0 + 1, "step_started", "pay", "forward", 1, "engine-1"),
+        ],
+    )
+    return conn
+
+
+def test_rows_packed_before_being_written_pack_as_if_written(tmp_path: Path) -> None:
+    # The finishing commit's rows of a batch go into the packed value without being inserted:
+    # the value must be the very one that inserting them and then compacting would give.
+    late_steps = [
+        ("a", "pay", "forward", "SUCCEEDED", 1, "7", None, 0, T0 + 1, T0 + 2),  # upserted
+        ("a", "audit", "forward", "SUCCEEDED", 1, None, None, 0, T0 + 2, T0 + 2.5),  # new
+        ("b", "refund", "compensation", "COMPENSATED", 2, None, "late", 1, T0 + 2, T0 + 3),
+    ]
+    late_events = [
+        ("a", T0 + 2, "step_succeeded", "pay", "forward", 1, None),
+        ("b", T0 + 3, "saga_compensated", None, None, None, "late"),
+        ("a", T0 + 3, "saga_succeeded", None, None, None, None),
+    ]
+    written = _log_with_running_sagas(tmp_path / "written.db")
+    written.execute("BEGIN")
+    written.executemany(ops.UPSERT_STEP, late_steps)
+    written.executemany(ops.INSERT_EVENT, late_events)
+    compact(written, ["a", "b"])
+    written.execute("COMMIT")
+    unwritten = _log_with_running_sagas(tmp_path / "unwritten.db")
+    unwritten.execute("BEGIN")
+    compact(unwritten, ["a", "b"], late_steps, late_events)
+    unwritten.execute("COMMIT")
+    packed = "SELECT id, packed FROM sagaway_instances ORDER BY id"
+    assert unwritten.execute(packed).fetchall() == written.execute(packed).fetchall()
+    for conn in (written, unwritten):
+        for table in ("sagaway_steps", "sagaway_events"):
+            assert conn.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,)
+        conn.close()
