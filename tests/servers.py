@@ -124,6 +124,8 @@ async def drop_pg_schema(schema: str) -> None:
 
     conn = await asyncpg.connect(POSTGRES_URL)
     try:
+        # A test that dies holding a lock in its schema fails its teardown, never hangs it.
+        await conn.execute("SET lock_timeout = '60s'")
         await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     finally:
         await conn.close()

@@ -49,13 +49,18 @@ def note(detail: str) -> Change:
     return Change(events=[Event(at=T0 + 1, type=EventType.SAGA_CLAIMED, detail=detail)])
 
 
-async def blocked_backend(admin: asyncpg.Connection, schema: str) -> int:
-    """The pid of the store's connection once its batch waits for our row locks."""
+async def blocked_backend(admin: asyncpg.Connection) -> int:
+    """The pid of the store's connection once its batch waits for our row locks.
+
+    Found by who blocks it (our own backend), not by its query text: the text may not name the
+    schema (search_path) and is cut at track_activity_query_size.
+    """
+    admin_pid = await admin.fetchval("SELECT pg_backend_pid()")
     for _ in range(3000):
         pid = await admin.fetchval(
-            "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-            " AND application_name = 'sagaway' AND query LIKE $1",
-            f"%{schema}%",
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'sagaway'"
+            " AND $1 = ANY(pg_blocking_pids(pid))",
+            admin_pid,
         )
         if pid is not None:
             return int(pid)
@@ -63,8 +68,8 @@ async def blocked_backend(admin: asyncpg.Connection, schema: str) -> int:
     raise AssertionError("the batch never blocked on the locked rows")
 
 
-async def terminate_when_blocked(admin: asyncpg.Connection, schema: str) -> None:
-    pid = await blocked_backend(admin, schema)
+async def terminate_when_blocked(admin: asyncpg.Connection) -> None:
+    pid = await blocked_backend(admin)
     assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
 
 
@@ -83,7 +88,7 @@ async def test_a_batch_whose_connection_is_terminated_fails_with_the_cause(schem
             )
             # Terminate the batch's backend once it waits for our locks, while in_one_batch
             # makes sure both commits travel in that one batch.
-            killer = asyncio.create_task(terminate_when_blocked(admin, schema))
+            killer = asyncio.create_task(terminate_when_blocked(admin))
             outcomes = await in_one_batch(
                 store,
                 store.commit("s1", None, note("one"), T0 + 1),
