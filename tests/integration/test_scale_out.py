@@ -170,12 +170,26 @@ def cents(amount: str | float) -> int:
 
 async def post_orders(url: str) -> list[dict[str, Any]]:
     limits = httpx.Limits(max_connections=32)
+    run = uuid.uuid4().hex[:8]
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
         gate = asyncio.Semaphore(32)
 
         async def post(n: int) -> dict[str, Any]:
+            # A client that retries with its Idempotency-Key, as the README asks: a connection
+            # dropped under load (seen once with parallel test workers: a ReadError before any
+            # answer) is retried, and the key makes the repeat the same order, never a second one.
+            key = {"Idempotency-Key": f"scale-{run}-{n}"}
             async with gate:
-                response = await client.post("/orders", params={"wait": 0}, json=MIX[n % len(MIX)])
+                for attempt in range(5):
+                    try:
+                        response = await client.post(
+                            "/orders", params={"wait": 0}, json=MIX[n % len(MIX)], headers=key
+                        )
+                        break
+                    except httpx.TransportError as exc:
+                        print(f"order {n}: {exc!r}, retried with its key (attempt {attempt + 1})")
+                else:
+                    raise AssertionError(f"order {n}: the API never answered")
             assert response.status_code in (201, 202), response.text
             data: dict[str, Any] = response.json()
             return data
