@@ -14,7 +14,7 @@ writes load sagas too.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from sagaway.state import PRUNABLE_STATUSES, OutboxMessage, SagaRecord, SagaStatus
@@ -46,39 +46,37 @@ def read_list(
         clauses.append("name = ?")
         params.append(name)
     where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-    conn.execute("BEGIN")
-    try:
-        items = [
-            _saga(r)
-            for r in conn.execute(
-                f"SELECT {_SELECT_COLS} FROM sagaway_instances{where} "
-                "ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
-                (*params, max(limit, 0), max(offset, 0)),
-            )
-        ]
-        total = conn.execute(f"SELECT count(*) FROM sagaway_instances{where}", params).fetchone()
-        return items, int(total[0])
-    finally:
-        conn.execute("COMMIT")
+    return _page(conn, where, "created_at DESC, id DESC", params, limit, offset)
 
 
 def read_waiting(
     conn: sqlite3.Connection, prefix: str, limit: int, offset: int
 ) -> tuple[list[SagaRecord], int]:
     # substr, not LIKE: a prefix is text, "%" and "_" in it match themselves.
-    where = "WHERE waiting_for IS NOT NULL AND substr(waiting_for, 1, ?) = ?"
-    params = (len(prefix), prefix)
+    where = " WHERE waiting_for IS NOT NULL AND substr(waiting_for, 1, ?) = ?"
+    return _page(conn, where, "parked_until, id", (len(prefix), prefix), limit, offset)
+
+
+def _page(
+    conn: sqlite3.Connection,
+    where: str,
+    order_by: str,
+    params: Sequence[object],
+    limit: int,
+    offset: int,
+) -> tuple[list[SagaRecord], int]:
+    """One page of instances and the count of all that match, read in one snapshot."""
     conn.execute("BEGIN")
     try:
         items = [
             _saga(r)
             for r in conn.execute(
-                f"SELECT {_SELECT_COLS} FROM sagaway_instances {where} "
-                "ORDER BY parked_until, id LIMIT ? OFFSET ?",
+                f"SELECT {_SELECT_COLS} FROM sagaway_instances{where} "
+                f"ORDER BY {order_by} LIMIT ? OFFSET ?",
                 (*params, max(limit, 0), max(offset, 0)),
             )
         ]
-        total = conn.execute(f"SELECT count(*) FROM sagaway_instances {where}", params).fetchone()
+        total = conn.execute(f"SELECT count(*) FROM sagaway_instances{where}", params).fetchone()
         return items, int(total[0])
     finally:
         conn.execute("COMMIT")

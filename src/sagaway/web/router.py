@@ -462,11 +462,7 @@ def saga_ui_router(
         default: Callable[[Engine, str], Awaitable[object]],
         done: str,
     ) -> Response:
-        # Only requests that say their body is JSON: a cross-site HTML form cannot, so another
-        # page the operator visits cannot retry or cancel sagas behind their back (CSRF).
-        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media_type != "application/json":
-            raise HTTPException(415, "Send this request with 'Content-Type: application/json'")
+        _require_json(request)
         try:
             await (action(request, saga_id) if action is not None else default(eng, saga_id))
         except SagaNotFound:
@@ -498,9 +494,7 @@ def saga_ui_router(
     @router.post("/sagas/{saga_id}/pin")
     async def pin_saga(saga_id: str, request: Request, eng: EngineDep) -> Response:
         """Retention never removes a pinned saga; 200 with ``{"id", "status", "pinned"}``."""
-        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media_type != "application/json":  # as retry and cancel: no cross-site form
-            raise HTTPException(415, "Send this request with 'Content-Type: application/json'")
+        _require_json(request)
         return await set_pinned(saga_id, eng, True)
 
     @router.delete("/sagas/{saga_id}/pin")
@@ -514,9 +508,7 @@ def saga_ui_router(
         """Body ``{"payload": ..., "signal_id": "...", "error": "..."}`` (all optional):
         202 with the receipt (``duplicate`` true if that signal id was already delivered);
         404 unknown saga, 409 not waiting for it (says what it waits for), 422 bad body."""
-        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media_type != "application/json":
-            raise HTTPException(415, "Send this request with 'Content-Type: application/json'")
+        _require_json(request)
         try:
             body = json.loads(await request.body() or b"{}")
         except ValueError as exc:
@@ -578,6 +570,14 @@ def saga_ui_router(
         )
 
     return router
+
+
+def _require_json(request: Request) -> None:
+    """Only requests that say their body is JSON change a saga: a cross-site HTML form cannot
+    send one, so another page the operator visits cannot act on sagas behind their back (CSRF)."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise HTTPException(415, "Send this request with 'Content-Type: application/json'")
 
 
 def _json(status: int, detail: str) -> Response:
