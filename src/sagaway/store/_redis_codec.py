@@ -104,6 +104,7 @@ def saga_from_hash(flat: list[str]) -> SagaRecord:
         waiting_for=h.get("waiting"),
         parked_until=_float(h.get("parked")),
         pinned="pinned" in h,
+        fence=int(h.get("rev", 0)),
     )
 
 

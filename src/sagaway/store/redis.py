@@ -77,6 +77,7 @@ from sagaway.errors import (
     LeaseLost,
     SagaNotFound,
     StoreError,
+    TakeConflict,
 )
 from sagaway.state import (
     Change,
@@ -106,7 +107,7 @@ from sagaway.store._redis_codec import (
     step_items,
     time_arg,
 )
-from sagaway.store.base import _STRANDED_SCAN, OutboxStore, Page, PruningStore
+from sagaway.store.base import _STRANDED_SCAN, OutboxStore, Page, PruningStore, TakingStore
 
 __all__ = ["RedisStore", "parse_url"]
 
@@ -114,7 +115,7 @@ log = logging.getLogger("sagaway.store.redis")
 _CANCEL_ATTEMPTS = 20  # a cancel decided on a snapshot that a step's start keeps invalidating
 
 
-class RedisStore(OutboxStore, PruningStore):
+class RedisStore(OutboxStore, PruningStore, TakingStore):
     """The saga log in Redis; see the module docstring for the layout, the pipeline and the
     durability Redis gives. Bound to the event loop that calls ``open()``."""
 
@@ -334,6 +335,8 @@ class RedisStore(OutboxStore, PruningStore):
             parking = ("=" + park.waiting_for, repr(float(park.until)))
         else:
             parking = ("-" if change.unpark else "", "")
+        take = change.take
+        taking = ("", "") if take is None else (str(take.fence), repr(float(take.until)))
         code = await self._call(
             "COMMIT",
             [
@@ -346,6 +349,7 @@ class RedisStore(OutboxStore, PruningStore):
                 "1" if change.clear_cancel else "0",
                 "1" if change.unless_cancelled else "0",
                 *parking,
+                *taking,
                 *(outbox_items(change.outbox) if change.outbox else NO_OUTBOX),
                 *step_items(change.steps),
                 *map(event_json, change.events),
@@ -357,6 +361,8 @@ class RedisStore(OutboxStore, PruningStore):
             raise LeaseLost(f"saga {saga_id} is no longer leased to {owner}")
         if code == -4:
             raise CancelPending(f"saga {saga_id}: a cancel is pending")
+        if code == -5:
+            raise TakeConflict(f"saga {saga_id} was written since it was read")
 
     async def claim(
         self,
@@ -445,6 +451,9 @@ class RedisStore(OutboxStore, PruningStore):
             return None
         reply = await self._call("LOAD", [saga_id, "1" if history else "0"])
         return loaded(*reply) if reply else None
+
+    async def peek(self, saga_id: str) -> SagaRecord | None:
+        return await self.load(saga_id, history=False)
 
     async def list_sagas(
         self,
