@@ -20,6 +20,7 @@ import pytest
 from e2e_helpers import serve_in_loop
 from fastapi import FastAPI
 
+import ports
 from checkout.dbfaults import ShopUnavailable
 from checkout.remote import SERVICE_NAMES, RemoteShop
 from checkout.services.server import create_service_app
@@ -33,15 +34,9 @@ def backend() -> str:
     return "sqlite"
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _urls(**ports: str) -> dict[str, str]:
-    base = {name: f"http://127.0.0.1:{_closed_port()}" for name in SERVICE_NAMES}
-    return {**base, **ports}
+def _urls(**served: str) -> dict[str, str]:
+    base = {name: f"http://127.0.0.1:{ports.free_port()}" for name in SERVICE_NAMES}
+    return {**base, **served}
 
 
 @pytest.fixture
