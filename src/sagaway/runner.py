@@ -91,6 +91,9 @@ class SagaRun(RemoteSteps):
         # An outcome decided before this run (a reply applied by the engine): written with the
         # next transition, as the runner merges its own step outcomes.
         self._carry = carry
+        # The lease, when the carried outcome takes it (``Change.take``): goes with the run's
+        # first write, whichever it is, and only that one.
+        self._take = None if carry is None else carry.take
         self._resend = False  # the park timed out: send the step in flight again
 
     @property
@@ -115,11 +118,16 @@ class SagaRun(RemoteSteps):
         # Outputs passed _storable_output, error texts printable(), names and the owner id
         # were checked when declared: no need for the store to encode everything again.
         change.checked = True
+        take = self._take
+        if take is not None:
+            change.take = take
         try:
             await self.store.commit(self.record.id, self.owner, change, now)
         except EffectFailed as exc:
             await self._halt(printable(str(exc)))
             raise _Halted from exc
+        if take is not None:  # taken: later writes are fenced on the lease alone
+            self._take = change.take = None
         apply_change(self.record, change, now)
         if self.listener is not None:
             self.listener(self.record, change)
