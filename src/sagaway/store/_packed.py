@@ -181,7 +181,13 @@ def pack(
             else:
                 _varint(out, index + 1)
         if output is not None:
-            _string(out, output)
+            raw = output.encode()
+            if len(raw) < 128:
+                put(len(raw))
+                out += raw
+            else:
+                _varint(out, len(raw))
+                out += raw
         if error is not None:
             _varint(out, text(error, len(texts)))
     steps_out, out = out, bytearray()
@@ -229,7 +235,11 @@ def pack(
             else:
                 _varint(out, _zigzag(attempt))
         if detail is not None:
-            _varint(out, text(detail, len(texts)))
+            index = text(detail, len(texts))
+            if index < 128:
+                put(index)
+            else:
+                _varint(out, index)
     value = bytearray(_BINARY)
     _varint(value, len(texts))
     for t in texts:
