@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from sagaway.engine import Engine
 
 log = logging.getLogger("sagaway.engine")
+_TAKE_ATTEMPTS = 3  # reads of a parked saga a reply's take may lose before it is dropped
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -149,6 +150,19 @@ class ParkedSagas:
             with contextlib.suppress(TimeoutError):  # not wait_for: see Recovery.maintain
                 async with asyncio.timeout(self.engine.lease_seconds):
                     await future
+        # A take that lost to a write made since its read (another engine's take, a cancel
+        # recorded) reads again: taken elsewhere, the saga is then held (that engine drives it
+        # and re-sends); else this reply still applies, and dropping it would leave the saga
+        # parked until its timeout.
+        for _ in range(_TAKE_ATTEMPTS):
+            applied = await self._deliver_once(reply)
+            if applied is not None:
+                return applied
+        return False
+
+    async def _deliver_once(self, reply: Reply) -> bool | None:
+        """``_deliver`` on one read of the saga; None when its take lost (read again)."""
+        saga_id = reply.saga_id
         # A reply is stale only after a duplicate delivery or a timeout, so a saga taken with
         # acquire (no TakingStore) rarely has its lease given back.
         now = self.engine.clock.now()
@@ -181,9 +195,9 @@ class ParkedSagas:
         # Return (so the transport acknowledges the reply) once its outcome is durable.
         try:
             await self._resume_with(saga, taken, decision, "reply", now, reply, take)
-        except TakeConflict:  # another engine took it first: it drives it (and re-sends)
-            log.debug("reply %s for saga %s: taken by another engine", reply.message_id, saga_id)
-            return False
+        except TakeConflict:
+            log.debug("reply %s for saga %s: written since read", reply.message_id, saga_id)
+            return None
         return True
 
     def _attempt_ended(
