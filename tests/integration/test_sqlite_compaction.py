@@ -276,13 +276,19 @@ def test_rows_packed_before_being_written_pack_as_if_written(tmp_path: Path) -> 
         conn.close()
 
 
-# A saga packed by the encoder before the binary one (deflated JSON, ``z``), and a short one
-# (plain JSON, ``j``): logs hold such values, and they must read back the same for ever.
+# A saga packed by the encoders before this one (deflated JSON, ``z``; the first binary form,
+# ``b``), and a short one (plain JSON, ``j``): logs hold such values, and they must read back
+# the same for ever.
 _OLD_Z = bytes.fromhex(
     "7a558ecd0ac3300c835f65e42c86959fa67d9690c3a0830d4a3716f6fe731d5ad6837d906c7d2a8570edf1"
     "7c3bb8f575b9cdf3e7de9a83af284520f02028714c798097293379383ab5a96e507f5729225762fd2e8bbd"
     "8b7e269dc098b21f1139c520b11fd862ed146e693b4353bb89f0278743b6e4add5e94ad183d13ade0a989a"
     "1332b62ae73cfa5aeb0f"
+)
+_OLD_B = bytes.fromhex(
+    "6204020973686970156e6f20616464726573730403001902828080018280800201310122048280800201cd"
+    "cccccccc408f4002006c028280800382808004070110818080012d00020381808001350002012d01020300"
+    "cdcccccccc448f405d010402000000000000468f407f0002020381808001c001"
 )
 _OLD_STEPS = [
     ("reserve", "forward", "SUCCEEDED", 1, "1", None, 0, T0 + 0.25, T0 + 0.5),
@@ -300,17 +306,18 @@ _OLD_EVENTS = [
 ]
 
 
-def test_values_packed_by_the_json_encoder_still_read() -> None:
+def test_values_packed_by_earlier_encoders_still_read() -> None:
     shared = {1: "reserve", 2: "engine-1"}
-    assert unpack(T0, _OLD_Z, lambda ids: {i: shared[i] for i in ids}) == (
-        _OLD_STEPS,
-        _OLD_EVENTS,
-    )
+    for old in (_OLD_Z, _OLD_B):
+        assert unpack(T0, old, lambda ids: {i: shared[i] for i in ids}) == (
+            _OLD_STEPS,
+            _OLD_EVENTS,
+        )
     assert unpack(T0, b"j[[],[],[[0,1]]]") == ([], [(T0, "saga_started", None, None, None, None)])
     # The same saga packed now: binary, and smaller than the deflated JSON.
     value = pack(T0, _OLD_STEPS, _OLD_EVENTS, {"reserve": 1, "engine-1": 2})
-    assert value[:1] == b"b"
-    assert len(value) < len(_OLD_Z)
+    assert value[:1] == b"t"
+    assert len(value) < len(_OLD_B) < len(_OLD_Z)
     assert unpack(T0, value, lambda ids: {i: shared[i] for i in ids}) == (
         _OLD_STEPS,
         _OLD_EVENTS,

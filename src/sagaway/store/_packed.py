@@ -9,29 +9,31 @@ attempt, detail``), so packing builds no record objects.
 
 The packed value is exact: ``unpack(base, pack(base, steps, events))`` gives back the same
 rows, times to the last bit. Layout: one byte saying how the rest is stored, then the rest.
-:func:`pack` writes ``b``, a binary form with no compression (deflate's set-up alone cost more
+:func:`pack` writes ``t``, a binary form with no compression (deflate's set-up alone cost more
 per saga than building the value, and this form is smaller than the deflated JSON was)::
 
     texts:  n, then n of: 2k (the store's shared text number k) or 2len+1 and UTF-8 bytes
             (step names, errors and event details, each once; the rest refers to them by index)
+    times:  n, then n of: 2 + zigzag(ticks after the time before it, the first after
+            ``created_at``), or 1 and the 8-byte float itself when the ticks do not give it
+            back; each distinct time once (a step starts when its step_started event is)
     steps:  n, then n of: name, head byte (phase and status code << 3 | output 1 | error 2 |
-            uncertain 4; code 0: phase and status follow as texts), attempts, started,
-            finished, [output as len and UTF-8], [error]
-    events: n, then n of: time, head (type << 4 | step 1 | phase 2 | attempt 4 | detail 8;
-            an unknown type's text follows), [step], [phase + 1, or 0 and its text],
-            [attempt], [detail]
+            uncertain 4; code 0: phase and status follow as texts), attempts, started and
+            finished (time index + 1, 0 for none), [output as len and UTF-8], [error]
+    events: n, then n of: time index, head (type << 4 | step 1 | phase 2 | attempt 4 |
+            detail 8; an unknown type's text follows), [step], [phase + 1, or 0 and its
+            text], [attempt], [detail]
 
 Every number is a little-endian base-128 varint; signed ones (attempts, ticks) are zigzagged.
-A time is an integer count of 2**-22 s (ticks): a step's after the saga's ``created_at``, an
-event's after the event before it (the first: after ``created_at``), written as ``offset +
-zigzag(ticks)``, with ``offset - 1`` followed by the 8-byte float itself when the ticks do not
-give back the very same float (and for a step, 0 for none; offsets 2 and 1). POSIX times this
-side of 2038 are whole numbers of 2**-22 s. Enum values are small integers (their index in the
-tuples below, which are only ever appended to; a value not in them is kept as its text).
+A tick is 2**-22 s: POSIX times this side of 2038 are whole numbers of ticks. Enum values are
+small integers (their index in the tuples below, which are only ever appended to; a value not
+in them is kept as its text).
 
-Values packed before (still read, never written): ``j``, compact JSON ``[texts, steps,
-events]`` with enum values and texts by index and times in ticks or floats, and ``z``, that
-JSON raw-deflated.
+Values packed before (still read, never written): ``b``, the same without the times section
+(each time written where it is used: a step's as 0 for none, 1 and the float, or 2 +
+zigzag(ticks after ``created_at``); an event's as 0 and the float or 1 + zigzag(ticks after
+the event before it)); ``j``, compact JSON ``[texts, steps, events]`` with enum values and
+texts by index and times in ticks or floats; and ``z``, that JSON raw-deflated.
 
 A store that appends rows for a packed saga afterwards (an operator's retry, a refused cancel)
 reads them after the packed ones (:func:`merge_steps`), and compacting again folds both.
@@ -83,7 +85,7 @@ _STEP_STATUS_CODE = {v: i for i, v in enumerate(_STEP_STATUSES)}
 _EVENT_TYPE_CODE = {v: i for i, v in enumerate(_EVENT_TYPES)}
 
 _TICKS = 4194304.0  # 2**22 a second
-_BINARY = b"b"
+_BINARY, _BINARY_1 = b"t", b"b"
 _FLOAT = struct.Struct("<d")
 # A step's phase and status as one code (1 + phase * 7 + status; 0: both as texts follow).
 _STEP_CODE = {
@@ -133,6 +135,10 @@ def pack(
     # one-byte varint appended inline (a call per field cost more than the rest of it).
     texts: dict[str, int] = {}
     text = texts.setdefault
+    # Each distinct time once (a step's start is the event that started it, its end the one
+    # that ended it): converted to ticks once, referred to by index.
+    moments: dict[float, int] = {}
+    moment = moments.setdefault
     step_code = _STEP_CODE.get
     out = bytearray()
     put = out.append
@@ -161,27 +167,40 @@ def pack(
         if started is None:
             put(0)
         else:
-            _time(out, base, started, 2)
+            index = moment(started, len(moments))
+            if index < 127:
+                put(index + 1)
+            else:
+                _varint(out, index + 1)
         if finished is None:
             put(0)
         else:
-            _time(out, base, finished, 2)
+            index = moment(finished, len(moments))
+            if index < 127:
+                put(index + 1)
+            else:
+                _varint(out, index + 1)
         if output is not None:
-            _string(out, output)
+            raw = output.encode()
+            if len(raw) < 128:
+                put(len(raw))
+                out += raw
+            else:
+                _varint(out, len(raw))
+                out += raw
         if error is not None:
             _varint(out, text(error, len(texts)))
     steps_out, out = out, bytearray()
     put = out.append
     steps_count, count = count, 0
     type_code, phase_code = _EVENT_TYPE_CODE.get, _PHASE_CODE.get
-    previous = base
     for at, kind, step, phase, attempt, detail in events:
         count += 1
-        if at == previous:
-            put(1)
+        index = moment(at, len(moments))
+        if index < 128:
+            put(index)
         else:
-            _time(out, previous, at, 1)
-            previous = at
+            _varint(out, index)
         head: int = type_code(kind, _TEXT_TYPE) << 4
         if step is not None:
             head |= 1
@@ -216,7 +235,11 @@ def pack(
             else:
                 _varint(out, _zigzag(attempt))
         if detail is not None:
-            _varint(out, text(detail, len(texts)))
+            index = text(detail, len(texts))
+            if index < 128:
+                put(index)
+            else:
+                _varint(out, index)
     value = bytearray(_BINARY)
     _varint(value, len(texts))
     for t in texts:
@@ -227,6 +250,11 @@ def pack(
             value += raw
         else:
             _varint(value, number << 1)
+    _varint(value, len(moments))
+    previous = base
+    for at in moments:
+        _time(value, previous, at)
+        previous = at
     _varint(value, steps_count)
     value += steps_out
     _varint(value, count)
@@ -249,16 +277,16 @@ def _unzigzag(value: int) -> int:
     return -((value + 1) >> 1) if value & 1 else value >> 1
 
 
-def _time(out: bytearray, base: float, at: float, offset: int) -> None:
-    """``at`` as ``offset`` + zigzag(its ticks after ``base``), or ``offset - 1`` and the
-    float itself when the ticks do not give it back."""
+def _time(out: bytearray, base: float, at: float) -> None:
+    """``at`` as 2 + zigzag(its ticks after ``base``), or 1 and the float itself when the
+    ticks do not give it back."""
     ticks = (at - base) * _TICKS
     if ticks.is_integer() and abs(ticks) < 2**53:
         whole = int(ticks)
         if base + whole / _TICKS == at:
-            _varint(out, offset + (whole << 1 if whole >= 0 else (-whole << 1) - 1))
+            _varint(out, 2 + (whole << 1 if whole >= 0 else (-whole << 1) - 1))
             return
-    out.append(offset - 1)
+    out.append(1)
     out += _FLOAT.pack(at)
 
 
@@ -276,7 +304,7 @@ def unpack(
     """The step rows and events (in history order) of a packed value; see :func:`pack`.
     ``resolve`` gives the texts of the store's numbers it refers to."""
     raw = bytes(value)
-    if raw[:1] == _BINARY:
+    if raw[:1] == _BINARY or raw[:1] == _BINARY_1:
         return _Reader(raw).saga(base, resolve)
     body = zlib.decompress(raw[1:], _WBITS) if raw[:1] == _DEFLATE else raw[1:]
     texts, packed_steps, packed_events = json.loads(body)
@@ -365,7 +393,22 @@ class _Reader:
         self.pos = start + size
         return self.raw[start : self.pos].decode()
 
-    def time(self, base: float, offset: int) -> float | None:
+    def time(self, previous: float) -> float:
+        code = self.varint()
+        if code == 1:
+            start = self.pos
+            self.pos = start + 8
+            at: float = _FLOAT.unpack_from(self.raw, start)[0]
+            return at
+        return previous + _unzigzag(code - 2) / _TICKS
+
+    def moment(self, moments: list[float]) -> float | None:
+        index = self.varint()
+        return moments[index - 1] if index else None
+
+    def inline_time(self, base: float, offset: int) -> float | None:
+        """A time of a ``b`` value: ``offset`` + zigzag(ticks), ``offset - 1`` and the
+        float, or (for a step's, ``offset`` 2) 0 for none."""
         code = self.varint()
         if code >= offset:
             return base + _unzigzag(code - offset) / _TICKS
@@ -384,6 +427,12 @@ class _Reader:
             code = self.varint()
             listed.append(self.string(code >> 1) if code & 1 else code >> 1)
         texts = _resolved(listed, resolve)
+        moments: list[float] = []
+        inline = self.raw[:1] == _BINARY_1  # times where they are used, not in a section
+        previous = base
+        for _ in range(0 if inline else self.varint()):
+            previous = self.time(previous)
+            moments.append(previous)
         steps = []
         for _ in range(self.varint()):
             name = texts[self.varint()]
@@ -394,20 +443,35 @@ class _Reader:
             else:
                 phase, status = self.string(), self.string()
             attempts = _unzigzag(self.varint())
-            started = self.time(base, 2)
-            finished = self.time(base, 2)
+            if inline:
+                started, finished = self.inline_time(base, 2), self.inline_time(base, 2)
+            else:
+                started, finished = self.moment(moments), self.moment(moments)
             output = self.string() if head & 1 else None
             error = texts[self.varint()] if head & 2 else None
             uncertain = 1 if head & 4 else 0
             steps.append(
-                (name, phase, status, attempts, output, error, uncertain, started, finished)
+                (
+                    name,
+                    phase,
+                    status,
+                    attempts,
+                    output,
+                    error,
+                    uncertain,
+                    started,
+                    finished,
+                )
             )
         events = []
         previous = base
         for _ in range(self.varint()):
-            at = self.time(previous, 1)
-            assert at is not None
-            previous = at
+            if inline:
+                at = self.inline_time(previous, 1)
+                assert at is not None
+                previous = at
+            else:
+                at = moments[self.varint()]
             head = self.varint()
             code = head >> 4
             kind = self.string() if code == _TEXT_TYPE else _EVENT_TYPES[code]
