@@ -24,6 +24,7 @@ if __name__ == "__main__":  # `python -m checkout.cli`: SIGTERM handled before t
 
 import asyncio
 import contextlib
+import gc
 import ipaddress
 import logging
 import socket
@@ -98,6 +99,26 @@ def fast_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     except ImportError:  # pragma: no cover - a dependency of uvicorn[standard]
         return None
     return uvloop.new_event_loop
+
+
+# The collector's thresholds for a serving process (CPython's default: 700, 10, 10). Every
+# request allocates thousands of container objects and 32 requests in flight hold theirs when
+# a collection runs, so at 700 young objects each collection promotes live request state, and
+# the older generations fill and are traversed again and again: measured under
+# http_checkout.py --serve, ~10% of the server's CPU went to the collector. With these and the
+# startup heap frozen, ~3% (see README, the HTTP row). Reference cycles are still collected,
+# only less often; memory held by uncollected young garbage stays a few MB.
+SERVING_GC_THRESHOLDS = (20_000, 20, 100)
+
+
+def tune_gc_for_serving() -> None:
+    """Once the app has started: move everything alive now (modules, the app, the engine,
+    SQLAlchemy and pydantic internals: ~150k objects) out of the collector's sight, since none
+    of it becomes garbage while serving and a full collection would traverse it all, and
+    collect less often (:data:`SERVING_GC_THRESHOLDS`)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*SERVING_GC_THRESHOLDS)
 
 
 def is_loopback(host: str) -> bool:
@@ -213,7 +234,14 @@ def run_server(
         timeout_keep_alive=settings.keep_alive_seconds,
         limit_concurrency=settings.max_connections,
     )
-    server = uvicorn.Server(config)
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                tune_gc_for_serving()
+
+    server = Server(config)
     if settings.log_format == "json":  # stdout stays one JSON object per line
         print(JsonFormatter().format(_record("checkout", startup, **where)), flush=True)
     else:
