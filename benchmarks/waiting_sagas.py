@@ -36,6 +36,25 @@ def rss_mb() -> float:
     return float("nan")
 
 
+class Writes:
+    """Counts the store's write operations (each one durable before it returns): wraps the
+    engine's store in place, so what a signal costs in writes is measured, not inferred."""
+
+    NAMES = ("create", "commit", "acquire", "claim", "request_cancel")
+
+    def __init__(self, store: Any) -> None:
+        self.count = 0
+        for name in self.NAMES:
+            setattr(store, name, self._counted(getattr(store, name)))
+
+    def _counted(self, method: Any) -> Any:
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            self.count += 1
+            return await method(*args, **kwargs)
+
+        return counted
+
+
 class Parked(Hook):
     def __init__(self, n: int) -> None:
         self.left, self.done = n, asyncio.Event()
@@ -66,6 +85,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     parked = Parked(total)
     engine = Engine(args.store, sagas=[saga], hooks=[parked], owner_id="waiting-bench")
     async with engine:
+        writes = Writes(engine.store)
         gc.collect()
         rss_before = rss_mb()
         began = time.perf_counter()
@@ -102,6 +122,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         paced = ids[: args.paced]
         tasks = []
         cpu0, load0 = time.process_time(), os.getloadavg()[0]
+        writes0 = writes.count
         t0 = time.perf_counter()
         for i, saga_id in enumerate(paced):
             delay = t0 + i / args.rate - time.perf_counter()
@@ -115,6 +136,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             if len(resumed) >= len(paced):
                 break
             await asyncio.sleep(0.01)
+        paced_writes = writes.count - writes0
         paced_latency = [resumed[s] - called[s] for s in paced]
         paced_ack = list(acked)
 
@@ -154,6 +176,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "signal_ack_ms": latency_ms(paced_ack),
         # CPU of this process per signal (the signal, the saga's last step, its end): what a
         # rate costs on an idle machine; the load average says how shared this one was.
+        # Store writes per signal, the saga's last step and end included (each durable).
+        "paced_writes_per_signal": round(paced_writes / max(len(paced), 1), 3),
         "paced_cpu_ms_per_signal": round(paced_cpu * 1000 / max(len(paced), 1), 3),
         "burst_cpu_ms_per_signal": round(burst_cpu * 1000 / max(len(rest), 1), 3),
         "loadavg_1m": [round(load0, 1), round(load1, 1)],
@@ -193,6 +217,7 @@ def main() -> None:
             f"p50 {result['signal_ack_ms']['p50_ms']} ms, "
             f"p99 {result['signal_ack_ms']['p99_ms']} ms",
         ),
+        ("store writes per signal (paced)", str(result["paced_writes_per_signal"])),
         ("burst signals/s", str(result["burst_signals_per_s"])),
         ("CPU per signal (burst)", f"{result['burst_cpu_ms_per_signal']} ms"),
         ("load average (1 min)", f"{result['loadavg_1m']} on {result['cpus']} CPUs"),

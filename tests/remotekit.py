@@ -10,9 +10,9 @@ from pydantic import BaseModel
 
 from sagaway import Engine, RetryPolicy, Saga, SagaStatus, StepContext, StepFailed
 from sagaway.hooks import Hook
-from sagaway.state import EventType, Phase, SagaRecord, StepStatus
+from sagaway.state import ACTIVE_STATUSES, Change, EventType, Phase, SagaRecord, StepStatus
 from sagaway.store import SagaStore, open_store
-from sagaway.store.base import OutboxStore
+from sagaway.store.base import OutboxStore, TakingStore
 from sagaway.testing import VirtualClock
 from sagaway.transport.base import Command, Reply
 from sagaway.transport.stub import StubDispatcher
@@ -212,6 +212,45 @@ async def check_duplicate_reply_is_applied_once(parked: Parked) -> None:
     assert record.status is SagaStatus.SUCCEEDED
     assert events(record, EventType.STEP_SUCCEEDED, "reserve") == 1
     assert [c.topic for c in parked.stub.calls] == ["inventory.reserve", "payment.charge"]
+
+
+async def check_a_reply_whose_take_lost_reads_again(parked: Parked) -> None:
+    """Between the engine's read of the parked saga and its write, another engine took the
+    saga and gave it back (a stale reply of its own, say): the write's take finds the row
+    written and writes nothing; the engine reads the saga again, still parked and free, and
+    applies the reply, rather than dropping it until the park times out."""
+    store = parked.store
+    assert isinstance(store, TakingStore)
+    real_peek = store.peek
+    meddled: list[str] = []
+
+    async def peek_then_meddle(saga_id: str) -> SagaRecord | None:
+        read = await real_peek(saga_id)
+        if not meddled:
+            meddled.append(saga_id)
+            now = parked.clock.now()
+            other = await store.acquire(
+                saga_id, "other", now=now, lease_seconds=30, statuses=ACTIVE_STATUSES
+            )
+            assert other is not None
+            await store.commit(saga_id, "other", Change(release_lease=True), now)
+        return read
+
+    async with parked.engine() as engine:
+        saga_id = await engine.start(parked.saga, ORDER)
+        reserve = await parked.stub.next_command("inventory.reserve")
+        await parked.settled()
+        reply = await parked.stub.run_handler(reserve)
+        store.peek = peek_then_meddle  # type: ignore[method-assign]
+        try:
+            assert await engine.deliver(reply) is True
+        finally:
+            store.peek = real_peek  # type: ignore[method-assign]
+        assert meddled == [saga_id]
+        await parked.stub.answer_next("payment.charge")
+        record = await engine.get((await engine.wait(saga_id, timeout=5)).id)
+    assert record.status is SagaStatus.SUCCEEDED
+    assert events(record, EventType.STEP_SUCCEEDED, "reserve") == 1
 
 
 async def check_stale_and_reordered_replies_are_ignored(parked: Parked) -> None:

@@ -1,5 +1,5 @@
 """``python -m checkout ...``: the ``checkout`` command (``checkout up`` starts its children so)."""
 
-from checkout.cli import main
+from checkout.launch import main
 
 main()

@@ -29,6 +29,7 @@ import typer
 from rich.text import Text
 
 from checkout.cli import app, bind, console, err, fail, is_loopback, load_settings, run_server
+from checkout.launch import STOP
 from checkout.services.specs import SERVICES, service_url
 
 
@@ -63,6 +64,7 @@ def participant(
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "warning",
 ) -> None:
     """Run one of the checkout's services: payment, inventory or shipping."""
+    STOP.install()  # already done when started by the `checkout` script
     from checkout.services.server import create_service_app
 
     spec = SERVICES[name.value]

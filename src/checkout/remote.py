@@ -110,10 +110,18 @@ class RemoteShop:
         return self._session
 
     async def _request(
-        self, method: str, service: str, path: str, params: list[tuple[str, str]] | None = None
+        self,
+        method: str,
+        service: str,
+        path: str,
+        params: list[tuple[str, str]] | None = None,
+        *,
+        may_be_missing: bool = False,
     ) -> Any:
         """One call; a ``GET`` is tried again after a connect-phase failure (see the module
-        docstring) while its budget lasts."""
+        docstring) while its budget lasts. A 404 is None only where the path names a resource
+        that may not exist (``may_be_missing``); on any other path it means the port is not
+        the service's (another process took it, a wrong URL), and the service is unavailable."""
         url = self.urls[service] + path
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._budget
@@ -122,7 +130,7 @@ class RemoteShop:
             left = deadline - loop.time()
             timeout = aiohttp.ClientTimeout(total=left, connect=min(self._connect, left))
             try:
-                return await self._attempt(method, url, service, params, timeout)
+                return await self._attempt(method, url, service, params, timeout, may_be_missing)
             except RETRIED_READ_ERRORS as exc:
                 left = deadline - loop.time()
                 if method != "GET" or left <= backoff:
@@ -142,10 +150,11 @@ class RemoteShop:
         service: str,
         params: list[tuple[str, str]] | None,
         timeout: aiohttp.ClientTimeout,
+        may_be_missing: bool,
     ) -> Any:
         self.attempts += 1
         async with self._client().request(method, url, params=params, timeout=timeout) as response:
-            if response.status == 404:
+            if response.status == 404 and may_be_missing:
                 return None
             if response.status >= 400:
                 text = await response.text()
@@ -154,12 +163,22 @@ class RemoteShop:
             return await response.json()
 
     async def _get(
-        self, service: str, path: str, params: list[tuple[str, str]] | None = None
+        self,
+        service: str,
+        path: str,
+        params: list[tuple[str, str]] | None = None,
+        *,
+        may_be_missing: bool = False,
     ) -> Any:
-        return await self._request("GET", service, path, params)
+        return await self._request("GET", service, path, params, may_be_missing=may_be_missing)
 
     async def _shared_get(
-        self, service: str, path: str, params: list[tuple[str, str]] | None = None
+        self,
+        service: str,
+        path: str,
+        params: list[tuple[str, str]] | None = None,
+        *,
+        may_be_missing: bool = False,
     ) -> Any:
         """``_get``, one request for every caller asking the same while it is in flight. Only
         for the catalogue (prices, an account) an order is priced from: a caller may get an
@@ -168,7 +187,9 @@ class RemoteShop:
         key = (service, path, tuple(params or ()))
         task = self._in_flight.get(key)
         if task is None:
-            task = asyncio.ensure_future(self._get(service, path, params))
+            task = asyncio.ensure_future(
+                self._get(service, path, params, may_be_missing=may_be_missing)
+            )
             self._in_flight[key] = task
             task.add_done_callback(lambda done: self._forget(key, done))
         # shield: a caller cancelled (its client went away) does not cancel the others' read
@@ -225,7 +246,8 @@ class RemoteShop:
         return [AccountInfo.model_validate(a) for a in data["accounts"]]
 
     async def get_account(self, account_id: str) -> AccountInfo | None:
-        data = await self._shared_get("payment", f"/accounts/{quote(account_id, safe='')}")
+        path = f"/accounts/{quote(account_id, safe='')}"
+        data = await self._shared_get("payment", path, may_be_missing=True)
         return None if data is None else AccountInfo.model_validate(data)
 
     async def balances(self) -> dict[str, int]:

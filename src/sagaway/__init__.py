@@ -33,6 +33,7 @@ from sagaway.errors import (
     StepFailed,
     StepTimeout,
     StoreError,
+    TakeConflict,
     UnknownSagaError,
     UnstorableValue,
 )
@@ -85,6 +86,7 @@ __all__ = [
     "StepTimeout",
     "StoreError",
     "SystemClock",
+    "TakeConflict",
     "UnknownSagaError",
     "UnstorableValue",
     "declared_sagas",

@@ -25,6 +25,7 @@ from sagaway.errors import (
     InvalidTransition,
     LeaseLost,
     StoreError,
+    TakeConflict,
     UnknownSagaError,
     UnstorableValue,
 )
@@ -562,14 +563,14 @@ class Engine:
     async def _drive(self, run: SagaRun) -> None:
         saga_id = run.record.id
         stopped = "engine closing"  # why it is left unfinished, for the hooks
+        lost: LeaseLost | None = None
         try:
             await run.drive()
-        except LeaseLost:
-            stopped = "lease lost"
-            log.warning("saga %s: lease lost to another engine; stopped driving it", saga_id)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
+        except LeaseLost as exc:  # a TakeConflict on its first write: taken elsewhere first
+            stopped, lost = "lease lost", exc
+            level = logging.DEBUG if isinstance(exc, TakeConflict) else logging.WARNING
+            log.log(level, "saga %s: lease lost to another engine; stopped driving it", saga_id)
+        except Exception:  # (not CancelledError: a BaseException)
             # The log could not be written (or a bug): leave the saga where the log says it is
             # and try again from the log on the next recovery pass.
             stopped = "stopped by an error; resumes from the log"
@@ -585,7 +586,7 @@ class Engine:
             self._runs.pop(saga_id, None)
             committed = self._committing.pop(saga_id, None)
             if committed is not None and not committed.done():
-                committed.set_exception(StoreError(f"saga {saga_id}: {stopped}"))
+                committed.set_exception(lost or StoreError(f"saga {saga_id}: {stopped}"))
             waiters = self._waiters.pop(saga_id, None)
             if waiters:
                 final = run.record if run.record.status.is_terminal else None

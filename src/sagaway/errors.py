@@ -127,3 +127,9 @@ class LeaseLost(StoreError):
 
     The engine stops driving the saga immediately: writing anything more could race the new owner.
     """
+
+
+class TakeConflict(LeaseLost):
+    """A ``Change.take`` found the saga's row written since it was read (another engine took
+    the saga, a cancel was recorded...): nothing was written. The caller reads the saga again
+    and decides anew (a signal already applied is a duplicate; else it may not wait any more)."""

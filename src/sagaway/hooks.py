@@ -125,6 +125,10 @@ _METHODS = (
 )
 
 
+def _only(methods: tuple[Callable[..., None], ...]) -> Callable[..., None] | None:
+    return methods[0] if len(methods) == 1 else None
+
+
 def _overrides(hook: Hook, name: str) -> bool:
     return getattr(type(hook), name, None) is not getattr(Hook, name)
 
@@ -143,6 +147,9 @@ class HookChain(Hook):
             for name in _METHODS
         }
         by = self._by_method
+        # The only hook of a hot method, or None: called without a loop (a loop over a tuple
+        # allocates an iterator), as most engines have one hook there (the metrics).
+        self._step1, self._commit1 = _only(by["after_step"]), _only(by["after_commit"])
         self._saga_started, self._after_claim = by["saga_started"], by["after_claim"]
         self._before_step, self._after_step = by["before_step"], by["after_step"]
         self._after_commit, self._on_finish = by["after_commit"], by["on_finish"]
@@ -194,6 +201,13 @@ class HookChain(Hook):
         error: str | None,
         seconds: float,
     ) -> None:
+        one = self._step1
+        if one is not None:
+            try:
+                one(record, ctx, outcome, error, seconds)
+            except Exception:
+                log.exception("hook %s failed", one.__qualname__)
+            return
         for method in self._after_step:
             try:
                 method(record, ctx, outcome, error, seconds)
@@ -201,6 +215,13 @@ class HookChain(Hook):
                 log.exception("hook %s failed", method.__qualname__)
 
     def after_commit(self, record: SagaRecord, change: Change, seconds: float) -> None:
+        one = self._commit1
+        if one is not None:
+            try:
+                one(record, change, seconds)
+            except Exception:
+                log.exception("hook %s failed", one.__qualname__)
+            return
         for method in self._after_commit:
             try:
                 method(record, change, seconds)

@@ -2,9 +2,13 @@
 
 A saga waiting for a remote reply or for a signal holds no task, no memory and no lease: its
 row says what it waits for and until when (``SagaRecord.waiting_for``). When the reply or the
-signal comes, any engine takes the saga straight from the store (its row comes back with the
-lease: no read first), applies the rule (``rules.reply_arrived`` / ``rules.signal_arrived``)
-and drives it on; the outcome is written with the run's first transition, in one write.
+signal comes, any engine reads the saga (``TakingStore.peek``: no write), applies the rule
+(``rules.reply_arrived`` / ``rules.signal_arrived``) and drives it on: the outcome, the lease
+(``Change.take``, fenced on the row as read) and the run's first transition go in one durable
+write. Of two engines racing on one read, one wins; the other gets ``TakeConflict``, nothing
+written, and reads the saga again (a signal id already applied is then a duplicate). On a
+store without that tier, the saga is taken first (``acquire``: its row comes back with the
+lease), a second write.
 
 ``ParkedSagas`` is a collaborator the ``Engine`` owns: it shares the engine's table of runs
 (a saga driven here is never taken twice) and spawns runs through it.
@@ -23,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from sagaway import rules
 from sagaway.decisions import Decision, Next, Signal
 from sagaway.definition import Saga
-from sagaway.errors import EngineNotOpen, InvalidInput, NotWaiting, SagaNotFound
+from sagaway.errors import EngineNotOpen, InvalidInput, NotWaiting, SagaNotFound, TakeConflict
 from sagaway.hooks import ClaimReason, StepOutcome
 from sagaway.remote_steps import report_parked_attempt
 from sagaway.state import (
@@ -34,16 +38,18 @@ from sagaway.state import (
     Phase,
     SagaRecord,
     StepStatus,
+    Take,
     apply_change,
 )
 from sagaway.store._codec import check_text, check_value
-from sagaway.store.base import Page
+from sagaway.store.base import Page, TakingStore
 from sagaway.transport.base import Reply
 
 if TYPE_CHECKING:
     from sagaway.engine import Engine
 
 log = logging.getLogger("sagaway.engine")
+_TAKE_ATTEMPTS = 3  # reads of a parked saga a reply's take may lose before it is dropped
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -81,8 +87,43 @@ class ParkedSagas:
             del self._applying[saga_id]
             mine.set_result(None)
 
-    async def _release(self, saga_id: str, now: float) -> None:
-        """Give back a saga taken for nothing (a stale reply, a signal it does not wait for)."""
+    async def _take(self, saga_id: str, now: float) -> tuple[SagaRecord | None, Take | None]:
+        """The saga to apply a reply or a signal to, and how to take it. A parked saga on a
+        ``TakingStore`` is only read: the write that applies what woke it takes the lease
+        (the ``Take``). Otherwise (or one not parked: a reply kicking an orphan) it is taken
+        now with ``acquire``, its row coming back with the lease. None when unknown,
+        finished, or held by another engine."""
+        engine, store = self.engine, self.engine.store
+        if isinstance(store, TakingStore):
+            record = await store.peek(saga_id)
+            if record is None or not record.status.is_active:
+                return None, None
+            if record.waiting_for is not None:
+                held = (
+                    record.owner not in (None, engine.owner_id)
+                    and record.lease_expires_at is not None
+                    and record.lease_expires_at >= now
+                )
+                if held:
+                    return None, None
+                return record, Take(record.fence, now + engine.lease_seconds)
+        try:
+            taken = await store.acquire(
+                saga_id,
+                engine.owner_id,
+                now=now,
+                lease_seconds=engine.lease_seconds,
+                statuses=ACTIVE_STATUSES,
+            )
+        except SagaNotFound:
+            return None, None
+        return taken, None
+
+    async def _release(self, saga_id: str, now: float, take: Take | None) -> None:
+        """Give back a saga taken for nothing (a stale reply, a signal it does not wait for):
+        nothing to do if it was only read."""
+        if take is not None:
+            return
         await self.engine.store.commit(
             saga_id, self.engine.owner_id, Change(release_lease=True), now
         )
@@ -109,19 +150,23 @@ class ParkedSagas:
             with contextlib.suppress(TimeoutError):  # not wait_for: see Recovery.maintain
                 async with asyncio.timeout(self.engine.lease_seconds):
                     await future
-        # Take it straight away (its row comes back with it: no read first). A reply is stale
-        # only after a duplicate delivery or a timeout, so giving the lease back is rare.
+        # A take that lost to a write made since its read (another engine's take, a cancel
+        # recorded) reads again: taken elsewhere, the saga is then held (that engine drives it
+        # and re-sends); else this reply still applies, and dropping it would leave the saga
+        # parked until its timeout.
+        for _ in range(_TAKE_ATTEMPTS):
+            applied = await self._deliver_once(reply)
+            if applied is not None:
+                return applied
+        return False
+
+    async def _deliver_once(self, reply: Reply) -> bool | None:
+        """``_deliver`` on one read of the saga; None when its take lost (read again)."""
+        saga_id = reply.saga_id
+        # A reply is stale only after a duplicate delivery or a timeout, so a saga taken with
+        # acquire (no TakingStore) rarely has its lease given back.
         now = self.engine.clock.now()
-        try:
-            taken = await self.engine.store.acquire(
-                saga_id,
-                self.engine.owner_id,
-                now=now,
-                lease_seconds=self.engine.lease_seconds,
-                statuses=ACTIVE_STATUSES,
-            )
-        except SagaNotFound:
-            taken = None
+        taken, take = await self._take(saga_id, now)
         if taken is None:  # finished, unknown, or driven by another engine (it re-sends)
             log.debug("reply %s for saga %s: not waiting here", reply.message_id, saga_id)
             return False
@@ -135,7 +180,7 @@ class ParkedSagas:
                 taken.name,
                 taken.version,
             )
-            await self._release(saga_id, now)
+            await self._release(saga_id, now, take)
             return False
         taken.definition = saga
         reply = self._checked_reply(saga, reply)
@@ -143,12 +188,16 @@ class ParkedSagas:
         if decision.next is Next.IGNORE:
             log.debug("stale reply %s for saga %s: ignored", reply.message_id, saga_id)
             if taken.waiting_for is not None:
-                await self._release(saga_id, now)
-            else:  # not parked and now ours: it needs driving anyway
+                await self._release(saga_id, now, take)
+            else:  # not parked and now ours (acquired): it needs driving anyway
                 self.engine._spawn(saga, taken)
             return False
         # Return (so the transport acknowledges the reply) once its outcome is durable.
-        await self._resume_with(saga, taken, decision, "reply", now, reply)
+        try:
+            await self._resume_with(saga, taken, decision, "reply", now, reply, take)
+        except TakeConflict:
+            log.debug("reply %s for saga %s: written since read", reply.message_id, saga_id)
+            return None
         return True
 
     def _attempt_ended(
@@ -181,10 +230,15 @@ class ParkedSagas:
         what: str,
         now: float,
         reply: Reply | None = None,
+        take: Take | None = None,
     ) -> None:
-        """Drive on a parked saga this engine took because ``what`` (a reply, a signal)
-        arrived, by ``decision``; return once its outcome is durable. The run writes that
-        outcome with its first transition (the next step's start): one write instead of two."""
+        """Drive on a parked saga this engine took (or, with ``take``, takes with the first
+        write) because ``what`` (a reply, a signal) arrived, by ``decision``; return once its
+        outcome is durable. The run writes that outcome with its first transition (the next
+        step's start): one write. ``TakeConflict`` if the take lost: nothing written."""
+        if take is not None:
+            decision.change.take = take
+            taken.owner, taken.lease_expires_at = self.engine.owner_id, take.until
         hooks = self.engine._hooks
         if hooks is not None:
             hooks.on_resume(taken, taken.waiting_for or what)
@@ -228,7 +282,7 @@ class ParkedSagas:
         delay = 0.005
         while True:
             if saga_id not in self.engine._runs:
-                # The fast path: take the parked saga (its row comes back with it) and apply.
+                # The fast path: read the parked saga and apply, taking it in the same write.
                 receipt = await self._apply_signal(saga_id, signal)
                 if receipt is not None:
                     return receipt
@@ -322,16 +376,7 @@ class ParkedSagas:
 
     async def _take_signal(self, saga_id: str, signal: Signal) -> SignalReceipt | None:
         now = self.engine.clock.now()
-        try:
-            taken = await self.engine.store.acquire(
-                saga_id,
-                self.engine.owner_id,
-                now=now,
-                lease_seconds=self.engine.lease_seconds,
-                statuses=ACTIVE_STATUSES,
-            )
-        except SagaNotFound:
-            return None
+        taken, take = await self._take(saga_id, now)
         if taken is None:
             return None
         saga = self.engine._lookup(taken.name, taken.version)
@@ -340,23 +385,30 @@ class ParkedSagas:
         if self._not_waiting(taken, saga, signal) is not None or (
             self._needs_history(saga, signal.name) and await self._received(saga_id, signal)
         ):
-            await self._release(saga_id, now)
+            await self._release(saga_id, now, take)
             return None
         if saga is not None:
             try:
                 self._check_signal_payload(saga, taken, signal)
             except InvalidInput:
-                await self._release(saga_id, now)
+                await self._release(saga_id, now, take)
                 raise
         receipt = SignalReceipt(saga_id, signal.name, signal.signal_id, duplicate=False)
         if saga is None or not self.engine.execute:
             # Recorded for the engine that runs it: due now, so its next pass claims it.
             change = rules.signal_recorded(taken, signal, now)
-            await self.engine.store.commit(saga_id, self.engine.owner_id, change, now)
+            change.take = take
+            try:
+                await self.engine.store.commit(saga_id, self.engine.owner_id, change, now)
+            except TakeConflict:  # written since it was read: the caller reads it again
+                return None
             return receipt
         taken.definition = saga
         decision = rules.signal_arrived(saga, taken, signal, now)
-        await self._resume_with(saga, taken, decision, "signal", now)  # durable once it returns
+        try:  # durable once it returns
+            await self._resume_with(saga, taken, decision, "signal", now, None, take)
+        except TakeConflict:
+            return None
         return receipt
 
     @staticmethod
@@ -412,7 +464,7 @@ class ParkedSagas:
         if taken is None:  # driven somewhere: that engine sees the cancel
             return
         if taken.waiting_for is None or waiting is None:
-            await self._release(record.id, now)
+            await self._release(record.id, now, None)
             return
         due = min(now, taken.parked_until or now)
         await self.engine.store.commit(

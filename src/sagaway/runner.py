@@ -78,6 +78,13 @@ class SagaRun(RemoteSteps):
         self.owner, self.clock, self.listener = owner, clock, listener
         # None when the engine has no hook: then no hook is called and no time is measured.
         self.hooks = hooks
+        # Likewise per kind: the chain, or None when no hook reads steps (commits), so a metrics
+        # hook that ignores before_step is not called for it, and no one's clock is read.
+        wants = hooks.wants if hooks is not None else None
+        step_hooks = wants is not None and (wants("before_step") or wants("after_step"))
+        self._hooks_steps = hooks if step_hooks else None
+        self._hooks_before = wants is not None and wants("before_step")
+        self._hooks_commit = hooks if wants is not None and wants("after_commit") else None
         # True when the engine wrote step 0 RUNNING together with the saga: run it, don't redo it.
         self._prewritten = prewritten
         self._results = StepResults(saga, record)
@@ -91,6 +98,9 @@ class SagaRun(RemoteSteps):
         # An outcome decided before this run (a reply applied by the engine): written with the
         # next transition, as the runner merges its own step outcomes.
         self._carry = carry
+        # The lease, when the carried outcome takes it (``Change.take``): goes with the run's
+        # first write, whichever it is, and only that one.
+        self._take = None if carry is None else carry.take
         self._resend = False  # the park timed out: send the step in flight again
 
     @property
@@ -110,16 +120,21 @@ class SagaRun(RemoteSteps):
         event and write: nothing can happen in between, as no await separates them)."""
         if change.status is not None:
             check_saga_transition(self.record.status, change.status)
-        hooks = self.hooks
+        hooks = self._hooks_commit
         began = 0.0 if hooks is None else perf_counter()
         # Outputs passed _storable_output, error texts printable(), names and the owner id
         # were checked when declared: no need for the store to encode everything again.
         change.checked = True
+        take = self._take
+        if take is not None:
+            change.take = take
         try:
             await self.store.commit(self.record.id, self.owner, change, now)
         except EffectFailed as exc:
             await self._halt(printable(str(exc)))
             raise _Halted from exc
+        if take is not None:  # taken: later writes are fenced on the lease alone
+            self._take = change.take = None
         apply_change(self.record, change, now)
         if self.listener is not None:
             self.listener(self.record, change)
@@ -307,9 +322,10 @@ class SagaRun(RemoteSteps):
                     return None
             started_at = running.started_at
             ctx = self._context(step, FORWARD, attempt)
-            hooks = self.hooks
+            hooks = self._hooks_steps
             if hooks is not None:
-                hooks.before_step(self.record, ctx)
+                if self._hooks_before:
+                    hooks.before_step(self.record, ctx)
                 began = perf_counter()
             try:
                 if step.remote is None and step.wait is None:
@@ -460,9 +476,10 @@ class SagaRun(RemoteSteps):
             if parking and failure is None:
                 await self._parked(pending)
                 return None
-            hooks = self.hooks
+            hooks = self._hooks_steps
             if hooks is not None:
-                hooks.before_step(self.record, ctx)
+                if self._hooks_before:
+                    hooks.before_step(self.record, ctx)
                 began = perf_counter()
             try:
                 output = (

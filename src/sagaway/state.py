@@ -181,6 +181,10 @@ class SagaRecord:
     # The definition the record was read back with (set by the engine), so ``output`` can
     # decode step outputs to their declared types. Not stored; None for a bare store read.
     definition: Saga | None = field(default=None, compare=False, repr=False)
+    # A token that changes with every write of the saga's row, read by ``peek``: a
+    # ``Change.take`` built from it commits only if nothing wrote the row since (stores with
+    # the ``TakingStore`` tier; 0 where a read does not fill it in).
+    fence: int = field(default=0, compare=False)
 
     def step(self, name: str, phase: Phase = Phase.FORWARD) -> StepRecord | None:
         return self.steps.get((name, phase))
@@ -210,6 +214,7 @@ class SagaRecord:
             self.parked_until,
             self.pinned,
             self.definition,
+            self.fence,
         )
 
     def output(self, step: str) -> Any:
@@ -259,6 +264,18 @@ class Park:
     until: float
 
 
+@dataclass(frozen=True, slots=True)
+class Take:
+    """Take the saga's lease in the write itself, fenced on a read of its row (``peek``): the
+    write applies only if the row's ``fence`` is still ``fence`` (nothing wrote it since) and
+    no other engine holds a live lease; the lease then runs until ``until``. A parked saga
+    woken by a signal or a reply is taken and moved on in one durable write instead of two.
+    Else the store raises ``TakeConflict`` and writes nothing."""
+
+    fence: int
+    until: float
+
+
 @dataclass(slots=True)
 class Change:
     """Everything one durable transition writes, atomically: the unit of the write-ahead log."""
@@ -286,6 +303,8 @@ class Change:
     # ``unpark``, clear what it waited for (the reply or signal has been applied).
     park: Park | None = None
     unpark: bool = False
+    # Take the lease with this write (``Take``), instead of holding it already.
+    take: Take | None = None
 
 
 @dataclass(slots=True)

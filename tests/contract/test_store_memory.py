@@ -11,6 +11,7 @@ from sagaway.store.memory import MemoryStore
 from sagaway.testing.contract import SagaStoreContract
 from sagaway.testing.contract_compaction import CompactionContract
 from sagaway.testing.contract_retention import PruningStoreContract
+from sagaway.testing.contract_taking import TakingStoreContract
 from sagaway.testing.contract_tiers import OutboxStoreContract, TransactionalStoreContract
 
 
@@ -20,6 +21,7 @@ class TestMemoryStore(
     TransactionalStoreContract,
     PruningStoreContract,
     CompactionContract,
+    TakingStoreContract,
 ):
     @pytest.fixture
     async def store(self) -> AsyncIterator[SagaStore]:

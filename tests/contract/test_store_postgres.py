@@ -14,12 +14,17 @@ from sagaway.store.base import SagaStore
 from sagaway.testing.contract import SagaStoreContract
 from sagaway.testing.contract_compaction import CompactionContract
 from sagaway.testing.contract_retention import PruningStoreContract
+from sagaway.testing.contract_taking import TakingStoreContract
 from sagaway.testing.contract_tiers import OutboxStoreContract
 from servers import drop_pg_schema, pg_schema_url, postgres_check, require_server, unique_pg_schema
 
 
 class TestPostgresStore(
-    SagaStoreContract, OutboxStoreContract, PruningStoreContract, CompactionContract
+    SagaStoreContract,
+    OutboxStoreContract,
+    PruningStoreContract,
+    CompactionContract,
+    TakingStoreContract,
 ):
     @pytest.fixture
     async def store(self) -> AsyncIterator[SagaStore]:

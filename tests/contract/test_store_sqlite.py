@@ -12,6 +12,7 @@ from sagaway.store.sqlite import SQLiteStore
 from sagaway.testing.contract import SagaStoreContract
 from sagaway.testing.contract_compaction import CompactionContract
 from sagaway.testing.contract_retention import PruningStoreContract
+from sagaway.testing.contract_taking import TakingStoreContract
 from sagaway.testing.contract_tiers import OutboxStoreContract, TransactionalStoreContract
 
 
@@ -21,6 +22,7 @@ class TestSQLiteStore(
     TransactionalStoreContract,
     PruningStoreContract,
     CompactionContract,
+    TakingStoreContract,
 ):
     @pytest.fixture
     async def store(self, tmp_path: Path) -> AsyncIterator[SagaStore]:
@@ -34,6 +36,7 @@ class TestSQLiteStoreRelaxed(
     TransactionalStoreContract,
     PruningStoreContract,
     CompactionContract,
+    TakingStoreContract,
 ):
     """``durable=false`` changes only fsync behaviour, never semantics."""
 

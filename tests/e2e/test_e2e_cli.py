@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+import ports
 from checkout.cli import app
 
 runner = CliRunner()
@@ -101,9 +102,7 @@ def test_worker_runs_until_sigterm(tmp_path: Path) -> None:
 def test_worker_serves_metrics_on_its_port(tmp_path: Path) -> None:
     import httpx
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = ports.free_port()
     env = {**os.environ, **_env(tmp_path), "PYTHONUNBUFFERED": "1"}
     env["SAGAWAY_METRICS_PORT"] = str(port)
     proc = subprocess.Popen(

@@ -20,6 +20,7 @@ import pytest
 from e2e_helpers import serve_in_loop
 from fastapi import FastAPI
 
+import ports
 from checkout.dbfaults import ShopUnavailable
 from checkout.remote import SERVICE_NAMES, RemoteShop
 from checkout.services.server import create_service_app
@@ -33,15 +34,9 @@ def backend() -> str:
     return "sqlite"
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _urls(**ports: str) -> dict[str, str]:
-    base = {name: f"http://127.0.0.1:{_closed_port()}" for name in SERVICE_NAMES}
-    return {**base, **ports}
+def _urls(**served: str) -> dict[str, str]:
+    base = {name: f"http://127.0.0.1:{ports.free_port()}" for name in SERVICE_NAMES}
+    return {**base, **served}
 
 
 @pytest.fixture
@@ -128,3 +123,22 @@ async def test_a_refused_read_is_the_service_down_at_once() -> None:
         assert shop.attempts == 1, "nothing listens: no retry"
     finally:
         await shop.close()
+
+
+async def test_a_port_that_answers_404_to_a_route_is_not_the_service(
+    services: dict[str, str], tmp_path: Path
+) -> None:
+    """Another process on the inventory's port (here the shipping service, which has no
+    ``/prices``): the gateway's read says the inventory is unavailable (a 503 to the customer),
+    not "no prices" (a 500 once the missing answer is read). A 404 still means "no such
+    account" where an account is asked for by id."""
+    async with serve_in_loop(_app("shipping", tmp_path)) as shipping:
+        shop = RemoteShop({**services, "inventory": shipping})
+        try:
+            with pytest.raises(ShopUnavailable, match="inventory service is unavailable"):
+                await shop.prices(["product_1"])
+            with pytest.raises(ShopUnavailable, match="inventory service is unavailable"):
+                await shop.catalogue("user_1", ["product_1"])
+            assert await shop.get_account("no_such_user") is None
+        finally:
+            await shop.close()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import queue
-import random
 import re
 import signal
 import socket
@@ -30,31 +29,13 @@ from typing import Any
 import httpx
 import pytest
 
+import ports
 from checkout.domain.demo import DEMO_PRODUCTS, demo_total_money_cents, demo_total_units
 
 pytestmark = pytest.mark.slow
 
 NAMES = ("gateway", "payment", "inventory", "shipping")
 READY = re.compile(r"^gateway +\| checkout serving on http://127\.0\.0\.1:(\d+)")
-
-
-def _free_base_port() -> int:
-    """Four consecutive free loopback ports (gateway, payment, inventory, shipping)."""
-    for _ in range(50):
-        base = random.randrange(20_000, 40_000)
-        socks = []
-        try:
-            for port in range(base, base + 4):
-                sock = socket.socket()
-                socks.append(sock)
-                sock.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in socks:
-                sock.close()
-    raise RuntimeError("no four consecutive free ports")
 
 
 def _listening(port: int) -> bool:
@@ -144,7 +125,7 @@ def _orders_terminal(client: httpx.Client, ids: list[str]) -> list[dict[str, Any
 
 
 def test_up_runs_everything_and_a_second_up_resumes_unfinished_sagas(tmp_path: Path) -> None:
-    base = _free_base_port()
+    base = ports.free_ports_in_a_row(len(NAMES))
     first = Up(tmp_path, base)
     ids: list[str] = []
     shipping = _child(first.proc.pid, "participant shipping")

@@ -36,7 +36,6 @@ import json
 import os
 import queue
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -49,6 +48,7 @@ from typing import Any
 import httpx
 import pytest
 
+import ports
 import servers
 from checkout.domain.demo import demo_total_money_cents, demo_total_units
 from sagaway.state import Phase
@@ -61,12 +61,6 @@ LAUNCHER = Path(__file__).parents[1] / "gated_services.py"
 SERVICES = ("payment", "inventory", "shipping")
 DEADLINE = 120.0  # generous: the machine is shared; correct runs take a few seconds
 TERMINAL = ("completed", "failed")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Proc:
@@ -131,7 +125,7 @@ class Checkout:
         self.workdir = workdir
         self.transport = transport
         self.rabbitmq_url = rabbitmq_url
-        self.ports = {name: _free_port() for name in ("gateway", *SERVICES)}
+        self.ports = {name: ports.free_port() for name in ("gateway", *SERVICES)}
         self.procs: dict[str, Proc] = {}
         self.url = f"http://127.0.0.1:{self.ports['gateway']}"
 

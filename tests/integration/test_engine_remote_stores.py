@@ -50,6 +50,10 @@ async def test_duplicate_reply_is_applied_once(parked: Parked) -> None:
     await remotekit.check_duplicate_reply_is_applied_once(parked)
 
 
+async def test_a_reply_whose_take_lost_reads_again(parked: Parked) -> None:
+    await remotekit.check_a_reply_whose_take_lost_reads_again(parked)
+
+
 async def test_lost_reply_is_resent_then_compensated(parked: Parked) -> None:
     await remotekit.check_lost_reply_is_resent_with_the_same_key_then_compensated(parked)
 

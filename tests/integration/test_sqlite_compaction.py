@@ -274,3 +274,68 @@ def test_rows_packed_before_being_written_pack_as_if_written(tmp_path: Path) -> 
         for table in ("sagaway_steps", "sagaway_events"):
             assert conn.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,)
         conn.close()
+
+
+# A saga packed by the encoders before this one (deflated JSON, ``z``; the first binary form,
+# ``b``), and a short one (plain JSON, ``j``): logs hold such values, and they must read back
+# the same for ever.
+_OLD_Z = bytes.fromhex(
+    "7a558ecd0ac3300c835f65e42c86959fa67d9690c3a0830d4a3716f6fe731d5ad6837d906c7d2a8570edf1"
+    "7c3bb8f575b9cdf3e7de9a83af284520f02028714c798097293379383ab5a96e507f5729225762fd2e8bbd"
+    "8b7e269dc098b21f1139c520b11fd862ed146e693b4353bb89f0278743b6e4add5e94ad183d13ade0a989a"
+    "1332b62ae73cfa5aeb0f"
+)
+_OLD_B = bytes.fromhex(
+    "6204020973686970156e6f20616464726573730403001902828080018280800201310122048280800201cd"
+    "cccccccc408f4002006c028280800382808004070110818080012d00020381808001350002012d01020300"
+    "cdcccccccc448f405d010402000000000000468f407f0002020381808001c001"
+)
+_OLD_STEPS = [
+    ("reserve", "forward", "SUCCEEDED", 1, "1", None, 0, T0 + 0.25, T0 + 0.5),
+    ("ship", "forward", "FAILED", 2, None, "no address", 0, T0 + 0.5, 1000.1),
+    ("reserve", "compensation", "COMPENSATED", 1, None, None, 1, T0 + 0.75, T0 + 1),
+]
+_OLD_EVENTS = [
+    (T0, "saga_started", None, None, None, None),
+    (T0 + 0.25, "step_started", "reserve", None, 1, "engine-1"),
+    (T0 + 0.5, "step_succeeded", "reserve", None, 1, None),
+    (T0 + 0.5, "step_started", "ship", None, 1, "engine-1"),
+    (T0 + 0.6, "step_failed", "ship", None, 2, "no address"),
+    (T0 + 0.75, "compensation_started", "reserve", "compensation", 1, "engine-1"),
+    (T0 + 1, "saga_compensated", None, None, None, None),
+]
+
+
+def test_values_packed_by_earlier_encoders_still_read() -> None:
+    shared = {1: "reserve", 2: "engine-1"}
+    for old in (_OLD_Z, _OLD_B):
+        assert unpack(T0, old, lambda ids: {i: shared[i] for i in ids}) == (
+            _OLD_STEPS,
+            _OLD_EVENTS,
+        )
+    assert unpack(T0, b"j[[],[],[[0,1]]]") == ([], [(T0, "saga_started", None, None, None, None)])
+    # The same saga packed now: binary, and smaller than the deflated JSON.
+    value = pack(T0, _OLD_STEPS, _OLD_EVENTS, {"reserve": 1, "engine-1": 2})
+    assert value[:1] == b"t"
+    assert len(value) < len(_OLD_B) < len(_OLD_Z)
+    assert unpack(T0, value, lambda ids: {i: shared[i] for i in ids}) == (
+        _OLD_STEPS,
+        _OLD_EVENTS,
+    )
+
+
+def test_packing_keeps_large_numbers_long_texts_and_many_texts() -> None:
+    # Past every one-byte form: text indexes and shared numbers over 127, attempts over 63 or
+    # negative, texts and outputs longer than 127 bytes, ticks of days.
+    steps = [
+        (f"s{i}", "forward", "FAILED", a, "x" * 300, f"error {i}", 0, T0 + i, T0 + 86_400 * i)
+        for i, a in zip(range(150), [0, 63, 64, 1_000_000, -3] * 30, strict=True)
+    ]
+    events = [
+        (T0 + 86_400 * i, "step_failed", f"s{i}", "compensation", -i, "d" * i)
+        for i in range(1, 150)
+    ]
+    shared = {f"s{i}": 1_000 + i for i in range(150)}
+    value = pack(T0, steps, events, shared)
+    back = {n: t for t, n in shared.items()}
+    assert unpack(T0, value, lambda ids: {i: back[i] for i in ids}) == (steps, events)

@@ -18,6 +18,7 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 from sqlalchemy.engine import Connection
 
+import ports
 from sagaway.participant import Participant
 from sagaway.participant.http import participant_router, require_bearer
 from sagaway.state import Phase
@@ -186,9 +187,7 @@ async def test_the_router_answers_with_status_codes_and_messages(
 
 
 async def test_an_unreachable_participant_is_a_transport_error() -> None:
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = ports.free_port()  # nobody listens on it
     async with HttpDispatcher({"bank": f"http://127.0.0.1:{port}"}) as dispatcher:
         with pytest.raises(TransportError, match=r"bank\.debit"):
             await dispatcher.call(command_for("bank"), 5.0)

@@ -6,7 +6,7 @@ import pytest
 from sagakit import Kit, Order
 
 from sagaway import Change, Phase, SagaRecord, SagaStatus, StepContext
-from sagaway.hooks import ClaimReason, Hook, StepOutcome
+from sagaway.hooks import ClaimReason, Hook, HookChain, StepOutcome
 from sagaway.runner import SagaRun
 from sagaway.store.memory import MemoryStore
 from sagaway.testing import saga_engine
@@ -157,6 +157,49 @@ async def test_a_raising_hook_is_logged_and_the_saga_and_later_hooks_go_on(
     failures = [r for r in caplog.records if r.name == "sagaway.hooks"]
     assert len(failures) == 3 + 3 + 1  # before_step x3, after_commit x3, on_finish
     assert "Broken.before_step" in failures[0].getMessage()
+
+
+class BrokenSteps(Hook):
+    """The only hook of after_step and after_commit: the chain calls it without its loop."""
+
+    def after_step(
+        self,
+        record: SagaRecord,
+        ctx: StepContext,
+        outcome: StepOutcome,
+        error: str | None,
+        seconds: float,
+    ) -> None:
+        raise RuntimeError("hook bug")
+
+    def after_commit(self, record: SagaRecord, change: Change, seconds: float) -> None:
+        raise RuntimeError("hook bug")
+
+
+async def test_the_only_hook_of_a_method_is_guarded_too(
+    kit: Kit, order: Order, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with saga_engine(kit.saga, hooks=[BrokenSteps()]) as h:
+        record = await h.run(kit.saga, order)
+    assert record.status is SagaStatus.SUCCEEDED
+    failures = [r.getMessage() for r in caplog.records if r.name == "sagaway.hooks"]
+    assert sum("BrokenSteps.after_step" in m for m in failures) == 3
+    assert sum("BrokenSteps.after_commit" in m for m in failures) >= 3
+
+
+async def test_a_method_no_hook_overrides_is_not_called(
+    kit: Kit, order: Order, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The metrics hook reads no before_step: the runner calls nothing for it.
+    called: list[object] = []
+    monkeypatch.setattr(HookChain, "before_step", lambda self, *args: called.append(args))
+    rec = Recorder()
+    monkeypatch.setattr(Recorder, "before_step", Hook.before_step)
+    async with saga_engine(kit.saga, hooks=[rec]) as h:
+        record = await h.run(kit.saga, order)
+    assert record.status is SagaStatus.SUCCEEDED
+    assert called == []
+    assert len(rec.of("after")) == 3, "after_step still reaches the hook"
 
 
 async def test_no_hook_means_the_runner_gets_none(kit: Kit, order: Order) -> None:

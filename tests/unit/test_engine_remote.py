@@ -131,6 +131,10 @@ async def test_duplicate_reply_is_applied_once(parked: Parked) -> None:
     await remotekit.check_duplicate_reply_is_applied_once(parked)
 
 
+async def test_a_reply_whose_take_lost_reads_again(parked: Parked) -> None:
+    await remotekit.check_a_reply_whose_take_lost_reads_again(parked)
+
+
 async def test_stale_and_reordered_replies_are_ignored(parked: Parked) -> None:
     await remotekit.check_stale_and_reordered_replies_are_ignored(parked)
 

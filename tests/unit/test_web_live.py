@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from types import SimpleNamespace
 
 import pytest
 
-from sagaway.web.live import LiveUpdates, Watch
+from sagaway.hooks import ClaimReason
+from sagaway.web.live import LiveUpdates, SharedRenders, Watch, sse_event
+from sagaway.web.router import _when
 
 PERIOD = 0.02
 
@@ -163,3 +166,48 @@ async def test_a_failed_timeline_render_is_not_shared_with_the_next_page() -> No
     with pytest.raises(ConnectionError):
         await watch.render(0, timeline)
     assert await watch.render(0, timeline) == ("timeline", "")
+
+
+async def test_the_event_is_encoded_once_with_the_render() -> None:
+    renders = SharedRenders()
+
+    async def rows() -> str:
+        return "<tr>1</tr>\n<tr>2</tr>"
+
+    first = await renders.get("rows", 1, 0, rows, "saga-rows")
+    again = await renders.get("rows", 1, 0, rows, "saga-rows")
+    assert first == (0, "<tr>1</tr>\n<tr>2</tr>", sse_event("saga-rows", "<tr>1</tr>\n<tr>2</tr>"))
+    assert again[2] is first[2], "every stream of the tick sends the same encoded event"
+    assert renders.renders == 1
+
+
+def test_the_hook_knows_which_sagas_this_engine_drives() -> None:
+    live = LiveUpdates()
+    for saga_id in ("done", "left", "parked"):
+        live.after_claim(SimpleNamespace(id=saga_id), ClaimReason.STARTED)  # type: ignore[arg-type]
+    assert live.driving == {"done", "left", "parked"}
+    live.on_finish(SimpleNamespace(id="done"))  # type: ignore[arg-type]
+    live.on_release(SimpleNamespace(id="left"), "lease lost")  # type: ignore[arg-type]
+    live.on_park(SimpleNamespace(id="parked"), "signal:approve")  # type: ignore[arg-type]
+    assert live.driving == set()
+
+
+@pytest.mark.parametrize(
+    "at",
+    [
+        0.0,
+        1.5,
+        1764150000.0,
+        1764150000.123456,
+        1764150000.9999995,
+        1764150000.0004999,
+        1764150000.0015,
+        1e9 + 0.9999996,
+        1764150059.9996,
+        -1.25,
+    ],
+)
+def test_when_prints_what_datetime_prints(at: float) -> None:
+    expected = datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+    assert _when(at) == expected
+    assert _when(None) == ""

@@ -5,13 +5,21 @@ from __future__ import annotations
 from importlib import import_module
 
 from sagaway.errors import SagawayError
-from sagaway.store.base import OutboxStore, Page, PruningStore, SagaStore, TransactionalStore
+from sagaway.store.base import (
+    OutboxStore,
+    Page,
+    PruningStore,
+    SagaStore,
+    TakingStore,
+    TransactionalStore,
+)
 
 __all__ = [
     "OutboxStore",
     "Page",
     "PruningStore",
     "SagaStore",
+    "TakingStore",
     "TransactionalStore",
     "open_store",
 ]

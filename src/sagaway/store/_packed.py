@@ -8,22 +8,32 @@ started_at, finished_at`` with the output as JSON text; events: ``at, type, step
 attempt, detail``), so packing builds no record objects.
 
 The packed value is exact: ``unpack(base, pack(base, steps, events))`` gives back the same
-rows, times to the last bit. Layout: one byte saying how the rest is stored (``j``: compact
-JSON; ``z``: that JSON raw-deflated, when it is smaller), then::
+rows, times to the last bit. Layout: one byte saying how the rest is stored, then the rest.
+:func:`pack` writes ``t``, a binary form with no compression (deflate's set-up alone cost more
+per saga than building the value, and this form is smaller than the deflated JSON was)::
 
-    [texts, steps, events]
-    texts:  step names, errors and event details, each once; the rest refers to them by index.
-            An integer in it stands for a text the store keeps once for every saga (a step
-            name, an engine's id: the same in thousands of sagas), by the store's own number.
-    step:   [name, phase, status, attempts, started, finished, output, error, uncertain]
-            (trailing empty fields left out)
-    event:  [dt, type] or [dt, type, step, phase, attempt] or [..., detail]
+    texts:  n, then n of: 2k (the store's shared text number k) or 2len+1 and UTF-8 bytes
+            (step names, errors and event details, each once; the rest refers to them by index)
+    times:  n, then n of: 2 + zigzag(ticks after the time before it, the first after
+            ``created_at``), or 1 and the 8-byte float itself when the ticks do not give it
+            back; each distinct time once (a step starts when its step_started event is)
+    steps:  n, then n of: name, head byte (phase and status code << 3 | output 1 | error 2 |
+            uncertain 4; code 0: phase and status follow as texts), attempts, started and
+            finished (time index + 1, 0 for none), [output as len and UTF-8], [error]
+    events: n, then n of: time index, head (type << 4 | step 1 | phase 2 | attempt 4 |
+            detail 8; an unknown type's text follows), [step], [phase + 1, or 0 and its
+            text], [attempt], [detail]
 
-Enum values are small integers (their index in the tuples below, which are only ever appended
-to; a value not in them is kept as its text). A step's time is an integer count of 2**-22 s
-after the saga's ``created_at``; an event's, after the event before it (the first: after
-``created_at``). POSIX times this side of 2038 are whole numbers of 2**-22 s; a time for which
-the count does not give back the very same float is kept as the float itself.
+Every number is a little-endian base-128 varint; signed ones (attempts, ticks) are zigzagged.
+A tick is 2**-22 s: POSIX times this side of 2038 are whole numbers of ticks. Enum values are
+small integers (their index in the tuples below, which are only ever appended to; a value not
+in them is kept as its text).
+
+Values packed before (still read, never written): ``b``, the same without the times section
+(each time written where it is used: a step's as 0 for none, 1 and the float, or 2 +
+zigzag(ticks after ``created_at``); an event's as 0 and the float or 1 + zigzag(ticks after
+the event before it)); ``j``, compact JSON ``[texts, steps, events]`` with enum values and
+texts by index and times in ticks or floats; and ``z``, that JSON raw-deflated.
 
 A store that appends rows for a packed saga afterwards (an operator's retry, a refused cancel)
 reads them after the packed ones (:func:`merge_steps`), and compacting again folds both.
@@ -32,11 +42,10 @@ reads them after the packed ones (:func:`merge_steps`), and compacting again fol
 from __future__ import annotations
 
 import json
+import struct
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
-
-from sagaway.store._codec import dumps
 
 # Append only: a packed value names enum members by their index here.
 _PHASES = ("forward", "compensation")
@@ -76,25 +85,22 @@ _STEP_STATUS_CODE = {v: i for i, v in enumerate(_STEP_STATUSES)}
 _EVENT_TYPE_CODE = {v: i for i, v in enumerate(_EVENT_TYPES)}
 
 _TICKS = 4194304.0  # 2**22 a second
-_JSON, _DEFLATE = b"j", b"z"
-# Raw deflate, a 1 KB window, a small state: a history is a few hundred bytes, and the
-# default state (256 KB to set up per call) costs more time than the compressing itself.
-_WBITS, _MEM_LEVEL, _LEVEL = -10, 2, 6
-# Shorter JSON rarely shrinks under deflate; don't spend the time.
-_DEFLATE_FROM = 96
+_BINARY, _BINARY_1 = b"t", b"b"
+_FLOAT = struct.Struct("<d")
+# A step's phase and status as one code (1 + phase * 7 + status; 0: both as texts follow).
+_STEP_CODE = {
+    (p, s): 1 + i * len(_STEP_STATUSES) + j
+    for i, p in enumerate(_PHASES)
+    for j, s in enumerate(_STEP_STATUSES)
+}
+_STEP_DECODE = {code: pair for pair, code in _STEP_CODE.items()}
+_TEXT_TYPE = 1023  # an event type kept as its text, which follows
+_DEFLATE = b"z"
+_WBITS = -10  # how ``z`` values were deflated: raw, a 1 KB window
 
 
 StepRow = Sequence[Any]
 EventRow = Sequence[Any]
-
-
-def _ticks(base: float, at: float) -> int | float:
-    ticks = (at - base) * _TICKS
-    if ticks.is_integer() and abs(ticks) < 2**53:
-        whole = int(ticks)
-        if base + whole / _TICKS == at:
-            return whole
-    return at
 
 
 def _untick(base: float, value: int | float) -> float:
@@ -125,74 +131,169 @@ def pack(
 ) -> bytes:
     """The packed value of a saga created at ``base`` with these step rows and events (in
     history order); a text in ``shared`` is written as its number there."""
-    # Runs once per finished saga in the commit that finishes it: kept to plain loops with
-    # the time arithmetic inline (a call per time cost a tenth of it).
+    # Runs once per finished saga in the commit that finishes it: plain loops, the common
+    # one-byte varint appended inline (a call per field cost more than the rest of it).
     texts: dict[str, int] = {}
     text = texts.setdefault
-    phase_code, status_code, type_code = (
-        _PHASE_CODE.get,
-        _STEP_STATUS_CODE.get,
-        _EVENT_TYPE_CODE.get,
-    )
-    packed_steps: list[list[Any]] = []
+    # Each distinct time once (a step's start is the event that started it, its end the one
+    # that ended it): converted to ticks once, referred to by index.
+    moments: dict[float, int] = {}
+    moment = moments.setdefault
+    step_code = _STEP_CODE.get
+    out = bytearray()
+    put = out.append
+    count = 0
     for name, phase, status, attempts, output, error, uncertain, started, finished in steps:
-        entry: list[Any] = [
-            text(name, len(texts)),
-            phase_code(phase, phase),
-            status_code(status, status),
-            attempts,
-            None if started is None else _ticks(base, started),
-            None if finished is None else _ticks(base, finished),
-        ]
-        if output is not None or error is not None or uncertain:
-            entry.append(output)
-            if error is not None or uncertain:
-                entry.append(None if error is None else text(error, len(texts)))
-                if uncertain:
-                    entry.append(1)
-        packed_steps.append(entry)
-    packed_events: list[list[Any]] = []
-    previous = base
+        count += 1
+        index = text(name, len(texts))
+        if index < 128:
+            put(index)
+        else:
+            _varint(out, index)
+        code = step_code((phase, status), 0)
+        flags = 0 if output is None else 1
+        if error is not None:
+            flags |= 2
+        if uncertain:
+            flags |= 4
+        put(code << 3 | flags)
+        if not code:
+            _string(out, phase)
+            _string(out, status)
+        if 0 <= attempts < 64:
+            put(attempts << 1)
+        else:
+            _varint(out, _zigzag(attempts))
+        if started is None:
+            put(0)
+        else:
+            index = moment(started, len(moments))
+            if index < 127:
+                put(index + 1)
+            else:
+                _varint(out, index + 1)
+        if finished is None:
+            put(0)
+        else:
+            index = moment(finished, len(moments))
+            if index < 127:
+                put(index + 1)
+            else:
+                _varint(out, index + 1)
+        if output is not None:
+            raw = output.encode()
+            if len(raw) < 128:
+                put(len(raw))
+                out += raw
+            else:
+                _varint(out, len(raw))
+                out += raw
+        if error is not None:
+            _varint(out, text(error, len(texts)))
+    steps_out, out = out, bytearray()
+    put = out.append
+    steps_count, count = count, 0
+    type_code, phase_code = _EVENT_TYPE_CODE.get, _PHASE_CODE.get
     for at, kind, step, phase, attempt, detail in events:
-        if at == previous:
-            tick: int | float = 0
+        count += 1
+        index = moment(at, len(moments))
+        if index < 128:
+            put(index)
         else:
-            ticks = (at - previous) * _TICKS
-            tick = int(ticks) if ticks.is_integer() and abs(ticks) < 2**53 else at
-            if tick is not at and previous + tick / _TICKS != at:
-                tick = at
+            _varint(out, index)
+        head: int = type_code(kind, _TEXT_TYPE) << 4
+        if step is not None:
+            head |= 1
+        if phase is not None:
+            head |= 2
+        if attempt is not None:
+            head |= 4
+        if detail is not None:
+            head |= 8
+        if head < 128:
+            put(head)
+        else:
+            _varint(out, head)
+        if head >> 4 == _TEXT_TYPE:
+            _string(out, kind)
+        if step is not None:
+            index = text(step, len(texts))
+            if index < 128:
+                put(index)
+            else:
+                _varint(out, index)
+        if phase is not None:
+            known = phase_code(phase)
+            if known is None:
+                put(0)
+                _string(out, phase)
+            else:
+                put(known + 1)
+        if attempt is not None:
+            if 0 <= attempt < 64:
+                put(attempt << 1)
+            else:
+                _varint(out, _zigzag(attempt))
+        if detail is not None:
+            index = text(detail, len(texts))
+            if index < 128:
+                put(index)
+            else:
+                _varint(out, index)
+    value = bytearray(_BINARY)
+    _varint(value, len(texts))
+    for t in texts:
+        number = None if shared is None else shared.get(t)
+        if number is None:
+            raw = t.encode()
+            _varint(value, len(raw) << 1 | 1)
+            value += raw
+        else:
+            _varint(value, number << 1)
+    _varint(value, len(moments))
+    previous = base
+    for at in moments:
+        _time(value, previous, at)
         previous = at
-        if step is None and phase is None and attempt is None and detail is None:
-            packed_events.append([tick, type_code(kind, kind)])
-        elif detail is None:
-            packed_events.append(
-                [
-                    tick,
-                    type_code(kind, kind),
-                    None if step is None else text(step, len(texts)),
-                    None if phase is None else phase_code(phase, phase),
-                    attempt,
-                ]
-            )
-        else:
-            packed_events.append(
-                [
-                    tick,
-                    type_code(kind, kind),
-                    None if step is None else text(step, len(texts)),
-                    None if phase is None else phase_code(phase, phase),
-                    attempt,
-                    text(detail, len(texts)),
-                ]
-            )
-    listed = list(texts) if not shared else [shared.get(t, t) for t in texts]
-    body = dumps([listed, packed_steps, packed_events]).encode()
-    if len(body) >= _DEFLATE_FROM:
-        squeezer = zlib.compressobj(_LEVEL, zlib.DEFLATED, _WBITS, _MEM_LEVEL)
-        squeezed = squeezer.compress(body) + squeezer.flush()
-        if len(squeezed) < len(body):
-            return _DEFLATE + squeezed
-    return _JSON + body
+    _varint(value, steps_count)
+    value += steps_out
+    _varint(value, count)
+    value += out
+    return bytes(value)
+
+
+def _varint(out: bytearray, value: int) -> None:
+    while value > 127:
+        out.append((value & 127) | 128)
+        value >>= 7
+    out.append(value)
+
+
+def _zigzag(value: int) -> int:
+    return value << 1 if value >= 0 else (-value << 1) - 1
+
+
+def _unzigzag(value: int) -> int:
+    return -((value + 1) >> 1) if value & 1 else value >> 1
+
+
+def _time(out: bytearray, base: float, at: float) -> None:
+    """``at`` as 2 + zigzag(its ticks after ``base``), or 1 and the float itself when the
+    ticks do not give it back."""
+    ticks = (at - base) * _TICKS
+    if ticks.is_integer() and abs(ticks) < 2**53:
+        whole = int(ticks)
+        if base + whole / _TICKS == at:
+            _varint(out, 2 + (whole << 1 if whole >= 0 else (-whole << 1) - 1))
+            return
+    out.append(1)
+    out += _FLOAT.pack(at)
+
+
+def _string(out: bytearray, value: str) -> None:
+    raw = value.encode()
+    _varint(out, len(raw))
+    out += raw
 
 
 def unpack(
@@ -203,14 +304,11 @@ def unpack(
     """The step rows and events (in history order) of a packed value; see :func:`pack`.
     ``resolve`` gives the texts of the store's numbers it refers to."""
     raw = bytes(value)
+    if raw[:1] == _BINARY or raw[:1] == _BINARY_1:
+        return _Reader(raw).saga(base, resolve)
     body = zlib.decompress(raw[1:], _WBITS) if raw[:1] == _DEFLATE else raw[1:]
     texts, packed_steps, packed_events = json.loads(body)
-    numbers = [t for t in texts if type(t) is int]
-    if numbers:
-        if resolve is None:
-            raise ValueError("a packed saga refers to shared texts and none were given")
-        known = resolve(numbers)
-        texts = [known[t] if type(t) is int else t for t in texts]
+    texts = _resolved(texts, resolve)
     steps = []
     for entry in packed_steps:
         padded = entry + [None, None, 0][len(entry) - 6 :]
@@ -253,6 +351,139 @@ def unpack(
             (at, _EVENT_TYPES[kind] if type(kind) is int else kind, step, phase, attempt, detail)
         )
     return steps, events
+
+
+def _resolved(
+    texts: list[Any], resolve: Callable[[list[int]], Mapping[int, str]] | None
+) -> list[Any]:
+    numbers = [t for t in texts if type(t) is int]
+    if not numbers:
+        return texts
+    if resolve is None:
+        raise ValueError("a packed saga refers to shared texts and none were given")
+    known = resolve(numbers)
+    return [known[t] if type(t) is int else t for t in texts]
+
+
+class _Reader:
+    """Reads a binary packed value (``b``) front to back; see :func:`pack`."""
+
+    __slots__ = ("pos", "raw")
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw, self.pos = raw, 1
+
+    def varint(self) -> int:
+        raw, pos = self.raw, self.pos
+        byte = raw[pos]
+        value, shift = byte & 127, 7
+        pos += 1
+        while byte > 127:
+            byte = raw[pos]
+            value |= (byte & 127) << shift
+            shift += 7
+            pos += 1
+        self.pos = pos
+        return value
+
+    def string(self, size: int | None = None) -> str:
+        if size is None:
+            size = self.varint()
+        start = self.pos
+        self.pos = start + size
+        return self.raw[start : self.pos].decode()
+
+    def time(self, previous: float) -> float:
+        code = self.varint()
+        if code == 1:
+            start = self.pos
+            self.pos = start + 8
+            at: float = _FLOAT.unpack_from(self.raw, start)[0]
+            return at
+        return previous + _unzigzag(code - 2) / _TICKS
+
+    def moment(self, moments: list[float]) -> float | None:
+        index = self.varint()
+        return moments[index - 1] if index else None
+
+    def inline_time(self, base: float, offset: int) -> float | None:
+        """A time of a ``b`` value: ``offset`` + zigzag(ticks), ``offset - 1`` and the
+        float, or (for a step's, ``offset`` 2) 0 for none."""
+        code = self.varint()
+        if code >= offset:
+            return base + _unzigzag(code - offset) / _TICKS
+        if code == offset - 1:
+            start = self.pos
+            self.pos = start + 8
+            at: float = _FLOAT.unpack_from(self.raw, start)[0]
+            return at
+        return None
+
+    def saga(
+        self, base: float, resolve: Callable[[list[int]], Mapping[int, str]] | None
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        listed: list[Any] = []
+        for _ in range(self.varint()):
+            code = self.varint()
+            listed.append(self.string(code >> 1) if code & 1 else code >> 1)
+        texts = _resolved(listed, resolve)
+        moments: list[float] = []
+        inline = self.raw[:1] == _BINARY_1  # times where they are used, not in a section
+        previous = base
+        for _ in range(0 if inline else self.varint()):
+            previous = self.time(previous)
+            moments.append(previous)
+        steps = []
+        for _ in range(self.varint()):
+            name = texts[self.varint()]
+            head = self.raw[self.pos]
+            self.pos += 1
+            if head >> 3:
+                phase, status = _STEP_DECODE[head >> 3]
+            else:
+                phase, status = self.string(), self.string()
+            attempts = _unzigzag(self.varint())
+            if inline:
+                started, finished = self.inline_time(base, 2), self.inline_time(base, 2)
+            else:
+                started, finished = self.moment(moments), self.moment(moments)
+            output = self.string() if head & 1 else None
+            error = texts[self.varint()] if head & 2 else None
+            uncertain = 1 if head & 4 else 0
+            steps.append(
+                (
+                    name,
+                    phase,
+                    status,
+                    attempts,
+                    output,
+                    error,
+                    uncertain,
+                    started,
+                    finished,
+                )
+            )
+        events = []
+        previous = base
+        for _ in range(self.varint()):
+            if inline:
+                at = self.inline_time(previous, 1)
+                assert at is not None
+                previous = at
+            else:
+                at = moments[self.varint()]
+            head = self.varint()
+            code = head >> 4
+            kind = self.string() if code == _TEXT_TYPE else _EVENT_TYPES[code]
+            step = texts[self.varint()] if head & 1 else None
+            in_phase: str | None = None
+            if head & 2:
+                code = self.varint()
+                in_phase = _PHASES[code - 1] if code else self.string()
+            attempt = _unzigzag(self.varint()) if head & 4 else None
+            detail = texts[self.varint()] if head & 8 else None
+            events.append((at, kind, step, in_phase, attempt, detail))
+        return steps, events
 
 
 def merge_steps(packed: Iterable[StepRow], rows: Iterable[StepRow]) -> list[StepRow]:

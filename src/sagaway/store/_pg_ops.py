@@ -36,14 +36,10 @@ from sagaway.state import (
     cancel_refusal,
     refused_cancel,
 )
-from sagaway.store._codec import EVENT_TYPE as _EVENT_TYPE
-from sagaway.store._codec import PHASE as _PHASE
 from sagaway.store._codec import SAGA_STATUS as _SAGA_STATUS
-from sagaway.store._codec import STEP_STATUS as _STEP_STATUS
 from sagaway.store._codec import dumps as _dumps
-from sagaway.store._codec import loads as _loads
 from sagaway.store._pg_compact import COMPACT, HISTORY_JSON, STARTED_STEPS, STEPS_JSON
-from sagaway.store._pg_schema import ACTIVE_SQL
+from sagaway.store._pg_schema import ACTIVE_SQL, saga_from_row
 
 _COLS = (
     "i.id, i.name, i.version, i.status, i.input::text, i.idempotency_key, i.owner, "
@@ -93,12 +89,20 @@ def _write_batch_sql(s: str, *, remote: bool) -> str:
     change writes none."""
     inst = f"{s}.sagaway_instances"
     events = f"{s}.sagaway_events"
-    park_cols = ", $40::text[], $41::float8[], $42::int[]" if remote else ""
-    park_names = ", pfor, puntil, pmode" if remote else ""
+    park_cols = ", $40::text[], $41::float8[], $42::int[], $50::int8[], $51::float8[]"
+    park_names = ", pfor, puntil, pmode, tfence, tuntil"
+    # A take (Change.take, $50-$51) leases the row, fenced on its xmin as read, not the owner.
+    fence = "(uop.owner IS NULL OR i.owner = uop.owner)"
     if remote:
-        lease_sets = """owner = CASE WHEN uop.release OR uop.pmode = 1 THEN NULL ELSE i.owner END,
+        fence = f"""CASE WHEN uop.tfence IS NULL THEN {fence} ELSE i.xmin::text::int8 = uop.tfence
+    AND (i.owner IS NULL OR i.owner = uop.owner OR i.lease_expires_at < uop.at) END"""
+    else:
+        park_cols = park_names = ""
+    if remote:
+        lease_sets = """owner = CASE WHEN uop.release OR uop.pmode = 1 THEN NULL
+      WHEN uop.tfence IS NOT NULL THEN uop.owner ELSE i.owner END,
     lease_expires_at = CASE WHEN uop.release OR uop.pmode = 1 THEN NULL
-      ELSE i.lease_expires_at END,
+      WHEN uop.tfence IS NOT NULL THEN uop.tuntil ELSE i.lease_expires_at END,
     waiting_for = CASE uop.pmode WHEN 1 THEN uop.pfor WHEN 2 THEN NULL ELSE i.waiting_for END,
     parked_until = CASE uop.pmode WHEN 1 THEN uop.puntil WHEN 2 THEN NULL
       ELSE i.parked_until END,"""
@@ -137,7 +141,7 @@ WITH cop AS (
     {lease_sets}
     cancel_requested = i.cancel_requested AND NOT uop.clear,
     events = i.events + uop.n
-  FROM uop WHERE i.id = uop.id AND (uop.owner IS NULL OR i.owner = uop.owner)
+  FROM uop WHERE i.id = uop.id AND {fence}
     AND NOT (uop.guard AND i.cancel_requested)
   RETURNING i.id, i.events - uop.n AS base, uop.release AND i.status IN ({ACTIVE_SQL}) AS freed
 ), written AS (
@@ -185,6 +189,11 @@ class Statements:
             f"SELECT {_COLS}, {steps_json}, "
             f"CASE WHEN $2 THEN {HISTORY_JSON.format(s=s)} END FROM {inst} i WHERE i.id = $1"
         )
+        # The fence of Change.take: xmin, the transaction that wrote the row version read,
+        # changes with every write of the row (no column to keep up to date).
+        self.peek = (
+            f"SELECT {_COLS}, {steps_json}, NULL, i.xmin::text::int8 FROM {inst} i WHERE i.id = $1"
+        )
         self.compact = COMPACT.format(s=s)
         # SKIP LOCKED: concurrent claims (any process) pass over each other's rows instead of
         # waiting, and a row whose lease changed meanwhile is re-checked under the lock.
@@ -229,7 +238,9 @@ SELECT {_COLS}, {steps_json} FROM upd i ORDER BY i.created_at, i.id
         )
         self.cancel_facts = f"SELECT status, cancel_requested FROM {inst} WHERE id = $1 FOR UPDATE"
         self.started_steps = STARTED_STEPS.format(s=s)
-        self.fence_facts = f"SELECT owner, cancel_requested FROM {inst} WHERE id = $1"
+        self.fence_facts = (
+            f"SELECT owner, cancel_requested, xmin::text::int8 FROM {inst} WHERE id = $1"
+        )
         self.count_event = (
             f"UPDATE {inst} SET events = events + 1 WHERE id = $1 RETURNING events - 1"
         )
@@ -316,7 +327,7 @@ CommitOp = tuple[str, str | None, Change, float]
 
 def is_remote(change: Change) -> bool:
     """True when a change needs ``write_batch_remote`` (it parks, unparks or sends)."""
-    return change.park is not None or change.unpark or bool(change.outbox)
+    return change.park is not None or change.unpark or bool(change.outbox) or bool(change.take)
 
 
 def remote_args(commits: Sequence[CommitOp]) -> list[list[Any]]:
@@ -347,6 +358,8 @@ def remote_args(commits: Sequence[CommitOp]) -> list[list[Any]]:
         [_dumps(m.body) for _, m in out],
         [_dumps(m.headers) for _, m in out],
         [m.created_at for _, m in out],
+        [None if c[2].take is None else c[2].take.fence for c in commits],
+        [None if c[2].take is None else c[2].take.until for c in commits],
     ]
 
 
@@ -379,74 +392,6 @@ def write_args(news: Sequence[NewSaga], commits: Sequence[CommitOp], channel: st
         ),
         channel,
     ]
-
-
-# -- decoding ---------------------------------------------------------------------------------
-
-
-def _float(value: Any) -> float | None:
-    # json_agg prints 1000.0 as 1000: give the engine back the float it wrote.
-    return None if value is None else float(value)
-
-
-def saga_from_row(row: Sequence[Any]) -> SagaRecord:
-    """A record from ``_COLS`` (+ steps JSON, + history JSON when present)."""
-    record = SagaRecord(
-        id=row[0],
-        name=row[1],
-        version=row[2],
-        status=_SAGA_STATUS[row[3]],
-        input=None if row[4] is None else _loads(row[4]),
-        idempotency_key=row[5],
-        owner=row[6],
-        lease_expires_at=row[7],
-        deadline_at=row[8],
-        cancel_requested=row[9],
-        error=row[10],
-        created_at=row[11],
-        updated_at=row[12],
-        waiting_for=row[13],
-        parked_until=row[14],
-        pinned=row[15],
-    )
-    if len(row) > 16 and row[16] is not None:
-        for s in _loads(row[16]):
-            step = StepRecord(
-                name=s[0],
-                phase=_PHASE[s[1]],
-                status=_STEP_STATUS[s[2]],
-                attempts=s[3],
-                output=s[4],
-                error=s[5],
-                uncertain=s[6],
-                started_at=_float(s[7]),
-                finished_at=_float(s[8]),
-            )
-            record.steps[(step.name, step.phase)] = step
-    if len(row) > 17 and row[17] is not None:
-        record.history = [
-            Event(
-                at=float(e[0]),
-                type=_EVENT_TYPE[e[1]],
-                step=e[2],
-                phase=None if e[3] is None else _PHASE[e[3]],
-                attempt=e[4],
-                detail=e[5],
-            )
-            for e in _loads(row[17])
-        ]
-    return record
-
-
-def message_from_row(row: Sequence[Any]) -> OutboxMessage:
-    return OutboxMessage(
-        id=row[0],
-        saga_id=row[1],
-        topic=row[2],
-        body=_loads(row[3]),
-        headers=_loads(row[4]),
-        created_at=row[5],
-    )
 
 
 # -- the rarer operations, each on a connection of its own --------------------------------------

@@ -10,8 +10,9 @@ Data layout (``P`` is the store's key prefix, ``id`` a saga id, ``S`` a saga sta
 definition name, ``V`` its version)::
 
     P:saga:id        hash: id name version status input created updated [key owner lease
-                     deadline error cancel waiting parked]   (absent field = None; cancel is
-                     "1" when set; waiting/parked: what a parked saga waits for, until when)
+                     deadline error cancel waiting parked rev]   (absent field = None; cancel
+                     is "1" when set; waiting/parked: what a parked saga waits for, until
+                     when; rev counts the writes of the hash, absent = 0: Change.take's fence)
     P:steps:id       hash: "step|phase" -> JSON [status, attempts, output, error, uncertain,
                      started_at, finished_at]
     P:events:id      list: JSON [at, type, step, phase, attempt, detail], in commit order
@@ -155,21 +156,30 @@ return {1, id}
 
 # ARGV: P, id, fence owner(opt), at, status(opt), error(opt), release 0/1, clear 0/1,
 #       unless_cancelled 0/1, park ("" neither, "-" unpark, "=" + waiting_for), parked_until,
+#       take's rev ("" no take), take's lease expiry,
 #       n, outbox items (id, score, JSON)..., n, step hash items..., events...
+# With a take, the owner is not checked: the hash's rev must be the one read and no other
+# owner hold a live lease at ``at``; the owner then gets the lease (Change.take).
 # Returns 0 applied, -1 no such saga, -2 lease lost, -4 a cancel is pending and the change
-# had unless_cancelled (nothing written in those cases, outbox messages included).
+# had unless_cancelled, -5 the take's row was written since it was read (nothing written in
+# those cases, outbox messages included).
 COMMIT = (
     _LIB
     + """
 local id = ARGV[2]
 local h = P .. ':saga:' .. id
 local cur = redis.call('HMGET', h, 'status', 'owner', 'name', 'version', 'created', 'lease',
-  'cancel', 'parked')
+  'cancel', 'parked', 'rev')
 if not cur[1] then return -1 end
 local fence = opt(ARGV[3])
-if fence and cur[2] ~= fence then return -2 end
+local take = ARGV[12] ~= ''
+if take then
+  local live = cur[2] and cur[2] ~= fence and cur[6] and tonumber(cur[6]) >= tonumber(ARGV[4])
+  if (cur[9] or '0') ~= ARGV[12] or live then return -5 end
+elseif fence and cur[2] ~= fence then return -2 end
 if ARGV[9] == '1' and cur[7] then return -4 end
 local old, owner, name, ver, created = cur[1], cur[2], cur[3], cur[4], cur[5]
+local lease = cur[6]
 local new = opt(ARGV[5]) or old
 local park = ARGV[10]
 local parking = park ~= '' and park ~= '-'
@@ -177,8 +187,13 @@ local parked = cur[8]
 if parking then parked = ARGV[11] elseif park == '-' then parked = false end
 -- Parking hands the lease back too, but wakes no worker: the saga is not claimable yet.
 local release = ARGV[7] == '1' or parking
-local moved = new ~= old or release or park ~= ''
+local moved = new ~= old or release or park ~= '' or take
 if moved then unqueue(id, old, name, ver, owner, cur[6], cur[8]) end
+if take then
+  owner, lease = fence, ARGV[13]
+  redis.call('HSET', h, 'owner', owner, 'lease', lease)
+end
+redis.call('HINCRBY', h, 'rev', 1)
 if new ~= old then
   redis.call('ZREM', P .. ':status:' .. old, id)
   redis.call('ZREM', P .. ':sn:' .. old .. ':' .. name, id)
@@ -205,10 +220,10 @@ if moved then
   if release then
     enqueue(id, new, name, ver, created, false, false, parked)
   else
-    enqueue(id, new, name, ver, created, owner, cur[6], parked)
+    enqueue(id, new, name, ver, created, owner, lease, parked)
   end
 end
-local i = 12
+local i = 14
 local n = tonumber(ARGV[i])
 for j = i + 1, i + n, 3 do
   redis.call('ZADD', P .. ':outbox', ARGV[j + 1], ARGV[j])
@@ -268,6 +283,7 @@ for _, id in ipairs(ids) do
     'parked')
   unqueue(id, f[1], f[3], f[4], f[2], f[6], f[7])
   redis.call('HSET', h, 'owner', me, 'lease', expires, 'updated', now)
+  redis.call('HINCRBY', h, 'rev', 1)
   enqueue(id, f[1], f[3], f[4], f[5], me, expires, f[7])
   redis.call('RPUSH', P .. ':events:' .. id, ARGV[7])
   out[#out + 1] = loaded(id)
@@ -292,6 +308,7 @@ local live = f[2] and f[2] ~= me and f[3] and tonumber(f[3]) >= tonumber(now)
 if not allowed or live then return {0} end
 unqueue(id, f[1], f[4], f[5], f[2], f[3], f[7])
 redis.call('HSET', h, 'owner', me, 'lease', expires, 'updated', now)
+redis.call('HINCRBY', h, 'rev', 1)
 enqueue(id, f[1], f[4], f[5], f[6], me, expires, f[7])
 local event = opt(ARGV[6])
 if event then redis.call('RPUSH', P .. ':events:' .. id, event) end
@@ -338,7 +355,10 @@ if not cur[1] then return {-1} end
 local flagged = cur[2] or ''
 local rows = redis.call('HLEN', P .. ':steps:' .. id)
 if cur[1] ~= ARGV[4] or flagged ~= ARGV[5] or rows ~= tonumber(ARGV[6]) then return {-2} end
-if ARGV[7] == 'flag' then redis.call('HSET', h, 'cancel', '1', 'updated', ARGV[3]) end
+if ARGV[7] == 'flag' then
+  redis.call('HSET', h, 'cancel', '1', 'updated', ARGV[3])
+  redis.call('HINCRBY', h, 'rev', 1)
+end
 if ARGV[7] ~= 'none' then redis.call('RPUSH', P .. ':events:' .. id, ARGV[8]) end
 local r = loaded(id)
 return {1, r[1], r[2], redis.call('LRANGE', P .. ':events:' .. id, 0, -1)}

@@ -21,7 +21,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sagaway.errors import CancelPending, LeaseLost, SagaNotFound
+from sagaway.errors import CancelPending, LeaseLost, SagaNotFound, TakeConflict
 from sagaway.state import (
     ACTIVE_STATUSES,
     Change,
@@ -88,7 +88,7 @@ def _update_sql(
     """The instance UPDATE for a Change, setting only what it changes: an unchanged status or
     lease then touches no index at all (most commits only record a step's progress)."""
     sets = ["status = ?, error = ?"] if status else []
-    sets.append("updated_at = ?")
+    sets.append("updated_at = ?, fence = fence + 1")
     if park == _PARK:  # parking releases the lease too
         sets.append("waiting_for = ?, parked_until = ?, owner = NULL, lease_expires_at = NULL")
     elif park == _UNPARK:
@@ -272,11 +272,12 @@ def _event(row: Sequence[Any]) -> Event:
 
 def load(conn: sqlite3.Connection, saga_id: str, history: bool) -> SagaRecord | None:
     row = conn.execute(
-        f"SELECT {_SELECT_COLS}, packed FROM sagaway_instances WHERE id = ?", (saga_id,)
+        f"SELECT {_SELECT_COLS}, packed, fence FROM sagaway_instances WHERE id = ?", (saga_id,)
     ).fetchone()
     if row is None:
         return None
     record = _saga(row)
+    record.fence = row[17]
     steps, events = read_rows(conn, saga_id, record.created_at, row[16], history)
     for step_row in steps:
         step = _step(step_row)
@@ -389,6 +390,8 @@ def commit(
 ) -> None:
     # The fenced UPDATE comes first: LeaseLost/SagaNotFound are raised before anything is
     # written, which is what lets the store skip a savepoint for this operation.
+    if change.take is not None:  # so is the take's: after it, the lease fence holds
+        _take(conn, saga_id, owner, change, at)
     status = change.status
     park = change.park
     if park is None and not change.unpark:  # the hot path: no parked-saga columns
@@ -434,6 +437,30 @@ def commit(
             pending.finished.append(saga_id)
         else:
             compact(conn, (saga_id,))
+
+
+def _take(
+    conn: sqlite3.Connection, saga_id: str, owner: str | None, change: Change, at: float
+) -> None:
+    """Lease the saga to ``owner`` if its row is as read (``Change.take``), and no cancel is
+    recorded when the change starts a step only without one; else raise, writing nothing."""
+    take = change.take
+    assert take is not None
+    assert owner is not None
+    guard = " AND cancel_requested = 0" if change.unless_cancelled else ""
+    cursor = conn.execute(
+        "UPDATE sagaway_instances SET owner = ?, lease_expires_at = ? WHERE id = ? AND fence = ? "
+        f"AND (owner IS NULL OR owner = ? OR lease_expires_at < ?){guard}",
+        (owner, take.until, saga_id, take.fence, owner, at),
+    )
+    if cursor.rowcount == 0:
+        _exists(conn, saga_id)
+        row = conn.execute(
+            "SELECT fence, cancel_requested FROM sagaway_instances WHERE id = ?", (saga_id,)
+        ).fetchone()
+        if guard and row[0] == take.fence and row[1]:
+            raise CancelPending(f"saga {saga_id}: a cancel is pending")
+        raise TakeConflict(f"saga {saga_id} was written since it was read")
 
 
 def _exists(conn: sqlite3.Connection, saga_id: str) -> tuple[Any, ...]:
@@ -495,8 +522,8 @@ def claim(
     if not ids:
         return []
     conn.execute(
-        "UPDATE sagaway_instances SET owner = ?, lease_expires_at = ?, updated_at = ? "
-        "WHERE id IN (SELECT value FROM json_each(?))",
+        "UPDATE sagaway_instances SET owner = ?, lease_expires_at = ?, updated_at = ?, "
+        "fence = fence + 1 WHERE id IN (SELECT value FROM json_each(?))",
         (owner, now + lease_seconds, now, _dumps(ids)),
     )
     claimed = EventType.SAGA_CLAIMED
@@ -518,7 +545,8 @@ def acquire(
     if status not in statuses or live_lease:
         return None
     conn.execute(
-        "UPDATE sagaway_instances SET owner = ?, lease_expires_at = ?, updated_at = ? WHERE id = ?",
+        "UPDATE sagaway_instances SET owner = ?, lease_expires_at = ?, updated_at = ?, "
+        "fence = fence + 1 WHERE id = ?",
         (owner, now + lease_seconds, now, saga_id),
     )
     if event is not None:
@@ -560,7 +588,8 @@ def request_cancel(
         return None, reason
     if not flagged:
         conn.execute(
-            "UPDATE sagaway_instances SET cancel_requested = 1, updated_at = ? WHERE id = ?",
+            "UPDATE sagaway_instances SET cancel_requested = 1, updated_at = ?, "
+            "fence = fence + 1 WHERE id = ?",
             (at, saga_id),
         )
         conn.executemany(INSERT_EVENT, event_rows(saga_id, [event]))

@@ -12,8 +12,9 @@ Later versions append to ``MIGRATIONS``; a released entry is never edited.
 from __future__ import annotations
 
 import sqlite3
+from urllib.parse import parse_qs, urlsplit
 
-from sagaway.errors import StoreError
+from sagaway.errors import SagawayError, StoreError
 
 # Each entry migrates the schema from version ``index`` to ``index + 1``.
 MIGRATIONS: list[tuple[str, ...]] = [
@@ -159,9 +160,41 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "CREATE INDEX sagaway_instances_free ON sagaway_instances (status, lease_expires_at) "
         "WHERE waiting_for IS NULL AND status NOT IN ('SUCCEEDED','COMPENSATED')",
     ),
+    (
+        # Change.take: every write of a saga's row adds one, so a write conditional on a
+        # read of the row (a parked saga taken by the write that applies its signal) applies
+        # only if nothing wrote the row since. ADD COLUMN with a constant default: no rewrite.
+        "ALTER TABLE sagaway_instances ADD COLUMN fence INTEGER NOT NULL DEFAULT 0",
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
+_FALSE = {"0", "false", "no", "off"}
+
+
+def parse_url(url: str) -> tuple[str, bool, int]:
+    """``(path, durable, busy_timeout_ms)`` from a ``sqlite:///...`` URL."""
+    parts = urlsplit(url)
+    if not parts.scheme.startswith("sqlite") or parts.netloc:
+        raise SagawayError(
+            f"bad SQLite URL {url!r}: use sqlite:///relative.db or sqlite:////abs/path.db"
+        )
+    path = parts.path[1:]
+    if not path or path == ":memory:":
+        raise SagawayError(
+            f"bad SQLite URL {url!r}: a file path is required (use memory:// for an "
+            "in-memory store)"
+        )
+    durable, busy_timeout = True, 10_000
+    for key, values in parse_qs(parts.query, keep_blank_values=True).items():
+        value = values[-1]
+        if key == "durable":
+            durable = value.lower() not in _FALSE
+        elif key == "busy_timeout":
+            busy_timeout = int(value)
+        else:
+            raise SagawayError(f"unknown SQLite URL parameter {key!r} in {url!r}")
+    return path, durable, busy_timeout
 
 
 def connect(path: str, *, durable: bool, busy_timeout_ms: int, reader: bool) -> sqlite3.Connection:

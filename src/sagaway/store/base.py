@@ -333,6 +333,28 @@ class OutboxStore(SagaStore):
         """How many messages wait to be published (a gauge)."""
 
 
+class TakingStore(SagaStore):
+    """Capability tier: take a saga in the write that moves it on (``Change.take``).
+
+    A parked saga woken by a signal or a reply is read with ``peek`` (no write), the rules
+    decide from that read, and the decision's write takes the lease itself: ``commit`` with a
+    ``change.take`` applies only if the row's ``fence`` still equals ``take.fence`` and no
+    other owner holds a live lease at ``at``; it then leases the saga to ``owner`` until
+    ``take.until`` and applies the change, all in one atomic, durable write (the change may
+    park the saga again or release the lease: the take comes first). Otherwise it raises
+    ``TakeConflict`` and writes nothing (``SagaNotFound`` for an unknown id; ``CancelPending``
+    when only ``unless_cancelled`` stands in the way). Every write of the saga's row changes
+    its fence, so a conditional write never applies a decision made on a stale read: of two
+    engines racing on one read, one wins. Checked for every backend by
+    ``sagaway.testing.TakingStoreContract``.
+    """
+
+    @abstractmethod
+    async def peek(self, saga_id: str) -> SagaRecord | None:
+        """The saga with its step rows (no history) and its ``fence``, as fresh as the
+        store's writer sees it; writes nothing. None for an unknown id."""
+
+
 class TransactionalStore(SagaStore):
     """Capability tier: the application may write in the saga log's own transactions.
 

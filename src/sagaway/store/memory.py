@@ -9,7 +9,14 @@ from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from typing import Any, TypeVar
 
-from sagaway.errors import CancelPending, CancelRefused, EffectFailed, LeaseLost, SagaNotFound
+from sagaway.errors import (
+    CancelPending,
+    CancelRefused,
+    EffectFailed,
+    LeaseLost,
+    SagaNotFound,
+    TakeConflict,
+)
 from sagaway.state import (
     PRUNABLE_STATUSES,
     Change,
@@ -30,6 +37,7 @@ from sagaway.store.base import (
     OutboxStore,
     Page,
     PruningStore,
+    TakingStore,
     TransactionalStore,
     waiting_order,
 )
@@ -37,7 +45,7 @@ from sagaway.store.base import (
 T = TypeVar("T")
 
 
-class MemoryStore(OutboxStore, TransactionalStore, PruningStore):
+class MemoryStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
     _kind = "memory"
     # Nothing to connect or release (no _open/_close), so operations need no open store and a
     # closed one opens again: tests hand one store from engine to engine to simulate restarts.
@@ -71,7 +79,17 @@ class MemoryStore(OutboxStore, TransactionalStore, PruningStore):
 
     async def commit(self, saga_id: str, owner: str | None, change: Change, at: float) -> None:
         check_change(change)
-        record = self._owned(saga_id, owner)
+        take = change.take
+        record = self._owned(saga_id, None if take is not None else owner)
+        if take is not None and (
+            record.fence != take.fence
+            or (
+                record.owner not in (None, owner)
+                and record.lease_expires_at is not None
+                and record.lease_expires_at >= at
+            )
+        ):
+            raise TakeConflict(f"saga {saga_id} was written since it was read")
         if change.unless_cancelled and record.cancel_requested:
             raise CancelPending(f"saga {saga_id}: a cancel is pending")
         for write in change.effects:
@@ -79,6 +97,9 @@ class MemoryStore(OutboxStore, TransactionalStore, PruningStore):
                 write(None)
             except Exception as exc:
                 raise EffectFailed(f"a ctx.atomic() write failed: {exc}") from exc
+        if take is not None:  # before apply_change: a park or a release hands it back
+            record.owner, record.lease_expires_at = owner, take.until
+        record.fence += 1
         # The engine never mutates a StepRecord it has committed, so keeping references is safe.
         apply_change(record, change, at)
         for message in change.outbox:
@@ -115,6 +136,9 @@ class MemoryStore(OutboxStore, TransactionalStore, PruningStore):
             item.steps = {}
         return Page(items=items, total=len(matches))
 
+    async def peek(self, saga_id: str) -> SagaRecord | None:
+        return await self.load(saga_id, history=False)
+
     async def load(self, saga_id: str, *, history: bool = True) -> SagaRecord | None:
         record = self._sagas.get(saga_id) if storable_text(saga_id) else None
         return None if record is None else record.copy(history=history)
@@ -145,6 +169,7 @@ class MemoryStore(OutboxStore, TransactionalStore, PruningStore):
         record.owner = owner
         record.lease_expires_at = now + lease_seconds
         record.updated_at = now
+        record.fence += 1
 
     async def claim(
         self,
@@ -222,6 +247,7 @@ class MemoryStore(OutboxStore, TransactionalStore, PruningStore):
             record.cancel_requested = True
             record.history.append(event)
             record.updated_at = at
+            record.fence += 1
         return record.copy()
 
     # -- retention ---------------------------------------------------------------------------

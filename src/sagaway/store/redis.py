@@ -63,9 +63,8 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Collection, Sequence
-from json.encoder import encode_basestring as _quote
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -77,8 +76,8 @@ from sagaway.errors import (
     CancelRefused,
     LeaseLost,
     SagaNotFound,
-    SagawayError,
     StoreError,
+    TakeConflict,
 )
 from sagaway.state import (
     Change,
@@ -89,20 +88,26 @@ from sagaway.state import (
     Phase,
     SagaRecord,
     SagaStatus,
-    StepRecord,
     cancel_refusal,
     refused_cancel,
 )
 from sagaway.store import _redis_scripts as lua
-from sagaway.store._codec import EVENT_TYPE as _EVENT_TYPE
-from sagaway.store._codec import PHASE as _PHASE
-from sagaway.store._codec import SAGA_STATUS as _SAGA_STATUS
-from sagaway.store._codec import STEP_STATUS as _STEP_STATUS
 from sagaway.store._codec import check_change, check_new, storable_text
 from sagaway.store._codec import dumps as _dumps
-from sagaway.store._codec import loads as _loads
 from sagaway.store._redis_batch import Batcher, command_client
-from sagaway.store.base import _STRANDED_SCAN, OutboxStore, Page, PruningStore
+from sagaway.store._redis_codec import (
+    NO_OUTBOX,
+    event_json,
+    loaded,
+    message_from_json,
+    opt,
+    outbox_items,
+    parse_url,
+    saga_from_hash,
+    step_items,
+    time_arg,
+)
+from sagaway.store.base import _STRANDED_SCAN, OutboxStore, Page, PruningStore, TakingStore
 
 __all__ = ["RedisStore", "parse_url"]
 
@@ -110,135 +115,7 @@ log = logging.getLogger("sagaway.store.redis")
 _CANCEL_ATTEMPTS = 20  # a cancel decided on a snapshot that a step's start keeps invalidating
 
 
-def parse_url(url: str) -> tuple[str, str]:
-    """``(redis_url, prefix)``: the URL redis-py gets (our own parameters removed), the prefix."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss"):
-        raise SagawayError(f"bad Redis URL {url!r}: use redis://host:6379/0 or rediss://")
-    prefix, rest = "sagaway", []
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        if key == "prefix":
-            if not value:
-                raise SagawayError(f"bad Redis URL {url!r}: prefix must not be empty")
-            prefix = value
-        else:
-            rest.append((key, value))
-    return urlunsplit(parts._replace(query=urlencode(rest))), prefix
-
-
-def _opt(value: str | None) -> str:
-    """Optional string argument for a script: "" is None, "=value" a value (even "")."""
-    return "" if value is None else "=" + value
-
-
-def _time(value: float | None) -> str:
-    return "" if value is None else repr(float(value))
-
-
-# Step rows and events are small JSON arrays built with f-strings: json's encoder sets itself
-# up again on every call, which made encoding a third of a commit's Python time.
-def _js(value: str | None) -> str:
-    return "null" if value is None else _quote(value)
-
-
-def _jn(value: float | None) -> str:
-    if value is None:
-        return "null"
-    text = repr(value)
-    return text if text[-1].isdigit() else _dumps(value)  # inf/nan: let json spell them
-
-
-def _event(e: Event) -> str:
-    return (
-        f"[{_jn(e.at)},{_js(e.type)},{_js(e.step)},{_js(e.phase)},{_jn(e.attempt)},{_js(e.detail)}]"
-    )
-
-
-def _step_items(steps: Sequence[StepRecord]) -> list[str]:
-    items = [str(2 * len(steps))]
-    for s in steps:
-        output = "null" if s.output is None else _dumps(s.output)
-        uncertain = "true" if s.uncertain else "false"
-        items.append(f"{s.name}|{s.phase}")
-        items.append(
-            f"[{_js(s.status)},{_jn(s.attempts)},{output},{_js(s.error)},{uncertain},"
-            f"{_jn(s.started_at)},{_jn(s.finished_at)}]"
-        )
-    return items
-
-
-def _pairs(flat: list[str]) -> dict[str, str]:
-    it = iter(flat)
-    return dict(zip(it, it, strict=True))
-
-
-def _float(value: str | None) -> float | None:
-    return None if value is None else float(value)
-
-
-def _saga(flat: list[str]) -> SagaRecord:
-    h = _pairs(flat)
-    return SagaRecord(
-        id=h["id"],
-        name=h["name"],
-        version=int(h["version"]),
-        status=_SAGA_STATUS[h["status"]],
-        input=_loads(h["input"]),
-        created_at=float(h["created"]),
-        updated_at=float(h["updated"]),
-        idempotency_key=h.get("key"),
-        owner=h.get("owner"),
-        lease_expires_at=_float(h.get("lease")),
-        deadline_at=_float(h.get("deadline")),
-        cancel_requested="cancel" in h,
-        error=h.get("error"),
-        waiting_for=h.get("waiting"),
-        parked_until=_float(h.get("parked")),
-        pinned="pinned" in h,
-    )
-
-
-def _outbox_items(messages: Sequence[OutboxMessage]) -> list[str]:
-    items = [str(3 * len(messages))]
-    for m in messages:
-        items += (m.id, repr(float(m.created_at)), _dumps(_message_json(m)))
-    return items
-
-
-def _message_json(m: OutboxMessage) -> list[Any]:
-    return [m.id, m.saga_id, m.topic, m.body, m.headers, m.created_at]
-
-
-def _message(text: str) -> OutboxMessage:
-    v = _loads(text)
-    return OutboxMessage(
-        id=v[0], saga_id=v[1], topic=v[2], body=v[3], headers=v[4], created_at=v[5]
-    )
-
-
-_NO_OUTBOX = ["0"]
-
-
-def _loaded(saga: list[str], steps: list[str], events: list[str] | None = None) -> SagaRecord:
-    record = _saga(saga)
-    it = iter(steps)
-    for field, value in zip(it, it, strict=True):
-        name, phase = field.rsplit("|", 1)
-        v = _loads(value)
-        key = (name, _PHASE[phase])
-        record.steps[key] = StepRecord(
-            name, key[1], _STEP_STATUS[v[0]], v[1], v[2], v[3], v[4], v[5], v[6]
-        )
-    if events:
-        for text in events:
-            v = _loads(text)
-            record.history.append(
-                Event(v[0], _EVENT_TYPE[v[1]], v[2], None if v[3] is None else _PHASE[v[3]], *v[4:])
-            )
-    return record
-
-
-class RedisStore(OutboxStore, PruningStore):
+class RedisStore(OutboxStore, PruningStore, TakingStore):
     """The saga log in Redis; see the module docstring for the layout, the pipeline and the
     durability Redis gives. Bound to the event loop that calls ``open()``."""
 
@@ -426,24 +303,24 @@ class RedisStore(OutboxStore, PruningStore):
         for field, value in (
             ("key", new.idempotency_key),
             ("owner", new.owner),
-            ("lease", _time(new.lease_expires_at) or None),
-            ("deadline", _time(new.deadline_at) or None),
+            ("lease", time_arg(new.lease_expires_at) or None),
+            ("deadline", time_arg(new.deadline_at) or None),
         ):
             if value is not None:
                 saga += (field, value)
         args = [
             new.id,
-            _opt(new.idempotency_key),
+            opt(new.idempotency_key),
             new.name,
             str(new.version),
             new.status.value,
             at,
-            _opt(new.owner),
-            _time(new.lease_expires_at),
+            opt(new.owner),
+            time_arg(new.lease_expires_at),
             str(len(saga)),
             *saga,
-            *_step_items(new.steps),
-            *map(_event, new.events),
+            *step_items(new.steps),
+            *map(event_json, new.events),
         ]
         code, saga_id = await self._call("CREATE", args)
         if code == -1:
@@ -458,21 +335,24 @@ class RedisStore(OutboxStore, PruningStore):
             parking = ("=" + park.waiting_for, repr(float(park.until)))
         else:
             parking = ("-" if change.unpark else "", "")
+        take = change.take
+        taking = ("", "") if take is None else (str(take.fence), repr(float(take.until)))
         code = await self._call(
             "COMMIT",
             [
                 saga_id,
-                _opt(owner),
+                opt(owner),
                 repr(float(at)),
                 "" if status is None else "=" + status.value,
-                _opt(change.error),
+                opt(change.error),
                 "1" if change.release_lease else "0",
                 "1" if change.clear_cancel else "0",
                 "1" if change.unless_cancelled else "0",
                 *parking,
-                *(_outbox_items(change.outbox) if change.outbox else _NO_OUTBOX),
-                *_step_items(change.steps),
-                *map(_event, change.events),
+                *taking,
+                *(outbox_items(change.outbox) if change.outbox else NO_OUTBOX),
+                *step_items(change.steps),
+                *map(event_json, change.events),
             ],
         )
         if code == -1:
@@ -481,6 +361,8 @@ class RedisStore(OutboxStore, PruningStore):
             raise LeaseLost(f"saga {saga_id} is no longer leased to {owner}")
         if code == -4:
             raise CancelPending(f"saga {saga_id}: a cancel is pending")
+        if code == -5:
+            raise TakeConflict(f"saga {saga_id} was written since it was read")
 
     async def claim(
         self,
@@ -494,13 +376,13 @@ class RedisStore(OutboxStore, PruningStore):
     ) -> list[SagaRecord]:
         if not definitions or limit <= 0:
             return []
-        event = _event(Event(at=now, type=EventType.SAGA_CLAIMED, detail=owner))
+        event = event_json(Event(at=now, type=EventType.SAGA_CLAIMED, detail=owner))
         args = [owner, repr(float(now)), repr(float(now + lease_seconds)), str(limit)]
         args += ["1" if include_own else "0", event]
         for name, version in definitions:
             args += (name, str(version))
         rows = await self._call("CLAIM", args)
-        return [_loaded(saga, steps) for saga, steps in rows]
+        return [loaded(saga, steps) for saga, steps in rows]
 
     async def acquire(
         self,
@@ -513,14 +395,14 @@ class RedisStore(OutboxStore, PruningStore):
         event: Event | None = None,
     ) -> SagaRecord | None:
         args = [saga_id, owner, repr(float(now)), repr(float(now + lease_seconds))]
-        args += ["" if event is None else "=" + _event(event), *(s.value for s in statuses)]
+        args += ["" if event is None else "=" + event_json(event), *(s.value for s in statuses)]
         reply = await self._call("ACQUIRE", args)
         if reply[0] == -1:
             raise SagaNotFound(saga_id)
         if reply[0] == 0:
             return None
         saga, steps = reply[1]
-        return _loaded(saga, steps)
+        return loaded(saga, steps)
 
     async def renew_leases(self, owner: str, *, now: float, lease_seconds: float) -> list[str]:
         ids: list[str] = await self._call("RENEW", [owner, repr(float(now + lease_seconds))])
@@ -550,7 +432,7 @@ class RedisStore(OutboxStore, PruningStore):
                     "1" if record.cancel_requested else "",
                     str(len(record.steps)),
                     action,
-                    _event(pushed),
+                    event_json(pushed),
                 ],
             )
             if reply[0] == -1:
@@ -559,7 +441,7 @@ class RedisStore(OutboxStore, PruningStore):
                 continue  # a step started, or the status changed, meanwhile: decide again
             if reason is not None:
                 raise CancelRefused(reason)
-            return _loaded(reply[1], reply[2], reply[3])
+            return loaded(reply[1], reply[2], reply[3])
         raise StoreError(f"redis: cancel of saga {saga_id} kept racing its progress")
 
     # -- reads ------------------------------------------------------------------------------
@@ -568,7 +450,10 @@ class RedisStore(OutboxStore, PruningStore):
         if not storable_text(saga_id):
             return None
         reply = await self._call("LOAD", [saga_id, "1" if history else "0"])
-        return _loaded(*reply) if reply else None
+        return loaded(*reply) if reply else None
+
+    async def peek(self, saga_id: str) -> SagaRecord | None:
+        return await self.load(saga_id, history=False)
 
     async def list_sagas(
         self,
@@ -587,7 +472,7 @@ class RedisStore(OutboxStore, PruningStore):
         else:
             index = "all"
         reply = await self._call("LIST", [index, str(max(offset, 0)), str(max(limit, 1))])
-        items = [_saga(flat) for flat in reply[1:]] if limit > 0 else []
+        items = [saga_from_hash(flat) for flat in reply[1:]] if limit > 0 else []
         return Page(items=items, total=int(reply[0]))
 
     async def counts(self) -> dict[SagaStatus, int]:
@@ -598,7 +483,7 @@ class RedisStore(OutboxStore, PruningStore):
 
     async def list_waiting(self, *, prefix: str = "", limit: int = 50, offset: int = 0) -> Page:
         reply = await self._call("WAITING", [prefix, str(max(offset, 0)), str(max(limit, 1))])
-        items = [_saga(flat) for flat in reply[1:]] if limit > 0 else []
+        items = [saga_from_hash(flat) for flat in reply[1:]] if limit > 0 else []
         return Page(items=items, total=int(reply[0]))
 
     # -- outbox -----------------------------------------------------------------------------
@@ -610,7 +495,7 @@ class RedisStore(OutboxStore, PruningStore):
             return []
         until = "+inf" if older_than is None else "(" + repr(float(older_than))
         reply = await self._call("OUTBOX_PENDING", [until, str(limit)])
-        return [_message(text) for text in reply]
+        return [message_from_json(text) for text in reply]
 
     async def outbox_delete(self, ids: Collection[str]) -> int:
         wanted = [i for i in ids if storable_text(i)]  # one that cannot be stored is not there
@@ -658,4 +543,4 @@ class RedisStore(OutboxStore, PruningStore):
         )
         if not reply:
             raise SagaNotFound(saga_id)
-        return _loaded(reply[0], reply[1])
+        return loaded(reply[0], reply[1])

@@ -47,7 +47,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from sagaway.errors import (
     CancelRefused,
@@ -55,17 +55,16 @@ from sagaway.errors import (
     InvalidTransition,
     LeaseLost,
     SagaNotFound,
-    SagawayError,
     StoreError,
 )
 from sagaway.state import Change, Event, NewSaga, OutboxMessage, SagaRecord, SagaStatus
 from sagaway.store import _sqlite_admin as admin
 from sagaway.store import _sqlite_ops as ops
 from sagaway.store._codec import check_change, check_new, storable_text
-from sagaway.store._sqlite_schema import connect, migrate
-from sagaway.store.base import OutboxStore, Page, PruningStore, TransactionalStore
+from sagaway.store._sqlite_schema import connect, migrate, parse_url
+from sagaway.store.base import OutboxStore, Page, PruningStore, TakingStore, TransactionalStore
 
-__all__ = ["SQLiteStore", "SQLiteStoreStats"]
+__all__ = ["SQLiteStore", "SQLiteStoreStats", "parse_url"]
 
 T = TypeVar("T")
 
@@ -74,7 +73,6 @@ T = TypeVar("T")
 _Op = tuple["asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...]]
 _Result = tuple["asyncio.Future[Any]", Any, BaseException | None]
 
-_FALSE = {"0", "false", "no", "off"}
 # The store's own transaction and savepoint statements carry a comment so that they never share
 # the driver's statement cache with a user's plain "COMMIT" (cached ones are not re-authorized).
 _BEGIN = "BEGIN IMMEDIATE /* sagaway */"
@@ -94,31 +92,6 @@ class SQLiteStoreStats:
     operations: int = 0
 
 
-def parse_url(url: str) -> tuple[str, bool, int]:
-    """``(path, durable, busy_timeout_ms)`` from a ``sqlite:///...`` URL."""
-    parts = urlsplit(url)
-    if not parts.scheme.startswith("sqlite") or parts.netloc:
-        raise SagawayError(
-            f"bad SQLite URL {url!r}: use sqlite:///relative.db or sqlite:////abs/path.db"
-        )
-    path = parts.path[1:]
-    if not path or path == ":memory:":
-        raise SagawayError(
-            f"bad SQLite URL {url!r}: a file path is required (use memory:// for an "
-            "in-memory store)"
-        )
-    durable, busy_timeout = True, 10_000
-    for key, values in parse_qs(parts.query, keep_blank_values=True).items():
-        value = values[-1]
-        if key == "durable":
-            durable = value.lower() not in _FALSE
-        elif key == "busy_timeout":
-            busy_timeout = int(value)
-        else:
-            raise SagawayError(f"unknown SQLite URL parameter {key!r} in {url!r}")
-    return path, durable, busy_timeout
-
-
 def _translate(exc: BaseException) -> BaseException:
     """Driver errors become StoreError at this edge; the port's own errors pass through."""
     if isinstance(exc, sqlite3.Error):
@@ -128,7 +101,7 @@ def _translate(exc: BaseException) -> BaseException:
     return exc
 
 
-class SQLiteStore(OutboxStore, TransactionalStore, PruningStore):
+class SQLiteStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
     """The saga log in one SQLite file; see the module docstring for the group-commit design.
 
     Bound to the event loop that calls ``open()``: use it from that loop only.
@@ -371,6 +344,17 @@ class SQLiteStore(OutboxStore, TransactionalStore, PruningStore):
         if not storable_text(saga_id):
             return None
         return await self._read(ops.read_load, saga_id, history)
+
+    async def peek(self, saga_id: str) -> SagaRecord | None:
+        """Read on the writer's connection, on the loop's thread, between batches (a batch
+        runs whole within one turn of the loop): the newest state, and no thread hop."""
+        self._check_open()
+        assert self._writer_conn is not None
+        try:
+            found = storable_text(saga_id)
+            return ops.read_load(self._writer_conn, saga_id, False) if found else None
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite: {exc}") from exc
 
     async def list_sagas(
         self,

@@ -10,7 +10,8 @@
   VirtualClock, yielding a ``SagaHarness`` (engine, store, clock, ``run``).
 * ``SagaStoreContract``: the store contract test base class for a new backend, and
   ``OutboxStoreContract`` / ``TransactionalStoreContract`` / ``PruningStoreContract`` for
-  the capability tiers it implements, ``CompactionContract`` (finished sagas read back as
+  the capability tiers it implements, ``TakingStoreContract`` (a parked saga taken by the
+  write that moves it on), ``CompactionContract`` (finished sagas read back as
   written, whatever form the store keeps them in); ``TransportContract`` the same for a new
   transport.
   They are imported lazily because they need pytest, which ``sagaway.testing`` itself never
@@ -35,6 +36,7 @@ __all__ = [
     "PruningStoreContract",
     "SagaHarness",
     "SagaStoreContract",
+    "TakingStoreContract",
     "TransactionalStoreContract",
     "TransportContract",
     "VirtualClock",
@@ -49,6 +51,7 @@ _LAZY = {
     "SagaStoreContract": "sagaway.testing.contract",
     "OutboxStoreContract": "sagaway.testing.contract_tiers",
     "PruningStoreContract": "sagaway.testing.contract_retention",
+    "TakingStoreContract": "sagaway.testing.contract_taking",
     "TransactionalStoreContract": "sagaway.testing.contract_tiers",
     "TransportContract": "sagaway.testing.transport_contract",
 }

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "COALESCE_SECONDS",
     "LIST_REFRESH_SECONDS",
+    "SSE_HEADERS",
     "Fragment",
     "LiveUpdates",
     "SharedRenders",
@@ -69,28 +70,37 @@ class SharedRenders:
 
     def __init__(self, max_entries: int = 256) -> None:
         # key -> (tick, the transition count when the render began, the render)
-        self._entries: dict[Hashable, tuple[int, int, asyncio.Task[tuple[int, str]]]] = {}
+        self._entries: dict[Hashable, tuple[int, int, asyncio.Task[tuple[int, str, str]]]] = {}
         self._max = max_entries
         self.renders = 0  # how many renders ran (tests and benchmarks read it)
 
     async def get(
-        self, key: Hashable, tick: int, version: int, render: Callable[[], Awaitable[str]]
-    ) -> tuple[int, str]:
-        """``(version, html)``: the fragment as rendered in ``tick`` at transition count
-        ``version`` or later; the ``version`` returned is the count when that render began
-        (what the page now shows at least)."""
+        self,
+        key: Hashable,
+        tick: int,
+        version: int,
+        render: Callable[[], Awaitable[str]],
+        name: str = "",
+    ) -> tuple[int, str, str]:
+        """``(version, html, event)``: the fragment as rendered in ``tick`` at transition count
+        ``version`` or later, and that HTML as the Server-Sent Event ``name`` (encoded once for
+        every stream too); the ``version`` returned is the count when that render began (what
+        the page now shows at least). A key is one fragment: always asked with the same name."""
         entry = self._entries.get(key)
         if entry is None or entry[0] != tick or entry[1] < version:
-            task = asyncio.ensure_future(self._render(version, render))
+            task = asyncio.ensure_future(self._render(version, render, name))
             self._entries.pop(key, None)
             entry = self._entries[key] = (tick, version, task)
             while len(self._entries) > self._max:
                 del self._entries[next(iter(self._entries))]
         return await asyncio.shield(entry[2])
 
-    async def _render(self, version: int, render: Callable[[], Awaitable[str]]) -> tuple[int, str]:
+    async def _render(
+        self, version: int, render: Callable[[], Awaitable[str]], name: str
+    ) -> tuple[int, str, str]:
         self.renders += 1
-        return version, await render()
+        html = await render()
+        return version, html, sse_event(name, html)
 
 
 class Watch:
@@ -132,12 +142,15 @@ class Watch:
 
 
 class LiveUpdates(Hook):
-    """Counts transitions (``version``) and wakes the pages following a saga (``follow``)."""
+    """Counts transitions (``version``) and wakes the pages following a saga (``follow``);
+    ``driving``: the sagas this engine drives now (claimed since the hook was added, not yet
+    finished, released or parked), which a page can follow without reading the store first."""
 
     def __init__(self) -> None:
         self._watches: dict[str, Watch] = {}
         self.version = 0
         self.renders = SharedRenders()
+        self.driving: set[str] = set()
 
     @classmethod
     def of(cls, engine: Engine) -> LiveUpdates:
@@ -173,10 +186,20 @@ class LiveUpdates(Hook):
         self._wake(record.id)
 
     def after_claim(self, record: SagaRecord, reason: ClaimReason) -> None:
+        self.driving.add(record.id)
         self._wake(record.id)
 
     def after_commit(self, record: SagaRecord, change: Change, seconds: float) -> None:
         self._wake(record.id)
+
+    def on_finish(self, record: SagaRecord) -> None:
+        self.driving.discard(record.id)
+
+    def on_release(self, record: SagaRecord, reason: str) -> None:
+        self.driving.discard(record.id)
+
+    def on_park(self, record: SagaRecord, reason: str) -> None:
+        self.driving.discard(record.id)
 
     async def fragments(
         self,
@@ -205,12 +228,14 @@ class LiveUpdates(Hook):
                 shown = version = self.version
                 try:
                     for name, key, render in fragments:
-                        rendered, html = await self.renders.get(key, tick, version, render)
+                        rendered, html, event = await self.renders.get(
+                            key, tick, version, render, name
+                        )
                         shown = min(shown, rendered)
                         if sent.get(name) != html:
                             sent[name] = html
                             last_sent = now
-                            yield sse_event(name, html)
+                            yield event
                 except Exception:  # the store is down, say: the page keeps what it shows
                     log.warning("live fragment failed", exc_info=True)
                 else:
@@ -228,10 +253,9 @@ def sse_event(name: str, data: str) -> str:
     return f"event: {name}\n{lines}\n"
 
 
+SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}  # no proxy buffers or caches
+
+
 def event_stream(body: AsyncIterator[str]) -> StreamingResponse:
     """A ``text/event-stream`` response that no proxy buffers or caches."""
-    return StreamingResponse(
-        body,
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-    )
+    return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)

@@ -33,7 +33,9 @@ application must do more (the checkout reopens the order it mirrors).
 
 import asyncio
 import contextlib
+import functools
 import json
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -57,7 +59,7 @@ from sagaway.errors import (
 )
 from sagaway.retention import pruning_store
 from sagaway.state import Phase, SagaRecord, SagaStatus, StepRecord, StepStatus
-from sagaway.web.live import COALESCE_SECONDS, LiveUpdates, event_stream, sse_event
+from sagaway.web.live import COALESCE_SECONDS, SSE_HEADERS, LiveUpdates, event_stream, sse_event
 
 __all__ = [
     "EngineSource",
@@ -106,9 +108,24 @@ def templates_environment(*extra: PackageLoader) -> Environment:
 
 
 def _when(at: float | None) -> str:
+    """``at`` (epoch seconds) as UTC to the millisecond, as ``datetime`` would print it."""
     if at is None:
         return ""
-    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+    # A timeline or a list prints dozens of these per render, most within the same second:
+    # the date and time of day are formatted once per second (``_second``), not per call.
+    # The microseconds are rounded half-even as datetime.fromtimestamp rounds them.
+    frac, whole = math.modf(at)
+    seconds, micros = int(whole), round(frac * 1e6)
+    if micros < 0:
+        seconds, micros = seconds - 1, micros + 1_000_000
+    if micros >= 1_000_000:
+        seconds, micros = seconds + 1, micros - 1_000_000
+    return f"{_second(seconds)}.{micros // 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=4096)
+def _second(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _seconds(value: float | None) -> str:
@@ -408,13 +425,9 @@ def saga_ui_router(
         )
 
     @router.get("/sagas/{saga_id}/events")
-    async def saga_events(saga_id: str, eng: EngineDep) -> StreamingResponse:
+    async def saga_events(saga_id: str, eng: EngineDep) -> Response:
         """The saga's timeline (event ``timeline``) now and after each burst of changes,
         rendered once for every page following the saga; ``end`` once it is terminal."""
-        try:  # without its history: this read only says whether it exists and is running
-            first = await eng.store.get(saga_id, history=False)
-        except SagaNotFound:
-            raise HTTPException(404, f"no saga {saga_id}") from None
         live = LiveUpdates.of(eng)
 
         async def timeline_html() -> tuple[str, str]:
@@ -424,6 +437,22 @@ def saga_ui_router(
             )
             return html, record.status.value if record.status.is_terminal else ""
 
+        # A saga this engine drives exists and runs: no store read to say so. Otherwise read it
+        # without its history: whether it exists (404) and still runs.
+        running = saga_id in live.driving
+        if not running:
+            try:
+                running = not (await eng.store.get(saga_id, history=False)).status.is_terminal
+            except SagaNotFound:
+                raise HTTPException(404, f"no saga {saga_id}") from None
+        if not running:
+            # Finished: the whole stream is known now, one plain response (no streaming task,
+            # no watch); the page's script closes the source on "end", so it does not reconnect.
+            html, terminal = await timeline_html()
+            if terminal:
+                body = "retry: 2000\n\n" + sse_event("timeline", html) + sse_event("end", terminal)
+                return Response(body, media_type="text/event-stream", headers=SSE_HEADERS)
+
         async def stream() -> AsyncIterator[str]:
             watch = live.follow(saga_id)
             last = ""
@@ -431,7 +460,7 @@ def saga_ui_router(
                 yield "retry: 2000\n\n"
                 # The page shows the saga as it was a moment ago. A running saga's next steps
                 # come in a burst (often all of them): wait for it before the first render.
-                if not first.status.is_terminal and await watch.wait(watch.count, COALESCE_SECONDS):
+                if running and await watch.wait(watch.count, COALESCE_SECONDS):
                     await asyncio.sleep(COALESCE_SECONDS)
                 while True:
                     count = watch.count
