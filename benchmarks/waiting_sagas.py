@@ -123,6 +123,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         tasks = []
         cpu0, load0 = time.process_time(), os.getloadavg()[0]
         writes0 = writes.count
+        stats = getattr(engine.store, "stats", None)  # group-commit counters (SQL stores)
+        batches0 = stats.batches if stats is not None else 0
         t0 = time.perf_counter()
         for i, saga_id in enumerate(paced):
             delay = t0 + i / args.rate - time.perf_counter()
@@ -137,6 +139,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 break
             await asyncio.sleep(0.01)
         paced_writes = writes.count - writes0
+        paced_batches = stats.batches - batches0 if stats is not None else None
         paced_latency = [resumed[s] - called[s] for s in paced]
         paced_ack = list(acked)
 
@@ -178,6 +181,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         # rate costs on an idle machine; the load average says how shared this one was.
         # Store writes per signal, the saga's last step and end included (each durable).
         "paced_writes_per_signal": round(paced_writes / max(len(paced), 1), 3),
+        # Group commits (each one durable COMMIT, one fsync) per signal: fewer writes per
+        # signal make fewer or smaller batches.
+        "paced_commits_per_signal": (
+            None if paced_batches is None else round(paced_batches / max(len(paced), 1), 3)
+        ),
         "paced_cpu_ms_per_signal": round(paced_cpu * 1000 / max(len(paced), 1), 3),
         "burst_cpu_ms_per_signal": round(burst_cpu * 1000 / max(len(rest), 1), 3),
         "loadavg_1m": [round(load0, 1), round(load1, 1)],

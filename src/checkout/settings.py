@@ -83,7 +83,11 @@ class Settings(BaseSettings):
     # `Authorization: Bearer <this>`; unset, they are open in demo mode and refused otherwise.
     admin_token: SecretStr | None = None
     # uvicorn's defences against slow or greedy clients (`checkout serve`); see the README.
-    keep_alive_seconds: int = 5  # idle keep-alive connections are closed after this
+    # Idle keep-alive connections are closed after this. Longer than the idle expiry of the
+    # client pools in front (httpx 5 s, aiohttp 15 s: the gateway's own client to the services;
+    # nginx upstreams and cloud load balancers 60 s): when the server closes first, a request the
+    # client sends on that connection meanwhile dies unanswered (benchmarks/keepalive_race.py).
+    keep_alive_seconds: int = 75
     max_connections: int | None = 1000  # open connections (or requests in flight); beyond: 503
 
     @field_validator("admin_token", mode="before")

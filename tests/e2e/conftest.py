@@ -11,7 +11,10 @@ Every test using ``settings`` (so ``app``, ``client``, ``services``) runs twice,
   Skipped when the server is unreachable, a failure under ``CI=true`` (``servers.require_server``).
 
 A module whose tests do not depend on the database (request validation) overrides ``backend``
-with SQLite only. A module that runs on every transport (the scenarios) overrides it with
+with SQLite only. A module whose tests change nothing another test reads (bad input answered
+with a 4xx, documents) shares one app per backend instead of one per test: it overrides
+``backend`` and ``client`` with module-scoped fixtures (``e2e_helpers.shared_client``). A module
+that runs on every transport (the scenarios) overrides ``backend`` with
 ``e2e_helpers.TRANSPORTS``:
 
 * ``http`` / ``rabbitmq``: payment, inventory and shipping as separate services, each with its
@@ -28,20 +31,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from e2e_helpers import serve_in_loop
+from e2e_helpers import asgi_client, embedded_settings, running_app, serve_in_loop
 from fastapi import FastAPI
 
-from checkout.api import create_app
 from checkout.bootstrap import Services
 from checkout.settings import Settings
-from servers import (
-    drop_pg_schema,
-    fresh_rabbit_vhost,
-    pg_schema_url,
-    postgres_check,
-    require_server,
-    unique_pg_schema,
-)
+from servers import fresh_rabbit_vhost
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -84,30 +79,19 @@ async def settings(backend: str, tmp_path: Path) -> AsyncIterator[Settings]:
         async with remote_settings(backend, tmp_path) as remote:
             yield remote
         return
-    if backend == "sqlite":
-        url = f"sqlite:///{tmp_path / 'sagaway.db'}"
-        yield Settings(database_url=url, store_url=url, demo=True, worker_id="e2e")
-        return
-    require_server("postgresql", postgres_check)
-    schema = unique_pg_schema("e2e")
-    url = pg_schema_url(schema)
-    try:
-        yield Settings(database_url=url, store_url=url, demo=True, worker_id="e2e")
-    finally:
-        await drop_pg_schema(schema)
+    async with embedded_settings(backend, tmp_path) as embedded:
+        yield embedded
 
 
 @pytest.fixture
 async def app(settings: Settings) -> AsyncIterator[FastAPI]:
-    application = create_app(settings)
-    async with application.router.lifespan_context(application):
+    async with running_app(settings) as application:
         yield application
 
 
 @pytest.fixture
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://checkout.test") as c:
+    async with asgi_client(app) as c:
         yield c
 
 

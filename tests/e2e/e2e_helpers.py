@@ -6,12 +6,17 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
+
+from checkout.api import create_app
+from checkout.settings import Settings
+from servers import drop_pg_schema, pg_schema_url, postgres_check, require_server, unique_pg_schema
 
 # The backends plus the remote transports, for modules that run on all of them (a module
 # overrides the ``backend`` fixture with these params; see conftest).
@@ -74,3 +79,50 @@ async def serve_in_loop(app: FastAPI, sock: socket.socket | None = None) -> Asyn
             server.should_exit = True
             await task
             sock.close()
+
+
+@contextlib.asynccontextmanager
+async def embedded_settings(backend: str, directory: Path) -> AsyncIterator[Settings]:
+    """The checkout in one process on ``backend``: the shop and the saga log in one SQLite file
+    in ``directory``, or in one fresh PostgreSQL schema (dropped afterwards)."""
+    if backend == "sqlite":
+        url = f"sqlite:///{directory / 'sagaway.db'}"
+        yield Settings(database_url=url, store_url=url, demo=True, worker_id="e2e")
+        return
+    require_server("postgresql", postgres_check)
+    schema = unique_pg_schema("e2e")
+    url = pg_schema_url(schema)
+    try:
+        yield Settings(database_url=url, store_url=url, demo=True, worker_id="e2e")
+    finally:
+        await drop_pg_schema(schema)
+
+
+@contextlib.asynccontextmanager
+async def running_app(settings: Settings) -> AsyncIterator[FastAPI]:
+    """The app on ``settings``, its lifespan (database, engine, background tasks) entered."""
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@contextlib.asynccontextmanager
+async def asgi_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://checkout.test") as c:
+        yield c
+
+
+@contextlib.asynccontextmanager
+async def shared_client(backend: str, directory: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of one app for a whole module (a module-scoped ``client`` fixture): building
+    the app and running its lifespan costs about half a second of CPU, so a module whose tests
+    change nothing another test reads (bad input answered with a 4xx, documents) shares one.
+    Such a module runs its tests in the module's event loop
+    (``pytestmark = pytest.mark.asyncio(loop_scope="module")``)."""
+    async with (
+        embedded_settings(backend, directory) as settings,
+        running_app(settings) as app,
+        asgi_client(app) as client,
+    ):
+        yield client

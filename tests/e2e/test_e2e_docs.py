@@ -3,19 +3,34 @@
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import httpx
 import pytest
+import pytest_asyncio
+from e2e_helpers import shared_client
 
-EXPECTED_TYPES = {".js": "javascript", ".css": "text/css", ".png": "image/png"}
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def backend() -> str:
     return "sqlite"  # the docs do not depend on the database
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def client(
+    backend: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[httpx.AsyncClient]:
+    """One app for the module: the tests read the docs pages and their assets."""
+    async with shared_client(backend, tmp_path_factory.mktemp("app")) as shared:
+        yield shared
+
+
+EXPECTED_TYPES = {".js": "javascript", ".css": "text/css", ".png": "image/png"}
 
 
 class _References(HTMLParser):

@@ -4,10 +4,32 @@ the answer is a 4xx with a message, never a 5xx, and nothing is recorded."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
+import pytest_asyncio
+from e2e_helpers import shared_client
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    param: str = request.param
+    return param
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def client(
+    backend: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[httpx.AsyncClient]:
+    """One app per backend for the module: every test sends input that must be refused and
+    change nothing, and checks that nothing changed."""
+    async with shared_client(backend, tmp_path_factory.mktemp("app")) as shared:
+        yield shared
+
 
 NUL = "\u0000"
 

@@ -4,15 +4,29 @@ OpenAPI document states the statuses and rules the routes really have (the fuzz 
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
+import pytest_asyncio
+from e2e_helpers import shared_client
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def backend() -> str:
     return "sqlite"  # routing and the schema do not depend on the database
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def client(
+    backend: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[httpx.AsyncClient]:
+    """One app for the module: the tests read routes and the schema, and change nothing."""
+    async with shared_client(backend, tmp_path_factory.mktemp("app")) as shared:
+        yield shared
 
 
 def methods(response: httpx.Response) -> set[str]:

@@ -178,6 +178,8 @@ async def post_orders(url: str) -> list[dict[str, Any]]:
             # A client that retries with its Idempotency-Key, as the README asks: a connection
             # dropped under load (seen once with parallel test workers: a ReadError before any
             # answer) is retried, and the key makes the repeat the same order, never a second one.
+            # The likely cause, the server's keep-alive close crossing the pool's reuse of an idle
+            # connection, is gone with a keep-alive above httpx's (README, "Keep-alive").
             key = {"Idempotency-Key": f"scale-{run}-{n}"}
             async with gate:
                 for attempt in range(5):
