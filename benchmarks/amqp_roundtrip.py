@@ -12,6 +12,9 @@ one transaction per command, served by ``RabbitParticipant``) commits it and pub
 and acks it. Latency is from the start of ``publish`` to the reply reaching the handler. C
 callers run at once, each sending its next command when its reply arrived.
 
+``--loop asyncio``: the standard event loop in both processes instead of uvloop (the loop
+``checkout`` runs its gateway and services on, and the default here).
+
 ``--bare``: the participants answer at once (no database, no inbox): what the messaging alone
 costs per round trip, this library's consumer and publisher included. A saga's floor is that
 times its round trips (three forward steps: three).
@@ -38,6 +41,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +119,18 @@ async def _bare(command: Command) -> Reply:
     return Reply.success(command, {"done": command.command})
 
 
-def participant_main(url: str, workdir: str, queue_type: str, prefetch: int, bare: bool) -> None:
+def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """``uvloop``: the event loop ``checkout`` runs its services on (when installed)."""
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return None
+
+
+def participant_main(
+    url: str, workdir: str, queue_type: str, prefetch: int, bare: bool, loop: str
+) -> None:
     """payment, inventory and shipping, each on its own SQLite file, served over RabbitMQ
     (``bare``: answered at once, the messaging floor)."""
     services = [
@@ -145,7 +160,8 @@ def participant_main(url: str, workdir: str, queue_type: str, prefetch: int, bar
         for p in services:
             await p.close()
 
-    asyncio.run(serve())
+    with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
+        runner.run(serve())
 
 
 # -- the engine side (this process) ---------------------------------------------------------
@@ -190,6 +206,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             args.queue_type,
             "--prefetch",
             str(args.prefetch),
+            "--loop",
+            args.loop,
             *(["--bare"] if args.bare else []),
         ],
         stdout=subprocess.PIPE,
@@ -200,7 +218,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         if child.stdout.readline().strip() != "ready":
             raise SystemExit("the participant did not start")
         measure = measure_sagas if args.mode == "sagas" else measure_round_trips
-        return asyncio.run(measure(url, args, child.pid, workdir))
+        with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
+            return runner.run(measure(url, args, child.pid, workdir))
     finally:
         child.send_signal(signal.SIGTERM)
         child.wait(timeout=30)
@@ -259,6 +278,7 @@ async def measure_round_trips(
         "mode": "round-trips",
         "participant": "bare" if args.bare else "sqlite inbox",
         "queue_type": args.queue_type,
+        "loop": args.loop,
         "n": args.n,
         "concurrency": args.concurrency,
         "prefetch": args.prefetch,
@@ -322,6 +342,7 @@ async def measure_sagas(
         "mode": "sagas",
         "saga_log": "sqlite",
         "queue_type": args.queue_type,
+        "loop": args.loop,
         "n": args.n,
         "concurrency": args.concurrency,
         "sagas_per_s": round(args.n / elapsed, 1),
@@ -347,11 +368,19 @@ def main() -> None:
         action="store_true",
         help="participants answer at once, without a database: the messaging floor",
     )
+    parser.add_argument(
+        "--loop",
+        choices=["uvloop", "asyncio"],
+        default="uvloop",
+        help="event loop of both processes (uvloop: what checkout's services run on)",
+    )
     parser.add_argument("--participant", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--database", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.participant:
-        participant_main(args.url, args.database, args.queue_type, args.prefetch, args.bare)
+        participant_main(
+            args.url, args.database, args.queue_type, args.prefetch, args.bare, args.loop
+        )
         return
     print_report(run_benchmark(args))
 

@@ -40,7 +40,6 @@ from sagaway.transport.rabbitmq import (
     Consumer,
     DeliveryStats,
     Topology,
-    encode,
 )
 
 __all__ = ["CommandHandler", "RabbitParticipant", "serve_rabbitmq"]
@@ -151,15 +150,12 @@ class RabbitParticipant:
         await self._consumer.ack(message)
 
     async def _reply(self, reply: Reply, routing_key: str) -> None:
-        exchange = await self._link.ready(self.publish_timeout)
-        await exchange.publish(
-            encode(
-                reply.to_json(),
-                message_id=f"{reply.message_id}#{reply.attempt}",
-                headers={},
-            ),
+        await self._link.publish(
+            reply.to_json(),
             routing_key=routing_key,
-            mandatory=True,
+            message_id=f"{reply.message_id}#{reply.attempt}",
+            headers={},
+            reply_to=None,
             timeout=self.publish_timeout,
         )
 

@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aio_pika
+import aiormq
 from aio_pika.abc import (
     AbstractChannel,
     AbstractConnection,
@@ -80,6 +81,7 @@ __all__ = [
 log = logging.getLogger("sagaway.transport.rabbitmq")
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1/"
+PERSISTENT = aio_pika.DeliveryMode.PERSISTENT
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +133,7 @@ def encode(
     return aio_pika.Message(
         json.dumps(body, separators=(",", ":")).encode(),
         content_type="application/json",
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        delivery_mode=PERSISTENT,
         message_id=message_id,
         headers=dict(headers),
         reply_to=reply_to,
@@ -305,6 +307,7 @@ class AmqpLink:
         self._ready = asyncio.Event()
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
+        self._underlay: aiormq.abc.AbstractChannel | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -338,6 +341,36 @@ class AmqpLink:
         assert self._exchange is not None
         return self._exchange
 
+    async def publish(
+        self,
+        body: JSON,
+        *,
+        routing_key: str,
+        message_id: str,
+        headers: dict[str, str],
+        reply_to: str | None,
+        timeout: float,
+    ) -> None:
+        """``encode(body, ...)`` published, confirmed (else raises), on aiormq's channel: an
+        aio-pika ``Message`` cost ~3x the properties themselves (its attribute guards)."""
+        await self.ready(timeout)
+        channel = self._underlay
+        assert channel is not None
+        await channel.basic_publish(
+            json.dumps(body, separators=(",", ":")).encode(),
+            exchange=self.topology.exchange,
+            routing_key=routing_key,
+            properties=aiormq.spec.Basic.Properties(
+                content_type="application/json",
+                delivery_mode=PERSISTENT,
+                message_id=message_id,
+                headers=dict(headers),
+                reply_to=reply_to,
+            ),
+            mandatory=True,  # unroutable (no queue bound) raises instead of vanishing
+            timeout=timeout,
+        )
+
     async def stop(self) -> None:
         self._stopping = True
         task, self._task = self._task, None
@@ -370,6 +403,7 @@ class AmqpLink:
                 exchange = await declare_topology(channel, self.topology)
                 if self.on_connect is not None:
                     await self.on_connect(channel, exchange)
+                self._underlay = await channel.get_underlay_channel()
                 self._channel, self._exchange = channel, exchange
                 self._ready.set()
                 self.last_error = ""
@@ -394,7 +428,7 @@ class AmqpLink:
                 await asyncio.sleep(delay)
             finally:
                 self._ready.clear()
-                self._channel = self._exchange = None
+                self._channel = self._exchange = self._underlay = None
                 if connection is not None:
                     with contextlib.suppress(Exception):
                         await asyncio.shield(connection.close())
@@ -464,14 +498,17 @@ class RabbitDispatcher(Dispatcher):
     async def publish(self, messages: Sequence[OutboxMessage]) -> None:
         if not messages:
             return
-        exchange = await self._link.ready(self.publish_timeout)
+        link = self._link
+        await link.ready(self.publish_timeout)
         reply_to = self.topology.reply_key
         results = await asyncio.gather(
             *(
-                exchange.publish(
-                    encode(m.body, message_id=m.id, headers=m.headers, reply_to=reply_to),
+                link.publish(
+                    m.body,
                     routing_key=m.topic,
-                    mandatory=True,  # unroutable (no queue bound) raises instead of vanishing
+                    message_id=m.id,
+                    headers=m.headers,
+                    reply_to=reply_to,
                     timeout=self.publish_timeout,
                 )
                 for m in messages
