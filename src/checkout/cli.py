@@ -66,6 +66,13 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+def handle_stop(ctx: typer.Context) -> None:
+    """:data:`STOP` for the running command (the `checkout` script installed it already); the
+    handlers found are put back when the command returns, so a command invoked in-process (a
+    test's CliRunner) leaves its caller's SIGTERM and Ctrl-C as they were."""
+    ctx.call_on_close(STOP.install())
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Settings from the environment (plus overrides), checked before anything starts."""
     try:
@@ -158,6 +165,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 @app.command()
 def serve(
+    ctx: typer.Context,
     host: Annotated[
         str | None, typer.Option(help="Interface to listen on [default: 127.0.0.1]")
     ] = None,
@@ -180,7 +188,7 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the HTTP API (and run sagas in the same process unless --no-worker)."""
-    STOP.install()  # already done when started by the `checkout` script
+    handle_stop(ctx)
     from checkout.api import create_app
 
     settings = load_settings(host=host, port=port, transport=transport)
@@ -291,9 +299,9 @@ async def _run_worker(settings: Settings) -> None:
 
 
 @app.command()
-def worker() -> None:
+def worker(ctx: typer.Context) -> None:
     """Run sagas (no HTTP) until SIGTERM or SIGINT."""
-    STOP.install()  # already done when started by the `checkout` script
+    handle_stop(ctx)
     settings = load_settings()
     _guard(lambda: _run_worker(settings))
 

@@ -28,8 +28,17 @@ import httpx
 import typer
 from rich.text import Text
 
-from checkout.cli import app, bind, console, err, fail, is_loopback, load_settings, run_server
-from checkout.launch import STOP
+from checkout.cli import (
+    app,
+    bind,
+    console,
+    err,
+    fail,
+    handle_stop,
+    is_loopback,
+    load_settings,
+    run_server,
+)
 from checkout.services.specs import SERVICES, service_url
 
 
@@ -46,6 +55,7 @@ class RemoteTransport(StrEnum):
 
 @app.command()
 def participant(
+    ctx: typer.Context,
     name: Annotated[ServiceName, typer.Argument(help="The service to run")],
     transport: Annotated[
         RemoteTransport, typer.Option(help="How saga commands reach it")
@@ -64,7 +74,7 @@ def participant(
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "warning",
 ) -> None:
     """Run one of the checkout's services: payment, inventory or shipping."""
-    STOP.install()  # already done when started by the `checkout` script
+    handle_stop(ctx)
     from checkout.services.server import create_service_app
 
     spec = SERVICES[name.value]

@@ -42,10 +42,16 @@ class StopRequest:
     def requested(self) -> bool:
         return self.signal is not None
 
-    def install(self) -> None:
-        """Record SIGTERM and SIGINT from now on (idempotent; main thread only)."""
-        for sig in SIGNALS:
-            signal.signal(sig, self._received)
+    def install(self) -> Callable[[], None]:
+        """Record SIGTERM and SIGINT from now on (main thread only); returns what puts the
+        handlers found back."""
+        previous = {sig: signal.signal(sig, self._received) for sig in SIGNALS}
+
+        def restore() -> None:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+        return restore
 
     def _received(self, signum: int, frame: object) -> None:
         self.signal = signum

@@ -228,6 +228,7 @@ class CheckoutService:
                     payment_method=payment_method,
                     idempotency_key=idempotency_key,
                     order_id=new_id,
+                    chosen_id=order_id is not None,
                     checkout=checkout,
                     request_fingerprint=request_fingerprint,
                 )

@@ -158,3 +158,16 @@ def test_sigterm_while_a_participant_imports_stops_it(tmp_path: Path) -> None:
         service.assert_stopped_cleanly()
     finally:
         service.kill()
+
+
+def test_a_command_run_in_process_leaves_its_callers_signal_handling(tmp_path: Path) -> None:
+    """The handlers a command installs are put back when it returns (here a test's CliRunner:
+    its process must still stop on SIGTERM and Ctrl-C)."""
+    from typer.testing import CliRunner
+
+    from checkout.cli import app
+
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    result = CliRunner().invoke(app, ["worker"], env={"SAGAWAY_STORE_URL": "nope://x"})
+    assert result.exit_code == 2, result.output
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before

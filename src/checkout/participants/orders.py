@@ -138,7 +138,9 @@ def _with_items(conn: Connection, rows: Sequence[Any]) -> list[OrderInfo]:
 
 
 def _one(conn: Connection, stmt: Any, **params: Any) -> OrderInfo | None:
-    row = conn.execute(stmt, params).first()
+    # Precompiled on sqlite3 (see _sql.fetch): an order looked up by its key is on every keyed
+    # POST /orders, twice (the replay check, then the claim inside the write).
+    row = fetch_first(conn, stmt, params)
     return None if row is None else _with_items(conn, [row])[0]
 
 
@@ -362,6 +364,7 @@ class OrderService:
         payment_method: str = "card",
         idempotency_key: str | None = None,
         order_id: str | None = None,
+        chosen_id: bool | None = None,
         strict: bool = False,
         checkout: bool = False,
         request_fingerprint: str | None = None,
@@ -375,6 +378,10 @@ class OrderService:
         a race): comparing it with the request is the caller's business. The shipping address
         defaults to the customer's.
 
+        ``chosen_id`` (default: whether ``order_id`` is given) says the client chose
+        ``order_id``; False for an id the caller generated (a fresh UUID), which no recorded
+        order can have: then it is not looked up first.
+
         ``strict=False`` (default) records orders for unknown customers or products too (an
         unknown product is priced 0), so that the saga fails them with the exact "User not
         found" / "Product not found" message like the seed service. ``strict=True`` raises
@@ -382,6 +389,7 @@ class OrderService:
         """
         if not items:
             raise ValueError("an order needs at least one item")
+        chosen = order_id is not None if chosen_id is None else chosen_id
         catalogue = None
         if self._catalogue is not None:
             catalogue = await self._catalogue.catalogue(
@@ -398,7 +406,7 @@ class OrderService:
                 idempotency_key,
                 strict,
                 checkout,
-                order_id is not None,
+                chosen,
                 request_fingerprint,
                 catalogue,
             )
@@ -408,7 +416,7 @@ class OrderService:
             existing = None
             if idempotency_key is not None:
                 existing = await self.get_by_idempotency_key(idempotency_key)
-            if existing is None and order_id is not None:
+            if existing is None and order_id is not None and chosen:
                 existing = await self.get_order(order_id)
             if existing is None:
                 raise
