@@ -57,6 +57,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 from aiormq.abc import DeliveredMessage
 
 from sagaway.state import JSON, OutboxMessage
+from sagaway.transport._amqp_socket import COALESCING_CONNECTION
 from sagaway.transport._delivery import Delivery
 from sagaway.transport.base import Dispatcher, Reply, ReplyHandler, TransportError
 
@@ -382,7 +383,9 @@ class AmqpLink:
         while not self._stopping:
             connection: AbstractConnection | None = None
             try:
-                connection = await aio_pika.connect(self.url, timeout=10)
+                connection = await aio_pika.connect(
+                    self.url, timeout=10, connection_class=COALESCING_CONNECTION
+                )
                 lost: asyncio.Future[BaseException | None] = loop.create_future()
 
                 def on_lost(
