@@ -138,7 +138,9 @@ def _with_items(conn: Connection, rows: Sequence[Any]) -> list[OrderInfo]:
 
 
 def _one(conn: Connection, stmt: Any, **params: Any) -> OrderInfo | None:
-    row = conn.execute(stmt, params).first()
+    # Precompiled on sqlite3 (see _sql.fetch): an order looked up by its key is on every keyed
+    # POST /orders, twice (the replay check, then the claim inside the write).
+    row = fetch_first(conn, stmt, params)
     return None if row is None else _with_items(conn, [row])[0]
 
 

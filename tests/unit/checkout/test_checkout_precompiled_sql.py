@@ -153,6 +153,7 @@ def test_precompiled_reads_match_sqlalchemy(conns: tuple[Connection, Connection]
             "status": "pending",
             "total_cents": 500,
             "payment_method": "card",
+            "idempotency_key": "k2",
             "created_at": orders.utcnow(),
             "updated_at": orders.utcnow(),
         },
@@ -162,6 +163,8 @@ def test_precompiled_reads_match_sqlalchemy(conns: tuple[Connection, Connection]
         (shop._ACCOUNT, {"account": "nobody"}),
         (shop._prices_of(2), {"p0": "p1", "p1": "p9"}),
         (orders._ORDER, {"order": "o2"}),  # datetime columns: converted like SQLAlchemy
+        (orders._BY_KEY, {"key": "k2"}),
+        (orders._BY_KEY, {"key": "nobody's"}),
     ]:
         got = _sql.fetch(fast, stmt, params)
         want = list(fast.execute(stmt, params))
