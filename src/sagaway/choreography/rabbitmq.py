@@ -20,10 +20,11 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel, AbstractExchange
 
 from sagaway.choreography.bus import EventBus, Subscription
 from sagaway.choreography.events import DomainEvent
+from sagaway.transport._delivery import Delivery
 from sagaway.transport.base import TransportError
 from sagaway.transport.rabbitmq import DEFAULT_URL, AmqpLink, Callback, Consumer, Topology, encode
 
@@ -95,7 +96,7 @@ class RabbitBus(EventBus):
             await consumer.start(channel)
 
     def _callback(self, sub: Subscription) -> Callback:
-        async def on_message(message: AbstractIncomingMessage) -> None:
+        async def on_message(message: Delivery) -> None:
             consumer = self._consumers[sub.name]
             try:
                 event = DomainEvent.from_json(json.loads(message.body))

@@ -31,8 +31,9 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel, AbstractExchange
 
+from sagaway.transport._delivery import Delivery
 from sagaway.transport.base import Command, Reply
 from sagaway.transport.rabbitmq import (
     DEFAULT_URL,
@@ -123,7 +124,7 @@ class RabbitParticipant:
         self.stats.reconnects = self._link.reconnects
         await self._consumer.start(channel)
 
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+    async def _on_message(self, message: Delivery) -> None:
         try:
             command = Command.from_json(json.loads(message.body))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:

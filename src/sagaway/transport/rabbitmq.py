@@ -53,15 +53,12 @@ from typing import Any
 
 import aio_pika
 import aiormq
-from aio_pika.abc import (
-    AbstractChannel,
-    AbstractConnection,
-    AbstractExchange,
-    AbstractIncomingMessage,
-    AbstractQueue,
-)
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
+from aiormq.abc import DeliveredMessage
 
 from sagaway.state import JSON, OutboxMessage
+from sagaway.transport._amqp_socket import COALESCING_CONNECTION
+from sagaway.transport._delivery import Delivery
 from sagaway.transport.base import Dispatcher, Reply, ReplyHandler, TransportError
 
 __all__ = [
@@ -150,7 +147,7 @@ class DeliveryStats:
     reconnects: int = 0
     _counts: OrderedDict[str, int] = field(default_factory=OrderedDict, repr=False)
 
-    def deliveries(self, message: AbstractIncomingMessage, topology: Topology) -> int:
+    def deliveries(self, message: Delivery, topology: Topology) -> int:
         """How many times ``message`` has been delivered, this delivery included."""
         if topology.queue_type == "quorum":
             returned = (message.headers or {}).get("x-delivery-count", 0)
@@ -185,7 +182,7 @@ def requeue_delay(deliveries: int) -> float:
     return float(min(0.05 * 2 ** (deliveries - 1), 2.0))
 
 
-Callback = Callable[[AbstractIncomingMessage], Awaitable[None]]
+Callback = Callable[[Delivery], Awaitable[None]]
 
 
 class Consumer:
@@ -198,26 +195,28 @@ class Consumer:
         self.callback = callback
         self.stats = DeliveryStats()
         self._channel: AbstractChannel | None = None
-        self._queue: AbstractQueue | None = None
+        self._underlay: aiormq.abc.AbstractChannel | None = None
         self._tag: str | None = None
         self._inflight: set[asyncio.Task[None]] = set()
 
     async def start(self, channel: AbstractChannel) -> None:
-        """Consume on ``channel`` (a no-op when already consuming on it)."""
+        """Consume on ``channel`` (a no-op when already consuming on it). On aiormq's channel
+        underneath: each delivery is a ``Delivery``, not an aio-pika ``IncomingMessage``."""
         if self._channel is channel:
             return
         self._channel = channel
-        self._queue = await channel.get_queue(self.queue, ensure=False)
-        self._tag = await self._queue.consume(self._deliver)
+        underlay = self._underlay = await channel.get_underlay_channel()
+        consumed = await underlay.basic_consume(self.queue, self._deliver)
+        self._tag = consumed.consumer_tag
 
     async def drain(self, timeout: float) -> None:
         """Stop taking deliveries, then give those in flight ``timeout`` seconds to settle;
         cancel what still runs after that (unacked, so the broker redelivers it)."""
-        queue, tag = self._queue, self._tag
-        self._queue = self._tag = None
-        if queue is not None and tag is not None:
+        underlay, tag = self._underlay, self._tag
+        self._underlay = self._tag = None
+        if underlay is not None and tag is not None:
             with contextlib.suppress(Exception):
-                await queue.cancel(tag)
+                await underlay.basic_cancel(tag)
         pending = set(self._inflight)
         if pending and timeout > 0:
             _, pending = await asyncio.wait(pending, timeout=timeout)
@@ -226,26 +225,25 @@ class Consumer:
         if pending:
             await asyncio.wait(pending)
 
-    async def _deliver(self, message: AbstractIncomingMessage) -> None:
-        # The handler runs in a task of its own, shielded: when the connection drops, aiormq
-        # cancels its consumer tasks, and a handler cut off halfway (an engine between its
-        # store commit and driving the saga on) is worse than one that finishes, fails to ack
-        # on the dead channel, and sees the redelivery as a duplicate.
-        work = asyncio.ensure_future(self.callback(message))
+    async def _deliver(self, message: DeliveredMessage) -> None:
+        # The handler runs in a task of its own that aiormq does not await: when the
+        # connection drops, aiormq cancels its consumer tasks, and a handler cut off halfway
+        # (an engine between its store commit and driving the saga on) is worse than one that
+        # finishes, fails to ack on the dead channel, and sees the redelivery as a duplicate.
+        work = asyncio.ensure_future(self.callback(Delivery(message, message.channel)))
         self._inflight.add(work)
         work.add_done_callback(self._finished)
-        await asyncio.shield(work)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("handler of queue %s crashed: %r", self.queue, task.exception())
 
-    async def ack(self, message: AbstractIncomingMessage) -> None:
+    async def ack(self, message: Delivery) -> None:
         if await settle(message.ack()):
             self.stats.handled += 1
 
-    async def dead_letter(self, message: AbstractIncomingMessage, why: str) -> None:
+    async def dead_letter(self, message: Delivery, why: str) -> None:
         """Reject without requeue: the broker moves it to the dead-letter queue."""
         self.stats.dead_lettered += 1
         log.error(
@@ -257,7 +255,7 @@ class Consumer:
         )
         await settle(message.reject(requeue=False))
 
-    async def failed(self, message: AbstractIncomingMessage, error: BaseException) -> None:
+    async def failed(self, message: Delivery, error: BaseException) -> None:
         """The handler failed transiently: requeue after a short pause, unless the message is
         out of deliveries (then dead-letter it)."""
         count = self.stats.deliveries(message, self.topology)
@@ -385,7 +383,9 @@ class AmqpLink:
         while not self._stopping:
             connection: AbstractConnection | None = None
             try:
-                connection = await aio_pika.connect(self.url, timeout=10)
+                connection = await aio_pika.connect(
+                    self.url, timeout=10, connection_class=COALESCING_CONNECTION
+                )
                 lost: asyncio.Future[BaseException | None] = loop.create_future()
 
                 def on_lost(
@@ -542,7 +542,7 @@ class RabbitDispatcher(Dispatcher):
         if self._handler is not None:
             await self._replies.start(channel)
 
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+    async def _on_message(self, message: Delivery) -> None:
         try:
             reply = Reply.from_json(json.loads(message.body))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
