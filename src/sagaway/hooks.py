@@ -95,12 +95,13 @@ class Hook:
         command (HTTP headers, AMQP message headers) to the participant."""
 
     def on_park(self, record: SagaRecord, reason: str) -> None:
-        """The saga stopped to wait (a reply, a signal, a timer) and holds no task any more.
-        Reserved: called once parked sagas exist (human-in-the-loop / remote participants)."""
+        """The saga stopped to wait (a reply, a signal, a timer) and holds no task any more:
+        parked by its run, or claimed early and handed back (its wait not over). Each
+        ``after_claim`` ends in exactly one of ``on_finish``, ``on_release`` and ``on_park``."""
 
     def on_resume(self, record: SagaRecord, reason: str) -> None:
         """A parked saga was woken (``reason``: what it waited for arrived or its deadline
-        passed). Reserved, like ``on_park``."""
+        passed)."""
 
     def on_finish(self, record: SagaRecord) -> None:
         """The saga reached a terminal status (SUCCEEDED, COMPENSATED, or FAILED for an

@@ -183,6 +183,11 @@ class PrometheusHook(Hook, Collector):
         name = record.name
         self._in_flight[name] = self._in_flight.get(name, 0) - 1
 
+    def on_park(self, record: SagaRecord, reason: str) -> None:
+        # Parked, it holds no task here; a wake-up claims it again (after_claim).
+        name = record.name
+        self._in_flight[name] = self._in_flight.get(name, 0) - 1
+
     # -- the collector: runs when Prometheus scrapes ------------------------------------------
 
     async def refresh(self) -> None:

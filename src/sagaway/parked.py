@@ -245,7 +245,15 @@ class ParkedSagas:
             if reply is not None:
                 self._attempt_ended(saga, taken, reply, decision, now)
         if decision.next is Next.STOP:
-            await self.engine.store.commit(taken.id, self.engine.owner_id, decision.change, now)
+            # Driven by this engine for this one write: claimed, then finished or released.
+            if hooks is not None:
+                hooks.after_claim(taken, ClaimReason.REPLIED)
+            try:
+                await self.engine.store.commit(taken.id, self.engine.owner_id, decision.change, now)
+            except BaseException:
+                if hooks is not None:
+                    hooks.on_release(taken, "its write failed")
+                raise
             apply_change(taken, decision.change, now)
             if hooks is not None:
                 hooks.on_finish(taken)

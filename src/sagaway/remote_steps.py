@@ -70,6 +70,8 @@ class RemoteSteps:
                 return Change(unpark=True)
             await self._commit(Change(release_lease=True), now)  # still waiting: hand it back
             self.parked = True
+            if self.hooks is not None:  # every claim ends in a finish, a release or a park
+                self.hooks.on_park(record, record.waiting_for or "wait")
             return None
         if self.hooks is not None:
             self.hooks.on_resume(record, f"timeout:{record.waiting_for}")

@@ -176,3 +176,46 @@ async def test_sagas_waiting_from_a_scrape_thread_asks_the_loop(kit: Kit, order:
         text = (await asyncio.to_thread(generate_latest, registry)).decode()
     assert 'sagaway_sagas_waiting{saga="order"} 2.0' in text
     assert 'sagaway_sagas_waiting{saga="refund"} 1.0' in text
+
+
+@pytest.mark.parametrize("url", ["memory://", "sqlite"])
+async def test_a_parked_saga_is_not_in_flight(url: str, tmp_path: object) -> None:
+    """In flight = driven by this process: a saga parked on a wait holds no task, so it leaves
+    the gauge when it parks and comes back when a signal wakes it."""
+    from sagaway import Engine, Saga, SagaRecord, StepContext
+    from sagaway.hooks import Hook
+
+    class Parks(Hook):
+        """Set once three sagas parked; runs after the metrics hook (later in the list)."""
+
+        def __init__(self) -> None:
+            self.count, self.all_parked = 0, asyncio.Event()
+
+        def on_park(self, record: SagaRecord, reason: str) -> None:
+            self.count += 1
+            if self.count == 3:
+                self.all_parked.set()
+
+    saga = Saga("metrics-wait")
+
+    @saga.step
+    async def reserve(ctx: StepContext, order: dict[str, int]) -> None:
+        return None
+
+    saga.wait("confirmed", timeout=900)
+    registry = CollectorRegistry()
+    store_url = url if url == "memory://" else f"sqlite:///{tmp_path}/w.db"
+    parks = Parks()
+    hooks = [PrometheusHook(registry), parks]
+    async with Engine(store_url, sagas=[saga], hooks=hooks) as engine:
+        ids = [await engine.start(saga, {"n": n}) for n in range(3)]
+        async with asyncio.timeout(30):
+            await parks.all_parked.wait()
+        assert value(registry, "sagaway_sagas_in_flight", saga="metrics-wait") == 0
+        for saga_id in ids:
+            await engine.signal(saga_id, "confirmed", {"ok": True})
+            record = await engine.wait(saga_id, timeout=30)
+            assert record.status is SagaStatus.SUCCEEDED
+        assert value(registry, "sagaway_sagas_in_flight", saga="metrics-wait") == 0
+        finished = "sagaway_sagas_finished_total"
+        assert value(registry, finished, saga="metrics-wait", status="SUCCEEDED") == 3
