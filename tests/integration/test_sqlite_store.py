@@ -481,3 +481,46 @@ async def test_prune_finds_its_sagas_by_primary_key(db: Path) -> None:
         assert "USING PRIMARY KEY (id=?)" in plan, plan
         conn.execute("ANALYZE")
     conn.close()
+
+
+async def test_lease_renewal_reads_only_leased_sagas(db: Path) -> None:
+    # Renewal runs in a group commit every recovery pass: through a status index it read every
+    # parked saga (they run, with no owner), so 100,000 waiting sagas stalled every signal.
+    from sagaway.store import _sqlite_ops as ops
+
+    async with SQLiteStore(url_of(db)):
+        pass
+    conn = sqlite3.connect(db, isolation_level=None)
+    rows = [
+        ("parked", "RUNNING", "signal:go", None, None),
+        ("mine", "RUNNING", None, "e", 1.0),
+        # A due parked saga this engine claimed: still parked until its run's first write.
+        ("claimed-parked", "RUNNING", "signal:go", "e", 1.0),
+        ("theirs", "COMPENSATING", None, "other", 1.0),
+        ("done", "SUCCEEDED", None, "e", 1.0),
+    ]
+    conn.executemany(
+        "INSERT INTO sagaway_instances (id, name, version, status, input, created_at, "
+        "updated_at, waiting_for, parked_until, owner, lease_expires_at) "
+        "VALUES (?, 's', 1, ?, NULL, 1.0, 1.0, ?, 1e12, ?, ?)",
+        rows,
+    )
+    conn.execute("UPDATE sagaway_instances SET cancel_requested = 1 WHERE id = 'claimed-parked'")
+    indexed = conn.execute(
+        "SELECT id FROM sagaway_instances INDEXED BY sagaway_instances_owner "
+        "WHERE owner IS NOT NULL ORDER BY id"
+    )
+    assert [r[0] for r in indexed] == ["claimed-parked", "done", "mine", "theirs"]
+    conn.execute("BEGIN IMMEDIATE")
+    cancelled = ops.renew_leases(conn, "e", 10.0, 5.0)
+    conn.execute("COMMIT")
+    assert cancelled == ["claimed-parked"]
+    leases = dict(conn.execute("SELECT id, lease_expires_at FROM sagaway_instances"))
+    assert leases == {
+        "parked": None,
+        "mine": 15.0,
+        "claimed-parked": 15.0,
+        "theirs": 1.0,
+        "done": 1.0,
+    }
+    conn.close()

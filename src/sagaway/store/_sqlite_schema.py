@@ -166,6 +166,16 @@ MIGRATIONS: list[tuple[str, ...]] = [
         # only if nothing wrote the row since. ADD COLUMN with a constant default: no rewrite.
         "ALTER TABLE sagaway_instances ADD COLUMN fence INTEGER NOT NULL DEFAULT 0",
     ),
+    (
+        # Lease renewal (each recovery pass, in a group commit) found an engine's sagas
+        # through sagaway_instances_open, which holds every parked saga too (they run, with
+        # no owner): with 100,000 parked it read them all each second, ~100 ms on the loop's
+        # thread, and every signal in flight waited. Only leased sagas are in this one
+        # (parking and finishing release the lease), and only a claim, a take, a park or a
+        # release writes owner, so a step's progress never touches it.
+        "CREATE INDEX sagaway_instances_owner ON sagaway_instances (owner) "
+        "WHERE owner IS NOT NULL",
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
