@@ -39,6 +39,7 @@ from checkout.cli import (
     load_settings,
     run_server,
 )
+from checkout.launch import STOP
 from checkout.services.specs import SERVICES, service_url
 
 
@@ -163,10 +164,9 @@ async def _up(transport: str, base_port: int) -> int:
     # The services send seed 004's events to the gateway (over HTTP), which passes them on.
     env["SAGAWAY_GATEWAY_URL"] = f"http://127.0.0.1:{gateway_port}"
     children: dict[str, asyncio.subprocess.Process] = {}
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    if STOP.requested:  # asked to stop while it imported: nothing to start, nothing to stop
+        console.print("checkout up: stopped before starting")
+        return 0
     status = 0
     try:
         for name, spec in SERVICES.items():
@@ -191,7 +191,7 @@ async def _up(transport: str, base_port: int) -> int:
         waits = {
             asyncio.ensure_future(p.wait()): name for name, p in children.items()
         }  # fmt: skip
-        stopping = asyncio.ensure_future(stop.wait())
+        stopping = asyncio.ensure_future(STOP.wait())  # at once if asked while starting
         done, _ = await asyncio.wait([stopping, *waits], return_when=asyncio.FIRST_COMPLETED)
         if stopping not in done:
             died = next(waits[task] for task in done if task in waits)
@@ -208,6 +208,7 @@ async def _up(transport: str, base_port: int) -> int:
 
 @app.command()
 def up(
+    ctx: typer.Context,
     transport: Annotated[
         RemoteTransport, typer.Option(help="How the gateway reaches the services")
     ] = RemoteTransport.http,
@@ -219,6 +220,7 @@ def up(
     ] = 8000,
 ) -> None:
     """Run the gateway and the three services (Ctrl-C stops them all)."""
+    handle_stop(ctx)
     status = asyncio.run(_up(transport.value, base_port))
     if status:
         raise typer.Exit(status)

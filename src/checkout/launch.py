@@ -5,7 +5,7 @@ it started the process, and importing the command (FastAPI, SQLAlchemy, the engi
 seconds. Python's default for SIGTERM ends the process on the spot (status -15) wherever it is:
 before anything was opened that is merely untidy, but a stop must not depend on the moment it
 came. So the entry point installs the handler before importing anything of the checkout, for
-the commands that run until they are stopped (``serve``, ``worker``, ``participant``); the
+the commands that run until they are stopped (``serve``, ``worker``, ``participant``, ``up``); the
 others (``migrate``, ``demo``...) keep Python's defaults. From then on SIGTERM and SIGINT only
 record the request (:data:`STOP`), and each command acts on it when it is ready to: a worker
 that was asked before its start does not start, a server started meanwhile shuts down once
@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # The commands that run until stopped; the word that names the command comes first.
-LONG_RUNNING = frozenset({"serve", "worker", "participant"})
+LONG_RUNNING = frozenset({"serve", "worker", "participant", "up"})
 
 
 class StopRequest:

@@ -13,12 +13,15 @@ from __future__ import annotations
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
 import pytest
+
+import ports
 
 GATED = [sys.executable, str(Path(__file__).parents[1] / "startup_gates.py")]
 SERVE = ["serve", "--host", "127.0.0.1", "--port", "0"]
@@ -171,3 +174,18 @@ def test_a_command_run_in_process_leaves_its_callers_signal_handling(tmp_path: P
     result = CliRunner().invoke(app, ["worker"], env={"SAGAWAY_STORE_URL": "nope://x"})
     assert result.exit_code == 2, result.output
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+def test_sigterm_while_up_imports_starts_nothing(tmp_path: Path) -> None:
+    """``checkout up`` asked to stop before it started any service exits 0 and starts none."""
+    base = ports.free_ports_in_a_row(4)
+    up = Starting(tmp_path / "sagaway.db", ["up", "--base-port", str(base)], gate="imports")
+    try:
+        up.signal_at("imports")
+        up.assert_stopped_cleanly()
+        assert "stopped before starting" in "".join(up.output)
+        for port in range(base, base + 4):
+            with socket.socket() as sock:
+                assert sock.connect_ex(("127.0.0.1", port)) != 0, f"something listens on {port}"
+    finally:
+        up.kill()

@@ -46,6 +46,15 @@ class CoalescingWriter(asyncio.StreamWriter):
             self._loop_.call_soon(self.flush)
         self._held.append(bytes(data))
 
+    def writelines(self, data: Any) -> None:
+        # Through ``write``: straight to the transport, it would pass bytes still held.
+        for chunk in data:
+            self.write(chunk)
+
+    def write_eof(self) -> None:
+        self.flush()  # what was written before the end goes before it
+        super().write_eof()
+
     def flush(self) -> None:
         """Hand what was written to the transport (a no-op when nothing is held)."""
         held, self._held = self._held, []
