@@ -173,8 +173,7 @@ MIGRATIONS: list[tuple[str, ...]] = [
         # thread, and every signal in flight waited. Only leased sagas are in this one
         # (parking and finishing release the lease), and only a claim, a take, a park or a
         # release writes owner, so a step's progress never touches it.
-        "CREATE INDEX sagaway_instances_owner ON sagaway_instances (owner) "
-        "WHERE owner IS NOT NULL",
+        "CREATE INDEX sagaway_instances_owner ON sagaway_instances (owner) WHERE owner IS NOT NULL",
     ),
 ]
 
