@@ -138,6 +138,14 @@ MIGRATIONS: list[tuple[str, ...]] = [
         # so the column costs a running saga nothing (a catalog change only).
         "ALTER TABLE {s}.sagaway_instances ADD COLUMN packed jsonb",
     ),
+    (
+        # Lease renewal (each second) finds this engine's sagas by owner: without it, it walked
+        # every active saga, the parked ones (RUNNING, no owner) included. Only leased sagas are
+        # in it, and owner changes only with a claim, a park or a release, which write an
+        # indexed column already: the step transitions stay HOT updates.
+        "CREATE INDEX sagaway_instances_owner ON {s}.sagaway_instances (owner) "
+        "WHERE owner IS NOT NULL",
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
