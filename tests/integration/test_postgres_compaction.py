@@ -98,14 +98,16 @@ async def test_a_finished_saga_is_packed_and_a_running_one_keeps_its_rows(schema
 
 
 async def _compaction_waiting(conn: asyncpg.Connection, schema: str) -> None:
-    """Return once the compaction statement waits on a lock. Polled: PostgreSQL tells no one
-    when a statement starts waiting. (Its text starts the statement, which is longer than
-    what pg_stat_activity keeps.)"""
+    """Return once a statement waits on the lock ``conn`` holds: in this schema only the
+    compaction's DELETE of the saga's step rows can. Read from ``pg_locks``, which is live:
+    ``pg_stat_activity`` is a snapshot taken at its first read in a transaction, and ``conn``
+    is in one (its lock), so a poll of it never sees a wait that began after the first poll.
+    Polled: PostgreSQL tells no one when a statement starts waiting."""
+    holder = conn.get_server_pid()
     async with asyncio.timeout(60):
         while not await conn.fetchval(  # noqa: ASYNC110 - the server's state, no event
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-            "AND query LIKE $1 AND query LIKE '%i.packed IS NULL%'",
-            f"%{schema}%",
+            "SELECT count(*) FROM pg_locks WHERE NOT granted AND $1 = ANY(pg_blocking_pids(pid))",
+            holder,
         ):
             await asyncio.sleep(0.05)
 
