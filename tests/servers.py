@@ -27,6 +27,7 @@ import socket
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -38,6 +39,7 @@ __all__ = [
     "REDIS_URL",
     "broker_to_ourselves",
     "drop_pg_schema",
+    "durable_store_url",
     "fresh_pg_schema",
     "fresh_rabbit_vhost",
     "in_ci",
@@ -380,3 +382,29 @@ async def _vhost(tag: str) -> AsyncIterator[str]:
 
 
 _PERMISSIONS = ("configure", "write", "read")
+
+
+@contextlib.asynccontextmanager
+async def durable_store_url(kind: str, directory: Path, tag: str) -> AsyncIterator[str]:
+    """A fresh saga log URL on ``kind`` (sqlite, postgresql, redis), removed afterwards: the
+    stores a crash test kills a process against."""
+    if kind == "sqlite":
+        yield f"sqlite:///{directory / 'log.db'}"
+        return
+    from sagaway.store import open_store
+
+    if kind == "postgresql":
+        require_server("postgresql", postgres_check)
+        schema = unique_pg_schema(tag)
+        try:
+            yield pg_schema_url(schema)
+        finally:
+            await drop_pg_schema(schema)
+        return
+    require_server("redis", redis_check)
+    url = unique_redis_url(tag)
+    try:
+        yield url
+    finally:
+        async with open_store(url) as store:
+            await store.purge()  # type: ignore[attr-defined]

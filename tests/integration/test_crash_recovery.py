@@ -30,15 +30,7 @@ from crash_saga import OWNER, Participant, build_saga
 from sagaway import Engine, Phase, SagaStatus
 from sagaway.state import SagaRecord
 from sagaway.store import open_store
-from servers import (
-    drop_pg_schema,
-    pg_schema_url,
-    postgres_check,
-    redis_check,
-    require_server,
-    unique_pg_schema,
-    unique_redis_url,
-)
+from servers import durable_store_url
 
 WORKER = Path(__file__).with_name("crash_worker.py")
 pytestmark = pytest.mark.slow
@@ -133,23 +125,8 @@ SCENARIOS = [
 @pytest.fixture(params=["sqlite", "postgresql", "redis"])
 async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """A fresh saga log on each durable store, removed afterwards."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'log.db'}"
-    elif request.param == "postgresql":
-        require_server("postgresql", postgres_check)
-        schema = unique_pg_schema("crash")
-        try:
-            yield pg_schema_url(schema)
-        finally:
-            await drop_pg_schema(schema)
-    else:
-        require_server("redis", redis_check)
-        url = unique_redis_url("crash")
-        try:
-            yield url
-        finally:
-            async with open_store(url) as store:
-                await store.purge()  # type: ignore[attr-defined]
+    async with durable_store_url(request.param, tmp_path, "crash") as url:
+        yield url
 
 
 def _rows(record: SagaRecord) -> dict[str, str]:

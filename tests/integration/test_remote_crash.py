@@ -23,15 +23,7 @@ from sagaway.clock import SystemClock
 from sagaway.state import SagaRecord
 from sagaway.store import open_store
 from sagaway.store.base import OutboxStore
-from servers import (
-    drop_pg_schema,
-    pg_schema_url,
-    postgres_check,
-    redis_check,
-    require_server,
-    unique_pg_schema,
-    unique_redis_url,
-)
+from servers import durable_store_url
 
 pytestmark = pytest.mark.slow
 
@@ -78,23 +70,8 @@ SCENARIOS = [
 
 @pytest.fixture(params=["sqlite", "postgresql", "redis"])
 async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'log.db'}"
-    elif request.param == "postgresql":
-        require_server("postgresql", postgres_check)
-        schema = unique_pg_schema("rcrash")
-        try:
-            yield pg_schema_url(schema)
-        finally:
-            await drop_pg_schema(schema)
-    else:
-        require_server("redis", redis_check)
-        url = unique_redis_url("rcrash")
-        try:
-            yield url
-        finally:
-            async with open_store(url) as store:
-                await store.purge()  # type: ignore[attr-defined]
+    async with durable_store_url(request.param, tmp_path, "rcrash") as url:
+        yield url
 
 
 async def _only_saga(url: str) -> tuple[SagaRecord, int]:

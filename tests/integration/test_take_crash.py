@@ -20,15 +20,7 @@ from wait_crash_saga import Effects, build
 
 from sagaway import Engine, EventType, SagaStatus
 from sagaway.store import open_store
-from servers import (
-    drop_pg_schema,
-    pg_schema_url,
-    postgres_check,
-    redis_check,
-    require_server,
-    unique_pg_schema,
-    unique_redis_url,
-)
+from servers import durable_store_url
 
 pytestmark = pytest.mark.slow
 
@@ -37,23 +29,8 @@ WORKER = Path(__file__).with_name("take_crash_worker.py")
 
 @pytest.fixture(params=["sqlite", "postgresql", "redis"])
 async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'log.db'}"
-    elif request.param == "postgresql":
-        require_server("postgresql", postgres_check)
-        schema = unique_pg_schema("tcrash")
-        try:
-            yield pg_schema_url(schema)
-        finally:
-            await drop_pg_schema(schema)
-    else:
-        require_server("redis", redis_check)
-        url = unique_redis_url("tcrash")
-        try:
-            yield url
-        finally:
-            async with open_store(url) as store:
-                await store.purge()  # type: ignore[attr-defined]
+    async with durable_store_url(request.param, tmp_path, "tcrash") as url:
+        yield url
 
 
 async def _kill_at(store_url: str, effects_db: Path, mode: str, saga_id: str) -> None:

@@ -19,16 +19,7 @@ from wait_crash_saga import THREE_DAYS, Effects, build
 
 from sagaway import Engine, EventType, SagaStatus
 from sagaway.clock import SystemClock
-from sagaway.store import open_store
-from servers import (
-    drop_pg_schema,
-    pg_schema_url,
-    postgres_check,
-    redis_check,
-    require_server,
-    unique_pg_schema,
-    unique_redis_url,
-)
+from servers import durable_store_url
 
 pytestmark = pytest.mark.slow
 
@@ -46,23 +37,8 @@ class ShiftedClock(SystemClock):
 
 @pytest.fixture(params=["sqlite", "postgresql", "redis"])
 async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'log.db'}"
-    elif request.param == "postgresql":
-        require_server("postgresql", postgres_check)
-        schema = unique_pg_schema("wcrash")
-        try:
-            yield pg_schema_url(schema)
-        finally:
-            await drop_pg_schema(schema)
-    else:
-        require_server("redis", redis_check)
-        url = unique_redis_url("wcrash")
-        try:
-            yield url
-        finally:
-            async with open_store(url) as store:
-                await store.purge()  # type: ignore[attr-defined]
+    async with durable_store_url(request.param, tmp_path, "wcrash") as url:
+        yield url
 
 
 async def test_engine_killed_while_sagas_wait_every_saga_ends_once(
