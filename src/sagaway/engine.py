@@ -42,6 +42,7 @@ from sagaway.rules import (
 )
 from sagaway.runner import CommitListener, SagaRun
 from sagaway.state import (
+    TERMINAL,
     Change,
     Event,
     EventType,
@@ -578,7 +579,7 @@ class Engine:
             self._recovery.orphans.add(saga_id)
         finally:
             if run.hooks is not None:
-                if run.record.status.is_terminal:
+                if run.record.status in TERMINAL:  # (is_terminal: a property call more)
                     run.hooks.on_finish(run.record)
                 elif not run.parked:
                     run.hooks.on_release(run.record, stopped)
