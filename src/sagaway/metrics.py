@@ -31,12 +31,12 @@ Metrics (all ``sagaway_*``):
 
 Cost: the hook counts sagas into plain Python ints, and the engine appends each step attempt's
 duration and each commit's latency to the hook's lists (``Hook.step_sink``, ``commit_sink``: no
-call into the hook per step or commit); a scrape (or, between scrapes, every ``FOLD_EVERY``
-commits) counts them into the histograms, sorted and bisected per bucket bound in C, and a
-collector turns the counts into Prometheus families. A scrape therefore sees every attempt and
-commit that ended before it, as before. prometheus-client's own metric objects cost 3-5 us per
-update here (a lock each), which was 37% of an in-memory saga's CPU; this way it is x1.05 in
-instructions (``benchmarks/observability_cost.py --callgrind``).
+call into the hook per step or commit). A scrape, and between scrapes a timer on the engine's
+loop every ``FOLD_SECONDS``, counts them into the histograms (sorted, then bisected per bucket
+bound, in C), and a collector turns the counts into Prometheus families: a scrape sees every
+attempt and commit that ended before it, as before. prometheus-client's own metric objects
+cost 3-5 us per update here (a lock each), which was 37% of an in-memory saga's CPU; this way
+it is ~5% in instructions (``benchmarks/observability_cost.py --callgrind``).
 
 Several processes: every process has its own numbers, so scrape each one (``checkout serve``
 serves ``/metrics``; ``checkout worker`` serves them on ``SAGAWAY_METRICS_PORT``) and aggregate
@@ -83,8 +83,9 @@ COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 _RETRYING = StepOutcome.RETRYING
 _FORWARD, _UNDO, _SUCCEEDED = Phase.FORWARD, Phase.COMPENSATION, StepOutcome.SUCCEEDED
 SORT_FROM = 64  # observations of one label set from which a fold sorts them (see _take)
-# Commits appended to the sinks between two folds outside a scrape: bounds their memory.
-FOLD_EVERY = 4096
+# How often the engine's loop folds the sinks between scrapes: bounds their memory, and what
+# a scrape thread has to sort (holding the GIL).
+FOLD_SECONDS = 1.0
 
 
 class _Histogram:
@@ -166,6 +167,7 @@ class PrometheusHook(Hook, Collector):
         self.step_sink: StepSink = StepSink()
         self.commit_sink: list[float] = []
         self._folding = threading.Lock()  # a scrape thread and the loop may both fold
+        self._folding_on_loop = False
         self._outbox_pending = 0
         # How long a scrape from another thread waits for the loop to read the outbox count
         # (Prometheus' default scrape timeout is 10 s); past it, the last count is reported.
@@ -183,13 +185,13 @@ class PrometheusHook(Hook, Collector):
         self._started[record.name] += 1
 
     def after_claim(self, record: SagaRecord, reason: ClaimReason) -> None:
-        if self._loop is None:
-            self._loop = asyncio.get_running_loop()
+        if not self._folding_on_loop:
+            self._fold_every_second(asyncio.get_running_loop())
         self._in_flight[record.name] += 1
 
     def _fold(self) -> None:
         """Count the attempts and commits the engine appended to the sinks into the
-        histograms: on a scrape (any thread) and every FOLD_EVERY commits (on the loop)."""
+        histograms: on a scrape (any thread) and every FOLD_SECONDS (on the loop)."""
         with self._folding:
             sink = self.step_sink
             for step, seconds in list(sink.forward_ok.items()):
@@ -199,6 +201,14 @@ class PrometheusHook(Hook, Collector):
             for key, seconds in list(sink.ended.items()):
                 self._take_step(key, seconds)
             _take(self.commit_sink, self._commits, COMMIT_BUCKETS)
+
+    def _fold_every_second(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Fold now and again in FOLD_SECONDS on the engine's loop (from its first claim);
+        it stops with the loop."""
+        self._loop = self._loop or loop
+        self._folding_on_loop = True
+        self._fold()
+        loop.call_later(FOLD_SECONDS, self._fold_every_second, loop)
 
     def _take_step(self, key: StepKey, seconds: list[float]) -> None:
         hist = self._steps.get(key)
@@ -210,19 +220,13 @@ class PrometheusHook(Hook, Collector):
         name = record.name
         self._in_flight[name] -= 1
         self._finished[name, record.status] += 1
-        if len(self.commit_sink) > FOLD_EVERY:  # bounds the sinks between scrapes
-            self._fold()
 
     def on_release(self, record: SagaRecord, reason: str) -> None:
         self._in_flight[record.name] -= 1
-        if len(self.commit_sink) > FOLD_EVERY:
-            self._fold()
 
     def on_park(self, record: SagaRecord, reason: str) -> None:
         # Parked, it holds no task here; a wake-up claims it again (after_claim).
         self._in_flight[record.name] -= 1
-        if len(self.commit_sink) > FOLD_EVERY:
-            self._fold()
 
     def _retries(self) -> dict[tuple[str, str], int]:
         """sagaway_step_retries_total: the attempts that ended RETRYING, in either phase."""

@@ -145,12 +145,11 @@ class SagaRun(RemoteSteps):
         apply_change(self.record, change, now)
         if self.listener is not None:
             self.listener(self.record, change)
-        if hooks is not None:
-            sink = self._commit_sink
-            if sink is not None:
-                sink.append(perf_counter() - began)
-            else:
-                hooks.after_commit(self.record, change, perf_counter() - began)
+        sink = self._commit_sink  # the metrics' (see Hook.commit_sink), or None
+        if sink is not None:
+            sink.append(perf_counter() - began)
+        elif hooks is not None:
+            hooks.after_commit(self.record, change, perf_counter() - began)
 
     def _event(
         self, type_: EventType, at: float, step: Step[Any] | None = None, **kw: Any
