@@ -18,7 +18,8 @@ per saga (process time: steadier than wall time on a shared machine) and sagas/s
 ``--callgrind`` counts instructions instead (repeatable to ~0.1% on a loaded machine, unlike CPU
 time): each configuration of each round is its own ``valgrind --tool=callgrind`` process that
 runs 50 warm-up sagas, then ``--n`` sagas inside ``functools.reduce`` (``--toggle-collect``: only
-those are counted), with the GC off and no recovery pass in that window, ``PYTHONHASHSEED=0``;
+those are counted), with the GC off and no recovery pass or lease renewal in that window (they
+run by the clock), ``PYTHONHASHSEED=0``;
 the table shows instructions per saga:
 
     python benchmarks/observability_cost.py --callgrind --n 1000 --rounds 2
@@ -102,8 +103,15 @@ def counted_run(url: str, name: str, n: int, concurrency: int) -> None:
         quiet_logs()
     loop = asyncio.new_event_loop()
     store = open_store(url)
-    # No recovery pass during the counted window (one a second, and callgrind is ~50x slower).
-    engine = Engine(store, owner_id="bench", hooks=CONFIGS[name](), recovery_interval=3600)
+    # No recovery pass and no lease renewal during the counted window (they run by the clock,
+    # and callgrind is ~50x slower: their count would follow the machine's load, not the code).
+    engine = Engine(
+        store,
+        owner_id="bench",
+        hooks=CONFIGS[name](),
+        recovery_interval=3600,
+        lease_seconds=3600,
+    )
     loop.run_until_complete(engine.open())
     ledger = make_ledger(store)
     loop.run_until_complete(ledger.setup())

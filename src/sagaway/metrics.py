@@ -85,7 +85,7 @@ _FORWARD, _UNDO, _SUCCEEDED = Phase.FORWARD, Phase.COMPENSATION, StepOutcome.SUC
 SORT_FROM = 64  # observations of one label set from which a fold sorts them (see _take)
 # How often the engine's loop folds the sinks between scrapes: bounds their memory, and what
 # a scrape thread has to sort (holding the GIL).
-FOLD_SECONDS = 1.0
+FOLD_SECONDS = 10.0
 
 
 class _Histogram:
