@@ -10,12 +10,12 @@ store at roughly a thousand transitions a second. Here every write (create, comm
 acquire, renew_leases, request_cancel, run_in_transaction) is queued; one flusher task on the
 event loop takes everything queued so far as one batch, runs ``BEGIN IMMEDIATE``, applies each
 operation atomically on its own (one failing with LeaseLost, SagaNotFound or InvalidTransition,
-or anything else, rolls back only itself: see ``_write_batch``), writes the step rows and
-events of all its transitions with one ``executemany`` each, ``COMMIT``s (one fsync for the
-whole batch), then resolves every caller's future. While a batch's callers run their next
-steps, their new writes accumulate for the next batch, so batches grow with load and the fsync
-is shared by every saga in flight. No caller resumes before its batch is durable: the
-write-ahead guarantee is unchanged.
+or anything else, rolls back only itself: see ``_write_batch``), writes the outbox messages
+of all its transitions with one ``executemany`` and compacts the sagas it finished,
+``COMMIT``s (one fsync for the whole batch), then resolves every caller's future. While a
+batch's callers run their next steps, their new writes accumulate for the next batch, so
+batches grow with load and the fsync is shared by every saga in flight. No caller resumes
+before its batch is durable: the write-ahead guarantee is unchanged.
 
 Why on the loop's thread: the batch is Python and SQLite work under the GIL, so a writer
 thread could not run it in parallel with the loop anyway, and handing each batch to a thread
@@ -225,16 +225,16 @@ class SQLiteStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
         """One transaction for the whole batch, one durable COMMIT; each operation atomic.
 
         Fast path: the store's own operations raise their contract errors before their first
-        write (see ``_sqlite_ops``), so they need no savepoint, and their step rows and events
-        are written for the whole batch at the end (``ops.Pending``); a transition carrying
+        write (see ``_sqlite_ops``), so they need no savepoint, and their outbox messages and
+        compactions are done for the whole batch at the end (``ops.Pending``); a transition carrying
         ``ctx.atomic()`` writes runs without a savepoint too (those writes rarely fail); a
         ``run_in_transaction`` function always gets one (a business failure raised inside is
         its normal way to say no). Anything unexpected (a driver error halfway through an
         operation, a failing ``ctx.atomic()`` write, a failing batched write) rolls the batch
         back and replays it with a savepoint around every operation and nothing deferred, so
-        only the operation at fault fails. Savepoints cost two statements each and a call per
-        operation for steps and events two more: together most of the writer's own time on
-        the engine benchmark, which is why the fast path avoids them.
+        only the operation at fault fails. Savepoints cost two statements each: on the engine
+        benchmark, more than a transition's own statement, which is why the fast path avoids
+        them.
         """
         try:
             return _apply(conn, batch, guard, safe=False)
@@ -321,8 +321,8 @@ class SQLiteStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
         ``fn`` must be quick and must not block: it runs on the event loop's thread, and every write
         of the batch waits for it. It must not keep the connection. The store owns the transaction:
         ``commit()``, ``rollback()``, BEGIN/COMMIT/ROLLBACK/END are refused (``StoreError``, only
-        this call fails); savepoints of its own are fine. The saga log's step rows and events of
-        other transitions in the same batch are written at the batch's end: ``fn`` may not see them.
+        this call fails); savepoints of its own are fine. Of the other writes in the same batch,
+        ``fn`` sees those queued before it (the sagas they finish are compacted at its end).
         Its result is handed back as is. If another operation of the batch hits an unexpected driver
         error the batch is rolled back and replayed, calling ``fn`` again: its writes still land
         exactly once, but keep it free of side effects outside the database.
