@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from sagaway import Engine, Saga, StepContext
-from sagaway.errors import StepFailed
+from sagaway.errors import CancelRefused, StepFailed
 from sagaway.state import (
     Change,
     Event,
@@ -27,7 +27,7 @@ from sagaway.state import (
 )
 from sagaway.store import _sqlite_ops as ops
 from sagaway.store._packed import pack, unpack
-from sagaway.store._sqlite_compact import compact, journal_rows
+from sagaway.store._sqlite_compact import Journals, compact, journal_rows
 from sagaway.store._sqlite_schema import MIGRATIONS
 from sagaway.store.sqlite import SQLiteStore
 
@@ -209,6 +209,82 @@ async def test_a_version_10_running_saga_continues_after_its_rows(tmp_path: Path
     assert after.history == [*running.history, end]
     assert after.steps == running.steps
     assert _rows(db, "r")[:2] == (0, 0)
+
+
+async def _three_steps(store: SQLiteStore, saga_id: str, *, cancel: bool = False) -> None:
+    """A saga written as the engine writes it, finishing in its last commit; with ``cancel``,
+    a cancel is asked for between two of its commits (refused: its steps are under way; the
+    refusal is an event in its history, written by request_cancel, not by a commit)."""
+    steps = ("reserve", "pay", "ship")
+
+    def step(i: int, status: StepStatus, done: bool) -> StepRecord:
+        out = i if done else None
+        return StepRecord(steps[i], Phase.FORWARD, status, 1, out, None, False, T0 + i, None)
+
+    started = [Event(T0, EventType.SAGA_STARTED), Event(T0, EventType.STEP_STARTED, "reserve")]
+    await store.create(
+        NewSaga(
+            id=saga_id,
+            name="s",
+            version=1,
+            input={},
+            at=T0,
+            status=SagaStatus.RUNNING,
+            owner="e1",
+            lease_expires_at=T0 + 99,
+            steps=[step(0, StepStatus.RUNNING, False)],
+            events=started,
+        )
+    )
+    for i in range(3):
+        if cancel and i == 1:
+            with pytest.raises(CancelRefused):
+                await store.request_cancel(saga_id, Event(T0 + 1.5, EventType.CANCEL_REQUESTED), T0)
+        changed = [step(i, StepStatus.SUCCEEDED, True)]
+        events = [Event(T0 + i + 1, EventType.STEP_SUCCEEDED, steps[i], None, 1)]
+        last = i == 2
+        if not last:
+            changed.append(step(i + 1, StepStatus.RUNNING, False))
+            events.append(Event(T0 + i + 1, EventType.STEP_STARTED, steps[i + 1], None, 1, "e1"))
+        else:
+            events.append(Event(T0 + 3.25, EventType.SAGA_SUCCEEDED))
+        change = Change(
+            status=SagaStatus.SUCCEEDED if last else None,
+            steps=changed,
+            events=events,
+            release_lease=last,
+        )
+        await store.commit(saga_id, "e1", change, T0 + i + 1)
+
+
+async def test_compaction_packs_the_rows_it_wrote_as_it_would_decode_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The store keeps the rows it wrote to a journal (Journals) and packs those instead of
+    # decoding the text: the packed values must be the very ones decoding gives.
+    values = []
+    for name in ("kept", "decoded"):
+        if name == "decoded":
+            monkeypatch.setattr(Journals, "take", lambda self, saga_id, journal: None)
+        async with SQLiteStore(f"sqlite:///{tmp_path / name}.db") as store:
+            for saga_id in ("a", "b", "c"):
+                await _three_steps(store, saga_id)
+        conn = sqlite3.connect(tmp_path / f"{name}.db")
+        values.append(conn.execute("SELECT id, packed FROM sagaway_instances").fetchall())
+        conn.close()
+    assert values[0] == values[1]
+    assert all(packed is not None for _, packed in values[0])
+
+
+async def test_compaction_decodes_a_journal_written_by_another_write(tmp_path: Path) -> None:
+    # The refused cancel's event goes into the journal by request_cancel, not by a commit: the
+    # rows the store kept are not the journal any more, and it must notice.
+    async with SQLiteStore(f"sqlite:///{tmp_path / 'log.db'}") as store:
+        await _three_steps(store, "s", cancel=True)
+        record = await store.get("s")
+    assert record.status is SagaStatus.SUCCEEDED
+    assert [e.type for e in record.history].count(EventType.CANCEL_REFUSED) == 1
+    assert _rows(tmp_path / "log.db", "s")[:2] == (0, 0)
 
 
 async def test_finished_sagas_are_in_no_status_index(tmp_path: Path) -> None:

@@ -45,10 +45,10 @@ from sagaway.store._codec import loads as _loads
 from sagaway.store._sqlite_compact import (
     APPEND_JOURNAL,
     FINISHED,
+    Journals,
     compact,
     journal_chunk,
     read_rows,
-    tick,
 )
 
 _ACTIVE = ",".join(f"'{s.value}'" for s in ACTIVE_STATUSES)
@@ -143,26 +143,29 @@ def event_rows(saga_id: str, events: Iterable[Event]) -> list[tuple[Any, ...]]:
     return [(saga_id, e.at, e.type, e.step, e.phase, e.attempt, e.detail) for e in events]
 
 
+def _rows(
+    steps: Sequence[StepRecord], events: Sequence[Event]
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """A write's step rows and events as the tables held them, without ``saga_id``."""
+    return [
+        (
+            s.name,
+            s.phase,
+            s.status,
+            s.attempts,
+            None if s.output is None else _dumps(s.output),
+            s.error,
+            1 if s.uncertain else 0,
+            s.started_at,
+            s.finished_at,
+        )
+        for s in steps
+    ], [(e.at, e.type, e.step, e.phase, e.attempt, e.detail) for e in events]
+
+
 def _chunk(steps: Sequence[StepRecord], events: Sequence[Event]) -> str:
-    """What a write appends to the saga's journal: its step rows and events as the tables held
-    them (without ``saga_id``), times in ticks (``_sqlite_compact.journal_chunk``)."""
-    return journal_chunk(
-        [
-            (
-                s.name,
-                s.phase,
-                s.status,
-                s.attempts,
-                None if s.output is None else _dumps(s.output),
-                s.error,
-                1 if s.uncertain else 0,
-                tick(s.started_at),
-                tick(s.finished_at),
-            )
-            for s in steps
-        ],
-        [(tick(e.at), e.type, e.step, e.phase, e.attempt, e.detail) for e in events],
-    )
+    """What a write appends to the saga's journal."""
+    return journal_chunk(*_rows(steps, events))
 
 
 def outbox_rows(messages: Iterable[OutboxMessage]) -> list[tuple[Any, ...]]:
@@ -182,9 +185,10 @@ class Pending:
     replays the batch with a savepoint per operation and no deferral.
     """
 
-    __slots__ = ("finished", "outbox")
+    __slots__ = ("finished", "journals", "outbox")
 
-    def __init__(self) -> None:
+    def __init__(self, journals: Journals | None = None) -> None:
+        self.journals = journals
         self.outbox: list[tuple[Any, ...]] = []
         # Sagas a commit of the batch finished: compacted once the batch's writes are done.
         self.finished: list[str] = []
@@ -197,7 +201,7 @@ class Pending:
             conn.executemany(UPSERT_OUTBOX, self.outbox)
             self.outbox = []
         if self.finished:
-            compact(conn, self.finished)
+            compact(conn, self.finished, journals=self.journals)
             self.finished = []
 
 
@@ -328,6 +332,8 @@ def outbox_delete(conn: sqlite3.Connection, ids: list[str]) -> int:
 def create(
     conn: sqlite3.Connection, new: NewSaga, pending: Pending | None = None
 ) -> tuple[str, bool]:
+    rows = _rows(new.steps, new.events)
+    chunk = journal_chunk(*rows)
     cursor = conn.execute(
         INSERT_INSTANCE,
         (
@@ -342,7 +348,7 @@ def create(
             new.deadline_at,
             new.at,
             new.at,
-            _chunk(new.steps, new.events),
+            chunk,
         ),
     )
     if cursor.rowcount == 0:  # the idempotency key was used: write nothing, return that saga
@@ -350,6 +356,8 @@ def create(
             "SELECT id FROM sagaway_instances WHERE idempotency_key = ?", (new.idempotency_key,)
         ).fetchone()
         return str(row[0]), False
+    if pending is not None and pending.journals is not None:
+        pending.journals.start(new.id, chunk, *rows)
     return new.id, True
 
 
@@ -367,6 +375,8 @@ def commit(
         _take(conn, saga_id, owner, change, at)
     status = change.status
     park = change.park
+    rows = _rows(change.steps, change.events)
+    chunk = journal_chunk(*rows)
     if park is None and not change.unpark:  # the hot path: no parked-saga columns
         sql = _UPDATES[
             (
@@ -377,7 +387,6 @@ def commit(
                 change.unless_cancelled,
             )
         ]
-        chunk = _chunk(change.steps, change.events)
         params: tuple[Any, ...] = (
             (at, chunk, saga_id) if status is None else (status, change.error, at, chunk, saga_id)
         )
@@ -392,7 +401,6 @@ def commit(
                 _UNPARK if park is None else _PARK,
             )
         ]
-        chunk = _chunk(change.steps, change.events)
         params = (at, chunk) if park is None else (at, chunk, park.waiting_for, park.until)
         params = (*params, saga_id) if status is None else (status, change.error, *params, saga_id)
     cursor = conn.execute(sql, params if owner is None else (*params, owner))
@@ -401,6 +409,8 @@ def commit(
         if change.unless_cancelled and (owner is None or holder == owner):
             raise CancelPending(f"saga {saga_id}: a cancel is pending")
         raise LeaseLost(f"saga {saga_id} is no longer leased to {owner}")
+    if pending is not None and pending.journals is not None:
+        pending.journals.add(saga_id, chunk, *rows)
     if change.outbox:
         if pending is not None:
             pending.outbox += outbox_rows(change.outbox)

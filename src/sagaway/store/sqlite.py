@@ -61,6 +61,7 @@ from sagaway.state import Change, Event, NewSaga, OutboxMessage, SagaRecord, Sag
 from sagaway.store import _sqlite_admin as admin
 from sagaway.store import _sqlite_ops as ops
 from sagaway.store._codec import check_change, check_new, storable_text
+from sagaway.store._sqlite_compact import Journals
 from sagaway.store._sqlite_schema import connect, migrate, parse_url
 from sagaway.store.base import OutboxStore, Page, PruningStore, TakingStore, TransactionalStore
 
@@ -118,6 +119,7 @@ class SQLiteStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
         self._wakeup = asyncio.Event()
         self._writer_conn: sqlite3.Connection | None = None
         self._guard = _Guard()
+        self._journals = Journals()
         self._flusher: asyncio.Task[None] | None = None
         self._reader: ThreadPoolExecutor | None = None
         self._reader_conn: sqlite3.Connection | None = None
@@ -207,7 +209,7 @@ class SQLiteStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
             self.stats.batches += 1
             self.stats.operations += len(batch)
             try:
-                results = self._write_batch(conn, batch, guard)
+                results = self._write_batch(conn, batch, guard, self._journals)
             except BaseException as exc:  # never leave a caller waiting forever
                 guard.active = False
                 with contextlib.suppress(sqlite3.Error):
@@ -221,7 +223,9 @@ class SQLiteStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
             _resolve(results)
 
     @staticmethod
-    def _write_batch(conn: sqlite3.Connection, batch: list[_Op], guard: _Guard) -> list[_Result]:
+    def _write_batch(
+        conn: sqlite3.Connection, batch: list[_Op], guard: _Guard, journals: Journals
+    ) -> list[_Result]:
         """One transaction for the whole batch, one durable COMMIT; each operation atomic.
 
         Fast path: the store's own operations raise their contract errors before their first
@@ -237,9 +241,9 @@ class SQLiteStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
         them.
         """
         try:
-            return _apply(conn, batch, guard, safe=False)
+            return _apply(conn, batch, guard, journals, safe=False)
         except _Replay:
-            return _apply(conn, batch, guard, safe=True)
+            return _apply(conn, batch, guard, journals, safe=True)
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -490,12 +494,17 @@ def _user_error(exc: Exception, guard: _Guard) -> BaseException:
 
 
 def _apply(
-    conn: sqlite3.Connection, batch: list[_Op], guard: _Guard, *, safe: bool
+    conn: sqlite3.Connection,
+    batch: list[_Op],
+    guard: _Guard,
+    journals: Journals,
+    *,
+    safe: bool,
 ) -> list[_Result]:
     execute = conn.execute
     results: list[_Result] = []
     append = results.append
-    pending = None if safe else ops.Pending()
+    pending = None if safe else ops.Pending(journals)
     try:
         execute(_BEGIN)
         for future, fn, args in batch:
