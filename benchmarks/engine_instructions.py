@@ -10,8 +10,11 @@ callgrind can toggle collection on, with recovery passes too rare to run:
     callgrind_annotate /tmp/cg.out | head -20   # "PROGRAM TOTALS" / n = instructions per saga
 
 ``--store sqlite://`` runs on a throwaway file (the writer's statements run on the loop's
-thread, inside the counted call; the fsync's kernel time is not an instruction). Prints one
-JSON line (CPU per saga: meaningless under valgrind, only a sanity check outside it).
+thread, inside the counted call; the fsync's kernel time is not an instruction). ``--floor``
+counts the store's floor instead (``sqlite_floor.measure``: ``none``, dicts, for memory://;
+``group`` for sqlite://), set-up included: run it at two values of ``--n`` and divide the
+difference by the difference of ``--n``. Prints one JSON line (CPU per saga: meaningless
+under valgrind, only a sanity check outside it).
 """
 
 from __future__ import annotations
@@ -61,8 +64,18 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--warm", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--floor", action="store_true", help="count the store's floor instead")
     args = parser.parse_args()
     gc.set_threshold(50_000, 20, 100)
+    if args.floor:
+        import sqlite_floor
+
+        kind = {"memory": "none", "sqlite": "group"}[args.store.split("://")[0]]
+        floor = functools.reduce(
+            lambda _, __: sqlite_floor.measure(kind, args.n, args.concurrency), [0, 0]
+        )
+        print(json.dumps({"floor": kind, "n": args.n, "cpu_us_per_saga": floor["cpu_us_per_saga"]}))
+        return
     url = args.store
     if url == "sqlite://":
         url = f"sqlite:///{tempfile.mkdtemp()}/bench.db"
