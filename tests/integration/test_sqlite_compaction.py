@@ -197,12 +197,17 @@ async def test_a_version_10_running_saga_continues_after_its_rows(tmp_path: Path
     ship = StepRecord("ship", Phase.FORWARD, StepStatus.RUNNING, 1, None, None, False, T0 + 2)
     async with SQLiteStore(f"sqlite:///{db}") as store:
         before = await store.get("r")
+        assert await store.peek("r") == before.copy(history=False)
         later = [Event(T0 + 2, EventType.STEP_SUCCEEDED, "pay", None, 1)]
         await store.commit("r", "e1", Change(steps=[paid, ship], events=later), T0 + 2)
         running = await store.get("r")
         assert _tables_rows(db, "r") == (1, 2)  # the old rows stay until it finishes
         assert running.history == [*before.history, *later]
         assert list(running.steps.values()) == [paid, ship]
+        peeked = await store.peek("r")  # one statement: the table's rows, then the journal's
+        assert peeked == running.copy(history=False)
+        assert peeked is not None
+        assert list(peeked.steps.values()) == [paid, ship]
         end = Event(T0 + 3, EventType.SAGA_SUCCEEDED)
         change = Change(status=SagaStatus.SUCCEEDED, events=[end], release_lease=True)
         await store.commit("r", "e1", change, T0 + 3)

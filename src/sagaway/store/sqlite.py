@@ -356,7 +356,7 @@ class SQLiteStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
         assert self._writer_conn is not None
         try:
             found = storable_text(saga_id)
-            return ops.read_load(self._writer_conn, saga_id, False) if found else None
+            return admin.peek(self._writer_conn, saga_id) if found else None
         except sqlite3.Error as exc:
             raise StoreError(f"sqlite: {exc}") from exc
 
