@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import json
 import os
 import signal
@@ -50,6 +51,9 @@ from report import latency_ms
 HERE = Path(__file__).resolve().parent
 BROKER = os.environ.get("SAGAWAY_BENCH_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
 RABBITMQCTL = os.environ.get("SAGAWAY_TEST_RABBITMQCTL", "rabbitmqctl")
+# The test suite's broker lock (tests/servers.py): held shared while this uses the broker, so
+# that the one test that stops the broker waits for the run to end instead of cutting it.
+BROKER_LOCK = os.environ.get("SAGAWAY_TEST_BROKER_LOCK", "/tmp/sagaway-test-broker.lock")
 ROUND_TRIPS_PER_SAGA = 3.3  # three forward steps, ~10% of sagas compensate (3 more, about)
 PERSISTENT = aiormq.spec.Basic.Properties(delivery_mode=2, content_type="application/json")
 BODY = json.dumps(
@@ -292,6 +296,8 @@ def main() -> None:
         return
 
     skip = set(filter(None, args.skip.split(",")))
+    broker = os.open(BROKER_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    fcntl.flock(broker, fcntl.LOCK_SH)  # released when this process exits
     rounds: list[dict[str, Any]] = []
     for round_no in range(1, args.rounds + 1):
         row: dict[str, Any] = {"round": round_no, "load_start": round(os.getloadavg()[0], 2)}
