@@ -15,8 +15,8 @@ that the ratio holds although the machine's speed moves::
 * ``http``: an aiohttp client with a keep-alive pool (the HTTP dispatcher's client) posting a
   step command to a bare Starlette route on uvicorn (``http_client.py --bare``'s server: reads
   the JSON, answers a fixed reply), the client on uvloop.
-* ``project``: ``remote_checkout.py --transports rabbitmq,http --logs sqlite``: whole checkout
-  sagas through the gateway and its three services, each on its own SQLite file.
+* ``project``: ``remote_checkout.py --transports rabbitmq,http --logs sqlite`` (``--logs``):
+  whole checkout sagas through the gateway and its three services, each on its own SQLite file.
 
 CPU per round trip (floors) and per saga (project), user + system from ``/proc/<pid>/stat``
 over the timed window, per process; ``broker`` is RabbitMQ's Erlang VM (shared with anyone else
@@ -254,7 +254,7 @@ def project(args: argparse.Namespace) -> list[dict[str, Any]]:
         "--transports",
         "rabbitmq,http",
         "--logs",
-        "sqlite",
+        args.logs,
         "--n",
         str(args.project_n),
         "--concurrency",
@@ -286,6 +286,9 @@ def main() -> None:
     parser.add_argument("--prefetch", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--project-n", type=int, default=1000, help="sagas per project run")
+    parser.add_argument(
+        "--logs", default="sqlite", help="the project's saga logs: sqlite,postgresql"
+    )
     parser.add_argument("--skip", default="", help="comma-separated: classic,quorum,http,project")
     parser.add_argument("--respond", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--queue-type", default="classic", help=argparse.SUPPRESS)
@@ -340,7 +343,7 @@ def main() -> None:
             run["cpu_ms_per_saga_total"] = round(total, 3)
             run["ratio_to_floor"] = round(total / floor, 2)
             print(
-                f"{row['round']:>5} {'project ' + run['transport'] + ' (saga)':<22} "
+                f"{row['round']:>5} {'project ' + run['transport'] + ' ' + run['log']:<22} "
                 f"{run['sagas_per_s']:>8} {run['p50_ms']:>7} {run['p99_ms']:>8}  "
                 f"total {total:.2f} (floor {floor:.2f}, x{total / floor:.1f})"
             )
