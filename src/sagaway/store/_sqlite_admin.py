@@ -8,7 +8,8 @@ deletes a saga's instance row (its packed history with it, see ``_sqlite_compact
 step rows, events and outbox messages it still has.
 
 Loading one saga (``load``, its steps and history, packed or not) is in ``_sqlite_ops``: the
-writes load sagas too.
+writes load sagas too. ``peek`` (a parked saga read before the write that takes it) is here: one
+statement, so its own snapshot without a transaction of its own.
 """
 
 from __future__ import annotations
@@ -20,16 +21,53 @@ from typing import Any
 from sagaway.state import PRUNABLE_STATUSES, OutboxMessage, SagaRecord, SagaStatus
 from sagaway.store._codec import SAGA_STATUS as _SAGA_STATUS
 from sagaway.store._codec import dumps as _dumps
+from sagaway.store._sqlite_compact import _then as then
+from sagaway.store._sqlite_compact import journal_rows
 from sagaway.store._sqlite_ops import (
     _ACTIVE,
     _OUTBOX_COLS,
     _SELECT_COLS,
+    _STEP_COLS,
     NOT_DONE,
     _exists,
     _message,
     _saga,
+    _step,
     load,
+    read_load,
 )
+
+_PEEK_STEP = len(_SELECT_COLS.split(",")) + 3  # after the row's columns, packed, fence, journal
+_PEEK = (
+    f"SELECT {', '.join('i.' + c.strip() for c in _SELECT_COLS.split(','))}, i.packed, i.fence, "
+    f"i.journal, {', '.join('s.' + c.strip() for c in _STEP_COLS.split(','))} "
+    "FROM sagaway_instances i LEFT JOIN sagaway_steps s ON s.saga_id = i.id WHERE i.id = ?"
+)
+
+
+def peek(conn: sqlite3.Connection, saga_id: str) -> SagaRecord | None:
+    """The saga and its steps (no history) with its fence, in one statement: one snapshot, so
+    no BEGIN and COMMIT of its own (``read_load`` adds them and a second statement). Step rows
+    in the table (logs from before the journal) come first, the journal's after them, as
+    ``read_rows`` orders them; a saga with a packed history (finished, or FAILED and retried)
+    is read by ``read_load``."""
+    rows = conn.execute(_PEEK, (saga_id,)).fetchall()
+    if not rows:
+        return None
+    first = rows[0]
+    if first[_PEEK_STEP - 3] is not None:
+        return read_load(conn, saga_id, False)
+    record = _saga(first)
+    record.fence = first[_PEEK_STEP - 2]
+    # A saga without step rows in the table has one row, the LEFT JOIN's NULLs.
+    steps = [row[_PEEK_STEP:] for row in rows] if first[_PEEK_STEP] is not None else []
+    journal = first[_PEEK_STEP - 1]
+    if journal:
+        steps = then(steps, journal_rows(journal)[0])
+    for step_row in steps:
+        step = _step(step_row)
+        record.steps[(step.name, step.phase)] = step
+    return record
 
 
 def read_list(

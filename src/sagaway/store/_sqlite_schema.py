@@ -175,6 +175,12 @@ MIGRATIONS: list[tuple[str, ...]] = [
         # release writes owner, so a step's progress never touches it.
         "CREATE INDEX sagaway_instances_owner ON sagaway_instances (owner) WHERE owner IS NOT NULL",
     ),
+    (
+        # The journal (_sqlite_compact): what each write of a running saga records (step rows,
+        # events), appended to its row by the write's own UPDATE instead of one row each in
+        # sagaway_steps and sagaway_events (which are still read, for sagas written before).
+        "ALTER TABLE sagaway_instances ADD COLUMN journal TEXT",
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
