@@ -141,17 +141,55 @@ def read_outbox_count(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT count(*) FROM sagaway_outbox").fetchone()[0])
 
 
+_STRANDED = "(owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at < ? OR owner = ?)"
+# Sagas not parked: in flight or queued, what claims read each second anyway.
+_STRANDED_NOT_PARKED = (
+    "SELECT name, version, count(*) FROM sagaway_instances INDEXED BY sagaway_instances_free "
+    f"WHERE waiting_for IS NULL AND {NOT_DONE} AND status IN ({_ACTIVE}) AND {_STRANDED} "
+    "GROUP BY name, version"
+)
+_PARKED = (
+    "sagaway_instances INDEXED BY sagaway_instances_parked_definition WHERE waiting_for IS NOT NULL"
+)
+_FIRST_PARKED = f"SELECT name, version FROM {_PARKED} ORDER BY name, version LIMIT 1"
+# Two seeks, not "(name, version) > (?, ?)": SQLite seeks that on name alone and walks every
+# saga of the name to pass the version.
+_NEXT_VERSION = (
+    f"SELECT name, version FROM {_PARKED} AND name = ? AND version > ? ORDER BY version LIMIT 1"
+)
+_NEXT_NAME = f"SELECT name, version FROM {_PARKED} AND name > ? ORDER BY name, version LIMIT 1"
+_COUNT_PARKED = (
+    f"SELECT count(*) FROM {_PARKED} AND name = ? AND version = ? "
+    f"AND status IN ({_ACTIVE}) AND {_STRANDED}"
+)
+
+
 def read_stranded(
     conn: sqlite3.Connection, now: float, owner: str, known: Collection[tuple[str, int]]
 ) -> dict[tuple[str, int], int]:
-    rows = conn.execute(
-        f"SELECT name, version, count(*) FROM sagaway_instances WHERE {NOT_DONE} "
-        f"AND status IN ({_ACTIVE}) "
-        "AND (owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at < ? OR owner = ?) "
-        "GROUP BY name, version",
-        (now, owner),
-    )
-    return {(name, version): n for name, version, n in rows if (name, version) not in known}
+    """The sagas not parked, grouped; then the parked ones' definitions, one index seek
+    each, and a count of those not in ``known`` only: no parked saga of a known definition
+    is read, however many wait."""
+    conn.execute("BEGIN")
+    try:
+        found: dict[tuple[str, int], int] = {
+            (name, version): n
+            for name, version, n in conn.execute(_STRANDED_NOT_PARKED, (now, owner))
+            if (name, version) not in known
+        }
+        row = conn.execute(_FIRST_PARKED).fetchone()
+        while row is not None:
+            key = (row[0], row[1])
+            if key not in known:
+                count = conn.execute(_COUNT_PARKED, (*key, now, owner)).fetchone()[0]
+                if count:
+                    found[key] = found.get(key, 0) + count
+            row = conn.execute(_NEXT_VERSION, key).fetchone()
+            if row is None:
+                row = conn.execute(_NEXT_NAME, key[:1]).fetchone()
+    finally:
+        conn.execute("COMMIT")
+    return found
 
 
 def read_ids(conn: sqlite3.Connection, prefix: str, limit: int) -> list[str]:
