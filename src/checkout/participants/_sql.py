@@ -69,21 +69,26 @@ class _Plan:
     """One DML statement compiled for the ``sqlite3`` driver, for one set of parameter keys."""
 
     sql: str
-    # Per positional parameter: (name, bind processor or None, constant value, is it constant).
+    # Per positional parameter: (name, bind processor or None, constant value already through
+    # its processor, is it constant).
     params: tuple[tuple[str, Callable[[Any], Any] | None, Any, bool], ...]
-    # Columns whose Python-side default (or onupdate) the statement must fill in.
-    defaults: tuple[tuple[str, Callable[[Any], Any]], ...]
+    # Columns whose Python-side default (or onupdate) the statement must fill in: (column,
+    # the function it stands for, the default). A function shared by several columns is called
+    # once per row (created_at = updated_at = one utcnow()).
+    defaults: tuple[tuple[str, object, Callable[[Any], Any]], ...]
 
     def args(self, values: Mapping[str, Any]) -> list[Any]:
         if self.defaults:
             values = dict(values)
-            for name, default in self.defaults:
+            made: dict[object, Any] = {}
+            for name, function, default in self.defaults:
                 if name not in values:
-                    values[name] = default(None)
+                    if function not in made:
+                        made[function] = default(None)
+                    values[name] = made[function]
         return [
-            (value if proc is None else proc(value))
+            constant if fixed else (values[name] if proc is None else proc(values[name]))
             for name, proc, constant, fixed in self.params
-            for value in ((constant if fixed else values[name]),)
         ]
 
 
@@ -110,14 +115,15 @@ def _compile(conn: Connection, stmt: UpdateBase, keys: tuple[str, ...]) -> _Plan
         return None
     if compiled.post_compile_params:
         return None
-    defaults: list[tuple[str, Callable[[Any], Any]]] = []
+    defaults: list[tuple[str, object, Callable[[Any], Any]]] = []
     for update, columns in ((False, compiled.insert_prefetch), (True, compiled.update_prefetch)):
         for column in columns:
             fill = _default_of(column, update)
             if fill is None:
                 return None
-            defaults.append((column.key, fill))
-    filled = set(keys) | {name for name, _ in defaults}
+            # SQLAlchemy wraps a zero-argument default per column; __wrapped__ is the function.
+            defaults.append((column.key, getattr(fill, "__wrapped__", fill), fill))
+    filled = set(keys) | {name for name, _, _ in defaults}
     processors = compiled._bind_processors
     params = []
     for name in compiled.positiontup:
@@ -128,7 +134,7 @@ def _compile(conn: Connection, stmt: UpdateBase, keys: tuple[str, ...]) -> _Plan
         bind = compiled.binds.get(name)
         if bind is None or bind.callable is not None or bind.required:
             return None
-        params.append((name, proc, bind.value, True))
+        params.append((name, proc, bind.value if proc is None else proc(bind.value), True))
     return _Plan(compiled.string, tuple(params), tuple(defaults))
 
 
