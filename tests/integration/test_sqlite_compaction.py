@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from batching import in_one_batch
 from sagaway import Engine, Saga, StepContext
 from sagaway.errors import CancelRefused, StepFailed
 from sagaway.state import (
@@ -290,6 +291,32 @@ async def test_compaction_decodes_a_journal_written_by_another_write(tmp_path: P
     assert record.status is SagaStatus.SUCCEEDED
     assert [e.type for e in record.history].count(EventType.CANCEL_REFUSED) == 1
     assert _rows(tmp_path / "log.db", "s")[:2] == (0, 0)
+
+
+async def test_a_write_after_the_finishing_commit_in_its_batch_stays_after_it(
+    tmp_path: Path,
+) -> None:
+    # The finishing commit's rows skip the journal (the batch's compaction packs them): an
+    # unfenced write of the same saga later in the same batch must still come after them.
+    db = tmp_path / "log.db"
+    async with SQLiteStore(f"sqlite:///{db}") as store:
+        await store.create(
+            NewSaga(
+                id="s", name="s", version=1, input={}, at=T0, owner="e1", status=SagaStatus.RUNNING
+            )
+        )
+        failed = Event(T0 + 1, EventType.SAGA_FAILED, detail="boom")
+        later = Event(T0 + 2, EventType.RETRY_REQUESTED, detail="operator")
+        finish = Change(status=SagaStatus.FAILED, events=[failed], release_lease=True)
+        results = await in_one_batch(
+            store,
+            store.commit("s", "e1", finish, T0 + 1),
+            store.commit("s", None, Change(events=[later]), T0 + 2),
+        )
+        assert results == [None, None]
+        record = await store.get("s")
+    assert record.history[-2:] == [failed, later]
+    assert _rows(db, "s")[:2] == (0, 0)  # compacted, both events in the packed value
 
 
 async def test_finished_sagas_are_in_no_status_index(tmp_path: Path) -> None:

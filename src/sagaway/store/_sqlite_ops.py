@@ -185,24 +185,34 @@ class Pending:
     replays the batch with a savepoint per operation and no deferral.
     """
 
-    __slots__ = ("finished", "journals", "outbox")
+    __slots__ = ("finished", "journals", "late_events", "late_steps", "outbox")
 
     def __init__(self, journals: Journals | None = None) -> None:
         self.journals = journals
         self.outbox: list[tuple[Any, ...]] = []
-        # Sagas a commit of the batch finished: compacted once the batch's writes are done.
-        self.finished: list[str] = []
+        # Sagas a commit of the batch finished: compacted once the batch's writes are done,
+        # with the finishing commits' rows (saga_id first), which no journal holds.
+        self.finished: dict[str, None] = {}
+        self.late_steps: list[tuple[Any, ...]] = []
+        self.late_events: list[tuple[Any, ...]] = []
 
     def __bool__(self) -> bool:
         return bool(self.outbox or self.finished)
+
+    def finish(
+        self, saga_id: str, steps: list[tuple[Any, ...]], events: list[tuple[Any, ...]]
+    ) -> None:
+        self.finished[saga_id] = None
+        self.late_steps += [(saga_id, *r) for r in steps]
+        self.late_events += [(saga_id, *r) for r in events]
 
     def flush(self, conn: sqlite3.Connection) -> None:
         if self.outbox:  # in batch order: a message written twice keeps its last version
             conn.executemany(UPSERT_OUTBOX, self.outbox)
             self.outbox = []
         if self.finished:
-            compact(conn, self.finished, journals=self.journals)
-            self.finished = []
+            compact(conn, list(self.finished), self.late_steps, self.late_events, self.journals)
+            self.finished, self.late_steps, self.late_events = {}, [], []
 
 
 def _saga(row: Sequence[Any]) -> SagaRecord:
@@ -376,7 +386,12 @@ def commit(
     status = change.status
     park = change.park
     rows = _rows(change.steps, change.events)
-    chunk = journal_chunk(*rows)
+    # A commit that finishes the saga in a batch (pending) leaves its rows out of the journal:
+    # the batch's compaction packs them with the journal (as if appended), so the row never
+    # grows by a chunk that is cleared in the same transaction. So does any later commit of
+    # that saga in the batch, or its rows would be packed before the finishing commit's.
+    late = pending is not None and (status in FINISHED or saga_id in pending.finished)
+    chunk = "" if late else journal_chunk(*rows)
     if park is None and not change.unpark:  # the hot path: no parked-saga columns
         sql = _UPDATES[
             (
@@ -409,18 +424,18 @@ def commit(
         if change.unless_cancelled and (owner is None or holder == owner):
             raise CancelPending(f"saga {saga_id}: a cancel is pending")
         raise LeaseLost(f"saga {saga_id} is no longer leased to {owner}")
-    if pending is not None and pending.journals is not None:
+    if late:
+        assert pending is not None
+        pending.finish(saga_id, *rows)
+    elif pending is not None and pending.journals is not None:
         pending.journals.add(saga_id, chunk, *rows)
     if change.outbox:
         if pending is not None:
             pending.outbox += outbox_rows(change.outbox)
         else:
             conn.executemany(UPSERT_OUTBOX, outbox_rows(change.outbox))
-    if status in FINISHED:
-        if pending is not None:
-            pending.finished.append(saga_id)
-        else:
-            compact(conn, (saga_id,))
+    if status in FINISHED and pending is None:
+        compact(conn, (saga_id,))
 
 
 def _take(
