@@ -15,6 +15,7 @@ from sagaway.store import _sqlite_admin
 from sagaway.store.memory import MemoryStore
 from sagaway.store.sqlite import SQLiteStore
 from servers import (
+    POSTGRES_URL,
     drop_pg_schema,
     pg_schema_url,
     postgres_check,
@@ -108,6 +109,18 @@ async def test_stranded_tells_definitions_and_versions_apart(store: SagaStore) -
     }
 
 
+async def _parked(store: SagaStore, parked: int) -> None:
+    """``parked`` sagas of a known definition waiting for a signal, and an unknown one (parked
+    and not)."""
+    names = {f"k{i}": "known" for i in range(parked)} | {"lost-parked": "lost"}
+    await asyncio.gather(
+        *(store.create(_saga(i, n, SagaStatus.RUNNING, "e1", NOW + 60)) for i, n in names.items()),
+        store.create(_saga("lost", "lost", SagaStatus.PENDING, None, None)),
+    )
+    park = Change(park=Park("signal:go", NOW + 900), release_lease=True)
+    await asyncio.gather(*(store.commit(i, "e1", park, NOW) for i in names))
+
+
 async def test_on_sqlite_the_count_reads_no_parked_saga_of_a_known_definition(
     tmp_path: Path,
 ) -> None:
@@ -118,16 +131,7 @@ async def test_on_sqlite_the_count_reads_no_parked_saga_of_a_known_definition(
     async def vm_steps(parked: int) -> int:
         path = tmp_path / f"{parked}.db"
         async with SQLiteStore(f"sqlite:///{path}") as store:
-            names = {f"k{i}": "known" for i in range(parked)} | {"lost-parked": "lost"}
-            await asyncio.gather(
-                *(
-                    store.create(_saga(i, name, SagaStatus.RUNNING, "e1", NOW + 60))
-                    for i, name in names.items()
-                ),
-                store.create(_saga("lost", "lost", SagaStatus.PENDING, None, None)),
-            )
-            park = Change(park=Park("signal:go", NOW + 900), release_lease=True)
-            await asyncio.gather(*(store.commit(i, "e1", park, NOW) for i in names))
+            await _parked(store, parked)
         conn = sqlite3.connect(path, isolation_level=None)
         steps = 0
 
@@ -145,6 +149,44 @@ async def test_on_sqlite_the_count_reads_no_parked_saga_of_a_known_definition(
         return steps
 
     assert await vm_steps(2000) == await vm_steps(10)
+
+
+async def test_on_postgresql_the_count_fetches_no_parked_saga_of_a_known_definition() -> None:
+    """The rows the count's statements fetch (pg_stat_xact_user_tables, in one transaction,
+    seq scans off as the planner has them on a big table): the same for 10 or 2,000 parked
+    sagas of a known definition."""
+    require_server("postgresql", postgres_check)
+    import asyncpg
+
+    from sagaway.store.postgres import PostgresStore
+
+    async def fetched(parked: int) -> int:
+        schema = unique_pg_schema("stranded")
+        try:
+            async with PostgresStore(pg_schema_url(schema)) as store:
+                await _parked(store, parked)
+                sql = store._sql
+            conn = await asyncpg.connect(POSTGRES_URL)
+            try:
+                async with conn.transaction():
+                    await conn.execute("SET LOCAL enable_seqscan = off")
+                    rows = await conn.fetch(sql.stranded_not_parked, NOW, "me")
+                    assert [tuple(r) for r in rows] == [("lost", 2, 1)]
+                    unknown = await conn.fetch(sql.unknown_parked, ["known"], [2])
+                    assert [tuple(r) for r in unknown] == [("lost", 2)]
+                    assert await conn.fetchval(sql.stranded_parked, NOW, "me", "lost", 2) == 1
+                    counters = await conn.fetchrow(
+                        "SELECT seq_tup_read, idx_tup_fetch FROM pg_stat_xact_user_tables "
+                        "WHERE schemaname = $1 AND relname = 'sagaway_instances'",
+                        schema,
+                    )
+                    return int(counters[0] + counters[1])
+            finally:
+                await conn.close()
+        finally:
+            await drop_pg_schema(schema)
+
+    assert await fetched(2000) == await fetched(10)
 
 
 async def test_find_ids_by_prefix(store: SagaStore) -> None:
