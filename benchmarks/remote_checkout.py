@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -52,6 +53,9 @@ POSTGRES_URL = os.environ.get(
 )
 RABBITMQ_URL = os.environ.get("SAGAWAY_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
 RABBITMQCTL = os.environ.get("SAGAWAY_TEST_RABBITMQCTL", "rabbitmqctl")
+# The test suite's broker lock (tests/servers.py): held shared while a run uses the broker, so
+# that the one test that stops the broker waits for the run instead of cutting it.
+BROKER_LOCK = os.environ.get("SAGAWAY_TEST_BROKER_LOCK", "/tmp/sagaway-test-broker.lock")
 SERVICES = ("payment", "inventory", "shipping")
 
 
@@ -218,6 +222,8 @@ def pg_schema() -> Iterator[str]:
 @contextlib.contextmanager
 def rabbit_vhost() -> Iterator[str]:
     vhost = f"sagaway-bench-{uuid.uuid4().hex[:8]}"
+    lock = os.open(BROKER_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    fcntl.flock(lock, fcntl.LOCK_SH)
     subprocess.run([RABBITMQCTL, "-q", "add_vhost", vhost], check=True)
     try:
         subprocess.run(
@@ -227,6 +233,7 @@ def rabbit_vhost() -> Iterator[str]:
         yield RABBITMQ_URL.rstrip("/") + "/" + vhost
     finally:
         subprocess.run([RABBITMQCTL, "-q", "delete_vhost", vhost], check=False)
+        os.close(lock)  # (closing releases the lock)
 
 
 def broker_pid() -> int | None:

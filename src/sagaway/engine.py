@@ -34,12 +34,7 @@ from sagaway.outbox_relay import OutboxRelay
 from sagaway.parked import ParkedSagas, SignalReceipt
 from sagaway.recovery import Recovery
 from sagaway.retention import Retention
-from sagaway.rules import (
-    compensation_reason,
-    last_cancellable,
-    past_pivot,
-    retry_requested,
-)
+from sagaway.rules import compensation_reason, last_cancellable, past_pivot, retry_requested
 from sagaway.runner import CommitListener, SagaRun
 from sagaway.state import (
     TERMINAL,
@@ -65,10 +60,11 @@ __all__ = ["Engine", "SignalReceipt", "compensation_reason", "last_cancellable",
 log = logging.getLogger("sagaway.engine")
 
 # How often ``wait`` looks at the store for a saga it is not driving (parked, or driven by
-# another engine): from the first look, doubling to the longest. A run of that saga in this
-# engine wakes it at once.
+# another engine): from the first look, doubling to the longest; a saga that parked here, at
+# the longest at once. A run of that saga in this engine wakes it.
 WAIT_FIRST_LOOK = 0.005
 WAIT_LONGEST_LOOK = 0.25
+PARKED_HERE = "parked here"  # what a run that ended parked tells its saga's waiters
 
 
 class Engine:
@@ -127,7 +123,7 @@ class Engine:
         self._next_unknown_check = 0.0
         self._runs: dict[str, SagaRun] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._waiters: dict[str, list[asyncio.Future[SagaRecord | None]]] = {}
+        self._waiters: dict[str, list[asyncio.Future[SagaRecord | str | None]]] = {}
         self._listeners: list[CommitListener] = []
         # Runs whose first write carries a signal: the signal's caller awaits it.
         self._committing: dict[str, asyncio.Future[None]] = {}
@@ -216,9 +212,7 @@ class Engine:
 
     def known_sagas(self) -> dict[tuple[str, int], Saga]:
         """The definitions this engine resumes, by (name, version)."""
-        if self._narrowed:
-            return dict(self._sagas)
-        return {**declared_sagas(), **self._sagas}
+        return dict(self._sagas) if self._narrowed else {**declared_sagas(), **self._sagas}
 
     def _lookup(self, name: str, version: int) -> Saga | None:
         saga = self._sagas.get((name, version))
@@ -321,59 +315,65 @@ class Engine:
         return await self.store.list_sagas(status=status, name=name, limit=limit, offset=offset)
 
     async def wait(self, saga_id: str, timeout: float | None = None) -> SagaRecord:
-        """Wait until the saga is terminal or ``timeout`` seconds pass; return it either way
-        (check ``record.status.is_terminal``), with its steps but without its history (use
-        ``get`` for the timeline)."""
+        """Wait until the saga is terminal or ``timeout`` seconds pass; return it either way (see
+        ``record.status.is_terminal``), with its steps, without its history (``get`` has it)."""
         loop = asyncio.get_running_loop()
         until = None if timeout is None else loop.time() + timeout
+        delay, look = WAIT_FIRST_LOOK, True
         if saga_id in self._runs:
-            future: asyncio.Future[SagaRecord | None] = loop.create_future()
+            future: asyncio.Future[SagaRecord | str | None] = loop.create_future()
             self._waiters.setdefault(saga_id, []).append(future)
-            if timeout is None:  # no wait_for: it costs a coroutine per call for nothing here
+            if timeout is None:  # no asyncio.timeout: ~20k instructions a call for nothing
                 final = await future
             else:
                 final = None
                 with contextlib.suppress(TimeoutError):  # not wait_for: see Recovery.maintain
                     async with asyncio.timeout(timeout):
                         final = await future
-            if final is not None:  # driven here to the end: no need to read it back
+            if isinstance(final, SagaRecord):  # driven here to the end: no need to read it
                 return final
-            record = self._typed(await self.store.get(saga_id, history=False))
-            if record.status.is_terminal or not self._opened:
-                return record
-            # Not finished here: parked (a reply, a signal, a timer), or already taken on by a
-            # reply that came in meanwhile. Look again below until it finishes.
-        # Driven by another engine, or parked: the store is the only place to look.
-        delay = WAIT_FIRST_LOOK
-        while True:
-            record = await self.store.get(saga_id, history=False)
+            if final is None:
+                record = self._typed(await self.store.get(saga_id, history=False))
+                if record.status.is_terminal or not self._opened:
+                    return record
+            else:  # parked here, durably: a reply applied here wakes us, no need to read it
+                delay = WAIT_LONGEST_LOOK
+            look = False  # just read, or parked: wait before the first look below
+        while True:  # driven by another engine, or parked: the store is the place to look
             left = None if until is None else until - loop.time()
-            if record.status.is_terminal or (left is not None and left <= 0):
-                return self._typed(record)
-            if saga_id in self._runs:  # claimed by us meanwhile
-                return await self.wait(saga_id, left)
+            if look:
+                record = await self.store.get(saga_id, history=False)
+                if record.status.is_terminal or (left is not None and left <= 0):
+                    return self._typed(record)
+                if saga_id in self._runs:  # claimed by us meanwhile
+                    return await self.wait(saga_id, left)
+            look = True
             woken = await self._woken(saga_id, delay if left is None else min(delay, left))
             if woken is not None:
                 return woken
             delay = min(delay * 2, WAIT_LONGEST_LOOK)
 
     async def _woken(self, saga_id: str, seconds: float) -> SagaRecord | None:
-        """Sleep up to ``seconds``, or until a run of the saga in this engine ends (a reply or
-        a signal that arrives here drives it on): its record if that run finished it. Looking
-        at the store on a timer alone kept a remote saga's caller up to 0.25 s behind it."""
-        future: asyncio.Future[SagaRecord | None] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(saga_id, []).append(future)
-        try:
-            async with asyncio.timeout(seconds):
-                return await future
-        except TimeoutError:
-            return None
-        finally:
-            waiters = self._waiters.get(saga_id)
-            if waiters is not None and future in waiters:
-                waiters.remove(future)
-                if not waiters:
-                    del self._waiters[saga_id]
+        """Sleep up to ``seconds``, or until a run of the saga here finishes it: its record then.
+        A run that parks it again here sleeps on (waking cost a log read per step for nothing)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        woken: SagaRecord | str | None = PARKED_HERE
+        while woken is PARKED_HERE:
+            future: asyncio.Future[SagaRecord | str | None] = loop.create_future()
+            self._waiters.setdefault(saga_id, []).append(future)
+            try:
+                async with asyncio.timeout(end - loop.time()):
+                    woken = await future
+            except TimeoutError:
+                return None
+            finally:
+                waiters = self._waiters.get(saga_id)
+                if waiters is not None and future in waiters:
+                    waiters.remove(future)
+                    if not waiters:
+                        del self._waiters[saga_id]
+        return woken if isinstance(woken, SagaRecord) else None
 
     # -- admin actions -------------------------------------------------------------------------
 
@@ -588,12 +588,12 @@ class Engine:
             committed = self._committing.pop(saga_id, None)
             if committed is not None and not committed.done():
                 committed.set_exception(lost or StoreError(f"saga {saga_id}: {stopped}"))
-            waiters = self._waiters.pop(saga_id, None)
-            if waiters:
-                final = run.record if run.record.status.is_terminal else None
-                for future in waiters:
+            if run.record.status.is_terminal:
+                self._answer_waiters(saga_id, run.record)
+            else:  # parked (a reply applied here wakes them again), or stopped: they look
+                for future in self._waiters.pop(saga_id, None) or ():
                     if not future.done():
-                        future.set_result(None if final is None else final.copy(history=False))
+                        future.set_result(PARKED_HERE if run.parked else None)
 
     def _answer_waiters(self, saga_id: str, record: SagaRecord) -> None:
         for future in self._waiters.pop(saga_id, None) or ():

@@ -145,7 +145,9 @@ class ParkedSagas:
         if saga_id in self.engine._runs:
             # Still being driven here: it has sent the command and is about to park (or the
             # reply is stale). Look again once that run has ended.
-            future: asyncio.Future[SagaRecord | None] = asyncio.get_running_loop().create_future()
+            future: asyncio.Future[SagaRecord | str | None] = (
+                asyncio.get_running_loop().create_future()
+            )
             self.engine._waiters.setdefault(saga_id, []).append(future)
             with contextlib.suppress(TimeoutError):  # not wait_for: see Recovery.maintain
                 async with asyncio.timeout(self.engine.lease_seconds):
@@ -314,7 +316,7 @@ class ParkedSagas:
             # Held by an engine (applying another signal, or still running the steps before
             # the wait): look again shortly.
             if saga_id in self.engine._runs:
-                future: asyncio.Future[SagaRecord | None] = loop.create_future()
+                future: asyncio.Future[SagaRecord | str | None] = loop.create_future()
                 self.engine._waiters.setdefault(saga_id, []).append(future)
                 with contextlib.suppress(TimeoutError):  # not wait_for: see Recovery.maintain
                     async with asyncio.timeout(max(patience - loop.time(), 0.001)):

@@ -100,8 +100,10 @@ class Recovery:
         """Say which unfinished sagas nobody drives because this engine does not know their
         definition (once per definition): without it they would wait silently forever."""
         try:
+            # Definitions already warned about are skipped like known ones: counting their
+            # sagas again each minute would only be thrown away.
             stranded = await self.engine.store.stranded(
-                now=now, owner=self.engine.owner_id, known=set(known)
+                now=now, owner=self.engine.owner_id, known={*known, *self._warned_unknown}
             )
         except Exception:  # a diagnostic must not stop recovery
             log.exception("could not look for sagas of unknown definitions")

@@ -12,9 +12,13 @@ Every test using ``settings`` (so ``app``, ``client``, ``services``) runs twice,
 
 A module whose tests do not depend on the database (request validation) overrides ``backend``
 with SQLite only. A module whose tests change nothing another test reads (bad input answered
-with a 4xx, documents) shares one app per backend instead of one per test: it overrides
-``backend`` and ``client`` with module-scoped fixtures (``e2e_helpers.shared_client``). A module
-that runs on every transport (the scenarios) overrides ``backend`` with
+with a 4xx, HTTP edges) shares one app per backend instead of one per test: its tests take
+``module_client`` instead of ``client`` and run in the module's event loop
+(``pytestmark = pytest.mark.asyncio(loop_scope="module")``); one of its tests that changes what
+the others read takes ``client``, a fresh app, in its own loop
+(``@pytest.mark.asyncio(loop_scope="function")``). The SQLite-only modules (documents) override
+``backend`` and ``client`` with module-scoped fixtures of their own (``e2e_helpers.shared_client``).
+A module that runs on every transport (the scenarios) overrides ``backend`` with
 ``e2e_helpers.TRANSPORTS``:
 
 * ``http`` / ``rabbitmq``: payment, inventory and shipping as separate services, each with its
@@ -31,7 +35,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from e2e_helpers import asgi_client, embedded_settings, running_app, serve_in_loop
+import pytest_asyncio
+from e2e_helpers import asgi_client, embedded_settings, running_app, serve_in_loop, shared_client
 from fastapi import FastAPI
 
 from checkout.bootstrap import Services
@@ -99,3 +104,19 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 def services(app: FastAPI) -> Services:
     services: Services = app.state.services
     return services
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def module_backend(request: pytest.FixtureRequest) -> str:
+    param: str = request.param
+    return param
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def module_client(
+    module_backend: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[httpx.AsyncClient]:
+    """One app per backend for the module (see the module docstring): for tests that change
+    nothing another test reads, most of them checking that nothing changed."""
+    async with shared_client(module_backend, tmp_path_factory.mktemp("app")) as shared:
+        yield shared

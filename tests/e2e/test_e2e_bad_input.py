@@ -2,31 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-import pytest_asyncio
-from e2e_helpers import shared_client
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def backend(request: pytest.FixtureRequest) -> str:
-    param: str = request.param
-    return param
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def client(
-    backend: str, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[httpx.AsyncClient]:
-    """One app per backend for the module: every test sends input that must be refused and
-    change nothing, and checks that nothing changed."""
-    async with shared_client(backend, tmp_path_factory.mktemp("app")) as shared:
-        yield shared
 
 
 GOOD_ITEM = {"product_id": "product_1", "quantity": 1}
@@ -84,71 +65,71 @@ BAD_BODIES: list[tuple[str, Any, str]] = [
 
 @pytest.mark.parametrize(("case", "body", "mentions"), BAD_BODIES, ids=[c[0] for c in BAD_BODIES])
 async def test_bad_bodies_are_422(
-    client: httpx.AsyncClient, case: str, body: Any, mentions: str
+    module_client: httpx.AsyncClient, case: str, body: Any, mentions: str
 ) -> None:
     for path in ("/orders", "/checkout"):
-        response = await client.post(path, json=body)
+        response = await module_client.post(path, json=body)
         assert response.status_code == 422, (case, response.text)
         detail = response.json()["detail"]
         assert isinstance(detail, str)
         assert detail
         assert mentions in detail
-    assert (await client.get("/orders")).json()["orders"] == []
+    assert (await module_client.get("/orders")).json()["orders"] == []
 
 
-async def test_amount_mismatch_is_422_and_creates_nothing(client: httpx.AsyncClient) -> None:
-    response = await client.post(
+async def test_amount_mismatch_is_422_and_creates_nothing(module_client: httpx.AsyncClient) -> None:
+    response = await module_client.post(
         "/orders",
         json={"user_id": "user_1", "product_id": "product_1", "quantity": 2, "amount": 99.99},
     )
     assert response.status_code == 422
     assert response.json() == {"detail": "amount 99.99 does not match the order total 100.00"}
-    assert (await client.get("/orders")).json()["orders"] == []
-    assert (await client.get("/sagas")).json()["total"] == 0
+    assert (await module_client.get("/orders")).json()["orders"] == []
+    assert (await module_client.get("/sagas")).json()["total"] == 0
 
 
 @pytest.mark.parametrize("payload", [b"{not json", b'{"customer_id": ', b"\xff\xfe"])
-async def test_malformed_json_is_400(client: httpx.AsyncClient, payload: bytes) -> None:
-    response = await client.post(
+async def test_malformed_json_is_400(module_client: httpx.AsyncClient, payload: bytes) -> None:
+    response = await module_client.post(
         "/orders", content=payload, headers={"Content-Type": "application/json"}
     )
     assert response.status_code in (400, 422)
     assert response.json()["detail"]
 
 
-async def test_malformed_json_without_content_type_is_4xx(client: httpx.AsyncClient) -> None:
-    response = await client.post("/orders", content=b"{oops")
+async def test_malformed_json_without_content_type_is_4xx(module_client: httpx.AsyncClient) -> None:
+    response = await module_client.post("/orders", content=b"{oops")
     assert 400 <= response.status_code < 500
     assert response.json()["detail"]
 
 
-async def test_huge_body_is_413(client: httpx.AsyncClient) -> None:
+async def test_huge_body_is_413(module_client: httpx.AsyncClient) -> None:
     items = [{"product_id": "product_1", "quantity": 1}] * 5000
-    response = await client.post("/orders", json={"customer_id": "user_1", "items": items})
+    response = await module_client.post("/orders", json={"customer_id": "user_1", "items": items})
     assert response.status_code == 413
     assert "too large" in response.json()["detail"]
 
 
-async def test_huge_chunked_body_is_413(client: httpx.AsyncClient) -> None:
+async def test_huge_chunked_body_is_413(module_client: httpx.AsyncClient) -> None:
     async def chunks() -> Any:
         for _ in range(100):
             yield b"x" * 1024
 
-    response = await client.post(
+    response = await module_client.post(
         "/orders", content=chunks(), headers={"Content-Type": "application/json"}
     )
     assert response.status_code == 413
 
 
-async def test_too_many_items_is_422(client: httpx.AsyncClient) -> None:
+async def test_too_many_items_is_422(module_client: httpx.AsyncClient) -> None:
     items = [{"product_id": "product_1", "quantity": 1}] * 101
-    response = await client.post("/orders", json={"customer_id": "user_1", "items": items})
+    response = await module_client.post("/orders", json={"customer_id": "user_1", "items": items})
     assert response.status_code == 422
 
 
 @pytest.mark.parametrize("wait", ["-1", "61", "abc"])
-async def test_wait_out_of_range_is_422(client: httpx.AsyncClient, wait: str) -> None:
-    response = await client.post(
+async def test_wait_out_of_range_is_422(module_client: httpx.AsyncClient, wait: str) -> None:
+    response = await module_client.post(
         "/orders", params={"wait": wait}, json={"user_id": "user_1", **GOOD_ITEM}
     )
     assert response.status_code == 422
@@ -167,22 +148,22 @@ async def test_wait_out_of_range_is_422(client: httpx.AsyncClient, wait: str) ->
     ],
 )
 async def test_bad_query_parameters_are_422(
-    client: httpx.AsyncClient, path: str, params: dict[str, Any]
+    module_client: httpx.AsyncClient, path: str, params: dict[str, Any]
 ) -> None:
-    response = await client.get(path, params=params)
+    response = await module_client.get(path, params=params)
     assert response.status_code == 422
     assert isinstance(response.json()["detail"], str)
 
 
-async def test_unknown_routes_and_methods(client: httpx.AsyncClient) -> None:
-    assert (await client.get("/nope")).json() == {"detail": "Not Found"}
-    response = await client.delete("/orders")
+async def test_unknown_routes_and_methods(module_client: httpx.AsyncClient) -> None:
+    assert (await module_client.get("/nope")).json() == {"detail": "Not Found"}
+    response = await module_client.delete("/orders")
     assert response.status_code == 405
     assert response.json()["detail"]
 
 
-async def test_bad_idempotency_key_is_422(client: httpx.AsyncClient) -> None:
-    response = await client.post(
+async def test_bad_idempotency_key_is_422(module_client: httpx.AsyncClient) -> None:
+    response = await module_client.post(
         "/orders",
         json={"user_id": "user_1", **GOOD_ITEM},
         headers={"Idempotency-Key": "k" * 300},

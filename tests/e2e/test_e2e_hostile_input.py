@@ -4,31 +4,12 @@ the answer is a 4xx with a message, never a 5xx, and nothing is recorded."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-import pytest_asyncio
-from e2e_helpers import shared_client
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def backend(request: pytest.FixtureRequest) -> str:
-    param: str = request.param
-    return param
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def client(
-    backend: str, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[httpx.AsyncClient]:
-    """One app per backend for the module: every test sends input that must be refused and
-    change nothing, and checks that nothing changed."""
-    async with shared_client(backend, tmp_path_factory.mktemp("app")) as shared:
-        yield shared
 
 
 NUL = "\u0000"
@@ -62,13 +43,13 @@ NUL_BODIES: list[tuple[str, dict[str, Any]]] = [
 
 @pytest.mark.parametrize(("field", "body"), NUL_BODIES, ids=[c[0] for c in NUL_BODIES])
 async def test_nul_in_a_body_string_is_422(
-    client: httpx.AsyncClient, field: str, body: dict[str, Any]
+    module_client: httpx.AsyncClient, field: str, body: dict[str, Any]
 ) -> None:
     for path in ("/orders", "/checkout"):
-        response = await client.post(path, json=body)
+        response = await module_client.post(path, json=body)
         assert response.status_code == 422, (field, response.text)
         assert "NUL" in response.json()["detail"] or "control" in response.json()["detail"]
-    assert (await client.get("/orders")).json()["orders"] == []
+    assert (await module_client.get("/orders")).json()["orders"] == []
 
 
 @pytest.mark.parametrize(
@@ -80,20 +61,22 @@ async def test_nul_in_a_body_string_is_422(
         "/orders/%00",
     ],
 )
-async def test_nul_in_an_id_is_404(client: httpx.AsyncClient, path: str) -> None:
-    response = await client.get(path)
+async def test_nul_in_an_id_is_404(module_client: httpx.AsyncClient, path: str) -> None:
+    response = await module_client.get(path)
     assert response.status_code == 404, response.text
     assert "not found" in response.json()["detail"]
 
 
 @pytest.mark.parametrize("path", ["/checkout/a%00b", "/sagas/a%00b/retry", "/sagas/a%00b/cancel"])
-async def test_nul_in_an_id_of_an_action_is_404(client: httpx.AsyncClient, path: str) -> None:
-    response = await client.post(path, headers={"content-type": "application/json"})
+async def test_nul_in_an_id_of_an_action_is_404(
+    module_client: httpx.AsyncClient, path: str
+) -> None:
+    response = await module_client.post(path, headers={"content-type": "application/json"})
     assert response.status_code == 404, response.text
 
 
-async def test_nul_in_an_idempotency_key_is_422(client: httpx.AsyncClient) -> None:
-    response = await client.post(
+async def test_nul_in_an_idempotency_key_is_422(module_client: httpx.AsyncClient) -> None:
+    response = await module_client.post(
         "/orders",
         json={"user_id": "user_1", "product_id": "product_1", "quantity": 1},
         headers={"Idempotency-Key": "k\x00y"},
@@ -107,17 +90,17 @@ async def test_nul_in_an_idempotency_key_is_422(client: httpx.AsyncClient) -> No
     "offset", ["9223372036854775808", "799704399253550546288640", "1000000001"]
 )
 async def test_offsets_beyond_the_bound_are_422(
-    client: httpx.AsyncClient, path: str, offset: str
+    module_client: httpx.AsyncClient, path: str, offset: str
 ) -> None:
-    response = await client.get(path, params={"offset": offset})
+    response = await module_client.get(path, params={"offset": offset})
     assert response.status_code == 422, response.text
     assert "offset" in response.json()["detail"]
 
 
 @pytest.mark.parametrize("path", ["/orders", "/sagas"])
 async def test_the_largest_offset_allowed_answers_an_empty_page(
-    client: httpx.AsyncClient, path: str
+    module_client: httpx.AsyncClient, path: str
 ) -> None:
-    response = await client.get(path, params={"offset": 10**9})
+    response = await module_client.get(path, params={"offset": 10**9})
     assert response.status_code == 200, response.text
     assert response.json()["offset"] == 10**9

@@ -1,5 +1,6 @@
-"""Compaction on SQLite (schema v7): what the file holds for a finished saga, the migration
-from v6, the indexes a finished saga is no longer in, and the packed encoding itself.
+"""Compaction on SQLite (schema v7) and the journal (v11): what the file holds for a running and
+a finished saga, the migrations from v6 and v10, the indexes a finished saga is no longer in,
+and the packed encoding itself.
 
 What every store promises about finished sagas is in ``sagaway.testing.CompactionContract``
 (run on SQLite by tests/contract); these tests look at the file."""
@@ -12,12 +13,22 @@ from pathlib import Path
 
 import pytest
 
+from batching import in_one_batch
 from sagaway import Engine, Saga, StepContext
-from sagaway.errors import StepFailed
-from sagaway.state import Change, Event, EventType, NewSaga, SagaStatus
+from sagaway.errors import CancelRefused, StepFailed
+from sagaway.state import (
+    Change,
+    Event,
+    EventType,
+    NewSaga,
+    Phase,
+    SagaStatus,
+    StepRecord,
+    StepStatus,
+)
 from sagaway.store import _sqlite_ops as ops
 from sagaway.store._packed import pack, unpack
-from sagaway.store._sqlite_compact import compact
+from sagaway.store._sqlite_compact import Journals, compact, journal_rows
 from sagaway.store._sqlite_schema import MIGRATIONS
 from sagaway.store.sqlite import SQLiteStore
 
@@ -25,12 +36,34 @@ T0 = 1_000.0
 
 
 def _rows(db: Path, saga_id: str) -> tuple[int, int, bytes | None]:
+    """A saga's step rows and events not packed (in the tables of a log before v11, or in its
+    journal), and its packed value."""
     conn = sqlite3.connect(db)
     try:
         steps = conn.execute("SELECT count(*) FROM sagaway_steps WHERE saga_id = ?", (saga_id,))
         events = conn.execute("SELECT count(*) FROM sagaway_events WHERE saga_id = ?", (saga_id,))
-        packed = conn.execute("SELECT packed FROM sagaway_instances WHERE id = ?", (saga_id,))
-        return steps.fetchone()[0], events.fetchone()[0], packed.fetchone()[0]
+        packed, journal = conn.execute(
+            "SELECT packed, journal FROM sagaway_instances WHERE id = ?", (saga_id,)
+        ).fetchone()
+        journal_steps, journal_events = journal_rows(journal)
+        return (
+            steps.fetchone()[0] + len(journal_steps),
+            events.fetchone()[0] + len(journal_events),
+            packed,
+        )
+    finally:
+        conn.close()
+
+
+def _tables_rows(db: Path, saga_id: str) -> tuple[int, int]:
+    conn = sqlite3.connect(db)
+    try:
+        return tuple(  # type: ignore[return-value]
+            conn.execute(f"SELECT count(*) FROM {table} WHERE saga_id = ?", (saga_id,)).fetchone()[
+                0
+            ]
+            for table in ("sagaway_steps", "sagaway_events")
+        )
     finally:
         conn.close()
 
@@ -77,6 +110,7 @@ async def test_a_finished_saga_is_one_row_and_a_running_one_keeps_its_rows(tmp_p
         assert (steps, events) == (0, 0)
         assert packed is not None
     assert _rows(db, "run") == (0, 1, None)
+    assert _tables_rows(db, "run") == (0, 0)  # in the journal: no table is written since v11
     conn = sqlite3.connect(db)
     texts = {t for (t,) in conn.execute("SELECT text FROM sagaway_texts")}
     conn.close()
@@ -129,6 +163,160 @@ async def test_a_version_6_log_keeps_its_finished_sagas_as_rows(tmp_path: Path) 
     assert after.history == [*before.history, end]
     assert after.steps == before.steps
     assert _rows(db, "f")[:2] == (0, 0)
+
+
+async def test_a_version_10_running_saga_continues_after_its_rows(tmp_path: Path) -> None:
+    # Written before the journal: its step rows and events are in the tables. Its later writes
+    # go to the journal; it reads back in order, and finishing packs both forms.
+    db = tmp_path / "v10.db"
+    old = sqlite3.connect(db)
+    old.execute("CREATE TABLE sagaway_schema (version INTEGER PRIMARY KEY NOT NULL)")
+    for version in range(1, 11):
+        for statement in MIGRATIONS[version - 1]:
+            old.execute(statement)
+        old.execute("INSERT INTO sagaway_schema (version) VALUES (?)", (version,))
+    old.execute(
+        "INSERT INTO sagaway_instances (id, name, version, status, input, owner, "
+        "lease_expires_at, created_at, updated_at) VALUES ('r', 's', 1, 'RUNNING', '{}', 'e1', "
+        "?, ?, ?)",
+        (T0 + 99, T0, T0 + 1),
+    )
+    old.execute(
+        "INSERT INTO sagaway_steps VALUES ('r', 'pay', 'forward', 'RUNNING', 1, NULL, NULL, 0, "
+        "?, NULL)",
+        (T0 + 1,),
+    )
+    old.executemany(
+        "INSERT INTO sagaway_events (saga_id, at, type, step, attempt, detail) "
+        "VALUES ('r', ?, ?, ?, ?, ?)",
+        [(T0, "saga_started", None, None, None), (T0 + 1, "step_started", "pay", 1, "e1")],
+    )
+    old.commit()
+    old.close()
+    paid = StepRecord("pay", Phase.FORWARD, StepStatus.SUCCEEDED, 1, 5, None, False, T0 + 1, T0 + 2)
+    ship = StepRecord("ship", Phase.FORWARD, StepStatus.RUNNING, 1, None, None, False, T0 + 2)
+    async with SQLiteStore(f"sqlite:///{db}") as store:
+        before = await store.get("r")
+        assert await store.peek("r") == before.copy(history=False)
+        later = [Event(T0 + 2, EventType.STEP_SUCCEEDED, "pay", None, 1)]
+        await store.commit("r", "e1", Change(steps=[paid, ship], events=later), T0 + 2)
+        running = await store.get("r")
+        assert _tables_rows(db, "r") == (1, 2)  # the old rows stay until it finishes
+        assert running.history == [*before.history, *later]
+        assert list(running.steps.values()) == [paid, ship]
+        peeked = await store.peek("r")  # one statement: the table's rows, then the journal's
+        assert peeked == running.copy(history=False)
+        assert peeked is not None
+        assert list(peeked.steps.values()) == [paid, ship]
+        end = Event(T0 + 3, EventType.SAGA_SUCCEEDED)
+        change = Change(status=SagaStatus.SUCCEEDED, events=[end], release_lease=True)
+        await store.commit("r", "e1", change, T0 + 3)
+        after = await store.get("r")
+    assert after.history == [*running.history, end]
+    assert after.steps == running.steps
+    assert _rows(db, "r")[:2] == (0, 0)
+
+
+async def _three_steps(store: SQLiteStore, saga_id: str, *, cancel: bool = False) -> None:
+    """A saga written as the engine writes it, finishing in its last commit; with ``cancel``,
+    a cancel is asked for between two of its commits (refused: its steps are under way; the
+    refusal is an event in its history, written by request_cancel, not by a commit)."""
+    steps = ("reserve", "pay", "ship")
+
+    def step(i: int, status: StepStatus, done: bool) -> StepRecord:
+        out = i if done else None
+        return StepRecord(steps[i], Phase.FORWARD, status, 1, out, None, False, T0 + i, None)
+
+    started = [Event(T0, EventType.SAGA_STARTED), Event(T0, EventType.STEP_STARTED, "reserve")]
+    await store.create(
+        NewSaga(
+            id=saga_id,
+            name="s",
+            version=1,
+            input={},
+            at=T0,
+            status=SagaStatus.RUNNING,
+            owner="e1",
+            lease_expires_at=T0 + 99,
+            steps=[step(0, StepStatus.RUNNING, False)],
+            events=started,
+        )
+    )
+    for i in range(3):
+        if cancel and i == 1:
+            with pytest.raises(CancelRefused):
+                await store.request_cancel(saga_id, Event(T0 + 1.5, EventType.CANCEL_REQUESTED), T0)
+        changed = [step(i, StepStatus.SUCCEEDED, True)]
+        events = [Event(T0 + i + 1, EventType.STEP_SUCCEEDED, steps[i], None, 1)]
+        last = i == 2
+        if not last:
+            changed.append(step(i + 1, StepStatus.RUNNING, False))
+            events.append(Event(T0 + i + 1, EventType.STEP_STARTED, steps[i + 1], None, 1, "e1"))
+        else:
+            events.append(Event(T0 + 3.25, EventType.SAGA_SUCCEEDED))
+        change = Change(
+            status=SagaStatus.SUCCEEDED if last else None,
+            steps=changed,
+            events=events,
+            release_lease=last,
+        )
+        await store.commit(saga_id, "e1", change, T0 + i + 1)
+
+
+async def test_compaction_packs_the_rows_it_wrote_as_it_would_decode_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The store keeps the rows it wrote to a journal (Journals) and packs those instead of
+    # decoding the text: the packed values must be the very ones decoding gives.
+    values = []
+    for name in ("kept", "decoded"):
+        if name == "decoded":
+            monkeypatch.setattr(Journals, "take", lambda self, saga_id, journal: None)
+        async with SQLiteStore(f"sqlite:///{tmp_path / name}.db") as store:
+            for saga_id in ("a", "b", "c"):
+                await _three_steps(store, saga_id)
+        conn = sqlite3.connect(tmp_path / f"{name}.db")
+        values.append(conn.execute("SELECT id, packed FROM sagaway_instances").fetchall())
+        conn.close()
+    assert values[0] == values[1]
+    assert all(packed is not None for _, packed in values[0])
+
+
+async def test_compaction_decodes_a_journal_written_by_another_write(tmp_path: Path) -> None:
+    # The refused cancel's event goes into the journal by request_cancel, not by a commit: the
+    # rows the store kept are not the journal any more, and it must notice.
+    async with SQLiteStore(f"sqlite:///{tmp_path / 'log.db'}") as store:
+        await _three_steps(store, "s", cancel=True)
+        record = await store.get("s")
+    assert record.status is SagaStatus.SUCCEEDED
+    assert [e.type for e in record.history].count(EventType.CANCEL_REFUSED) == 1
+    assert _rows(tmp_path / "log.db", "s")[:2] == (0, 0)
+
+
+async def test_a_write_after_the_finishing_commit_in_its_batch_stays_after_it(
+    tmp_path: Path,
+) -> None:
+    # The finishing commit's rows skip the journal (the batch's compaction packs them): an
+    # unfenced write of the same saga later in the same batch must still come after them.
+    db = tmp_path / "log.db"
+    async with SQLiteStore(f"sqlite:///{db}") as store:
+        await store.create(
+            NewSaga(
+                id="s", name="s", version=1, input={}, at=T0, owner="e1", status=SagaStatus.RUNNING
+            )
+        )
+        failed = Event(T0 + 1, EventType.SAGA_FAILED, detail="boom")
+        later = Event(T0 + 2, EventType.RETRY_REQUESTED, detail="operator")
+        finish = Change(status=SagaStatus.FAILED, events=[failed], release_lease=True)
+        results = await in_one_batch(
+            store,
+            store.commit("s", "e1", finish, T0 + 1),
+            store.commit("s", None, Change(events=[later]), T0 + 2),
+        )
+        assert results == [None, None]
+        record = await store.get("s")
+    assert record.history[-2:] == [failed, later]
+    assert _rows(db, "s")[:2] == (0, 0)  # compacted, both events in the packed value
 
 
 async def test_finished_sagas_are_in_no_status_index(tmp_path: Path) -> None:

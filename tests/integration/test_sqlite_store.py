@@ -32,6 +32,7 @@ from sagaway.state import (
     StepStatus,
 )
 from sagaway.store import open_store
+from sagaway.store._sqlite_compact import journal_rows
 from sagaway.store._sqlite_schema import SCHEMA_VERSION
 from sagaway.store.sqlite import SQLiteStore, parse_url
 
@@ -340,8 +341,8 @@ async def test_run_in_transaction_is_durable_with_the_batch(store: SQLiteStore, 
     # Committed, not merely visible to the writer: an independent connection sees both writes.
     other = sqlite3.connect(db)
     assert other.execute("SELECT amount FROM ledger").fetchall() == [(500,)]
-    steps = other.execute("SELECT name FROM sagaway_steps WHERE saga_id = 's'").fetchall()
-    assert steps == [("pay",)]
+    (journal,) = other.execute("SELECT journal FROM sagaway_instances WHERE id = 's'").fetchone()
+    assert [row[0] for row in journal_rows(journal)[0]] == ["pay"]
     other.close()
     # A function that tries to end the store's transaction is refused: it fails, loudly, and
     # alone; the batch it shared commits.

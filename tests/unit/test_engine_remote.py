@@ -256,6 +256,35 @@ async def test_a_caller_waiting_on_a_parked_saga_wakes_when_the_reply_here_finis
     assert record.status is SagaStatus.SUCCEEDED
 
 
+async def test_a_caller_waiting_on_a_saga_parked_here_does_not_read_the_log_at_each_step(
+    parked: Parked, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that ends with the saga parked here tells ``wait`` so: it sleeps on until a
+    reply applied here finishes the saga, instead of reading the log after every step (its
+    looks on the timer, made a minute away here, are for sagas driven by other engines)."""
+    monkeypatch.setattr(sagaway.engine, "WAIT_FIRST_LOOK", 60.0)
+    monkeypatch.setattr(sagaway.engine, "WAIT_LONGEST_LOOK", 60.0)
+    async with parked.engine() as engine:
+        reads = 0
+        read = engine.store.get
+
+        async def get(saga_id: str, **kwargs: Any) -> SagaRecord:
+            nonlocal reads
+            reads += 1
+            return await read(saga_id, **kwargs)
+
+        monkeypatch.setattr(engine.store, "get", get)
+        saga_id = await engine.start(parked.saga, ORDER)
+        waiting = asyncio.create_task(engine.wait(saga_id))
+        await parked.stub.answer_next("inventory.reserve")
+        await parked.stub.answer_next("payment.charge")
+        async with asyncio.timeout(30):
+            record = await waiting
+    assert record.status is SagaStatus.SUCCEEDED
+    # One read at most: when ``wait`` began after the first run had already parked the saga.
+    assert reads <= 1, f"{reads} reads of the log while the saga went through two parks"
+
+
 async def test_a_parked_remote_step_timing_out_with_no_reply_fires_the_step_hooks(
     parked: Parked,
 ) -> None:

@@ -257,10 +257,32 @@ SELECT {_COLS}, {steps_json} FROM upd i ORDER BY i.created_at, i.id
             f"AND status IN ({ACTIVE_SQL}) RETURNING id, cancel_requested"
         )
         self.counts = f"SELECT status, count(*) FROM {inst} GROUP BY status"
-        self.stranded = (
+        # The sagas not parked, grouped (through sagaway_instances_free, as claims read
+        # them); then the parked ones' definitions, skipping from one to the next through
+        # sagaway_instances_parked_definition, those not known ($1, $2: names and versions)
+        # kept; then a count for each (a statement of its own: planned for the name at hand
+        # it reads that definition's sagas through the index, where a count inside the same
+        # statement was planned for any name: a seq scan).
+        stranded = (
+            "(owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at < $1 OR owner = $2)"
+        )
+        self.stranded_not_parked = (
             f"SELECT name, version, count(*) FROM {inst} WHERE status IN ({ACTIVE_SQL}) "
-            "AND (owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at < $1 "
-            "OR owner = $2) GROUP BY name, version"
+            f"AND waiting_for IS NULL AND {stranded} GROUP BY name, version"
+        )
+        parked = f"FROM {inst} WHERE waiting_for IS NOT NULL"
+        self.unknown_parked = (
+            "WITH RECURSIVE defs AS ("
+            f"(SELECT name, version {parked} ORDER BY name, version LIMIT 1) UNION ALL "
+            f"SELECT n.name, n.version FROM defs d CROSS JOIN LATERAL (SELECT name, version "
+            f"{parked} AND (name, version) > (d.name, d.version) ORDER BY name, version "
+            "LIMIT 1) n) SELECT d.name, d.version FROM defs d WHERE NOT EXISTS (SELECT 1 FROM "
+            "unnest($1::text[], $2::int[]) AS k(name, version) "
+            "WHERE k.name = d.name AND k.version = d.version)"
+        )
+        self.stranded_parked = (
+            f"SELECT count(*) {parked} AND name = $3 AND version = $4 "
+            f"AND status IN ({ACTIVE_SQL}) AND {stranded}"
         )
         self.find_ids = f"SELECT id FROM {inst} WHERE starts_with(id, $1) ORDER BY id LIMIT $2"
         # starts_with, not LIKE: a prefix is text, "%" and "_" in it match themselves.

@@ -8,7 +8,8 @@ deletes a saga's instance row (its packed history with it, see ``_sqlite_compact
 step rows, events and outbox messages it still has.
 
 Loading one saga (``load``, its steps and history, packed or not) is in ``_sqlite_ops``: the
-writes load sagas too.
+writes load sagas too. ``peek`` (a parked saga read before the write that takes it) is here: one
+statement, so its own snapshot without a transaction of its own.
 """
 
 from __future__ import annotations
@@ -20,16 +21,53 @@ from typing import Any
 from sagaway.state import PRUNABLE_STATUSES, OutboxMessage, SagaRecord, SagaStatus
 from sagaway.store._codec import SAGA_STATUS as _SAGA_STATUS
 from sagaway.store._codec import dumps as _dumps
+from sagaway.store._sqlite_compact import _then as then
+from sagaway.store._sqlite_compact import journal_rows
 from sagaway.store._sqlite_ops import (
     _ACTIVE,
     _OUTBOX_COLS,
     _SELECT_COLS,
+    _STEP_COLS,
     NOT_DONE,
     _exists,
     _message,
     _saga,
+    _step,
     load,
+    read_load,
 )
+
+_PEEK_STEP = len(_SELECT_COLS.split(",")) + 3  # after the row's columns, packed, fence, journal
+_PEEK = (
+    f"SELECT {', '.join('i.' + c.strip() for c in _SELECT_COLS.split(','))}, i.packed, i.fence, "
+    f"i.journal, {', '.join('s.' + c.strip() for c in _STEP_COLS.split(','))} "
+    "FROM sagaway_instances i LEFT JOIN sagaway_steps s ON s.saga_id = i.id WHERE i.id = ?"
+)
+
+
+def peek(conn: sqlite3.Connection, saga_id: str) -> SagaRecord | None:
+    """The saga and its steps (no history) with its fence, in one statement: one snapshot, so
+    no BEGIN and COMMIT of its own (``read_load`` adds them and a second statement). Step rows
+    in the table (logs from before the journal) come first, the journal's after them, as
+    ``read_rows`` orders them; a saga with a packed history (finished, or FAILED and retried)
+    is read by ``read_load``."""
+    rows = conn.execute(_PEEK, (saga_id,)).fetchall()
+    if not rows:
+        return None
+    first = rows[0]
+    if first[_PEEK_STEP - 3] is not None:
+        return read_load(conn, saga_id, False)
+    record = _saga(first)
+    record.fence = first[_PEEK_STEP - 2]
+    # A saga without step rows in the table has one row, the LEFT JOIN's NULLs.
+    steps = [row[_PEEK_STEP:] for row in rows] if first[_PEEK_STEP] is not None else []
+    journal = first[_PEEK_STEP - 1]
+    if journal:
+        steps = then(steps, journal_rows(journal)[0])
+    for step_row in steps:
+        step = _step(step_row)
+        record.steps[(step.name, step.phase)] = step
+    return record
 
 
 def read_list(
@@ -103,17 +141,55 @@ def read_outbox_count(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT count(*) FROM sagaway_outbox").fetchone()[0])
 
 
+_STRANDED = "(owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at < ? OR owner = ?)"
+# Sagas not parked: in flight or queued, what claims read each second anyway.
+_STRANDED_NOT_PARKED = (
+    "SELECT name, version, count(*) FROM sagaway_instances INDEXED BY sagaway_instances_free "
+    f"WHERE waiting_for IS NULL AND {NOT_DONE} AND status IN ({_ACTIVE}) AND {_STRANDED} "
+    "GROUP BY name, version"
+)
+_PARKED = (
+    "sagaway_instances INDEXED BY sagaway_instances_parked_definition WHERE waiting_for IS NOT NULL"
+)
+_FIRST_PARKED = f"SELECT name, version FROM {_PARKED} ORDER BY name, version LIMIT 1"
+# Two seeks, not "(name, version) > (?, ?)": SQLite seeks that on name alone and walks every
+# saga of the name to pass the version.
+_NEXT_VERSION = (
+    f"SELECT name, version FROM {_PARKED} AND name = ? AND version > ? ORDER BY version LIMIT 1"
+)
+_NEXT_NAME = f"SELECT name, version FROM {_PARKED} AND name > ? ORDER BY name, version LIMIT 1"
+_COUNT_PARKED = (
+    f"SELECT count(*) FROM {_PARKED} AND name = ? AND version = ? "
+    f"AND status IN ({_ACTIVE}) AND {_STRANDED}"
+)
+
+
 def read_stranded(
     conn: sqlite3.Connection, now: float, owner: str, known: Collection[tuple[str, int]]
 ) -> dict[tuple[str, int], int]:
-    rows = conn.execute(
-        f"SELECT name, version, count(*) FROM sagaway_instances WHERE {NOT_DONE} "
-        f"AND status IN ({_ACTIVE}) "
-        "AND (owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at < ? OR owner = ?) "
-        "GROUP BY name, version",
-        (now, owner),
-    )
-    return {(name, version): n for name, version, n in rows if (name, version) not in known}
+    """The sagas not parked, grouped; then the parked ones' definitions, one index seek
+    each, and a count of those not in ``known`` only: no parked saga of a known definition
+    is read, however many wait."""
+    conn.execute("BEGIN")
+    try:
+        found: dict[tuple[str, int], int] = {
+            (name, version): n
+            for name, version, n in conn.execute(_STRANDED_NOT_PARKED, (now, owner))
+            if (name, version) not in known
+        }
+        row = conn.execute(_FIRST_PARKED).fetchone()
+        while row is not None:
+            key = (row[0], row[1])
+            if key not in known:
+                count = conn.execute(_COUNT_PARKED, (*key, now, owner)).fetchone()[0]
+                if count:
+                    found[key] = found.get(key, 0) + count
+            row = conn.execute(_NEXT_VERSION, key).fetchone()
+            if row is None:
+                row = conn.execute(_NEXT_NAME, key[:1]).fetchone()
+    finally:
+        conn.execute("COMMIT")
+    return found
 
 
 def read_ids(conn: sqlite3.Connection, prefix: str, limit: int) -> list[str]:

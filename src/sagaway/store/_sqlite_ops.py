@@ -8,11 +8,12 @@ reader thread, each in one read transaction so a saga's row, steps and events co
 same snapshot.
 
 Kept free of asyncio and threads so that every function here can be read (and tested) as the
-SQL it is. Hot paths build parameter tuples by hand and use ``executemany``: at thousands of
-sagas per second, Python overhead per row is what limits the writer. ``create`` and ``commit``
-can also hand their step rows and events to a :class:`Pending` instead of writing them: the
-store then writes a whole batch's rows with one ``executemany`` each (measured: one call per
-operation cost ~8 us each for steps and events, most of the writer's own time).
+SQL it is. Hot paths build parameter tuples by hand: at thousands of sagas per second, Python
+overhead per row is what limits the writer. A write's step rows and events go into the saga's
+journal (``_sqlite_compact``), appended by the statement that writes the saga's row anyway.
+``create`` and ``commit`` hand their outbox messages and the sagas they finish to a
+:class:`Pending`: the store writes a whole batch's messages with one ``executemany`` and
+compacts its finished sagas together.
 """
 
 from __future__ import annotations
@@ -41,7 +42,14 @@ from sagaway.store._codec import SAGA_STATUS as _SAGA_STATUS
 from sagaway.store._codec import STEP_STATUS as _STEP_STATUS
 from sagaway.store._codec import dumps as _dumps
 from sagaway.store._codec import loads as _loads
-from sagaway.store._sqlite_compact import FINISHED, compact, read_rows
+from sagaway.store._sqlite_compact import (
+    APPEND_JOURNAL,
+    FINISHED,
+    Journals,
+    compact,
+    journal_chunk,
+    read_rows,
+)
 
 _ACTIVE = ",".join(f"'{s.value}'" for s in ACTIVE_STATUSES)
 # The WHERE of the status indexes (schema v7): a saga over for good is in neither of them, so
@@ -56,7 +64,7 @@ _SELECT_COLS = f"{_COLS}, waiting_for, parked_until, pinned"
 _STEP_COLS = "name, phase, status, attempts, output, error, uncertain, started_at, finished_at"
 
 INSERT_INSTANCE = (
-    f"INSERT INTO sagaway_instances ({_COLS}) VALUES (?,?,?,?,?,?,?,?,?,0,NULL,?,?) "
+    f"INSERT INTO sagaway_instances ({_COLS}, journal) VALUES (?,?,?,?,?,?,?,?,?,0,NULL,?,?,?) "
     "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
 )
 UPSERT_STEP = (
@@ -88,7 +96,7 @@ def _update_sql(
     """The instance UPDATE for a Change, setting only what it changes: an unchanged status or
     lease then touches no index at all (most commits only record a step's progress)."""
     sets = ["status = ?, error = ?"] if status else []
-    sets.append("updated_at = ?, fence = fence + 1")
+    sets.append(f"updated_at = ?, fence = fence + 1, {APPEND_JOURNAL}")
     if park == _PARK:  # parking releases the lease too
         sets.append("waiting_for = ?, parked_until = ?, owner = NULL, lease_expires_at = NULL")
     elif park == _UNPARK:
@@ -131,10 +139,16 @@ def _unjson(text: str | None) -> Any:
     return None if text is None else _loads(text)
 
 
-def step_rows(saga_id: str, steps: Iterable[StepRecord]) -> list[tuple[Any, ...]]:
+def event_rows(saga_id: str, events: Iterable[Event]) -> list[tuple[Any, ...]]:
+    return [(saga_id, e.at, e.type, e.step, e.phase, e.attempt, e.detail) for e in events]
+
+
+def _rows(
+    steps: Sequence[StepRecord], events: Sequence[Event]
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """A write's step rows and events as the tables held them, without ``saga_id``."""
     return [
         (
-            saga_id,
             s.name,
             s.phase,
             s.status,
@@ -146,11 +160,12 @@ def step_rows(saga_id: str, steps: Iterable[StepRecord]) -> list[tuple[Any, ...]
             s.finished_at,
         )
         for s in steps
-    ]
+    ], [(e.at, e.type, e.step, e.phase, e.attempt, e.detail) for e in events]
 
 
-def event_rows(saga_id: str, events: Iterable[Event]) -> list[tuple[Any, ...]]:
-    return [(saga_id, e.at, e.type, e.step, e.phase, e.attempt, e.detail) for e in events]
+def _chunk(steps: Sequence[StepRecord], events: Sequence[Event]) -> str:
+    """What a write appends to the saga's journal."""
+    return journal_chunk(*_rows(steps, events))
 
 
 def outbox_rows(messages: Iterable[OutboxMessage]) -> list[tuple[Any, ...]]:
@@ -161,53 +176,43 @@ def outbox_rows(messages: Iterable[OutboxMessage]) -> list[tuple[Any, ...]]:
 
 
 class Pending:
-    """Step rows and events of a batch's operations, written together by :meth:`flush`.
+    """Outbox messages of a batch's operations, written together by :meth:`flush`, and the
+    sagas the batch finished, compacted together after them.
 
-    Only for rows that cannot fail once their operation's fenced UPDATE passed (an upsert on
-    the primary key, a plain insert): deferring them keeps each operation atomic because the
-    batch commits all or nothing, and if a flush fails anyway the store replays the batch with
-    a savepoint per operation and no deferral. The order of rows is kept, so a saga's events
-    keep their history order.
+    Only for writes that cannot fail once their operation's fenced UPDATE passed (an upsert on
+    the primary key, compacting a row that is there): deferring them keeps each operation
+    atomic because the batch commits all or nothing, and if a flush fails anyway the store
+    replays the batch with a savepoint per operation and no deferral.
     """
 
-    __slots__ = ("events", "finished", "outbox", "steps")
+    __slots__ = ("finished", "journals", "late_events", "late_steps", "outbox")
 
-    def __init__(self) -> None:
-        self.steps: list[tuple[Any, ...]] = []
-        self.events: list[tuple[Any, ...]] = []
+    def __init__(self, journals: Journals | None = None) -> None:
+        self.journals = journals
         self.outbox: list[tuple[Any, ...]] = []
-        # Sagas a commit of the batch finished: compacted once their last rows are written.
-        self.finished: list[str] = []
+        # Sagas a commit of the batch finished: compacted once the batch's writes are done,
+        # with the finishing commits' rows (saga_id first), which no journal holds.
+        self.finished: dict[str, None] = {}
+        self.late_steps: list[tuple[Any, ...]] = []
+        self.late_events: list[tuple[Any, ...]] = []
 
     def __bool__(self) -> bool:
-        return bool(self.steps or self.events or self.outbox or self.finished)
+        return bool(self.outbox or self.finished)
+
+    def finish(
+        self, saga_id: str, steps: list[tuple[Any, ...]], events: list[tuple[Any, ...]]
+    ) -> None:
+        self.finished[saga_id] = None
+        self.late_steps += [(saga_id, *r) for r in steps]
+        self.late_events += [(saga_id, *r) for r in events]
 
     def flush(self, conn: sqlite3.Connection) -> None:
-        # A finished saga's pending rows go straight into its packed value: inserting them
-        # only for compact() to read them back and delete them was most of its cost.
-        finished_rows: tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]] | None = None
-        if self.finished:
-            finished = set(self.finished)
-            finished_rows = (
-                [r for r in self.steps if r[0] in finished],
-                [r for r in self.events if r[0] in finished],
-            )
-            if finished_rows[0]:
-                self.steps = [r for r in self.steps if r[0] not in finished]
-            if finished_rows[1]:
-                self.events = [r for r in self.events if r[0] not in finished]
-        if self.steps:
-            conn.executemany(UPSERT_STEP, self.steps)
-            self.steps = []
-        if self.events:
-            conn.executemany(INSERT_EVENT, self.events)
-            self.events = []
         if self.outbox:  # in batch order: a message written twice keeps its last version
             conn.executemany(UPSERT_OUTBOX, self.outbox)
             self.outbox = []
-        if finished_rows is not None:
-            compact(conn, self.finished, *finished_rows)
-            self.finished = []
+        if self.finished:
+            compact(conn, list(self.finished), self.late_steps, self.late_events, self.journals)
+            self.finished, self.late_steps, self.late_events = {}, [], []
 
 
 def _saga(row: Sequence[Any]) -> SagaRecord:
@@ -272,13 +277,14 @@ def _event(row: Sequence[Any]) -> Event:
 
 def load(conn: sqlite3.Connection, saga_id: str, history: bool) -> SagaRecord | None:
     row = conn.execute(
-        f"SELECT {_SELECT_COLS}, packed, fence FROM sagaway_instances WHERE id = ?", (saga_id,)
+        f"SELECT {_SELECT_COLS}, packed, fence, journal FROM sagaway_instances WHERE id = ?",
+        (saga_id,),
     ).fetchone()
     if row is None:
         return None
     record = _saga(row)
     record.fence = row[17]
-    steps, events = read_rows(conn, saga_id, record.created_at, row[16], history)
+    steps, events = read_rows(conn, saga_id, record.created_at, row[16], row[18], history)
     for step_row in steps:
         step = _step(step_row)
         record.steps[(step.name, step.phase)] = step
@@ -293,15 +299,15 @@ def load_many(conn: sqlite3.Connection, ids: list[str]) -> list[SagaRecord]:
         return []
     param = (_dumps(ids),)
     records: dict[str, SagaRecord] = {}
-    packed: list[tuple[SagaRecord, bytes]] = []
+    rebuilt: list[tuple[SagaRecord, bytes | None, str | None]] = []
     for r in conn.execute(
-        f"SELECT {_SELECT_COLS}, packed FROM sagaway_instances "
+        f"SELECT {_SELECT_COLS}, packed, journal FROM sagaway_instances "
         "WHERE id IN (SELECT value FROM json_each(?))",
         param,
     ):
         records[r[0]] = record = _saga(r)
-        if r[16] is not None:  # a FAILED saga an operator retries
-            packed.append((record, r[16]))
+        if r[16] is not None or r[17]:  # packed: a FAILED saga an operator retries
+            rebuilt.append((record, r[16], r[17]))
     for r in conn.execute(
         f"SELECT saga_id, {_STEP_COLS} FROM sagaway_steps "
         "WHERE saga_id IN (SELECT value FROM json_each(?))",
@@ -309,8 +315,8 @@ def load_many(conn: sqlite3.Connection, ids: list[str]) -> list[SagaRecord]:
     ):
         step = _step(r[1:])
         records[r[0]].steps[(step.name, step.phase)] = step
-    for record, value in packed:
-        rows = read_rows(conn, record.id, record.created_at, value, history=False)[0]
+    for record, packed, journal in rebuilt:
+        rows = read_rows(conn, record.id, record.created_at, packed, journal, history=False)[0]
         record.steps = {(step.name, step.phase): step for step in map(_step, rows)}
     return [records[i] for i in ids]
 
@@ -336,6 +342,8 @@ def outbox_delete(conn: sqlite3.Connection, ids: list[str]) -> int:
 def create(
     conn: sqlite3.Connection, new: NewSaga, pending: Pending | None = None
 ) -> tuple[str, bool]:
+    rows = _rows(new.steps, new.events)
+    chunk = journal_chunk(*rows)
     cursor = conn.execute(
         INSERT_INSTANCE,
         (
@@ -350,6 +358,7 @@ def create(
             new.deadline_at,
             new.at,
             new.at,
+            chunk,
         ),
     )
     if cursor.rowcount == 0:  # the idempotency key was used: write nothing, return that saga
@@ -357,27 +366,9 @@ def create(
             "SELECT id FROM sagaway_instances WHERE idempotency_key = ?", (new.idempotency_key,)
         ).fetchone()
         return str(row[0]), False
-    _write_rows(conn, new.id, new.steps, new.events, pending)
+    if pending is not None and pending.journals is not None:
+        pending.journals.start(new.id, chunk, *rows)
     return new.id, True
-
-
-def _write_rows(
-    conn: sqlite3.Connection,
-    saga_id: str,
-    steps: Sequence[StepRecord],
-    events: Sequence[Event],
-    pending: Pending | None,
-) -> None:
-    if pending is not None:
-        if steps:
-            pending.steps += step_rows(saga_id, steps)
-        if events:
-            pending.events += event_rows(saga_id, events)
-        return
-    if steps:
-        conn.executemany(UPSERT_STEP, step_rows(saga_id, steps))
-    if events:
-        conn.executemany(INSERT_EVENT, event_rows(saga_id, events))
 
 
 def commit(
@@ -394,6 +385,13 @@ def commit(
         _take(conn, saga_id, owner, change, at)
     status = change.status
     park = change.park
+    rows = _rows(change.steps, change.events)
+    # A commit that finishes the saga in a batch (pending) leaves its rows out of the journal:
+    # the batch's compaction packs them with the journal (as if appended), so the row never
+    # grows by a chunk that is cleared in the same transaction. So does any later commit of
+    # that saga in the batch, or its rows would be packed before the finishing commit's.
+    late = pending is not None and (status in FINISHED or saga_id in pending.finished)
+    chunk = "" if late else journal_chunk(*rows)
     if park is None and not change.unpark:  # the hot path: no parked-saga columns
         sql = _UPDATES[
             (
@@ -405,7 +403,7 @@ def commit(
             )
         ]
         params: tuple[Any, ...] = (
-            (at, saga_id) if status is None else (status, change.error, at, saga_id)
+            (at, chunk, saga_id) if status is None else (status, change.error, at, chunk, saga_id)
         )
     else:
         sql = _PARK_UPDATES[
@@ -418,7 +416,7 @@ def commit(
                 _UNPARK if park is None else _PARK,
             )
         ]
-        params = (at,) if park is None else (at, park.waiting_for, park.until)
+        params = (at, chunk) if park is None else (at, chunk, park.waiting_for, park.until)
         params = (*params, saga_id) if status is None else (status, change.error, *params, saga_id)
     cursor = conn.execute(sql, params if owner is None else (*params, owner))
     if cursor.rowcount == 0:
@@ -426,17 +424,18 @@ def commit(
         if change.unless_cancelled and (owner is None or holder == owner):
             raise CancelPending(f"saga {saga_id}: a cancel is pending")
         raise LeaseLost(f"saga {saga_id} is no longer leased to {owner}")
-    _write_rows(conn, saga_id, change.steps, change.events, pending)
+    if late:
+        assert pending is not None
+        pending.finish(saga_id, *rows)
+    elif pending is not None and pending.journals is not None:
+        pending.journals.add(saga_id, chunk, *rows)
     if change.outbox:
         if pending is not None:
             pending.outbox += outbox_rows(change.outbox)
         else:
             conn.executemany(UPSERT_OUTBOX, outbox_rows(change.outbox))
-    if status in FINISHED:
-        if pending is not None:
-            pending.finished.append(saga_id)
-        else:
-            compact(conn, (saga_id,))
+    if status in FINISHED and pending is None:
+        compact(conn, (saga_id,))
 
 
 def _take(
@@ -521,13 +520,12 @@ def claim(
         ]
     if not ids:
         return []
+    claimed = journal_chunk((), [(now, EventType.SAGA_CLAIMED, None, None, None, owner)])
     conn.execute(
         "UPDATE sagaway_instances SET owner = ?, lease_expires_at = ?, updated_at = ?, "
-        "fence = fence + 1 WHERE id IN (SELECT value FROM json_each(?))",
-        (owner, now + lease_seconds, now, _dumps(ids)),
+        f"fence = fence + 1, {APPEND_JOURNAL} WHERE id IN (SELECT value FROM json_each(?))",
+        (owner, now + lease_seconds, now, claimed, _dumps(ids)),
     )
-    claimed = EventType.SAGA_CLAIMED
-    conn.executemany(INSERT_EVENT, [(i, now, claimed, None, None, None, owner) for i in ids])
     return load_many(conn, ids)
 
 
@@ -546,11 +544,9 @@ def acquire(
         return None
     conn.execute(
         "UPDATE sagaway_instances SET owner = ?, lease_expires_at = ?, updated_at = ?, "
-        "fence = fence + 1 WHERE id = ?",
-        (owner, now + lease_seconds, now, saga_id),
+        f"fence = fence + 1, {APPEND_JOURNAL} WHERE id = ?",
+        (owner, now + lease_seconds, now, _chunk((), [] if event is None else [event]), saga_id),
     )
-    if event is not None:
-        conn.executemany(INSERT_EVENT, event_rows(saga_id, [event]))
     return load(conn, saga_id, history=False)
 
 
@@ -586,15 +582,18 @@ def request_cancel(
     status, flagged = current.status, current.cancel_requested
     reason = cancel_refusal(saga_id, status, flagged, started, until)
     if reason is not None:
-        conn.executemany(INSERT_EVENT, event_rows(saga_id, [refused_cancel(event, reason)]))
+        # Only the event: a refusal changes nothing a fenced write (Change.take) could miss.
+        conn.execute(
+            f"UPDATE sagaway_instances SET {APPEND_JOURNAL} WHERE id = ?",
+            (_chunk((), [refused_cancel(event, reason)]), saga_id),
+        )
         return None, reason
     if not flagged:
         conn.execute(
             "UPDATE sagaway_instances SET cancel_requested = 1, updated_at = ?, "
-            "fence = fence + 1 WHERE id = ?",
-            (at, saga_id),
+            f"fence = fence + 1, {APPEND_JOURNAL} WHERE id = ?",
+            (at, _chunk((), [event]), saga_id),
         )
-        conn.executemany(INSERT_EVENT, event_rows(saga_id, [event]))
     record = load(conn, saga_id, history=True)
     assert record is not None
     return record, None

@@ -535,9 +535,15 @@ class PostgresStore(OutboxStore, PruningStore, TakingStore):
     async def stranded(
         self, *, now: float, owner: str, known: Collection[tuple[str, int]]
     ) -> dict[tuple[str, int], int]:
+        names, versions = [k[0] for k in known], [k[1] for k in known]
         async with self._connection() as conn:
-            rows = await conn.fetch(self._sql.stranded, now, owner)
-        return {(name, version): n for name, version, n in rows if (name, version) not in known}
+            rows = await conn.fetch(self._sql.stranded_not_parked, now, owner)
+            found = {(n, v): count for n, v, count in rows if (n, v) not in known}
+            for n, v in await conn.fetch(self._sql.unknown_parked, names, versions):
+                count = await conn.fetchval(self._sql.stranded_parked, now, owner, n, v)
+                if count:
+                    found[(n, v)] = found.get((n, v), 0) + count
+        return found
 
     async def find_ids(self, prefix: str, *, limit: int = 2) -> list[str]:
         async with self._connection() as conn:

@@ -10,12 +10,12 @@ store at roughly a thousand transitions a second. Here every write (create, comm
 acquire, renew_leases, request_cancel, run_in_transaction) is queued; one flusher task on the
 event loop takes everything queued so far as one batch, runs ``BEGIN IMMEDIATE``, applies each
 operation atomically on its own (one failing with LeaseLost, SagaNotFound or InvalidTransition,
-or anything else, rolls back only itself: see ``_write_batch``), writes the step rows and
-events of all its transitions with one ``executemany`` each, ``COMMIT``s (one fsync for the
-whole batch), then resolves every caller's future. While a batch's callers run their next
-steps, their new writes accumulate for the next batch, so batches grow with load and the fsync
-is shared by every saga in flight. No caller resumes before its batch is durable: the
-write-ahead guarantee is unchanged.
+or anything else, rolls back only itself: see ``_write_batch``), writes the outbox messages
+of all its transitions with one ``executemany`` and compacts the sagas it finished,
+``COMMIT``s (one fsync for the whole batch), then resolves every caller's future. While a
+batch's callers run their next steps, their new writes accumulate for the next batch, so
+batches grow with load and the fsync is shared by every saga in flight. No caller resumes
+before its batch is durable: the write-ahead guarantee is unchanged.
 
 Why on the loop's thread: the batch is Python and SQLite work under the GIL, so a writer
 thread could not run it in parallel with the loop anyway, and handing each batch to a thread
@@ -61,6 +61,7 @@ from sagaway.state import Change, Event, NewSaga, OutboxMessage, SagaRecord, Sag
 from sagaway.store import _sqlite_admin as admin
 from sagaway.store import _sqlite_ops as ops
 from sagaway.store._codec import check_change, check_new, storable_text
+from sagaway.store._sqlite_compact import Journals
 from sagaway.store._sqlite_schema import connect, migrate, parse_url
 from sagaway.store.base import OutboxStore, Page, PruningStore, TakingStore, TransactionalStore
 
@@ -118,6 +119,7 @@ class SQLiteStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
         self._wakeup = asyncio.Event()
         self._writer_conn: sqlite3.Connection | None = None
         self._guard = _Guard()
+        self._journals = Journals()
         self._flusher: asyncio.Task[None] | None = None
         self._reader: ThreadPoolExecutor | None = None
         self._reader_conn: sqlite3.Connection | None = None
@@ -207,7 +209,7 @@ class SQLiteStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
             self.stats.batches += 1
             self.stats.operations += len(batch)
             try:
-                results = self._write_batch(conn, batch, guard)
+                results = self._write_batch(conn, batch, guard, self._journals)
             except BaseException as exc:  # never leave a caller waiting forever
                 guard.active = False
                 with contextlib.suppress(sqlite3.Error):
@@ -221,25 +223,27 @@ class SQLiteStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
             _resolve(results)
 
     @staticmethod
-    def _write_batch(conn: sqlite3.Connection, batch: list[_Op], guard: _Guard) -> list[_Result]:
+    def _write_batch(
+        conn: sqlite3.Connection, batch: list[_Op], guard: _Guard, journals: Journals
+    ) -> list[_Result]:
         """One transaction for the whole batch, one durable COMMIT; each operation atomic.
 
         Fast path: the store's own operations raise their contract errors before their first
-        write (see ``_sqlite_ops``), so they need no savepoint, and their step rows and events
-        are written for the whole batch at the end (``ops.Pending``); a transition carrying
+        write (see ``_sqlite_ops``), so they need no savepoint, and their outbox messages and
+        compactions are done for the whole batch at the end (``ops.Pending``); a transition carrying
         ``ctx.atomic()`` writes runs without a savepoint too (those writes rarely fail); a
         ``run_in_transaction`` function always gets one (a business failure raised inside is
         its normal way to say no). Anything unexpected (a driver error halfway through an
         operation, a failing ``ctx.atomic()`` write, a failing batched write) rolls the batch
         back and replays it with a savepoint around every operation and nothing deferred, so
-        only the operation at fault fails. Savepoints cost two statements each and a call per
-        operation for steps and events two more: together most of the writer's own time on
-        the engine benchmark, which is why the fast path avoids them.
+        only the operation at fault fails. Savepoints cost two statements each: on the engine
+        benchmark, more than a transition's own statement, which is why the fast path avoids
+        them.
         """
         try:
-            return _apply(conn, batch, guard, safe=False)
+            return _apply(conn, batch, guard, journals, safe=False)
         except _Replay:
-            return _apply(conn, batch, guard, safe=True)
+            return _apply(conn, batch, guard, journals, safe=True)
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -321,8 +325,8 @@ class SQLiteStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
         ``fn`` must be quick and must not block: it runs on the event loop's thread, and every write
         of the batch waits for it. It must not keep the connection. The store owns the transaction:
         ``commit()``, ``rollback()``, BEGIN/COMMIT/ROLLBACK/END are refused (``StoreError``, only
-        this call fails); savepoints of its own are fine. The saga log's step rows and events of
-        other transitions in the same batch are written at the batch's end: ``fn`` may not see them.
+        this call fails); savepoints of its own are fine. Of the other writes in the same batch,
+        ``fn`` sees those queued before it (the sagas they finish are compacted at its end).
         Its result is handed back as is. If another operation of the batch hits an unexpected driver
         error the batch is rolled back and replayed, calling ``fn`` again: its writes still land
         exactly once, but keep it free of side effects outside the database.
@@ -352,7 +356,7 @@ class SQLiteStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
         assert self._writer_conn is not None
         try:
             found = storable_text(saga_id)
-            return ops.read_load(self._writer_conn, saga_id, False) if found else None
+            return admin.peek(self._writer_conn, saga_id) if found else None
         except sqlite3.Error as exc:
             raise StoreError(f"sqlite: {exc}") from exc
 
@@ -490,12 +494,17 @@ def _user_error(exc: Exception, guard: _Guard) -> BaseException:
 
 
 def _apply(
-    conn: sqlite3.Connection, batch: list[_Op], guard: _Guard, *, safe: bool
+    conn: sqlite3.Connection,
+    batch: list[_Op],
+    guard: _Guard,
+    journals: Journals,
+    *,
+    safe: bool,
 ) -> list[_Result]:
     execute = conn.execute
     results: list[_Result] = []
     append = results.append
-    pending = None if safe else ops.Pending()
+    pending = None if safe else ops.Pending(journals)
     try:
         execute(_BEGIN)
         for future, fn, args in batch:

@@ -66,6 +66,23 @@ class TakingStoreContract:
         assert len((await store.get("s")).history) == 1  # SAGA_CREATED only
         assert await store.peek("unknown") is None
 
+    async def test_peek_reads_what_get_reads_but_the_history(self, store: TakingStore) -> None:
+        """In each state a signal may find a saga: no step rows yet, parked with several,
+        taken and running, and finished (compacted, on a store that packs finished sagas)."""
+        await store.create(new_saga("fresh"))
+        await self._parked_on_signal(store, "parked")
+        applied = self._applied(await self._parked_on_signal(store, "taken"), T0 + 5)
+        applied.steps.append(running("b", at=T0 + 5))
+        await store.commit("taken", "e2", applied, T0 + 5)
+        applied = self._applied(await self._parked_on_signal(store, "done"), T0 + 5)
+        await store.commit("done", "e2", applied, T0 + 5)
+        await store.commit("done", "e2", Change(status=SagaStatus.SUCCEEDED), T0 + 6)
+        for saga_id, steps in [("fresh", 0), ("parked", 1), ("taken", 2), ("done", 1)]:
+            peeked = await store.peek(saga_id)
+            assert peeked is not None
+            assert len(peeked.steps) == steps
+            assert peeked == (await store.get(saga_id)).copy(history=False)
+
     async def test_a_take_leases_the_saga_and_applies_the_change(self, store: TakingStore) -> None:
         read = await self._parked_on_signal(store)
         await store.commit("s", "e2", self._applied(read, T0 + 5), T0 + 5)
