@@ -365,7 +365,9 @@ def main() -> None:
         "--saga-pages", type=float, default=0.5, help="share of the pages that are saga pages"
     )
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of orders first")
-    parser.add_argument("--max-in-flight", type=int, default=64)
+    parser.add_argument(
+        "--max-in-flight", type=int, default=1000, help="orders placed, not yet answered"
+    )
     parser.add_argument(
         "--orders",
         choices=["inprocess", "http"],
