@@ -128,6 +128,18 @@ def tune_gc_for_serving() -> None:
     gc.set_threshold(*SERVING_GC_THRESHOLDS)
 
 
+def configure_process_logging(settings: Settings, stream: Any = None) -> None:
+    """The process's log lines in ``settings``' format and level (see ``configure_logging``),
+    each record without what no line of ours shows: the caller's file and line (a stack walk
+    per record), thread, process and multiprocessing names. ~2 us of a ~11 us line: two saga
+    lines per order."""
+    configure_logging(settings.log_format, settings.log_level, stream=stream)
+    logging._srcfile = None  # the logging HOWTO's "Optimization" table: no sys._getframe()
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+
+
 def is_loopback(host: str) -> bool:
     """True if every address ``host`` names is a loopback one (``""`` is every interface)."""
     try:
@@ -228,7 +240,7 @@ def run_server(
     the logging of ``settings``; ``startup`` is printed once the app is built."""
     import uvicorn
 
-    configure_logging(settings.log_format, settings.log_level)
+    configure_process_logging(settings)
     config = uvicorn.Config(
         application,
         log_config=None,  # uvicorn's records go through configure_logging's format too
@@ -274,7 +286,7 @@ def run_server(
 
 
 async def _run_worker(settings: Settings) -> None:
-    configure_logging(settings.log_format, settings.log_level)
+    configure_process_logging(settings)
     if STOP.requested:  # before anything is opened: no saga is claimed only to be let go
         console.print("stopped before starting")
         return

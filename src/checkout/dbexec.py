@@ -145,6 +145,10 @@ class _StoreOwnedConnection:
         return getattr(self._raw, name)
 
 
+# The attribute of a Connection from ``wrap_sqlite`` that holds its sqlite3 connection.
+RAW_SQLITE = "_checkout_sqlite3"
+
+
 def wrap_sqlite(raw: sqlite3.Connection) -> Connection:
     """A SQLAlchemy Core connection over ``raw`` that never commits, rolls back or closes it."""
     proxy = _StoreOwnedConnection(raw)
@@ -154,7 +158,11 @@ def wrap_sqlite(raw: sqlite3.Connection) -> Connection:
         poolclass=StaticPool,
         pool_reset_on_return=None,
     )
-    return engine.connect()
+    conn = engine.connect()
+    # The precompiled statements (checkout.participants._sql) run on ``raw`` itself: the proxy
+    # forwards every call through __getattr__, and they never commit or roll back.
+    setattr(conn, RAW_SQLITE, raw)  # Connection declares no such attribute
+    return conn
 
 
 class StoreExecutor(ShopExecutor):

@@ -31,6 +31,7 @@ from checkout.domain.rules import merge_lines
 from checkout.participants._sql import (
     dump_lines,
     execute,
+    fetch_first,
     find_by_key,
     insert_ignore,
     load_by_key,
@@ -84,7 +85,7 @@ def _reservation(row: Any) -> Reservation:
 
 def shortage_error(conn: Connection, product_id: str) -> CheckoutError:
     """Why a guarded update on ``product_id`` changed nothing: unknown product or too few."""
-    exists = conn.execute(_PRODUCT_EXISTS, {"product": product_id}).first()
+    exists = fetch_first(conn, _PRODUCT_EXISTS, {"product": product_id})
     return InsufficientInventory(product_id) if exists else ProductNotFound(product_id)
 
 

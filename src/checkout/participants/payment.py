@@ -18,7 +18,14 @@ from sqlalchemy.engine import Connection
 from checkout.db import AccountRow, PaymentRow
 from checkout.dbexec import ShopExecutor
 from checkout.domain.models import InsufficientFunds, Payment, PaymentStatus, UserNotFound
-from checkout.participants._sql import execute, find_by_key, insert_ignore, load_by_key, table_of
+from checkout.participants._sql import (
+    execute,
+    fetch_first,
+    find_by_key,
+    insert_ignore,
+    load_by_key,
+    table_of,
+)
 
 payments = table_of(PaymentRow)
 accounts = table_of(AccountRow)
@@ -87,7 +94,7 @@ def charge(
     if not claimed:
         return _payment(load_by_key(conn, payments, idempotency_key))
     if execute(conn, _DEBIT, account=account_id, amount=amount_cents) != 1:
-        exists = conn.execute(_ACCOUNT_EXISTS, {"account": account_id}).first()
+        exists = fetch_first(conn, _ACCOUNT_EXISTS, {"account": account_id})
         raise InsufficientFunds(account_id) if exists else UserNotFound(account_id)
     return Payment(
         idempotency_key=idempotency_key,
