@@ -1,21 +1,35 @@
 """What the web UI's live updates cost the server: CPU per order with 0 vs N open live pages.
 
-Starts ``checkout serve`` (demo mode) on a fresh SQLite file in a temporary directory (the
-same seeded database as ``http_checkout.py --serve``), then drives ``POST /orders`` at a fixed
-target rate for ``--seconds``, once with no page open (A) and once with ``--pages`` open pages
-(B), interleaved for ``--rounds`` rounds (A B, B A, A B...) on the same server::
+Starts a checkout server (demo mode) on a fresh SQLite file in a temporary directory (the same
+seeded database as ``http_checkout.py --serve``), then places orders at a fixed target rate
+for ``--seconds``, once with no page open (A) and once with ``--pages`` open pages (B),
+interleaved for ``--rounds`` rounds (A B, B A, A B...) on the same server::
 
-    python benchmarks/ui_live_cost.py --rate 500 --seconds 15 --rounds 3 --pages 50
+    python benchmarks/ui_live_cost.py --rate 500 --seconds 10 --rounds 3 --pages 50
 
-The open pages behave like the browser's script (``sagaway.js``, ``shop.js``) so the cost
-includes what the events make the browser ask for:
+Who places the orders (``--orders``):
+
+* ``inprocess`` (default): the server is ``ui_live_server.py``, ``checkout serve``'s app
+  (same ``create_app``, uvicorn, loop, engine, default metrics and INFO saga logs) with an
+  order source inside it: each order goes through ``POST /orders``'s code after the HTTP
+  layer (``OrderRequest`` validation, ``place``: order row, saga, wait, ``order_out``). An
+  HTTP load generator on this 2-core machine competes with the server for the cores and
+  reached 70-190 orders/s; this way 500/s is reachable. **In** the measured CPU: the orders
+  (minus their HTTP parsing and response encoding), the sagas, their logs and metrics, and
+  everything the open pages cost the server (their HTTP requests, streams, renders, store
+  reads). **Not in it**: the pages' client side (another process), per-order HTTP.
+* ``http``: ``checkout serve`` itself, orders sent as ``POST /orders`` by this process (the
+  measurement until 2026-11-26; its rate is capped by the machine, see above).
+
+The open pages are real Server-Sent Events clients of the real app (aiohttp, in this process),
+behaving like the browser's script (``sagaway.js``, ``shop.js``):
 
 * saga pages (half of them; ``--saga-pages`` sets the share): each follows the saga of a
   fresh order on ``/ui/sagas/{id}/events`` (``timeline`` events, then ``end``), then the
-  next fresh order's saga. One order in 20 is posted with ``wait=0`` (in both
+  next fresh order's saga. One order in 20 is placed with ``wait=0`` (in both
   configurations, so the order load is the same) and its saga id handed to a waiting saga
-  page, which opens the stream while the saga runs; the other orders wait for their saga
-  (``wait=10``) as the shop page does.
+  page (in process: written by the server to a pipe), which opens the stream while the saga
+  runs; the other orders wait for their saga (``wait=10``) as the shop page does.
 * saga list pages (30%): ``/ui/sagas/events``, whose ``saga-rows`` events carry the list's
   new rows (the page asks for nothing else).
 * shop pages (the rest): ``/shop/events``, whose ``orders`` and ``stock`` events carry the new
@@ -24,7 +38,7 @@ includes what the events make the browser ask for:
 (Until 2026-11-26 the list streams only said ``changed`` and every page re-read its fragments
 over HTTP: ``git log -p benchmarks/ui_live_cost.py`` has that version of the pages.)
 
-The orders are sent open-loop (order i at ``start + i / rate``, at most ``--max-in-flight``
+The orders are placed open-loop (order i at ``start + i / rate``, at most ``--max-in-flight``
 at once); when the machine cannot keep up, the achieved rate is lower: it is reported. The
 server's CPU (user + system from /proc, over the timed window) is the number compared: ms per
 order and % of one core, per configuration, and the extra that the pages cost. Prints a table,
@@ -37,19 +51,24 @@ import argparse
 import asyncio
 import contextlib
 import itertools
+import os
+import re
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import httpx
 
-from http_checkout import cpu_seconds, order_body, serve
+from http_checkout import _env, _seed, cpu_seconds, order_body, serve
 from report import print_report
 
 FOLLOWED_EVERY = 20  # one order in 20 is posted with wait=0 and followed by a saga page
@@ -135,8 +154,11 @@ async def measure(
     seconds: float,
     max_in_flight: int,
     first_order: int,
+    followed: Followed | None = None,
 ) -> Window:
-    """One timed window at ``rate`` orders/s with ``pages`` live pages open."""
+    """One timed window at ``rate`` orders/s with ``pages`` live pages open; ``followed``:
+    the orders are placed by the server itself (``ui_live_server.py``), which hands the
+    followed sagas' ids over a pipe."""
     saga_pages = round(pages * saga_share)
     list_pages = (pages - saga_pages) * 3 // 5
     shop_pages = pages - saga_pages - list_pages
@@ -159,6 +181,22 @@ async def measure(
             ),
         ]
         await asyncio.sleep(1.0 if pages else 0.0)  # let the streams open before timing
+        if followed is not None:
+            followed.handoff = handoff if saga_pages else None
+            params = {
+                "first": first_order,
+                "rate": rate,
+                "seconds": seconds,
+                "max_in_flight": max_in_flight,
+            }
+            cpu_before = cpu_seconds(server_pid)
+            async with session.post("/_bench/orders", params=params) as response:
+                placed = await response.json()
+            server_cpu = cpu_seconds(server_pid) - cpu_before
+            followed.handoff = None
+            http.update({"placed": placed["orders"], **placed["errors"]})
+            await stop_pages(readers, tally)
+            return Window(pages, placed["orders"], placed["seconds"], server_cpu, http, tally)
         slots = asyncio.Semaphore(max_in_flight)
         done = 0
 
@@ -202,20 +240,92 @@ async def measure(
         await asyncio.gather(*in_flight)
         elapsed = time.perf_counter() - started
         server_cpu = cpu_seconds(server_pid) - cpu_before
-        for reader in readers:
-            reader.cancel()
-        results = await asyncio.gather(*readers, return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
-                tally.errors[type(result).__name__] += 1
+        await stop_pages(readers, tally)
     return Window(pages, done, elapsed, server_cpu, http, tally)
 
 
-async def run(args: argparse.Namespace, url: str, server_pid: int) -> list[Window]:
+async def stop_pages(readers: list[asyncio.Task[None]], tally: Tally) -> None:
+    for reader in readers:
+        reader.cancel()
+    results = await asyncio.gather(*readers, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+            tally.errors[type(result).__name__] += 1
+
+
+@dataclass
+class Followed:
+    """The saga ids the in-process order source writes to its pipe, handed to the saga pages
+    of the window being measured (dropped when none is open)."""
+
+    handoff: asyncio.Queue[str] | None = None
+
+    async def read(self, fd: int) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        pipe = os.fdopen(fd, "rb", buffering=0)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+        while line := await reader.readline():
+            if self.handoff is not None:
+                with contextlib.suppress(asyncio.QueueFull):
+                    self.handoff.put_nowait(line.decode().strip())
+
+
+@contextlib.contextmanager
+def serve_inprocess(workdir: Path) -> Iterator[tuple[str, int, int]]:
+    """``ui_live_server.py`` (checkout serve's app plus an order source) on a fresh seeded
+    database; yields its URL, its pid and the read end of its followed-saga-ids pipe."""
+    db_path = workdir / "sagaway.db"
+    _seed(db_path)
+    read_fd, write_fd = os.pipe()
+    here = Path(__file__).parent
+    env = {**os.environ, **_env(db_path)}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(here), env.get("PYTHONPATH")]))
+    proc = subprocess.Popen(
+        [sys.executable, str(here / "ui_live_server.py"), str(write_fd)],
+        env=env,
+        pass_fds=(write_fd,),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    os.close(write_fd)
+    try:
+        assert proc.stdout is not None
+        url = None
+        for line in proc.stdout:
+            match = re.search(r"serving on (http://[\d.]+:\d+)", line)
+            if match:
+                url = match.group(1)
+                break
+        if url is None:
+            raise SystemExit("ui_live_server.py did not start")
+        threading.Thread(target=proc.stdout.read, daemon=True).start()  # the saga log lines
+        while httpx.get(f"{url}/health", timeout=5).status_code != 200:
+            time.sleep(0.05)
+        print(f"server pid {proc.pid} at {url} on {db_path}", file=sys.stderr)
+        yield url, proc.pid, read_fd
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def run(
+    args: argparse.Namespace, url: str, server_pid: int, ids_fd: int | None
+) -> list[Window]:
     windows: list[Window] = []
     next_order = 0
     share = args.saga_pages
-    await measure(url, server_pid, 0, share, args.rate, args.warmup, args.max_in_flight, 10**9)
+    followed = None if ids_fd is None else Followed()
+    if followed is not None and ids_fd is not None:
+        reading = asyncio.create_task(followed.read(ids_fd))
+    await measure(
+        url, server_pid, 0, share, args.rate, args.warmup, args.max_in_flight, 10**9, followed
+    )
     for round_no in range(args.rounds):
         order = (0, args.pages) if round_no % 2 == 0 else (args.pages, 0)
         for pages in order:
@@ -228,6 +338,7 @@ async def run(args: argparse.Namespace, url: str, server_pid: int) -> list[Windo
                 args.seconds,
                 args.max_in_flight,
                 next_order,
+                followed,
             )
             next_order += window.orders + 1000
             windows.append(window)
@@ -239,6 +350,8 @@ async def run(args: argparse.Namespace, url: str, server_pid: int) -> list[Windo
                 f" sagas followed {t.sagas_followed} http {dict(window.http)}",
                 file=sys.stderr,
             )
+    if followed is not None:
+        reading.cancel()
     return windows
 
 
@@ -252,11 +365,24 @@ def main() -> None:
         "--saga-pages", type=float, default=0.5, help="share of the pages that are saga pages"
     )
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of orders first")
-    parser.add_argument("--max-in-flight", type=int, default=64)
+    parser.add_argument(
+        "--max-in-flight", type=int, default=1000, help="orders placed, not yet answered"
+    )
+    parser.add_argument(
+        "--orders",
+        choices=["inprocess", "http"],
+        default="inprocess",
+        help="who places the orders: the server itself (ui_live_server.py) or POST /orders",
+    )
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as tmp, serve(Path(tmp)) as (url, server_pid):
-        windows = asyncio.run(run(args, url, server_pid))
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.orders == "http":
+            with serve(Path(tmp)) as (url, server_pid):
+                windows = asyncio.run(run(args, url, server_pid, None))
+        else:
+            with serve_inprocess(Path(tmp)) as (url, server_pid, ids_fd):
+                windows = asyncio.run(run(args, url, server_pid, ids_fd))
 
     def of(pages: int) -> list[Window]:
         return [w for w in windows if w.pages == pages]
@@ -280,6 +406,7 @@ def main() -> None:
         errors.update(w.tally.errors)
         http.update(w.http)
     result: dict[str, Any] = {
+        "orders": args.orders,
         "target_orders_per_s": args.rate,
         "pages": args.pages,
         "rounds": args.rounds,

@@ -17,20 +17,22 @@ its history).
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sagaway.context import StepContext
-from sagaway.state import Change, SagaRecord
+from sagaway.state import Change, Phase, SagaRecord
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
+    from sagaway.definition import Step
     from sagaway.transport.base import Command
 
 log = logging.getLogger("sagaway.hooks")
 
-__all__ = ["ClaimReason", "Hook", "HookChain", "StepOutcome"]
+__all__ = ["ClaimReason", "Hook", "HookChain", "StepKey", "StepOutcome", "StepSink"]
 
 
 class StepOutcome(StrEnum):
@@ -39,6 +41,24 @@ class StepOutcome(StrEnum):
     SUCCEEDED = "succeeded"  # the action succeeded, or the compensation compensated
     RETRYING = "retrying"  # it failed and will be tried again (after a backoff)
     FAILED = "failed"  # it failed for good: compensation starts, or the saga stops FAILED
+
+
+StepKey = tuple[str, str, Phase, StepOutcome]
+"""An attempt's saga name, step name, phase and outcome: what a step sink is keyed by."""
+
+
+class StepSink:
+    """Where the engine appends the seconds of each attempt that ends, for a hook that only
+    tallies them (see ``Hook.step_sink``): an attempt that succeeded under ``forward_ok`` or
+    ``undo_ok`` by its ``Step`` (hashed by identity: the runner's path, once per step), any
+    other end (a retry, a failure, a parked step's reply) under ``ended`` by its labels."""
+
+    __slots__ = ("ended", "forward_ok", "undo_ok")
+
+    def __init__(self) -> None:
+        self.forward_ok: defaultdict[Step[Any], list[float]] = defaultdict(list)
+        self.undo_ok: defaultdict[Step[Any], list[float]] = defaultdict(list)
+        self.ended: defaultdict[StepKey, list[float]] = defaultdict(list)
 
 
 class ClaimReason(StrEnum):
@@ -52,6 +72,19 @@ class ClaimReason(StrEnum):
 
 class Hook:
     """Base class for engine hooks: every method does nothing. Override what you need."""
+
+    # A hook that only tallies attempts and commits (the metrics) may set these instead of
+    # overriding ``after_step`` / ``after_commit``: the engine then appends every attempt's
+    # duration to ``step_sink`` and every commit's latency to ``commit_sink``, at the moment
+    # ``after_step`` / ``after_commit`` would have been called: a list append instead of two
+    # Python calls per step and commit. The hook empties them when it likes, from the front
+    # (the loop keeps appending).
+    step_sink: StepSink | None = None
+    commit_sink: list[float] | None = None
+    # True for a hook whose methods cannot raise (the metrics: a few dict updates): when it is
+    # the only hook of a method, the engine calls it directly, not through the chain's guard
+    # (a Python call less per saga start, claim and finish).
+    unguarded = False
 
     def saga_started(self, record: SagaRecord) -> None:
         """A new saga was recorded by this engine's ``start`` (once per saga: a repeated
@@ -130,6 +163,10 @@ def _only(methods: tuple[Callable[..., None], ...]) -> Callable[..., None] | Non
     return methods[0] if len(methods) == 1 else None
 
 
+def _only_sink(methods: tuple[Callable[..., None], ...], sinks: tuple[Any, ...]) -> Any:
+    return sinks[0] if not methods and len(sinks) == 1 else None
+
+
 def _overrides(hook: Hook, name: str) -> bool:
     return getattr(type(hook), name, None) is not getattr(Hook, name)
 
@@ -157,9 +194,33 @@ class HookChain(Hook):
         self._on_park, self._on_resume = by["on_park"], by["on_resume"]
         self._on_release = by["on_release"]
         self._before_dispatch = by["before_dispatch"]
+        for name in ("saga_started", "after_claim", "on_finish", "on_release", "on_park"):
+            only = by[name]
+            if len(only) == 1 and getattr(only[0], "__self__", None) in self._unguarded():
+                setattr(self, name, only[0])  # the hook's own method: no guard needed
+        self._step_sinks = tuple(h.step_sink for h in self.hooks if h.step_sink is not None)
+        self._commit_sinks = tuple(h.commit_sink for h in self.hooks if h.commit_sink is not None)
+        # What the runner reads once per saga (attributes, not wants(): a call each).
+        self.wants_before_step = bool(self._before_step)
+        self.wants_steps = bool(self._before_step or self._after_step or self._step_sinks)
+        self.wants_commits = bool(self._after_commit or self._commit_sinks)
+        # The one sink of an attempt's end (commit) when no hook is to be called for it: the
+        # runner appends to it itself instead of calling after_step (after_commit).
+        step_sink = _only_sink(self._after_step, self._step_sinks)
+        self.forward_ok = None if step_sink is None else step_sink.forward_ok
+        self.undo_ok = None if step_sink is None else step_sink.undo_ok
+        self.commit_sink = _only_sink(self._after_commit, self._commit_sinks)
+
+    def _unguarded(self) -> list[Hook]:
+        return [hook for hook in self.hooks if hook.unguarded]
 
     def wants(self, name: str) -> bool:
-        """True if some hook overrides ``name`` (the runner skips timing nobody reads)."""
+        """True if some hook overrides ``name`` or, for ``after_step`` and ``after_commit``,
+        has a sink for them (the runner skips timing nobody reads)."""
+        if name == "after_step" and self._step_sinks:
+            return True
+        if name == "after_commit" and self._commit_sinks:
+            return True
         return bool(self._by_method[name])
 
     @staticmethod
@@ -208,12 +269,14 @@ class HookChain(Hook):
                 one(record, ctx, outcome, error, seconds)
             except Exception:
                 log.exception("hook %s failed", one.__qualname__)
-            return
-        for method in self._after_step:
-            try:
-                method(record, ctx, outcome, error, seconds)
-            except Exception:
-                log.exception("hook %s failed", method.__qualname__)
+        else:
+            for method in self._after_step:
+                try:
+                    method(record, ctx, outcome, error, seconds)
+                except Exception:
+                    log.exception("hook %s failed", method.__qualname__)
+        for sink in self._step_sinks:
+            sink.ended[ctx.saga_name, ctx.step, ctx.phase, outcome].append(seconds)
 
     def after_commit(self, record: SagaRecord, change: Change, seconds: float) -> None:
         one = self._commit1
@@ -222,12 +285,14 @@ class HookChain(Hook):
                 one(record, change, seconds)
             except Exception:
                 log.exception("hook %s failed", one.__qualname__)
-            return
-        for method in self._after_commit:
-            try:
-                method(record, change, seconds)
-            except Exception:
-                log.exception("hook %s failed", method.__qualname__)
+        else:
+            for method in self._after_commit:
+                try:
+                    method(record, change, seconds)
+                except Exception:
+                    log.exception("hook %s failed", method.__qualname__)
+        for sink in self._commit_sinks:
+            sink.append(seconds)
 
     def before_dispatch(self, record: SagaRecord, command: Command) -> None:
         self._call(self._before_dispatch, record, command)

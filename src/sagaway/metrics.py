@@ -29,10 +29,14 @@ Metrics (all ``sagaway_*``):
   gauges count the whole store, not this process: in a scale-out deployment query them from
   one process (``max without (instance) (...)``), not summed over every process.
 
-Cost: the hook counts into plain Python ints and lists (a bucket found by bisection), and a
-collector turns them into Prometheus families when scraped. prometheus-client's own metric
-objects cost 3-5 us per update here (a lock each), which was 37% of an in-memory saga's CPU;
-this way it is a few percent (``benchmarks/observability_cost.py``).
+Cost: the hook counts sagas into plain Python ints, and the engine appends each step attempt's
+duration and each commit's latency to the hook's lists (``Hook.step_sink``, ``commit_sink``: no
+call into the hook per step or commit). A scrape, and between scrapes a timer on the engine's
+loop every ``FOLD_SECONDS``, counts them into the histograms (sorted, then bisected per bucket
+bound, in C), and a collector turns the counts into Prometheus families: a scrape sees every
+attempt and commit that ended before it, as before. prometheus-client's own metric objects
+cost 3-5 us per update here (a lock each), which was 37% of an in-memory saga's CPU; this way
+it is ~5% in instructions (``benchmarks/observability_cost.py --callgrind``).
 
 Several processes: every process has its own numbers, so scrape each one (``checkout serve``
 serves ``/metrics``; ``checkout worker`` serves them on ``SAGAWAY_METRICS_PORT``) and aggregate
@@ -44,8 +48,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
+from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
@@ -59,9 +65,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from sagaway.context import StepContext
-from sagaway.hooks import ClaimReason, Hook, StepOutcome
-from sagaway.state import Change, SagaRecord
+from sagaway.hooks import ClaimReason, Hook, StepKey, StepOutcome, StepSink
+from sagaway.state import Phase, SagaRecord
 from sagaway.store.base import OutboxStore, SagaStore
 
 __all__ = ["COMMIT_BUCKETS", "STEP_BUCKETS", "PrometheusHook"]
@@ -76,6 +81,11 @@ COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 
 
 _RETRYING = StepOutcome.RETRYING
+_FORWARD, _UNDO, _SUCCEEDED = Phase.FORWARD, Phase.COMPENSATION, StepOutcome.SUCCEEDED
+SORT_FROM = 64  # observations of one label set from which a fold sorts them (see _take)
+# How often the engine's loop folds the sinks between scrapes: bounds their memory, and what
+# a scrape thread has to sort (holding the GIL).
+FOLD_SECONDS = 10.0
 
 
 class _Histogram:
@@ -90,6 +100,30 @@ class _Histogram:
     def observe(self, bounds: tuple[float, ...], value: float) -> None:
         self.counts[bisect_left(bounds, value)] += 1
         self.total += value
+
+
+def _take(sink: list[float], hist: _Histogram, bounds: tuple[float, ...]) -> None:
+    """Move the observations in ``sink`` into ``hist``. Copy, then delete what was copied: the
+    loop may append meanwhile (at the end), and each of the two list operations is atomic."""
+    taken = sink[:]
+    if not taken:
+        return
+    del sink[: len(taken)]
+    hist.total = sum(taken, hist.total)  # left to right: the same float as one += at a time
+    counts = hist.counts
+    if len(taken) < SORT_FROM:
+        for value in taken:
+            counts[bisect_left(bounds, value)] += 1
+        return
+    # Many: sorted (list.sort compares floats natively), then one bisection per bound
+    # instead of one per value; a value equal to a bound is in that bound's bucket (le).
+    taken.sort()
+    below = 0
+    for index, bound in enumerate(bounds):
+        upto = bisect_right(taken, bound)
+        counts[index] += upto - below
+        below = upto
+    counts[-1] += len(taken) - below
 
 
 def _histogram_family(
@@ -117,14 +151,23 @@ class PrometheusHook(Hook, Collector):
     group-commit counters, read at scrape time.
     """
 
+    unguarded = True  # its methods are dict arithmetic on names: called without a guard
+
     def __init__(self, registry: CollectorRegistry | None = REGISTRY, *, store: Any = None) -> None:
         self._store = store
-        self._started: dict[str, int] = {}
-        self._finished: dict[tuple[str, str], int] = {}
-        self._in_flight: dict[str, int] = {}
-        self._retries: dict[tuple[str, str], int] = {}
-        self._steps: dict[tuple[str, str, str, str], _Histogram] = {}
+        # defaultdict: one increment (+= 1) instead of a get and a set, per saga.
+        self._started: defaultdict[str, int] = defaultdict(int)
+        self._finished: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self._in_flight: defaultdict[str, int] = defaultdict(int)
+        self._steps: dict[StepKey, _Histogram] = {}
         self._commits = _Histogram(len(COMMIT_BUCKETS))
+        # The engine appends every attempt's (ctx, outcome, seconds) and every commit's
+        # latency here (Hook.step_sink): a list append per step and commit instead of a call
+        # into this hook; they are counted into the histograms when scraped (_fold).
+        self.step_sink: StepSink = StepSink()
+        self.commit_sink: list[float] = []
+        self._folding = threading.Lock()  # a scrape thread and the loop may both fold
+        self._folding_on_loop = False
         self._outbox_pending = 0
         # How long a scrape from another thread waits for the loop to read the outbox count
         # (Prometheus' default scrape timeout is 10 s); past it, the last count is reported.
@@ -139,54 +182,59 @@ class PrometheusHook(Hook, Collector):
     # -- the hook: plain Python counting on the engine's loop ---------------------------------
 
     def saga_started(self, record: SagaRecord) -> None:
-        name = record.name
-        self._started[name] = self._started.get(name, 0) + 1
+        self._started[record.name] += 1
 
     def after_claim(self, record: SagaRecord, reason: ClaimReason) -> None:
-        if self._loop is None:
-            self._loop = asyncio.get_running_loop()
-        name = record.name
-        self._in_flight[name] = self._in_flight.get(name, 0) + 1
+        if not self._folding_on_loop:
+            self._fold_every_second(asyncio.get_running_loop())
+        self._in_flight[record.name] += 1
 
-    def after_step(
-        self,
-        record: SagaRecord,
-        ctx: StepContext,
-        outcome: StepOutcome,
-        error: str | None,
-        seconds: float,
-    ) -> None:
-        key = (ctx.saga_name, ctx.step, ctx.phase, outcome)
+    def _fold(self) -> None:
+        """Count the attempts and commits the engine appended to the sinks into the
+        histograms: on a scrape (any thread) and every FOLD_SECONDS (on the loop)."""
+        with self._folding:
+            sink = self.step_sink
+            for step, seconds in list(sink.forward_ok.items()):
+                self._take_step((step.saga.name, step.name, _FORWARD, _SUCCEEDED), seconds)
+            for step, seconds in list(sink.undo_ok.items()):
+                self._take_step((step.saga.name, step.name, _UNDO, _SUCCEEDED), seconds)
+            for key, seconds in list(sink.ended.items()):
+                self._take_step(key, seconds)
+            _take(self.commit_sink, self._commits, COMMIT_BUCKETS)
+
+    def _fold_every_second(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Fold now and again in FOLD_SECONDS on the engine's loop (from its first claim);
+        it stops with the loop."""
+        self._loop = self._loop or loop
+        self._folding_on_loop = True
+        self._fold()
+        loop.call_later(FOLD_SECONDS, self._fold_every_second, loop)
+
+    def _take_step(self, key: StepKey, seconds: list[float]) -> None:
         hist = self._steps.get(key)
         if hist is None:
             hist = self._steps[key] = _Histogram(len(STEP_BUCKETS))
-        # _Histogram.observe inlined (here and in after_commit): a Python call less on every
-        # step and commit is a third of what the hook costs an in-memory saga.
-        hist.counts[bisect_left(STEP_BUCKETS, seconds)] += 1
-        hist.total += seconds
-        if outcome is _RETRYING:
-            retry_key = (ctx.saga_name, ctx.step)
-            self._retries[retry_key] = self._retries.get(retry_key, 0) + 1
-
-    def after_commit(self, record: SagaRecord, change: Change, seconds: float) -> None:
-        commits = self._commits
-        commits.counts[bisect_left(COMMIT_BUCKETS, seconds)] += 1
-        commits.total += seconds
+        _take(seconds, hist, STEP_BUCKETS)
 
     def on_finish(self, record: SagaRecord) -> None:
         name = record.name
-        self._in_flight[name] = self._in_flight.get(name, 0) - 1
-        key = (name, record.status)
-        self._finished[key] = self._finished.get(key, 0) + 1
+        self._in_flight[name] -= 1
+        self._finished[name, record.status] += 1
 
     def on_release(self, record: SagaRecord, reason: str) -> None:
-        name = record.name
-        self._in_flight[name] = self._in_flight.get(name, 0) - 1
+        self._in_flight[record.name] -= 1
 
     def on_park(self, record: SagaRecord, reason: str) -> None:
         # Parked, it holds no task here; a wake-up claims it again (after_claim).
-        name = record.name
-        self._in_flight[name] = self._in_flight.get(name, 0) - 1
+        self._in_flight[record.name] -= 1
+
+    def _retries(self) -> dict[tuple[str, str], int]:
+        """sagaway_step_retries_total: the attempts that ended RETRYING, in either phase."""
+        retries: dict[tuple[str, str], int] = {}
+        for (name, step, _, outcome), hist in list(self._steps.items()):
+            if outcome is _RETRYING:
+                retries[name, step] = retries.get((name, step), 0) + sum(hist.counts)
+        return retries
 
     # -- the collector: runs when Prometheus scrapes ------------------------------------------
 
@@ -229,6 +277,7 @@ class PrometheusHook(Hook, Collector):
             await self.refresh()
 
     def collect(self) -> Iterator[Metric]:
+        self._fold()
         # Snapshots (list(...)): the loop may add a label set while a scrape thread iterates.
         started = CounterMetricFamily(
             "sagaway_sagas_started", "Sagas recorded by this process", labels=["saga"]
@@ -262,7 +311,7 @@ class PrometheusHook(Hook, Collector):
             "Step attempts that failed and were tried again",
             labels=["saga", "step"],
         )
-        for (name, step), count in list(self._retries.items()):
+        for (name, step), count in self._retries().items():
             retries.add_metric([name, step], count)
         yield retries
         yield _histogram_family(

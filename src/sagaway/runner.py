@@ -51,6 +51,7 @@ CommitListener = Callable[[SagaRecord, Change], None]
 Relay = Callable[[tuple[OutboxMessage, ...]], Awaitable[None]]
 """Publishes the outbox messages of a transition just committed (the engine's relay)."""
 FORWARD, COMPENSATION = Phase.FORWARD, Phase.COMPENSATION
+SUCCEEDED = StepOutcome.SUCCEEDED
 
 
 class _Halted(Exception):
@@ -80,11 +81,17 @@ class SagaRun(RemoteSteps):
         self.hooks = hooks
         # Likewise per kind: the chain, or None when no hook reads steps (commits), so a metrics
         # hook that ignores before_step is not called for it, and no one's clock is read.
-        wants = hooks.wants if hooks is not None else None
-        step_hooks = wants is not None and (wants("before_step") or wants("after_step"))
-        self._hooks_steps = hooks if step_hooks else None
-        self._hooks_before = wants is not None and wants("before_step")
-        self._hooks_commit = hooks if wants is not None and wants("after_commit") else None
+        # A hook's sink (the metrics') is appended to here, without calling the chain.
+        if hooks is None:
+            self._hooks_steps = self._hooks_commit = self._commit_sink = None
+            self._forward_ok = self._undo_ok = None
+            self._hooks_before = False
+        else:
+            self._hooks_steps = hooks if hooks.wants_steps else None
+            self._hooks_before = hooks.wants_before_step
+            self._hooks_commit = hooks if hooks.wants_commits else None
+            self._forward_ok, self._undo_ok = hooks.forward_ok, hooks.undo_ok
+            self._commit_sink = hooks.commit_sink
         # True when the engine wrote step 0 RUNNING together with the saga: run it, don't redo it.
         self._prewritten = prewritten
         self._results = StepResults(saga, record)
@@ -138,7 +145,10 @@ class SagaRun(RemoteSteps):
         apply_change(self.record, change, now)
         if self.listener is not None:
             self.listener(self.record, change)
-        if hooks is not None:
+        sink = self._commit_sink  # the metrics' (see Hook.commit_sink), or None
+        if sink is not None:
+            sink.append(perf_counter() - began)
+        elif hooks is not None:
             hooks.after_commit(self.record, change, perf_counter() - began)
 
     def _event(
@@ -326,6 +336,7 @@ class SagaRun(RemoteSteps):
             if hooks is not None:
                 if self._hooks_before:
                     hooks.before_step(self.record, ctx)
+                ok = self._forward_ok  # the metrics' sink (see Hook.step_sink), or None
                 began = perf_counter()
             try:
                 if step.remote is None and step.wait is None:
@@ -361,9 +372,10 @@ class SagaRun(RemoteSteps):
                 now = self.clock.now()
                 effects = () if ctx.effects is None else tuple(ctx.effects)
                 if hooks is not None:
-                    hooks.after_step(
-                        self.record, ctx, StepOutcome.SUCCEEDED, None, perf_counter() - began
-                    )
+                    if ok is not None:
+                        ok[step].append(perf_counter() - began)
+                    else:
+                        hooks.after_step(self.record, ctx, SUCCEEDED, None, perf_counter() - began)
                 return step_succeeded(running, output, now, effects), now
             now = self.clock.now()
             decision = rules.step_failed(
@@ -480,6 +492,7 @@ class SagaRun(RemoteSteps):
             if hooks is not None:
                 if self._hooks_before:
                     hooks.before_step(self.record, ctx)
+                ok = self._undo_ok
                 began = perf_counter()
             try:
                 output = (
@@ -509,9 +522,10 @@ class SagaRun(RemoteSteps):
             else:
                 now = self.clock.now()
                 if hooks is not None:
-                    hooks.after_step(
-                        self.record, ctx, StepOutcome.SUCCEEDED, None, perf_counter() - began
-                    )
+                    if ok is not None:
+                        ok[step].append(perf_counter() - began)
+                    else:
+                        hooks.after_step(self.record, ctx, SUCCEEDED, None, perf_counter() - began)
                 effects = () if ctx.effects is None else tuple(ctx.effects)
                 return rules.compensation_succeeded(running, now, effects), now
             now = self.clock.now()

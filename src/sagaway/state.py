@@ -43,7 +43,7 @@ class SagaStatus(StrEnum):
         return self in ACTIVE_STATUSES
 
 
-_TERMINAL = frozenset({SagaStatus.SUCCEEDED, SagaStatus.COMPENSATED, SagaStatus.FAILED})
+_TERMINAL = TERMINAL = frozenset({SagaStatus.SUCCEEDED, SagaStatus.COMPENSATED, SagaStatus.FAILED})
 ACTIVE_STATUSES: tuple[SagaStatus, ...] = (
     SagaStatus.PENDING,
     SagaStatus.RUNNING,

@@ -59,7 +59,7 @@ async def test_histogram_buckets_are_cumulative_and_bounds_inclusive() -> None:
     registry = CollectorRegistry()
     hook = PrometheusHook(registry)
     for seconds in (0.0004, 0.001, 0.003, 0.003, 99.0):
-        hook._commits.observe(COMMIT_BUCKETS, seconds)
+        hook.commit_sink.append(seconds)  # as the engine does after each commit
     text = generate_latest(registry).decode()
     assert 'sagaway_store_commit_seconds_bucket{le="0.0005"} 1.0' in text
     assert 'sagaway_store_commit_seconds_bucket{le="0.001"} 2.0' in text, "le is inclusive"
@@ -68,6 +68,23 @@ async def test_histogram_buckets_are_cumulative_and_bounds_inclusive() -> None:
     assert 'sagaway_store_commit_seconds_bucket{le="2.5"} 4.0' in text
     assert 'sagaway_store_commit_seconds_bucket{le="+Inf"} 5.0' in text
     assert "sagaway_store_commit_seconds_sum 99.0074" in text
+    assert hook.commit_sink == [], "a scrape moves what it counted out of the sink"
+
+
+async def test_many_observations_fold_into_the_same_buckets_as_one_at_a_time() -> None:
+    # From SORT_FROM values a fold sorts them and bisects per bound instead of per value:
+    # both must put a value equal to a bound in that bound's bucket, and sum in one order.
+    values = [b * f for b in COMMIT_BUCKETS for f in (0.5, 1.0, 1.0, 1.5)] + [7e-5, 99.0]
+    values = values * (metrics.SORT_FROM // len(values) + 1)
+    assert len(values) >= metrics.SORT_FROM
+    one_at_a_time = metrics._Histogram(len(COMMIT_BUCKETS))
+    for seconds in values:
+        one_at_a_time.observe(COMMIT_BUCKETS, seconds)
+    hook = PrometheusHook(None)
+    hook.commit_sink.extend(values)
+    list(hook.collect())
+    assert hook._commits.counts == one_at_a_time.counts
+    assert hook._commits.total == one_at_a_time.total
 
 
 async def test_store_batch_counters_are_read_at_scrape(tmp_path: object, kit: Kit) -> None:
