@@ -46,6 +46,7 @@ from typing import Any
 import httpx
 
 from http_checkout import HAPPY_BALANCE_CENTS, HAPPY_STOCK, _env, _seed, cpu_seconds, run
+from procs import broker_pid
 from report import percentile
 
 POSTGRES_URL = os.environ.get(
@@ -234,15 +235,6 @@ def rabbit_vhost() -> Iterator[str]:
     finally:
         subprocess.run([RABBITMQCTL, "-q", "delete_vhost", vhost], check=False)
         os.close(lock)  # (closing releases the lock)
-
-
-def broker_pid() -> int | None:
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            with contextlib.suppress(OSError):
-                if (proc / "comm").read_text().strip() == "beam.smp":
-                    return int(proc.name)
-    return None
 
 
 def commands_handled(workdir: Path) -> int:
