@@ -77,6 +77,8 @@ def server_process(
         # Servers log to stdout (every saga, some of them): drained, or the pipe blocks when full.
         threading.Thread(target=proc.stdout.read, daemon=True).start()
         while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"{' '.join(argv)} exited ({proc.returncode}) unhealthy")
             try:
                 if httpx.get(f"{url}/health", timeout=5).status_code == 200:
                     break
