@@ -163,11 +163,16 @@ async def bootstrap(
         executor = await open_executor(db, store)
         participants: GatewayParticipants
         transport: Dispatcher | None = None
+        success_in_saga = False
         if embedded:
             local = CheckoutParticipants.from_executor(executor)
             if settings.demo and await local.shop.load_demo_data():
                 log.info("demo data loaded into %s", settings.database_url)
-            participants, saga = local, build_checkout_saga(local)
+            # Its last step writes a success into the order row itself where the row is in
+            # the saga log's file; the tracker is told (the remote saga never does).
+            success_in_saga = local.orders.mirrors_success_in_saga
+            participants = local
+            saga = build_checkout_saga(local, success_in_saga=success_in_saga)
         else:
             remote = contextlib.AsyncExitStack()
             participants, saga, transport = await _remote_shop(settings, executor, remote)
@@ -187,7 +192,11 @@ async def bootstrap(
             transport=transport,
         )
         tracker = OrderTracker(
-            participants.orders, engine, saga, reconcile_interval=reconcile_interval
+            participants.orders,
+            engine,
+            saga,
+            reconcile_interval=reconcile_interval,
+            success_in_saga=success_in_saga,
         )
         if role.executes:
             engine.subscribe(tracker.on_transition)

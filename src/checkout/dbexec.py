@@ -58,6 +58,9 @@ Op = Callable[Concatenate[Connection, P], T]
 class ShopExecutor(ABC):
     """Runs shop operations, each in one transaction of its own (see the module docstring)."""
 
+    # Whether ``in_saga_log`` gives a write: the shop's writes can ride saga transitions.
+    shares_saga_log = False
+
     @abstractmethod
     async def write(
         self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
@@ -70,6 +73,14 @@ class ShopExecutor(ABC):
         self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """Run the read-only ``fn(conn, *args)`` on one consistent snapshot."""
+
+    def in_saga_log(
+        self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> Callable[[Any], T] | None:
+        """``fn(conn, *args)`` as a ``ctx.atomic()`` write (it then commits with the saga
+        transition that carries it, or not at all), or None when the shop's writes cannot
+        share the saga log's transactions (another database, or SQLite in a file of its own)."""
+        return None
 
     async def close(self) -> None:  # noqa: B027 - nothing to release by default
         """Release what the executor holds (not the database it was given)."""
@@ -169,6 +180,8 @@ class StoreExecutor(ShopExecutor):
     """SQLite with the shop tables in the saga log's file: writes in the store's group commit,
     reads on a read-only connection in a thread of their own."""
 
+    shares_saga_log = True
+
     def __init__(
         self,
         store: TransactionalStore,
@@ -202,6 +215,15 @@ class StoreExecutor(ShopExecutor):
             return fn(self._on_writer(raw), *args, **kwargs)
 
         return await self._store.run_in_transaction(run)
+
+    def in_saga_log(
+        self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> Callable[[Any], T] | None:
+        # The effect is handed the store's writer connection, the one ``write`` runs on.
+        def effect(raw: sqlite3.Connection) -> T:
+            return fn(self._on_writer(raw), *args, **kwargs)
+
+        return effect
 
     def _read(self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
         if self._reader is None or self._reader_raw is None:

@@ -88,9 +88,14 @@ def build_checkout_saga(
     *,
     name: str = SAGA_NAME,
     version: int = SAGA_VERSION,
+    success_in_saga: bool = False,
 ) -> Saga:
     """The checkout saga bound to ``participants``. Bump ``version`` when the steps change
-    incompatibly: instances in flight resume with the definition that started them."""
+    incompatibly: instances in flight resume with the definition that started them.
+
+    ``success_in_saga``: the last step writes the order ``completed`` in the saga's SUCCEEDED
+    transaction; only for orders in the engine's own SQLite store file
+    (``OrderService.mirrors_success_in_saga``), with an ``OrderTracker`` told the same."""
     p = participants
     saga = Saga(name, version=version)
 
@@ -146,6 +151,14 @@ def build_checkout_saga(
         )
         if shipment.status is not ShipmentStatus.CREATED:
             raise StepFailed(f"Shipment {shipment.status.value}")
+        # The last step: its outcome is written with the saga's SUCCEEDED, in one transaction,
+        # so where the orders live in the saga log's file the order's ``completed`` rides that
+        # write (no write of its own, no window in which the saga is done and the row is not;
+        # the tracker then skips its own mirror). Elsewhere the tracker mirrors it.
+        if success_in_saga:
+            completed = p.orders.completed_in_saga_log(order.order_id, ctx.saga_id)
+            if completed is not None:
+                ctx.atomic(completed)
         return shipment
 
     async def cancel_shipment(

@@ -7,7 +7,10 @@ filters. Three mechanisms together make the mirror correct, even across crashes:
    before it opens. After every durable *terminal* transition of a checkout saga that this
    process drives, it schedules one guarded ``UPDATE`` of the order (``completed`` /
    ``failed`` / ``cancelled``, the saga's error, the saga id). The API awaits that write before
-   answering, so a client that got a 201 reads its own write.
+   answering, so a client that got a 201 reads its own write. Where the orders live in the
+   saga log's SQLite file (the embedded default), a success needs no such write: the saga's
+   last step writes ``completed`` with ``ctx.atomic()``, which commits in the very transaction
+   that records the saga SUCCEEDED, so a kill can never fall between the two.
 2. **Reconciliation (the crash path).** A process killed between the saga's terminal write and
    the order update leaves the order ``processing`` while its saga is terminal; one killed
    between recording a checked-out order and starting its saga leaves it ``processing`` with no
@@ -87,6 +90,7 @@ class OrderTracker:
         reconcile_interval: float = 5.0,
         grace_seconds: float = 1.0,
         batch: int = 500,
+        success_in_saga: bool = False,
     ) -> None:
         self.orders = orders
         self.engine = engine
@@ -94,10 +98,13 @@ class OrderTracker:
         self.reconcile_interval = reconcile_interval
         self.grace_seconds = grace_seconds
         self.batch = batch
+        # ``saga`` mirrors its own success (build_checkout_saga on orders in the saga log's
+        # file): its SUCCEEDED transition needs no write from here.
+        self.success_in_saga = success_in_saga
         # Strong references to mirror writes in flight, and the recent ones by saga id (so the
         # API can await the write for the saga it just waited for).
         self._running: set[asyncio.Task[bool]] = set()
-        self._recent: OrderedDict[str, asyncio.Task[bool]] = OrderedDict()
+        self._recent: OrderedDict[str, asyncio.Future[bool]] = OrderedDict()
         self.remember = 10_000
         self._loop_task: asyncio.Task[None] | None = None
 
@@ -110,12 +117,18 @@ class OrderTracker:
         order_id = order_id_of(record)
         if order_id is None:
             return
-        status = order_status_for(record.status, record.error)
-        task = asyncio.get_running_loop().create_task(
-            self._mirror_logged(order_id, record.id, status, record.error)
-        )
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
+        loop = asyncio.get_running_loop()
+        task: asyncio.Future[bool]
+        if change.status is SagaStatus.SUCCEEDED and self.success_in_saga:
+            # The saga's last step wrote ``completed`` in this very transition (ctx.atomic,
+            # see checkout.sagas): the row is already durable, nothing to schedule.
+            task = loop.create_future()
+            task.set_result(True)
+        else:
+            status = order_status_for(record.status, record.error)
+            task = loop.create_task(self._mirror_logged(order_id, record.id, status, record.error))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
         self._recent[record.id] = task
         while len(self._recent) > self.remember:
             self._recent.popitem(last=False)

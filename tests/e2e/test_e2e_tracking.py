@@ -15,7 +15,7 @@ from sqlalchemy import update
 from checkout.api import create_app
 from checkout.bootstrap import Role, Services, bootstrap
 from checkout.db import OrderRow
-from checkout.domain.models import OrderLine
+from checkout.domain.models import OrderLine, OrderStatus
 from checkout.participants import saga_input
 from checkout.settings import Settings
 from checkout.tracking import saga_key
@@ -226,3 +226,37 @@ async def test_the_reconcile_loop_runs_every_five_seconds_by_default(settings: S
         assert services.tracker.reconcile_interval == 5.0
         assert services.tracker._loop_task is not None
         assert not services.tracker._loop_task.done()
+
+
+async def test_a_success_is_written_into_the_order_with_the_sagas_last_transition(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On SQLite (orders in the saga log's file) the order's ``completed`` commits with the
+    saga's SUCCEEDED: no mirror of the tracker's, so no window for a kill between the two. A
+    failure, and any outcome on PostgreSQL, is still the tracker's write."""
+    async with bootstrap(settings) as services:
+        mirrored: list[tuple[str, OrderStatus]] = []
+
+        async def no_mirror(order_id: str, saga_id: str, status: Any, error: Any) -> bool:
+            mirrored.append((order_id, status))
+            return False  # as if the process died before writing it
+
+        monkeypatch.setattr(services.participants.orders, "mirror_saga", no_mirror)
+        lines = [OrderLine(product_id="product_1", quantity=1)]
+        ok, _ = await services.checkout.place_order("user_1", lines, wait=10)
+        bad, _ = await services.checkout.place_order("user_3", lines, wait=10)
+        assert (ok.status, bad.status) == ("completed", "failed")
+        ok_row = await services.participants.orders.get_order(ok.order.id)
+        bad_row = await services.participants.orders.get_order(bad.order.id)
+        assert ok_row is not None
+        assert bad_row is not None
+        assert bad_row.status == "processing"  # the tracker's write, skipped here
+        if settings.database_url.startswith("sqlite"):
+            assert (ok_row.status, ok_row.saga_id) == ("completed", ok.order.saga_id)
+            assert mirrored == [(bad.order.id, OrderStatus.FAILED)]
+        else:
+            assert ok_row.status == "processing"
+            assert set(mirrored) == {
+                (ok.order.id, OrderStatus.COMPLETED),
+                (bad.order.id, OrderStatus.FAILED),
+            }

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -449,6 +449,17 @@ class OrderService:
     ) -> bool:
         """See :func:`mirror_saga`."""
         return await self._db.write(mirror_saga, order_id, saga_id, status, error)
+
+    def completed_in_saga_log(self, order_id: str, saga_id: str) -> Callable[[Any], bool] | None:
+        """The mirror of ``saga_id`` SUCCEEDED as a ``ctx.atomic()`` write for the step whose
+        outcome is written with the saga's SUCCEEDED (its last), or None where the orders do
+        not live in the saga log's database (see :meth:`ShopExecutor.in_saga_log`)."""
+        return self._db.in_saga_log(mirror_saga, order_id, saga_id, OrderStatus.COMPLETED, None)
+
+    @property
+    def mirrors_success_in_saga(self) -> bool:
+        """Whether :meth:`completed_in_saga_log` gives a write (see :mod:`checkout.tracking`)."""
+        return self._db.shares_saga_log
 
     async def update_status(
         self,
