@@ -333,7 +333,10 @@ for _, id in ipairs(redis.call('SMEMBERS', mine)) do
   local f = redis.call('HMGET', h, 'status', 'owner', 'name', 'version', 'cancel', 'lease')
   if f[1] and ACTIVE[f[1]] and f[2] == me then
     redis.call('HSET', h, 'lease', expires)
-    if not f[6] then redis.call('ZREM', P .. ':free:' .. def(f[4], f[3]), id) end
+    if not f[6] then  -- from free to leased: it enters a claim index (see enqueue)
+      redis.call('ZREM', P .. ':free:' .. def(f[4], f[3]), id)
+      redis.call('SADD', P .. ':defs', def(f[4], f[3]))
+    end
     redis.call('ZADD', P .. ':leased:' .. def(f[4], f[3]), expires, id)
     if f[5] then cancelled[#cancelled + 1] = id end
   else
@@ -497,9 +500,7 @@ for _, d in ipairs(redis.call('SMEMBERS', P .. ':defs')) do
     end
     if n > 0 then
       local ver, name = string.match(d, '^([^:]*):(.*)$')
-      out[#out + 1] = name
-      out[#out + 1] = ver
-      out[#out + 1] = n
+      for _, x in ipairs({name, ver, n}) do out[#out + 1] = x end
     end
   end
 end
