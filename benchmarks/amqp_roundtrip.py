@@ -42,12 +42,12 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Column, Integer, MetaData, String, Table, insert, update
 from sqlalchemy.engine import Connection
 
+from procs import broker_pid, cpu_seconds
 from report import latency_ms, print_report
 from sagaway import Engine, Saga, StepContext
 from sagaway.participant import Participant
@@ -58,27 +58,6 @@ from sagaway.transport.rabbitmq import RabbitDispatcher
 
 BROKER = os.environ.get("SAGAWAY_BENCH_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
 WARMUP = 200
-
-
-def cpu_seconds(pid: int | None) -> float:
-    if pid is None:
-        return 0.0
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def broker_pid() -> int | None:
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "comm").read_text().strip() == "beam.smp":
-                    return int(entry.name)
-            except OSError:
-                continue
-    return None
 
 
 # -- the participant (child process) -------------------------------------------------------

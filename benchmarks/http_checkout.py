@@ -51,6 +51,7 @@ from typing import Any
 import aiohttp
 import httpx
 
+from procs import cpu_seconds, server_process
 from report import percentile
 
 HAPPY_STOCK = 10_000_000  # product_1 / product_2 units with --serve
@@ -125,21 +126,6 @@ async def httpx_client(url: str, concurrency: int) -> AsyncIterator[Post]:
 
 
 CLIENTS = {"aiohttp": aiohttp_client, "httpx": httpx_client}
-
-
-def cpu_seconds(pid: int | list[int] | None) -> float:
-    """User + system CPU of process ``pid`` (or of every pid of a list) so far (Linux /proc),
-    0.0 when unknown: the server's CPU per order is the number to compare on a shared machine,
-    not wall time."""
-    if pid is None:
-        return 0.0
-    if isinstance(pid, list):
-        return sum(cpu_seconds(one) for one in pid)
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def run(
@@ -254,39 +240,10 @@ def serve(workdir: Path) -> Iterator[tuple[str, int]]:
     """A ``checkout serve`` subprocess on a fresh database; yields its URL and pid."""
     db_path = workdir / "sagaway.db"
     _seed(db_path)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "checkout.cli", "serve", "--host", "127.0.0.1", "--port", "0"],
-        env={**os.environ, **_env(db_path)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        url = None
-        deadline = time.monotonic() + 60
-        for line in proc.stdout:
-            match = re.search(r"serving on (http://[\d.]+:\d+)", line)
-            if match:
-                url = match.group(1)
-                break
-            if time.monotonic() > deadline:
-                break
-        if url is None:
-            raise SystemExit("checkout serve did not start")
-        # The server logs every saga to stdout: keep the pipe drained, or it blocks when full.
-        threading.Thread(target=proc.stdout.read, daemon=True).start()
-        while httpx.get(f"{url}/health", timeout=5).status_code != 200:
-            time.sleep(0.05)
+    argv = [sys.executable, "-m", "checkout.cli", "serve", "--host", "127.0.0.1", "--port", "0"]
+    with server_process(argv, env={**os.environ, **_env(db_path)}) as (url, proc):
         print(f"server pid {proc.pid} at {url} on {db_path}", file=sys.stderr)
         yield url, proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 # --------------------------------------------------------------------------- --up

@@ -35,6 +35,7 @@ from typing import Any
 import aiohttp
 import httpx
 
+from procs import cpu_seconds
 from report import latency_ms, percentile
 
 PARTICIPANT = "bench"
@@ -152,12 +153,6 @@ async def dispatcher_client(concurrency: int) -> AsyncIterator[Post]:
 
 CLIENTS = {"httpx": httpx_client, "aiohttp": aiohttp_client, "dispatcher": dispatcher_client}
 CANDIDATES = ("httpx", "aiohttp")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of process ``pid`` so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def run_client(

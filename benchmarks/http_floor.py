@@ -21,17 +21,13 @@ import asyncio
 import contextlib
 import itertools
 import os
-import re
 import socket
-import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
+from procs import server_process
 
 HAPPY_STOCK = 10_000_000
 HAPPY_BALANCE_CENTS = 10**12
@@ -205,40 +201,9 @@ def serve_forever(port: int) -> None:
 def floor_server() -> Iterator[tuple[str, int]]:
     """The floor server as a subprocess; yields its URL and pid."""
     here = os.path.dirname(os.path.abspath(__file__))
-    proc = subprocess.Popen(
-        [sys.executable, os.path.join(here, "http_floor.py"), "--role=server"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        url = None
-        for line in proc.stdout:
-            match = re.search(r"serving on (http://[\d.]+:\d+)", line)
-            if match:
-                url = match.group(1)
-                break
-        if url is None:
-            raise SystemExit(f"the floor server did not start (exit {proc.wait()})")
-        threading.Thread(target=proc.stdout.read, daemon=True).start()
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise
-            time.sleep(0.05)
+    argv = [sys.executable, os.path.join(here, "http_floor.py"), "--role=server"]
+    with server_process(argv, start_timeout=30) as (url, proc):
         yield url, proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def main() -> None:

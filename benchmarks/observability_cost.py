@@ -177,14 +177,18 @@ def quiet_logs() -> None:
     configure_logging("text", logging.INFO, stream=open(os.devnull, "w"))  # noqa: SIM115
 
 
+def store_url(store: str, tmp: str, run: str) -> str:
+    """``store`` as given, or for ``sqlite`` a fresh file per run (a log that grows between
+    runs would make later configurations pay for earlier ones)."""
+    return f"sqlite:///{os.path.join(tmp, f'{run}.db')}" if store == "sqlite" else store
+
+
 def callgrind_main(args: argparse.Namespace, names: list[str]) -> None:
     samples: dict[str, list[float]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory(prefix="sagaway-obs-") as tmp:
         for round_ in range(args.rounds):
             for name in names:
-                url = args.store
-                if url == "sqlite":
-                    url = f"sqlite:///{os.path.join(tmp, f'{name}-{round_}.db')}"
+                url = store_url(args.store, tmp, f"{name}-{round_}")
                 total = count_instructions(url, name, args.n, args.concurrency, tmp)
                 samples[name].append(total / args.n)
                 print(f"round {round_ + 1} {name}: {total / args.n / 1000:.1f}k instructions/saga")
@@ -226,9 +230,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sagaway-obs-") as tmp:
         for round_ in range(args.rounds):
             for name in names:
-                url = args.store
-                if url == "sqlite":
-                    url = f"sqlite:///{os.path.join(tmp, f'{name}-{round_}.db')}"
+                url = store_url(args.store, tmp, f"{name}-{round_}")
                 hooks = CONFIGS[name]()
                 run = one_run(url, hooks, args.n, args.concurrency)
                 samples[name].append(asyncio.run(run))

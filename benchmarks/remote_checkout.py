@@ -46,6 +46,7 @@ from typing import Any
 import httpx
 
 from http_checkout import HAPPY_BALANCE_CENTS, HAPPY_STOCK, _env, _seed, cpu_seconds, run
+from procs import broker_pid, server_process
 from report import percentile
 
 POSTGRES_URL = os.environ.get(
@@ -113,27 +114,9 @@ def inprocess(workdir: Path, store_url: str | None) -> Iterator[Target]:
     env = {**os.environ, **_env(db_path), "SAGAWAY_TRANSPORT": "inprocess"}
     if store_url:
         env["SAGAWAY_STORE_URL"] = store_url
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "checkout.cli", "serve", "--host", "127.0.0.1", "--port", "0"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        url = None
-        for line in proc.stdout:
-            if match := re.search(r"serving on (http://[\d.]+:\d+)", line):
-                url = match.group(1)
-                break
-        if url is None:
-            raise SystemExit("checkout serve did not start")
-        threading.Thread(target=proc.stdout.read, daemon=True).start()
-        _wait_health(url, proc)
+    argv = [sys.executable, "-m", "checkout.cli", "serve", "--host", "127.0.0.1", "--port", "0"]
+    with server_process(argv, env=env, start_timeout=120) as (url, proc):
         yield Target(url, {"gateway": proc.pid}, workdir, remote=False)
-    finally:
-        _stop(proc, signal.SIGTERM)
 
 
 def _children(parent: int) -> dict[str, int]:
@@ -234,15 +217,6 @@ def rabbit_vhost() -> Iterator[str]:
     finally:
         subprocess.run([RABBITMQCTL, "-q", "delete_vhost", vhost], check=False)
         os.close(lock)  # (closing releases the lock)
-
-
-def broker_pid() -> int | None:
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            with contextlib.suppress(OSError):
-                if (proc / "comm").read_text().strip() == "beam.smp":
-                    return int(proc.name)
-    return None
 
 
 def commands_handled(workdir: Path) -> int:

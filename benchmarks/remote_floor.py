@@ -46,6 +46,7 @@ import aiormq
 import uvloop
 from aiormq.abc import DeliveredMessage
 
+from procs import broker_pid, cpu_seconds
 from report import latency_ms
 
 HERE = Path(__file__).resolve().parent
@@ -67,21 +68,6 @@ BODY = json.dumps(
         "payload": {"order_id": "o-1", "sku": "widget", "quantity": 2},
     }
 ).encode()
-
-
-def cpu_seconds(pid: int | None) -> float:
-    if pid is None:
-        return 0.0
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def broker_pid() -> int | None:
-    out = subprocess.run(["pgrep", "-f", "beam.smp"], capture_output=True, text=True).stdout
-    return int(out.split()[0]) if out.split() else None
 
 
 # -- AMQP: the responder (child process) ----------------------------------------------------

@@ -52,12 +52,9 @@ import asyncio
 import contextlib
 import itertools
 import os
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -66,9 +63,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import httpx
 
-from http_checkout import _env, _seed, cpu_seconds, order_body, serve
+from http_checkout import _env, _seed, order_body, serve
+from procs import cpu_seconds, server_process
 from report import print_report
 
 FOLLOWED_EVERY = 20  # one order in 20 is posted with wait=0 and followed by a saga page
@@ -281,37 +278,16 @@ def serve_inprocess(workdir: Path) -> Iterator[tuple[str, int, int]]:
     here = Path(__file__).parent
     env = {**os.environ, **_env(db_path)}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(here), env.get("PYTHONPATH")]))
-    proc = subprocess.Popen(
-        [sys.executable, str(here / "ui_live_server.py"), str(write_fd)],
-        env=env,
-        pass_fds=(write_fd,),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    os.close(write_fd)
+    argv = [sys.executable, str(here / "ui_live_server.py"), str(write_fd)]
     try:
-        assert proc.stdout is not None
-        url = None
-        for line in proc.stdout:
-            match = re.search(r"serving on (http://[\d.]+:\d+)", line)
-            if match:
-                url = match.group(1)
-                break
-        if url is None:
-            raise SystemExit("ui_live_server.py did not start")
-        threading.Thread(target=proc.stdout.read, daemon=True).start()  # the saga log lines
-        while httpx.get(f"{url}/health", timeout=5).status_code != 200:
-            time.sleep(0.05)
-        print(f"server pid {proc.pid} at {url} on {db_path}", file=sys.stderr)
-        yield url, proc.pid, read_fd
+        with server_process(argv, env=env, pass_fds=(write_fd,)) as (url, proc):
+            os.close(write_fd)  # the server's copy is the pipe's only writer now
+            write_fd = -1
+            print(f"server pid {proc.pid} at {url} on {db_path}", file=sys.stderr)
+            yield url, proc.pid, read_fd
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if write_fd >= 0:
+            os.close(write_fd)
 
 
 async def run(

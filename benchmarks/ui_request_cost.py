@@ -36,7 +36,8 @@ from typing import Any
 
 import aiohttp
 
-from http_checkout import cpu_seconds, order_body, serve
+from http_checkout import order_body, serve
+from procs import cpu_seconds
 from report import print_report
 
 KINDS = ("health", "saga-events", "follow", "post-wait")

@@ -121,14 +121,20 @@ async def test_a_finished_saga_is_one_row_and_a_running_one_keeps_its_rows(tmp_p
             assert (again.steps, again.history) == (record.steps, record.history)
 
 
-async def test_a_version_6_log_keeps_its_finished_sagas_as_rows(tmp_path: Path) -> None:
-    db = tmp_path / "old.db"
+def _log_at_version(db: Path, version: int) -> sqlite3.Connection:
+    """A log file as schema ``version`` left it, open for the test to write old rows into."""
     old = sqlite3.connect(db)
     old.execute("CREATE TABLE sagaway_schema (version INTEGER PRIMARY KEY NOT NULL)")
-    for version in range(1, 7):
-        for statement in MIGRATIONS[version - 1]:
+    for applied in range(1, version + 1):
+        for statement in MIGRATIONS[applied - 1]:
             old.execute(statement)
-        old.execute("INSERT INTO sagaway_schema (version) VALUES (?)", (version,))
+        old.execute("INSERT INTO sagaway_schema (version) VALUES (?)", (applied,))
+    return old
+
+
+async def test_a_version_6_log_keeps_its_finished_sagas_as_rows(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    old = _log_at_version(db, 6)
     old.execute(
         "INSERT INTO sagaway_instances (id, name, version, status, input, error, created_at, "
         "updated_at) VALUES ('f', 's', 1, 'FAILED', '{}', 'boom', ?, ?)",
@@ -169,12 +175,7 @@ async def test_a_version_10_running_saga_continues_after_its_rows(tmp_path: Path
     # Written before the journal: its step rows and events are in the tables. Its later writes
     # go to the journal; it reads back in order, and finishing packs both forms.
     db = tmp_path / "v10.db"
-    old = sqlite3.connect(db)
-    old.execute("CREATE TABLE sagaway_schema (version INTEGER PRIMARY KEY NOT NULL)")
-    for version in range(1, 11):
-        for statement in MIGRATIONS[version - 1]:
-            old.execute(statement)
-        old.execute("INSERT INTO sagaway_schema (version) VALUES (?)", (version,))
+    old = _log_at_version(db, 10)
     old.execute(
         "INSERT INTO sagaway_instances (id, name, version, status, input, owner, "
         "lease_expires_at, created_at, updated_at) VALUES ('r', 's', 1, 'RUNNING', '{}', 'e1', "

@@ -21,8 +21,7 @@ from typing import Any
 from sagaway.state import PRUNABLE_STATUSES, OutboxMessage, SagaRecord, SagaStatus
 from sagaway.store._codec import SAGA_STATUS as _SAGA_STATUS
 from sagaway.store._codec import dumps as _dumps
-from sagaway.store._sqlite_compact import _then as then
-from sagaway.store._sqlite_compact import journal_rows
+from sagaway.store._sqlite_compact import journal_rows, table_then_journal_steps
 from sagaway.store._sqlite_ops import (
     _ACTIVE,
     _OUTBOX_COLS,
@@ -63,7 +62,7 @@ def peek(conn: sqlite3.Connection, saga_id: str) -> SagaRecord | None:
     steps = [row[_PEEK_STEP:] for row in rows] if first[_PEEK_STEP] is not None else []
     journal = first[_PEEK_STEP - 1]
     if journal:
-        steps = then(steps, journal_rows(journal)[0])
+        steps = table_then_journal_steps(steps, journal_rows(journal)[0])
     for step_row in steps:
         step = _step(step_row)
         record.steps[(step.name, step.phase)] = step

@@ -186,7 +186,7 @@ def compact(
     for saga_id, journal in texts_of.items():
         rows_of[saga_id] = journal_rows(journal)
     for saga_id, (journal_steps, journal_events) in rows_of.items():
-        steps[saga_id] = _then(steps[saga_id], journal_steps)
+        steps[saga_id] = table_then_journal_steps(steps[saga_id], journal_steps)
         events[saga_id] += journal_events
     if unwritten_steps:
         late_steps: dict[str, list[Sequence[Any]]] = {}
@@ -220,7 +220,9 @@ def compact(
     )
 
 
-def _then(rows: list[Sequence[Any]], later: list[Sequence[Any]]) -> list[Sequence[Any]]:
+def table_then_journal_steps(
+    rows: list[Sequence[Any]], later: list[Sequence[Any]]
+) -> list[Sequence[Any]]:
     """Step rows from the tables with the journal's after them, in the tables' order."""
     return sorted(merge_steps(rows, later), key=_step_key) if rows else later
 
@@ -279,7 +281,7 @@ def read_rows(
         ).fetchall()
     if journal:
         journal_steps, journal_events = journal_rows(journal)
-        steps = _then(steps, journal_steps)
+        steps = table_then_journal_steps(steps, journal_steps)
         if history:
             events += journal_events
     if packed is None:
