@@ -80,6 +80,10 @@ async def assert_indexes_match(store: RedisStore) -> None:
             if members:
                 found[key.removeprefix(f"{p}:")] = dict(members)
     assert found == expected
+    # The stranded count walks P:defs: a definition with sagas queued but missing there would
+    # never be counted.
+    queued = {k.split(":", 1)[1] for k in found if k.startswith(("free:", "leased:", "parked:"))}
+    assert queued <= await r.smembers(f"{p}:defs")
     found_owners = {}
     async for key in r.scan_iter(match=f"{p}:owner:*"):
         if members := await r.smembers(key):

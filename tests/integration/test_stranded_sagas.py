@@ -3,6 +3,7 @@
 (ids by prefix). SQL stores answer them with one query, the others by paging: all must agree."""
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from sagaway import SagaStatus, SagaStore
 from sagaway.state import Change, NewSaga, Park
 from sagaway.store import _sqlite_admin
 from sagaway.store.memory import MemoryStore
+from sagaway.store.redis import RedisStore
 from sagaway.store.sqlite import SQLiteStore
 from servers import (
     POSTGRES_URL,
@@ -48,8 +50,6 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
             await drop_pg_schema(schema)
     else:
         require_server("redis", redis_check)
-        from sagaway.store.redis import RedisStore
-
         async with RedisStore(unique_redis_url("stranded")) as redis:
             try:
                 yield redis
@@ -187,6 +187,61 @@ async def test_on_postgresql_the_count_fetches_no_parked_saga_of_a_known_definit
             await drop_pg_schema(schema)
 
     assert await fetched(2000) == await fetched(10)
+
+
+@contextlib.asynccontextmanager
+async def _redis_store() -> AsyncIterator[RedisStore]:
+    require_server("redis", redis_check)
+    async with RedisStore(unique_redis_url("stranded")) as store:
+        try:
+            yield store
+        finally:
+            await store.purge()
+
+
+async def _mixed_sagas(store: SagaStore) -> None:
+    """Parked, free and leased sagas of a known definition (some leased to "me", live), and
+    of an unknown one: one of each kind, and one live lease held by someone else."""
+    await _parked(store, 20)
+    await asyncio.gather(
+        *(store.create(_saga(f"f{i}", "known", SagaStatus.PENDING, None, None)) for i in range(5)),
+        *(
+            store.create(_saga(f"m{i}", "known", SagaStatus.RUNNING, "me", NOW + 60))
+            for i in range(5)
+        ),
+        store.create(_saga("lost-mine", "lost", SagaStatus.RUNNING, "me", NOW + 60)),
+        store.create(_saga("lost-expired", "lost", SagaStatus.RUNNING, "dead", NOW - 1)),
+        store.create(_saga("lost-alive", "lost", SagaStatus.RUNNING, "alive", NOW + 60)),
+    )
+
+
+async def test_on_redis_the_count_reads_no_saga() -> None:
+    """The count runs each minute in a script that blocks Redis: it walked up to 10,000 sagas
+    per status, reading each one's hash. Now it walks the definitions' claim indexes. Evidence
+    by work, not time: every saga hash is replaced by a string, which any read of it (HMGET,
+    HGET, HGETALL) refuses with WRONGTYPE; the count still answers, and right."""
+    async with _redis_store() as store:
+        await _mixed_sagas(store)
+        ids = await store.execute("ZRANGE", f"{store.prefix}:all", 0, -1)
+        assert len(ids) == 35
+        for saga_id in ids:
+            await store.execute("SET", f"{store.prefix}:saga:{saga_id}", "not a hash")
+        found = await store.stranded(now=NOW, owner="me", known={("known", 2)})
+        assert found == {("lost", 2): 4}  # parked, pending, mine and expired; not "alive"
+        everything = await store.stranded(now=NOW, owner="me", known=())
+        assert everything == {("lost", 2): 4, ("known", 2): 30}
+
+
+async def test_on_redis_a_log_written_before_the_definitions_index_is_counted_right() -> None:
+    """``P:defs`` (the definitions the count walks) is built at open for a log that has none."""
+    async with _redis_store() as store:
+        await _mixed_sagas(store)
+        await store.execute("DEL", f"{store.prefix}:defs")
+        await store.execute("HDEL", f"{store.prefix}:meta", "defs")
+        assert await store.stranded(now=NOW, owner="me", known={("known", 2)}) == {}
+        async with RedisStore(store.url) as reopened:
+            found = await reopened.stranded(now=NOW, owner="me", known={("known", 2)})
+        assert found == {("lost", 2): 4}
 
 
 async def test_find_ids_by_prefix(store: SagaStore) -> None:

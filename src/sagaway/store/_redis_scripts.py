@@ -19,8 +19,9 @@ definition name, ``V`` its version)::
     P:keys           hash: idempotency key -> saga id
     P:all            zset: every saga, score created_at (listing newest first: ZREVRANGE)
     P:ids            zset: every saga, score 0 (ids in byte order: find_ids by ZRANGEBYLEX)
-    P:meta           hash: "ids" -> "1" once P:ids holds every saga (built at open for a log
-                     written before it existed)
+    P:meta           hash: "ids" -> "1" once P:ids holds every saga, "defs" -> "1" once
+                     P:defs holds every definition in a claim index (both built at open for a
+                     log written before they existed)
     P:status:S       zset: sagas in status S, score created_at (listing, counts: ZCARD)
     P:name:N         zset: sagas of definition N, score created_at
     P:sn:S:N         zset: sagas of N in status S, score created_at (both filters)
@@ -32,6 +33,8 @@ definition name, ``V`` its version)::
     P:outbox         zset: outbox message ids, score created_at (pending, oldest first)
     P:outbox:msgs    hash: message id -> JSON [id, saga_id, topic, body, headers, created_at]
     P:owner:O        set: active sagas leased to owner O (renew_leases)
+    P:defs           set: "V:N" of every definition with a saga ever in a claim index
+                     (enqueue adds it; never removed): what the stranded count walks
     (P:saga:id also holds "pinned" = "1" for a saga a user pinned: retention keeps it.)
     P:work           pub/sub channel: "there is work" (a saga queued PENDING, a lease handed back)
 
@@ -93,9 +96,11 @@ local function unqueue(id, status, name, ver, owner, lease, parked)
   end
 end
 
--- Put a saga into the claim indexes its new status/owner/lease/park call for.
+-- Put a saga into the claim indexes its new status/owner/lease/park call for (and its
+-- definition into P:defs: the stranded count walks definitions, not sagas).
 local function enqueue(id, status, name, ver, created, owner, lease, parked)
   if ACTIVE[status] then
+    redis.call('SADD', P .. ':defs', def(ver, name))
     if owner and lease then
       redis.call('ZADD', P .. ':leased:' .. def(ver, name), lease, id)
     elseif parked then
@@ -328,7 +333,10 @@ for _, id in ipairs(redis.call('SMEMBERS', mine)) do
   local f = redis.call('HMGET', h, 'status', 'owner', 'name', 'version', 'cancel', 'lease')
   if f[1] and ACTIVE[f[1]] and f[2] == me then
     redis.call('HSET', h, 'lease', expires)
-    if not f[6] then redis.call('ZREM', P .. ':free:' .. def(f[4], f[3]), id) end
+    if not f[6] then  -- from free to leased: it enters a claim index (see enqueue)
+      redis.call('ZREM', P .. ':free:' .. def(f[4], f[3]), id)
+      redis.call('SADD', P .. ':defs', def(f[4], f[3]))
+    end
     redis.call('ZADD', P .. ':leased:' .. def(f[4], f[3]), expires, id)
     if f[5] then cancelled[#cancelled + 1] = id end
   else
@@ -461,33 +469,40 @@ return redis.call('ZRANGEBYLEX', P .. ':ids', '[' .. prefix, '(' .. prefix .. '\
 """
 )
 
-# ARGV: P, now, owner, scan (at most this many sagas per active status). Returns a flat list
-# name, version, count... of the active sagas no engine drives: no owner, no lease or an
-# expired one, or owned by ``owner`` (its previous life). One round trip; the caller drops
-# the definitions it knows.
+# ARGV: P, now, owner, (name, version) the caller knows... Returns name, version, count... of
+# the active sagas no engine drives (no owner, no lease or an expired one, or ``owner``'s: its
+# past life) per other definition. Each active saga is in one claim index of its definition:
+# free and parked (no lease: all undriven) or leased (scored by expiry). So no saga is read:
+# per unknown definition two ZCARDs, a ZCOUNT, and owner's live leases (walking the smaller
+# of its lease set and the definition's live leases).
 STRANDED = (
     _LIB
     + """
-local now, me, scan = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
-local counts, order = {}, {}
-for status, _ in pairs(ACTIVE) do
-  for _, id in ipairs(redis.call('ZRANGE', P .. ':status:' .. status, 0, scan - 1)) do
-    local f = redis.call('HMGET', P .. ':saga:' .. id, 'name', 'version', 'owner', 'lease')
-    if f[1] and (not f[3] or f[3] == me or not f[4] or tonumber(f[4]) < now) then
-      local d = f[2] .. ':' .. f[1]
-      if not counts[d] then
-        counts[d] = {f[1], f[2], 0}
-        order[#order + 1] = d
+local now, me = ARGV[2], ARGV[3]
+local known = {}
+for i = 4, #ARGV, 2 do known[def(ARGV[i + 1], ARGV[i])] = true end
+local mine = P .. ':owner:' .. me
+local out = {}
+for _, d in ipairs(redis.call('SMEMBERS', P .. ':defs')) do
+  if not known[d] then
+    local leased = P .. ':leased:' .. d
+    local n = redis.call('ZCARD', P .. ':free:' .. d) + redis.call('ZCARD', P .. ':parked:' .. d)
+      + redis.call('ZCOUNT', leased, '-inf', '(' .. now)
+    if redis.call('ZCOUNT', leased, now, '+inf') <= redis.call('SCARD', mine) then
+      for _, id in ipairs(redis.call('ZRANGEBYSCORE', leased, now, '+inf')) do
+        n = n + redis.call('SISMEMBER', mine, id)
       end
-      counts[d][3] = counts[d][3] + 1
+    else
+      for _, id in ipairs(redis.call('SMEMBERS', mine)) do
+        local lease = redis.call('ZSCORE', leased, id)
+        if lease and tonumber(lease) >= tonumber(now) then n = n + 1 end
+      end
+    end
+    if n > 0 then
+      local ver, name = string.match(d, '^([^:]*):(.*)$')
+      for _, x in ipairs({name, ver, n}) do out[#out + 1] = x end
     end
   end
-end
-local out = {}
-for _, d in ipairs(order) do
-  out[#out + 1] = counts[d][1]
-  out[#out + 1] = counts[d][2]
-  out[#out + 1] = counts[d][3]
 end
 return out
 """

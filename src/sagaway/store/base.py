@@ -258,7 +258,8 @@ class SagaStore(ABC):
         from a previous life) whose (name, version) is not in ``known``, counted by definition.
 
         A diagnostic, run once a minute: this default pages through ``list_sagas`` (at most
-        ``_STRANDED_SCAN`` sagas per status); SQL stores answer it with one query."""
+        ``_STRANDED_SCAN`` sagas per status); SQL stores answer it from indexes, Redis from its
+        claim indexes per definition."""
         found: Counter[tuple[str, int]] = Counter()
         for status in ACTIVE_STATUSES:
             offset = 0

@@ -107,7 +107,7 @@ from sagaway.store._redis_codec import (
     step_items,
     time_arg,
 )
-from sagaway.store.base import _STRANDED_SCAN, OutboxStore, Page, PruningStore, TakingStore
+from sagaway.store.base import OutboxStore, Page, PruningStore, TakingStore
 
 __all__ = ["RedisStore", "parse_url"]
 
@@ -153,6 +153,7 @@ class RedisStore(OutboxStore, PruningStore, TakingStore):
         try:
             await self._load_scripts()
             await self._index_ids()
+            await self._index_definitions()
         except BaseException as exc:
             await self._batcher.aclose()
             await commands.aclose()
@@ -183,6 +184,33 @@ class RedisStore(OutboxStore, PruningStore, TakingStore):
             await self.execute("ZADD", ids, *(x for saga_id in batch for x in ("0", saga_id)))
             first += chunk
         await self.execute("HSET", f"{self.prefix}:meta", "ids", "1")
+
+    async def _index_definitions(self) -> None:
+        """Build ``P:defs`` (the stranded count's walk) for a log written before it existed; a
+        no-op once built, or for an empty log. Its definitions are those of the claim-index
+        keys (``P:free|leased|parked:V:N``), found by SCAN: a key there for the whole scan is
+        returned; one created meanwhile was created by a script that adds its definition
+        itself (enqueue). Idempotent, like ``_index_ids``. A process of an older version
+        writing meanwhile does not add to it (nor to ``P:ids``): upgrade all writers."""
+        meta = f"{self.prefix}:meta"
+        if await self.execute("HGET", meta, "defs"):
+            return
+        if await self.execute("ZCARD", f"{self.prefix}:all"):
+            escaped = "".join("\\" + c if c in "*?[]\\" else c for c in self.prefix)
+            queues = tuple(f"{self.prefix}:{queue}:" for queue in ("free", "leased", "parked"))
+            cursor = "0"
+            while True:
+                cursor, keys = await self.execute(
+                    "SCAN", cursor, "MATCH", escaped + ":*", "COUNT", 1000, "TYPE", "zset"
+                )
+                found = {
+                    key[len(queue) :] for key in keys for queue in queues if key.startswith(queue)
+                }
+                if found:
+                    await self.execute("SADD", f"{self.prefix}:defs", *found)
+                if str(cursor) == "0":
+                    break
+        await self.execute("HSET", meta, "defs", "1")
 
     async def _close(self) -> None:
         """Wait for the replies owed, stop the listener, disconnect."""
@@ -516,7 +544,10 @@ class RedisStore(OutboxStore, PruningStore, TakingStore):
     async def stranded(
         self, *, now: float, owner: str, known: Collection[tuple[str, int]]
     ) -> dict[tuple[str, int], int]:
-        flat = await self._call("STRANDED", [repr(float(now)), owner, str(_STRANDED_SCAN)])
+        args = [repr(float(now)), owner]
+        for name, version in known:
+            args += (name, str(version))
+        flat = await self._call("STRANDED", args)
         found = {(flat[i], int(flat[i + 1])): int(flat[i + 2]) for i in range(0, len(flat), 3)}
         return {key: n for key, n in found.items() if key not in known}
 
