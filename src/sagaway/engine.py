@@ -59,9 +59,8 @@ __all__ = ["Engine", "SignalReceipt", "compensation_reason", "last_cancellable",
 
 log = logging.getLogger("sagaway.engine")
 
-# How often ``wait`` looks at the store for a saga it is not driving (parked, or driven by
-# another engine): from the first look, doubling to the longest; a saga that parked here, at
-# the longest at once. A run of that saga in this engine wakes it.
+# How often ``wait`` looks at the store for a saga it is not driving: from the first look,
+# doubling to the longest (at once for one parked here). A run of it in this engine wakes it.
 WAIT_FIRST_LOOK = 0.005
 WAIT_LONGEST_LOOK = 0.25
 PARKED_HERE = "parked here"  # what a run that ended parked tells its saga's waiters
