@@ -130,10 +130,22 @@ async def test_reconcile_starts_the_saga_of_an_order_recorded_just_before_a_cras
 
 
 async def test_reconcile_attaches_a_saga_started_just_before_a_crash(
-    services: Services,
+    services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Crash between the saga's start and attaching it to the order: the saga is found by the
     order's key, not started twice."""
+    # The saga is held in its first step until the pass is over, so the pass finds it
+    # unfinished, as after a crash; had it finished meanwhile, the pass would also mirror its
+    # outcome (the case above) and count that too.
+    released = asyncio.Event()
+    shop = services.participants.shop
+    validate = shop.validate_order
+
+    async def held(order: Any) -> Any:
+        await released.wait()
+        return await validate(order)
+
+    monkeypatch.setattr(shop, "validate_order", held)
     order_id = await _record_without_saga(services, checkout=True)
     order_ = await services.participants.orders.get_order(order_id)
     assert order_ is not None
@@ -146,6 +158,11 @@ async def test_reconcile_attaches_a_saga_started_just_before_a_crash(
     assert row is not None
     assert row.saga_id == first
     assert (await services.engine.list_sagas(limit=100)).total == 1
+    held_saga = await services.engine.store.load(first, history=False)
+    assert held_saga is not None
+    assert not held_saga.status.is_terminal
+    released.set()
+    assert (await services.engine.wait(first, timeout=10)).status == "SUCCEEDED"
 
 
 async def test_startup_starts_sagas_of_orders_left_without_one(settings: Settings) -> None:
