@@ -105,17 +105,35 @@ async def _record_without_saga(services: Services, *, checkout: bool) -> str:
     return order_.id
 
 
+def _hold_first_step(services: Services, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """Checkout sagas wait in their first step until the event is set: a reconcile pass then
+    finds a saga it started or attached unfinished, as after a crash. One that finished during
+    the pass would be mirrored by the same pass and counted twice."""
+    released = asyncio.Event()
+    shop = services.participants.shop
+    validate = shop.validate_order
+
+    async def held(order: Any) -> Any:
+        await released.wait()
+        return await validate(order)
+
+    monkeypatch.setattr(shop, "validate_order", held)
+    return released
+
+
 async def test_reconcile_starts_the_saga_of_an_order_recorded_just_before_a_crash(
-    services: Services,
+    services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     orders = services.participants.orders
     checked_out = await _record_without_saga(services, checkout=True)
     draft = await _record_without_saga(services, checkout=False)
+    released = _hold_first_step(services, monkeypatch)
 
     assert await services.tracker.reconcile(grace_seconds=0) == 1
     row = await orders.get_order(checked_out)
     assert row is not None
     assert row.saga_id is not None
+    released.set()
     record = await services.engine.wait(row.saga_id, timeout=10)
     assert record.status == "SUCCEEDED"
     view = await services.checkout.get(checked_out)
@@ -134,18 +152,7 @@ async def test_reconcile_attaches_a_saga_started_just_before_a_crash(
 ) -> None:
     """Crash between the saga's start and attaching it to the order: the saga is found by the
     order's key, not started twice."""
-    # The saga is held in its first step until the pass is over, so the pass finds it
-    # unfinished, as after a crash; had it finished meanwhile, the pass would also mirror its
-    # outcome (the case above) and count that too.
-    released = asyncio.Event()
-    shop = services.participants.shop
-    validate = shop.validate_order
-
-    async def held(order: Any) -> Any:
-        await released.wait()
-        return await validate(order)
-
-    monkeypatch.setattr(shop, "validate_order", held)
+    released = _hold_first_step(services, monkeypatch)
     order_id = await _record_without_saga(services, checkout=True)
     order_ = await services.participants.orders.get_order(order_id)
     assert order_ is not None
