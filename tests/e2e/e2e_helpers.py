@@ -15,6 +15,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from checkout.api import create_app
+from checkout.bootstrap import Services
 from checkout.settings import Settings
 from servers import drop_pg_schema, pg_schema_url, postgres_check, require_server, unique_pg_schema
 
@@ -126,3 +127,19 @@ async def shared_client(backend: str, directory: Path) -> AsyncIterator[httpx.As
         asgi_client(app) as client,
     ):
         yield client
+
+
+def hold_first_step(services: Services, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """Checkout sagas wait in their first step until the event is set: a reconcile pass then
+    finds a saga it started or attached unfinished, as after a crash. One that finished during
+    the pass would be mirrored by the same pass and counted twice."""
+    released = asyncio.Event()
+    shop = services.participants.shop
+    validate = shop.validate_order
+
+    async def held(order: Any) -> Any:
+        await released.wait()
+        return await validate(order)
+
+    monkeypatch.setattr(shop, "validate_order", held)
+    return released

@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from e2e_helpers import hold_first_step
 from fastapi import FastAPI
 
 from checkout.api import create_app
@@ -107,7 +108,11 @@ async def test_a_shop_outage_answers_503_and_records_nothing(
 
 @pytest.mark.parametrize("point", ["order recorded", "saga recorded"])
 async def test_once_the_order_is_recorded_the_answer_is_202_never_5xx(
-    client: httpx.AsyncClient, services: Services, cut: Lockout, point: str
+    client: httpx.AsyncClient,
+    services: Services,
+    cut: Lockout,
+    point: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     before = await balance(client, "user_1")
     if point == "order recorded":  # its saga cannot be started: reconciliation will
@@ -124,7 +129,9 @@ async def test_once_the_order_is_recorded_the_answer_is_202_never_5xx(
 
     cut.end()
     if point == "order recorded":
+        released = hold_first_step(services, monkeypatch)
         assert await services.tracker.reconcile(grace_seconds=0) == 1  # starts its saga
+        released.set()
     order = await services.participants.orders.get_order(data["order_id"])
     assert order is not None
     assert order.saga_id is not None

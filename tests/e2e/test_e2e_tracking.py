@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
-from e2e_helpers import order
+from e2e_helpers import hold_first_step, order
 from fastapi import FastAPI
 from sqlalchemy import update
 
@@ -105,29 +105,13 @@ async def _record_without_saga(services: Services, *, checkout: bool) -> str:
     return order_.id
 
 
-def _hold_first_step(services: Services, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
-    """Checkout sagas wait in their first step until the event is set: a reconcile pass then
-    finds a saga it started or attached unfinished, as after a crash. One that finished during
-    the pass would be mirrored by the same pass and counted twice."""
-    released = asyncio.Event()
-    shop = services.participants.shop
-    validate = shop.validate_order
-
-    async def held(order: Any) -> Any:
-        await released.wait()
-        return await validate(order)
-
-    monkeypatch.setattr(shop, "validate_order", held)
-    return released
-
-
 async def test_reconcile_starts_the_saga_of_an_order_recorded_just_before_a_crash(
     services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     orders = services.participants.orders
     checked_out = await _record_without_saga(services, checkout=True)
     draft = await _record_without_saga(services, checkout=False)
-    released = _hold_first_step(services, monkeypatch)
+    released = hold_first_step(services, monkeypatch)
 
     assert await services.tracker.reconcile(grace_seconds=0) == 1
     row = await orders.get_order(checked_out)
@@ -152,7 +136,7 @@ async def test_reconcile_attaches_a_saga_started_just_before_a_crash(
 ) -> None:
     """Crash between the saga's start and attaching it to the order: the saga is found by the
     order's key, not started twice."""
-    released = _hold_first_step(services, monkeypatch)
+    released = hold_first_step(services, monkeypatch)
     order_id = await _record_without_saga(services, checkout=True)
     order_ = await services.participants.orders.get_order(order_id)
     assert order_ is not None
