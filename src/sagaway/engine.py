@@ -577,17 +577,17 @@ class Engine:
             log.exception("saga %s: stopped; will resume from the log", saga_id)
             self._recovery.orphans.add(saga_id)
         finally:
-            if run.hooks is not None:
-                if run.record.status in TERMINAL:  # (is_terminal: a property call more)
-                    run.hooks.on_finish(run.record)
-                elif not run.parked:
-                    run.hooks.on_release(run.record, stopped)
+            finished = run.record.status in TERMINAL  # (is_terminal: a property call more)
+            if run.hooks is not None and finished:
+                run.hooks.on_finish(run.record)
+            elif run.hooks is not None and not run.parked:
+                run.hooks.on_release(run.record, stopped)
             self._tasks.discard(asyncio.current_task())
             self._runs.pop(saga_id, None)
             committed = self._committing.pop(saga_id, None)
             if committed is not None and not committed.done():
                 committed.set_exception(lost or StoreError(f"saga {saga_id}: {stopped}"))
-            if run.record.status.is_terminal:
+            if finished:
                 self._answer_waiters(saga_id, run.record)
             else:  # parked (a reply applied here wakes them again), or stopped: they look
                 for future in self._waiters.pop(saga_id, None) or ():

@@ -194,9 +194,10 @@ class HookChain(Hook):
         self._on_park, self._on_resume = by["on_park"], by["on_resume"]
         self._on_release = by["on_release"]
         self._before_dispatch = by["before_dispatch"]
+        unguarded = [hook for hook in self.hooks if hook.unguarded]
         for name in ("saga_started", "after_claim", "on_finish", "on_release", "on_park"):
             only = by[name]
-            if len(only) == 1 and getattr(only[0], "__self__", None) in self._unguarded():
+            if len(only) == 1 and getattr(only[0], "__self__", None) in unguarded:
                 setattr(self, name, only[0])  # the hook's own method: no guard needed
         self._step_sinks = tuple(h.step_sink for h in self.hooks if h.step_sink is not None)
         self._commit_sinks = tuple(h.commit_sink for h in self.hooks if h.commit_sink is not None)
@@ -210,9 +211,6 @@ class HookChain(Hook):
         self.forward_ok = None if step_sink is None else step_sink.forward_ok
         self.undo_ok = None if step_sink is None else step_sink.undo_ok
         self.commit_sink = _only_sink(self._after_commit, self._commit_sinks)
-
-    def _unguarded(self) -> list[Hook]:
-        return [hook for hook in self.hooks if hook.unguarded]
 
     def wants(self, name: str) -> bool:
         """True if some hook overrides ``name`` or, for ``after_step`` and ``after_commit``,

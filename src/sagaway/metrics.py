@@ -161,9 +161,9 @@ class PrometheusHook(Hook, Collector):
         self._in_flight: defaultdict[str, int] = defaultdict(int)
         self._steps: dict[StepKey, _Histogram] = {}
         self._commits = _Histogram(len(COMMIT_BUCKETS))
-        # The engine appends every attempt's (ctx, outcome, seconds) and every commit's
-        # latency here (Hook.step_sink): a list append per step and commit instead of a call
-        # into this hook; they are counted into the histograms when scraped (_fold).
+        # The engine appends every attempt's seconds (by its Step, or by its labels) and every
+        # commit's latency here (Hook.step_sink): a list append per step and commit instead of
+        # a call into this hook; _fold counts them into the histograms.
         self.step_sink: StepSink = StepSink()
         self.commit_sink: list[float] = []
         self._folding = threading.Lock()  # a scrape thread and the loop may both fold
@@ -186,7 +186,7 @@ class PrometheusHook(Hook, Collector):
 
     def after_claim(self, record: SagaRecord, reason: ClaimReason) -> None:
         if not self._folding_on_loop:
-            self._fold_every_second(asyncio.get_running_loop())
+            self._fold_periodically(asyncio.get_running_loop())
         self._in_flight[record.name] += 1
 
     def _fold(self) -> None:
@@ -202,13 +202,13 @@ class PrometheusHook(Hook, Collector):
                 self._take_step(key, seconds)
             _take(self.commit_sink, self._commits, COMMIT_BUCKETS)
 
-    def _fold_every_second(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _fold_periodically(self, loop: asyncio.AbstractEventLoop) -> None:
         """Fold now and again in FOLD_SECONDS on the engine's loop (from its first claim);
         it stops with the loop."""
         self._loop = self._loop or loop
         self._folding_on_loop = True
         self._fold()
-        loop.call_later(FOLD_SECONDS, self._fold_every_second, loop)
+        loop.call_later(FOLD_SECONDS, self._fold_periodically, loop)
 
     def _take_step(self, key: StepKey, seconds: list[float]) -> None:
         hist = self._steps.get(key)

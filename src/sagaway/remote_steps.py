@@ -240,7 +240,7 @@ def report_parked_attempt(
     another process, so ``before_step`` and ``after_step`` are both called now, on one context;
     ``seconds`` runs from the command's dispatch (the park's start: its end minus the reply
     timeout, never before the step's first start) to ``now``."""
-    if hooks is None or not (hooks.wants("before_step") or hooks.wants("after_step")):
+    if hooks is None or not hooks.wants_steps:
         return
     step = saga._by_name.get(step_name)
     row = record.steps.get((step_name, phase))
