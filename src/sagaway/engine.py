@@ -99,7 +99,7 @@ class Engine:
         clock: Clock | None = None,
         hooks: Iterable[Hook] = (),
         transport: Dispatcher | None = None,
-        retention_days: float | None = None,
+        retention_days: float | int | None = None,  # int: compiled, a float param takes True as 1
     ) -> None:
         if lease_seconds <= 0 or recovery_interval <= 0 or max_concurrency < 1:
             raise ValueError("lease_seconds, recovery_interval, max_concurrency must be positive")

@@ -21,6 +21,8 @@ from collections import defaultdict
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from mypy_extensions import mypyc_attr
+
 from sagaway.context import StepContext
 from sagaway.state import Change, Phase, SagaRecord
 
@@ -70,6 +72,9 @@ class ClaimReason(StrEnum):
     REPLIED = "replied"  # a participant's reply reached the parked saga
 
 
+# Users subclass it: in the compiled build (README "Compiled build") a compiled class refuses
+# Python subclasses unless it says so.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Hook:
     """Base class for engine hooks: every method does nothing. Override what you need."""
 

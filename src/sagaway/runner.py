@@ -432,7 +432,8 @@ class SagaRun(RemoteSteps):
         # in ``pending``, not yet in ``self.record``, where that step looks RUNNING (uncertain):
         # judge each step by its latest row, or a step that failed for sure gets compensated.
         latest = {s.name: s for s in pending.steps if s.phase is FORWARD}
-        for step in reversed(self.saga.steps):
+        # A reversed copy, not reversed(): mypyc (the compiled build) fails on that loop.
+        for step in self.saga.steps[::-1]:
             forward = latest.get(step.name) or self.record.steps.get((step.name, FORWARD))
             if not step.has_undo or not rules.needs_undo(forward):
                 continue

@@ -122,7 +122,11 @@ def check_saga_transition(current: SagaStatus, new: SagaStatus) -> None:
         raise InvalidTransition(f"saga cannot go from {current} to {new}")
 
 
-@dataclass(slots=True)
+# The hot records below write their own ``__init__`` (``init=False``): in the compiled build
+# (README "Compiled build") mypyc compiles it to C, where the one ``@dataclass`` generates at
+# import stays interpreted Python setting each field through a descriptor (~3,700 instructions
+# per ``Change``). Same signature as the generated one; a list or dict default is made per call.
+@dataclass(slots=True, init=False)
 class StepRecord:
     """One row per (step, phase): the durable outcome of a step's action or compensation."""
 
@@ -138,8 +142,24 @@ class StepRecord:
     started_at: float | None = None
     finished_at: float | None = None
 
+    def __init__(
+        self,
+        name: str,
+        phase: Phase,
+        status: StepStatus,
+        attempts: int = 0,
+        output: JSON = None,
+        error: str | None = None,
+        uncertain: bool = False,
+        started_at: float | None = None,
+        finished_at: float | None = None,
+    ) -> None:
+        self.name, self.phase, self.status = name, phase, status
+        self.attempts, self.output, self.error = attempts, output, error
+        self.uncertain, self.started_at, self.finished_at = uncertain, started_at, finished_at
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class Event:
     """One entry of a saga's append-only history (the timeline). Stores assign the order."""
 
@@ -150,8 +170,20 @@ class Event:
     attempt: int | None = None
     detail: str | None = None
 
+    def __init__(
+        self,
+        at: float,
+        type: EventType,
+        step: str | None = None,
+        phase: Phase | None = None,
+        attempt: int | None = None,
+        detail: str | None = None,
+    ) -> None:
+        self.at, self.type, self.step = at, type, step
+        self.phase, self.attempt, self.detail = phase, attempt, detail
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class SagaRecord:
     """A saga instance as the log knows it: the instance row, its step rows, its history."""
 
@@ -185,6 +217,39 @@ class SagaRecord:
     # ``Change.take`` built from it commits only if nothing wrote the row since (stores with
     # the ``TakingStore`` tier; 0 where a read does not fill it in).
     fence: int = field(default=0, compare=False)
+
+    def __init__(
+        self,
+        id: str,
+        name: str,
+        version: int,
+        status: SagaStatus,
+        input: JSON,
+        created_at: float,
+        updated_at: float,
+        idempotency_key: str | None = None,
+        owner: str | None = None,
+        lease_expires_at: float | None = None,
+        deadline_at: float | None = None,
+        cancel_requested: bool = False,
+        error: str | None = None,
+        steps: dict[tuple[str, Phase], StepRecord] | None = None,
+        history: list[Event] | None = None,
+        waiting_for: str | None = None,
+        parked_until: float | None = None,
+        pinned: bool = False,
+        definition: Saga | None = None,
+        fence: int = 0,
+    ) -> None:
+        self.id, self.name, self.version = id, name, version
+        self.status, self.input, self.created_at = status, input, created_at
+        self.updated_at, self.idempotency_key, self.owner = updated_at, idempotency_key, owner
+        self.lease_expires_at, self.deadline_at = lease_expires_at, deadline_at
+        self.cancel_requested, self.error = cancel_requested, error
+        self.waiting_for, self.parked_until = waiting_for, parked_until
+        self.pinned, self.definition, self.fence = pinned, definition, fence
+        self.steps = {} if steps is None else steps
+        self.history = [] if history is None else history
 
     def step(self, name: str, phase: Phase = Phase.FORWARD) -> StepRecord | None:
         return self.steps.get((name, phase))
@@ -276,7 +341,7 @@ class Take:
     until: float
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Change:
     """Everything one durable transition writes, atomically: the unit of the write-ahead log."""
 
@@ -306,8 +371,31 @@ class Change:
     # Take the lease with this write (``Take``), instead of holding it already.
     take: Take | None = None
 
+    def __init__(
+        self,
+        status: SagaStatus | None = None,
+        error: str | None = None,
+        steps: list[StepRecord] | None = None,
+        events: list[Event] | None = None,
+        release_lease: bool = False,
+        clear_cancel: bool = False,
+        unless_cancelled: bool = False,
+        checked: bool = False,
+        effects: tuple[Effect, ...] = (),
+        outbox: tuple[OutboxMessage, ...] = (),
+        park: Park | None = None,
+        unpark: bool = False,
+        take: Take | None = None,
+    ) -> None:
+        self.status, self.error, self.release_lease = status, error, release_lease
+        self.clear_cancel, self.unless_cancelled = clear_cancel, unless_cancelled
+        self.checked, self.effects, self.outbox = checked, effects, outbox
+        self.park, self.unpark, self.take = park, unpark, take
+        self.steps = [] if steps is None else steps
+        self.events = [] if events is None else events
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class NewSaga:
     """The first record of a saga, created atomically with its idempotency key."""
 
@@ -324,6 +412,30 @@ class NewSaga:
     steps: list[StepRecord] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     checked: bool = False  # as Change.checked (Engine.start checks the input itself)
+
+    def __init__(
+        self,
+        id: str,
+        name: str,
+        version: int,
+        input: JSON,
+        at: float,
+        status: SagaStatus = SagaStatus.PENDING,
+        idempotency_key: str | None = None,
+        owner: str | None = None,
+        lease_expires_at: float | None = None,
+        deadline_at: float | None = None,
+        steps: list[StepRecord] | None = None,
+        events: list[Event] | None = None,
+        checked: bool = False,
+    ) -> None:
+        self.id, self.name, self.version = id, name, version
+        self.input, self.at, self.status = input, at, status
+        self.idempotency_key, self.owner = idempotency_key, owner
+        self.lease_expires_at, self.deadline_at = lease_expires_at, deadline_at
+        self.checked = checked
+        self.steps = [] if steps is None else steps
+        self.events = [] if events is None else events
 
 
 def apply_change(record: SagaRecord, change: Change, at: float) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from batching import in_one_batch
+from compiled_build import interpreted_only
 from sagaway import Engine, Saga, StepContext
 from sagaway.errors import (
     EffectFailed,
@@ -275,6 +276,7 @@ async def test_one_failing_operation_does_not_fail_its_batch(store: SQLiteStore)
     assert rows == [("kept",)]
 
 
+@interpreted_only  # a StepRecord named None: a compiled StepRecord refuses it
 async def test_unexpected_error_mid_operation_is_confined_to_it(store: SQLiteStore) -> None:
     """A driver error after an operation's first write: the batch is replayed with a savepoint
     per operation, so the faulty one leaves no trace and the others commit exactly once."""

@@ -5,6 +5,7 @@ from typing import Any
 import pytest
 from sagakit import Kit, Order
 
+from compiled_build import interpreted_only
 from sagaway import Change, Phase, SagaRecord, SagaStatus, StepContext
 from sagaway.hooks import ClaimReason, Hook, HookChain, StepOutcome
 from sagaway.runner import SagaRun
@@ -202,6 +203,7 @@ async def test_a_method_no_hook_overrides_is_not_called(
     assert len(rec.of("after")) == 3, "after_step still reaches the hook"
 
 
+@interpreted_only  # replaces Engine._drive on the instance
 async def test_no_hook_means_the_runner_gets_none(kit: Kit, order: Order) -> None:
     seen: list[SagaRun] = []
     async with saga_engine(kit.saga) as h:
