@@ -10,5 +10,5 @@ import sagaway.engine
 COMPILED = not (sagaway.engine.__file__ or "").endswith(".py")
 
 interpreted_only = pytest.mark.skipif(
-    COMPILED, reason="replaces a method or breaks a type, which a compiled class refuses"
+    COMPILED, reason="the compiled build refuses or hides what it does (see the comment)"
 )
