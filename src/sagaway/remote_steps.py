@@ -41,11 +41,15 @@ class RemoteSteps:
     parked: bool
     _resend: bool
 
-    if TYPE_CHECKING:  # provided by SagaRun
+    # Provided by SagaRun.
+    def _input(self, step: Step[Any]) -> Any:
+        raise NotImplementedError
 
-        def _input(self, step: Step[Any]) -> Any: ...
-        def _attempt_timeout(self, step: Step[Any]) -> float | None: ...
-        async def _commit(self, change: Change, now: float) -> None: ...
+    def _attempt_timeout(self, step: Step[Any]) -> float | None:
+        raise NotImplementedError
+
+    async def _commit(self, change: Change, now: float) -> None:
+        raise NotImplementedError
 
     async def _wake_parked(self, now: float) -> Change | None:
         """A parked saga taken over without its reply: its park timed out (``claim``), or it
