@@ -15,7 +15,7 @@ import pytest
 
 from batching import in_one_batch
 from sagaway import Engine, Saga, StepContext
-from sagaway.errors import CancelRefused, StepFailed
+from sagaway.errors import CancelRefused, LeaseLost, StepFailed
 from sagaway.state import (
     Change,
     Event,
@@ -268,11 +268,13 @@ async def test_compaction_packs_the_rows_it_wrote_as_it_would_decode_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The store keeps the rows it wrote to a journal (Journals) and packs those instead of
-    # decoding the text: the packed values must be the very ones decoding gives.
+    # decoding the text, in compaction ("a", whose step names are not numbered yet) or in the
+    # finishing commit itself ("b", "c"): the packed values must be the very ones decoding gives.
     values = []
     for name in ("kept", "decoded"):
         if name == "decoded":
             monkeypatch.setattr(Journals, "take", lambda self, saga_id, journal: None)
+            monkeypatch.setattr(Journals, "packed", lambda self, saga_id, steps, events: None)
         async with SQLiteStore(f"sqlite:///{tmp_path / name}.db") as store:
             for saga_id in ("a", "b", "c"):
                 await _three_steps(store, saga_id)
@@ -285,8 +287,10 @@ async def test_compaction_packs_the_rows_it_wrote_as_it_would_decode_them(
 
 async def test_compaction_decodes_a_journal_written_by_another_write(tmp_path: Path) -> None:
     # The refused cancel's event goes into the journal by request_cancel, not by a commit: the
-    # rows the store kept are not the journal any more, and it must notice.
+    # rows the store kept are not the journal any more, and it must notice (after "first",
+    # the texts are numbered and the finishing commit would pack the saga itself).
     async with SQLiteStore(f"sqlite:///{tmp_path / 'log.db'}") as store:
+        await _three_steps(store, "first")
         await _three_steps(store, "s", cancel=True)
         record = await store.get("s")
     assert record.status is SagaStatus.SUCCEEDED
@@ -318,6 +322,94 @@ async def test_a_write_after_the_finishing_commit_in_its_batch_stays_after_it(
         record = await store.get("s")
     assert record.history[-2:] == [failed, later]
     assert _rows(db, "s")[:2] == (0, 0)  # compacted, both events in the packed value
+
+
+async def test_a_finishing_commit_packs_the_saga_in_its_own_update(tmp_path: Path) -> None:
+    # Once its step names and engine id are numbered (by the first saga's compaction), a saga
+    # this store created and ran is finished by one statement: no compaction reading the
+    # journal back and writing the row a second time.
+    async with SQLiteStore(f"sqlite:///{tmp_path / 'log.db'}") as store:
+        await _three_steps(store, "first")
+        finishing: list[str] = []
+        real_commit = store.commit
+
+        async def traced(saga_id: str, owner: str | None, change: Change, at: float) -> None:
+            assert store._writer_conn is not None
+            traced_sql = finishing if change.status is SagaStatus.SUCCEEDED else None
+            store._writer_conn.set_trace_callback(None if traced_sql is None else traced_sql.append)
+            try:
+                await real_commit(saga_id, owner, change, at)
+            finally:
+                store._writer_conn.set_trace_callback(None)
+
+        store.commit = traced  # type: ignore[method-assign]
+        await _three_steps(store, "s")
+        record = await store.get("s")
+    statements = [s for s in finishing if "sagaway_instances" in s or "sagaway_texts" in s]
+    assert len(statements) == 1, statements
+    assert "packed = " in statements[0]
+    assert record.status is SagaStatus.SUCCEEDED
+    assert [e.type for e in record.history][-2:] == [
+        EventType.STEP_SUCCEEDED,
+        EventType.SAGA_SUCCEEDED,
+    ]
+    assert _rows(tmp_path / "log.db", "s")[:2] == (0, 0)
+
+
+async def test_a_finishing_commit_that_lost_its_lease_packs_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "log.db"
+    async with SQLiteStore(f"sqlite:///{db}") as store:
+        await _three_steps(store, "first")
+        journal_before: list[str] = []
+        real_commit = store.commit
+
+        async def stolen(saga_id: str, owner: str | None, change: Change, at: float) -> None:
+            if change.status is SagaStatus.SUCCEEDED:  # another engine took the saga over
+                conn = sqlite3.connect(db)
+                with conn:
+                    conn.execute(
+                        "UPDATE sagaway_instances SET owner = 'e2' WHERE id = ?", (saga_id,)
+                    )
+                    journal_before.append(
+                        conn.execute(
+                            "SELECT journal FROM sagaway_instances WHERE id = ?", (saga_id,)
+                        ).fetchone()[0]
+                    )
+                conn.close()
+            await real_commit(saga_id, owner, change, at)
+
+        store.commit = stolen  # type: ignore[method-assign]
+        with pytest.raises(LeaseLost):
+            await _three_steps(store, "s")
+        record = await store.get("s")
+    assert record.status is SagaStatus.RUNNING
+    conn = sqlite3.connect(db)
+    packed, journal = conn.execute(
+        "SELECT packed, journal FROM sagaway_instances WHERE id = 's'"
+    ).fetchone()
+    conn.close()
+    assert packed is None
+    assert journal == journal_before[0]
+
+
+def test_texts_numbered_by_a_batch_are_used_once_it_committed() -> None:
+    # A number read inside a transaction that is then rolled back may be given to another text
+    # by the next writer: the finishing commit packs with committed numbers only.
+    journals = Journals()
+    step = ("reserve", "forward", "SUCCEEDED", 1, "1", None, 0, T0, T0 + 1)
+    done = (T0 + 1, "saga_succeeded", None, None, None, None)
+    journals.start("s", T0, ",[]", [], [])
+    journals.fresh.update({"reserve": 1})
+    assert journals.packed("s", [step], [done]) is None
+    journals.fresh.clear()  # the next batch starts: that one was rolled back
+    journals.settle()
+    assert journals.packed("s", [step], [done]) is None
+    journals.fresh.update({"reserve": 1})
+    journals.settle()  # committed
+    found = journals.packed("s", [step], [done])
+    assert found is not None
+    assert found[0] == ",[]"
+    assert unpack(T0, found[1], lambda numbers: {1: "reserve"}) == ([step], [done])
 
 
 async def test_finished_sagas_are_in_no_status_index(tmp_path: Path) -> None:

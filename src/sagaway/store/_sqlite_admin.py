@@ -22,13 +22,11 @@ from sagaway.state import PRUNABLE_STATUSES, OutboxMessage, SagaRecord, SagaStat
 from sagaway.store._codec import SAGA_STATUS as _SAGA_STATUS
 from sagaway.store._codec import dumps as _dumps
 from sagaway.store._sqlite_compact import journal_rows, table_then_journal_steps
-from sagaway.store._sqlite_ops import (
-    _ACTIVE,
+from sagaway.store._sqlite_ops import _ACTIVE, NOT_DONE, _exists
+from sagaway.store._sqlite_rows import (
     _OUTBOX_COLS,
     _SELECT_COLS,
     _STEP_COLS,
-    NOT_DONE,
-    _exists,
     _message,
     _saga,
     _step,

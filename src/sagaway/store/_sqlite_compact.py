@@ -10,7 +10,10 @@ saga finished; those statements were most of the writer's time.
 When a commit finishes a saga (SUCCEEDED, COMPENSATED or FAILED), :func:`compact` runs in the
 same transaction: it reads the journal, writes it as one packed value (``store._packed``) in
 the row's ``packed`` column and clears the journal. In the same transaction, so there is no
-state in which a saga is half compacted, and nothing to recover after a crash.
+state in which a saga is half compacted, and nothing to recover after a crash. A saga this
+store created and ran needs no compaction: its finishing commit packs the rows the store kept
+(:class:`Journals`) and writes the value in its own UPDATE, fenced on the journal being the
+text those rows were written as (``Journals.packed``).
 
 Readers put a saga back together from three forms, oldest first: the packed value, rows in
 ``sagaway_steps``/``sagaway_events`` (written by versions before 11: still read and compacted,
@@ -81,21 +84,37 @@ class Journals:
     (taken over, parked for long) are dropped all at once past ``limit`` entries.
     """
 
-    __slots__ = ("entries", "limit")
+    __slots__ = ("entries", "fresh", "limit", "numbers")
 
     def __init__(self, limit: int = 10_000) -> None:
         self.limit = limit
-        # saga id -> (the chunks written, its step rows by (name, phase), its events)
+        # saga id -> (the chunks written, its step rows by (name, phase), its events, its
+        # created_at: the base of its packed times)
         self.entries: dict[
-            str, tuple[list[str], dict[tuple[str, str], Sequence[Any]], list[Sequence[Any]]]
+            str,
+            tuple[list[str], dict[tuple[str, str], Sequence[Any]], list[Sequence[Any]], float],
         ] = {}
+        # sagaway_texts numbers known committed (a number never changes once committed), and
+        # those the open transaction read, which a rollback could take back (see settle).
+        self.numbers: dict[str, int] = {}
+        self.fresh: dict[str, int] = {}
 
     def start(
-        self, saga_id: str, chunk: str, steps: list[tuple[Any, ...]], events: list[tuple[Any, ...]]
+        self,
+        saga_id: str,
+        created_at: float,
+        chunk: str,
+        steps: list[tuple[Any, ...]],
+        events: list[tuple[Any, ...]],
     ) -> None:
         if len(self.entries) >= self.limit:
             self.entries.clear()
-        self.entries[saga_id] = ([chunk], {(r[0], r[1]): r for r in steps}, list(events))
+        self.entries[saga_id] = (
+            [chunk],
+            {(r[0], r[1]): r for r in steps},
+            list(events),
+            created_at,
+        )
 
     def add(
         self, saga_id: str, chunk: str, steps: list[tuple[Any, ...]], events: list[tuple[Any, ...]]
@@ -116,6 +135,37 @@ class Journals:
             return None
         steps = entry[1]
         return [steps[key] for key in sorted(steps)], entry[2]
+
+    def packed(
+        self,
+        saga_id: str,
+        steps: list[tuple[Any, ...]],
+        events: list[tuple[Any, ...]],
+    ) -> tuple[str, bytes] | None:
+        """For a commit that finishes a saga created here: the journal its row must hold (the
+        commit's fence: anything else means the rows here are not the saga's) and the packed
+        value of that journal followed by the commit's rows; None when unknown, or when a text
+        it shares has no committed number yet (compaction then numbers it)."""
+        entry = self.entries.get(saga_id)
+        if entry is None:
+            return None
+        by_key = dict(entry[1])
+        for r in steps:
+            by_key[(r[0], r[1])] = r
+        all_events = [*entry[2], *events]
+        rows = [by_key[key] for key in sorted(by_key)]
+        numbers = self.numbers
+        shared = shareable(rows, all_events)
+        if not shared.issubset(numbers.keys()):
+            return None
+        del self.entries[saga_id]
+        return "".join(entry[0]), pack(entry[3], rows, all_events, numbers)
+
+    def settle(self) -> None:
+        """The transaction committed: the numbers it read are there for good."""
+        if self.fresh:
+            self.numbers.update(self.fresh)
+            self.fresh.clear()
 
 
 def journal_rows(journal: str | None) -> tuple[list[Sequence[Any]], list[Sequence[Any]]]:
@@ -207,6 +257,8 @@ def compact(
             events[saga_id] = [*old_events, *events[saga_id]]
         texts |= shareable(steps[saga_id], events[saga_id])
     shared = _intern(conn, texts)
+    if journals is not None:
+        journals.fresh.update(shared)
     values = [
         (pack(created_at, steps[saga_id], events[saga_id], shared), saga_id)
         for saga_id, (created_at, _) in sagas.items()
