@@ -7,6 +7,7 @@ What every store promises about finished sagas is in ``sagaway.testing.Compactio
 
 from __future__ import annotations
 
+import pickle
 import random
 import sqlite3
 from pathlib import Path
@@ -28,7 +29,7 @@ from sagaway.state import (
 )
 from sagaway.store import _sqlite_ops as ops
 from sagaway.store._packed import pack, unpack
-from sagaway.store._sqlite_compact import Journals, compact, journal_rows
+from sagaway.store._sqlite_compact import Journals, compact, journal_chunk, journal_rows
 from sagaway.store._sqlite_schema import MIGRATIONS
 from sagaway.store.sqlite import SQLiteStore
 
@@ -42,10 +43,10 @@ def _rows(db: Path, saga_id: str) -> tuple[int, int, bytes | None]:
     try:
         steps = conn.execute("SELECT count(*) FROM sagaway_steps WHERE saga_id = ?", (saga_id,))
         events = conn.execute("SELECT count(*) FROM sagaway_events WHERE saga_id = ?", (saga_id,))
-        packed, journal = conn.execute(
-            "SELECT packed, journal FROM sagaway_instances WHERE id = ?", (saga_id,)
+        packed, journal, chunks = conn.execute(
+            "SELECT packed, journal, chunks FROM sagaway_instances WHERE id = ?", (saga_id,)
         ).fetchone()
-        journal_steps, journal_events = journal_rows(journal)
+        journal_steps, journal_events = journal_rows(journal, chunks)
         return (
             steps.fetchone()[0] + len(journal_steps),
             events.fetchone()[0] + len(journal_events),
@@ -216,6 +217,79 @@ async def test_a_version_10_running_saga_continues_after_its_rows(tmp_path: Path
     assert after.history == [*running.history, end]
     assert after.steps == running.steps
     assert _rows(db, "r")[:2] == (0, 0)
+
+
+async def test_a_version_11_running_saga_continues_after_its_json_journal(
+    tmp_path: Path,
+) -> None:
+    # A v11 store wrote its journal as JSON text (times as 2**-22 s ticks) in ``journal``;
+    # v12 appends pickled chunks to ``chunks``: it reads back in order, and finishing packs
+    # both and clears both.
+    db = tmp_path / "v11.db"
+    old = _log_at_version(db, 11)
+    tick = int(T0 * 4194304)
+    journal = (
+        f',[[["pay","forward","RUNNING",1,null,null,0,{tick + 4194304},null]],'
+        f'[[{tick},"saga_started",null,null,null,null],'
+        f'[{tick + 4194304},"step_started","pay",null,1,"e1"]]]'
+    )
+    old.execute(
+        "INSERT INTO sagaway_instances (id, name, version, status, input, owner, "
+        "lease_expires_at, created_at, updated_at, journal) VALUES ('r', 's', 1, 'RUNNING', "
+        "'{}', 'e1', ?, ?, ?, ?)",
+        (T0 + 99, T0, T0 + 1, journal),
+    )
+    old.commit()
+    old.close()
+    paid = StepRecord("pay", Phase.FORWARD, StepStatus.SUCCEEDED, 1, 5, None, False, T0 + 1, T0 + 2)
+    ship = StepRecord("ship", Phase.FORWARD, StepStatus.RUNNING, 1, None, None, False, T0 + 2)
+    async with SQLiteStore(f"sqlite:///{db}") as store:
+        before = await store.get("r")
+        assert [e.type for e in before.history] == [
+            EventType.SAGA_STARTED,
+            EventType.STEP_STARTED,
+        ]
+        assert before.history[1].at == T0 + 1
+        later = [Event(T0 + 2, EventType.STEP_SUCCEEDED, "pay", None, 1)]
+        await store.commit("r", "e1", Change(steps=[paid, ship], events=later), T0 + 2)
+        running = await store.get("r")
+        assert running.history == [*before.history, *later]
+        assert list(running.steps.values()) == [paid, ship]
+        assert await store.peek("r") == running.copy(history=False)
+        claimed = await store.claim(
+            "e2", now=T0 + 200, lease_seconds=9, definitions=[("s", 1)], limit=5
+        )
+        assert [list(r.steps.values()) for r in claimed] == [[paid, ship]]
+        end = Event(T0 + 3, EventType.SAGA_SUCCEEDED)
+        change = Change(status=SagaStatus.SUCCEEDED, events=[end], release_lease=True)
+        await store.commit("r", "e2", change, T0 + 3)
+        after = await store.get("r")
+    assert after.history[: len(running.history)] == running.history
+    assert after.history[-1] == end
+    assert after.steps == running.steps
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT journal, chunks FROM sagaway_instances").fetchall() == [
+        (None, None)
+    ]
+    conn.close()
+
+
+def test_a_journal_chunk_holds_plain_values_and_names_no_class() -> None:
+    # A chunk is a pickle: reading one that names a class or function (which loading would
+    # call) is refused, and writing keeps to plain values, an enum member as its text.
+    chunk = journal_chunk(
+        [("pay", Phase.FORWARD, StepStatus.RUNNING)], [(T0, EventType.SAGA_STARTED)]
+    )
+    steps, events = journal_rows(None, chunk)
+    assert steps == [("pay", "forward", "RUNNING")]
+    assert events == [(T0, "saga_started")]
+    assert type(steps[0][1]) is str
+    assert type(events[0][1]) is str
+    with pytest.raises(TypeError):
+        journal_chunk([("pay", object())], [])
+    hostile = pickle.dumps(([], [(T0, print)]), 5)
+    with pytest.raises(pickle.UnpicklingError):
+        journal_rows(None, chunk + hostile)
 
 
 async def _three_steps(store: SQLiteStore, saga_id: str, *, cancel: bool = False) -> None:
@@ -398,7 +472,7 @@ def test_texts_numbered_by_a_batch_are_used_once_it_committed() -> None:
     journals = Journals()
     step = ("reserve", "forward", "SUCCEEDED", 1, "1", None, 0, T0, T0 + 1)
     done = (T0 + 1, "saga_succeeded", None, None, None, None)
-    journals.start("s", T0, ",[]", [], [])
+    journals.start("s", T0, b"chunk", [], [])
     journals.fresh.update({"reserve": 1})
     assert journals.packed("s", [step], [done]) is None
     journals.fresh.clear()  # the next batch starts: that one was rolled back
@@ -408,7 +482,7 @@ def test_texts_numbered_by_a_batch_are_used_once_it_committed() -> None:
     journals.settle()  # committed
     found = journals.packed("s", [step], [done])
     assert found is not None
-    assert found[0] == ",[]"
+    assert found[0] == b"chunk"
     assert unpack(T0, found[1], lambda numbers: {1: "reserve"}) == ([step], [done])
 
 

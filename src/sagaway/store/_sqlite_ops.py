@@ -31,9 +31,11 @@ from sagaway.state import (
     EventType,
     NewSaga,
     OutboxMessage,
+    Phase,
     SagaRecord,
     SagaStatus,
     StepRecord,
+    StepStatus,
     cancel_refusal,
     refused_cancel,
 )
@@ -53,7 +55,7 @@ _ACTIVE = ",".join(f"'{s.value}'" for s in ACTIVE_STATUSES)
 NOT_DONE = "status NOT IN ('SUCCEEDED','COMPENSATED')"
 
 INSERT_INSTANCE = (
-    f"INSERT INTO sagaway_instances ({_COLS}, journal) VALUES (?,?,?,?,?,?,?,?,?,0,NULL,?,?,?) "
+    f"INSERT INTO sagaway_instances ({_COLS}, chunks) VALUES (?,?,?,?,?,?,?,?,?,0,NULL,?,?,?) "
     "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
 )
 UPSERT_STEP = (
@@ -74,6 +76,9 @@ UPSERT_OUTBOX = (
     "created_at = excluded.created_at"
 )
 
+# An enum member's plain text, by the member (a dict lookup: ``.value`` is a Python property).
+_TEXT: dict[Any, str] = {m: m.value for e in (Phase, StepStatus, EventType) for m in e}
+
 # Change.park / Change.unpark, as a third dimension of the UPDATE (0: neither).
 _NO_PARK, _PARK, _UNPARK = 0, 1, 2
 
@@ -93,7 +98,7 @@ def _update_sql(
     ``packs``: the commit finishes the saga and writes its packed value (``_sqlite_compact``'s
     ``Journals.packed``) in place of its journal, if the journal is the one given."""
     sets = ["status = ?, error = ?"] if status else []
-    journal = "packed = ?, journal = NULL" if packs else APPEND_JOURNAL
+    journal = "packed = ?, chunks = NULL" if packs else APPEND_JOURNAL
     sets.append(f"updated_at = ?, fence = fence + 1, {journal}")
     if park == _PARK:  # parking releases the lease too
         sets.append("waiting_for = ?, parked_until = ?, owner = NULL, lease_expires_at = NULL")
@@ -107,7 +112,7 @@ def _update_sql(
     fence = " AND owner = ?" if fenced else ""
     # Change.unless_cancelled: a recorded cancel fences the write the same way.
     guard = " AND cancel_requested = 0" if guarded else ""
-    known = " AND journal = ?" if packs else ""
+    known = " AND chunks = ?" if packs else ""
     return f"UPDATE sagaway_instances SET {', '.join(sets)} WHERE id = ?{known}{guard}{fence}"
 
 
@@ -149,12 +154,14 @@ def event_rows(saga_id: str, events: Iterable[Event]) -> list[tuple[Any, ...]]:
 def _rows(
     steps: Sequence[StepRecord], events: Sequence[Event]
 ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """A write's step rows and events as the tables held them, without ``saga_id``."""
+    """A write's step rows and events as the tables held them, without ``saga_id``, enum
+    members as their plain text (what a journal chunk holds: ``journal_chunk``)."""
+    text = _TEXT.get
     return [
         (
             s.name,
-            s.phase,
-            s.status,
+            text(s.phase, s.phase),
+            text(s.status, s.status),
             s.attempts,
             None if s.output is None else _dumps(s.output),
             s.error,
@@ -163,10 +170,13 @@ def _rows(
             s.finished_at,
         )
         for s in steps
-    ], [(e.at, e.type, e.step, e.phase, e.attempt, e.detail) for e in events]
+    ], [
+        (e.at, text(e.type, e.type), e.step, text(e.phase, e.phase), e.attempt, e.detail)
+        for e in events
+    ]
 
 
-def _chunk(steps: Sequence[StepRecord], events: Sequence[Event]) -> str:
+def _chunk(steps: Sequence[StepRecord], events: Sequence[Event]) -> bytes:
     """What a write appends to the saga's journal."""
     return journal_chunk(*_rows(steps, events))
 
@@ -285,7 +295,7 @@ def commit(
     late = pending is not None and (
         status in FINISHED or saga_id in pending.finished or saga_id in pending.packed
     )
-    chunk = "" if late else journal_chunk(*rows)
+    chunk = b"" if late else journal_chunk(*rows)
     if park is None and not change.unpark:  # the hot path: no parked-saga columns
         key = (
             status is not None,
@@ -448,7 +458,7 @@ def claim(
         ]
     if not ids:
         return []
-    claimed = journal_chunk((), [(now, EventType.SAGA_CLAIMED, None, None, None, owner)])
+    claimed = journal_chunk((), [(now, EventType.SAGA_CLAIMED.value, None, None, None, owner)])
     conn.execute(
         "UPDATE sagaway_instances SET owner = ?, lease_expires_at = ?, updated_at = ?, "
         f"fence = fence + 1, {APPEND_JOURNAL} WHERE id IN (SELECT value FROM json_each(?))",

@@ -97,14 +97,15 @@ def _event(row: Sequence[Any]) -> Event:
 
 def load(conn: sqlite3.Connection, saga_id: str, history: bool) -> SagaRecord | None:
     row = conn.execute(
-        f"SELECT {_SELECT_COLS}, packed, fence, journal FROM sagaway_instances WHERE id = ?",
+        f"SELECT {_SELECT_COLS}, packed, fence, journal, chunks FROM sagaway_instances "
+        "WHERE id = ?",
         (saga_id,),
     ).fetchone()
     if row is None:
         return None
     record = _saga(row)
     record.fence = row[17]
-    steps, events = read_rows(conn, saga_id, record.created_at, row[16], row[18], history)
+    steps, events = read_rows(conn, saga_id, record.created_at, row[16], row[18], row[19], history)
     for step_row in steps:
         step = _step(step_row)
         record.steps[(step.name, step.phase)] = step
@@ -119,15 +120,15 @@ def load_many(conn: sqlite3.Connection, ids: list[str]) -> list[SagaRecord]:
         return []
     param = (_dumps(ids),)
     records: dict[str, SagaRecord] = {}
-    rebuilt: list[tuple[SagaRecord, bytes | None, str | None]] = []
+    rebuilt: list[tuple[SagaRecord, bytes | None, str | None, bytes | None]] = []
     for r in conn.execute(
-        f"SELECT {_SELECT_COLS}, packed, journal FROM sagaway_instances "
+        f"SELECT {_SELECT_COLS}, packed, journal, chunks FROM sagaway_instances "
         "WHERE id IN (SELECT value FROM json_each(?))",
         param,
     ):
         records[r[0]] = record = _saga(r)
-        if r[16] is not None or r[17]:  # packed: a FAILED saga an operator retries
-            rebuilt.append((record, r[16], r[17]))
+        if r[16] is not None or r[17] or r[18]:  # packed: a FAILED saga an operator retries
+            rebuilt.append((record, r[16], r[17], r[18]))
     for r in conn.execute(
         f"SELECT saga_id, {_STEP_COLS} FROM sagaway_steps "
         "WHERE saga_id IN (SELECT value FROM json_each(?))",
@@ -135,8 +136,8 @@ def load_many(conn: sqlite3.Connection, ids: list[str]) -> list[SagaRecord]:
     ):
         step = _step(r[1:])
         records[r[0]].steps[(step.name, step.phase)] = step
-    for record, packed, journal in rebuilt:
-        rows = read_rows(conn, record.id, record.created_at, packed, journal, history=False)[0]
+    for record, packed, journal, chunks in rebuilt:
+        rows = read_rows(conn, record.id, record.created_at, packed, journal, chunks, False)[0]
         record.steps = {(step.name, step.phase): step for step in map(_step, rows)}
     return [records[i] for i in ids]
 
