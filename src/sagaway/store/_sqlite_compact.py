@@ -182,12 +182,13 @@ class Journals:
             by_key[(r[0], r[1])] = r
         all_events = [*entry[2], *events]
         rows = [by_key[key] for key in sorted(by_key)]
-        numbers = self.numbers
-        shared = shareable(rows, all_events)
-        if not shared.issubset(numbers.keys()):
+        unnumbered: list[str] = []
+        value = pack(entry[3], rows, all_events, self.numbers, unnumbered)
+        # Most sagas write no text out (no error, no signal): then none is a shareable one.
+        if unnumbered and not shareable(rows, all_events).isdisjoint(unnumbered):
             return None
         del self.entries[saga_id]
-        return b"".join(entry[0]), pack(entry[3], rows, all_events, numbers)
+        return b"".join(entry[0]), value
 
     def settle(self) -> None:
         """The transaction committed: the numbers it read are there for good."""
