@@ -249,11 +249,9 @@ class Engine:
         idempotency_key: str | None = None,
         deadline: float | None = None,
     ) -> str:
-        """Record a new saga durably and start it; return its id.
-
-        With an ``idempotency_key`` already used, return that saga's id and start nothing.
-        ``deadline`` (seconds from now, default the saga's) makes it compensate if unfinished.
-        """
+        """Record a new saga durably and start it; return its id. With an ``idempotency_key``
+        already used, return that saga's id and start nothing. ``deadline`` (seconds from now,
+        default the saga's) makes it compensate if unfinished."""
         if not (self._opened or self.store.is_open):  # a store shared with an open engine will do
             raise EngineNotOpen()
         self.register(saga)
@@ -285,7 +283,7 @@ class Engine:
         if created:
             hooks = self._hooks
             if self.execute:
-                record = record_from_new(new)
+                record = self.store.running_record(new)
                 if hooks is not None:
                     hooks.saga_started(record)
                 self._spawn(saga, record, prewritten=True, reason=ClaimReason.STARTED)
@@ -517,7 +515,7 @@ class Engine:
         if hooks is not None:
             hooks.after_claim(record, reason)
         # Positional (once per saga): saga, record, store, owner, clock, listener, prewritten,
-        # hooks, dispatcher, relay, carry.
+        # hooks, dispatcher, relay, carry, shared.
         run = SagaRun(
             saga,
             record,
@@ -530,6 +528,7 @@ class Engine:
             self.transport,
             self._relay.relay if self._parks else None,
             carry,
+            prewritten and self.store.shares_records,  # started here: see running_record
         )
         self._runs[record.id] = run
         if committed is not None:

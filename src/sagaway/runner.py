@@ -74,6 +74,7 @@ class SagaRun(RemoteSteps):
         dispatcher: Dispatcher | None = None,
         relay: Relay | None = None,
         carry: Change | None = None,
+        shared: bool = False,
     ) -> None:
         self.saga, self.record, self.store = saga, record, store
         self.owner, self.clock, self.listener = owner, clock, listener
@@ -109,6 +110,9 @@ class SagaRun(RemoteSteps):
         # first write, whichever it is, and only that one.
         self._take = None if carry is None else carry.take
         self._resend = False  # the park timed out: send the step in flight again
+        # ``record`` is the one the store keeps (``SagaStore.running_record``): its commit
+        # applies each change to it, so the run does not apply it again.
+        self._shared = shared
 
     @property
     def cancel_requested(self) -> bool:
@@ -142,7 +146,8 @@ class SagaRun(RemoteSteps):
             raise _Halted from exc
         if take is not None:  # taken: later writes are fenced on the lease alone
             self._take = change.take = None
-        apply_change(self.record, change, now)
+        if not self._shared:
+            apply_change(self.record, change, now)
         if self.listener is not None:
             self.listener(self.record, change)
         sink = self._commit_sink  # the metrics' (see Hook.commit_sink), or None
