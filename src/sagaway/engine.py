@@ -254,7 +254,8 @@ class Engine:
         default the saga's) makes it compensate if unfinished."""
         if not (self._opened or self.store.is_open):  # a store shared with an open engine will do
             raise EngineNotOpen()
-        self.register(saga)
+        if self._sagas.get(saga.key) is not saga:  # registered already: nothing to check again
+            self.register(saga)
         now = self.clock.now()
         seconds = deadline if deadline is not None else saga.deadline
         deadline_at = None if seconds is None else now + seconds
@@ -535,8 +536,8 @@ class Engine:
             self._committing[record.id] = committed
         # _drive drops the task from _tasks itself when it ends: a done callback would cost a
         # loop callback (a Handle, a turn of the loop) per saga.
-        task = asyncio.get_running_loop().create_task(self._drive(run))
-        self._tasks.add(task)
+        run.task = asyncio.get_running_loop().create_task(self._drive(run))
+        self._tasks.add(run.task)
 
     def _listener(self) -> CommitListener | None:
         return self._notify if self._listeners else None
@@ -581,7 +582,7 @@ class Engine:
                 run.hooks.on_finish(run.record)
             elif run.hooks is not None and not run.parked:
                 run.hooks.on_release(run.record, stopped)
-            self._tasks.discard(asyncio.current_task())
+            self._tasks.discard(run.task)  # (not current_task(): a Python function in 3.11)
             self._runs.pop(saga_id, None)
             committed = self._committing.pop(saga_id, None)
             if committed is not None and not committed.done():

@@ -113,6 +113,7 @@ class SagaRun(RemoteSteps):
         # ``record`` is the one the store keeps (``SagaStore.running_record``): its commit
         # applies each change to it, so the run does not apply it again.
         self._shared = shared
+        self.task: asyncio.Task[None] | None = None  # the engine's task driving this run
 
     @property
     def cancel_requested(self) -> bool:

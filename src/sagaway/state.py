@@ -393,8 +393,12 @@ def refused_cancel(event: Event, reason: str) -> Event:
 
 
 def record_from_new(new: NewSaga) -> SagaRecord:
-    # Positional, in SagaRecord's field order: called twice per saga started (the store's copy
-    # and the engine's), where keyword construction costs ~40% more.
+    # Positional, in SagaRecord's field order: called once or twice per saga started (the
+    # store's copy and, unless the store shares it, the engine's), where keyword construction
+    # costs ~40% more. The step map by a loop: a dict comprehension is a function call more.
+    steps = {}
+    for step in new.steps:
+        steps[(step.name, step.phase)] = step
     return SagaRecord(
         new.id,  # id
         new.name,  # name
@@ -409,7 +413,7 @@ def record_from_new(new: NewSaga) -> SagaRecord:
         new.deadline_at,  # deadline_at
         False,  # cancel_requested
         None,  # error
-        {(s.name, s.phase): s for s in new.steps},  # steps
+        steps,  # steps
         list(new.events),  # history
     )
 

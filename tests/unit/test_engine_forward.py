@@ -315,3 +315,12 @@ async def test_a_saga_driven_with_the_memory_stores_own_record_leaks_nothing_thr
         *[F.STEP_STARTED, F.STEP_SUCCEEDED] * 3,
         F.SAGA_SUCCEEDED,
     ]
+
+
+async def test_a_finished_run_leaves_no_task_and_no_run_behind(kit: Kit, order: Order) -> None:
+    # Each run drops its own task from the engine's set when it ends (no done callback).
+    async with saga_engine(kit.saga) as h:
+        for _ in range(3):
+            await h.run(kit.saga, order)
+        assert h.engine._tasks == set()
+        assert h.engine._runs == {}
