@@ -270,7 +270,7 @@ class SagaRun(RemoteSteps):
                         self._event(EventType.STEP_RESUMED, now, step, attempt=attempt)
                     )
             self._prewritten = False
-            # The write that starts the step also checks for a cancel (see _start_unless_cancelled).
+            # The write that starts the step also checks for a cancel (see _cancel_won).
             pending.unless_cancelled = checked and row is None
             outcome = await self._run_step(step, row, attempt, pending, now, skip_write)
             if outcome is None:  # the saga ended (FAILED past the pivot)
@@ -329,10 +329,13 @@ class SagaRun(RemoteSteps):
                 if parking:  # the command goes out with the RUNNING row, then the saga parks
                     ctx = self._context(step, FORWARD, attempt)
                     failure = await self._park_on(pending, step, ctx, None, now)
-                if not pending.unless_cancelled:
+                try:  # (inline, not a coroutine of its own: this is every step's write)
                     await self._commit(pending, now)
-                elif not await self._start_unless_cancelled(pending, now):
-                    return rules.start_compensation(pending, "cancelled", True), now
+                except CancelPending:  # only with unless_cancelled: see _cancel_won
+                    return rules.start_compensation(
+                        self._cancel_won(pending, now), "cancelled", True
+                    ), now
+                pending.unless_cancelled = False
                 if parking and failure is None:
                     await self._parked(pending)
                     return None
@@ -346,9 +349,13 @@ class SagaRun(RemoteSteps):
                 began = perf_counter()
             try:
                 if step.remote is None and step.wait is None:
-                    value = await call_with_timeout(
-                        step.action, (ctx, self._input(step)), self._attempt_timeout(step)
+                    # Without a saga deadline the step's own timeout applies as declared.
+                    timeout = (
+                        step.timeout
+                        if self.record.deadline_at is None
+                        else self._attempt_timeout(step)
                     )
+                    value = await call_with_timeout(step.action, (ctx, self._input(step)), timeout)
                 else:
                     value = await self._remote_call(step, ctx, None, failure)
                     failure = None
@@ -407,23 +414,18 @@ class SagaRun(RemoteSteps):
                 return None
             return decision.change, now
 
-    async def _start_unless_cancelled(self, pending: Change, now: float) -> bool:
-        """Commit ``pending`` (ending with a step's RUNNING row and STEP_STARTED event) unless a
-        cancel is recorded; True if committed. Otherwise the cancel won the race: the step
-        never started, and ``pending`` becomes its outcome-so-far plus the cancel, ready to
-        start compensating. A store decides a cancel under the same lock as this write, so a
-        cancel it accepted is always seen here, even when it reached another engine."""
-        try:
-            await self._commit(pending, now)
-        except CancelPending:
-            del pending.steps[-1], pending.events[-1]
-            pending.unless_cancelled = False
-            pending.outbox, pending.park = (), None  # the command was never sent
-            self.cancel_requested = True
-            pending.events.append(self._event(EventType.CANCEL_REQUESTED, now))
-            return False
+    def _cancel_won(self, pending: Change, now: float) -> Change:
+        """``pending`` (ending with a step's RUNNING row and STEP_STARTED event, written with
+        ``unless_cancelled``) was refused: a cancel is recorded. The cancel won the race: the
+        step never started, and ``pending`` becomes its outcome-so-far plus the cancel, ready
+        to start compensating. A store decides a cancel under the same lock as this write, so
+        a cancel it accepted is always seen here, even when it reached another engine."""
+        del pending.steps[-1], pending.events[-1]
         pending.unless_cancelled = False
-        return True
+        pending.outbox, pending.park = (), None  # the command was never sent
+        self.cancel_requested = True
+        pending.events.append(self._event(EventType.CANCEL_REQUESTED, now))
+        return pending
 
     async def _backoff(self, delay: float, forward_only: bool) -> None:
         deadline = self.record.deadline_at

@@ -92,9 +92,14 @@ class MemoryStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
         return record
 
     async def commit(self, saga_id: str, owner: str | None, change: Change, at: float) -> None:
-        check_change(change)
+        if not change.checked or change.outbox or change.park is not None:
+            check_change(change)  # (what it checks of a runner's checked change is only these)
         take = change.take
-        record = self._owned(saga_id, None if take is not None else owner)
+        record = self._sagas.get(saga_id)  # _owned, inline: this is every transition's write
+        if record is None:
+            raise SagaNotFound(saga_id)
+        if take is None and owner is not None and record.owner != owner:
+            raise LeaseLost(f"saga {saga_id} is no longer leased to {owner}")
         if take is not None and (
             record.fence != take.fence
             or (
