@@ -206,44 +206,44 @@ class SagaRun(RemoteSteps):
 
     async def drive(self) -> None:
         """Run to a terminal status. Raises LeaseLost/StoreError if the log cannot be written."""
-        try:
-            await self._drive()
+        try:  # (one coroutine: a wrapper around the body was a coroutine more per saga)
+            now = self.clock.now()
+            carry = self._carry
+            if carry is not None:
+                # The forward and compensation loops judge steps by the record's rows.
+                for row in carry.steps:
+                    self.record.steps[(row.name, row.phase)] = row
+                pending = carry
+            elif self.record.waiting_for is not None:
+                woken = await self._wake_parked(now)
+                if woken is None:
+                    return
+                for row in woken.steps:  # a wait's outcome: the loops judge steps by these rows
+                    self.record.steps[(row.name, row.phase)] = row
+                pending = woken
+            else:
+                pending = Change()
+            if pending.status is None and self.record.status in (
+                SagaStatus.PENDING,
+                SagaStatus.RUNNING,
+            ):
+                if self.record.status is SagaStatus.PENDING:
+                    pending.status = SagaStatus.RUNNING
+                    pending.events.append(self._event(EventType.SAGA_STARTED, now))
+                compensating, now = await self._forward(pending, now)
+                if compensating is None:
+                    return  # succeeded, failed or parked: never compensating
+                pending = compensating
+            if self.record.status is SagaStatus.COMPENSATING or pending.status is (
+                SagaStatus.COMPENSATING
+            ):
+                await self._compensate(pending, now)
         except _Halted:
             return
 
-    async def _drive(self) -> None:
-        now = self.clock.now()
-        carry = self._carry
-        if carry is not None:
-            # The forward and compensation loops judge steps by the record's rows.
-            for row in carry.steps:
-                self.record.steps[(row.name, row.phase)] = row
-            pending = carry
-        elif self.record.waiting_for is not None:
-            woken = await self._wake_parked(now)
-            if woken is None:
-                return
-            for row in woken.steps:  # a wait's outcome: the loops judge steps by these rows
-                self.record.steps[(row.name, row.phase)] = row
-            pending = woken
-        else:
-            pending = Change()
-        if pending.status is None and self.record.status in (
-            SagaStatus.PENDING,
-            SagaStatus.RUNNING,
-        ):
-            if self.record.status is SagaStatus.PENDING:
-                pending.status = SagaStatus.RUNNING
-                pending.events.append(self._event(EventType.SAGA_STARTED, now))
-            pending, now = await self._forward(pending, now)
-        if self.record.status is SagaStatus.COMPENSATING or pending.status is (
-            SagaStatus.COMPENSATING
-        ):
-            await self._compensate(pending, now)
-
-    async def _forward(self, pending: Change, now: float) -> tuple[Change, float]:
+    async def _forward(self, pending: Change, now: float) -> tuple[Change | None, float]:
         """Run the remaining steps; return a Change that starts compensation (and its time),
-        or an empty one once the saga is SUCCEEDED or FAILED."""
+        or None once the saga is SUCCEEDED, FAILED or parked."""
         for step in self.saga.steps:
             row = self.record.steps.get((step.name, FORWARD))
             if row is not None and row.status is StepStatus.SUCCEEDED:
@@ -273,13 +273,13 @@ class SagaRun(RemoteSteps):
             # The write that starts the step also checks for a cancel (see _cancel_won).
             pending.unless_cancelled = checked and row is None
             outcome = await self._run_step(step, row, attempt, pending, now, skip_write)
-            if outcome is None:  # the saga ended (FAILED past the pivot)
-                return Change(), now
+            if outcome is None:  # the saga ended (FAILED past the pivot) or parked
+                return None, now
             pending, now = outcome
             if pending.status is SagaStatus.COMPENSATING:
                 return pending, now
         await self._commit(rules.saga_succeeded(pending, now), now)
-        return Change(), now
+        return None, now
 
     async def _run_step(
         self,
