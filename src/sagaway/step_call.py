@@ -70,7 +70,9 @@ def storable_output(step: Step[Any], value: Any) -> Any:
     the type: checked here, before the outcome is handed to the store, so a value no store
     can keep fails this step once instead of failing the commit (and re-running the step)."""
     try:
-        output = step.encode_output(value)
+        # A value of exactly the plain declared type (int, str, bool) is its own JSON: what
+        # encode_output would return, without the call.
+        output = value if type(value) is step.plain_output else step.encode_output(value)
     except Exception as exc:  # the return annotation's serializer refused it
         what = _result_of(step, value)
         raise UnstorableValue(f"the saga log cannot store {what}: {describe_error(exc)}") from None
