@@ -7,6 +7,7 @@ What every store promises about finished sagas is in ``sagaway.testing.Compactio
 
 from __future__ import annotations
 
+import pickle
 import random
 import sqlite3
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 
 from batching import in_one_batch
 from sagaway import Engine, Saga, StepContext
-from sagaway.errors import CancelRefused, StepFailed
+from sagaway.errors import CancelRefused, LeaseLost, StepFailed
 from sagaway.state import (
     Change,
     Event,
@@ -28,7 +29,7 @@ from sagaway.state import (
 )
 from sagaway.store import _sqlite_ops as ops
 from sagaway.store._packed import pack, unpack
-from sagaway.store._sqlite_compact import Journals, compact, journal_rows
+from sagaway.store._sqlite_compact import Journals, compact, journal_chunk, journal_rows
 from sagaway.store._sqlite_schema import MIGRATIONS
 from sagaway.store.sqlite import SQLiteStore
 
@@ -42,10 +43,10 @@ def _rows(db: Path, saga_id: str) -> tuple[int, int, bytes | None]:
     try:
         steps = conn.execute("SELECT count(*) FROM sagaway_steps WHERE saga_id = ?", (saga_id,))
         events = conn.execute("SELECT count(*) FROM sagaway_events WHERE saga_id = ?", (saga_id,))
-        packed, journal = conn.execute(
-            "SELECT packed, journal FROM sagaway_instances WHERE id = ?", (saga_id,)
+        packed, journal, chunks = conn.execute(
+            "SELECT packed, journal, chunks FROM sagaway_instances WHERE id = ?", (saga_id,)
         ).fetchone()
-        journal_steps, journal_events = journal_rows(journal)
+        journal_steps, journal_events = journal_rows(journal, chunks)
         return (
             steps.fetchone()[0] + len(journal_steps),
             events.fetchone()[0] + len(journal_events),
@@ -218,6 +219,79 @@ async def test_a_version_10_running_saga_continues_after_its_rows(tmp_path: Path
     assert _rows(db, "r")[:2] == (0, 0)
 
 
+async def test_a_version_11_running_saga_continues_after_its_json_journal(
+    tmp_path: Path,
+) -> None:
+    # A v11 store wrote its journal as JSON text (times as 2**-22 s ticks) in ``journal``;
+    # v12 appends pickled chunks to ``chunks``: it reads back in order, and finishing packs
+    # both and clears both.
+    db = tmp_path / "v11.db"
+    old = _log_at_version(db, 11)
+    tick = int(T0 * 4194304)
+    journal = (
+        f',[[["pay","forward","RUNNING",1,null,null,0,{tick + 4194304},null]],'
+        f'[[{tick},"saga_started",null,null,null,null],'
+        f'[{tick + 4194304},"step_started","pay",null,1,"e1"]]]'
+    )
+    old.execute(
+        "INSERT INTO sagaway_instances (id, name, version, status, input, owner, "
+        "lease_expires_at, created_at, updated_at, journal) VALUES ('r', 's', 1, 'RUNNING', "
+        "'{}', 'e1', ?, ?, ?, ?)",
+        (T0 + 99, T0, T0 + 1, journal),
+    )
+    old.commit()
+    old.close()
+    paid = StepRecord("pay", Phase.FORWARD, StepStatus.SUCCEEDED, 1, 5, None, False, T0 + 1, T0 + 2)
+    ship = StepRecord("ship", Phase.FORWARD, StepStatus.RUNNING, 1, None, None, False, T0 + 2)
+    async with SQLiteStore(f"sqlite:///{db}") as store:
+        before = await store.get("r")
+        assert [e.type for e in before.history] == [
+            EventType.SAGA_STARTED,
+            EventType.STEP_STARTED,
+        ]
+        assert before.history[1].at == T0 + 1
+        later = [Event(T0 + 2, EventType.STEP_SUCCEEDED, "pay", None, 1)]
+        await store.commit("r", "e1", Change(steps=[paid, ship], events=later), T0 + 2)
+        running = await store.get("r")
+        assert running.history == [*before.history, *later]
+        assert list(running.steps.values()) == [paid, ship]
+        assert await store.peek("r") == running.copy(history=False)
+        claimed = await store.claim(
+            "e2", now=T0 + 200, lease_seconds=9, definitions=[("s", 1)], limit=5
+        )
+        assert [list(r.steps.values()) for r in claimed] == [[paid, ship]]
+        end = Event(T0 + 3, EventType.SAGA_SUCCEEDED)
+        change = Change(status=SagaStatus.SUCCEEDED, events=[end], release_lease=True)
+        await store.commit("r", "e2", change, T0 + 3)
+        after = await store.get("r")
+    assert after.history[: len(running.history)] == running.history
+    assert after.history[-1] == end
+    assert after.steps == running.steps
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT journal, chunks FROM sagaway_instances").fetchall() == [
+        (None, None)
+    ]
+    conn.close()
+
+
+def test_a_journal_chunk_holds_plain_values_and_names_no_class() -> None:
+    # A chunk is a pickle: reading one that names a class or function (which loading would
+    # call) is refused, and writing keeps to plain values, an enum member as its text.
+    chunk = journal_chunk(
+        [("pay", Phase.FORWARD, StepStatus.RUNNING)], [(T0, EventType.SAGA_STARTED)]
+    )
+    steps, events = journal_rows(None, chunk)
+    assert steps == [("pay", "forward", "RUNNING")]
+    assert events == [(T0, "saga_started")]
+    assert type(steps[0][1]) is str
+    assert type(events[0][1]) is str
+    with pytest.raises(TypeError):
+        journal_chunk([("pay", object())], [])
+    hostile = pickle.dumps(([], [(T0, print)]), 5)
+    with pytest.raises(pickle.UnpicklingError):
+        journal_rows(None, chunk + hostile)
+
+
 async def _three_steps(store: SQLiteStore, saga_id: str, *, cancel: bool = False) -> None:
     """A saga written as the engine writes it, finishing in its last commit; with ``cancel``,
     a cancel is asked for between two of its commits (refused: its steps are under way; the
@@ -268,11 +342,13 @@ async def test_compaction_packs_the_rows_it_wrote_as_it_would_decode_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The store keeps the rows it wrote to a journal (Journals) and packs those instead of
-    # decoding the text: the packed values must be the very ones decoding gives.
+    # decoding the text, in compaction ("a", whose step names are not numbered yet) or in the
+    # finishing commit itself ("b", "c"): the packed values must be the very ones decoding gives.
     values = []
     for name in ("kept", "decoded"):
         if name == "decoded":
             monkeypatch.setattr(Journals, "take", lambda self, saga_id, journal: None)
+            monkeypatch.setattr(Journals, "packed", lambda self, saga_id, steps, events: None)
         async with SQLiteStore(f"sqlite:///{tmp_path / name}.db") as store:
             for saga_id in ("a", "b", "c"):
                 await _three_steps(store, saga_id)
@@ -285,8 +361,10 @@ async def test_compaction_packs_the_rows_it_wrote_as_it_would_decode_them(
 
 async def test_compaction_decodes_a_journal_written_by_another_write(tmp_path: Path) -> None:
     # The refused cancel's event goes into the journal by request_cancel, not by a commit: the
-    # rows the store kept are not the journal any more, and it must notice.
+    # rows the store kept are not the journal any more, and it must notice (after "first",
+    # the texts are numbered and the finishing commit would pack the saga itself).
     async with SQLiteStore(f"sqlite:///{tmp_path / 'log.db'}") as store:
+        await _three_steps(store, "first")
         await _three_steps(store, "s", cancel=True)
         record = await store.get("s")
     assert record.status is SagaStatus.SUCCEEDED
@@ -318,6 +396,94 @@ async def test_a_write_after_the_finishing_commit_in_its_batch_stays_after_it(
         record = await store.get("s")
     assert record.history[-2:] == [failed, later]
     assert _rows(db, "s")[:2] == (0, 0)  # compacted, both events in the packed value
+
+
+async def test_a_finishing_commit_packs_the_saga_in_its_own_update(tmp_path: Path) -> None:
+    # Once its step names and engine id are numbered (by the first saga's compaction), a saga
+    # this store created and ran is finished by one statement: no compaction reading the
+    # journal back and writing the row a second time.
+    async with SQLiteStore(f"sqlite:///{tmp_path / 'log.db'}") as store:
+        await _three_steps(store, "first")
+        finishing: list[str] = []
+        real_commit = store.commit
+
+        async def traced(saga_id: str, owner: str | None, change: Change, at: float) -> None:
+            assert store._writer_conn is not None
+            traced_sql = finishing if change.status is SagaStatus.SUCCEEDED else None
+            store._writer_conn.set_trace_callback(None if traced_sql is None else traced_sql.append)
+            try:
+                await real_commit(saga_id, owner, change, at)
+            finally:
+                store._writer_conn.set_trace_callback(None)
+
+        store.commit = traced  # type: ignore[method-assign]
+        await _three_steps(store, "s")
+        record = await store.get("s")
+    statements = [s for s in finishing if "sagaway_instances" in s or "sagaway_texts" in s]
+    assert len(statements) == 1, statements
+    assert "packed = " in statements[0]
+    assert record.status is SagaStatus.SUCCEEDED
+    assert [e.type for e in record.history][-2:] == [
+        EventType.STEP_SUCCEEDED,
+        EventType.SAGA_SUCCEEDED,
+    ]
+    assert _rows(tmp_path / "log.db", "s")[:2] == (0, 0)
+
+
+async def test_a_finishing_commit_that_lost_its_lease_packs_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "log.db"
+    async with SQLiteStore(f"sqlite:///{db}") as store:
+        await _three_steps(store, "first")
+        journal_before: list[str] = []
+        real_commit = store.commit
+
+        async def stolen(saga_id: str, owner: str | None, change: Change, at: float) -> None:
+            if change.status is SagaStatus.SUCCEEDED:  # another engine took the saga over
+                conn = sqlite3.connect(db)
+                with conn:
+                    conn.execute(
+                        "UPDATE sagaway_instances SET owner = 'e2' WHERE id = ?", (saga_id,)
+                    )
+                    journal_before.append(
+                        conn.execute(
+                            "SELECT journal FROM sagaway_instances WHERE id = ?", (saga_id,)
+                        ).fetchone()[0]
+                    )
+                conn.close()
+            await real_commit(saga_id, owner, change, at)
+
+        store.commit = stolen  # type: ignore[method-assign]
+        with pytest.raises(LeaseLost):
+            await _three_steps(store, "s")
+        record = await store.get("s")
+    assert record.status is SagaStatus.RUNNING
+    conn = sqlite3.connect(db)
+    packed, journal = conn.execute(
+        "SELECT packed, journal FROM sagaway_instances WHERE id = 's'"
+    ).fetchone()
+    conn.close()
+    assert packed is None
+    assert journal == journal_before[0]
+
+
+def test_texts_numbered_by_a_batch_are_used_once_it_committed() -> None:
+    # A number read inside a transaction that is then rolled back may be given to another text
+    # by the next writer: the finishing commit packs with committed numbers only.
+    journals = Journals()
+    step = ("reserve", "forward", "SUCCEEDED", 1, "1", None, 0, T0, T0 + 1)
+    done = (T0 + 1, "saga_succeeded", None, None, None, None)
+    journals.start("s", T0, b"chunk", [], [])
+    journals.fresh.update({"reserve": 1})
+    assert journals.packed("s", [step], [done]) is None
+    journals.fresh.clear()  # the next batch starts: that one was rolled back
+    journals.settle()
+    assert journals.packed("s", [step], [done]) is None
+    journals.fresh.update({"reserve": 1})
+    journals.settle()  # committed
+    found = journals.packed("s", [step], [done])
+    assert found is not None
+    assert found[0] == b"chunk"
+    assert unpack(T0, found[1], lambda numbers: {1: "reserve"}) == ([step], [done])
 
 
 async def test_finished_sagas_are_in_no_status_index(tmp_path: Path) -> None:

@@ -341,8 +341,8 @@ async def test_run_in_transaction_is_durable_with_the_batch(store: SQLiteStore, 
     # Committed, not merely visible to the writer: an independent connection sees both writes.
     other = sqlite3.connect(db)
     assert other.execute("SELECT amount FROM ledger").fetchall() == [(500,)]
-    (journal,) = other.execute("SELECT journal FROM sagaway_instances WHERE id = 's'").fetchone()
-    assert [row[0] for row in journal_rows(journal)[0]] == ["pay"]
+    (chunks,) = other.execute("SELECT chunks FROM sagaway_instances WHERE id = 's'").fetchone()
+    assert [row[0] for row in journal_rows(None, chunks)[0]] == ["pay"]
     other.close()
     # A function that tries to end the store's transaction is refused: it fails, loudly, and
     # alone; the batch it shared commits.

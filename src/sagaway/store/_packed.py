@@ -128,9 +128,11 @@ def pack(
     steps: Iterable[StepRow],
     events: Iterable[EventRow],
     shared: Mapping[str, int] | None = None,
+    unnumbered: list[str] | None = None,
 ) -> bytes:
     """The packed value of a saga created at ``base`` with these step rows and events (in
-    history order); a text in ``shared`` is written as its number there."""
+    history order); a text in ``shared`` is written as its number there, one that is not is
+    written out (and added to ``unnumbered``, if given)."""
     # Runs once per finished saga in the commit that finishes it: plain loops, the common
     # one-byte varint appended inline (a call per field cost more than the rest of it).
     texts: dict[str, int] = {}
@@ -245,6 +247,8 @@ def pack(
     for t in texts:
         number = None if shared is None else shared.get(t)
         if number is None:
+            if unnumbered is not None:
+                unnumbered.append(t)
             raw = t.encode()
             _varint(value, len(raw) << 1 | 1)
             value += raw

@@ -22,13 +22,11 @@ from sagaway.state import PRUNABLE_STATUSES, OutboxMessage, SagaRecord, SagaStat
 from sagaway.store._codec import SAGA_STATUS as _SAGA_STATUS
 from sagaway.store._codec import dumps as _dumps
 from sagaway.store._sqlite_compact import journal_rows, table_then_journal_steps
-from sagaway.store._sqlite_ops import (
-    _ACTIVE,
+from sagaway.store._sqlite_ops import _ACTIVE, NOT_DONE, _exists
+from sagaway.store._sqlite_rows import (
     _OUTBOX_COLS,
     _SELECT_COLS,
     _STEP_COLS,
-    NOT_DONE,
-    _exists,
     _message,
     _saga,
     _step,
@@ -36,10 +34,11 @@ from sagaway.store._sqlite_ops import (
     read_load,
 )
 
-_PEEK_STEP = len(_SELECT_COLS.split(",")) + 3  # after the row's columns, packed, fence, journal
+# After the row's columns: packed, fence, journal, chunks.
+_PEEK_STEP = len(_SELECT_COLS.split(",")) + 4
 _PEEK = (
     f"SELECT {', '.join('i.' + c.strip() for c in _SELECT_COLS.split(','))}, i.packed, i.fence, "
-    f"i.journal, {', '.join('s.' + c.strip() for c in _STEP_COLS.split(','))} "
+    f"i.journal, i.chunks, {', '.join('s.' + c.strip() for c in _STEP_COLS.split(','))} "
     "FROM sagaway_instances i LEFT JOIN sagaway_steps s ON s.saga_id = i.id WHERE i.id = ?"
 )
 
@@ -54,15 +53,15 @@ def peek(conn: sqlite3.Connection, saga_id: str) -> SagaRecord | None:
     if not rows:
         return None
     first = rows[0]
-    if first[_PEEK_STEP - 3] is not None:
+    if first[_PEEK_STEP - 4] is not None:
         return read_load(conn, saga_id, False)
     record = _saga(first)
-    record.fence = first[_PEEK_STEP - 2]
+    record.fence = first[_PEEK_STEP - 3]
     # A saga without step rows in the table has one row, the LEFT JOIN's NULLs.
     steps = [row[_PEEK_STEP:] for row in rows] if first[_PEEK_STEP] is not None else []
-    journal = first[_PEEK_STEP - 1]
-    if journal:
-        steps = table_then_journal_steps(steps, journal_rows(journal)[0])
+    journal, chunks = first[_PEEK_STEP - 2], first[_PEEK_STEP - 1]
+    if journal or chunks:
+        steps = table_then_journal_steps(steps, journal_rows(journal, chunks)[0])
     for step_row in steps:
         step = _step(step_row)
         record.steps[(step.name, step.phase)] = step

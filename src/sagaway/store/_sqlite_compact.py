@@ -10,7 +10,10 @@ saga finished; those statements were most of the writer's time.
 When a commit finishes a saga (SUCCEEDED, COMPENSATED or FAILED), :func:`compact` runs in the
 same transaction: it reads the journal, writes it as one packed value (``store._packed``) in
 the row's ``packed`` column and clears the journal. In the same transaction, so there is no
-state in which a saga is half compacted, and nothing to recover after a crash.
+state in which a saga is half compacted, and nothing to recover after a crash. A saga this
+store created and ran needs no compaction: its finishing commit packs the rows the store kept
+(:class:`Journals`) and writes the value in its own UPDATE, fenced on the journal being the
+text those rows were written as (``Journals.packed``).
 
 Readers put a saga back together from three forms, oldest first: the packed value, rows in
 ``sagaway_steps``/``sagaway_events`` (written by versions before 11: still read and compacted,
@@ -22,6 +25,8 @@ Retention deletes the instance row and its rows, packed or not.
 
 from __future__ import annotations
 
+import io
+import pickle
 import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -35,70 +40,112 @@ FINISHED = frozenset({SagaStatus.SUCCEEDED, SagaStatus.COMPENSATED, SagaStatus.F
 
 STEP_COLS = "name, phase, status, attempts, output, error, uncertain, started_at, finished_at"
 EVENT_COLS = "at, type, step, phase, attempt, detail"
-# The SET term that appends a chunk to a saga's journal (NULL once compacted, or before v11).
-APPEND_JOURNAL = "journal = coalesce(journal, '') || ?"
+# The SET term that appends a chunk to a saga's journal (NULL once compacted, or before v12).
+# ``||`` makes text of blobs, byte for byte in a UTF-8 database: the CAST makes it a blob again.
+APPEND_JOURNAL = "chunks = CAST(coalesce(chunks, x'') || ? AS BLOB)"
+# Chunks are pickles of plain tuples, lists, strings, numbers and None: a pickle is built and
+# read by C code, with times as exact 8-byte floats (the JSON of v11, its times as integer
+# ticks, cost 2.5 times as much to write and to read). Protocol 5 is fixed, not the newest.
+_PROTOCOL = 5
+# The opcode that names a class or function, which a pickle of anything but the plain types
+# holds; the byte may also be part of a text or a float (then the chunk is built again).
+_STACK_GLOBAL = b"\x93"
 
 
-# A time in the journal: a whole number of ticks (2**-22 s) when it is one, as every POSIX time
-# this side of 2038 is (times are exact in both forms). The JSON of the integer costs a fifth
-# of the float's shortest repr, which was most of the cost of encoding a chunk.
+def journal_chunk(steps: Sequence[Sequence[Any]], events: Sequence[Sequence[Any]]) -> bytes:
+    """One write's step rows and events (as the tables hold them, without ``saga_id``; enum
+    values as their plain text) as the bytes appended to the saga's journal (``chunks``)."""
+    chunk = pickle.dumps((steps, events), _PROTOCOL)
+    if _STACK_GLOBAL in chunk:
+        chunk = pickle.dumps(_plain((steps, events)), _PROTOCOL)
+    return chunk
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with a text or number of a subclass (an enum member) as the plain value it
+    is, so that its pickle names no class; anything else than those, None and containers of
+    them is refused (TypeError) when written, rather than being unreadable later."""
+    kind = type(value)
+    if kind is tuple or kind is list:
+        return kind(map(_plain, value))
+    if value is None or kind in (str, int, float, bool):
+        return value
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, int):
+        return int.__index__(value)
+    if isinstance(value, float):
+        return float.__float__(value)
+    raise TypeError(f"a saga journal holds no {kind.__name__} value")
+
+
+class _Chunks(pickle.Unpickler):
+    """Reads a journal's chunks. Loading a pickle calls whatever class or function it names:
+    a journal names none (``journal_chunk``), and one that does is refused, so reading a log
+    file runs no code chosen by its contents."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"a saga journal may not name {module}.{name}")
+
+
+# A time in a v11 journal (JSON text): a whole number of ticks (2**-22 s) when it was one.
 _TICKS = 4194304.0
-
-
-def tick(at: float | None) -> float | int | None:
-    """``at`` as the journal holds it (see ``_TICKS``)."""
-    if at is None:
-        return None
-    ticks = at * _TICKS
-    return int(ticks) if ticks.is_integer() else at
 
 
 def _untick(value: float | int | None) -> float | None:
     return value / _TICKS if type(value) is int else value
 
 
-def journal_chunk(steps: Sequence[Sequence[Any]], events: Sequence[Sequence[Any]]) -> str:
-    """One write's step rows and events (as the tables hold them, without ``saga_id``) as the
-    text appended to the journal: a comma, then ``[steps, events]`` in compact JSON with times
-    through :func:`tick`, so a whole journal reads back with one ``loads``."""
-    return "," + dumps(
-        [
-            [(*r[:7], tick(r[7]), tick(r[8])) for r in steps],
-            [(tick(r[0]), *r[1:]) for r in events],
-        ]
-    )
-
-
 class Journals:
-    """The journals this store wrote for the sagas it created, as text and as rows, so that
-    compacting such a saga packs the rows it already has instead of decoding the text (the
-    decoding was a third of compaction's cost).
+    """The journals this store wrote for the sagas it created, as bytes and as rows, so that
+    compacting such a saga packs the rows it already has instead of decoding the journal (the
+    decoding was a third of compaction's cost), and its finishing commit can pack it itself.
 
-    Self-checking: an entry is used only if its text is the row's journal, character for
-    character; anything else (another process's write, a claim, a batch rolled back after
-    the entry was added) makes them differ, and the row's text is decoded as it would be
-    without this. Entries go when their saga is compacted; sagas that never finish here
-    (taken over, parked for long) are dropped all at once past ``limit`` entries.
+    Self-checking: an entry is used only if its bytes are the row's journal, byte for byte;
+    anything else (another process's write, a claim, a batch rolled back after the entry was
+    added) makes them differ, and the row's journal is decoded as it would be without this.
+    Entries go when their saga is compacted; sagas that never finish here (taken over, parked
+    for long) are dropped all at once past ``limit`` entries.
     """
 
-    __slots__ = ("entries", "limit")
+    __slots__ = ("entries", "fresh", "limit", "numbers")
 
     def __init__(self, limit: int = 10_000) -> None:
         self.limit = limit
-        # saga id -> (the chunks written, its step rows by (name, phase), its events)
+        # saga id -> (the chunks written, its step rows by (name, phase), its events, its
+        # created_at: the base of its packed times)
         self.entries: dict[
-            str, tuple[list[str], dict[tuple[str, str], Sequence[Any]], list[Sequence[Any]]]
+            str,
+            tuple[list[bytes], dict[tuple[str, str], Sequence[Any]], list[Sequence[Any]], float],
         ] = {}
+        # sagaway_texts numbers known committed (a number never changes once committed), and
+        # those the open transaction read, which a rollback could take back (see settle).
+        self.numbers: dict[str, int] = {}
+        self.fresh: dict[str, int] = {}
 
     def start(
-        self, saga_id: str, chunk: str, steps: list[tuple[Any, ...]], events: list[tuple[Any, ...]]
+        self,
+        saga_id: str,
+        created_at: float,
+        chunk: bytes,
+        steps: list[tuple[Any, ...]],
+        events: list[tuple[Any, ...]],
     ) -> None:
         if len(self.entries) >= self.limit:
             self.entries.clear()
-        self.entries[saga_id] = ([chunk], {(r[0], r[1]): r for r in steps}, list(events))
+        self.entries[saga_id] = (
+            [chunk],
+            {(r[0], r[1]): r for r in steps},
+            list(events),
+            created_at,
+        )
 
     def add(
-        self, saga_id: str, chunk: str, steps: list[tuple[Any, ...]], events: list[tuple[Any, ...]]
+        self,
+        saga_id: str,
+        chunk: bytes,
+        steps: list[tuple[Any, ...]],
+        events: list[tuple[Any, ...]],
     ) -> None:
         entry = self.entries.get(saga_id)
         if entry is not None:
@@ -108,31 +155,76 @@ class Journals:
             entry[2].extend(events)
 
     def take(
-        self, saga_id: str, journal: str
+        self, saga_id: str, journal: bytes
     ) -> tuple[list[Sequence[Any]], list[Sequence[Any]]] | None:
         """The rows of ``journal`` if they are the ones written here (see the class)."""
         entry = self.entries.pop(saga_id, None)
-        if entry is None or "".join(entry[0]) != journal:
+        if entry is None or b"".join(entry[0]) != journal:
             return None
         steps = entry[1]
         return [steps[key] for key in sorted(steps)], entry[2]
 
+    def packed(
+        self,
+        saga_id: str,
+        steps: list[tuple[Any, ...]],
+        events: list[tuple[Any, ...]],
+    ) -> tuple[bytes, bytes] | None:
+        """For a commit that finishes a saga created here: the journal its row must hold (the
+        commit's fence: anything else means the rows here are not the saga's) and the packed
+        value of that journal followed by the commit's rows; None when unknown, or when a text
+        it shares has no committed number yet (compaction then numbers it)."""
+        entry = self.entries.get(saga_id)
+        if entry is None:
+            return None
+        by_key = dict(entry[1])
+        for r in steps:
+            by_key[(r[0], r[1])] = r
+        all_events = [*entry[2], *events]
+        rows = [by_key[key] for key in sorted(by_key)]
+        unnumbered: list[str] = []
+        value = pack(entry[3], rows, all_events, self.numbers, unnumbered)
+        # Most sagas write no text out (no error, no signal): then none is a shareable one.
+        if unnumbered and not shareable(rows, all_events).isdisjoint(unnumbered):
+            return None
+        del self.entries[saga_id]
+        return b"".join(entry[0]), value
 
-def journal_rows(journal: str | None) -> tuple[list[Sequence[Any]], list[Sequence[Any]]]:
+    def settle(self) -> None:
+        """The transaction committed: the numbers it read are there for good."""
+        if self.fresh:
+            self.numbers.update(self.fresh)
+            self.fresh.clear()
+
+
+def journal_rows(
+    journal: str | None, chunks: bytes | None = None
+) -> tuple[list[Sequence[Any]], list[Sequence[Any]]]:
     """The step rows (one per (name, phase), the last written, in primary-key order as the
-    step table returned them) and the events (in order) of a journal, times as floats."""
-    if not journal:
+    step table returned them) and the events (in order) of a saga's journal: the JSON text a
+    v11 store wrote (``journal``), then the chunks written since (``chunks``)."""
+    if not journal and not chunks:
         return [], []
     steps: dict[tuple[str, str], Sequence[Any]] = {}
     events: list[Sequence[Any]] = []
-    for chunk_steps, chunk_events in loads("[" + journal[1:] + "]"):
-        for row in chunk_steps:
-            row[7] = _untick(row[7])
-            row[8] = _untick(row[8])
-            steps[(row[0], row[1])] = row
-        for row in chunk_events:
-            row[0] = _untick(row[0])
-        events += chunk_events
+    if journal:
+        for chunk_steps, chunk_events in loads("[" + journal[1:] + "]"):
+            for row in chunk_steps:
+                row[7] = _untick(row[7])
+                row[8] = _untick(row[8])
+                steps[(row[0], row[1])] = row
+            for row in chunk_events:
+                row[0] = _untick(row[0])
+            events += chunk_events
+    if chunks:
+        stream, end = io.BytesIO(chunks), len(chunks)
+        while stream.tell() < end:
+            # A reader per chunk: one keeps its memo from the last load, which the next
+            # chunk's back-references (numbered from 0 in each) would resolve against.
+            chunk_steps, chunk_events = _Chunks(stream).load()
+            for row in chunk_steps:
+                steps[(row[0], row[1])] = row
+            events += chunk_events
     return [steps[key] for key in sorted(steps)], events
 
 
@@ -155,19 +247,21 @@ def compact(
     sagas: dict[str, tuple[float, bytes | None]] = {}
     steps: dict[str, list[Sequence[Any]]] = {}
     events: dict[str, list[Sequence[Any]]] = {}
-    texts_of: dict[str, str] = {}
+    texts_of: dict[str, tuple[str | None, bytes | None]] = {}
     rows_of: dict[str, tuple[list[Sequence[Any]], list[Sequence[Any]]]] = {}
-    for saga_id, created_at, packed, journal in conn.execute(
-        "SELECT id, created_at, packed, journal FROM sagaway_instances "
+    for saga_id, created_at, packed, journal, chunks in conn.execute(
+        "SELECT id, created_at, packed, journal, chunks FROM sagaway_instances "
         "WHERE id IN (SELECT value FROM json_each(?))",
         param,
     ):
         sagas[saga_id] = (created_at, packed)
         steps[saga_id], events[saga_id] = [], []
-        if journal:
-            known = None if journals is None else journals.take(saga_id, journal)
+        if journal or chunks:
+            known = None
+            if journals is not None and chunks and not journal:
+                known = journals.take(saga_id, chunks)
             if known is None:
-                texts_of[saga_id] = journal
+                texts_of[saga_id] = (journal, chunks)
             else:
                 rows_of[saga_id] = known
     for row in conn.execute(
@@ -183,8 +277,8 @@ def compact(
         param,
     ):
         events[row[0]].append(row[1:])
-    for saga_id, journal in texts_of.items():
-        rows_of[saga_id] = journal_rows(journal)
+    for saga_id, (journal, chunks) in texts_of.items():
+        rows_of[saga_id] = journal_rows(journal, chunks)
     for saga_id, (journal_steps, journal_events) in rows_of.items():
         steps[saga_id] = table_then_journal_steps(steps[saga_id], journal_steps)
         events[saga_id] += journal_events
@@ -207,11 +301,16 @@ def compact(
             events[saga_id] = [*old_events, *events[saga_id]]
         texts |= shareable(steps[saga_id], events[saga_id])
     shared = _intern(conn, texts)
+    if journals is not None:
+        journals.fresh.update(shared)
     values = [
         (pack(created_at, steps[saga_id], events[saga_id], shared), saga_id)
         for saga_id, (created_at, _) in sagas.items()
     ]
-    conn.executemany("UPDATE sagaway_instances SET packed = ?, journal = NULL WHERE id = ?", values)
+    conn.executemany(
+        "UPDATE sagaway_instances SET packed = ?, journal = NULL, chunks = NULL WHERE id = ?",
+        values,
+    )
     conn.execute(
         "DELETE FROM sagaway_steps WHERE saga_id IN (SELECT value FROM json_each(?))", param
     )
@@ -268,6 +367,7 @@ def read_rows(
     created_at: float,
     packed: bytes | None,
     journal: str | None,
+    chunks: bytes | None,
     history: bool,
 ) -> tuple[list[Sequence[Any]], list[Sequence[Any]]]:
     """A saga's step rows and (with ``history``) its events in order, packed or not."""
@@ -279,8 +379,8 @@ def read_rows(
         events = conn.execute(
             f"SELECT {EVENT_COLS} FROM sagaway_events WHERE saga_id = ? ORDER BY id", (saga_id,)
         ).fetchall()
-    if journal:
-        journal_steps, journal_events = journal_rows(journal)
+    if journal or chunks:
+        journal_steps, journal_events = journal_rows(journal, chunks)
         steps = table_then_journal_steps(steps, journal_steps)
         if history:
             events += journal_events

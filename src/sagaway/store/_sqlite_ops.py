@@ -13,7 +13,8 @@ overhead per row is what limits the writer. A write's step rows and events go in
 journal (``_sqlite_compact``), appended by the statement that writes the saga's row anyway.
 ``create`` and ``commit`` hand their outbox messages and the sagas they finish to a
 :class:`Pending`: the store writes a whole batch's messages with one ``executemany`` and
-compacts its finished sagas together.
+compacts its finished sagas together (those whose rows it kept, the finishing commit packs
+itself: ``_packs``).
 """
 
 from __future__ import annotations
@@ -30,41 +31,31 @@ from sagaway.state import (
     EventType,
     NewSaga,
     OutboxMessage,
+    Phase,
     SagaRecord,
     SagaStatus,
     StepRecord,
+    StepStatus,
     cancel_refusal,
     refused_cancel,
 )
-from sagaway.store._codec import EVENT_TYPE as _EVENT_TYPE
-from sagaway.store._codec import PHASE as _PHASE
-from sagaway.store._codec import SAGA_STATUS as _SAGA_STATUS
-from sagaway.store._codec import STEP_STATUS as _STEP_STATUS
 from sagaway.store._codec import dumps as _dumps
-from sagaway.store._codec import loads as _loads
 from sagaway.store._sqlite_compact import (
     APPEND_JOURNAL,
     FINISHED,
     Journals,
     compact,
     journal_chunk,
-    read_rows,
 )
+from sagaway.store._sqlite_rows import _COLS, _STEP_COLS, load, load_many
 
 _ACTIVE = ",".join(f"'{s.value}'" for s in ACTIVE_STATUSES)
 # The WHERE of the status indexes (schema v7): a saga over for good is in neither of them, so
 # every query that reads them repeats this term (SQLite uses a partial index only then).
 NOT_DONE = "status NOT IN ('SUCCEEDED','COMPENSATED')"
-_COLS = (
-    "id, name, version, status, input, idempotency_key, owner, lease_expires_at, deadline_at, "
-    "cancel_requested, error, created_at, updated_at"
-)
-# Read back with every saga; written only by commits that park or unpark it.
-_SELECT_COLS = f"{_COLS}, waiting_for, parked_until, pinned"
-_STEP_COLS = "name, phase, status, attempts, output, error, uncertain, started_at, finished_at"
 
 INSERT_INSTANCE = (
-    f"INSERT INTO sagaway_instances ({_COLS}, journal) VALUES (?,?,?,?,?,?,?,?,?,0,NULL,?,?,?) "
+    f"INSERT INTO sagaway_instances ({_COLS}, chunks) VALUES (?,?,?,?,?,?,?,?,?,0,NULL,?,?,?) "
     "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
 )
 UPSERT_STEP = (
@@ -84,19 +75,31 @@ UPSERT_OUTBOX = (
     "topic = excluded.topic, body = excluded.body, headers = excluded.headers, "
     "created_at = excluded.created_at"
 )
-_OUTBOX_COLS = "id, saga_id, topic, body, headers, created_at"
+
+# An enum member's plain text, by the member (a dict lookup: ``.value`` is a Python property).
+_TEXT: dict[Any, str] = {m: m.value for e in (Phase, StepStatus, EventType) for m in e}
 
 # Change.park / Change.unpark, as a third dimension of the UPDATE (0: neither).
 _NO_PARK, _PARK, _UNPARK = 0, 1, 2
 
 
 def _update_sql(
-    status: bool, release: bool, clear: bool, fenced: bool, guarded: bool, park: int = _NO_PARK
+    status: bool,
+    release: bool,
+    clear: bool,
+    fenced: bool,
+    guarded: bool,
+    park: int = _NO_PARK,
+    packs: bool = False,
 ) -> str:
     """The instance UPDATE for a Change, setting only what it changes: an unchanged status or
-    lease then touches no index at all (most commits only record a step's progress)."""
+    lease then touches no index at all (most commits only record a step's progress).
+
+    ``packs``: the commit finishes the saga and writes its packed value (``_sqlite_compact``'s
+    ``Journals.packed``) in place of its journal, if the journal is the one given."""
     sets = ["status = ?, error = ?"] if status else []
-    sets.append(f"updated_at = ?, fence = fence + 1, {APPEND_JOURNAL}")
+    journal = "packed = ?, chunks = NULL" if packs else APPEND_JOURNAL
+    sets.append(f"updated_at = ?, fence = fence + 1, {journal}")
     if park == _PARK:  # parking releases the lease too
         sets.append("waiting_for = ?, parked_until = ?, owner = NULL, lease_expires_at = NULL")
     elif park == _UNPARK:
@@ -109,11 +112,20 @@ def _update_sql(
     fence = " AND owner = ?" if fenced else ""
     # Change.unless_cancelled: a recorded cancel fences the write the same way.
     guard = " AND cancel_requested = 0" if guarded else ""
-    return f"UPDATE sagaway_instances SET {', '.join(sets)} WHERE id = ?{guard}{fence}"
+    known = " AND chunks = ?" if packs else ""
+    return f"UPDATE sagaway_instances SET {', '.join(sets)} WHERE id = ?{known}{guard}{fence}"
 
 
 _UPDATES = {
     (a, b, c, d, e): _update_sql(a, b, c, d, e)
+    for a in (False, True)
+    for b in (False, True)
+    for c in (False, True)
+    for d in (False, True)
+    for e in (False, True)
+}
+_PACKING_UPDATES = {
+    (a, b, c, d, e): _update_sql(a, b, c, d, e, packs=True)
     for a in (False, True)
     for b in (False, True)
     for c in (False, True)
@@ -135,10 +147,6 @@ def _json(value: Any) -> str | None:
     return None if value is None else _dumps(value)
 
 
-def _unjson(text: str | None) -> Any:
-    return None if text is None else _loads(text)
-
-
 def event_rows(saga_id: str, events: Iterable[Event]) -> list[tuple[Any, ...]]:
     return [(saga_id, e.at, e.type, e.step, e.phase, e.attempt, e.detail) for e in events]
 
@@ -146,12 +154,14 @@ def event_rows(saga_id: str, events: Iterable[Event]) -> list[tuple[Any, ...]]:
 def _rows(
     steps: Sequence[StepRecord], events: Sequence[Event]
 ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """A write's step rows and events as the tables held them, without ``saga_id``."""
+    """A write's step rows and events as the tables held them, without ``saga_id``, enum
+    members as their plain text (what a journal chunk holds: ``journal_chunk``)."""
+    text = _TEXT.get
     return [
         (
             s.name,
-            s.phase,
-            s.status,
+            text(s.phase, s.phase),
+            text(s.status, s.status),
             s.attempts,
             None if s.output is None else _dumps(s.output),
             s.error,
@@ -160,10 +170,13 @@ def _rows(
             s.finished_at,
         )
         for s in steps
-    ], [(e.at, e.type, e.step, e.phase, e.attempt, e.detail) for e in events]
+    ], [
+        (e.at, text(e.type, e.type), e.step, text(e.phase, e.phase), e.attempt, e.detail)
+        for e in events
+    ]
 
 
-def _chunk(steps: Sequence[StepRecord], events: Sequence[Event]) -> str:
+def _chunk(steps: Sequence[StepRecord], events: Sequence[Event]) -> bytes:
     """What a write appends to the saga's journal."""
     return journal_chunk(*_rows(steps, events))
 
@@ -185,7 +198,7 @@ class Pending:
     replays the batch with a savepoint per operation and no deferral.
     """
 
-    __slots__ = ("finished", "journals", "late_events", "late_steps", "outbox")
+    __slots__ = ("finished", "journals", "late_events", "late_steps", "outbox", "packed")
 
     def __init__(self, journals: Journals | None = None) -> None:
         self.journals = journals
@@ -195,6 +208,9 @@ class Pending:
         self.finished: dict[str, None] = {}
         self.late_steps: list[tuple[Any, ...]] = []
         self.late_events: list[tuple[Any, ...]] = []
+        # Sagas a commit of the batch finished and packed itself (see ``_packs``): a later
+        # write of one in the batch goes to ``finish`` too, so that compaction folds it in.
+        self.packed: set[str] = set()
 
     def __bool__(self) -> bool:
         return bool(self.outbox or self.finished)
@@ -213,120 +229,6 @@ class Pending:
         if self.finished:
             compact(conn, list(self.finished), self.late_steps, self.late_events, self.journals)
             self.finished, self.late_steps, self.late_events = {}, [], []
-
-
-def _saga(row: Sequence[Any]) -> SagaRecord:
-    return SagaRecord(
-        id=row[0],
-        name=row[1],
-        version=row[2],
-        status=_SAGA_STATUS[row[3]],
-        input=_unjson(row[4]),
-        idempotency_key=row[5],
-        owner=row[6],
-        lease_expires_at=row[7],
-        deadline_at=row[8],
-        cancel_requested=bool(row[9]),
-        error=row[10],
-        created_at=row[11],
-        updated_at=row[12],
-        waiting_for=row[13],
-        parked_until=row[14],
-        pinned=bool(row[15]),
-    )
-
-
-def _message(row: Sequence[Any]) -> OutboxMessage:
-    return OutboxMessage(
-        id=row[0],
-        saga_id=row[1],
-        topic=row[2],
-        body=_loads(row[3]),
-        headers=_loads(row[4]),
-        created_at=row[5],
-    )
-
-
-def _step(row: Sequence[Any]) -> StepRecord:
-    return StepRecord(
-        name=row[0],
-        phase=_PHASE[row[1]],
-        status=_STEP_STATUS[row[2]],
-        attempts=row[3],
-        output=_unjson(row[4]),
-        error=row[5],
-        uncertain=bool(row[6]),
-        started_at=row[7],
-        finished_at=row[8],
-    )
-
-
-def _event(row: Sequence[Any]) -> Event:
-    return Event(
-        at=row[0],
-        type=_EVENT_TYPE[row[1]],
-        step=row[2],
-        phase=None if row[3] is None else _PHASE[row[3]],
-        attempt=row[4],
-        detail=row[5],
-    )
-
-
-# -- reads (any connection; the caller provides the transaction) --------------------------------
-
-
-def load(conn: sqlite3.Connection, saga_id: str, history: bool) -> SagaRecord | None:
-    row = conn.execute(
-        f"SELECT {_SELECT_COLS}, packed, fence, journal FROM sagaway_instances WHERE id = ?",
-        (saga_id,),
-    ).fetchone()
-    if row is None:
-        return None
-    record = _saga(row)
-    record.fence = row[17]
-    steps, events = read_rows(conn, saga_id, record.created_at, row[16], row[18], history)
-    for step_row in steps:
-        step = _step(step_row)
-        record.steps[(step.name, step.phase)] = step
-    if history:
-        record.history = [_event(r) for r in events]
-    return record
-
-
-def load_many(conn: sqlite3.Connection, ids: list[str]) -> list[SagaRecord]:
-    """Several sagas with their steps (no history), in the order of ``ids``."""
-    if not ids:
-        return []
-    param = (_dumps(ids),)
-    records: dict[str, SagaRecord] = {}
-    rebuilt: list[tuple[SagaRecord, bytes | None, str | None]] = []
-    for r in conn.execute(
-        f"SELECT {_SELECT_COLS}, packed, journal FROM sagaway_instances "
-        "WHERE id IN (SELECT value FROM json_each(?))",
-        param,
-    ):
-        records[r[0]] = record = _saga(r)
-        if r[16] is not None or r[17]:  # packed: a FAILED saga an operator retries
-            rebuilt.append((record, r[16], r[17]))
-    for r in conn.execute(
-        f"SELECT saga_id, {_STEP_COLS} FROM sagaway_steps "
-        "WHERE saga_id IN (SELECT value FROM json_each(?))",
-        param,
-    ):
-        step = _step(r[1:])
-        records[r[0]].steps[(step.name, step.phase)] = step
-    for record, packed, journal in rebuilt:
-        rows = read_rows(conn, record.id, record.created_at, packed, journal, history=False)[0]
-        record.steps = {(step.name, step.phase): step for step in map(_step, rows)}
-    return [records[i] for i in ids]
-
-
-def read_load(conn: sqlite3.Connection, saga_id: str, history: bool) -> SagaRecord | None:
-    conn.execute("BEGIN")
-    try:
-        return load(conn, saga_id, history)
-    finally:
-        conn.execute("COMMIT")
 
 
 def outbox_delete(conn: sqlite3.Connection, ids: list[str]) -> int:
@@ -367,7 +269,7 @@ def create(
         ).fetchone()
         return str(row[0]), False
     if pending is not None and pending.journals is not None:
-        pending.journals.start(new.id, chunk, *rows)
+        pending.journals.start(new.id, new.at, chunk, *rows)
     return new.id, True
 
 
@@ -390,18 +292,22 @@ def commit(
     # the batch's compaction packs them with the journal (as if appended), so the row never
     # grows by a chunk that is cleared in the same transaction. So does any later commit of
     # that saga in the batch, or its rows would be packed before the finishing commit's.
-    late = pending is not None and (status in FINISHED or saga_id in pending.finished)
-    chunk = "" if late else journal_chunk(*rows)
+    late = pending is not None and (
+        status in FINISHED or saga_id in pending.finished or saga_id in pending.packed
+    )
+    chunk = b"" if late else journal_chunk(*rows)
     if park is None and not change.unpark:  # the hot path: no parked-saga columns
-        sql = _UPDATES[
-            (
-                status is not None,
-                change.release_lease,
-                change.clear_cancel,
-                owner is not None,
-                change.unless_cancelled,
-            )
-        ]
+        key = (
+            status is not None,
+            change.release_lease,
+            change.clear_cancel,
+            owner is not None,
+            change.unless_cancelled,
+        )
+        packs = late and status in FINISHED
+        if packs and _packs(conn, pending, saga_id, key, owner, change, at, rows):
+            return
+        sql = _UPDATES[key]
         params: tuple[Any, ...] = (
             (at, chunk, saga_id) if status is None else (status, change.error, at, chunk, saga_id)
         )
@@ -436,6 +342,38 @@ def commit(
             conn.executemany(UPSERT_OUTBOX, outbox_rows(change.outbox))
     if status in FINISHED and pending is None:
         compact(conn, (saga_id,))
+
+
+def _packs(
+    conn: sqlite3.Connection,
+    pending: Pending | None,
+    saga_id: str,
+    key: tuple[bool, bool, bool, bool, bool],
+    owner: str | None,
+    change: Change,
+    at: float,
+    rows: tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]],
+) -> bool:
+    """Finish a saga this store created by writing its packed value in the commit's own
+    UPDATE, fenced on its journal being the one written here: no compaction to read the
+    journal back and write the row again. False, having written nothing, when that cannot be
+    done (the rows are not known here, a shared text is not numbered yet, the journal or the
+    lease differs): the commit then goes the ordinary way, compaction included."""
+    assert pending is not None
+    if pending.journals is None or saga_id in pending.finished or saga_id in pending.packed:
+        return False
+    known = pending.journals.packed(saga_id, *rows)
+    if known is None:
+        return False
+    journal, value = known
+    sql = _PACKING_UPDATES[key]
+    params = (change.status, change.error, at, value, saga_id, journal)
+    if conn.execute(sql, params if owner is None else (*params, owner)).rowcount == 0:
+        return False
+    pending.packed.add(saga_id)
+    if change.outbox:
+        pending.outbox += outbox_rows(change.outbox)
+    return True
 
 
 def _take(
@@ -520,7 +458,7 @@ def claim(
         ]
     if not ids:
         return []
-    claimed = journal_chunk((), [(now, EventType.SAGA_CLAIMED, None, None, None, owner)])
+    claimed = journal_chunk((), [(now, EventType.SAGA_CLAIMED.value, None, None, None, owner)])
     conn.execute(
         "UPDATE sagaway_instances SET owner = ?, lease_expires_at = ?, updated_at = ?, "
         f"fence = fence + 1, {APPEND_JOURNAL} WHERE id IN (SELECT value FROM json_each(?))",

@@ -62,6 +62,7 @@ from sagaway.store import _sqlite_admin as admin
 from sagaway.store import _sqlite_ops as ops
 from sagaway.store._codec import check_change, check_new, storable_text
 from sagaway.store._sqlite_compact import Journals
+from sagaway.store._sqlite_rows import read_load
 from sagaway.store._sqlite_schema import connect, migrate, parse_url
 from sagaway.store.base import OutboxStore, Page, PruningStore, TakingStore, TransactionalStore
 
@@ -347,7 +348,7 @@ class SQLiteStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
     async def load(self, saga_id: str, *, history: bool = True) -> SagaRecord | None:
         if not storable_text(saga_id):
             return None
-        return await self._read(ops.read_load, saga_id, history)
+        return await self._read(read_load, saga_id, history)
 
     async def peek(self, saga_id: str) -> SagaRecord | None:
         """Read on the writer's connection, on the loop's thread, between batches (a batch
@@ -505,6 +506,7 @@ def _apply(
     results: list[_Result] = []
     append = results.append
     pending = None if safe else ops.Pending(journals)
+    journals.fresh.clear()  # numbers a rolled-back batch read
     try:
         execute(_BEGIN)
         for future, fn, args in batch:
@@ -561,6 +563,7 @@ def _apply(
                     execute(_ROLLBACK)
                 raise _Replay from None
         execute(_COMMIT)
+        journals.settle()
     except (sqlite3.Error, _TransactionEnded) as exc:
         # The transaction itself failed (I/O error, disk full, user code ended it): no
         # operation can be reported as done, so every one fails (the engine then resumes its
