@@ -19,7 +19,6 @@ from sagaway.state import (
     Change,
     Event,
     EventType,
-    NewSaga,
     Phase,
     SagaRecord,
     SagaStatus,
@@ -28,7 +27,7 @@ from sagaway.state import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-HAND_WRITTEN = [StepRecord, Event, SagaRecord, Change, NewSaga, StepContext]
+HAND_WRITTEN = [StepRecord, Event, SagaRecord, Change, StepContext]
 
 
 def compiled_modules() -> list[str]:
