@@ -249,14 +249,13 @@ class Engine:
         idempotency_key: str | None = None,
         deadline: float | None = None,
     ) -> str:
-        """Record a new saga durably and start it; return its id.
-
-        With an ``idempotency_key`` already used, return that saga's id and start nothing.
-        ``deadline`` (seconds from now, default the saga's) makes it compensate if unfinished.
-        """
+        """Record a new saga durably and start it; return its id. With an ``idempotency_key``
+        already used, return that saga's id and start nothing. ``deadline`` (seconds from now,
+        default the saga's) makes it compensate if unfinished."""
         if not (self._opened or self.store.is_open):  # a store shared with an open engine will do
             raise EngineNotOpen()
-        self.register(saga)
+        if self._sagas.get(saga.key) is not saga:  # registered already: nothing to check again
+            self.register(saga)
         now = self.clock.now()
         seconds = deadline if deadline is not None else saga.deadline
         deadline_at = None if seconds is None else now + seconds
@@ -285,7 +284,7 @@ class Engine:
         if created:
             hooks = self._hooks
             if self.execute:
-                record = record_from_new(new)
+                record = self.store.running_record(new)
                 if hooks is not None:
                     hooks.saga_started(record)
                 self._spawn(saga, record, prewritten=True, reason=ClaimReason.STARTED)
@@ -517,7 +516,7 @@ class Engine:
         if hooks is not None:
             hooks.after_claim(record, reason)
         # Positional (once per saga): saga, record, store, owner, clock, listener, prewritten,
-        # hooks, dispatcher, relay, carry.
+        # hooks, dispatcher, relay, carry, shared.
         run = SagaRun(
             saga,
             record,
@@ -530,14 +529,15 @@ class Engine:
             self.transport,
             self._relay.relay if self._parks else None,
             carry,
+            prewritten and self.store.shares_records,  # started here: see running_record
         )
         self._runs[record.id] = run
         if committed is not None:
             self._committing[record.id] = committed
         # _drive drops the task from _tasks itself when it ends: a done callback would cost a
         # loop callback (a Handle, a turn of the loop) per saga.
-        task = asyncio.get_running_loop().create_task(self._drive(run))
-        self._tasks.add(task)
+        run.task = asyncio.get_running_loop().create_task(self._drive(run))
+        self._tasks.add(run.task)
 
     def _listener(self) -> CommitListener | None:
         return self._notify if self._listeners else None
@@ -582,7 +582,7 @@ class Engine:
                 run.hooks.on_finish(run.record)
             elif run.hooks is not None and not run.parked:
                 run.hooks.on_release(run.record, stopped)
-            self._tasks.discard(asyncio.current_task())
+            self._tasks.discard(run.task)  # (not current_task(): a Python function in 3.11)
             self._runs.pop(saga_id, None)
             committed = self._committing.pop(saga_id, None)
             if committed is not None and not committed.done():

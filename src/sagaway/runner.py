@@ -74,6 +74,7 @@ class SagaRun(RemoteSteps):
         dispatcher: Dispatcher | None = None,
         relay: Relay | None = None,
         carry: Change | None = None,
+        shared: bool = False,
     ) -> None:
         self.saga, self.record, self.store = saga, record, store
         self.owner, self.clock, self.listener = owner, clock, listener
@@ -95,7 +96,7 @@ class SagaRun(RemoteSteps):
         # True when the engine wrote step 0 RUNNING together with the saga: run it, don't redo it.
         self._prewritten = prewritten
         self._results = StepResults(saga, record)
-        self._inputs: dict[int, Any] = {}
+        self._inputs: dict[object, Any] = {}  # the decoded input, by adapter (see _input)
         # Remote steps: request/response transports are awaited like a local action; on a
         # message transport (``parks``) the command goes out through the outbox and the run
         # ends parked, until a reply or the park's timeout brings the saga back.
@@ -109,6 +110,10 @@ class SagaRun(RemoteSteps):
         # first write, whichever it is, and only that one.
         self._take = None if carry is None else carry.take
         self._resend = False  # the park timed out: send the step in flight again
+        # ``record`` is the one the store keeps (``SagaStore.running_record``): its commit
+        # applies each change to it, so the run does not apply it again.
+        self._shared = shared
+        self.task: asyncio.Task[None] | None = None  # the engine's task driving this run
 
     @property
     def cancel_requested(self) -> bool:
@@ -142,7 +147,8 @@ class SagaRun(RemoteSteps):
             raise _Halted from exc
         if take is not None:  # taken: later writes are fenced on the lease alone
             self._take = change.take = None
-        apply_change(self.record, change, now)
+        if not self._shared:
+            apply_change(self.record, change, now)
         if self.listener is not None:
             self.listener(self.record, change)
         sink = self._commit_sink  # the metrics' (see Hook.commit_sink), or None
@@ -157,10 +163,11 @@ class SagaRun(RemoteSteps):
         return Event(at=at, type=type_, step=step.name if step else None, **kw)
 
     def _input(self, step: Step[Any]) -> Any:
-        key = id(step.input_adapter)
-        if key not in self._inputs:
-            self._inputs[key] = step.decode_input(self.record.input)
-        return self._inputs[key]
+        # By adapter (compared by identity): steps taking the input as one type share it.
+        adapter = step.input_adapter
+        if adapter not in self._inputs:
+            self._inputs[adapter] = step.decode_input(self.record.input)
+        return self._inputs[adapter]
 
     def _context(self, step: Step[Any], phase: Phase, attempt: int) -> StepContext:
         saga_id = self.record.id
@@ -200,44 +207,44 @@ class SagaRun(RemoteSteps):
 
     async def drive(self) -> None:
         """Run to a terminal status. Raises LeaseLost/StoreError if the log cannot be written."""
-        try:
-            await self._drive()
+        try:  # (one coroutine: a wrapper around the body was a coroutine more per saga)
+            now = self.clock.now()
+            carry = self._carry
+            if carry is not None:
+                # The forward and compensation loops judge steps by the record's rows.
+                for row in carry.steps:
+                    self.record.steps[(row.name, row.phase)] = row
+                pending = carry
+            elif self.record.waiting_for is not None:
+                woken = await self._wake_parked(now)
+                if woken is None:
+                    return
+                for row in woken.steps:  # a wait's outcome: the loops judge steps by these rows
+                    self.record.steps[(row.name, row.phase)] = row
+                pending = woken
+            else:
+                pending = Change()
+            if pending.status is None and self.record.status in (
+                SagaStatus.PENDING,
+                SagaStatus.RUNNING,
+            ):
+                if self.record.status is SagaStatus.PENDING:
+                    pending.status = SagaStatus.RUNNING
+                    pending.events.append(self._event(EventType.SAGA_STARTED, now))
+                compensating, now = await self._forward(pending, now)
+                if compensating is None:
+                    return  # succeeded, failed or parked: never compensating
+                pending = compensating
+            if self.record.status is SagaStatus.COMPENSATING or pending.status is (
+                SagaStatus.COMPENSATING
+            ):
+                await self._compensate(pending, now)
         except _Halted:
             return
 
-    async def _drive(self) -> None:
-        now = self.clock.now()
-        carry = self._carry
-        if carry is not None:
-            # The forward and compensation loops judge steps by the record's rows.
-            for row in carry.steps:
-                self.record.steps[(row.name, row.phase)] = row
-            pending = carry
-        elif self.record.waiting_for is not None:
-            woken = await self._wake_parked(now)
-            if woken is None:
-                return
-            for row in woken.steps:  # a wait's outcome: the loops judge steps by these rows
-                self.record.steps[(row.name, row.phase)] = row
-            pending = woken
-        else:
-            pending = Change()
-        if pending.status is None and self.record.status in (
-            SagaStatus.PENDING,
-            SagaStatus.RUNNING,
-        ):
-            if self.record.status is SagaStatus.PENDING:
-                pending.status = SagaStatus.RUNNING
-                pending.events.append(self._event(EventType.SAGA_STARTED, now))
-            pending, now = await self._forward(pending, now)
-        if self.record.status is SagaStatus.COMPENSATING or pending.status is (
-            SagaStatus.COMPENSATING
-        ):
-            await self._compensate(pending, now)
-
-    async def _forward(self, pending: Change, now: float) -> tuple[Change, float]:
+    async def _forward(self, pending: Change, now: float) -> tuple[Change | None, float]:
         """Run the remaining steps; return a Change that starts compensation (and its time),
-        or an empty one once the saga is SUCCEEDED or FAILED."""
+        or None once the saga is SUCCEEDED, FAILED or parked."""
         for step in self.saga.steps:
             row = self.record.steps.get((step.name, FORWARD))
             if row is not None and row.status is StepStatus.SUCCEEDED:
@@ -264,16 +271,16 @@ class SagaRun(RemoteSteps):
                         self._event(EventType.STEP_RESUMED, now, step, attempt=attempt)
                     )
             self._prewritten = False
-            # The write that starts the step also checks for a cancel (see _start_unless_cancelled).
+            # The write that starts the step also checks for a cancel (see _cancel_won).
             pending.unless_cancelled = checked and row is None
             outcome = await self._run_step(step, row, attempt, pending, now, skip_write)
-            if outcome is None:  # the saga ended (FAILED past the pivot)
-                return Change(), now
+            if outcome is None:  # the saga ended (FAILED past the pivot) or parked
+                return None, now
             pending, now = outcome
             if pending.status is SagaStatus.COMPENSATING:
                 return pending, now
         await self._commit(rules.saga_succeeded(pending, now), now)
-        return Change(), now
+        return None, now
 
     async def _run_step(
         self,
@@ -323,15 +330,22 @@ class SagaRun(RemoteSteps):
                 if parking:  # the command goes out with the RUNNING row, then the saga parks
                     ctx = self._context(step, FORWARD, attempt)
                     failure = await self._park_on(pending, step, ctx, None, now)
-                if not pending.unless_cancelled:
+                try:  # (inline, not a coroutine of its own: this is every step's write)
                     await self._commit(pending, now)
-                elif not await self._start_unless_cancelled(pending, now):
-                    return rules.start_compensation(pending, "cancelled", True), now
+                except CancelPending:  # only with unless_cancelled: see _cancel_won
+                    return rules.start_compensation(
+                        self._cancel_won(pending, now), "cancelled", True
+                    ), now
+                pending.unless_cancelled = False
                 if parking and failure is None:
                     await self._parked(pending)
                     return None
             started_at = running.started_at
-            ctx = self._context(step, FORWARD, attempt)
+            # _context(step, FORWARD, attempt), inline: a call less on every attempt.
+            key = self.record.id + step.key_suffix[FORWARD]
+            ctx = StepContext(
+                self.record.id, self.saga.name, step.name, FORWARD, attempt, key, key, self._results
+            )
             hooks = self._hooks_steps
             if hooks is not None:
                 if self._hooks_before:
@@ -340,9 +354,16 @@ class SagaRun(RemoteSteps):
                 began = perf_counter()
             try:
                 if step.remote is None and step.wait is None:
-                    value = await call_with_timeout(
-                        step.action, (ctx, self._input(step)), self._attempt_timeout(step)
+                    # Without a saga deadline the step's own timeout applies as declared.
+                    timeout = (
+                        step.timeout
+                        if self.record.deadline_at is None
+                        else self._attempt_timeout(step)
                     )
+                    inputs = self._inputs  # _input(step), a call less once it is decoded
+                    adapter = step.input_adapter
+                    arg = inputs[adapter] if adapter in inputs else self._input(step)
+                    value = await call_with_timeout(step.action, (ctx, arg), timeout)
                 else:
                     value = await self._remote_call(step, ctx, None, failure)
                     failure = None
@@ -401,23 +422,18 @@ class SagaRun(RemoteSteps):
                 return None
             return decision.change, now
 
-    async def _start_unless_cancelled(self, pending: Change, now: float) -> bool:
-        """Commit ``pending`` (ending with a step's RUNNING row and STEP_STARTED event) unless a
-        cancel is recorded; True if committed. Otherwise the cancel won the race: the step
-        never started, and ``pending`` becomes its outcome-so-far plus the cancel, ready to
-        start compensating. A store decides a cancel under the same lock as this write, so a
-        cancel it accepted is always seen here, even when it reached another engine."""
-        try:
-            await self._commit(pending, now)
-        except CancelPending:
-            del pending.steps[-1], pending.events[-1]
-            pending.unless_cancelled = False
-            pending.outbox, pending.park = (), None  # the command was never sent
-            self.cancel_requested = True
-            pending.events.append(self._event(EventType.CANCEL_REQUESTED, now))
-            return False
+    def _cancel_won(self, pending: Change, now: float) -> Change:
+        """``pending`` (ending with a step's RUNNING row and STEP_STARTED event, written with
+        ``unless_cancelled``) was refused: a cancel is recorded. The cancel won the race: the
+        step never started, and ``pending`` becomes its outcome-so-far plus the cancel, ready
+        to start compensating. A store decides a cancel under the same lock as this write, so
+        a cancel it accepted is always seen here, even when it reached another engine."""
+        del pending.steps[-1], pending.events[-1]
         pending.unless_cancelled = False
-        return True
+        pending.outbox, pending.park = (), None  # the command was never sent
+        self.cancel_requested = True
+        pending.events.append(self._event(EventType.CANCEL_REQUESTED, now))
+        return pending
 
     async def _backoff(self, delay: float, forward_only: bool) -> None:
         deadline = self.record.deadline_at

@@ -393,8 +393,12 @@ def refused_cancel(event: Event, reason: str) -> Event:
 
 
 def record_from_new(new: NewSaga) -> SagaRecord:
-    # Positional, in SagaRecord's field order: called twice per saga started (the store's copy
-    # and the engine's), where keyword construction costs ~40% more.
+    # Positional, in SagaRecord's field order: called once or twice per saga started (the
+    # store's copy and, unless the store shares it, the engine's), where keyword construction
+    # costs ~40% more. The step map by a loop: a dict comprehension is a function call more.
+    steps = {}
+    for step in new.steps:
+        steps[(step.name, step.phase)] = step
     return SagaRecord(
         new.id,  # id
         new.name,  # name
@@ -409,14 +413,36 @@ def record_from_new(new: NewSaga) -> SagaRecord:
         new.deadline_at,  # deadline_at
         False,  # cancel_requested
         None,  # error
-        {(s.name, s.phase): s for s in new.steps},  # steps
+        steps,  # steps
         list(new.events),  # history
     )
 
 
 def new_saga_id(now: float) -> str:
     """Time-ordered (so indexes append) and random (so engines never collide)."""
-    return f"{int(now * 1000):012x}{os.urandom(10).hex()}"
+    try:
+        tail = _random_tails.pop()
+    except IndexError:
+        tail = _more_random_tails()
+    return f"{int(now * 1000):012x}{tail}"
+
+
+# 80 random bits a saga id, in hex, drawn from os.urandom 1024 ids at a time: a getrandom
+# system call per saga was ~3% of an in-memory saga's CPU time. list.pop and extend are
+# atomic under the GIL, so threads share the pool safely; a forked child must not hand out
+# its parent's ids, so it starts with an empty pool.
+_random_tails: list[str] = []
+_TAILS_A_DRAW = 1024
+
+
+def _more_random_tails() -> str:
+    text = os.urandom(10 * _TAILS_A_DRAW).hex()
+    _random_tails.extend([text[i : i + 20] for i in range(20, len(text), 20)])
+    return text[:20]
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_random_tails.clear)
 
 
 def new_saga(

@@ -66,13 +66,16 @@ async def test_a_cancel_of_a_finished_or_compensating_saga_is_refused_and_record
     assert record.error == "no stock"  # the refused cancels changed nothing
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["own-record", "store-record"])
 async def test_a_cancel_accepted_elsewhere_always_stops_the_next_step(
-    kit: Kit, order: Order
+    kit: Kit, order: Order, shared: bool
 ) -> None:
     # The saga runs on one engine; an API-only engine (another process) records the cancel
     # while step b runs. The running engine is never told (no lease renewal happens here):
-    # only the log can stop it, and it must, at c's start.
+    # only the log can stop it, and it must, at c's start. Unless the run drives the record
+    # the store keeps (the memory store's ``shares_records``): then it sees the cancel at once.
     store, clock = MemoryStore(), VirtualClock(auto_advance=True)
+    store.shares_records = shared  # False: the run keeps its own record, as on durable stores
     hang = kit.faults.hang("b")
     async with saga_engine(kit.saga, store=store, clock=clock) as h:
         saga_id = await h.start(kit.saga, order)
@@ -81,7 +84,7 @@ async def test_a_cancel_accepted_elsewhere_always_stops_the_next_step(
         async with api:
             accepted = await api.cancel(saga_id)
         assert accepted.cancel_requested
-        assert not h.engine._runs[saga_id].cancel_requested, "the runner was not told"
+        assert h.engine._runs[saga_id].cancel_requested is shared, "the runner was told?"
         hang.release()
         record = await h.wait(saga_id)
     assert record.status is SagaStatus.COMPENSATED

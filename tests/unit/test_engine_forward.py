@@ -284,3 +284,43 @@ async def test_subscribers_see_every_durable_transition_after_it_is_committed(
         (SagaStatus.RUNNING, ["b", "c"]),
         (SagaStatus.SUCCEEDED, ["c"]),
     ]
+
+
+async def test_a_saga_driven_with_the_memory_stores_own_record_leaks_nothing_through_reads(
+    kit: Kit, order: Order
+) -> None:
+    # The engine drives a saga it starts on the memory store with the record the store keeps
+    # (``shares_records``): each change is applied once, by the store, and reads stay copies.
+    store = MemoryStore()
+    hang = kit.faults.hang("b")
+    async with saga_engine(kit.saga, store=store) as h:
+        saga_id = await h.start(kit.saga, order)
+        await hang.entered.wait()
+        assert h.engine._runs[saga_id].record is store._sagas[saga_id]
+        read = await store.get(saga_id)
+        assert read is not store._sagas[saga_id]
+        assert read.definition is None, "a bare store read knows no definition"
+        read.steps.clear()
+        read.history.clear()
+        hang.release()
+        record = await h.wait(saga_id)
+        stored = await store.get(saga_id)
+    assert record.status is SagaStatus.SUCCEEDED
+    assert [record.step(n).status for n in "abc"] == [S.SUCCEEDED] * 3  # type: ignore[union-attr]
+    assert record is not store._sagas[saga_id], "a waiter gets a copy"
+    assert record.definition is kit.saga
+    # Each event once: applied by the store, not again by the run.
+    assert [e.type for e in stored.history] == [
+        F.SAGA_STARTED,
+        *[F.STEP_STARTED, F.STEP_SUCCEEDED] * 3,
+        F.SAGA_SUCCEEDED,
+    ]
+
+
+async def test_a_finished_run_leaves_no_task_and_no_run_behind(kit: Kit, order: Order) -> None:
+    # Each run drops its own task from the engine's set when it ends (no done callback).
+    async with saga_engine(kit.saga) as h:
+        for _ in range(3):
+            await h.run(kit.saga, order)
+        assert h.engine._tasks == set()
+        assert h.engine._runs == {}

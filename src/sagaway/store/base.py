@@ -30,6 +30,7 @@ from sagaway.state import (
     OutboxMessage,
     SagaRecord,
     SagaStatus,
+    record_from_new,
 )
 
 T = TypeVar("T")
@@ -62,6 +63,19 @@ class SagaStore(ABC):
     # never calls ``SagaStore.__init__`` still gets the lifecycle.
     _state: _State = "new"
     _lifecycle: asyncio.Lock | None = None
+    # True when ``running_record`` hands out the record the store itself keeps, and ``commit``
+    # applies every change to it: the engine then drives a saga it just created with that
+    # record and does not apply its changes a second time (see ``running_record``).
+    shares_records: bool = False
+
+    def running_record(self, new: NewSaga) -> SagaRecord:
+        """The record an engine drives a saga it has just created (``new``) with.
+
+        By default a record of the engine's own, built from ``new``. A store with
+        ``shares_records`` (memory) returns the record it keeps: the engine's run then mutates
+        it only through ``commit``, and never hands it out (a waiter gets a copy), so every
+        record the store returns is still a copy."""
+        return record_from_new(new)
 
     async def open(self) -> None:
         """Connect and create or migrate the schema. Idempotent.

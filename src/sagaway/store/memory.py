@@ -50,6 +50,9 @@ class MemoryStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
     # Nothing to connect or release (no _open/_close), so operations need no open store and a
     # closed one opens again: tests hand one store from engine to engine to simulate restarts.
     _reopenable = True
+    # An engine drives the sagas it starts here with the record kept here (``running_record``):
+    # one record built per saga instead of two, and each change applied once instead of twice.
+    shares_records = True
 
     def __init__(self, url: str = "memory://") -> None:
         self.url = url
@@ -69,6 +72,17 @@ class MemoryStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
         self._sagas[new.id] = record_from_new(new)
         return new.id, True
 
+    def running_record(self, new: NewSaga) -> SagaRecord:
+        return self._sagas[new.id] if self.shares_records else record_from_new(new)
+
+    @staticmethod
+    def _copy(record: SagaRecord, history: bool = True) -> SagaRecord:
+        """What a read returns: a copy, without the definition an engine may have attached to
+        the record it drives (``running_record``): a bare store read has none."""
+        copy = record.copy(history=history)
+        copy.definition = None
+        return copy
+
     def _owned(self, saga_id: str, owner: str | None) -> SagaRecord:
         record = self._sagas.get(saga_id)
         if record is None:
@@ -78,9 +92,14 @@ class MemoryStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
         return record
 
     async def commit(self, saga_id: str, owner: str | None, change: Change, at: float) -> None:
-        check_change(change)
+        if not change.checked or change.outbox or change.park is not None:
+            check_change(change)  # (what it checks of a runner's checked change is only these)
         take = change.take
-        record = self._owned(saga_id, None if take is not None else owner)
+        record = self._sagas.get(saga_id)  # _owned, inline: this is every transition's write
+        if record is None:
+            raise SagaNotFound(saga_id)
+        if take is None and owner is not None and record.owner != owner:
+            raise LeaseLost(f"saga {saga_id} is no longer leased to {owner}")
         if take is not None and (
             record.fence != take.fence
             or (
@@ -131,7 +150,7 @@ class MemoryStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
             if r.waiting_for is not None and r.waiting_for.startswith(prefix)
         ]
         matches.sort(key=waiting_order)
-        items = [r.copy(history=False) for r in matches[offset : offset + limit]]
+        items = [self._copy(r, False) for r in matches[offset : offset + limit]]
         for item in items:
             item.steps = {}
         return Page(items=items, total=len(matches))
@@ -141,7 +160,7 @@ class MemoryStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
 
     async def load(self, saga_id: str, *, history: bool = True) -> SagaRecord | None:
         record = self._sagas.get(saga_id) if storable_text(saga_id) else None
-        return None if record is None else record.copy(history=history)
+        return None if record is None else self._copy(record, history)
 
     async def list_sagas(
         self,
@@ -157,7 +176,7 @@ class MemoryStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
             if (status is None or r.status == status) and (name is None or r.name == name)
         ]
         matches.sort(key=lambda r: (r.created_at, r.id), reverse=True)
-        items = [r.copy(history=False) for r in matches[offset : offset + limit]]
+        items = [self._copy(r, False) for r in matches[offset : offset + limit]]
         for item in items:
             item.steps = {}
         return Page(items=items, total=len(matches))
@@ -199,7 +218,7 @@ class MemoryStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
             if free:
                 self._take(record, owner, now, lease_seconds)
                 record.history.append(Event(at=now, type=EventType.SAGA_CLAIMED, detail=owner))
-                claimed.append(record.copy(history=False))
+                claimed.append(self._copy(record, False))
         return claimed
 
     async def acquire(
@@ -223,7 +242,7 @@ class MemoryStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
         self._take(record, owner, now, lease_seconds)
         if event is not None:
             record.history.append(event)
-        return record.copy(history=False)
+        return self._copy(record, False)
 
     async def renew_leases(self, owner: str, *, now: float, lease_seconds: float) -> list[str]:
         cancelled = []
@@ -248,7 +267,7 @@ class MemoryStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
             record.history.append(event)
             record.updated_at = at
             record.fence += 1
-        return record.copy()
+        return self._copy(record)
 
     # -- retention ---------------------------------------------------------------------------
 
@@ -283,4 +302,4 @@ class MemoryStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
     async def set_pinned(self, saga_id: str, pinned: bool) -> SagaRecord:
         record = self._owned(saga_id, None)
         record.pinned = pinned
-        return record.copy(history=False)
+        return self._copy(record, False)
