@@ -234,3 +234,22 @@ async def test_order_list_agrees_with_each_order(client: httpx.AsyncClient) -> N
     spec = (await client.get("/openapi.json")).json()
     page = spec["components"]["schemas"]["OrderPage"]["properties"]["orders"]["items"]["$ref"]
     assert "steps" not in spec["components"]["schemas"][page.rsplit("/", 1)[-1]]["properties"]
+
+
+async def test_placing_an_order_answers_the_document_reading_it_gives(
+    client: httpx.AsyncClient,
+) -> None:
+    # POST /orders dumps its OrderOut itself (routes.orders.answered), GET /orders/{id} through
+    # FastAPI's response model: the same document, byte for byte, in either outcome.
+    happy = {"customer_id": "user_1", "items": ITEMS, "payment_method": "card"}
+    refused = {"customer_id": "user_1", "items": [{"product_id": "product_3", "quantity": 1000}]}
+    for body in (happy, refused):
+        placed = await client.post("/orders", json=body)
+        assert placed.status_code == 201
+        assert placed.headers["content-type"] == "application/json"
+        assert "idempotent-replayed" not in placed.headers
+        read = await client.get(f"/orders/{placed.json()['order_id']}")
+        assert read.status_code == 200
+        # Only the row's updated_at may have moved since (the failure's mirror write).
+        moved = placed.json()["updated_at"].encode(), read.json()["updated_at"].encode()
+        assert placed.content.replace(*moved) == read.content

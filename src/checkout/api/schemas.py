@@ -7,6 +7,7 @@ is exact for any two-place amount below 10^13 since a float's shortest repr roun
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -50,8 +51,13 @@ ID_PATTERN = r"^[^\x00-\x20\x7f]+$"
 TEXT_PATTERN = r"^[^\x00]*$"
 
 
+# A space, a control character or DEL: one search in C (a generator over the characters was
+# ~0.5% of an order's CPU, every id of every request).
+_NOT_IN_IDS = re.compile(r"[\x00-\x20\x7f]")
+
+
 def _id_chars(value: str) -> str:
-    if any(c <= " " or c == "\x7f" for c in value):
+    if _NOT_IN_IDS.search(value):
         raise ValueError("ids cannot contain spaces or control characters (such as NUL)")
     return value
 

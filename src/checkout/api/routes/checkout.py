@@ -30,7 +30,9 @@ async def checkout_new(
     wait: Wait = DEFAULT_WAIT_SECONDS,
 ) -> OrderOut:
     """Same as POST /orders."""
-    view = await place(checkout, body, idempotency_key, wait, response, route="/checkout")
+    view, replayed = await place(checkout, body, idempotency_key, wait, route="/checkout")
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
     return respond(view, response)
 
 
