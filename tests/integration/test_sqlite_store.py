@@ -34,7 +34,7 @@ from sagaway.state import (
 )
 from sagaway.store import open_store
 from sagaway.store._sqlite_compact import journal_rows
-from sagaway.store._sqlite_schema import SCHEMA_VERSION
+from sagaway.store._sqlite_schema import PAGE_SIZE, SCHEMA_VERSION
 from sagaway.store.sqlite import SQLiteStore, parse_url
 
 T0 = 1_000.0
@@ -107,6 +107,35 @@ async def test_pragmas(db: Path) -> None:
         assert await store.run_in_transaction(pragmas) == ("wal", 2, 10_000)  # 2 = FULL
     async with SQLiteStore(url_of(db, "?durable=false&busy_timeout=250")) as store:
         assert await store.run_in_transaction(pragmas) == ("wal", 1, 250)  # 1 = NORMAL
+
+
+def _page_size(db: Path) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        return int(conn.execute("PRAGMA page_size").fetchone()[0])
+    finally:
+        conn.close()
+
+
+async def test_a_new_log_file_gets_larger_pages_and_an_existing_one_keeps_its_own(
+    tmp_path: Path,
+) -> None:
+    fresh = tmp_path / "fresh.db"
+    async with SQLiteStore(url_of(fresh)) as store:
+        await store.create(new("a"))
+    assert _page_size(fresh) == PAGE_SIZE == 8192
+    # A file that has pages already (an application's, or a log created before): as it was.
+    shared = tmp_path / "shared.db"
+    app = sqlite3.connect(shared)
+    app.execute("PRAGMA page_size = 4096")
+    app.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
+    app.commit()
+    app.close()
+    for n in range(2):  # reopened too: the store never rewrites a file to change its pages
+        async with SQLiteStore(url_of(shared)) as store:
+            await store.create(new(f"s{n}"))
+            assert (await store.get("s0")).input == {"id": "s0"}
+        assert _page_size(shared) == 4096
 
 
 # -- files and schema ---------------------------------------------------------------------------
