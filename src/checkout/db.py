@@ -49,6 +49,7 @@ from sqlalchemy.pool import StaticPool
 
 from checkout.settings import async_database_url
 from sagaway.participant.inbox import inbox_table
+from sagaway.store.sqlite import PAGE_SIZE as LOG_PAGE_SIZE
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # Our own version table: the saga log may keep its own Alembic history in the same SQLite file.
@@ -324,6 +325,10 @@ def _install_sqlite_hooks(engine: AsyncEngine, *, memory: bool) -> None:
         cursor = dbapi_connection.cursor()
         try:
             if not memory:
+                # A new file gets the saga log's page size (before WAL mode writes its header;
+                # an existing file keeps its own): the embedded default shares the file with
+                # the log, and this process's migrations create it before the log opens it.
+                cursor.execute(f"PRAGMA page_size={LOG_PAGE_SIZE}")
                 cursor.execute("PRAGMA journal_mode=WAL")
                 cursor.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints, in WAL
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")

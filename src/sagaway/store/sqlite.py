@@ -63,10 +63,10 @@ from sagaway.store import _sqlite_ops as ops
 from sagaway.store._codec import check_change, check_new, storable_text
 from sagaway.store._sqlite_compact import Journals
 from sagaway.store._sqlite_rows import read_load
-from sagaway.store._sqlite_schema import connect, migrate, parse_url
+from sagaway.store._sqlite_schema import PAGE_SIZE, connect, migrate, parse_url
 from sagaway.store.base import OutboxStore, Page, PruningStore, TakingStore, TransactionalStore
 
-__all__ = ["SQLiteStore", "SQLiteStoreStats", "parse_url"]
+__all__ = ["PAGE_SIZE", "SQLiteStore", "SQLiteStoreStats", "parse_url"]
 
 T = TypeVar("T")
 

@@ -14,6 +14,7 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 
 from checkout.db import EMBEDDED, GATEWAY, SERVICE_HISTORIES, migrate, open_database
+from sagaway.store.sqlite import PAGE_SIZE as LOG_PAGE_SIZE
 
 ROOT = Path(__file__).resolve().parents[3]
 ALEMBIC = Path(sys.executable).with_name("alembic")
@@ -101,3 +102,16 @@ def test_alembic_command_per_service(tmp_path: Path, service: str) -> None:
             row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
         }
     assert tables == {*history.tables, history.version_table}
+
+
+async def test_a_new_embedded_database_gets_the_saga_logs_page_size(tmp_path: Path) -> None:
+    # The embedded default keeps the shop and the saga log in one file, which the shop's
+    # migrations create before the log opens it: the file must still get the log's pages.
+    path = tmp_path / "sagaway.db"
+    db = open_database(f"sqlite:///{path}")
+    try:
+        await migrate(db, histories=EMBEDDED)
+    finally:
+        await db.dispose()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA page_size").fetchone()[0] == LOG_PAGE_SIZE == 8192
