@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
@@ -202,3 +203,15 @@ SAGA_STATUS = {s.value: s for s in SagaStatus}
 STEP_STATUS = {s.value: s for s in StepStatus}
 PHASE = {p.value: p for p in Phase}
 EVENT_TYPE = {t.value: t for t in EventType}
+
+
+def message_from_row(row: Sequence[Any]) -> OutboxMessage:
+    """An outbox row as the SQL stores select it: id, saga_id, topic, body, headers, created_at."""
+    return OutboxMessage(
+        id=row[0],
+        saga_id=row[1],
+        topic=row[2],
+        body=loads(row[3]),
+        headers=loads(row[4]),
+        created_at=row[5],
+    )

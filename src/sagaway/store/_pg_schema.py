@@ -35,7 +35,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg  # type: ignore[import-untyped]  # no stubs shipped
 
 from sagaway.errors import SagawayError, StoreError
-from sagaway.state import ACTIVE_STATUSES, Event, OutboxMessage, SagaRecord, StepRecord
+from sagaway.state import ACTIVE_STATUSES, Event, SagaRecord, StepRecord
 from sagaway.store._codec import EVENT_TYPE, PHASE, SAGA_STATUS, STEP_STATUS, loads
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -329,14 +329,3 @@ def saga_from_row(row: Sequence[Any]) -> SagaRecord:
             for e in loads(row[17])
         ]
     return record
-
-
-def message_from_row(row: Sequence[Any]) -> OutboxMessage:
-    return OutboxMessage(
-        id=row[0],
-        saga_id=row[1],
-        topic=row[2],
-        body=loads(row[3]),
-        headers=loads(row[4]),
-        created_at=row[5],
-    )

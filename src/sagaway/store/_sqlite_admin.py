@@ -21,13 +21,13 @@ from typing import Any
 from sagaway.state import PRUNABLE_STATUSES, OutboxMessage, SagaRecord, SagaStatus
 from sagaway.store._codec import SAGA_STATUS as _SAGA_STATUS
 from sagaway.store._codec import dumps as _dumps
+from sagaway.store._codec import message_from_row
 from sagaway.store._sqlite_compact import journal_rows, table_then_journal_steps
 from sagaway.store._sqlite_ops import _ACTIVE, NOT_DONE, _exists
 from sagaway.store._sqlite_rows import (
     _OUTBOX_COLS,
     _SELECT_COLS,
     _STEP_COLS,
-    _message,
     _saga,
     _step,
     load,
@@ -132,7 +132,7 @@ def read_outbox(
             "ORDER BY created_at, id LIMIT ?",
             (older_than, max(limit, 0)),
         )
-    return [_message(r) for r in rows]
+    return [message_from_row(r) for r in rows]
 
 
 def read_outbox_count(conn: sqlite3.Connection) -> int:

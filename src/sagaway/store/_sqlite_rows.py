@@ -12,7 +12,7 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from sagaway.state import Event, OutboxMessage, SagaRecord, StepRecord
+from sagaway.state import Event, SagaRecord, StepRecord
 from sagaway.store._codec import EVENT_TYPE as _EVENT_TYPE
 from sagaway.store._codec import PHASE as _PHASE
 from sagaway.store._codec import SAGA_STATUS as _SAGA_STATUS
@@ -53,17 +53,6 @@ def _saga(row: Sequence[Any]) -> SagaRecord:
         waiting_for=row[13],
         parked_until=row[14],
         pinned=bool(row[15]),
-    )
-
-
-def _message(row: Sequence[Any]) -> OutboxMessage:
-    return OutboxMessage(
-        id=row[0],
-        saga_id=row[1],
-        topic=row[2],
-        body=_loads(row[3]),
-        headers=_loads(row[4]),
-        created_at=row[5],
     )
 
 

@@ -76,14 +76,13 @@ from sagaway.errors import (
 from sagaway.state import Change, Event, NewSaga, OutboxMessage, SagaRecord, SagaStatus
 from sagaway.store import _pg_ops as ops
 from sagaway.store import _pg_retention as retention
-from sagaway.store._codec import check_change, check_new, storable_text
+from sagaway.store._codec import check_change, check_new, message_from_row, storable_text
 from sagaway.store._pg_compact import compact_after, finished_ids
 from sagaway.store._pg_schema import (
     SERVER_SETTINGS,
     channel_for,
     check_schema_name,
     connection_lost,
-    message_from_row,
     migrate,
     parse_url,
     saga_from_row,
