@@ -4,13 +4,15 @@ broker's pid, and a server subprocess that prints ``serving on http://host:port`
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import itertools
 import os
 import re
 import subprocess
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import httpx
@@ -94,3 +96,34 @@ def server_process(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+async def paced(
+    order: Callable[[int], Awaitable[None]],
+    *,
+    first: int,
+    rate: float,
+    seconds: float,
+    slots: asyncio.Semaphore,
+) -> float:
+    """Start ``order(first)``, ``order(first + 1)``, ... at ``rate`` a second for ``seconds``,
+    each after taking one of ``slots`` (``order`` releases it when done); wait for them all and
+    return the seconds it took. An order that would start after ``seconds`` is not started."""
+    in_flight: set[asyncio.Task[None]] = set()
+    started = time.perf_counter()
+    for i in itertools.count(first):
+        due = started + (i - first) / rate
+        if due >= started + seconds:
+            break
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await slots.acquire()
+        if time.perf_counter() >= started + seconds:
+            slots.release()
+            break
+        task = asyncio.create_task(order(i))
+        in_flight.add(task)
+        task.add_done_callback(in_flight.discard)
+    await asyncio.gather(*in_flight)
+    return time.perf_counter() - started

@@ -50,12 +50,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import itertools
 import os
 import statistics
 import sys
 import tempfile
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -65,7 +63,7 @@ from typing import Any
 import aiohttp
 
 from http_checkout import _env, _seed, order_body, serve
-from procs import cpu_seconds, server_process
+from procs import cpu_seconds, paced, server_process
 from report import print_report
 
 FOLLOWED_EVERY = 20  # one order in 20 is posted with wait=0 and followed by a saga page
@@ -217,25 +215,8 @@ async def measure(
             finally:
                 slots.release()
 
-        in_flight: set[asyncio.Task[None]] = set()
         cpu_before = cpu_seconds(server_pid)
-        started = time.perf_counter()
-        for i in itertools.count(first_order):
-            due = started + (i - first_order) / rate
-            if due >= started + seconds:
-                break
-            delay = due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            await slots.acquire()
-            if time.perf_counter() >= started + seconds:
-                slots.release()
-                break
-            task = asyncio.create_task(order(i))
-            in_flight.add(task)
-            task.add_done_callback(in_flight.discard)
-        await asyncio.gather(*in_flight)
-        elapsed = time.perf_counter() - started
+        elapsed = await paced(order, first=first_order, rate=rate, seconds=seconds, slots=slots)
         server_cpu = cpu_seconds(server_pid) - cpu_before
         await stop_pages(readers, tally)
     return Window(pages, done, elapsed, server_cpu, http, tally)

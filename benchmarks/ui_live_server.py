@@ -21,11 +21,10 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import time
 from collections import Counter
 from typing import Any
 
-from fastapi import Request, Response
+from fastapi import Request
 
 from checkout.api import create_app
 from checkout.api.deps import checkout_of
@@ -35,6 +34,7 @@ from checkout.api.views import order_out
 from checkout.bootstrap import Role, server_owner_id
 from checkout.cli import bind, load_settings, run_server
 from http_checkout import order_body
+from procs import paced
 
 FOLLOWED_EVERY = 20  # as ui_live_cost.py: one order in 20 is followed by a saga page
 
@@ -60,12 +60,8 @@ def main() -> None:
             _, body = order_body(i)
             followed = i % FOLLOWED_EVERY == 0
             try:
-                view = await place(
-                    checkout,
-                    OrderRequest.model_validate(body),
-                    None,
-                    0 if followed else 10,
-                    Response(),
+                view, _ = await place(
+                    checkout, OrderRequest.model_validate(body), None, 0 if followed else 10
                 )
                 out = order_out(view)
                 done += 1
@@ -76,21 +72,8 @@ def main() -> None:
             finally:
                 slots.release()
 
-        tasks: set[asyncio.Task[None]] = set()
-        started = time.perf_counter()
-        for i in range(first, first + int(rate * seconds)):
-            delay = started + (i - first) / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            await slots.acquire()
-            if time.perf_counter() >= started + seconds:
-                slots.release()
-                break
-            task = asyncio.create_task(order(i))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        await asyncio.gather(*tasks)
-        return {"orders": done, "seconds": time.perf_counter() - started, "errors": errors}
+        took = await paced(order, first=first, rate=rate, seconds=seconds, slots=slots)
+        return {"orders": done, "seconds": took, "errors": errors}
 
     application.add_api_route("/_bench/orders", place_orders, methods=["POST"])
     base = f"http://127.0.0.1:{port}"
