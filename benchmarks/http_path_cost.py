@@ -10,7 +10,7 @@ order (``checkout_cost.py``). Only the measured requests are inside ``functools.
         --callgrind-out-file=/tmp/h.out python benchmarks/http_path_cost.py --n 300
     grep totals /tmp/h.out        # / 300 = instructions per request
 
-Prints CPU per request and the answer's first bytes.
+Prints CPU per request as a table, then one JSON line.
 """
 
 from __future__ import annotations
@@ -83,8 +83,12 @@ def main() -> None:
         _seed(db_path)
         os.environ.update(_env(db_path))
         cpu, answer = _measure(args.n, args.warmup)
-    print(f"{args.n} requests: {cpu * 1e6:.1f} us CPU/request", file=sys.stderr)
-    print(answer[:200].decode())
+    order = json.loads(answer)
+    print(f"{'requests':<24}{args.n}")
+    print(f"{'CPU per request':<24}{cpu * 1e6:.1f} us")
+    print(f"{'answer':<24}{len(answer)} bytes, order {order['status']}")
+    result = {"benchmark": "http_path_cost", "n": args.n, "cpu_us_per_request": round(cpu * 1e6, 1)}
+    print(json.dumps({**result, "answer_bytes": len(answer), "order_status": order["status"]}))
 
 
 if __name__ == "__main__":
