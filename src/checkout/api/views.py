@@ -20,7 +20,6 @@ from checkout.api.schemas import (
     SagaSummary,
     SeedSagaStatus,
     StepOut,
-    StepSummary,
     instant,
     money,
     when,
@@ -41,22 +40,6 @@ def _step_names(record: SagaRecord) -> list[str]:
 
 def _unreached(record: SagaRecord) -> StepStatus:
     return StepStatus.SKIPPED if record.status.is_terminal else StepStatus.PENDING
-
-
-def step_summaries(record: SagaRecord | None) -> list[StepSummary]:
-    """One line per step: name, status, error (the failing step's error is set)."""
-    if record is None:
-        return []
-    out = []
-    for name in _step_names(record):
-        forward = record.steps.get((name, Phase.FORWARD))
-        undo = record.steps.get((name, Phase.COMPENSATION))
-        if forward is None:
-            out.append(StepSummary(name=name, status=_unreached(record)))
-            continue
-        shown = undo if undo is not None else forward
-        out.append(StepSummary(name=name, status=shown.status, error=shown.error or forward.error))
-    return out
 
 
 def order_summary(order: OrderInfo) -> OrderSummary:
@@ -128,15 +111,16 @@ def order_out(view: OrderView) -> OrderOut:
             ],
             "shipping_address": None if address is None else address.__dict__,
             "payment_method": order.payment_method,
-            "steps": _step_rows(saga),
+            "steps": step_rows(saga),
             "created_at": order.created_at,
             "updated_at": order.updated_at,
         }
     )
 
 
-def _step_rows(record: SagaRecord | None) -> list[dict[str, Any]]:
-    """:func:`step_summaries` as mappings, for :func:`order_out`'s one validation."""
+def step_rows(record: SagaRecord | None) -> list[dict[str, Any]]:
+    """One ``StepSummary`` mapping per step (name, status, error: the failing step's error is
+    set), for :func:`order_out`'s one validation."""
     if record is None:
         return []
     out: list[dict[str, Any]] = []

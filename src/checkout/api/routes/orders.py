@@ -49,15 +49,19 @@ ACCEPTED: dict[int | str, dict[str, Any]] = {
 }
 
 
-def respond(view: OrderView, response: Response, *, fresh: bool = True) -> OrderOut:
+def answer_status(view: OrderView, *, fresh: bool = True) -> tuple[int, dict[str, str]]:
     """201 when finished, else 202 with ``Location`` to poll; 200 when nothing was started."""
     if not fresh:
-        response.status_code = 200
-    elif view.finished:
-        response.status_code = 201
-    else:
-        response.status_code = 202
-        response.headers["Location"] = f"/orders/{view.order.id}"
+        return 200, {}
+    if view.finished:
+        return 201, {}
+    return 202, {"Location": f"/orders/{view.order.id}"}
+
+
+def respond(view: OrderView, response: Response, *, fresh: bool = True) -> OrderOut:
+    """The order's answer through FastAPI's response model, its status set on ``response``."""
+    response.status_code, headers = answer_status(view, fresh=fresh)
+    response.headers.update(headers)
     return order_out(view)
 
 
@@ -95,12 +99,9 @@ def answered(view: OrderView, replayed: bool) -> Response:
     """:func:`respond`'s answer as the response itself, its JSON dumped here: FastAPI's own
     path from a returned model (a sub-response merged into the response, the model checked
     against the response model, then dumped the same way) cost ~35k instructions more, counted."""
-    headers = {"Idempotent-Replayed": "true"} if replayed else {}
-    if view.finished:
-        status = 201
-    else:
-        status = 202
-        headers["Location"] = f"/orders/{view.order.id}"
+    status, headers = answer_status(view)
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
     return Response(
         _ORDER_JSON.dump_json(order_out(view), by_alias=True),
         status_code=status,
