@@ -34,6 +34,7 @@ from typing import Any
 from sagaway.state import SagaStatus
 from sagaway.store._codec import dumps, loads
 from sagaway.store._packed import merge_steps, pack, shareable, unpack
+from sagaway.store._sqlite_chunks import ChunkReader
 
 # What a commit compacts on: the statuses in which no engine runs the saga any more.
 FINISHED = frozenset({SagaStatus.SUCCEEDED, SagaStatus.COMPENSATED, SagaStatus.FAILED})
@@ -77,15 +78,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float):
         return float.__float__(value)
     raise TypeError(f"a saga journal holds no {kind.__name__} value")
-
-
-class _Chunks(pickle.Unpickler):
-    """Reads a journal's chunks. Loading a pickle calls whatever class or function it names:
-    a journal names none (``journal_chunk``), and one that does is refused, so reading a log
-    file runs no code chosen by its contents."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        raise pickle.UnpicklingError(f"a saga journal may not name {module}.{name}")
 
 
 # A time in a v11 journal (JSON text): a whole number of ticks (2**-22 s) when it was one.
@@ -221,7 +213,7 @@ def journal_rows(
         while stream.tell() < end:
             # A reader per chunk: one keeps its memo from the last load, which the next
             # chunk's back-references (numbered from 0 in each) would resolve against.
-            chunk_steps, chunk_events = _Chunks(stream).load()
+            chunk_steps, chunk_events = ChunkReader(stream).load()
             for row in chunk_steps:
                 steps[(row[0], row[1])] = row
             events += chunk_events
