@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 import random
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Generic, TypeVar, get_type_hints
 
@@ -175,51 +175,100 @@ def _check_time(label: str, value: TimeSpec | None) -> None:
         raise DefinitionError(f"{label} must be seconds >= 0 or a function (ctx, input)")
 
 
-@dataclass(eq=False)
 class Step(Generic[T]):
-    """One step of a saga. Returned by ``@saga.step`` so ``@step.compensation`` can follow."""
+    """One step of a saga. Returned by ``@saga.step`` so ``@step.compensation`` can follow.
 
-    saga: Saga
-    name: str
-    action: Action
-    index: int
-    kind: StepKind = StepKind.COMPENSATABLE
-    retry: RetryPolicy = DEFAULT_RETRY
-    timeout: float | None = None
-    on_uncertain: OnUncertain = OnUncertain.RETRY
-    compensation_retry: RetryPolicy = DEFAULT_COMPENSATION_RETRY
-    compensation_timeout: float | None = None
-    undo: Action | None = None
-    input_adapter: TypeAdapter[Any] | None = field(default=None, repr=False)
-    output_adapter: TypeAdapter[Any] | None = field(default=None, repr=False)
-    # Set for a step run by another service (``Saga.remote``): ``action`` builds the payload.
-    remote: Remote | None = None
-    reply_type: Any = field(default=None, repr=False)
-    # Set for a step that waits for a signal or a time (``Saga.wait``, ``Saga.sleep``).
-    wait: Wait | None = None
-    # ":{name}:{phase}" per phase, so building an idempotency key on the hot path is one
-    # concatenation instead of a format of the name and a StrEnum.
-    key_suffix: dict[Phase, str] = field(init=False, repr=False, default_factory=dict)
-    # ``int``, ``str`` or ``bool`` when that is the declared output: a value of exactly that
-    # type is its own JSON, so encode_output hands it back without the serializer (on every
-    # step's hot path: the serializer call was ~7% of the engine's CPU on the memory store).
-    plain_output: type | None = field(init=False, repr=False, default=None)
+    A plain class, not a dataclass: mypyc compiles no generic dataclass, and the engine reads
+    a step's attributes on every transition (DEVELOPERS.md "The compiled build")."""
 
-    def __post_init__(self) -> None:
-        params, returns = _annotations(self.action)
-        if len(params) != 2:
-            raise DefinitionError(
-                f"step {self.name!r} must take (ctx, input); it takes {len(params)} parameters"
-            )
-        if self.remote is None and not inspect.iscoroutinefunction(self.action):
-            raise DefinitionError(f"step {self.name!r} must be an async function")
-        self.input_adapter = _adapter(params[1])
+    __slots__ = (
+        "action",
+        "compensation_retry",
+        "compensation_timeout",
+        "index",
+        "input_adapter",
+        "key_suffix",
+        "kind",
+        "name",
+        "on_uncertain",
+        "output_adapter",
+        "plain_output",
+        "remote",
+        "reply_type",
+        "retry",
+        "saga",
+        "timeout",
+        "undo",
+        "wait",
+    )
+
+    def __init__(
+        self,
+        saga: Saga,
+        name: str,
+        action: Action,
+        index: int,
+        kind: StepKind = StepKind.COMPENSATABLE,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        timeout: float | None = None,
+        on_uncertain: OnUncertain = OnUncertain.RETRY,
+        compensation_retry: RetryPolicy = DEFAULT_COMPENSATION_RETRY,
+        compensation_timeout: float | None = None,
+        undo: Action | None = None,
+        input_adapter: TypeAdapter[Any] | None = None,
+        output_adapter: TypeAdapter[Any] | None = None,
+        remote: Remote | None = None,
+        reply_type: Any = None,
+        wait: Wait | None = None,
+    ) -> None:
+        self.saga = saga
+        self.name = name
+        self.action = action
+        self.index = index
+        self.kind = kind
+        self.retry = retry
+        self.timeout = timeout
+        self.on_uncertain = on_uncertain
+        self.compensation_retry = compensation_retry
+        self.compensation_timeout = compensation_timeout
+        self.undo = undo
+        # Set for a step run by another service (``Saga.remote``): ``action`` builds the payload.
+        self.remote = remote
+        self.reply_type = reply_type
+        # Set for a step that waits for a signal or a time (``Saga.wait``, ``Saga.sleep``).
+        self.wait = wait
+        if wait is None:
+            params, returns = _annotations(action)
+            if len(params) != 2:
+                raise DefinitionError(
+                    f"step {name!r} must take (ctx, input); it takes {len(params)} parameters"
+                )
+            if remote is None and not inspect.iscoroutinefunction(action):
+                raise DefinitionError(f"step {name!r} must be an async function")
+            input_type = params[1]
+        else:  # the step parks, its action is never called; its input is the saga's (_add_wait)
+            input_type = returns = None
+        self.input_adapter: TypeAdapter[Any] | None = _adapter(input_type)
         # A remote step's function returns the command's payload: its output is the reply's.
-        remote_or_wait = self.remote is not None or self.wait is not None
-        output = self.reply_type if remote_or_wait else returns
-        self.output_adapter = _adapter(output)
-        self.plain_output = output if output in (int, str, bool) else None
-        self.key_suffix = {phase: f":{self.name}:{phase}" for phase in Phase}
+        output = reply_type if remote is not None or wait is not None else returns
+        self.output_adapter: TypeAdapter[Any] | None = _adapter(output)
+        # ``int``, ``str`` or ``bool`` when that is the declared output: a value of exactly that
+        # type is its own JSON, so encode_output hands it back without the serializer (on every
+        # step's hot path: the serializer call was ~7% of the engine's CPU on the memory store).
+        self.plain_output: type | None = output if output in (int, str, bool) else None
+        # ":{name}:{phase}" per phase, so building an idempotency key on the hot path is one
+        # concatenation instead of a format of the name and a StrEnum.
+        self.key_suffix: dict[Phase, str] = {phase: f":{name}:{phase}" for phase in Phase}
+
+    def __repr__(self) -> str:
+        return (
+            f"Step(saga={self.saga!r}, name={self.name!r}, action={self.action!r}, "
+            f"index={self.index!r}, kind={self.kind!r}, retry={self.retry!r}, "
+            f"timeout={self.timeout!r}, on_uncertain={self.on_uncertain!r}, "
+            f"compensation_retry={self.compensation_retry!r}, "
+            f"compensation_timeout={self.compensation_timeout!r}, undo={self.undo!r}, "
+            f"remote={self.remote!r}, wait={self.wait!r})"
+        )
 
     @property
     def has_undo(self) -> bool:
