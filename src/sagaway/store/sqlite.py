@@ -10,7 +10,7 @@ store at roughly a thousand transitions a second. Here every write (create, comm
 acquire, renew_leases, request_cancel, run_in_transaction) is queued; one flusher task on the
 event loop takes everything queued so far as one batch, runs ``BEGIN IMMEDIATE``, applies each
 operation atomically on its own (one failing with LeaseLost, SagaNotFound or InvalidTransition,
-or anything else, rolls back only itself: see ``_write_batch``), writes the outbox messages
+or anything else, rolls back only itself: see ``_sqlite_batch``), writes the outbox messages
 of all its transitions with one ``executemany`` and compacts the sagas it finished,
 ``COMMIT``s (one fsync for the whole batch), then resolves every caller's future. While a
 batch's callers run their next steps, their new writes accumulate for the next batch, so
@@ -51,9 +51,6 @@ from urllib.parse import urlsplit
 
 from sagaway.errors import (
     CancelRefused,
-    EffectFailed,
-    InvalidTransition,
-    LeaseLost,
     SagaNotFound,
     StoreError,
 )
@@ -61,6 +58,16 @@ from sagaway.state import Change, Event, NewSaga, OutboxMessage, SagaRecord, Sag
 from sagaway.store import _sqlite_admin as admin
 from sagaway.store import _sqlite_ops as ops
 from sagaway.store._codec import check_change, check_new, storable_text
+from sagaway.store._sqlite_batch import (
+    ROLLBACK,
+    Guard,
+    Op,
+    Result,
+    commit_with_effects,
+    resolve,
+    run_user_fn,
+    write_batch,
+)
 from sagaway.store._sqlite_compact import Journals
 from sagaway.store._sqlite_rows import read_load
 from sagaway.store._sqlite_schema import PAGE_SIZE, connect, migrate, parse_url
@@ -70,21 +77,6 @@ __all__ = ["PAGE_SIZE", "SQLiteStore", "SQLiteStoreStats", "parse_url"]
 
 T = TypeVar("T")
 
-# One queued write: the caller's future, the function to run on the writer's connection, its
-# arguments. A tuple, not an object: at tens of thousands of writes a second it adds up.
-_Op = tuple["asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...]]
-_Result = tuple["asyncio.Future[Any]", Any, BaseException | None]
-
-# The store's own transaction and savepoint statements carry a comment so that they never share
-# the driver's statement cache with a user's plain "COMMIT" (cached ones are not re-authorized).
-_BEGIN = "BEGIN IMMEDIATE /* sagaway */"
-_COMMIT = "COMMIT /* sagaway */"
-_ROLLBACK = "ROLLBACK /* sagaway */"
-_SAVEPOINT = "SAVEPOINT sagaway_op /* sagaway */"
-_ROLLBACK_TO = "ROLLBACK TO sagaway_op /* sagaway */"
-_RELEASE = "RELEASE sagaway_op /* sagaway */"
-_CLEAN_FAILURES = (LeaseLost, SagaNotFound, InvalidTransition)
-
 
 @dataclass(slots=True)
 class SQLiteStoreStats:
@@ -92,15 +84,6 @@ class SQLiteStoreStats:
 
     batches: int = 0
     operations: int = 0
-
-
-def _translate(exc: BaseException) -> BaseException:
-    """Driver errors become StoreError at this edge; the port's own errors pass through."""
-    if isinstance(exc, sqlite3.Error):
-        error = StoreError(f"sqlite: {exc}")
-        error.__cause__ = exc
-        return error
-    return exc
 
 
 class SQLiteStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
@@ -116,10 +99,10 @@ class SQLiteStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
         self.path, self.durable, self.busy_timeout_ms = parse_url(url)
         self.stats = SQLiteStoreStats()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._pending: list[_Op] = []
+        self._pending: list[Op] = []
         self._wakeup = asyncio.Event()
         self._writer_conn: sqlite3.Connection | None = None
-        self._guard = _Guard()
+        self._guard = Guard()
         self._journals = Journals()
         self._flusher: asyncio.Task[None] | None = None
         self._reader: ThreadPoolExecutor | None = None
@@ -215,36 +198,21 @@ class SQLiteStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
                 guard.active = False
                 with contextlib.suppress(sqlite3.Error):
                     if conn.in_transaction:
-                        conn.execute(_ROLLBACK)
+                        conn.execute(ROLLBACK)
                 error = StoreError(f"sqlite: group commit failed: {exc!r}")
-                _resolve([(future, None, error) for future, _, _ in batch])
+                resolve([(future, None, error) for future, _, _ in batch])
                 if isinstance(exc, Exception):
                     continue
                 raise  # KeyboardInterrupt/SystemExit: the batch runs on the loop's thread now
-            _resolve(results)
+            resolve(results)
 
     @staticmethod
     def _write_batch(
-        conn: sqlite3.Connection, batch: list[_Op], guard: _Guard, journals: Journals
-    ) -> list[_Result]:
-        """One transaction for the whole batch, one durable COMMIT; each operation atomic.
-
-        Fast path: the store's own operations raise their contract errors before their first
-        write (see ``_sqlite_ops``), so they need no savepoint, and their outbox messages and
-        compactions are done for the whole batch at the end (``ops.Pending``); a transition carrying
-        ``ctx.atomic()`` writes runs without a savepoint too (those writes rarely fail); a
-        ``run_in_transaction`` function always gets one (a business failure raised inside is
-        its normal way to say no). Anything unexpected (a driver error halfway through an
-        operation, a failing ``ctx.atomic()`` write, a failing batched write) rolls the batch
-        back and replays it with a savepoint around every operation and nothing deferred, so
-        only the operation at fault fails. Savepoints cost two statements each: on the engine
-        benchmark, more than a transition's own statement, which is why the fast path avoids
-        them.
-        """
-        try:
-            return _apply(conn, batch, guard, journals, safe=False)
-        except _Replay:
-            return _apply(conn, batch, guard, journals, safe=True)
+        conn: sqlite3.Connection, batch: list[Op], guard: Guard, journals: Journals
+    ) -> list[Result]:
+        """One transaction for the whole batch, one durable COMMIT; each operation atomic
+        (``_sqlite_batch.write_batch``)."""
+        return write_batch(conn, batch, guard, journals)
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -256,7 +224,7 @@ class SQLiteStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
     async def commit(self, saga_id: str, owner: str | None, change: Change, at: float) -> None:
         check_change(change)
         if change.effects:  # user writes too: see _write_batch
-            await self._submit(_commit_with_effects, saga_id, owner, change, at)
+            await self._submit(commit_with_effects, saga_id, owner, change, at)
         else:
             await self._submit(ops.commit, saga_id, owner, change, at)
 
@@ -332,7 +300,7 @@ class SQLiteStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
         error the batch is rolled back and replayed, calling ``fn`` again: its writes still land
         exactly once, but keep it free of side effects outside the database.
         """
-        return cast(T, await self._submit(_run_user_fn, fn))
+        return cast(T, await self._submit(run_user_fn, fn))
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -425,163 +393,3 @@ class SQLiteStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
             raise SagaNotFound(saga_id)
         record: SagaRecord = await self._submit(admin.set_pinned, saga_id, pinned)
         return record
-
-
-class _Replay(Exception):
-    """The fast path met an error it cannot confine to one operation."""
-
-
-class _TransactionEnded(StoreError):
-    """User code ended the batch's transaction despite the guard."""
-
-
-class _Guard:
-    """The writer connection's authorizer: while ``active`` (user code is running), refuse
-    statements that would end the store's transaction or touch its savepoint.
-
-    SQLite consults it only when it prepares a statement, so cached statements cost nothing.
-    """
-
-    __slots__ = ("active", "refused")
-
-    def __init__(self) -> None:
-        self.active = False
-        self.refused = False
-
-    def __call__(
-        self, action: int, arg1: str | None, arg2: str | None, db: str | None, src: str | None
-    ) -> int:
-        if self.active and (
-            action == sqlite3.SQLITE_TRANSACTION
-            or (action == sqlite3.SQLITE_SAVEPOINT and arg2 == "sagaway_op")
-        ):
-            self.refused = True
-            return sqlite3.SQLITE_DENY
-        return sqlite3.SQLITE_OK
-
-
-def _commit_with_effects(
-    conn: sqlite3.Connection,
-    saga_id: str,
-    owner: str | None,
-    change: Change,
-    at: float,
-    pending: ops.Pending | None = None,
-) -> None:
-    """A transition plus the writes its step enlisted with ``ctx.atomic()``, as one unit (the
-    caller holds the guard up while it runs)."""
-    ops.commit(conn, saga_id, owner, change, at, pending)
-    for write in change.effects:
-        try:
-            write(conn)
-        except Exception as exc:  # the savepoint (or the replay) rolls the transition back
-            raise EffectFailed(f"a ctx.atomic() write failed: {exc}") from exc
-
-
-def _run_user_fn(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-    return fn(conn)
-
-
-def _user_error(exc: Exception, guard: _Guard) -> BaseException:
-    if guard.refused:
-        guard.refused = False
-        error = StoreError(
-            "the store owns the transaction: a run_in_transaction function or ctx.atomic() "
-            f"write may not commit, roll back or begin one ({exc})"
-        )
-        error.__cause__ = exc
-        return error
-    return _translate(exc)
-
-
-def _apply(
-    conn: sqlite3.Connection,
-    batch: list[_Op],
-    guard: _Guard,
-    journals: Journals,
-    *,
-    safe: bool,
-) -> list[_Result]:
-    execute = conn.execute
-    results: list[_Result] = []
-    append = results.append
-    pending = None if safe else ops.Pending(journals)
-    journals.fresh.clear()  # numbers a rolled-back batch read
-    try:
-        execute(_BEGIN)
-        for future, fn, args in batch:
-            user = fn is _run_user_fn or fn is _commit_with_effects
-            if safe or fn is _run_user_fn:
-                execute(_SAVEPOINT)
-                guard.active, guard.refused = user, False
-                try:
-                    value = fn(conn, *args)
-                except Exception as exc:
-                    guard.active = False
-                    if not conn.in_transaction:  # cannot happen with the guard; be sure
-                        raise _TransactionEnded(str(exc)) from exc
-                    execute(_ROLLBACK_TO)
-                    execute(_RELEASE)
-                    append((future, None, _user_error(exc, guard)))
-                else:
-                    guard.active = False
-                    if not conn.in_transaction:
-                        raise _TransactionEnded("user code ended the store's transaction")
-                    execute(_RELEASE)
-                    append((future, value, None))
-                continue
-            assert pending is not None
-            try:
-                if fn is ops.commit or fn is ops.create:
-                    value = fn(conn, *args, pending)
-                elif user:
-                    guard.active, guard.refused = True, False
-                    value = fn(conn, *args, pending)
-                    guard.active = False
-                    if not conn.in_transaction:
-                        raise _TransactionEnded("user code ended the store's transaction")
-                else:  # it may read the log: give it the rows deferred so far
-                    pending.flush(conn)
-                    value = fn(conn, *args)
-            except _CLEAN_FAILURES as exc:  # raised before the operation wrote anything
-                guard.active = False
-                append((future, None, exc))
-            except _TransactionEnded:
-                raise
-            except Exception:
-                guard.active = False
-                if conn.in_transaction:
-                    execute(_ROLLBACK)
-                raise _Replay from None
-            else:
-                append((future, value, None))
-        if pending:
-            try:
-                pending.flush(conn)
-            except Exception:
-                if conn.in_transaction:
-                    execute(_ROLLBACK)
-                raise _Replay from None
-        execute(_COMMIT)
-        journals.settle()
-    except (sqlite3.Error, _TransactionEnded) as exc:
-        # The transaction itself failed (I/O error, disk full, user code ended it): no
-        # operation can be reported as done, so every one fails (the engine then resumes its
-        # sagas from whatever the log durably holds).
-        guard.active = False
-        if conn.in_transaction:
-            conn.execute(_ROLLBACK)
-        error = _translate(exc)
-        return [(future, None, error) for future, _, _ in batch]
-    return results
-
-
-def _resolve(results: list[_Result]) -> None:
-    """Wake every caller of a batch."""
-    for future, value, error in results:
-        if future.done():  # the caller was cancelled; its write is durable all the same
-            continue
-        if error is None:
-            future.set_result(value)
-        else:
-            future.set_exception(error)
