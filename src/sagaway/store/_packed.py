@@ -134,22 +134,23 @@ def pack(
     history order); a text in ``shared`` is written as its number there, one that is not is
     written out (and added to ``unnumbered``, if given)."""
     # Runs once per finished saga in the commit that finishes it: plain loops, the common
-    # one-byte varint appended inline (a call per field cost more than the rest of it).
+    # one-byte varint appended inline (a call per field cost more than the rest of it). The
+    # bytes go to a list of ints, made bytes at the end, and every method is called where it
+    # is used, not through a local alias: the interpreter specialises a list's append, and
+    # mypyc calls list.append and dict.setdefault directly (through an alias, or on a
+    # bytearray, each is a generic call: 15% of pack in the compiled build).
     texts: dict[str, int] = {}
-    text = texts.setdefault
     # Each distinct time once (a step's start is the event that started it, its end the one
     # that ended it): converted to ticks once, referred to by index.
     moments: dict[float, int] = {}
-    moment = moments.setdefault
     step_code = _STEP_CODE.get
-    out = bytearray()
-    put = out.append
+    out: list[int] = []
     count = 0
     for name, phase, status, attempts, output, error, uncertain, started, finished in steps:
         count += 1
-        index = text(name, len(texts))
+        index = texts.setdefault(name, len(texts))
         if index < 128:
-            put(index)
+            out.append(index)
         else:
             _varint(out, index)
         code = step_code((phase, status), 0)
@@ -158,49 +159,49 @@ def pack(
             flags |= 2
         if uncertain:
             flags |= 4
-        put(code << 3 | flags)
+        out.append(code << 3 | flags)
         if not code:
             _string(out, phase)
             _string(out, status)
         if 0 <= attempts < 64:
-            put(attempts << 1)
+            out.append(attempts << 1)
         else:
             _varint(out, _zigzag(attempts))
         if started is None:
-            put(0)
+            out.append(0)
         else:
-            index = moment(started, len(moments))
+            index = moments.setdefault(started, len(moments))
             if index < 127:
-                put(index + 1)
+                out.append(index + 1)
             else:
                 _varint(out, index + 1)
         if finished is None:
-            put(0)
+            out.append(0)
         else:
-            index = moment(finished, len(moments))
+            index = moments.setdefault(finished, len(moments))
             if index < 127:
-                put(index + 1)
+                out.append(index + 1)
             else:
                 _varint(out, index + 1)
         if output is not None:
             raw = output.encode()
             if len(raw) < 128:
-                put(len(raw))
+                out.append(len(raw))
                 out += raw
             else:
                 _varint(out, len(raw))
                 out += raw
         if error is not None:
-            _varint(out, text(error, len(texts)))
-    steps_out, out = out, bytearray()
-    put = out.append
+            _varint(out, texts.setdefault(error, len(texts)))
+    steps_out: list[int] = out
+    out = []
     steps_count, count = count, 0
     type_code, phase_code = _EVENT_TYPE_CODE.get, _PHASE_CODE.get
     for at, kind, step, phase, attempt, detail in events:
         count += 1
-        index = moment(at, len(moments))
+        index = moments.setdefault(at, len(moments))
         if index < 128:
-            put(index)
+            out.append(index)
         else:
             _varint(out, index)
         head: int = type_code(kind, _TEXT_TYPE) << 4
@@ -213,36 +214,36 @@ def pack(
         if detail is not None:
             head |= 8
         if head < 128:
-            put(head)
+            out.append(head)
         else:
             _varint(out, head)
         if head >> 4 == _TEXT_TYPE:
             _string(out, kind)
         if step is not None:
-            index = text(step, len(texts))
+            index = texts.setdefault(step, len(texts))
             if index < 128:
-                put(index)
+                out.append(index)
             else:
                 _varint(out, index)
         if phase is not None:
             known = phase_code(phase)
             if known is None:
-                put(0)
+                out.append(0)
                 _string(out, phase)
             else:
-                put(known + 1)
+                out.append(known + 1)
         if attempt is not None:
             if 0 <= attempt < 64:
-                put(attempt << 1)
+                out.append(attempt << 1)
             else:
                 _varint(out, _zigzag(attempt))
         if detail is not None:
-            index = text(detail, len(texts))
+            index = texts.setdefault(detail, len(texts))
             if index < 128:
-                put(index)
+                out.append(index)
             else:
                 _varint(out, index)
-    value = bytearray(_BINARY)
+    value: list[int] = [_BINARY[0]]
     _varint(value, len(texts))
     for t in texts:
         number = None if shared is None else shared.get(t)
@@ -266,7 +267,7 @@ def pack(
     return bytes(value)
 
 
-def _varint(out: bytearray, value: int) -> None:
+def _varint(out: list[int], value: int) -> None:
     while value > 127:
         out.append((value & 127) | 128)
         value >>= 7
@@ -281,7 +282,7 @@ def _unzigzag(value: int) -> int:
     return -((value + 1) >> 1) if value & 1 else value >> 1
 
 
-def _time(out: bytearray, base: float, at: float) -> None:
+def _time(out: list[int], base: float, at: float) -> None:
     """``at`` as 2 + zigzag(its ticks after ``base``), or 1 and the float itself when the
     ticks do not give it back."""
     ticks = (at - base) * _TICKS
@@ -294,7 +295,7 @@ def _time(out: bytearray, base: float, at: float) -> None:
     out += _FLOAT.pack(at)
 
 
-def _string(out: bytearray, value: str) -> None:
+def _string(out: list[int], value: str) -> None:
     raw = value.encode()
     _varint(out, len(raw))
     out += raw
