@@ -155,7 +155,9 @@ def _rows(
     steps: Sequence[StepRecord], events: Sequence[Event]
 ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     """A write's step rows and events as the tables held them, without ``saga_id``, enum
-    members as their plain text (what a journal chunk holds: ``journal_chunk``)."""
+    members as their plain text (what a journal chunk holds: ``journal_chunk``). Callers pass
+    the two lists on one by one, not as ``*rows``: compiled, a call with ``*`` is a generic
+    Python call where the other is a C one."""
     text = _TEXT.get
     return [
         (
@@ -178,7 +180,8 @@ def _rows(
 
 def _chunk(steps: Sequence[StepRecord], events: Sequence[Event]) -> bytes:
     """What a write appends to the saga's journal."""
-    return journal_chunk(*_rows(steps, events))
+    rows = _rows(steps, events)
+    return journal_chunk(rows[0], rows[1])
 
 
 def outbox_rows(messages: Iterable[OutboxMessage]) -> list[tuple[Any, ...]]:
@@ -245,7 +248,7 @@ def create(
     conn: sqlite3.Connection, new: NewSaga, pending: Pending | None = None
 ) -> tuple[str, bool]:
     rows = _rows(new.steps, new.events)
-    chunk = journal_chunk(*rows)
+    chunk = journal_chunk(rows[0], rows[1])
     cursor = conn.execute(
         INSERT_INSTANCE,
         (
@@ -269,7 +272,7 @@ def create(
         ).fetchone()
         return str(row[0]), False
     if pending is not None and pending.journals is not None:
-        pending.journals.start(new.id, new.at, chunk, *rows)
+        pending.journals.start(new.id, new.at, chunk, rows[0], rows[1])
     return new.id, True
 
 
@@ -295,7 +298,7 @@ def commit(
     late = pending is not None and (
         status in FINISHED or saga_id in pending.finished or saga_id in pending.packed
     )
-    chunk = b"" if late else journal_chunk(*rows)
+    chunk = b"" if late else journal_chunk(rows[0], rows[1])
     if park is None and not change.unpark:  # the hot path: no parked-saga columns
         key = (
             status is not None,
@@ -332,9 +335,9 @@ def commit(
         raise LeaseLost(f"saga {saga_id} is no longer leased to {owner}")
     if late:
         assert pending is not None
-        pending.finish(saga_id, *rows)
+        pending.finish(saga_id, rows[0], rows[1])
     elif pending is not None and pending.journals is not None:
-        pending.journals.add(saga_id, chunk, *rows)
+        pending.journals.add(saga_id, chunk, rows[0], rows[1])
     if change.outbox:
         if pending is not None:
             pending.outbox += outbox_rows(change.outbox)
@@ -362,7 +365,7 @@ def _packs(
     assert pending is not None
     if pending.journals is None or saga_id in pending.finished or saga_id in pending.packed:
         return False
-    known = pending.journals.packed(saga_id, *rows)
+    known = pending.journals.packed(saga_id, rows[0], rows[1])
     if known is None:
         return False
     journal, value = known
