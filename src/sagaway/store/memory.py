@@ -10,12 +10,9 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any, TypeVar
 
 from sagaway.errors import (
-    CancelPending,
     CancelRefused,
-    EffectFailed,
     LeaseLost,
     SagaNotFound,
-    TakeConflict,
 )
 from sagaway.state import (
     PRUNABLE_STATUSES,
@@ -27,12 +24,12 @@ from sagaway.state import (
     Phase,
     SagaRecord,
     SagaStatus,
-    apply_change,
     cancel_refusal,
     record_from_new,
     refused_cancel,
 )
-from sagaway.store._codec import check_change, check_new, storable_text
+from sagaway.store._codec import check_new, storable_text
+from sagaway.store._memory_commit import commit_change
 from sagaway.store.base import (
     OutboxStore,
     Page,
@@ -92,37 +89,7 @@ class MemoryStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
         return record
 
     async def commit(self, saga_id: str, owner: str | None, change: Change, at: float) -> None:
-        if not change.checked or change.outbox or change.park is not None:
-            check_change(change)  # (what it checks of a runner's checked change is only these)
-        take = change.take
-        record = self._sagas.get(saga_id)  # _owned, inline: this is every transition's write
-        if record is None:
-            raise SagaNotFound(saga_id)
-        if take is None and owner is not None and record.owner != owner:
-            raise LeaseLost(f"saga {saga_id} is no longer leased to {owner}")
-        if take is not None and (
-            record.fence != take.fence
-            or (
-                record.owner not in (None, owner)
-                and record.lease_expires_at is not None
-                and record.lease_expires_at >= at
-            )
-        ):
-            raise TakeConflict(f"saga {saga_id} was written since it was read")
-        if change.unless_cancelled and record.cancel_requested:
-            raise CancelPending(f"saga {saga_id}: a cancel is pending")
-        for write in change.effects:
-            try:
-                write(None)
-            except Exception as exc:
-                raise EffectFailed(f"a ctx.atomic() write failed: {exc}") from exc
-        if take is not None:  # before apply_change: a park or a release hands it back
-            record.owner, record.lease_expires_at = owner, take.until
-        record.fence += 1
-        # The engine never mutates a StepRecord it has committed, so keeping references is safe.
-        apply_change(record, change, at)
-        for message in change.outbox:
-            self._outbox[message.id] = message
+        commit_change(self._sagas, self._outbox, saga_id, owner, change, at)
 
     async def run_in_transaction(self, fn: Callable[[Any], T]) -> T:
         # Nothing to roll back: the memory store has no connection to hand over.
