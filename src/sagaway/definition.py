@@ -246,7 +246,9 @@ class Step(Generic[T]):
             if remote is None and not inspect.iscoroutinefunction(action):
                 raise DefinitionError(f"step {name!r} must be an async function")
             input_type = params[1]
-        else:  # the step parks, its action is never called; its input is the saga's (_add_wait)
+        else:
+            # A wait parks: its action is the library's, never called (compiled, it has no
+            # signature to inspect); its input is the saga's (_add_wait).
             input_type = returns = None
         self.input_adapter: TypeAdapter[Any] | None = _adapter(input_type)
         # A remote step's function returns the command's payload: its output is the reply's.

@@ -14,7 +14,8 @@ from sagaway import (
     StepContext,
     UnknownSagaError,
 )
-from sagaway.state import NewSaga
+from sagaway.definition import Step, StepKind
+from sagaway.state import NewSaga, Phase
 from sagaway.store.memory import MemoryStore
 from sagaway.testing import VirtualClock, saga_engine
 
@@ -196,3 +197,33 @@ async def test_recovery_leaves_unknown_definitions_for_an_engine_that_knows_them
     assert (await store.get(unknown)).owner == "dead"
     with pytest.raises(UnknownSagaError, match="'elsewhere' version 1"):
         engine.definition("elsewhere", 1)
+
+
+def test_a_step_keeps_its_declared_attributes_and_is_generic() -> None:
+    # Step is a plain class (mypyc compiles no generic dataclass): the same attributes, the
+    # same keyword construction, and Step[...] in annotations.
+    saga = Saga("plain-step")
+
+    @saga.step(timeout=2.0, retry=RetryPolicy(max_attempts=2))
+    async def reserve(ctx: StepContext, order: int) -> str:
+        return "ok"
+
+    reserve.compensation(undo)
+    typed: Step[Any] = reserve
+    assert Step[Any] is not None
+    assert (typed.name, typed.index, typed.kind, typed.timeout) == (
+        "reserve",
+        0,
+        StepKind.COMPENSATABLE,
+        2.0,
+    )
+    assert (typed.retry.max_attempts, typed.undo, typed.remote, typed.wait) == (2, undo, None, None)
+    assert typed.plain_output is str
+    assert typed.has_undo
+    assert typed.key("s1", Phase.FORWARD) == "s1:reserve:forward"
+    again = Step(saga=saga, name="again", action=reserve.action, index=1)
+    assert (again.kind, again.undo, again.input_adapter is not None) == (
+        StepKind.COMPENSATABLE,
+        None,
+        True,
+    )
