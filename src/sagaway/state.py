@@ -395,7 +395,7 @@ class Change:
         self.events = [] if events is None else events
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class NewSaga:
     """The first record of a saga, created atomically with its idempotency key."""
 
@@ -412,6 +412,30 @@ class NewSaga:
     steps: list[StepRecord] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     checked: bool = False  # as Change.checked (Engine.start checks the input itself)
+
+    def __init__(
+        self,
+        id: str,
+        name: str,
+        version: int,
+        input: JSON,
+        at: float,
+        status: SagaStatus = SagaStatus.PENDING,
+        idempotency_key: str | None = None,
+        owner: str | None = None,
+        lease_expires_at: float | None = None,
+        deadline_at: float | None = None,
+        steps: list[StepRecord] | None = None,
+        events: list[Event] | None = None,
+        checked: bool = False,
+    ) -> None:
+        self.id, self.name, self.version = id, name, version
+        self.input, self.at, self.status = input, at, status
+        self.idempotency_key, self.owner = idempotency_key, owner
+        self.lease_expires_at, self.deadline_at = lease_expires_at, deadline_at
+        self.steps = [] if steps is None else steps
+        self.events = [] if events is None else events
+        self.checked = checked
 
 
 def apply_change(record: SagaRecord, change: Change, at: float) -> None:
