@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from sagaway._first_send import first_send
 from sagaway.definition import Action, Saga, Step, describe_validation
 from sagaway.errors import DecodeError, StepFailed, UnstorableValue
 from sagaway.state import Phase, SagaRecord, StepStatus
@@ -133,10 +134,9 @@ async def call_with_timeout(fn: Action, args: tuple[Any, ...], timeout: float | 
     began = monotonic()
     awaitable = fn(*args)
     steps: Steps = awaitable if type(awaitable) is CoroutineType else awaitable.__await__()
-    try:
-        suspended_on = steps.send(None)  # run the action up to its first suspension
-    except StopIteration as done:
-        return done.value
+    returned, suspended_on = first_send(steps)  # run the action up to its first suspension
+    if returned:
+        return suspended_on  # its value: it never suspended
     loop = asyncio.get_running_loop()
     # What the deadline would have been on the loop's clock had it been read before the call.
     deadline = loop.time() + timeout - (monotonic() - began)
