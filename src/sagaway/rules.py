@@ -29,13 +29,24 @@ from sagaway.decisions import (
 from sagaway.decisions import Next as Next  # re-exported: defined here before
 from sagaway.definition import OnUncertain, RetryPolicy, StepKind
 from sagaway.state import (
+    COMPENSATION,
+    FORWARD,
     JSON,
+    ON_SAGA_COMPENSATED,
+    ON_SAGA_SUCCEEDED,
+    ON_STEP_COMPENSATED,
+    ON_STEP_SUCCEEDED,
+    SAGA_COMPENSATED,
+    SAGA_COMPENSATING,
+    SAGA_SUCCEEDED,
+    STEP_COMPENSATED,
+    STEP_RUNNING,
+    STEP_SUCCEEDED,
     Change,
     Effect,
     Event,
     EventType,
     Park,
-    Phase,
     SagaRecord,
     SagaStatus,
     StepRecord,
@@ -47,7 +58,6 @@ if TYPE_CHECKING:
     from sagaway.definition import Saga, Step
     from sagaway.transport.base import Reply
 
-FORWARD, COMPENSATION = Phase.FORWARD, Phase.COMPENSATION
 TIMED_OUT = "timed out"
 NO_REPLY = "timed out waiting for a reply"
 
@@ -94,7 +104,7 @@ def needs_undo(row: StepRecord | None) -> bool:
     """Succeeded, or may have taken effect: RUNNING at a crash, or ended by a timeout."""
     if row is None:
         return False
-    return row.status in (StepStatus.SUCCEEDED, StepStatus.RUNNING) or (
+    return row.status in (STEP_SUCCEEDED, STEP_RUNNING) or (
         row.status is StepStatus.FAILED and row.uncertain
     )
 
@@ -141,7 +151,7 @@ def finished(
 
 
 def start_compensation(change: Change, error: str, cancel_requested: bool) -> Change:
-    change.status, change.error = SagaStatus.COMPENSATING, error
+    change.status, change.error = SAGA_COMPENSATING, error
     change.clear_cancel = cancel_requested
     return change
 
@@ -161,15 +171,15 @@ def halted(error: str, now: float) -> Change:
 
 
 def saga_succeeded(change: Change, now: float) -> Change:
-    change.status = SagaStatus.SUCCEEDED
-    change.events.append(Event(now, EventType.SAGA_SUCCEEDED))
+    change.status = SAGA_SUCCEEDED
+    change.events.append(Event(now, ON_SAGA_SUCCEEDED))
     change.release_lease = True
     return change
 
 
 def saga_compensated(change: Change, error: str | None, now: float) -> Change:
-    change.status, change.error = SagaStatus.COMPENSATED, error
-    change.events.append(Event(now, EventType.SAGA_COMPENSATED, None, None, None, error))
+    change.status, change.error = SAGA_COMPENSATED, error
+    change.events.append(Event(now, ON_SAGA_COMPENSATED, None, None, None, error))
     change.release_lease = True
     return change
 
@@ -215,7 +225,7 @@ def step_succeeded(
     done = StepRecord(
         running.name,  # name
         FORWARD,  # phase
-        StepStatus.SUCCEEDED,  # status
+        STEP_SUCCEEDED,  # status
         running.attempts,  # attempts
         output,  # output
         None,  # error
@@ -223,7 +233,7 @@ def step_succeeded(
         running.started_at,  # started_at
         now,  # finished_at
     )
-    event = Event(now, EventType.STEP_SUCCEEDED, running.name, None, running.attempts)
+    event = Event(now, ON_STEP_SUCCEEDED, running.name, None, running.attempts)
     # status, error, steps, events, release_lease, clear_cancel, unless_cancelled, checked,
     # effects: positional, as above.
     return Change(None, None, [done], [event], False, False, False, False, effects)
@@ -304,10 +314,8 @@ def compensation_succeeded(
     running: StepRecord, now: float, effects: tuple[Effect, ...] = ()
 ) -> Change:
     return Change(
-        steps=[finished(running, StepStatus.COMPENSATED, None, now)],
-        events=[
-            Event(now, EventType.STEP_COMPENSATED, running.name, COMPENSATION, running.attempts)
-        ],
+        steps=[finished(running, STEP_COMPENSATED, None, now)],
+        events=[Event(now, ON_STEP_COMPENSATED, running.name, COMPENSATION, running.attempts)],
         effects=effects,
     )
 

@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from sagaway.errors import InvalidTransition
 
@@ -69,6 +69,10 @@ class Phase(StrEnum):
     COMPENSATION = "compensation"
 
 
+FORWARD: Final = Phase.FORWARD
+COMPENSATION: Final = Phase.COMPENSATION
+
+
 class EventType(StrEnum):
     """What the timeline shows; one event per durable transition (plus admin requests)."""
 
@@ -93,6 +97,28 @@ class EventType(StrEnum):
     RETRY_REQUESTED = "retry_requested"
     # A signal reached a saga waiting for it; detail: "<name> <signal id>" (what dedupes it).
     SIGNAL_RECEIVED = "signal_received"
+
+
+# The members the engine names on every saga's path, as module constants. Read off its class,
+# a member goes through the slot of EnumType.__getattr__ (~60 ns in CPython 3.11, ~350
+# instructions in the compiled build, where a Final module constant is a C static): ~30 reads a
+# saga were ~4% of its instructions.
+SAGA_PENDING: Final = SagaStatus.PENDING
+SAGA_RUNNING: Final = SagaStatus.RUNNING
+SAGA_COMPENSATING: Final = SagaStatus.COMPENSATING
+SAGA_SUCCEEDED: Final = SagaStatus.SUCCEEDED
+SAGA_COMPENSATED: Final = SagaStatus.COMPENSATED
+STEP_RUNNING: Final = StepStatus.RUNNING
+STEP_SUCCEEDED: Final = StepStatus.SUCCEEDED
+STEP_COMPENSATING: Final = StepStatus.COMPENSATING
+STEP_COMPENSATED: Final = StepStatus.COMPENSATED
+ON_SAGA_STARTED: Final = EventType.SAGA_STARTED
+ON_STEP_STARTED: Final = EventType.STEP_STARTED
+ON_STEP_SUCCEEDED: Final = EventType.STEP_SUCCEEDED
+ON_COMPENSATION_STARTED: Final = EventType.COMPENSATION_STARTED
+ON_STEP_COMPENSATED: Final = EventType.STEP_COMPENSATED
+ON_SAGA_SUCCEEDED: Final = EventType.SAGA_SUCCEEDED
+ON_SAGA_COMPENSATED: Final = EventType.SAGA_COMPENSATED
 
 
 _ALLOWED: dict[SagaStatus, frozenset[SagaStatus]] = {
@@ -592,17 +618,17 @@ def new_saga(
         version,  # version
         input,  # input
         at,  # at
-        SagaStatus.RUNNING,  # status
+        SAGA_RUNNING,  # status
         idempotency_key,  # idempotency_key
         owner,  # owner
         lease_expires_at,  # lease_expires_at
         deadline_at,  # deadline_at
         # name, phase, status, attempts, output, error, uncertain, started_at
-        [StepRecord(first_step, Phase.FORWARD, StepStatus.RUNNING, 1, None, None, False, at)],
+        [StepRecord(first_step, FORWARD, STEP_RUNNING, 1, None, None, False, at)],
         [
-            Event(at, EventType.SAGA_STARTED),
+            Event(at, ON_SAGA_STARTED),
             # at, type, step, phase, attempt, detail
-            Event(at, EventType.STEP_STARTED, first_step, None, 1, owner),
+            Event(at, ON_STEP_STARTED, first_step, None, 1, owner),
         ],
         True,  # checked: the engine checked the input and key, the owner id when it opened
     )

@@ -15,10 +15,9 @@ from pydantic import ValidationError
 from sagaway._first_send import first_send
 from sagaway.definition import Action, Saga, Step, describe_validation
 from sagaway.errors import DecodeError, StepFailed, UnstorableValue
-from sagaway.state import Phase, SagaRecord, StepStatus
+from sagaway.state import FORWARD, STEP_SUCCEEDED, SagaRecord
 from sagaway.store._codec import check_value, printable
 
-FORWARD = Phase.FORWARD
 # What call_with_timeout drives by hand: the action's coroutine, or another awaitable's iterator.
 Steps = Coroutine[Any, Any, Any] | Generator[Any, Any, Any]
 
@@ -33,13 +32,13 @@ class StepResults(Mapping[str, Any]):
     def _done(self) -> Iterator[str]:
         for step in self._saga.steps:
             row = self._record.steps.get((step.name, FORWARD))
-            if row is not None and row.status is StepStatus.SUCCEEDED:
+            if row is not None and row.status is STEP_SUCCEEDED:
                 yield step.name
 
     def __getitem__(self, name: str) -> Any:
         if name not in self._cache:
             row = self._record.steps.get((name, FORWARD))
-            if row is None or row.status is not StepStatus.SUCCEEDED:
+            if row is None or row.status is not STEP_SUCCEEDED:
                 raise KeyError(name)
             self._cache[name] = self._saga.get_step(name).decode_output(row.output)
         return self._cache[name]
