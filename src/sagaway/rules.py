@@ -29,9 +29,20 @@ from sagaway.decisions import (
 from sagaway.decisions import Next as Next  # re-exported: defined here before
 from sagaway.definition import OnUncertain, RetryPolicy, StepKind
 from sagaway.state import (
+    JSON,
+    Change,
+    Effect,
+    Event,
+    EventType,
+    Park,
+    SagaRecord,
+    SagaStatus,
+    StepRecord,
+    StepStatus,
+)
+from sagaway.statuses import (
     COMPENSATION,
     FORWARD,
-    JSON,
     ON_SAGA_COMPENSATED,
     ON_SAGA_SUCCEEDED,
     ON_STEP_COMPENSATED,
@@ -42,15 +53,6 @@ from sagaway.state import (
     STEP_COMPENSATED,
     STEP_RUNNING,
     STEP_SUCCEEDED,
-    Change,
-    Effect,
-    Event,
-    EventType,
-    Park,
-    SagaRecord,
-    SagaStatus,
-    StepRecord,
-    StepStatus,
 )
 from sagaway.store._codec import check_value
 

@@ -28,6 +28,18 @@ from sagaway.hooks import HookChain, StepOutcome
 from sagaway.remote_steps import RemoteSteps
 from sagaway.rules import Next, step_succeeded, stop_reason
 from sagaway.state import (
+    Change,
+    Event,
+    EventType,
+    OutboxMessage,
+    Phase,
+    SagaRecord,
+    StepRecord,
+    StepStatus,
+    apply_change,
+    check_saga_transition,
+)
+from sagaway.statuses import (
     COMPENSATION,
     FORWARD,
     ON_COMPENSATION_STARTED,
@@ -40,16 +52,6 @@ from sagaway.state import (
     STEP_COMPENSATING,
     STEP_RUNNING,
     STEP_SUCCEEDED,
-    Change,
-    Event,
-    EventType,
-    OutboxMessage,
-    Phase,
-    SagaRecord,
-    StepRecord,
-    StepStatus,
-    apply_change,
-    check_saga_transition,
 )
 from sagaway.step_call import StepResults, call_with_timeout, describe_error, storable_output
 from sagaway.store._codec import printable

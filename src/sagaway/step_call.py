@@ -15,7 +15,13 @@ from pydantic import ValidationError
 from sagaway._first_send import first_send
 from sagaway.definition import Action, Saga, Step, describe_validation
 from sagaway.errors import DecodeError, StepFailed, UnstorableValue
-from sagaway.state import FORWARD, STEP_SUCCEEDED, SagaRecord
+from sagaway.state import (
+    SagaRecord,
+)
+from sagaway.statuses import (
+    FORWARD,
+    STEP_SUCCEEDED,
+)
 from sagaway.store._codec import check_value, printable
 
 # What call_with_timeout drives by hand: the action's coroutine, or another awaitable's iterator.
