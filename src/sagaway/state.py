@@ -447,7 +447,9 @@ def new_saga_id(now: float) -> str:
         tail = _random_tails.pop()
     except IndexError:
         tail = _more_random_tails()
-    return f"{int(now * 1000):012x}{tail}"
+    # format(), not an f-string: compiled, an f-string with a format spec is a str.format
+    # method call (~2k instructions a saga more).
+    return format(int(now * 1000), "012x") + tail
 
 
 # 80 random bits a saga id, in hex, drawn from os.urandom 1024 ids at a time: a getrandom
