@@ -13,7 +13,7 @@ runner's hot path calls the rule functions it dispatches to directly (``step_suc
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from sagaway.decisions import (
     BackoffOver,
@@ -46,11 +46,13 @@ from sagaway.statuses import (
     ON_SAGA_COMPENSATED,
     ON_SAGA_SUCCEEDED,
     ON_STEP_COMPENSATED,
+    ON_STEP_FAILED,
     ON_STEP_SUCCEEDED,
     SAGA_COMPENSATED,
     SAGA_COMPENSATING,
     SAGA_SUCCEEDED,
     STEP_COMPENSATED,
+    STEP_FAILED,
     STEP_RUNNING,
     STEP_SUCCEEDED,
 )
@@ -60,6 +62,11 @@ if TYPE_CHECKING:
     from sagaway.definition import Saga, Step
     from sagaway.transport.base import Reply
 
+# Members the runner's path names (why constants: see sagaway.statuses).
+RETRIABLE: Final = StepKind.RETRIABLE
+RETRY: Final = Next.RETRY
+STOP: Final = Next.STOP
+COMPENSATE: Final = Next.COMPENSATE
 TIMED_OUT = "timed out"
 NO_REPLY = "timed out waiting for a reply"
 
@@ -107,7 +114,7 @@ def needs_undo(row: StepRecord | None) -> bool:
     if row is None:
         return False
     return row.status in (STEP_SUCCEEDED, STEP_RUNNING) or (
-        row.status is StepStatus.FAILED and row.uncertain
+        row.status is STEP_FAILED and row.uncertain
     )
 
 
@@ -126,7 +133,7 @@ def compensation_limit(policy: RetryPolicy, row: StepRecord | None) -> int:
     FAILED compensation; otherwise the attempts already made count, but a crash never denies
     it one more try."""
     attempt = 0 if row is None else row.attempts
-    if row is not None and row.status is StepStatus.FAILED:
+    if row is not None and row.status is STEP_FAILED:
         return attempt + policy.max_attempts
     return max(policy.max_attempts, attempt + 1)
 
@@ -257,7 +264,7 @@ def step_failed(
     compensation can make it consistent, so only an operator can help (their retry asks the
     step again under the same key)."""
     attempt = running.attempts
-    forward_only = step.kind is StepKind.RETRIABLE
+    forward_only = step.kind is RETRIABLE
     if retryable:
         # Every attempt carried the same key, so a refusal (not retryable) is the answer for
         # all of them; an unknown outcome now leaves standing any earlier attempt's doubt.
@@ -269,7 +276,7 @@ def step_failed(
     ):
         retrying = Event(now, EventType.STEP_RETRYING, step.name, None, attempt, error)
         delay = step.retry.delay(attempt)
-        return Decision(Change(events=[retrying]), Next.RETRY, step.name, FORWARD, delay)
+        return Decision(Change(events=[retrying]), RETRY, step.name, FORWARD, delay)
     return _fail(step, record, running, error, uncertain, now, None)
 
 
@@ -283,17 +290,17 @@ def _fail(
     stopped_by: tuple[EventType, str] | None,
 ) -> Decision:
     change = Change(
-        steps=[finished(running, StepStatus.FAILED, error, now, uncertain)],
-        events=[Event(now, EventType.STEP_FAILED, step.name, None, running.attempts, error)],
+        steps=[finished(running, STEP_FAILED, error, now, uncertain)],
+        events=[Event(now, ON_STEP_FAILED, step.name, None, running.attempts, error)],
     )
     cancelled = record.cancel_requested
     if stopped_by is not None:
         change.events.append(Event(now, stopped_by[0]))
         start_compensation(change, stopped_by[1], cancelled)
-        return Decision(change, Next.COMPENSATE, step.name)
-    if step.kind is StepKind.RETRIABLE or (uncertain and step.kind is StepKind.PIVOT):
-        return Decision(saga_failed(change, f"{step.name}: {error}", now), Next.STOP, step.name)
-    return Decision(start_compensation(change, error, cancelled), Next.COMPENSATE, step.name)
+        return Decision(change, COMPENSATE, step.name)
+    if step.kind is RETRIABLE or (uncertain and step.kind is StepKind.PIVOT):
+        return Decision(saga_failed(change, f"{step.name}: {error}", now), STOP, step.name)
+    return Decision(start_compensation(change, error, cancelled), COMPENSATE, step.name)
 
 
 def backoff_over(

@@ -22,11 +22,11 @@ from typing import Any, Final
 from sagaway import rules
 from sagaway.clock import Clock
 from sagaway.context import StepContext
-from sagaway.definition import Saga, Step, StepKind
+from sagaway.definition import Saga, Step
 from sagaway.errors import CancelPending, DecodeError, EffectFailed, StepFailed, UnstorableValue
 from sagaway.hooks import HookChain, StepOutcome
 from sagaway.remote_steps import RemoteSteps
-from sagaway.rules import Next, step_succeeded, stop_reason
+from sagaway.rules import RETRIABLE, RETRY, STOP, Next, step_succeeded, stop_reason
 from sagaway.state import (
     Change,
     Event,
@@ -64,7 +64,6 @@ CommitListener = Callable[[SagaRecord, Change], None]
 Relay = Callable[[tuple[OutboxMessage, ...]], Awaitable[None]]
 """Publishes the outbox messages of a transition just committed (the engine's relay)."""
 SUCCEEDED: Final = StepOutcome.SUCCEEDED
-RETRIABLE: Final = StepKind.RETRIABLE  # (why a constant: see state.SAGA_PENDING)
 
 
 class _Halted(Exception):
@@ -412,18 +411,18 @@ class SagaRun(RemoteSteps):
                 again = decision.next is Next.RETRY
                 outcome = StepOutcome.RETRYING if again else StepOutcome.FAILED
                 hooks.after_step(self.record, ctx, outcome, error, perf_counter() - began)
-            if decision.next is Next.RETRY:
+            if decision.next is RETRY:
                 await self._backoff(decision.delay, forward_only)
                 now = self.clock.now()
                 after = rules.backoff_over(step, self.record, running, error, uncertain, now)
-                if after.next is Next.RETRY:
+                if after.next is RETRY:
                     pending = decision.change
                     row = rules.finished(
                         running, StepStatus.RUNNING, error, now, uncertain or running.uncertain
                     )
                     continue
                 decision = after  # cancelled, or the deadline passed, while backing off
-            if decision.next is Next.STOP:
+            if decision.next is STOP:
                 await self._commit(decision.change, now)
                 return None
             return decision.change, now
@@ -555,7 +554,7 @@ class SagaRun(RemoteSteps):
                 again = decision.next is Next.RETRY
                 outcome = StepOutcome.RETRYING if again else StepOutcome.FAILED
                 hooks.after_step(self.record, ctx, outcome, error, perf_counter() - began)
-            if decision.next is Next.RETRY:
+            if decision.next is RETRY:
                 pending = decision.change
                 await self._backoff(decision.delay, forward_only=True)
                 now = self.clock.now()
