@@ -169,3 +169,55 @@ async def test_bad_idempotency_key_is_422(module_client: httpx.AsyncClient) -> N
         headers={"Idempotency-Key": "k" * 300},
     )
     assert response.status_code == 422
+
+
+def _documented_orders_app() -> httpx.AsyncClient:
+    """The documented ``POST /orders`` alone, its parameters handled by FastAPI itself."""
+    from fastapi import FastAPI
+
+    from checkout.api.errors import install_error_handlers
+    from checkout.api.routes import orders
+
+    app = FastAPI()
+    install_error_handlers(app)
+    app.include_router(orders.router)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+
+
+BAD_KEY = {"Idempotency-Key": "k" * 300}
+
+
+@pytest.mark.parametrize(
+    ("query", "headers", "body"),
+    [
+        ("wait=-1", {}, {"user_id": "user_1", **GOOD_ITEM}),
+        ("wait=", {}, {"user_id": "user_1", **GOOD_ITEM}),
+        ("wait=nan", {}, {"user_id": "user_1", **GOOD_ITEM}),
+        ("wait=1&wait=99", {}, {"user_id": "user_1", **GOOD_ITEM}),
+        ("", {"Idempotency-Key": ""}, {"user_id": "user_1", **GOOD_ITEM}),
+        ("", {"idempotency-key": " k"}, {"user_id": "user_1", **GOOD_ITEM}),
+        ("", BAD_KEY, {"user_id": "user_1", **GOOD_ITEM}),
+        ("wait=abc", BAD_KEY, {"customer_id": "user_1", "items": [{**GOOD_ITEM, "quantity": 0}]}),
+        ("wait=61", BAD_KEY, {"items": "x"}),
+        ("wait=61", BAD_KEY, None),
+        ("wait=61", {}, b"{oops"),
+        ("wait=61", {"content-type": "text/plain"}, b"hello"),
+    ],
+)
+async def test_post_orders_reads_its_parameters_as_fastapi_does(
+    module_client: httpx.AsyncClient, query: str, headers: dict[str, str], body: Any
+) -> None:
+    """The app serves POST /orders through a twin that reads ``wait`` and ``Idempotency-Key``
+    by hand (``routes.orders._HandReadParams``): every answer is the documented route's, as
+    FastAPI gives it, errors in the same order (parameters, then the body)."""
+    content = body if isinstance(body, bytes) else None
+    json_body = None if isinstance(body, bytes) else body
+    async with _documented_orders_app() as documented:
+        expected = await documented.post(
+            f"/orders?{query}", headers=headers, json=json_body, content=content
+        )
+    response = await module_client.post(
+        f"/orders?{query}", headers=headers, json=json_body, content=content
+    )
+    assert expected.status_code in (400, 415, 422)
+    assert (response.status_code, response.json()) == (expected.status_code, expected.json())
