@@ -29,7 +29,7 @@ from sagaway.errors import (
     UnknownSagaError,
     UnstorableValue,
 )
-from sagaway.hooks import ClaimReason, Hook, HookChain
+from sagaway.hooks import CLAIM_STARTED, ClaimReason, Hook, HookChain
 from sagaway.outbox_relay import OutboxRelay
 from sagaway.parked import ParkedSagas, SignalReceipt
 from sagaway.recovery import Recovery
@@ -287,7 +287,7 @@ class Engine:
                 record = self.store.running_record(new)
                 if hooks is not None:
                     hooks.saga_started(record)
-                self._spawn(saga, record, prewritten=True, reason=ClaimReason.STARTED)
+                self._spawn(saga, record, prewritten=True, reason=CLAIM_STARTED)
             elif hooks is not None:
                 hooks.saga_started(record_from_new(new))
         return saga_id

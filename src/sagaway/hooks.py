@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from mypy_extensions import mypyc_attr
 
@@ -70,6 +70,9 @@ class ClaimReason(StrEnum):
     RECOVERED = "recovered"  # claimed by a recovery pass or ``resume`` (its lease had expired)
     RETRIED = "retried"  # an operator's retry of a FAILED saga
     REPLIED = "replied"  # a participant's reply reached the parked saga
+
+
+CLAIM_STARTED: Final = ClaimReason.STARTED  # (read once a saga: why a constant, sagaway.statuses)
 
 
 # Users subclass it: in the compiled build (README "Compiled build") a compiled class refuses

@@ -13,7 +13,7 @@ runner's hot path calls the rule functions it dispatches to directly (``step_suc
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from sagaway.decisions import (
     BackoffOver,
@@ -35,11 +35,26 @@ from sagaway.state import (
     Event,
     EventType,
     Park,
-    Phase,
     SagaRecord,
     SagaStatus,
     StepRecord,
     StepStatus,
+)
+from sagaway.statuses import (
+    COMPENSATION,
+    FORWARD,
+    ON_SAGA_COMPENSATED,
+    ON_SAGA_SUCCEEDED,
+    ON_STEP_COMPENSATED,
+    ON_STEP_FAILED,
+    ON_STEP_SUCCEEDED,
+    SAGA_COMPENSATED,
+    SAGA_COMPENSATING,
+    SAGA_SUCCEEDED,
+    STEP_COMPENSATED,
+    STEP_FAILED,
+    STEP_RUNNING,
+    STEP_SUCCEEDED,
 )
 from sagaway.store._codec import check_value
 
@@ -47,7 +62,11 @@ if TYPE_CHECKING:
     from sagaway.definition import Saga, Step
     from sagaway.transport.base import Reply
 
-FORWARD, COMPENSATION = Phase.FORWARD, Phase.COMPENSATION
+# Members the runner's path names (why constants: see sagaway.statuses).
+RETRIABLE: Final = StepKind.RETRIABLE
+RETRY: Final = Next.RETRY
+STOP: Final = Next.STOP
+COMPENSATE: Final = Next.COMPENSATE
 TIMED_OUT = "timed out"
 NO_REPLY = "timed out waiting for a reply"
 
@@ -94,8 +113,8 @@ def needs_undo(row: StepRecord | None) -> bool:
     """Succeeded, or may have taken effect: RUNNING at a crash, or ended by a timeout."""
     if row is None:
         return False
-    return row.status in (StepStatus.SUCCEEDED, StepStatus.RUNNING) or (
-        row.status is StepStatus.FAILED and row.uncertain
+    return row.status in (STEP_SUCCEEDED, STEP_RUNNING) or (
+        row.status is STEP_FAILED and row.uncertain
     )
 
 
@@ -114,7 +133,7 @@ def compensation_limit(policy: RetryPolicy, row: StepRecord | None) -> int:
     FAILED compensation; otherwise the attempts already made count, but a crash never denies
     it one more try."""
     attempt = 0 if row is None else row.attempts
-    if row is not None and row.status is StepStatus.FAILED:
+    if row is not None and row.status is STEP_FAILED:
         return attempt + policy.max_attempts
     return max(policy.max_attempts, attempt + 1)
 
@@ -141,7 +160,7 @@ def finished(
 
 
 def start_compensation(change: Change, error: str, cancel_requested: bool) -> Change:
-    change.status, change.error = SagaStatus.COMPENSATING, error
+    change.status, change.error = SAGA_COMPENSATING, error
     change.clear_cancel = cancel_requested
     return change
 
@@ -161,15 +180,15 @@ def halted(error: str, now: float) -> Change:
 
 
 def saga_succeeded(change: Change, now: float) -> Change:
-    change.status = SagaStatus.SUCCEEDED
-    change.events.append(Event(now, EventType.SAGA_SUCCEEDED))
+    change.status = SAGA_SUCCEEDED
+    change.events.append(Event(now, ON_SAGA_SUCCEEDED))
     change.release_lease = True
     return change
 
 
 def saga_compensated(change: Change, error: str | None, now: float) -> Change:
-    change.status, change.error = SagaStatus.COMPENSATED, error
-    change.events.append(Event(now, EventType.SAGA_COMPENSATED, None, None, None, error))
+    change.status, change.error = SAGA_COMPENSATED, error
+    change.events.append(Event(now, ON_SAGA_COMPENSATED, None, None, None, error))
     change.release_lease = True
     return change
 
@@ -215,7 +234,7 @@ def step_succeeded(
     done = StepRecord(
         running.name,  # name
         FORWARD,  # phase
-        StepStatus.SUCCEEDED,  # status
+        STEP_SUCCEEDED,  # status
         running.attempts,  # attempts
         output,  # output
         None,  # error
@@ -223,7 +242,7 @@ def step_succeeded(
         running.started_at,  # started_at
         now,  # finished_at
     )
-    event = Event(now, EventType.STEP_SUCCEEDED, running.name, None, running.attempts)
+    event = Event(now, ON_STEP_SUCCEEDED, running.name, None, running.attempts)
     # status, error, steps, events, release_lease, clear_cancel, unless_cancelled, checked,
     # effects: positional, as above.
     return Change(None, None, [done], [event], False, False, False, False, effects)
@@ -245,7 +264,7 @@ def step_failed(
     compensation can make it consistent, so only an operator can help (their retry asks the
     step again under the same key)."""
     attempt = running.attempts
-    forward_only = step.kind is StepKind.RETRIABLE
+    forward_only = step.kind is RETRIABLE
     if retryable:
         # Every attempt carried the same key, so a refusal (not retryable) is the answer for
         # all of them; an unknown outcome now leaves standing any earlier attempt's doubt.
@@ -257,7 +276,7 @@ def step_failed(
     ):
         retrying = Event(now, EventType.STEP_RETRYING, step.name, None, attempt, error)
         delay = step.retry.delay(attempt)
-        return Decision(Change(events=[retrying]), Next.RETRY, step.name, FORWARD, delay)
+        return Decision(Change(events=[retrying]), RETRY, step.name, FORWARD, delay)
     return _fail(step, record, running, error, uncertain, now, None)
 
 
@@ -271,17 +290,17 @@ def _fail(
     stopped_by: tuple[EventType, str] | None,
 ) -> Decision:
     change = Change(
-        steps=[finished(running, StepStatus.FAILED, error, now, uncertain)],
-        events=[Event(now, EventType.STEP_FAILED, step.name, None, running.attempts, error)],
+        steps=[finished(running, STEP_FAILED, error, now, uncertain)],
+        events=[Event(now, ON_STEP_FAILED, step.name, None, running.attempts, error)],
     )
     cancelled = record.cancel_requested
     if stopped_by is not None:
         change.events.append(Event(now, stopped_by[0]))
         start_compensation(change, stopped_by[1], cancelled)
-        return Decision(change, Next.COMPENSATE, step.name)
-    if step.kind is StepKind.RETRIABLE or (uncertain and step.kind is StepKind.PIVOT):
-        return Decision(saga_failed(change, f"{step.name}: {error}", now), Next.STOP, step.name)
-    return Decision(start_compensation(change, error, cancelled), Next.COMPENSATE, step.name)
+        return Decision(change, COMPENSATE, step.name)
+    if step.kind is RETRIABLE or (uncertain and step.kind is StepKind.PIVOT):
+        return Decision(saga_failed(change, f"{step.name}: {error}", now), STOP, step.name)
+    return Decision(start_compensation(change, error, cancelled), COMPENSATE, step.name)
 
 
 def backoff_over(
@@ -304,10 +323,8 @@ def compensation_succeeded(
     running: StepRecord, now: float, effects: tuple[Effect, ...] = ()
 ) -> Change:
     return Change(
-        steps=[finished(running, StepStatus.COMPENSATED, None, now)],
-        events=[
-            Event(now, EventType.STEP_COMPENSATED, running.name, COMPENSATION, running.attempts)
-        ],
+        steps=[finished(running, STEP_COMPENSATED, None, now)],
+        events=[Event(now, ON_STEP_COMPENSATED, running.name, COMPENSATION, running.attempts)],
         effects=effects,
     )
 

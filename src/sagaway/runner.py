@@ -17,16 +17,16 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from time import perf_counter
-from typing import Any
+from typing import Any, Final
 
 from sagaway import rules
 from sagaway.clock import Clock
 from sagaway.context import StepContext
-from sagaway.definition import Saga, Step, StepKind
+from sagaway.definition import Saga, Step
 from sagaway.errors import CancelPending, DecodeError, EffectFailed, StepFailed, UnstorableValue
 from sagaway.hooks import HookChain, StepOutcome
 from sagaway.remote_steps import RemoteSteps
-from sagaway.rules import Next, step_succeeded, stop_reason
+from sagaway.rules import RETRIABLE, RETRY, STOP, Next, step_succeeded, stop_reason
 from sagaway.state import (
     Change,
     Event,
@@ -34,11 +34,24 @@ from sagaway.state import (
     OutboxMessage,
     Phase,
     SagaRecord,
-    SagaStatus,
     StepRecord,
     StepStatus,
     apply_change,
     check_saga_transition,
+)
+from sagaway.statuses import (
+    COMPENSATION,
+    FORWARD,
+    ON_COMPENSATION_STARTED,
+    ON_SAGA_STARTED,
+    ON_STEP_STARTED,
+    SAGA_COMPENSATING,
+    SAGA_PENDING,
+    SAGA_RUNNING,
+    STEP_COMPENSATED,
+    STEP_COMPENSATING,
+    STEP_RUNNING,
+    STEP_SUCCEEDED,
 )
 from sagaway.step_call import StepResults, call_with_timeout, describe_error, storable_output
 from sagaway.store._codec import printable
@@ -50,8 +63,7 @@ log = logging.getLogger("sagaway.runner")
 CommitListener = Callable[[SagaRecord, Change], None]
 Relay = Callable[[tuple[OutboxMessage, ...]], Awaitable[None]]
 """Publishes the outbox messages of a transition just committed (the engine's relay)."""
-FORWARD, COMPENSATION = Phase.FORWARD, Phase.COMPENSATION
-SUCCEEDED = StepOutcome.SUCCEEDED
+SUCCEEDED: Final = StepOutcome.SUCCEEDED
 
 
 class _Halted(Exception):
@@ -194,7 +206,7 @@ class SagaRun(RemoteSteps):
 
     def _attempt_timeout(self, step: Step[Any]) -> float | None:
         timeout, deadline = step.timeout, self.record.deadline_at
-        if deadline is None or step.kind is StepKind.RETRIABLE:
+        if deadline is None or step.kind is RETRIABLE:
             return timeout
         left = max(deadline - self.clock.now(), 0.001)
         return left if timeout is None else min(timeout, left)
@@ -224,20 +236,15 @@ class SagaRun(RemoteSteps):
                 pending = woken
             else:
                 pending = Change()
-            if pending.status is None and self.record.status in (
-                SagaStatus.PENDING,
-                SagaStatus.RUNNING,
-            ):
-                if self.record.status is SagaStatus.PENDING:
-                    pending.status = SagaStatus.RUNNING
-                    pending.events.append(self._event(EventType.SAGA_STARTED, now))
+            if pending.status is None and self.record.status in (SAGA_PENDING, SAGA_RUNNING):
+                if self.record.status is SAGA_PENDING:
+                    pending.status = SAGA_RUNNING
+                    pending.events.append(self._event(ON_SAGA_STARTED, now))
                 compensating, now = await self._forward(pending, now)
                 if compensating is None:
                     return  # succeeded, failed or parked: never compensating
                 pending = compensating
-            if self.record.status is SagaStatus.COMPENSATING or pending.status is (
-                SagaStatus.COMPENSATING
-            ):
+            if self.record.status is SAGA_COMPENSATING or pending.status is SAGA_COMPENSATING:
                 await self._compensate(pending, now)
         except _Halted:
             return
@@ -247,18 +254,16 @@ class SagaRun(RemoteSteps):
         or None once the saga is SUCCEEDED, FAILED or parked."""
         for step in self.saga.steps:
             row = self.record.steps.get((step.name, FORWARD))
-            if row is not None and row.status is StepStatus.SUCCEEDED:
+            if row is not None and row.status is STEP_SUCCEEDED:
                 continue
             # A retriable step is never stopped, unless nothing has started yet.
-            checked = step.kind is not StepKind.RETRIABLE or not (
-                self.record.steps or pending.steps
-            )
+            checked = step.kind is not RETRIABLE or not (self.record.steps or pending.steps)
             stop = stop_reason(self.record, now) if checked else None
             if stop is not None:
                 return rules.merge(pending, rules.stopped_before(step, row, stop, now)), now
             attempt = 0 if row is None else row.attempts
             skip_write = False
-            if row is not None and row.status is StepStatus.RUNNING:
+            if row is not None and row.status is STEP_RUNNING:
                 if self._prewritten:
                     skip_write = True
                 elif self._resend:
@@ -277,7 +282,7 @@ class SagaRun(RemoteSteps):
             if outcome is None:  # the saga ended (FAILED past the pivot) or parked
                 return None, now
             pending, now = outcome
-            if pending.status is SagaStatus.COMPENSATING:
+            if pending.status is SAGA_COMPENSATING:
                 return pending, now
         await self._commit(rules.saga_succeeded(pending, now), now)
         return None, now
@@ -291,7 +296,7 @@ class SagaRun(RemoteSteps):
         now: float,
         skip_write: bool,
     ) -> tuple[Change, float] | None:
-        forward_only = step.kind is StepKind.RETRIABLE
+        forward_only = step.kind is RETRIABLE
         started_at = row.started_at if row is not None else None
         # A remote step on a message transport, or a wait: the RUNNING row parks the saga.
         parking = (step.remote is not None and self.parks) or step.wait is not None
@@ -314,7 +319,7 @@ class SagaRun(RemoteSteps):
                 running = StepRecord(
                     step.name,  # name
                     FORWARD,  # phase
-                    StepStatus.RUNNING,  # status
+                    STEP_RUNNING,  # status
                     attempt,  # attempts
                     None,  # output
                     row.error if row is not None else None,  # error
@@ -325,7 +330,7 @@ class SagaRun(RemoteSteps):
                 pending.steps.append(running)
                 # The engine that runs the attempt (detail), so the timeline shows who did what.
                 pending.events.append(
-                    Event(now, EventType.STEP_STARTED, step.name, None, attempt, self.owner)
+                    Event(now, ON_STEP_STARTED, step.name, None, attempt, self.owner)
                 )
                 if parking:  # the command goes out with the RUNNING row, then the saga parks
                     ctx = self._context(step, FORWARD, attempt)
@@ -406,18 +411,18 @@ class SagaRun(RemoteSteps):
                 again = decision.next is Next.RETRY
                 outcome = StepOutcome.RETRYING if again else StepOutcome.FAILED
                 hooks.after_step(self.record, ctx, outcome, error, perf_counter() - began)
-            if decision.next is Next.RETRY:
+            if decision.next is RETRY:
                 await self._backoff(decision.delay, forward_only)
                 now = self.clock.now()
                 after = rules.backoff_over(step, self.record, running, error, uncertain, now)
-                if after.next is Next.RETRY:
+                if after.next is RETRY:
                     pending = decision.change
                     row = rules.finished(
                         running, StepStatus.RUNNING, error, now, uncertain or running.uncertain
                     )
                     continue
                 decision = after  # cancelled, or the deadline passed, while backing off
-            if decision.next is Next.STOP:
+            if decision.next is STOP:
                 await self._commit(decision.change, now)
                 return None
             return decision.change, now
@@ -454,7 +459,7 @@ class SagaRun(RemoteSteps):
             if not step.has_undo or not rules.needs_undo(forward):
                 continue
             row = self.record.steps.get((step.name, COMPENSATION))
-            if row is not None and row.status is StepStatus.COMPENSATED:
+            if row is not None and row.status is STEP_COMPENSATED:
                 continue
             outcome = await self._undo(step, row, pending, now)
             if outcome is None:
@@ -479,7 +484,7 @@ class SagaRun(RemoteSteps):
             running = StepRecord(
                 step.name,
                 COMPENSATION,
-                StepStatus.COMPENSATING,
+                STEP_COMPENSATING,
                 attempt,
                 None,
                 None,
@@ -491,7 +496,7 @@ class SagaRun(RemoteSteps):
             pending.events.append(
                 Event(
                     now,
-                    EventType.COMPENSATION_STARTED,
+                    ON_COMPENSATION_STARTED,
                     step.name,
                     COMPENSATION,
                     attempt,
@@ -513,9 +518,7 @@ class SagaRun(RemoteSteps):
                 began = perf_counter()
             try:
                 output = (
-                    step.decode_output(forward.output)
-                    if forward.status is StepStatus.SUCCEEDED
-                    else None
+                    step.decode_output(forward.output) if forward.status is STEP_SUCCEEDED else None
                 )
                 if step.undo is not None:
                     await call_with_timeout(
@@ -551,7 +554,7 @@ class SagaRun(RemoteSteps):
                 again = decision.next is Next.RETRY
                 outcome = StepOutcome.RETRYING if again else StepOutcome.FAILED
                 hooks.after_step(self.record, ctx, outcome, error, perf_counter() - began)
-            if decision.next is Next.RETRY:
+            if decision.next is RETRY:
                 pending = decision.change
                 await self._backoff(decision.delay, forward_only=True)
                 now = self.clock.now()

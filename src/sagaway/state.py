@@ -1,4 +1,4 @@
-"""Saga and step statuses, the records kept in the saga log, and the pure transition rules.
+"""The records kept in the saga log (with the statuses of ``statuses``), and applying a change.
 
 Nothing here does I/O: the engine decides with these rules, the stores persist the records.
 Times are POSIX seconds (float) supplied by the engine's clock, so stores never read a clock.
@@ -9,10 +9,19 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from sagaway.errors import InvalidTransition
+# The statuses, their transitions and the timeline's event types live in ``statuses``; they are
+# re-exported here, where the records that hold them are.
+from sagaway.statuses import ACTIVE_STATUSES as ACTIVE_STATUSES
+from sagaway.statuses import FORWARD, ON_SAGA_STARTED, ON_STEP_STARTED, SAGA_RUNNING, STEP_RUNNING
+from sagaway.statuses import PRUNABLE_STATUSES as PRUNABLE_STATUSES
+from sagaway.statuses import TERMINAL as TERMINAL
+from sagaway.statuses import EventType as EventType
+from sagaway.statuses import Phase as Phase
+from sagaway.statuses import SagaStatus as SagaStatus
+from sagaway.statuses import StepStatus as StepStatus
+from sagaway.statuses import check_saga_transition as check_saga_transition
 
 if TYPE_CHECKING:
     from sagaway.definition import Saga
@@ -22,104 +31,6 @@ JSON = Any
 
 Effect = Callable[[Any], Any]
 """A write run inside a transition's transaction, given the store's connection."""
-
-
-class SagaStatus(StrEnum):
-    PENDING = "PENDING"
-    RUNNING = "RUNNING"
-    COMPENSATING = "COMPENSATING"
-    SUCCEEDED = "SUCCEEDED"
-    COMPENSATED = "COMPENSATED"
-    FAILED = "FAILED"
-
-    @property
-    def is_terminal(self) -> bool:
-        """Terminal for the engine: nothing runs it any more (FAILED waits for an operator)."""
-        return self in _TERMINAL
-
-    @property
-    def is_active(self) -> bool:
-        """An engine should be driving it: these are what recovery claims."""
-        return self in ACTIVE_STATUSES
-
-
-_TERMINAL = TERMINAL = frozenset({SagaStatus.SUCCEEDED, SagaStatus.COMPENSATED, SagaStatus.FAILED})
-ACTIVE_STATUSES: tuple[SagaStatus, ...] = (
-    SagaStatus.PENDING,
-    SagaStatus.RUNNING,
-    SagaStatus.COMPENSATING,
-)
-# What retention may remove: sagas that are over for good. FAILED is terminal for the engine but
-# not for an operator (``sagaway retry`` takes it on again), so it is kept until someone acts.
-PRUNABLE_STATUSES: tuple[SagaStatus, ...] = (SagaStatus.SUCCEEDED, SagaStatus.COMPENSATED)
-
-
-class StepStatus(StrEnum):
-    PENDING = "PENDING"
-    RUNNING = "RUNNING"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    COMPENSATING = "COMPENSATING"
-    COMPENSATED = "COMPENSATED"
-    SKIPPED = "SKIPPED"
-
-
-class Phase(StrEnum):
-    FORWARD = "forward"
-    COMPENSATION = "compensation"
-
-
-class EventType(StrEnum):
-    """What the timeline shows; one event per durable transition (plus admin requests)."""
-
-    SAGA_CREATED = "saga_created"  # queued for a worker (engine started with execute=False)
-    SAGA_STARTED = "saga_started"
-    STEP_STARTED = "step_started"
-    STEP_SUCCEEDED = "step_succeeded"
-    STEP_RETRYING = "step_retrying"
-    STEP_FAILED = "step_failed"
-    STEP_RESUMED = "step_resumed"
-    COMPENSATION_STARTED = "compensation_started"
-    STEP_COMPENSATED = "step_compensated"
-    COMPENSATION_RETRYING = "compensation_retrying"
-    COMPENSATION_FAILED = "compensation_failed"
-    SAGA_SUCCEEDED = "saga_succeeded"
-    SAGA_COMPENSATED = "saga_compensated"
-    SAGA_FAILED = "saga_failed"
-    SAGA_CLAIMED = "saga_claimed"
-    CANCEL_REQUESTED = "cancel_requested"
-    CANCEL_REFUSED = "cancel_refused"  # too late to take effect; detail says why
-    DEADLINE_EXPIRED = "deadline_expired"
-    RETRY_REQUESTED = "retry_requested"
-    # A signal reached a saga waiting for it; detail: "<name> <signal id>" (what dedupes it).
-    SIGNAL_RECEIVED = "signal_received"
-
-
-_ALLOWED: dict[SagaStatus, frozenset[SagaStatus]] = {
-    SagaStatus.PENDING: frozenset(
-        {SagaStatus.RUNNING, SagaStatus.COMPENSATING, SagaStatus.COMPENSATED, SagaStatus.SUCCEEDED}
-    ),
-    # RUNNING -> COMPENSATED when the first step fails: there is nothing to undo.
-    SagaStatus.RUNNING: frozenset(
-        {
-            SagaStatus.SUCCEEDED,
-            SagaStatus.COMPENSATING,
-            SagaStatus.COMPENSATED,
-            SagaStatus.FAILED,
-        }
-    ),
-    SagaStatus.COMPENSATING: frozenset({SagaStatus.COMPENSATED, SagaStatus.FAILED}),
-    # Only an operator's retry leaves FAILED: back to compensating, or forward past a pivot.
-    SagaStatus.FAILED: frozenset({SagaStatus.COMPENSATING, SagaStatus.RUNNING}),
-    SagaStatus.SUCCEEDED: frozenset(),
-    SagaStatus.COMPENSATED: frozenset(),
-}
-
-
-def check_saga_transition(current: SagaStatus, new: SagaStatus) -> None:
-    """Raise InvalidTransition unless the saga may move from ``current`` to ``new``."""
-    if current != new and new not in _ALLOWED[current]:
-        raise InvalidTransition(f"saga cannot go from {current} to {new}")
 
 
 # The records built per step write their own ``__init__`` (``init=False``), which the compiled
@@ -395,7 +306,7 @@ class Change:
         self.events = [] if events is None else events
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class NewSaga:
     """The first record of a saga, created atomically with its idempotency key."""
 
@@ -412,6 +323,30 @@ class NewSaga:
     steps: list[StepRecord] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     checked: bool = False  # as Change.checked (Engine.start checks the input itself)
+
+    def __init__(
+        self,
+        id: str,
+        name: str,
+        version: int,
+        input: JSON,
+        at: float,
+        status: SagaStatus = SagaStatus.PENDING,
+        idempotency_key: str | None = None,
+        owner: str | None = None,
+        lease_expires_at: float | None = None,
+        deadline_at: float | None = None,
+        steps: list[StepRecord] | None = None,
+        events: list[Event] | None = None,
+        checked: bool = False,
+    ) -> None:
+        self.id, self.name, self.version = id, name, version
+        self.input, self.at, self.status = input, at, status
+        self.idempotency_key, self.owner = idempotency_key, owner
+        self.lease_expires_at, self.deadline_at = lease_expires_at, deadline_at
+        self.steps = [] if steps is None else steps
+        self.events = [] if events is None else events
+        self.checked = checked
 
 
 def apply_change(record: SagaRecord, change: Change, at: float) -> None:
@@ -512,7 +447,9 @@ def new_saga_id(now: float) -> str:
         tail = _random_tails.pop()
     except IndexError:
         tail = _more_random_tails()
-    return f"{int(now * 1000):012x}{tail}"
+    # format(), not an f-string: compiled, an f-string with a format spec is a str.format
+    # method call (~2k instructions a saga more).
+    return format(int(now * 1000), "012x") + tail
 
 
 # 80 random bits a saga id, in hex, drawn from os.urandom 1024 ids at a time: a getrandom
@@ -568,17 +505,17 @@ def new_saga(
         version,  # version
         input,  # input
         at,  # at
-        SagaStatus.RUNNING,  # status
+        SAGA_RUNNING,  # status
         idempotency_key,  # idempotency_key
         owner,  # owner
         lease_expires_at,  # lease_expires_at
         deadline_at,  # deadline_at
         # name, phase, status, attempts, output, error, uncertain, started_at
-        [StepRecord(first_step, Phase.FORWARD, StepStatus.RUNNING, 1, None, None, False, at)],
+        [StepRecord(first_step, FORWARD, STEP_RUNNING, 1, None, None, False, at)],
         [
-            Event(at, EventType.SAGA_STARTED),
+            Event(at, ON_SAGA_STARTED),
             # at, type, step, phase, attempt, detail
-            Event(at, EventType.STEP_STARTED, first_step, None, 1, owner),
+            Event(at, ON_STEP_STARTED, first_step, None, 1, owner),
         ],
         True,  # checked: the engine checked the input and key, the owner id when it opened
     )

@@ -12,12 +12,18 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from sagaway._first_send import first_send
 from sagaway.definition import Action, Saga, Step, describe_validation
 from sagaway.errors import DecodeError, StepFailed, UnstorableValue
-from sagaway.state import Phase, SagaRecord, StepStatus
+from sagaway.state import (
+    SagaRecord,
+)
+from sagaway.statuses import (
+    FORWARD,
+    STEP_SUCCEEDED,
+)
 from sagaway.store._codec import check_value, printable
 
-FORWARD = Phase.FORWARD
 # What call_with_timeout drives by hand: the action's coroutine, or another awaitable's iterator.
 Steps = Coroutine[Any, Any, Any] | Generator[Any, Any, Any]
 
@@ -32,13 +38,13 @@ class StepResults(Mapping[str, Any]):
     def _done(self) -> Iterator[str]:
         for step in self._saga.steps:
             row = self._record.steps.get((step.name, FORWARD))
-            if row is not None and row.status is StepStatus.SUCCEEDED:
+            if row is not None and row.status is STEP_SUCCEEDED:
                 yield step.name
 
     def __getitem__(self, name: str) -> Any:
         if name not in self._cache:
             row = self._record.steps.get((name, FORWARD))
-            if row is None or row.status is not StepStatus.SUCCEEDED:
+            if row is None or row.status is not STEP_SUCCEEDED:
                 raise KeyError(name)
             self._cache[name] = self._saga.get_step(name).decode_output(row.output)
         return self._cache[name]
@@ -133,10 +139,9 @@ async def call_with_timeout(fn: Action, args: tuple[Any, ...], timeout: float | 
     began = monotonic()
     awaitable = fn(*args)
     steps: Steps = awaitable if type(awaitable) is CoroutineType else awaitable.__await__()
-    try:
-        suspended_on = steps.send(None)  # run the action up to its first suspension
-    except StopIteration as done:
-        return done.value
+    returned, suspended_on = first_send(steps)  # run the action up to its first suspension
+    if returned:
+        return suspended_on  # its value: it never suspended
     loop = asyncio.get_running_loop()
     # What the deadline would have been on the loop's clock had it been read before the call.
     deadline = loop.time() + timeout - (monotonic() - began)

@@ -19,6 +19,7 @@ from sagaway.state import (
     Change,
     Event,
     EventType,
+    NewSaga,
     Phase,
     SagaRecord,
     SagaStatus,
@@ -27,7 +28,7 @@ from sagaway.state import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-HAND_WRITTEN = [StepRecord, Event, SagaRecord, Change, StepContext]
+HAND_WRITTEN = [StepRecord, Event, SagaRecord, Change, NewSaga, StepContext]
 
 
 def compiled_modules() -> list[str]:
