@@ -81,9 +81,6 @@ def create_app(
     # routes; the API document lists them where it always did (the loop below).
     app.include_router(orders.router, include_in_schema=False)
     app.router.routes.insert(0, app.router.routes.pop())
-    # POST /orders as served (its parameters read by hand, see routes.orders): ahead of all.
-    app.include_router(orders.served, include_in_schema=False)
-    app.router.routes.insert(0, app.router.routes.pop())
     app.include_router(metrics_router)
     for module in (orderflow, orders, checkout, saga_status, sagas, shop, health):
         app.include_router(module.router)

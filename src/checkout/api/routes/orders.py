@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
 from pydantic import TypeAdapter
 
 from checkout.api.auth import ADMIN
@@ -128,93 +124,6 @@ async def create_order(
 ) -> Response:
     """Place an order and run its checkout saga (201 when finished within `wait`, else 202)."""
     view, replayed = await place(checkout_of(request), body, idempotency_key, wait)
-    return answered(view, replayed)
-
-
-# -- POST /orders as served ----------------------------------------------------------------
-#
-# ``create_order`` above is the route of the API document; the app serves its twin below,
-# ahead of it (see ``checkout.api.app``). The twin reads ``Idempotency-Key`` and ``wait`` by
-# hand, each with the documented route's own field (so the same validation and the same
-# error, at the same place in a 422), instead of through FastAPI's parameter handling, which
-# re-inspects each parameter's type on every request: ~145k instructions of a ~840k request,
-# counted (benchmarks/http_path_cost.py).
-
-_SERVED_PARAMS = "checkout.order_params"  # the scope key of a request's _OrderParams
-
-
-@dataclass(frozen=True, slots=True)
-class _OrderParams:
-    idempotency_key: str | None
-    wait: float
-    errors: list[Any]  # FastAPI's error dicts: ("query", "wait"), ("header", ...) locations
-
-
-def _documented_fields() -> tuple[Any, Any]:
-    route = next(r for r in router.routes if isinstance(r, APIRoute) and r.endpoint is create_order)
-    (wait,) = route.dependant.query_params
-    (key,) = route.dependant.header_params
-    return key, wait
-
-
-_KEY_FIELD, _WAIT_FIELD = _documented_fields()
-
-
-def _param(field: Any, received: Mapping[str, str], errors: list[Any]) -> Any:
-    """As FastAPI takes one plain (not list) query or header parameter: absent, its default
-    unvalidated; present, the field's validation, errors at ``(where, alias)``."""
-    raw = received.get(field.alias)
-    if raw is None:
-        return field.default
-    value, problems = field.validate(raw, {}, loc=(field.field_info.in_.value, field.alias))
-    errors += problems
-    return value
-
-
-def _order_params(request: Request) -> _OrderParams:
-    errors: list[Any] = []
-    wait = _param(_WAIT_FIELD, request.query_params, errors)  # query before header: FastAPI's
-    key = _param(_KEY_FIELD, request.headers, errors)
-    return _OrderParams(key, wait, errors)
-
-
-class _ParamErrors(RequestValidationError):
-    """The hand-read parameters were invalid and the body was not."""
-
-
-class _HandReadParams(APIRoute):
-    """A route whose endpoint finds its parameters read in ``scope[_SERVED_PARAMS]``; their
-    errors come first in a 422, the body's after them, as FastAPI lists them."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handle = super().get_route_handler()
-
-        async def route(request: Request) -> Response:
-            params = _order_params(request)
-            request.scope[_SERVED_PARAMS] = params
-            try:
-                return await handle(request)
-            except _ParamErrors:
-                raise
-            except RequestValidationError as exc:  # the body's (the endpoint did not run)
-                if not params.errors:
-                    raise
-                errors = [*params.errors, *exc.errors()]
-                raise RequestValidationError(errors, body=exc.body) from None
-
-        return route
-
-
-served = APIRouter(tags=["orders"], route_class=_HandReadParams)
-
-
-@served.post("/orders", status_code=201, include_in_schema=False)
-async def create_order_served(body: OrderRequest, request: Request) -> Response:
-    """``create_order`` as served: same answers, parameters read by ``_HandReadParams``."""
-    params: _OrderParams = request.scope[_SERVED_PARAMS]
-    if params.errors:
-        raise _ParamErrors(params.errors)
-    view, replayed = await place(checkout_of(request), body, params.idempotency_key, params.wait)
     return answered(view, replayed)
 
 
