@@ -50,8 +50,10 @@ def write_batch(
     write (see ``_sqlite_ops``), so they need no savepoint, and their outbox messages and
     compactions are done for the whole batch at the end (``ops.Pending``); a transition carrying
     ``ctx.atomic()`` writes runs without a savepoint too (those writes rarely fail); a
-    ``run_in_transaction`` function always gets one (a business failure raised inside is
-    its normal way to say no). Anything unexpected (a driver error halfway through an
+    ``run_in_transaction`` function gets one (a business failure raised inside is its
+    normal way to say no) unless it only touches rows (``rows_only``): then one that fails
+    having changed no row has nothing to undo, and one that fails after changing rows is
+    undone by the replay. Anything unexpected (a driver error halfway through an
     operation, a failing ``ctx.atomic()`` write, a failing batched write) rolls the batch
     back and replays it with a savepoint around every operation and nothing deferred, so
     only the operation at fault fails. Savepoints cost two statements each: on the engine
@@ -119,6 +121,11 @@ def run_user_fn(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any
     return fn(conn)
 
 
+def run_rows_fn(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+    """``run_in_transaction(fn, rows_only=True)``: no savepoint on the fast path."""
+    return fn(conn)
+
+
 def _user_error(exc: Exception, guard: Guard) -> BaseException:
     if guard.refused:
         guard.refused = False
@@ -147,7 +154,7 @@ def _apply(
     try:
         execute(_BEGIN)
         for future, fn, args in batch:
-            user = fn is run_user_fn or fn is commit_with_effects
+            user = fn is run_user_fn or fn is run_rows_fn or fn is commit_with_effects
             if safe or fn is run_user_fn:
                 execute(_SAVEPOINT)
                 guard.active, guard.refused = user, False
@@ -171,6 +178,22 @@ def _apply(
             try:
                 if fn is ops.commit or fn is ops.create:
                     value = fn(conn, *args, pending)
+                elif fn is run_rows_fn:
+                    changes = conn.total_changes
+                    guard.active, guard.refused = True, False
+                    try:
+                        value = fn(conn, *args)
+                    except Exception as exc:
+                        guard.active = False
+                        if not conn.in_transaction:
+                            raise _TransactionEnded(str(exc)) from exc
+                        if conn.total_changes != changes:  # its writes need the replay's undo
+                            raise _Replay from None
+                        append((future, None, _user_error(exc, guard)))  # nothing to undo
+                        continue
+                    guard.active = False
+                    if not conn.in_transaction:
+                        raise _TransactionEnded("user code ended the store's transaction")
                 elif user:
                     guard.active, guard.refused = True, False
                     value = fn(conn, *args, pending)
@@ -180,11 +203,8 @@ def _apply(
                 else:  # it may read the log: give it the rows deferred so far
                     pending.flush(conn)
                     value = fn(conn, *args)
-            except (
-                LeaseLost,
-                SagaNotFound,
-                InvalidTransition,
-            ) as exc:  # raised before the operation wrote anything
+            # The port's clean failures: raised before the operation wrote anything.
+            except (LeaseLost, SagaNotFound, InvalidTransition) as exc:
                 guard.active = False
                 append((future, None, exc))
             except _TransactionEnded:

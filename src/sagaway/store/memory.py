@@ -91,7 +91,7 @@ class MemoryStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
     async def commit(self, saga_id: str, owner: str | None, change: Change, at: float) -> None:
         commit_change(self._sagas, self._outbox, saga_id, owner, change, at)
 
-    async def run_in_transaction(self, fn: Callable[[Any], T]) -> T:
+    async def run_in_transaction(self, fn: Callable[[Any], T], *, rows_only: bool = False) -> T:
         # Nothing to roll back: the memory store has no connection to hand over.
         return fn(None)
 

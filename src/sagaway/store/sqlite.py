@@ -65,6 +65,7 @@ from sagaway.store._sqlite_batch import (
     Result,
     commit_with_effects,
     resolve,
+    run_rows_fn,
     run_user_fn,
     write_batch,
 )
@@ -281,7 +282,9 @@ class SQLiteStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
             return False
         return Path(path).resolve() == Path(self.path).resolve()
 
-    async def run_in_transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def run_in_transaction(
+        self, fn: Callable[[sqlite3.Connection], T], *, rows_only: bool = False
+    ) -> T:
         """Run ``fn(conn)`` on the writer's connection inside the next group commit; return its
         result once that commit is durable.
 
@@ -299,8 +302,18 @@ class SQLiteStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
         Its result is handed back as is. If another operation of the batch hits an unexpected driver
         error the batch is rolled back and replayed, calling ``fn`` again: its writes still land
         exactly once, but keep it free of side effects outside the database.
+
+        ``rows_only``: ``fn`` only reads and writes rows (SELECT, INSERT, UPDATE, DELETE; no
+        schema, PRAGMA or savepoint statements). It then runs without a savepoint of its own,
+        which costs two statements: when it raises having changed no row
+        (``conn.total_changes`` as before it ran; a failing statement is undone by SQLite
+        itself), there is nothing to undo; when it raises after changing rows, the batch is
+        rolled back and replayed with a savepoint around every operation, so it still fails
+        alone. Such a function should raise its business failures before its first write:
+        a replay redoes the whole batch.
         """
-        return cast(T, await self._submit(run_user_fn, fn))
+        run = run_rows_fn if rows_only else run_user_fn
+        return cast(T, await self._submit(run, fn))
 
     # -- reads ------------------------------------------------------------------------------
 
