@@ -13,7 +13,7 @@ Two executors:
 * :class:`StoreExecutor`: SQLite, when the shop tables live in the saga log's own file (the
   default ``./sagaway.db``). Writes join the saga store's **group commit**
   (``TransactionalStore.run_in_transaction``): they run on the store's single writer
-  connection, each in its own savepoint of the batch's transaction, and share the batch's one
+  connection, each atomic on its own within the batch's transaction, and share the batch's one
   fsync with the saga transitions and every other shop write queued meanwhile. There is then
   one writer for the file: no file-lock contention between the shop and the log, no
   busy-handler sleeps, no asyncio write lock. Reads run on a read-only connection of their
@@ -214,7 +214,9 @@ class StoreExecutor(ShopExecutor):
         def run(raw: sqlite3.Connection) -> T:
             return fn(self._on_writer(raw), *args, **kwargs)
 
-        return await self._store.run_in_transaction(run)
+        # Shop operations are row reads and writes only (no DDL, PRAGMA or savepoints of
+        # their own): they need no savepoint each in the group commit (see rows_only).
+        return await self._store.run_in_transaction(run, rows_only=True)
 
     def in_saga_log(
         self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs

@@ -305,6 +305,73 @@ async def test_one_failing_operation_does_not_fail_its_batch(store: SQLiteStore)
     assert rows == [("kept",)]
 
 
+async def test_a_rows_only_function_fails_alone_without_a_savepoint(store: SQLiteStore) -> None:
+    """``rows_only``: no savepoint of its own. A failure that changed no row (raised before
+    any write, or a failing statement, which SQLite undoes itself) leaves the batch as is;
+    the batch commits everything else once."""
+    await store.create(new("a", owner="e1", status=SagaStatus.RUNNING))
+    await store.run_in_transaction(lambda c: c.execute("CREATE TABLE app (k TEXT UNIQUE)"))
+    statements: list[str] = []
+    assert store._writer_conn is not None
+    store._writer_conn.set_trace_callback(statements.append)
+
+    def insert(conn: sqlite3.Connection) -> int:
+        return conn.execute("INSERT INTO app VALUES ('kept')").rowcount
+
+    def refuse(conn: sqlite3.Connection) -> None:
+        conn.execute("SELECT k FROM app").fetchall()
+        raise ValueError("no")
+
+    step = StepRecord("x", Phase.FORWARD, RUNNING, 1)
+    results = await in_one_batch(
+        store,
+        store.run_in_transaction(insert, rows_only=True),
+        store.run_in_transaction(refuse, rows_only=True),
+        store.run_in_transaction(insert, rows_only=True),  # the key is taken: it fails
+        store.commit("a", "e1", Change(steps=[step]), T0 + 1),
+    )
+    store._writer_conn.set_trace_callback(None)
+    assert results[0] == 1
+    assert isinstance(results[1], ValueError)
+    assert isinstance(results[2], StoreError)
+    assert isinstance(results[2].__cause__, sqlite3.IntegrityError)
+    assert results[3] is None
+    assert not [s for s in statements if "SAVEPOINT" in s.upper()]
+    assert (await store.get("a")).step("x") == step
+    rows = await store.run_in_transaction(lambda c: c.execute("SELECT k FROM app").fetchall())
+    assert rows == [("kept",)]
+
+
+async def test_a_rows_only_function_failing_after_a_write_is_undone_alone(
+    store: SQLiteStore,
+) -> None:
+    """A ``rows_only`` function that raises after changing rows: the batch is replayed with a
+    savepoint per operation, so its writes are gone and the others land exactly once."""
+    await store.create(new("a", owner="e1", status=SagaStatus.RUNNING))
+    await store.run_in_transaction(lambda c: c.execute("CREATE TABLE app (k TEXT)"))
+
+    def half(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO app VALUES ('undone')")
+        raise ValueError("after a write")
+
+    step = StepRecord("x", Phase.FORWARD, RUNNING, 1)
+    results = await in_one_batch(
+        store,
+        store.run_in_transaction(
+            lambda c: c.execute("INSERT INTO app VALUES ('once')").rowcount, rows_only=True
+        ),
+        store.run_in_transaction(half, rows_only=True),
+        store.commit("a", "e1", Change(steps=[step]), T0 + 1),
+    )
+    assert results[0] == 1
+    assert isinstance(results[1], ValueError)
+    assert results[2] is None
+    record = await store.get("a")
+    assert (record.step("x"), len(record.history)) == (step, 1)
+    rows = await store.run_in_transaction(lambda c: c.execute("SELECT k FROM app").fetchall())
+    assert rows == [("once",)]
+
+
 @interpreted_only  # a StepRecord named None: a compiled StepRecord refuses it
 async def test_unexpected_error_mid_operation_is_confined_to_it(store: SQLiteStore) -> None:
     """A driver error after an operation's first write: the batch is replayed with a savepoint

@@ -16,7 +16,7 @@ from checkout.participants.inventory import InventoryService
 from checkout.participants.orders import OrderService, new_order_id, saga_input
 from checkout.participants.payment import PaymentService
 from checkout.participants.shipping import ShippingService
-from checkout.participants.shop import ShopService, ShopTotals
+from checkout.participants.shop import Prevalidated, ShopService, ShopTotals
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,9 +46,10 @@ class CheckoutParticipants(GatewayParticipants):
 
     @classmethod
     def from_executor(cls, executor: ShopExecutor) -> CheckoutParticipants:
+        prevalidated = Prevalidated()  # an order's validation, from its creation to its saga
         return cls(
-            shop=ShopService(executor),
-            orders=OrderService(executor),
+            shop=ShopService(executor, prevalidated),
+            orders=OrderService(executor, prevalidated=prevalidated),
             inventory=InventoryService(executor),
             payment=PaymentService(executor),
             shipping=ShippingService(executor),

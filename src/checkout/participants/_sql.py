@@ -9,7 +9,10 @@ pattern, so it is written once here:
    beat it) and the recorded row is returned; nothing is applied twice. On PostgreSQL a second
    concurrent call with the same key blocks on the first one's uncommitted row and then sees
    it, so even simultaneous repeats apply once. On SQLite writers are serialised (one writer
-   thread, or BEGIN IMMEDIATE).
+   thread, or BEGIN IMMEDIATE; a transaction that read an older snapshot cannot write at all),
+   so there the key is looked up first and claimed after the effect (:func:`claim_once`): a
+   business failure then raises before the operation's first write, which is what lets the
+   saga store's group commit run it without a savepoint (``rows_only``).
 2. **Apply the effect with conditional updates** (``... WHERE stock >= :q``): the check and the
    write are one statement, so concurrent orders cannot oversell or overdraw on either backend.
 3. **A business failure raises**, which rolls the claim back too: nothing is recorded, and a
@@ -253,6 +256,34 @@ def insert_ignore(
     """Insert a row unless one with the same ``key`` exists; True when this call inserted it.
     Python-side column defaults (timestamps) are filled in as SQLAlchemy would."""
     return run(conn, _insert_ignore(conn.dialect.name, table, key), values) == 1
+
+
+def claim_once(
+    conn: Connection,
+    table: Table,
+    values: dict[str, Any],
+    apply: Callable[[], None],
+) -> Any | None:
+    """Claim ``values["idempotency_key"]`` with the row ``values`` and run ``apply`` (the
+    effect, which raises a business failure), both or neither; None when this call did them,
+    else the row already recorded under the key (a repeat, or a tombstone: nothing applied).
+
+    On SQLite (serialised writers) the key is looked up first and claimed after the effect, so
+    a failing ``apply`` raises before anything is written; elsewhere the claim comes first, so
+    that a concurrent call with the same key waits on it (see the module docstring)."""
+    key = values["idempotency_key"]
+    if conn.dialect.name == "sqlite":
+        recorded = find_by_key(conn, table, key)
+        if recorded is not None:
+            return recorded
+        apply()
+        if not insert_ignore(conn, table, values):  # pragma: no cover - one writer at a time
+            raise RuntimeError(f"{table.name} {key!r} was claimed during the call")
+        return None
+    if not insert_ignore(conn, table, values):
+        return load_by_key(conn, table, key)
+    apply()
+    return None
 
 
 def execute(conn: Connection, stmt: Executable, **params: Any) -> int:

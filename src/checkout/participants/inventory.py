@@ -29,12 +29,11 @@ from checkout.domain.models import (
 )
 from checkout.domain.rules import merge_lines
 from checkout.participants._sql import (
+    claim_once,
     dump_lines,
     execute,
     fetch_first,
     find_by_key,
-    insert_ignore,
-    load_by_key,
     load_lines,
     table_of,
     undo_once,
@@ -102,7 +101,13 @@ def reserve(
     lines = merge_lines(items)
     if not lines:
         raise ValueError("a reservation needs at least one item")
-    claimed = insert_ignore(
+
+    def take_units() -> None:
+        for line in lines:  # sorted by product id: a fixed lock order, no deadlocks
+            if execute(conn, _RESERVE, product=line.product_id, qty=line.quantity) != 1:
+                raise shortage_error(conn, line.product_id)
+
+    recorded = claim_once(
         conn,
         reservations,
         {
@@ -111,12 +116,10 @@ def reserve(
             "items": dump_lines(lines),
             "status": ReservationStatus.RESERVED.value,
         },
+        take_units,
     )
-    if not claimed:
-        return _reservation(load_by_key(conn, reservations, idempotency_key))
-    for line in lines:  # sorted by product id: a fixed lock order, no deadlocks
-        if execute(conn, _RESERVE, product=line.product_id, qty=line.quantity) != 1:
-            raise shortage_error(conn, line.product_id)
+    if recorded is not None:
+        return _reservation(recorded)
     return Reservation(
         idempotency_key=idempotency_key,
         order_id=order_id,

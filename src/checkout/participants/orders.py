@@ -31,6 +31,7 @@ from checkout.domain.models import (
     OrderStatus,
     PricedLine,
     UserNotFound,
+    ValidatedOrder,
 )
 from checkout.domain.rules import order_total, price_lines
 from checkout.participants._sql import (
@@ -41,7 +42,7 @@ from checkout.participants._sql import (
     run,
     table_of,
 )
-from checkout.participants.shop import prices
+from checkout.participants.shop import Prevalidated, prices
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,18 +178,56 @@ def create_order(
     ``catalogue``: the prices and the customer's account as the services answered them (the
     gateway of separate services); None: read from the payment and inventory tables in this
     same database (the embedded shop)."""
+    order, created, _ = record_order(
+        conn,
+        order_id,
+        customer_id,
+        items,
+        shipping_address,
+        payment_method,
+        idempotency_key,
+        strict,
+        checkout,
+        chosen_id,
+        request_fingerprint,
+        catalogue,
+    )
+    return order, created
+
+
+def record_order(
+    conn: Connection,
+    order_id: str,
+    customer_id: str,
+    items: Sequence[OrderLine],
+    shipping_address: Address | None,
+    payment_method: str,
+    idempotency_key: str | None,
+    strict: bool,
+    checkout: bool = False,
+    chosen_id: bool = False,
+    request_fingerprint: str | None = None,
+    catalogue: Catalogue | None = None,
+) -> tuple[OrderInfo, bool, ValidatedOrder | None]:
+    """:func:`create_order`, plus what the saga's ``validate_order`` will find for an order
+    recorded here for checkout from this database's own tables (the account and prices it
+    read): the :class:`ValidatedOrder`, or None when that step must look for itself (an
+    unknown customer or product, whose failure it words; another catalogue; a draft; a repeat).
+    """
     if idempotency_key is not None:
         existing = _one(conn, _BY_KEY, key=idempotency_key)
         if existing is not None:
-            return existing, False
+            return existing, False, None
     if chosen_id:
         existing = _one(conn, _ORDER, order=order_id)
         if existing is not None:
-            return existing, False
+            return existing, False, None
+    validated_by_catalogue = False
     if catalogue is None:
         row = fetch_first(conn, _ACCOUNT, {"account": customer_id})
         found, default_address = row is not None, (row_address(row) if row is not None else None)
         known = prices(conn, sorted({item.product_id for item in items}))
+        validated_by_catalogue = found and all(item.product_id in known for item in items)
     else:
         known = dict(catalogue.prices)
         found = catalogue.account is not None
@@ -247,7 +286,16 @@ def create_order(
         created_at=now,
         updated_at=now,
     )
-    return order, True
+    validated = None
+    if checkout and validated_by_catalogue:  # validate_order's own checks and pricing, passed
+        validated = ValidatedOrder(
+            order_id=order_id,
+            customer_id=customer_id,
+            lines=lines,
+            total_cents=total,
+            shipping_address=address,
+        )
+    return order, True, validated
 
 
 def get_order(conn: Connection, order_id: str) -> OrderInfo | None:
@@ -350,10 +398,17 @@ def unstarted_orders(
 class OrderService:
     """Create, read and update orders."""
 
-    def __init__(self, db: ShopExecutor, catalogue: CatalogueSource | None = None) -> None:
+    def __init__(
+        self,
+        db: ShopExecutor,
+        catalogue: CatalogueSource | None = None,
+        prevalidated: Prevalidated | None = None,
+    ) -> None:
         self._db = db
         # Separate services: prices and accounts come from their APIs, not this database.
         self._catalogue = catalogue
+        # Where an order checked out here leaves its validation for the saga's first step.
+        self._prevalidated = prevalidated
 
     async def create_order(
         self,
@@ -396,8 +451,8 @@ class OrderService:
                 customer_id, sorted({item.product_id for item in items})
             )
         try:
-            return await self._db.write(
-                create_order,
+            order, created, validated = await self._db.write(
+                record_order,
                 order_id or new_order_id(),
                 customer_id,
                 items,
@@ -421,6 +476,9 @@ class OrderService:
             if existing is None:
                 raise
             return existing, False
+        if validated is not None and self._prevalidated is not None:
+            self._prevalidated.remember(validated)
+        return order, created
 
     async def get_order(self, order_id: str) -> OrderInfo | None:
         if "\x00" in order_id:  # no order has one, and PostgreSQL refuses it in a query

@@ -19,6 +19,7 @@ from checkout.db import AccountRow, PaymentRow
 from checkout.dbexec import ShopExecutor
 from checkout.domain.models import InsufficientFunds, Payment, PaymentStatus, UserNotFound
 from checkout.participants._sql import (
+    claim_once,
     execute,
     fetch_first,
     find_by_key,
@@ -80,7 +81,13 @@ def charge(
         raise TypeError("amount_cents must be an int")
     if amount_cents < 0:
         raise ValueError("cannot charge a negative amount")
-    claimed = insert_ignore(
+
+    def debit() -> None:
+        if execute(conn, _DEBIT, account=account_id, amount=amount_cents) != 1:
+            exists = fetch_first(conn, _ACCOUNT_EXISTS, {"account": account_id})
+            raise InsufficientFunds(account_id) if exists else UserNotFound(account_id)
+
+    recorded = claim_once(
         conn,
         payments,
         {
@@ -90,12 +97,10 @@ def charge(
             "amount_cents": amount_cents,
             "status": PaymentStatus.CAPTURED.value,
         },
+        debit,
     )
-    if not claimed:
-        return _payment(load_by_key(conn, payments, idempotency_key))
-    if execute(conn, _DEBIT, account=account_id, amount=amount_cents) != 1:
-        exists = fetch_first(conn, _ACCOUNT_EXISTS, {"account": account_id})
-        raise InsufficientFunds(account_id) if exists else UserNotFound(account_id)
+    if recorded is not None:
+        return _payment(recorded)
     return Payment(
         idempotency_key=idempotency_key,
         order_id=order_id,

@@ -24,11 +24,11 @@ from checkout.domain import demo
 from checkout.domain.models import Address, OrderLine, Shipment, ShipmentStatus
 from checkout.domain.rules import address_problems, assign_courier, merge_lines, validate_address
 from checkout.participants._sql import (
+    claim_once,
     dump_lines,
     execute,
     find_by_key,
     insert_ignore,
-    load_by_key,
     load_lines,
     table_of,
     undo_once,
@@ -95,7 +95,20 @@ def create_shipment(
     service, whose tables this one does not read.)
     """
     lines = merge_lines(items)
-    claimed = insert_ignore(
+
+    def ship() -> None:
+        validate_address(address)  # raises InvalidShippingAddress: nothing is recorded
+        for line in lines:  # sorted by product id: a fixed lock order
+            if execute(conn, _SHIP, product=line.product_id, qty=line.quantity) != 1:
+                insert_ignore(
+                    conn,
+                    shipped_units,
+                    {"product_id": line.product_id, "quantity": 0},
+                    key="product_id",
+                )
+                execute(conn, _SHIP, product=line.product_id, qty=line.quantity)
+
+    recorded = claim_once(
         conn,
         shipments,
         {
@@ -106,19 +119,10 @@ def create_shipment(
             "courier": courier,
             "status": ShipmentStatus.CREATED.value,
         },
+        ship,
     )
-    if not claimed:
-        return _shipment(load_by_key(conn, shipments, idempotency_key))
-    validate_address(address)  # raises InvalidShippingAddress: the claim rolls back
-    for line in lines:  # sorted by product id: a fixed lock order
-        if execute(conn, _SHIP, product=line.product_id, qty=line.quantity) != 1:
-            insert_ignore(
-                conn,
-                shipped_units,
-                {"product_id": line.product_id, "quantity": 0},
-                key="product_id",
-            )
-            execute(conn, _SHIP, product=line.product_id, qty=line.quantity)
+    if recorded is not None:
+        return _shipment(recorded)
     return Shipment(
         idempotency_key=idempotency_key,
         order_id=order_id,

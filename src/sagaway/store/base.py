@@ -381,9 +381,13 @@ class TransactionalStore(SagaStore):
     """
 
     @abstractmethod
-    async def run_in_transaction(self, fn: Callable[[Any], T]) -> T:
+    async def run_in_transaction(self, fn: Callable[[Any], T], *, rows_only: bool = False) -> T:
         """Run ``fn(connection)`` in a transaction of the store's own and return its result:
-        committed when it returns, rolled back (nothing written) when it raises."""
+        committed when it returns, rolled back (nothing written) when it raises.
+
+        ``rows_only``: the caller's promise that ``fn`` only reads and writes rows (no schema,
+        setting or savepoint statements), which lets a store undo a failure more cheaply; the
+        guarantee is the same either way."""
 
     def shares_database(self, url: str) -> bool:
         """True when the database at ``url`` (an SQLAlchemy URL) is the one this store writes

@@ -124,7 +124,7 @@ class MemoryStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
         for message in change.outbox:
             self._outbox[message.id] = message
 
-    async def run_in_transaction(self, fn: Callable[[Any], T]) -> T:
+    async def run_in_transaction(self, fn: Callable[[Any], T], *, rows_only: bool = False) -> T:
         # Nothing to roll back: the memory store has no connection to hand over.
         return fn(None)
 

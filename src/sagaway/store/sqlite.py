@@ -233,8 +233,10 @@ class SQLiteStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
         write (see ``_sqlite_ops``), so they need no savepoint, and their outbox messages and
         compactions are done for the whole batch at the end (``ops.Pending``); a transition carrying
         ``ctx.atomic()`` writes runs without a savepoint too (those writes rarely fail); a
-        ``run_in_transaction`` function always gets one (a business failure raised inside is
-        its normal way to say no). Anything unexpected (a driver error halfway through an
+        ``run_in_transaction`` function gets one (a business failure raised inside is its
+        normal way to say no) unless it only touches rows (``rows_only``): then one that fails
+        having changed no row has nothing to undo, and one that fails after changing rows is
+        undone by the replay. Anything unexpected (a driver error halfway through an
         operation, a failing ``ctx.atomic()`` write, a failing batched write) rolls the batch
         back and replays it with a savepoint around every operation and nothing deferred, so
         only the operation at fault fails. Savepoints cost two statements each: on the engine
@@ -313,7 +315,9 @@ class SQLiteStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
             return False
         return Path(path).resolve() == Path(self.path).resolve()
 
-    async def run_in_transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def run_in_transaction(
+        self, fn: Callable[[sqlite3.Connection], T], *, rows_only: bool = False
+    ) -> T:
         """Run ``fn(conn)`` on the writer's connection inside the next group commit; return its
         result once that commit is durable.
 
@@ -331,8 +335,18 @@ class SQLiteStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
         Its result is handed back as is. If another operation of the batch hits an unexpected driver
         error the batch is rolled back and replayed, calling ``fn`` again: its writes still land
         exactly once, but keep it free of side effects outside the database.
+
+        ``rows_only``: ``fn`` only reads and writes rows (SELECT, INSERT, UPDATE, DELETE; no
+        schema, PRAGMA or savepoint statements). It then runs without a savepoint of its own,
+        which costs two statements: when it raises having changed no row
+        (``conn.total_changes`` as before it ran; a failing statement is undone by SQLite
+        itself), there is nothing to undo; when it raises after changing rows, the batch is
+        rolled back and replayed with a savepoint around every operation, so it still fails
+        alone. Such a function should raise its business failures before its first write:
+        a replay redoes the whole batch.
         """
-        return cast(T, await self._submit(_run_user_fn, fn))
+        run = _run_rows_fn if rows_only else _run_user_fn
+        return cast(T, await self._submit(run, fn))
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -482,6 +496,11 @@ def _run_user_fn(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], An
     return fn(conn)
 
 
+def _run_rows_fn(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+    """``run_in_transaction(fn, rows_only=True)``: no savepoint on the fast path."""
+    return fn(conn)
+
+
 def _user_error(exc: Exception, guard: _Guard) -> BaseException:
     if guard.refused:
         guard.refused = False
@@ -510,7 +529,7 @@ def _apply(
     try:
         execute(_BEGIN)
         for future, fn, args in batch:
-            user = fn is _run_user_fn or fn is _commit_with_effects
+            user = fn is _run_user_fn or fn is _run_rows_fn or fn is _commit_with_effects
             if safe or fn is _run_user_fn:
                 execute(_SAVEPOINT)
                 guard.active, guard.refused = user, False
@@ -534,6 +553,22 @@ def _apply(
             try:
                 if fn is ops.commit or fn is ops.create:
                     value = fn(conn, *args, pending)
+                elif fn is _run_rows_fn:
+                    changes = conn.total_changes
+                    guard.active, guard.refused = True, False
+                    try:
+                        value = fn(conn, *args)
+                    except Exception as exc:
+                        guard.active = False
+                        if not conn.in_transaction:
+                            raise _TransactionEnded(str(exc)) from exc
+                        if conn.total_changes != changes:  # its writes need the replay's undo
+                            raise _Replay from None
+                        append((future, None, _user_error(exc, guard)))  # nothing to undo
+                        continue
+                    guard.active = False
+                    if not conn.in_transaction:
+                        raise _TransactionEnded("user code ended the store's transaction")
                 elif user:
                     guard.active, guard.refused = True, False
                     value = fn(conn, *args, pending)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, update
 from sqlalchemy.engine import Connection
 
 from checkout.db import (
@@ -17,12 +17,15 @@ from checkout.db import (
     VERSION_TABLE,
     Base,
     Database,
+    ProductRow,
     apply_migrations,
     downgrade,
     migrate,
 )
+from checkout.dbexec import ShopExecutor
 from checkout.domain import Address, OrderLine, OrderStatus, ProductNotFound, UserNotFound
 from checkout.participants import CheckoutParticipants, saga_input
+from checkout.participants.shop import validate_order
 
 TABLES = {
     "products",
@@ -113,6 +116,42 @@ async def test_create_order_prices_from_the_catalog(shop: CheckoutParticipants) 
     assert order.created_at.tzinfo is not None
     assert await shop.orders.get_order(order.id) == order
     assert saga_input(order).items == items
+
+
+def _reprice(conn: Connection, product_id: str, cents: int) -> None:
+    conn.execute(update(ProductRow).where(ProductRow.id == product_id).values(price_cents=cents))
+
+
+async def test_a_checked_out_order_hands_its_validation_to_its_saga(
+    shop: CheckoutParticipants, executor: ShopExecutor
+) -> None:
+    """An order recorded for checkout leaves ``validate_order``'s outcome, worked out from
+    the account and prices read where the order was recorded, to its saga's first step: what
+    that step reads at that moment, taken once, and only for the input it was made for."""
+    items = [
+        OrderLine(product_id="product_2", quantity=2),
+        OrderLine(product_id="product_1", quantity=1),
+    ]
+    order, _ = await shop.orders.create_order("user_1", items, checkout=True)
+    read_now = await executor.read(validate_order, saga_input(order))
+    await executor.write(_reprice, "product_2", 2_500)  # after the order was priced
+    handed = await shop.shop.validate_order(saga_input(order))
+    assert handed == read_now
+    assert handed.total_cents == order.total_cents == 2 * 2_000 + 5_000
+    again = await shop.shop.validate_order(saga_input(order))  # taken: read afresh
+    assert again.total_cents == 2 * 2_500 + 5_000
+    # Only for that very input: another one reads (and the outcome is gone all the same).
+    other, _ = await shop.orders.create_order("user_1", items, checkout=True)
+    elsewhere = saga_input(other).model_copy(update={"customer_id": "user_2"})
+    assert (await shop.shop.validate_order(elsewhere)).customer_id == "user_2"
+    assert (await shop.shop.validate_order(saga_input(other))).total_cents == 2 * 2_500 + 5_000
+    # Nothing is handed over for a draft, nor for what the step must refuse in its own words.
+    draft, _ = await shop.orders.create_order("user_1", items)
+    await executor.write(_reprice, "product_2", 3_000)
+    assert (await shop.shop.validate_order(saga_input(draft))).total_cents == 2 * 3_000 + 5_000
+    ghost, _ = await shop.orders.create_order("ghost", items, checkout=True)
+    with pytest.raises(UserNotFound):
+        await shop.shop.validate_order(saga_input(ghost))
 
 
 async def test_create_order_is_idempotent_on_its_key(shop: CheckoutParticipants) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from checkout.dbexec import ShopExecutor
 from checkout.domain import (
     Address,
     InsufficientFunds,
@@ -19,6 +20,7 @@ from checkout.domain import (
 )
 from checkout.domain.demo import demo_total_money_cents, demo_total_units
 from checkout.participants import CheckoutParticipants
+from sagaway.store.sqlite import SQLiteStore
 
 ONE_P1 = [OrderLine(product_id="product_1", quantity=1)]
 TORONTO = Address(
@@ -138,6 +140,35 @@ async def test_charge_business_failures(shop: CheckoutParticipants) -> None:
     # The exact balance is enough: the guard is >=, not >.
     await shop.payment.charge("pay", "o1", "user_3", 20_000)
     assert (await shop.shop.balances())["user_3"] == 0
+    await assert_invariants(shop)
+
+
+async def test_business_failures_in_the_group_commit_need_no_savepoint(
+    shop: CheckoutParticipants, executor: ShopExecutor
+) -> None:
+    """In the saga store's group commit (``sqlite-log``) a participant looks its key up first
+    and claims it after the effect, so a business failure raises before any write: the store
+    runs it without a savepoint and never replays the batch for it (which would redo every
+    write of the batch)."""
+    store = getattr(executor, "_store", None)
+    if not isinstance(store, SQLiteStore):
+        pytest.skip("the saga store's group commit only")
+    assert store._writer_conn is not None
+    statements: list[str] = []
+    store._writer_conn.set_trace_callback(statements.append)
+    try:
+        with pytest.raises(InsufficientInventory):
+            await shop.inventory.reserve(
+                "r", "o1", [OrderLine(product_id="product_3", quantity=26)]
+            )
+        with pytest.raises(InsufficientFunds):
+            await shop.payment.charge("pay", "o1", "user_3", 20_001)
+        with pytest.raises(InvalidShippingAddress):
+            await shop.shipping.create_shipment("ship", "o1", None, ONE_P1)
+    finally:
+        store._writer_conn.set_trace_callback(None)
+    assert not [s for s in statements if "SAVEPOINT" in s.upper()], statements
+    assert not [s for s in statements if s.lstrip().upper().startswith(("INSERT", "DELETE"))]
     await assert_invariants(shop)
 
 
