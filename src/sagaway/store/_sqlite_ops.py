@@ -54,10 +54,21 @@ _ACTIVE = ",".join(f"'{s.value}'" for s in ACTIVE_STATUSES)
 # every query that reads them repeats this term (SQLite uses a partial index only then).
 NOT_DONE = "status NOT IN ('SUCCEEDED','COMPENSATED')"
 
-INSERT_INSTANCE = (
-    f"INSERT INTO sagaway_instances ({_COLS}, chunks) VALUES (?,?,?,?,?,?,?,?,?,0,NULL,?,?,?) "
-    "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
-)
+
+def _insert_sql(keyed: bool, deadline: bool) -> str:
+    """The INSERT of a new saga, with NULL written in the SQL for an idempotency key or a
+    deadline it has not: the driver binds a None parameter through its adapter lookup (two
+    attribute lookups, one of them raising), which costs more than the statement's own bind."""
+    key, until = "?" if keyed else "NULL", "?" if deadline else "NULL"
+    return (
+        f"INSERT INTO sagaway_instances ({_COLS}, chunks) "
+        f"VALUES (?,?,?,?,?,{key},?,?,{until},0,NULL,?,?,?) "
+        "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
+    )
+
+
+INSERT_INSTANCE = _insert_sql(True, True)
+_INSERTS = {(a, b): _insert_sql(a, b) for a in (False, True) for b in (False, True)}
 UPSERT_STEP = (
     f"INSERT INTO sagaway_steps (saga_id, {_STEP_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?) "
     "ON CONFLICT (saga_id, name, phase) DO UPDATE SET status = excluded.status, "
@@ -77,7 +88,7 @@ UPSERT_OUTBOX = (
 )
 
 # An enum member's plain text, by the member (a dict lookup: ``.value`` is a Python property).
-_TEXT: dict[Any, str] = {m: m.value for e in (Phase, StepStatus, EventType) for m in e}
+_TEXT: dict[Any, str] = {m: m.value for e in (Phase, StepStatus, EventType, SagaStatus) for m in e}
 
 # Change.park / Change.unpark, as a third dimension of the UPDATE (0: neither).
 _NO_PARK, _PARK, _UNPARK = 0, 1, 2
@@ -91,13 +102,16 @@ def _update_sql(
     guarded: bool,
     park: int = _NO_PARK,
     packs: bool = False,
+    error: bool = True,
 ) -> str:
     """The instance UPDATE for a Change, setting only what it changes: an unchanged status or
     lease then touches no index at all (most commits only record a step's progress).
 
     ``packs``: the commit finishes the saga and writes its packed value (``_sqlite_compact``'s
-    ``Journals.packed``) in place of its journal, if the journal is the one given."""
-    sets = ["status = ?, error = ?"] if status else []
+    ``Journals.packed``) in place of its journal, if the journal is the one given. ``error``
+    False: the new status comes with no error, written as NULL in the SQL (see
+    ``_insert_sql``)."""
+    sets = [f"status = ?, error = {'?' if error else 'NULL'}"] if status else []
     journal = "packed = ?, chunks = NULL" if packs else APPEND_JOURNAL
     sets.append(f"updated_at = ?, fence = fence + 1, {journal}")
     if park == _PARK:  # parking releases the lease too
@@ -126,6 +140,23 @@ _UPDATES = {
 }
 _PACKING_UPDATES = {
     (a, b, c, d, e): _update_sql(a, b, c, d, e, packs=True)
+    for a in (False, True)
+    for b in (False, True)
+    for c in (False, True)
+    for d in (False, True)
+    for e in (False, True)
+}
+# The same UPDATEs for a new status without an error (most of them).
+_ERRORLESS_UPDATES = {
+    (a, b, c, d, e): _update_sql(a, b, c, d, e, error=False)
+    for a in (False, True)
+    for b in (False, True)
+    for c in (False, True)
+    for d in (False, True)
+    for e in (False, True)
+}
+_ERRORLESS_PACKING_UPDATES = {
+    (a, b, c, d, e): _update_sql(a, b, c, d, e, packs=True, error=False)
     for a in (False, True)
     for b in (False, True)
     for c in (False, True)
@@ -249,23 +280,24 @@ def create(
 ) -> tuple[str, bool]:
     rows = _rows(new.steps, new.events)
     chunk = journal_chunk(rows[0], rows[1])
-    cursor = conn.execute(
-        INSERT_INSTANCE,
-        (
-            new.id,
-            new.name,
-            new.version,
-            new.status,
-            _dumps(new.input),
-            new.idempotency_key,
-            new.owner,
-            new.lease_expires_at,
-            new.deadline_at,
-            new.at,
-            new.at,
-            chunk,
-        ),
-    )
+    key, deadline = new.idempotency_key, new.deadline_at
+    # Blobs are bound as bytearray and statuses as plain str: the driver binds those (and
+    # int, float, str) as they are, and sends anything else (bytes, an enum member, None)
+    # through its adapter lookup first, which costs more than the bind itself.
+    head = (new.id, new.name, new.version, _TEXT.get(new.status, new.status), _dumps(new.input))
+    lease, tail = new.lease_expires_at, (new.at, new.at, bytearray(chunk))
+    params: tuple[Any, ...]
+    if key is None:
+        params = (
+            (*head, new.owner, lease, *tail)
+            if deadline is None
+            else (*head, new.owner, lease, deadline, *tail)
+        )
+    elif deadline is None:
+        params = (*head, key, new.owner, lease, *tail)
+    else:
+        params = (*head, key, new.owner, lease, deadline, *tail)
+    cursor = conn.execute(_INSERTS[(key is not None, deadline is not None)], params)
     if cursor.rowcount == 0:  # the idempotency key was used: write nothing, return that saga
         row = conn.execute(
             "SELECT id FROM sagaway_instances WHERE idempotency_key = ?", (new.idempotency_key,)
@@ -310,10 +342,15 @@ def commit(
         packs = late and status in FINISHED
         if packs and _packs(conn, pending, saga_id, key, owner, change, at, rows):
             return
-        sql = _UPDATES[key]
-        params: tuple[Any, ...] = (
-            (at, chunk, saga_id) if status is None else (status, change.error, at, chunk, saga_id)
-        )
+        params: tuple[Any, ...]
+        blob = bytearray(chunk)  # bound as it is, unlike bytes: see create
+        if status is None:
+            sql, params = _UPDATES[key], (at, blob, saga_id)
+        elif change.error is None:
+            sql, params = _ERRORLESS_UPDATES[key], (_TEXT.get(status, status), at, blob, saga_id)
+        else:
+            text = _TEXT.get(status, status)
+            sql, params = _UPDATES[key], (text, change.error, at, blob, saga_id)
     else:
         sql = _PARK_UPDATES[
             (
@@ -369,8 +406,15 @@ def _packs(
     if known is None:
         return False
     journal, value = known
-    sql = _PACKING_UPDATES[key]
-    params = (change.status, change.error, at, value, saga_id, journal)
+    status = _TEXT.get(change.status, change.status)
+    params: tuple[Any, ...]
+    # Blobs as bytearray, the status as plain str, no None: see create.
+    if change.error is None:
+        sql = _ERRORLESS_PACKING_UPDATES[key]
+        params = (status, at, bytearray(value), saga_id, bytearray(journal))
+    else:
+        sql = _PACKING_UPDATES[key]
+        params = (status, change.error, at, bytearray(value), saga_id, bytearray(journal))
     if conn.execute(sql, params if owner is None else (*params, owner)).rowcount == 0:
         return False
     pending.packed.add(saga_id)
