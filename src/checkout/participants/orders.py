@@ -156,45 +156,6 @@ def saga_input(order: OrderInfo) -> OrderInput:
     )
 
 
-def create_order(
-    conn: Connection,
-    order_id: str,
-    customer_id: str,
-    items: Sequence[OrderLine],
-    shipping_address: Address | None,
-    payment_method: str,
-    idempotency_key: str | None,
-    strict: bool,
-    checkout: bool = False,
-    chosen_id: bool = False,
-    request_fingerprint: str | None = None,
-    catalogue: Catalogue | None = None,
-) -> tuple[OrderInfo, bool]:
-    """Record an order priced from the catalog, ``processing`` when it is being checked out
-    (its saga starts next) else a ``pending`` draft; ``(order, created)``. An order already
-    recorded under ``idempotency_key``, or under ``order_id`` when the client chose it
-    (``chosen_id``), is returned as is (``created=False``).
-
-    ``catalogue``: the prices and the customer's account as the services answered them (the
-    gateway of separate services); None: read from the payment and inventory tables in this
-    same database (the embedded shop)."""
-    order, created, _ = record_order(
-        conn,
-        order_id,
-        customer_id,
-        items,
-        shipping_address,
-        payment_method,
-        idempotency_key,
-        strict,
-        checkout,
-        chosen_id,
-        request_fingerprint,
-        catalogue,
-    )
-    return order, created
-
-
 def record_order(
     conn: Connection,
     order_id: str,
@@ -209,11 +170,19 @@ def record_order(
     request_fingerprint: str | None = None,
     catalogue: Catalogue | None = None,
 ) -> tuple[OrderInfo, bool, ValidatedOrder | None]:
-    """:func:`create_order`, plus what the saga's ``validate_order`` will find for an order
-    recorded here for checkout from this database's own tables (the account and prices it
-    read): the :class:`ValidatedOrder`, or None when that step must look for itself (an
-    unknown customer or product, whose failure it words; another catalogue; a draft; a repeat).
-    """
+    """Record an order priced from the catalog, ``processing`` when it is being checked out
+    (its saga starts next) else a ``pending`` draft; ``(order, created, validated)``. An order
+    already recorded under ``idempotency_key``, or under ``order_id`` when the client chose it
+    (``chosen_id``), is returned as is (``created=False``).
+
+    ``catalogue``: the prices and the customer's account as the services answered them (the
+    gateway of separate services); None: read from the payment and inventory tables in this
+    same database (the embedded shop).
+
+    ``validated``: what the saga's ``validate_order`` will find for an order recorded here for
+    checkout from this database's own tables (the account and prices it read): the
+    :class:`ValidatedOrder`, or None when that step must look for itself (an unknown customer
+    or product, whose failure it words; another catalogue; a draft; a repeat)."""
     if idempotency_key is not None:
         existing = _one(conn, _BY_KEY, key=idempotency_key)
         if existing is not None:

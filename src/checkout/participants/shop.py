@@ -272,7 +272,7 @@ def totals(conn: Connection) -> ShopTotals:
 
 
 class Prevalidated:
-    """``validate_order``'s outcome for orders just recorded, worked out by ``create_order``
+    """``validate_order``'s outcome for orders just recorded, worked out by ``record_order``
     from the account and prices it read in the transaction that recorded the order, so that
     the saga's first step, moments later in this process, does not read them again. Taken
     once, and only for the very input it was worked out for; anything else (another process
