@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Sequence
+from itertools import product
 from typing import Any
 
 from sagaway.errors import CancelPending, LeaseLost, SagaNotFound, TakeConflict
@@ -130,47 +131,17 @@ def _update_sql(
     return f"UPDATE sagaway_instances SET {', '.join(sets)} WHERE id = ?{known}{guard}{fence}"
 
 
-_UPDATES = {
-    (a, b, c, d, e): _update_sql(a, b, c, d, e)
-    for a in (False, True)
-    for b in (False, True)
-    for c in (False, True)
-    for d in (False, True)
-    for e in (False, True)
-}
-_PACKING_UPDATES = {
-    (a, b, c, d, e): _update_sql(a, b, c, d, e, packs=True)
-    for a in (False, True)
-    for b in (False, True)
-    for c in (False, True)
-    for d in (False, True)
-    for e in (False, True)
-}
+# Keyed by _update_sql's flags (status, release, clear, fenced, guarded), each True or False.
+_FLAGS = tuple((a, b, c, d, e) for a, b, c, d, e in product((False, True), repeat=5))
+_UPDATES = {flags: _update_sql(*flags) for flags in _FLAGS}
+_PACKING_UPDATES = {flags: _update_sql(*flags, packs=True) for flags in _FLAGS}
 # The same UPDATEs for a new status without an error (most of them).
-_ERRORLESS_UPDATES = {
-    (a, b, c, d, e): _update_sql(a, b, c, d, e, error=False)
-    for a in (False, True)
-    for b in (False, True)
-    for c in (False, True)
-    for d in (False, True)
-    for e in (False, True)
-}
+_ERRORLESS_UPDATES = {flags: _update_sql(*flags, error=False) for flags in _FLAGS}
 _ERRORLESS_PACKING_UPDATES = {
-    (a, b, c, d, e): _update_sql(a, b, c, d, e, packs=True, error=False)
-    for a in (False, True)
-    for b in (False, True)
-    for c in (False, True)
-    for d in (False, True)
-    for e in (False, True)
+    flags: _update_sql(*flags, packs=True, error=False) for flags in _FLAGS
 }
 _PARK_UPDATES = {
-    (a, b, c, d, e, f): _update_sql(a, b, c, d, e, f)
-    for a in (False, True)
-    for b in (False, True)
-    for c in (False, True)
-    for d in (False, True)
-    for e in (False, True)
-    for f in (_PARK, _UNPARK)
+    (*flags, park): _update_sql(*flags, park) for flags in _FLAGS for park in (_PARK, _UNPARK)
 }
 
 
