@@ -49,7 +49,7 @@ from sagaway.state import (
     record_from_new,
 )
 from sagaway.store import SagaStore, open_store
-from sagaway.store._codec import check_text, check_value
+from sagaway.store._codec import check_text, check_value, plainly_storable
 from sagaway.store.base import Page
 from sagaway.transport.base import Dispatcher, Reply
 from sagaway.transport.stub import StubDispatcher
@@ -262,11 +262,13 @@ class Engine:
         saga_id, encoded = new_saga_id(now), saga.encode_input(input)
         # Refused here, before anything is written, the same way on every store. What it
         # names is formatted only for a refused input (it cost more than the check itself).
-        try:
-            check_value(encoded, "")
-        except UnstorableValue:
-            check_value(encoded, f"the input of saga {saga.name!r} (a {type(input).__name__})")
-            raise
+        if not plainly_storable(encoded):  # (most inputs: no need to encode them to tell)
+            try:
+                check_value(encoded, "")
+            except UnstorableValue:
+                what = f"the input of saga {saga.name!r} (a {type(input).__name__})"
+                check_value(encoded, what)
+                raise
         check_text(idempotency_key, "the idempotency key")
         new = new_saga(
             saga_id,

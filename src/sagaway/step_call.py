@@ -22,7 +22,7 @@ from sagaway.statuses import (
     FORWARD,
     STEP_SUCCEEDED,
 )
-from sagaway.store._codec import check_value, printable
+from sagaway.store._codec import check_value, plainly_storable, printable
 
 # What call_with_timeout drives by hand: the action's coroutine, or another awaitable's iterator.
 Steps = Coroutine[Any, Any, Any] | Generator[Any, Any, Any]
@@ -82,8 +82,9 @@ def storable_output(step: Step[Any], value: Any) -> Any:
     except Exception as exc:  # the return annotation's serializer refused it
         what = _result_of(step, value)
         raise UnstorableValue(f"the saga log cannot store {what}: {describe_error(exc)}") from None
-    # An int is always storable (JSON has no size limit on it): no need to encode it here.
-    if output is not None and type(output) is not bool and type(output) is not int:
+    # An int is always storable (JSON has no size limit on it), as most values are: no need
+    # to encode them to tell (see plainly_storable).
+    if not plainly_storable(output):
         try:
             check_value(output, "")
         except UnstorableValue:

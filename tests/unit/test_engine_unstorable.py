@@ -180,3 +180,47 @@ def test_names_and_owner_ids_that_cannot_be_stored_are_refused_when_declared() -
 
     with pytest.raises(UnstorableValue, match="owner_id"):
         Engine(owner_id="worker\u0000")
+
+
+def test_what_plainly_storable_accepts_check_value_accepts() -> None:
+    """``plainly_storable`` skips the encoding ``check_value`` would do: it must never accept a
+    value that ``check_value`` refuses (it may leave any value to ``check_value``)."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from sagaway.store._codec import check_value, plainly_storable
+
+    scalars = (
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.floats()
+        | st.text()
+        | st.binary()
+        | st.decimals(allow_nan=False)
+    )
+    values = st.recursive(
+        scalars,
+        lambda inner: st.lists(inner)
+        | st.tuples(inner, inner)
+        | st.dictionaries(st.text() | st.integers(), inner),
+        max_leaves=20,
+    )
+
+    @settings(max_examples=400, deadline=None)
+    @given(values)
+    def check(value: Any) -> None:
+        if plainly_storable(value):
+            check_value(value, "a value")  # raises if it should not have been accepted
+
+    check()
+    for name, value, _ in UNSTORABLE:
+        assert not plainly_storable(value), name
+    deep: Any = 1
+    for _ in range(40):
+        deep = [deep]
+    assert not plainly_storable(deep)  # left to check_value
+    circular: list[Any] = []
+    circular.append(circular)
+    assert not plainly_storable(circular)
+    assert plainly_storable({"order_id": 1, "amount_cents": 5000, "note": "ok", "x": [1.5, None]})
