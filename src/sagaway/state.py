@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 # The statuses, their transitions and the timeline's event types live in ``statuses``; they are
 # re-exported here, where the records that hold them are.
@@ -447,9 +447,23 @@ def new_saga_id(now: float) -> str:
         tail = _random_tails.pop()
     except IndexError:
         tail = _more_random_tails()
-    # format(), not an f-string: compiled, an f-string with a format spec is a str.format
-    # method call (~2k instructions a saga more).
-    return format(int(now * 1000), "012x") + tail
+    millis = int(now * 1000)
+    last = _last_prefix.millis_and_text  # one tuple: read and replaced whole (threads)
+    if last[0] != millis:
+        # format(), not an f-string: compiled, an f-string with a format spec is a str.format
+        # method call; and format() itself ~2k instructions, so once a millisecond.
+        last = _last_prefix.millis_and_text = (millis, format(millis, "012x"))
+    return last[1] + tail
+
+
+class _Prefix:
+    """The time part of the last saga id made, and its millisecond."""
+
+    def __init__(self) -> None:
+        self.millis_and_text: tuple[int, str] = (-1, "")
+
+
+_last_prefix: Final = _Prefix()
 
 
 # 80 random bits a saga id, in hex, drawn from os.urandom 1024 ids at a time: a getrandom

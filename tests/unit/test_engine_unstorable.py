@@ -201,9 +201,11 @@ def test_what_plainly_storable_accepts_check_value_accepts() -> None:
     )
     values = st.recursive(
         scalars,
-        lambda inner: st.lists(inner)
-        | st.tuples(inner, inner)
-        | st.dictionaries(st.text() | st.integers(), inner),
+        lambda inner: (
+            st.lists(inner)
+            | st.tuples(inner, inner)
+            | st.dictionaries(st.text() | st.integers(), inner)
+        ),
         max_leaves=20,
     )
 

@@ -31,8 +31,8 @@ __all__ = [
     "check_text",
     "check_value",
     "dumps",
-    "plainly_storable",
     "loads",
+    "plainly_storable",
     "printable",
     "storable_text",
 ]
@@ -121,11 +121,13 @@ def plainly_storable(value: Any, depth: int = 0) -> bool:
     or circular values go to ``check_value``."""
     kind = type(value)
     if kind is str:
-        return value.isascii() and "\x00" not in value
+        text: str = value
+        return text.isascii() and "\x00" not in text
     if kind is int or kind is bool or value is None:
         return True
     if kind is float:
-        return value - value == 0.0  # finite: inf - inf and nan - nan are nan
+        number: float = value
+        return number - number == 0.0  # finite: inf - inf and nan - nan are nan
     if depth >= _PLAIN_DEPTH:
         return False
     if kind is dict:
@@ -136,7 +138,7 @@ def plainly_storable(value: Any, depth: int = 0) -> bool:
                 return False
         return True
     if kind is list or kind is tuple:
-        for item in value:
+        for item in value:  # noqa: SIM110 - all() of a generator: a frame more per value
             if not plainly_storable(item, depth + 1):
                 return False
         return True

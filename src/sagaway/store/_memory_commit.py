@@ -1,4 +1,4 @@
-"""The memory store's write of a transition (``MemoryStore.commit``), on its own so that it is
+"""The memory store's writes (``MemoryStore.commit`` and ``create``), on their own so that they are
 compiled (DEVELOPERS.md "The compiled build"): it runs for every transition of every saga, and
 the store's class, subclassed by tests and of several bases, stays interpreted.
 """
@@ -6,8 +6,23 @@ the store's class, subclassed by tests and of several bases, stays interpreted.
 from __future__ import annotations
 
 from sagaway.errors import CancelPending, EffectFailed, LeaseLost, SagaNotFound, TakeConflict
-from sagaway.state import Change, OutboxMessage, SagaRecord, apply_change
-from sagaway.store._codec import check_change
+from sagaway.state import Change, NewSaga, OutboxMessage, SagaRecord, apply_change, record_from_new
+from sagaway.store._codec import check_change, check_new
+
+
+def create_saga(
+    sagas: dict[str, SagaRecord], keys: dict[str, str], new: NewSaga
+) -> tuple[str, bool]:
+    """Record ``new`` in ``sagas`` (its key in ``keys``): ``(id, True)``; or, its idempotency
+    key used already, ``(that saga's id, False)`` having changed nothing."""
+    check_new(new)  # what another store could not keep, this one refuses too
+    if new.idempotency_key is not None:
+        existing = keys.get(new.idempotency_key)
+        if existing is not None:
+            return existing, False
+        keys[new.idempotency_key] = new.id
+    sagas[new.id] = record_from_new(new)
+    return new.id, True
 
 
 def commit_change(

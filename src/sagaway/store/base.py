@@ -34,6 +34,10 @@ from sagaway.state import (
 )
 
 T = TypeVar("T")
+InlineCommit = Callable[[str, "str | None", Change, float], None]
+"""``commit(saga_id, owner, change, at)`` as a plain call (``SagaStore.inline_commit``)."""
+InlineCreate = Callable[[NewSaga], "tuple[str, bool]"]
+"""``create(new)`` as a plain call (``SagaStore.inline_create``)."""
 
 _State = Literal["new", "open", "closing", "closed"]
 _STRANDED_SCAN = 10_000
@@ -76,6 +80,17 @@ class SagaStore(ABC):
         it only through ``commit``, and never hands it out (a waiter gets a copy), so every
         record the store returns is still a copy."""
         return record_from_new(new)
+
+    def inline_commit(self) -> InlineCommit | None:
+        """``commit`` as a plain call, for a store whose commit never suspends (memory): the
+        same write with the same meaning, without a coroutine built and driven for each
+        transition. The runner asks once a run. None (the default) when the store has none,
+        or when its ``commit`` is overridden or replaced (a test's spy): ``commit`` it is."""
+        return None
+
+    def inline_create(self) -> InlineCreate | None:
+        """``create`` as a plain call, as ``inline_commit`` (the engine asks once a start)."""
+        return None
 
     async def open(self) -> None:
         """Connect and create or migrate the schema. Idempotent.

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
 from sagaway.errors import (
@@ -28,9 +29,11 @@ from sagaway.state import (
     record_from_new,
     refused_cancel,
 )
-from sagaway.store._codec import check_new, storable_text
-from sagaway.store._memory_commit import commit_change
+from sagaway.store._codec import storable_text
+from sagaway.store._memory_commit import commit_change, create_saga
 from sagaway.store.base import (
+    InlineCommit,
+    InlineCreate,
     OutboxStore,
     Page,
     PruningStore,
@@ -58,16 +61,24 @@ class MemoryStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
         # Insertion order is not the outbox order (a message written again keeps its place in
         # a dict): outbox_pending sorts by (created_at, id).
         self._outbox: dict[str, OutboxMessage] = {}
+        # The writes as plain calls (see SagaStore.inline_commit), unless a subclass overrides
+        # them: its own are the writes then.
+        self._inline_commit: InlineCommit | None = None
+        self._inline_create: InlineCreate | None = None
+        if type(self).commit is MemoryStore.commit:
+            self._inline_commit = partial(commit_change, self._sagas, self._outbox)
+        if type(self).create is MemoryStore.create:
+            self._inline_create = partial(create_saga, self._sagas, self._keys)
+
+    def inline_commit(self) -> InlineCommit | None:
+        # None once a test replaced this instance's commit (``store.commit = spy``).
+        return None if "commit" in self.__dict__ else self._inline_commit
+
+    def inline_create(self) -> InlineCreate | None:
+        return None if "create" in self.__dict__ else self._inline_create
 
     async def create(self, new: NewSaga) -> tuple[str, bool]:
-        check_new(new)  # what another store could not keep, this one refuses too
-        if new.idempotency_key is not None:
-            existing = self._keys.get(new.idempotency_key)
-            if existing is not None:
-                return existing, False
-            self._keys[new.idempotency_key] = new.id
-        self._sagas[new.id] = record_from_new(new)
-        return new.id, True
+        return create_saga(self._sagas, self._keys, new)
 
     def running_record(self, new: NewSaga) -> SagaRecord:
         return self._sagas[new.id] if self.shares_records else record_from_new(new)
