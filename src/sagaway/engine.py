@@ -282,7 +282,7 @@ class Engine:
             self.owner_id if self.execute else None,
             now + self.lease_seconds,
         )
-        create_now = self.store.inline_create()  # (see SagaStore.inline_commit)
+        create_now = self.store.inline_create  # (see SagaStore.inline_commit)
         if create_now is not None:
             saga_id, created = create_now(new)
         else:
@@ -546,10 +546,10 @@ class Engine:
         # The Task built here (what loop.create_task does, without its two Python frames: ~2k
         # instructions a saga), unless the loop has a task factory, which then builds it.
         loop = asyncio.get_running_loop()
-        if loop.get_task_factory() is None:
-            run.task = asyncio.Task(self._drive(run), loop=loop)
+        if loop.get_task_factory() is None:  # named by the saga's id: "Task-N" is formatted
+            run.task = asyncio.Task(self._drive(run), loop=loop, name=record.id)
         else:
-            run.task = loop.create_task(self._drive(run))
+            run.task = loop.create_task(self._drive(run), name=record.id)
         self._tasks.add(run.task)
 
     def _listener(self) -> CommitListener | None:

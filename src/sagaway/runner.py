@@ -128,7 +128,7 @@ class SagaRun(RemoteSteps):
         # The system clock read directly (see _now), a clock of a test's through its method.
         self._system_time = type(clock) is SystemClock
         # The store's commit as a plain call, when it has one (SagaStore.inline_commit).
-        self._commit_now = store.inline_commit()
+        self._commit_now = store.inline_commit
         self.task: asyncio.Task[None] | None = None  # the engine's task driving this run
 
     @property

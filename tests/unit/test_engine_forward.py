@@ -324,3 +324,38 @@ async def test_a_finished_run_leaves_no_task_and_no_run_behind(kit: Kit, order: 
             await h.run(kit.saga, order)
         assert h.engine._tasks == set()
         assert h.engine._runs == {}
+
+
+async def test_the_memory_stores_plain_writes_give_way_to_an_overridden_or_replaced_one(
+    kit: Kit, order: Order
+) -> None:
+    # The engine calls the memory store's create and commit as plain calls (no coroutine a
+    # write: ``SagaStore.inline_commit``); a subclass's or a replaced commit must still see
+    # every write, as awaited.
+    journal: list[Any] = []
+    async with saga_engine(kit.saga, store=JournalStore(journal)) as h:
+        assert h.engine.store.inline_commit is None and h.engine.store.inline_create is None
+        record = await h.run(kit.saga, order)
+    assert record.status is SagaStatus.SUCCEEDED
+    assert len(journal) == 4, "the create and 3 transitions: each through the override"
+
+    store = MemoryStore()
+    assert store.inline_commit is not None and store.inline_create is not None
+    real_commit, real_create = store.commit, store.create
+    seen: list[SagaStatus | None] = []
+
+    async def spy_commit(saga_id: str, owner: str | None, change: Change, at: float) -> None:
+        seen.append(change.status)
+        await real_commit(saga_id, owner, change, at)
+
+    async def spy_create(new: NewSaga) -> tuple[str, bool]:
+        seen.append(new.status)
+        return await real_create(new)
+
+    store.commit = spy_commit  # type: ignore[method-assign]
+    store.create = spy_create  # type: ignore[method-assign]
+    assert store.inline_commit is None and store.inline_create is None
+    async with saga_engine(kit.saga, store=store) as h:
+        record = await h.run(kit.saga, order)
+    assert record.status is SagaStatus.SUCCEEDED
+    assert seen == [SagaStatus.RUNNING, None, None, SagaStatus.SUCCEEDED]

@@ -131,15 +131,21 @@ def plainly_storable(value: Any, depth: int = 0) -> bool:
     if depth >= _PLAIN_DEPTH:
         return False
     if kind is dict:
-        for key, item in value.items():
-            if type(key) is not str or not key.isascii() or "\x00" in key:
+        mapping: dict[Any, Any] = value
+        for key, item in mapping.items():
+            if type(key) is not str:
                 return False
-            if not plainly_storable(item, depth + 1):
+            name: str = key
+            if not name.isascii() or "\x00" in name:
+                return False
+            of = type(item)  # (an int, a bool or None without a call)
+            if not (of is int or of is bool or item is None or plainly_storable(item, depth + 1)):
                 return False
         return True
     if kind is list or kind is tuple:
-        for item in value:  # noqa: SIM110 - all() of a generator: a frame more per value
-            if not plainly_storable(item, depth + 1):
+        for item in value:
+            of = type(item)
+            if not (of is int or of is bool or item is None or plainly_storable(item, depth + 1)):
                 return False
         return True
     return False

@@ -81,16 +81,13 @@ class SagaStore(ABC):
         record the store returns is still a copy."""
         return record_from_new(new)
 
-    def inline_commit(self) -> InlineCommit | None:
-        """``commit`` as a plain call, for a store whose commit never suspends (memory): the
-        same write with the same meaning, without a coroutine built and driven for each
-        transition. The runner asks once a run. None (the default) when the store has none,
-        or when its ``commit`` is overridden or replaced (a test's spy): ``commit`` it is."""
-        return None
-
-    def inline_create(self) -> InlineCreate | None:
-        """``create`` as a plain call, as ``inline_commit`` (the engine asks once a start)."""
-        return None
+    # ``commit`` and ``create`` as plain calls, for a store whose writes never suspend
+    # (memory): the same writes with the same meaning, without a coroutine built and driven
+    # for each (the runner reads ``inline_commit`` once a run, the engine ``inline_create``
+    # once a start). None (the default) when the store has none, or when its ``commit`` or
+    # ``create`` is overridden or replaced (a test's spy): those are the writes then.
+    inline_commit: InlineCommit | None = None
+    inline_create: InlineCreate | None = None
 
     async def open(self) -> None:
         """Connect and create or migrate the schema. Idempotent.

@@ -32,8 +32,6 @@ from sagaway.state import (
 from sagaway.store._codec import storable_text
 from sagaway.store._memory_commit import commit_change, create_saga
 from sagaway.store.base import (
-    InlineCommit,
-    InlineCreate,
     OutboxStore,
     Page,
     PruningStore,
@@ -63,19 +61,19 @@ class MemoryStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
         self._outbox: dict[str, OutboxMessage] = {}
         # The writes as plain calls (see SagaStore.inline_commit), unless a subclass overrides
         # them: its own are the writes then.
-        self._inline_commit: InlineCommit | None = None
-        self._inline_create: InlineCreate | None = None
         if type(self).commit is MemoryStore.commit:
-            self._inline_commit = partial(commit_change, self._sagas, self._outbox)
+            self.inline_commit = partial(commit_change, self._sagas, self._outbox)
         if type(self).create is MemoryStore.create:
-            self._inline_create = partial(create_saga, self._sagas, self._keys)
+            self.inline_create = partial(create_saga, self._sagas, self._keys)
 
-    def inline_commit(self) -> InlineCommit | None:
-        # None once a test replaced this instance's commit (``store.commit = spy``).
-        return None if "commit" in self.__dict__ else self._inline_commit
-
-    def inline_create(self) -> InlineCreate | None:
-        return None if "create" in self.__dict__ else self._inline_create
+    def __setattr__(self, name: str, value: Any) -> None:
+        # This instance's commit or create replaced (``store.commit = spy``, a test's): the
+        # engine's plain calls would go around the replacement, so from now on there are none.
+        if name == "commit":
+            object.__setattr__(self, "inline_commit", None)
+        elif name == "create":
+            object.__setattr__(self, "inline_create", None)
+        object.__setattr__(self, name, value)
 
     async def create(self, new: NewSaga) -> tuple[str, bool]:
         return create_saga(self._sagas, self._keys, new)
