@@ -334,13 +334,15 @@ async def test_the_memory_stores_plain_writes_give_way_to_an_overridden_or_repla
     # every write, as awaited.
     journal: list[Any] = []
     async with saga_engine(kit.saga, store=JournalStore(journal)) as h:
-        assert h.engine.store.inline_commit is None and h.engine.store.inline_create is None
+        assert h.engine.store.inline_commit is None
+        assert h.engine.store.inline_create is None
         record = await h.run(kit.saga, order)
     assert record.status is SagaStatus.SUCCEEDED
     assert len(journal) == 4, "the create and 3 transitions: each through the override"
 
     store = MemoryStore()
-    assert store.inline_commit is not None and store.inline_create is not None
+    assert store.inline_commit is not None
+    assert store.inline_create is not None
     real_commit, real_create = store.commit, store.create
     seen: list[SagaStatus | None] = []
 
@@ -354,7 +356,8 @@ async def test_the_memory_stores_plain_writes_give_way_to_an_overridden_or_repla
 
     store.commit = spy_commit  # type: ignore[method-assign]
     store.create = spy_create  # type: ignore[method-assign]
-    assert store.inline_commit is None and store.inline_create is None
+    assert store.inline_commit is None
+    assert store.inline_create is None
     async with saga_engine(kit.saga, store=store) as h:
         record = await h.run(kit.saga, order)
     assert record.status is SagaStatus.SUCCEEDED
