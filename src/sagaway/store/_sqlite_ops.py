@@ -61,10 +61,16 @@ def _insert_sql(keyed: bool, deadline: bool) -> str:
     deadline it has not: the driver binds a None parameter through its adapter lookup (two
     attribute lookups, one of them raising), which costs more than the statement's own bind."""
     key, until = "?" if keyed else "NULL", "?" if deadline else "NULL"
+    # Without a key there is nothing the upsert could meet: a plain INSERT (the primary key
+    # still raises on a duplicate id, as it does under the upsert).
+    upsert = (
+        " ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
+        if keyed
+        else ""
+    )
     return (
         f"INSERT INTO sagaway_instances ({_COLS}, chunks) "
-        f"VALUES (?,?,?,?,?,{key},?,?,{until},0,NULL,?,?,?) "
-        "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
+        f"VALUES (?,?,?,?,?,{key},?,?,{until},0,NULL,?,?,?){upsert}"
     )
 
 
