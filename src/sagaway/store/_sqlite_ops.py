@@ -166,12 +166,13 @@ def _rows(
     members as their plain text (what a journal chunk holds: ``journal_chunk``). Callers pass
     the two lists on one by one, not as ``*rows``: compiled, a call with ``*`` is a generic
     Python call where the other is a C one."""
-    text = _TEXT.get
+    # ``_TEXT.get`` where it is used, not through a local alias: compiled, that is a direct
+    # dict lookup, through an alias a generic call.
     return [
         (
             s.name,
-            text(s.phase, s.phase),
-            text(s.status, s.status),
+            _TEXT.get(s.phase, s.phase),
+            _TEXT.get(s.status, s.status),
             s.attempts,
             None if s.output is None else _dumps(s.output),
             s.error,
@@ -181,7 +182,7 @@ def _rows(
         )
         for s in steps
     ], [
-        (e.at, text(e.type, e.type), e.step, text(e.phase, e.phase), e.attempt, e.detail)
+        (e.at, _TEXT.get(e.type, e.type), e.step, _TEXT.get(e.phase, e.phase), e.attempt, e.detail)
         for e in events
     ]
 
