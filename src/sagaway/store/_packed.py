@@ -127,7 +127,7 @@ def pack(
     base: float,
     steps: Iterable[StepRow],
     events: Iterable[EventRow],
-    shared: Mapping[str, int] | None = None,
+    shared: dict[str, int] | None = None,
     unnumbered: list[str] | None = None,
 ) -> bytes:
     """The packed value of a saga created at ``base`` with these step rows and events (in
@@ -163,10 +163,12 @@ def pack(
         if not code:
             _string(out, phase)
             _string(out, status)
-        if 0 <= attempts < 64:
-            out.append(attempts << 1)
+        # Typed: compiled, an int's compare and shift are native, an Any's generic calls.
+        tries: int = attempts
+        if 0 <= tries < 64:
+            out.append(tries << 1)
         else:
-            _varint(out, _zigzag(attempts))
+            _varint(out, _zigzag(tries))
         if started is None:
             out.append(0)
         else:
@@ -232,10 +234,11 @@ def pack(
             else:
                 out.append(known + 1)
         if attempt is not None:
-            if 0 <= attempt < 64:
-                out.append(attempt << 1)
+            tries = attempt
+            if 0 <= tries < 64:
+                out.append(tries << 1)
             else:
-                _varint(out, _zigzag(attempt))
+                _varint(out, _zigzag(tries))
         if detail is not None:
             index = texts.setdefault(detail, len(texts))
             if index < 128:
