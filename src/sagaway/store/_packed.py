@@ -127,7 +127,7 @@ def pack(
     base: float,
     steps: Iterable[StepRow],
     events: Iterable[EventRow],
-    shared: Mapping[str, int] | None = None,
+    shared: dict[str, int] | None = None,
     unnumbered: list[str] | None = None,
 ) -> bytes:
     """The packed value of a saga created at ``base`` with these step rows and events (in
@@ -138,12 +138,12 @@ def pack(
     # bytes go to a list of ints, made bytes at the end, and every method is called where it
     # is used, not through a local alias: the interpreter specialises a list's append, and
     # mypyc calls list.append and dict.setdefault directly (through an alias, or on a
-    # bytearray, each is a generic call: 15% of pack in the compiled build).
+    # bytearray, each is a generic call: 15% of pack in the compiled build). The same for the
+    # code tables' ``get``.
     texts: dict[str, int] = {}
     # Each distinct time once (a step's start is the event that started it, its end the one
     # that ended it): converted to ticks once, referred to by index.
     moments: dict[float, int] = {}
-    step_code = _STEP_CODE.get
     out: list[int] = []
     count = 0
     for name, phase, status, attempts, output, error, uncertain, started, finished in steps:
@@ -153,7 +153,7 @@ def pack(
             out.append(index)
         else:
             _varint(out, index)
-        code = step_code((phase, status), 0)
+        code = _STEP_CODE.get((phase, status), 0)
         flags = 0 if output is None else 1
         if error is not None:
             flags |= 2
@@ -163,10 +163,12 @@ def pack(
         if not code:
             _string(out, phase)
             _string(out, status)
-        if 0 <= attempts < 64:
-            out.append(attempts << 1)
+        # Typed: compiled, an int's compare and shift are native, an Any's generic calls.
+        tries: int = attempts
+        if 0 <= tries < 64:
+            out.append(tries << 1)
         else:
-            _varint(out, _zigzag(attempts))
+            _varint(out, _zigzag(tries))
         if started is None:
             out.append(0)
         else:
@@ -196,7 +198,6 @@ def pack(
     steps_out: list[int] = out
     out = []
     steps_count, count = count, 0
-    type_code, phase_code = _EVENT_TYPE_CODE.get, _PHASE_CODE.get
     for at, kind, step, phase, attempt, detail in events:
         count += 1
         index = moments.setdefault(at, len(moments))
@@ -204,7 +205,7 @@ def pack(
             out.append(index)
         else:
             _varint(out, index)
-        head: int = type_code(kind, _TEXT_TYPE) << 4
+        head: int = _EVENT_TYPE_CODE.get(kind, _TEXT_TYPE) << 4
         if step is not None:
             head |= 1
         if phase is not None:
@@ -226,17 +227,18 @@ def pack(
             else:
                 _varint(out, index)
         if phase is not None:
-            known = phase_code(phase)
+            known = _PHASE_CODE.get(phase)
             if known is None:
                 out.append(0)
                 _string(out, phase)
             else:
                 out.append(known + 1)
         if attempt is not None:
-            if 0 <= attempt < 64:
-                out.append(attempt << 1)
+            tries = attempt
+            if 0 <= tries < 64:
+                out.append(tries << 1)
             else:
-                _varint(out, _zigzag(attempt))
+                _varint(out, _zigzag(tries))
         if detail is not None:
             index = texts.setdefault(detail, len(texts))
             if index < 128:

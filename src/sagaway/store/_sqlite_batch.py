@@ -176,8 +176,13 @@ def _apply(
                 continue
             assert pending is not None
             try:
-                if fn is ops.commit or fn is ops.create:
-                    value = fn(conn, *args, pending)
+                # The store's own writes called by name, not as ``fn(conn, *args)``: compiled,
+                # that is a direct C call instead of building an argument tuple and parsing it.
+                if fn is ops.commit:
+                    ops.commit(conn, args[0], args[1], args[2], args[3], pending)
+                    value = None
+                elif fn is ops.create:
+                    value = ops.create(conn, args[0], pending)
                 elif fn is run_rows_fn:
                     changes = conn.total_changes
                     guard.active, guard.refused = True, False
@@ -194,9 +199,10 @@ def _apply(
                     guard.active = False
                     if not conn.in_transaction:
                         raise _TransactionEnded("user code ended the store's transaction")
-                elif user:
+                elif fn is commit_with_effects:
                     guard.active, guard.refused = True, False
-                    value = fn(conn, *args, pending)
+                    commit_with_effects(conn, args[0], args[1], args[2], args[3], pending)
+                    value = None
                     guard.active = False
                     if not conn.in_transaction:
                         raise _TransactionEnded("user code ended the store's transaction")

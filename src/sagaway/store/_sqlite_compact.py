@@ -49,8 +49,10 @@ APPEND_JOURNAL = "chunks = CAST(coalesce(chunks, x'') || ? AS BLOB)"
 # ticks, cost 2.5 times as much to write and to read). Protocol 5 is fixed, not the newest.
 _PROTOCOL = 5
 # The opcode that names a class or function, which a pickle of anything but the plain types
-# holds; the byte may also be part of a text or a float (then the chunk is built again).
-_STACK_GLOBAL = b"\x93"
+# holds; the byte may also be part of a text or a float (then the chunk is built again). An
+# int, not b"\x93": ``bytes in bytes`` first tries the operand as an int and builds (and
+# clears) a TypeError, ~1.5k instructions a chunk; an int is one memchr.
+_STACK_GLOBAL = 0x93
 
 
 def journal_chunk(steps: Sequence[Sequence[Any]], events: Sequence[Sequence[Any]]) -> bytes:

@@ -61,10 +61,16 @@ def _insert_sql(keyed: bool, deadline: bool) -> str:
     deadline it has not: the driver binds a None parameter through its adapter lookup (two
     attribute lookups, one of them raising), which costs more than the statement's own bind."""
     key, until = "?" if keyed else "NULL", "?" if deadline else "NULL"
+    # Without a key there is nothing the upsert could meet: a plain INSERT (the primary key
+    # still raises on a duplicate id, as it does under the upsert).
+    upsert = (
+        " ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
+        if keyed
+        else ""
+    )
     return (
         f"INSERT INTO sagaway_instances ({_COLS}, chunks) "
-        f"VALUES (?,?,?,?,?,{key},?,?,{until},0,NULL,?,?,?) "
-        "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
+        f"VALUES (?,?,?,?,?,{key},?,?,{until},0,NULL,?,?,?){upsert}"
     )
 
 
@@ -160,12 +166,13 @@ def _rows(
     members as their plain text (what a journal chunk holds: ``journal_chunk``). Callers pass
     the two lists on one by one, not as ``*rows``: compiled, a call with ``*`` is a generic
     Python call where the other is a C one."""
-    text = _TEXT.get
+    # ``_TEXT.get`` where it is used, not through a local alias: compiled, that is a direct
+    # dict lookup, through an alias a generic call.
     return [
         (
             s.name,
-            text(s.phase, s.phase),
-            text(s.status, s.status),
+            _TEXT.get(s.phase, s.phase),
+            _TEXT.get(s.status, s.status),
             s.attempts,
             None if s.output is None else _dumps(s.output),
             s.error,
@@ -175,7 +182,7 @@ def _rows(
         )
         for s in steps
     ], [
-        (e.at, text(e.type, e.type), e.step, text(e.phase, e.phase), e.attempt, e.detail)
+        (e.at, _TEXT.get(e.type, e.type), e.step, _TEXT.get(e.phase, e.phase), e.attempt, e.detail)
         for e in events
     ]
 
