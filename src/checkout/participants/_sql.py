@@ -37,6 +37,7 @@ from __future__ import annotations
 from collections import namedtuple
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from functools import cache
 from typing import Any, cast
 
@@ -62,8 +63,8 @@ def _insert_ignore(dialect: str, table: Table, key: str) -> Insert:
         stmt = postgresql.insert(table).on_conflict_do_nothing(index_elements=[key])
         return stmt.execution_options(preserve_rowcount=True)
     if dialect == "sqlite":
-        stmt = sqlite.insert(table).on_conflict_do_nothing(index_elements=[key])
-        return stmt.execution_options(preserve_rowcount=True)
+        lite = sqlite.insert(table).on_conflict_do_nothing(index_elements=[key])
+        return lite.execution_options(preserve_rowcount=True)
     raise NotImplementedError(f"insert_ignore does not support {dialect}")  # pragma: no cover
 
 
@@ -110,6 +111,37 @@ def _default_of(column: Column[Any], update: bool) -> Callable[[Any], Any] | Non
     return None  # a SQL expression or a sequence: SQLAlchemy's job
 
 
+# SQLite's DATETIME as SQLAlchemy writes it by default: the same text, from a tuple rather
+# than a dict of seven named fields (~1.0 us against ~2.7 us a value, every row's timestamps).
+_SQLITE_DATETIME = "%04d-%02d-%02d %02d:%02d:%02d.%06d"
+_SQLITE_DATETIME_FORMAT = sqlite.DATETIME._storage_format
+
+
+def _faster(conn: Connection, bind: Any, proc: Callable[[Any], Any] | None) -> Any:
+    """``proc``, the bind processor SQLAlchemy compiled for ``bind``, or an equivalent one
+    that writes the same value faster: SQLite's DATETIME in its default storage format."""
+    if proc is None or bind is None:
+        return proc
+    impl = bind.type.dialect_impl(conn.dialect)
+    if not isinstance(impl, sqlite.DATETIME) or impl._storage_format != _SQLITE_DATETIME_FORMAT:
+        return proc
+
+    def datetime_text(value: Any) -> Any:
+        if type(value) is datetime:  # any zone: SQLAlchemy's writes the wall time and drops it
+            return _SQLITE_DATETIME % (
+                value.year,
+                value.month,
+                value.day,
+                value.hour,
+                value.minute,
+                value.second,
+                value.microsecond,
+            )
+        return proc(value)  # None, a date, a subclass, a wrong type: as SQLAlchemy does
+
+    return datetime_text
+
+
 def _compile(conn: Connection, stmt: UpdateBase, keys: tuple[str, ...]) -> _Plan | None:
     """The plan for ``stmt`` with parameters ``keys``, or None when it needs SQLAlchemy at
     run time (expanding IN lists, SQL-side or context-dependent defaults)."""
@@ -130,7 +162,7 @@ def _compile(conn: Connection, stmt: UpdateBase, keys: tuple[str, ...]) -> _Plan
     processors = compiled._bind_processors
     params = []
     for name in compiled.positiontup:
-        proc = processors.get(name)
+        proc = _faster(conn, compiled.binds.get(name), processors.get(name))
         if name in filled:
             params.append((name, proc, None, False))
             continue

@@ -4,6 +4,7 @@ writes skip SQLAlchemy's execution machinery, and must write exactly what SQLAlc
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -175,3 +176,31 @@ def test_precompiled_reads_match_sqlalchemy(conns: tuple[Connection, Connection]
     assert row is not None
     assert row.balance_cents == 10_000 - 500
     assert _sql.fetch_first(fast, shop._ACCOUNT, {"account": "nobody"}) is None
+
+
+def test_datetimes_are_written_as_sqlalchemy_writes_them(
+    conns: tuple[Connection, Connection],
+) -> None:
+    fast, _ = conns
+    compiled: Any = orders._ATTACH.compile(
+        dialect=fast.dialect, column_keys=["order", "saga", "now"]
+    )
+    theirs = compiled._bind_processors["now"]
+    ours = _sql._faster(fast, compiled.binds["now"], theirs)
+    assert ours is not theirs  # the fast path is taken for SQLite's DATETIME
+
+    class Later(datetime):
+        pass
+
+    for value in [
+        orders.utcnow(),
+        datetime(2026, 11, 26, 23, 5, 7, 0, tzinfo=UTC),
+        datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=timezone(timedelta(hours=-5))),
+        datetime(7, 1, 2, 3, 4, 5, 999_999),
+        Later(2026, 1, 1, 0, 0, 0, 1),
+        date(2026, 5, 6),
+        None,
+    ]:
+        assert ours(value) == theirs(value), value
+    with pytest.raises(TypeError):
+        ours("2026-01-01")
