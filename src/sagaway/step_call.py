@@ -82,8 +82,7 @@ def storable_output(step: Step[Any], value: Any) -> Any:
     except Exception as exc:  # the return annotation's serializer refused it
         what = _result_of(step, value)
         raise UnstorableValue(f"the saga log cannot store {what}: {describe_error(exc)}") from None
-    # An int is always storable (JSON has no size limit on it), as most values are: no need
-    # to encode them to tell (see plainly_storable).
+    # Most values are storable by their shape alone: no need to encode them to tell.
     if not plainly_storable(output):
         try:
             check_value(output, "")

@@ -35,6 +35,8 @@ UNSTORABLE: list[tuple[str, Any, str]] = [
     ("surrogate", "\ud800", "str"),
     ("nested-object", {"ok": 1, "bad": [object()]}, "object"),
     ("nested-nan", [1.0, -math.inf], "float"),
+    ("huge-int", 10**5000, "int"),
+    ("nested-huge-int", {"total": [-(10**5000)]}, "int"),
 ]
 
 
@@ -194,6 +196,7 @@ def test_what_plainly_storable_accepts_check_value_accepts() -> None:
         st.none()
         | st.booleans()
         | st.integers()
+        | st.integers(min_value=10**4299, max_value=10**4301)
         | st.floats()
         | st.text()
         | st.binary()

@@ -81,6 +81,8 @@ def _offender(value: Any, exc: BaseException) -> str:
         return "a circular or too deeply nested value"
     if "float" in str(exc):
         return "a float NaN or infinity (not JSON)"
+    if "integer string conversion" in str(exc):
+        return "a value of type int with too many digits (not JSON)"
     return f"a value JSON cannot encode ({exc})"
 
 
@@ -109,6 +111,10 @@ def check_value(value: Any, what: str) -> str:
 
 # How deep ``plainly_storable`` looks before leaving the value to ``check_value``.
 _PLAIN_DEPTH = 16
+# The ints ``plainly_storable`` passes: JSON spells an int of any size, but Python turns one
+# of more than 4,300 digits (its default limit) into text only on request, so a big one goes
+# to ``check_value``, which refuses it past the limit.
+_PLAIN_INT = 1 << 64
 
 
 def plainly_storable(value: Any, depth: int = 0) -> bool:
@@ -123,7 +129,10 @@ def plainly_storable(value: Any, depth: int = 0) -> bool:
     if kind is str:
         text: str = value
         return text.isascii() and "\x00" not in text
-    if kind is int or kind is bool or value is None:
+    if kind is int:
+        whole: int = value
+        return -_PLAIN_INT < whole < _PLAIN_INT
+    if kind is bool or value is None:
         return True
     if kind is float:
         number: float = value
@@ -138,14 +147,12 @@ def plainly_storable(value: Any, depth: int = 0) -> bool:
             name: str = key
             if not name.isascii() or "\x00" in name:
                 return False
-            of = type(item)  # (an int, a bool or None without a call)
-            if not (of is int or of is bool or item is None or plainly_storable(item, depth + 1)):
+            if not (type(item) is bool or item is None or plainly_storable(item, depth + 1)):
                 return False
         return True
     if kind is list or kind is tuple:
         for item in value:
-            of = type(item)
-            if not (of is int or of is bool or item is None or plainly_storable(item, depth + 1)):
+            if not (type(item) is bool or item is None or plainly_storable(item, depth + 1)):
                 return False
         return True
     return False
