@@ -138,6 +138,15 @@ def _user_error(exc: Exception, guard: Guard) -> BaseException:
     return translate(exc)
 
 
+def _user_code_returned(conn: sqlite3.Connection, guard: Guard) -> None:
+    """Called when user code has returned inside the batch's transaction: the guard is off
+    again, and the transaction must still be open (the guard refuses the code's COMMIT and
+    ROLLBACK; this makes sure)."""
+    guard.active = False
+    if not conn.in_transaction:
+        raise _TransactionEnded("user code ended the store's transaction")
+
+
 def _apply(
     conn: sqlite3.Connection,
     batch: list[Op],
@@ -168,9 +177,7 @@ def _apply(
                     execute(_RELEASE)
                     append((future, None, _user_error(exc, guard)))
                 else:
-                    guard.active = False
-                    if not conn.in_transaction:
-                        raise _TransactionEnded("user code ended the store's transaction")
+                    _user_code_returned(conn, guard)
                     execute(_RELEASE)
                     append((future, value, None))
                 continue
@@ -196,16 +203,12 @@ def _apply(
                             raise _Replay from None
                         append((future, None, _user_error(exc, guard)))  # nothing to undo
                         continue
-                    guard.active = False
-                    if not conn.in_transaction:
-                        raise _TransactionEnded("user code ended the store's transaction")
+                    _user_code_returned(conn, guard)
                 elif fn is commit_with_effects:
                     guard.active, guard.refused = True, False
                     commit_with_effects(conn, args[0], args[1], args[2], args[3], pending)
                     value = None
-                    guard.active = False
-                    if not conn.in_transaction:
-                        raise _TransactionEnded("user code ended the store's transaction")
+                    _user_code_returned(conn, guard)
                 else:  # it may read the log: give it the rows deferred so far
                     pending.flush(conn)
                     value = fn(conn, *args)
