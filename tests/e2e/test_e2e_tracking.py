@@ -19,6 +19,7 @@ from checkout.domain.models import OrderLine, OrderStatus
 from checkout.participants import saga_input
 from checkout.settings import Settings
 from checkout.tracking import saga_key
+from compiled_build import interpreted_only
 
 ITEMS = [{"product_id": "product_1", "quantity": 1}]
 
@@ -236,6 +237,7 @@ async def test_the_reconcile_loop_runs_every_five_seconds_by_default(settings: S
         assert not services.tracker._loop_task.done()
 
 
+@interpreted_only  # replaces a method of the orders service: a compiled instance refuses that
 async def test_a_success_is_written_into_the_order_with_the_sagas_last_transition(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:

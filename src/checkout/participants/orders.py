@@ -352,7 +352,8 @@ def processing_orders(
     """``(order id, saga id)`` of orders still ``processing`` with a saga, by id after
     ``after`` (for paging), optionally only those last updated before ``updated_before``."""
     query = _processing(True, after, limit, updated_before)
-    return [(oid, sid) for oid, sid in conn.execute(query) if sid]
+    # Rows by index, never unpacked: a Row is no tuple, which the compiled build checks.
+    return [(row[0], row[1]) for row in conn.execute(query) if row[1]]
 
 
 def unstarted_orders(
@@ -361,7 +362,7 @@ def unstarted_orders(
     """Ids of orders checked out (``processing``) whose saga was never attached, by id after
     ``after``: what a crash between recording an order and starting its saga leaves."""
     query = _processing(False, after, limit, updated_before)
-    return [oid for oid, _ in conn.execute(query)]
+    return [row[0] for row in conn.execute(query)]
 
 
 class OrderService:

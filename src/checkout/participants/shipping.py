@@ -155,7 +155,8 @@ def cancel_shipment(
 
 def shipped(conn: Connection) -> dict[str, int]:
     """Units shipped per product (products never shipped are absent)."""
-    return {pid: qty for pid, qty in conn.execute(_SHIPPED) if qty}
+    # Rows by index, never unpacked: a Row is no tuple, which the compiled build checks.
+    return {row[0]: row[1] for row in conn.execute(_SHIPPED) if row[1]}
 
 
 def get_shipment(conn: Connection, idempotency_key: str) -> Shipment | None:
