@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -352,8 +352,10 @@ def processing_orders(
     """``(order id, saga id)`` of orders still ``processing`` with a saga, by id after
     ``after`` (for paging), optionally only those last updated before ``updated_before``."""
     query = _processing(True, after, limit, updated_before)
-    # Rows by index, never unpacked: a Row is no tuple, which the compiled build checks.
-    return [(row[0], row[1]) for row in conn.execute(query) if row[1]]
+    # Rows typed Any: SQLAlchemy's types call a Row a tuple, which it is not, and the compiled
+    # build checks what it is told.
+    rows: Iterable[Any] = conn.execute(query)
+    return [(row[0], row[1]) for row in rows if row[1]]
 
 
 def unstarted_orders(
@@ -362,7 +364,8 @@ def unstarted_orders(
     """Ids of orders checked out (``processing``) whose saga was never attached, by id after
     ``after``: what a crash between recording an order and starting its saga leaves."""
     query = _processing(False, after, limit, updated_before)
-    return [row[0] for row in conn.execute(query)]
+    rows: Iterable[Any] = conn.execute(query)  # (a Row is no tuple: see above)
+    return [row[0] for row in rows]
 
 
 class OrderService:
