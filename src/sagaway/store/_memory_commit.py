@@ -3,163 +3,124 @@ compiled (DEVELOPERS.md "The compiled build"): it runs for every transition of e
 the store's class, subclassed by tests and of several bases, stays interpreted.
 
 A saga the store keeps is a ``SagaRecord`` while it can still change, and a ``Finished`` from the
-commit that finishes it (SUCCEEDED, COMPENSATED, FAILED) on: its row's fields as they were, its
-input, step rows and events as one pickle. A kept record was ~25 objects (~3 KB) the garbage
-collector walked again and again and that grew the heap with every saga; a ``Finished`` is two,
-one of them bytes. A write to a finished saga (an operator's retry of a FAILED one, a refused
-cancel's event) puts the record back together first (``expand``); readers build theirs from it.
+commit that finishes it (SUCCEEDED, COMPENSATED, FAILED) on: its row's fields as they were, and
+its step rows and events as two flat tuples of their fields. A kept record was ~25 objects
+(~3 KB) that the garbage collector walked again and again: the record, its step map, a key
+tuple and a ``StepRecord`` per step row, its history list, an ``Event`` per event. A
+``Finished`` is three (the tuples hold the enum members, which keeps them tracked). A write to a
+finished saga (an operator's retry of a FAILED one, a refused cancel's event, a pin) puts the
+record back together first (``expand``); readers build theirs from it. Values are kept, not
+copied (the input, outputs, texts): a read gives back the very objects it gave before.
 """
 
 from __future__ import annotations
 
-import pickle
 from typing import Any, Final
 
 from sagaway.errors import CancelPending, EffectFailed, LeaseLost, SagaNotFound, TakeConflict
 from sagaway.state import (
     Change,
     Event,
-    EventType,
     NewSaga,
     OutboxMessage,
     Phase,
     SagaRecord,
     SagaStatus,
     StepRecord,
-    StepStatus,
     apply_change,
     record_from_new,
 )
-from sagaway.store._codec import EVENT_TYPE, PHASE, STEP_STATUS, check_change, check_new
+from sagaway.store._codec import check_change, check_new
 
 _SUCCEEDED: Final = SagaStatus.SUCCEEDED
 _COMPENSATED: Final = SagaStatus.COMPENSATED
 _FAILED: Final = SagaStatus.FAILED
-# An enum member as its plain text, so that the pickle names no class (a StrEnum member hashes
-# as its text: a dict lookup is C all the way, ``.value`` a Python property).
-_TEXT: dict[str, str] = {m: str(m._value_) for m in [*Phase, *StepStatus, *EventType]}
-# Fixed, not the newest: the pickles live only as long as the process.
-_PROTOCOL: Final = 5
-# How deep ``_plain`` looks into a value before leaving the record whole.
-_PLAIN_DEPTH: Final = 32
+# The fields of a StepRecord and of an Event, in ``Finished.steps`` and ``Finished.events``.
 _STEP_FIELDS: Final = 9
 _EVENT_FIELDS: Final = 6
 
 
 class Finished:
     """A finished saga as the memory store keeps it: the saga's row as it was (what scans and
-    filters read) and ``packed``, a pickle of (input, step rows, events) as flat lists of
-    plain values. Same attribute names as ``SagaRecord``'s, so a scan reads either."""
+    filters read: same attribute names as ``SagaRecord``'s, so a scan reads either), its input,
+    and its step rows and events, each a flat tuple of their fields in order."""
 
     __slots__ = (
         "cancel_requested",
         "created_at",
         "deadline_at",
         "error",
+        "events",
         "fence",
         "id",
         "idempotency_key",
+        "input",
         "lease_expires_at",
         "name",
         "owner",
-        "packed",
         "parked_until",
         "pinned",
         "status",
+        "steps",
         "updated_at",
         "version",
         "waiting_for",
     )
 
-    def __init__(self, record: SagaRecord, packed: bytes) -> None:
+    def __init__(self, record: SagaRecord, steps: tuple[Any, ...], events: tuple[Any, ...]) -> None:
         self.id, self.name, self.version = record.id, record.name, record.version
-        self.status, self.created_at = record.status, record.created_at
+        self.status, self.input, self.created_at = record.status, record.input, record.created_at
         self.updated_at, self.idempotency_key = record.updated_at, record.idempotency_key
         self.owner, self.lease_expires_at = record.owner, record.lease_expires_at
         self.deadline_at, self.cancel_requested = record.deadline_at, record.cancel_requested
         self.error, self.waiting_for = record.error, record.waiting_for
         self.parked_until, self.pinned = record.parked_until, record.pinned
-        self.fence, self.packed = record.fence, packed
+        self.fence, self.steps, self.events = record.fence, steps, events
 
 
-def _plain(value: Any, depth: int) -> bool:
-    """True when ``value`` is made of exact JSON types only (dict, list, tuple, str, int,
-    float, bool, None), which a pickle gives back as they were: a subclass (an enum, a
-    user's dict) would come back as a new object, or not at all."""
-    kind = type(value)
-    if kind is str or kind is int or kind is float or kind is bool or value is None:
-        return True
-    if depth >= _PLAIN_DEPTH:
-        return False
-    if kind is dict:
-        mapping: dict[Any, Any] = value
-        for key, item in mapping.items():
-            if not (_plain(key, _PLAIN_DEPTH) and _plain(item, depth + 1)):
-                return False
-        return True
-    if kind is list or kind is tuple:
-        for item in value:  # noqa: SIM110 (all() of a generator: a generator object more)
-            if not _plain(item, depth + 1):
-                return False
-        return True
-    return False
-
-
-def finish(record: SagaRecord) -> Finished | None:
-    """``record`` as a ``Finished``, or None when its input or an output is not plain JSON
-    (``_plain``): such a record is kept as it is, so every read gives back the same."""
-    if not _plain(record.input, 0):
-        return None
-    rows: list[Any] = []
-    for step in record.steps.values():
-        output = step.output
-        if output is not None and not _plain(output, 0):
-            return None
-        rows.extend(
-            (
-                step.name,
-                _TEXT[step.phase],
-                _TEXT[step.status],
-                step.attempts,
-                output,
-                step.error,
-                step.uncertain,
-                step.started_at,
-                step.finished_at,
-            )
-        )
-    events: list[Any] = []
-    for event in record.history:
-        phase = event.phase
-        events.extend(
-            (
-                event.at,
-                _TEXT[event.type],
-                event.step,
-                None if phase is None else _TEXT[phase],
-                event.attempt,
-                event.detail,
-            )
-        )
-    try:  # (a name or a text of a str subclass pickle cannot name: kept as it is)
-        packed = pickle.dumps((record.input, rows, events), _PROTOCOL)
-    except Exception:
-        return None
-    return Finished(record, packed)
+def finish(record: SagaRecord) -> Finished:
+    """``record`` as a ``Finished``."""
+    # Written into lists made to size: an append costs ~3 times an item set, compiled.
+    steps = record.steps
+    rows: list[Any] = [None] * (_STEP_FIELDS * len(steps))
+    i = 0
+    for step in steps.values():
+        rows[i] = step.name
+        rows[i + 1] = step.phase
+        rows[i + 2] = step.status
+        rows[i + 3] = step.attempts
+        rows[i + 4] = step.output
+        rows[i + 5] = step.error
+        rows[i + 6] = step.uncertain
+        rows[i + 7] = step.started_at
+        rows[i + 8] = step.finished_at
+        i += _STEP_FIELDS
+    history = record.history
+    events: list[Any] = [None] * (_EVENT_FIELDS * len(history))
+    i = 0
+    for event in history:
+        events[i] = event.at
+        events[i + 1] = event.type
+        events[i + 2] = event.step
+        events[i + 3] = event.phase
+        events[i + 4] = event.attempt
+        events[i + 5] = event.detail
+        i += _EVENT_FIELDS
+    return Finished(record, tuple(rows), tuple(events))
 
 
 def expand(entry: Finished, history: bool = True) -> SagaRecord:
     """The record ``entry`` was made of: a new one, equal to it field for field (no
     ``definition``, as a store read has none); its history left empty unless ``history``."""
-    saga_input, rows, events = pickle.loads(entry.packed)
+    rows = entry.steps
     steps: dict[tuple[str, Phase], StepRecord] = {}
     for i in range(0, len(rows), _STEP_FIELDS):
         name: str = rows[i]
-        phase = PHASE[rows[i + 1]]
+        phase: Phase = rows[i + 1]
         steps[(name, phase)] = StepRecord(
             name,
             phase,
-            STEP_STATUS[rows[i + 2]],
+            rows[i + 2],
             rows[i + 3],
             rows[i + 4],
             rows[i + 5],
@@ -169,14 +130,14 @@ def expand(entry: Finished, history: bool = True) -> SagaRecord:
         )
     timeline: list[Event] = []
     if history:
+        events = entry.events
         for i in range(0, len(events), _EVENT_FIELDS):
-            phase_text = events[i + 3]
             timeline.append(
                 Event(
                     events[i],
-                    EVENT_TYPE[events[i + 1]],
+                    events[i + 1],
                     events[i + 2],
-                    None if phase_text is None else PHASE[phase_text],
+                    events[i + 3],
                     events[i + 4],
                     events[i + 5],
                 )
@@ -186,7 +147,7 @@ def expand(entry: Finished, history: bool = True) -> SagaRecord:
         entry.name,
         entry.version,
         entry.status,
-        saga_input,
+        entry.input,
         entry.created_at,
         entry.updated_at,
         entry.idempotency_key,
@@ -206,14 +167,12 @@ def expand(entry: Finished, history: bool = True) -> SagaRecord:
 
 
 def keep(sagas: dict[str, SagaRecord | Finished], record: SagaRecord) -> None:
-    """Keep ``record`` in ``sagas``: as a ``Finished`` if it is finished and can be one."""
+    """Keep ``record`` in ``sagas``: as a ``Finished`` if it is finished."""
     status = record.status
     if status is _SUCCEEDED or status is _COMPENSATED or status is _FAILED:
-        entry = finish(record)
-        if entry is not None:
-            sagas[record.id] = entry
-            return
-    sagas[record.id] = record
+        sagas[record.id] = finish(record)
+    else:
+        sagas[record.id] = record
 
 
 def create_saga(
@@ -280,9 +239,6 @@ def commit_change(
     if status is _SUCCEEDED or status is _COMPENSATED or status is _FAILED:
         # The run that finished it goes on holding ``record`` (its waiters and hooks read it);
         # the store, from now on, the compact form.
-        entry = finish(record)
-        if entry is not None:
-            sagas[saga_id] = entry
-            return
-    if record is not entry:
+        sagas[saga_id] = finish(record)
+    elif record is not entry:
         sagas[saga_id] = record

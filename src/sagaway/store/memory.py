@@ -249,7 +249,9 @@ class MemoryStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
     async def renew_leases(self, owner: str, *, now: float, lease_seconds: float) -> list[str]:
         cancelled = []
         for record in self._sagas.values():
-            if record.owner == owner and record.status.is_active and type(record) is SagaRecord:
+            if isinstance(record, Finished):
+                continue  # (never active)
+            if record.owner == owner and record.status.is_active:
                 record.lease_expires_at = now + lease_seconds
                 if record.cancel_requested:
                     cancelled.append(record.id)
