@@ -1,4 +1,4 @@
-"""Wheel builds compile the engine's hot modules with mypyc (README "Compiled build").
+"""Wheel builds compile the engine's and the shop's hot modules with mypyc (README "Compiled build").
 
 ``pip install .``, ``uv build`` and ``make compiled`` make a wheel whose modules listed in
 pyproject.toml (``[tool.hatch.build.targets.wheel.hooks.custom] compiled``) are C extensions

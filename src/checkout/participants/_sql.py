@@ -237,6 +237,10 @@ class _Query:
         ]
 
 
+# namedtuple called through a plain name: called by its own name with field names known only at
+# run time, mypy takes it for a declaration, and mypyc compiles no assignment for it.
+_row_class: Callable[[str, list[str]], Callable[..., Any]] = namedtuple
+
 _queries: dict[tuple[int, tuple[str, ...]], tuple[Select[Any], _Query | None]] = {}
 
 
@@ -254,7 +258,7 @@ def _compile_query(conn: Connection, stmt: Select[Any], keys: tuple[str, ...]) -
         results.append(type_._cached_result_processor(conn.dialect, None))
     if len(set(names)) != len(names) or not all(name.isidentifier() for name in names):
         return None
-    row = namedtuple("Row", names)  # type: ignore[misc]
+    row = _row_class("Row", names)
     converted = tuple(results) if any(p is not None for p in results) else None
     return _Query(compiled.string, params, converted, row)
 

@@ -15,8 +15,8 @@ saga's own backoff, with no real waiting and no timing guess.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -81,33 +81,43 @@ async def shop(cut: Lockout) -> AsyncIterator[Shop]:
         await db.dispose()
 
 
-def after(target: Any, name: str, then: Callable[[], None]) -> None:
-    """Run ``then`` right after ``target.name(...)`` returns, once."""
-    real: Callable[..., Awaitable[Any]] = getattr(target, name)
+class After:
+    """``target`` as the saga sees it, with ``then`` run right after its ``name(...)`` first
+    returns. A proxy, not a method set on the service: the compiled build's services refuse
+    that (``make test-compiled``)."""
 
-    async def wrapped(*args: Any, **kwargs: Any) -> Any:
-        result = await real(*args, **kwargs)
-        setattr(target, name, real)
-        then()
-        return result
+    def __init__(self, target: Any, name: str, then: Callable[[], None]) -> None:
+        self._target, self._name = target, name
+        self._then: Callable[[], None] | None = then
 
-    setattr(target, name, wrapped)
+    def __getattr__(self, attr: str) -> Any:
+        real = getattr(self._target, attr)
+        if attr != self._name or self._then is None:
+            return real
+
+        async def wrapped(*args: Any, **kwargs: Any) -> Any:
+            result = await real(*args, **kwargs)
+            then, self._then = self._then, None
+            if then is not None:
+                then()
+            return result
+
+        return wrapped
 
 
 async def checkout_through_outage(shop: Shop, seconds: float) -> SagaRecord:
     """user_1 buys 1 x product_1 (50.00); the outage starts right after the stock is
     reserved and lasts ``seconds`` of the saga's backoff."""
-    p = shop.participants
-    saga = build_checkout_saga(p)
-    order, _ = await p.orders.create_order(
-        "user_1", [OrderLine(product_id="product_1", quantity=1)]
-    )
 
     def outage() -> None:
         shop.cut.begin()
         shop.clock.last(seconds)
 
-    after(p.inventory, "reserve", outage)
+    p = replace(shop.participants, inventory=After(shop.participants.inventory, "reserve", outage))
+    saga = build_checkout_saga(p)
+    order, _ = await p.orders.create_order(
+        "user_1", [OrderLine(product_id="product_1", quantity=1)]
+    )
     async with Engine("memory://", sagas=[saga], clock=shop.clock, lease_seconds=3600) as engine:
         saga_id = await engine.start(saga, saga_input(order))
         record = await engine.wait(saga_id, timeout=120)
