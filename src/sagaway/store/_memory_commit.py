@@ -4,13 +4,18 @@ the store's class, subclassed by tests and of several bases, stays interpreted.
 
 A saga the store keeps is a ``SagaRecord`` while it can still change, and a ``Finished`` from the
 commit that finishes it (SUCCEEDED, COMPENSATED, FAILED) on: its row's fields as they were, and
-its step rows and events as two flat tuples of their fields. A kept record was ~25 objects
-(~3 KB) that the garbage collector walked again and again: the record, its step map, a key
-tuple and a ``StepRecord`` per step row, its history list, an ``Event`` per event. A
-``Finished`` is three (the tuples hold the enum members, which keeps them tracked). A write to a
-finished saga (an operator's retry of a FAILED one, a refused cancel's event, a pin) puts the
-record back together first (``expand``); readers build theirs from it. Values are kept, not
-copied (the input, outputs, texts): a read gives back the very objects it gave before.
+its step rows and events as two flat tuples of their fields. A kept record was ~18 objects the
+garbage collector tracks (the record, its step map, a key tuple and a ``StepRecord`` per step
+row, its history list, an ``Event`` per event); a ``Finished`` is three (the tuples hold enum
+members, which keeps them tracked). In ``engine_throughput``'s workload, 30,000 sagas kept: 17.8
+tracked objects a saga -> 3.0, a full collection 316 -> 86 ms, 3.3 -> 2.5 KB of peak RSS a saga.
+A pickle of the rows (one untracked bytes value, 1.5 KB a saga) cost 5x as much to build (34k
+instructions a saga compiled, this 6.5k; +8% CPU pure at 5,000 sagas); keeping the
+``StepRecord`` and ``Event`` objects in tuples cost nothing to build but kept 14.6 tracked
+objects a saga.
+A write to a finished saga (an operator's retry of a FAILED one, a refused cancel's event, a
+pin) puts the record back together first (``expand``); readers build theirs from it. Values are
+kept, not copied (the input, outputs, texts): a read gives back the very objects it gave before.
 """
 
 from __future__ import annotations
