@@ -456,11 +456,14 @@ def claim(
     # SELECTs to the UPDATE, so no other claim, here or in another process, can interleave.
     # Two queries, each on its own index: sagas not parked (sagaway_instances_free), then
     # parked ones whose time has come (sagaway_instances_parked), so the parked sagas that
-    # are not due (any number of them) are never read.
+    # are not due (any number of them) are never read. INDEXED BY: sagaway_instances_open
+    # (status, created_at, id) serves the same terms, parked sagas included, and the
+    # planner took it when the two differed only in their keys' tails.
     ids = [
         r[0]
         for r in conn.execute(
-            f"SELECT id FROM sagaway_instances WHERE status IN ({_ACTIVE}) "
+            "SELECT id FROM sagaway_instances INDEXED BY sagaway_instances_free "
+            f"WHERE status IN ({_ACTIVE}) "
             f"AND waiting_for IS NULL AND {NOT_DONE} "
             f"AND (name, version) IN (VALUES {wanted}) {free}"
             "ORDER BY created_at, id LIMIT ?",
@@ -513,23 +516,36 @@ def acquire(
     return load(conn, saga_id, history=False)
 
 
+# A leased saga is either not parked (in sagaway_instances_free) or parked and claimed
+# because its time had come (parked_until <= the claim's now, in sagaway_instances_parked).
+# Parking and finishing release the lease. A parked saga leased before its time (an operator's
+# resume, a reply or cancel making it due: ``acquire``) holds that lease only until the one
+# write that parks it again or releases it; if that write comes after the lease ran out, it
+# fails its owner fence (LeaseLost) as any late write does.
+_RENEWED = (
+    f"SELECT id, cancel_requested FROM sagaway_instances INDEXED BY sagaway_instances_free "
+    f"WHERE waiting_for IS NULL AND {NOT_DONE} AND status IN ({_ACTIVE}) AND owner = ? "
+    "UNION ALL "
+    "SELECT id, cancel_requested FROM sagaway_instances INDEXED BY sagaway_instances_parked "
+    f"WHERE waiting_for IS NOT NULL AND parked_until <= ? AND status IN ({_ACTIVE}) "
+    "AND owner = ?"
+)
+
+
 def renew_leases(
     conn: sqlite3.Connection, owner: str, now: float, lease_seconds: float
 ) -> list[str]:
     # INDEXED BY: the planner prefers sagaway_instances_open (status=?), which holds every
-    # parked saga as well, and would read them all on each pass.
-    conn.execute(
-        "UPDATE sagaway_instances INDEXED BY sagaway_instances_owner SET lease_expires_at = ? "
-        f"WHERE {NOT_DONE} AND status IN ({_ACTIVE}) AND owner = ?",
-        (now + lease_seconds, owner),
-    )
-    rows = conn.execute(
-        "SELECT id FROM sagaway_instances INDEXED BY sagaway_instances_owner "
-        f"WHERE {NOT_DONE} AND status IN ({_ACTIVE}) AND owner = ? "
-        "AND cancel_requested = 1",
-        (owner,),
-    )
-    return [r[0] for r in rows]
+    # parked saga as well, and would read them all on each pass; the parked sagas not due
+    # (any number, waiting for a signal) are never read here.
+    rows = conn.execute(_RENEWED, (owner, now, owner)).fetchall()
+    if rows:
+        conn.execute(
+            "UPDATE sagaway_instances SET lease_expires_at = ? "
+            "WHERE id IN (SELECT value FROM json_each(?))",
+            (now + lease_seconds, _dumps([r[0] for r in rows])),
+        )
+    return [r[0] for r in rows if r[1]]
 
 
 def request_cancel(
