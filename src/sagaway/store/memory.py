@@ -1,6 +1,8 @@
 """A real in-memory saga log: the full contract, no durability. For tests and demos.
 
 Single event loop, no awaits inside an operation: each method is atomic by construction.
+A finished saga is kept compact (``_memory_commit.Finished``): a read builds its record from it,
+a write to it puts the record back first (``_owned``) and keeps it compact again after.
 """
 
 from __future__ import annotations
@@ -8,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from sagaway.errors import (
     CancelRefused,
@@ -30,7 +32,7 @@ from sagaway.state import (
     refused_cancel,
 )
 from sagaway.store._codec import storable_text
-from sagaway.store._memory_commit import commit_change, create_saga
+from sagaway.store._memory_commit import Finished, commit_change, create_saga, expand, keep
 from sagaway.store.base import (
     OutboxStore,
     Page,
@@ -54,7 +56,7 @@ class MemoryStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
 
     def __init__(self, url: str = "memory://") -> None:
         self.url = url
-        self._sagas: dict[str, SagaRecord] = {}
+        self._sagas: dict[str, SagaRecord | Finished] = {}
         self._keys: dict[str, str] = {}
         # Insertion order is not the outbox order (a message written again keeps its place in
         # a dict): outbox_pending sorts by (created_at, id).
@@ -79,7 +81,11 @@ class MemoryStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
         return create_saga(self._sagas, self._keys, new)
 
     def running_record(self, new: NewSaga) -> SagaRecord:
-        return self._sagas[new.id] if self.shares_records else record_from_new(new)
+        if self.shares_records:
+            record = self._sagas[new.id]
+            if not isinstance(record, Finished):  # (it was created a moment ago: never is)
+                return record
+        return record_from_new(new)
 
     @staticmethod
     def _copy(record: SagaRecord, history: bool = True) -> SagaRecord:
@@ -89,13 +95,32 @@ class MemoryStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
         copy.definition = None
         return copy
 
+    @classmethod
+    def _read(cls, entry: SagaRecord | Finished, history: bool = True) -> SagaRecord:
+        if isinstance(entry, Finished):
+            return expand(entry, history)
+        return cls._copy(entry, history)
+
+    @classmethod
+    def _listed(cls, entries: Sequence[SagaRecord | Finished]) -> list[SagaRecord]:
+        """A page of a listing: the records without their steps and history."""
+        items = [cls._read(entry, False) for entry in entries]
+        for item in items:
+            item.steps = {}
+        return items
+
     def _owned(self, saga_id: str, owner: str | None) -> SagaRecord:
-        record = self._sagas.get(saga_id)
-        if record is None:
+        """The saga's record to write to (the caller ``keep``s it after, compact if finished)."""
+        entry = self._sagas.get(saga_id)
+        if entry is None:
             raise SagaNotFound(saga_id)
-        if owner is not None and record.owner != owner:
+        if owner is not None and entry.owner != owner:
             raise LeaseLost(f"saga {saga_id} is no longer leased to {owner}")
-        return record
+        if isinstance(entry, Finished):
+            record = expand(entry)
+            self._sagas[saga_id] = record
+            return record
+        return entry
 
     async def commit(self, saga_id: str, owner: str | None, change: Change, at: float) -> None:
         commit_change(self._sagas, self._outbox, saga_id, owner, change, at)
@@ -125,18 +150,16 @@ class MemoryStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
             for r in self._sagas.values()
             if r.waiting_for is not None and r.waiting_for.startswith(prefix)
         ]
-        matches.sort(key=waiting_order)
-        items = [self._copy(r, False) for r in matches[offset : offset + limit]]
-        for item in items:
-            item.steps = {}
-        return Page(items=items, total=len(matches))
+        # (waiting_order reads parked_until and id, which a Finished has too)
+        matches.sort(key=cast(Callable[[SagaRecord | Finished], tuple[float, str]], waiting_order))
+        return Page(items=self._listed(matches[offset : offset + limit]), total=len(matches))
 
     async def peek(self, saga_id: str) -> SagaRecord | None:
         return await self.load(saga_id, history=False)
 
     async def load(self, saga_id: str, *, history: bool = True) -> SagaRecord | None:
-        record = self._sagas.get(saga_id) if storable_text(saga_id) else None
-        return None if record is None else self._copy(record, history)
+        entry = self._sagas.get(saga_id) if storable_text(saga_id) else None
+        return None if entry is None else self._read(entry, history)
 
     async def list_sagas(
         self,
@@ -152,10 +175,7 @@ class MemoryStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
             if (status is None or r.status == status) and (name is None or r.name == name)
         ]
         matches.sort(key=lambda r: (r.created_at, r.id), reverse=True)
-        items = [self._copy(r, False) for r in matches[offset : offset + limit]]
-        for item in items:
-            item.steps = {}
-        return Page(items=items, total=len(matches))
+        return Page(items=self._listed(matches[offset : offset + limit]), total=len(matches))
 
     async def counts(self) -> dict[SagaStatus, int]:
         return dict(Counter(r.status for r in self._sagas.values()))
@@ -181,6 +201,8 @@ class MemoryStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
         for record in self._sagas.values():
             if len(claimed) >= limit:
                 break
+            if isinstance(record, Finished):
+                continue  # (never active)
             if not record.status.is_active or (record.name, record.version) not in wanted:
                 continue
             if record.parked_until is not None and record.parked_until > now:
@@ -207,22 +229,28 @@ class MemoryStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
         statuses: Sequence[SagaStatus],
         event: Event | None = None,
     ) -> SagaRecord | None:
-        record = self._owned(saga_id, None)
+        entry = self._sagas.get(saga_id)
+        if entry is None:
+            raise SagaNotFound(saga_id)
         live_lease = (
-            record.owner not in (None, owner)
-            and record.lease_expires_at is not None
-            and record.lease_expires_at >= now
+            entry.owner not in (None, owner)
+            and entry.lease_expires_at is not None
+            and entry.lease_expires_at >= now
         )
-        if record.status not in statuses or live_lease:
+        if entry.status not in statuses or live_lease:
             return None
+        record = self._owned(saga_id, None)
         self._take(record, owner, now, lease_seconds)
         if event is not None:
             record.history.append(event)
+        keep(self._sagas, record)
         return self._copy(record, False)
 
     async def renew_leases(self, owner: str, *, now: float, lease_seconds: float) -> list[str]:
         cancelled = []
         for record in self._sagas.values():
+            if isinstance(record, Finished):
+                continue  # (never active)
             if record.owner == owner and record.status.is_active:
                 record.lease_expires_at = now + lease_seconds
                 if record.cancel_requested:
@@ -237,18 +265,20 @@ class MemoryStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
         reason = cancel_refusal(saga_id, record.status, record.cancel_requested, started, until)
         if reason is not None:
             record.history.append(refused_cancel(event, reason))
+            keep(self._sagas, record)
             raise CancelRefused(reason)
         if not record.cancel_requested:
             record.cancel_requested = True
             record.history.append(event)
             record.updated_at = at
             record.fence += 1
+        keep(self._sagas, record)
         return self._copy(record)
 
     # -- retention ---------------------------------------------------------------------------
 
     @staticmethod
-    def _prunable(record: SagaRecord, finished_before: float) -> bool:
+    def _prunable(record: SagaRecord | Finished, finished_before: float) -> bool:
         return (
             record.status in PRUNABLE_STATUSES
             and not record.pinned
@@ -278,4 +308,5 @@ class MemoryStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
     async def set_pinned(self, saga_id: str, pinned: bool) -> SagaRecord:
         record = self._owned(saga_id, None)
         record.pinned = pinned
+        keep(self._sagas, record)
         return self._copy(record, False)
