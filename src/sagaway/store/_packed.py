@@ -45,7 +45,7 @@ import json
 import struct
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 # Append only: a packed value names enum members by their index here.
 _PHASES = ("forward", "compensation")
@@ -80,21 +80,22 @@ _EVENT_TYPES = (
     "retry_requested",
     "signal_received",
 )
-_PHASE_CODE = {v: i for i, v in enumerate(_PHASES)}
-_STEP_STATUS_CODE = {v: i for i, v in enumerate(_STEP_STATUSES)}
-_EVENT_TYPE_CODE = {v: i for i, v in enumerate(_EVENT_TYPES)}
+_PHASE_CODE: Final = {v: i for i, v in enumerate(_PHASES)}
+_STEP_STATUS_CODE: Final = {v: i for i, v in enumerate(_STEP_STATUSES)}
+_EVENT_TYPE_CODE: Final = {v: i for i, v in enumerate(_EVENT_TYPES)}
 
-_TICKS = 4194304.0  # 2**22 a second
+_TICKS: Final = 4194304.0  # 2**22 a second
+_EXACT: Final = 9007199254740992.0  # 2**53: ticks from there on are written as the float
 _BINARY, _BINARY_1 = b"t", b"b"
-_FLOAT = struct.Struct("<d")
+_FLOAT: Final = struct.Struct("<d")
 # A step's phase and status as one code (1 + phase * 7 + status; 0: both as texts follow).
-_STEP_CODE = {
+_STEP_CODE: Final = {
     (p, s): 1 + i * len(_STEP_STATUSES) + j
     for i, p in enumerate(_PHASES)
     for j, s in enumerate(_STEP_STATUSES)
 }
 _STEP_DECODE = {code: pair for pair, code in _STEP_CODE.items()}
-_TEXT_TYPE = 1023  # an event type kept as its text, which follows
+_TEXT_TYPE: Final = 1023  # an event type kept as its text, which follows
 _DEFLATE = b"z"
 _WBITS = -10  # how ``z`` values were deflated: raw, a 1 KB window
 
@@ -139,7 +140,7 @@ def pack(
     # is used, not through a local alias: the interpreter specialises a list's append, and
     # mypyc calls list.append and dict.setdefault directly (through an alias, or on a
     # bytearray, each is a generic call: 15% of pack in the compiled build). The same for the
-    # code tables' ``get``.
+    # code tables' ``get``. The tables are Final: compiled, each use was a module dict lookup.
     texts: dict[str, int] = {}
     # Each distinct time once (a step's start is the event that started it, its end the one
     # that ended it): converted to ticks once, referred to by index.
@@ -255,12 +256,29 @@ def pack(
             raw = t.encode()
             _varint(value, len(raw) << 1 | 1)
             value += raw
+        elif number < 64:
+            value.append(number << 1)
         else:
             _varint(value, number << 1)
     _varint(value, len(moments))
-    previous = base
+    # Each time as 2 + zigzag(its ticks after the one before), or 1 and the float itself when
+    # the ticks do not give it back; inline, as the one-byte varints are (a call per time was
+    # a tenth of pack, compiled).
+    previous: float = base
     for at in moments:
-        _time(value, previous, at)
+        ticks: float = (at - previous) * _TICKS
+        if -_EXACT < ticks < _EXACT:
+            whole = int(ticks)
+            if whole == ticks and previous + whole / _TICKS == at:
+                code = (whole << 1 if whole >= 0 else (-whole << 1) - 1) + 2
+                while code > 127:
+                    value.append((code & 127) | 128)
+                    code >>= 7
+                value.append(code)
+                previous = at
+                continue
+        value.append(1)
+        value += _FLOAT.pack(at)
         previous = at
     _varint(value, steps_count)
     value += steps_out
@@ -282,19 +300,6 @@ def _zigzag(value: int) -> int:
 
 def _unzigzag(value: int) -> int:
     return -((value + 1) >> 1) if value & 1 else value >> 1
-
-
-def _time(out: list[int], base: float, at: float) -> None:
-    """``at`` as 2 + zigzag(its ticks after ``base``), or 1 and the float itself when the
-    ticks do not give it back."""
-    ticks = (at - base) * _TICKS
-    if ticks.is_integer() and abs(ticks) < 2**53:
-        whole = int(ticks)
-        if base + whole / _TICKS == at:
-            _varint(out, 2 + (whole << 1 if whole >= 0 else (-whole << 1) - 1))
-            return
-    out.append(1)
-    out += _FLOAT.pack(at)
 
 
 def _string(out: list[int], value: str) -> None:
