@@ -12,7 +12,7 @@ them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import bindparam, select, update
@@ -27,6 +27,7 @@ from checkout.participants._sql import (
     claim_once,
     dump_lines,
     execute,
+    fetch,
     find_by_key,
     insert_ignore,
     load_lines,
@@ -155,10 +156,7 @@ def cancel_shipment(
 
 def shipped(conn: Connection) -> dict[str, int]:
     """Units shipped per product (products never shipped are absent)."""
-    # Rows typed Any: SQLAlchemy's types call a Row a tuple, which it is not, and the compiled
-    # build checks what it is told.
-    rows: Iterable[Any] = conn.execute(_SHIPPED)
-    return {row[0]: row[1] for row in rows if row[1]}
+    return {row[0]: row[1] for row in fetch(conn, _SHIPPED, {}) if row[1]}
 
 
 def get_shipment(conn: Connection, idempotency_key: str) -> Shipment | None:
