@@ -68,9 +68,16 @@ def _insert_sql(keyed: bool, deadline: bool) -> str:
         if keyed
         else ""
     )
+    # Numbered parameters: created_at and updated_at are the same time, bound once (each of
+    # the driver's binds costs ~600 instructions).
+    marks: list[str] = []
+    for value in ["?"] * 5 + [key, "?", "?", until]:
+        marks.append(value if value != "?" else f"?{sum(m != 'NULL' for m in marks) + 1}")
+    bound = sum(m != "NULL" for m in marks)
+    at, chunk = f"?{bound + 1}", f"?{bound + 2}"
     return (
         f"INSERT INTO sagaway_instances ({_COLS}, chunks) "
-        f"VALUES (?,?,?,?,?,{key},?,?,{until},0,NULL,?,?,?){upsert}"
+        f"VALUES ({','.join(marks)},0,NULL,{at},{at},{chunk}){upsert}"
     )
 
 
@@ -263,7 +270,7 @@ def create(
     # int, float, str) as they are, and sends anything else (bytes, an enum member, None)
     # through its adapter lookup first, which costs more than the bind itself.
     head = (new.id, new.name, new.version, _TEXT.get(new.status, new.status), _dumps(new.input))
-    lease, tail = new.lease_expires_at, (new.at, new.at, bytearray(chunk))
+    lease, tail = new.lease_expires_at, (new.at, bytearray(chunk))
     params: tuple[Any, ...]
     if key is None:
         params = (
