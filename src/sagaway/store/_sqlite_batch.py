@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from sagaway.errors import EffectFailed, InvalidTransition, LeaseLost, SagaNotFound, StoreError
 from sagaway.state import Change
@@ -24,12 +24,12 @@ Result = tuple["asyncio.Future[Any]", Any, BaseException | None]
 
 # The store's own transaction and savepoint statements carry a comment so that they never share
 # the driver's statement cache with a user's plain "COMMIT" (cached ones are not re-authorized).
-_BEGIN = "BEGIN IMMEDIATE /* sagaway */"
-_COMMIT = "COMMIT /* sagaway */"
-ROLLBACK = "ROLLBACK /* sagaway */"
-_SAVEPOINT = "SAVEPOINT sagaway_op /* sagaway */"
-_ROLLBACK_TO = "ROLLBACK TO sagaway_op /* sagaway */"
-_RELEASE = "RELEASE sagaway_op /* sagaway */"
+_BEGIN: Final = "BEGIN IMMEDIATE /* sagaway */"
+_COMMIT: Final = "COMMIT /* sagaway */"
+ROLLBACK: Final = "ROLLBACK /* sagaway */"
+_SAVEPOINT: Final = "SAVEPOINT sagaway_op /* sagaway */"
+_ROLLBACK_TO: Final = "ROLLBACK TO sagaway_op /* sagaway */"
+_RELEASE: Final = "RELEASE sagaway_op /* sagaway */"
 
 
 def translate(exc: BaseException) -> BaseException:

@@ -29,7 +29,7 @@ import io
 import pickle
 import sqlite3
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Final
 
 from sagaway.state import SagaStatus
 from sagaway.store._codec import dumps, loads
@@ -37,34 +37,36 @@ from sagaway.store._packed import merge_steps, pack, shareable, unpack
 from sagaway.store._sqlite_chunks import ChunkReader
 
 # What a commit compacts on: the statuses in which no engine runs the saga any more.
-FINISHED = frozenset({SagaStatus.SUCCEEDED, SagaStatus.COMPENSATED, SagaStatus.FAILED})
+FINISHED: Final = frozenset({SagaStatus.SUCCEEDED, SagaStatus.COMPENSATED, SagaStatus.FAILED})
 
 STEP_COLS = "name, phase, status, attempts, output, error, uncertain, started_at, finished_at"
 EVENT_COLS = "at, type, step, phase, attempt, detail"
 # The SET term that appends a chunk to a saga's journal (NULL once compacted, or before v12).
 # ``||`` makes text of blobs, byte for byte in a UTF-8 database: the CAST makes it a blob again.
-APPEND_JOURNAL = "chunks = CAST(coalesce(chunks, x'') || ? AS BLOB)"
+APPEND_JOURNAL: Final = "chunks = CAST(coalesce(chunks, x'') || ? AS BLOB)"
 # Chunks are pickles of plain tuples, lists, strings, numbers and None: a pickle is built and
 # read by C code, with times as exact 8-byte floats (the JSON of v11, its times as integer
 # ticks, cost 2.5 times as much to write and to read). Protocol 5 is fixed, not the newest.
-_PROTOCOL = 5
+_PROTOCOL: Final = 5
 # The opcode that names a class or function, which a pickle of anything but the plain types
 # holds; the byte may also be part of a text or a float (then the chunk is built again). An
 # int, not b"\x93": ``bytes in bytes`` first tries the operand as an int and builds (and
 # clears) a TypeError, ~1.5k instructions a chunk; an int is one memchr.
-_STACK_GLOBAL = 0x93
+_STACK_GLOBAL: Final = 0x93
+# Compiled, ``pickle.dumps`` is an attribute lookup on the module at every call; this is not.
+_pickle: Final = pickle.dumps
 
 
 def journal_chunk(steps: Sequence[Sequence[Any]], events: Sequence[Sequence[Any]]) -> bytes:
     """One write's step rows and events (as the tables hold them, without ``saga_id``; enum
     values as their plain text) as the bytes appended to the saga's journal (``chunks``)."""
-    chunk = pickle.dumps((steps, events), _PROTOCOL)
+    chunk = _pickle((steps, events), _PROTOCOL)
     # Mostly the byte is part of a time (1 chunk in ~40): the rows are then all plain values,
     # which pickle as no class, and the chunk stands; only a chunk holding a value of another
     # type (an enum member) is built again. Checking the types is a fraction of ``_plain``
     # and a second pickle (~26k instructions compiled, ~2.5k a saga).
     if _STACK_GLOBAL in chunk and not (_plain_rows(steps) and _plain_rows(events)):
-        chunk = pickle.dumps(_plain((steps, events)), _PROTOCOL)
+        chunk = _pickle(_plain((steps, events)), _PROTOCOL)
     return chunk
 
 
@@ -80,9 +82,7 @@ def _plain_rows(rows: Sequence[Sequence[Any]]) -> bool:
             return False
         for value in row:
             kind = type(value)
-            if not (
-                value is None or kind is str or kind is float or kind is int or kind is bool
-            ):
+            if not (value is None or kind is str or kind is float or kind is int or kind is bool):
                 return False
     return True
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Sequence
 from itertools import product
-from typing import Any
+from typing import Any, Final
 
 from sagaway.errors import CancelPending, LeaseLost, SagaNotFound, TakeConflict
 from sagaway.state import (
@@ -82,7 +82,7 @@ def _insert_sql(keyed: bool, deadline: bool) -> str:
 
 
 INSERT_INSTANCE = _insert_sql(True, True)
-_INSERTS = {(a, b): _insert_sql(a, b) for a in (False, True) for b in (False, True)}
+_INSERTS: Final = {(a, b): _insert_sql(a, b) for a in (False, True) for b in (False, True)}
 UPSERT_STEP = (
     f"INSERT INTO sagaway_steps (saga_id, {_STEP_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?) "
     "ON CONFLICT (saga_id, name, phase) DO UPDATE SET status = excluded.status, "
@@ -94,7 +94,7 @@ INSERT_EVENT = (
     "INSERT INTO sagaway_events (saga_id, at, type, step, phase, attempt, detail) "
     "VALUES (?,?,?,?,?,?,?)"
 )
-UPSERT_OUTBOX = (
+UPSERT_OUTBOX: Final = (
     "INSERT INTO sagaway_outbox (id, saga_id, topic, body, headers, created_at) "
     "VALUES (?,?,?,?,?,?) ON CONFLICT (id) DO UPDATE SET saga_id = excluded.saga_id, "
     "topic = excluded.topic, body = excluded.body, headers = excluded.headers, "
@@ -102,10 +102,16 @@ UPSERT_OUTBOX = (
 )
 
 # An enum member's plain text, by the member (a dict lookup: ``.value`` is a Python property).
-_TEXT: dict[Any, str] = {m: m.value for e in (Phase, StepStatus, EventType, SagaStatus) for m in e}
+# The tables here are Final: compiled, a module-level name that is not is looked up in the
+# module's dict at every use (~30 lookups a saga in ``_rows`` alone).
+_TEXT: Final[dict[Any, str]] = {
+    m: m.value for e in (Phase, StepStatus, EventType, SagaStatus) for m in e
+}
 
 # Change.park / Change.unpark, as a third dimension of the UPDATE (0: neither).
-_NO_PARK, _PARK, _UNPARK = 0, 1, 2
+_NO_PARK: Final = 0
+_PARK: Final = 1
+_UNPARK: Final = 2
 
 
 def _update_sql(
@@ -146,14 +152,14 @@ def _update_sql(
 
 # Keyed by _update_sql's flags (status, release, clear, fenced, guarded), each True or False.
 _FLAGS = tuple((a, b, c, d, e) for a, b, c, d, e in product((False, True), repeat=5))
-_UPDATES = {flags: _update_sql(*flags) for flags in _FLAGS}
-_PACKING_UPDATES = {flags: _update_sql(*flags, packs=True) for flags in _FLAGS}
+_UPDATES: Final = {flags: _update_sql(*flags) for flags in _FLAGS}
+_PACKING_UPDATES: Final = {flags: _update_sql(*flags, packs=True) for flags in _FLAGS}
 # The same UPDATEs for a new status without an error (most of them).
-_ERRORLESS_UPDATES = {flags: _update_sql(*flags, error=False) for flags in _FLAGS}
-_ERRORLESS_PACKING_UPDATES = {
+_ERRORLESS_UPDATES: Final = {flags: _update_sql(*flags, error=False) for flags in _FLAGS}
+_ERRORLESS_PACKING_UPDATES: Final = {
     flags: _update_sql(*flags, packs=True, error=False) for flags in _FLAGS
 }
-_PARK_UPDATES = {
+_PARK_UPDATES: Final = {
     (*flags, park): _update_sql(*flags, park) for flags in _FLAGS for park in (_PARK, _UNPARK)
 }
 
@@ -269,19 +275,20 @@ def create(
     # Blobs are bound as bytearray and statuses as plain str: the driver binds those (and
     # int, float, str) as they are, and sends anything else (bytes, an enum member, None)
     # through its adapter lookup first, which costs more than the bind itself.
-    head = (new.id, new.name, new.version, _TEXT.get(new.status, new.status), _dumps(new.input))
-    lease, tail = new.lease_expires_at, (new.at, bytearray(chunk))
+    # Each shape's tuple written out: ``(*head, ..., *tail)`` builds a list and then a tuple.
+    head, name, version = new.id, new.name, new.version
+    status, text = _TEXT.get(new.status, new.status), _dumps(new.input)
+    owner, lease, at, blob = new.owner, new.lease_expires_at, new.at, bytearray(chunk)
     params: tuple[Any, ...]
     if key is None:
-        params = (
-            (*head, new.owner, lease, *tail)
-            if deadline is None
-            else (*head, new.owner, lease, deadline, *tail)
-        )
+        if deadline is None:
+            params = (head, name, version, status, text, owner, lease, at, blob)
+        else:
+            params = (head, name, version, status, text, owner, lease, deadline, at, blob)
     elif deadline is None:
-        params = (*head, key, new.owner, lease, *tail)
+        params = (head, name, version, status, text, key, owner, lease, at, blob)
     else:
-        params = (*head, key, new.owner, lease, deadline, *tail)
+        params = (head, name, version, status, text, key, owner, lease, deadline, at, blob)
     cursor = conn.execute(_INSERTS[(key is not None, deadline is not None)], params)
     if cursor.rowcount == 0:  # the idempotency key was used: write nothing, return that saga
         row = conn.execute(
@@ -329,13 +336,22 @@ def commit(
             return
         params: tuple[Any, ...]
         blob = bytearray(chunk)  # bound as it is, unlike bytes: see create
+        # With the owner written in, not appended (``(*params, owner)`` builds a list first).
         if status is None:
-            sql, params = _UPDATES[key], (at, blob, saga_id)
+            sql = _UPDATES[key]
+            params = (at, blob, saga_id) if owner is None else (at, blob, saga_id, owner)
         elif change.error is None:
-            sql, params = _ERRORLESS_UPDATES[key], (_TEXT.get(status, status), at, blob, saga_id)
+            sql, text = _ERRORLESS_UPDATES[key], _TEXT.get(status, status)
+            params = (
+                (text, at, blob, saga_id) if owner is None else (text, at, blob, saga_id, owner)
+            )
         else:
-            text = _TEXT.get(status, status)
-            sql, params = _UPDATES[key], (text, change.error, at, blob, saga_id)
+            sql, text, error = _UPDATES[key], _TEXT.get(status, status), change.error
+            params = (
+                (text, error, at, blob, saga_id)
+                if owner is None
+                else (text, error, at, blob, saga_id, owner)
+            )
     else:
         sql = _PARK_UPDATES[
             (
@@ -349,7 +365,8 @@ def commit(
         ]
         params = (at, chunk) if park is None else (at, chunk, park.waiting_for, park.until)
         params = (*params, saga_id) if status is None else (status, change.error, *params, saga_id)
-    cursor = conn.execute(sql, params if owner is None else (*params, owner))
+        params = params if owner is None else (*params, owner)
+    cursor = conn.execute(sql, params)
     if cursor.rowcount == 0:
         _, holder, _ = _exists(conn, saga_id)
         if change.unless_cancelled and (owner is None or holder == owner):
@@ -394,13 +411,22 @@ def _packs(
     status = _TEXT.get(change.status, change.status)
     params: tuple[Any, ...]
     # Blobs as bytearray, the status as plain str, no None: see create.
+    packed, fence = bytearray(value), bytearray(journal)
     if change.error is None:
         sql = _ERRORLESS_PACKING_UPDATES[key]
-        params = (status, at, bytearray(value), saga_id, bytearray(journal))
+        params = (
+            (status, at, packed, saga_id, fence)
+            if owner is None
+            else (status, at, packed, saga_id, fence, owner)
+        )
     else:
-        sql = _PACKING_UPDATES[key]
-        params = (status, change.error, at, bytearray(value), saga_id, bytearray(journal))
-    if conn.execute(sql, params if owner is None else (*params, owner)).rowcount == 0:
+        sql, error = _PACKING_UPDATES[key], change.error
+        params = (
+            (status, error, at, packed, saga_id, fence)
+            if owner is None
+            else (status, error, at, packed, saga_id, fence, owner)
+        )
+    if conn.execute(sql, params).rowcount == 0:
         return False
     pending.packed.add(saga_id)
     if change.outbox:
