@@ -126,6 +126,16 @@ def run_rows_fn(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any
     return fn(conn)
 
 
+# The operations ``_apply`` tells apart, as Final names: compiled, ``fn is run_user_fn`` looks
+# the function up in the module's dict (``ops.commit``: and an attribute of the module) at every
+# operation of every batch; a Final is a C static.
+_OP_COMMIT: Final = ops.commit
+_OP_CREATE: Final = ops.create
+_USER_FN: Final = run_user_fn
+_ROWS_FN: Final = run_rows_fn
+_WITH_EFFECTS: Final = commit_with_effects
+
+
 def _user_error(exc: Exception, guard: Guard) -> BaseException:
     if guard.refused:
         guard.refused = False
@@ -163,8 +173,8 @@ def _apply(
     try:
         execute(_BEGIN)
         for future, fn, args in batch:
-            user = fn is run_user_fn or fn is run_rows_fn or fn is commit_with_effects
-            if safe or fn is run_user_fn:
+            if safe or fn is _USER_FN:
+                user = fn is _USER_FN or fn is _ROWS_FN or fn is _WITH_EFFECTS
                 execute(_SAVEPOINT)
                 guard.active, guard.refused = user, False
                 try:
@@ -185,12 +195,12 @@ def _apply(
             try:
                 # The store's own writes called by name, not as ``fn(conn, *args)``: compiled,
                 # that is a direct C call instead of building an argument tuple and parsing it.
-                if fn is ops.commit:
+                if fn is _OP_COMMIT:
                     ops.commit(conn, args[0], args[1], args[2], args[3], pending)
                     value = None
-                elif fn is ops.create:
+                elif fn is _OP_CREATE:
                     value = ops.create(conn, args[0], pending)
-                elif fn is run_rows_fn:
+                elif fn is _ROWS_FN:
                     changes = conn.total_changes
                     guard.active, guard.refused = True, False
                     try:
@@ -204,7 +214,7 @@ def _apply(
                         append((future, None, _user_error(exc, guard)))  # nothing to undo
                         continue
                     _user_code_returned(conn, guard)
-                elif fn is commit_with_effects:
+                elif fn is _WITH_EFFECTS:
                     guard.active, guard.refused = True, False
                     commit_with_effects(conn, args[0], args[1], args[2], args[3], pending)
                     value = None
