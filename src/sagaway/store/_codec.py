@@ -113,11 +113,11 @@ def check_value(value: Any, what: str) -> str:
 
 
 # How deep ``plainly_storable`` looks before leaving the value to ``check_value``.
-_PLAIN_DEPTH = 16
+_PLAIN_DEPTH: Final = 16
 # The ints ``plainly_storable`` passes: JSON spells an int of any size, but Python turns one
 # of more than 4,300 digits (its default limit) into text only on request, so a big one goes
 # to ``check_value``, which refuses it past the limit.
-_PLAIN_INT = 1 << 64
+_PLAIN_INT: Final = 1 << 64
 
 
 def plainly_storable(value: Any, depth: int = 0) -> bool:
