@@ -173,14 +173,15 @@ def event_rows(saga_id: str, events: Iterable[Event]) -> list[tuple[Any, ...]]:
 
 
 def _rows(
-    steps: Sequence[StepRecord], events: Sequence[Event]
+    steps: list[StepRecord], events: list[Event]
 ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     """A write's step rows and events as the tables held them, without ``saga_id``, enum
     members as their plain text (what a journal chunk holds: ``journal_chunk``). Callers pass
     the two lists on one by one, not as ``*rows``: compiled, a call with ``*`` is a generic
     Python call where the other is a C one."""
     # ``_TEXT.get`` where it is used, not through a local alias: compiled, that is a direct
-    # dict lookup, through an alias a generic call.
+    # dict lookup, through an alias a generic call. Lists, as ``Change`` and ``NewSaga`` hold
+    # them: compiled, a list is walked by index, a Sequence through a generic iterator.
     return [
         (
             s.name,
@@ -200,7 +201,7 @@ def _rows(
     ]
 
 
-def _chunk(steps: Sequence[StepRecord], events: Sequence[Event]) -> bytes:
+def _chunk(steps: list[StepRecord], events: list[Event]) -> bytes:
     """What a write appends to the saga's journal."""
     rows = _rows(steps, events)
     return journal_chunk(rows[0], rows[1])
@@ -544,7 +545,7 @@ def acquire(
     conn.execute(
         "UPDATE sagaway_instances SET owner = ?, lease_expires_at = ?, updated_at = ?, "
         f"fence = fence + 1, {APPEND_JOURNAL} WHERE id = ?",
-        (owner, now + lease_seconds, now, _chunk((), [] if event is None else [event]), saga_id),
+        (owner, now + lease_seconds, now, _chunk([], [] if event is None else [event]), saga_id),
     )
     return load(conn, saga_id, history=False)
 
@@ -597,14 +598,14 @@ def request_cancel(
         # Only the event: a refusal changes nothing a fenced write (Change.take) could miss.
         conn.execute(
             f"UPDATE sagaway_instances SET {APPEND_JOURNAL} WHERE id = ?",
-            (_chunk((), [refused_cancel(event, reason)]), saga_id),
+            (_chunk([], [refused_cancel(event, reason)]), saga_id),
         )
         return None, reason
     if not flagged:
         conn.execute(
             "UPDATE sagaway_instances SET cancel_requested = 1, updated_at = ?, "
             f"fence = fence + 1, {APPEND_JOURNAL} WHERE id = ?",
-            (at, _chunk((), [event]), saga_id),
+            (at, _chunk([], [event]), saga_id),
         )
     record = load(conn, saga_id, history=True)
     assert record is not None
