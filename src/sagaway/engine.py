@@ -14,6 +14,7 @@ import os
 import socket
 import uuid
 from collections.abc import Callable, Iterable
+from time import time
 from types import TracebackType
 from typing import Any
 
@@ -111,6 +112,7 @@ class Engine:
         self.max_concurrency = max_concurrency
         self.execute = execute
         self.clock: Clock = clock or SystemClock()
+        self._system_time = type(self.clock) is SystemClock
         # Finished sagas older than this are pruned by the maintenance loop (sagaway.retention).
         self._retention = (
             None if retention_days is None else Retention(self.store, retention_days, self.clock)
@@ -256,7 +258,9 @@ class Engine:
             raise EngineNotOpen()
         if self._sagas.get(saga.key) is not saga:  # registered already: nothing to check again
             self.register(saga)
-        now = self.clock.now()
+        # time.time() for the system clock (compiled, a call through the Clock protocol is a
+        # generic method call), a test's clock through its method.
+        now = time() if self._system_time else self.clock.now()
         seconds = deadline if deadline is not None else saga.deadline
         deadline_at = None if seconds is None else now + seconds
         saga_id, encoded = new_saga_id(now), saga.encode_input(input)
@@ -596,18 +600,28 @@ class Engine:
             elif run.hooks is not None and not run.parked:
                 run.hooks.on_release(run.record, stopped)
             self._tasks.discard(run.task)  # (not current_task(): a Python function in 3.11)
-            self._runs.pop(saga_id, None)
-            committed = self._committing.pop(saga_id, None)
-            if committed is not None and not committed.done():
-                committed.set_exception(lost or StoreError(f"saga {saga_id}: {stopped}"))
+            # "in" and del, not dict.pop(key, None): compiled, pop is a generic method call.
+            if saga_id in self._runs:
+                del self._runs[saga_id]
+            if saga_id in self._committing:
+                committed = self._committing[saga_id]
+                del self._committing[saga_id]
+                if not committed.done():
+                    committed.set_exception(lost or StoreError(f"saga {saga_id}: {stopped}"))
             if finished:
                 self._answer_waiters(saga_id, run.record)
-            else:  # parked (a reply applied here wakes them again), or stopped: they look
-                for future in self._waiters.pop(saga_id, None) or ():
+            elif saga_id in self._waiters:  # parked (a reply here wakes them again), or stopped
+                waiters = self._waiters[saga_id]
+                del self._waiters[saga_id]
+                for future in waiters:
                     if not future.done():
                         future.set_result(PARKED_HERE if run.parked else None)
 
     def _answer_waiters(self, saga_id: str, record: SagaRecord) -> None:
-        for future in self._waiters.pop(saga_id, None) or ():
+        waiters = self._waiters.get(saga_id)
+        if waiters is None:
+            return
+        del self._waiters[saga_id]
+        for future in waiters:
             if not future.done():
                 future.set_result(record.copy(history=False))
