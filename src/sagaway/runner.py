@@ -73,6 +73,12 @@ CommitListener = Callable[[SagaRecord, Change], None]
 Relay = Callable[[tuple[OutboxMessage, ...]], Awaitable[None]]
 """Publishes the outbox messages of a transition just committed (the engine's relay)."""
 SUCCEEDED: Final = StepOutcome.SUCCEEDED
+# The functions and type the hot path calls, as Final names: compiled, a Final is a C static,
+# where an imported name is looked up in the module's dict at every use (~110 instructions).
+_time: Final = time
+_monotonic: Final = monotonic
+_first_send: Final = first_send
+_COROUTINE: Final = CoroutineType
 
 
 class _Halted(Exception):
@@ -210,7 +216,7 @@ class SagaRun(RemoteSteps):
     def _now(self) -> float:
         # time.time() for the system clock: compiled, a call through the Clock protocol is a
         # generic method call (~500 instructions; 6 a saga), this a C call.
-        return time() if self._system_time else self.clock.now()
+        return _time() if self._system_time else self.clock.now()
 
     def _event(
         self, type_: EventType, at: float, step: Step[Any] | None = None, **kw: Any
@@ -422,12 +428,10 @@ class SagaRun(RemoteSteps):
                     else:
                         # call_with_timeout, its first part inline (see resume_with_timeout):
                         # most actions on a local store return without suspending.
-                        began_call = monotonic()
+                        began_call = _monotonic()
                         called = step.action(ctx, arg)
-                        steps: Steps = (
-                            called if type(called) is CoroutineType else called.__await__()
-                        )
-                        returned, value = first_send(steps)
+                        steps: Steps = called if type(called) is _COROUTINE else called.__await__()
+                        returned, value = _first_send(steps)
                         if not returned:
                             value = await resume_with_timeout(steps, value, began_call, timeout)
                 else:
