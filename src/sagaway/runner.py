@@ -16,10 +16,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from time import perf_counter, time
+from time import monotonic, perf_counter, time
+from types import CoroutineType
 from typing import Any, Final
 
 from sagaway import rules
+from sagaway._first_send import first_send
 from sagaway.clock import Clock, SystemClock
 from sagaway.context import StepContext
 from sagaway.definition import Saga, Step
@@ -53,7 +55,14 @@ from sagaway.statuses import (
     STEP_RUNNING,
     STEP_SUCCEEDED,
 )
-from sagaway.step_call import StepResults, call_with_timeout, describe_error, storable_output
+from sagaway.step_call import (
+    StepResults,
+    Steps,
+    call_with_timeout,
+    describe_error,
+    resume_with_timeout,
+    storable_output,
+)
 from sagaway.store._codec import printable
 from sagaway.store.base import SagaStore, TransactionalStore
 from sagaway.transport.base import Dispatcher, TransportError
@@ -64,6 +73,12 @@ CommitListener = Callable[[SagaRecord, Change], None]
 Relay = Callable[[tuple[OutboxMessage, ...]], Awaitable[None]]
 """Publishes the outbox messages of a transition just committed (the engine's relay)."""
 SUCCEEDED: Final = StepOutcome.SUCCEEDED
+# The functions and type the hot path calls, as Final names: compiled, a Final is a C static,
+# where an imported name is looked up in the module's dict at every use (~110 instructions).
+_time: Final = time
+_monotonic: Final = monotonic
+_first_send: Final = first_send
+_COROUTINE: Final = CoroutineType
 
 
 class _Halted(Exception):
@@ -146,26 +161,47 @@ class SagaRun(RemoteSteps):
         """Write ``change`` durably, at ``now``: the time the transition was built at (one clock
         read per transition, taken after the await that produced it, rather than one per row,
         event and write: nothing can happen in between, as no await separates them)."""
+        if self._commit_now is not None:  # (a store whose commit never suspends: see there)
+            self._write(change, now)
+            return
+        began = self._before_write(change)
+        try:
+            await self.store.commit(self.record.id, self.owner, change, now)
+        except EffectFailed as exc:
+            await self._halt(printable(str(exc)))
+            raise _Halted from exc
+        self._after_write(change, now, began)
+
+    def _write(self, change: Change, now: float) -> None:
+        """``_commit`` on a store with a plain-call commit (``self._commit_now`` not None), as a
+        plain call: the hot paths call this directly, not a coroutine built and driven for
+        every transition of every saga. The same write, checks, hooks and halting."""
+        commit_now = self._commit_now
+        assert commit_now is not None
+        began = self._before_write(change)
+        try:
+            commit_now(self.record.id, self.owner, change, now)
+        except EffectFailed as exc:
+            at = self._now()  # (as _halt: the store's commit never suspends here either)
+            self._write(rules.halted(printable(str(exc)), at), at)
+            raise _Halted from exc
+        self._after_write(change, now, began)
+
+    def _before_write(self, change: Change) -> float:
+        """The write's preamble (see _commit); the time the hooks measure it from, or 0.0."""
         if change.status is not None:
             check_saga_transition(self.record.status, change.status)
-        hooks = self._hooks_commit
-        began = 0.0 if hooks is None else perf_counter()
         # Outputs passed _storable_output, error texts printable(), names and the owner id
         # were checked when declared: no need for the store to encode everything again.
         change.checked = True
         take = self._take
         if take is not None:
             change.take = take
-        commit_now = self._commit_now
-        try:
-            if commit_now is not None:  # (a store whose commit never suspends: see there)
-                commit_now(self.record.id, self.owner, change, now)
-            else:
-                await self.store.commit(self.record.id, self.owner, change, now)
-        except EffectFailed as exc:
-            await self._halt(printable(str(exc)))
-            raise _Halted from exc
-        if take is not None:  # taken: later writes are fenced on the lease alone
+        return 0.0 if self._hooks_commit is None else perf_counter()
+
+    def _after_write(self, change: Change, now: float, began: float) -> None:
+        """What follows a durable write: the record, the listener, the hooks."""
+        if self._take is not None:  # taken: later writes are fenced on the lease alone
             self._take = change.take = None
         if not self._shared:
             apply_change(self.record, change, now)
@@ -174,13 +210,13 @@ class SagaRun(RemoteSteps):
         sink = self._commit_sink  # the metrics' (see Hook.commit_sink), or None
         if sink is not None:
             sink.append(perf_counter() - began)
-        elif hooks is not None:
-            hooks.after_commit(self.record, change, perf_counter() - began)
+        elif self._hooks_commit is not None:
+            self._hooks_commit.after_commit(self.record, change, perf_counter() - began)
 
     def _now(self) -> float:
         # time.time() for the system clock: compiled, a call through the Clock protocol is a
         # generic method call (~500 instructions; 6 a saga), this a C call.
-        return time() if self._system_time else self.clock.now()
+        return _time() if self._system_time else self.clock.now()
 
     def _event(
         self, type_: EventType, at: float, step: Step[Any] | None = None, **kw: Any
@@ -297,7 +333,10 @@ class SagaRun(RemoteSteps):
             pending, now = outcome
             if pending.status is SAGA_COMPENSATING:
                 return pending, now
-        await self._commit(rules.saga_succeeded(pending, now), now)
+        if self._commit_now is not None:
+            self._write(rules.saga_succeeded(pending, now), now)
+        else:
+            await self._commit(rules.saga_succeeded(pending, now), now)
         return None, now
 
     async def _run_step(
@@ -349,7 +388,10 @@ class SagaRun(RemoteSteps):
                     ctx = self._context(step, FORWARD, attempt)
                     failure = await self._park_on(pending, step, ctx, None, now)
                 try:  # (inline, not a coroutine of its own: this is every step's write)
-                    await self._commit(pending, now)
+                    if self._commit_now is not None:
+                        self._write(pending, now)  # (_commit as a plain call: see _write)
+                    else:
+                        await self._commit(pending, now)
                 except CancelPending:  # only with unless_cancelled: see _cancel_won
                     return rules.start_compensation(
                         self._cancel_won(pending, now), "cancelled", True
@@ -381,7 +423,17 @@ class SagaRun(RemoteSteps):
                     inputs = self._inputs  # _input(step), a call less once it is decoded
                     adapter = step.input_adapter
                     arg = inputs[adapter] if adapter in inputs else self._input(step)
-                    value = await call_with_timeout(step.action, (ctx, arg), timeout)
+                    if timeout is None:
+                        value = await step.action(ctx, arg)
+                    else:
+                        # call_with_timeout, its first part inline (see resume_with_timeout):
+                        # most actions on a local store return without suspending.
+                        began_call = _monotonic()
+                        called = step.action(ctx, arg)
+                        steps: Steps = called if type(called) is _COROUTINE else called.__await__()
+                        returned, value = _first_send(steps)
+                        if not returned:
+                            value = await resume_with_timeout(steps, value, began_call, timeout)
                 else:
                     value = await self._remote_call(step, ctx, None, failure)
                     failure = None
@@ -478,7 +530,10 @@ class SagaRun(RemoteSteps):
             if outcome is None:
                 return
             pending, now = outcome
-        await self._commit(rules.saga_compensated(pending, error, now), now)
+        if self._commit_now is not None:
+            self._write(rules.saga_compensated(pending, error, now), now)
+        else:
+            await self._commit(rules.saga_compensated(pending, error, now), now)
 
     async def _undo(
         self, step: Step[Any], row: StepRecord | None, pending: Change, now: float
@@ -519,7 +574,10 @@ class SagaRun(RemoteSteps):
             ctx = self._context(step, COMPENSATION, attempt)
             if parking:
                 failure = await self._park_on(pending, step, ctx, forward, now)
-            await self._commit(pending, now)
+            if self._commit_now is not None:
+                self._write(pending, now)
+            else:
+                await self._commit(pending, now)
             if parking and failure is None:
                 await self._parked(pending)
                 return None
