@@ -125,6 +125,7 @@ class Engine:
             None if retention_days is None else Retention(self.store, retention_days, self.clock)
         )
         self._sagas: dict[tuple[str, int], Saga] = {}
+        self._registered: set[Saga] = set()  # the definitions in _sagas, by identity
         # None: every saga declared in the process (see definition.declared_sagas).
         self._narrowed = sagas is not None
         self._warned_unknown: set[tuple[str, int]] = set()
@@ -210,6 +211,7 @@ class Engine:
         if not saga.steps:
             raise DefinitionError(f"saga {saga.name!r} has no steps")
         self._sagas[saga.key] = saga
+        self._registered.add(saga)
         return saga
 
     def definition(self, name: str, version: int) -> Saga:
@@ -263,7 +265,9 @@ class Engine:
         default the saga's) makes it compensate if unfinished."""
         if not (self._opened or self.store.is_open):  # a store shared with an open engine will do
             raise EngineNotOpen()
-        if self._sagas.get(saga.key) is not saga:  # registered already: nothing to check again
+        # Registered already: nothing to check again. (By the object: ``saga.key`` builds a
+        # tuple and hashes it, at every start.)
+        if saga not in self._registered:
             self.register(saga)
         # time.time() for the system clock (compiled, a call through the Clock protocol is a
         # generic method call), a test's clock through its method.
@@ -338,7 +342,12 @@ class Engine:
         if saga_id in self._runs:
             # (not loop.create_future(): a Python frame more for the same Future)
             future: asyncio.Future[SagaRecord | str | None] = _Future(loop=loop)
-            self._waiters.setdefault(saga_id, []).append(future)
+            # (not setdefault(saga_id, []): compiled, that builds a list even when one is there)
+            waiters = self._waiters.get(saga_id)
+            if waiters is None:
+                self._waiters[saga_id] = [future]
+            else:
+                waiters.append(future)
             if timeout is None:  # no asyncio.timeout: ~20k instructions a call for nothing
                 final = await future
             else:

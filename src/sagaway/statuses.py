@@ -111,7 +111,7 @@ ON_SAGA_SUCCEEDED: Final = EventType.SAGA_SUCCEEDED
 ON_SAGA_COMPENSATED: Final = EventType.SAGA_COMPENSATED
 
 
-_ALLOWED: dict[SagaStatus, frozenset[SagaStatus]] = {
+_ALLOWED: Final[dict[SagaStatus, frozenset[SagaStatus]]] = {  # (Final: a C static, compiled)
     SagaStatus.PENDING: frozenset(
         {SagaStatus.RUNNING, SagaStatus.COMPENSATING, SagaStatus.COMPENSATED, SagaStatus.SUCCEEDED}
     ),
