@@ -182,17 +182,18 @@ def keep(sagas: dict[str, SagaRecord | Finished], record: SagaRecord) -> None:
 
 def create_saga(
     sagas: dict[str, SagaRecord | Finished], keys: dict[str, str], new: NewSaga
-) -> tuple[str, bool]:
-    """Record ``new`` in ``sagas`` (its key in ``keys``): ``(id, True)``; or, its idempotency
-    key used already, ``(that saga's id, False)`` having changed nothing."""
+) -> tuple[str, SagaRecord | None]:
+    """Record ``new`` in ``sagas`` (its key in ``keys``): ``(id, the record kept)``; or, its
+    idempotency key used already, ``(that saga's id, None)`` having changed nothing. (The
+    record is what ``MemoryStore.running_record`` hands an engine: see ``inline_create``.)"""
     check_new(new)  # what another store could not keep, this one refuses too
     if new.idempotency_key is not None:
         existing = keys.get(new.idempotency_key)
         if existing is not None:
-            return existing, False
+            return existing, None
         keys[new.idempotency_key] = new.id
-    sagas[new.id] = record_from_new(new)
-    return new.id, True
+    record = sagas[new.id] = record_from_new(new)
+    return new.id, record
 
 
 def commit_change(

@@ -36,8 +36,9 @@ from sagaway.state import (
 T = TypeVar("T")
 InlineCommit = Callable[[str, "str | None", Change, float], None]
 """``commit(saga_id, owner, change, at)`` as a plain call (``SagaStore.inline_commit``)."""
-InlineCreate = Callable[[NewSaga], "tuple[str, bool]"]
-"""``create(new)`` as a plain call (``SagaStore.inline_create``)."""
+InlineCreate = Callable[[NewSaga], "tuple[str, SagaRecord | None]"]
+"""``create(new)`` as a plain call (``SagaStore.inline_create``): the id, and, when it created
+the saga, the record ``running_record`` would return for it (None: the key was used already)."""
 
 _State = Literal["new", "open", "closing", "closed"]
 _STRANDED_SCAN = 10_000

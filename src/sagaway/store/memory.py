@@ -65,7 +65,10 @@ class MemoryStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
         # them: its own are the writes then.
         if type(self).commit is MemoryStore.commit:
             self.inline_commit = partial(commit_change, self._sagas, self._outbox)
-        if type(self).create is MemoryStore.create:
+        # (inline_create hands the engine the record running_record would: not when a
+        # subclass overrides either)
+        kind = type(self)
+        if kind.create is MemoryStore.create and kind.running_record is MemoryStore.running_record:
             self.inline_create = partial(create_saga, self._sagas, self._keys)
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -73,12 +76,13 @@ class MemoryStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
         # engine's plain calls would go around the replacement, so from now on there are none.
         if name == "commit":
             object.__setattr__(self, "inline_commit", None)
-        elif name == "create":
+        elif name in ("create", "running_record"):
             object.__setattr__(self, "inline_create", None)
         object.__setattr__(self, name, value)
 
     async def create(self, new: NewSaga) -> tuple[str, bool]:
-        return create_saga(self._sagas, self._keys, new)
+        saga_id, record = create_saga(self._sagas, self._keys, new)
+        return saga_id, record is not None
 
     def running_record(self, new: NewSaga) -> SagaRecord:
         if self.shares_records:
