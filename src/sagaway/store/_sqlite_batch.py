@@ -168,7 +168,7 @@ def _apply(
     execute = conn.execute
     results: list[Result] = []
     append = results.append
-    pending = None if safe else ops.Pending(journals)
+    pending = None if safe else ops.Pending(journals, conn.cursor())
     journals.fresh.clear()  # numbers a rolled-back batch read
     try:
         execute(_BEGIN)
