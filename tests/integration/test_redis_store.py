@@ -23,6 +23,11 @@ from servers import REDIS_URL, redis_check, require_server
 DEF = ("it", 1)
 T0 = 1_000.0
 
+# SCRIPT FLUSH empties the whole server's script cache, not one prefix's: a test that counts
+# round trips would see every caller reload its scripts if the flush ran beside it on another
+# xdist worker. Tests in one group run in one worker, one after the other.
+SCRIPT_CACHE = pytest.mark.xdist_group("redis-script-cache")
+
 
 @pytest.fixture
 async def stores() -> AsyncIterator[Callable[[str], RedisStore]]:
@@ -261,6 +266,7 @@ async def test_a_batch_in_flight_on_a_killed_connection_fails_and_the_store_reco
     assert await store.execute("CLIENT", "ID") != connection_id
 
 
+@SCRIPT_CACHE
 async def test_concurrent_calls_share_one_pipeline_and_keep_their_own_errors(
     stores: Callable[[str], RedisStore],
 ) -> None:
@@ -302,6 +308,7 @@ async def test_a_closed_store_refuses_calls(stores: Callable[[str], RedisStore])
         await store.execute("PING")
 
 
+@SCRIPT_CACHE
 async def test_scripts_reloaded_after_the_server_forgets_them(
     stores: Callable[[str], RedisStore],
 ) -> None:
