@@ -247,8 +247,14 @@ def _check_rows(steps: Any, events: Any) -> None:
 
 
 def dumps(value: Any) -> str:
-    if type(value) is str:
+    kind = type(value)
+    if kind is str:
         return str(_quote(value))
+    if kind is int:
+        # What the encoder writes for an exact int (``int.__repr__``), without its list and
+        # join (~2k instructions compiled: a step's output is often an int).
+        whole: int = value
+        return str(whole)
     if _c_encode is None:
         return _encode(value)
     return "".join(_c_encode(value, 0))

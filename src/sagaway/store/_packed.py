@@ -95,6 +95,10 @@ _STEP_CODE: Final = {
     for j, s in enumerate(_STEP_STATUSES)
 }
 _STEP_DECODE = {code: pair for pair, code in _STEP_CODE.items()}
+# The same codes by phase, then status: no tuple to build and hash for each step row.
+_STEP_CODES: Final[dict[str, dict[str, int]]] = {
+    p: {s: code for (q, s), code in _STEP_CODE.items() if q == p} for p in _PHASES
+}
 _TEXT_TYPE: Final = 1023  # an event type kept as its text, which follows
 _DEFLATE = b"z"
 _WBITS = -10  # how ``z`` values were deflated: raw, a 1 KB window
@@ -158,7 +162,8 @@ def pack(
             out.append(index)
         else:
             _varint(out, index)
-        code = _STEP_CODE.get((phase, status), 0)
+        codes = _STEP_CODES.get(phase)
+        code = 0 if codes is None else codes.get(status, 0)
         flags = 0 if output is None else 1
         if error is not None:
             flags |= 2

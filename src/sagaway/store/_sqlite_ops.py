@@ -152,18 +152,25 @@ def _update_sql(
     return f"UPDATE sagaway_instances SET {', '.join(sets)} WHERE id = ?{known}{guard}{fence}"
 
 
-# Keyed by _update_sql's flags (status, release, clear, fenced, guarded), each True or False.
+# Indexed by _update_sql's flags (status, release, clear, fenced, guarded) as the bits of an
+# int (``_flag_bits``), the first the highest: a list indexed by an int, where a dict keyed by
+# the flags' tuple built, hashed and compared a 5-tuple at every commit (~400 instructions).
 _FLAGS = tuple((a, b, c, d, e) for a, b, c, d, e in product((False, True), repeat=5))
-_UPDATES: Final = {flags: _update_sql(*flags) for flags in _FLAGS}
-_PACKING_UPDATES: Final = {flags: _update_sql(*flags, packs=True) for flags in _FLAGS}
+_UPDATES: Final = [_update_sql(*flags) for flags in _FLAGS]
+_PACKING_UPDATES: Final = [_update_sql(*flags, packs=True) for flags in _FLAGS]
 # The same UPDATEs for a new status without an error (most of them).
-_ERRORLESS_UPDATES: Final = {flags: _update_sql(*flags, error=False) for flags in _FLAGS}
-_ERRORLESS_PACKING_UPDATES: Final = {
-    flags: _update_sql(*flags, packs=True, error=False) for flags in _FLAGS
-}
+_ERRORLESS_UPDATES: Final = [_update_sql(*flags, error=False) for flags in _FLAGS]
+_ERRORLESS_PACKING_UPDATES: Final = [
+    _update_sql(*flags, packs=True, error=False) for flags in _FLAGS
+]
 _PARK_UPDATES: Final = {
     (*flags, park): _update_sql(*flags, park) for flags in _FLAGS for park in (_PARK, _UNPARK)
 }
+
+
+def _flag_bits(status: bool, release: bool, clear: bool, fenced: bool, guarded: bool) -> int:
+    """The index of an UPDATE with these flags in ``_UPDATES`` and its kin (``_FLAGS``'s order)."""
+    return status << 4 | release << 3 | clear << 2 | fenced << 1 | guarded
 
 
 def _json(value: Any) -> str | None:
@@ -334,7 +341,7 @@ def commit(
     )
     chunk = b"" if late else journal_chunk(rows[0], rows[1])
     if park is None and not change.unpark:  # the hot path: no parked-saga columns
-        key = (
+        key = _flag_bits(
             status is not None,
             change.release_lease,
             change.clear_cancel,
@@ -401,7 +408,7 @@ def _packs(
     conn: sqlite3.Connection,
     pending: Pending | None,
     saga_id: str,
-    key: tuple[bool, bool, bool, bool, bool],
+    key: int,
     owner: str | None,
     change: Change,
     at: float,
