@@ -228,7 +228,8 @@ class SQLiteStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
     def create(self, new: NewSaga) -> asyncio.Future[tuple[str, bool]]:  # type: ignore[override]
         try:
             check_new(new)  # before it joins a batch: a bad value fails its caller only
-            self._check_open()
+            if self._state != "open":  # (_check_open, without a call a write)
+                raise self._not_open()
         except Exception as exc:
             return _failed(exc)
         assert self._loop is not None
@@ -242,7 +243,8 @@ class SQLiteStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
     ) -> asyncio.Future[None]:
         try:
             check_change(change)
-            self._check_open()
+            if self._state != "open":  # (_check_open, without a call a write)
+                raise self._not_open()
         except Exception as exc:
             return _failed(exc)
         assert self._loop is not None
