@@ -19,6 +19,7 @@ from sagaway.errors import (
     SagaNotFound,
     SagawayError,
     StoreError,
+    UnstorableValue,
 )
 from sagaway.state import (
     Change,
@@ -498,6 +499,25 @@ async def test_batched_rows_and_user_writes_commit_together(store: SQLiteStore) 
     assert len(d.history) == 1
     rows = await store.run_in_transaction(lambda c: c.execute("SELECT k FROM app").fetchall())
     assert sorted(rows) == [("a",), ("c",)]
+
+
+async def test_a_write_refused_before_its_batch_fails_its_await_not_its_call(db: Path) -> None:
+    # create and commit queue their write at the call and return its future (no coroutine a
+    # write): a refusal still comes out of the await, as from the port's async def, so that
+    # gather(return_exceptions=True) collects it beside the writes that went through.
+    store = SQLiteStore(url_of(db))
+    async with store:
+        unstorable = new("bad")
+        unstorable.input = {"raw": b"bytes"}
+        writes = [store.create(new("a")), store.create(unstorable)]
+        results = await asyncio.gather(*writes, return_exceptions=True)
+        assert results[0] == ("a", True)
+        assert isinstance(results[1], UnstorableValue)
+        with pytest.raises(SagaNotFound):
+            await store.get("bad")
+    late = store.commit("a", None, Change(), T0 + 1)  # closed: refused at the await
+    with pytest.raises(StoreError):
+        await late
 
 
 # -- the engine on SQLite -----------------------------------------------------------------------

@@ -218,12 +218,14 @@ class SQLiteStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
     # -- writes -----------------------------------------------------------------------------
 
     # ``create`` and ``commit``, the writes of every saga, are plain methods that queue the
-    # write and return the future its batch resolves: awaiting it is awaiting the write, as
-    # the port's ``async def`` says, without a coroutine built and driven (and ``_submit``
-    # called) for every transition of every saga, interpreted (engine_instructions.py,
-    # sqlite://, compiled: ~8k instructions a saga). As from a coroutine, what the checks or
-    # a closed store raise comes out of the await, not the call (``asyncio.gather(...,
-    # return_exceptions=True)`` collects it): the future is returned failed.
+    # write when called and return the future its batch resolves: awaiting it is awaiting
+    # the write, as the port's ``async def`` says, without a coroutine built, driven and
+    # resumed through (and ``_submit`` called), interpreted, for every transition of every
+    # saga (engine_instructions.py, sqlite://, compiled: ~9k instructions a saga). Every
+    # caller awaits where it calls, so queueing at the call rather than at the first await
+    # changes nothing for them; a Future is not a coroutine for ``create_task``. As from a
+    # coroutine, what the checks or a closed store raise comes out of the await, not the
+    # call (``gather(..., return_exceptions=True)`` collects it): the future comes failed.
 
     def create(self, new: NewSaga) -> asyncio.Future[tuple[str, bool]]:  # type: ignore[override]
         try:
