@@ -128,6 +128,7 @@ CORPUS: list[tuple[str, str, dict[str, str], bytes]] = [
         b'[{"product_id": "product_1", "quantity": 1}]}',
     ),
     ("both customers", "", JSON, body({**ORDER, "user_id": "user_1"})),
+    ("too large", "", JSON, body({**ORDER, "payment_method": "x" * 70_000})),
 ]
 
 

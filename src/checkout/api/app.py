@@ -78,10 +78,13 @@ def create_app(
         telemetry=telemetry(settings),
     )
     install_error_handlers(app)
-    # Innermost: it reads the body BodyLimitMiddleware has read and checked.
-    app.add_middleware(OrderFastPath, enabled=fast_orders and not _any_telemetry(settings))
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     app.add_middleware(HeadAsGetMiddleware)
+    app.add_middleware(
+        OrderFastPath,
+        enabled=fast_orders and not _any_telemetry(settings),
+        max_bytes=max_body_bytes,
+    )
     if settings.metrics:
         app.state.http_metrics = HttpMetrics()
         app.add_middleware(HttpMetricsMiddleware, metrics=app.state.http_metrics)

@@ -34,10 +34,11 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from checkout.api.deps import DEFAULT_WAIT_SECONDS, IDEMPOTENCY_KEY_PATTERN, MAX_WAIT_SECONDS
-from checkout.api.errors import replay
+from checkout.api.errors import MAX_BODY_BYTES, replay
 from checkout.api.routes import orders
-from checkout.api.routes.orders import answered, place
+from checkout.api.routes.orders import answer_status, place
 from checkout.api.schemas import OrderRequest
+from checkout.api.views import order_json
 
 __all__ = ["OrderFastPath"]
 
@@ -47,14 +48,20 @@ _WAIT = re.compile(rb"wait=([0-9]{1,3}(?:\.[0-9]{1,9})?)")
 _KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 _KEY_MAX = 200
 _JSON = b"application/json"
+_CONTENT_TYPE = (b"content-type", _JSON)
+_REPLAYED = (b"idempotent-replayed", b"true")
 
 
 class OrderFastPath:
-    """See the module docstring; ``enabled=False`` hands every request on."""
+    """See the module docstring; ``enabled=False`` hands every request on. Placed outside
+    ``HeadAsGetMiddleware`` and ``BodyLimitMiddleware`` (a POST is no HEAD, and it takes only
+    a body that ``Content-Length`` declares within ``max_bytes`` and that came whole: the
+    rest is theirs to read and refuse), so an order crosses neither."""
 
-    def __init__(self, app: ASGIApp, enabled: bool = True) -> None:
+    def __init__(self, app: ASGIApp, enabled: bool = True, max_bytes: int = MAX_BODY_BYTES) -> None:
         self.app = app
         self.enabled = enabled
+        self.max_bytes = max_bytes
         self._route: Any = None
         self._handlers: dict[Any, Any] | None = None
 
@@ -68,14 +75,15 @@ class OrderFastPath:
         ):
             await self.app(scope, receive, send)
             return
-        asked = _parameters(scope)
+        asked = _parameters(scope, self.max_bytes)
         if asked is None:
             await self.app(scope, receive, send)
             return
-        message = await receive()
-        body = _order_request(message)
+        received: list[Message] = []
+        raw = await _body(receive, received, self.max_bytes)
+        body = None if raw is None else _order_request(raw)
         if body is None:
-            await self.app(scope, replay([message], receive), send)
+            await self.app(scope, replay(received, receive), send)
             return
         key, wait = asked
         app = scope["app"]
@@ -86,20 +94,34 @@ class OrderFastPath:
         scope["path_params"] = {}
         try:
             view, replayed = await place(app.state.services.checkout, body, key, wait)
-            response = answered(view, replayed)
         except Exception as exc:
             handler = _handler_for(self._handlers or {}, exc)
             if handler is None:
                 raise
             response = await handler(Request(scope, receive, send), exc)
             exc.__traceback__ = None  # as Starlette does: a reused exception keeps no frames
-        await response(scope, receive, send)
+            await response(scope, receive, send)
+            return
+        # What ``answered``'s Response sends, without building one: its headers, then
+        # Content-Length and Content-Type as Starlette appends them.
+        status, headers = answer_status(view)
+        raw = [
+            (name.lower().encode("latin-1"), value.encode("latin-1"))
+            for name, value in headers.items()
+        ]
+        if replayed:
+            raw.append(_REPLAYED)
+        document = order_json(view)
+        raw.append((b"content-length", str(len(document)).encode("latin-1")))
+        raw.append(_CONTENT_TYPE)
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        await send({"type": "http.response.body", "body": document})
 
 
-def _parameters(scope: Scope) -> tuple[str | None, float] | None:
+def _parameters(scope: Scope, max_bytes: int) -> tuple[str | None, float] | None:
     """``(Idempotency-Key, wait)`` when the headers and the query are as the fast path reads
-    them (one ``application/json`` content type, at most one valid key, ``wait`` plain and in
-    bounds), else None."""
+    them (one ``application/json`` content type, one plain ``Content-Length`` within
+    ``max_bytes``, at most one valid key, ``wait`` plain and in bounds), else None."""
     query: bytes = scope["query_string"]
     wait = DEFAULT_WAIT_SECONDS
     if query:
@@ -110,28 +132,54 @@ def _parameters(scope: Scope) -> tuple[str | None, float] | None:
         if wait > MAX_WAIT_SECONDS:
             return None
     content_type: bytes | None = None
+    length: bytes | None = None
     key: str | None = None
     for name, value in scope["headers"]:
         if name == b"content-type":
             if content_type is not None:
                 return None
             content_type = value
+        elif name == b"content-length":
+            if (
+                length is not None
+                or not value.isdigit()
+                or len(value) > 9
+                or int(value) > max_bytes
+            ):
+                return None
+            length = value
         elif name == b"idempotency-key":
             if key is not None:
                 return None
             key = value.decode("latin-1")
             if len(key) > _KEY_MAX or _KEY.fullmatch(key) is None:
                 return None
-    if content_type != _JSON:
+    if content_type != _JSON or length is None:
         return None
     return key, wait
 
 
-def _order_request(message: Message) -> OrderRequest | None:
-    """The order a complete request body asks for, or None where FastAPI is to answer."""
-    if message["type"] != "http.request" or message.get("more_body", False):
-        return None
-    raw = message.get("body", b"")
+async def _body(receive: Receive, received: list[Message], max_bytes: int) -> bytes | None:
+    """The request's body, read whole (each message kept in ``received``, to be replayed if
+    the request is handed on); None if the client left or it is over ``max_bytes``."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        received.append(message)
+        if message["type"] != "http.request":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > max_bytes:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _order_request(raw: bytes) -> OrderRequest | None:
+    """The order a request body asks for, or None where FastAPI is to answer."""
     if not raw:
         return None
     try:
