@@ -33,6 +33,7 @@ from checkout.sagas import STEP_NAMES
 from checkout.service import OrderView
 from checkout.tracking import order_id_of
 from sagaway import Phase, SagaRecord, SagaStatus, StepRecord, StepStatus
+from sagaway.statuses import COMPENSATION
 
 
 def _step_names(record: SagaRecord) -> list[str]:
@@ -205,18 +206,24 @@ _ORDER_JSON = TypeAdapter(_OrderJSON)
 
 def step_rows(record: SagaRecord | None) -> list[dict[str, Any]]:
     """One ``StepSummary`` mapping per step (name, status, error: the failing step's error is
-    set), for :func:`order_out`'s one validation and :func:`order_json`."""
+    set), for :func:`order_out`'s one validation and :func:`order_json`. The rows are sorted
+    by phase in one walk: a look-up by ``(name, Phase)`` hashes the ``Phase``, a Python call
+    (``Enum.__hash__``), eight an order."""
     if record is None:
         return []
+    forward: dict[str, StepRecord] = {}
+    undone: dict[str, StepRecord] = {}
+    for (name, phase), row in record.steps.items():
+        (undone if phase is COMPENSATION else forward)[name] = row
     out: list[dict[str, Any]] = []
     for name in _step_names(record):
-        forward = record.steps.get((name, Phase.FORWARD))
-        if forward is None:
+        ran = forward.get(name)
+        if ran is None:
             out.append({"name": name, "status": _unreached(record), "error": None})
             continue
-        undo = record.steps.get((name, Phase.COMPENSATION))
-        shown = undo if undo is not None else forward
-        out.append({"name": name, "status": shown.status, "error": shown.error or forward.error})
+        undo = undone.get(name)
+        shown = undo if undo is not None else ran
+        out.append({"name": name, "status": shown.status, "error": shown.error or ran.error})
     return out
 
 
