@@ -3,9 +3,9 @@ accept as they are.
 
 Placing an order is the API's hot route. Through FastAPI each one pays its exception and
 exit-stack middlewares, the router's matching, a ``Request``, the dependency solve of the body,
-the ``Idempotency-Key`` header and the ``wait`` query, and the response's merge: ~0.4M
-instructions an order, as counted, next to the ~3.5M the order itself costs (README, "Session
-14, lane http"). :class:`OrderFastPath` takes the requests whose every part it can read as
+the ``Idempotency-Key`` header and the ``wait`` query, and the response's merge: ~0.47M
+instructions an order, as counted, next to the ~3.4M the rest of an order costs (README,
+"Session 14, lane http"). :class:`OrderFastPath` takes the requests whose every part it can read as
 FastAPI would and with the same outcome: a body sent as ``application/json`` that parses to an
 object ``OrderRequest`` validates, no query or exactly ``wait=<seconds>`` within its bounds, no
 ``Idempotency-Key`` or one that passes its pattern. Everything else (a malformed body, a 422, a
@@ -14,8 +14,8 @@ answers it as it always did: what the fast path refuses costs its checks and not
 no error message is written twice. Nothing is placed before the request is known good, so
 handing a refused request on places nothing twice.
 
-A request it takes runs the route's own code (:func:`checkout.api.routes.orders.place` and
-``answered``); an exception is answered by the app's handlers as ``ExceptionMiddleware`` would
+A request it takes runs the route's own code (:func:`checkout.api.routes.orders.place`, and
+the answer ``answered`` makes, sent as its two ASGI messages); an exception is answered by the app's handlers as ``ExceptionMiddleware`` would
 (the handler of its nearest class), and one no handler takes goes up to
 ``ServerErrorMiddleware`` as from the route. The matched route is written into the scope, so
 the HTTP metrics label it ``/orders``. Off when FastAPI's telemetry is on (its request spans
