@@ -17,11 +17,9 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from time import monotonic, perf_counter, time
-from types import CoroutineType
 from typing import Any, Final
 
 from sagaway import rules
-from sagaway._first_send import first_send
 from sagaway.clock import Clock, SystemClock
 from sagaway.context import StepContext
 from sagaway.definition import Saga, Step
@@ -57,7 +55,6 @@ from sagaway.statuses import (
 )
 from sagaway.step_call import (
     StepResults,
-    Steps,
     call_with_timeout,
     describe_error,
     resume_with_timeout,
@@ -77,8 +74,18 @@ SUCCEEDED: Final = StepOutcome.SUCCEEDED
 # where an imported name is looked up in the module's dict at every use (~110 instructions).
 _time: Final = time
 _monotonic: Final = monotonic
-_first_send: Final = first_send
-_COROUTINE: Final = CoroutineType
+_next: Final = next
+
+
+_RETURNED: Final = object()  # what a step's first send finds when its action did not suspend
+
+
+async def _returning(run: SagaRun, called: Awaitable[Any]) -> None:
+    """``await called``, its value left in ``run._returned``: what the runner steps by hand to
+    an action's first suspension (see ``_run_step``). Compiled, neither the step nor the await
+    raises a StopIteration when the action returns without suspending (most actions on a local
+    store): an interpreted ``first_send`` caught one, ~1.5k instructions a step."""
+    run._returned = await called
 
 
 class _Halted(Exception):
@@ -145,6 +152,7 @@ class SagaRun(RemoteSteps):
         # The store's commit as a plain call, when it has one (SagaStore.inline_commit).
         self._commit_now = store.inline_commit
         self.task: asyncio.Task[None] | None = None  # the engine's task driving this run
+        self._returned: Any = None  # a forward step's value, from _returning
 
     @property
     def cancel_requested(self) -> bool:
@@ -429,11 +437,11 @@ class SagaRun(RemoteSteps):
                         # call_with_timeout, its first part inline (see resume_with_timeout):
                         # most actions on a local store return without suspending.
                         began_call = _monotonic()
-                        called = step.action(ctx, arg)
-                        steps: Steps = called if type(called) is _COROUTINE else called.__await__()
-                        returned, value = _first_send(steps)
-                        if not returned:
-                            value = await resume_with_timeout(steps, value, began_call, timeout)
+                        steps = _returning(self, step.action(ctx, arg)).__await__()
+                        suspended_on = _next(steps, _RETURNED)  # up to its first suspension
+                        if suspended_on is not _RETURNED:
+                            await resume_with_timeout(steps, suspended_on, began_call, timeout)
+                        value, self._returned = self._returned, None
                 else:
                     value = await self._remote_call(step, ctx, None, failure)
                     failure = None
