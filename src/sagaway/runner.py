@@ -151,6 +151,9 @@ class SagaRun(RemoteSteps):
         self._system_time = type(clock) is SystemClock
         # The store's commit as a plain call, when it has one (SagaStore.inline_commit).
         self._commit_now = store.inline_commit
+        # Then a change, once written, is held by nothing but this run, unless a listener or
+        # a hook is handed it: the next transition is built in it (``Change.renew``).
+        self._renews = self._commit_now is not None and listener is None and hooks is None
         self.task: asyncio.Task[None] | None = None  # the engine's task driving this run
         self._returned: Any = None  # a forward step's value, from _returning
 
@@ -475,7 +478,9 @@ class SagaRun(RemoteSteps):
                         ok[step].append(perf_counter() - began)
                     else:
                         hooks.after_step(self.record, ctx, SUCCEEDED, None, perf_counter() - began)
-                return step_succeeded(running, output, now, effects), now
+                # ``pending`` is written (or, for step 0 written with the saga, empty).
+                written = pending if self._renews and pending is not self._carry else None
+                return step_succeeded(running, output, now, effects, written), now
             now = self._now()
             decision = rules.step_failed(
                 step, self.record, running, error, retryable=retryable, uncertain=uncertain, now=now
