@@ -77,6 +77,7 @@ _monotonic: Final = monotonic
 _next: Final = next
 
 
+_UNDECODED: Final = object()  # SagaRun._input_adapter before the input is first decoded
 _RETURNED: Final = object()  # what a step's first send finds when its action did not suspend
 
 
@@ -130,12 +131,15 @@ class SagaRun(RemoteSteps):
         # True when the engine wrote step 0 RUNNING together with the saga: run it, don't redo it.
         self._prewritten = prewritten
         self._results = StepResults(saga, record)
-        self._inputs: dict[object, Any] = {}  # the decoded input, by adapter (see _input)
+        # The decoded input (see _input): the adapter it was decoded with and its value, and,
+        # for a saga whose steps take it as different types, the others by adapter.
+        self._input_adapter: object = _UNDECODED
+        self._input_value: Any = None
+        self._inputs: dict[object, Any] | None = None
         # Remote steps: request/response transports are awaited like a local action; on a
         # message transport (``parks``) the command goes out through the outbox and the run
         # ends parked, until a reply or the park's timeout brings the saga back.
         self.dispatcher, self.relay = dispatcher, relay
-        self.parks = dispatcher is not None and dispatcher.parks
         self.parked = False  # the run ended with the saga parked (not finished)
         # An outcome decided before this run (a reply applied by the engine): written with the
         # next transition, as the runner merges its own step outcomes.
@@ -151,11 +155,25 @@ class SagaRun(RemoteSteps):
         self._system_time = type(clock) is SystemClock
         # The store's commit as a plain call, when it has one (SagaStore.inline_commit).
         self._commit_now = store.inline_commit
-        # Then a change, once written, is held by nothing but this run, unless a listener or
-        # a hook is handed it: the next transition is built in it (``Change.renew``).
-        self._renews = self._commit_now is not None and listener is None and hooks is None
         self.task: asyncio.Task[None] | None = None  # the engine's task driving this run
+        # (29 attributes at most, these included: past that, the pure build keeps a dict per
+        # instance instead of its shared-key values (CPython 3.11's limit, less one), and
+        # every attribute read costs more: +9k instructions a saga at 30 or 31.)
         self._returned: Any = None  # a forward step's value, from _returning
+
+    @property
+    def parks(self) -> bool:
+        """Remote steps go out as messages (a message transport): the saga parks for replies.
+        (Read only for a remote step: a property, not one attribute more, see ``task``.)"""
+        return self.dispatcher is not None and self.dispatcher.parks
+
+    @property
+    def hands_over_record(self) -> bool:
+        """Nothing but this run holds a change once it is written, nor its record once the
+        saga is finished: the store's commit is the memory store's own (``inline_commit``),
+        which keeps neither (a finished saga compact); no listener or hook is handed them.
+        (The contexts' results read the record's steps.)"""
+        return self._commit_now is not None and self.listener is None and self.hooks is None
 
     @property
     def cancel_requested(self) -> bool:
@@ -237,9 +255,18 @@ class SagaRun(RemoteSteps):
     def _input(self, step: Step[Any]) -> Any:
         # By adapter (compared by identity): steps taking the input as one type share it.
         adapter = step.input_adapter
-        if adapter not in self._inputs:
-            self._inputs[adapter] = step.decode_input(self.record.input)
-        return self._inputs[adapter]
+        if adapter is self._input_adapter:
+            return self._input_value
+        if self._input_adapter is _UNDECODED:  # (no dict for the one type most sagas have)
+            self._input_value = step.decode_input(self.record.input)
+            self._input_adapter = adapter
+            return self._input_value
+        inputs = self._inputs
+        if inputs is None:
+            inputs = self._inputs = {}
+        if adapter not in inputs:
+            inputs[adapter] = step.decode_input(self.record.input)
+        return inputs[adapter]
 
     def _context(self, step: Step[Any], phase: Phase, attempt: int) -> StepContext:
         saga_id = self.record.id
@@ -431,9 +458,11 @@ class SagaRun(RemoteSteps):
                         if self.record.deadline_at is None
                         else self._attempt_timeout(step)
                     )
-                    inputs = self._inputs  # _input(step), a call less once it is decoded
-                    adapter = step.input_adapter
-                    arg = inputs[adapter] if adapter in inputs else self._input(step)
+                    arg = (  # _input(step), a call less once it is decoded
+                        self._input_value
+                        if step.input_adapter is self._input_adapter
+                        else self._input(step)
+                    )
                     if timeout is None:
                         value = await step.action(ctx, arg)
                     else:
@@ -479,7 +508,8 @@ class SagaRun(RemoteSteps):
                     else:
                         hooks.after_step(self.record, ctx, SUCCEEDED, None, perf_counter() - began)
                 # ``pending`` is written (or, for step 0 written with the saga, empty).
-                written = pending if self._renews and pending is not self._carry else None
+                renews = self.hands_over_record and pending is not self._carry
+                written = pending if renews else None  # (see Change.renew)
                 return step_succeeded(running, output, now, effects, written), now
             now = self._now()
             decision = rules.step_failed(
