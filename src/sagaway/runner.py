@@ -17,6 +17,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from time import monotonic, perf_counter, time
+from types import CoroutineType
 from typing import Any, Final
 
 from sagaway import rules
@@ -61,6 +62,7 @@ from sagaway.step_call import (
     storable_output,
 )
 from sagaway.store._codec import printable
+from sagaway.store._memory_commit import MemoryCommit
 from sagaway.store.base import SagaStore, TransactionalStore
 from sagaway.transport.base import Dispatcher, TransportError
 
@@ -75,6 +77,7 @@ SUCCEEDED: Final = StepOutcome.SUCCEEDED
 _time: Final = time
 _monotonic: Final = monotonic
 _next: Final = next
+_COROUTINE: Final = CoroutineType
 
 
 _UNDECODED: Final = object()  # SagaRun._input_adapter before the input is first decoded
@@ -170,10 +173,14 @@ class SagaRun(RemoteSteps):
     @property
     def hands_over_record(self) -> bool:
         """Nothing but this run holds a change once it is written, nor its record once the
-        saga is finished: the store's commit is the memory store's own (``inline_commit``),
+        saga is finished: the store's commit is the memory store's own (``MemoryCommit``),
         which keeps neither (a finished saga compact); no listener or hook is handed them.
         (The contexts' results read the record's steps.)"""
-        return self._commit_now is not None and self.listener is None and self.hooks is None
+        return (
+            isinstance(self._commit_now, MemoryCommit)
+            and self.listener is None
+            and self.hooks is None
+        )
 
     @property
     def cancel_requested(self) -> bool:
@@ -209,7 +216,10 @@ class SagaRun(RemoteSteps):
         assert commit_now is not None
         began = self._before_write(change)
         try:
-            commit_now(self.record.id, self.owner, change, now)
+            if isinstance(commit_now, MemoryCommit):  # a native call (see MemoryCommit)
+                commit_now.commit(self.record.id, self.owner, change, now)
+            else:
+                commit_now(self.record.id, self.owner, change, now)
         except EffectFailed as exc:
             at = self._now()  # (as _halt: the store's commit never suspends here either)
             self._write(rules.halted(printable(str(exc)), at), at)
@@ -469,7 +479,11 @@ class SagaRun(RemoteSteps):
                         # call_with_timeout, its first part inline (see resume_with_timeout):
                         # most actions on a local store return without suspending.
                         began_call = _monotonic()
-                        steps = _returning(self, step.action(ctx, arg)).__await__()
+                        steps: Any = _returning(self, step.action(ctx, arg))
+                        # Compiled, that coroutine is its own iterator (its __await__, a generic
+                        # call, returns it); an interpreted one is not.
+                        if type(steps) is _COROUTINE:
+                            steps = steps.__await__()
                         suspended_on = _next(steps, _RETURNED)  # up to its first suspension
                         if suspended_on is not _RETURNED:
                             await resume_with_timeout(steps, suspended_on, began_call, timeout)

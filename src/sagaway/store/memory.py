@@ -32,7 +32,13 @@ from sagaway.state import (
     refused_cancel,
 )
 from sagaway.store._codec import storable_text
-from sagaway.store._memory_commit import Finished, commit_change, create_saga, expand, keep
+from sagaway.store._memory_commit import (
+    Finished,
+    MemoryCommit,
+    create_saga,
+    expand,
+    keep,
+)
 from sagaway.store.base import (
     OutboxStore,
     Page,
@@ -61,10 +67,11 @@ class MemoryStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
         # Insertion order is not the outbox order (a message written again keeps its place in
         # a dict): outbox_pending sorts by (created_at, id).
         self._outbox: dict[str, OutboxMessage] = {}
+        self._commits = MemoryCommit(self._sagas, self._outbox)
         # The writes as plain calls (see SagaStore.inline_commit), unless a subclass overrides
         # them: its own are the writes then.
         if type(self).commit is MemoryStore.commit:
-            self.inline_commit = partial(commit_change, self._sagas, self._outbox)
+            self.inline_commit = self._commits
         # (inline_create hands the engine the record running_record would: not when a
         # subclass overrides either)
         kind = type(self)
@@ -127,7 +134,7 @@ class MemoryStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
         return entry
 
     async def commit(self, saga_id: str, owner: str | None, change: Change, at: float) -> None:
-        commit_change(self._sagas, self._outbox, saga_id, owner, change, at)
+        self._commits.commit(saga_id, owner, change, at)
 
     async def run_in_transaction(self, fn: Callable[[Any], T], *, rows_only: bool = False) -> T:
         # Nothing to roll back: the memory store has no connection to hand over.
