@@ -51,6 +51,7 @@ from sagaway.state import (
 )
 from sagaway.store import SagaStore, open_store
 from sagaway.store._codec import check_text, check_value, plainly_storable
+from sagaway.store._memory_commit import MemoryCreate
 from sagaway.store.base import Page
 from sagaway.transport.base import Dispatcher, Reply
 from sagaway.transport.stub import StubDispatcher
@@ -300,7 +301,10 @@ class Engine:
         create_now = self.store.inline_create  # (see SagaStore.inline_commit)
         kept: SagaRecord | None = None  # the store's record of it, from inline_create
         if create_now is not None:
-            saga_id, kept = create_now(new)
+            if isinstance(create_now, MemoryCreate):  # a native call (see MemoryCreate)
+                saga_id, kept = create_now.create(new)
+            else:
+                saga_id, kept = create_now(new)
             created = kept is not None
         else:
             saga_id, created = await self.store.create(new)

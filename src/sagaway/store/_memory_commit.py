@@ -182,20 +182,28 @@ def keep(sagas: dict[str, SagaRecord | Finished], record: SagaRecord) -> None:
         sagas[record.id] = record
 
 
-def create_saga(
-    sagas: dict[str, SagaRecord | Finished], keys: dict[str, str], new: NewSaga
-) -> tuple[str, SagaRecord | None]:
-    """Record ``new`` in ``sagas`` (its key in ``keys``): ``(id, the record kept)``; or, its
-    idempotency key used already, ``(that saga's id, None)`` having changed nothing. (The
-    record is what ``MemoryStore.running_record`` hands an engine: see ``inline_create``.)"""
-    check_new(new)  # what another store could not keep, this one refuses too
-    if new.idempotency_key is not None:
-        existing = keys.get(new.idempotency_key)
-        if existing is not None:
-            return existing, None
-        keys[new.idempotency_key] = new.id
-    record = sagas[new.id] = record_from_new(new)
-    return new.id, record
+class MemoryCreate:
+    """``MemoryStore.inline_create`` (and its ``create``), callable as any ``InlineCreate``: a
+    compiled class the engine calls natively, as ``MemoryCommit`` is for the runner."""
+
+    def __init__(self, sagas: dict[str, SagaRecord | Finished], keys: dict[str, str]) -> None:
+        self.sagas, self.keys = sagas, keys
+
+    def __call__(self, new: NewSaga) -> tuple[str, SagaRecord | None]:
+        return self.create(new)
+
+    def create(self, new: NewSaga) -> tuple[str, SagaRecord | None]:
+        """Record ``new`` (its key in ``keys``): ``(id, the record kept)``; or, its
+        idempotency key used already, ``(that saga's id, None)`` having changed nothing. (The
+        record is what ``MemoryStore.running_record`` hands an engine: see ``inline_create``.)"""
+        check_new(new)  # what another store could not keep, this one refuses too
+        if new.idempotency_key is not None:
+            existing = self.keys.get(new.idempotency_key)
+            if existing is not None:
+                return existing, None
+            self.keys[new.idempotency_key] = new.id
+        record = self.sagas[new.id] = record_from_new(new)
+        return new.id, record
 
 
 class MemoryCommit:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
-from functools import partial
 from typing import Any, TypeVar, cast
 
 from sagaway.errors import (
@@ -35,7 +34,7 @@ from sagaway.store._codec import storable_text
 from sagaway.store._memory_commit import (
     Finished,
     MemoryCommit,
-    create_saga,
+    MemoryCreate,
     expand,
     keep,
 )
@@ -68,6 +67,7 @@ class MemoryStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
         # a dict): outbox_pending sorts by (created_at, id).
         self._outbox: dict[str, OutboxMessage] = {}
         self._commits = MemoryCommit(self._sagas, self._outbox)
+        self._creates = MemoryCreate(self._sagas, self._keys)
         # The writes as plain calls (see SagaStore.inline_commit), unless a subclass overrides
         # them: its own are the writes then.
         if type(self).commit is MemoryStore.commit:
@@ -76,7 +76,7 @@ class MemoryStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
         # subclass overrides either)
         kind = type(self)
         if kind.create is MemoryStore.create and kind.running_record is MemoryStore.running_record:
-            self.inline_create = partial(create_saga, self._sagas, self._keys)
+            self.inline_create = self._creates
 
     def __setattr__(self, name: str, value: Any) -> None:
         # This instance's commit or create replaced (``store.commit = spy``, a test's): the
@@ -88,7 +88,7 @@ class MemoryStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
         object.__setattr__(self, name, value)
 
     async def create(self, new: NewSaga) -> tuple[str, bool]:
-        saga_id, record = create_saga(self._sagas, self._keys, new)
+        saga_id, record = self._creates.create(new)
         return saga_id, record is not None
 
     def running_record(self, new: NewSaga) -> SagaRecord:
