@@ -14,12 +14,12 @@ answers it as it always did: what the fast path refuses costs its checks and not
 no error message is written twice. Nothing is placed before the request is known good, so
 handing a refused request on places nothing twice.
 
-A request it takes runs the route's own code (:func:`checkout.api.routes.orders.place`, and
-the answer ``answered`` makes, sent as its two ASGI messages); an exception is answered by the app's handlers as ``ExceptionMiddleware`` would
-(the handler of its nearest class), and one no handler takes goes up to
-``ServerErrorMiddleware`` as from the route. The matched route is written into the scope, so
-the HTTP metrics label it ``/orders``. Off when FastAPI's telemetry is on (its request spans
-would miss these requests): see :func:`checkout.api.app.create_app`.
+A request it takes runs the route's own code (:func:`checkout.api.routes.orders.place`, and the
+answer ``answered`` makes, sent as its two ASGI messages); an exception is answered by the app's
+handlers as ``ExceptionMiddleware`` would (the handler of its nearest class), and one no handler
+takes goes up to ``ServerErrorMiddleware`` as from the route. The matched route is written into
+the scope, so the HTTP metrics label it ``/orders``. Off when FastAPI's telemetry is on (its
+request spans would miss these requests): see :func:`checkout.api.app.create_app`.
 """
 
 from __future__ import annotations
