@@ -51,6 +51,7 @@ from sagaway.state import (
 )
 from sagaway.store import SagaStore, open_store
 from sagaway.store._codec import check_text, check_value, plainly_storable
+from sagaway.store._memory_commit import MemoryCreate
 from sagaway.store.base import Page
 from sagaway.transport.base import Dispatcher, Reply
 from sagaway.transport.stub import StubDispatcher
@@ -300,7 +301,10 @@ class Engine:
         create_now = self.store.inline_create  # (see SagaStore.inline_commit)
         kept: SagaRecord | None = None  # the store's record of it, from inline_create
         if create_now is not None:
-            saga_id, kept = create_now(new)
+            if isinstance(create_now, MemoryCreate):  # a native call (see MemoryCreate)
+                saga_id, kept = create_now.create(new)
+            else:
+                saga_id, kept = create_now(new)
             created = kept is not None
         else:
             saga_id, created = await self.store.create(new)
@@ -632,7 +636,7 @@ class Engine:
                 if not committed.done():
                     committed.set_exception(lost or StoreError(f"saga {saga_id}: {stopped}"))
             if finished:
-                self._answer_waiters(saga_id, run.record)
+                self._answer_waiters(saga_id, run.record, run.hands_over_record)
             elif saga_id in self._waiters:  # parked (a reply here wakes them again), or stopped
                 waiters = self._waiters[saga_id]
                 del self._waiters[saga_id]
@@ -640,11 +644,20 @@ class Engine:
                     if not future.done():
                         future.set_result(PARKED_HERE if run.parked else None)
 
-    def _answer_waiters(self, saga_id: str, record: SagaRecord) -> None:
+    def _answer_waiters(self, saga_id: str, record: SagaRecord, handed: bool = False) -> None:
+        """Each waiter gets a copy of ``record`` without its history; or, ``handed`` (nothing
+        holds it but the run that finished, see ``SagaRun.hands_over_record``) and one waiter,
+        the record itself, its history emptied: a copy less a saga (~1.5k instructions)."""
         waiters = self._waiters.get(saga_id)
         if waiters is None:
             return
         del self._waiters[saga_id]
+        if handed and len(waiters) == 1:
+            future = waiters[0]
+            if not future.done():
+                record.history = []
+                future.set_result(record)
+            return
         for future in waiters:
             if not future.done():
                 future.set_result(record.copy(history=False))

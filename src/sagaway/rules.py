@@ -227,9 +227,14 @@ def uncertain_given_up(step: Step[Any], row: StepRecord, now: float, cancelled: 
 
 
 def step_succeeded(
-    running: StepRecord, output: JSON, now: float, effects: tuple[Effect, ...] = ()
+    running: StepRecord,
+    output: JSON,
+    now: float,
+    effects: tuple[Effect, ...] = (),
+    written: Change | None = None,
 ) -> Change:
-    """The step's action returned: its row SUCCEEDED (merged into the next write)."""
+    """The step's action returned: its row SUCCEEDED (merged into the next write). In
+    ``written`` (see ``Change.renew``), if given, rather than a new Change."""
     # Positional (field order: see state.py): on every step's hot path.
     done = StepRecord(
         running.name,  # name
@@ -243,6 +248,8 @@ def step_succeeded(
         now,  # finished_at
     )
     event = Event(now, ON_STEP_SUCCEEDED, running.name, None, running.attempts)
+    if written is not None:
+        return written.renew(done, event, effects)
     # status, error, steps, events, release_lease, clear_cancel, unless_cancelled, checked,
     # effects: positional, as above.
     return Change(None, None, [done], [event], False, False, False, False, effects)

@@ -21,7 +21,6 @@ from types import CoroutineType
 from typing import Any, Final
 
 from sagaway import rules
-from sagaway._first_send import first_send
 from sagaway.clock import Clock, SystemClock
 from sagaway.context import StepContext
 from sagaway.definition import Saga, Step
@@ -57,13 +56,13 @@ from sagaway.statuses import (
 )
 from sagaway.step_call import (
     StepResults,
-    Steps,
     call_with_timeout,
     describe_error,
     resume_with_timeout,
     storable_output,
 )
 from sagaway.store._codec import printable
+from sagaway.store._memory_commit import MemoryCommit
 from sagaway.store.base import SagaStore, TransactionalStore
 from sagaway.transport.base import Dispatcher, TransportError
 
@@ -77,8 +76,20 @@ SUCCEEDED: Final = StepOutcome.SUCCEEDED
 # where an imported name is looked up in the module's dict at every use (~110 instructions).
 _time: Final = time
 _monotonic: Final = monotonic
-_first_send: Final = first_send
+_next: Final = next
 _COROUTINE: Final = CoroutineType
+
+
+_UNDECODED: Final = object()  # SagaRun._input_adapter before the input is first decoded
+_RETURNED: Final = object()  # what a step's first send finds when its action did not suspend
+
+
+async def _returning(run: SagaRun, called: Awaitable[Any]) -> None:
+    """``await called``, its value left in ``run._returned``: what the runner steps by hand to
+    an action's first suspension (see ``_run_step``). Compiled, neither the step nor the await
+    raises a StopIteration when the action returns without suspending (most actions on a local
+    store): an interpreted ``first_send`` caught one, ~1.5k instructions a step."""
+    run._returned = await called
 
 
 class _Halted(Exception):
@@ -123,12 +134,15 @@ class SagaRun(RemoteSteps):
         # True when the engine wrote step 0 RUNNING together with the saga: run it, don't redo it.
         self._prewritten = prewritten
         self._results = StepResults(saga, record)
-        self._inputs: dict[object, Any] = {}  # the decoded input, by adapter (see _input)
+        # The decoded input (see _input): the adapter it was decoded with and its value, and,
+        # for a saga whose steps take it as different types, the others by adapter.
+        self._input_adapter: object = _UNDECODED
+        self._input_value: Any = None
+        self._inputs: dict[object, Any] | None = None
         # Remote steps: request/response transports are awaited like a local action; on a
         # message transport (``parks``) the command goes out through the outbox and the run
         # ends parked, until a reply or the park's timeout brings the saga back.
         self.dispatcher, self.relay = dispatcher, relay
-        self.parks = dispatcher is not None and dispatcher.parks
         self.parked = False  # the run ended with the saga parked (not finished)
         # An outcome decided before this run (a reply applied by the engine): written with the
         # next transition, as the runner merges its own step outcomes.
@@ -145,6 +159,28 @@ class SagaRun(RemoteSteps):
         # The store's commit as a plain call, when it has one (SagaStore.inline_commit).
         self._commit_now = store.inline_commit
         self.task: asyncio.Task[None] | None = None  # the engine's task driving this run
+        # (29 attributes at most, these included: past that, the pure build keeps a dict per
+        # instance instead of its shared-key values (CPython 3.11's limit, less one), and
+        # every attribute read costs more: +9k instructions a saga at 30 or 31.)
+        self._returned: Any = None  # a forward step's value, from _returning
+
+    @property
+    def parks(self) -> bool:
+        """Remote steps go out as messages (a message transport): the saga parks for replies.
+        (Read only for a remote step: a property, not one attribute more, see ``task``.)"""
+        return self.dispatcher is not None and self.dispatcher.parks
+
+    @property
+    def hands_over_record(self) -> bool:
+        """Nothing but this run holds a change once it is written, nor its record once the
+        saga is finished: the store's commit is the memory store's own (``MemoryCommit``),
+        which keeps neither (a finished saga compact); no listener or hook is handed them.
+        (The contexts' results read the record's steps.)"""
+        return (
+            isinstance(self._commit_now, MemoryCommit)
+            and self.listener is None
+            and self.hooks is None
+        )
 
     @property
     def cancel_requested(self) -> bool:
@@ -180,7 +216,10 @@ class SagaRun(RemoteSteps):
         assert commit_now is not None
         began = self._before_write(change)
         try:
-            commit_now(self.record.id, self.owner, change, now)
+            if isinstance(commit_now, MemoryCommit):  # a native call (see MemoryCommit)
+                commit_now.commit(self.record.id, self.owner, change, now)
+            else:
+                commit_now(self.record.id, self.owner, change, now)
         except EffectFailed as exc:
             at = self._now()  # (as _halt: the store's commit never suspends here either)
             self._write(rules.halted(printable(str(exc)), at), at)
@@ -226,9 +265,18 @@ class SagaRun(RemoteSteps):
     def _input(self, step: Step[Any]) -> Any:
         # By adapter (compared by identity): steps taking the input as one type share it.
         adapter = step.input_adapter
-        if adapter not in self._inputs:
-            self._inputs[adapter] = step.decode_input(self.record.input)
-        return self._inputs[adapter]
+        if adapter is self._input_adapter:
+            return self._input_value
+        if self._input_adapter is _UNDECODED:  # (no dict for the one type most sagas have)
+            self._input_value = step.decode_input(self.record.input)
+            self._input_adapter = adapter
+            return self._input_value
+        inputs = self._inputs
+        if inputs is None:
+            inputs = self._inputs = {}
+        if adapter not in inputs:
+            inputs[adapter] = step.decode_input(self.record.input)
+        return inputs[adapter]
 
     def _context(self, step: Step[Any], phase: Phase, attempt: int) -> StepContext:
         saga_id = self.record.id
@@ -420,20 +468,26 @@ class SagaRun(RemoteSteps):
                         if self.record.deadline_at is None
                         else self._attempt_timeout(step)
                     )
-                    inputs = self._inputs  # _input(step), a call less once it is decoded
-                    adapter = step.input_adapter
-                    arg = inputs[adapter] if adapter in inputs else self._input(step)
+                    arg = (  # _input(step), a call less once it is decoded
+                        self._input_value
+                        if step.input_adapter is self._input_adapter
+                        else self._input(step)
+                    )
                     if timeout is None:
                         value = await step.action(ctx, arg)
                     else:
                         # call_with_timeout, its first part inline (see resume_with_timeout):
                         # most actions on a local store return without suspending.
                         began_call = _monotonic()
-                        called = step.action(ctx, arg)
-                        steps: Steps = called if type(called) is _COROUTINE else called.__await__()
-                        returned, value = _first_send(steps)
-                        if not returned:
-                            value = await resume_with_timeout(steps, value, began_call, timeout)
+                        steps: Any = _returning(self, step.action(ctx, arg))
+                        # Compiled, that coroutine is its own iterator (its __await__, a generic
+                        # call, returns it); an interpreted one is not.
+                        if type(steps) is _COROUTINE:
+                            steps = steps.__await__()
+                        suspended_on = _next(steps, _RETURNED)  # up to its first suspension
+                        if suspended_on is not _RETURNED:
+                            await resume_with_timeout(steps, suspended_on, began_call, timeout)
+                        value, self._returned = self._returned, None
                 else:
                     value = await self._remote_call(step, ctx, None, failure)
                     failure = None
@@ -467,7 +521,10 @@ class SagaRun(RemoteSteps):
                         ok[step].append(perf_counter() - began)
                     else:
                         hooks.after_step(self.record, ctx, SUCCEEDED, None, perf_counter() - began)
-                return step_succeeded(running, output, now, effects), now
+                # ``pending`` is written (or, for step 0 written with the saga, empty).
+                renews = self.hands_over_record and pending is not self._carry
+                written = pending if renews else None  # (see Change.renew)
+                return step_succeeded(running, output, now, effects, written), now
             now = self._now()
             decision = rules.step_failed(
                 step, self.record, running, error, retryable=retryable, uncertain=uncertain, now=now

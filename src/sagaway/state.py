@@ -305,6 +305,24 @@ class Change:
         self.steps = [] if steps is None else steps
         self.events = [] if events is None else events
 
+    def renew(self, step: StepRecord, event: Event, effects: tuple[Effect, ...]) -> Change:
+        """This change, once written, made into ``Change(steps=[step], events=[event],
+        effects=effects)`` (its lists emptied and reused): for a change nothing holds once it is
+        written (``SagaRun``: on a store whose ``inline_commit`` keeps none, with no listener
+        or hook given it). A change a transition makes and frees is ~750 instructions, compiled.
+        Every field is set here: a field added to Change must be added here too (a unit test
+        checks the result equals the new Change)."""
+        self.status, self.error, self.release_lease = None, None, False
+        self.clear_cancel, self.unless_cancelled = False, False
+        self.checked, self.effects, self.outbox = False, effects, ()
+        self.park, self.unpark, self.take = None, False, None
+        steps, events = self.steps, self.events
+        steps.clear()
+        steps.append(step)
+        events.clear()
+        events.append(event)
+        return self
+
 
 @dataclass(slots=True, init=False)
 class NewSaga:

@@ -204,6 +204,31 @@ async def test_pydantic_inputs_and_outputs_round_trip_through_the_log() -> None:
     assert isinstance(got[2], Cart)
 
 
+async def test_steps_taking_the_input_as_different_types_each_get_their_own() -> None:
+    """A run decodes the input once per type its steps take it as (one object a type)."""
+    saga = Saga("two-types")
+    got: list[Any] = []
+
+    @saga.step
+    async def price(ctx: StepContext, cart: Cart) -> None:
+        got.append(cart)
+
+    @saga.step
+    async def count(ctx: StepContext, data: dict[str, Any]) -> None:
+        got.append(data)
+
+    @saga.step
+    async def confirm(ctx: StepContext, cart: Cart) -> None:
+        got.append(cart)
+
+    async with saga_engine(saga) as h:
+        record = await h.run(saga, Cart(items=["x"], total_cents=5))
+    assert record.status is SagaStatus.SUCCEEDED
+    assert isinstance(got[0], Cart)
+    assert got[1] == {"items": ["x"], "total_cents": 5}
+    assert got[2] is got[0], "decoded once for the two steps that take it as a Cart"
+
+
 async def test_plain_json_steps_need_no_models(order: Order) -> None:
     saga = Saga("plain")
 

@@ -95,11 +95,15 @@ def test_json_lines_carry_the_fields() -> None:
 
 def test_text_lines_append_fields_as_key_value() -> None:
     record = logging.LogRecord("sagaway.sagas", logging.INFO, __file__, 1, "saga %s", ("x",), None)
-    record.saga_id, record.error = "s1", "two words"
+    record.saga_id, record.error, record.step, record.note = "s1", "two words", None, ""
+    record.attempt = 2
     record.created = 1767261600.5  # 2026-01-01T10:00:00.5 UTC
     text = TextFormatter().format(record)
     assert text.startswith("2026-01-01T10:00:00.500Z INFO")
-    assert text.endswith(' INFO sagaway.sagas: saga x saga_id=s1 error="two words"')
+    # In the order set, None left out, an empty or spaced value quoted.
+    assert text.endswith(
+        ' INFO sagaway.sagas: saga x saga_id=s1 error="two words" note="" attempt=2'
+    )
     assert json.loads(JsonFormatter().format(record))["error"] == "two words"
 
 

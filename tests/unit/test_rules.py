@@ -2,7 +2,7 @@
 happened, and the decision expected (what to do next, the saga status and the step row the
 Change writes, and the events it records)."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import pytest
@@ -25,16 +25,21 @@ from sagaway.rules import (
     last_cancellable,
     needs_undo,
     past_pivot,
+    step_succeeded,
     stop_reason,
 )
 from sagaway.state import (
+    Change,
     Event,
     EventType,
+    OutboxMessage,
+    Park,
     Phase,
     SagaRecord,
     SagaStatus,
     StepRecord,
     StepStatus,
+    Take,
 )
 from sagaway.transport.base import Reply
 
@@ -482,3 +487,37 @@ def test_stop_reason_cancel_before_deadline() -> None:
 )
 def test_compensation_limit(comp_row: StepRecord | None, expected: int) -> None:
     assert compensation_limit(COMP2, comp_row) == expected
+
+
+def test_a_written_change_renewed_is_the_change_a_step_success_makes() -> None:
+    """``step_succeeded(..., written=change)`` (the runner's reuse of a change it wrote) gives
+    what a new Change would be, whatever the written change held: every field is reset."""
+
+    def effect(conn: Any) -> None:
+        return None
+
+    row = StepRecord("a", F, S.RUNNING, 1, None, None, False, NOW)
+    written = Change(
+        SagaStatus.COMPENSATING,
+        "why",
+        [StepRecord("b", F, S.FAILED, 2)],
+        [Event(NOW, EventType.STEP_FAILED, "b")],
+        release_lease=True,
+        clear_cancel=True,
+        unless_cancelled=True,
+        checked=True,
+        effects=(effect,),
+        outbox=(OutboxMessage("m", "s", "topic", {}, NOW),),
+        park=Park("timer", NOW),
+        unpark=True,
+        take=Take(1, NOW),
+    )
+    fresh = Change()
+    unset = [f.name for f in fields(Change) if getattr(written, f.name) == getattr(fresh, f.name)]
+    assert not unset, f"give the written change a value for {unset} here"
+    steps, events = written.steps, written.events
+    renewed = step_succeeded(row, {"n": 1}, NOW + 1, (effect,), written)
+    assert renewed is written
+    assert renewed.steps is steps
+    assert renewed.events is events
+    assert renewed == step_succeeded(row, {"n": 1}, NOW + 1, (effect,))

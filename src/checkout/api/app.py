@@ -11,6 +11,7 @@ from fastapi_offline import FastAPIOffline
 
 from checkout.api.auth import ADMIN
 from checkout.api.errors import MAX_BODY_BYTES, BodyLimitMiddleware, install_error_handlers
+from checkout.api.fastpath import OrderFastPath
 from checkout.api.head import HeadAsGetMiddleware
 from checkout.api.metrics import HttpMetrics, HttpMetricsMiddleware
 from checkout.api.metrics import router as metrics_router
@@ -36,6 +37,11 @@ def telemetry(settings: Settings) -> dict[str, bool] | None:
     return {"tracing": on, "operation_spans": False, "metrics": False, "logs": False}
 
 
+def _any_telemetry(settings: Settings) -> bool:
+    config = telemetry(settings)
+    return config is None or any(config.values())
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -43,8 +49,11 @@ def create_app(
     owner_id: str | None = None,
     reconcile_interval: float = 5.0,
     max_body_bytes: int = MAX_BODY_BYTES,
+    fast_orders: bool = True,
 ) -> FastAPI:
-    """The checkout API; ``role`` is ``Role.ALL`` (API + engine) or ``Role.API`` (no worker)."""
+    """The checkout API; ``role`` is ``Role.ALL`` (API + engine) or ``Role.API`` (no worker).
+    ``fast_orders=False``: every ``POST /orders`` through FastAPI (see
+    :mod:`checkout.api.fastpath`; the tests compare the two)."""
     if role is Role.WORKER:
         raise ValueError("a worker serves no HTTP: use Role.ALL or Role.API")
     settings = settings or Settings()
@@ -71,6 +80,11 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     app.add_middleware(HeadAsGetMiddleware)
+    app.add_middleware(
+        OrderFastPath,
+        enabled=fast_orders and not _any_telemetry(settings),
+        max_bytes=max_body_bytes,
+    )
     if settings.metrics:
         app.state.http_metrics = HttpMetrics()
         app.add_middleware(HttpMetricsMiddleware, metrics=app.state.http_metrics)

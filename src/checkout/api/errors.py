@@ -191,7 +191,7 @@ class BodyLimitMiddleware:
         while True:
             message = await receive()
             if message["type"] != "http.request":  # the client went away
-                await self.app(scope, _replay([message], receive), send)
+                await self.app(scope, replay([message], receive), send)
                 return
             body = message.get("body", b"")
             size += len(body)
@@ -201,8 +201,8 @@ class BodyLimitMiddleware:
             chunks.append(body)
             if not message.get("more_body", False):
                 break
-        replay: Message = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-        await self.app(scope, _replay([replay], receive), send)
+        whole: Message = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        await self.app(scope, replay([whole], receive), send)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = problem(
@@ -213,7 +213,7 @@ class BodyLimitMiddleware:
         await response(scope, receive, send)
 
 
-def _replay(messages: list[Message], receive: Receive) -> Receive:
+def replay(messages: list[Message], receive: Receive) -> Receive:
     queue = list(messages)
 
     async def replayed() -> Message:

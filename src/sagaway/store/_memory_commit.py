@@ -4,11 +4,13 @@ the store's class, subclassed by tests and of several bases, stays interpreted.
 
 A saga the store keeps is a ``SagaRecord`` while it can still change, and a ``Finished`` from the
 commit that finishes it (SUCCEEDED, COMPENSATED, FAILED) on: its row's fields as they were, and
-its step rows and events as two flat tuples of their fields. A kept record was ~18 objects the
+its step rows and events as two flat lists of their fields. A kept record was ~18 objects the
 garbage collector tracks (the record, its step map, a key tuple and a ``StepRecord`` per step
-row, its history list, an ``Event`` per event); a ``Finished`` is three (the tuples hold enum
-members, which keeps them tracked). In ``engine_throughput``'s workload, 30,000 sagas kept: 17.8
-tracked objects a saga -> 3.0, a full collection 316 -> 86 ms, 3.3 -> 2.5 KB of peak RSS a saga.
+row, its history list, an ``Event`` per event); a ``Finished`` is three (the lists hold enum
+members, which keeps them tracked). The lists are kept as built, sized to their fields: copied
+into tuples they cost ~1.5k instructions a saga more (compiled) for ~20 bytes less each. In
+``engine_throughput``'s workload, 30,000 sagas kept: 17.8 tracked objects a saga -> 3.0, a
+full collection 316 -> 86 ms, 3.3 -> 2.5 KB of peak RSS a saga.
 A pickle of the rows (one untracked bytes value, 1.5 KB a saga) cost 5x as much to build (34k
 instructions a saga compiled, this 6.5k; +8% CPU pure at 5,000 sagas); keeping the
 ``StepRecord`` and ``Event`` objects in tuples cost nothing to build but kept 14.6 tracked
@@ -48,7 +50,7 @@ _EVENT_FIELDS: Final = 6
 class Finished:
     """A finished saga as the memory store keeps it: the saga's row as it was (what scans and
     filters read: same attribute names as ``SagaRecord``'s, so a scan reads either), its input,
-    and its step rows and events, each a flat tuple of their fields in order."""
+    and its step rows and events, each a flat list of their fields in order (never changed)."""
 
     __slots__ = (
         "cancel_requested",
@@ -72,7 +74,7 @@ class Finished:
         "waiting_for",
     )
 
-    def __init__(self, record: SagaRecord, steps: tuple[Any, ...], events: tuple[Any, ...]) -> None:
+    def __init__(self, record: SagaRecord, steps: list[Any], events: list[Any]) -> None:
         self.id, self.name, self.version = record.id, record.name, record.version
         self.status, self.input, self.created_at = record.status, record.input, record.created_at
         self.updated_at, self.idempotency_key = record.updated_at, record.idempotency_key
@@ -111,7 +113,7 @@ def finish(record: SagaRecord) -> Finished:
         events[i + 4] = event.attempt
         events[i + 5] = event.detail
         i += _EVENT_FIELDS
-    return Finished(record, tuple(rows), tuple(events))
+    return Finished(record, rows, events)
 
 
 def expand(entry: Finished, history: bool = True) -> SagaRecord:
@@ -180,71 +182,89 @@ def keep(sagas: dict[str, SagaRecord | Finished], record: SagaRecord) -> None:
         sagas[record.id] = record
 
 
-def create_saga(
-    sagas: dict[str, SagaRecord | Finished], keys: dict[str, str], new: NewSaga
-) -> tuple[str, SagaRecord | None]:
-    """Record ``new`` in ``sagas`` (its key in ``keys``): ``(id, the record kept)``; or, its
-    idempotency key used already, ``(that saga's id, None)`` having changed nothing. (The
-    record is what ``MemoryStore.running_record`` hands an engine: see ``inline_create``.)"""
-    check_new(new)  # what another store could not keep, this one refuses too
-    if new.idempotency_key is not None:
-        existing = keys.get(new.idempotency_key)
-        if existing is not None:
-            return existing, None
-        keys[new.idempotency_key] = new.id
-    record = sagas[new.id] = record_from_new(new)
-    return new.id, record
+class MemoryCreate:
+    """``MemoryStore.inline_create`` (and its ``create``), callable as any ``InlineCreate``: a
+    compiled class the engine calls natively, as ``MemoryCommit`` is for the runner."""
+
+    def __init__(self, sagas: dict[str, SagaRecord | Finished], keys: dict[str, str]) -> None:
+        self.sagas, self.keys = sagas, keys
+
+    def __call__(self, new: NewSaga) -> tuple[str, SagaRecord | None]:
+        return self.create(new)
+
+    def create(self, new: NewSaga) -> tuple[str, SagaRecord | None]:
+        """Record ``new`` (its key in ``keys``): ``(id, the record kept)``; or, its
+        idempotency key used already, ``(that saga's id, None)`` having changed nothing. (The
+        record is what ``MemoryStore.running_record`` hands an engine: see ``inline_create``.)"""
+        check_new(new)  # what another store could not keep, this one refuses too
+        if new.idempotency_key is not None:
+            existing = self.keys.get(new.idempotency_key)
+            if existing is not None:
+                return existing, None
+            self.keys[new.idempotency_key] = new.id
+        record = self.sagas[new.id] = record_from_new(new)
+        return new.id, record
 
 
-def commit_change(
-    sagas: dict[str, SagaRecord | Finished],
-    outbox: dict[str, OutboxMessage],
-    saga_id: str,
-    owner: str | None,
-    change: Change,
-    at: float,
-) -> None:
-    """Apply ``change`` to the saga's record in ``sagas`` and its messages to ``outbox``, or
-    raise (SagaNotFound, LeaseLost, TakeConflict, CancelPending, EffectFailed) having changed
-    nothing."""
-    if not change.checked or change.outbox or change.park is not None:
-        check_change(change)  # (what it checks of a runner's checked change is only these)
-    take = change.take
-    entry = sagas.get(saga_id)
-    if entry is None:
-        raise SagaNotFound(saga_id)
-    # Finished: written again (an operator's retry), so a record again. No run holds it: the
-    # record a run shares (``running_record``) is replaced only by the run's last commit.
-    record = expand(entry) if isinstance(entry, Finished) else entry
-    if take is None and owner is not None and record.owner != owner:
-        raise LeaseLost(f"saga {saga_id} is no longer leased to {owner}")
-    if take is not None and (
-        record.fence != take.fence
-        or (
-            record.owner not in (None, owner)
-            and record.lease_expires_at is not None
-            and record.lease_expires_at >= at
-        )
-    ):
-        raise TakeConflict(f"saga {saga_id} was written since it was read")
-    if change.unless_cancelled and record.cancel_requested:
-        raise CancelPending(f"saga {saga_id}: a cancel is pending")
-    for write in change.effects:
-        try:
-            write(None)
-        except Exception as exc:
-            raise EffectFailed(f"a ctx.atomic() write failed: {exc}") from exc
-    if take is not None:  # before apply_change: a park or a release hands it back
-        record.owner, record.lease_expires_at = owner, take.until
-    record.fence += 1
-    # The engine never mutates a StepRecord it has committed, so keeping references is safe.
-    apply_change(record, change, at)
-    for message in change.outbox:
-        outbox[message.id] = message
-    status = change.status
-    if status is _SUCCEEDED or status is _COMPENSATED or status is _FAILED:
-        # The run that finished it goes on holding ``record`` (its waiters and hooks read it);
-        # the store, from now on, the compact form.
-        sagas[saga_id] = finish(record)
-    elif record is not entry:
-        sagas[saga_id] = record
+class MemoryCommit:
+    """``MemoryStore.inline_commit`` (and its ``commit``): a change applied to the store's
+    dicts, callable as any ``InlineCommit``. A compiled class rather than a ``partial``: the
+    runner calls ``commit`` natively, where the partial was a generic call and an argument
+    parse every transition (~1.4k instructions a saga, compiled). It keeps no ``Change`` it is
+    given, nor, once a saga is finished, its record (``SagaRun.hands_over_record`` relies on
+    both)."""
+
+    def __init__(
+        self, sagas: dict[str, SagaRecord | Finished], outbox: dict[str, OutboxMessage]
+    ) -> None:
+        self.sagas, self.outbox = sagas, outbox
+
+    def __call__(self, saga_id: str, owner: str | None, change: Change, at: float) -> None:
+        self.commit(saga_id, owner, change, at)
+
+    def commit(self, saga_id: str, owner: str | None, change: Change, at: float) -> None:
+        """Apply ``change`` to the saga's record in ``sagas`` and its messages to ``outbox``,
+        or raise (SagaNotFound, LeaseLost, TakeConflict, CancelPending, EffectFailed) having
+        changed nothing."""
+        if not change.checked or change.outbox or change.park is not None:
+            check_change(change)  # (what it checks of a runner's checked change is only these)
+        take = change.take
+        sagas = self.sagas
+        entry = sagas.get(saga_id)
+        if entry is None:
+            raise SagaNotFound(saga_id)
+        # Finished: written again (an operator's retry), so a record again. No run holds it:
+        # the record a run shares (``running_record``) is replaced only by its last commit.
+        record = expand(entry) if isinstance(entry, Finished) else entry
+        if take is None and owner is not None and record.owner != owner:
+            raise LeaseLost(f"saga {saga_id} is no longer leased to {owner}")
+        if take is not None and (
+            record.fence != take.fence
+            or (
+                record.owner not in (None, owner)
+                and record.lease_expires_at is not None
+                and record.lease_expires_at >= at
+            )
+        ):
+            raise TakeConflict(f"saga {saga_id} was written since it was read")
+        if change.unless_cancelled and record.cancel_requested:
+            raise CancelPending(f"saga {saga_id}: a cancel is pending")
+        for write in change.effects:
+            try:
+                write(None)
+            except Exception as exc:
+                raise EffectFailed(f"a ctx.atomic() write failed: {exc}") from exc
+        if take is not None:  # before apply_change: a park or a release hands it back
+            record.owner, record.lease_expires_at = owner, take.until
+        record.fence += 1
+        # The engine never mutates a StepRecord it has committed: keeping references is safe.
+        apply_change(record, change, at)
+        for message in change.outbox:
+            self.outbox[message.id] = message
+        status = change.status
+        if status is _SUCCEEDED or status is _COMPENSATED or status is _FAILED:
+            # The run that finished it goes on holding ``record`` (its waiters and hooks read
+            # it); the store, from now on, the compact form.
+            sagas[saga_id] = finish(record)
+        elif record is not entry:
+            sagas[saga_id] = record

@@ -87,6 +87,8 @@ class SagaStore(ABC):
     # for each (the runner reads ``inline_commit`` once a run, the engine ``inline_create``
     # once a start). None (the default) when the store has none, or when its ``commit`` or
     # ``create`` is overridden or replaced (a test's spy): those are the writes then.
+    # ``inline_commit`` keeps no reference to the Change or its lists once it returns (it may
+    # keep their rows, events and messages): the runner builds its next transition in it.
     inline_commit: InlineCommit | None = None
     inline_create: InlineCreate | None = None
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
-from functools import partial
 from typing import Any, TypeVar, cast
 
 from sagaway.errors import (
@@ -32,7 +31,13 @@ from sagaway.state import (
     refused_cancel,
 )
 from sagaway.store._codec import storable_text
-from sagaway.store._memory_commit import Finished, commit_change, create_saga, expand, keep
+from sagaway.store._memory_commit import (
+    Finished,
+    MemoryCommit,
+    MemoryCreate,
+    expand,
+    keep,
+)
 from sagaway.store.base import (
     OutboxStore,
     Page,
@@ -61,15 +66,17 @@ class MemoryStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
         # Insertion order is not the outbox order (a message written again keeps its place in
         # a dict): outbox_pending sorts by (created_at, id).
         self._outbox: dict[str, OutboxMessage] = {}
+        self._commits = MemoryCommit(self._sagas, self._outbox)
+        self._creates = MemoryCreate(self._sagas, self._keys)
         # The writes as plain calls (see SagaStore.inline_commit), unless a subclass overrides
         # them: its own are the writes then.
         if type(self).commit is MemoryStore.commit:
-            self.inline_commit = partial(commit_change, self._sagas, self._outbox)
+            self.inline_commit = self._commits
         # (inline_create hands the engine the record running_record would: not when a
         # subclass overrides either)
         kind = type(self)
         if kind.create is MemoryStore.create and kind.running_record is MemoryStore.running_record:
-            self.inline_create = partial(create_saga, self._sagas, self._keys)
+            self.inline_create = self._creates
 
     def __setattr__(self, name: str, value: Any) -> None:
         # This instance's commit or create replaced (``store.commit = spy``, a test's): the
@@ -81,7 +88,7 @@ class MemoryStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
         object.__setattr__(self, name, value)
 
     async def create(self, new: NewSaga) -> tuple[str, bool]:
-        saga_id, record = create_saga(self._sagas, self._keys, new)
+        saga_id, record = self._creates.create(new)
         return saga_id, record is not None
 
     def running_record(self, new: NewSaga) -> SagaRecord:
@@ -127,7 +134,7 @@ class MemoryStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
         return entry
 
     async def commit(self, saga_id: str, owner: str | None, change: Change, at: float) -> None:
-        commit_change(self._sagas, self._outbox, saga_id, owner, change, at)
+        self._commits.commit(saga_id, owner, change, at)
 
     async def run_in_transaction(self, fn: Callable[[Any], T], *, rows_only: bool = False) -> T:
         # Nothing to roll back: the memory store has no connection to hand over.
