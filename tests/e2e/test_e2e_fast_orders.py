@@ -10,18 +10,24 @@ refuses or reads in a way the fast path does not), and the errors placing an ord
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 from e2e_helpers import asgi_client, running_app
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, Request
+from fastapi.routing import APIRoute
 
+from checkout.api import app as checkout_app
 from checkout.api import fastpath
+from checkout.api.deps import DEFAULT_WAIT_SECONDS, IdempotencyKey, Wait
 from checkout.api.fastpath import OrderFastPath
 from checkout.api.routes import orders
+from checkout.api.schemas import OrderRequest
 from checkout.settings import Settings
 
 
@@ -247,3 +253,69 @@ async def test_an_unexpected_error_is_a_500_either_way(
             response = await client.post("/orders", json=ORDER)
             answers.append((response.status_code, response.json()))
     assert answers == [(500, {"detail": "Internal server error"})] * 2
+
+
+def post_orders_route() -> APIRoute:
+    return next(
+        route
+        for route in orders.router.routes
+        if isinstance(route, APIRoute) and route.path == "/orders" and "POST" in route.methods
+    )
+
+
+def test_the_route_as_declared_is_what_the_fast_path_reads() -> None:
+    assert fastpath.refusal(post_orders_route()) is None
+
+
+async def counted() -> None:
+    """A dependency standing for an auth check added to the route some day."""
+
+
+def test_a_dependency_anywhere_turns_the_fast_path_off() -> None:
+    route = post_orders_route()
+    guarded = APIRoute(
+        "/orders", orders.create_order, methods=["POST"], dependencies=[Depends(counted)]
+    )
+    assert "dependencies" in (fastpath.refusal(guarded) or "")
+    assert "dependencies" in (fastpath.refusal(route, [Depends(counted)]) or "")
+
+
+def test_a_parameter_the_fast_path_does_not_read_turns_it_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def create_order(
+        body: OrderRequest,
+        request: Request,
+        idempotency_key: IdempotencyKey = None,
+        wait: Wait = DEFAULT_WAIT_SECONDS,
+        coupon: str | None = None,
+    ) -> None:
+        """The route with one query parameter more."""
+
+    monkeypatch.setattr(orders, "create_order", create_order)
+    widened = APIRoute("/orders", create_order, methods=["POST"])
+    assert "coupon" in (fastpath.refusal(widened) or "")
+    other = APIRoute("/orders", post_orders_route().endpoint, methods=["POST"])
+    assert "endpoint" in (fastpath.refusal(other) or "")
+
+
+async def test_an_app_wide_dependency_is_run_by_fastapi_not_skipped(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An app declared with a dependency every route runs (an auth check, say): the fast path
+    sees it at its first request, turns itself off and says so; FastAPI runs the dependency."""
+    calls: list[str] = []
+
+    async def audited(request: Request) -> None:
+        calls.append(request.url.path)
+
+    declared = functools.partial(checkout_app.FastAPIOffline, dependencies=[Depends(audited)])
+    monkeypatch.setattr(checkout_app, "FastAPIOffline", declared)
+    with caplog.at_level(logging.WARNING, logger="checkout.api"):
+        async with running_app(settings) as app, asgi_client(app) as client:
+            placed = await client.post("/orders?wait=10", json=ORDER)
+            assert fast_path_of(app).enabled is False
+    assert placed.status_code == 201
+    assert placed.json()["status"] == "completed"
+    assert calls == ["/orders"]
+    assert any("fast path off" in record.getMessage() for record in caplog.records)

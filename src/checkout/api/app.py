@@ -92,7 +92,9 @@ def create_app(
     # (an included router's twice: FastAPI matches, then selects), and placing an order came
     # after the docs routes FastAPI made, /metrics and the pay-later routes (~150k
     # instructions a request, counted). Outside the schema here, moved ahead of the docs
-    # routes; the API document lists them where it always did (the loop below).
+    # routes; the API document lists them where it always did (the loop below). A dependency
+    # for placing orders goes on the route, its router or the app, where the fast path's
+    # check sees it (checkout.api.fastpath.refusal), never on this include.
     app.include_router(orders.router, include_in_schema=False)
     app.router.routes.insert(0, app.router.routes.pop())
     app.include_router(metrics_router)

@@ -20,12 +20,20 @@ handlers as ``ExceptionMiddleware`` would (the handler of its nearest class), an
 takes goes up to ``ServerErrorMiddleware`` as from the route. The matched route is written into
 the scope, so the HTTP metrics label it ``/orders``. Off when FastAPI's telemetry is on (its
 request spans would miss these requests): see :func:`checkout.api.app.create_app`.
+
+It fails safe: what the route declares is checked once, at the first request, against what the
+fast path reads (:func:`refusal`). A route that declares more (a dependency such as an auth
+check, at the route, its router or the app; another query, header or cookie parameter; another
+body model) turns the fast path off, with one warning saying why, and every order goes through
+FastAPI until the fast path is taught the new part: it never answers while skipping one.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi.routing import APIRoute
@@ -40,7 +48,9 @@ from checkout.api.routes.orders import answer_status, place
 from checkout.api.schemas import OrderRequest
 from checkout.api.views import order_json
 
-__all__ = ["OrderFastPath"]
+__all__ = ["OrderFastPath", "refusal"]
+
+log = logging.getLogger("checkout.api")
 
 # ``wait`` as a plain decimal: what ``float()`` and pydantic read alike (no sign, exponent,
 # "inf" or "nan", no blanks); any other spelling is FastAPI's to read.
@@ -50,6 +60,9 @@ _KEY_MAX = 200
 _JSON = b"application/json"
 _CONTENT_TYPE = (b"content-type", _JSON)
 _REPLAYED = (b"idempotent-replayed", b"true")
+# The route's parameters the fast path reads, by kind: the body (``OrderRequest``), the ``wait``
+# query and the ``Idempotency-Key`` header, and the ``Request`` it is handed.
+_READS: dict[str, list[str]] = {"body": ["body"], "query": ["wait"], "header": ["idempotency_key"]}
 
 
 class OrderFastPath:
@@ -66,6 +79,8 @@ class OrderFastPath:
         self._handlers: dict[Any, Any] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._route is None and self.enabled and scope["type"] == "http":
+            self._bind(scope["app"])
         if (
             not self.enabled
             or scope["type"] != "http"
@@ -87,8 +102,6 @@ class OrderFastPath:
             return
         key, wait = asked
         app = scope["app"]
-        if self._route is None:
-            self._route, self._handlers = _route_of(), _handlers_of(app)
         scope["route"] = self._route
         scope["endpoint"] = self._route.endpoint
         scope["path_params"] = {}
@@ -116,6 +129,37 @@ class OrderFastPath:
         raw.append(_CONTENT_TYPE)
         await send({"type": "http.response.start", "status": status, "headers": raw})
         await send({"type": "http.response.body", "body": document})
+
+    def _bind(self, app: Any) -> None:
+        """Take the route and the app's handlers, or turn off if the route declares what the
+        fast path does not read."""
+        route = _route_of()
+        why = refusal(route, [*app.router.dependencies, *orders.router.dependencies])
+        if why is not None:
+            self.enabled = False
+            log.warning("POST /orders fast path off, every order goes through FastAPI: %s", why)
+            return
+        self._route, self._handlers = route, _handlers_of(app)
+
+
+def refusal(route: APIRoute, outer_dependencies: Sequence[Any] = ()) -> str | None:
+    """Why the fast path must not answer for ``route`` (None: it reads all the route declares).
+    ``outer_dependencies``: the app's and the router's, which FastAPI runs before the route."""
+    if route.endpoint is not orders.create_order:
+        return f"the route's endpoint is {route.endpoint!r}, not create_order"
+    dependant = route.dependant
+    if outer_dependencies or route.dependencies or dependant.dependencies:
+        return "the route has dependencies, which the fast path would not run"
+    declared = {
+        "body": [param.name for param in dependant.body_params],
+        "query": [param.name for param in dependant.query_params],
+        "header": [param.name for param in dependant.header_params],
+    }
+    if declared != _READS or dependant.path_params or dependant.cookie_params:
+        return f"the route reads {declared} (and path/cookie parameters), the fast path {_READS}"
+    if dependant.body_params[0].field_info.annotation is not OrderRequest:
+        return "the route's body is not an OrderRequest"
+    return None
 
 
 def _parameters(scope: Scope, max_bytes: int) -> tuple[str | None, float] | None:
