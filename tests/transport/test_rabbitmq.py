@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import servers
-from rabbitkit import drain, until
+from rabbitkit import drain, queue_depth, until
 from sagaway.participant import Participant
 from sagaway.participant.rabbitmq import RabbitParticipant
 from sagaway.testing.transport_contract import Bank, TransportContract, TransportHarness
@@ -80,6 +80,10 @@ class TestRabbitMQTransport(TransportContract):
         await transport.dispatcher.publish([command.to_outbox(0.0)])
         [consumer] = transport.consumers
         await until(lambda: consumer.stats.dead_lettered == 1, "the unknown command dead-lettered")
+        # Counted when the consumer rejects it; the broker moves it on its own time.
+        await until(
+            lambda: queue_depth(transport.url, "saga_dead_letters"), "the dead letter queued"
+        )
         [dead] = await drain(transport.url, "saga_dead_letters")
         assert dead.message_id == f"{command.message_id}#1"
         assert bank.effects() == 0
