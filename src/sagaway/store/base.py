@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -170,8 +170,13 @@ class SagaStore(ABC):
     ) -> None:
         await self.close()
 
+    # ``create`` and ``commit`` return an awaitable, not necessarily a coroutine: a store may
+    # queue the write when called (SQLite does, for a coroutine less a write), so callers
+    # await where they call and never hand the result to ``create_task``. Errors come out of
+    # the await either way.
+
     @abstractmethod
-    async def create(self, new: NewSaga) -> tuple[str, bool]:
+    def create(self, new: NewSaga) -> Awaitable[tuple[str, bool]]:
         """Insert a saga with its first steps and events.
 
         Returns ``(saga_id, True)``, or ``(existing_id, False)`` when ``new.idempotency_key`` was
@@ -179,7 +184,7 @@ class SagaStore(ABC):
         """
 
     @abstractmethod
-    async def commit(self, saga_id: str, owner: str | None, change: Change, at: float) -> None:
+    def commit(self, saga_id: str, owner: str | None, change: Change, at: float) -> Awaitable[None]:
         """Apply ``change`` atomically and durably.
 
         With an ``owner``, only while that owner holds the lease (else ``LeaseLost``); ``None``

@@ -227,7 +227,7 @@ class SQLiteStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
     # coroutine, what the checks or a closed store raise comes out of the await, not the
     # call (``gather(..., return_exceptions=True)`` collects it): the future comes failed.
 
-    def create(self, new: NewSaga) -> asyncio.Future[tuple[str, bool]]:  # type: ignore[override]
+    def create(self, new: NewSaga) -> asyncio.Future[tuple[str, bool]]:
         try:
             check_new(new)  # before it joins a batch: a bad value fails its caller only
             if self._state != "open":  # (_check_open, without a call a write)
@@ -240,7 +240,7 @@ class SQLiteStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
         self._wakeup.set()
         return future
 
-    def commit(  # type: ignore[override]
+    def commit(
         self, saga_id: str, owner: str | None, change: Change, at: float
     ) -> asyncio.Future[None]:
         try:
