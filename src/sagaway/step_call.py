@@ -148,8 +148,9 @@ async def call_with_timeout(fn: Action, args: tuple[Any, ...], timeout: float | 
 async def resume_with_timeout(steps: Steps, suspended_on: Any, began: float, timeout: float) -> Any:
     """The rest of ``call_with_timeout`` once the action has suspended (on ``suspended_on``):
     its timer armed at the deadline it had from ``began`` (a ``time.monotonic()`` read before
-    the call). The runner calls the action and ``first_send`` itself on a forward step, and
-    this only when it suspends: a coroutine less for every step that never does."""
+    the call). The runner steps a forward step's action to its first suspension itself
+    (``runner._returning``), and calls this only when it suspends: a coroutine less for every
+    step that never does."""
     loop = asyncio.get_running_loop()
     # What the deadline would have been on the loop's clock had it been read before the call.
     deadline = loop.time() + timeout - (monotonic() - began)
