@@ -15,7 +15,7 @@ no error message is written twice. Nothing is placed before the request is known
 handing a refused request on places nothing twice.
 
 A request it takes runs the route's own code (:func:`checkout.api.routes.orders.place`, and the
-answer ``answered`` makes, sent as its two ASGI messages); an exception is answered by the app's
+answer ``answer_of`` makes, sent as its two ASGI messages); an exception is answered by the app's
 handlers as ``ExceptionMiddleware`` would (the handler of its nearest class), and one no handler
 takes goes up to ``ServerErrorMiddleware`` as from the route. The matched route is written into
 the scope, so the HTTP metrics label it ``/orders``. Off when FastAPI's telemetry is on (its
@@ -44,9 +44,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from checkout.api.deps import DEFAULT_WAIT_SECONDS, IDEMPOTENCY_KEY_PATTERN, MAX_WAIT_SECONDS
 from checkout.api.errors import MAX_BODY_BYTES, replay
 from checkout.api.routes import orders
-from checkout.api.routes.orders import answer_status, place
+from checkout.api.routes.orders import answer_of, place
 from checkout.api.schemas import OrderRequest
-from checkout.api.views import order_json
 
 __all__ = ["OrderFastPath", "refusal"]
 
@@ -59,7 +58,6 @@ _KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 _KEY_MAX = 200
 _JSON = b"application/json"
 _CONTENT_TYPE = (b"content-type", _JSON)
-_REPLAYED = (b"idempotent-replayed", b"true")
 # The route's parameters the fast path reads, by kind: the body (``OrderRequest``), the ``wait``
 # query and the ``Idempotency-Key`` header, and the ``Request`` it is handed.
 _READS: dict[str, list[str]] = {"body": ["body"], "query": ["wait"], "header": ["idempotency_key"]}
@@ -115,16 +113,13 @@ class OrderFastPath:
             exc.__traceback__ = None  # as Starlette does: a reused exception keeps no frames
             await response(scope, receive, send)
             return
-        # What ``answered``'s Response sends, without building one: its headers, then
-        # Content-Length and Content-Type as Starlette appends them.
-        status, headers = answer_status(view)
+        # What ``answered``'s Response sends, without building one: ``answer_of``'s headers,
+        # then Content-Length and Content-Type as Starlette appends them.
+        status, headers, document = answer_of(view, replayed)
         raw = [
             (name.lower().encode("latin-1"), value.encode("latin-1"))
             for name, value in headers.items()
         ]
-        if replayed:
-            raw.append(_REPLAYED)
-        document = order_json(view)
         raw.append((b"content-length", str(len(document)).encode("latin-1")))
         raw.append(_CONTENT_TYPE)
         await send({"type": "http.response.start", "status": status, "headers": raw})
