@@ -219,9 +219,10 @@ class SQLiteStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
 
     # ``create`` and ``commit``, the writes of every saga, are plain methods that queue the
     # write when called and return the future its batch resolves: awaiting it is awaiting
-    # the write, as the port's ``async def`` says, without a coroutine built, driven and
-    # resumed through (and ``_submit`` called), interpreted, for every transition of every
-    # saga (engine_instructions.py, sqlite://, compiled: ~9k instructions a saga). Every
+    # the write (the port's ``Awaitable``), without a coroutine built, driven and resumed
+    # through, interpreted, for every transition of every saga (engine_instructions.py,
+    # sqlite://, compiled: ~9k instructions a saga). They queue as ``_submit`` does, written
+    # out: calling it (and ``_check_open``) counted ~3k instructions a saga more. Every
     # caller awaits where it calls, so queueing at the call rather than at the first await
     # changes nothing for them; a Future is not a coroutine for ``create_task``. As from a
     # coroutine, what the checks or a closed store raise comes out of the await, not the
