@@ -204,3 +204,25 @@ def test_datetimes_are_written_as_sqlalchemy_writes_them(
         assert ours(value) == theirs(value), value
     with pytest.raises(TypeError):
         ours("2026-01-01")
+
+
+def test_a_datetime_written_twice_is_formatted_once_and_never_stale(
+    conns: tuple[Connection, Connection],
+) -> None:
+    fast, _ = conns
+    compiled: Any = orders._ATTACH.compile(
+        dialect=fast.dialect, column_keys=["order", "saga", "now"]
+    )
+    theirs = compiled._bind_processors["now"]
+    ours = _sql._faster(fast, compiled.binds["now"], theirs)
+    other = _sql._faster(fast, compiled.binds["now"], theirs)  # another column's, say
+    first = datetime(2026, 11, 27, 10, 0, 0, 1, tzinfo=UTC)
+    text = ours(first)
+    assert ours(first) is text  # the same object again: the text kept, not formatted anew
+    assert other(first) is text  # by any of them
+    later = datetime(2026, 11, 27, 10, 0, 0, 2, tzinfo=UTC)
+    assert ours(later) == theirs(later) != text
+    assert ours(first) == theirs(first) == text  # a value written before: formatted again
+    assert ours(None) == theirs(None)
+    assert ours(first) == text
+
