@@ -10,9 +10,10 @@ pattern, so it is written once here:
    concurrent call with the same key blocks on the first one's uncommitted row and then sees
    it, so even simultaneous repeats apply once. On SQLite writers are serialised (one writer
    thread, or BEGIN IMMEDIATE; a transaction that read an older snapshot cannot write at all),
-   so there the key is looked up first and claimed after the effect (:func:`claim_once`): a
-   business failure then raises before the operation's first write, which is what lets the
-   saga store's group commit run it without a savepoint (``rows_only``).
+   so there the key is claimed after the effect, its lookup riding the effect's first write
+   (:func:`claim_once`, :func:`first_write`): a business failure then raises before the
+   operation's first write, which is what lets the saga store's group commit run it without a
+   savepoint (``rows_only``).
 2. **Apply the effect with conditional updates** (``... WHERE stock >= :q``): the check and the
    write are one statement, so concurrent orders cannot oversell or overdraw on either backend.
 3. **A business failure raises**, which rolls the claim back too: nothing is recorded, and a
@@ -41,7 +42,7 @@ from datetime import datetime
 from functools import cache
 from typing import Any, cast
 
-from sqlalchemy import Column, Executable, Insert, Select, Table, bindparam, select
+from sqlalchemy import Column, Executable, Insert, Select, Table, Update, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.dml import UpdateBase
@@ -324,32 +325,78 @@ def insert_ignore(
     return run(conn, _insert_ignore(conn.dialect.name, table, key), values) == 1
 
 
+class _Claimed(Exception):
+    """The key is claimed already: ``row`` is what it holds (a repeat, or a tombstone)."""
+
+    def __init__(self, row: Any) -> None:
+        super().__init__()
+        self.row = row
+
+
 def claim_once(
     conn: Connection,
     table: Table,
     values: dict[str, Any],
-    apply: Callable[[], None],
+    apply: Callable[[str | None], None],
 ) -> Any | None:
     """Claim ``values["idempotency_key"]`` with the row ``values`` and run ``apply`` (the
     effect, which raises a business failure), both or neither; None when this call did them,
     else the row already recorded under the key (a repeat, or a tombstone: nothing applied).
 
-    On SQLite (serialised writers) the key is looked up first and claimed after the effect, so
-    a failing ``apply`` raises before anything is written; elsewhere the claim comes first, so
-    that a concurrent call with the same key waits on it (see the module docstring)."""
+    On SQLite (serialised writers) the key is claimed after the effect, so a failing ``apply``
+    raises before anything is written; ``apply(key)`` then checks the claim itself: its first
+    write is guarded by the key being unclaimed (:func:`first_write`), and it calls
+    :func:`check_claim` before raising a failure of its own (its first write changed nothing,
+    or it failed before writing). The lookup rides the first write (a ``NOT EXISTS`` on the
+    ledger's primary key, ~0.5 us) instead of a query of its own before it (~6 us with its
+    round trip). Elsewhere the claim comes first, so that a concurrent call with the same key
+    waits on it (see the module docstring), and ``apply(None)`` writes unguarded."""
     key = values["idempotency_key"]
     if conn.dialect.name == "sqlite":
-        recorded = find_by_key(conn, table, key)
-        if recorded is not None:
-            return recorded
-        apply()
+        try:
+            apply(key)
+        except _Claimed as claimed:
+            return claimed.row
         if not insert_ignore(conn, table, values):  # pragma: no cover - one writer at a time
             raise RuntimeError(f"{table.name} {key!r} was claimed during the call")
         return None
     if not insert_ignore(conn, table, values):
         return load_by_key(conn, table, key)
-    apply()
+    apply(None)
     return None
+
+
+def check_claim(conn: Connection, table: Table, claim: str | None) -> None:
+    """Inside ``claim_once``'s ``apply(claim)``, before it raises a failure: when ``claim``
+    holds a row already, hand that row to ``claim_once`` (the call is a repeat, or a tombstone
+    beat it: nothing applied, nothing to fail). A no-op where the claim came first (None)."""
+    if claim is not None:
+        recorded = find_by_key(conn, table, claim)
+        if recorded is not None:
+            raise _Claimed(recorded)
+
+
+@cache
+def unclaimed(stmt: Update, table: Table) -> Update:
+    """``stmt`` guarded by the claim being free: ``AND NOT EXISTS (SELECT 1 FROM table WHERE
+    idempotency_key = :claim)`` (see :func:`first_write`)."""
+    taken = select(table.c.idempotency_key).where(table.c.idempotency_key == bindparam("claim"))
+    return stmt.where(~taken.exists())
+
+
+def first_write(
+    conn: Connection, stmt: Update, table: Table, claim: str | None, **params: Any
+) -> int:
+    """An effect's first write inside ``claim_once``'s ``apply(claim)``: ``stmt`` (a guarded
+    UPDATE), and on SQLite only while ``claim`` is free in ``table``; how many rows it
+    changed. When none, :func:`check_claim` has run: the claim is free, and the failure is
+    ``stmt``'s own guard's."""
+    if claim is None:
+        return execute(conn, stmt, **params)
+    changed = execute(conn, unclaimed(stmt, table), claim=claim, **params)
+    if changed == 0:
+        check_claim(conn, table, claim)
+    return changed
 
 
 def execute(conn: Connection, stmt: Executable, **params: Any) -> int:

@@ -34,6 +34,7 @@ from checkout.participants._sql import (
     execute,
     fetch_first,
     find_by_key,
+    first_write,
     load_lines,
     table_of,
     undo_once,
@@ -102,9 +103,14 @@ def reserve(
     if not lines:
         raise ValueError("a reservation needs at least one item")
 
-    def take_units() -> None:
-        for line in lines:  # sorted by product id: a fixed lock order, no deadlocks
-            if execute(conn, _RESERVE, product=line.product_id, qty=line.quantity) != 1:
+    def take_units(claim: str | None) -> None:
+        for n, line in enumerate(lines):  # sorted by product id: a fixed lock order
+            params = {"product": line.product_id, "qty": line.quantity}
+            if n == 0:  # the claim is checked here (claim_once): then nothing is written yet
+                changed = first_write(conn, _RESERVE, reservations, claim, **params)
+            else:
+                changed = execute(conn, _RESERVE, **params)
+            if changed != 1:
                 raise shortage_error(conn, line.product_id)
 
     recorded = claim_once(

@@ -23,6 +23,7 @@ from checkout.participants._sql import (
     execute,
     fetch_first,
     find_by_key,
+    first_write,
     insert_ignore,
     load_by_key,
     table_of,
@@ -82,8 +83,8 @@ def charge(
     if amount_cents < 0:
         raise ValueError("cannot charge a negative amount")
 
-    def debit() -> None:
-        if execute(conn, _DEBIT, account=account_id, amount=amount_cents) != 1:
+    def debit(claim: str | None) -> None:
+        if first_write(conn, _DEBIT, payments, claim, account=account_id, amount=amount_cents) != 1:
             exists = fetch_first(conn, _ACCOUNT_EXISTS, {"account": account_id})
             raise InsufficientFunds(account_id) if exists else UserNotFound(account_id)
 

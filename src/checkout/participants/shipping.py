@@ -24,11 +24,13 @@ from checkout.domain import demo
 from checkout.domain.models import Address, OrderLine, Shipment, ShipmentStatus
 from checkout.domain.rules import address_problems, assign_courier, merge_lines, validate_address
 from checkout.participants._sql import (
+    check_claim,
     claim_once,
     dump_lines,
     execute,
     fetch,
     find_by_key,
+    first_write,
     insert_ignore,
     load_lines,
     table_of,
@@ -97,10 +99,17 @@ def create_shipment(
     """
     lines = merge_lines(items)
 
-    def ship() -> None:
-        validate_address(address)  # raises InvalidShippingAddress: nothing is recorded
-        for line in lines:  # sorted by product id: a fixed lock order
-            if execute(conn, _SHIP, product=line.product_id, qty=line.quantity) != 1:
+    def ship(claim: str | None) -> None:
+        if address_problems(address):  # InvalidShippingAddress: nothing is recorded
+            check_claim(conn, shipments, claim)  # unless a repeat: what it recorded
+            validate_address(address)
+        for n, line in enumerate(lines):  # sorted by product id: a fixed lock order
+            params = {"product": line.product_id, "qty": line.quantity}
+            if n == 0:  # the claim is checked here (claim_once): then nothing is written yet
+                changed = first_write(conn, _SHIP, shipments, claim, **params)
+            else:
+                changed = execute(conn, _SHIP, **params)
+            if changed != 1:
                 insert_ignore(
                     conn,
                     shipped_units,

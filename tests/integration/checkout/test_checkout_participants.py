@@ -172,6 +172,44 @@ async def test_business_failures_in_the_group_commit_need_no_savepoint(
     await assert_invariants(shop)
 
 
+async def test_in_the_group_commit_the_claim_lookup_rides_the_first_write(
+    shop: CheckoutParticipants, executor: ShopExecutor
+) -> None:
+    """On the saga store's writer an action reads no ledger row of its own before writing:
+    whether its key is claimed is checked by its first write (``NOT EXISTS``), and looked
+    up only when that write changed nothing. Repeats and tombstones still apply nothing."""
+    store = getattr(executor, "_store", None)
+    if not isinstance(store, SQLiteStore):
+        pytest.skip("the saga store's group commit only")
+    assert store._writer_conn is not None
+    two_lines = [
+        OrderLine(product_id="product_1", quantity=2),
+        OrderLine(product_id="product_2", quantity=1),
+    ]
+    # Another order first: a product's first shipment ever adds its shipped_units row.
+    await shop.inventory.reserve("warm-res", "o0", two_lines)
+    await shop.shipping.create_shipment("warm-ship", "o0", TORONTO, two_lines)
+    statements: list[str] = []
+    store._writer_conn.set_trace_callback(statements.append)
+    try:
+        reservation = await shop.inventory.reserve("res", "o1", two_lines)
+        payment = await shop.payment.charge("pay", "o1", "user_1", 1_000)
+        shipment = await shop.shipping.create_shipment("ship", "o1", TORONTO, two_lines)
+        first_calls = list(statements)
+        # Repeats: the first write changes nothing, the recorded row is returned.
+        assert await shop.inventory.reserve("res", "o1", two_lines) == reservation
+        assert await shop.payment.charge("pay", "o1", "user_1", 1_000) == payment
+        assert await shop.shipping.create_shipment("ship", "o1", TORONTO, two_lines) == shipment
+    finally:
+        store._writer_conn.set_trace_callback(None)
+    reads = [s for s in first_calls if s.lstrip().upper().startswith("SELECT")]
+    assert not reads, reads
+    assert await product(shop, "product_1") == (96, 0, 4)
+    assert await product(shop, "product_2") == (48, 0, 2)
+    assert (await shop.shop.balances())["user_1"] == 100_000 - 1_000
+    await assert_invariants(shop)
+
+
 async def test_refund_is_exactly_once(shop: CheckoutParticipants) -> None:
     await shop.payment.charge("pay", "o1", "user_2", 2_500)
     refunded = await shop.payment.refund("pay", "refund", order_id="o1", account_id="user_2")
@@ -242,6 +280,20 @@ async def test_cancel_shipment_is_exactly_once(shop: CheckoutParticipants) -> No
     assert await product(shop, "product_1") == (97, 3, 0)  # back to reserved...
     await shop.inventory.release("res", "release")
     assert await product(shop, "product_1") == (100, 0, 0)  # ...then to stock
+    await assert_invariants(shop)
+
+
+async def test_a_late_shipment_to_a_bad_address_finds_its_tombstone(
+    shop: CheckoutParticipants,
+) -> None:
+    """Cancelled before it ran, a shipment whose address is undeliverable is void, as any
+    late one: the tombstone is found before the address is judged."""
+    void = await shop.shipping.cancel_shipment("ship", "cancel", order_id="o1")
+    late = await shop.shipping.create_shipment("ship", "o1", None, ONE_P1)
+    assert late == void
+    assert late.status is ShipmentStatus.VOID
+    with pytest.raises(InvalidShippingAddress):  # another key: judged, and refused
+        await shop.shipping.create_shipment("ship-2", "o1", None, ONE_P1)
     await assert_invariants(shop)
 
 
