@@ -79,18 +79,6 @@ _ATTACH = (
         saga_id=bindparam("saga"), status=OrderStatus.PROCESSING.value, updated_at=bindparam("now")
     )
 )
-# The same for an order recorded ``processing`` (checked out when placed: nearly every one):
-# ``status`` left out of the SET, SQLite keeps its (status, created_at) index as it is (an
-# UPDATE rewrites the entries of every index on a column it sets, ~4 us of ~10).
-_ATTACH_PROCESSING = (
-    update(orders)
-    .where(
-        orders.c.id == bindparam("order"),
-        orders.c.saga_id.is_(None),
-        orders.c.status == OrderStatus.PROCESSING.value,
-    )
-    .values(saga_id=bindparam("saga"), updated_at=bindparam("now"))
-)
 # The tracker's write: only for the order's own saga, and only when something changes.
 _MIRROR = (
     update(orders)
@@ -306,10 +294,7 @@ def attach_saga(conn: Connection, order_id: str, saga_id: str) -> bool:
     """Mark a draft order as checked out by ``saga_id`` (``processing``); False if it has a
     saga already (or does not exist). The check and the write are one statement, so two
     concurrent checkouts attach at most one saga between them."""
-    now = utcnow()
-    if execute(conn, _ATTACH_PROCESSING, order=order_id, saga=saga_id, now=now) == 1:
-        return True
-    return execute(conn, _ATTACH, order=order_id, saga=saga_id, now=now) == 1
+    return execute(conn, _ATTACH, order=order_id, saga=saga_id, now=utcnow()) == 1
 
 
 def mirror_saga(

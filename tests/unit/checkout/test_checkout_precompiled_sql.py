@@ -226,39 +226,3 @@ def test_a_datetime_written_twice_is_formatted_once_and_never_stale(
     assert ours(None) == theirs(None)
     assert ours(first) == text
 
-
-def test_attaching_a_saga_to_a_processing_order_leaves_its_status_alone(
-    conns: tuple[Connection, Connection],
-) -> None:
-    fast, _ = conns
-    for order_id, status in (("o-new", "processing"), ("o-draft", "pending")):
-        now = orders.utcnow()
-        row = {
-            "id": order_id,
-            "customer_id": "u1",
-            "status": status,
-            "total_cents": 500,
-            "payment_method": "card",
-            "idempotency_key": None,
-            "created_at": now,
-            "updated_at": now,
-            **_sql.address_values(None),
-        }
-        run(fast, orders._INSERT_ORDER, row)
-    statements: list[str] = []
-    fast.connection.driver_connection.set_trace_callback(statements.append)
-    assert orders.attach_saga(fast, "o-new", "s1")
-    # One UPDATE, and it does not set ``status`` (nor rewrite its index entries).
-    updates = [sql for sql in statements if sql.startswith("UPDATE")]
-    assert len(updates) == 1
-    assert "status" not in updates[0].split("WHERE")[0]
-    assert orders.attach_saga(fast, "o-draft", "s2")  # a draft: set processing
-    assert not orders.attach_saga(fast, "o-new", "s3")  # attached already: neither matches
-    assert not orders.attach_saga(fast, "o-draft", "s4")
-    fast.connection.driver_connection.set_trace_callback(None)
-    got = {
-        order.id: (order.status, order.saga_id)
-        for order in (orders.get_order(fast, "o-new"), orders.get_order(fast, "o-draft"))
-        if order is not None
-    }
-    assert got == {"o-new": ("processing", "s1"), "o-draft": ("processing", "s2")}
