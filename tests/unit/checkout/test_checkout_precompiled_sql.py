@@ -225,4 +225,3 @@ def test_a_datetime_written_twice_is_formatted_once_and_never_stale(
     assert ours(first) == theirs(first) == text  # a value written before: formatted again
     assert ours(None) == theirs(None)
     assert ours(first) == text
-
