@@ -1,8 +1,11 @@
 """Malformed sagas fail when declared; unknown definitions fail with an error naming them."""
 
+import warnings
 from typing import Any
 
 import pytest
+from pydantic import BaseModel, ConfigDict
+from pydantic_core import PydanticSerializationError
 from sagakit import Kit, Order
 
 from sagaway import (
@@ -227,3 +230,67 @@ def test_a_step_keeps_its_declared_attributes_and_is_generic() -> None:
         None,
         True,
     )
+
+
+class _Line(BaseModel):
+    sku: str
+    quantity: int
+
+
+class _Receipt(BaseModel):
+    order: str
+    lines: list[_Line]
+    total: float
+
+
+class _Always(BaseModel):
+    model_config = ConfigDict(revalidate_instances="always")
+    total: int
+
+
+def _reference_encoding(step: Step[Any], value: Any) -> Any:
+    """``encode_output`` as it was for every value: the serializer with warnings as errors,
+    then the validated value serialized (what a model's exact instance now skips)."""
+    adapter = step.output_adapter
+    assert adapter is not None
+    try:
+        return adapter.serializer.to_python(value, mode="json", warnings="error")
+    except PydanticSerializationError:
+        return adapter.serializer.to_python(adapter.validator.validate_python(value), mode="json")
+
+
+def test_a_model_result_encodes_as_it_did_with_warnings_as_errors() -> None:
+    saga = Saga("encoding")
+
+    @saga.step
+    async def receipt(ctx: StepContext, order: str) -> _Receipt:
+        raise AssertionError("not run")
+
+    @saga.step
+    async def always(ctx: StepContext, order: str) -> _Always:
+        raise AssertionError("not run")
+
+    step, revalidated = saga.steps
+    assert step.model_output is _Receipt
+    assert revalidated.model_output is None
+    exact = _Receipt(order="o-1", lines=[_Line(sku="a", quantity=2)], total=1)
+    as_dict = {"order": "o-1", "lines": [{"sku": "a", "quantity": 2}], "total": 1}
+    # A field holding what its annotation does not say (built without validation): the
+    # serializer warns and stores it as it is, before as now.
+    unchecked = _Receipt.model_construct(order="o-1", lines=[], total="1.5")
+    for value in (exact, as_dict, unchecked):
+        with warnings.catch_warnings(record=True) as before:
+            warnings.simplefilter("always")
+            expected = _reference_encoding(step, value)
+        with warnings.catch_warnings(record=True) as now:
+            warnings.simplefilter("always")
+            assert step.encode_output(value) == expected
+        assert [str(w.message) for w in now] == [str(w.message) for w in before]
+    assert step.encode_output(exact) == {
+        "order": "o-1",
+        "lines": [{"sku": "a", "quantity": 2}],
+        "total": 1.0,
+    }
+    # revalidate_instances="always": validation may change an instance, so the old way.
+    odd = _Always.model_construct(total="7")
+    assert revalidated.encode_output(odd) == _reference_encoding(revalidated, odd) == {"total": 7}
