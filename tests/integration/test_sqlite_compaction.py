@@ -681,6 +681,44 @@ def test_values_packed_by_earlier_encoders_still_read() -> None:
     )
 
 
+def test_packing_writes_long_outputs_byte_for_byte_as_before() -> None:
+    # pack joins a long output (a model's JSON) to the value as the bytes it is, a short one is
+    # copied in: the value is the one the byte-by-byte packing wrote (taken from it), readers
+    # of existing logs and of new ones read the same bytes.
+    out = '{"order_id":"ord_1","lines":[{"product_id":"p","quantity":2}],"total_cents":4000}'
+    steps = [
+        ("validate", "forward", "SUCCEEDED", 1, out, None, 0, T0 + 1, T0 + 2),
+        ("pay", "forward", "SUCCEEDED", 1, "7", None, 0, T0 + 2, T0 + 3),
+        (
+            "ship",
+            "forward",
+            "FAILED",
+            2,
+            out.replace("4000", "12") * 2,
+            "no courier",
+            0,
+            T0 + 3,
+            T0 + 4,
+        ),
+    ]
+    events = [
+        (T0 + 1, "step_started", "validate", "forward", 1, "engine-1"),
+        (T0 + 4, "saga_failed", None, None, None, "no courier"),
+    ]
+    value = pack(T0, steps, events, {"validate": 1})
+    short = out.replace("4000", "12").encode()
+    assert value == (
+        b"t\x05\x02\x07pay\tship\x15no courier\x11engine-1\x04"
+        + b"\x82\x80\x80\x04" * 4
+        + b"\x03\x00\x19\x02\x01\x02Q"
+        + out.encode()
+        + b"\x01\x19\x02\x02\x03\x017\x02#\x04\x03\x04\x9e\x01"
+        + short * 2
+        + b"\x03\x02\x00/\x00\x01\x02\x04\x03\xd8\x01\x03"
+    )
+    assert unpack(T0, value, lambda ids: {1: "validate"}) == (steps, events)
+
+
 def test_packing_keeps_large_numbers_long_texts_and_many_texts() -> None:
     # Past every one-byte form: text indexes and shared numbers over 127, attempts over 63 or
     # negative, texts and outputs longer than 127 bytes, ticks of days.

@@ -1,5 +1,7 @@
 """Queries: one saga with steps and history; listings by status and name, newest first, paged."""
 
+import asyncio
+
 import pytest
 from sagakit import Kit, Order
 
@@ -98,3 +100,25 @@ async def test_wait_with_a_timeout_returns_the_unfinished_saga(kit: Kit, order: 
         hang.release()
         done = await h.engine.wait(saga_id)
     assert done.status.is_terminal
+
+
+async def test_a_wait_with_a_timeout_cancelled_or_timed_out_leaves_the_saga_running(
+    kit: Kit, order: Order
+) -> None:
+    # Neither a wait's timeout nor its cancellation reaches the saga (its timer answers the
+    # wait's own future); a wait answered first returns the finished saga, timeout or not.
+    hang = kit.faults.hang("a")
+    async with saga_engine(kit.saga) as h:
+        saga_id = await h.start(kit.saga, order)
+        waiting = asyncio.ensure_future(h.engine.wait(saga_id, timeout=60))
+        await asyncio.sleep(0)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        timed_out = await h.engine.wait(saga_id, timeout=0)
+        assert timed_out.status is SagaStatus.RUNNING
+        assert h.engine.running == 1
+        answered = asyncio.ensure_future(h.engine.wait(saga_id, timeout=60))
+        hang.release()
+        done = await answered
+    assert done.status is SagaStatus.SUCCEEDED

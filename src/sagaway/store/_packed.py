@@ -99,6 +99,9 @@ _STEP_DECODE = {code: pair for pair, code in _STEP_CODE.items()}
 _STEP_CODES: Final[dict[str, dict[str, int]]] = {
     p: {s: code for (q, s), code in _STEP_CODE.items() if q == p} for p in _PHASES
 }
+# An output this long or longer is joined to the value as its bytes, not copied in byte by
+# byte (``pack``); shorter ones (an int's text) cost less copied than as a piece of their own.
+_SPLICED: Final = 24
 _TEXT_TYPE: Final = 1023  # an event type kept as its text, which follows
 _DEFLATE = b"z"
 _WBITS = -10  # how ``z`` values were deflated: raw, a 1 KB window
@@ -150,6 +153,8 @@ def pack(
     # that ended it): converted to ticks once, referred to by index.
     moments: dict[float, int] = {}
     out: list[int] = []
+    # The steps' bytes before the last long output, in order (see ``_SPLICED``).
+    pieces: list[bytes] = []
     count = 0
     for row in steps:
         # Unpacked as a tuple: compiled, a Sequence is unpacked through a generic iterator
@@ -197,12 +202,20 @@ def pack(
                 _varint(out, index + 1)
         if output is not None:
             raw = output.encode()
-            if len(raw) < 128:
-                out.append(len(raw))
+            size = len(raw)
+            if size < 128:
+                out.append(size)
+            else:
+                _varint(out, size)
+            if size < _SPLICED:
                 out += raw
             else:
-                _varint(out, len(raw))
-                out += raw
+                # A long output (a model's JSON: hundreds of bytes) goes in as the bytes it
+                # is: copied into the list of ints, and from it into the value, it cost ~100
+                # instructions a byte, most of packing a saga with such outputs.
+                pieces.append(bytes(out))
+                pieces.append(raw)
+                out = []
         if error is not None:
             _varint(out, texts.setdefault(error, len(texts)))
     steps_out: list[int] = out
@@ -292,10 +305,17 @@ def pack(
         value += _FLOAT.pack(at)
         previous = at
     _varint(value, steps_count)
-    value += steps_out
-    _varint(value, count)
-    value += out
-    return bytes(value)
+    if not pieces:
+        value += steps_out
+        _varint(value, count)
+        value += out
+        return bytes(value)
+    parts = [bytes(value)]
+    parts += pieces
+    _varint(steps_out, count)
+    steps_out += out
+    parts.append(bytes(steps_out))
+    return b"".join(parts)
 
 
 def _varint(out: list[int], value: int) -> None:
