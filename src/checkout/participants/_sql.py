@@ -399,6 +399,29 @@ def first_write(
     return changed
 
 
+def write_lines(
+    conn: Connection,
+    stmt: Update,
+    table: Table,
+    claim: str | None,
+    lines: Sequence[OrderLine],
+    refused: Callable[[OrderLine], None],
+) -> None:
+    """``stmt`` (a guarded UPDATE of one product's units, by ``product`` and ``qty``) for each
+    of ``lines`` in their order (sorted by product id: a fixed lock order), inside
+    ``claim_once``'s ``apply(claim)``: the first line's write is the effect's first write, so
+    it checks the claim (:func:`first_write`); ``refused(line)`` is called for a line the
+    guard turned down (it raises, or mends and writes that line itself)."""
+    for n, line in enumerate(lines):
+        params = {"product": line.product_id, "qty": line.quantity}
+        if n == 0:
+            changed = first_write(conn, stmt, table, claim, **params)
+        else:
+            changed = execute(conn, stmt, **params)
+        if changed != 1:
+            refused(line)
+
+
 def execute(conn: Connection, stmt: Executable, **params: Any) -> int:
     """Run a guarded UPDATE (or DELETE) and return how many rows it changed (0: the guard
     said no)."""

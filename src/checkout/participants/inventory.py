@@ -31,13 +31,12 @@ from checkout.domain.rules import merge_lines
 from checkout.participants._sql import (
     claim_once,
     dump_lines,
-    execute,
     fetch_first,
     find_by_key,
-    first_write,
     load_lines,
     table_of,
     undo_once,
+    write_lines,
 )
 
 products = table_of(ProductRow)
@@ -103,15 +102,11 @@ def reserve(
     if not lines:
         raise ValueError("a reservation needs at least one item")
 
+    def short_of(line: OrderLine) -> None:
+        raise shortage_error(conn, line.product_id)
+
     def take_units(claim: str | None) -> None:
-        for n, line in enumerate(lines):  # sorted by product id: a fixed lock order
-            params = {"product": line.product_id, "qty": line.quantity}
-            if n == 0:  # the claim is checked here (claim_once): then nothing is written yet
-                changed = first_write(conn, _RESERVE, reservations, claim, **params)
-            else:
-                changed = execute(conn, _RESERVE, **params)
-            if changed != 1:
-                raise shortage_error(conn, line.product_id)
+        write_lines(conn, _RESERVE, reservations, claim, lines, short_of)
 
     recorded = claim_once(
         conn,

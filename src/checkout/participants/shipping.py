@@ -30,11 +30,11 @@ from checkout.participants._sql import (
     execute,
     fetch,
     find_by_key,
-    first_write,
     insert_ignore,
     load_lines,
     table_of,
     undo_once,
+    write_lines,
 )
 
 shipments = table_of(ShipmentRow)
@@ -99,24 +99,18 @@ def create_shipment(
     """
     lines = merge_lines(items)
 
+    def first_shipment_of(line: OrderLine) -> None:
+        # A product never shipped has no shipped_units row for the guarded UPDATE to find.
+        insert_ignore(
+            conn, shipped_units, {"product_id": line.product_id, "quantity": 0}, key="product_id"
+        )
+        execute(conn, _SHIP, product=line.product_id, qty=line.quantity)
+
     def ship(claim: str | None) -> None:
         if address_problems(address):  # InvalidShippingAddress: nothing is recorded
             check_claim(conn, shipments, claim)  # unless a repeat: what it recorded
             validate_address(address)
-        for n, line in enumerate(lines):  # sorted by product id: a fixed lock order
-            params = {"product": line.product_id, "qty": line.quantity}
-            if n == 0:  # the claim is checked here (claim_once): then nothing is written yet
-                changed = first_write(conn, _SHIP, shipments, claim, **params)
-            else:
-                changed = execute(conn, _SHIP, **params)
-            if changed != 1:
-                insert_ignore(
-                    conn,
-                    shipped_units,
-                    {"product_id": line.product_id, "quantity": 0},
-                    key="product_id",
-                )
-                execute(conn, _SHIP, product=line.product_id, qty=line.quantity)
+        write_lines(conn, _SHIP, shipments, claim, lines, first_shipment_of)
 
     recorded = claim_once(
         conn,
