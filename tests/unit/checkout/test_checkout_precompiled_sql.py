@@ -178,15 +178,20 @@ def test_precompiled_reads_match_sqlalchemy(conns: tuple[Connection, Connection]
     assert _sql.fetch_first(fast, shop._ACCOUNT, {"account": "nobody"}) is None
 
 
-def test_datetimes_are_written_as_sqlalchemy_writes_them(
-    conns: tuple[Connection, Connection],
-) -> None:
-    fast, _ = conns
+def _attach_time_processors(fast: Connection) -> tuple[Any, Any]:
+    """The bind processor of ``_ATTACH``'s DATETIME parameter: ours (``_sql._faster``) and
+    SQLAlchemy's own."""
     compiled: Any = orders._ATTACH.compile(
         dialect=fast.dialect, column_keys=["order", "saga", "now"]
     )
     theirs = compiled._bind_processors["now"]
-    ours = _sql._faster(fast, compiled.binds["now"], theirs)
+    return _sql._faster(fast, compiled.binds["now"], theirs), theirs
+
+
+def test_datetimes_are_written_as_sqlalchemy_writes_them(
+    conns: tuple[Connection, Connection],
+) -> None:
+    ours, theirs = _attach_time_processors(conns[0])
     assert ours is not theirs  # the fast path is taken for SQLite's DATETIME
 
     class Later(datetime):
@@ -209,13 +214,8 @@ def test_datetimes_are_written_as_sqlalchemy_writes_them(
 def test_a_datetime_written_twice_is_formatted_once_and_never_stale(
     conns: tuple[Connection, Connection],
 ) -> None:
-    fast, _ = conns
-    compiled: Any = orders._ATTACH.compile(
-        dialect=fast.dialect, column_keys=["order", "saga", "now"]
-    )
-    theirs = compiled._bind_processors["now"]
-    ours = _sql._faster(fast, compiled.binds["now"], theirs)
-    other = _sql._faster(fast, compiled.binds["now"], theirs)  # another column's, say
+    ours, theirs = _attach_time_processors(conns[0])
+    other, _ = _attach_time_processors(conns[0])  # another column's, say
     first = datetime(2026, 11, 27, 10, 0, 0, 1, tzinfo=UTC)
     text = ours(first)
     assert ours(first) is text  # the same object again: the text kept, not formatted anew
