@@ -9,7 +9,7 @@ transaction, see :mod:`checkout.dbexec`); :class:`OrderService` runs them.
 
 from __future__ import annotations
 
-import uuid
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,6 +43,7 @@ from checkout.participants._sql import (
     table_of,
 )
 from checkout.participants.shop import Prevalidated, prices
+from sagaway.state import new_saga_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +102,16 @@ _MIRROR = (
 
 
 def new_order_id() -> str:
-    return f"ord_{uuid.uuid4().hex}"
+    """``ord_`` and 32 hex digits, as a uuid4 gave: the millisecond, then 80 random bits.
+
+    Time-ordered so that the B-trees keyed by it (orders' primary key, order_items', the
+    reservations', payments' and shipments' order_id indexes, the checkout saga's idempotency
+    key ``checkout:<order id>``) take each new entry at their right edge, where the batch's
+    other new entries are: with uuid4 every order landed on its own leaf of each, ~8 more
+    pages written to the WAL a group commit (43.6 -> 35.3 frames of 8 KB, WAL bytes an order
+    108 -> 90 KB; README "Session 16, lane wal"). 80 random bits keep an id unguessable.
+    """
+    return "ord_" + new_saga_id(time.time())
 
 
 def _order(row: Any, items: Sequence[Any]) -> OrderInfo:
