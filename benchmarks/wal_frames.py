@@ -1,0 +1,134 @@
+"""What the SQLite store's group commits write to the WAL: frames a transaction, by B-tree.
+
+Runs N of ``engine_throughput.py``'s sagas (its SQLite ledger in the same file) with the
+store's automatic checkpoint off, so the WAL keeps every transaction, then reads the WAL's
+frames (each one page, written whole and checksummed whole), groups them by commit and names
+each page's B-tree from ``dbstat``:
+
+    python benchmarks/wal_frames.py --n 5000
+    python benchmarks/wal_frames.py --n 5000 --page-size 4096    # a new file's page size
+
+``--parse FILE`` only reads an existing database FILE and its ``FILE-wal`` (copy both while a
+connection still holds the file open: the last connection to close checkpoints the WAL away).
+
+Each page a transaction dirties is one frame (24 bytes of header and the page), written by two
+``pwrite`` calls and written back by the fsync; a page dirtied by every batch (the right edge of
+an index that appends) costs one frame a batch however many entries the batch adds to it, a
+page hit at random (an index on a random key) one frame per entry. The first tenth of the
+transactions (the file growing from empty) are left out of the per-B-tree table. The last
+line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import os
+import shutil
+import sqlite3
+import struct
+import sys
+import tempfile
+from typing import Any
+
+_HEADER, _FRAME_HEADER = 32, 24
+
+
+def parse(db: str, items: int) -> dict[str, Any]:
+    """Frames a transaction of ``db``'s WAL, by B-tree and page type, per ``items`` run."""
+    with open(db + "-wal", "rb") as f:
+        wal = f.read()
+    page_size = struct.unpack(">I", wal[8:12])[0]
+    with tempfile.TemporaryDirectory() as scratch:  # a copy: opening it replays the WAL
+        copy = os.path.join(scratch, "copy.db")
+        shutil.copy(db, copy)
+        shutil.copy(db + "-wal", copy + "-wal")
+        conn = sqlite3.connect(copy)
+        pages = {
+            row[0]: (row[1], row[2])
+            for row in conn.execute("SELECT pageno, name, pagetype FROM dbstat")
+        }
+        conn.close()
+    transactions: list[list[int]] = []
+    current: list[int] = []
+    offset = _HEADER
+    while offset + _FRAME_HEADER + page_size <= len(wal):
+        page, commit = struct.unpack(">II", wal[offset : offset + 8])
+        current.append(page)
+        if commit:  # a commit frame carries the database's size in pages
+            transactions.append(current)
+            current = []
+        offset += _FRAME_HEADER + page_size
+    frames = sum(map(len, transactions))
+    steady = transactions[len(transactions) // 10 :]
+    by_tree: collections.Counter[str] = collections.Counter()
+    by_type: collections.Counter[str] = collections.Counter()
+    for transaction in steady:
+        for page in transaction:
+            name, kind = pages.get(page, ("(free)", "free"))
+            by_tree[name] += 1
+            by_type[kind] += 1
+    count = max(len(steady), 1)
+    return {
+        "page_size": page_size,
+        "transactions": len(transactions),
+        "frames_an_item": round(frames / items, 2),
+        "wal_bytes_an_item": round(frames * (_FRAME_HEADER + page_size) / items),
+        "frames_a_transaction": round(sum(map(len, steady)) / count, 2),
+        "by_page_type": {k: round(v / count, 2) for k, v in by_type.most_common()},
+        "by_btree": {k: round(v / count, 2) for k, v in by_tree.most_common()},
+    }
+
+
+async def run_engine(path: str, n: int, concurrency: int) -> sqlite3.Connection:
+    """``engine_throughput.py``'s run on ``path``; returns a connection that read the file
+    once it was in WAL mode (it holds the WAL open: closing the store leaves it in place)."""
+    from engine_throughput import build_saga, drive, make_ledger
+    from sagaway import Engine
+    from sagaway.store import open_store
+
+    store = open_store(f"sqlite:///{path}")
+    async with Engine(store, owner_id="bench") as engine:
+        holder = sqlite3.connect(path)
+        holder.execute("SELECT 1 FROM sqlite_schema").fetchall()
+        ledger = make_ledger(store)
+        await ledger.setup()
+        await drive(engine, build_saga(ledger), range(n), concurrency)
+    return holder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=5000, help="sagas (or, with --parse, items)")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--page-size", type=int, help="the page size of the new file")
+    parser.add_argument("--parse", metavar="FILE", help="only read FILE and FILE-wal")
+    args = parser.parse_args()
+    if args.parse:
+        result = parse(args.parse, args.n)
+    else:
+        from sagaway.store import _sqlite_schema
+
+        _sqlite_schema.WAL_AUTOCHECKPOINT = 0  # keep every transaction in the WAL
+        if args.page_size:
+            _sqlite_schema.PAGE_SIZE = args.page_size
+        with tempfile.TemporaryDirectory() as directory:
+            path = os.path.join(directory, "frames.db")
+            holder = asyncio.run(run_engine(path, args.n, args.concurrency))
+            result = parse(path, args.n)
+            holder.close()
+    print(
+        f"page size {result['page_size']}: {result['frames_an_item']} frames and "
+        f"{result['wal_bytes_an_item']} WAL bytes an item, "
+        f"{result['frames_a_transaction']} frames a transaction",
+        file=sys.stderr,
+    )
+    for name, frames in result["by_btree"].items():
+        print(f"  {name:48s} {frames:6.2f} a transaction", file=sys.stderr)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
