@@ -102,9 +102,9 @@ class Finished:
 
 
 class _Writer:
-    """Fields of a few bits each, packed into 62-bit words (native when compiled) and the
-    words into a tuple, followed by the values kept; a value that is not a small int goes to ``extra``, referred to by
-    its index there."""
+    """Fields of a few bits each, packed into 62-bit words (native when compiled); a value
+    that is not a small int goes to ``extra``, referred to by its index there. ``done``: the
+    words and then ``extra``, one tuple."""
 
     def __init__(self, previous: float) -> None:
         # i64: compiled, machine words (an int's shifts and ors check for overflow each)
@@ -149,13 +149,11 @@ class _Writer:
 
     def text(self, value: Any) -> None:
         """``value`` in ``extra``, written once a saga (the same object again: its index)."""
-        i = 0
-        for known in self.extra:
+        for i, known in enumerate(self.extra):
             if known is value:
                 self.put(3, 2)
                 self.uint(i)
                 return
-            i += 1
         self.keep(value)
 
     def time(self, at: float) -> None:
