@@ -148,13 +148,15 @@ class _Writer:
         self.extra.append(value)
 
     def text(self, value: Any) -> None:
-        """``value`` in ``extra``, written once a saga (the same object again: its index)."""
-        for i, known in enumerate(self.extra):
+        """``value``'s index in ``extra``, where it is put once a saga (the same object again:
+        the same index). The field is always one, so no tag says so."""
+        extra = self.extra
+        for i, known in enumerate(extra):
             if known is value:
-                self.put(3, 2)
                 self.uint(i)
                 return
-        self.keep(value)
+        self.uint(len(extra))
+        extra.append(value)
 
     def time(self, at: float) -> None:
         """``at`` as zigzag(its ticks after the time before it), or kept when the ticks do not
@@ -180,6 +182,42 @@ class _Writer:
         return tuple(words)
 
 
+# The codes of the members most rows hold, compared by identity first: a dict look-up a field
+# (the member's hash and the probe) was ~1.7k instructions a saga, compiled.
+_FORWARD: Final = Phase.FORWARD
+_COMPENSATION: Final = Phase.COMPENSATION
+_STEP_SUCCEEDED: Final = StepStatus.SUCCEEDED
+_STEP_SUCCEEDED_CODE: Final = _STEP_STATUSES.index(StepStatus.SUCCEEDED)
+_STEP_COMPENSATED: Final = StepStatus.COMPENSATED
+_STEP_COMPENSATED_CODE: Final = _STEP_STATUSES.index(StepStatus.COMPENSATED)
+_STEP_STARTED: Final = EventType.STEP_STARTED
+_STEP_STARTED_CODE: Final = _EVENT_TYPES.index(EventType.STEP_STARTED)
+_STEP_DONE: Final = EventType.STEP_SUCCEEDED
+_STEP_DONE_CODE: Final = _EVENT_TYPES.index(EventType.STEP_SUCCEEDED)
+
+
+def _phase_code(phase: Phase) -> int:
+    if phase is _FORWARD:
+        return 0
+    return 1 if phase is _COMPENSATION else _OTHER_PHASE
+
+
+def _step_status_code(status: StepStatus) -> int:
+    if status is _STEP_SUCCEEDED:
+        return _STEP_SUCCEEDED_CODE
+    if status is _STEP_COMPENSATED:
+        return _STEP_COMPENSATED_CODE
+    return _STEP_STATUS_CODE.get(status, _OTHER_STATUS)
+
+
+def _event_type_code(kind: EventType) -> int:
+    if kind is _STEP_STARTED:
+        return _STEP_STARTED_CODE
+    if kind is _STEP_DONE:
+        return _STEP_DONE_CODE
+    return _EVENT_TYPE_CODE.get(kind, _OTHER_TYPE)
+
+
 def finish(record: SagaRecord) -> Finished:
     """``record`` as a ``Finished``. Its step rows and events are one int, and the values it
     does not hold (texts, an output other than None or an int, a time not a whole number of
@@ -191,8 +229,8 @@ def finish(record: SagaRecord) -> Finished:
     w.uint(len(steps))
     for step in steps.values():
         w.text(step.name)
-        phase = _PHASE_CODE.get(step.phase, _OTHER_PHASE)
-        status = _STEP_STATUS_CODE.get(step.status, _OTHER_STATUS)
+        phase = _phase_code(step.phase)
+        status = _step_status_code(step.status)
         output = step.output
         kind = 0 if output is None else 1 if type(output) is int else 2
         error = step.error
@@ -227,9 +265,11 @@ def finish(record: SagaRecord) -> Finished:
     w.uint(len(history))
     for event in history:
         w.time(event.at)
-        code = _EVENT_TYPE_CODE.get(event.type, _OTHER_TYPE)
+        code = _event_type_code(event.type)
         in_phase = event.phase
-        phase = 0 if in_phase is None else _PHASE_CODE.get(in_phase, _OTHER_PHASE - 1) + 1
+        phase = 0 if in_phase is None else _phase_code(in_phase) + 1
+        if phase > _OTHER_PHASE:
+            phase = _OTHER_PHASE
         step_name, attempt, detail = event.step, event.attempt, event.detail
         # type 5, phase 2, step / attempt / detail 1 each
         w.put(
@@ -289,6 +329,11 @@ class _Reader:
             return self.get(30)
         return self.packed[self.kept + self.value()]
 
+    def text(self) -> Any:
+        """What ``_Writer.text`` wrote."""
+        index: int = self.value()
+        return self.packed[self.kept + index]
+
     def signed(self) -> int:
         code: int = self.value()
         return code >> 1 if not code & 1 else -((code + 1) >> 1)
@@ -311,16 +356,16 @@ def expand(entry: Finished, history: bool = True) -> SagaRecord:
     read = _Reader(entry)
     steps: dict[tuple[str, Phase], StepRecord] = {}
     for _ in range(read.value()):
-        name: str = read.value()
+        name: str = read.text()
         head = read.get(11)
         code = head & 3
-        phase: Phase = read.value() if code == _OTHER_PHASE else _PHASES[code]
+        phase: Phase = read.text() if code == _OTHER_PHASE else _PHASES[code]
         code = (head >> 2) & 7
-        status: StepStatus = read.value() if code == _OTHER_STATUS else _STEP_STATUSES[code]
+        status: StepStatus = read.text() if code == _OTHER_STATUS else _STEP_STATUSES[code]
         attempts = read.signed()
         kind = (head >> 6) & 3
-        output: Any = None if kind == 0 else read.signed() if kind == 1 else read.value()
-        error: str | None = read.value() if head & 256 else None
+        output: Any = None if kind == 0 else read.signed() if kind == 1 else read.text()
+        error: str | None = read.text() if head & 256 else None
         started = read.time() if head & 512 else None
         finished = read.time() if head & 1024 else None
         steps[(name, phase)] = StepRecord(
@@ -332,14 +377,14 @@ def expand(entry: Finished, history: bool = True) -> SagaRecord:
             at = read.time()
             head = read.get(10)
             code = head & 31
-            type_: EventType = read.value() if code == _OTHER_TYPE else _EVENT_TYPES[code]
+            type_: EventType = read.text() if code == _OTHER_TYPE else _EVENT_TYPES[code]
             code = (head >> 5) & 3
             in_phase: Phase | None = (
-                None if code == 0 else read.value() if code == _OTHER_PHASE else _PHASES[code - 1]
+                None if code == 0 else read.text() if code == _OTHER_PHASE else _PHASES[code - 1]
             )
-            step: str | None = read.value() if head & 128 else None
+            step: str | None = read.text() if head & 128 else None
             attempt = read.signed() if head & 256 else None
-            detail: str | None = read.value() if head & 512 else None
+            detail: str | None = read.text() if head & 512 else None
             timeline.append(Event(at, type_, step, in_phase, attempt, detail))
     return SagaRecord(
         entry.id,
