@@ -258,16 +258,20 @@ def test_the_packed_form_gives_back_every_value_exactly() -> None:
         t + 30, None, True, "out of stock", {(r.name, r.phase): r for r in rows}, history,
         None, None, True, None, 17,
     )  # fmt: skip
-    entry = finish(record)
-    assert len(entry.packed) > entry.words > 4, "many words"
-    back = expand(entry)
-    _same(back, record)
-    for found, expected in zip(back.steps.values(), rows, strict=True):
-        assert [type(v) for v in _fields(found)] == [type(v) for v in _fields(expected)]
-    for found_event, expected_event in zip(back.history, history, strict=True):
-        assert [type(v) for v in _fields(found_event)] == [type(v) for v in _fields(expected_event)]
-    assert back.steps[("b", f)].output is rows[1].output, "values kept, not copied"
-    assert expand(entry, history=False).history == []
+    packed = finish(record, packed=True)
+    assert len(packed.packed) > packed.words > 4, "many words"
+    listed = finish(record, packed=False)  # the interpreted build's form
+    assert listed.words == -1
+    for entry in (packed, listed):
+        back = expand(entry)
+        _same(back, record)
+        for found, expected in zip(back.steps.values(), rows, strict=True):
+            assert [type(v) for v in _fields(found)] == [type(v) for v in _fields(expected)]
+        for found_event, expected_event in zip(back.history, history, strict=True):
+            found_types = [type(v) for v in _fields(found_event)]
+            assert found_types == [type(v) for v in _fields(expected_event)]
+        assert back.steps[("b", f)].output is rows[1].output, "values kept, not copied"
+        assert expand(entry, history=False).history == []
 
 
 def _fields(row: StepRecord | Event) -> list[object]:

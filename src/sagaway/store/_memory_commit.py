@@ -4,11 +4,14 @@ the store's class, subclassed by tests and of several bases, stays interpreted.
 
 A saga the store keeps is a ``SagaRecord`` while it can still change, and a ``Finished`` from the
 commit that finishes it (SUCCEEDED, COMPENSATED, FAILED) on: its row's fields as they were, and
-its step rows and events as two flat lists of their fields. A kept record was ~18 objects the
-garbage collector tracks (the record, its step map, a key tuple and a ``StepRecord`` per step
-row, its history list, an ``Event`` per event); a ``Finished`` is three (the lists hold enum
-members, which keeps them tracked). The lists are kept as built, sized to their fields: copied
-into tuples they cost ~1.5k instructions a saga more (compiled) for ~20 bytes less each. In
+its step rows and events, compiled, packed into one tuple of atomic values (``_memory_packed``:
+the collector walks ~14 references a saga instead of ~94, and only once), interpreted, as two
+flat lists of their fields (packing costs ~12 us a saga interpreted). A kept record was ~18
+objects the garbage collector tracks (the record, its step map, a key tuple and a ``StepRecord``
+per step row, its history list, an ``Event`` per event); a listed ``Finished`` is four (its
+lists hold enum members, which keeps them tracked). The lists are kept as built, sized to their
+fields: copied into tuples they cost ~1.5k instructions a saga more (compiled) for ~20 bytes
+less each. In
 ``engine_throughput``'s workload, 30,000 sagas kept: 17.8 tracked objects a saga -> 3.0, a
 full collection 316 -> 86 ms, 3.3 -> 2.5 KB of peak RSS a saga.
 A pickle of the rows (one untracked bytes value, 1.5 KB a saga) cost 5x as much to build (34k
@@ -24,49 +27,35 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from mypy_extensions import i64
-
 from sagaway.errors import CancelPending, EffectFailed, LeaseLost, SagaNotFound, TakeConflict
 from sagaway.state import (
     Change,
     Event,
-    EventType,
     NewSaga,
     OutboxMessage,
     Phase,
     SagaRecord,
     SagaStatus,
     StepRecord,
-    StepStatus,
     apply_change,
     record_from_new,
 )
 from sagaway.store._codec import check_change, check_new
+from sagaway.store._memory_packed import COMPILED, pack, unpack
 
 _SUCCEEDED: Final = SagaStatus.SUCCEEDED
 _COMPENSATED: Final = SagaStatus.COMPENSATED
 _FAILED: Final = SagaStatus.FAILED
-# Enum members by a small code (in this process only: a packed saga is never stored elsewhere);
-# the highest code of each width says "not a member: the value is in ``extra``".
-_PHASES: Final = tuple(Phase)
-_STEP_STATUSES: Final = tuple(StepStatus)
-_EVENT_TYPES: Final = tuple(EventType)
-_PHASE_CODE: Final = {m: i for i, m in enumerate(_PHASES)}
-_STEP_STATUS_CODE: Final = {m: i for i, m in enumerate(_STEP_STATUSES)}
-_EVENT_TYPE_CODE: Final = {m: i for i, m in enumerate(_EVENT_TYPES)}
-_OTHER_PHASE: Final = 3  # 2 bits (an event's: 0 for none, the code + 1, or this)
-_OTHER_STATUS: Final = 7  # 3 bits
-_OTHER_TYPE: Final = 31  # 5 bits
-_TICKS: Final = 4194304.0  # 2**22 a second: POSIX times this side of 2038 are whole ticks
-_EXACT: Final = 9007199254740992.0  # 2**53
-_WORD: Final = 62  # bits a word: a compiled int up to 62 bits is native, not an object
+# The fields of a StepRecord and of an Event, in the lists form.
+_STEP_FIELDS: Final = 9
+_EVENT_FIELDS: Final = 6
 
 
 class Finished:
     """A finished saga as the memory store keeps it: the saga's row as it was (what scans and
     filters read: same attribute names as ``SagaRecord``'s, so a scan reads either), its input,
-    and its step rows and events packed into one int (``packed``) and the values it refers
-    to (``extra``): see ``finish``."""
+    and its step rows and events: packed (``_memory_packed``; ``words``, how many words it
+    has) or, interpreted, two lists of their fields (``words`` -1)."""
 
     __slots__ = (
         "cancel_requested",
@@ -101,291 +90,85 @@ class Finished:
         self.fence, self.packed, self.words = record.fence, packed, words
 
 
-class _Writer:
-    """Fields of a few bits each, packed into 62-bit words (native when compiled); a value
-    that is not a small int goes to ``extra``, referred to by its index there. ``done``: the
-    words and then ``extra``, one tuple."""
-
-    def __init__(self, previous: float) -> None:
-        # i64: compiled, machine words (an int's shifts and ors check for overflow each)
-        self.word: i64 = 0
-        self.used: i64 = 0
-        self.words: list[int] = []
-        self.count = 0  # of words, once done
-        self.extra: list[Any] = []
-        self.previous = previous  # the last time written (times are written after it)
-
-    def put(self, value: i64, width: i64) -> None:
-        """``value`` (0 <= value < 2**width, width <= 30) in the next ``width`` bits."""
-        used = self.used
-        if used + width <= _WORD:
-            self.word |= value << used
-            self.used = used + width
-            return
-        room = _WORD - used
-        self.words.append(self.word | (value & ((1 << room) - 1)) << used)
-        self.word, self.used = value >> room, width - room
-
-    def uint(self, value: int) -> None:
-        """An int >= 0: 2 bits saying how wide (6, 14, 30 bits, or kept in ``extra``)."""
-        if value < 64:
-            self.put(value << 2, 8)
-        elif value < 16384:
-            self.put(value << 2 | 1, 16)
-        elif value < 1073741824:
-            self.put(2, 2)
-            self.put(value, 30)
-        else:
-            self.keep(value)
-
-    def signed(self, value: int) -> None:
-        self.uint(value << 1 if value >= 0 else (-value << 1) - 1)
-
-    def keep(self, value: Any) -> None:
-        """``value`` as it is, in ``extra``."""
-        self.put(3, 2)
-        self.uint(len(self.extra))
-        self.extra.append(value)
-
-    def text(self, value: Any) -> None:
-        """``value``'s index in ``extra``, where it is put once a saga (the same object again:
-        the same index). The field is always one, so no tag says so."""
-        extra = self.extra
-        for i, known in enumerate(extra):
-            if known is value:
-                self.uint(i)
-                return
-        self.uint(len(extra))
-        extra.append(value)
-
-    def time(self, at: float) -> None:
-        """``at`` as zigzag(its ticks after the time before it), or kept when the ticks do not
-        give it back to the last bit."""
-        previous = self.previous
-        self.previous = at
-        ticks = (at - previous) * _TICKS
-        if -_EXACT < ticks < _EXACT:
-            whole = int(ticks)
-            back = float(whole)  # compared as floats: an int against a float is generic
-            if back == ticks and previous + back / _TICKS == at:
-                self.signed(whole)
-                return
-        self.keep(at)
-
-    def done(self) -> tuple[Any, ...]:
-        """The words, then the values kept."""
-        words = self.words
-        if self.used:
-            words.append(self.word)
-        self.count = len(words)
-        words += self.extra
-        return tuple(words)
-
-
-# The codes of the members most rows hold, compared by identity first: a dict look-up a field
-# (the member's hash and the probe) was ~1.7k instructions a saga, compiled.
-_FORWARD: Final = Phase.FORWARD
-_COMPENSATION: Final = Phase.COMPENSATION
-_STEP_SUCCEEDED: Final = StepStatus.SUCCEEDED
-_STEP_SUCCEEDED_CODE: Final = _STEP_STATUSES.index(StepStatus.SUCCEEDED)
-_STEP_COMPENSATED: Final = StepStatus.COMPENSATED
-_STEP_COMPENSATED_CODE: Final = _STEP_STATUSES.index(StepStatus.COMPENSATED)
-_STEP_STARTED: Final = EventType.STEP_STARTED
-_STEP_STARTED_CODE: Final = _EVENT_TYPES.index(EventType.STEP_STARTED)
-_STEP_DONE: Final = EventType.STEP_SUCCEEDED
-_STEP_DONE_CODE: Final = _EVENT_TYPES.index(EventType.STEP_SUCCEEDED)
-
-
-def _phase_code(phase: Phase) -> int:
-    if phase is _FORWARD:
-        return 0
-    return 1 if phase is _COMPENSATION else _OTHER_PHASE
-
-
-def _step_status_code(status: StepStatus) -> int:
-    if status is _STEP_SUCCEEDED:
-        return _STEP_SUCCEEDED_CODE
-    if status is _STEP_COMPENSATED:
-        return _STEP_COMPENSATED_CODE
-    return _STEP_STATUS_CODE.get(status, _OTHER_STATUS)
-
-
-def _event_type_code(kind: EventType) -> int:
-    if kind is _STEP_STARTED:
-        return _STEP_STARTED_CODE
-    if kind is _STEP_DONE:
-        return _STEP_DONE_CODE
-    return _EVENT_TYPE_CODE.get(kind, _OTHER_TYPE)
-
-
-def finish(record: SagaRecord) -> Finished:
-    """``record`` as a ``Finished``. Its step rows and events are one int, and the values it
-    does not hold (texts, an output other than None or an int, a time not a whole number of
-    ticks after the one before it) one tuple: neither is a container the garbage collector
-    walks but for an output that is one. As lists of their fields, they were two lists of ~75
-    references a saga that every collection walked (~1 us a saga in ``engine_throughput``)."""
-    w = _Writer(record.created_at)
+def finish(record: SagaRecord, packed: bool = COMPILED) -> Finished:
+    """``record`` as a ``Finished``: its step rows and events packed (``_memory_packed``) if
+    ``packed``, else as two flat lists of their fields."""
+    if packed:
+        value, words = pack(record)
+        return Finished(record, value, words)
+    # Written into lists made to size: an append costs ~3 times an item set, compiled.
     steps = record.steps
-    w.uint(len(steps))
+    rows: list[Any] = [None] * (_STEP_FIELDS * len(steps))
+    i = 0
     for step in steps.values():
-        w.text(step.name)
-        phase = _phase_code(step.phase)
-        status = _step_status_code(step.status)
-        output = step.output
-        kind = 0 if output is None else 1 if type(output) is int else 2
-        error = step.error
-        started, finished = step.started_at, step.finished_at
-        # phase 2, status 3, uncertain 1, output kind 2, error / started / finished 1 each
-        w.put(
-            phase
-            | status << 2
-            | (32 if step.uncertain else 0)
-            | kind << 6
-            | (0 if error is None else 256)
-            | (0 if started is None else 512)
-            | (0 if finished is None else 1024),
-            11,
-        )
-        if phase == _OTHER_PHASE:
-            w.text(step.phase)
-        if status == _OTHER_STATUS:
-            w.text(step.status)
-        w.signed(step.attempts)
-        if kind == 1:
-            w.signed(output)
-        elif kind == 2:
-            w.text(output)
-        if error is not None:
-            w.text(error)
-        if started is not None:
-            w.time(started)
-        if finished is not None:
-            w.time(finished)
+        rows[i] = step.name
+        rows[i + 1] = step.phase
+        rows[i + 2] = step.status
+        rows[i + 3] = step.attempts
+        rows[i + 4] = step.output
+        rows[i + 5] = step.error
+        rows[i + 6] = step.uncertain
+        rows[i + 7] = step.started_at
+        rows[i + 8] = step.finished_at
+        i += _STEP_FIELDS
     history = record.history
-    w.uint(len(history))
+    events: list[Any] = [None] * (_EVENT_FIELDS * len(history))
+    i = 0
     for event in history:
-        w.time(event.at)
-        code = _event_type_code(event.type)
-        in_phase = event.phase
-        phase = 0 if in_phase is None else _phase_code(in_phase) + 1
-        if phase > _OTHER_PHASE:
-            phase = _OTHER_PHASE
-        step_name, attempt, detail = event.step, event.attempt, event.detail
-        # type 5, phase 2, step / attempt / detail 1 each
-        w.put(
-            code
-            | phase << 5
-            | (0 if step_name is None else 128)
-            | (0 if attempt is None else 256)
-            | (0 if detail is None else 512),
-            10,
+        events[i] = event.at
+        events[i + 1] = event.type
+        events[i + 2] = event.step
+        events[i + 3] = event.phase
+        events[i + 4] = event.attempt
+        events[i + 5] = event.detail
+        i += _EVENT_FIELDS
+    return Finished(record, (rows, events), -1)
+
+
+def _unlisted(
+    lists: tuple[Any, ...], history: bool
+) -> tuple[dict[tuple[str, Phase], StepRecord], list[Event]]:
+    """The step rows and events of a ``Finished`` that keeps them as lists."""
+    rows: list[Any] = lists[0]
+    steps: dict[tuple[str, Phase], StepRecord] = {}
+    for i in range(0, len(rows), _STEP_FIELDS):
+        name: str = rows[i]
+        phase: Phase = rows[i + 1]
+        steps[(name, phase)] = StepRecord(
+            name,
+            phase,
+            rows[i + 2],
+            rows[i + 3],
+            rows[i + 4],
+            rows[i + 5],
+            rows[i + 6],
+            rows[i + 7],
+            rows[i + 8],
         )
-        if code == _OTHER_TYPE:
-            w.text(event.type)
-        if phase == _OTHER_PHASE:
-            w.text(in_phase)
-        if step_name is not None:
-            w.text(step_name)
-        if attempt is not None:
-            w.signed(attempt)
-        if detail is not None:
-            w.text(detail)
-    packed = w.done()
-    return Finished(record, packed, w.count)
-
-
-class _Reader:
-    """Reads ``Finished.packed`` in the order ``finish`` wrote it."""
-
-    def __init__(self, entry: Finished) -> None:
-        self.packed, self.kept = entry.packed, entry.words
-        self.word: i64 = self.packed[0] if self.kept else 0
-        self.left: i64 = _WORD
-        self.next = 1
-        self.previous: float = entry.created_at
-
-    def get(self, width: i64) -> i64:
-        left = self.left
-        if width <= left:
-            value = self.word & ((1 << width) - 1)
-            self.word >>= width
-            self.left = left - width
-            return value
-        low = self.word
-        word: i64 = self.packed[self.next]
-        self.next += 1
-        rest = width - left
-        self.word, self.left = word >> rest, _WORD - rest
-        return low | (word & ((1 << rest) - 1)) << left
-
-    def value(self) -> Any:
-        """What ``_Writer.uint``, ``keep`` or ``text`` wrote."""
-        size = self.get(2)
-        if size == 0:
-            return self.get(6)
-        if size == 1:
-            return self.get(14)
-        if size == 2:
-            return self.get(30)
-        return self.packed[self.kept + self.value()]
-
-    def text(self) -> Any:
-        """What ``_Writer.text`` wrote."""
-        index: int = self.value()
-        return self.packed[self.kept + index]
-
-    def signed(self) -> int:
-        code: int = self.value()
-        return code >> 1 if not code & 1 else -((code + 1) >> 1)
-
-    def time(self) -> float:
-        found = self.value()
-        if type(found) is float:
-            at: float = found
-        else:
-            code: int = found
-            whole = code >> 1 if not code & 1 else -((code + 1) >> 1)
-            at = self.previous + float(whole) / _TICKS
-        self.previous = at
-        return at
+    timeline: list[Event] = []
+    if history:
+        events: list[Any] = lists[1]
+        for i in range(0, len(events), _EVENT_FIELDS):
+            timeline.append(
+                Event(
+                    events[i],
+                    events[i + 1],
+                    events[i + 2],
+                    events[i + 3],
+                    events[i + 4],
+                    events[i + 5],
+                )
+            )
+    return steps, timeline
 
 
 def expand(entry: Finished, history: bool = True) -> SagaRecord:
     """The record ``entry`` was made of: a new one, equal to it field for field (no
     ``definition``, as a store read has none); its history left empty unless ``history``."""
-    read = _Reader(entry)
-    steps: dict[tuple[str, Phase], StepRecord] = {}
-    for _ in range(read.value()):
-        name: str = read.text()
-        head = read.get(11)
-        code = head & 3
-        phase: Phase = read.text() if code == _OTHER_PHASE else _PHASES[code]
-        code = (head >> 2) & 7
-        status: StepStatus = read.text() if code == _OTHER_STATUS else _STEP_STATUSES[code]
-        attempts = read.signed()
-        kind = (head >> 6) & 3
-        output: Any = None if kind == 0 else read.signed() if kind == 1 else read.text()
-        error: str | None = read.text() if head & 256 else None
-        started = read.time() if head & 512 else None
-        finished = read.time() if head & 1024 else None
-        steps[(name, phase)] = StepRecord(
-            name, phase, status, attempts, output, error, head & 32 != 0, started, finished
-        )
-    timeline: list[Event] = []
-    if history:
-        for _ in range(read.value()):
-            at = read.time()
-            head = read.get(10)
-            code = head & 31
-            type_: EventType = read.text() if code == _OTHER_TYPE else _EVENT_TYPES[code]
-            code = (head >> 5) & 3
-            in_phase: Phase | None = (
-                None if code == 0 else read.text() if code == _OTHER_PHASE else _PHASES[code - 1]
-            )
-            step: str | None = read.text() if head & 128 else None
-            attempt = read.signed() if head & 256 else None
-            detail: str | None = read.text() if head & 512 else None
-            timeline.append(Event(at, type_, step, in_phase, attempt, detail))
+    if entry.words >= 0:
+        steps, timeline = unpack(entry.packed, entry.words, entry.created_at, history)
+    else:
+        steps, timeline = _unlisted(entry.packed, history)
     return SagaRecord(
         entry.id,
         entry.name,
