@@ -3,7 +3,9 @@ gives back the record the run finished with, field for field, and writes to it s
 
 from __future__ import annotations
 
+import dataclasses
 from enum import IntEnum
+from typing import Any
 
 import pytest
 from sagakit import Kit, Order
@@ -215,3 +217,62 @@ async def test_every_field_of_a_finished_saga_reads_back_to_the_bit(status: Saga
     _same(await store.get("s"), expected)
     assert expected.cancel_requested
     assert expected.owner == "e1"
+
+
+def test_the_packed_form_gives_back_every_value_exactly() -> None:
+    """``finish`` packs step rows and events into words and the values it keeps: odd values
+    (times not whole ticks, a time before the one before it, huge and negative ints, outputs
+    of every JSON kind, texts shared and not, a value that is not an enum member, many events
+    over many words) read back equal, with the same types, times to the last bit."""
+    from sagaway import state
+    from sagaway.store._memory_commit import expand, finish
+
+    # A text where an enum member belongs: only the interpreted classes take one.
+    pure = state.__file__.endswith(".py")
+    status: Any = "CUSTOM" if pure else StepStatus.RUNNING
+    phase: Any = "sideways" if pure else C
+    kind: Any = "custom_type" if pure else EventType.SIGNAL_RECEIVED
+    t, f = NOW, Phase.FORWARD
+    odd = [t + 1e-9, t - 3600.0, 0.1, 1e300, -2.5, t + 2**40]
+    rows = [
+        StepRecord("a", f, StepStatus.SUCCEEDED, 1, 2**70, None, False, t, odd[0]),
+        StepRecord("b", f, StepStatus.FAILED, -5, {"k": [1, 2.5]}, "boom", True, odd[1], None),
+        StepRecord("b", C, StepStatus.COMPENSATED, 70_000, True, None, False, None, t),
+        StepRecord("c", f, status, 0, "text", "boom", False, odd[2], odd[3]),
+        StepRecord("d", C, StepStatus.SKIPPED, 2**40, -(2**33), None, False, odd[4], None),
+        StepRecord("e", phase, StepStatus.PENDING, 3, 1.5, None, False, odd[5], t),
+    ]
+    events: list[tuple[Any, ...]] = [
+        (EventType.SAGA_STARTED, None, None, None, None),
+        (EventType.STEP_STARTED, "a", f, 1, "engine-1"),
+        (EventType.STEP_FAILED, "b", C, -(2**62), "engine-1"),
+        (kind, "x", phase, 2**31, "detail"),
+        (EventType.CANCEL_REFUSED, None, None, 0, "too late"),
+    ]
+    history = [
+        Event(t + i * 0.001 if i % 7 else t - i * 1e-7, *event)
+        for i, event in enumerate(events * 40)
+    ]
+    record = SagaRecord(
+        "s-1", "order", 3, SagaStatus.FAILED, {"order": 1}, t, t + 5, "key", "engine-1",
+        t + 30, None, True, "out of stock", {(r.name, r.phase): r for r in rows}, history,
+        None, None, True, None, 17,
+    )  # fmt: skip
+    packed = finish(record, packed=True)
+    assert len(packed.packed) > packed.words > 4, "many words"
+    listed = finish(record, packed=False)  # the interpreted build's form
+    assert listed.words == -1
+    for entry in (packed, listed):
+        back = expand(entry)
+        _same(back, record)
+        for found, expected in zip(back.steps.values(), rows, strict=True):
+            assert [type(v) for v in _fields(found)] == [type(v) for v in _fields(expected)]
+        for found_event, expected_event in zip(back.history, history, strict=True):
+            found_types = [type(v) for v in _fields(found_event)]
+            assert found_types == [type(v) for v in _fields(expected_event)]
+        assert back.steps[("b", f)].output is rows[1].output, "values kept, not copied"
+        assert expand(entry, history=False).history == []
+
+
+def _fields(row: StepRecord | Event) -> list[object]:
+    return [getattr(row, field.name) for field in dataclasses.fields(row)]
