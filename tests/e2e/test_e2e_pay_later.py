@@ -8,6 +8,7 @@ takes its amount once; every cancelled one leaves the balances as they were."""
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -234,6 +235,19 @@ async def test_orders_list_shows_pay_later_orders(client: httpx.AsyncClient) -> 
     assert [o["order_id"] for o in page] == [pending["order_id"]]
     bad = await client.get("/orders", params={"status": "lost"})
     assert bad.status_code == 422
+
+
+@FLOWS
+async def test_order_and_payment_ids_begin_with_the_millisecond_they_were_made(
+    client: httpx.AsyncClient, flow: str
+) -> None:
+    """32 hex digits, the first 12 the order's creation time in milliseconds: later orders sort
+    after earlier ones, so the tables keyed by these ids take new rows at their right edge."""
+    order = await create(client, TORONTO, flow)
+    made_ms = int(order["created_at"] * 1000)
+    for key in ("order_id", "payment_id"):
+        assert re.fullmatch(r"[0-9a-f]{32}", order[key]), order[key]
+        assert int(order[key][:12], 16) == made_ms, (key, order)
 
 
 async def test_default_address_is_the_accounts(client: httpx.AsyncClient) -> None:
