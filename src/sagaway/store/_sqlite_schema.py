@@ -219,16 +219,6 @@ MIGRATIONS: list[tuple[str, ...]] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 # The page size of a log file this store creates (an existing file keeps its own).
 PAGE_SIZE = 8192
-# The WAL size (in pages) at which the writer's commit copies it back into the database file
-# (SQLite's default: 1000). A checkpoint copies each page the WAL holds once, however often it
-# was written since the last one, and the pages a group commit writes are mostly the same few
-# (the right edges of the tables and indexes): four times the window copies about half as many
-# pages a commit (the checkout's order: 1.5 -> 0.7 pages read back and written again, ~6% of
-# its CPU; README "Session 16, lane wal"). The WAL file then stays ~32 MB (8 KB pages). Only
-# on a durable log: there every commit is synced, so when checkpoints run changes nothing of
-# what a power loss can take; with durable=false (synchronous=NORMAL) the checkpoint is what
-# syncs, and its window stays SQLite's.
-WAL_AUTOCHECKPOINT = 4000
 _FALSE = {"0", "false", "no", "off"}
 
 
@@ -282,8 +272,6 @@ def connect(path: str, *, durable: bool, busy_timeout_ms: int, reader: bool) -> 
                 raise StoreError(f"sqlite: cannot enable WAL on {path!r} (journal_mode={mode})")
             # FULL fsyncs the WAL on every commit: a transition is on disk before the step runs.
             conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
-            if durable:
-                conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT}")
             conn.execute("PRAGMA temp_store = MEMORY")
         return conn
     except sqlite3.Error as exc:
