@@ -11,9 +11,8 @@ objects the garbage collector tracks (the record, its step map, a key tuple and 
 per step row, its history list, an ``Event`` per event); a listed ``Finished`` is four (its
 lists hold enum members, which keeps them tracked). The lists are kept as built, sized to their
 fields: copied into tuples they cost ~1.5k instructions a saga more (compiled) for ~20 bytes
-less each. In
-``engine_throughput``'s workload, 30,000 sagas kept: 17.8 tracked objects a saga -> 3.0, a
-full collection 316 -> 86 ms, 3.3 -> 2.5 KB of peak RSS a saga.
+less each. In ``engine_throughput``'s workload, 30,000 sagas kept: 17.8 tracked objects a saga
+-> 3.0, a full collection 316 -> 86 ms, 3.3 -> 2.5 KB of peak RSS a saga (the lists form).
 A pickle of the rows (one untracked bytes value, 1.5 KB a saga) cost 5x as much to build (34k
 instructions a saga compiled, this 6.5k; +8% CPU pure at 5,000 sagas); keeping the
 ``StepRecord`` and ``Event`` objects in tuples cost nothing to build but kept 14.6 tracked
