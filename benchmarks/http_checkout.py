@@ -51,7 +51,7 @@ from typing import Any
 import aiohttp
 import httpx
 
-from procs import cpu_seconds, server_process
+from procs import cpu_split, server_process
 from report import percentile
 
 HAPPY_STOCK = 10_000_000  # product_1 / product_2 units with --serve
@@ -93,6 +93,7 @@ class Results:
     errors: Counter[str] = field(default_factory=Counter)
     client_cpu_s: float = 0.0
     server_cpu_s: float | None = None  # with --serve (or --server-pid)
+    server_sys_cpu_s: float | None = None  # the kernel's part of it
 
 
 Post = Callable[[dict[str, Any]], Awaitable[tuple[int, Any]]]
@@ -169,13 +170,15 @@ async def run(
             shared = iter(range(n, n + warmup))
             await asyncio.gather(*(drive(shared, False) for _ in range(concurrency)))
         shared = iter(range(n))
-        server_cpu, client_cpu = cpu_seconds(server_pid), time.process_time()
+        server_cpu, client_cpu = cpu_split(server_pid), time.process_time()
         started = time.perf_counter()
         await asyncio.gather(*(drive(shared, True) for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
         results.client_cpu_s = time.process_time() - client_cpu
         if server_pid is not None:
-            results.server_cpu_s = cpu_seconds(server_pid) - server_cpu
+            user, kernel = cpu_split(server_pid)
+            results.server_cpu_s = user + kernel - sum(server_cpu)
+            results.server_sys_cpu_s = kernel - server_cpu[1]
     return results, elapsed
 
 
@@ -413,9 +416,11 @@ def measure(
     with asyncio.Runner(loop_factory=factory) as runner:
         results, elapsed = runner.run(run(url, n, concurrency, warmup, reset, client, server_pid))
     done = len(results.latencies)
-    server_ms = None
+    server_ms = server_sys_ms = None
     if results.server_cpu_s is not None and done:
         server_ms = round(results.server_cpu_s / done * 1000, 3)
+    if results.server_sys_cpu_s is not None and done:
+        server_sys_ms = round(results.server_sys_cpu_s / done * 1000, 3)
     return {
         "orders_per_s": round(done / elapsed if elapsed > 0 else 0.0, 1),
         "p50_ms": round(percentile(results.latencies, 0.50) * 1000, 2),
@@ -425,6 +430,7 @@ def measure(
         "seconds": round(elapsed, 3),
         "client": client,
         "server_cpu_ms_per_order": server_ms,
+        "server_sys_cpu_ms_per_order": server_sys_ms,
         "client_cpu_ms_per_order": round(results.client_cpu_s / done * 1000, 3) if done else None,
         "http": dict(sorted(results.http.items())),
         "outcomes": dict(sorted(results.outcomes.items())),
@@ -441,6 +447,7 @@ def with_floor(result: dict[str, Any], floor: dict[str, Any]) -> dict[str, Any]:
         "floor_orders_per_s": floor["orders_per_s"],
         "floor_p99_ms": floor["p99_ms"],
         "floor_server_cpu_ms_per_order": floor_ms,
+        "floor_server_sys_cpu_ms_per_order": floor.get("server_sys_cpu_ms_per_order"),
         "ratio": round(result["orders_per_s"] / floor["orders_per_s"], 3),
         "cpu_ratio": round(floor_ms / server_ms, 3) if server_ms and floor_ms else None,
     }
@@ -456,7 +463,11 @@ def print_result(result: dict[str, Any]) -> None:
         f"{result['orders_per_s']:>10.1f} {result['p50_ms']:>8.1f} {result['p99_ms']:>8.1f}"
     )
     if result["server_cpu_ms_per_order"] is not None:
-        print(f"server CPU {result['server_cpu_ms_per_order']} ms/order", end="; ")
+        print(
+            f"server CPU {result['server_cpu_ms_per_order']} ms/order "
+            f"(kernel {result['server_sys_cpu_ms_per_order']})",
+            end="; ",
+        )
     print(f"client CPU {result['client_cpu_ms_per_order']} ms/order ({result['client']})")
     if "floor_orders_per_s" in result:
         print(

@@ -36,7 +36,7 @@ from typing import Any
 import asyncpg
 
 from pg_ledger import PostgresLedger, drop_schema
-from report import latency_ms, print_report
+from report import kernel_cpu_s, latency_ms, print_report
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres?schema=bench_floor"
 STEPS = ("reserve_inventory", "process_payment", "ship_order")
@@ -263,9 +263,10 @@ async def run(url: str, n: int, concurrency: int) -> dict[str, Any]:
             latencies.append(time.perf_counter() - began)
 
     try:
-        began, cpu = time.perf_counter(), time.process_time()
+        began, cpu, kernel = time.perf_counter(), time.process_time(), kernel_cpu_s()
         await asyncio.gather(*(client() for _ in range(concurrency)))
         elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu
+        kernel = kernel_cpu_s() - kernel
         statuses = dict(
             await pool.fetch(
                 f'SELECT status, count(*) FROM "{schema}".sagaway_instances GROUP BY 1'
@@ -285,6 +286,7 @@ async def run(url: str, n: int, concurrency: int) -> dict[str, Any]:
         "sagas_per_s": round(n / elapsed, 1),
         **latency_ms(latencies),
         "cpu_us_per_saga": round(cpu / n * 1e6, 1),
+        "sys_us_per_saga": round(kernel / n * 1e6, 1),
         "transitions_per_batch": round(transitions / max(log.batches, 1), 1),
     }
 

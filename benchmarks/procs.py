@@ -24,15 +24,23 @@ _SERVING = re.compile(r"serving on (http://[\d.]+:\d+)")
 def cpu_seconds(pid: int | Iterable[int] | None) -> float:
     """User + system CPU of process ``pid`` (or the sum over several pids) so far; 0.0 for a
     process that is unknown or gone."""
+    user, kernel = cpu_split(pid)
+    return user + kernel
+
+
+def cpu_split(pid: int | Iterable[int] | None) -> tuple[float, float]:
+    """User and system (kernel) CPU seconds of process ``pid`` (or summed over several pids) so
+    far; zeros for a process that is unknown or gone."""
     if pid is None:
-        return 0.0
+        return 0.0, 0.0
     if not isinstance(pid, int):
-        return sum(cpu_seconds(one) for one in pid)
+        splits = [cpu_split(one) for one in pid]
+        return sum(s[0] for s in splits), sum(s[1] for s in splits)
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / _TICK
+        return 0.0, 0.0
+    return int(fields[11]) / _TICK, int(fields[12]) / _TICK
 
 
 def broker_pid() -> int | None:

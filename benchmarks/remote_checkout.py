@@ -45,8 +45,8 @@ from typing import Any
 
 import httpx
 
-from http_checkout import HAPPY_BALANCE_CENTS, HAPPY_STOCK, _env, _seed, cpu_seconds, run
-from procs import broker_pid, server_process
+from http_checkout import HAPPY_BALANCE_CENTS, HAPPY_STOCK, _env, _seed, run
+from procs import broker_pid, cpu_seconds, server_process
 from report import percentile
 
 POSTGRES_URL = os.environ.get(

@@ -4,6 +4,7 @@ last line of output) for comparing runs."""
 from __future__ import annotations
 
 import json
+import resource
 from typing import Any
 
 
@@ -14,6 +15,12 @@ def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
     return ordered[index]
+
+
+def kernel_cpu_s() -> float:
+    """System (kernel) CPU seconds of this process so far, all its threads: the part of the CPU
+    figures that instruction counts (callgrind) cannot see, the WAL's writes and fsyncs among it."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_stime
 
 
 def latency_ms(latencies: list[float]) -> dict[str, float]:
@@ -31,11 +38,16 @@ def print_report(result: dict[str, Any]) -> None:
     print(json.dumps(result))
 
 
+def _kernel(sys_cpu: float | None) -> str:
+    return "" if sys_cpu is None else f" (kernel {sys_cpu})"
+
+
 def print_floor_table(rows: list[dict[str, Any]]) -> None:
     """One line per measure: the floor and the engine (``now``) from the same run, their ratio,
     the CPU per unit of each and the target; then the rows as one JSON line. Each row has
     ``measure``, ``unit``, ``floor``, ``now``, ``cpu_unit``, ``floor_cpu``, ``now_cpu`` and
-    ``target`` (the ratio aimed at, or None)."""
+    ``target`` (the ratio aimed at, or None); ``floor_sys_cpu`` and ``now_sys_cpu``, the kernel's
+    part of each CPU figure, when known (printed in brackets)."""
     header = ("measure", "floor", "now", "ratio", "CPU floor", "CPU now", "CPU ratio", "target")
     lines = [header]
     for row in rows:
@@ -51,8 +63,8 @@ def print_floor_table(rows: list[dict[str, Any]]) -> None:
                 f"{row['floor']:,.0f} {row['unit']}",
                 f"{row['now']:,.0f} {row['unit']}",
                 f"{ratio:.0%}",
-                f"{row['floor_cpu']} {row['cpu_unit']}",
-                f"{row['now_cpu']} {row['cpu_unit']}",
+                f"{row['floor_cpu']} {row['cpu_unit']}{_kernel(row.get('floor_sys_cpu'))}",
+                f"{row['now_cpu']} {row['cpu_unit']}{_kernel(row.get('now_sys_cpu'))}",
                 "-" if cpu_ratio is None else f"{cpu_ratio:.0%}",
                 "-" if row["target"] is None else f">= {row['target']:.0%}",
             )

@@ -30,7 +30,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from report import latency_ms, print_report
+from report import kernel_cpu_s, latency_ms, print_report
 
 Write = tuple[str, tuple[Any, ...]]
 
@@ -140,9 +140,10 @@ async def run_dicts(n: int, concurrency: int) -> dict[str, Any]:
             await dict_saga(sagas, effects, i)
             latencies.append(time.perf_counter() - began)
 
-    began, cpu = time.perf_counter(), time.process_time()
+    began, cpu, kernel = time.perf_counter(), time.process_time(), kernel_cpu_s()
     await asyncio.gather(*(client() for _ in range(concurrency)))
     elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu
+    kernel = kernel_cpu_s() - kernel
     statuses = Counter(row[0] for row in sagas.values())
     assert statuses == {"succeeded": n - n // 10, "compensated": n // 10}, statuses
     return {
@@ -154,6 +155,7 @@ async def run_dicts(n: int, concurrency: int) -> dict[str, Any]:
         "sagas_per_s": round(n / elapsed, 1),
         **latency_ms(latencies),
         "cpu_us_per_saga": round(cpu / n * 1e6, 1),
+        "sys_us_per_saga": round(kernel / n * 1e6, 1),
     }
 
 
@@ -183,9 +185,10 @@ async def run(path: str, commit: str, n: int, concurrency: int) -> dict[str, Any
             await saga(log, i)
             latencies.append(time.perf_counter() - began)
 
-    began, cpu = time.perf_counter(), time.process_time()
+    began, cpu, kernel = time.perf_counter(), time.process_time(), kernel_cpu_s()
     await asyncio.gather(*(client() for _ in range(concurrency)))
     elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu
+    kernel = kernel_cpu_s() - kernel
     committer.cancel()
     statuses = dict(conn.execute("SELECT status, count(*) FROM saga GROUP BY status").fetchall())
     conn.close()
@@ -199,6 +202,7 @@ async def run(path: str, commit: str, n: int, concurrency: int) -> dict[str, Any
         "sagas_per_s": round(n / elapsed, 1),
         **latency_ms(latencies),
         "cpu_us_per_saga": round(cpu / n * 1e6, 1),
+        "sys_us_per_saga": round(kernel / n * 1e6, 1),
         "writes_per_commit": round((n * 4 + n // 10 * 2) / log.batches, 1),
     }
 
