@@ -99,6 +99,21 @@ async def run_engine(path: str, n: int, concurrency: int) -> sqlite3.Connection:
     return holder
 
 
+def _keep_every_transaction() -> None:
+    """The store's connections opened with SQLite's automatic checkpoint off, so the WAL keeps
+    every transaction of the run (a checkpoint would restart it and overwrite the frames)."""
+    from sagaway.store import sqlite as sqlite_store
+
+    opened = sqlite_store.connect
+
+    def without_checkpoints(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        conn = opened(*args, **kwargs)
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
+        return conn
+
+    sqlite_store.connect = without_checkpoints  # type: ignore[assignment]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=5000, help="sagas (or, with --parse, items)")
@@ -111,7 +126,7 @@ def main() -> None:
     else:
         from sagaway.store import _sqlite_schema
 
-        _sqlite_schema.WAL_AUTOCHECKPOINT = 0  # keep every transaction in the WAL
+        _keep_every_transaction()
         if args.page_size:
             _sqlite_schema.PAGE_SIZE = args.page_size
         with tempfile.TemporaryDirectory() as directory:
