@@ -33,7 +33,6 @@ from sagaway.state import Event, EventType, Phase, SagaRecord, StepRecord, StepS
 _PHASES: Final = tuple(Phase)
 _STEP_STATUSES: Final = tuple(StepStatus)
 _EVENT_TYPES: Final = tuple(EventType)
-_PHASE_CODE: Final = {m: i for i, m in enumerate(_PHASES)}
 _STEP_STATUS_CODE: Final = {m: i for i, m in enumerate(_STEP_STATUSES)}
 _EVENT_TYPE_CODE: Final = {m: i for i, m in enumerate(_EVENT_TYPES)}
 _OTHER_PHASE: Final = 3  # 2 bits (an event's: 0 for none, the code + 1, or this)
@@ -242,6 +241,11 @@ def pack(record: SagaRecord) -> tuple[tuple[Any, ...], int]:
     return packed, w.count
 
 
+def _unzigzag(code: int) -> int:
+    """The int ``_Writer.signed`` wrote as ``code``."""
+    return code >> 1 if not code & 1 else -((code + 1) >> 1)
+
+
 class _Reader:
     """Reads a packed value in the order ``pack`` wrote it."""
 
@@ -283,17 +287,14 @@ class _Reader:
         return self.packed[self.kept + index]
 
     def signed(self) -> int:
-        code: int = self.value()
-        return code >> 1 if not code & 1 else -((code + 1) >> 1)
+        return _unzigzag(self.value())
 
     def time(self) -> float:
         found = self.value()
         if type(found) is float:
             at: float = found
         else:
-            code: int = found
-            whole = code >> 1 if not code & 1 else -((code + 1) >> 1)
-            at = self.previous + float(whole) / _TICKS
+            at = self.previous + float(_unzigzag(found)) / _TICKS
         self.previous = at
         return at
 
