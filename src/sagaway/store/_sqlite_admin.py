@@ -23,7 +23,7 @@ from sagaway.store._codec import SAGA_STATUS as _SAGA_STATUS
 from sagaway.store._codec import dumps as _dumps
 from sagaway.store._codec import message_from_row
 from sagaway.store._sqlite_compact import journal_rows, table_then_journal_steps
-from sagaway.store._sqlite_ops import _ACTIVE, NOT_DONE, _exists
+from sagaway.store._sqlite_ops import _ACTIVE, NOT_DONE, NOT_PARKED, PARKED, _exists
 from sagaway.store._sqlite_rows import (
     _OUTBOX_COLS,
     _SELECT_COLS,
@@ -73,16 +73,29 @@ def read_list(
 ) -> tuple[list[SagaRecord], int]:
     clauses: list[str] = []
     params: list[Any] = []
+    split = False
     if status is not None:
         clauses.append("status = ?")
         params.append(status.value)
-        if status.value not in ("SUCCEEDED", "COMPENSATED"):
-            clauses.append(NOT_DONE)  # then sagaway_instances_open has them, newest first
+        # Then sagaway_instances_open has them, newest first in each of its two ranges of
+        # the status (not parked, parked): the page merges the two.
+        split = status.value not in ("SUCCEEDED", "COMPENSATED")
+        if split:
+            clauses.append(NOT_DONE)
     if name is not None:
         clauses.append("name = ?")
         params.append(name)
     where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-    return _page(conn, where, "created_at DESC, id DESC", params, limit, offset)
+    order_by = "created_at DESC, id DESC"
+    if not split:
+        return _page(conn, where, order_by, params, limit, offset)
+    # A SELECT of each range, merged by SQLite as they come (UNION ALL with an ORDER BY):
+    # a page reads its own rows and the ones it skips, not every saga of the status.
+    ranges = " UNION ALL ".join(
+        f"SELECT {_SELECT_COLS} FROM sagaway_instances{where} AND {term}"
+        for term in (NOT_PARKED, PARKED)
+    )
+    return _page(conn, where, order_by, params, limit, offset, ranges, 2)
 
 
 def read_waiting(
@@ -100,16 +113,21 @@ def _page(
     params: Sequence[object],
     limit: int,
     offset: int,
+    select: str | None = None,
+    copies: int = 1,
 ) -> tuple[list[SagaRecord], int]:
-    """One page of instances and the count of all that match, read in one snapshot."""
+    """One page of instances and the count of all that match, read in one snapshot.
+    ``select`` (default: the instances ``where`` admits) is the page's query before its ORDER
+    BY, binding ``params`` ``copies`` times over."""
+    if select is None:
+        select = f"SELECT {_SELECT_COLS} FROM sagaway_instances{where}"
     conn.execute("BEGIN")
     try:
         items = [
             _saga(r)
             for r in conn.execute(
-                f"SELECT {_SELECT_COLS} FROM sagaway_instances{where} "
-                f"ORDER BY {order_by} LIMIT ? OFFSET ?",
-                (*params, max(limit, 0), max(offset, 0)),
+                f"{select} ORDER BY {order_by} LIMIT ? OFFSET ?",
+                (*tuple(params) * copies, max(limit, 0), max(offset, 0)),
             )
         ]
         total = conn.execute(f"SELECT count(*) FROM sagaway_instances{where}", params).fetchone()
@@ -142,8 +160,8 @@ def read_outbox_count(conn: sqlite3.Connection) -> int:
 _STRANDED = "(owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at < ? OR owner = ?)"
 # Sagas not parked: in flight or queued, what claims read each second anyway.
 _STRANDED_NOT_PARKED = (
-    "SELECT name, version, count(*) FROM sagaway_instances INDEXED BY sagaway_instances_free "
-    f"WHERE waiting_for IS NULL AND {NOT_DONE} AND status IN ({_ACTIVE}) AND {_STRANDED} "
+    "SELECT name, version, count(*) FROM sagaway_instances INDEXED BY sagaway_instances_open "
+    f"WHERE {NOT_PARKED} AND {NOT_DONE} AND status IN ({_ACTIVE}) AND {_STRANDED} "
     "GROUP BY name, version"
 )
 _PARKED = (

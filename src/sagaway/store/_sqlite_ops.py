@@ -51,9 +51,15 @@ from sagaway.store._sqlite_compact import (
 from sagaway.store._sqlite_rows import _COLS, _STEP_COLS, load, load_many
 
 _ACTIVE = ",".join(f"'{s.value}'" for s in ACTIVE_STATUSES)
-# The WHERE of the status indexes (schema v7): a saga over for good is in neither of them, so
-# every query that reads them repeats this term (SQLite uses a partial index only then).
+# The WHERE of the status index (sagaway_instances_open, schema v14): a saga over for good is
+# not in it, so every query that reads it repeats this term (SQLite uses a partial index only
+# then).
 NOT_DONE = "status NOT IN ('SUCCEEDED','COMPENSATED')"
+# The status index's second key, whether the saga is parked, as a term SQLite seeks on: it
+# matches an index on an expression only when the query has that expression, compared to a
+# value.
+NOT_PARKED = "(waiting_for IS NOT NULL) = 0"
+PARKED = "(waiting_for IS NOT NULL) = 1"
 
 
 def _insert_sql(keyed: bool, deadline: bool) -> str:
@@ -506,17 +512,16 @@ def claim(
     free = f"AND (owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at < ?{own}) "
     # Safe without row locks: the batch holds SQLite's write lock (BEGIN IMMEDIATE) from these
     # SELECTs to the UPDATE, so no other claim, here or in another process, can interleave.
-    # Two queries, each on its own index: sagas not parked (sagaway_instances_free), then
-    # parked ones whose time has come (sagaway_instances_parked), so the parked sagas that
-    # are not due (any number of them) are never read. INDEXED BY: sagaway_instances_open
-    # (status, created_at, id) serves the same terms, parked sagas included, and the
-    # planner took it when the two differed only in their keys' tails.
+    # Two queries, each on its own index range: sagas not parked (sagaway_instances_open, its
+    # status and not-parked prefix), then parked ones whose time has come
+    # (sagaway_instances_parked), so the parked sagas that are not due (any number of them)
+    # are never read.
     ids = [
         r[0]
         for r in conn.execute(
-            "SELECT id FROM sagaway_instances INDEXED BY sagaway_instances_free "
+            "SELECT id FROM sagaway_instances INDEXED BY sagaway_instances_open "
             f"WHERE status IN ({_ACTIVE}) "
-            f"AND waiting_for IS NULL AND {NOT_DONE} "
+            f"AND {NOT_PARKED} AND {NOT_DONE} "
             f"AND (name, version) IN (VALUES {wanted}) {free}"
             "ORDER BY created_at, id LIMIT ?",
             [*params, limit],
@@ -568,15 +573,15 @@ def acquire(
     return load(conn, saga_id, history=False)
 
 
-# A leased saga is either not parked (in sagaway_instances_free) or parked and claimed
-# because its time had come (parked_until <= the claim's now, in sagaway_instances_parked).
-# Parking and finishing release the lease. A parked saga leased before its time (an operator's
-# resume, a reply or cancel making it due: ``acquire``) holds that lease only until the one
-# write that parks it again or releases it; if that write comes after the lease ran out, it
-# fails its owner fence (LeaseLost) as any late write does.
+# A leased saga is either not parked (the not-parked range of sagaway_instances_open) or
+# parked and claimed because its time had come (parked_until <= the claim's now, in
+# sagaway_instances_parked). Parking and finishing release the lease. A parked saga leased
+# before its time (an operator's resume, a reply or cancel making it due: ``acquire``) holds
+# that lease only until the one write that parks it again or releases it; if that write comes
+# after the lease ran out, it fails its owner fence (LeaseLost) as any late write does.
 _RENEWED = (
-    f"SELECT id, cancel_requested FROM sagaway_instances INDEXED BY sagaway_instances_free "
-    f"WHERE waiting_for IS NULL AND {NOT_DONE} AND status IN ({_ACTIVE}) AND owner = ? "
+    f"SELECT id, cancel_requested FROM sagaway_instances INDEXED BY sagaway_instances_open "
+    f"WHERE {NOT_PARKED} AND {NOT_DONE} AND status IN ({_ACTIVE}) AND owner = ? "
     "UNION ALL "
     "SELECT id, cancel_requested FROM sagaway_instances INDEXED BY sagaway_instances_parked "
     f"WHERE waiting_for IS NOT NULL AND parked_until <= ? AND status IN ({_ACTIVE}) "
@@ -587,9 +592,8 @@ _RENEWED = (
 def renew_leases(
     conn: sqlite3.Connection, owner: str, now: float, lease_seconds: float
 ) -> list[str]:
-    # INDEXED BY: the planner prefers sagaway_instances_open (status=?), which holds every
-    # parked saga as well, and would read them all on each pass; the parked sagas not due
-    # (any number, waiting for a signal) are never read here.
+    # The parked sagas not due (any number, waiting for a signal) are never read here: the
+    # first arm seeks past them in sagaway_instances_open, the second reads the due range.
     rows = conn.execute(_RENEWED, (owner, now, owner)).fetchall()
     if rows:
         conn.execute(

@@ -214,6 +214,22 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "CREATE INDEX sagaway_instances_free ON sagaway_instances (status, owner) "
         "WHERE waiting_for IS NULL AND status NOT IN ('SUCCEEDED','COMPENSATED')",
     ),
+    (
+        # One status index where there were two: sagaway_instances_open (listings by status)
+        # and sagaway_instances_free (claims, renewal, the stranded count: sagas not parked)
+        # held the same sagas but the parked ones, so a saga's create and finish each wrote
+        # both. Whether a saga is parked is now the index's second key, so a claim, a renewal
+        # or the stranded count still seeks past every parked saga, and a listing by status
+        # merges the two ordered ranges of that status (UNION ALL ... ORDER BY). owner last:
+        # renewal tests it on the entry, reading no row of another engine's saga. Every
+        # query meant to use it repeats the exact terms (_sqlite_ops.NOT_DONE, NOT_PARKED,
+        # PARKED): SQLite uses a partial index, or an index on an expression, only then.
+        "DROP INDEX sagaway_instances_free",
+        "DROP INDEX sagaway_instances_open",
+        "CREATE INDEX sagaway_instances_open ON sagaway_instances "
+        "(status, waiting_for IS NOT NULL, created_at, id, owner) "
+        "WHERE status NOT IN ('SUCCEEDED','COMPENSATED')",
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
