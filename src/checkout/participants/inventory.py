@@ -12,6 +12,7 @@ transaction, see :mod:`checkout.dbexec`); :class:`InventoryService` runs them.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from sqlalchemy import bindparam, select, update
@@ -88,6 +89,10 @@ def shortage_error(conn: Connection, product_id: str) -> CheckoutError:
     return InsufficientInventory(product_id) if exists else ProductNotFound(product_id)
 
 
+def _short_of(conn: Connection, line: OrderLine) -> None:
+    raise shortage_error(conn, line.product_id)
+
+
 def reserve(
     conn: Connection, idempotency_key: str, order_id: str, items: Sequence[OrderLine]
 ) -> Reservation:
@@ -102,11 +107,8 @@ def reserve(
     if not lines:
         raise ValueError("a reservation needs at least one item")
 
-    def short_of(line: OrderLine) -> None:
-        raise shortage_error(conn, line.product_id)
-
     def take_units(claim: str | None) -> None:
-        write_lines(conn, _RESERVE, reservations, claim, lines, short_of)
+        write_lines(conn, _RESERVE, reservations, claim, lines, partial(_short_of, conn))
 
     recorded = claim_once(
         conn,

@@ -13,6 +13,7 @@ them.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 from sqlalchemy import bindparam, select, update
@@ -82,6 +83,14 @@ def _shipment(row: Any) -> Shipment:
     )
 
 
+def _first_shipment_of(conn: Connection, line: OrderLine) -> None:
+    # A product never shipped has no shipped_units row for the guarded UPDATE to find.
+    insert_ignore(
+        conn, shipped_units, {"product_id": line.product_id, "quantity": 0}, key="product_id"
+    )
+    execute(conn, _SHIP, product=line.product_id, qty=line.quantity)
+
+
 def create_shipment(
     conn: Connection,
     idempotency_key: str,
@@ -99,18 +108,11 @@ def create_shipment(
     """
     lines = merge_lines(items)
 
-    def first_shipment_of(line: OrderLine) -> None:
-        # A product never shipped has no shipped_units row for the guarded UPDATE to find.
-        insert_ignore(
-            conn, shipped_units, {"product_id": line.product_id, "quantity": 0}, key="product_id"
-        )
-        execute(conn, _SHIP, product=line.product_id, qty=line.quantity)
-
     def ship(claim: str | None) -> None:
         if address_problems(address):  # InvalidShippingAddress: nothing is recorded
             check_claim(conn, shipments, claim)  # unless a repeat: what it recorded
             validate_address(address)
-        write_lines(conn, _SHIP, shipments, claim, lines, first_shipment_of)
+        write_lines(conn, _SHIP, shipments, claim, lines, partial(_first_shipment_of, conn))
 
     recorded = claim_once(
         conn,
