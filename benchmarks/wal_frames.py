@@ -58,6 +58,7 @@ def parse(db: str, items: int) -> dict[str, Any]:
             row[0]: (row[1], row[2])
             for row in conn.execute("SELECT pageno, name, pagetype FROM dbstat")
         }
+        rows = _saga_rows(conn)
         conn.close()
     transactions: list[list[int]] = []
     current: list[int] = []
@@ -90,6 +91,29 @@ def parse(db: str, items: int) -> dict[str, Any]:
         "by_page_type": {k: round(v / count, 2) for k, v in by_type.most_common()},
         "by_btree": {k: round(v / count, 2) for k, v in by_tree.most_common()},
         "by_btree_and_page_type": {k: round(v / count, 2) for k, v in by_tree_type.most_common()},
+        "saga_rows": rows,
+    }
+
+
+def _saga_rows(conn: sqlite3.Connection) -> dict[str, Any]:
+    """What the saga log's rows hold at the end of the run: average bytes of the columns that
+    vary (finished sagas: ``packed``; running ones: ``chunks``) and the table's pages."""
+    sizes = conn.execute(
+        "SELECT count(*), avg(length(id)), avg(length(input)), "
+        "avg(coalesce(length(idempotency_key), 0)), avg(coalesce(length(packed), 0)), "
+        "avg(coalesce(length(chunks), 0)) FROM sagaway_instances"
+    ).fetchone()
+    pages = dict(
+        conn.execute(
+            "SELECT pagetype, count(*) FROM dbstat WHERE name = 'sagaway_instances' "
+            "GROUP BY pagetype"
+        ).fetchall()
+    )
+    columns = ("sagas", "id", "input", "idempotency_key", "packed", "chunks")
+    return {
+        **{k: round(v or 0, 1) for k, v in zip(columns, sizes, strict=True)},
+        "leaf_pages": pages.get("leaf", 0),
+        "interior_pages": pages.get("internal", 0),
     }
 
 
@@ -170,6 +194,7 @@ def main() -> None:
     )
     for name, frames in result["by_btree"].items():
         print(f"  {name:48s} {frames:6.2f} a transaction", file=sys.stderr)
+    print(f"  saga rows (average bytes, pages): {result['saga_rows']}", file=sys.stderr)
     print(json.dumps(result))
 
 
