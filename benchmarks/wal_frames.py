@@ -7,6 +7,11 @@ each page's B-tree from ``dbstat``:
 
     python benchmarks/wal_frames.py --n 5000
     python benchmarks/wal_frames.py --n 5000 --page-size 4096    # a new file's page size
+    python benchmarks/wal_frames.py --checkout --n 2000          # the checkout's orders
+
+``--checkout`` runs ``checkout_cost.py``'s orders instead (``checkout serve``'s app called
+in-process, the shop's tables and the saga log in one file, ``--concurrency`` in flight, no
+warm-up); an item is then an order.
 
 ``--parse FILE`` only reads an existing database FILE and its ``FILE-wal`` (copy both while a
 connection still holds the file open: the last connection to close checkpoints the WAL away).
@@ -31,7 +36,10 @@ import sqlite3
 import struct
 import sys
 import tempfile
+from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 _HEADER, _FRAME_HEADER = 32, 24
 
@@ -50,6 +58,7 @@ def parse(db: str, items: int) -> dict[str, Any]:
             row[0]: (row[1], row[2])
             for row in conn.execute("SELECT pageno, name, pagetype FROM dbstat")
         }
+        rows = _saga_rows(conn)
         conn.close()
     transactions: list[list[int]] = []
     current: list[int] = []
@@ -65,11 +74,13 @@ def parse(db: str, items: int) -> dict[str, Any]:
     steady = transactions[len(transactions) // 10 :]
     by_tree: collections.Counter[str] = collections.Counter()
     by_type: collections.Counter[str] = collections.Counter()
+    by_tree_type: collections.Counter[str] = collections.Counter()
     for transaction in steady:
         for page in transaction:
             name, kind = pages.get(page, ("(free)", "free"))
             by_tree[name] += 1
             by_type[kind] += 1
+            by_tree_type[f"{name} {kind}"] += 1
     count = max(len(steady), 1)
     return {
         "page_size": page_size,
@@ -79,6 +90,30 @@ def parse(db: str, items: int) -> dict[str, Any]:
         "frames_a_transaction": round(sum(map(len, steady)) / count, 2),
         "by_page_type": {k: round(v / count, 2) for k, v in by_type.most_common()},
         "by_btree": {k: round(v / count, 2) for k, v in by_tree.most_common()},
+        "by_btree_and_page_type": {k: round(v / count, 2) for k, v in by_tree_type.most_common()},
+        "saga_rows": rows,
+    }
+
+
+def _saga_rows(conn: sqlite3.Connection) -> dict[str, Any]:
+    """What the saga log's rows hold at the end of the run: average bytes of the columns that
+    vary (finished sagas: ``packed``; running ones: ``chunks``) and the table's pages."""
+    sizes = conn.execute(
+        "SELECT count(*), avg(length(id)), avg(length(input)), "
+        "avg(coalesce(length(idempotency_key), 0)), avg(coalesce(length(packed), 0)), "
+        "avg(coalesce(length(chunks), 0)) FROM sagaway_instances"
+    ).fetchone()
+    pages = dict(
+        conn.execute(
+            "SELECT pagetype, count(*) FROM dbstat WHERE name = 'sagaway_instances' "
+            "GROUP BY pagetype"
+        ).fetchall()
+    )
+    columns = ("sagas", "id", "input", "idempotency_key", "packed", "chunks")
+    return {
+        **{k: round(v or 0, 1) for k, v in zip(columns, sizes, strict=True)},
+        "leaf_pages": pages.get("leaf", 0),
+        "interior_pages": pages.get("internal", 0),
     }
 
 
@@ -99,19 +134,32 @@ async def run_engine(path: str, n: int, concurrency: int) -> sqlite3.Connection:
     return holder
 
 
-def _keep_every_transaction() -> None:
-    """The store's connections opened with SQLite's automatic checkpoint off, so the WAL keeps
-    every transaction of the run (a checkpoint would restart it and overwrite the frames)."""
-    from sagaway.store import sqlite as sqlite_store
+def run_checkout(path: str, n: int, concurrency: int) -> sqlite3.Connection:
+    """``checkout_cost.py``'s orders on ``path`` (seeded first); returns a connection holding
+    the WAL open, as ``run_engine`` does."""
+    from checkout_cost import _serve
+    from http_checkout import _env, _seed
 
-    opened = sqlite_store.connect
+    _seed(Path(path))
+    os.environ.update(_env(Path(path)))
+    holder = sqlite3.connect(path)
+    holder.execute("SELECT 1 FROM sqlite_schema").fetchall()
+    _serve(n, 0, concurrency)
+    return holder
+
+
+def _keep_every_transaction() -> None:
+    """Every connection opened with SQLite's automatic checkpoint off (the store's, and the
+    checkout's, which open theirs through ``sqlite3.connect`` too), so the WAL keeps every
+    transaction of the run (a checkpoint would restart it and overwrite the frames)."""
+    opened = sqlite3.connect
 
     def without_checkpoints(*args: Any, **kwargs: Any) -> sqlite3.Connection:
         conn = opened(*args, **kwargs)
         conn.execute("PRAGMA wal_autocheckpoint = 0")
         return conn
 
-    sqlite_store.connect = without_checkpoints  # type: ignore[assignment]
+    sqlite3.connect = without_checkpoints  # type: ignore[assignment]
 
 
 def main() -> None:
@@ -120,6 +168,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--page-size", type=int, help="the page size of the new file")
     parser.add_argument("--parse", metavar="FILE", help="only read FILE and FILE-wal")
+    parser.add_argument("--checkout", action="store_true", help="the checkout's orders")
     args = parser.parse_args()
     if args.parse:
         result = parse(args.parse, args.n)
@@ -131,7 +180,10 @@ def main() -> None:
             _sqlite_schema.PAGE_SIZE = args.page_size
         with tempfile.TemporaryDirectory() as directory:
             path = os.path.join(directory, "frames.db")
-            holder = asyncio.run(run_engine(path, args.n, args.concurrency))
+            if args.checkout:
+                holder = run_checkout(path, args.n, args.concurrency)
+            else:
+                holder = asyncio.run(run_engine(path, args.n, args.concurrency))
             result = parse(path, args.n)
             holder.close()
     print(
@@ -142,6 +194,7 @@ def main() -> None:
     )
     for name, frames in result["by_btree"].items():
         print(f"  {name:48s} {frames:6.2f} a transaction", file=sys.stderr)
+    print(f"  saga rows (average bytes, pages): {result['saga_rows']}", file=sys.stderr)
     print(json.dumps(result))
 
 
