@@ -33,6 +33,7 @@ from sagaway.store._packed import pack, unpack
 from sagaway.store._sqlite_compact import Journals, compact, journal_chunk, journal_rows
 from sagaway.store._sqlite_schema import MIGRATIONS
 from sagaway.store.sqlite import SQLiteStore
+from sqlite_logs import log_at_version
 
 T0 = 1_000.0
 
@@ -123,20 +124,9 @@ async def test_a_finished_saga_is_one_row_and_a_running_one_keeps_its_rows(tmp_p
             assert (again.steps, again.history) == (record.steps, record.history)
 
 
-def _log_at_version(db: Path, version: int) -> sqlite3.Connection:
-    """A log file as schema ``version`` left it, open for the test to write old rows into."""
-    old = sqlite3.connect(db)
-    old.execute("CREATE TABLE sagaway_schema (version INTEGER PRIMARY KEY NOT NULL)")
-    for applied in range(1, version + 1):
-        for statement in MIGRATIONS[applied - 1]:
-            old.execute(statement)
-        old.execute("INSERT INTO sagaway_schema (version) VALUES (?)", (applied,))
-    return old
-
-
 async def test_a_version_6_log_keeps_its_finished_sagas_as_rows(tmp_path: Path) -> None:
     db = tmp_path / "old.db"
-    old = _log_at_version(db, 6)
+    old = log_at_version(db, 6)
     old.execute(
         "INSERT INTO sagaway_instances (id, name, version, status, input, error, created_at, "
         "updated_at) VALUES ('f', 's', 1, 'FAILED', '{}', 'boom', ?, ?)",
@@ -177,7 +167,7 @@ async def test_a_version_10_running_saga_continues_after_its_rows(tmp_path: Path
     # Written before the journal: its step rows and events are in the tables. Its later writes
     # go to the journal; it reads back in order, and finishing packs both forms.
     db = tmp_path / "v10.db"
-    old = _log_at_version(db, 10)
+    old = log_at_version(db, 10)
     old.execute(
         "INSERT INTO sagaway_instances (id, name, version, status, input, owner, "
         "lease_expires_at, created_at, updated_at) VALUES ('r', 's', 1, 'RUNNING', '{}', 'e1', "
@@ -227,7 +217,7 @@ async def test_a_version_11_running_saga_continues_after_its_json_journal(
     # v12 appends pickled chunks to ``chunks``: it reads back in order, and finishing packs
     # both and clears both.
     db = tmp_path / "v11.db"
-    old = _log_at_version(db, 11)
+    old = log_at_version(db, 11)
     tick = int(T0 * 4194304)
     journal = (
         f',[[["pay","forward","RUNNING",1,null,null,0,{tick + 4194304},null]],'

@@ -13,8 +13,9 @@ import pytest
 from sagaway.state import Change, NewSaga, Park, Phase, SagaStatus, StepRecord, StepStatus
 from sagaway.store import _sqlite_admin as admin
 from sagaway.store import _sqlite_ops as ops
-from sagaway.store._sqlite_schema import MIGRATIONS, SCHEMA_VERSION
+from sagaway.store._sqlite_schema import SCHEMA_VERSION
 from sagaway.store.sqlite import SQLiteStore
+from sqlite_logs import INSERT_INSTANCE, log_at_version, sagas_of_every_kind
 
 T0 = 1_000.0
 _ROWS = (
@@ -123,42 +124,29 @@ async def test_lease_renewal_reads_only_leased_sagas(db: Path) -> None:
     conn.close()
 
 
+async def _leases_and_claims_go_on(store: SQLiteStore) -> None:
+    """On a migrated log of ``sagas_of_every_kind(T0)``: the running saga's lease is renewed,
+    the queued saga is claimed, then the parked one once due (the others' leases live)."""
+    assert await store.renew_leases("e1", now=T0 + 10, lease_seconds=30) == []
+    assert (await store.get("running")).lease_expires_at == T0 + 40
+    claimed = await store.claim("e2", now=T0 + 10, lease_seconds=5, definitions=[("s", 1)], limit=5)
+    assert [r.id for r in claimed] == ["queued"]
+    claimed = await store.claim("e2", now=T0 + 14, lease_seconds=5, definitions=[("s", 1)], limit=5)
+    assert [r.id for r in claimed] == ["parked"]
+
+
 async def test_a_version_12_log_is_migrated_and_keeps_working(db: Path) -> None:
     # A log with the owner index and the claim index keyed by the lease (version 12), a saga
     # in flight, one parked, one queued and one finished: opening it drops and rebuilds the
     # indexes, and claims, renewal, commits, listings and retention all go on.
-    old = sqlite3.connect(db)
-    old.execute("CREATE TABLE sagaway_schema (version INTEGER PRIMARY KEY NOT NULL)")
-    for version in range(1, 13):
-        for statement in MIGRATIONS[version - 1]:
-            old.execute(statement)
-        old.execute("INSERT INTO sagaway_schema (version) VALUES (?)", (version,))
-    old.executemany(
-        "INSERT INTO sagaway_instances (id, name, version, status, input, owner, "
-        "lease_expires_at, waiting_for, parked_until, created_at, updated_at) "
-        "VALUES (?, 's', 1, ?, '{}', ?, ?, ?, ?, ?, ?)",
-        [
-            ("done", "SUCCEEDED", None, None, None, None, T0, T0 + 1),
-            ("running", "RUNNING", "e1", T0 + 60, None, None, T0 + 1, T0 + 1),
-            ("parked", "RUNNING", None, None, "signal:go", T0 + 12, T0 + 2, T0 + 2),
-            ("queued", "PENDING", None, None, None, None, T0 + 3, T0 + 3),
-        ],
-    )
+    old = log_at_version(db, 12)
+    old.executemany(INSERT_INSTANCE, sagas_of_every_kind(T0))
     old.commit()
     old.close()
     async with SQLiteStore(url_of(db)) as store:
         listed = [r.id for r in (await store.list_sagas()).items]
         assert listed == ["queued", "parked", "running", "done"]
-        assert await store.renew_leases("e1", now=T0 + 10, lease_seconds=30) == []
-        assert (await store.get("running")).lease_expires_at == T0 + 40
-        claimed = await store.claim(
-            "e2", now=T0 + 10, lease_seconds=5, definitions=[("s", 1)], limit=5
-        )
-        assert [r.id for r in claimed] == ["queued"]
-        claimed = await store.claim(
-            "e2", now=T0 + 14, lease_seconds=5, definitions=[("s", 1)], limit=5
-        )
-        assert [r.id for r in claimed] == ["parked"]  # due now; the others' leases live
+        await _leases_and_claims_go_on(store)
         assert await store.renew_leases("e2", now=T0 + 14.5, lease_seconds=5) == []
         assert (await store.get("parked")).lease_expires_at == T0 + 19.5
         assert (await store.get("queued")).lease_expires_at == T0 + 19.5
@@ -188,16 +176,6 @@ async def test_a_version_12_log_is_migrated_and_keeps_working(db: Path) -> None:
     )
 
 
-def _log_at(db: Path, version: int) -> sqlite3.Connection:
-    old = sqlite3.connect(db)
-    old.execute("CREATE TABLE sagaway_schema (version INTEGER PRIMARY KEY NOT NULL)")
-    for applied in range(1, version + 1):
-        for statement in MIGRATIONS[applied - 1]:
-            old.execute(statement)
-        old.execute("INSERT INTO sagaway_schema (version) VALUES (?)", (applied,))
-    return old
-
-
 def _entries(conn: sqlite3.Connection) -> list[tuple[str, int]]:
     """What sagaway_instances_open holds: (id, parked) of each entry, in its order."""
     return [
@@ -213,19 +191,9 @@ def _entries(conn: sqlite3.Connection) -> list[tuple[str, int]]:
 async def test_a_version_13_log_is_migrated_to_one_status_index(db: Path) -> None:
     # Version 13 had two status indexes (open: listings; free: claims, renewal, the stranded
     # count). Opening the log builds the one index from the rows, and every reader goes on.
-    old = _log_at(db, 13)
-    old.executemany(
-        "INSERT INTO sagaway_instances (id, name, version, status, input, owner, "
-        "lease_expires_at, waiting_for, parked_until, created_at, updated_at) "
-        "VALUES (?, 's', 1, ?, '{}', ?, ?, ?, ?, ?, ?)",
-        [
-            ("done", "SUCCEEDED", None, None, None, None, T0, T0 + 1),
-            ("running", "RUNNING", "e1", T0 + 60, None, None, T0 + 1, T0 + 1),
-            ("parked", "RUNNING", None, None, "signal:go", T0 + 12, T0 + 2, T0 + 2),
-            ("queued", "PENDING", None, None, None, None, T0 + 3, T0 + 3),
-            ("failed", "FAILED", None, None, None, None, T0 + 4, T0 + 4),
-        ],
-    )
+    old = log_at_version(db, 13)
+    failed = ("failed", "FAILED", None, None, None, None, T0 + 4, T0 + 4)
+    old.executemany(INSERT_INSTANCE, [*sagas_of_every_kind(T0), failed])
     old.commit()
     old.close()
     async with SQLiteStore(url_of(db)) as store:
@@ -234,16 +202,7 @@ async def test_a_version_13_log_is_migrated_to_one_status_index(db: Path) -> Non
         page = await store.list_sagas(status=SagaStatus.FAILED)
         assert ([r.id for r in page.items], page.total) == (["failed"], 1)
         assert await store.stranded(now=T0 + 10, owner="e1", known=set()) == {("s", 1): 3}
-        assert await store.renew_leases("e1", now=T0 + 10, lease_seconds=30) == []
-        assert (await store.get("running")).lease_expires_at == T0 + 40
-        claimed = await store.claim(
-            "e2", now=T0 + 10, lease_seconds=5, definitions=[("s", 1)], limit=5
-        )
-        assert [r.id for r in claimed] == ["queued"]
-        claimed = await store.claim(
-            "e2", now=T0 + 14, lease_seconds=5, definitions=[("s", 1)], limit=5
-        )
-        assert [r.id for r in claimed] == ["parked"]
+        await _leases_and_claims_go_on(store)
         await store.commit(
             "running", "e1", Change(status=SagaStatus.SUCCEEDED, release_lease=True), T0 + 15
         )
