@@ -20,7 +20,6 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from fastapi import FastAPI
 
 from compiled_build import COMPILED
 
@@ -56,7 +55,7 @@ def ours(objects: list[object]) -> Counter[str]:
         name = f"{kind.__module__}.{kind.__qualname__}"
         if name.startswith(OURS):
             found[name] += 1
-        elif hasattr(obj, "__module__") and str(getattr(obj, "__module__", "")).startswith(OURS):
+        elif str(getattr(obj, "__module__", "")).startswith(OURS):  # a function, a class
             found[f"{name} {getattr(obj, '__qualname__', '')}"] += 1
     return found
 
@@ -68,7 +67,7 @@ async def place(client: httpx.AsyncClient, body: dict[str, object]) -> str:
 
 
 @pytest.fixture
-async def warm(client: httpx.AsyncClient, app: FastAPI) -> httpx.AsyncClient:
+async def warm(client: httpx.AsyncClient) -> httpx.AsyncClient:
     assert await place(client, HAPPY) == "completed"  # caches, first-use objects
     assert await place(client, NO_STOCK) == "failed"
     return client
