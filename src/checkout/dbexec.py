@@ -82,6 +82,11 @@ class ShopExecutor(ABC):
         share the saga log's transactions (another database, or SQLite in a file of its own)."""
         return None
 
+    def writes_in(self, store: object) -> bool:
+        """Whether this executor's writes are transactions of the saga log ``store`` (so an
+        order can be recorded in the one that creates its saga: ``Engine.start_with``)."""
+        return False
+
     async def close(self) -> None:  # noqa: B027 - nothing to release by default
         """Release what the executor holds (not the database it was given)."""
 
@@ -226,6 +231,9 @@ class StoreExecutor(ShopExecutor):
             return fn(self._on_writer(raw), *args, **kwargs)
 
         return effect
+
+    def writes_in(self, store: object) -> bool:
+        return store is self._store
 
     def _read(self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
         if self._reader is None or self._reader_raw is None:

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from checkout.dbfaults import NotConnected, ShopUnavailable, is_unavailable
 from checkout.domain.models import Address, OrderInfo, OrderLine, OrderStatus
@@ -221,17 +221,31 @@ class CheckoutService:
         if order is None:
             new_id = order_id or new_order_id()
             try:
-                order, created = await orders.create_order(
-                    customer_id,
-                    items,
-                    shipping_address=shipping_address,
-                    payment_method=payment_method,
-                    idempotency_key=idempotency_key,
-                    order_id=new_id,
-                    chosen_id=order_id is not None,
-                    checkout=checkout,
-                    request_fingerprint=request_fingerprint,
-                )
+                placed = None
+                if checkout:  # the order and its saga in one write, where they share one log
+                    placed = await self._record_and_start(
+                        customer_id,
+                        items,
+                        order_id=new_id,
+                        chosen_id=order_id is not None,
+                        shipping_address=shipping_address,
+                        payment_method=payment_method,
+                        idempotency_key=idempotency_key,
+                        request_fingerprint=request_fingerprint,
+                    )
+                if placed is None:
+                    placed = await orders.create_order(
+                        customer_id,
+                        items,
+                        shipping_address=shipping_address,
+                        payment_method=payment_method,
+                        idempotency_key=idempotency_key,
+                        order_id=new_id,
+                        chosen_id=order_id is not None,
+                        checkout=checkout,
+                        request_fingerprint=request_fingerprint,
+                    )
+                order, created = placed
             except UNAVAILABLE as exc:
                 if not is_unavailable(exc):
                     raise
@@ -249,6 +263,45 @@ class CheckoutService:
                 order, order_id, customer_id, items, shipping_address, payment_method, amount_cents
             )
         return await self._go_on(order, checkout=checkout, wait=wait), created
+
+    async def _record_and_start(
+        self,
+        customer_id: str,
+        items: Sequence[OrderLine],
+        *,
+        order_id: str,
+        chosen_id: bool,
+        shipping_address: Address | None,
+        payment_method: str,
+        idempotency_key: str | None,
+        request_fingerprint: str | None,
+    ) -> tuple[OrderInfo, bool] | None:
+        """The order recorded with its saga created in the same transaction
+        (``OrderTracker.record_and_start``), or None where that cannot be (nothing written)."""
+        checkout = await self.participants.orders.new_checkout(
+            self.engine.store,
+            customer_id,
+            items,
+            order_id=order_id,
+            chosen_id=chosen_id,
+            shipping_address=shipping_address,
+            payment_method=payment_method,
+            idempotency_key=idempotency_key,
+            request_fingerprint=request_fingerprint,
+        )
+        if checkout is None:
+            return None
+        try:
+            return await self.tracker.record_and_start(checkout)
+        except IntegrityError:
+            # Two first requests with one key or one client-chosen id at once, in two
+            # processes: the loser reads the winner's order (as create_order does).
+            existing = await self.participants.orders.recorded_by(
+                idempotency_key, order_id if chosen_id else None
+            )
+            if existing is None:
+                raise
+            return existing, False
 
     async def _check_prices(self, client_prices: Sequence[tuple[str, int]]) -> None:
         catalogue = await self.participants.shop.prices(sorted({p for p, _ in client_prices}))

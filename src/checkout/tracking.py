@@ -45,9 +45,18 @@ from collections import OrderedDict
 from sqlalchemy.exc import SQLAlchemyError
 
 from checkout.domain.models import OrderInfo, OrderStatus
-from checkout.participants.orders import OrderService, saga_input
+from checkout.participants.orders import AlreadyRecorded, NewCheckout, OrderService, saga_input
 from checkout.sagas import SAGA_NAME
-from sagaway import Change, Engine, InvalidTransition, Saga, SagaRecord, SagaStatus, StoreError
+from sagaway import (
+    Change,
+    Engine,
+    EngineNotOpen,
+    InvalidTransition,
+    Saga,
+    SagaRecord,
+    SagaStatus,
+    StoreError,
+)
 
 log = logging.getLogger("checkout.tracking")
 
@@ -180,6 +189,25 @@ class OrderTracker:
             # this saga by its key, never a second one).
             log.warning("order %s: saga %s started, not attached yet: %s", order.id, saga_id, exc)
         return saga_id
+
+    async def record_and_start(self, checkout: NewCheckout) -> tuple[OrderInfo, bool] | None:
+        """Record a new order and create its saga in one transaction of the saga log
+        (``Engine.start_with``): one durable write, and no moment at which the order is there
+        without its saga, or attached to none. ``(order, created)``: ``(the order recorded
+        before, False)`` when its key or id was taken. None when it could not be done that
+        way and nothing was written (the engine is not open; a saga has the order's key
+        already): then record it and start its saga as before."""
+        try:
+            _, created = await self.engine.start_with(
+                self.saga, checkout, idempotency_key=saga_key(checkout.order_id)
+            )
+        except AlreadyRecorded as found:
+            return found.order, False
+        except EngineNotOpen:
+            return None
+        if not created:
+            return None
+        return self.orders.checked_out(checkout), True
 
     async def attach(self, order_id: str, saga_id: str) -> bool:
         """Mark a draft order as checked out by ``saga_id`` (``processing``). False if it has a

@@ -42,6 +42,7 @@ from sagaway.state import (
     Change,
     Event,
     EventType,
+    NewSaga,
     SagaRecord,
     SagaStatus,
     apply_change,
@@ -52,7 +53,7 @@ from sagaway.state import (
 from sagaway.store import SagaStore, open_store
 from sagaway.store._codec import check_text, check_value, plainly_storable
 from sagaway.store._memory_commit import MemoryCreate
-from sagaway.store.base import Page
+from sagaway.store.base import Page, TransactionalStore
 from sagaway.transport.base import Dispatcher, Reply
 from sagaway.transport.stub import StubDispatcher
 
@@ -277,40 +278,8 @@ class Engine:
         """Record a new saga durably and start it; return its id. With an ``idempotency_key``
         already used, return that saga's id and start nothing. ``deadline`` (seconds from now,
         default the saga's) makes it compensate if unfinished."""
-        if not (self._opened or self.store.is_open):  # a store shared with an open engine will do
-            raise EngineNotOpen()
-        # Registered already: nothing to check again. (By the object: ``saga.key`` builds a
-        # tuple and hashes it, at every start.)
-        if saga not in self._registered:
-            self.register(saga)
-        # time.time() for the system clock (compiled, a call through the Clock protocol is a
-        # generic method call), a test's clock through its method.
-        now = _time() if self._system_time else self.clock.now()
-        seconds = deadline if deadline is not None else saga.deadline
-        deadline_at = None if seconds is None else now + seconds
-        saga_id, encoded = new_saga_id(now), saga.encode_input(input)
-        # Refused here, before anything is written, the same way on every store. What it
-        # names is formatted only for a refused input (it cost more than the check itself).
-        if not plainly_storable(encoded):  # (most inputs: no need to encode them to tell)
-            try:
-                check_value(encoded, "")
-            except UnstorableValue:
-                what = f"the input of saga {saga.name!r} (a {type(input).__name__})"
-                check_value(encoded, what)
-                raise
-        check_text(idempotency_key, "the idempotency key")
-        new = new_saga(
-            saga_id,
-            saga.name,
-            saga.version,
-            saga.steps[0].name,
-            encoded,
-            now,
-            idempotency_key,
-            deadline_at,
-            self.owner_id if self.execute else None,
-            now + self.lease_seconds,
-        )
+        new = self._new_saga(saga, idempotency_key, deadline)
+        new.input = self._checked_input(saga, input)
         create_now = self.store.inline_create  # (see SagaStore.inline_commit)
         kept: SagaRecord | None = None  # the store's record of it, from inline_create
         if create_now is not None:
@@ -322,20 +291,97 @@ class Engine:
         else:
             saga_id, created = await self.store.create(new)
         if created:
-            hooks = self._hooks
-            if self.execute:
-                # What running_record returns, without the call (interpreted, on the memory
-                # store: ~1.2k instructions a saga compiled).
-                if kept is not None and self.store.shares_records:
-                    record = kept
-                else:
-                    record = self.store.running_record(new)
-                if hooks is not None:
-                    hooks.saga_started(record)
-                self._spawn(saga, record, prewritten=True, reason=CLAIM_STARTED)
-            elif hooks is not None:
-                hooks.saga_started(record_from_new(new))
+            self._run_created(saga, new, kept)
         return saga_id
+
+    async def start_with(
+        self,
+        saga: Saga,
+        record: Callable[[Any, str], Any],
+        *,
+        idempotency_key: str,
+        deadline: float | None = None,
+    ) -> tuple[str, bool]:
+        """Start a saga together with the application's own writes, in one transaction of
+        the log's (a ``TransactionalStore``'s; else ``TypeError``): ``record(connection,
+        saga_id)`` runs in the transaction that creates the saga, before its row, writes what
+        it writes there (the connection is the one ``ctx.atomic()`` writes get) and returns the
+        saga's input. Its writes and the saga commit together or not at all: if it raises,
+        nothing is written and its exception is raised here. Returns ``(saga_id, created)``;
+        with ``idempotency_key`` already used: ``(that saga's id, False)``, nothing written
+        (``record``'s writes undone if it ran). One durable write where ``start`` after the
+        application's own write takes two, and no moment at which one is there without the
+        other."""
+        store = self.store
+        if not isinstance(store, TransactionalStore):
+            raise TypeError(f"start_with needs a TransactionalStore, not {type(store).__name__}")
+        new = self._new_saga(saga, idempotency_key, deadline)
+        saga_id = new.id
+
+        def prepare(connection: Any) -> Any:
+            return self._checked_input(saga, record(connection, saga_id))
+
+        created_id, created = await store.create_with(new, prepare)
+        if created:
+            self._run_created(saga, new, None)
+        return created_id, created
+
+    def _checked_input(self, saga: Saga, input: Any) -> Any:
+        """The saga's input encoded, refused here before anything is written, the same way on
+        every store. What it names is formatted only for a refused input (it cost more than
+        the check itself)."""
+        encoded = saga.encode_input(input)
+        if not plainly_storable(encoded):  # (most inputs: no need to encode them to tell)
+            try:
+                check_value(encoded, "")
+            except UnstorableValue:
+                what = f"the input of saga {saga.name!r} (a {type(input).__name__})"
+                check_value(encoded, what)
+                raise
+        return encoded
+
+    def _new_saga(self, saga: Saga, idempotency_key: str | None, deadline: float | None) -> NewSaga:
+        """A new saga's first record, without its input (the caller sets it, checked)."""
+        if not (self._opened or self.store.is_open):  # a store shared with an open engine will do
+            raise EngineNotOpen()
+        # Registered already: nothing to check again. (By the object: ``saga.key`` builds a
+        # tuple and hashes it, at every start.)
+        if saga not in self._registered:
+            self.register(saga)
+        # time.time() for the system clock (compiled, a call through the Clock protocol is a
+        # generic method call), a test's clock through its method.
+        now = _time() if self._system_time else self.clock.now()
+        seconds = deadline if deadline is not None else saga.deadline
+        deadline_at = None if seconds is None else now + seconds
+        check_text(idempotency_key, "the idempotency key")
+        return new_saga(
+            new_saga_id(now),
+            saga.name,
+            saga.version,
+            saga.steps[0].name,
+            None,
+            now,
+            idempotency_key,
+            deadline_at,
+            self.owner_id if self.execute else None,
+            now + self.lease_seconds,
+        )
+
+    def _run_created(self, saga: Saga, new: NewSaga, kept: SagaRecord | None) -> None:
+        """Drive the saga just created (``new``) here, or tell the hooks it is queued."""
+        hooks = self._hooks
+        if self.execute:
+            # What running_record returns, without the call (interpreted, on the memory
+            # store: ~1.2k instructions a saga compiled).
+            if kept is not None and self.store.shares_records:
+                record = kept
+            else:
+                record = self.store.running_record(new)
+            if hooks is not None:
+                hooks.saga_started(record)
+            self._spawn(saga, record, prewritten=True, reason=CLAIM_STARTED)
+        elif hooks is not None:
+            hooks.saga_started(record_from_new(new))
 
     async def get(self, saga_id: str) -> SagaRecord:
         """The saga with its steps and history; ``SagaNotFound`` if there is none."""

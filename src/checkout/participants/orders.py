@@ -179,9 +179,11 @@ def record_order(
     chosen_id: bool = False,
     request_fingerprint: str | None = None,
     catalogue: Catalogue | None = None,
+    saga_id: str | None = None,
 ) -> tuple[OrderInfo, bool, ValidatedOrder | None]:
     """Record an order priced from the catalog, ``processing`` when it is being checked out
-    (its saga starts next) else a ``pending`` draft; ``(order, created, validated)``. An order
+    (its saga starts next, or is ``saga_id``, created in this very transaction: see
+    :class:`NewCheckout`) else a ``pending`` draft; ``(order, created, validated)``. An order
     already recorded under ``idempotency_key``, or under ``order_id`` when the client chose it
     (``chosen_id``), is returned as is (``created=False``).
 
@@ -231,6 +233,7 @@ def record_order(
             "payment_method": payment_method,
             "idempotency_key": idempotency_key,
             "request_fingerprint": request_fingerprint,
+            "saga_id": saga_id,
             "created_at": now,
             "updated_at": now,
             **address_values(address),
@@ -258,7 +261,7 @@ def record_order(
         items=lines,
         shipping_address=address,
         payment_method=payment_method,
-        saga_id=None,
+        saga_id=saga_id,
         idempotency_key=idempotency_key,
         request_fingerprint=request_fingerprint,
         error=None,
@@ -378,6 +381,41 @@ def unstarted_orders(
     return [row[0] for row in rows]
 
 
+class AlreadyRecorded(Exception):
+    """The order a :class:`NewCheckout` was to record is there already (its idempotency key
+    or client-chosen id): nothing was written."""
+
+    def __init__(self, order: OrderInfo) -> None:
+        super().__init__(order.id)
+        self.order = order
+
+
+class NewCheckout:
+    """An order to record ``processing`` in the transaction that creates its checkout saga:
+    ``Engine.start_with``'s ``record`` (see ``OrderTracker.record_and_start``). Called with
+    the saga log's connection and the saga's id, it records the order with that saga
+    attached and returns the saga's input; an order already recorded under the key or id
+    raises :class:`AlreadyRecorded` before anything is written. Where it was created, what it
+    recorded is ``order`` (and ``validated``, see :func:`record_order`). Called again if the
+    batch is replayed: each call replaces what the last one recorded."""
+
+    __slots__ = ("_args", "_db", "order", "order_id", "validated")
+
+    def __init__(self, db: ShopExecutor, order_id: str, args: tuple[Any, ...]) -> None:
+        self._db, self.order_id, self._args = db, order_id, args
+        self.order: OrderInfo | None = None
+        self.validated: ValidatedOrder | None = None
+
+    def __call__(self, connection: Any, saga_id: str) -> OrderInput:
+        write = self._db.in_saga_log(record_order, self.order_id, *self._args, saga_id)
+        assert write is not None  # (OrderService.new_checkout made one only where it is)
+        order, created, validated = write(connection)
+        if not created:
+            raise AlreadyRecorded(order)
+        self.order, self.validated = order, validated
+        return saga_input(order)
+
+
 class OrderService:
     """Create, read and update orders."""
 
@@ -451,17 +489,72 @@ class OrderService:
         except IntegrityError:
             # Two first requests with one key or one client-chosen id at once: the loser reads
             # the winner's order.
-            existing = None
-            if idempotency_key is not None:
-                existing = await self.get_by_idempotency_key(idempotency_key)
-            if existing is None and order_id is not None and chosen:
-                existing = await self.get_order(order_id)
+            existing = await self.recorded_by(idempotency_key, order_id if chosen else None)
             if existing is None:
                 raise
             return existing, False
         if validated is not None and self._prevalidated is not None:
             self._prevalidated.remember(validated)
         return order, created
+
+    async def new_checkout(
+        self,
+        store: object,
+        customer_id: str,
+        items: Sequence[OrderLine],
+        *,
+        order_id: str,
+        chosen_id: bool,
+        shipping_address: Address | None = None,
+        payment_method: str = "card",
+        idempotency_key: str | None = None,
+        request_fingerprint: str | None = None,
+    ) -> NewCheckout | None:
+        """``create_order(..., checkout=True)`` as a :class:`NewCheckout`, to be recorded in
+        the transaction of the saga log ``store`` that creates its saga; None where the orders
+        are written in transactions of their own (another database, another file)."""
+        if not self._db.writes_in(store):
+            return None
+        if not items:
+            raise ValueError("an order needs at least one item")
+        catalogue = None
+        if self._catalogue is not None:
+            catalogue = await self._catalogue.catalogue(
+                customer_id, sorted({item.product_id for item in items})
+            )
+        args = (
+            customer_id,
+            items,
+            shipping_address,
+            payment_method,
+            idempotency_key,
+            False,  # strict: the saga fails an unknown customer or product
+            True,  # checkout
+            chosen_id,
+            request_fingerprint,
+            catalogue,
+        )
+        return NewCheckout(self._db, order_id, args)
+
+    async def recorded_by(
+        self, idempotency_key: str | None, chosen_id: str | None
+    ) -> OrderInfo | None:
+        """After a write lost a race (``IntegrityError``): the order another request recorded
+        under ``idempotency_key`` or the client-chosen id, if any."""
+        existing = None
+        if idempotency_key is not None:
+            existing = await self.get_by_idempotency_key(idempotency_key)
+        if existing is None and chosen_id is not None:
+            existing = await self.get_order(chosen_id)
+        return existing
+
+    def checked_out(self, checkout: NewCheckout) -> OrderInfo:
+        """The order ``checkout`` recorded, its saga created (durably): what its saga's first
+        step may take from it is remembered (as :meth:`create_order` does)."""
+        assert checkout.order is not None
+        if checkout.validated is not None and self._prevalidated is not None:
+            self._prevalidated.remember(checkout.validated)
+        return checkout.order
 
     async def get_order(self, order_id: str) -> OrderInfo | None:
         if "\x00" in order_id:  # no order has one, and PostgreSQL refuses it in a query

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from sagaway.errors import EffectFailed, InvalidTransition, LeaseLost, SagaNotFound, StoreError
-from sagaway.state import Change
+from sagaway.state import Change, NewSaga
 from sagaway.store import _sqlite_ops as ops
 from sagaway.store._sqlite_compact import Journals
 
@@ -117,6 +117,30 @@ def commit_with_effects(
             raise EffectFailed(f"a ctx.atomic() write failed: {exc}") from exc
 
 
+class KeyUsed(Exception):
+    """``create_with``: the saga's idempotency key was used already, after ``prepare`` wrote;
+    raised so that its writes are undone, then answered as ``create``'s ``(id, False)``."""
+
+    def __init__(self, saga_id: str) -> None:
+        super().__init__(saga_id)
+        self.saga_id = saga_id
+
+
+def create_with(
+    conn: sqlite3.Connection,
+    new: NewSaga,
+    prepare: Callable[[sqlite3.Connection], Any],
+    pending: ops.Pending | None = None,
+) -> tuple[str, bool]:
+    """``TransactionalStore.create_with``: the application's writes, then the saga they
+    belong to, as one operation (the caller holds the guard up while it runs)."""
+    new.input = prepare(conn)
+    saga_id, created = ops.create(conn, new, pending)
+    if not created:
+        raise KeyUsed(saga_id)
+    return saga_id, created
+
+
 def run_user_fn(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]) -> Any:
     return fn(conn)
 
@@ -134,6 +158,7 @@ _OP_CREATE: Final = ops.create
 _USER_FN: Final = run_user_fn
 _ROWS_FN: Final = run_rows_fn
 _WITH_EFFECTS: Final = commit_with_effects
+_CREATE_WITH: Final = create_with
 
 
 def _user_error(exc: Exception, guard: Guard) -> BaseException:
@@ -174,7 +199,7 @@ def _apply(
         execute(_BEGIN)
         for future, fn, args in batch:
             if safe or fn is _USER_FN:
-                user = fn is _USER_FN or fn is _ROWS_FN or fn is _WITH_EFFECTS
+                user = fn is _USER_FN or fn is _ROWS_FN or fn is _WITH_EFFECTS or fn is _CREATE_WITH
                 execute(_SAVEPOINT)
                 guard.active, guard.refused = user, False
                 try:
@@ -200,11 +225,14 @@ def _apply(
                     value = None
                 elif fn is _OP_CREATE:
                     value = ops.create(conn, args[0], pending)
-                elif fn is _ROWS_FN:
+                elif fn is _ROWS_FN or fn is _CREATE_WITH:
                     changes = conn.total_changes
                     guard.active, guard.refused = True, False
                     try:
-                        value = fn(conn, *args)
+                        if fn is _ROWS_FN:
+                            value = fn(conn, *args)
+                        else:
+                            value = create_with(conn, args[0], args[1], pending)
                     except Exception as exc:
                         guard.active = False
                         if not conn.in_transaction:

@@ -409,6 +409,18 @@ class TransactionalStore(SagaStore):
         setting or savepoint statements), which lets a store undo a failure more cheaply; the
         guarantee is the same either way."""
 
+    @abstractmethod
+    def create_with(
+        self, new: NewSaga, prepare: Callable[[Any], Any]
+    ) -> Awaitable[tuple[str, bool]]:
+        """``create`` with the application's writes in the same transaction:
+        ``prepare(connection)`` runs first (the connection as ``run_in_transaction`` hands
+        it), writes what it writes and returns the saga's input, checked and encoded, which
+        becomes ``new.input``; then the saga is created. All of it commits or nothing does:
+        when ``prepare`` raises, nothing is written and its error is raised (a driver error
+        as ``StoreError``); when ``new.idempotency_key`` was used already, ``prepare``'s writes
+        are undone (or it is not called) and ``(existing_id, False)`` returned."""
+
     def shares_database(self, url: str) -> bool:
         """True when the database at ``url`` (an SQLAlchemy URL) is the one this store writes
         in, so an application may put its tables there and write them with

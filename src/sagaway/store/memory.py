@@ -136,6 +136,15 @@ class MemoryStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
     async def commit(self, saga_id: str, owner: str | None, change: Change, at: float) -> None:
         self._commits.commit(saga_id, owner, change, at)
 
+    async def create_with(self, new: NewSaga, prepare: Callable[[Any], Any]) -> tuple[str, bool]:
+        # The key first: with nothing to roll back, ``prepare`` runs only for a saga created.
+        if new.idempotency_key is not None:
+            existing = self._keys.get(new.idempotency_key)
+            if existing is not None:
+                return existing, False
+        new.input = prepare(None)
+        return await self.create(new)
+
     async def run_in_transaction(self, fn: Callable[[Any], T], *, rows_only: bool = False) -> T:
         # Nothing to roll back: the memory store has no connection to hand over.
         return fn(None)

@@ -61,9 +61,11 @@ from sagaway.store._codec import check_change, check_new, storable_text
 from sagaway.store._sqlite_batch import (
     ROLLBACK,
     Guard,
+    KeyUsed,
     Op,
     Result,
     commit_with_effects,
+    create_with,
     resolve,
     run_rows_fn,
     run_user_fn,
@@ -240,6 +242,19 @@ class SQLiteStore(OutboxStore, TransactionalStore, PruningStore, TakingStore):
         self._pending.append((future, ops.create, (new,)))
         self._wakeup.set()
         return future
+
+    async def create_with(
+        self, new: NewSaga, prepare: Callable[[sqlite3.Connection], Any]
+    ) -> tuple[str, bool]:
+        """``prepare`` runs on the writer's connection in the batch, as a ``rows_only``
+        ``run_in_transaction`` function does (no savepoint: one that fails having written
+        rows, or a key found used after it wrote, is undone by the batch's replay)."""
+        check_new(new)
+        try:
+            created: tuple[str, bool] = await self._submit(create_with, new, prepare)
+        except KeyUsed as used:
+            return used.saga_id, False
+        return created
 
     def commit(
         self, saga_id: str, owner: str | None, change: Change, at: float
