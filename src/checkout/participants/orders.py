@@ -399,21 +399,53 @@ class NewCheckout:
     recorded is ``order`` (and ``validated``, see :func:`record_order`). Called again if the
     batch is replayed: each call replaces what the last one recorded."""
 
-    __slots__ = ("_args", "_db", "order", "order_id", "validated")
-
-    def __init__(self, db: ShopExecutor, order_id: str, args: tuple[Any, ...]) -> None:
-        self._db, self.order_id, self._args = db, order_id, args
+    def __init__(
+        self,
+        db: ShopExecutor,
+        order_id: str,
+        customer_id: str,
+        items: Sequence[OrderLine],
+        shipping_address: Address | None,
+        payment_method: str,
+        idempotency_key: str | None,
+        chosen_id: bool,
+        request_fingerprint: str | None,
+        catalogue: Catalogue | None,
+    ) -> None:
+        self._db, self.order_id, self.customer_id, self.items = db, order_id, customer_id, items
+        self.shipping_address, self.payment_method = shipping_address, payment_method
+        self.idempotency_key, self.chosen_id = idempotency_key, chosen_id
+        self.request_fingerprint, self.catalogue = request_fingerprint, catalogue
         self.order: OrderInfo | None = None
         self.validated: ValidatedOrder | None = None
 
     def __call__(self, connection: Any, saga_id: str) -> OrderInput:
-        write = self._db.in_saga_log(record_order, self.order_id, *self._args, saga_id)
+        write = self._db.in_saga_log(self._record, saga_id)
         assert write is not None  # (OrderService.new_checkout made one only where it is)
         order, created, validated = write(connection)
         if not created:
             raise AlreadyRecorded(order)
         self.order, self.validated = order, validated
         return saga_input(order)
+
+    def _record(
+        self, conn: Connection, saga_id: str
+    ) -> tuple[OrderInfo, bool, ValidatedOrder | None]:
+        return record_order(
+            conn,
+            self.order_id,
+            self.customer_id,
+            self.items,
+            self.shipping_address,
+            self.payment_method,
+            self.idempotency_key,
+            False,  # strict: the saga fails an unknown customer or product, as create_order's
+            True,  # checkout
+            self.chosen_id,
+            self.request_fingerprint,
+            self.catalogue,
+            saga_id,
+        )
 
 
 class OrderService:
@@ -522,19 +554,18 @@ class OrderService:
             catalogue = await self._catalogue.catalogue(
                 customer_id, sorted({item.product_id for item in items})
             )
-        args = (
+        return NewCheckout(
+            self._db,
+            order_id,
             customer_id,
             items,
             shipping_address,
             payment_method,
             idempotency_key,
-            False,  # strict: the saga fails an unknown customer or product
-            True,  # checkout
             chosen_id,
             request_fingerprint,
             catalogue,
         )
-        return NewCheckout(self._db, order_id, args)
 
     async def recorded_by(
         self, idempotency_key: str | None, chosen_id: str | None
