@@ -373,6 +373,58 @@ async def test_a_rows_only_function_failing_after_a_write_is_undone_alone(
     assert rows == [("once",)]
 
 
+async def test_create_with_writes_the_apps_rows_and_the_saga_as_one_operation(
+    store: SQLiteStore,
+) -> None:
+    """``create_with``: ``prepare``'s rows and the saga in the batch, without a savepoint;
+    ``prepare`` failing after a write, or the saga's key found used after it wrote, leaves
+    none of its rows (the replay undoes them) and the rest of the batch lands once."""
+    await store.run_in_transaction(lambda c: c.execute("CREATE TABLE app (k TEXT)"))
+
+    def keyed(saga_id: str, key: str) -> NewSaga:
+        saga = new(saga_id)
+        saga.idempotency_key = key
+        return saga
+
+    await store.create(keyed("old", "used"))
+    statements: list[str] = []
+    assert store._writer_conn is not None
+    store._writer_conn.set_trace_callback(statements.append)
+
+    def row(k: str) -> Callable[[sqlite3.Connection], dict[str, str]]:
+        def prepare(conn: sqlite3.Connection) -> dict[str, str]:
+            conn.execute("INSERT INTO app VALUES (?)", (k,))
+            return {"recorded": k}
+
+        return prepare
+
+    results = await in_one_batch(
+        store,
+        store.create_with(keyed("a", "ka"), row("a")),
+        store.create_with(keyed("b", "kb"), row("b")),
+    )
+    store._writer_conn.set_trace_callback(None)
+    assert results == [("a", True), ("b", True)]
+    assert not [s for s in statements if "SAVEPOINT" in s.upper()]
+    assert (await store.get("a")).input == {"recorded": "a"}
+
+    def half(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO app VALUES ('undone')")
+        raise ValueError("after a write")
+
+    results = await in_one_batch(
+        store,
+        store.create_with(keyed("c", "kc"), half),
+        store.create_with(keyed("d", "used"), row("undone too")),
+        store.create_with(keyed("e", "ke"), row("e")),
+    )
+    assert isinstance(results[0], ValueError)
+    assert results[1:] == [("old", False), ("e", True)]
+    assert [await store.load(i) for i in ("c", "d")] == [None, None]
+    rows = await store.run_in_transaction(lambda c: c.execute("SELECT k FROM app").fetchall())
+    assert sorted(rows) == [("a",), ("b",), ("e",)]
+
+
 @interpreted_only  # a StepRecord named None: a compiled StepRecord refuses it
 async def test_unexpected_error_mid_operation_is_confined_to_it(store: SQLiteStore) -> None:
     """A driver error after an operation's first write: the batch is replayed with a savepoint

@@ -6,6 +6,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from sagaway import Engine, Saga, SagaStatus, StepContext, StepStatus
 from sagaway.store.memory import MemoryStore
 from sagaway.store.sqlite import SQLiteStore
@@ -118,3 +120,68 @@ async def test_sqlite_failing_atomic_write_rolls_back_its_transition(tmp_path: P
     assert ("ship", "forward") not in full.steps  # the merged "ship RUNNING" was rolled back
     rows = sqlite3.connect(path).execute("SELECT key FROM payments").fetchall()
     assert rows == [("taken",)]
+
+
+async def test_start_with_records_the_apps_rows_and_the_saga_in_one_transaction(
+    tmp_path: Path,
+) -> None:
+    """``Engine.start_with``: ``record`` writes in the transaction that creates the saga and
+    returns its input; a refused ``record`` leaves neither its rows nor a saga; a used key
+    starts nothing and leaves none of ``record``'s rows."""
+    path = tmp_path / "log.db"
+    saga = Saga("start_with", version=1)
+
+    @saga.step
+    async def pay(ctx: StepContext, order: dict[str, Any]) -> str:
+        return str(order["order"])
+
+    def record(order: str, fail: bool = False) -> Any:
+        def write(conn: sqlite3.Connection, saga_id: str) -> dict[str, str]:
+            conn.execute("INSERT INTO orders VALUES (?, ?)", (order, saga_id))
+            if fail:
+                raise ValueError("refused")
+            return {"order": order}
+
+        return write
+
+    store = SQLiteStore(f"sqlite:///{path}")
+    async with Engine(store) as engine:
+        await store.run_in_transaction(
+            lambda conn: conn.execute("CREATE TABLE orders (id TEXT PRIMARY KEY, saga TEXT)")
+        )
+        saga_id, created = await engine.start_with(saga, record("o-1"), idempotency_key="k1")
+        assert created
+        finished = await engine.wait(saga_id, timeout=10)
+        with pytest.raises(ValueError, match="refused"):
+            await engine.start_with(saga, record("o-2", fail=True), idempotency_key="k2")
+        again = await engine.start_with(saga, record("o-3"), idempotency_key="k1")
+        assert (await engine.list_sagas()).total == 1
+    assert (finished.status, finished.input, finished.output("pay")) == (
+        SagaStatus.SUCCEEDED,
+        {"order": "o-1"},
+        "o-1",
+    )
+    assert again == (saga_id, False)
+    rows = sqlite3.connect(path).execute("SELECT id, saga FROM orders").fetchall()
+    assert rows == [("o-1", saga_id)]
+
+
+async def test_start_with_on_the_memory_store() -> None:
+    saga = Saga("start_with_memory", version=1)
+
+    @saga.step
+    async def only(ctx: StepContext, n: int) -> int:
+        return n * 2
+
+    called: list[str] = []
+
+    def record(conn: Any, saga_id: str) -> int:
+        called.append(saga_id)
+        return 21
+
+    async with Engine(MemoryStore(), clock=VirtualClock(auto_advance=True)) as engine:
+        saga_id, created = await engine.start_with(saga, record, idempotency_key="k")
+        assert created
+        assert (await engine.wait(saga_id, timeout=5)).output("only") == 42
+        assert await engine.start_with(saga, record, idempotency_key="k") == (saga_id, False)
+        assert called == [saga_id]  # (nothing to undo on the memory store: not called again)

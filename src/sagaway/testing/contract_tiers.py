@@ -230,3 +230,36 @@ class TransactionalStoreContract:
         await store.commit("s", "e1", change, T0 + 2)
         assert ran == [1]
         assert (await store.get("s")).status is SagaStatus.SUCCEEDED
+
+    async def test_create_with_stores_what_prepare_returns(self, store: TransactionalStore) -> None:
+        seen: list[Any] = []
+
+        def prepare(conn: Any) -> Any:
+            seen.append(conn)
+            return {"order": "o-1", "lines": [1, 2]}
+
+        first = new_saga("s1", key="k", status=SagaStatus.RUNNING, owner="e1", lease_until=2e3)
+        first.input = None
+        assert await store.create_with(first, prepare) == ("s1", True)
+        assert (await store.get("s1")).input == {"order": "o-1", "lines": [1, 2]}
+        assert len(seen) >= 1
+        # The key used: nothing written, whatever prepare returned (if it ran at all).
+        again = new_saga("s2", key="k", status=SagaStatus.RUNNING, owner="e1", lease_until=2e3)
+        assert await store.create_with(again, lambda conn: {"order": "other"}) == ("s1", False)
+        assert await store.load("s2") is None
+        assert (await store.get("s1")).input == {"order": "o-1", "lines": [1, 2]}
+
+    async def test_create_with_writes_nothing_when_prepare_raises(
+        self, store: TransactionalStore
+    ) -> None:
+        class Refused(Exception):
+            pass
+
+        def refuse(conn: Any) -> Any:
+            raise Refused("business rule")
+
+        with pytest.raises(Refused, match="business rule"):
+            await store.create_with(new_saga("s", key="k"), refuse)
+        assert await store.load("s") is None
+        # Neither the id nor the key was taken.
+        assert await store.create_with(new_saga("s", key="k"), lambda conn: 1) == ("s", True)
