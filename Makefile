@@ -35,7 +35,7 @@ test-fast: install
 # compiled by mypyc (hatch_build.py), with gcc profile-guided (built, trained on
 # tools/pgo_train.py, built again; SAGAWAY_PGO=0 builds once, without it), unpacked into
 # build/compiled/site, out of the dev tree (which stays pure Python), and every test but the
-# browser's (crash tests included) run against it (~2.5 min build, ~1 min without the profile,
+# browser's (crash tests included) run against it (~3 min build, ~1.3 min without the profile,
 # + ~5 min of tests).
 compiled:
 	rm -rf build/compiled
