@@ -10,6 +10,11 @@ shared machine from hour to hour, differ by 2x):
     python benchmarks/sqlite_floor.py --commit group      # one fsync per batch of writes
     python benchmarks/sqlite_floor.py --commit each       # one fsync per write
     python benchmarks/sqlite_floor.py --commit none       # no SQLite: the same sagas on dicts
+    python benchmarks/sqlite_floor.py --commit none --task-per-saga   # each in a Task, awaited
+
+``--task-per-saga`` (dicts only) runs each saga as the engine must, in an ``asyncio.Task`` of its
+own whose end a future answers to the client awaiting it (a durable saga outlives its caller),
+to price what that costs the floor (README "Session 18, lead"); it is not the floor.
 
 ``group`` queues writes from all sagas and commits whatever is queued in one transaction, on
 the event loop's thread, as the SQLite store does; ``each`` commits every write on its own.
@@ -128,16 +133,26 @@ async def dict_saga(sagas: dict[int, list[Any]], effects: dict[str, int], i: int
         row[0], row[1] = ("succeeded" if step == 3 else "running"), step
 
 
-async def run_dicts(n: int, concurrency: int) -> dict[str, Any]:
+async def run_dicts(n: int, concurrency: int, task_per_saga: bool = False) -> dict[str, Any]:
     sagas: dict[int, list[Any]] = {}
     effects: dict[str, int] = {}
     latencies: list[float] = []
     orders = iter(range(n))
+    loop = asyncio.get_running_loop()
+
+    async def in_task(i: int, done: asyncio.Future[None]) -> None:
+        await dict_saga(sagas, effects, i)
+        done.set_result(None)
 
     async def client() -> None:
         for i in orders:
             began = time.perf_counter()
-            await dict_saga(sagas, effects, i)
+            if task_per_saga:
+                done = loop.create_future()
+                asyncio.Task(in_task(i, done), loop=loop, name=str(i))
+                await done
+            else:
+                await dict_saga(sagas, effects, i)
             latencies.append(time.perf_counter() - began)
 
     began, cpu, kernel = time.perf_counter(), time.process_time(), kernel_cpu_s()
@@ -149,6 +164,7 @@ async def run_dicts(n: int, concurrency: int) -> dict[str, Any]:
     return {
         "benchmark": "dict_floor",
         "commit": "none",
+        "task_per_saga": task_per_saga,
         "n": n,
         "concurrency": concurrency,
         "seconds": round(elapsed, 3),
@@ -159,11 +175,11 @@ async def run_dicts(n: int, concurrency: int) -> dict[str, Any]:
     }
 
 
-def measure(kind: str, n: int, concurrency: int) -> dict[str, Any]:
+def measure(kind: str, n: int, concurrency: int, task_per_saga: bool = False) -> dict[str, Any]:
     """One run of the floor: ``kind`` is ``group``, ``each`` (SQLite in a temporary file) or
-    ``none`` (dicts)."""
+    ``none`` (dicts; ``task_per_saga``: each saga in a Task of its own, see the docstring)."""
     if kind == "none":
-        return asyncio.run(run_dicts(n, concurrency))
+        return asyncio.run(run_dicts(n, concurrency, task_per_saga))
     with tempfile.TemporaryDirectory(dir=".") as directory:
         return asyncio.run(run(os.path.join(directory, "floor.db"), kind, n, concurrency))
 
@@ -212,8 +228,11 @@ def main() -> None:
     parser.add_argument("--commit", choices=["group", "each", "none"], default="group")
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--task-per-saga", action="store_true", help="with --commit none only")
     args = parser.parse_args()
-    print_report(measure(args.commit, args.n, args.concurrency))
+    if args.task_per_saga and args.commit != "none":
+        parser.error("--task-per-saga goes with --commit none")
+    print_report(measure(args.commit, args.n, args.concurrency, args.task_per_saga))
 
 
 if __name__ == "__main__":
