@@ -68,14 +68,14 @@ async def test_the_order_is_recorded_processing_with_its_saga_in_the_sagas_trans
     assert not [s for s in statements if s.startswith("UPDATE orders") and "processing" in s]
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])  # (one transaction only on the SQLite log)
 async def test_a_failure_between_the_orders_insert_and_the_sagas_leaves_neither(
     services: Services,
 ) -> None:
     """The saga's insert fails after the order's, in their one transaction (a trigger stands
     in for the disk): nothing of either is left, the client is told nothing was recorded, and
     the retry places the order once."""
-    if not _shares_the_log(services):
-        pytest.skip("the order and its saga share a transaction only on the SQLite log")
+    assert _shares_the_log(services)
     store = services.engine.store
     trigger = (
         "CREATE TRIGGER refuse_sagas BEFORE INSERT ON sagaway_instances "
