@@ -57,6 +57,18 @@ class StepContext:
         database with your data (PostgreSQL through its pool, Redis) reject such a step with a
         clear error. The write runs after the action returns, on the store's writer: keep it
         short, and do not read its effect inside the action.
+
+        A write that raises :class:`~sagaway.StepFailed` *refuses*: a business decision taken
+        inside the transaction (too little stock left by the time the write runs). Nothing of
+        that transition is recorded (neither the step's outcome nor any write it carried, nor
+        what was merged with it: the next step's start, the saga's end), and the step fails
+        with the refusal's reason exactly as if the action had raised it: not retried, earlier
+        steps compensated (a pivot or retriable step: as its ``StepFailed``). In a
+        compensation, a refusal is the compensation raising ``StepFailed``: retried under its
+        ``compensation_retry``, then the saga stops FAILED. On the memory store (``conn`` is
+        ``None``) refuse before changing anything: only the store's own records are undone.
+        Any other exception is a broken write (:class:`~sagaway.EffectFailed`): the saga stops
+        FAILED for an operator, the step's row left RUNNING.
         """
         if self.effects is None:
             self.effects = []

@@ -118,8 +118,16 @@ class EffectFailed(StoreError):
     """A write a step enlisted with ``ctx.atomic()`` raised: its transition was not recorded.
 
     Such writes must not fail (validate in the action, write idempotently); when one does, the
-    saga stops FAILED for an operator, whose retry re-runs the step with the same key.
+    saga stops FAILED for an operator, whose retry re-runs the step with the same key. A write
+    that raises :class:`StepFailed` is a refusal instead (:class:`EffectRefused`).
     """
+
+
+class EffectRefused(StepFailed):
+    """A write a step enlisted with ``ctx.atomic()`` raised :class:`StepFailed`: a business
+    refusal taken inside the transaction (too little stock, too little money). The transition
+    and every write it carried were not recorded, as for :class:`EffectFailed`; the runner then
+    fails the step with ``reason`` as if its action had raised that ``StepFailed``."""
 
 
 class LeaseLost(StoreError):

@@ -24,7 +24,14 @@ from sagaway import rules
 from sagaway.clock import Clock, SystemClock
 from sagaway.context import StepContext
 from sagaway.definition import Saga, Step
-from sagaway.errors import CancelPending, DecodeError, EffectFailed, StepFailed, UnstorableValue
+from sagaway.errors import (
+    CancelPending,
+    DecodeError,
+    EffectFailed,
+    EffectRefused,
+    StepFailed,
+    UnstorableValue,
+)
 from sagaway.hooks import HookChain, StepOutcome
 from sagaway.remote_steps import RemoteSteps
 from sagaway.rules import RETRIABLE, RETRY, STOP, Next, step_succeeded, stop_reason
@@ -94,6 +101,15 @@ async def _returning(run: SagaRun, called: Awaitable[Any]) -> None:
 
 class _Halted(Exception):
     """The saga stopped FAILED mid-flight (see ``SagaRun._halt``)."""
+
+
+class _Refused(Exception):
+    """A ``ctx.atomic()`` write refused the transition ``change`` carried it in (it raised
+    ``StepFailed``): nothing of ``change`` was written (see ``SagaRun._refused``)."""
+
+    def __init__(self, change: Change, reason: str) -> None:
+        super().__init__(reason)
+        self.change, self.reason = change, reason
 
 
 class SagaRun(RemoteSteps):
@@ -203,6 +219,8 @@ class SagaRun(RemoteSteps):
         began = self._before_write(change)
         try:
             await self.store.commit(self.record.id, self.owner, change, now)
+        except EffectRefused as exc:
+            raise _Refused(change, exc.reason) from exc
         except EffectFailed as exc:
             await self._halt(printable(str(exc)))
             raise _Halted from exc
@@ -220,6 +238,8 @@ class SagaRun(RemoteSteps):
                 commit_now.commit(self.record.id, self.owner, change, now)
             else:
                 commit_now(self.record.id, self.owner, change, now)
+        except EffectRefused as exc:
+            raise _Refused(change, exc.reason) from exc
         except EffectFailed as exc:
             at = self._now()  # (as _halt: the store's commit never suspends here either)
             self._write(rules.halted(printable(str(exc)), at), at)
@@ -333,18 +353,66 @@ class SagaRun(RemoteSteps):
                 pending = woken
             else:
                 pending = Change()
-            if pending.status is None and self.record.status in (SAGA_PENDING, SAGA_RUNNING):
-                if self.record.status is SAGA_PENDING:
-                    pending.status = SAGA_RUNNING
-                    pending.events.append(self._event(ON_SAGA_STARTED, now))
-                compensating, now = await self._forward(pending, now)
-                if compensating is None:
-                    return  # succeeded, failed or parked: never compensating
-                pending = compensating
-            if self.record.status is SAGA_COMPENSATING or pending.status is SAGA_COMPENSATING:
-                await self._compensate(pending, now)
+            while True:  # (once, unless a step's atomic writes are refused)
+                try:
+                    if pending.status is None and self.record.status in (
+                        SAGA_PENDING,
+                        SAGA_RUNNING,
+                    ):
+                        if self.record.status is SAGA_PENDING:
+                            pending.status = SAGA_RUNNING
+                            pending.events.append(self._event(ON_SAGA_STARTED, now))
+                        compensating, now = await self._forward(pending, now)
+                        if compensating is None:
+                            return  # succeeded, failed or parked: never compensating
+                        pending = compensating
+                    if (
+                        self.record.status is SAGA_COMPENSATING
+                        or pending.status is SAGA_COMPENSATING
+                    ):
+                        await self._compensate(pending, now)
+                    return
+                except _Refused as refused:  # decided anew from the record, left as it was
+                    outcome = await self._refused(refused)
+                    if outcome is None:
+                        return
+                    pending, now = outcome
         except _Halted:
             return
+
+    async def _refused(self, refused: _Refused) -> tuple[Change, float] | None:
+        """A step's ``ctx.atomic()`` writes refused (``StepFailed``) the write that carried its
+        outcome: the step failed with that reason, as if its action (or compensation) had
+        raised it. Nothing of the refused change was written nor applied to ``self.record``,
+        so the step's row there is still the RUNNING (COMPENSATING) one its attempt wrote, and
+        the failure is decided from it; whatever the change merged after the outcome (the next
+        step's start, the saga's end) is dropped with it. Returns the change that goes on (the
+        saga compensating, or a compensation's retry), or None once the saga is FAILED."""
+        # The outcome a step's writes ride is the first row of the change that carries them:
+        # ``step_succeeded`` / ``compensation_succeeded`` make it, later rows are merged after.
+        done = refused.change.steps[0]
+        step = self.saga.get_step(done.name)
+        running = self.record.steps[(done.name, done.phase)]
+        error = printable(refused.reason)
+        now = self._now()
+        hooks = self._hooks_steps
+        if hooks is not None:  # they were told the action returned: now that the step did not
+            ctx = self._context(step, done.phase, running.attempts)
+            hooks.after_step(self.record, ctx, StepOutcome.FAILED, error, 0.0)
+        if done.phase is FORWARD:
+            decision = rules.step_failed(
+                step, self.record, running, error, retryable=False, uncertain=False, now=now
+            )
+        else:
+            limit = rules.compensation_limit(step.compensation_retry, None)
+            decision = rules.compensation_failed(step, running, error, limit, now)
+            if decision.next is RETRY:  # _compensate runs it again from its COMPENSATING row
+                await self._backoff(decision.delay, forward_only=True)
+                return decision.change, self._now()
+        if decision.next is STOP:
+            await self._commit(decision.change, now)
+            return None
+        return decision.change, now
 
     async def _forward(self, pending: Change, now: float) -> tuple[Change | None, float]:
         """Run the remaining steps; return a Change that starts compensation (and its time),

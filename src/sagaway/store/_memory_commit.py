@@ -26,7 +26,15 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from sagaway.errors import CancelPending, EffectFailed, LeaseLost, SagaNotFound, TakeConflict
+from sagaway.errors import (
+    CancelPending,
+    EffectFailed,
+    EffectRefused,
+    LeaseLost,
+    SagaNotFound,
+    StepFailed,
+    TakeConflict,
+)
 from sagaway.state import (
     Change,
     Event,
@@ -243,8 +251,8 @@ class MemoryCommit:
 
     def commit(self, saga_id: str, owner: str | None, change: Change, at: float) -> None:
         """Apply ``change`` to the saga's record in ``sagas`` and its messages to ``outbox``,
-        or raise (SagaNotFound, LeaseLost, TakeConflict, CancelPending, EffectFailed) having
-        changed nothing."""
+        or raise (SagaNotFound, LeaseLost, TakeConflict, CancelPending, EffectFailed,
+        EffectRefused) having changed nothing."""
         if not change.checked or change.outbox or change.park is not None:
             check_change(change)  # (what it checks of a runner's checked change is only these)
         take = change.take
@@ -271,6 +279,8 @@ class MemoryCommit:
         for write in change.effects:
             try:
                 write(None)
+            except StepFailed as exc:  # a refusal: the runner fails the step (see EffectRefused)
+                raise EffectRefused(exc.reason) from exc
             except Exception as exc:
                 raise EffectFailed(f"a ctx.atomic() write failed: {exc}") from exc
         if take is not None:  # before apply_change: a park or a release hands it back

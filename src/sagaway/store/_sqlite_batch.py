@@ -12,7 +12,15 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any, Final
 
-from sagaway.errors import EffectFailed, InvalidTransition, LeaseLost, SagaNotFound, StoreError
+from sagaway.errors import (
+    EffectFailed,
+    EffectRefused,
+    InvalidTransition,
+    LeaseLost,
+    SagaNotFound,
+    StepFailed,
+    StoreError,
+)
 from sagaway.state import Change, NewSaga
 from sagaway.store import _sqlite_ops as ops
 from sagaway.store._sqlite_compact import Journals
@@ -113,6 +121,8 @@ def commit_with_effects(
     for write in change.effects:
         try:
             write(conn)
+        except StepFailed as exc:  # a refusal (see EffectRefused), undone as any failure
+            raise EffectRefused(exc.reason) from exc
         except Exception as exc:  # the savepoint (or the replay) rolls the transition back
             raise EffectFailed(f"a ctx.atomic() write failed: {exc}") from exc
 

@@ -16,7 +16,15 @@ from typing import Any
 
 import pytest
 
-from sagaway.errors import CancelPending, EffectFailed, LeaseLost, SagaNotFound, UnstorableValue
+from sagaway.errors import (
+    CancelPending,
+    EffectFailed,
+    EffectRefused,
+    LeaseLost,
+    SagaNotFound,
+    StepFailed,
+    UnstorableValue,
+)
 from sagaway.state import (
     Change,
     Event,
@@ -230,6 +238,27 @@ class TransactionalStoreContract:
         await store.commit("s", "e1", change, T0 + 2)
         assert ran == [1]
         assert (await store.get("s")).status is SagaStatus.SUCCEEDED
+
+    async def test_a_refusing_effect_is_a_refusal(self, store: TransactionalStore) -> None:
+        """An effect raising ``StepFailed`` fails its transition as ``EffectRefused`` (the
+        reason kept), not ``EffectFailed``: nothing of the change is written."""
+        await _leased(store, "s")
+
+        def refuse(conn: Any) -> None:
+            raise StepFailed("Insufficient funds")
+
+        change = Change(
+            SagaStatus.SUCCEEDED,
+            steps=[running("a")],
+            events=[Event(at=T0 + 1, type=EventType.SAGA_SUCCEEDED)],
+            effects=(refuse,),
+        )
+        with pytest.raises(EffectRefused) as refused:
+            await store.commit("s", "e1", change, T0 + 1)
+        assert refused.value.reason == "Insufficient funds"
+        assert not isinstance(refused.value, EffectFailed)
+        record = await store.get("s")
+        assert (record.status, record.steps, len(record.history)) == (SagaStatus.RUNNING, {}, 1)
 
     async def test_create_with_stores_what_prepare_returns(self, store: TransactionalStore) -> None:
         seen: list[Any] = []
