@@ -17,6 +17,7 @@ message is logged. The retry policies are long enough to ride out a blip: a Post
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from enum import Enum
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -69,6 +70,40 @@ async def _shop(call: Awaitable[T]) -> T:
         raise readable(exc, "checkout step") from exc
 
 
+def _in_step(
+    ctx: StepContext,
+    enlisted: tuple[Callable[[Any], Any], T],
+    done: Enum,
+    what: str,
+) -> T:
+    """A participant's write ``enlisted`` (``(write, made)``, from its ``*_in_saga_log``) as a
+    ``ctx.atomic()`` write of the step, which returns ``made``, what the write makes: the write
+    then commits with the step's outcome, in the saga log's transaction, or not at all (no
+    write and group-commit participation of its own before it). Its business error refuses
+    that transaction with the message the step gives on the separate write's path
+    (``_business``); a write that finds a record under the key (a repeat: recorded by a write
+    of its own before this step's outcome was) answers as there: a tombstone (not ``done``)
+    fails the step; the same record is the step's output; a different one cannot be (one key,
+    one call's arguments) and stops the saga for an operator."""
+    write, made = enlisted
+
+    def effect(conn: Any) -> None:
+        try:
+            recorded = write(conn)
+        except CheckoutError as exc:
+            raise StepFailed(exc.message) from exc
+        except (SQLAlchemyError, OSError) as exc:  # (its driver text to the log only)
+            raise readable(exc, "checkout step") from exc
+        if recorded is not None:
+            if recorded.status is not done:
+                raise StepFailed(f"{what} {recorded.status.value}")
+            if recorded != made:
+                raise RuntimeError(f"{what} {recorded.idempotency_key} is recorded otherwise")
+
+    ctx.atomic(effect)
+    return made
+
+
 def _validated(ctx: StepContext) -> ValidatedOrder:
     return ValidatedOrder.model_validate(ctx.results["validate_order"])
 
@@ -95,7 +130,11 @@ def build_checkout_saga(
 
     ``success_in_saga``: the last step writes the order ``completed`` in the saga's SUCCEEDED
     transaction; only for orders in the engine's own SQLite store file
-    (``OrderService.mirrors_success_in_saga``), with an ``OrderTracker`` told the same."""
+    (``OrderService.mirrors_success_in_saga``), with an ``OrderTracker`` told the same. The
+    participants' forward writes (reserve, charge, create the shipment) then ride their steps'
+    transitions too (``ctx.atomic()``, see ``_in_step``), a business refusal refusing the
+    transition; an address that cannot be shipped to, and the compensations, keep a write of
+    their own."""
     p = participants
     saga = Saga(name, version=version)
 
@@ -104,6 +143,12 @@ def build_checkout_saga(
         return await _business(p.shop.validate_order(order))
 
     async def reserve_inventory(ctx: StepContext, order: OrderInput) -> Reservation:
+        if success_in_saga:
+            enlisted = p.inventory.reserve_in_saga_log(
+                ctx.idempotency_key, order.order_id, order.items
+            )
+            if enlisted is not None:
+                return _in_step(ctx, enlisted, ReservationStatus.RESERVED, "Reservation")
         reservation = await _business(
             p.inventory.reserve(ctx.idempotency_key, order.order_id, order.items)
         )
@@ -123,6 +168,12 @@ def build_checkout_saga(
 
     async def process_payment(ctx: StepContext, order: OrderInput) -> Payment:
         validated = _validated(ctx)
+        if success_in_saga:
+            enlisted = p.payment.charge_in_saga_log(
+                ctx.idempotency_key, order.order_id, order.customer_id, validated.total_cents
+            )
+            if enlisted is not None:
+                return _in_step(ctx, enlisted, PaymentStatus.CAPTURED, "Payment")
         payment = await _business(
             p.payment.charge(
                 ctx.idempotency_key, order.order_id, order.customer_id, validated.total_cents
@@ -144,13 +195,23 @@ def build_checkout_saga(
 
     async def ship_order(ctx: StepContext, order: OrderInput) -> Shipment:
         validated = _validated(ctx)
-        shipment = await _business(
-            p.shipping.create_shipment(
+        enlisted = (
+            p.shipping.create_in_saga_log(
                 ctx.idempotency_key, order.order_id, validated.shipping_address, order.items
             )
+            if success_in_saga
+            else None
         )
-        if shipment.status is not ShipmentStatus.CREATED:
-            raise StepFailed(f"Shipment {shipment.status.value}")
+        if enlisted is not None:
+            shipment = _in_step(ctx, enlisted, ShipmentStatus.CREATED, "Shipment")
+        else:
+            shipment = await _business(
+                p.shipping.create_shipment(
+                    ctx.idempotency_key, order.order_id, validated.shipping_address, order.items
+                )
+            )
+            if shipment.status is not ShipmentStatus.CREATED:
+                raise StepFailed(f"Shipment {shipment.status.value}")
         # The last step: its outcome is written with the saga's SUCCEEDED, in one transaction,
         # so where the orders live in the saga log's file the order's ``completed`` rides that
         # write (no write of its own, no window in which the saga is done and the row is not;

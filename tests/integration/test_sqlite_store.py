@@ -6,6 +6,7 @@ import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,10 +15,12 @@ from compiled_build import interpreted_only
 from sagaway import Engine, Saga, StepContext
 from sagaway.errors import (
     EffectFailed,
+    EffectRefused,
     InvalidTransition,
     LeaseLost,
     SagaNotFound,
     SagawayError,
+    StepFailed,
     StoreError,
     UnstorableValue,
 )
@@ -652,3 +655,53 @@ async def test_prune_finds_its_sagas_by_primary_key(db: Path) -> None:
         assert "USING PRIMARY KEY (id=?)" in plan, plan
         conn.execute("ANALYZE")
     conn.close()
+
+
+async def test_a_refusing_atomic_write_fails_its_transition_alone(store: SQLiteStore) -> None:
+    """``ctx.atomic()`` writes run before their transition: one that refuses (``StepFailed``)
+    before changing a row fails its transition with nothing to undo, no savepoint, the rest of
+    the batch committed; one that refuses after a change is undone by the replay. Either way
+    the transition is not written and the reason comes back as ``EffectRefused``."""
+    for saga_id in ("a", "b", "c"):
+        await store.create(new(saga_id, owner="e1", status=SagaStatus.RUNNING))
+    await store.run_in_transaction(lambda c: c.execute("CREATE TABLE app (k TEXT)"))
+
+    def refuse(conn: sqlite3.Connection) -> None:
+        conn.execute("SELECT k FROM app").fetchall()
+        raise StepFailed("Insufficient funds")
+
+    def kept(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO app VALUES ('kept')")
+
+    def half(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO app VALUES ('undone')")
+        raise StepFailed("after a write")
+
+    def changes(*effects: Any) -> Change:
+        return Change(steps=[StepRecord("x", Phase.FORWARD, RUNNING, 1)], effects=effects)
+
+    statements: list[str] = []
+    assert store._writer_conn is not None
+    store._writer_conn.set_trace_callback(statements.append)
+    results = await in_one_batch(
+        store,
+        store.commit("a", "e1", changes(kept), T0 + 1),
+        store.commit("b", "e1", changes(refuse), T0 + 1),
+    )
+    store._writer_conn.set_trace_callback(None)
+    assert results[0] is None
+    assert isinstance(results[1], EffectRefused)
+    assert results[1].reason == "Insufficient funds"
+    assert not [s for s in statements if "SAVEPOINT" in s.upper()]
+    results = await in_one_batch(
+        store,
+        store.commit("c", "e1", changes(kept, half), T0 + 2),
+        store.commit("a", "e1", changes(), T0 + 2),
+    )
+    assert isinstance(results[0], EffectRefused)
+    assert results[1] is None
+    assert (await store.get("a")).step("x") is not None
+    assert (await store.get("b")).step("x") is None
+    assert (await store.get("c")).step("x") is None
+    rows = await store.run_in_transaction(lambda c: c.execute("SELECT k FROM app").fetchall())
+    assert rows == [("kept",)]

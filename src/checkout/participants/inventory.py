@@ -11,7 +11,7 @@ transaction, see :mod:`checkout.dbexec`); :class:`InventoryService` runs them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -106,11 +106,35 @@ def reserve(
     lines = merge_lines(items)
     if not lines:
         raise ValueError("a reservation needs at least one item")
+    recorded = _claim_reservation(conn, idempotency_key, order_id, lines)
+    if recorded is not None:
+        return _reservation(recorded)
+    return Reservation(
+        idempotency_key=idempotency_key,
+        order_id=order_id,
+        items=lines,
+        status=ReservationStatus.RESERVED,
+    )
 
+
+def reserved_before(
+    conn: Connection, idempotency_key: str, order_id: str, lines: list[OrderLine]
+) -> Reservation | None:
+    """:func:`reserve` of the merged, non-empty ``lines`` for a write whose caller knows what
+    a reservation made now is (the saga step's output, built from the same arguments): None
+    when this call reserved, else the reservation recorded under the key (a repeat, or a
+    tombstone). Same errors."""
+    recorded = _claim_reservation(conn, idempotency_key, order_id, lines)
+    return None if recorded is None else _reservation(recorded)
+
+
+def _claim_reservation(
+    conn: Connection, idempotency_key: str, order_id: str, lines: list[OrderLine]
+) -> Any | None:
     def take_units(claim: str | None) -> None:
         write_lines(conn, _RESERVE, reservations, claim, lines, partial(_short_of, conn))
 
-    recorded = claim_once(
+    return claim_once(
         conn,
         reservations,
         {
@@ -120,14 +144,6 @@ def reserve(
             "status": ReservationStatus.RESERVED.value,
         },
         take_units,
-    )
-    if recorded is not None:
-        return _reservation(recorded)
-    return Reservation(
-        idempotency_key=idempotency_key,
-        order_id=order_id,
-        items=lines,
-        status=ReservationStatus.RESERVED,
     )
 
 
@@ -177,6 +193,27 @@ class InventoryService:
     ) -> Reservation:
         """See :func:`reserve`."""
         return await self._db.write(reserve, idempotency_key, order_id, items)
+
+    def reserve_in_saga_log(
+        self, idempotency_key: str, order_id: str, items: Sequence[OrderLine]
+    ) -> tuple[Callable[[Any], Reservation | None], Reservation] | None:
+        """:func:`reserve` as a ``ctx.atomic()`` write (:func:`reserved_before`) and the
+        reservation it makes, or None where the shop's writes cannot ride the saga log's
+        transactions (see :meth:`ShopExecutor.in_saga_log`), or for no items (``reserve``'s
+        own error then)."""
+        lines = merge_lines(items)
+        if not lines:
+            return None
+        write = self._db.in_saga_log(reserved_before, idempotency_key, order_id, lines)
+        if write is None:
+            return None
+        made = Reservation(
+            idempotency_key=idempotency_key,
+            order_id=order_id,
+            items=lines,
+            status=ReservationStatus.RESERVED,
+        )
+        return write, made
 
     async def release(
         self, forward_key: str, idempotency_key: str, order_id: str | None = None

@@ -10,6 +10,7 @@ transaction, see :mod:`checkout.dbexec`); :class:`PaymentService` runs them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import bindparam, select, update
@@ -78,17 +79,48 @@ def charge(
     recorded). A repeat returns the recorded payment; a ``void`` tombstone under the key
     (refunded before it ran) is returned as is, and no money moves.
     """
-    if isinstance(amount_cents, bool) or not isinstance(amount_cents, int):
-        raise TypeError("amount_cents must be an int")
-    if amount_cents < 0:
+    if not chargeable(amount_cents):
+        if isinstance(amount_cents, bool) or not isinstance(amount_cents, int):
+            raise TypeError("amount_cents must be an int")
         raise ValueError("cannot charge a negative amount")
+    recorded = _claim_payment(conn, idempotency_key, order_id, account_id, amount_cents)
+    if recorded is not None:
+        return _payment(recorded)
+    return Payment(
+        idempotency_key=idempotency_key,
+        order_id=order_id,
+        account_id=account_id,
+        amount_cents=amount_cents,
+        status=PaymentStatus.CAPTURED,
+    )
 
+
+def chargeable(amount_cents: object) -> bool:
+    """An amount :func:`charge` takes: an int (not a bool), not negative."""
+    return (
+        isinstance(amount_cents, int) and not isinstance(amount_cents, bool) and amount_cents >= 0
+    )
+
+
+def charged_before(
+    conn: Connection, idempotency_key: str, order_id: str, account_id: str, amount_cents: int
+) -> Payment | None:
+    """:func:`charge` of a :func:`chargeable` amount for a write whose caller knows what a
+    payment made now is (the saga step's output): None when this call charged, else the
+    payment recorded under the key (a repeat, or a tombstone). Same errors."""
+    recorded = _claim_payment(conn, idempotency_key, order_id, account_id, amount_cents)
+    return None if recorded is None else _payment(recorded)
+
+
+def _claim_payment(
+    conn: Connection, idempotency_key: str, order_id: str, account_id: str, amount_cents: int
+) -> Any | None:
     def debit(claim: str | None) -> None:
         if first_write(conn, _DEBIT, payments, claim, account=account_id, amount=amount_cents) != 1:
             exists = fetch_first(conn, _ACCOUNT_EXISTS, {"account": account_id})
             raise InsufficientFunds(account_id) if exists else UserNotFound(account_id)
 
-    recorded = claim_once(
+    return claim_once(
         conn,
         payments,
         {
@@ -99,15 +131,6 @@ def charge(
             "status": PaymentStatus.CAPTURED.value,
         },
         debit,
-    )
-    if recorded is not None:
-        return _payment(recorded)
-    return Payment(
-        idempotency_key=idempotency_key,
-        order_id=order_id,
-        account_id=account_id,
-        amount_cents=amount_cents,
-        status=PaymentStatus.CAPTURED,
     )
 
 
@@ -168,6 +191,29 @@ class PaymentService:
     ) -> Payment:
         """See :func:`charge`."""
         return await self._db.write(charge, idempotency_key, order_id, account_id, amount_cents)
+
+    def charge_in_saga_log(
+        self, idempotency_key: str, order_id: str, account_id: str, amount_cents: int
+    ) -> tuple[Callable[[Any], Payment | None], Payment] | None:
+        """:func:`charge` as a ``ctx.atomic()`` write (:func:`charged_before`) and the payment
+        it makes, or None where the shop's writes cannot ride the saga log's transactions (see
+        :meth:`ShopExecutor.in_saga_log`), or for an amount ``charge`` refuses (its own error
+        then)."""
+        if not chargeable(amount_cents):
+            return None
+        write = self._db.in_saga_log(
+            charged_before, idempotency_key, order_id, account_id, amount_cents
+        )
+        if write is None:
+            return None
+        made = Payment(
+            idempotency_key=idempotency_key,
+            order_id=order_id,
+            account_id=account_id,
+            amount_cents=amount_cents,
+            status=PaymentStatus.CAPTURED,
+        )
+        return write, made
 
     async def refund(
         self,

@@ -12,7 +12,7 @@ them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -107,14 +107,48 @@ def create_shipment(
     service, whose tables this one does not read.)
     """
     lines = merge_lines(items)
+    recorded = _claim_shipment(conn, idempotency_key, order_id, address, lines, courier)
+    if recorded is not None:
+        return _shipment(recorded)
+    return Shipment(
+        idempotency_key=idempotency_key,
+        order_id=order_id,
+        courier=courier,
+        items=lines,
+        status=ShipmentStatus.CREATED,
+    )
 
+
+def shipped_before(
+    conn: Connection,
+    idempotency_key: str,
+    order_id: str,
+    address: Address | None,
+    lines: list[OrderLine],
+    courier: str | None,
+) -> Shipment | None:
+    """:func:`create_shipment` of the merged ``lines`` for a write whose caller knows what a
+    shipment created now is (the saga step's output): None when this call created it, else
+    the shipment recorded under the key (a repeat, or a tombstone). Same errors."""
+    recorded = _claim_shipment(conn, idempotency_key, order_id, address, lines, courier)
+    return None if recorded is None else _shipment(recorded)
+
+
+def _claim_shipment(
+    conn: Connection,
+    idempotency_key: str,
+    order_id: str,
+    address: Address | None,
+    lines: list[OrderLine],
+    courier: str | None,
+) -> Any | None:
     def ship(claim: str | None) -> None:
         if address_problems(address):  # InvalidShippingAddress: nothing is recorded
             check_claim(conn, shipments, claim)  # unless a repeat: what it recorded
             validate_address(address)
         write_lines(conn, _SHIP, shipments, claim, lines, partial(_first_shipment_of, conn))
 
-    recorded = claim_once(
+    return claim_once(
         conn,
         shipments,
         {
@@ -126,15 +160,6 @@ def create_shipment(
             "status": ShipmentStatus.CREATED.value,
         },
         ship,
-    )
-    if recorded is not None:
-        return _shipment(recorded)
-    return Shipment(
-        idempotency_key=idempotency_key,
-        order_id=order_id,
-        courier=courier,
-        items=lines,
-        status=ShipmentStatus.CREATED,
     )
 
 
@@ -208,6 +233,36 @@ class ShippingService:
         return await self._db.write(
             create_shipment, idempotency_key, order_id, address, items, courier
         )
+
+    def create_in_saga_log(
+        self,
+        idempotency_key: str,
+        order_id: str,
+        address: Address | None,
+        items: Sequence[OrderLine],
+    ) -> tuple[Callable[[Any], Shipment | None], Shipment] | None:
+        """:meth:`create_shipment` as a ``ctx.atomic()`` write (:func:`shipped_before`) and
+        the shipment it creates, or None where the shop's writes cannot ride the saga log's
+        transactions (see :meth:`ShopExecutor.in_saga_log`), or for an address it cannot ship
+        to: that refusal is taken by ``create_shipment``'s own write, before the step's outcome
+        is written, rather than refusing the transition that carries it."""
+        if address is None or address_problems(address):
+            return None
+        courier = self.courier_for(address)
+        lines = merge_lines(items)
+        write = self._db.in_saga_log(
+            shipped_before, idempotency_key, order_id, address, lines, courier
+        )
+        if write is None:
+            return None
+        made = Shipment(
+            idempotency_key=idempotency_key,
+            order_id=order_id,
+            courier=courier,
+            items=lines,
+            status=ShipmentStatus.CREATED,
+        )
+        return write, made
 
     async def cancel_shipment(
         self, forward_key: str, idempotency_key: str, order_id: str | None = None

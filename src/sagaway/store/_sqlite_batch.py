@@ -61,10 +61,11 @@ def write_batch(
     ``run_in_transaction`` function gets one (a business failure raised inside is its
     normal way to say no) unless it only touches rows (``rows_only``): then one that fails
     having changed no row has nothing to undo, and one that fails after changing rows is
-    undone by the replay. Anything unexpected (a driver error halfway through an
-    operation, a failing ``ctx.atomic()`` write, a failing batched write) rolls the batch
-    back and replays it with a savepoint around every operation and nothing deferred, so
-    only the operation at fault fails. Savepoints cost two statements each: on the engine
+    undone by the replay; the same for a transition whose ``ctx.atomic()`` writes refuse it
+    (``EffectRefused``: they run before it, see ``commit_with_effects``). Anything unexpected
+    (a driver error halfway through an operation, a failing ``ctx.atomic()`` write, a failing
+    batched write) rolls the batch back and replays it with a savepoint around every
+    operation and nothing deferred, so only the operation at fault fails. Savepoints cost two statements each: on the engine
     benchmark, more than a transition's own statement, which is why the fast path avoids
     them.
     """
@@ -116,15 +117,21 @@ def commit_with_effects(
     pending: ops.Pending | None = None,
 ) -> None:
     """A transition plus the writes its step enlisted with ``ctx.atomic()``, as one unit (the
-    caller holds the guard up while it runs)."""
-    ops.commit(conn, saga_id, owner, change, at, pending)
+    caller holds the guard up while it runs).
+
+    The writes run first: a refusal (``StepFailed``, see ``EffectRefused``) is mostly taken
+    before its write's first change (a guarded UPDATE that matched no row), and then, the
+    transition not written either, the batch's fast path has nothing to undo (see ``_apply``).
+    A refusal after a change, a broken write, or the transition's own failure after the
+    writes changed rows are undone by the savepoint (or the replay)."""
     for write in change.effects:
         try:
             write(conn)
-        except StepFailed as exc:  # a refusal (see EffectRefused), undone as any failure
+        except StepFailed as exc:
             raise EffectRefused(exc.reason) from exc
-        except Exception as exc:  # the savepoint (or the replay) rolls the transition back
+        except Exception as exc:
             raise EffectFailed(f"a ctx.atomic() write failed: {exc}") from exc
+    ops.commit(conn, saga_id, owner, change, at, pending)
 
 
 class KeyUsed(Exception):
@@ -253,8 +260,18 @@ def _apply(
                         continue
                     _user_code_returned(conn, guard)
                 elif fn is _WITH_EFFECTS:
+                    changes = conn.total_changes
                     guard.active, guard.refused = True, False
-                    commit_with_effects(conn, args[0], args[1], args[2], args[3], pending)
+                    try:
+                        commit_with_effects(conn, args[0], args[1], args[2], args[3], pending)
+                    except (EffectRefused, LeaseLost, SagaNotFound, InvalidTransition) as exc:
+                        guard.active = False
+                        if not conn.in_transaction:
+                            raise _TransactionEnded(str(exc)) from exc
+                        if conn.total_changes != changes:  # its writes need the replay's undo
+                            raise _Replay from None
+                        append((future, None, exc))  # nothing written: nothing to undo
+                        continue
                     value = None
                     _user_code_returned(conn, guard)
                 else:  # it may read the log: give it the rows deferred so far
