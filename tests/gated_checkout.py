@@ -11,6 +11,11 @@ the process dies:
 * ``PaymentService.refund`` of the accounts in ``CRASH_HOLD_REFUND``: the saga stays
   COMPENSATING with its refund COMPENSATING, the money already given back.
 
+Where the shop's tables live in the saga log's file, a charge rides its step's transition
+(``ctx.atomic()``): there is no moment between its effect and its record to hold it in. The
+charges of ``CRASH_HOLD_CHARGE``'s accounts take the separate write's path (their
+``charge_in_saga_log`` says None), the others the transition's, so a kill meets both.
+
 Each held call prints ``GATE charge|refund <account> <idempotency key>`` so the test knows,
 without guessing at timing, that the state it wants to kill in has been reached. Step timeouts
 are switched off so a held step cannot time out and move the saga on before the kill.
@@ -34,6 +39,7 @@ HOLD_REFUND = set(filter(None, os.environ.get("CRASH_HOLD_REFUND", "").split(","
 checkout.sagas.STEP_TIMEOUT = None  # type: ignore[assignment]  # read when the saga is built
 
 real_charge, real_refund = PaymentService.charge, PaymentService.refund
+real_charge_in_saga_log = PaymentService.charge_in_saga_log
 
 
 async def hold(what: str, account: str, key: str) -> None:
@@ -63,7 +69,16 @@ async def refund(
     return payment
 
 
+def charge_in_saga_log(
+    self: PaymentService, idempotency_key: str, order_id: str, account_id: str, amount_cents: int
+) -> Any:
+    if account_id in HOLD_CHARGE:
+        return None  # a charge to hold: its own write (see the module docstring)
+    return real_charge_in_saga_log(self, idempotency_key, order_id, account_id, amount_cents)
+
+
 PaymentService.charge = charge  # type: ignore[method-assign]
+PaymentService.charge_in_saga_log = charge_in_saga_log  # type: ignore[method-assign]
 PaymentService.refund = refund  # type: ignore[method-assign]
 
 if __name__ == "__main__":

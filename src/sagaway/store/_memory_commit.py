@@ -280,9 +280,12 @@ class MemoryCommit:
             try:
                 write(None)
             except StepFailed as exc:  # a refusal: the runner fails the step (see EffectRefused)
-                raise EffectRefused(exc.reason) from exc
+                refused = exc.reason
             except Exception as exc:
                 raise EffectFailed(f"a ctx.atomic() write failed: {exc}") from exc
+            else:
+                continue
+            raise EffectRefused(refused)  # (unchained, as the SQLite store's: no cycle)
         if take is not None:  # before apply_change: a park or a release hands it back
             record.owner, record.lease_expires_at = owner, take.until
         record.fence += 1

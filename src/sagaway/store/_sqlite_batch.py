@@ -128,9 +128,16 @@ def commit_with_effects(
         try:
             write(conn)
         except StepFailed as exc:
-            raise EffectRefused(exc.reason) from exc
+            refused = exc.reason
         except Exception as exc:
             raise EffectFailed(f"a ctx.atomic() write failed: {exc}") from exc
+        else:
+            continue
+        # Raised here, not chained to the refusal, and its own traceback dropped where the
+        # batch keeps it for its caller: a traceback holds the frames of the batch being
+        # written, whose futures hold the error, a reference cycle a refused order for the
+        # collector (measured: ~80 objects each, +3% CPU an order in checkout_cost.py).
+        raise EffectRefused(refused)
     ops.commit(conn, saga_id, owner, change, at, pending)
 
 
@@ -227,6 +234,8 @@ def _apply(
                         raise _TransactionEnded(str(exc)) from exc
                     execute(_ROLLBACK_TO)
                     execute(_RELEASE)
+                    if type(exc) is EffectRefused:
+                        exc.__traceback__ = None
                     append((future, None, _user_error(exc, guard)))
                 else:
                     _user_code_returned(conn, guard)
@@ -270,6 +279,8 @@ def _apply(
                             raise _TransactionEnded(str(exc)) from exc
                         if conn.total_changes != changes:  # its writes need the replay's undo
                             raise _Replay from None
+                        if type(exc) is EffectRefused:  # (see commit_with_effects)
+                            exc.__traceback__ = None
                         append((future, None, exc))  # nothing written: nothing to undo
                         continue
                     value = None
