@@ -65,9 +65,9 @@ def write_batch(
     (``EffectRefused``: they run before it, see ``commit_with_effects``). Anything unexpected
     (a driver error halfway through an operation, a failing ``ctx.atomic()`` write, a failing
     batched write) rolls the batch back and replays it with a savepoint around every
-    operation and nothing deferred, so only the operation at fault fails. Savepoints cost two statements each: on the engine
-    benchmark, more than a transition's own statement, which is why the fast path avoids
-    them.
+    operation and nothing deferred, so only the operation at fault fails. Savepoints cost
+    two statements each: on the engine benchmark, more than a transition's own statement,
+    which is why the fast path avoids them.
     """
     try:
         return _apply(conn, batch, guard, journals, safe=False)
