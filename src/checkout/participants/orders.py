@@ -166,6 +166,23 @@ def saga_input(order: OrderInfo) -> OrderInput:
     )
 
 
+def _recorded_input(order: OrderInfo, items: Sequence[OrderLine]) -> OrderInput:
+    """``saga_input(order)`` for an order :func:`record_order` just recorded from ``items``:
+    its priced lines are ``items`` one for one (product and quantity), so the request's own
+    ``OrderLine`` objects (immutable) are the input's lines, not a copy of each (~1 us an
+    order). Any other kind of line (a subclass) gets the copies."""
+    for item in items:
+        if type(item) is not OrderLine:
+            return saga_input(order)
+    return OrderInput(
+        order_id=order.id,
+        customer_id=order.customer_id,
+        items=list(items),
+        shipping_address=order.shipping_address,
+        payment_method=order.payment_method,
+    )
+
+
 def record_order(
     conn: Connection,
     order_id: str,
@@ -426,7 +443,7 @@ class NewCheckout:
         if not created:
             raise AlreadyRecorded(order)
         self.order, self.validated = order, validated
-        return saga_input(order)
+        return _recorded_input(order, self.items)
 
     def _record(
         self, conn: Connection, saga_id: str

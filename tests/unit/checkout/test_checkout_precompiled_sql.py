@@ -225,3 +225,34 @@ def test_a_datetime_written_twice_is_formatted_once_and_never_stale(
     assert ours(first) == theirs(first) == text  # a value written before: formatted again
     assert ours(None) == theirs(None)
     assert ours(first) == text
+
+
+def test_an_address_read_from_rows_is_the_model_of_its_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``row_address`` hands out one immutable ``Address`` for rows holding the same values,
+    never another's, and starts over when it has kept its fill."""
+    from collections import namedtuple
+
+    from checkout.domain.models import Address
+
+    row = namedtuple("row", [f"ship_{name}" for name in _sql.ADDRESS_FIELDS])
+    monkeypatch.setattr(_sql, "_addresses", {})
+    home = row("1 Main St", "Springfield", "ON", "K1A 0B1", "CA")
+    first = _sql.row_address(home)
+    assert first == Address(
+        street="1 Main St", city="Springfield", province="ON", postal_code="K1A 0B1", country="CA"
+    )
+    assert _sql.row_address(row(*home)) is first  # equal values: the same object
+    elsewhere = _sql.row_address(row("1 Main St", "Springfield", "ON", "K1A 0B1", None))
+    assert elsewhere == Address(
+        street="1 Main St", city="Springfield", province="ON", postal_code="K1A 0B1"
+    )
+    assert _sql.row_address(row(None, None, None, None, None)) is None
+    assert _sql.row_address(row(None, None, None, None, "CA")) == Address(country="CA")
+    for n in range(_sql._ADDRESSES_MAX):
+        assert _sql.row_address(row(f"{n} Side St", None, None, None, None)) == Address(
+            street=f"{n} Side St"
+        )
+    assert len(_sql._addresses) == 3  # full: cleared, then the last ones kept
+    assert _sql.row_address(home) == first
