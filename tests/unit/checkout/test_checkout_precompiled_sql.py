@@ -117,6 +117,8 @@ def _writes(conn: Connection, execute: Any) -> None:
     }
     assert execute(conn, orders._MIRROR, mirror) == 1
     assert execute(conn, orders._MIRROR, mirror) == 0
+    assert execute(conn, orders._MIRROR_OWN, mirror) == 0  # nothing to change
+    assert execute(conn, orders._MIRROR_OWN, {**mirror, "new_status": "completed"}) == 1
 
 
 def test_precompiled_writes_match_sqlalchemy(conns: tuple[Connection, Connection]) -> None:
@@ -256,3 +258,44 @@ def test_an_address_read_from_rows_is_the_model_of_its_values(
         )
     assert len(_sql._addresses) == 3  # full: cleared, then the last ones kept
     assert _sql.row_address(home) == first
+
+
+def test_a_mirror_leaves_the_saga_id_alone_where_the_row_has_it(
+    conns: tuple[Connection, Connection],
+) -> None:
+    """``mirror_saga`` on SQLite: an order attached to its saga is updated without ``saga_id``
+    in the SET (its index entry untouched), one statement; an order without its saga yet
+    gets it; one of another saga is left alone; a repeat changes nothing."""
+    conn = conns[0]
+    seen: list[str] = []
+    _sql._raw(conn).set_trace_callback(seen.append)
+    for order_id, saga_id in (("o1", "s1"), ("o2", None), ("o3", "s9")):
+        row = {
+            "id": order_id,
+            "customer_id": "u1",
+            "status": "processing",
+            "total_cents": 500,
+            "payment_method": "card",
+            "idempotency_key": None,
+            "saga_id": saga_id,
+            "created_at": orders.utcnow(),
+            "updated_at": orders.utcnow(),
+            **_sql.address_values(None),
+        }
+        assert run(conn, orders._INSERT_ORDER, row) == 1
+    completed = orders.OrderStatus.COMPLETED
+    seen.clear()
+    assert orders.mirror_saga(conn, "o1", "s1", completed, None)
+    assert len(seen) == 1, seen
+    assert "saga_id=" not in seen[0].split("WHERE")[0], seen
+    assert not orders.mirror_saga(conn, "o1", "s1", completed, None)  # a repeat
+    assert orders.mirror_saga(conn, "o2", "s2", orders.OrderStatus.FAILED, "Boom")
+    assert not orders.mirror_saga(conn, "o3", "s3", completed, None)  # another saga's
+    found = {
+        row.id: (row.status, row.saga_id, row.error) for row in conn.execute(select(orders.orders))
+    }
+    assert found == {
+        "o1": ("completed", "s1", None),
+        "o2": ("failed", "s2", "Boom"),
+        "o3": ("processing", "s9", None),
+    }
