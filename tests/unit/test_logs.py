@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import time
+from typing import Any
 
 import pytest
 from sagakit import Kit, Order
@@ -280,6 +281,28 @@ def test_anything_else_on_the_way_gets_logging_s_own_path(
         assert written == (
             "2026-01-01T10:00:00.250Z INFO lines: saga started saga_id=s-1 saga=order\n"
         )
+
+
+class _Tagging(logging.Logger):
+    def makeRecord(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = super().makeRecord(*args, **kwargs)
+        record.tag = "mine"
+        return record
+
+
+def test_a_logger_subclass_makes_its_own_records(
+    text_stream: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Logger subclass may make or handle its records its own way: its lines take
+    logging's path, whatever handler it has (here the plain text one)."""
+    tagging = _Tagging("tagging", logging.INFO)
+    handler = logging.StreamHandler(text_stream)
+    handler.setFormatter(TextFormatter())
+    tagging.addHandler(handler)
+    LoggingHook(tagging).saga_started(_record())
+    assert text_stream.getvalue() == (
+        "2026-01-01T10:00:00.250Z INFO tagging: saga started saga_id=s-1 saga=order tag=mine\n"
+    )
 
 
 def test_a_reserved_field_is_refused_as_logging_refuses_it(
