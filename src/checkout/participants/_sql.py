@@ -40,7 +40,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from sqlalchemy import Column, Executable, Insert, Select, Table, Update, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -467,12 +467,42 @@ def address_values(address: Address | None) -> dict[str, str | None]:
     }
 
 
+# The Addresses built from rows, by their five values: an Address is immutable, so one object
+# stands for every row that holds the same values. An order reads its account's row for the
+# default address; the model built from it cost ~1.5 us an order, the look-up ~0.2 us. Bounded
+# (cleared when full): what it holds is only a faster way to the same value.
+_addresses: dict[tuple[Any, ...], Address] = {}
+_ADDRESSES_MAX: Final = 4096
+
+
 def row_address(row: Any) -> Address | None:
     """The ``ship_*`` columns of a row as an Address; None when they are all empty."""
-    values = {name: getattr(row, f"ship_{name}") for name in ADDRESS_FIELDS}
-    if all(value is None for value in values.values()):
+    values = (
+        row.ship_street,
+        row.ship_city,
+        row.ship_province,
+        row.ship_postal_code,
+        row.ship_country,
+    )
+    known = _addresses.get(values)
+    if known is not None:
+        return known
+    street, city, province, postal_code, country = values
+    if (
+        street is None
+        and city is None
+        and province is None
+        and postal_code is None
+        and country is None
+    ):
         return None
-    return Address(**values)
+    address = Address(
+        street=street, city=city, province=province, postal_code=postal_code, country=country
+    )
+    if len(_addresses) >= _ADDRESSES_MAX:
+        _addresses.clear()
+    _addresses[values] = address
+    return address
 
 
 def undo_once(

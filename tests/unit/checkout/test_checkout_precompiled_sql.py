@@ -117,6 +117,8 @@ def _writes(conn: Connection, execute: Any) -> None:
     }
     assert execute(conn, orders._MIRROR, mirror) == 1
     assert execute(conn, orders._MIRROR, mirror) == 0
+    assert execute(conn, orders._MIRROR_OWN, mirror) == 0  # nothing to change
+    assert execute(conn, orders._MIRROR_OWN, {**mirror, "new_status": "completed"}) == 1
 
 
 def test_precompiled_writes_match_sqlalchemy(conns: tuple[Connection, Connection]) -> None:
@@ -225,3 +227,75 @@ def test_a_datetime_written_twice_is_formatted_once_and_never_stale(
     assert ours(first) == theirs(first) == text  # a value written before: formatted again
     assert ours(None) == theirs(None)
     assert ours(first) == text
+
+
+def test_an_address_read_from_rows_is_the_model_of_its_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``row_address`` hands out one immutable ``Address`` for rows holding the same values,
+    never another's, and starts over when it has kept its fill."""
+    from collections import namedtuple
+
+    from checkout.domain.models import Address
+
+    row = namedtuple("row", [f"ship_{name}" for name in _sql.ADDRESS_FIELDS])
+    monkeypatch.setattr(_sql, "_addresses", {})
+    home = row("1 Main St", "Springfield", "ON", "K1A 0B1", "CA")
+    first = _sql.row_address(home)
+    assert first == Address(
+        street="1 Main St", city="Springfield", province="ON", postal_code="K1A 0B1", country="CA"
+    )
+    assert _sql.row_address(row(*home)) is first  # equal values: the same object
+    elsewhere = _sql.row_address(row("1 Main St", "Springfield", "ON", "K1A 0B1", None))
+    assert elsewhere == Address(
+        street="1 Main St", city="Springfield", province="ON", postal_code="K1A 0B1"
+    )
+    assert _sql.row_address(row(None, None, None, None, None)) is None
+    assert _sql.row_address(row(None, None, None, None, "CA")) == Address(country="CA")
+    for n in range(_sql._ADDRESSES_MAX):
+        assert _sql.row_address(row(f"{n} Side St", None, None, None, None)) == Address(
+            street=f"{n} Side St"
+        )
+    assert len(_sql._addresses) == 3  # full: cleared, then the last ones kept
+    assert _sql.row_address(home) == first
+
+
+def test_a_mirror_leaves_the_saga_id_alone_where_the_row_has_it(
+    conns: tuple[Connection, Connection],
+) -> None:
+    """``mirror_saga`` on SQLite: an order attached to its saga is updated without ``saga_id``
+    in the SET (its index entry untouched), one statement; an order without its saga yet
+    gets it; one of another saga is left alone; a repeat changes nothing."""
+    conn = conns[0]
+    seen: list[str] = []
+    _sql._raw(conn).set_trace_callback(seen.append)
+    for order_id, saga_id in (("o1", "s1"), ("o2", None), ("o3", "s9")):
+        row = {
+            "id": order_id,
+            "customer_id": "u1",
+            "status": "processing",
+            "total_cents": 500,
+            "payment_method": "card",
+            "idempotency_key": None,
+            "saga_id": saga_id,
+            "created_at": orders.utcnow(),
+            "updated_at": orders.utcnow(),
+            **_sql.address_values(None),
+        }
+        assert run(conn, orders._INSERT_ORDER, row) == 1
+    completed = orders.OrderStatus.COMPLETED
+    seen.clear()
+    assert orders.mirror_saga(conn, "o1", "s1", completed, None)
+    assert len(seen) == 1, seen
+    assert "saga_id=" not in seen[0].split("WHERE")[0], seen
+    assert not orders.mirror_saga(conn, "o1", "s1", completed, None)  # a repeat
+    assert orders.mirror_saga(conn, "o2", "s2", orders.OrderStatus.FAILED, "Boom")
+    assert not orders.mirror_saga(conn, "o3", "s3", completed, None)  # another saga's
+    found = {
+        row.id: (row.status, row.saga_id, row.error) for row in conn.execute(select(orders.orders))
+    }
+    assert found == {
+        "o1": ("completed", "s1", None),
+        "o2": ("failed", "s2", "Boom"),
+        "o3": ("processing", "s9", None),
+    }
