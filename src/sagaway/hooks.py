@@ -117,7 +117,9 @@ class Hook:
     ) -> None:
         """The attempt started by ``before_step`` ended (``ctx`` is the same object); ``seconds``
         is how long the action ran. Its outcome is not durable yet: it is written with the next
-        commit (see ``after_commit``).
+        commit (see ``after_commit``). An attempt that enlisted ``ctx.atomic()`` writes is
+        told once that commit is done (succeeded) or refused (failed, a compensation retrying),
+        since a write may refuse it: one call an attempt either way.
 
         A remote step on a message transport parks the saga while its command is out: both
         methods are then called when the reply arrives (on the engine that takes it, maybe

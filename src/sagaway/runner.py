@@ -139,13 +139,13 @@ class SagaRun(RemoteSteps):
         # A hook's sink (the metrics') is appended to here, without calling the chain.
         if hooks is None:
             self._hooks_steps = self._hooks_commit = self._commit_sink = None
-            self._forward_ok = self._undo_ok = None
+            self._forward_ok = None
             self._hooks_before = False
         else:
             self._hooks_steps = hooks if hooks.wants_steps else None
             self._hooks_before = hooks.wants_before_step
             self._hooks_commit = hooks if hooks.wants_commits else None
-            self._forward_ok, self._undo_ok = hooks.forward_ok, hooks.undo_ok
+            self._forward_ok = hooks.forward_ok  # (the compensations' sink: read there)
             self._commit_sink = hooks.commit_sink
         # True when the engine wrote step 0 RUNNING together with the saga: run it, don't redo it.
         self._prewritten = prewritten
@@ -179,6 +179,9 @@ class SagaRun(RemoteSteps):
         # instance instead of its shared-key values (CPython 3.11's limit, less one), and
         # every attribute read costs more: +9k instructions a saga at 30 or 31.)
         self._returned: Any = None  # a forward step's value, from _returning
+        # A step that enlisted ctx.atomic() writes succeeded only once they commit (they may
+        # refuse): its hooks hear of it then (see _report_held), not when its action returns.
+        self._held: tuple[Step[Any], StepContext, float] | None = None
 
     @property
     def parks(self) -> bool:
@@ -222,8 +225,13 @@ class SagaRun(RemoteSteps):
         except EffectRefused as exc:
             raise _Refused(change, exc.reason) from exc
         except EffectFailed as exc:
+            self._report_held(StepOutcome.FAILED, printable(str(exc)))
             await self._halt(printable(str(exc)))
             raise _Halted from exc
+        except BaseException as exc:  # not recorded (cancelled, the lease lost, the store)
+            cancelled = isinstance(exc, asyncio.CancelledError)
+            self._report_held(StepOutcome.FAILED, "cancelled" if cancelled else describe_error(exc))
+            raise
         self._after_write(change, now, began)
 
     def _write(self, change: Change, now: float) -> None:
@@ -241,9 +249,13 @@ class SagaRun(RemoteSteps):
         except EffectRefused as exc:
             raise _Refused(change, exc.reason) from exc
         except EffectFailed as exc:
+            self._report_held(StepOutcome.FAILED, printable(str(exc)))
             at = self._now()  # (as _halt: the store's commit never suspends here either)
             self._write(rules.halted(printable(str(exc)), at), at)
             raise _Halted from exc
+        except BaseException as exc:  # not recorded (the lease lost, the store)
+            self._report_held(StepOutcome.FAILED, describe_error(exc))
+            raise
         self._after_write(change, now, began)
 
     def _before_write(self, change: Change) -> float:
@@ -266,11 +278,29 @@ class SagaRun(RemoteSteps):
             apply_change(self.record, change, now)
         if self.listener is not None:
             self.listener(self.record, change)
+        if self._held is not None and change.effects:
+            self._report_held(SUCCEEDED, None)
         sink = self._commit_sink  # the metrics' (see Hook.commit_sink), or None
         if sink is not None:
             sink.append(perf_counter() - began)
         elif self._hooks_commit is not None:
             self._hooks_commit.after_commit(self.record, change, perf_counter() - began)
+
+    def _report_held(self, outcome: StepOutcome, error: str | None) -> None:
+        """The hooks' ``after_step`` for the attempt held in ``_held`` (its ctx, its seconds),
+        now that the write carrying its ``ctx.atomic()`` writes committed (SUCCEEDED), was
+        refused (FAILED, or RETRYING for a compensation) or failed: one call an attempt."""
+        held, self._held = self._held, None
+        hooks = self._hooks_steps
+        if held is None or hooks is None:
+            return
+        step, ctx, seconds = held
+        if outcome is SUCCEEDED:
+            ok = self._forward_ok if ctx.phase is FORWARD else hooks.undo_ok
+            if ok is not None:
+                ok[step].append(seconds)
+                return
+        hooks.after_step(self.record, ctx, outcome, error, seconds)
 
     def _now(self) -> float:
         # time.time() for the system clock: compiled, a call through the Clock protocol is a
@@ -395,18 +425,17 @@ class SagaRun(RemoteSteps):
         running = self.record.steps[(done.name, done.phase)]
         error = printable(refused.reason)
         now = self._now()
-        hooks = self._hooks_steps
-        if hooks is not None:  # they were told the action returned: now that the step did not
-            ctx = self._context(step, done.phase, running.attempts)
-            hooks.after_step(self.record, ctx, StepOutcome.FAILED, error, 0.0)
         if done.phase is FORWARD:
             decision = rules.step_failed(
                 step, self.record, running, error, retryable=False, uncertain=False, now=now
             )
+            self._report_held(StepOutcome.FAILED, error)
         else:
             limit = rules.compensation_limit(step.compensation_retry, None)
             decision = rules.compensation_failed(step, running, error, limit, now)
-            if decision.next is RETRY:  # _compensate runs it again from its COMPENSATING row
+            again = decision.next is RETRY
+            self._report_held(StepOutcome.RETRYING if again else StepOutcome.FAILED, error)
+            if again:  # _compensate runs it again from its COMPENSATING row
                 await self._backoff(decision.delay, forward_only=True)
                 return decision.change, self._now()
         if decision.next is STOP:
@@ -585,7 +614,9 @@ class SagaRun(RemoteSteps):
                 now = self._now()
                 effects = () if ctx.effects is None else tuple(ctx.effects)
                 if hooks is not None:
-                    if ok is not None:
+                    if effects:
+                        self._held = (step, ctx, perf_counter() - began)
+                    elif ok is not None:
                         ok[step].append(perf_counter() - began)
                     else:
                         hooks.after_step(self.record, ctx, SUCCEEDED, None, perf_counter() - began)
@@ -710,7 +741,7 @@ class SagaRun(RemoteSteps):
             if hooks is not None:
                 if self._hooks_before:
                     hooks.before_step(self.record, ctx)
-                ok = self._undo_ok
+                ok = hooks.undo_ok
                 began = perf_counter()
             try:
                 output = (
@@ -737,12 +768,14 @@ class SagaRun(RemoteSteps):
                 error = describe_error(exc)
             else:
                 now = self._now()
+                effects = () if ctx.effects is None else tuple(ctx.effects)
                 if hooks is not None:
-                    if ok is not None:
+                    if effects:
+                        self._held = (step, ctx, perf_counter() - began)
+                    elif ok is not None:
                         ok[step].append(perf_counter() - began)
                     else:
                         hooks.after_step(self.record, ctx, SUCCEEDED, None, perf_counter() - began)
-                effects = () if ctx.effects is None else tuple(ctx.effects)
                 return rules.compensation_succeeded(running, now, effects), now
             now = self._now()
             decision = rules.compensation_failed(step, running, error, limit, now)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from sagaway import (
     Engine,
@@ -25,6 +26,8 @@ from sagaway import (
     StepFailed,
     StepStatus,
 )
+from sagaway.hooks import Hook, StepOutcome
+from sagaway.metrics import PrometheusHook
 from sagaway.store.memory import MemoryStore
 from sagaway.store.sqlite import SQLiteStore
 from sagaway.testing import VirtualClock
@@ -180,3 +183,77 @@ async def test_a_compensation_refused_past_its_retries_stops_the_saga_failed(
     assert record.error == "compensation of reserve failed: not yet"
     assert record.steps[("reserve", "compensation")].status is StepStatus.FAILED
     assert f"{record.id}:reserve:compensation" not in ledger.rows()
+
+
+class Attempts(Hook):
+    """Each attempt's ``before_step`` / ``after_step``, with the context object it came with."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str, int, int, str | None]] = []
+
+    def before_step(self, record: SagaRecord, ctx: StepContext) -> None:
+        self.calls.append(("before", ctx.step, ctx.phase.value, ctx.attempt, id(ctx), None))
+
+    def after_step(
+        self,
+        record: SagaRecord,
+        ctx: StepContext,
+        outcome: StepOutcome,
+        error: str | None,
+        seconds: float,
+    ) -> None:
+        what = outcome.value
+        self.calls.append(("after", ctx.step, ctx.phase.value, ctx.attempt, id(ctx), what))
+
+
+def _ended(calls: list[tuple[str, str, str, int, int, str | None]]) -> list[tuple[Any, ...]]:
+    """Each attempt once: its step, phase and outcome, in order, after checking that every
+    ``before_step`` has exactly one ``after_step`` with the same context."""
+    open_: dict[int, tuple[str, str, int]] = {}
+    ended: list[tuple[Any, ...]] = []
+    for kind, step, phase, attempt, ctx, outcome in calls:
+        if kind == "before":
+            open_[ctx] = (step, phase, attempt)
+        else:
+            assert open_.pop(ctx) == (step, phase, attempt)
+            ended.append((step, phase, outcome))
+    assert open_ == {}
+    return ended
+
+
+async def test_the_hooks_hear_of_an_attempt_once_with_the_outcome_recorded(
+    setup: tuple[Engine, Ledger],
+) -> None:
+    """A step whose writes ride its transition succeeded only once they commit: a refused
+    one is told FAILED (a compensation's refusal RETRYING), never SUCCEEDED first."""
+    engine, ledger = setup
+    hook = Attempts()
+    engine.add_hook(hook)
+    record = await _run(engine, _saga(ledger, "ship", undo_refusals=1))
+    assert record.status is SagaStatus.COMPENSATED
+    assert _ended(hook.calls) == [
+        ("reserve", "forward", "succeeded"),
+        ("charge", "forward", "succeeded"),
+        ("ship", "forward", "failed"),
+        ("charge", "compensation", "succeeded"),
+        ("reserve", "compensation", "retrying"),
+        ("reserve", "compensation", "succeeded"),
+    ]
+
+
+async def test_the_metrics_count_a_refused_attempt_as_failed_only(
+    setup: tuple[Engine, Ledger],
+) -> None:
+    engine, ledger = setup
+    registry = CollectorRegistry()
+    engine.add_hook(PrometheusHook(registry))
+    await _run(engine, _saga(ledger, "charge"))
+
+    def attempts(step: str, phase: str, outcome: str) -> float | None:
+        labels = {"saga": "refusals", "step": step, "phase": phase, "outcome": outcome}
+        return registry.get_sample_value("sagaway_step_duration_seconds_count", labels)
+
+    assert attempts("reserve", "forward", "succeeded") == 1
+    assert attempts("charge", "forward", "failed") == 1
+    assert attempts("charge", "forward", "succeeded") is None
+    assert attempts("reserve", "compensation", "succeeded") == 1
