@@ -11,10 +11,11 @@ the process dies:
 * ``PaymentService.refund`` of the accounts in ``CRASH_HOLD_REFUND``: the saga stays
   COMPENSATING with its refund COMPENSATING, the money already given back.
 
-Where the shop's tables live in the saga log's file, a charge rides its step's transition
-(``ctx.atomic()``): there is no moment between its effect and its record to hold it in. The
-charges of ``CRASH_HOLD_CHARGE``'s accounts take the separate write's path (their
-``charge_in_saga_log`` says None), the others the transition's, so a kill meets both.
+Where the shop's tables live in the saga log's file, a charge (a refund) rides its step's
+(compensation's) transition (``ctx.atomic()``): there is no moment between its effect and its
+record to hold it in. The charges of ``CRASH_HOLD_CHARGE``'s accounts and the refunds of
+``CRASH_HOLD_REFUND``'s take the separate write's path (their ``*_in_saga_log`` says None),
+the others the transition's, so a kill meets both.
 
 Each held call prints ``GATE charge|refund <account> <idempotency key>`` so the test knows,
 without guessing at timing, that the state it wants to kill in has been reached. Step timeouts
@@ -40,6 +41,7 @@ checkout.sagas.STEP_TIMEOUT = None  # type: ignore[assignment]  # read when the 
 
 real_charge, real_refund = PaymentService.charge, PaymentService.refund
 real_charge_in_saga_log = PaymentService.charge_in_saga_log
+real_refund_in_saga_log = PaymentService.refund_in_saga_log
 
 
 async def hold(what: str, account: str, key: str) -> None:
@@ -77,9 +79,22 @@ def charge_in_saga_log(
     return real_charge_in_saga_log(self, idempotency_key, order_id, account_id, amount_cents)
 
 
+def refund_in_saga_log(
+    self: PaymentService,
+    forward_key: str,
+    idempotency_key: str,
+    order_id: str | None = None,
+    account_id: str | None = None,
+) -> Any:
+    if account_id in HOLD_REFUND:
+        return None  # a refund to hold: its own write (see the module docstring)
+    return real_refund_in_saga_log(self, forward_key, idempotency_key, order_id, account_id)
+
+
 PaymentService.charge = charge  # type: ignore[method-assign]
 PaymentService.charge_in_saga_log = charge_in_saga_log  # type: ignore[method-assign]
 PaymentService.refund = refund  # type: ignore[method-assign]
+PaymentService.refund_in_saga_log = refund_in_saga_log  # type: ignore[method-assign]
 
 if __name__ == "__main__":
     main()

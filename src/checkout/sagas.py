@@ -104,6 +104,32 @@ def _in_step(
     return made
 
 
+def _undo_in_step(ctx: StepContext, write: Callable[[Any], None]) -> None:
+    """A participant's compensating write (from its ``*_in_saga_log``) as a ``ctx.atomic()``
+    write of the compensation: it commits with the compensation's outcome, or not at all (a
+    crash before that commit leaves neither: the compensation runs again, its write fresh;
+    after it, both, and ``undo_once``'s guards make a repeat write nothing). Whatever it
+    raises refuses that transaction, which a compensation takes as its own failure: retried
+    under ``compensation_retry``, then FAILED, with the error text the separate write's path
+    (``_shop``) gives, as there (a database error is still retried, not a halt)."""
+
+    def effect(conn: Any) -> None:
+        try:
+            write(conn)
+        except (SQLAlchemyError, OSError) as exc:  # (its driver text to the log only)
+            raise StepFailed(_error_text(readable(exc, "checkout step"))) from exc
+        except Exception as exc:  # a line that cannot move back: a bug or a manual edit
+            raise StepFailed(_error_text(exc)) from exc
+
+    ctx.atomic(effect)
+
+
+def _error_text(exc: Exception) -> str:
+    # The text the engine keeps for a compensation that raised ``exc`` (``describe_error``).
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def _validated(ctx: StepContext) -> ValidatedOrder:
     return ValidatedOrder.model_validate(ctx.results["validate_order"])
 
@@ -132,9 +158,9 @@ def build_checkout_saga(
     transaction; only for orders in the engine's own SQLite store file
     (``OrderService.mirrors_success_in_saga``), with an ``OrderTracker`` told the same. The
     participants' forward writes (reserve, charge, create the shipment) then ride their steps'
-    transitions too (``ctx.atomic()``, see ``_in_step``), a business refusal refusing the
-    transition; an address that cannot be shipped to, and the compensations, keep a write of
-    their own."""
+    transitions too (``ctx.atomic()``, see ``_in_step``), a business refusal (an address
+    that cannot be shipped to among them) refusing the transition, and so do the
+    compensations' writes (release, refund, cancel: ``_undo_in_step``)."""
     p = participants
     saga = Saga(name, version=version)
 
@@ -162,6 +188,13 @@ def build_checkout_saga(
     ) -> None:
         # Looked up by the forward key, not by ``reservation``: that is None when the
         # action's outcome is uncertain, and the participant knows what really happened.
+        if success_in_saga:
+            write = p.inventory.release_in_saga_log(
+                ctx.forward_key, ctx.idempotency_key, order_id=order.order_id
+            )
+            if write is not None:
+                _undo_in_step(ctx, write)
+                return
         await _shop(
             p.inventory.release(ctx.forward_key, ctx.idempotency_key, order_id=order.order_id)
         )
@@ -184,6 +217,16 @@ def build_checkout_saga(
         return payment
 
     async def refund_payment(ctx: StepContext, order: OrderInput, payment: Payment | None) -> None:
+        if success_in_saga:
+            write = p.payment.refund_in_saga_log(
+                ctx.forward_key,
+                ctx.idempotency_key,
+                order_id=order.order_id,
+                account_id=order.customer_id,
+            )
+            if write is not None:
+                _undo_in_step(ctx, write)
+                return
         await _shop(
             p.payment.refund(
                 ctx.forward_key,
@@ -225,6 +268,13 @@ def build_checkout_saga(
     async def cancel_shipment(
         ctx: StepContext, order: OrderInput, shipment: Shipment | None
     ) -> None:
+        if success_in_saga:
+            write = p.shipping.cancel_in_saga_log(
+                ctx.forward_key, ctx.idempotency_key, order_id=order.order_id
+            )
+            if write is not None:
+                _undo_in_step(ctx, write)
+                return
         await _shop(
             p.shipping.cancel_shipment(
                 ctx.forward_key, ctx.idempotency_key, order_id=order.order_id

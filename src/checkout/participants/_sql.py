@@ -517,7 +517,7 @@ def undo_once(
     undo_line: Executable,
     what: str,
     held: str,
-) -> Any:
+) -> None:
     """The compensation pattern of the line-moving participants (inventory, shipping).
 
     A tombstone claims ``forward_key`` when the action never happened (a late action then finds
@@ -525,7 +525,8 @@ def undo_once(
     it flipped) and ``undo_line`` moves each line's units back. A line that cannot move back is
     a bug or a manual edit, never a race: raising rolls the undo back, so the saga's
     compensation retries and, if it keeps failing, the saga ends FAILED for an operator.
-    Returns the row under ``forward_key``.
+    The row under ``forward_key`` is the caller's to read (:func:`load_by_key`), if it wants
+    it: a compensation riding its step's transition does not.
     """
     tombstoned = insert_ignore(
         conn,
@@ -547,4 +548,3 @@ def undo_once(
                 raise RuntimeError(
                     f"cannot {what} {line.quantity} x {line.product_id}: not enough {held} units"
                 )
-    return load_by_key(conn, table, forward_key)

@@ -34,6 +34,7 @@ from checkout.participants._sql import (
     dump_lines,
     fetch_first,
     find_by_key,
+    load_by_key,
     load_lines,
     table_of,
     undo_once,
@@ -158,7 +159,16 @@ def release(
       reserve call that arrives late (a slow retry of an uncertain step) becomes a no-op.
     ``idempotency_key`` (the compensation's own key) is recorded for the audit trail.
     """
-    row = undo_once(
+    released(conn, forward_key, idempotency_key, order_id)
+    return _reservation(load_by_key(conn, reservations, forward_key))
+
+
+def released(
+    conn: Connection, forward_key: str, idempotency_key: str, order_id: str | None = None
+) -> None:
+    """:func:`release` for a caller that needs no answer (a compensation's ``ctx.atomic()``
+    write): the same writes, without reading the row back and building its model."""
+    undo_once(
         conn,
         reservations,
         forward_key=forward_key,
@@ -170,7 +180,6 @@ def release(
         what="release",
         held="reserved",
     )
-    return _reservation(row)
 
 
 def get_reservation(conn: Connection, idempotency_key: str) -> Reservation | None:
@@ -220,6 +229,14 @@ class InventoryService:
     ) -> Reservation:
         """See :func:`release`."""
         return await self._db.write(release, forward_key, idempotency_key, order_id)
+
+    def release_in_saga_log(
+        self, forward_key: str, idempotency_key: str, order_id: str | None = None
+    ) -> Callable[[Any], None] | None:
+        """:func:`release` as a ``ctx.atomic()`` write (:func:`released`), or None where the
+        shop's writes cannot ride the saga log's transactions (see
+        :meth:`ShopExecutor.in_saga_log`)."""
+        return self._db.in_saga_log(released, forward_key, idempotency_key, order_id)
 
     async def get(self, idempotency_key: str) -> Reservation | None:
         return await self._db.read(get_reservation, idempotency_key)

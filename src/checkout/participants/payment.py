@@ -148,6 +148,19 @@ def refund(
     * never charged: a ``void`` tombstone is recorded under ``forward_key`` so that a late
       charge with that key becomes a no-op instead of taking money for a dead order.
     """
+    refunded(conn, forward_key, idempotency_key, order_id, account_id)
+    return _payment(load_by_key(conn, payments, forward_key))
+
+
+def refunded(
+    conn: Connection,
+    forward_key: str,
+    idempotency_key: str,
+    order_id: str | None = None,
+    account_id: str | None = None,
+) -> None:
+    """:func:`refund` for a caller that needs no answer (a compensation's ``ctx.atomic()``
+    write): the same writes, without reading the row back and building its model."""
     tombstoned = insert_ignore(
         conn,
         payments,
@@ -168,7 +181,6 @@ def refund(
             # The account vanished: roll back and let the saga's compensation retry, then
             # surface as FAILED for an operator. Never lose the money.
             raise RuntimeError(f"cannot refund: account {row.account_id!r} is gone")
-    return _payment(load_by_key(conn, payments, forward_key))
 
 
 def get_payment(conn: Connection, idempotency_key: str) -> Payment | None:
@@ -224,6 +236,18 @@ class PaymentService:
     ) -> Payment:
         """See :func:`refund`."""
         return await self._db.write(refund, forward_key, idempotency_key, order_id, account_id)
+
+    def refund_in_saga_log(
+        self,
+        forward_key: str,
+        idempotency_key: str,
+        order_id: str | None = None,
+        account_id: str | None = None,
+    ) -> Callable[[Any], None] | None:
+        """:func:`refund` as a ``ctx.atomic()`` write (:func:`refunded`), or None where the
+        shop's writes cannot ride the saga log's transactions (see
+        :meth:`ShopExecutor.in_saga_log`)."""
+        return self._db.in_saga_log(refunded, forward_key, idempotency_key, order_id, account_id)
 
     async def get(self, idempotency_key: str) -> Payment | None:
         return await self._db.read(get_payment, idempotency_key)

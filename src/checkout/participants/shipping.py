@@ -32,6 +32,7 @@ from checkout.participants._sql import (
     fetch,
     find_by_key,
     insert_ignore,
+    load_by_key,
     load_lines,
     table_of,
     undo_once,
@@ -169,7 +170,16 @@ def cancel_shipment(
     """Compensate the shipment created under ``forward_key``, exactly once: its units leave
     ``shipped_units`` (the inventory compensation returns them to stock). A shipment that
     never happened gets a ``void`` tombstone so a late create becomes a no-op."""
-    row = undo_once(
+    cancelled(conn, forward_key, idempotency_key, order_id)
+    return _shipment(load_by_key(conn, shipments, forward_key))
+
+
+def cancelled(
+    conn: Connection, forward_key: str, idempotency_key: str, order_id: str | None = None
+) -> None:
+    """:func:`cancel_shipment` for a caller that needs no answer (a compensation's
+    ``ctx.atomic()`` write): the same writes, without reading the row back."""
+    undo_once(
         conn,
         shipments,
         forward_key=forward_key,
@@ -181,7 +191,6 @@ def cancel_shipment(
         what="unship",
         held="shipped",
     )
-    return _shipment(row)
 
 
 def shipped(conn: Connection) -> dict[str, int]:
@@ -243,12 +252,12 @@ class ShippingService:
     ) -> tuple[Callable[[Any], Shipment | None], Shipment] | None:
         """:meth:`create_shipment` as a ``ctx.atomic()`` write (:func:`shipped_before`) and
         the shipment it creates, or None where the shop's writes cannot ride the saga log's
-        transactions (see :meth:`ShopExecutor.in_saga_log`), or for an address it cannot ship
-        to: that refusal is taken by ``create_shipment``'s own write, before the step's outcome
-        is written, rather than refusing the transition that carries it."""
-        if address is None or address_problems(address):
-            return None
-        courier = self.courier_for(address)
+        transactions (see :meth:`ShopExecutor.in_saga_log`). For an address it cannot ship to
+        the write writes nothing: it raises ``InvalidShippingAddress`` (refusing the transition
+        that carries it), or returns what a call with the key recorded before (a tombstone),
+        as ``create_shipment`` does: decided in the transaction, as the key's record may be."""
+        deliverable = address is not None and not address_problems(address)
+        courier = self.courier_for(address) if address is not None and deliverable else None
         lines = merge_lines(items)
         write = self._db.in_saga_log(
             shipped_before, idempotency_key, order_id, address, lines, courier
@@ -269,6 +278,14 @@ class ShippingService:
     ) -> Shipment:
         """See :func:`cancel_shipment`."""
         return await self._db.write(cancel_shipment, forward_key, idempotency_key, order_id)
+
+    def cancel_in_saga_log(
+        self, forward_key: str, idempotency_key: str, order_id: str | None = None
+    ) -> Callable[[Any], None] | None:
+        """:func:`cancel_shipment` as a ``ctx.atomic()`` write (:func:`cancelled`), or None
+        where the shop's writes cannot ride the saga log's transactions (see
+        :meth:`ShopExecutor.in_saga_log`)."""
+        return self._db.in_saga_log(cancelled, forward_key, idempotency_key, order_id)
 
     async def get(self, idempotency_key: str) -> Shipment | None:
         return await self._db.read(get_shipment, idempotency_key)

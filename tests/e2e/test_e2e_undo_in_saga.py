@@ -1,0 +1,235 @@
+"""Where the shop's tables live in the saga log's SQLite file (the embedded default), a
+compensating order's writes ride its saga's transitions too: the refusal of an address that
+cannot be shipped to is taken in the transaction that would have recorded the shipment (it
+writes nothing), and each compensation (release, refund, cancel) commits its undo in the
+transaction that records the compensation, or not at all. The same rows, statuses and messages
+as the separate writes gave; the undo exactly once, a tombstone where the forward write never
+happened."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+import pytest
+
+from checkout.bootstrap import Services
+from checkout.domain.models import OrderLine, OrderStatus
+from sagaway import SagaStatus, StepStatus
+
+pytestmark = pytest.mark.parametrize("backend", ["sqlite"])
+
+LEDGERS = ("inventory_reservations", "payments", "shipments")
+LINES = [OrderLine(product_id="product_1", quantity=2)]
+
+
+def _transactions(statements: list[str]) -> list[list[str]]:
+    """The writer's statements, one list per BEGIN ... COMMIT."""
+    found: list[list[str]] = []
+    for statement in statements:
+        if statement.startswith("BEGIN"):
+            found.append([])
+        elif found:
+            found[-1].append(statement)
+    return found
+
+
+def _rows(services: Services, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    path = services.settings.database_url.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as conn:
+        return conn.execute(sql, args).fetchall()
+
+
+def _ledger_rows(services: Services, order_id: str) -> dict[str, list[tuple[Any, ...]]]:
+    return {
+        table: _rows(
+            services,
+            f"SELECT idempotency_key, status, compensation_key FROM {table} WHERE order_id = ?",
+            order_id,
+        )
+        for table in LEDGERS
+    }
+
+
+def _holdings(services: Services) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    return (
+        _rows(services, "SELECT id, stock, reserved FROM products ORDER BY id"),
+        _rows(services, "SELECT id, balance_cents FROM accounts ORDER BY id"),
+    )
+
+
+def _keys(saga_id: str, step: str) -> tuple[str, str]:
+    return f"{saga_id}:{step}:forward", f"{saga_id}:{step}:compensation"
+
+
+async def test_an_undeliverable_order_compensates_in_the_transactions_of_its_steps(
+    services: Services,
+) -> None:
+    before = _holdings(services)
+    writer = services.engine.store._writer_conn  # type: ignore[attr-defined]
+    statements: list[str] = []
+    writer.set_trace_callback(statements.append)
+    try:
+        view, _ = await services.checkout.place_order("user_3", LINES, wait=10)
+    finally:
+        writer.set_trace_callback(None)
+    assert (view.status, view.error) == (OrderStatus.FAILED, "Invalid shipping address")
+    saga_id = view.order.saga_id
+    assert saga_id is not None
+    record = await services.engine.get(saga_id)
+    assert record.status is SagaStatus.COMPENSATED
+    assert record.error == "Invalid shipping address"
+    ship = record.steps[("ship_order", "forward")]
+    assert (ship.status, ship.error) == (StepStatus.FAILED, "Invalid shipping address")
+    for step in ("reserve_inventory", "process_payment"):
+        assert record.steps[(step, "compensation")].status is StepStatus.COMPENSATED
+    assert ("ship_order", "compensation") not in record.steps  # it failed for sure: no undo
+    assert _holdings(services) == before  # units back in stock, the money back
+    reserve, release = _keys(saga_id, "reserve_inventory")
+    pay, refund = _keys(saga_id, "process_payment")
+    assert _ledger_rows(services, view.order.id) == {
+        "inventory_reservations": [(reserve, "released", release)],
+        "payments": [(pay, "refunded", refund)],
+        "shipments": [],  # the address refused: nothing written, not even in a transaction
+    }
+    shop = ("products", "accounts", "inventory_reservations", "payments", "shipments")
+    for done in _transactions(statements):
+        if any(any(table in s for table in shop) for s in done if not s.startswith("SELECT")):
+            # every shop write in a transaction that records a saga's step, never its own
+            assert any("sagaway_" in s for s in done), done
+    undone = [
+        t
+        for t in _transactions(statements)
+        if any("UPDATE inventory_reservations" in s or "UPDATE payments" in s for s in t)
+    ]
+    assert len(undone) == 2  # the release and the refund, each once
+
+
+def _unstorable_charge(services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The payment step's output cannot be stored: the step fails uncertain (its action
+    returned) and is compensated, its enlisted charge never written."""
+    payment = services.participants.payment
+
+    def charge_in_saga_log(*args: Any) -> Any:
+        return (lambda conn: None), object()
+
+    monkeypatch.setattr(payment, "charge_in_saga_log", charge_in_saga_log)
+
+
+async def test_a_compensation_whose_forward_write_never_happened_leaves_its_tombstone(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = _holdings(services)
+    _unstorable_charge(services, monkeypatch)
+    view, _ = await services.checkout.place_order("user_1", LINES, wait=10)
+    assert view.status is OrderStatus.FAILED
+    saga_id = view.order.saga_id
+    assert saga_id is not None
+    record = await services.engine.get(saga_id)
+    pay_row = record.steps[("process_payment", "forward")]
+    assert (pay_row.status, pay_row.uncertain) == (StepStatus.FAILED, True)
+    assert record.steps[("process_payment", "compensation")].status is StepStatus.COMPENSATED
+    assert _holdings(services) == before
+    reserve, release = _keys(saga_id, "reserve_inventory")
+    pay, refund = _keys(saga_id, "process_payment")
+    rows = _ledger_rows(services, view.order.id)
+    assert rows["payments"] == [(pay, "void", refund)]  # a late charge under it: a no-op
+    assert rows["inventory_reservations"] == [(reserve, "released", release)]
+    # The tombstone does its work: the late charge finds it and takes nothing.
+    late = await services.participants.payment.charge(pay, view.order.id, "user_1", 100)
+    assert late.status.value == "void"
+    assert _holdings(services) == before
+
+
+async def test_a_compensation_whose_transition_is_not_written_writes_nothing_of_it(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The release made, then its transaction rolled back (as a crash before the commit
+    would leave it): nothing of it kept; the compensation, run again, releases once."""
+    before = _holdings(services)
+    stock = services.participants.inventory
+    real = stock.release_in_saga_log
+    attempts: list[int] = []
+
+    def release_in_saga_log(*args: Any, **kwargs: Any) -> Any:
+        write = real(*args, **kwargs)
+        assert write is not None
+        attempts.append(1)
+        if len(attempts) > 1:
+            return write
+
+        def lost(conn: Any) -> None:  # the first attempt's: written, then not committed
+            write(conn)
+            raise RuntimeError("lost before its commit")
+
+        return lost
+
+    monkeypatch.setattr(stock, "release_in_saga_log", release_in_saga_log)
+    view, _ = await services.checkout.place_order("user_3", LINES, wait=10)
+    assert (view.status, view.error) == (OrderStatus.FAILED, "Invalid shipping address")
+    saga_id = view.order.saga_id
+    assert saga_id is not None
+    assert len(attempts) == 2
+    record = await services.engine.get(saga_id)
+    release_row = record.steps[("reserve_inventory", "compensation")]
+    assert (release_row.status, release_row.attempts) == (StepStatus.COMPENSATED, 2)
+    retries = [
+        (e.step, e.attempt, e.detail)
+        for e in record.history
+        if e.type.value == "compensation_retrying"
+    ]
+    assert retries == [("reserve_inventory", 1, "RuntimeError: lost before its commit")]
+    assert _holdings(services) == before  # released once, not twice
+    reserve, release = _keys(saga_id, "reserve_inventory")
+    assert _ledger_rows(services, view.order.id)["inventory_reservations"] == [
+        (reserve, "released", release)
+    ]
+
+
+async def test_a_compensation_finding_its_undo_written_writes_nothing_twice(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The release committed by a write of its own (the separate write's path, as before an
+    upgrade), its answer lost (the compensation retried, as after a crash between the two):
+    the compensation, run again in its transition, finds it released and moves nothing."""
+    before = _holdings(services)
+    stock = services.participants.inventory
+    real_in_saga_log, real_release = stock.release_in_saga_log, stock.release
+    separate: list[str] = []
+    again: list[str] = []
+
+    def release_in_saga_log(forward_key: str, idempotency_key: str, **kw: Any) -> Any:
+        if not separate:
+            return None  # the first attempt: its own write
+        write = real_in_saga_log(forward_key, idempotency_key, **kw)
+        assert write is not None
+
+        def effect(conn: Any) -> None:
+            # (the effect is handed the store's writer, a sqlite3 connection)
+            sql = "SELECT status FROM inventory_reservations WHERE idempotency_key = ?"
+            (status,) = conn.execute(sql, (forward_key,)).fetchone()
+            again.append(status)  # what the retry finds: the first attempt's release
+            write(conn)
+
+        return effect
+
+    async def release(forward_key: str, idempotency_key: str, **kw: Any) -> Any:
+        await real_release(forward_key, idempotency_key, **kw)
+        separate.append(idempotency_key)
+        raise ConnectionError("the answer lost")
+
+    monkeypatch.setattr(stock, "release_in_saga_log", release_in_saga_log)
+    monkeypatch.setattr(stock, "release", release)
+    view, _ = await services.checkout.place_order("user_3", LINES, wait=10)
+    assert (view.status, view.error) == (OrderStatus.FAILED, "Invalid shipping address")
+    saga_id = view.order.saga_id
+    assert saga_id is not None
+    reserve, release_key = _keys(saga_id, "reserve_inventory")
+    assert (separate, again) == ([release_key], ["released"])
+    record = await services.engine.get(saga_id)
+    release_row = record.steps[("reserve_inventory", "compensation")]
+    assert (release_row.status, release_row.attempts) == (StepStatus.COMPENSATED, 2)
+    assert _holdings(services) == before  # released once
+    assert _ledger_rows(services, view.order.id)["inventory_reservations"] == [
+        (reserve, "released", release_key)
+    ]
