@@ -16,6 +16,7 @@ message is logged. The retry policies are long enough to ride out a blip: a Post
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Awaitable, Callable
 from enum import Enum
 from typing import Any, Protocol, TypeVar
@@ -116,7 +117,7 @@ def _undo_in_step(ctx: StepContext, write: Callable[[Any], None]) -> None:
     def effect(conn: Any) -> None:
         try:
             write(conn)
-        except (SQLAlchemyError, OSError) as exc:  # (its driver text to the log only)
+        except (SQLAlchemyError, sqlite3.Error, OSError) as exc:  # (driver text: the log's)
             raise StepFailed(_error_text(readable(exc, "checkout step"))) from exc
         except Exception as exc:  # a line that cannot move back: a bug or a manual edit
             raise StepFailed(_error_text(exc)) from exc
