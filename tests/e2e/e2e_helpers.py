@@ -143,3 +143,14 @@ def hold_first_step(services: Services, monkeypatch: pytest.MonkeyPatch) -> asyn
 
     monkeypatch.setattr(shop, "validate_order", held)
     return released
+
+
+def transactions(statements: list[str]) -> list[list[str]]:
+    """A connection's traced statements (``set_trace_callback``), one list per BEGIN ... COMMIT."""
+    found: list[list[str]] = []
+    for statement in statements:
+        if statement.startswith("BEGIN"):
+            found.append([])
+        elif found:
+            found[-1].append(statement)
+    return found

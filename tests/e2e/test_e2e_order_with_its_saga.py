@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
-from e2e_helpers import hold_first_step
+from e2e_helpers import hold_first_step, transactions
 
 from checkout.bootstrap import Services
 from checkout.domain.models import OrderInput, OrderLine, OrderStatus
@@ -22,17 +22,6 @@ LINES = [OrderLine(product_id="product_1", quantity=1)]
 
 def _shares_the_log(services: Services) -> bool:
     return services.settings.database_url.startswith("sqlite")
-
-
-def _transactions(statements: list[str]) -> list[list[str]]:
-    """The writer's statements, one list per BEGIN ... COMMIT."""
-    found: list[list[str]] = []
-    for statement in statements:
-        if statement.startswith("BEGIN"):
-            found.append([])
-        elif found:
-            found[-1].append(statement)
-    return found
 
 
 async def test_the_order_is_recorded_processing_with_its_saga_in_the_sagas_transaction(
@@ -61,7 +50,7 @@ async def test_the_order_is_recorded_processing_with_its_saga_in_the_sagas_trans
     if writer is None:
         return
     inserts = [
-        t for t in _transactions(statements) if any(s.startswith("INSERT INTO orders") for s in t)
+        t for t in transactions(statements) if any(s.startswith("INSERT INTO orders") for s in t)
     ]
     assert len(inserts) == 1
     assert any("INTO sagaway_instances" in s for s in inserts[0])  # the saga, same transaction

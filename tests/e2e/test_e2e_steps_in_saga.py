@@ -12,7 +12,7 @@ import sqlite3
 from typing import Any
 
 import pytest
-from e2e_helpers import hold_first_step
+from e2e_helpers import hold_first_step, transactions
 
 from checkout.bootstrap import Services
 from checkout.domain.models import OrderLine, OrderStatus
@@ -21,17 +21,6 @@ from sagaway import SagaStatus, StepStatus
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"])
 
 LEDGERS = ("inventory_reservations", "payments", "shipments")
-
-
-def _transactions(statements: list[str]) -> list[list[str]]:
-    """The writer's statements, one list per BEGIN ... COMMIT."""
-    found: list[list[str]] = []
-    for statement in statements:
-        if statement.startswith("BEGIN"):
-            found.append([])
-        elif found:
-            found[-1].append(statement)
-    return found
 
 
 def _rows(services: Services, sql: str, *args: Any) -> list[tuple[Any, ...]]:
@@ -71,7 +60,7 @@ async def test_each_write_commits_in_the_transaction_that_records_its_step(
     assert view.status is OrderStatus.COMPLETED
     saga_id = view.order.saga_id
     for table in LEDGERS:
-        carrying = [t for t in _transactions(statements) if any(f"INTO {table}" in s for s in t)]
+        carrying = [t for t in transactions(statements) if any(f"INTO {table}" in s for s in t)]
         assert len(carrying) == 1, table  # one write, never a transaction of its own:
         assert any("UPDATE sagaway_instances" in s for s in carrying[0]), table
     assert _ledger_rows(services, view.order.id) == {
