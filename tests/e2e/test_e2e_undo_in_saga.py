@@ -12,6 +12,7 @@ import sqlite3
 from typing import Any
 
 import pytest
+from e2e_helpers import transactions
 
 from checkout.bootstrap import Services
 from checkout.domain.models import OrderLine, OrderStatus
@@ -21,17 +22,6 @@ pytestmark = pytest.mark.parametrize("backend", ["sqlite"])
 
 LEDGERS = ("inventory_reservations", "payments", "shipments")
 LINES = [OrderLine(product_id="product_1", quantity=2)]
-
-
-def _transactions(statements: list[str]) -> list[list[str]]:
-    """The writer's statements, one list per BEGIN ... COMMIT."""
-    found: list[list[str]] = []
-    for statement in statements:
-        if statement.startswith("BEGIN"):
-            found.append([])
-        elif found:
-            found[-1].append(statement)
-    return found
 
 
 def _rows(services: Services, sql: str, *args: Any) -> list[tuple[Any, ...]]:
@@ -93,13 +83,13 @@ async def test_an_undeliverable_order_compensates_in_the_transactions_of_its_ste
         "shipments": [],  # the address refused: nothing written, not even in a transaction
     }
     shop = ("products", "accounts", "inventory_reservations", "payments", "shipments")
-    for done in _transactions(statements):
+    for done in transactions(statements):
         if any(any(table in s for table in shop) for s in done if not s.startswith("SELECT")):
             # every shop write in a transaction that records a saga's step, never its own
             assert any("sagaway_" in s for s in done), done
     undone = [
         t
-        for t in _transactions(statements)
+        for t in transactions(statements)
         if any("UPDATE inventory_reservations" in s or "UPDATE payments" in s for s in t)
     ]
     assert len(undone) == 2  # the release and the refund, each once
