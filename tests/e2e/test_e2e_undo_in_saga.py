@@ -131,17 +131,32 @@ async def test_a_compensation_whose_forward_write_never_happened_leaves_its_tomb
     assert _holdings(services) == before
 
 
+@pytest.mark.parametrize(
+    ("participant", "step", "ledger", "undone"),
+    [
+        # the last compensation: its refused change would have ended the saga COMPENSATED
+        ("inventory", "reserve_inventory", "inventory_reservations", "released"),
+        # the first: its refused change also started the release
+        ("payment", "process_payment", "payments", "refunded"),
+    ],
+)
 async def test_a_compensation_whose_transition_is_not_written_writes_nothing_of_it(
-    services: Services, monkeypatch: pytest.MonkeyPatch
+    services: Services,
+    monkeypatch: pytest.MonkeyPatch,
+    participant: str,
+    step: str,
+    ledger: str,
+    undone: str,
 ) -> None:
-    """The release made, then its transaction rolled back (as a crash before the commit
-    would leave it): nothing of it kept; the compensation, run again, releases once."""
+    """The undo made, then its transaction rolled back (as a crash before the commit would
+    leave it): nothing of it kept; the compensation, run again, undoes once."""
     before = _holdings(services)
-    stock = services.participants.inventory
-    real = stock.release_in_saga_log
+    service = getattr(services.participants, participant)
+    method = "release_in_saga_log" if participant == "inventory" else "refund_in_saga_log"
+    real = getattr(service, method)
     attempts: list[int] = []
 
-    def release_in_saga_log(*args: Any, **kwargs: Any) -> Any:
+    def in_saga_log(*args: Any, **kwargs: Any) -> Any:
         write = real(*args, **kwargs)
         assert write is not None
         attempts.append(1)
@@ -154,26 +169,27 @@ async def test_a_compensation_whose_transition_is_not_written_writes_nothing_of_
 
         return lost
 
-    monkeypatch.setattr(stock, "release_in_saga_log", release_in_saga_log)
+    monkeypatch.setattr(service, method, in_saga_log)
     view, _ = await services.checkout.place_order("user_3", LINES, wait=10)
     assert (view.status, view.error) == (OrderStatus.FAILED, "Invalid shipping address")
     saga_id = view.order.saga_id
     assert saga_id is not None
     assert len(attempts) == 2
     record = await services.engine.get(saga_id)
-    release_row = record.steps[("reserve_inventory", "compensation")]
-    assert (release_row.status, release_row.attempts) == (StepStatus.COMPENSATED, 2)
+    assert record.status is SagaStatus.COMPENSATED
+    undo_row = record.steps[(step, "compensation")]
+    assert (undo_row.status, undo_row.attempts) == (StepStatus.COMPENSATED, 2)
     retries = [
         (e.step, e.attempt, e.detail)
         for e in record.history
         if e.type.value == "compensation_retrying"
     ]
-    assert retries == [("reserve_inventory", 1, "RuntimeError: lost before its commit")]
-    assert _holdings(services) == before  # released once, not twice
-    reserve, release = _keys(saga_id, "reserve_inventory")
-    assert _ledger_rows(services, view.order.id)["inventory_reservations"] == [
-        (reserve, "released", release)
-    ]
+    assert retries == [(step, 1, "RuntimeError: lost before its commit")]
+    for other in ("reserve_inventory", "process_payment"):
+        assert record.steps[(other, "compensation")].status is StepStatus.COMPENSATED
+    assert _holdings(services) == before  # undone once, not twice
+    forward, compensation = _keys(saga_id, step)
+    assert _ledger_rows(services, view.order.id)[ledger] == [(forward, undone, compensation)]
 
 
 async def test_a_compensation_finding_its_undo_written_writes_nothing_twice(
