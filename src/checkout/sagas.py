@@ -125,13 +125,6 @@ def _undo_in_step(ctx: StepContext, write: Callable[[Any], None]) -> None:
     ctx.atomic(effect)
 
 
-def _replaced(service: object, name: str) -> bool:
-    """Whether ``service.<name>`` was replaced on the instance (a fault or a gate injected
-    there by a test or a tool): the compensation then calls it, the separate write's path,
-    as a write riding the transition would go around it."""
-    return name in getattr(service, "__dict__", ())
-
-
 def _error_text(exc: Exception) -> str:
     # The text the engine keeps for a compensation that raised ``exc`` (``describe_error``).
     text = str(exc)
@@ -196,7 +189,7 @@ def build_checkout_saga(
     ) -> None:
         # Looked up by the forward key, not by ``reservation``: that is None when the
         # action's outcome is uncertain, and the participant knows what really happened.
-        if success_in_saga and not _replaced(p.inventory, "release"):
+        if success_in_saga:
             write = p.inventory.release_in_saga_log(
                 ctx.forward_key, ctx.idempotency_key, order_id=order.order_id
             )
@@ -225,7 +218,7 @@ def build_checkout_saga(
         return payment
 
     async def refund_payment(ctx: StepContext, order: OrderInput, payment: Payment | None) -> None:
-        if success_in_saga and not _replaced(p.payment, "refund"):
+        if success_in_saga:
             write = p.payment.refund_in_saga_log(
                 ctx.forward_key,
                 ctx.idempotency_key,
@@ -276,7 +269,7 @@ def build_checkout_saga(
     async def cancel_shipment(
         ctx: StepContext, order: OrderInput, shipment: Shipment | None
     ) -> None:
-        if success_in_saga and not _replaced(p.shipping, "cancel_shipment"):
+        if success_in_saga:
             write = p.shipping.cancel_in_saga_log(
                 ctx.forward_key, ctx.idempotency_key, order_id=order.order_id
             )

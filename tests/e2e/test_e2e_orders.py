@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -190,7 +191,18 @@ async def test_failed_compensation_then_operator_retry(
     async def refund_unavailable(*args: object, **kwargs: object) -> None:
         raise ConnectionError("payment provider unavailable")
 
+    def refund_write_unavailable(*args: object, **kwargs: object) -> Callable[[object], None]:
+        def write(conn: object) -> None:
+            raise ConnectionError("payment provider unavailable")
+
+        return write
+
+    # Both ways a refund goes: its own write, and (the shop's tables in the saga log's file)
+    # the compensation's transition.
     monkeypatch.setattr(services.participants.payment, "refund", refund_unavailable)
+    monkeypatch.setattr(
+        services.participants.payment, "refund_in_saga_log", refund_write_unavailable
+    )
     # The checkout's compensations ride out an outage for ~76 s before needing an operator;
     # this test's outage is "forever": give up after five quick attempts instead.
     payment = next(step for step in services.saga.steps if step.name == "process_payment")
