@@ -12,6 +12,13 @@ shared machine from hour to hour, differ by 2x):
     python benchmarks/sqlite_floor.py --commit none       # no SQLite: the same sagas on dicts
     python benchmarks/sqlite_floor.py --commit none --task-per-saga   # each in a Task, awaited
 
+    python benchmarks/sqlite_floor.py --ledger-tables     # effects in engine_throughput's tables
+
+``--ledger-tables`` (SQLite only) writes the effects where ``engine_throughput.py``'s steps
+write theirs, five tables (reservations, payments, shipments forward; releases and refunds
+inserted to undo) instead of the one ``effect`` table, to price that difference (README
+"Session 19, lead"); it is not the floor.
+
 ``--task-per-saga`` (dicts only) runs each saga as the engine must, in an ``asyncio.Task`` of its
 own whose end a future answers to the client awaiting it (a durable saga outlives its caller),
 to price what that costs the floor (README "Session 18, lead"); it is not the floor.
@@ -97,23 +104,47 @@ class CommitEach:
         await asyncio.Event().wait()
 
 
-async def saga(log: GroupCommit | CommitEach, i: int) -> None:
+LEDGER_TABLES = ("reservations", "payments", "shipments", "releases", "refunds")
+LEDGER_SCHEMA = (
+    SCHEMA[0],
+    *(
+        f"CREATE TABLE bench_{table} (key TEXT PRIMARY KEY, order_id INTEGER, amount INTEGER)"
+        for table in LEDGER_TABLES
+    ),
+)
+FORWARD = {1: "bench_reservations", 2: "bench_payments", 3: "bench_shipments"}
+UNDO = {1: "bench_releases", 2: "bench_refunds"}
+
+
+def effect(step: int, i: int, ledger: bool) -> Write:
+    if ledger:
+        return (f"INSERT OR IGNORE INTO {FORWARD[step]} VALUES (?, ?, 500)", (f"{i}:{step}", i))
+    return ("INSERT INTO effect VALUES (?, ?, 500)", (f"{i}:{step}", i))
+
+
+def undo(step: int, i: int, ledger: bool) -> Write:
+    if ledger:
+        return (f"INSERT OR IGNORE INTO {UNDO[step]} VALUES (?, ?, 500)", (f"{i}:{step}:u", i))
+    return ("DELETE FROM effect WHERE key = ?", (f"{i}:{step}",))
+
+
+async def saga(log: GroupCommit | CommitEach, i: int, ledger: bool = False) -> None:
     await log.write(
         ("INSERT INTO saga VALUES (?, 'running', 0, ?)", (i, json.dumps({"order": i, "c": 500})))
     )
     for step in (1, 2, 3):
         await asyncio.sleep(0)  # the step's action
         if step == 3 and i % 10 == 9:
-            for undo in (2, 1):
+            for undone in (2, 1):
                 await log.write(
-                    ("DELETE FROM effect WHERE key = ?", (f"{i}:{undo}",)),
-                    ("UPDATE saga SET status = 'compensating', step = ? WHERE id = ?", (undo, i)),
+                    undo(undone, i, ledger),
+                    ("UPDATE saga SET status = 'compensating', step = ? WHERE id = ?", (undone, i)),
                 )
             await log.write(("UPDATE saga SET status = 'compensated' WHERE id = ?", (i,)))
             return
         status = "succeeded" if step == 3 else "running"
         await log.write(
-            ("INSERT INTO effect VALUES (?, ?, 500)", (f"{i}:{step}", i)),
+            effect(step, i, ledger),
             ("UPDATE saga SET status = ?, step = ? WHERE id = ?", (status, step, i)),
         )
 
@@ -175,20 +206,30 @@ async def run_dicts(n: int, concurrency: int, task_per_saga: bool = False) -> di
     }
 
 
-def measure(kind: str, n: int, concurrency: int, task_per_saga: bool = False) -> dict[str, Any]:
+def measure(
+    kind: str,
+    n: int,
+    concurrency: int,
+    task_per_saga: bool = False,
+    ledger_tables: bool = False,
+) -> dict[str, Any]:
     """One run of the floor: ``kind`` is ``group``, ``each`` (SQLite in a temporary file) or
-    ``none`` (dicts; ``task_per_saga``: each saga in a Task of its own, see the docstring)."""
+    ``none`` (dicts; ``task_per_saga``: each saga in a Task of its own, see the docstring;
+    ``ledger_tables``: SQLite's effects in the engine benchmark's tables)."""
     if kind == "none":
         return asyncio.run(run_dicts(n, concurrency, task_per_saga))
     with tempfile.TemporaryDirectory(dir=".") as directory:
-        return asyncio.run(run(os.path.join(directory, "floor.db"), kind, n, concurrency))
+        path = os.path.join(directory, "floor.db")
+        return asyncio.run(run(path, kind, n, concurrency, ledger_tables))
 
 
-async def run(path: str, commit: str, n: int, concurrency: int) -> dict[str, Any]:
+async def run(
+    path: str, commit: str, n: int, concurrency: int, ledger: bool = False
+) -> dict[str, Any]:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = FULL")
-    for statement in SCHEMA:
+    for statement in LEDGER_SCHEMA if ledger else SCHEMA:
         conn.execute(statement)
     log: GroupCommit | CommitEach = GroupCommit(conn) if commit == "group" else CommitEach(conn)
     committer = asyncio.create_task(log.run())
@@ -198,7 +239,7 @@ async def run(path: str, commit: str, n: int, concurrency: int) -> dict[str, Any
     async def client() -> None:
         for i in orders:
             began = time.perf_counter()
-            await saga(log, i)
+            await saga(log, i, ledger)
             latencies.append(time.perf_counter() - began)
 
     began, cpu, kernel = time.perf_counter(), time.process_time(), kernel_cpu_s()
@@ -229,10 +270,16 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--task-per-saga", action="store_true", help="with --commit none only")
+    parser.add_argument("--ledger-tables", action="store_true", help="with --commit group/each")
     args = parser.parse_args()
     if args.task_per_saga and args.commit != "none":
         parser.error("--task-per-saga goes with --commit none")
-    print_report(measure(args.commit, args.n, args.concurrency, args.task_per_saga))
+    if args.ledger_tables and args.commit == "none":
+        parser.error("--ledger-tables goes with --commit group or each")
+    result = measure(args.commit, args.n, args.concurrency, args.task_per_saga, args.ledger_tables)
+    if args.ledger_tables:
+        result["ledger_tables"] = True
+    print_report(result)
 
 
 if __name__ == "__main__":
