@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -154,3 +155,19 @@ def transactions(statements: list[str]) -> list[list[str]]:
         elif found:
             found[-1].append(statement)
     return found
+
+
+def shop_rows(services: Services, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """``sql`` on the embedded SQLite file the shop's tables (and the saga log) live in."""
+    path = services.settings.database_url.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as conn:
+        return conn.execute(sql, args).fetchall()
+
+
+def holdings(services: Services) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Every product's stock and reserved units, every account's balance: what an order's
+    writes move and its compensations must give back."""
+    return (
+        shop_rows(services, "SELECT id, stock, reserved FROM products ORDER BY id"),
+        shop_rows(services, "SELECT id, balance_cents FROM accounts ORDER BY id"),
+    )

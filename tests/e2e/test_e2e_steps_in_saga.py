@@ -8,11 +8,10 @@ a crash) returns it: nothing written twice."""
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 import pytest
-from e2e_helpers import hold_first_step, transactions
+from e2e_helpers import hold_first_step, holdings, shop_rows, transactions
 
 from checkout.bootstrap import Services
 from checkout.domain.models import OrderLine, OrderStatus
@@ -23,26 +22,13 @@ pytestmark = pytest.mark.parametrize("backend", ["sqlite"])
 LEDGERS = ("inventory_reservations", "payments", "shipments")
 
 
-def _rows(services: Services, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    path = services.settings.database_url.removeprefix("sqlite:///")
-    with sqlite3.connect(path) as conn:
-        return conn.execute(sql, args).fetchall()
-
-
 def _ledger_rows(services: Services, order_id: str) -> dict[str, list[tuple[Any, ...]]]:
     return {
-        table: _rows(
+        table: shop_rows(
             services, f"SELECT idempotency_key, status FROM {table} WHERE order_id = ?", order_id
         )
         for table in LEDGERS
     }
-
-
-def _holdings(services: Services) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    return (
-        _rows(services, "SELECT id, stock, reserved FROM products ORDER BY id"),
-        _rows(services, "SELECT id, balance_cents FROM accounts ORDER BY id"),
-    )
 
 
 async def test_each_write_commits_in_the_transaction_that_records_its_step(
@@ -90,13 +76,13 @@ async def test_each_write_commits_in_the_transaction_that_records_its_step(
 async def test_a_refused_write_leaves_stock_and_money_as_they_were(
     services: Services, customer: str, line: OrderLine, step: str, message: str
 ) -> None:
-    before = _holdings(services)
+    before = holdings(services)
     view, _ = await services.checkout.place_order(customer, [line], wait=10)
     assert (view.status, view.error) == (OrderStatus.FAILED, message)
     record = await services.engine.get(view.order.saga_id)
     assert record.steps[(step, "forward")].error == message
     assert record.steps[(step, "forward")].status is StepStatus.FAILED
-    assert _holdings(services) == before
+    assert holdings(services) == before
     rows = _ledger_rows(services, view.order.id)
     assert rows["shipments"] == []
     assert rows["payments"] == []
@@ -114,7 +100,7 @@ async def test_a_step_finding_its_write_recorded_returns_it_and_writes_nothing_t
     finds it and returns it; the units move once."""
     released = hold_first_step(services, monkeypatch)
     lines = [OrderLine(product_id="product_2", quantity=3)]
-    stock = dict((pid, s) for pid, s, _ in _holdings(services)[0])
+    stock = dict((pid, s) for pid, s, _ in holdings(services)[0])
     view, _ = await services.checkout.place_order("user_1", lines, order_id="ord-again")
     saga_id = view.order.saga_id
     assert saga_id is not None
@@ -124,6 +110,6 @@ async def test_a_step_finding_its_write_recorded_returns_it_and_writes_nothing_t
     record = await services.engine.wait(saga_id, timeout=10)
     assert record.status is SagaStatus.SUCCEEDED
     assert record.output("reserve_inventory") == earlier
-    after = dict((pid, s) for pid, s, _ in _holdings(services)[0])
+    after = dict((pid, s) for pid, s, _ in holdings(services)[0])
     assert after["product_2"] == stock["product_2"] - 3
     assert _ledger_rows(services, "ord-again")["inventory_reservations"] == [(key, "reserved")]

@@ -8,11 +8,10 @@ happened."""
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 import pytest
-from e2e_helpers import transactions
+from e2e_helpers import holdings, shop_rows, transactions
 from sqlalchemy import create_engine
 
 from checkout.bootstrap import Services
@@ -27,28 +26,15 @@ LEDGERS = ("inventory_reservations", "payments", "shipments")
 LINES = [OrderLine(product_id="product_1", quantity=2)]
 
 
-def _rows(services: Services, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    path = services.settings.database_url.removeprefix("sqlite:///")
-    with sqlite3.connect(path) as conn:
-        return conn.execute(sql, args).fetchall()
-
-
 def _ledger_rows(services: Services, order_id: str) -> dict[str, list[tuple[Any, ...]]]:
     return {
-        table: _rows(
+        table: shop_rows(
             services,
             f"SELECT idempotency_key, status, compensation_key FROM {table} WHERE order_id = ?",
             order_id,
         )
         for table in LEDGERS
     }
-
-
-def _holdings(services: Services) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    return (
-        _rows(services, "SELECT id, stock, reserved FROM products ORDER BY id"),
-        _rows(services, "SELECT id, balance_cents FROM accounts ORDER BY id"),
-    )
 
 
 def _keys(saga_id: str, step: str) -> tuple[str, str]:
@@ -58,7 +44,7 @@ def _keys(saga_id: str, step: str) -> tuple[str, str]:
 async def test_an_undeliverable_order_compensates_in_the_transactions_of_its_steps(
     services: Services,
 ) -> None:
-    before = _holdings(services)
+    before = holdings(services)
     writer = services.engine.store._writer_conn  # type: ignore[attr-defined]
     statements: list[str] = []
     writer.set_trace_callback(statements.append)
@@ -77,7 +63,7 @@ async def test_an_undeliverable_order_compensates_in_the_transactions_of_its_ste
     for step in ("reserve_inventory", "process_payment"):
         assert record.steps[(step, "compensation")].status is StepStatus.COMPENSATED
     assert ("ship_order", "compensation") not in record.steps  # it failed for sure: no undo
-    assert _holdings(services) == before  # units back in stock, the money back
+    assert holdings(services) == before  # units back in stock, the money back
     reserve, release = _keys(saga_id, "reserve_inventory")
     pay, refund = _keys(saga_id, "process_payment")
     assert _ledger_rows(services, view.order.id) == {
@@ -113,7 +99,7 @@ def _unstorable_charge(services: Services, monkeypatch: pytest.MonkeyPatch) -> N
 async def test_a_compensation_whose_forward_write_never_happened_leaves_its_tombstone(
     services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    before = _holdings(services)
+    before = holdings(services)
     _unstorable_charge(services, monkeypatch)
     view, _ = await services.checkout.place_order("user_1", LINES, wait=10)
     assert view.status is OrderStatus.FAILED
@@ -123,7 +109,7 @@ async def test_a_compensation_whose_forward_write_never_happened_leaves_its_tomb
     pay_row = record.steps[("process_payment", "forward")]
     assert (pay_row.status, pay_row.uncertain) == (StepStatus.FAILED, True)
     assert record.steps[("process_payment", "compensation")].status is StepStatus.COMPENSATED
-    assert _holdings(services) == before
+    assert holdings(services) == before
     reserve, release = _keys(saga_id, "reserve_inventory")
     pay, refund = _keys(saga_id, "process_payment")
     rows = _ledger_rows(services, view.order.id)
@@ -132,7 +118,7 @@ async def test_a_compensation_whose_forward_write_never_happened_leaves_its_tomb
     # The tombstone does its work: the late charge finds it and takes nothing.
     late = await services.participants.payment.charge(pay, view.order.id, "user_1", 100)
     assert late.status.value == "void"
-    assert _holdings(services) == before
+    assert holdings(services) == before
 
 
 @interpreted_only  # replaces a method of a participant service: a compiled instance refuses that
@@ -155,7 +141,7 @@ async def test_a_compensation_whose_transition_is_not_written_writes_nothing_of_
 ) -> None:
     """The undo made, then its transaction rolled back (as a crash before the commit would
     leave it): nothing of it kept; the compensation, run again, undoes once."""
-    before = _holdings(services)
+    before = holdings(services)
     service = getattr(services.participants, participant)
     method = "release_in_saga_log" if participant == "inventory" else "refund_in_saga_log"
     real = getattr(service, method)
@@ -192,7 +178,7 @@ async def test_a_compensation_whose_transition_is_not_written_writes_nothing_of_
     assert retries == [(step, 1, "RuntimeError: lost before its commit")]
     for other in ("reserve_inventory", "process_payment"):
         assert record.steps[(other, "compensation")].status is StepStatus.COMPENSATED
-    assert _holdings(services) == before  # undone once, not twice
+    assert holdings(services) == before  # undone once, not twice
     forward, compensation = _keys(saga_id, step)
     assert _ledger_rows(services, view.order.id)[ledger] == [(forward, undone, compensation)]
 
@@ -204,7 +190,7 @@ async def test_a_compensation_finding_its_undo_written_writes_nothing_twice(
     """The release committed by a write of its own (the separate write's path, as before an
     upgrade), its answer lost (the compensation retried, as after a crash between the two):
     the compensation, run again in its transition, finds it released and moves nothing."""
-    before = _holdings(services)
+    before = holdings(services)
     stock = services.participants.inventory
     real_in_saga_log = stock.release_in_saga_log
     separate: list[str] = []
@@ -242,7 +228,7 @@ async def test_a_compensation_finding_its_undo_written_writes_nothing_twice(
     record = await services.engine.get(saga_id)
     release_row = record.steps[("reserve_inventory", "compensation")]
     assert (release_row.status, release_row.attempts) == (StepStatus.COMPENSATED, 2)
-    assert _holdings(services) == before  # released once
+    assert holdings(services) == before  # released once
     assert _ledger_rows(services, view.order.id)["inventory_reservations"] == [
         (reserve, "released", release_key)
     ]
