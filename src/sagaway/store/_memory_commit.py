@@ -28,11 +28,8 @@ from typing import Any, Final
 
 from sagaway.errors import (
     CancelPending,
-    EffectFailed,
-    EffectRefused,
     LeaseLost,
     SagaNotFound,
-    StepFailed,
     TakeConflict,
 )
 from sagaway.state import (
@@ -47,7 +44,7 @@ from sagaway.state import (
     apply_change,
     record_from_new,
 )
-from sagaway.store._codec import check_change, check_new
+from sagaway.store._codec import check_change, check_new, run_effects
 from sagaway.store._memory_packed import COMPILED, pack, unpack
 
 _SUCCEEDED: Final = SagaStatus.SUCCEEDED
@@ -276,16 +273,8 @@ class MemoryCommit:
             raise TakeConflict(f"saga {saga_id} was written since it was read")
         if change.unless_cancelled and record.cancel_requested:
             raise CancelPending(f"saga {saga_id}: a cancel is pending")
-        for write in change.effects:
-            try:
-                write(None)
-            except StepFailed as exc:  # a refusal: the runner fails the step (see EffectRefused)
-                refused = exc.reason
-            except Exception as exc:
-                raise EffectFailed(f"a ctx.atomic() write failed: {exc}") from exc
-            else:
-                continue
-            raise EffectRefused(refused)  # (unchained, as the SQLite store's: no cycle)
+        if change.effects:
+            run_effects(change, None)
         if take is not None:  # before apply_change: a park or a release hands it back
             record.owner, record.lease_expires_at = owner, take.until
         record.fence += 1
