@@ -107,9 +107,13 @@ def reserve(
     lines = merge_lines(items)
     if not lines:
         raise ValueError("a reservation needs at least one item")
-    recorded = _claim_reservation(conn, idempotency_key, order_id, lines)
-    if recorded is not None:
-        return _reservation(recorded)
+    recorded = reserved_before(conn, idempotency_key, order_id, lines)
+    return _made(idempotency_key, order_id, lines) if recorded is None else recorded
+
+
+def _made(idempotency_key: str, order_id: str, lines: list[OrderLine]) -> Reservation:
+    """The reservation a call that reserved now makes (what :func:`reserved_before`'s None
+    stands for)."""
     return Reservation(
         idempotency_key=idempotency_key,
         order_id=order_id,
@@ -125,17 +129,11 @@ def reserved_before(
     a reservation made now is (the saga step's output, built from the same arguments): None
     when this call reserved, else the reservation recorded under the key (a repeat, or a
     tombstone). Same errors."""
-    recorded = _claim_reservation(conn, idempotency_key, order_id, lines)
-    return None if recorded is None else _reservation(recorded)
 
-
-def _claim_reservation(
-    conn: Connection, idempotency_key: str, order_id: str, lines: list[OrderLine]
-) -> Any | None:
     def take_units(claim: str | None) -> None:
         write_lines(conn, _RESERVE, reservations, claim, lines, partial(_short_of, conn))
 
-    return claim_once(
+    recorded = claim_once(
         conn,
         reservations,
         {
@@ -146,6 +144,7 @@ def _claim_reservation(
         },
         take_units,
     )
+    return None if recorded is None else _reservation(recorded)
 
 
 def release(
@@ -216,13 +215,7 @@ class InventoryService:
         write = self._db.in_saga_log(reserved_before, idempotency_key, order_id, lines)
         if write is None:
             return None
-        made = Reservation(
-            idempotency_key=idempotency_key,
-            order_id=order_id,
-            items=lines,
-            status=ReservationStatus.RESERVED,
-        )
-        return write, made
+        return write, _made(idempotency_key, order_id, lines)
 
     async def release(
         self, forward_key: str, idempotency_key: str, order_id: str | None = None

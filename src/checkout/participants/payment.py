@@ -83,9 +83,15 @@ def charge(
         if isinstance(amount_cents, bool) or not isinstance(amount_cents, int):
             raise TypeError("amount_cents must be an int")
         raise ValueError("cannot charge a negative amount")
-    recorded = _claim_payment(conn, idempotency_key, order_id, account_id, amount_cents)
-    if recorded is not None:
-        return _payment(recorded)
+    recorded = charged_before(conn, idempotency_key, order_id, account_id, amount_cents)
+    if recorded is None:
+        return _made(idempotency_key, order_id, account_id, amount_cents)
+    return recorded
+
+
+def _made(idempotency_key: str, order_id: str, account_id: str, amount_cents: int) -> Payment:
+    """The payment a call that charged now makes (what :func:`charged_before`'s None stands
+    for)."""
     return Payment(
         idempotency_key=idempotency_key,
         order_id=order_id,
@@ -108,19 +114,13 @@ def charged_before(
     """:func:`charge` of a :func:`chargeable` amount for a write whose caller knows what a
     payment made now is (the saga step's output): None when this call charged, else the
     payment recorded under the key (a repeat, or a tombstone). Same errors."""
-    recorded = _claim_payment(conn, idempotency_key, order_id, account_id, amount_cents)
-    return None if recorded is None else _payment(recorded)
 
-
-def _claim_payment(
-    conn: Connection, idempotency_key: str, order_id: str, account_id: str, amount_cents: int
-) -> Any | None:
     def debit(claim: str | None) -> None:
         if first_write(conn, _DEBIT, payments, claim, account=account_id, amount=amount_cents) != 1:
             exists = fetch_first(conn, _ACCOUNT_EXISTS, {"account": account_id})
             raise InsufficientFunds(account_id) if exists else UserNotFound(account_id)
 
-    return claim_once(
+    recorded = claim_once(
         conn,
         payments,
         {
@@ -132,6 +132,7 @@ def _claim_payment(
         },
         debit,
     )
+    return None if recorded is None else _payment(recorded)
 
 
 def refund(
@@ -218,14 +219,7 @@ class PaymentService:
         )
         if write is None:
             return None
-        made = Payment(
-            idempotency_key=idempotency_key,
-            order_id=order_id,
-            account_id=account_id,
-            amount_cents=amount_cents,
-            status=PaymentStatus.CAPTURED,
-        )
-        return write, made
+        return write, _made(idempotency_key, order_id, account_id, amount_cents)
 
     async def refund(
         self,

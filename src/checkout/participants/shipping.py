@@ -108,9 +108,15 @@ def create_shipment(
     service, whose tables this one does not read.)
     """
     lines = merge_lines(items)
-    recorded = _claim_shipment(conn, idempotency_key, order_id, address, lines, courier)
-    if recorded is not None:
-        return _shipment(recorded)
+    recorded = shipped_before(conn, idempotency_key, order_id, address, lines, courier)
+    return _made(idempotency_key, order_id, lines, courier) if recorded is None else recorded
+
+
+def _made(
+    idempotency_key: str, order_id: str, lines: list[OrderLine], courier: str | None
+) -> Shipment:
+    """The shipment a call that created it now makes (what :func:`shipped_before`'s None
+    stands for)."""
     return Shipment(
         idempotency_key=idempotency_key,
         order_id=order_id,
@@ -131,25 +137,14 @@ def shipped_before(
     """:func:`create_shipment` of the merged ``lines`` for a write whose caller knows what a
     shipment created now is (the saga step's output): None when this call created it, else
     the shipment recorded under the key (a repeat, or a tombstone). Same errors."""
-    recorded = _claim_shipment(conn, idempotency_key, order_id, address, lines, courier)
-    return None if recorded is None else _shipment(recorded)
 
-
-def _claim_shipment(
-    conn: Connection,
-    idempotency_key: str,
-    order_id: str,
-    address: Address | None,
-    lines: list[OrderLine],
-    courier: str | None,
-) -> Any | None:
     def ship(claim: str | None) -> None:
         if address_problems(address):  # InvalidShippingAddress: nothing is recorded
             check_claim(conn, shipments, claim)  # unless a repeat: what it recorded
             validate_address(address)
         write_lines(conn, _SHIP, shipments, claim, lines, partial(_first_shipment_of, conn))
 
-    return claim_once(
+    recorded = claim_once(
         conn,
         shipments,
         {
@@ -162,6 +157,7 @@ def _claim_shipment(
         },
         ship,
     )
+    return None if recorded is None else _shipment(recorded)
 
 
 def cancel_shipment(
@@ -229,6 +225,12 @@ class ShippingService:
     def courier_for(self, address: Address) -> str:
         return assign_courier(address, self._by_city, self._by_province, self._default)
 
+    def _courier(self, address: Address | None) -> str | None:
+        """The courier a shipment to ``address`` gets: None where it cannot be shipped to."""
+        if address is None or address_problems(address):
+            return None
+        return self.courier_for(address)
+
     async def create_shipment(
         self,
         idempotency_key: str,
@@ -237,10 +239,8 @@ class ShippingService:
         items: Sequence[OrderLine],
     ) -> Shipment:
         """See :func:`create_shipment`; the courier is chosen here."""
-        deliverable = address is not None and not address_problems(address)
-        courier = self.courier_for(address) if address is not None and deliverable else None
         return await self._db.write(
-            create_shipment, idempotency_key, order_id, address, items, courier
+            create_shipment, idempotency_key, order_id, address, items, self._courier(address)
         )
 
     def create_in_saga_log(
@@ -256,22 +256,14 @@ class ShippingService:
         the write writes nothing: it raises ``InvalidShippingAddress`` (refusing the transition
         that carries it), or returns what a call with the key recorded before (a tombstone),
         as ``create_shipment`` does: decided in the transaction, as the key's record may be."""
-        deliverable = address is not None and not address_problems(address)
-        courier = self.courier_for(address) if address is not None and deliverable else None
+        courier = self._courier(address)
         lines = merge_lines(items)
         write = self._db.in_saga_log(
             shipped_before, idempotency_key, order_id, address, lines, courier
         )
         if write is None:
             return None
-        made = Shipment(
-            idempotency_key=idempotency_key,
-            order_id=order_id,
-            courier=courier,
-            items=lines,
-            status=ShipmentStatus.CREATED,
-        )
-        return write, made
+        return write, _made(idempotency_key, order_id, lines, courier)
 
     async def cancel_shipment(
         self, forward_key: str, idempotency_key: str, order_id: str | None = None
