@@ -37,6 +37,7 @@ from checkout.domain.models import (
 )
 from checkout.participants import CheckoutParticipants
 from sagaway import RetryPolicy, Saga, Step, StepContext, StepFailed, StoreError
+from sagaway.step_call import describe_error
 
 SAGA_NAME = "checkout"
 SAGA_VERSION = 1
@@ -118,17 +119,11 @@ def _undo_in_step(ctx: StepContext, write: Callable[[Any], None]) -> None:
         try:
             write(conn)
         except (SQLAlchemyError, sqlite3.Error, OSError) as exc:  # (driver text: the log's)
-            raise StepFailed(_error_text(readable(exc, "checkout step"))) from exc
+            raise StepFailed(describe_error(readable(exc, "checkout step"))) from exc
         except Exception as exc:  # a line that cannot move back: a bug or a manual edit
-            raise StepFailed(_error_text(exc)) from exc
+            raise StepFailed(describe_error(exc)) from exc
 
     ctx.atomic(effect)
-
-
-def _error_text(exc: Exception) -> str:
-    # The text the engine keeps for a compensation that raised ``exc`` (``describe_error``).
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _validated(ctx: StepContext) -> ValidatedOrder:

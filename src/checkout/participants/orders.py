@@ -174,12 +174,15 @@ def _one(conn: Connection, stmt: Any, **params: Any) -> OrderInfo | None:
     return None if row is None else _with_items(conn, [row])[0]
 
 
-def saga_input(order: OrderInfo) -> OrderInput:
-    """The checkout saga's input for ``order``."""
+def saga_input(order: OrderInfo, lines: list[OrderLine] | None = None) -> OrderInput:
+    """The checkout saga's input for ``order``; ``lines``: its items' ``OrderLine``s, when the
+    caller holds them already (see :func:`_recorded_input`)."""
+    if lines is None:
+        lines = [OrderLine(product_id=i.product_id, quantity=i.quantity) for i in order.items]
     return OrderInput(
         order_id=order.id,
         customer_id=order.customer_id,
-        items=[OrderLine(product_id=i.product_id, quantity=i.quantity) for i in order.items],
+        items=lines,
         shipping_address=order.shipping_address,
         payment_method=order.payment_method,
     )
@@ -193,13 +196,7 @@ def _recorded_input(order: OrderInfo, items: Sequence[OrderLine]) -> OrderInput:
     for item in items:
         if type(item) is not OrderLine:
             return saga_input(order)
-    return OrderInput(
-        order_id=order.id,
-        customer_id=order.customer_id,
-        items=list(items),
-        shipping_address=order.shipping_address,
-        payment_method=order.payment_method,
-    )
+    return saga_input(order, list(items))
 
 
 def record_order(
